@@ -1,0 +1,269 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"tether/ipc"
+	"tether/store"
+	"tether/wire"
+)
+
+const (
+	// DefaultHeartbeat is the ping interval when Config leaves it zero:
+	// short enough for home gateways that drop idle mappings after a few
+	// minutes, long enough to let a radio sleep.
+	DefaultHeartbeat = 4 * time.Minute
+	// DefaultPongWait is how long past a heartbeat the agent waits to hear
+	// from the server before it declares the connection dead.
+	DefaultPongWait = time.Minute
+	// DefaultMinBackoff and DefaultMaxBackoff bound the reconnection delay.
+	DefaultMinBackoff = time.Second
+	DefaultMaxBackoff = 5 * time.Minute
+
+	// Window is how many messages an app may have delivered and not yet
+	// acknowledged.
+	Window = 100
+	// MaxPending is how many upstream messages an app may have waiting for
+	// the server (GCM's limit; the next gets ipc.ErrTooManyMessages).
+	MaxPending = 20
+	// ResultTTLExceeded is the SendResult error of an upstream message
+	// whose time to live ran out before the server acknowledged it.
+	ResultTTLExceeded = "TtlExceeded"
+
+	// minHold is the least time a received message is held for its app.
+	minHold = 10 * time.Second
+	// requestTimeout bounds a register or unregister round trip when the
+	// caller's context has no deadline.
+	requestTimeout = 30 * time.Second
+	// sweepGap is the least time between two sweeps of expired entries, so
+	// that messages expiring one after another cost one wake-up.
+	sweepGap = 10 * time.Second
+)
+
+// Config configures an Agent.
+type Config struct {
+	Store *store.Store
+	// ServerURL is the connection server: ws://host:port, wss://host, or
+	// http(s):// meaning ws(s)://, optionally with a path prefix. The agent
+	// appends wire.Path.
+	ServerURL string
+	// TLS configures wss:// connections; nil means the system roots.
+	TLS *tls.Config
+	// EnrollKey is sent at check-in when the server requires one.
+	EnrollKey string
+	// Heartbeat is the ping interval (DefaultHeartbeat when zero).
+	Heartbeat time.Duration
+	// PongWait (DefaultPongWait when zero).
+	PongWait time.Duration
+	// MinBackoff and MaxBackoff bound the reconnection delay (the defaults
+	// when zero).
+	MinBackoff time.Duration
+	MaxBackoff time.Duration
+	// Name identifies the agent's software in the hello (default "tetherd").
+	Name   string
+	Logger *slog.Logger
+	// Now is the clock for times to live (time.Now when nil).
+	Now func() time.Time
+}
+
+// Agent is the device agent. Create it with New, start it with Run; its
+// ipc.Backend methods may be called before, during and after Run (offline,
+// they answer what the store knows).
+type Agent struct {
+	store     *store.Store
+	log       *slog.Logger
+	now       func() time.Time
+	endpoint  string
+	enrollKey string
+	name      string
+	link      *Link
+
+	// expiryChanged wakes the expiry loop when something may now expire
+	// sooner than it planned for.
+	expiryChanged chan struct{}
+
+	mu       sync.Mutex
+	session  *Session
+	requests map[string]*request // by ref: register and unregister in flight
+	// upstreamRefs maps the ref of each upstream frame sent in this session
+	// to its message, so an error frame can be tied to it.
+	upstreamRefs map[string]outboxKey
+	results      map[outboxKey]chan ipc.SendResult
+	subs         map[string]*subscription // by app
+	running      bool
+	stopped      bool
+	subsDone     sync.WaitGroup
+}
+
+var _ ipc.Backend = (*Agent)(nil)
+
+// outboxKey names one upstream message.
+type outboxKey struct{ app, id string }
+
+// New checks cfg and returns an Agent.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("agent: no store")
+	}
+	endpoint, err := Endpoint(cfg.ServerURL)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Heartbeat == 0 {
+		cfg.Heartbeat = DefaultHeartbeat
+	}
+	if cfg.PongWait == 0 {
+		cfg.PongWait = DefaultPongWait
+	}
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff = DefaultMinBackoff
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = max(DefaultMaxBackoff, cfg.MinBackoff)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Name == "" {
+		cfg.Name = "tetherd"
+	}
+	link, err := NewLink(LinkConfig{
+		URL:        endpoint,
+		TLS:        cfg.TLS,
+		Heartbeat:  cfg.Heartbeat,
+		PongWait:   cfg.PongWait,
+		MinBackoff: cfg.MinBackoff,
+		MaxBackoff: cfg.MaxBackoff,
+		Logger:     cfg.Logger.With("part", "link"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	return &Agent{
+		store:         cfg.Store,
+		log:           cfg.Logger,
+		now:           cfg.Now,
+		endpoint:      endpoint,
+		enrollKey:     cfg.EnrollKey,
+		name:          cfg.Name,
+		link:          link,
+		expiryChanged: make(chan struct{}, 1),
+		requests:      map[string]*request{},
+		upstreamRefs:  map[string]outboxKey{},
+		results:       map[outboxKey]chan ipc.SendResult{},
+		subs:          map[string]*subscription{},
+	}, nil
+}
+
+// Endpoint turns a server URL as a user gives it into the WebSocket URL of
+// the server's device endpoint: http becomes ws, https wss, and wire.Path
+// is appended to any path prefix.
+func Endpoint(server string) (string, error) {
+	u, err := url.Parse(server)
+	if err != nil {
+		return "", fmt.Errorf("server URL %q: %w", server, err)
+	}
+	switch u.Scheme {
+	case "ws", "wss":
+	case "http":
+		u.Scheme = "ws"
+	case "https":
+		u.Scheme = "wss"
+	default:
+		return "", fmt.Errorf("server URL %q: scheme must be ws, wss, http or https", server)
+	}
+	switch {
+	case u.Host == "":
+		return "", fmt.Errorf("server URL %q: no host", server)
+	case u.User != nil || u.RawQuery != "" || u.Fragment != "":
+		return "", fmt.Errorf("server URL %q: no user, query or fragment allowed", server)
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/") + wire.Path
+	u.RawPath = ""
+	return u.String(), nil
+}
+
+// Link is the agent's connection, for whoever watches the network and the
+// battery.
+func (a *Agent) Link() *Link { return a.link }
+
+// Run keeps the agent connected until ctx is done. It then closes the
+// connection with a close frame, ends every listener and returns once every
+// goroutine it or Listen started has stopped. An Agent runs once.
+func (a *Agent) Run(ctx context.Context) error {
+	a.mu.Lock()
+	if a.running || a.stopped {
+		a.mu.Unlock()
+		return errors.New("agent: Run called twice")
+	}
+	a.running = true
+	a.mu.Unlock()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.expireLoop(ctx)
+	}()
+	a.log.Info("agent running", "server", a.endpoint)
+	err := a.link.Run(ctx, linkHandler{a})
+	cancel()
+	wg.Wait()
+	a.stopListeners()
+	return err
+}
+
+// Status reports the agent's state.
+func (a *Agent) Status(ctx context.Context) (ipc.Status, error) {
+	st, err := a.store.Stats()
+	if err != nil {
+		return ipc.Status{}, fmt.Errorf("status: %w: %w", ipc.ErrStorage, err)
+	}
+	status := ipc.Status{
+		Server:           a.endpoint,
+		QueuedDownstream: st.Held,
+		PendingUpstream:  st.Pending,
+		Apps:             st.Apps,
+	}
+	switch creds, err := a.store.Credentials(); {
+	case err == nil && creds.Server == a.endpoint:
+		status.DeviceID = creds.DeviceID
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		return ipc.Status{}, fmt.Errorf("status: %w: %w", ipc.ErrStorage, err)
+	}
+	a.mu.Lock()
+	status.Connected = a.session != nil
+	a.mu.Unlock()
+	return status, nil
+}
+
+// currentSession is the session to send on, or nil while offline.
+func (a *Agent) currentSession() *Session {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.session
+}
+
+func (a *Agent) signalExpiry() {
+	select {
+	case a.expiryChanged <- struct{}{}:
+	default:
+	}
+}
+
+// newID returns a random identifier for refs and message IDs.
+func newID() string { return rand.Text() }

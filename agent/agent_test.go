@@ -1,0 +1,731 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"tether/ipc"
+	"tether/store"
+	"tether/wire"
+)
+
+var (
+	alice = ipc.Caller{UID: 1000, GID: 1000, PID: 10}
+	bob   = ipc.Caller{UID: 1001, GID: 1001, PID: 11}
+	root  = ipc.Caller{UID: 0, GID: 0, PID: 1}
+)
+
+const (
+	app    = "org.example.chat"
+	sender = "123456"
+)
+
+var bg = context.Background()
+
+// registerDirect puts a registration in the store as an earlier session
+// would have, with the token the peer uses.
+func registerDirect(t *testing.T, d *device, app, sender string, owner uint32) {
+	t.Helper()
+	err := d.store.Register(store.Registration{App: app, Sender: sender, Token: peerToken(app, sender), Owner: owner})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func listen(t *testing.T, a *Agent, c ipc.Caller, app string) (*listener, func()) {
+	t.Helper()
+	l := newListener()
+	cancel, err := a.Listen(bg, c, app, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cancel)
+	return l, cancel
+}
+
+func TestEndpoint(t *testing.T) {
+	tests := []struct {
+		in, want string
+		ok       bool
+	}{
+		{"ws://push.example:8080", "ws://push.example:8080/device/v1", true},
+		{"wss://push.example", "wss://push.example/device/v1", true},
+		{"http://push.example:80/", "ws://push.example:80/device/v1", true},
+		{"https://push.example/tether", "wss://push.example/tether/device/v1", true},
+		{"ftp://push.example", "", false},
+		{"push.example:443", "", false},
+		{"wss://", "", false},
+		{"wss://user:pw@push.example", "", false},
+		{"wss://push.example?x=1", "", false},
+	}
+	for _, tt := range tests {
+		got, err := Endpoint(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("Endpoint(%q) = %q, %v; want %q, ok %v", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestBackoffBounds(t *testing.T) {
+	base, ceiling := time.Second, 5*time.Minute
+	for attempt, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second} {
+		for range 50 {
+			if d := backoff(base, ceiling, attempt); d < 0 || d >= want {
+				t.Fatalf("backoff(attempt %d) = %v, want in [0, %v)", attempt, d, want)
+			}
+		}
+	}
+	for _, attempt := range []int{9, 20, 63, 100} {
+		if d := backoff(base, ceiling, attempt); d < 0 || d >= ceiling {
+			t.Fatalf("backoff(attempt %d) = %v, want in [0, %v)", attempt, d, ceiling)
+		}
+	}
+}
+
+func TestCheckInPersistedAndReused(t *testing.T) {
+	p := newPeer(t)
+	d := newDevice(t, "", p.url, nil).start()
+	pc := p.nextConn(t)
+	if pc.hello.DeviceID != "" || pc.hello.DeviceSecret != "" {
+		t.Fatalf("first hello carries credentials: %+v", pc.hello)
+	}
+	d.waitConnected(t)
+	endpoint, err := Endpoint(p.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := store.Credentials{Server: endpoint, DeviceID: "dev-1", Secret: "secret-1"}
+	if creds, err := d.store.Credentials(); err != nil || creds != want {
+		t.Fatalf("stored credentials %+v, %v; want %+v", creds, err, want)
+	}
+	if st, _ := d.agent.Status(bg); st.DeviceID != "dev-1" || st.Server != endpoint || !st.Connected {
+		t.Errorf("status %+v", st)
+	}
+	d.stop()
+
+	// A restart on the same file presents the stored credentials.
+	d2 := newDevice(t, d.path, p.url, nil).start()
+	pc2 := p.nextConn(t)
+	if pc2.hello.DeviceID != "dev-1" || pc2.hello.DeviceSecret != "secret-1" {
+		t.Errorf("hello after restart: device %q", pc2.hello.DeviceID)
+	}
+	d2.waitConnected(t)
+	if n := p.checkinCount(); n != 1 {
+		t.Errorf("%d check-ins, want 1", n)
+	}
+}
+
+func TestRegister(t *testing.T) {
+	p := newPeer(t)
+	logs := &lockedBuffer{}
+	d := newDevice(t, "", p.url, nil, func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}).start()
+	pc := p.nextConn(t)
+	d.waitConnected(t)
+
+	token, err := d.agent.Register(bg, alice, app, sender)
+	if err != nil || token != peerToken(app, sender) {
+		t.Fatalf("register: %q, %v", token, err)
+	}
+	pc.waitFor(t, wire.TypeRegister)
+	// Known: answered from the store. The next frame the peer sees is the
+	// second sender's register, not a repeat of the first.
+	if token, err := d.agent.Register(bg, alice, app, sender); err != nil || token != peerToken(app, sender) {
+		t.Fatalf("second register: %q, %v", token, err)
+	}
+	if _, err := d.agent.Register(bg, alice, app, "777"); err != nil {
+		t.Fatal(err)
+	}
+	var r wire.Register
+	if err := pc.waitFor(t, wire.TypeRegister).Decode(&r); err != nil || r.Sender != "777" {
+		t.Errorf("next register frame: %+v, %v", r, err)
+	}
+	if _, err := d.agent.Register(bg, alice, app, "not-a-number"); !errors.Is(err, ipc.ErrInvalidArgument) {
+		t.Errorf("register with a bad sender: %v", err)
+	}
+	d.stop()
+	for _, secret := range []string{"secret-1", peerToken(app, sender), peerToken(app, "777")} {
+		if strings.Contains(logs.String(), secret) {
+			t.Errorf("%q is in the log:\n%s", secret, logs.String())
+		}
+	}
+	if !strings.Contains(logs.String(), "registered") {
+		t.Errorf("the log is not the agent's:\n%s", logs.String())
+	}
+
+	// Offline, a known registration still answers; an unknown one cannot.
+	off := newDevice(t, d.path, "ws://127.0.0.1:1", nil)
+	if token, err := off.agent.Register(bg, alice, app, sender); err != nil || token != peerToken(app, sender) {
+		t.Errorf("offline register of a known pair: %q, %v", token, err)
+	}
+	if _, err := off.agent.Register(bg, alice, app, "999"); !errors.Is(err, ipc.ErrOffline) {
+		t.Errorf("offline register of an unknown pair: %v", err)
+	}
+	if st, _ := off.agent.Status(bg); st.Connected || st.Apps != 1 {
+		t.Errorf("offline status %+v", st)
+	}
+}
+
+func TestUnregister(t *testing.T) {
+	p := newPeer(t)
+	d := newDevice(t, "", p.url, nil)
+	registerDirect(t, d, app, sender, alice.UID)
+	registerDirect(t, d, app, "42", alice.UID)
+	if err := d.agent.Unregister(bg, alice, app, sender); !errors.Is(err, ipc.ErrOffline) {
+		t.Fatalf("offline unregister: %v", err)
+	}
+	d.start()
+	pc := p.nextConn(t)
+	d.waitConnected(t)
+	pc.message("from-1", app, sender, 3600)
+	pc.message("from-42", app, "42", 3600)
+	pc.waitAcked(t, 2)
+
+	if err := d.agent.Unregister(bg, alice, app, sender); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.store.Token(app, sender); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("token after unregister: %v", err)
+	}
+	if err := d.agent.Unregister(bg, alice, app, sender); !errors.Is(err, ipc.ErrNotRegistered) {
+		t.Errorf("second unregister: %v", err)
+	}
+	// The other sender's message stays; the unregistered sender's is gone.
+	l, _ := listen(t, d.agent, alice, app)
+	if m := l.nextMessage(t); m.ID != "from-42" {
+		t.Errorf("first delivery after unregister: %q", m.ID)
+	}
+	pc.message("later", app, "42", 3600)
+	if m := l.nextMessage(t); m.ID != "later" {
+		t.Errorf("second delivery after unregister: %q", m.ID)
+	}
+}
+
+func TestBurstStoredOnceAckedOnce(t *testing.T) {
+	p := newPeer(t)
+	gate := make(chan struct{})
+	p.set(func(p *peer) { p.gate = gate })
+	d := newDevice(t, "", p.url, nil)
+	registerDirect(t, d, app, sender, alice.UID)
+	d.start()
+	pc := p.nextConn(t)
+
+	// Hold the agent between the welcome and its first frame, so that the
+	// whole burst is queued behind the reader when the agent looks.
+	const n = 40
+	d.agent.mu.Lock()
+	close(gate)
+	var want []string
+	for i := range n {
+		id := fmt.Sprintf("m%02d", i)
+		want = append(want, id)
+		pc.message(id, app, sender, 3600)
+	}
+	pc.message("m00", app, sender, 3600) // a duplicate in the same burst
+	waitUntil(t, "burst queued", func() bool {
+		d.agent.link.mu.Lock()
+		defer d.agent.link.mu.Unlock()
+		s := d.agent.link.session
+		return s != nil && len(s.frames) == n+1
+	})
+	d.agent.mu.Unlock()
+
+	if ids := pc.waitAck(t); !slices.Equal(ids, want) {
+		t.Fatalf("first ack has %d IDs %v, want all %d once", len(ids), ids, n)
+	}
+	l, _ := listen(t, d.agent, alice, app)
+	for _, id := range want {
+		if m := l.nextMessage(t); m.ID != id || m.Data["n"] != id || m.From != sender || m.App != app {
+			t.Fatalf("delivered %+v, want %s", m, id)
+		}
+	}
+}
+
+func TestDuplicatesDroppedAndReacked(t *testing.T) {
+	p := newPeer(t)
+	d := newDevice(t, "", p.url, nil)
+	registerDirect(t, d, app, sender, alice.UID)
+	d.start()
+	pc := p.nextConn(t)
+	l, _ := listen(t, d.agent, alice, app)
+
+	pc.message("m1", app, sender, 3600)
+	if ids := pc.waitAck(t); !slices.Equal(ids, []string{"m1"}) {
+		t.Fatalf("ack %v", ids)
+	}
+	if m := l.nextMessage(t); m.ID != "m1" {
+		t.Fatalf("delivered %q", m.ID)
+	}
+	pc.message("m1", app, sender, 3600) // redelivery before the app acked
+	if ids := pc.waitAck(t); !slices.Equal(ids, []string{"m1"}) {
+		t.Fatalf("re-ack %v", ids)
+	}
+	l.ack(t, d.agent, alice, app, "m1")
+	pc.message("m1", app, sender, 3600) // and after
+	if ids := pc.waitAck(t); !slices.Equal(ids, []string{"m1"}) {
+		t.Fatalf("re-ack after app ack %v", ids)
+	}
+	pc.message("m2", app, sender, 3600)
+	pc.waitAck(t)
+	if m := l.nextMessage(t); m.ID != "m2" {
+		t.Errorf("after redeliveries of m1 the app got %q, want m2", m.ID)
+	}
+}
+
+func TestMessageForNoRegistrationAckedNotKept(t *testing.T) {
+	p := newPeer(t)
+	d := newDevice(t, "", p.url, nil)
+	registerDirect(t, d, app, sender, alice.UID)
+	d.start()
+	pc := p.nextConn(t)
+	pc.send("", wire.Message{ID: "stray", App: app, From: sender, Token: "someone-elses-token", TTL: 60})
+	pc.message("mine", app, sender, 60)
+	if ids := pc.waitAcked(t, 2); !slices.Contains(ids, "stray") {
+		t.Fatalf("stray message not acked: %v", ids)
+	}
+	l, _ := listen(t, d.agent, alice, app)
+	if m := l.nextMessage(t); m.ID != "mine" {
+		t.Errorf("delivered %q, want only the registered message", m.ID)
+	}
+}
+
+func TestListenWindowAndRedelivery(t *testing.T) {
+	p := newPeer(t)
+	d := newDevice(t, "", p.url, nil)
+	registerDirect(t, d, app, sender, alice.UID)
+	d.start()
+	pc := p.nextConn(t)
+	const total = Window + 50
+	var ids []string
+	for i := range total {
+		ids = append(ids, fmt.Sprintf("m%03d", i))
+		pc.message(ids[i], app, sender, 3600)
+	}
+	pc.waitAcked(t, total)
+
+	// The first listener gets a full window and no more: nothing acks, so
+	// its delivery round ends at the window, before it learns it was
+	// replaced.
+	l1, _ := listen(t, d.agent, alice, app)
+	for i := range Window {
+		if m := l1.nextMessage(t); m.ID != ids[i] {
+			t.Fatalf("delivery %d: %q, want %q", i, m.ID, ids[i])
+		}
+	}
+	l2, _ := listen(t, d.agent, alice, app)
+	if e := l1.next(t); e != (replaced{}) {
+		t.Fatalf("first listener got %#v after its window, want Replaced", e)
+	}
+
+	// The second gets the unacked ones again, then the rest as it acks.
+	for i := range total {
+		m := l2.nextMessage(t)
+		if m.ID != ids[i] {
+			t.Fatalf("redelivery %d: %q, want %q", i, m.ID, ids[i])
+		}
+		l2.ack(t, d.agent, alice, app, m.ID)
+	}
+	l2.mu.Lock()
+	if l2.maxUnacked > Window {
+		t.Errorf("%d messages in flight, window is %d", l2.maxUnacked, Window)
+	}
+	l2.mu.Unlock()
+	if st, _ := d.agent.Status(bg); st.QueuedDownstream != 0 {
+		t.Errorf("%d messages held after all were acked", st.QueuedDownstream)
+	}
+}
+
+func TestAckedNeverRedeliveredAfterRestart(t *testing.T) {
+	p := newPeer(t)
+	d := newDevice(t, "", p.url, nil)
+	registerDirect(t, d, app, sender, alice.UID)
+	d.start()
+	pc := p.nextConn(t)
+	l, _ := listen(t, d.agent, alice, app)
+	pc.message("m1", app, sender, 3600)
+	pc.message("m2", app, sender, 3600)
+	for _, want := range []string{"m1", "m2"} {
+		if m := l.nextMessage(t); m.ID != want {
+			t.Fatalf("delivered %q, want %q", m.ID, want)
+		}
+	}
+	l.ack(t, d.agent, alice, app, "m1")
+	d.stop()
+
+	d2 := newDevice(t, d.path, p.url, nil).start()
+	pc2 := p.nextConn(t)
+	pc2.message("m1", app, sender, 3600) // the server redelivers
+	if ids := pc2.waitAck(t); !slices.Equal(ids, []string{"m1"}) {
+		t.Fatalf("ack of the redelivery: %v", ids)
+	}
+	l2, _ := listen(t, d2.agent, alice, app)
+	if m := l2.nextMessage(t); m.ID != "m2" {
+		t.Fatalf("after restart the app got %q first, want the unacked m2", m.ID)
+	}
+	pc2.message("m3", app, sender, 3600)
+	if m := l2.nextMessage(t); m.ID != "m3" {
+		t.Errorf("after restart the app got %q, want m3 (m1 was acked)", m.ID)
+	}
+}
+
+func TestHeldMessageExpires(t *testing.T) {
+	p := newPeer(t)
+	clk := newClock()
+	d := newDevice(t, "", p.url, clk)
+	registerDirect(t, d, app, sender, alice.UID)
+	d.start()
+	pc := p.nextConn(t)
+	pc.message("short", app, sender, 60)
+	pc.message("long", app, sender, 3600)
+	pc.waitAcked(t, 2)
+	clk.Advance(61 * time.Second)
+
+	l, _ := listen(t, d.agent, alice, app)
+	if e := l.next(t); e != deleted(1) {
+		t.Fatalf("first event %#v, want DeletedMessages(1)", e)
+	}
+	if m := l.nextMessage(t); m.ID != "long" {
+		t.Fatalf("delivered %q, want long", m.ID)
+	}
+	if st, _ := d.agent.Status(bg); st.QueuedDownstream != 1 {
+		t.Errorf("%d held, want 1", st.QueuedDownstream)
+	}
+	// The expired ID is remembered no longer than its message lived: the
+	// server would not send it again.
+	pc.message("short", app, sender, 60)
+	pc.waitAck(t)
+	if m := l.nextMessage(t); m.ID != "short" {
+		t.Errorf("delivered %q", m.ID)
+	}
+}
+
+func TestTTLZeroMessageReachesListener(t *testing.T) {
+	p := newPeer(t)
+	d := newDevice(t, "", p.url, nil, func(c *Config) { c.Now = nil })
+	registerDirect(t, d, app, sender, alice.UID)
+	d.start()
+	pc := p.nextConn(t)
+	l, _ := listen(t, d.agent, alice, app)
+	pc.message("now-or-never", app, sender, 0)
+	if m := l.nextMessage(t); m.ID != "now-or-never" || m.TTL != 0 {
+		t.Errorf("delivered %+v", m)
+	}
+}
+
+func TestUpstreamRetriedAfterReconnect(t *testing.T) {
+	p := newPeer(t)
+	d := newDevice(t, "", p.url, nil)
+	registerDirect(t, d, app, sender, alice.UID)
+	d.start()
+	pc := p.nextConn(t)
+	d.waitConnected(t)
+	l, _ := listen(t, d.agent, alice, app)
+
+	ttl := int64(600)
+	id, result, err := d.agent.Send(bg, alice, ipc.SendRequest{App: app, To: sender, TTL: &ttl, Data: map[string]string{"q": "1"}})
+	if err != nil || id == "" {
+		t.Fatalf("send: %q, %v", id, err)
+	}
+	var up wire.Upstream
+	if err := pc.waitFor(t, wire.TypeUpstream).Decode(&up); err != nil || up.ID != id || up.TTL != ttl || up.Data["q"] != "1" {
+		t.Fatalf("upstream frame %+v, %v", up, err)
+	}
+	pc.drop()
+
+	pc2 := p.nextConn(t)
+	f := pc2.waitFor(t, wire.TypeUpstream)
+	var again wire.Upstream
+	if err := f.Decode(&again); err != nil || again.ID != id || again.TTL > ttl || again.TTL <= 0 {
+		t.Fatalf("resent upstream %+v, %v", again, err)
+	}
+	pc2.send("", wire.UpstreamAck{App: app, ID: id})
+	select {
+	case r := <-result:
+		if r != (ipc.SendResult{App: app, ID: id}) {
+			t.Errorf("result %+v", r)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("no result")
+	}
+	if e := l.next(t); e != (ipc.SendResult{App: app, ID: id}) {
+		t.Errorf("listener got %#v", e)
+	}
+	if st, _ := d.agent.Status(bg); st.PendingUpstream != 0 {
+		t.Errorf("%d pending after the ack", st.PendingUpstream)
+	}
+	// Acked, it is not sent again after another reconnection: the first
+	// upstream frame on the next connection is a new message.
+	pc2.drop()
+	pc3 := p.nextConn(t)
+	d.waitConnected(t)
+	id2, _, err := d.agent.Send(bg, alice, ipc.SendRequest{App: app, To: sender, ID: "second"})
+	if err != nil || id2 != "second" {
+		t.Fatalf("send: %q, %v", id2, err)
+	}
+	if err := pc3.waitFor(t, wire.TypeUpstream).Decode(&up); err != nil || up.ID != "second" || up.TTL != wire.MaxTTL {
+		t.Errorf("upstream after reconnection %+v, %v", up, err)
+	}
+}
+
+func TestUpstreamRefusedAndRetried(t *testing.T) {
+	p := newPeer(t)
+	d := newDevice(t, "", p.url, nil)
+	registerDirect(t, d, app, sender, alice.UID)
+	d.start()
+	pc := p.nextConn(t)
+	d.waitConnected(t)
+
+	// Refused for good in the ack: the app learns why.
+	_, result, err := d.agent.Send(bg, alice, ipc.SendRequest{App: app, To: sender, ID: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.waitFor(t, wire.TypeUpstream)
+	pc.send("", wire.UpstreamAck{App: app, ID: "a", Error: "InvalidParameters"})
+	if r := <-result; r.Err != "InvalidParameters" {
+		t.Errorf("result %+v", r)
+	}
+
+	// Refused for good with an error frame.
+	_, result, err = d.agent.Send(bg, alice, ipc.SendRequest{App: app, To: sender, ID: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := pc.waitFor(t, wire.TypeUpstream)
+	pc.send(f.Ref, wire.Error{Code: wire.CodeInvalid, Message: "no"})
+	if r := <-result; !strings.Contains(r.Err, wire.CodeInvalid) {
+		t.Errorf("result %+v", r)
+	}
+	if st, _ := d.agent.Status(bg); st.PendingUpstream != 0 {
+		t.Errorf("%d pending after refusals", st.PendingUpstream)
+	}
+}
+
+func TestUpstreamTTLExceeded(t *testing.T) {
+	p := newPeer(t)
+	clk := newClock()
+	d := newDevice(t, "", p.url, clk)
+	registerDirect(t, d, app, sender, alice.UID)
+	d.start()
+	pc := p.nextConn(t)
+	d.waitConnected(t)
+	ttl := int64(30)
+	id, result, err := d.agent.Send(bg, alice, ipc.SendRequest{App: app, To: sender, TTL: &ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.waitFor(t, wire.TypeUpstream)
+	clk.Advance(31 * time.Second)
+	pc.drop()
+	select {
+	case r := <-result:
+		if r != (ipc.SendResult{App: app, ID: id, Err: ResultTTLExceeded}) {
+			t.Errorf("result %+v", r)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("no result")
+	}
+}
+
+func TestSendLimitsOffline(t *testing.T) {
+	d := newDevice(t, "", "ws://127.0.0.1:1", nil)
+	registerDirect(t, d, app, sender, alice.UID)
+	registerDirect(t, d, "org.example.other", sender, alice.UID)
+	zero := int64(0)
+	if _, _, err := d.agent.Send(bg, alice, ipc.SendRequest{App: app, To: sender, TTL: &zero}); !errors.Is(err, ipc.ErrOffline) {
+		t.Errorf("TTL 0 offline: %v", err)
+	}
+	for i := range MaxPending {
+		if _, _, err := d.agent.Send(bg, alice, ipc.SendRequest{App: app, To: sender}); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	if _, _, err := d.agent.Send(bg, alice, ipc.SendRequest{App: app, To: sender}); !errors.Is(err, ipc.ErrTooManyMessages) {
+		t.Errorf("send %d: %v, want ErrTooManyMessages", MaxPending+1, err)
+	}
+	if _, _, err := d.agent.Send(bg, alice, ipc.SendRequest{App: "org.example.other", To: sender}); err != nil {
+		t.Errorf("another app's send: %v", err)
+	}
+	if _, _, err := d.agent.Send(bg, alice, ipc.SendRequest{App: app, To: "999"}); !errors.Is(err, ipc.ErrNotRegistered) {
+		t.Errorf("send to an unregistered sender: %v", err)
+	}
+	big := map[string]string{"k": strings.Repeat("x", wire.MaxDataSize)}
+	if _, _, err := d.agent.Send(bg, alice, ipc.SendRequest{App: "org.example.other", To: sender, Data: big}); !errors.Is(err, ipc.ErrInvalidArgument) {
+		t.Errorf("send of too much data: %v", err)
+	}
+	if st, _ := d.agent.Status(bg); st.PendingUpstream != MaxPending+1 {
+		t.Errorf("%d pending", st.PendingUpstream)
+	}
+}
+
+func TestPermissions(t *testing.T) {
+	d := newDevice(t, "", "ws://127.0.0.1:1", nil)
+	registerDirect(t, d, app, sender, alice.UID)
+	token := peerToken(app, sender)
+	nop := newListener()
+	ops := map[string]func(c ipc.Caller, app string) error{
+		"register": func(c ipc.Caller, app string) error {
+			_, err := d.agent.Register(bg, c, app, sender)
+			return err
+		},
+		"unregister": func(c ipc.Caller, app string) error { return d.agent.Unregister(bg, c, app, sender) },
+		"listen": func(c ipc.Caller, app string) error {
+			cancel, err := d.agent.Listen(bg, c, app, nop)
+			if cancel != nil {
+				cancel()
+			}
+			return err
+		},
+		"ack": func(c ipc.Caller, app string) error { return d.agent.Ack(bg, c, app, []string{"x"}) },
+		"send": func(c ipc.Caller, app string) error {
+			_, _, err := d.agent.Send(bg, c, ipc.SendRequest{App: app, To: sender})
+			return err
+		},
+	}
+	for name, op := range ops {
+		t.Run(name, func(t *testing.T) {
+			err := op(bob, app)
+			if !errors.Is(err, ipc.ErrPermission) {
+				t.Fatalf("bob: %v, want ErrPermission", err)
+			}
+			if !strings.Contains(err.Error(), app) || strings.Contains(err.Error(), token) {
+				t.Errorf("error %q should name the app and not the token", err)
+			}
+			if name != "register" && name != "unregister" {
+				if err := op(root, app); err != nil {
+					t.Errorf("root: %v", err)
+				}
+				if err := op(alice, app); err != nil {
+					t.Errorf("owner: %v", err)
+				}
+			}
+			if name != "register" {
+				if err := op(alice, "org.example.never"); !errors.Is(err, ipc.ErrUnknownApp) {
+					t.Errorf("unknown app: %v, want ErrUnknownApp", err)
+				}
+			}
+		})
+	}
+	// Root registering for alice's app keeps it hers.
+	if err := d.store.Register(store.Registration{App: app, Sender: "5", Token: "t5", Owner: alice.UID}); err != nil {
+		t.Fatal(err)
+	}
+	if tok, err := d.agent.Register(bg, root, app, "5"); err != nil || tok != "t5" {
+		t.Errorf("root register of a known pair: %q, %v", tok, err)
+	}
+}
+
+func TestRegisterRaceKeepsFirstOwner(t *testing.T) {
+	p := newPeer(t)
+	d := newDevice(t, "", p.url, nil).start()
+	p.nextConn(t)
+	d.waitConnected(t)
+	if _, err := d.agent.Register(bg, alice, app, sender); err != nil {
+		t.Fatal(err)
+	}
+	// Bob's request was checked before alice's answer landed: the store
+	// refuses it when the answer comes.
+	req := &request{kind: wire.TypeRegister, reg: store.Registration{App: app, Sender: "77", Owner: bob.UID}}
+	if res := d.agent.complete(req, "tok"); !errors.Is(res.err, ipc.ErrPermission) {
+		t.Errorf("late registration by another user: %v", res.err)
+	}
+}
+
+func TestBadFramesAnswered(t *testing.T) {
+	p := newPeer(t)
+	d := newDevice(t, "", p.url, nil)
+	registerDirect(t, d, app, sender, alice.UID)
+	d.start()
+	pc := p.nextConn(t)
+	tests := []struct {
+		name, frame, code string
+	}{
+		{"unknown type", `{"type":"teleport","ref":"r1","body":{}}`, wire.CodeUnknownType},
+		{"server-bound type", `{"type":"register","ref":"r2","body":{"app":"a","sender":"1"}}`, wire.CodeUnknownType},
+		{"not JSON", `{{{`, wire.CodeBadFrame},
+		{"message without token", `{"type":"message","ref":"r3","body":{"id":"x","app":"a","from":"1","ttl":5}}`, wire.CodeBadFrame},
+		{"message with bad TTL", `{"type":"message","body":{"id":"x","token":"t","app":"a","from":"1","ttl":-1}}`, wire.CodeBadFrame},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pc.sendRaw(tt.frame)
+			f := pc.waitFor(t, wire.TypeError)
+			var e wire.Error
+			if err := f.Decode(&e); err != nil || e.Code != tt.code {
+				t.Fatalf("error frame %+v, %v; want code %s", e, err, tt.code)
+			}
+			// The session goes on.
+			id := fmt.Sprintf("ok%d", i)
+			pc.message(id, app, sender, 60)
+			if ids := pc.waitAck(t); !slices.Equal(ids, []string{id}) {
+				t.Errorf("ack after bad frame: %v", ids)
+			}
+		})
+	}
+	// An error frame is never answered with one: the next frame the peer
+	// gets is the ack of the message after it.
+	pc.sendRaw(`{"type":"error","body":{"code":"","message":"x"}}`)
+	pc.message("last", app, sender, 60)
+	select {
+	case f := <-pc.frames:
+		if f.Type != wire.TypeAck {
+			t.Errorf("after a bad error frame the agent sent %s", f.Type)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("no ack")
+	}
+}
+
+func TestReconnectAndHold(t *testing.T) {
+	p := newPeer(t)
+	d := newDevice(t, "", p.url, nil, func(c *Config) { c.MinBackoff, c.MaxBackoff = time.Hour, time.Hour })
+	d.agent.Link().Hold(true)
+	d.start()
+	d.agent.Link().Hold(false)
+	pc := p.nextConn(t)
+	d.waitConnected(t)
+	// With an hour of backoff, only Reconnect brings the link back soon.
+	d.agent.Link().Reconnect()
+	<-pc.done
+	p.nextConn(t)
+	d.waitConnected(t)
+}
+
+func TestHeartbeat(t *testing.T) {
+	p := newPeer(t)
+	d := newDevice(t, "", p.url, nil, func(c *Config) { c.Heartbeat = time.Hour })
+	d.start()
+	pc := p.nextConn(t)
+	d.waitConnected(t)
+	d.agent.Link().SetHeartbeat(20 * time.Millisecond)
+	select {
+	case <-pc.pings:
+	case <-time.After(waitLimit):
+		t.Fatal("no ping after the heartbeat changed")
+	}
+}
+
+func TestDeadConnectionDetected(t *testing.T) {
+	p := newPeer(t)
+	p.set(func(p *peer) { p.deaf = true })
+	d := newDevice(t, "", p.url, nil, func(c *Config) {
+		c.Heartbeat, c.PongWait = 20*time.Millisecond, 50*time.Millisecond
+	})
+	d.start()
+	pc := p.nextConn(t)
+	select {
+	case <-pc.pings:
+	case <-time.After(waitLimit):
+		t.Fatal("no ping")
+	}
+	// No pong, no frame: the agent gives up on the connection and dials
+	// again.
+	p.nextConn(t)
+}

@@ -1,0 +1,245 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"tether/ipc"
+	"tether/store"
+	"tether/wire"
+)
+
+// The ipc.Backend methods. Each checks the caller first: an app ID belongs
+// to the Unix user who registered it first, and root may act for any app.
+// Errors wrap the ipc sentinels and name the app, never a token.
+
+// Register returns the token of (app, sender): from the store when the
+// device has one (no round trip, works offline), else from the server.
+func (a *Agent) Register(ctx context.Context, c ipc.Caller, app, sender string) (string, error) {
+	if err := (wire.Register{App: app, Sender: sender}).Validate(); err != nil {
+		return "", invalid("register", err)
+	}
+	owner := c.UID
+	switch bound, err := a.store.Owner(app); {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		return "", fmt.Errorf("register: %w: %w", ipc.ErrStorage, err)
+	case bound != c.UID && !c.IsRoot():
+		return "", fmt.Errorf("register: app %q belongs to another user: %w", app, ipc.ErrPermission)
+	default:
+		owner = bound
+	}
+	switch token, err := a.store.Token(app, sender); {
+	case err == nil:
+		return token, nil
+	case !errors.Is(err, store.ErrNotFound):
+		return "", fmt.Errorf("register: %w: %w", ipc.ErrStorage, err)
+	}
+	req := &request{kind: wire.TypeRegister, reg: store.Registration{App: app, Sender: sender, Owner: owner}}
+	res := a.roundTrip(ctx, req, wire.Register{App: app, Sender: sender})
+	if res.err != nil {
+		return "", fmt.Errorf("register app %q sender %q: %w", app, sender, res.err)
+	}
+	return res.token, nil
+}
+
+// Unregister drops the registration of (app, sender) on the server and then
+// on the device, with the held messages from that sender. It needs the
+// server: offline it fails with ipc.ErrOffline and changes nothing.
+func (a *Agent) Unregister(ctx context.Context, c ipc.Caller, app, sender string) error {
+	if err := a.authorize(c, app); err != nil {
+		return fmt.Errorf("unregister: %w", err)
+	}
+	switch _, err := a.store.Token(app, sender); {
+	case errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("unregister: app %q sender %q: %w", app, sender, ipc.ErrNotRegistered)
+	case err != nil:
+		return fmt.Errorf("unregister: %w: %w", ipc.ErrStorage, err)
+	}
+	req := &request{kind: wire.TypeUnregister, reg: store.Registration{App: app, Sender: sender}}
+	if res := a.roundTrip(ctx, req, wire.Unregister{App: app, Sender: sender}); res.err != nil {
+		return fmt.Errorf("unregister app %q sender %q: %w", app, sender, res.err)
+	}
+	return nil
+}
+
+// roundTrip sends a request on the current session and waits for the
+// session goroutine to hand over the server's answer, already persisted.
+func (a *Agent) roundTrip(ctx context.Context, req *request, body wire.Body) requestResult {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+	}
+	ref := newID()
+	frame, err := wire.Encode(ref, body)
+	if err != nil {
+		return requestResult{err: invalid(string(body.FrameType()), err)}
+	}
+	req.done = make(chan requestResult, 1)
+	a.mu.Lock()
+	s := a.session
+	if s == nil {
+		a.mu.Unlock()
+		return requestResult{err: ipc.ErrOffline}
+	}
+	a.requests[ref] = req
+	a.mu.Unlock()
+	defer a.takeRequest(ref)
+	if err := s.Send(ctx, frame); err != nil {
+		return requestResult{err: fmt.Errorf("%w: %w", ipc.ErrOffline, err)}
+	}
+	select {
+	case res := <-req.done:
+		return res
+	case <-ctx.Done():
+		return requestResult{err: fmt.Errorf("waiting for the server: %w", ctx.Err())}
+	}
+}
+
+// Listen makes l the app's listener and starts delivering what is held.
+func (a *Agent) Listen(ctx context.Context, c ipc.Caller, app string, l ipc.Listener) (func(), error) {
+	if l == nil {
+		return nil, fmt.Errorf("listen: %w: no listener", ipc.ErrInvalidArgument)
+	}
+	if err := a.authorize(c, app); err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	// Expired messages go now, so that they are reported, not delivered.
+	a.sweep()
+	sub := &subscription{
+		app:          app,
+		l:            l,
+		wakeup:       make(chan struct{}, 1),
+		stop:         make(chan struct{}),
+		inflight:     map[string]bool{},
+		checkDropped: true,
+	}
+	a.mu.Lock()
+	if a.stopped {
+		a.mu.Unlock()
+		return nil, fmt.Errorf("listen for app %q: agent stopped: %w", app, ipc.ErrOffline)
+	}
+	old := a.subs[app]
+	a.subs[app] = sub
+	a.subsDone.Add(1)
+	a.mu.Unlock()
+	if old != nil {
+		old.end(true)
+	}
+	go a.deliverLoop(sub)
+	var once sync.Once
+	cancel := func() {
+		once.Do(func() {
+			a.mu.Lock()
+			if a.subs[app] == sub {
+				delete(a.subs, app)
+			}
+			a.mu.Unlock()
+			sub.end(false)
+		})
+	}
+	return cancel, nil
+}
+
+// Ack removes acknowledged messages from the store, then frees their room
+// in the app's window.
+func (a *Agent) Ack(ctx context.Context, c ipc.Caller, app string, ids []string) error {
+	if err := a.authorize(c, app); err != nil {
+		return fmt.Errorf("ack: %w", err)
+	}
+	if len(ids) == 0 {
+		return fmt.Errorf("ack: %w: no message IDs", ipc.ErrInvalidArgument)
+	}
+	if _, err := a.store.Ack(app, ids); err != nil {
+		return fmt.Errorf("ack: %w: %w", ipc.ErrStorage, err)
+	}
+	a.forget(app, ids, false)
+	return nil
+}
+
+// Send persists an upstream message, then sends it if connected.
+func (a *Agent) Send(ctx context.Context, c ipc.Caller, req ipc.SendRequest) (string, <-chan ipc.SendResult, error) {
+	if err := a.authorize(c, req.App); err != nil {
+		return "", nil, fmt.Errorf("send: %w", err)
+	}
+	switch _, err := a.store.Token(req.App, req.To); {
+	case errors.Is(err, store.ErrNotFound):
+		return "", nil, fmt.Errorf("send: app %q sender %q: %w", req.App, req.To, ipc.ErrNotRegistered)
+	case err != nil:
+		return "", nil, fmt.Errorf("send: %w: %w", ipc.ErrStorage, err)
+	}
+	ttl := int64(wire.MaxTTL)
+	if req.TTL != nil {
+		ttl = *req.TTL
+	}
+	if req.ID == "" {
+		req.ID = newID()
+	}
+	up := wire.Upstream{App: req.App, To: req.To, ID: req.ID, TTL: ttl, Priority: req.Priority, Data: req.Data}
+	if err := up.Validate(); err != nil {
+		return "", nil, invalid("send", err)
+	}
+	s := a.currentSession()
+	if ttl == 0 && s == nil {
+		return "", nil, fmt.Errorf("send: time to live 0 and %w", ipc.ErrOffline)
+	}
+
+	key := outboxKey{req.App, req.ID}
+	result := make(chan ipc.SendResult, 1)
+	a.mu.Lock()
+	if a.results[key] != nil {
+		a.mu.Unlock()
+		return "", nil, fmt.Errorf("send: %w: message %q of app %q is already pending", ipc.ErrInvalidArgument, req.ID, req.App)
+	}
+	a.results[key] = result // before the message can be sent and acked
+	a.mu.Unlock()
+
+	now := a.now()
+	u, err := a.store.AddUpstream(store.Upstream{
+		App: req.App, To: req.To, ID: req.ID, TTL: ttl, Priority: req.Priority, Data: req.Data,
+		Created: now, Expires: now.Add(time.Duration(ttl) * time.Second),
+	}, MaxPending)
+	if err != nil {
+		a.mu.Lock()
+		delete(a.results, key)
+		a.mu.Unlock()
+		switch {
+		case errors.Is(err, store.ErrOutboxFull):
+			return "", nil, fmt.Errorf("send: app %q has %d pending: %w", req.App, MaxPending, ipc.ErrTooManyMessages)
+		case errors.Is(err, store.ErrDuplicate):
+			return "", nil, fmt.Errorf("send: %w: message %q of app %q is already pending", ipc.ErrInvalidArgument, req.ID, req.App)
+		}
+		return "", nil, fmt.Errorf("send: %w: %w", ipc.ErrStorage, err)
+	}
+	a.signalExpiry()
+	if s != nil {
+		a.sendUpstream(ctx, s, u, ttl)
+	}
+	return req.ID, result, nil
+}
+
+// authorize checks that c may act for app, a registered app.
+func (a *Agent) authorize(c ipc.Caller, app string) error {
+	owner, err := a.store.Owner(app)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("app %q: %w", app, ipc.ErrUnknownApp)
+	case err != nil:
+		return fmt.Errorf("%w: %w", ipc.ErrStorage, err)
+	case owner != c.UID && !c.IsRoot():
+		return fmt.Errorf("app %q belongs to another user: %w", app, ipc.ErrPermission)
+	}
+	return nil
+}
+
+// invalid turns a wire validation error into an ipc.ErrInvalidArgument
+// that reads well to an app.
+func invalid(op string, err error) error {
+	msg := strings.TrimPrefix(err.Error(), wire.ErrBadFrame.Error()+": ")
+	return fmt.Errorf("%s: %w: %s", op, ipc.ErrInvalidArgument, msg)
+}

@@ -1,0 +1,188 @@
+package agent
+
+import (
+	"sync"
+	"time"
+
+	"tether/ipc"
+	"tether/store"
+)
+
+// subscription is one app's listener. Its goroutine (deliverLoop) is the
+// only caller of the listener, so the listener sees events in order and
+// nothing after Replaced.
+type subscription struct {
+	app    string
+	l      ipc.Listener
+	wakeup chan struct{} // buffered: something to deliver
+	stop   chan struct{} // closed by end
+
+	mu       sync.Mutex
+	ended    bool
+	replaced bool
+	// inflight holds the IDs delivered and not yet acknowledged: at most
+	// Window of them.
+	inflight map[string]bool
+	// cursor is the inbox sequence number of the last message delivered.
+	cursor       uint64
+	results      []ipc.SendResult
+	checkDropped bool
+}
+
+func (s *subscription) wake() {
+	select {
+	case s.wakeup <- struct{}{}:
+	default:
+	}
+}
+
+// end stops the subscription; a replaced listener is told so.
+func (s *subscription) end(replaced bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return
+	}
+	s.ended, s.replaced = true, replaced
+	close(s.stop)
+}
+
+// deliverLoop delivers until the subscription ends. Each round runs to
+// completion (a window at most), then the loop waits for a wake-up.
+func (a *Agent) deliverLoop(s *subscription) {
+	defer a.subsDone.Done()
+	for {
+		a.deliver(s)
+		select {
+		case <-s.stop:
+			s.mu.Lock()
+			replaced := s.replaced
+			s.mu.Unlock()
+			if replaced {
+				s.l.Replaced()
+			}
+			return
+		case <-s.wakeup:
+		}
+	}
+}
+
+// deliver hands the listener its upstream results, the count of messages
+// that expired unread, and held messages up to the window.
+func (a *Agent) deliver(s *subscription) {
+	s.mu.Lock()
+	results, checkDropped := s.results, s.checkDropped
+	s.results, s.checkDropped = nil, false
+	s.mu.Unlock()
+	for _, r := range results {
+		s.l.SendResult(r)
+	}
+	if checkDropped {
+		switch n, err := a.store.TakeDropped(s.app); {
+		case err != nil:
+			a.log.Error("read count of expired messages", "app", s.app, "err", err)
+		case n > 0:
+			s.l.DeletedMessages(n)
+		}
+	}
+	for {
+		s.mu.Lock()
+		room, after := Window-len(s.inflight), s.cursor
+		s.mu.Unlock()
+		if room <= 0 {
+			return
+		}
+		msgs, err := a.store.Inbox(s.app, after, room, a.now())
+		if err != nil {
+			a.log.Error("read inbox", "app", s.app, "err", err)
+			return
+		}
+		if len(msgs) == 0 {
+			return
+		}
+		for _, m := range msgs {
+			// In flight before the listener has it: an ack can come at once.
+			s.mu.Lock()
+			s.inflight[m.ID] = true
+			s.cursor = m.Seq
+			s.mu.Unlock()
+			s.l.Deliver(deliverable(m))
+		}
+	}
+}
+
+func deliverable(m store.Message) ipc.Message {
+	msg := ipc.Message{
+		ID: m.ID, App: m.App, From: m.From, CollapseKey: m.CollapseKey,
+		Data: m.Data, Priority: m.Priority, TTL: m.TTL,
+	}
+	if m.SentTime > 0 {
+		msg.SentTime = time.UnixMilli(m.SentTime)
+	}
+	return msg
+}
+
+// wake tells app's listener, if any, that there is something to deliver.
+func (a *Agent) wake(app string) {
+	a.mu.Lock()
+	s := a.subs[app]
+	a.mu.Unlock()
+	if s != nil {
+		s.wake()
+	}
+}
+
+// forget frees the window room of messages that are no longer held
+// (acknowledged, expired or dropped); expired ones are counted for the
+// app's next DeletedMessages.
+func (a *Agent) forget(app string, ids []string, expired bool) {
+	a.mu.Lock()
+	s := a.subs[app]
+	a.mu.Unlock()
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	for _, id := range ids {
+		delete(s.inflight, id)
+	}
+	if expired {
+		s.checkDropped = true
+	}
+	s.mu.Unlock()
+	s.wake()
+}
+
+// report gives the outcome of an upstream message to the channel Send
+// returned (if this process made it) and to the app's listener.
+func (a *Agent) report(r ipc.SendResult) {
+	key := outboxKey{r.App, r.ID}
+	a.mu.Lock()
+	ch := a.results[key]
+	delete(a.results, key)
+	s := a.subs[r.App]
+	a.mu.Unlock()
+	if ch != nil {
+		ch <- r // buffered, written once
+	}
+	if s != nil {
+		s.mu.Lock()
+		s.results = append(s.results, r)
+		s.mu.Unlock()
+		s.wake()
+	}
+}
+
+// stopListeners ends every subscription for good and waits for their
+// goroutines.
+func (a *Agent) stopListeners() {
+	a.mu.Lock()
+	a.stopped = true
+	subs := a.subs
+	a.subs = map[string]*subscription{}
+	a.mu.Unlock()
+	for _, s := range subs {
+		s.end(false)
+	}
+	a.subsDone.Wait()
+}

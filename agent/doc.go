@@ -1,0 +1,35 @@
+// Package agent is the core of tetherd, the device agent: it keeps the
+// device connected to the connection server, stores what comes down and
+// hands it to local apps, and carries apps' upstream messages to the server.
+//
+// An Agent owns one Link (a WebSocket connection that reconnects by itself,
+// link.go) and one store.Store. It implements ipc.Backend, so every door in
+// package ipc reaches it the same way; it knows nothing of sockets or D-Bus.
+//
+// Downstream: the frames that arrive together (one, plus whatever the
+// reader has already queued) are stored in one transaction and acknowledged
+// to the server in one ack, duplicates included, and only then offered to
+// the app. Each app has at most one listener and at most Window messages
+// delivered and not yet acknowledged; what it does not acknowledge is
+// delivered again on its next Listen, and what it acknowledges never is.
+// A message waits in the store until its app acknowledges it or its time
+// to live runs out (then the app is told how many it missed, as GCM's
+// deleted_messages). Every message is held at least a few seconds after
+// receipt, so a "now or never" message (TTL 0) still reaches an app that
+// is listening.
+//
+// Upstream: Send stores the message first (at most MaxPending per app),
+// sends it while connected, and sends it again after every reconnection
+// until the server acknowledges it; the server drops repeats. The app learns
+// the outcome once, on its listener and on the channel Send returns.
+//
+// Registrations: a known (app, sender) is answered from the store, offline
+// included. An app ID belongs to the Unix user who registered it first;
+// only that user and root may act for it. Unregister drops the token and
+// the held messages from that sender; the app stays bound to its user, and
+// its messages from other senders stay.
+//
+// The agent drives heartbeats (WebSocket pings), so that a device on a
+// metered or battery-powered link decides how often its radio wakes up;
+// the server only times out sessions it no longer hears from.
+package agent

@@ -1,0 +1,535 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"tether/wire"
+)
+
+// Link timing. The heartbeat interval itself is configurable and can change
+// at run time (SetHeartbeat); these are not.
+const (
+	dialTimeout  = 30 * time.Second // TCP, TLS and WebSocket handshake
+	helloTimeout = 30 * time.Second // hello written and welcome read
+	writeTimeout = 15 * time.Second // one frame or control message
+	closeGrace   = 2 * time.Second  // wait for the server's close frame
+	// stableSession is how long a session must last for the backoff to
+	// start again from its base.
+	stableSession = time.Minute
+	// sessionQueue is how many outgoing frames may wait for the writer.
+	sessionQueue = 64
+	// frameQueue is how many received frames may wait for the handler; a
+	// burst larger than this is handled in several batches.
+	frameQueue = 256
+)
+
+// errSessionClosed is returned by Session.Send once the connection is gone.
+var errSessionClosed = errors.New("session closed")
+
+// Handler is what a Link needs from its user.
+type Handler interface {
+	// Hello returns the hello frame for the next connection; the link fills
+	// in the version and heartbeat.
+	Hello() (wire.Hello, error)
+	// Serve runs one session after the server's welcome. It must return
+	// once s.Frames is closed (the connection is gone) or ctx is done (the
+	// link is closing the session).
+	Serve(ctx context.Context, s *Session)
+}
+
+// LinkConfig configures a Link.
+type LinkConfig struct {
+	// URL is the full WebSocket URL of the server's device endpoint.
+	URL string
+	// TLS configures wss:// connections; nil means the system roots.
+	TLS *tls.Config
+	// Heartbeat is the interval between pings; the server's welcome may
+	// ask for a shorter one.
+	Heartbeat time.Duration
+	// PongWait is how long the link waits, past the next heartbeat, to hear
+	// anything from the server before it declares the connection dead.
+	PongWait time.Duration
+	// MinBackoff and MaxBackoff bound the delay between connection
+	// attempts, which doubles from MinBackoff up to MaxBackoff, with full
+	// jitter.
+	MinBackoff time.Duration
+	MaxBackoff time.Duration
+	Logger     *slog.Logger
+}
+
+// Link keeps one WebSocket connection to the connection server: it dials,
+// says hello, hands each session to its Handler, drives the heartbeat and
+// reconnects with exponential backoff and full jitter. While a session is
+// idle the only timer that fires is the heartbeat, and while disconnected
+// only the backoff.
+//
+// Its controls are for whoever knows more about the network than the link
+// does (a battery or network monitor): Reconnect skips the backoff, Hold
+// stops dialling while there is no route, SetHeartbeat changes the ping
+// interval.
+type Link struct {
+	cfg    LinkConfig
+	log    *slog.Logger
+	dialer websocket.Dialer
+
+	kick chan struct{} // Reconnect: dial now
+
+	mu        sync.Mutex
+	heartbeat time.Duration
+	held      chan struct{}      // non-nil while held; closed on release
+	cancel    context.CancelFunc // ends the current attempt or session
+	session   *Session
+}
+
+// NewLink checks cfg and returns a Link; Run starts it.
+func NewLink(cfg LinkConfig) (*Link, error) {
+	switch {
+	case cfg.URL == "":
+		return nil, errors.New("link: no server URL")
+	case cfg.Heartbeat <= 0 || cfg.PongWait <= 0:
+		return nil, errors.New("link: heartbeat and pong wait must be positive")
+	case cfg.MinBackoff <= 0 || cfg.MaxBackoff < cfg.MinBackoff:
+		return nil, errors.New("link: backoff bounds must be positive and ordered")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	netDialer := &net.Dialer{
+		Timeout: dialTimeout,
+		// The WebSocket ping is the only heartbeat: a TCP keepalive every
+		// 15 s (Go's default) would keep a cellular radio awake.
+		KeepAlive: -1,
+	}
+	return &Link{
+		cfg: cfg,
+		log: cfg.Logger,
+		dialer: websocket.Dialer{
+			NetDialContext:   netDialer.DialContext,
+			TLSClientConfig:  cfg.TLS,
+			HandshakeTimeout: dialTimeout,
+			Subprotocols:     []string{wire.Subprotocol},
+		},
+		kick:      make(chan struct{}, 1),
+		heartbeat: cfg.Heartbeat,
+	}, nil
+}
+
+// Reconnect drops the current connection, or abandons the current dial or
+// backoff, and dials again at once. A held link stays held.
+func (l *Link) Reconnect() {
+	l.mu.Lock()
+	if l.cancel != nil {
+		l.cancel()
+	}
+	l.mu.Unlock()
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Hold stops (held) or resumes dialling. A connection that is up stays up
+// until it fails; a release dials at once.
+func (l *Link) Hold(held bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case held && l.held == nil:
+		l.held = make(chan struct{})
+	case !held && l.held != nil:
+		close(l.held)
+		l.held = nil
+		select {
+		case l.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// SetHeartbeat changes the ping interval, for the current session at once
+// (capped by what the server's welcome allows) and for later ones.
+func (l *Link) SetHeartbeat(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.heartbeat = d
+	if l.session != nil {
+		l.session.setHeartbeat(d)
+	}
+}
+
+// Run connects and reconnects until ctx is done, then closes the session
+// with a close frame and returns once every goroutine it started has
+// stopped.
+func (l *Link) Run(ctx context.Context, h Handler) error {
+	attempt := 0
+	for {
+		if !l.waitRelease(ctx) {
+			return nil
+		}
+		select { // a kick from before this attempt is served by it
+		case <-l.kick:
+		default:
+		}
+		lasted, err := l.connect(ctx, h)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if lasted >= stableSession {
+			attempt = 0
+		}
+		select {
+		case <-l.kick:
+			l.log.Info("reconnecting at once")
+			continue
+		default:
+		}
+		delay := backoff(l.cfg.MinBackoff, l.cfg.MaxBackoff, attempt)
+		attempt++
+		if lasted == 0 {
+			l.log.Warn("connection failed", "err", err, "retry_in", delay.Round(time.Millisecond))
+		} else {
+			l.log.Info("disconnected", "err", err, "after", lasted.Round(time.Second), "retry_in", delay.Round(time.Millisecond))
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-l.kick:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// backoff returns a delay drawn uniformly from [0, min(limit, base·2^attempt)).
+func backoff(base, limit time.Duration, attempt int) time.Duration {
+	ceiling := limit
+	if attempt < 32 && base<<attempt < limit && base<<attempt > 0 {
+		ceiling = base << attempt
+	}
+	return rand.N(ceiling)
+}
+
+// waitRelease blocks while the link is held; false when ctx is done.
+func (l *Link) waitRelease(ctx context.Context) bool {
+	l.mu.Lock()
+	held := l.held
+	l.mu.Unlock()
+	if held == nil {
+		return ctx.Err() == nil
+	}
+	l.log.Info("dialling held")
+	select {
+	case <-held:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// connect runs one attempt: dial, hello, welcome, session. It returns how
+// long the session lasted (zero if none was established) and why it ended.
+func (l *Link) connect(ctx context.Context, h Handler) (time.Duration, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	l.mu.Lock()
+	l.cancel = cancel
+	heartbeat := l.heartbeat
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		l.cancel = nil
+		l.mu.Unlock()
+	}()
+
+	hello, err := h.Hello()
+	if err != nil {
+		return 0, fmt.Errorf("prepare hello: %w", err)
+	}
+	hello.Version = wire.Version
+	hello.Heartbeat = int((heartbeat + time.Second - 1) / time.Second)
+	helloFrame, err := wire.Encode("", hello)
+	if err != nil {
+		return 0, err
+	}
+
+	conn, resp, err := l.dialer.DialContext(ctx, l.cfg.URL, nil)
+	if err != nil {
+		if resp != nil {
+			return 0, fmt.Errorf("dial %s: %w (HTTP %s)", l.cfg.URL, err, resp.Status)
+		}
+		return 0, fmt.Errorf("dial %s: %w", l.cfg.URL, err)
+	}
+	if conn.Subprotocol() != wire.Subprotocol {
+		conn.Close()
+		return 0, fmt.Errorf("dial %s: server speaks subprotocol %q, want %q", l.cfg.URL, conn.Subprotocol(), wire.Subprotocol)
+	}
+	conn.SetReadLimit(wire.MaxFrameSize)
+	welcome, err := exchangeHello(ctx, conn, helloFrame)
+	if err != nil {
+		conn.Close()
+		return 0, err
+	}
+
+	s := newSession(conn, welcome, heartbeat, l.cfg.PongWait, l.log)
+	started := time.Now()
+	l.mu.Lock()
+	l.session = s
+	l.mu.Unlock()
+	s.start()
+	h.Serve(ctx, s)
+	err = s.shutdown()
+	l.mu.Lock()
+	l.session = nil
+	l.mu.Unlock()
+	return time.Since(started), err
+}
+
+// exchangeHello writes hello and reads the welcome, both under deadlines
+// that ctx can cut short.
+func exchangeHello(ctx context.Context, conn *websocket.Conn, hello []byte) (wire.Welcome, error) {
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	deadline := time.Now().Add(helloTimeout)
+	conn.SetWriteDeadline(deadline)
+	if err := conn.WriteMessage(websocket.TextMessage, hello); err != nil {
+		return wire.Welcome{}, fmt.Errorf("send hello: %w", err)
+	}
+	conn.SetReadDeadline(deadline)
+	_, data, err := conn.ReadMessage()
+	if err != nil {
+		return wire.Welcome{}, fmt.Errorf("read welcome: %w", err)
+	}
+	f, err := wire.Decode(data)
+	if err != nil {
+		return wire.Welcome{}, fmt.Errorf("read welcome: %w", err)
+	}
+	if f.Type == wire.TypeError {
+		var e wire.Error
+		if err := f.Decode(&e); err != nil {
+			return wire.Welcome{}, fmt.Errorf("read welcome: %w", err)
+		}
+		return wire.Welcome{}, fmt.Errorf("server refused hello: %s", e)
+	}
+	var w wire.Welcome
+	if err := f.Decode(&w); err != nil {
+		return wire.Welcome{}, fmt.Errorf("read welcome: %w", err)
+	}
+	if w.Version != wire.Version {
+		return wire.Welcome{}, fmt.Errorf("server answered with protocol version %d, want %d", w.Version, wire.Version)
+	}
+	return w, nil
+}
+
+// Session is one established connection: the server's welcome, the frames
+// it sends, and a queue to the connection's single writer.
+type Session struct {
+	conn     *websocket.Conn
+	welcome  wire.Welcome
+	log      *slog.Logger
+	pongWait time.Duration
+	// allowed caps the heartbeat at the server's announced timeout.
+	allowed   time.Duration
+	heartbeat atomic.Int64 // time.Duration
+
+	out       chan []byte
+	frames    chan []byte
+	pongDue   chan string   // a server ping's payload, for the writer to answer
+	hbChanged chan struct{} // the heartbeat changed, for the writer
+	stopping  chan struct{} // closed by shutdown: flush, say goodbye
+	readDone  chan struct{}
+	writeDone chan struct{}
+	readErr   error // set before readDone closes
+}
+
+func newSession(conn *websocket.Conn, w wire.Welcome, heartbeat, pongWait time.Duration, log *slog.Logger) *Session {
+	s := &Session{
+		conn:      conn,
+		welcome:   w,
+		log:       log,
+		pongWait:  pongWait,
+		out:       make(chan []byte, sessionQueue),
+		frames:    make(chan []byte, frameQueue),
+		pongDue:   make(chan string, 1),
+		hbChanged: make(chan struct{}, 1),
+		stopping:  make(chan struct{}),
+		readDone:  make(chan struct{}),
+		writeDone: make(chan struct{}),
+	}
+	if w.Heartbeat > 0 {
+		s.allowed = time.Duration(w.Heartbeat) * time.Second
+	}
+	s.heartbeat.Store(int64(s.capped(heartbeat)))
+	return s
+}
+
+// Welcome is the server's answer to hello.
+func (s *Session) Welcome() wire.Welcome { return s.welcome }
+
+// Frames yields each frame the server sends; it is closed when the
+// connection is gone.
+func (s *Session) Frames() <-chan []byte { return s.frames }
+
+// Send queues one encoded frame for the writer. It fails once the session
+// is closing or ctx is done; a frame queued just before the connection
+// fails may be lost, so what must arrive is resent by its owner.
+func (s *Session) Send(ctx context.Context, frame []byte) error {
+	select {
+	case <-s.stopping:
+		return errSessionClosed
+	case <-s.writeDone:
+		return errSessionClosed
+	default:
+	}
+	select {
+	case s.out <- frame:
+		return nil
+	case <-s.stopping:
+		return errSessionClosed
+	case <-s.writeDone:
+		return errSessionClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Session) capped(d time.Duration) time.Duration {
+	if s.allowed > 0 && d > s.allowed {
+		return s.allowed
+	}
+	return d
+}
+
+func (s *Session) interval() time.Duration { return time.Duration(s.heartbeat.Load()) }
+
+func (s *Session) setHeartbeat(d time.Duration) {
+	s.heartbeat.Store(int64(s.capped(d)))
+	select {
+	case s.hbChanged <- struct{}{}:
+	default:
+	}
+}
+
+// heard pushes the read deadline out: the server must be heard from again
+// within one heartbeat (when the agent pings) plus the pong wait.
+func (s *Session) heard() {
+	s.conn.SetReadDeadline(time.Now().Add(s.interval() + s.pongWait))
+}
+
+func (s *Session) start() {
+	s.conn.SetPongHandler(func(string) error {
+		s.heard()
+		return nil
+	})
+	// The writer answers pings and close frames: a single goroutine writes.
+	s.conn.SetCloseHandler(func(int, string) error { return nil })
+	s.conn.SetPingHandler(func(payload string) error {
+		s.heard()
+		select {
+		case s.pongDue <- payload:
+		default:
+		}
+		return nil
+	})
+	s.heard()
+	go s.readLoop()
+	go s.writeLoop()
+}
+
+func (s *Session) readLoop() {
+	defer close(s.readDone)
+	defer close(s.frames)
+	for {
+		_, data, err := s.conn.ReadMessage()
+		if err != nil {
+			s.readErr = err
+			return
+		}
+		s.heard()
+		select {
+		case s.frames <- data:
+		case <-s.stopping: // nobody reads frames any more; wait for the close
+		}
+	}
+}
+
+func (s *Session) writeLoop() {
+	defer close(s.writeDone)
+	ping := time.NewTimer(s.interval())
+	defer ping.Stop()
+	for {
+		var err error
+		select {
+		case frame := <-s.out:
+			err = s.write(frame)
+		case <-ping.C:
+			err = s.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout))
+			ping.Reset(s.interval())
+		case payload := <-s.pongDue:
+			err = s.conn.WriteControl(websocket.PongMessage, []byte(payload), time.Now().Add(writeTimeout))
+		case <-s.hbChanged:
+			ping.Reset(s.interval())
+			s.heard()
+		case <-s.readDone:
+			return
+		case <-s.stopping:
+			s.goodbye()
+			return
+		}
+		if err != nil {
+			s.log.Debug("write failed", "err", err)
+			s.conn.Close() // the reader fails and ends the session
+			return
+		}
+	}
+}
+
+// goodbye writes what is still queued (acks above all) and a close frame.
+func (s *Session) goodbye() {
+	for len(s.out) > 0 { // the writer is the only receiver
+		if err := s.write(<-s.out); err != nil {
+			return
+		}
+	}
+	msg := websocket.FormatCloseMessage(websocket.CloseGoingAway, "agent closing")
+	if err := s.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(writeTimeout)); err != nil {
+		s.log.Debug("write close frame", "err", err)
+	}
+}
+
+func (s *Session) write(frame []byte) error {
+	s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return s.conn.WriteMessage(websocket.TextMessage, frame)
+}
+
+// shutdown closes the session with a close frame, waits briefly for the
+// server's, and returns once both goroutines have stopped, with the error
+// that ended the connection.
+func (s *Session) shutdown() error {
+	close(s.stopping)
+	<-s.writeDone
+	t := time.NewTimer(closeGrace)
+	select {
+	case <-s.readDone:
+	case <-t.C:
+	}
+	t.Stop()
+	s.conn.Close()
+	<-s.readDone
+	return s.readErr
+}

@@ -1,0 +1,479 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"tether/ipc"
+	"tether/store"
+	"tether/wire"
+)
+
+// Retry of upstream messages the server could not take for the moment
+// (an error frame with code unavailable or internal): after upstreamRetryMin,
+// doubling up to upstreamRetryMax, within one session. A new session resends
+// everything pending anyway.
+const (
+	upstreamRetryMin = 30 * time.Second
+	upstreamRetryMax = 5 * time.Minute
+)
+
+// request is a register or unregister waiting for the server's answer. The
+// session goroutine persists the answer before it handles later frames, so
+// that a message sent right after a registration finds it in the store.
+type request struct {
+	kind wire.Type // TypeRegister or TypeUnregister
+	reg  store.Registration
+	done chan requestResult // buffered; written once by whoever removes the request
+}
+
+type requestResult struct {
+	token string
+	err   error
+}
+
+// linkHandler connects the Link to the Agent without making Hello and
+// Serve part of the Agent's API.
+type linkHandler struct{ a *Agent }
+
+// Hello presents the stored credentials when they belong to this server,
+// else asks for a check-in.
+func (h linkHandler) Hello() (wire.Hello, error) {
+	a := h.a
+	hello := wire.Hello{Agent: a.name}
+	creds, err := a.store.Credentials()
+	switch {
+	case err == nil && creds.Server == a.endpoint:
+		hello.DeviceID, hello.DeviceSecret = creds.DeviceID, creds.Secret
+	case err == nil:
+		a.log.Warn("stored credentials are for another server; checking in anew", "stored_server", creds.Server)
+		hello.EnrollKey = a.enrollKey
+	case errors.Is(err, store.ErrNotFound):
+		a.log.Info("checking in")
+		hello.EnrollKey = a.enrollKey
+	default:
+		return wire.Hello{}, err
+	}
+	return hello, nil
+}
+
+// Serve runs one session: it adopts the welcome (persisting check-in
+// credentials before anything else), resends pending upstream messages
+// and handles frames until the connection ends.
+func (h linkHandler) Serve(ctx context.Context, s *Session) {
+	a := h.a
+	w := s.Welcome()
+	if err := a.adopt(w); err != nil {
+		a.log.Error("cannot use session", "err", err)
+		return
+	}
+	a.sweep() // the seen IDs of acked messages expire without a timer
+	a.mu.Lock()
+	a.session = s
+	a.mu.Unlock()
+	defer a.endSession()
+	a.log.Info("connected", "device", w.DeviceID, "heartbeat", s.interval())
+
+	r := &sessionRun{a: a, s: s, retry: map[outboxKey]bool{}, retryDelay: upstreamRetryMin}
+	r.retryTimer = time.NewTimer(time.Hour)
+	r.retryTimer.Stop()
+	defer r.retryTimer.Stop()
+
+	r.resendOutbox(ctx, nil)
+	for {
+		select {
+		case data, ok := <-s.Frames():
+			if !ok {
+				return
+			}
+			r.handleBurst(ctx, drain(data, s.Frames()))
+		case <-r.retryTimer.C:
+			keys := r.retry
+			r.retry = map[outboxKey]bool{}
+			r.retryDelay = min(2*r.retryDelay, upstreamRetryMax)
+			r.resendOutbox(ctx, keys)
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// adopt checks the welcome against what the agent knows and persists new
+// credentials.
+func (a *Agent) adopt(w wire.Welcome) error {
+	if w.DeviceSecret != "" {
+		err := a.store.SetCredentials(store.Credentials{Server: a.endpoint, DeviceID: w.DeviceID, Secret: w.DeviceSecret})
+		if err != nil {
+			return err
+		}
+		a.log.Info("checked in", "device", w.DeviceID)
+		return nil
+	}
+	creds, err := a.store.Credentials()
+	if err != nil {
+		return fmt.Errorf("welcome without credentials: %w", err)
+	}
+	if creds.Server != a.endpoint || creds.DeviceID != w.DeviceID {
+		return fmt.Errorf("welcome for device %q without credentials; this is device %q", w.DeviceID, creds.DeviceID)
+	}
+	return nil
+}
+
+// endSession marks the agent offline and fails the requests that were
+// waiting for an answer on this session.
+func (a *Agent) endSession() {
+	a.mu.Lock()
+	a.session = nil
+	for ref, req := range a.requests {
+		req.done <- requestResult{err: fmt.Errorf("connection lost: %w", ipc.ErrOffline)}
+		delete(a.requests, ref)
+	}
+	clear(a.upstreamRefs)
+	a.mu.Unlock()
+	a.signalExpiry() // pending upstream messages may expire while offline
+}
+
+// drain returns first and whatever frames are already queued behind it,
+// without waiting, up to the most messages one ack can carry.
+func drain(first []byte, frames <-chan []byte) [][]byte {
+	burst := [][]byte{first}
+	for len(burst) < wire.MaxAckIDs {
+		select {
+		case data, ok := <-frames:
+			if !ok {
+				return burst
+			}
+			burst = append(burst, data)
+		default:
+			return burst
+		}
+	}
+	return burst
+}
+
+// sessionRun is the state of one session that only its goroutine touches.
+type sessionRun struct {
+	a          *Agent
+	s          *Session
+	retry      map[outboxKey]bool
+	retryTimer *time.Timer
+	retryDelay time.Duration
+}
+
+// handleBurst handles frames that arrived together. Answers and acks are
+// handled in order first; then the messages among them are stored in one
+// transaction and acknowledged with one ack.
+func (r *sessionRun) handleBurst(ctx context.Context, burst [][]byte) {
+	var msgs []wire.Message
+	for _, data := range burst {
+		f, err := wire.Decode(data)
+		if err != nil {
+			r.reject(ctx, "", wire.CodeBadFrame, err)
+			continue
+		}
+		switch f.Type {
+		case wire.TypeMessage:
+			var m wire.Message
+			if err := f.Decode(&m); err != nil {
+				r.reject(ctx, f.Ref, wire.CodeBadFrame, err)
+				continue
+			}
+			msgs = append(msgs, m)
+		case wire.TypeRegistered, wire.TypeUnregistered:
+			r.answer(ctx, f)
+		case wire.TypeUpstreamAck:
+			r.upstreamAcked(ctx, f)
+		case wire.TypeError:
+			r.serverError(f)
+		case wire.TypeHello, wire.TypeWelcome, wire.TypeRegister, wire.TypeUnregister, wire.TypeAck, wire.TypeUpstream:
+			r.reject(ctx, f.Ref, wire.CodeUnknownType, fmt.Errorf("the agent does not take %s frames", f.Type))
+		default:
+			r.reject(ctx, f.Ref, wire.CodeUnknownType, fmt.Errorf("unknown frame type %q", f.Type))
+		}
+	}
+	if len(msgs) > 0 {
+		r.storeMessages(ctx, msgs)
+	}
+}
+
+// reject logs a frame the agent cannot use and tells the server why.
+func (r *sessionRun) reject(ctx context.Context, ref, code string, problem error) {
+	r.a.log.Warn("bad frame from server", "code", code, "ref", ref, "err", problem)
+	r.send(ctx, ref, wire.Error{Code: code, Message: problem.Error()})
+}
+
+func (r *sessionRun) send(ctx context.Context, ref string, b wire.Body) {
+	frame, err := wire.Encode(ref, b)
+	if err == nil {
+		err = r.s.Send(ctx, frame)
+	}
+	if err != nil {
+		r.a.log.Debug("frame not sent", "type", b.FrameType(), "err", err)
+	}
+}
+
+// storeMessages persists a batch of downstream messages, acknowledges all
+// of them (duplicates too) and then wakes their apps' listeners. When the
+// store fails nothing is acknowledged: the server delivers them again.
+func (r *sessionRun) storeMessages(ctx context.Context, msgs []wire.Message) {
+	a := r.a
+	now := a.now()
+	recs := make([]store.Message, len(msgs))
+	for i, m := range msgs {
+		recs[i] = store.Message{
+			ID: m.ID, App: m.App, From: m.From, Token: m.Token,
+			CollapseKey: m.CollapseKey, Data: m.Data, Priority: m.Priority,
+			SentTime: m.SentTime, TTL: m.TTL,
+			Received: now, Expires: now.Add(max(time.Duration(m.TTL)*time.Second, minHold)),
+		}
+	}
+	outcomes, err := a.store.AddMessages(recs)
+	if err != nil {
+		a.log.Error("downstream messages not stored, not acknowledged", "count", len(msgs), "err", err)
+		return
+	}
+	ids := make([]string, 0, len(msgs))
+	acked := map[string]bool{}
+	woken := map[string]bool{}
+	stored, dups := 0, 0
+	for i, m := range msgs {
+		if !acked[m.ID] {
+			acked[m.ID] = true
+			ids = append(ids, m.ID)
+		}
+		switch outcomes[i] {
+		case store.Stored:
+			stored++
+			woken[m.App] = true
+		case store.Duplicate:
+			dups++
+		case store.NoRegistration:
+			a.log.Warn("message for no registration dropped", "id", m.ID, "app", m.App, "from", m.From)
+		}
+	}
+	r.send(ctx, "", wire.Ack{IDs: ids})
+	a.log.Debug("downstream messages stored", "stored", stored, "duplicates", dups, "acked", len(ids))
+	if stored > 0 {
+		a.signalExpiry()
+	}
+	for app := range woken {
+		a.wake(app)
+	}
+}
+
+// answer completes a register or unregister with the server's answer,
+// persisting it first.
+func (r *sessionRun) answer(ctx context.Context, f wire.Frame) {
+	a := r.a
+	req := a.takeRequest(f.Ref)
+	if req == nil {
+		a.log.Warn("answer to no pending request", "type", f.Type, "ref", f.Ref)
+		return
+	}
+	var app, sender, token string
+	switch f.Type {
+	case wire.TypeRegistered:
+		var body wire.Registered
+		if err := f.Decode(&body); err != nil {
+			r.reject(ctx, f.Ref, wire.CodeBadFrame, err)
+			req.done <- requestResult{err: fmt.Errorf("%w: bad answer from the server", ipc.ErrRefused)}
+			return
+		}
+		app, sender, token = body.App, body.Sender, body.Token
+	case wire.TypeUnregistered:
+		var body wire.Unregistered
+		if err := f.Decode(&body); err != nil {
+			r.reject(ctx, f.Ref, wire.CodeBadFrame, err)
+			req.done <- requestResult{err: fmt.Errorf("%w: bad answer from the server", ipc.ErrRefused)}
+			return
+		}
+		app, sender = body.App, body.Sender
+	}
+	want := wire.TypeRegistered
+	if req.kind == wire.TypeUnregister {
+		want = wire.TypeUnregistered
+	}
+	if f.Type != want || app != req.reg.App || sender != req.reg.Sender {
+		err := fmt.Errorf("%s for app %q sender %q answers %s for app %q sender %q", f.Type, app, sender, req.kind, req.reg.App, req.reg.Sender)
+		r.reject(ctx, f.Ref, wire.CodeInvalid, err)
+		req.done <- requestResult{err: fmt.Errorf("%w: mismatched answer from the server", ipc.ErrRefused)}
+		return
+	}
+	req.done <- a.complete(req, token)
+}
+
+// complete persists the outcome of a request the server has granted.
+func (a *Agent) complete(req *request, token string) requestResult {
+	app, sender := req.reg.App, req.reg.Sender
+	if req.kind == wire.TypeUnregister {
+		dropped, err := a.store.Unregister(app, sender)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return requestResult{err: fmt.Errorf("%w: %w", ipc.ErrStorage, err)}
+		}
+		a.forget(app, dropped, false)
+		a.log.Info("unregistered", "app", app, "sender", sender, "dropped_messages", len(dropped))
+		return requestResult{}
+	}
+	reg := req.reg
+	reg.Token = token
+	switch err := a.store.Register(reg); {
+	case errors.Is(err, store.ErrOwned):
+		return requestResult{err: fmt.Errorf("app %q belongs to another user: %w", app, ipc.ErrPermission)}
+	case err != nil:
+		return requestResult{err: fmt.Errorf("%w: %w", ipc.ErrStorage, err)}
+	}
+	a.log.Info("registered", "app", app, "sender", sender)
+	return requestResult{token: token}
+}
+
+func (a *Agent) takeRequest(ref string) *request {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	req := a.requests[ref]
+	delete(a.requests, ref)
+	return req
+}
+
+// serverError handles an error frame: the answer to a request, to an
+// upstream message, or a complaint about the session.
+func (r *sessionRun) serverError(f wire.Frame) {
+	a := r.a
+	var e wire.Error
+	if err := f.Decode(&e); err != nil {
+		// Never answer an error with an error: two peers could loop.
+		a.log.Warn("bad error frame from server", "ref", f.Ref, "err", err)
+		return
+	}
+	if f.Ref == "" {
+		a.log.Warn("server reports a problem", "code", e.Code, "message", e.Message)
+		return
+	}
+	if req := a.takeRequest(f.Ref); req != nil {
+		if req.kind == wire.TypeUnregister && e.Code == wire.CodeNotRegistered {
+			req.done <- a.complete(req, "") // the server has no such registration either
+			return
+		}
+		req.done <- requestResult{err: refusal(e)}
+		return
+	}
+	a.mu.Lock()
+	key, ok := a.upstreamRefs[f.Ref]
+	a.mu.Unlock()
+	if !ok {
+		a.log.Warn("server reports a problem with an unknown frame", "ref", f.Ref, "code", e.Code, "message", e.Message)
+		return
+	}
+	if e.Code == wire.CodeUnavailable || e.Code == wire.CodeInternal {
+		a.log.Info("server cannot take upstream message now; will retry", "app", key.app, "id", key.id, "code", e.Code)
+		if len(r.retry) == 0 {
+			r.retryTimer.Reset(r.retryDelay)
+		}
+		r.retry[key] = true
+		return
+	}
+	a.log.Warn("server refused upstream message", "app", key.app, "id", key.id, "code", e.Code, "message", e.Message)
+	r.finishUpstream(key, e.String())
+}
+
+// refusal turns an error frame answering a request into the ipc error a
+// door understands.
+func refusal(e wire.Error) error {
+	switch e.Code {
+	case wire.CodeInvalid, wire.CodeBadFrame:
+		return fmt.Errorf("%w: server says %s", ipc.ErrInvalidArgument, e)
+	case wire.CodeNotRegistered:
+		return fmt.Errorf("%w: server says %s", ipc.ErrNotRegistered, e)
+	}
+	return fmt.Errorf("%w: %s", ipc.ErrRefused, e)
+}
+
+func (r *sessionRun) upstreamAcked(ctx context.Context, f wire.Frame) {
+	var ack wire.UpstreamAck
+	if err := f.Decode(&ack); err != nil {
+		r.reject(ctx, f.Ref, wire.CodeBadFrame, err)
+		return
+	}
+	if ack.Error == "" {
+		r.retryDelay = upstreamRetryMin
+	}
+	r.finishUpstream(outboxKey{ack.App, ack.ID}, ack.Error)
+}
+
+// finishUpstream removes a message from the outbox and tells its app.
+func (r *sessionRun) finishUpstream(key outboxKey, result string) {
+	a := r.a
+	a.mu.Lock()
+	delete(a.upstreamRefs, upstreamRef(key))
+	a.mu.Unlock()
+	delete(r.retry, key)
+	switch _, err := a.store.RemoveUpstream(key.app, key.id); {
+	case errors.Is(err, store.ErrNotFound):
+		a.log.Debug("outcome of no pending upstream message", "app", key.app, "id", key.id)
+		return
+	case err != nil:
+		// It stays pending, is sent again, and the server drops the repeat
+		// and answers again.
+		a.log.Error("upstream outcome not stored", "app", key.app, "id", key.id, "err", err)
+		return
+	}
+	a.report(ipc.SendResult{App: key.app, ID: key.id, Err: result})
+}
+
+// resendOutbox sends the pending upstream messages (only those in keys,
+// when keys is not nil), and gives up on those whose time to live has run
+// out.
+func (r *sessionRun) resendOutbox(ctx context.Context, keys map[outboxKey]bool) {
+	a := r.a
+	pending, err := a.store.Outbox()
+	if err != nil {
+		a.log.Error("read outbox", "err", err)
+		return
+	}
+	now := a.now()
+	for _, u := range pending {
+		key := outboxKey{u.App, u.ID}
+		if keys != nil && !keys[key] {
+			continue
+		}
+		if u.Expired(now) {
+			r.finishUpstream(key, ResultTTLExceeded)
+			continue
+		}
+		ttl := int64((u.Expires.Sub(now) + time.Second - 1) / time.Second)
+		a.sendUpstream(ctx, r.s, u, ttl)
+	}
+}
+
+// sendUpstream sends one upstream message with ttl seconds to live.
+func (a *Agent) sendUpstream(ctx context.Context, s *Session, u store.Upstream, ttl int64) {
+	key := outboxKey{u.App, u.ID}
+	ref := upstreamRef(key)
+	frame, err := wire.Encode(ref, wire.Upstream{App: u.App, To: u.To, ID: u.ID, TTL: ttl, Priority: u.Priority, Data: u.Data})
+	if err != nil {
+		a.log.Error("encode upstream message", "app", u.App, "id", u.ID, "err", err)
+		return
+	}
+	a.mu.Lock()
+	if a.session != s {
+		a.mu.Unlock()
+		return
+	}
+	a.upstreamRefs[ref] = key
+	a.mu.Unlock()
+	if err := s.Send(ctx, frame); err != nil {
+		a.log.Debug("upstream message not sent; will resend", "app", u.App, "id", u.ID, "err", err)
+	}
+}
+
+// upstreamRef is the ref of an upstream message's frames: the same for
+// every resend, so the map of refs stays as small as the outbox.
+func upstreamRef(key outboxKey) string {
+	sum := sha256.Sum256([]byte(key.app + "\x00" + key.id))
+	return "up-" + hex.EncodeToString(sum[:12])
+}

@@ -1,0 +1,234 @@
+// Command tether-server runs Tether's connection server and manages its
+// senders (docs/server-api.md).
+//
+//	tether-server serve --listen 127.0.0.1:8080 --data DIR [--tls-cert F --tls-key F] [--enroll-key K] [--log-level L]
+//	tether-server sender add --data DIR --name NAME [--webhook URL] [--json]
+//	tether-server sender list --data DIR [--json]
+//	tether-server sender remove --data DIR --id ID
+//
+// Exit status: 0 on success, 1 on an error, 2 on a usage error.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"tether/server"
+)
+
+const usage = `usage:
+  tether-server serve --data DIR [--listen ADDR] [--tls-cert FILE --tls-key FILE]
+                      [--enroll-key KEY | --enroll-key-file FILE] [--log-level debug|info|warn|error]
+  tether-server sender add --data DIR --name NAME [--webhook URL] [--json]
+  tether-server sender list --data DIR [--json]
+  tether-server sender remove --data DIR --id ID
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// errUsage marks a usage error, exit status 2; flag has printed why.
+var errUsage = errors.New("usage")
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	err := dispatch(ctx, args, stdout, stderr)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	}
+	fmt.Fprintf(stderr, "tether-server: %v\n", err)
+	return 1
+}
+
+func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	switch {
+	case len(args) >= 1 && args[0] == "serve":
+		return serve(ctx, args[1:], stderr)
+	case len(args) >= 2 && args[0] == "sender" && args[1] == "add":
+		return senderAdd(ctx, args[2:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "sender" && args[1] == "list":
+		return senderList(ctx, args[2:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "sender" && args[1] == "remove":
+		return senderRemove(ctx, args[2:], stdout, stderr)
+	case len(args) >= 1 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help"):
+		io.WriteString(stdout, usage)
+		return nil
+	}
+	io.WriteString(stderr, usage)
+	return errUsage
+}
+
+// flags makes a flag set for one subcommand that reports errors as usage
+// errors.
+func flags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("tether-server "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+func parse(fs *flag.FlagSet, args []string, required ...string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return errUsage
+	}
+	for _, name := range required {
+		if fs.Lookup(name).Value.String() == "" {
+			fmt.Fprintf(fs.Output(), "%s: --%s is required\n", fs.Name(), name)
+			return errUsage
+		}
+	}
+	return nil
+}
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flags("serve", stderr)
+	listen := fs.String("listen", "127.0.0.1:8080", "TCP `address` for app servers and devices")
+	data := fs.String("data", "", "data `directory` (created with mode 0700)")
+	cert := fs.String("tls-cert", "", "TLS certificate `file` (PEM); serve HTTPS and WSS")
+	key := fs.String("tls-key", "", "TLS private key `file` (PEM)")
+	enrollKey := fs.String("enroll-key", "", "`key` that devices must present to check in")
+	enrollKeyFile := fs.String("enroll-key-file", "", "`file` holding the enrollment key (keeps it out of ps)")
+	level := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
+	if err := parse(fs, args, "data"); err != nil {
+		return err
+	}
+	var logLevel slog.Level
+	if err := logLevel.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(stderr, "tether-server serve: bad --log-level %q\n", *level)
+		return errUsage
+	}
+	if (*cert == "") != (*key == "") {
+		fmt.Fprintln(stderr, "tether-server serve: --tls-cert and --tls-key go together")
+		return errUsage
+	}
+	if *enrollKey != "" && *enrollKeyFile != "" {
+		fmt.Fprintln(stderr, "tether-server serve: give --enroll-key or --enroll-key-file, not both")
+		return errUsage
+	}
+	if *enrollKeyFile != "" {
+		b, err := os.ReadFile(*enrollKeyFile)
+		if err != nil {
+			return fmt.Errorf("read enrollment key: %w", err)
+		}
+		if *enrollKey = strings.TrimSpace(string(b)); *enrollKey == "" {
+			return fmt.Errorf("read enrollment key: %s is empty", *enrollKeyFile)
+		}
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
+	srv, err := server.New(server.Config{
+		DataDir: *data, Listen: *listen, TLSCert: *cert, TLSKey: *key, EnrollKey: *enrollKey, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	return srv.Serve(ctx)
+}
+
+func openAdmin(ctx context.Context, data string, create bool) (*server.Admin, error) {
+	return server.OpenAdmin(ctx, server.AdminConfig{DataDir: data, Create: create})
+}
+
+func senderAdd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("sender add", stderr)
+	data := fs.String("data", "", "data `directory` of the server")
+	name := fs.String("name", "", "`name` of the app server, for people")
+	webhook := fs.String("webhook", "", "`URL` that upstream messages are POSTed to")
+	asJSON := fs.Bool("json", false, `print {"sender_id": ..., "server_key": ...}`)
+	if err := parse(fs, args, "data", "name"); err != nil {
+		return err
+	}
+	admin, err := openAdmin(ctx, *data, true)
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	snd, err := admin.AddSender(ctx, *name, *webhook)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(snd)
+	}
+	fmt.Fprintf(stdout, "sender_id  %s\nserver_key %s\n", snd.ID, snd.ServerKey)
+	fmt.Fprintln(stderr, "Keep the server key safe: it is shown only this once.")
+	return nil
+}
+
+func senderList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("sender list", stderr)
+	data := fs.String("data", "", "data `directory` of the server")
+	asJSON := fs.Bool("json", false, "print a JSON array")
+	if err := parse(fs, args, "data"); err != nil {
+		return err
+	}
+	admin, err := openAdmin(ctx, *data, false)
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	list, err := admin.Senders(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		if list == nil {
+			list = []server.SenderInfo{}
+		}
+		return json.NewEncoder(stdout).Encode(list)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SENDER ID\tNAME\tWEBHOOK\tCREATED")
+	for _, snd := range list {
+		webhook := snd.Webhook
+		if webhook == "" {
+			webhook = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", snd.ID, snd.Name, webhook, snd.Created.Local().Format(time.DateTime))
+	}
+	return tw.Flush()
+}
+
+func senderRemove(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("sender remove", stderr)
+	data := fs.String("data", "", "data `directory` of the server")
+	id := fs.String("id", "", "sender `ID` to remove")
+	if err := parse(fs, args, "data", "id"); err != nil {
+		return err
+	}
+	admin, err := openAdmin(ctx, *data, false)
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	if err := admin.RemoveSender(ctx, *id); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "removed sender %s\n", *id)
+	return nil
+}

@@ -1,0 +1,207 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestMain lets the test binary act as tether-server, so that tests can
+// run the real command as a separate process.
+func TestMain(m *testing.M) {
+	if os.Getenv("TETHER_SERVER_TEST_MAIN") == "1" {
+		main()
+	}
+	os.Exit(m.Run())
+}
+
+func command(args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "TETHER_SERVER_TEST_MAIN=1")
+	return cmd
+}
+
+// runCmd runs the command in this process.
+func runCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code = run(context.Background(), args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestUsage(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{},
+		{"frobnicate"},
+		{"sender"},
+		{"sender", "add", "--data", dir},
+		{"sender", "add", "--name", "x"},
+		{"sender", "remove", "--data", dir},
+		{"sender", "list", "--data", dir, "extra"},
+		{"sender", "list", "--bogus"},
+		{"serve"},
+		{"serve", "--data", dir, "--log-level", "loud"},
+		{"serve", "--data", dir, "--tls-cert", "c.pem"},
+		{"serve", "--data", dir, "--enroll-key", "a", "--enroll-key-file", "f"},
+	} {
+		if code, _, stderr := runCmd(t, args...); code != 2 || stderr == "" {
+			t.Errorf("%q: exit %d, stderr %q; want 2 with a message", args, code, stderr)
+		}
+	}
+	if code, stdout, _ := runCmd(t, "help"); code != 0 || !strings.Contains(stdout, "sender add") {
+		t.Errorf("help: %d %q", code, stdout)
+	}
+}
+
+func TestSenderCommandsWithoutServer(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	if code, _, stderr := runCmd(t, "sender", "list", "--data", dir); code != 1 || !strings.HasPrefix(stderr, "tether-server: ") {
+		t.Errorf("list without a store: %d %q", code, stderr)
+	}
+	code, stdout, stderr := runCmd(t, "sender", "add", "--data", dir, "--name", "thermo", "--webhook", "https://b.example/up", "--json")
+	if code != 0 {
+		t.Fatalf("add: %d %s", code, stderr)
+	}
+	var snd map[string]string
+	if err := json.Unmarshal([]byte(stdout), &snd); err != nil {
+		t.Fatalf("add --json printed %q: %v", stdout, err)
+	}
+	if len(snd) != 2 || !regexp.MustCompile(`^[1-9]\d{11}$`).MatchString(snd["sender_id"]) || len(snd["server_key"]) < 40 {
+		t.Fatalf("add --json printed %v", snd)
+	}
+	code, stdout, _ = runCmd(t, "sender", "add", "--data", dir, "--name", "plain")
+	if code != 0 || !regexp.MustCompile(`(?m)^sender_id +\d{12}\nserver_key +\S{40,}$`).MatchString(stdout) {
+		t.Errorf("add: %d %q", code, stdout)
+	}
+
+	code, stdout, _ = runCmd(t, "sender", "list", "--data", dir, "--json")
+	var list []map[string]any
+	if err := json.Unmarshal([]byte(stdout), &list); code != 0 || err != nil || len(list) != 2 {
+		t.Fatalf("list --json: %d %q %v", code, stdout, err)
+	}
+	code, stdout, _ = runCmd(t, "sender", "list", "--data", dir)
+	if code != 0 || !strings.Contains(stdout, snd["sender_id"]) || !strings.Contains(stdout, "https://b.example/up") || strings.Contains(stdout, snd["server_key"]) {
+		t.Errorf("list: %d %q", code, stdout)
+	}
+	if code, _, _ := runCmd(t, "sender", "remove", "--data", dir, "--id", snd["sender_id"]); code != 0 {
+		t.Errorf("remove: %d", code)
+	}
+	if code, _, stderr := runCmd(t, "sender", "remove", "--data", dir, "--id", snd["sender_id"]); code != 1 || !strings.Contains(stderr, "no such sender") {
+		t.Errorf("second remove: %d %q", code, stderr)
+	}
+	if code, _, stderr := runCmd(t, "sender", "add", "--data", dir, "--name", "x", "--webhook", "not a url"); code != 1 || stderr == "" {
+		t.Errorf("bad webhook: %d %q", code, stderr)
+	}
+}
+
+// TestServeProcess runs tether-server serve as a real process, manages
+// senders through its admin socket and stops it with SIGTERM.
+func TestServeProcess(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	keyFile := filepath.Join(t.TempDir(), "enroll")
+	if err := os.WriteFile(keyFile, []byte("enrol-key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := command("serve", "--listen", "127.0.0.1:0", "--data", dir, "--enroll-key-file", keyFile, "--log-level", "debug")
+	stderr, err := srv.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Process.Kill()
+	lines := bufio.NewScanner(stderr)
+	addr := ""
+	for addr == "" && lines.Scan() {
+		if m := regexp.MustCompile(`msg=listening addr=(\S+)`).FindStringSubmatch(lines.Text()); m != nil {
+			addr = m[1]
+		}
+	}
+	if addr == "" {
+		t.Fatal("no listening line")
+	}
+	logs := make(chan string, 1)
+	go func() {
+		rest, _ := io.ReadAll(stderr)
+		logs <- string(rest)
+	}()
+
+	resp, err := http.Get("http://" + addr + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("healthz %d", resp.StatusCode)
+	}
+
+	out, err := command("sender", "add", "--data", dir, "--name", "live", "--json").Output()
+	if err != nil {
+		t.Fatalf("sender add while serving: %v", err)
+	}
+	var snd struct {
+		SenderID  string `json:"sender_id"`
+		ServerKey string `json:"server_key"`
+	}
+	if err := json.Unmarshal(out, &snd); err != nil || snd.ServerKey == "" {
+		t.Fatalf("sender add printed %q: %v", out, err)
+	}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/gcm/send", strings.NewReader(`{"to": "nobody"}`))
+	req.Header.Set("Authorization", "key="+snd.ServerKey)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "InvalidRegistration") {
+		t.Errorf("send with the new key: %d %s", resp.StatusCode, body)
+	}
+	if out, err := command("sender", "list", "--data", dir).Output(); err != nil || !strings.Contains(string(out), snd.SenderID) {
+		t.Errorf("sender list while serving: %v %q", err, out)
+	}
+	if err := command("sender", "remove", "--data", dir, "--id", snd.SenderID).Run(); err != nil {
+		t.Errorf("sender remove while serving: %v", err)
+	}
+
+	// A second server on the same directory fails at once.
+	second := command("serve", "--listen", "127.0.0.1:0", "--data", dir)
+	var secondErr bytes.Buffer
+	second.Stderr = &secondErr
+	if err := second.Run(); second.ProcessState.ExitCode() != 1 || !strings.Contains(secondErr.String(), "in use") {
+		t.Errorf("second server: %v %q", err, secondErr.String())
+	}
+
+	srv.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- srv.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("serve exited with %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not stop on SIGTERM")
+	}
+	rest := <-logs
+	if strings.Contains(rest, snd.ServerKey) || strings.Contains(rest, "enrol-key") {
+		t.Error("a secret is in the server's log")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "admin.sock")); !os.IsNotExist(err) {
+		t.Errorf("admin socket left behind: %v", err)
+	}
+}

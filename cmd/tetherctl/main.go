@@ -1,0 +1,441 @@
+// Command tetherctl is the command line for the Tether agent (tetherd) on a
+// device: it registers apps, listens for their messages, sends upstream
+// messages and shows the agent's state, all through the agent's Unix
+// socket (docs/ipc.md). It is a small client of that socket and holds no
+// state of its own.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"tether/ipc"
+)
+
+const defaultSocket = "/run/tether/tetherd.sock"
+
+const usage = `Usage: tetherctl [--socket PATH] [--json] COMMAND [FLAGS]
+
+Talks to the Tether agent (tetherd) on this device.
+
+Commands:
+  register    --app APP --sender SENDER   print the app's registration token
+  unregister  --app APP --sender SENDER   drop the registration
+  listen      --app APP [--count N]       print the app's messages, acking each
+                                          one once printed; with --count, exit
+                                          after N messages
+  send        --app APP --to SENDER [--id ID] [--ttl SECONDS]
+              [--priority normal|high] [--wait] KEY=VALUE...
+                                          send an upstream message and print
+                                          its ID; with --wait, wait until the
+                                          server has it
+  status                                  show the agent's state
+  help                                    show this help
+
+Global flags, before or after the command:
+  --socket PATH   the agent's socket (default $TETHER_SOCKET, else ` + defaultSocket + `)
+  --json          print JSON, one object per line
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// cli is one invocation: where to print and the global flags.
+type cli struct {
+	stdout io.Writer
+	socket string
+	json   bool
+}
+
+type command struct {
+	name string
+	run  func(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error
+}
+
+var commands = []command{
+	{"register", runRegister},
+	{"unregister", runUnregister},
+	{"listen", runListen},
+	{"send", runSend},
+	{"status", runStatus},
+}
+
+// usageError is a mistake in the command line; it exits with status 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return usageError{fmt.Sprintf(format, args...)}
+}
+
+// run is tetherctl without the process around it: it returns the exit
+// status.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	c := &cli{stdout: stdout, socket: defaultSocket}
+	if s := getenv("TETHER_SOCKET"); s != "" {
+		c.socket = s
+	}
+	global := newFlagSet("tetherctl", c)
+	switch err := global.Parse(args); {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(stdout, usage)
+		return 0
+	case err != nil:
+		fmt.Fprintf(stderr, "tetherctl: %v\n\n%s", err, usage)
+		return 2
+	}
+	if global.NArg() == 0 {
+		fmt.Fprintf(stderr, "tetherctl: no command\n\n%s", usage)
+		return 2
+	}
+	name, rest := global.Arg(0), global.Args()[1:]
+	if name == "help" {
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	i := slices.IndexFunc(commands, func(cmd command) bool { return cmd.name == name })
+	if i < 0 {
+		fmt.Fprintf(stderr, "tetherctl: unknown command %q\n\n%s", name, usage)
+		return 2
+	}
+	err := commands[i].run(ctx, c, newFlagSet(name, c), rest)
+	var ue usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(stdout, usage)
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "tetherctl: %s: %v (see tetherctl help)\n", name, err)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "tetherctl: %s: %v\n", name, err)
+		return 1
+	}
+}
+
+// newFlagSet returns a flag set that knows the global flags, so that they
+// may come before or after the command.
+func newFlagSet(name string, c *cli) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // run reports errors itself.
+	fs.StringVar(&c.socket, "socket", c.socket, "the agent's socket")
+	fs.BoolVar(&c.json, "json", c.json, "print JSON")
+	return fs
+}
+
+// parse parses flags and positional arguments in any order and returns the
+// positional ones; everything after "--" is positional.
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, usageError{err.Error()}
+		}
+		rest := fs.Args()
+		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+			return append(positional, rest...), nil
+		}
+		if len(rest) == 0 {
+			return positional, nil
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
+	}
+}
+
+// parseNoArgs parses flags and rejects positional arguments.
+func parseNoArgs(fs *flag.FlagSet, args []string) error {
+	rest, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return usagef("unexpected argument %q", rest[0])
+	}
+	return nil
+}
+
+func require(flags ...[2]string) error {
+	for _, f := range flags {
+		if f[1] == "" {
+			return usagef("--%s is required", f[0])
+		}
+	}
+	return nil
+}
+
+// printJSON writes v as one line of JSON.
+func (c *cli) printJSON(v any) error {
+	line, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode output: %w", err)
+	}
+	_, err = fmt.Fprintf(c.stdout, "%s\n", line)
+	return err
+}
+
+func runRegister(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
+	app := fs.String("app", "", "the app ID")
+	sender := fs.String("sender", "", "the sender ID")
+	if err := parseNoArgs(fs, args); err != nil {
+		return err
+	}
+	if err := require([2]string{"app", *app}, [2]string{"sender", *sender}); err != nil {
+		return err
+	}
+	resp, err := c.call(ctx, ipc.Request{Op: "register", App: *app, Sender: *sender})
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return c.printJSON(struct {
+			Token string `json:"token"`
+		}{resp.Token})
+	}
+	_, err = fmt.Fprintln(c.stdout, resp.Token)
+	return err
+}
+
+func runUnregister(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
+	app := fs.String("app", "", "the app ID")
+	sender := fs.String("sender", "", "the sender ID")
+	if err := parseNoArgs(fs, args); err != nil {
+		return err
+	}
+	if err := require([2]string{"app", *app}, [2]string{"sender", *sender}); err != nil {
+		return err
+	}
+	_, err := c.call(ctx, ipc.Request{Op: "unregister", App: *app, Sender: *sender})
+	return err
+}
+
+func runSend(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
+	req := ipc.Request{Op: "send"}
+	fs.StringVar(&req.App, "app", "", "the app ID")
+	fs.StringVar(&req.To, "to", "", "the sender ID to send to")
+	fs.StringVar(&req.MessageID, "id", "", "the message ID (default: the agent makes one)")
+	fs.Func("ttl", "time to live in seconds", func(s string) error {
+		ttl, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return fmt.Errorf("%q is not a whole number of seconds", s)
+		}
+		req.TTL = &ttl
+		return nil
+	})
+	fs.StringVar(&req.Priority, "priority", "", "normal or high")
+	fs.BoolVar(&req.Wait, "wait", false, "wait for the outcome")
+	pairs, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := require([2]string{"app", req.App}, [2]string{"to", req.To}); err != nil {
+		return err
+	}
+	if req.Priority != "" && req.Priority != "normal" && req.Priority != "high" {
+		return usagef("--priority must be normal or high, not %q", req.Priority)
+	}
+	req.Data = make(map[string]string, len(pairs))
+	for _, pair := range pairs {
+		key, value, ok := strings.Cut(pair, "=")
+		if !ok || key == "" {
+			return usagef("data must be KEY=VALUE, not %q", pair)
+		}
+		if _, dup := req.Data[key]; dup {
+			return usagef("data key %q given twice", key)
+		}
+		req.Data[key] = value
+	}
+
+	resp, err := c.call(ctx, req)
+	if err != nil {
+		if resp.MessageID != "" {
+			return fmt.Errorf("message %s: %w", resp.MessageID, err)
+		}
+		return err
+	}
+	switch {
+	case c.json:
+		return c.printJSON(struct {
+			MessageID string `json:"message_id"`
+			Sent      bool   `json:"sent,omitempty"`
+		}{resp.MessageID, resp.Sent})
+	case resp.Sent:
+		_, err = fmt.Fprintf(c.stdout, "sent %s\n", resp.MessageID)
+	default:
+		_, err = fmt.Fprintln(c.stdout, resp.MessageID)
+	}
+	return err
+}
+
+func runStatus(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
+	if err := parseNoArgs(fs, args); err != nil {
+		return err
+	}
+	resp, err := c.call(ctx, ipc.Request{Op: "status"})
+	if err != nil {
+		return err
+	}
+	if resp.Status == nil {
+		return errors.New("the agent sent no status")
+	}
+	st := *resp.Status
+	if c.json {
+		return c.printJSON(st)
+	}
+	connected := "no"
+	if st.Connected {
+		connected = "yes"
+	}
+	_, err = fmt.Fprintf(c.stdout, "connected:         %s\nserver:            %s\ndevice id:         %s\napps:              %d\nqueued downstream: %d\npending upstream:  %d\n",
+		connected, orDash(st.Server), orDash(st.DeviceID), st.Apps, st.QueuedDownstream, st.PendingUpstream)
+	return err
+}
+
+func runListen(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
+	app := fs.String("app", "", "the app ID")
+	count := fs.Int("count", 0, "exit after this many messages (0: never)")
+	if err := parseNoArgs(fs, args); err != nil {
+		return err
+	}
+	if err := require([2]string{"app", *app}); err != nil {
+		return err
+	}
+	if *count < 0 {
+		return usagef("--count must not be negative")
+	}
+	conn, err := dial(ctx, c.socket)
+	if err != nil {
+		return err
+	}
+	defer conn.close()
+	if _, err := conn.call(ipc.Request{Op: "listen", App: *app}); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+
+	received := 0
+	acks := make(map[string]string) // request id → message id, until answered
+	for *count == 0 || received < *count || len(acks) > 0 {
+		resp, ev, err := conn.read()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil // interrupted: what was not acked comes again
+			}
+			return err
+		}
+		if resp != nil {
+			msgID, ok := acks[string(resp.ID)]
+			if !ok {
+				return fmt.Errorf("unexpected response from the agent: %+v", resp)
+			}
+			delete(acks, string(resp.ID))
+			if resp.Error != nil {
+				return fmt.Errorf("ack %s: %w", msgID, resp.Error)
+			}
+			continue
+		}
+		switch ev.Event {
+		case ipc.EventMessage:
+			if ev.Message == nil {
+				return errors.New("the agent sent a message event without a message")
+			}
+			if *count > 0 && received == *count {
+				continue // not acked, so it comes again to the next listener
+			}
+			if err := c.printMessage(*ev.Message); err != nil {
+				return err
+			}
+			received++
+			reqID, err := conn.send(ipc.Request{Op: "ack", App: *app, IDs: []string{ev.Message.ID}})
+			if err != nil {
+				return err
+			}
+			acks[reqID] = ev.Message.ID
+		case ipc.EventReplaced:
+			return fmt.Errorf("another listener for app %q took over", *app)
+		default:
+			if err := c.printEvent(*ev); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (c *cli) printMessage(m ipc.Message) error {
+	if c.json {
+		return c.printJSON(struct {
+			Event string `json:"event"`
+			ipc.Message
+		}{ipc.EventMessage, m})
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "message %s from %s collapse_key=%s data:", m.ID, m.From, orDash(m.CollapseKey))
+	if len(m.Data) == 0 {
+		b.WriteString(" -")
+	}
+	for _, k := range slices.Sorted(maps.Keys(m.Data)) {
+		fmt.Fprintf(&b, " %s=%s", quoteIfNeeded(k), quoteIfNeeded(m.Data[k]))
+	}
+	_, err := fmt.Fprintln(c.stdout, b.String())
+	return err
+}
+
+func (c *cli) printEvent(ev ipc.Event) error {
+	if c.json {
+		return c.printJSON(ev)
+	}
+	var err error
+	switch ev.Event {
+	case ipc.EventSent:
+		_, err = fmt.Fprintf(c.stdout, "sent %s\n", ev.MessageID)
+	case ipc.EventSendError:
+		_, err = fmt.Fprintf(c.stdout, "send_error %s: %s\n", ev.MessageID, ev.Error)
+	case ipc.EventDeletedMessages:
+		_, err = fmt.Fprintf(c.stdout, "deleted_messages %d\n", ev.Count)
+	default:
+		_, err = fmt.Fprintf(c.stdout, "%s\n", ev.Event)
+	}
+	return err
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// quoteIfNeeded keeps data readable on one line: values with spaces, '=',
+// quotes or control characters are printed Go-quoted.
+func quoteIfNeeded(s string) string {
+	if s == "" || strings.ContainsFunc(s, func(r rune) bool {
+		return r <= ' ' || r == '=' || r == '"' || r == '\\' || r == 0x7f || !strconv.IsPrint(r)
+	}) {
+		return strconv.Quote(s)
+	}
+	return s
+}

@@ -1,0 +1,427 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"tether/ipc"
+	"tether/ipc/ipctest"
+)
+
+const app = "com.example.app"
+
+// env is an agent socket served by the real door over an ipctest backend.
+type env struct {
+	t      *testing.T
+	b      *ipctest.Backend
+	srv    *ipc.SocketServer
+	socket string
+	me     ipc.Caller
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	b := ipctest.New("push.example.test:443", "device-7")
+	socket := filepath.Join(t.TempDir(), "tetherd.sock")
+	srv, err := ipc.NewSocketServer(ipc.SocketConfig{
+		Path:    socket,
+		Backend: b,
+		Logger:  slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		srv.Close()
+		<-served
+	})
+	return &env{t: t, b: b, srv: srv, socket: socket, me: ipc.Caller{UID: uint32(os.Getuid())}}
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// run runs tetherctl with TETHER_SOCKET pointing at the env's socket.
+func (e *env) run(ctx context.Context, args ...string) result {
+	var stdout, stderr bytes.Buffer
+	getenv := func(key string) string {
+		if key == "TETHER_SOCKET" {
+			return e.socket
+		}
+		return ""
+	}
+	code := run(ctx, args, getenv, &stdout, &stderr)
+	return result{code, stdout.String(), stderr.String()}
+}
+
+// start runs tetherctl in the background; wait returns its result.
+func (e *env) start(ctx context.Context, args ...string) (wait func() result) {
+	done := make(chan result, 1)
+	go func() { done <- e.run(ctx, args...) }()
+	return func() result {
+		e.t.Helper()
+		select {
+		case r := <-done:
+			return r
+		case <-time.After(30 * time.Second):
+			e.t.Fatalf("tetherctl %q did not finish", args)
+			return result{}
+		}
+	}
+}
+
+func (e *env) register(app, sender string) string {
+	e.t.Helper()
+	token, err := e.b.Register(context.Background(), e.me, app, sender)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return token
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestCommands(t *testing.T) {
+	otherUID := uint32(os.Getuid()) + 1
+	missing := filepath.Join(t.TempDir(), "missing.sock")
+	tests := []struct {
+		name       string
+		setup      func(e *env)
+		args       []string
+		wantCode   int
+		wantStdout string // exact, unless check is set
+		wantStderr string // exact
+		check      func(t *testing.T, e *env, r result)
+	}{
+		{
+			name: "register prints the token",
+			args: []string{"register", "--app", app, "--sender", "123"},
+			check: func(t *testing.T, e *env, r result) {
+				if want := e.register(app, "123") + "\n"; r.stdout != want {
+					t.Errorf("stdout %q, want %q", r.stdout, want)
+				}
+			},
+		},
+		{
+			name: "register --json after the command",
+			args: []string{"register", "--app", app, "--sender", "123", "--json"},
+			check: func(t *testing.T, e *env, r result) {
+				if want := fmt.Sprintf(`{"token":%q}`+"\n", e.register(app, "123")); r.stdout != want {
+					t.Errorf("stdout %q, want %q", r.stdout, want)
+				}
+			},
+		},
+		{
+			name:       "global flags before the command override the environment",
+			setup:      func(e *env) { e.register(app, "123") },
+			args:       []string{"--json", "--socket", "SOCKET", "unregister", "--app", app, "--sender", "123"},
+			wantStdout: "",
+			check: func(t *testing.T, e *env, r result) {
+				if err := e.b.Unregister(context.Background(), e.me, app, "123"); err == nil {
+					t.Error("the registration is still there")
+				}
+			},
+		},
+		{
+			name:       "socket flag after the command",
+			args:       []string{"status", "--socket", missing},
+			wantCode:   1,
+			wantStderr: "tetherctl: status: cannot reach the agent: dial unix " + missing + ": connect: no such file or directory\n",
+		},
+		{
+			name:       "backend error with its code",
+			setup:      func(e *env) { e.b.SetOwner("com.other", otherUID) },
+			args:       []string{"register", "--app", "com.other", "--sender", "1"},
+			wantCode:   1,
+			wantStderr: fmt.Sprintf("tetherctl: register: register for app \"com.other\": it belongs to uid %d, not %d: permission denied (PermissionDenied)\n", otherUID, os.Getuid()),
+		},
+		{
+			name:       "unregister what is not registered",
+			setup:      func(e *env) { e.register(app, "123") },
+			args:       []string{"unregister", "--app", app, "--sender", "999"},
+			wantCode:   1,
+			wantStderr: "tetherctl: unregister: unregister app \"com.example.app\" from sender \"999\": not registered (NotRegistered)\n",
+		},
+		{
+			name: "status",
+			setup: func(e *env) {
+				e.register(app, "123")
+				e.b.Push(ipc.Message{ID: "m1", App: app})
+			},
+			args:       []string{"status"},
+			wantStdout: "connected:         yes\nserver:            push.example.test:443\ndevice id:         device-7\napps:              1\nqueued downstream: 1\npending upstream:  0\n",
+		},
+		{
+			name:  "status --json",
+			setup: func(e *env) { e.b.SetConnected(false) },
+			args:  []string{"status", "--json"},
+			check: func(t *testing.T, e *env, r result) {
+				want, _ := e.b.Status(context.Background())
+				var got ipc.Status
+				if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || got != want || !strings.HasSuffix(r.stdout, "}\n") {
+					t.Errorf("stdout %q (%v), want %+v", r.stdout, err, want)
+				}
+			},
+		},
+		{
+			name:       "send with every flag",
+			setup:      func(e *env) { e.register(app, "123") },
+			args:       []string{"send", "--app", app, "--to", "123", "--id", "m1", "--ttl", "60", "--priority", "high", "k=v", "text=a b=c", "empty="},
+			wantStdout: "m1\n",
+			check: func(t *testing.T, e *env, r result) {
+				ttl := int64(60)
+				want := []ipc.SendRequest{{App: app, To: "123", ID: "m1", TTL: &ttl, Priority: "high", Data: map[string]string{"k": "v", "text": "a b=c", "empty": ""}}}
+				if got := e.b.Sends(app); !reflect.DeepEqual(got, want) {
+					t.Errorf("backend got %+v, want %+v", got, want)
+				}
+			},
+		},
+		{
+			name:  "send with flags after the data and data after --",
+			setup: func(e *env) { e.register(app, "123") },
+			args:  []string{"send", "--app", app, "k=v", "--to", "123", "--json", "--", "--ttl=5"},
+			check: func(t *testing.T, e *env, r result) {
+				sends := e.b.Sends(app)
+				want := map[string]string{"k": "v", "--ttl": "5"}
+				if len(sends) != 1 || !reflect.DeepEqual(sends[0].Data, want) || sends[0].TTL != nil {
+					t.Fatalf("backend got %+v, want data %v and no ttl", sends, want)
+				}
+				if wantOut := fmt.Sprintf(`{"message_id":%q}`+"\n", sends[0].ID); r.stdout != wantOut {
+					t.Errorf("stdout %q, want %q", r.stdout, wantOut)
+				}
+			},
+		},
+		{
+			name: "send ttl 0 while offline",
+			setup: func(e *env) {
+				e.register(app, "123")
+				e.b.SetConnected(false)
+			},
+			args:       []string{"send", "--app", app, "--to", "123", "--ttl", "0", "k=v"},
+			wantCode:   1,
+			wantStderr: "tetherctl: send: send for app \"com.example.app\" with ttl 0: not connected to the server (Offline)\n",
+		},
+		{name: "bad data pair", args: []string{"send", "--app", app, "--to", "1", "kv"}, wantCode: 2, wantStderr: "tetherctl: send: data must be KEY=VALUE, not \"kv\" (see tetherctl help)\n"},
+		{name: "empty data key", args: []string{"send", "--app", app, "--to", "1", "=v"}, wantCode: 2, wantStderr: "tetherctl: send: data must be KEY=VALUE, not \"=v\" (see tetherctl help)\n"},
+		{name: "duplicate data key", args: []string{"send", "--app", app, "--to", "1", "k=1", "k=2"}, wantCode: 2, wantStderr: "tetherctl: send: data key \"k\" given twice (see tetherctl help)\n"},
+		{name: "bad priority", args: []string{"send", "--app", app, "--to", "1", "--priority", "urgent"}, wantCode: 2, wantStderr: "tetherctl: send: --priority must be normal or high, not \"urgent\" (see tetherctl help)\n"},
+		{name: "bad ttl", args: []string{"send", "--app", app, "--to", "1", "--ttl", "1.5"}, wantCode: 2, wantStderr: "tetherctl: send: invalid value \"1.5\" for flag -ttl: \"1.5\" is not a whole number of seconds (see tetherctl help)\n"},
+		{name: "missing --to", args: []string{"send", "--app", app, "k=v"}, wantCode: 2, wantStderr: "tetherctl: send: --to is required (see tetherctl help)\n"},
+		{name: "missing --app", args: []string{"listen"}, wantCode: 2, wantStderr: "tetherctl: listen: --app is required (see tetherctl help)\n"},
+		{name: "negative count", args: []string{"listen", "--app", app, "--count", "-1"}, wantCode: 2, wantStderr: "tetherctl: listen: --count must not be negative (see tetherctl help)\n"},
+		{name: "unknown flag", args: []string{"status", "--verbose"}, wantCode: 2, wantStderr: "tetherctl: status: flag provided but not defined: -verbose (see tetherctl help)\n"},
+		{name: "stray argument", args: []string{"status", "now"}, wantCode: 2, wantStderr: "tetherctl: status: unexpected argument \"now\" (see tetherctl help)\n"},
+		{name: "unknown command", args: []string{"frobnicate"}, wantCode: 2, wantStderr: "tetherctl: unknown command \"frobnicate\"\n\n" + usage},
+		{name: "no command", args: []string{"--json"}, wantCode: 2, wantStderr: "tetherctl: no command\n\n" + usage},
+		{name: "unknown global flag", args: []string{"--nope", "status"}, wantCode: 2, wantStderr: "tetherctl: flag provided but not defined: -nope\n\n" + usage},
+		{name: "help", args: []string{"help"}, wantStdout: usage},
+		{name: "-h", args: []string{"-h"}, wantStdout: usage},
+		{name: "--help after a command", args: []string{"send", "--help"}, wantStdout: usage},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			if tt.setup != nil {
+				tt.setup(e)
+			}
+			args := slices.Clone(tt.args)
+			for i, a := range args {
+				if a == "SOCKET" {
+					args[i] = e.socket
+					e.socket = missing // so only the flag can find the agent
+				}
+			}
+			r := e.run(context.Background(), args...)
+			if r.code != tt.wantCode {
+				t.Errorf("exit status %d, want %d (stderr %q)", r.code, tt.wantCode, r.stderr)
+			}
+			if r.stderr != tt.wantStderr {
+				t.Errorf("stderr %q, want %q", r.stderr, tt.wantStderr)
+			}
+			if tt.check != nil {
+				tt.check(t, e, r)
+			} else if r.stdout != tt.wantStdout {
+				t.Errorf("stdout %q, want %q", r.stdout, tt.wantStdout)
+			}
+		})
+	}
+}
+
+func TestUsageListsEveryCommand(t *testing.T) {
+	for _, cmd := range commands {
+		if !strings.Contains(usage, "\n  "+cmd.name+" ") {
+			t.Errorf("usage does not list %s", cmd.name)
+		}
+	}
+}
+
+func TestSendWait(t *testing.T) {
+	tests := []struct {
+		name       string
+		outcome    string
+		wantCode   int
+		wantStdout string
+		wantStderr string
+	}{
+		{name: "sent", wantStdout: "sent m1\n"},
+		{name: "failed", outcome: "ttl expired", wantCode: 1, wantStderr: "tetherctl: send: message m1: ttl expired (SendError)\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.register(app, "123")
+			wait := e.start(context.Background(), "send", "--wait", "--app", app, "--to", "123", "--id", "m1", "k=v")
+			waitFor(t, "the agent has the message", func() bool { return len(e.b.Sends(app)) == 1 })
+			if err := e.b.Complete(app, "m1", tt.outcome); err != nil {
+				t.Fatal(err)
+			}
+			r := wait()
+			if r.code != tt.wantCode || r.stdout != tt.wantStdout || r.stderr != tt.wantStderr {
+				t.Errorf("got %+v, want status %d, stdout %q, stderr %q", r, tt.wantCode, tt.wantStdout, tt.wantStderr)
+			}
+		})
+	}
+}
+
+func TestListenCount(t *testing.T) {
+	e := newEnv(t)
+	e.register(app, "123")
+	e.b.Push(ipc.Message{ID: "0:1%ab", App: app, From: "123", CollapseKey: "news", Data: map[string]string{"b": "two words", "a": "1"}})
+	e.b.Push(ipc.Message{ID: "0:2%ab", App: app, From: "123"})
+	e.b.Push(ipc.Message{ID: "0:3%ab", App: app, From: "123"})
+
+	r := e.run(context.Background(), "listen", "--app", app, "--count", "2")
+	want := "message 0:1%ab from 123 collapse_key=news data: a=1 b=\"two words\"\n" +
+		"message 0:2%ab from 123 collapse_key=- data: -\n"
+	if r.code != 0 || r.stdout != want || r.stderr != "" {
+		t.Fatalf("got %+v, want status 0 and stdout %q", r, want)
+	}
+	// Both printed messages were acked before tetherctl exited; the third
+	// stays for the next listener.
+	if got := e.b.Acked(app); !reflect.DeepEqual(got, []string{"0:1%ab", "0:2%ab"}) {
+		t.Errorf("acked %q, want the two printed messages", got)
+	}
+	r = e.run(context.Background(), "listen", "--app", app, "--count", "1")
+	if want := "message 0:3%ab from 123 collapse_key=- data: -\n"; r.stdout != want {
+		t.Errorf("next listen printed %q, want %q", r.stdout, want)
+	}
+}
+
+func TestListenJSONWithEvents(t *testing.T) {
+	e := newEnv(t)
+	e.register(app, "123")
+	wait := e.start(context.Background(), "--json", "listen", "--app", app, "--count", "2")
+	sent := time.Date(2025, 5, 6, 7, 8, 9, 0, time.UTC)
+	e.b.Push(ipc.Message{ID: "m1", App: app, From: "123", CollapseKey: "ck", Data: map[string]string{"k": "v"}, Priority: "high", TTL: 60, SentTime: sent})
+	waitFor(t, "m1 is acked", func() bool { return len(e.b.Acked(app)) == 1 })
+	for _, id := range []string{"up1", "up2"} {
+		if _, _, err := e.b.Send(context.Background(), e.me, ipc.SendRequest{App: app, To: "123", ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.b.Complete(app, "up1", "")
+	e.b.Complete(app, "up2", "rejected")
+	e.b.DeleteMessages(app, 4)
+	e.b.Push(ipc.Message{ID: "m2", App: app, From: "123", Data: map[string]string{}})
+
+	r := wait()
+	if r.code != 0 || r.stderr != "" {
+		t.Fatalf("got %+v, want status 0", r)
+	}
+	var got []map[string]any
+	dec := json.NewDecoder(strings.NewReader(r.stdout))
+	for {
+		var line map[string]any
+		if err := dec.Decode(&line); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatalf("stdout %q: %v", r.stdout, err)
+		}
+		got = append(got, line)
+	}
+	want := []map[string]any{
+		{"event": "message", "message_id": "m1", "app": app, "from": "123", "collapse_key": "ck", "data": map[string]any{"k": "v"}, "priority": "high", "ttl": 60.0, "sent_time": "2025-05-06T07:08:09Z"},
+		{"event": "sent", "app": app, "message_id": "up1"},
+		{"event": "send_error", "app": app, "message_id": "up2", "error": "rejected"},
+		{"event": "deleted_messages", "app": app, "count": 4.0},
+		{"event": "message", "message_id": "m2", "app": app, "from": "123", "collapse_key": "", "data": map[string]any{}, "ttl": 0.0},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("printed\n%v\nwant\n%v", got, want)
+	}
+	if acked := e.b.Acked(app); !reflect.DeepEqual(acked, []string{"m1", "m2"}) {
+		t.Errorf("acked %q, want m1 and m2", acked)
+	}
+}
+
+func TestListenEnds(t *testing.T) {
+	tests := []struct {
+		name       string
+		end        func(e *env, cancel context.CancelFunc)
+		wantCode   int
+		wantStderr string
+	}{
+		{
+			name: "replaced",
+			end: func(e *env, _ context.CancelFunc) {
+				conn, err := net.Dial("unix", e.socket)
+				if err != nil {
+					e.t.Fatal(err)
+				}
+				e.t.Cleanup(func() { conn.Close() })
+				fmt.Fprintf(conn, `{"op":"listen","app":%q}`+"\n", app)
+			},
+			wantCode:   1,
+			wantStderr: "tetherctl: listen: another listener for app \"com.example.app\" took over\n",
+		},
+		{
+			name:       "agent goes away",
+			end:        func(e *env, _ context.CancelFunc) { e.srv.Close() },
+			wantCode:   1,
+			wantStderr: "tetherctl: listen: the agent closed the connection\n",
+		},
+		{
+			name: "interrupted",
+			end:  func(e *env, cancel context.CancelFunc) { cancel() },
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.register(app, "123")
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			wait := e.start(ctx, "listen", "--app", app)
+			waitFor(t, "tetherctl listens", func() bool { return e.b.Listening(app) })
+			tt.end(e, cancel)
+			if r := wait(); r.code != tt.wantCode || r.stderr != tt.wantStderr || r.stdout != "" {
+				t.Errorf("got %+v, want status %d and stderr %q", r, tt.wantCode, tt.wantStderr)
+			}
+		})
+	}
+}

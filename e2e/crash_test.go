@@ -1,0 +1,277 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// chaosLedger accounts for every message of a crash run.
+type chaosLedger struct {
+	mu sync.Mutex
+	// accepted maps the message IDs the server answered with to their seq.
+	accepted map[string]int
+	// deliveries counts how often each message reached the app.
+	deliveries map[string]int
+	// acked holds the messages whose ack the agent confirmed.
+	acked map[string]bool
+	// afterAck lists deliveries of messages already acked: must stay empty.
+	afterAck []string
+	// upAccepted holds upstream IDs the agent accepted from the app.
+	upAccepted map[string]bool
+}
+
+func newLedger() *chaosLedger {
+	return &chaosLedger{accepted: map[string]int{}, deliveries: map[string]int{}, acked: map[string]bool{}, upAccepted: map[string]bool{}}
+}
+
+func (l *chaosLedger) undelivered() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for id := range l.accepted {
+		if l.deliveries[id] == 0 {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// listenThroughCrashes is a local app that keeps listening across agent
+// restarts, acking every message and recording what the agent confirmed.
+func listenThroughCrashes(sock string, l *chaosLedger, stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		c, err := dialApp(sock)
+		if err != nil {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		closed := make(chan struct{})
+		go func() {
+			select {
+			case <-stop:
+			case <-closed:
+			}
+			c.close()
+		}()
+		listenOnce(c, l)
+		close(closed)
+	}
+}
+
+func listenOnce(c *appConn, l *chaosLedger) {
+	if _, err := c.call(map[string]any{"op": "listen", "app": app}); err != nil {
+		time.Sleep(100 * time.Millisecond)
+		return
+	}
+	c.conn.SetReadDeadline(time.Time{})
+	pendingAcks := map[int]string{}
+	seq := 1000
+	for {
+		line, err := c.r.ReadBytes('\n')
+		if err != nil {
+			return
+		}
+		var ev struct {
+			ID      *int   `json:"id"`
+			OK      bool   `json:"ok"`
+			Event   string `json:"event"`
+			Message struct {
+				ID string `json:"message_id"`
+			} `json:"message"`
+		}
+		if json.Unmarshal(bytes.TrimSpace(line), &ev) != nil {
+			continue
+		}
+		switch {
+		case ev.Event == "message":
+			id := ev.Message.ID
+			l.mu.Lock()
+			l.deliveries[id]++
+			if l.acked[id] {
+				l.afterAck = append(l.afterAck, id)
+			}
+			l.mu.Unlock()
+			seq++
+			pendingAcks[seq] = id
+			ack, _ := json.Marshal(map[string]any{"id": seq, "op": "ack", "app": app, "ids": []string{id}})
+			if c.writeLine(ack) != nil {
+				return
+			}
+		case ev.ID != nil && ev.OK:
+			if id, ok := pendingAcks[*ev.ID]; ok {
+				l.mu.Lock()
+				l.acked[id] = true
+				l.mu.Unlock()
+				delete(pendingAcks, *ev.ID)
+			}
+		}
+	}
+}
+
+// sendThroughCrashes is an app server sending downstream until stopped,
+// retrying a message until the server accepts it, as GCM clients do.
+func sendThroughCrashes(t *testing.T, f *fleet, l *chaosLedger, stop <-chan struct{}) int {
+	sent := 0
+	for seq := 0; ; seq++ {
+		for {
+			select {
+			case <-stop:
+				return sent
+			default:
+			}
+			r, err := f.srv.send(f.key, map[string]any{"to": f.token, "data": map[string]any{"seq": seq}})
+			if err == nil && len(r.Results) == 1 && r.Results[0].MessageID != "" {
+				l.mu.Lock()
+				l.accepted[r.Results[0].MessageID] = seq
+				l.mu.Unlock()
+				sent++
+				break
+			}
+			if err == nil && len(r.Results) == 1 && r.Results[0].Error != "Unavailable" && r.Results[0].Error != "InternalServerError" {
+				t.Errorf("message %d refused for good: %+v", seq, r)
+				return sent
+			}
+			time.Sleep(50 * time.Millisecond) // the server is down or busy: retry
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// sendUpThroughCrashes is a local app sending upstream until stopped.
+func sendUpThroughCrashes(sock, to string, l *chaosLedger, stop <-chan struct{}) {
+	for n := 0; ; n++ {
+		id := fmt.Sprintf("up-%d", n)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c, err := dialApp(sock)
+			if err == nil {
+				_, err = c.call(map[string]any{"op": "send", "app": app, "to": to, "message_id": id, "data": map[string]any{"n": strconv.Itoa(n)}})
+				c.close()
+			}
+			if err == nil {
+				l.mu.Lock()
+				l.upAccepted[id] = true
+				l.mu.Unlock()
+				break
+			}
+			time.Sleep(100 * time.Millisecond) // agent down, or 20 pending: retry
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func chaosSeed(t *testing.T) uint64 {
+	if s := os.Getenv("TETHER_CHAOS_SEED"); s != "" {
+		seed, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("TETHER_CHAOS_SEED: %v", err)
+		}
+		return seed
+	}
+	return uint64(time.Now().UnixNano())
+}
+
+// TestSurvivesKillNine streams messages both ways while the agent and the
+// server are killed with SIGKILL at random moments and restarted. Every
+// message the server accepted reaches the app, no message is delivered
+// after the app's ack was confirmed, and every upstream message the agent
+// accepted reaches the webhook. Rerun a failure with TETHER_CHAOS_SEED.
+func TestSurvivesKillNine(t *testing.T) {
+	seed := chaosSeed(t)
+	t.Logf("TETHER_CHAOS_SEED=%d", seed)
+	rng := rand.New(rand.NewPCG(seed, 0))
+	f := newFleet(t)
+	l := newLedger()
+
+	stopListen, stopSend := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	var sent int
+	wg.Add(3)
+	go func() { defer wg.Done(); listenThroughCrashes(f.agent.sock, l, stopListen) }()
+	go func() { defer wg.Done(); sent = sendThroughCrashes(t, f, l, stopSend) }()
+	go func() { defer wg.Done(); sendUpThroughCrashes(f.agent.sock, f.sender, l, stopSend) }()
+
+	kills := map[string]int{}
+	for range 8 {
+		time.Sleep(time.Duration(300+rng.IntN(1200)) * time.Millisecond)
+		if rng.IntN(2) == 0 {
+			f.agent.p.kill()
+			kills["tetherd"]++
+			time.Sleep(time.Duration(rng.IntN(500)) * time.Millisecond)
+			f.agent.start()
+		} else {
+			f.srv.p.kill()
+			kills["tether-server"]++
+			time.Sleep(time.Duration(rng.IntN(500)) * time.Millisecond)
+			f.srv.start()
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	close(stopSend)
+
+	waitFor(t, "every accepted message to reach the app", 90*time.Second, func() error {
+		if missing := l.undelivered(); len(missing) > 0 {
+			return fmt.Errorf("%d accepted messages not delivered yet, e.g. %s", len(missing), missing[0])
+		}
+		return nil
+	})
+	waitFor(t, "every accepted upstream message to reach the webhook", 90*time.Second, func() error {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		got := map[string]bool{}
+		f.hook.mu.Lock()
+		for _, b := range f.hook.got {
+			if id, ok := b["message_id"].(string); ok {
+				got[id] = true
+			}
+		}
+		f.hook.mu.Unlock()
+		for id := range l.upAccepted {
+			if !got[id] {
+				return fmt.Errorf("upstream %s not at the webhook yet", id)
+			}
+		}
+		return nil
+	})
+	close(stopListen)
+	wg.Wait()
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.afterAck) > 0 {
+		t.Errorf("%d deliveries of messages the app had already acked, e.g. %s", len(l.afterAck), l.afterAck[0])
+	}
+	redelivered := 0
+	for _, n := range l.deliveries {
+		redelivered += n - 1
+	}
+	f.hook.mu.Lock()
+	distinct := map[any]bool{}
+	for _, b := range f.hook.got {
+		distinct[b["message_id"]] = true
+	}
+	upDup := len(f.hook.got) - len(distinct)
+	f.hook.mu.Unlock()
+	t.Logf("kills %v; downstream: %d accepted, %d delivered, 0 lost, %d redelivered before an ack, 0 after; upstream: %d accepted, all at the webhook, %d repeated webhook posts",
+		kills, sent, len(l.deliveries), redelivered, len(l.upAccepted), upDup)
+	if sent == 0 || len(l.upAccepted) == 0 {
+		t.Fatal(errors.New("the run sent nothing: the test proved nothing"))
+	}
+}

@@ -1,0 +1,171 @@
+package e2e
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"tether/wire"
+)
+
+// rawDevice is a device speaking the wire protocol by hand, to send what a
+// well-behaved agent never would.
+type rawDevice struct {
+	t *testing.T
+	c *websocket.Conn
+}
+
+func dialRaw(t *testing.T, srv *server) *rawDevice {
+	t.Helper()
+	d := websocket.Dialer{Subprotocols: []string{wire.Subprotocol}, HandshakeTimeout: 10 * time.Second}
+	c, resp, err := d.Dial(srv.url()+wire.Path, nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v (%v)", srv.url(), err, resp)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &rawDevice{t: t, c: c}
+}
+
+func (d *rawDevice) write(b []byte) {
+	d.t.Helper()
+	d.c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if err := d.c.WriteMessage(websocket.TextMessage, b); err != nil {
+		d.t.Fatalf("write: %v", err)
+	}
+}
+
+func (d *rawDevice) send(ref string, b wire.Body) {
+	d.t.Helper()
+	raw, err := wire.Encode(ref, b)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.write(raw)
+}
+
+func (d *rawDevice) read() (wire.Frame, error) {
+	d.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, raw, err := d.c.ReadMessage()
+	if err != nil {
+		return wire.Frame{}, err
+	}
+	return wire.Decode(raw)
+}
+
+func (d *rawDevice) expectError(what, code string) {
+	d.t.Helper()
+	f, err := d.read()
+	if err != nil {
+		d.t.Fatalf("after %s: %v", what, err)
+	}
+	var e wire.Error
+	if err := f.Decode(&e); err != nil {
+		d.t.Fatalf("after %s the server sent a %s frame, want an error: %v", what, f.Type, err)
+	}
+	if e.Code != code || e.Message == "" {
+		d.t.Fatalf("after %s: error %q %q, want code %s with a message", what, e.Code, e.Message, code)
+	}
+}
+
+func TestBadInputOnWire(t *testing.T) {
+	f := newFleet(t)
+	d := dialRaw(t, f.srv)
+	d.send("", wire.Hello{Version: 1, Agent: "e2e-raw"})
+	fr, err := d.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var w wire.Welcome
+	if err := fr.Decode(&w); err != nil || w.DeviceSecret == "" {
+		t.Fatalf("check-in answered %s %v: %+v", fr.Type, err, w)
+	}
+
+	d.write([]byte(`{"type": "register", "body": {`))
+	d.expectError("a truncated frame", wire.CodeBadFrame)
+	d.write([]byte(`{"type": "teleport", "body": {}}`))
+	d.expectError("an unknown frame type", wire.CodeUnknownType)
+	d.write([]byte(`{"type": "register", "ref": "r0", "body": {"app": "", "sender": "1"}}`))
+	d.expectError("a register without app", wire.CodeBadFrame)
+
+	// The session still works.
+	d.send("r1", wire.Register{App: "com.example.raw", Sender: f.sender})
+	fr, err = d.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reg wire.Registered
+	if err := fr.Decode(&reg); err != nil || fr.Ref != "r1" || reg.Token == "" {
+		t.Fatalf("register after bad frames answered %s ref %q: %v", fr.Type, fr.Ref, err)
+	}
+
+	// An oversized frame ends that session with a close frame saying so.
+	d.write([]byte(`{"type":"ack","body":{"ids":["` + strings.Repeat("i", wire.MaxFrameSize) + `"]}}`))
+	for {
+		_, err := d.read()
+		if err == nil {
+			continue // an error frame may come before the close
+		}
+		var ce *websocket.CloseError
+		if errors.As(err, &ce) && ce.Code != websocket.CloseMessageTooBig {
+			t.Fatalf("an oversized frame closed the session with %v, want %d", ce, websocket.CloseMessageTooBig)
+		}
+		break
+	}
+
+	// A stranger with made-up credentials is turned away.
+	stranger := dialRaw(t, f.srv)
+	stranger.send("", wire.Hello{Version: 1, DeviceID: w.DeviceID, DeviceSecret: "guessed"})
+	stranger.expectError("wrong credentials", wire.CodeUnauthorized)
+
+	// The server and the real device are unharmed.
+	if resp, err := http.Get("http://" + f.srv.addr + "/healthz"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("healthz after bad frames: %v %v", resp, err)
+	}
+	msgs, _ := f.agent.listen(app)
+	id := f.sendData(map[string]any{"still": "here"}, nil)
+	if got := next(t, msgs); got.MessageID != id {
+		t.Fatalf("delivered %s, want %s", got.MessageID, id)
+	}
+}
+
+func TestEnrollKeyGuardsCheckIn(t *testing.T) {
+	srv := startServer(t, "--enroll-key", "let-me-in")
+	d := dialRaw(t, srv)
+	d.send("", wire.Hello{Version: 1})
+	d.expectError("a check-in without the enrollment key", wire.CodeUnauthorized)
+
+	d = dialRaw(t, srv)
+	d.send("", wire.Hello{Version: 1, EnrollKey: "let-me-in"})
+	fr, err := d.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fr.Type != wire.TypeWelcome {
+		t.Fatalf("a check-in with the enrollment key answered %s", fr.Type)
+	}
+
+	// tetherd checks in with the key, and after a restart reuses its
+	// credentials instead of checking in again.
+	a := startAgent(t, srv.url(), "--enroll-key", "let-me-in")
+	before, err := a.ctl("status", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.p.stop()
+	a.start()
+	after, err := a.ctl("status", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st1, st2 struct {
+		DeviceID string `json:"device_id"`
+	}
+	if json.Unmarshal([]byte(before), &st1) != nil || json.Unmarshal([]byte(after), &st2) != nil || st1.DeviceID == "" || st1.DeviceID != st2.DeviceID {
+		t.Fatalf("device ID before restart %q, after %q: want the same, non-empty", before, after)
+	}
+}

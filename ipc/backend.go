@@ -1,0 +1,131 @@
+package ipc
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors a Backend returns so that every door can name the problem
+// to the app in its own terms (an error code on the socket, a D-Bus error
+// name on the bus). Backends wrap them with %w and a sentence of context.
+var (
+	// ErrPermission: the caller's Unix user does not own the app ID.
+	ErrPermission = errors.New("permission denied")
+	// ErrUnknownApp: the app ID has never been registered on this device.
+	ErrUnknownApp = errors.New("unknown app")
+	// ErrNotRegistered: the (app, sender) pair has no registration token.
+	ErrNotRegistered = errors.New("not registered")
+	// ErrTooManyMessages: the app already has the maximum of pending
+	// upstream messages (GCM's TOO_MANY_MESSAGES).
+	ErrTooManyMessages = errors.New("too many pending messages")
+	// ErrInvalidArgument: a field of the request is missing or malformed.
+	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrOffline: the request needs the connection server and the device
+	// is not connected to it.
+	ErrOffline = errors.New("not connected to the server")
+	// ErrRefused: the connection server refused the request.
+	ErrRefused = errors.New("refused by the server")
+	// ErrStorage: the device's store could not take the request (full disk,
+	// damaged file); nothing was accepted.
+	ErrStorage = errors.New("storage unavailable")
+)
+
+// Caller identifies the process on the other side of a door, as the kernel
+// reports it (SO_PEERCRED on the socket, the bus daemon's credentials on
+// D-Bus). Backends decide permissions from it; doors never trust what a
+// client says about itself.
+type Caller struct {
+	UID uint32
+	GID uint32
+	PID int32
+}
+
+// IsRoot reports whether the caller runs as the superuser.
+func (c Caller) IsRoot() bool { return c.UID == 0 }
+
+// Message is one downstream message handed to a local app.
+type Message struct {
+	ID          string            `json:"message_id"`
+	App         string            `json:"app"`
+	From        string            `json:"from"` // the sender ID
+	CollapseKey string            `json:"collapse_key"`
+	Data        map[string]string `json:"data"`
+	Priority    string            `json:"priority,omitempty"`
+	SentTime    time.Time         `json:"sent_time,omitzero"`
+	// TTL is the time to live left when the agent stored the message.
+	TTL int64 `json:"ttl"`
+}
+
+// SendRequest is an upstream message from a local app.
+type SendRequest struct {
+	App string
+	// To is the sender ID the message goes to.
+	To string
+	// ID is the app's message ID; empty asks the backend to make one.
+	ID string
+	// TTL in seconds; nil means the default (GCM's maximum, 4 weeks).
+	// Zero means "now or never": it fails at once when the device is offline.
+	TTL      *int64
+	Priority string
+	Data     map[string]string
+}
+
+// SendResult is the outcome of an upstream message: Err is empty once the
+// connection server has acknowledged it, else it names why it was given up.
+type SendResult struct {
+	App string `json:"app"`
+	ID  string `json:"message_id"`
+	Err string `json:"error,omitempty"`
+}
+
+// Status is the agent's state as shown to apps and to tetherctl.
+type Status struct {
+	Connected        bool   `json:"connected"`
+	Server           string `json:"server"`
+	DeviceID         string `json:"device_id"`
+	QueuedDownstream int    `json:"queued_downstream"`
+	PendingUpstream  int    `json:"pending_upstream"`
+	Apps             int    `json:"apps"`
+}
+
+// Listener is one app's live subscription, implemented by a door for one
+// connected app. The backend calls it from its own goroutines; every method
+// must return promptly (a door queues, and drops a client that falls too far
+// behind: what was not acked is delivered again on its next Listen).
+type Listener interface {
+	// Deliver hands one downstream message to the app.
+	Deliver(Message)
+	// SendResult tells the app the outcome of one of its upstream messages.
+	SendResult(SendResult)
+	// DeletedMessages tells the app that count messages for it were dropped
+	// before delivery (GCM's deleted_messages).
+	DeletedMessages(count int)
+	// Replaced tells the app that another listener took over its app ID;
+	// the door closes this subscription. The backend sends nothing more.
+	Replaced()
+}
+
+// Backend is what a door needs from the agent. Every method checks that
+// the caller may act for the app before doing anything.
+type Backend interface {
+	// Register returns the registration token for (app, sender), from the
+	// store when known, else from the connection server.
+	Register(ctx context.Context, c Caller, app, sender string) (token string, err error)
+	// Unregister drops the registration for (app, sender).
+	Unregister(ctx context.Context, c Caller, app, sender string) error
+	// Listen makes l the app's only listener (an earlier one is Replaced)
+	// and starts delivering what is stored for the app, at most a window of
+	// unacked messages at a time. The subscription ends when cancel is
+	// called or the listener is replaced.
+	Listen(ctx context.Context, c Caller, app string, l Listener) (cancel func(), err error)
+	// Ack marks messages as handled by the app. It returns once the acks
+	// are persisted: acked messages are never delivered again.
+	Ack(ctx context.Context, c Caller, app string, ids []string) error
+	// Send persists an upstream message and returns its ID. The outcome
+	// goes to the app's listener and, once, to the returned channel
+	// (buffered; the caller may ignore it).
+	Send(ctx context.Context, c Caller, req SendRequest) (id string, result <-chan SendResult, err error)
+	// Status reports the agent's state.
+	Status(ctx context.Context) (Status, error)
+}

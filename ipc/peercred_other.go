@@ -1,0 +1,14 @@
+//go:build !linux
+
+package ipc
+
+import (
+	"errors"
+	"net"
+)
+
+// peerCaller needs SO_PEERCRED, which only Linux has; elsewhere the socket
+// door refuses every connection rather than guess who is calling.
+func peerCaller(*net.UnixConn) (Caller, error) {
+	return Caller{}, errors.New("read peer credentials: SO_PEERCRED is only available on Linux")
+}

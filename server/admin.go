@@ -1,0 +1,296 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"tether/server/store"
+)
+
+var (
+	// ErrNoSender is returned when removing a sender that does not exist.
+	ErrNoSender = errors.New("no such sender")
+	// ErrNoStore is returned by OpenAdmin when the data directory has no
+	// store and Create is not set.
+	ErrNoStore = errors.New("no server store in the data directory")
+	// errBadSender marks a name or webhook that is not acceptable.
+	errBadSender = errors.New("bad sender")
+)
+
+// SenderInfo describes a sender. It never carries the server key.
+type SenderInfo struct {
+	ID      string    `json:"sender_id"`
+	Name    string    `json:"name"`
+	Webhook string    `json:"webhook,omitempty"`
+	Created time.Time `json:"created"`
+}
+
+// NewSender is a sender just created, with its server key. Only a hash of
+// the key is stored: this is the one time it is shown.
+type NewSender struct {
+	ID        string `json:"sender_id"`
+	ServerKey string `json:"server_key"`
+}
+
+// maxSenderName bounds a sender's name.
+const maxSenderName = 200
+
+func addSender(st *store.Store, name, webhook string, now time.Time) (NewSender, error) {
+	if name == "" || len(name) > maxSenderName || !utf8.ValidString(name) || strings.IndexFunc(name, unicode.IsControl) >= 0 {
+		return NewSender{}, fmt.Errorf("%w: the name must be 1 to %d bytes of text", errBadSender, maxSenderName)
+	}
+	if webhook != "" {
+		u, err := url.Parse(webhook)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return NewSender{}, fmt.Errorf("%w: the webhook must be an absolute http or https URL", errBadSender)
+		}
+	}
+	key := newSecret(32)
+	snd, err := st.AddSender(name, webhook, hashSecret(key), now)
+	if err != nil {
+		return NewSender{}, err
+	}
+	return NewSender{ID: snd.ID, ServerKey: key}, nil
+}
+
+func listSenders(st *store.Store) ([]SenderInfo, error) {
+	senders, err := st.Senders()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]SenderInfo, 0, len(senders))
+	for _, snd := range senders {
+		out = append(out, SenderInfo{ID: snd.ID, Name: snd.Name, Webhook: snd.Webhook, Created: snd.Created})
+	}
+	return out, nil
+}
+
+func removeSender(st *store.Store, id string) error {
+	err := st.RemoveSender(id)
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("remove sender %s: %w", id, ErrNoSender)
+	}
+	return err
+}
+
+// listenAdmin listens on the admin socket with mode 0600. A socket file
+// left by a server that died is removed: the caller holds the store's lock,
+// so no other server is using it.
+func listenAdmin(path string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		os.Remove(path)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	return ln, nil
+}
+
+// adminHandler serves the admin socket: a small HTTP API over a Unix
+// socket that only the server's user can open.
+func (s *Server) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /senders", func(w http.ResponseWriter, r *http.Request) {
+		list, err := listSenders(s.store)
+		if err != nil {
+			s.log.Error("admin: list senders", "err", err)
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		writeJSON(w, http.StatusOK, list)
+	})
+	mux.HandleFunc("POST /senders", func(w http.ResponseWriter, r *http.Request) {
+		var req struct{ Name, Webhook string }
+		if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+			http.Error(w, "decode request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		snd, err := addSender(s.store, req.Name, req.Webhook, s.now())
+		switch {
+		case errors.Is(err, errBadSender):
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		case err != nil:
+			s.log.Error("admin: add sender", "err", err)
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		s.log.Info("sender added", "sender", snd.ID, "name", req.Name, "webhook", req.Webhook != "")
+		writeJSON(w, http.StatusCreated, snd)
+	})
+	mux.HandleFunc("DELETE /senders/{id}", func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		err := removeSender(s.store, id)
+		switch {
+		case errors.Is(err, ErrNoSender):
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		case err != nil:
+			s.log.Error("admin: remove sender", "sender", id, "err", err)
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		s.log.Info("sender removed", "sender", id)
+		w.WriteHeader(http.StatusNoContent)
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// AdminConfig configures OpenAdmin.
+type AdminConfig struct {
+	DataDir string
+	// Create makes the data directory and the store when there are none,
+	// so that senders can be added before the server first runs.
+	Create bool
+	// Now is the clock for creation times; default time.Now.
+	Now func() time.Time
+}
+
+// Admin manages the senders of a data directory: through the admin socket
+// of the server running on it, or in its store directly when none runs.
+type Admin struct {
+	client *http.Client // through the socket, or nil
+	store  *store.Store // directly, or nil
+	now    func() time.Time
+}
+
+// OpenAdmin connects to the server running on cfg.DataDir or, when its
+// admin socket does not answer, opens the store itself. A store locked by
+// a server that does not answer fails within a second.
+func OpenAdmin(ctx context.Context, cfg AdminConfig) (*Admin, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	sock := filepath.Join(cfg.DataDir, adminSocketFile)
+	var dialer net.Dialer
+	if conn, err := dialer.DialContext(ctx, "unix", sock); err == nil {
+		conn.Close()
+		transport := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dialer.DialContext(ctx, "unix", sock)
+		}}
+		return &Admin{client: &http.Client{Transport: transport, Timeout: 30 * time.Second}, now: cfg.Now}, nil
+	}
+	path := filepath.Join(cfg.DataDir, storeFile)
+	if cfg.Create {
+		if err := prepareDataDir(cfg.DataDir); err != nil {
+			return nil, fmt.Errorf("open admin: %w", err)
+		}
+	} else if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("open admin: %s: %w", cfg.DataDir, ErrNoStore)
+	}
+	st, err := store.Open(path, store.Options{LockTimeout: 500 * time.Millisecond})
+	if errors.Is(err, store.ErrLocked) {
+		return nil, fmt.Errorf("open admin: a server holds %s but does not answer on %s: %w", path, sock, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open admin: %w", err)
+	}
+	return &Admin{store: st, now: cfg.Now}, nil
+}
+
+// Close releases the store or the socket connections.
+func (a *Admin) Close() error {
+	if a.store != nil {
+		return a.store.Close()
+	}
+	a.client.CloseIdleConnections()
+	return nil
+}
+
+// ViaSocket reports whether a running server handles the requests.
+func (a *Admin) ViaSocket() bool { return a.client != nil }
+
+// AddSender creates a sender with a new ID and server key. webhook may be
+// empty.
+func (a *Admin) AddSender(ctx context.Context, name, webhook string) (NewSender, error) {
+	if a.store != nil {
+		snd, err := addSender(a.store, name, webhook, a.now())
+		if err != nil {
+			return NewSender{}, fmt.Errorf("add sender: %w", err)
+		}
+		return snd, nil
+	}
+	body, _ := json.Marshal(map[string]string{"name": name, "webhook": webhook})
+	var snd NewSender
+	if err := a.call(ctx, http.MethodPost, "/senders", body, http.StatusCreated, &snd); err != nil {
+		return NewSender{}, fmt.Errorf("add sender: %w", err)
+	}
+	return snd, nil
+}
+
+// Senders lists the senders ordered by ID.
+func (a *Admin) Senders(ctx context.Context) ([]SenderInfo, error) {
+	if a.store != nil {
+		return listSenders(a.store)
+	}
+	var list []SenderInfo
+	if err := a.call(ctx, http.MethodGet, "/senders", nil, http.StatusOK, &list); err != nil {
+		return nil, fmt.Errorf("list senders: %w", err)
+	}
+	return list, nil
+}
+
+// RemoveSender deletes a sender; its key stops working at once. It wraps
+// ErrNoSender when there is no such sender.
+func (a *Admin) RemoveSender(ctx context.Context, id string) error {
+	if a.store != nil {
+		return removeSender(a.store, id)
+	}
+	err := a.call(ctx, http.MethodDelete, "/senders/"+url.PathEscape(id), nil, http.StatusNoContent, nil)
+	if err != nil {
+		return fmt.Errorf("remove sender %s: %w", id, err)
+	}
+	return nil
+}
+
+// call makes one request on the admin socket.
+func (a *Admin) call(ctx context.Context, method, path string, body []byte, want int, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, "http://tether-server"+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != want {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		text := strings.TrimSpace(string(msg))
+		if resp.StatusCode == http.StatusNotFound && method == http.MethodDelete {
+			return ErrNoSender
+		}
+		return fmt.Errorf("server answered %s: %s", resp.Status, text)
+	}
+	if out != nil {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			return fmt.Errorf("decode server answer: %w", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,327 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"tether/wire"
+)
+
+// testClock follows the real clock plus an offset that tests advance.
+type testClock struct {
+	mu     sync.Mutex
+	offset time.Duration
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.offset)
+}
+
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.offset += d
+	c.mu.Unlock()
+}
+
+// syncBuffer collects log output from many goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type testServer struct {
+	*Server
+	t     *testing.T
+	dir   string
+	cfg   Config
+	clock *testClock
+	base  string // http://host:port
+	logs  *syncBuffer
+	stop  func()
+}
+
+// startServer runs a server on 127.0.0.1:0 in a fresh data directory until
+// the test ends; mod may change its Config.
+func startServer(t *testing.T, mod func(*Config)) *testServer {
+	t.Helper()
+	return startServerIn(t, t.TempDir(), mod)
+}
+
+func startServerIn(t *testing.T, dir string, mod func(*Config)) *testServer {
+	t.Helper()
+	logs := &syncBuffer{}
+	clock := &testClock{}
+	cfg := Config{
+		DataDir:  dir,
+		Listen:   "127.0.0.1:0",
+		Logger:   slog.New(slog.NewTextHandler(io.MultiWriter(logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Now:      clock.Now,
+		RetryMin: 10 * time.Millisecond,
+		RetryMax: 100 * time.Millisecond,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		srv.Close()
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	ts := &testServer{Server: srv, t: t, dir: dir, cfg: cfg, clock: clock, base: "http://" + srv.Addr().String(), logs: logs}
+	var once sync.Once
+	ts.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-served; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+			if err := srv.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+		})
+	}
+	t.Cleanup(ts.stop)
+	return ts
+}
+
+// addSender creates a sender in the running server's store.
+func (ts *testServer) addSender(webhook string) NewSender {
+	ts.t.Helper()
+	snd, err := addSender(ts.store, "test sender", webhook, ts.now())
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	return snd
+}
+
+type httpAnswer struct {
+	status int
+	header http.Header
+	body   string
+}
+
+func (ts *testServer) post(path, key, contentType, body string) httpAnswer {
+	ts.t.Helper()
+	req, err := http.NewRequest(http.MethodPost, ts.base+path, strings.NewReader(body))
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "key="+key)
+	}
+	req.Header.Set("Content-Type", contentType)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	return httpAnswer{resp.StatusCode, resp.Header, string(b)}
+}
+
+// send posts a JSON request to /gcm/send and decodes a 200 answer.
+func (ts *testServer) send(key string, req any) sendResponse {
+	ts.t.Helper()
+	body, err := json.Marshal(req)
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	ans := ts.post("/gcm/send", key, "application/json", string(body))
+	if ans.status != http.StatusOK {
+		ts.t.Fatalf("send: %d %s", ans.status, ans.body)
+	}
+	var resp sendResponse
+	if err := json.Unmarshal([]byte(ans.body), &resp); err != nil {
+		ts.t.Fatalf("send answer %q: %v", ans.body, err)
+	}
+	return resp
+}
+
+// sendOne sends data to one token and returns the message ID.
+func (ts *testServer) sendOne(key, token string, fields map[string]any) string {
+	ts.t.Helper()
+	req := map[string]any{"to": token}
+	for k, v := range fields {
+		req[k] = v
+	}
+	resp := ts.send(key, req)
+	if resp.Success != 1 || resp.Results[0].MessageID == "" {
+		ts.t.Fatalf("send to one token: %+v", resp)
+	}
+	return resp.Results[0].MessageID
+}
+
+// device is a test agent: a real WebSocket client speaking package wire.
+type device struct {
+	t       *testing.T
+	conn    *websocket.Conn
+	id      string
+	secret  string
+	welcome wire.Welcome
+}
+
+func (ts *testServer) dial() *websocket.Conn {
+	ts.t.Helper()
+	dialer := websocket.Dialer{Subprotocols: []string{wire.Subprotocol}, HandshakeTimeout: 5 * time.Second}
+	conn, resp, err := dialer.Dial("ws://"+ts.Addr().String()+wire.Path, nil)
+	if err != nil {
+		ts.t.Fatalf("dial: %v", err)
+	}
+	if resp.Header.Get("Sec-WebSocket-Protocol") != wire.Subprotocol {
+		ts.t.Fatalf("subprotocol %q", resp.Header.Get("Sec-WebSocket-Protocol"))
+	}
+	ts.t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// hello opens a session and returns the device after its welcome.
+func (ts *testServer) hello(h wire.Hello) *device {
+	ts.t.Helper()
+	d := &device{t: ts.t, conn: ts.dial()}
+	if h.Version == 0 {
+		h.Version = wire.Version
+	}
+	d.send("", h)
+	d.expect(wire.TypeWelcome, "", &d.welcome)
+	d.id, d.secret = d.welcome.DeviceID, h.DeviceSecret
+	if d.welcome.DeviceSecret != "" {
+		d.secret = d.welcome.DeviceSecret
+	}
+	return d
+}
+
+func (ts *testServer) checkIn() *device {
+	ts.t.Helper()
+	return ts.hello(wire.Hello{EnrollKey: ts.cfg.EnrollKey})
+}
+
+// reconnect opens a new session with d's credentials.
+func (ts *testServer) reconnect(d *device) *device {
+	ts.t.Helper()
+	return ts.hello(wire.Hello{DeviceID: d.id, DeviceSecret: d.secret})
+}
+
+func (d *device) send(ref string, b wire.Body) {
+	d.t.Helper()
+	frame, err := wire.Encode(ref, b)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.sendRaw(frame)
+}
+
+func (d *device) sendRaw(frame []byte) {
+	d.t.Helper()
+	d.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if err := d.conn.WriteMessage(websocket.TextMessage, frame); err != nil {
+		d.t.Fatalf("write: %v", err)
+	}
+}
+
+func (d *device) read() (wire.Frame, error) {
+	d.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, data, err := d.conn.ReadMessage()
+	if err != nil {
+		return wire.Frame{}, err
+	}
+	return wire.Decode(data)
+}
+
+// expect reads the next frame, which must be of type typ with ref, and
+// decodes its body into b.
+func (d *device) expect(typ wire.Type, ref string, b wire.Body) {
+	d.t.Helper()
+	f, err := d.read()
+	if err != nil {
+		d.t.Fatalf("waiting for %s: %v", typ, err)
+	}
+	if f.Type != typ || f.Ref != ref {
+		d.t.Fatalf("got %s frame ref %q (%s), want %s ref %q", f.Type, f.Ref, f.Body, typ, ref)
+	}
+	if err := f.Decode(b); err != nil {
+		d.t.Fatalf("decode %s: %v", typ, err)
+	}
+}
+
+func (d *device) expectError(ref, code string) wire.Error {
+	d.t.Helper()
+	var e wire.Error
+	d.expect(wire.TypeError, ref, &e)
+	if e.Code != code {
+		d.t.Fatalf("error %s, want code %s", e, code)
+	}
+	return e
+}
+
+func (d *device) expectMessage() wire.Message {
+	d.t.Helper()
+	var m wire.Message
+	d.expect(wire.TypeMessage, "", &m)
+	return m
+}
+
+// expectClosed reads until the server closes the connection and returns
+// the close code.
+func (d *device) expectClosed() int {
+	d.t.Helper()
+	for {
+		_, err := d.read()
+		var ce *websocket.CloseError
+		if errors.As(err, &ce) {
+			return ce.Code
+		}
+		if err != nil && !errors.Is(err, wire.ErrBadFrame) {
+			d.t.Fatalf("waiting for close: %v", err)
+		}
+	}
+}
+
+func (d *device) register(app, sender string) string {
+	d.t.Helper()
+	d.send("reg-"+app, wire.Register{App: app, Sender: sender})
+	var r wire.Registered
+	d.expect(wire.TypeRegistered, "reg-"+app, &r)
+	if r.App != app || r.Sender != sender || r.Token == "" {
+		d.t.Fatalf("registered %+v", r)
+	}
+	return r.Token
+}
+
+func (d *device) ack(ids ...string) {
+	d.t.Helper()
+	d.send("", wire.Ack{IDs: ids})
+}

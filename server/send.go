@@ -1,0 +1,453 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	mathrand "math/rand/v2"
+
+	"tether/server/store"
+	"tether/wire"
+)
+
+// Error names in send results, as on GCM.
+const (
+	errMissingRegistration = "MissingRegistration"
+	errInvalidRegistration = "InvalidRegistration"
+	errNotRegistered       = "NotRegistered"
+	errMismatchSenderID    = "MismatchSenderId"
+	errMessageTooBig       = "MessageTooBig"
+	errInvalidDataKey      = "InvalidDataKey"
+	errInvalidTTL          = "InvalidTtl"
+	errUnavailable         = "Unavailable"
+)
+
+const (
+	// maxSendBody bounds a send request: 1000 tokens and 4 KiB of data fit
+	// many times over.
+	maxSendBody = 1 << 20
+	// maxRegistrationIDs is GCM's multicast limit.
+	maxRegistrationIDs = 1000
+	// retryAfter is the Retry-After of a 503, in seconds.
+	retryAfter = "10"
+	// maxCollapseKey is the longest collapse key the wire carries.
+	maxCollapseKey = 1024
+)
+
+// sendRequest is a decoded downstream send: the fields of GCM's JSON or
+// plain-text request that Tether acts on.
+type sendRequest struct {
+	tokens      []string
+	data        map[string]string
+	collapseKey string
+	ttl         int64 // seconds; meaningful only when ttlInRange
+	ttlInRange  bool
+	priority    string
+	dryRun      bool
+	plain       bool // a plain-text request, answered in plain text
+}
+
+// jsonSend mirrors GCM's JSON request. Fields Tether does not act on are
+// typed all the same, so that a wrong type is a 400 as on GCM. Unknown
+// fields are ignored, as GCM ignores them.
+type jsonSend struct {
+	To                    *string         `json:"to"`
+	RegistrationIDs       []string        `json:"registration_ids"`
+	Condition             string          `json:"condition"`
+	CollapseKey           string          `json:"collapse_key"`
+	Priority              string          `json:"priority"`
+	ContentAvailable      bool            `json:"content_available"`
+	DelayWhileIdle        bool            `json:"delay_while_idle"`
+	TimeToLive            json.RawMessage `json:"time_to_live"`
+	RestrictedPackageName string          `json:"restricted_package_name"`
+	DryRun                bool            `json:"dry_run"`
+	Data                  json.RawMessage `json:"data"`
+	// Notification is accepted and not delivered yet.
+	Notification json.RawMessage `json:"notification"`
+}
+
+var errTopics = errors.New("topic and condition messaging is not supported; send to registration tokens")
+
+// decodeJSONSend decodes a JSON send request. Its errors name the problem
+// and become the text of a 400.
+func decodeJSONSend(body []byte) (sendRequest, error) {
+	var js jsonSend
+	if err := json.Unmarshal(body, &js); err != nil {
+		return sendRequest{}, describeJSONError(err)
+	}
+	req := sendRequest{
+		collapseKey: js.CollapseKey,
+		priority:    js.Priority,
+		dryRun:      js.DryRun,
+		ttl:         wire.MaxTTL,
+		ttlInRange:  true,
+	}
+	to := ""
+	if js.To != nil {
+		to = *js.To
+	}
+	switch {
+	case js.Condition != "" || strings.HasPrefix(to, "/topics/"):
+		return sendRequest{}, errTopics
+	case to != "" && js.RegistrationIDs != nil:
+		return sendRequest{}, errors.New(`"to" and "registration_ids" cannot both be set`)
+	case len(js.RegistrationIDs) > maxRegistrationIDs:
+		return sendRequest{}, fmt.Errorf(`"registration_ids" has %d tokens, at most %d are allowed`, len(js.RegistrationIDs), maxRegistrationIDs)
+	case to != "":
+		req.tokens = []string{to}
+	default:
+		req.tokens = js.RegistrationIDs
+	}
+	if !isNull(js.TimeToLive) {
+		if c := js.TimeToLive[0]; c != '-' && (c < '0' || c > '9') {
+			return sendRequest{}, fmt.Errorf(`field "time_to_live" must be a number, not %s`, js.TimeToLive)
+		}
+		var err error
+		if req.ttl, req.ttlInRange, err = parseTTL(string(js.TimeToLive)); err != nil {
+			return sendRequest{}, err
+		}
+	}
+	if !isNull(js.Data) {
+		var raw map[string]json.RawMessage
+		if err := json.Unmarshal(js.Data, &raw); err != nil {
+			return sendRequest{}, errors.New(`field "data" must be a JSON object`)
+		}
+		req.data = make(map[string]string, len(raw))
+		for k, v := range raw {
+			req.data[k] = dataValue(v)
+		}
+	}
+	if !isNull(js.Notification) && js.Notification[0] != '{' {
+		return sendRequest{}, errors.New(`field "notification" must be a JSON object`)
+	}
+	return req, req.check()
+}
+
+func isNull(raw json.RawMessage) bool { return len(raw) == 0 || string(raw) == "null" }
+
+// dataValue is a data value as delivered: strings as they are, anything
+// else as its compact JSON text, as GCM delivers it.
+func dataValue(v json.RawMessage) string {
+	if v[0] == '"' {
+		var s string
+		if json.Unmarshal(v, &s) == nil {
+			return s
+		}
+	}
+	var b bytes.Buffer
+	if json.Compact(&b, v) != nil {
+		return string(v)
+	}
+	return b.String()
+}
+
+// parseTTL parses a time to live in whole seconds. A number out of range
+// is not an error but InvalidTtl, as on GCM; a fraction is an error.
+func parseTTL(s string) (ttl int64, inRange bool, err error) {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if errors.Is(err, strconv.ErrRange) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf(`field "time_to_live" must be a whole number of seconds, not %.40q`, s)
+	}
+	return n, n >= 0 && n <= wire.MaxTTL, nil
+}
+
+// check rejects what the wire cannot carry and GCM has no error name for.
+func (r sendRequest) check() error {
+	switch r.priority {
+	case "", "normal", "high":
+	default:
+		return fmt.Errorf(`field "priority" must be "normal" or "high", not %.40q`, r.priority)
+	}
+	if len(r.collapseKey) > maxCollapseKey {
+		return fmt.Errorf(`field "collapse_key" is %d bytes, at most %d are allowed`, len(r.collapseKey), maxCollapseKey)
+	}
+	if !utf8.ValidString(r.collapseKey) || strings.IndexFunc(r.collapseKey, unicode.IsControl) >= 0 {
+		return errors.New(`field "collapse_key" must be UTF-8 text without control characters`)
+	}
+	return nil
+}
+
+// messageError is the GCM error of the message as a whole, which every
+// token gets, or "".
+func (r sendRequest) messageError() string {
+	if !r.ttlInRange {
+		return errInvalidTTL
+	}
+	for k := range r.data {
+		if k == "" || k == "from" || k == "gcm" || strings.HasPrefix(k, "google") {
+			return errInvalidDataKey
+		}
+	}
+	if wire.DataSize(r.data) > wire.MaxDataSize {
+		return errMessageTooBig
+	}
+	return ""
+}
+
+// describeJSONError turns a decoding error into the text of a 400.
+func describeJSONError(err error) error {
+	var typeErr *json.UnmarshalTypeError
+	var syntaxErr *json.SyntaxError
+	switch {
+	case errors.As(err, &typeErr) && typeErr.Field == "":
+		return fmt.Errorf("the body must be a JSON object, not a JSON %s", typeErr.Value)
+	case errors.As(err, &typeErr):
+		return fmt.Errorf("field %q must be %s, not a JSON %s", typeErr.Field, describeType(typeErr.Type), typeErr.Value)
+	case errors.As(err, &syntaxErr):
+		return fmt.Errorf("invalid JSON at byte %d: %v", syntaxErr.Offset, err)
+	}
+	return fmt.Errorf("invalid JSON: %v", err)
+}
+
+func describeType(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice:
+		return "an array of strings"
+	}
+	return "a " + t.String()
+}
+
+// decodeFormSend decodes GCM's plain-text request: one registration_id and
+// data.KEY fields, form-encoded.
+func decodeFormSend(body []byte) (sendRequest, error) {
+	vals, err := url.ParseQuery(string(body))
+	if err != nil {
+		return sendRequest{}, fmt.Errorf("invalid form body: %v", err)
+	}
+	req := sendRequest{plain: true, ttl: wire.MaxTTL, ttlInRange: true}
+	for k, vs := range vals {
+		if len(vs) > 1 {
+			return sendRequest{}, fmt.Errorf("field %.100q is given %d times; plain-text requests take one registration_id, use JSON for multicast", k, len(vs))
+		}
+		v := vs[0]
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return sendRequest{}, fmt.Errorf("field %.100q is not UTF-8", k)
+		}
+		switch {
+		case k == "registration_id":
+			if v != "" {
+				req.tokens = []string{v}
+			}
+		case k == "collapse_key":
+			req.collapseKey = v
+		case k == "priority":
+			req.priority = v
+		case k == "time_to_live":
+			if req.ttl, req.ttlInRange, err = parseTTL(v); err != nil {
+				return sendRequest{}, err
+			}
+		case k == "dry_run", k == "delay_while_idle":
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return sendRequest{}, fmt.Errorf("field %q must be true or false (or 1 or 0), not %.40q", k, v)
+			}
+			if k == "dry_run" {
+				req.dryRun = b
+			}
+		case strings.HasPrefix(k, "data."):
+			if req.data == nil {
+				req.data = make(map[string]string)
+			}
+			req.data[strings.TrimPrefix(k, "data.")] = v
+		}
+	}
+	return req, req.check()
+}
+
+// sendResult is one entry of the results array.
+type sendResult struct {
+	MessageID string `json:"message_id,omitempty"`
+	Error     string `json:"error,omitempty"`
+}
+
+type sendResponse struct {
+	MulticastID  int64        `json:"multicast_id"`
+	Success      int          `json:"success"`
+	Failure      int          `json:"failure"`
+	CanonicalIDs int          `json:"canonical_ids"`
+	Results      []sendResult `json:"results"`
+}
+
+func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
+	snd, status, problem := s.authenticate(r)
+	if status != 0 {
+		if status == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", retryAfter)
+		}
+		http.Error(w, problem, status)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxSendBody))
+	if err != nil {
+		if errors.As(err, new(*http.MaxBytesError)) {
+			http.Error(w, fmt.Sprintf("request body is over %d bytes", maxSendBody), http.StatusRequestEntityTooLarge)
+			return
+		}
+		http.Error(w, "read request body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	decode := decodeJSONSend
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "application/x-www-form-urlencoded" {
+		decode = decodeFormSend
+	}
+	req, err := decode(body)
+	if err != nil {
+		s.log.Debug("bad send request", "sender", snd.ID, "err", err)
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	results, unavailable := s.send(snd, req)
+	status = http.StatusOK
+	if unavailable {
+		w.Header().Set("Retry-After", retryAfter)
+		status = http.StatusServiceUnavailable
+	}
+	if req.plain {
+		w.Header().Set("Content-Type", "text/plain; charset=UTF-8")
+		w.WriteHeader(status)
+		if res := results[0]; res.Error != "" {
+			io.WriteString(w, "Error="+res.Error+"\n")
+		} else {
+			io.WriteString(w, "id="+res.MessageID+"\n")
+		}
+		return
+	}
+	resp := sendResponse{MulticastID: mathrand.Int64(), Results: results}
+	for _, res := range results {
+		if res.Error == "" {
+			resp.Success++
+		} else {
+			resp.Failure++
+		}
+	}
+	w.Header().Set("Content-Type", "application/json; charset=UTF-8")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(resp)
+}
+
+// authenticate finds the sender of the request's server key. A status
+// other than 0 refuses the request with problem as its text.
+func (s *Server) authenticate(r *http.Request) (snd store.Sender, status int, problem string) {
+	key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "key=")
+	key = strings.TrimSpace(key)
+	if !ok || key == "" {
+		return snd, http.StatusUnauthorized, "Unauthorized: send the server key in an Authorization: key=SERVER_KEY header"
+	}
+	hash := hashSecret(key)
+	snd, err := s.store.SenderByKeyHash(hash)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return snd, http.StatusUnauthorized, "Unauthorized: unknown server key"
+	case err != nil:
+		s.log.Error("authenticate sender", "err", err)
+		return snd, http.StatusServiceUnavailable, "Unavailable: cannot read the sender store"
+	case !sameHash(snd.KeyHash, hash):
+		return snd, http.StatusUnauthorized, "Unauthorized: unknown server key"
+	}
+	return snd, 0, ""
+}
+
+// send stores and delivers one request and returns the results in the
+// order of its tokens; unavailable means the store failed and the sender
+// should retry.
+func (s *Server) send(snd store.Sender, req sendRequest) (results []sendResult, unavailable bool) {
+	if len(req.tokens) == 0 {
+		return []sendResult{{Error: errMissingRegistration}}, false
+	}
+	results = make([]sendResult, len(req.tokens))
+	if code := req.messageError(); code != "" {
+		for i := range results {
+			results[i].Error = code
+		}
+		return results, false
+	}
+	regs, err := s.store.LookupTokens(req.tokens)
+	if err != nil {
+		s.log.Error("look up tokens", "sender", snd.ID, "err", err)
+		for i := range results {
+			results[i].Error = errUnavailable
+		}
+		return results, true
+	}
+	now := s.now()
+	var queue, live []store.Message
+	var queueAt []int // index in results of each queued message
+	for i, reg := range regs {
+		switch {
+		case reg.Token == "":
+			results[i].Error = errInvalidRegistration
+			continue
+		case reg.Sender != snd.ID:
+			results[i].Error = errMismatchSenderID
+			continue
+		case !reg.Active():
+			results[i].Error = errNotRegistered
+			continue
+		}
+		m := store.Message{
+			ID: newMessageID(now), Device: reg.Device, Token: reg.Token, App: reg.App, Sender: snd.ID,
+			CollapseKey: req.collapseKey, Priority: req.priority, Data: req.data,
+			Sent: now, Expiry: now.Add(secondsDuration(req.ttl)),
+		}
+		results[i].MessageID = m.ID
+		switch {
+		case req.dryRun:
+		case req.ttl == 0:
+			live = append(live, m)
+		default:
+			queue = append(queue, m)
+			queueAt = append(queueAt, i)
+		}
+	}
+	if len(queue) > 0 {
+		queued, err := s.store.Enqueue(queue)
+		if err != nil {
+			s.log.Error("store downstream messages", "sender", snd.ID, "count", len(queue), "err", err)
+			for _, i := range queueAt {
+				results[i] = sendResult{Error: errUnavailable}
+			}
+			return results, true
+		}
+		for j, ok := range queued {
+			m := queue[j]
+			if !ok {
+				results[queueAt[j]] = sendResult{Error: errNotRegistered}
+				continue
+			}
+			s.log.Debug("message queued", "sender", snd.ID, "device", m.Device, "message_id", m.ID)
+			s.hub.notify(m.Device)
+		}
+	}
+	for _, m := range live {
+		if !s.hub.deliverNow(m) {
+			s.log.Debug("time-to-live 0 message dropped: device not connected", "sender", snd.ID, "device", m.Device, "message_id", m.ID)
+		}
+	}
+	return results, false
+}
+
+// newMessageID makes an ID in GCM's form: 0:MICROSECONDS%RANDOM_HEX.
+func newMessageID(now time.Time) string {
+	return fmt.Sprintf("0:%d%%%016x", now.UnixMicro(), mathrand.Uint64())
+}
+
+func secondsDuration(n int64) time.Duration { return time.Duration(n) * time.Second }

@@ -1,0 +1,317 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"tether/server/store"
+	"tether/wire"
+)
+
+// Files in the data directory.
+const (
+	storeFile       = "server.db"
+	adminSocketFile = "admin.sock"
+)
+
+// Config configures a Server. DataDir is required; zero durations and
+// counts take the defaults named on each field.
+type Config struct {
+	// DataDir holds the store and the admin socket; it is created with
+	// mode 0700.
+	DataDir string
+	// Listen is the TCP address for app servers and devices; default
+	// "127.0.0.1:8080". Port 0 picks a free port (see Addr).
+	Listen string
+	// TLSCert and TLSKey are PEM files; with both set the listener speaks
+	// HTTPS and WSS.
+	TLSCert, TLSKey string
+	// EnrollKey, when set, must come in the hello of every check-in.
+	EnrollKey string
+	Logger    *slog.Logger
+	// Now is the clock for message times and expiry; default time.Now.
+	Now func() time.Time
+	// MaxStoreSize caps the store file in bytes; once full, sends answer
+	// 503 Unavailable. Zero means no cap.
+	MaxStoreSize int
+
+	// Heartbeat is the session timeout used when a hello asks for 0;
+	// default 5 minutes.
+	Heartbeat time.Duration
+	// HeartbeatGrace is added to a session's heartbeat before it is
+	// closed for silence; default 90 seconds.
+	HeartbeatGrace time.Duration
+	// HelloTimeout bounds the wait for the first frame; default 10 s.
+	HelloTimeout time.Duration
+	// WriteTimeout bounds every write to a device; default 10 s.
+	WriteTimeout time.Duration
+	// Window is the most unacked messages in flight to one session;
+	// default 100.
+	Window int
+
+	// WebhookTimeout bounds one webhook request; default 30 s.
+	WebhookTimeout time.Duration
+	// RetryMin and RetryMax bound the exponential backoff between upstream
+	// delivery attempts; defaults 1 s and 10 minutes.
+	RetryMin, RetryMax time.Duration
+}
+
+func (c *Config) setDefaults() {
+	set := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:8080"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	set(&c.Heartbeat, 5*time.Minute)
+	set(&c.HeartbeatGrace, 90*time.Second)
+	set(&c.HelloTimeout, 10*time.Second)
+	set(&c.WriteTimeout, 10*time.Second)
+	set(&c.WebhookTimeout, 30*time.Second)
+	set(&c.RetryMin, time.Second)
+	set(&c.RetryMax, 10*time.Minute)
+	if c.Window <= 0 {
+		c.Window = 100
+	}
+}
+
+// Server is the connection server. Create it with New, run it with Serve
+// and Close it after Serve returns.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	now   func() time.Time
+	store *store.Store
+	tls   *tls.Config
+	hub   *hub
+	up    *dispatcher
+
+	upgrader *websocket.Upgrader
+
+	mu      sync.Mutex
+	ln      net.Listener // the TCP listener, before TLS
+	adminLn net.Listener
+	served  bool
+}
+
+// New prepares the data directory and opens the store. It fails fast when
+// another process holds the store.
+func New(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	if cfg.DataDir == "" {
+		return nil, errors.New("new server: no data directory")
+	}
+	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
+		return nil, errors.New("new server: TLS needs both a certificate and a key")
+	}
+	var tlsConfig *tls.Config
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("new server: load TLS certificate: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if err := prepareDataDir(cfg.DataDir); err != nil {
+		return nil, fmt.Errorf("new server: %w", err)
+	}
+	st, err := store.Open(filepath.Join(cfg.DataDir, storeFile), store.Options{MaxSize: cfg.MaxStoreSize})
+	if err != nil {
+		return nil, fmt.Errorf("new server: %w", err)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, store: st, tls: tlsConfig, upgrader: newUpgrader()}
+	s.hub = newHub()
+	s.up = newDispatcher(s)
+	return s, nil
+}
+
+// prepareDataDir creates dir with mode 0700, or narrows an existing one.
+func prepareDataDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("restrict data directory: %w", err)
+	}
+	return nil
+}
+
+// Listen binds the TCP listener and the admin socket. Serve calls it when
+// it was not called before; call it first to learn Addr before serving.
+func (s *Server) Listen() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln != nil {
+		return errors.New("listen: already listening")
+	}
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	adminLn, err := listenAdmin(filepath.Join(s.cfg.DataDir, adminSocketFile))
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("listen: %w", err)
+	}
+	s.ln, s.adminLn = ln, adminLn
+	return nil
+}
+
+// Addr is the bound TCP address, or nil before Listen.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Serve serves until ctx ends, then stops taking requests, closes every
+// device session with a close frame, waits for its goroutines and returns
+// nil. It returns an error when it cannot listen or serve.
+func (s *Server) Serve(ctx context.Context) error {
+	if s.Addr() == nil {
+		if err := s.Listen(); err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+	}
+	s.mu.Lock()
+	if s.served {
+		s.mu.Unlock()
+		return errors.New("serve: already served")
+	}
+	s.served = true
+	ln, adminLn := s.ln, s.adminLn
+	s.mu.Unlock()
+
+	scheme := "http"
+	if s.tls != nil {
+		ln = tls.NewListener(ln, s.tls)
+		scheme = "https"
+	}
+	errorLog := slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
+	api := &http.Server{
+		Handler:           s.handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		// Both apply until a device connection is hijacked; sessions set
+		// their own deadlines from then on.
+		ReadTimeout:  30 * time.Second,
+		WriteTimeout: 30 * time.Second,
+		IdleTimeout:  2 * time.Minute,
+		ErrorLog:     errorLog,
+	}
+	admin := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errorLog}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	serveErr := make(chan error, 2)
+	for _, srv := range []struct {
+		http *http.Server
+		ln   net.Listener
+	}{{api, ln}, {admin, adminLn}} {
+		wg.Go(func() {
+			if err := srv.http.Serve(srv.ln); !errors.Is(err, http.ErrServerClosed) {
+				serveErr <- err
+			}
+		})
+	}
+	wg.Go(func() { s.sweepLoop(ctx) })
+	wg.Go(func() { s.up.run(ctx) })
+	s.log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme,
+		"admin_socket", adminLn.Addr().String(), "enroll_key", s.cfg.EnrollKey != "")
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+		err = fmt.Errorf("serve: %w", err)
+	}
+	s.log.Info("shutting down")
+	shutdownCtx, done := context.WithTimeout(context.Background(), 5*time.Second)
+	defer done()
+	// Shutdown ends in-flight sends gracefully; device sessions are
+	// hijacked connections it does not track, so the hub closes them.
+	api.Shutdown(shutdownCtx)
+	s.hub.shutdown()
+	admin.Shutdown(shutdownCtx)
+	cancel()
+	wg.Wait()
+	return err
+}
+
+// Close closes the store. Call it after Serve has returned, or instead of
+// Serve.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.ln != nil && !s.served {
+		s.ln.Close()
+		s.adminLn.Close()
+	}
+	s.mu.Unlock()
+	return s.store.Close()
+}
+
+func (s *Server) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, "ok")
+	})
+	mux.HandleFunc("POST /gcm/send", s.handleSend)
+	mux.HandleFunc("POST /fcm/send", s.handleSend)
+	mux.HandleFunc("GET "+wire.Path, s.handleDevice)
+	return mux
+}
+
+// sweepLoop deletes expired messages from the store, waking at the next
+// expiry but at most once a minute and at least once an hour. Expired
+// messages are never delivered whether swept or not; sweeping only frees
+// the space.
+func (s *Server) sweepLoop(ctx context.Context) {
+	const minWait, maxWait = time.Minute, time.Hour
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		now := s.now()
+		next, n, err := s.store.SweepExpired(now)
+		wait := maxWait
+		switch {
+		case err != nil:
+			s.log.Error("sweep expired messages", "err", err)
+			wait = minWait
+		case !next.IsZero():
+			wait = min(max(next.Sub(now), minWait), maxWait)
+		}
+		if n > 0 {
+			s.log.Debug("swept expired entries", "count", n)
+		}
+		timer.Reset(wait)
+	}
+}

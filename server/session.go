@@ -1,0 +1,504 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"tether/server/store"
+	"tether/wire"
+)
+
+// closeReplaced is the close code of a session replaced by a newer session
+// of the same device (a private-use code).
+const closeReplaced = 4000
+
+// minUpstreamDedupe is the shortest time a device's upstream message ID is
+// remembered, so that even a TTL-0 message resent after a lost ack is not
+// delivered twice.
+const minUpstreamDedupe = time.Hour
+
+// directQueue bounds time-to-live-0 messages waiting for a session's
+// writer; beyond it they are dropped, as their sender asked.
+const directQueue = 64
+
+func newUpgrader() *websocket.Upgrader {
+	return &websocket.Upgrader{
+		Subprotocols: []string{wire.Subprotocol},
+		// Idle sessions, the common case, hold no write buffer.
+		WriteBufferPool: &sync.Pool{},
+	}
+}
+
+// handleDevice runs one device connection: handshake, then the session's
+// reader loop in this goroutine and its writer in another.
+func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
+	if !slices.Contains(websocket.Subprotocols(r), wire.Subprotocol) {
+		http.Error(w, "offer the WebSocket subprotocol "+wire.Subprotocol, http.StatusBadRequest)
+		return
+	}
+	conn, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // Upgrade has answered the request.
+	}
+	defer conn.Close()
+	if !s.hub.enter() {
+		s.closeConn(conn, websocket.CloseGoingAway, "server shutting down")
+		return
+	}
+	defer s.hub.leave()
+	conn.SetReadLimit(wire.MaxFrameSize)
+	log := s.log.With("remote", r.RemoteAddr)
+
+	ss, welcome, err := s.handshake(conn, log)
+	if err != nil {
+		log.Info("device refused", "err", err)
+		return
+	}
+	// Attached before the welcome goes out: once the agent has its
+	// welcome, the device counts as connected for time-to-live-0 sends.
+	// What arrives meanwhile waits in the session's channels.
+	if !s.hub.attach(ss) {
+		s.closeConn(conn, websocket.CloseGoingAway, "server shutting down")
+		return
+	}
+	if err := ss.write(welcome); err != nil {
+		s.hub.detach(ss)
+		ss.log.Info("write welcome", "err", err)
+		return
+	}
+	ss.log.Info("session open", "heartbeat", ss.timeout-s.cfg.HeartbeatGrace)
+	var writer sync.WaitGroup
+	writer.Go(ss.writeLoop)
+	ss.notify()
+	err = ss.readLoop()
+	s.hub.detach(ss)
+	select {
+	case <-ss.done:
+		if ss.reason != "" {
+			err = errors.New(ss.reason)
+		}
+	default:
+	}
+	ss.close(0, "")
+	writer.Wait()
+	ss.log.Info("session closed", "why", err)
+}
+
+// closeConn sends a close frame; the caller closes the connection.
+func (s *Server) closeConn(conn *websocket.Conn, code int, text string) {
+	conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(s.cfg.WriteTimeout))
+}
+
+// refusal is a handshake failure: the error frame sent and the close code.
+type refusal struct {
+	code      string
+	message   string
+	closeCode int
+}
+
+func (r refusal) Error() string { return r.code + ": " + r.message }
+
+// handshake reads the hello, authenticates or checks in the device and
+// returns its session and the encoded welcome to send. On a refusal it has
+// sent an error frame and a close frame.
+func (s *Server) handshake(conn *websocket.Conn, log *slog.Logger) (*session, []byte, error) {
+	hello, err := s.readHello(conn)
+	if ref := (refusal{}); errors.As(err, &ref) {
+		return nil, nil, s.refuse(conn, ref)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+
+	welcome := wire.Welcome{Version: wire.Version, Heartbeat: hello.Heartbeat}
+	if welcome.Heartbeat == 0 {
+		welcome.Heartbeat = int(s.cfg.Heartbeat / time.Second)
+	}
+	if hello.DeviceID == "" {
+		secret := newSecret(32)
+		dev, err := s.store.AddDevice(hashSecret(secret), s.now())
+		if err != nil {
+			s.log.Error("check in device", "err", err)
+			return nil, nil, s.refuse(conn, refusal{wire.CodeUnavailable, "cannot store a new device now; try again later", websocket.CloseTryAgainLater})
+		}
+		welcome.DeviceID, welcome.DeviceSecret = dev.ID, secret
+		log.Info("device checked in", "device", dev.ID, "agent", hello.Agent)
+	} else {
+		welcome.DeviceID = hello.DeviceID
+	}
+	frame, err := wire.Encode("", welcome)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode welcome: %w", err)
+	}
+	ss := newSession(s, conn, welcome.DeviceID, time.Duration(welcome.Heartbeat)*time.Second+s.cfg.HeartbeatGrace,
+		log.With("device", welcome.DeviceID, "agent", hello.Agent))
+	return ss, frame, nil
+}
+
+// refuse sends r's error frame and close frame and returns r.
+func (s *Server) refuse(conn *websocket.Conn, r refusal) error {
+	if frame, err := wire.Encode("", wire.Error{Code: r.code, Message: r.message}); err == nil {
+		conn.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+		conn.WriteMessage(websocket.TextMessage, frame)
+	}
+	s.closeConn(conn, r.closeCode, r.code)
+	return r
+}
+
+// readHello reads and checks the first frame. Failures the device should
+// hear about are refusals.
+func (s *Server) readHello(conn *websocket.Conn) (wire.Hello, error) {
+	var hello wire.Hello
+	conn.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
+	_, data, err := conn.ReadMessage()
+	if err != nil {
+		return hello, fmt.Errorf("read hello: %w", err)
+	}
+	f, err := wire.Decode(data)
+	if err != nil {
+		return hello, refusal{wire.CodeBadFrame, err.Error(), websocket.CloseProtocolError}
+	}
+	if f.Type != wire.TypeHello {
+		return hello, refusal{wire.CodeBadFrame, fmt.Sprintf("the first frame must be hello, not %.40q", f.Type), websocket.CloseProtocolError}
+	}
+	if err := f.Decode(&hello); err != nil {
+		return hello, refusal{wire.CodeBadFrame, err.Error(), websocket.CloseProtocolError}
+	}
+	if hello.DeviceID == "" {
+		if s.cfg.EnrollKey != "" && !sameSecret(hello.EnrollKey, s.cfg.EnrollKey) {
+			return hello, refusal{wire.CodeUnauthorized, "check-in needs the server's enrollment key", websocket.ClosePolicyViolation}
+		}
+		return hello, nil
+	}
+	dev, err := s.store.Device(hello.DeviceID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return hello, refusal{wire.CodeUnauthorized, "unknown device or wrong secret", websocket.ClosePolicyViolation}
+	case err != nil:
+		s.log.Error("read device", "device", hello.DeviceID, "err", err)
+		return hello, refusal{wire.CodeUnavailable, "cannot read the device store now; try again later", websocket.CloseTryAgainLater}
+	case !sameHash(dev.SecretHash, hashSecret(hello.DeviceSecret)):
+		return hello, refusal{wire.CodeUnauthorized, "unknown device or wrong secret", websocket.ClosePolicyViolation}
+	}
+	return hello, nil
+}
+
+// session is one device's live connection. The reader goroutine (the HTTP
+// handler's) handles incoming frames; writeLoop is the only goroutine that
+// writes data frames. Control frames (pong, close) go through WriteControl,
+// which gorilla allows beside one writer.
+type session struct {
+	srv     *Server
+	conn    *websocket.Conn
+	device  string
+	log     *slog.Logger
+	timeout time.Duration // silence after which the session is closed
+
+	replies chan []byte        // encoded frames from the reader
+	direct  chan store.Message // time-to-live-0 messages, never stored
+	kick    chan struct{}      // the device's queue may have something to send
+	done    chan struct{}      // closed by close
+	once    sync.Once
+	reason  string // why the server closed the session; set before done closes
+
+	mu       sync.Mutex
+	inflight map[string]bool // IDs sent in this session and not acked
+	cursor   uint64          // Seq of the last queued message sent; writer only
+}
+
+func newSession(s *Server, conn *websocket.Conn, device string, timeout time.Duration, log *slog.Logger) *session {
+	ss := &session{
+		srv: s, conn: conn, device: device, log: log, timeout: timeout,
+		replies:  make(chan []byte, 16),
+		direct:   make(chan store.Message, directQueue),
+		kick:     make(chan struct{}, 1),
+		done:     make(chan struct{}),
+		inflight: make(map[string]bool),
+	}
+	conn.SetPingHandler(func(data string) error {
+		conn.SetReadDeadline(time.Now().Add(ss.timeout))
+		err := conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(s.cfg.WriteTimeout))
+		var netErr net.Error
+		if errors.Is(err, websocket.ErrCloseSent) || errors.As(err, &netErr) && netErr.Timeout() {
+			return nil
+		}
+		return err
+	})
+	return ss
+}
+
+// close ends the session once: it sends a close frame unless code is 0
+// and closes the connection, which ends both loops.
+func (ss *session) close(code int, text string) {
+	ss.once.Do(func() {
+		ss.reason = text
+		close(ss.done)
+		if code != 0 {
+			ss.srv.closeConn(ss.conn, code, text)
+		}
+		ss.conn.Close()
+	})
+}
+
+func (ss *session) notify() {
+	select {
+	case ss.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (ss *session) deliverNow(m store.Message) bool {
+	select {
+	case ss.direct <- m:
+		return true
+	default:
+		return false
+	}
+}
+
+// reply queues a frame for the writer.
+func (ss *session) reply(ref string, b wire.Body) {
+	frame, err := wire.Encode(ref, b)
+	if err != nil {
+		ss.log.Error("encode reply", "type", b.FrameType(), "err", err)
+		return
+	}
+	select {
+	case ss.replies <- frame:
+	case <-ss.done:
+	}
+}
+
+func (ss *session) replyError(ref, code, message string) {
+	ss.reply(ref, wire.Error{Code: code, Message: message})
+}
+
+func (ss *session) readLoop() error {
+	for {
+		ss.conn.SetReadDeadline(time.Now().Add(ss.timeout))
+		_, data, err := ss.conn.ReadMessage()
+		if err != nil {
+			return err
+		}
+		ss.handle(data)
+	}
+}
+
+func (ss *session) handle(data []byte) {
+	f, err := wire.Decode(data)
+	if err != nil {
+		ss.log.Debug("bad frame", "err", err)
+		ss.replyError("", wire.CodeBadFrame, err.Error())
+		return
+	}
+	switch f.Type {
+	case wire.TypeRegister:
+		ss.register(f)
+	case wire.TypeUnregister:
+		ss.unregister(f)
+	case wire.TypeAck:
+		ss.ack(f)
+	case wire.TypeUpstream:
+		ss.upstream(f)
+	case wire.TypeHello:
+		ss.replyError(f.Ref, wire.CodeInvalid, "the session is open already; hello comes only first")
+	default:
+		ss.log.Debug("unknown frame type", "type", f.Type)
+		ss.replyError(f.Ref, wire.CodeUnknownType, fmt.Sprintf("unknown frame type %.40q", f.Type))
+	}
+}
+
+// decode decodes f's body into b or answers a bad_frame error.
+func (ss *session) decode(f wire.Frame, b wire.Body) bool {
+	if err := f.Decode(b); err != nil {
+		ss.log.Debug("bad frame body", "type", f.Type, "err", err)
+		ss.replyError(f.Ref, wire.CodeBadFrame, err.Error())
+		return false
+	}
+	return true
+}
+
+func (ss *session) register(f wire.Frame) {
+	var req wire.Register
+	if !ss.decode(f, &req) {
+		return
+	}
+	reg, err := ss.srv.store.Register(ss.device, req.App, req.Sender, ss.srv.now())
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		ss.replyError(f.Ref, wire.CodeNotRegistered, fmt.Sprintf("no sender with ID %s", req.Sender))
+		return
+	case err != nil:
+		ss.log.Error("register", "app", req.App, "sender", req.Sender, "err", err)
+		ss.replyError(f.Ref, wire.CodeUnavailable, "cannot store the registration now; try again later")
+		return
+	}
+	ss.log.Info("registered", "app", req.App, "sender", req.Sender)
+	ss.reply(f.Ref, wire.Registered{App: req.App, Sender: req.Sender, Token: reg.Token})
+}
+
+func (ss *session) unregister(f wire.Frame) {
+	var req wire.Unregister
+	if !ss.decode(f, &req) {
+		return
+	}
+	dropped, err := ss.srv.store.Unregister(ss.device, req.App, req.Sender, ss.srv.now())
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		ss.log.Error("unregister", "app", req.App, "sender", req.Sender, "err", err)
+		ss.replyError(f.Ref, wire.CodeUnavailable, "cannot store the change now; try again later")
+		return
+	}
+	// Unregistering what is not registered succeeds: the agent may be
+	// repeating a request whose answer it lost.
+	if err == nil {
+		ss.log.Info("unregistered", "app", req.App, "sender", req.Sender, "dropped_messages", dropped)
+	}
+	ss.reply(f.Ref, wire.Unregistered{App: req.App, Sender: req.Sender})
+}
+
+func (ss *session) ack(f wire.Frame) {
+	var req wire.Ack
+	if !ss.decode(f, &req) {
+		return
+	}
+	// An ack that fails to commit only means a redelivery next session,
+	// which the agent drops as a duplicate.
+	if _, err := ss.srv.store.Ack(ss.device, req.IDs); err != nil {
+		ss.log.Error("ack", "count", len(req.IDs), "err", err)
+	}
+	ss.mu.Lock()
+	for _, id := range req.IDs {
+		delete(ss.inflight, id)
+	}
+	ss.mu.Unlock()
+	ss.notify()
+}
+
+func (ss *session) upstream(f wire.Frame) {
+	var req wire.Upstream
+	if !ss.decode(f, &req) {
+		return
+	}
+	now := ss.srv.now()
+	ttl := secondsDuration(req.TTL)
+	u := store.Upstream{
+		Device: ss.device, App: req.App, Sender: req.To, ID: req.ID, Priority: req.Priority,
+		Data: req.Data, TTL: req.TTL, Received: now, Expiry: now.Add(ttl),
+	}
+	outcome, err := ss.srv.store.PutUpstream(&u, now.Add(max(ttl, minUpstreamDedupe)))
+	ack := wire.UpstreamAck{App: req.App, ID: req.ID}
+	switch {
+	case err != nil:
+		ss.log.Error("store upstream message", "app", req.App, "message_id", req.ID, "err", err)
+		ss.replyError(f.Ref, wire.CodeUnavailable, "cannot store the message now; try again later")
+		return
+	case outcome == store.UpstreamNotRegistered:
+		ack.Error = errNotRegistered
+		ss.log.Info("upstream message refused: not registered", "app", req.App, "sender", req.To, "message_id", req.ID)
+	case outcome == store.UpstreamDuplicate:
+		ss.log.Debug("upstream message repeated", "app", req.App, "message_id", req.ID)
+	default:
+		ss.log.Debug("upstream message queued", "app", req.App, "sender", req.To, "message_id", req.ID)
+		ss.srv.up.add(u)
+	}
+	ss.reply(f.Ref, ack)
+}
+
+// writeLoop is the session's only data writer.
+func (ss *session) writeLoop() {
+	for {
+		var err error
+		select {
+		case <-ss.done:
+			return
+		case frame := <-ss.replies:
+			err = ss.write(frame)
+		case m := <-ss.direct:
+			if frame := ss.encodeMessage(m, ss.srv.now()); frame != nil {
+				err = ss.write(frame)
+			}
+		case <-ss.kick:
+			err = ss.fill()
+		}
+		if err != nil {
+			ss.log.Debug("write failed", "err", err)
+			ss.close(0, "")
+			return
+		}
+	}
+}
+
+func (ss *session) write(frame []byte) error {
+	ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.WriteTimeout))
+	return ss.conn.WriteMessage(websocket.TextMessage, frame)
+}
+
+// fill sends queued messages after the cursor until the window is full or
+// the queue is empty.
+func (ss *session) fill() error {
+	for {
+		ss.mu.Lock()
+		free := ss.srv.cfg.Window - len(ss.inflight)
+		ss.mu.Unlock()
+		if free <= 0 {
+			return nil
+		}
+		msgs, err := ss.srv.store.Pending(ss.device, ss.cursor, free)
+		if err != nil {
+			// The next ack or new message tries again.
+			ss.log.Error("read queue", "err", err)
+			return nil
+		}
+		now := ss.srv.now()
+		for _, m := range msgs {
+			ss.cursor = m.Seq
+			if !m.Expiry.After(now) {
+				continue
+			}
+			frame := ss.encodeMessage(m, now)
+			if frame == nil {
+				continue
+			}
+			// In flight before the write: the ack may come back before
+			// the write returns.
+			ss.mu.Lock()
+			ss.inflight[m.ID] = true
+			ss.mu.Unlock()
+			if err := ss.write(frame); err != nil {
+				return err
+			}
+		}
+		if len(msgs) < free {
+			return nil
+		}
+	}
+}
+
+// encodeMessage encodes m with the time it has left to live, or returns
+// nil and logs when m does not fit the wire. Sends are checked against the
+// wire's limits before they are accepted, so that is a bug; it costs the
+// message, not the session.
+func (ss *session) encodeMessage(m store.Message, now time.Time) []byte {
+	ttl := int64(0)
+	if left := m.Expiry.Sub(now); left > 0 {
+		// Round up: a message with half a second left is still alive.
+		ttl = int64((left + time.Second - 1) / time.Second)
+	}
+	frame, err := wire.Encode("", wire.Message{
+		ID: m.ID, Token: m.Token, App: m.App, From: m.Sender, CollapseKey: m.CollapseKey,
+		Data: m.Data, Priority: m.Priority, TTL: min(ttl, wire.MaxTTL), SentTime: m.Sent.UnixMilli(),
+	})
+	if err != nil {
+		ss.log.Error("encode message", "message_id", m.ID, "err", err)
+		return nil
+	}
+	return frame
+}

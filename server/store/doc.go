@@ -1,0 +1,15 @@
+// Package store keeps the connection server's durable state in one bbolt
+// file: senders (app servers) and hashes of their keys, devices and hashes
+// of their secrets, registrations, the downstream queue of every device and
+// the upstream queue towards app servers.
+//
+// Every method is one transaction, so a caller that gets nil back knows its
+// change is on disk. Writes that arrive together from many goroutines
+// (downstream sends, acks, upstream messages) go through bbolt's Batch and
+// share one fsync.
+//
+// The store holds no secrets in the clear and reads no clock: callers pass
+// hashes and times in. It does no networking and knows nothing of sessions,
+// HTTP or routes; package server does. This is the server's store, not the
+// device agent's (that one is package tether/store).
+package store

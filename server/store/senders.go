@@ -1,0 +1,163 @@
+package store
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	mathrand "math/rand/v2"
+	"strconv"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Sender is an app server allowed to send to the registrations made for it.
+type Sender struct {
+	// ID is the numeric sender ID apps register for, like a GCM project
+	// number. It is not a secret.
+	ID      string `json:"id"`
+	Name    string `json:"name"`
+	Webhook string `json:"webhook,omitempty"`
+	// KeyHash is the SHA-256 of the server key; the key itself is never
+	// stored.
+	KeyHash []byte    `json:"key_hash"`
+	Created time.Time `json:"created"`
+}
+
+// Device is an agent that has checked in.
+type Device struct {
+	ID string `json:"id"`
+	// SecretHash is the SHA-256 of the device secret.
+	SecretHash []byte    `json:"secret_hash"`
+	Created    time.Time `json:"created"`
+}
+
+// newSenderID returns 12 decimal digits. Sender IDs are public, so a
+// non-cryptographic source is enough; uniqueness is checked by the caller.
+func newSenderID() string {
+	return strconv.FormatUint(100_000_000_000+mathrand.Uint64N(900_000_000_000), 10)
+}
+
+func newDeviceID() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// AddSender stores a new sender with a fresh ID.
+func (s *Store) AddSender(name, webhook string, keyHash []byte, now time.Time) (Sender, error) {
+	snd := Sender{Name: name, Webhook: webhook, KeyHash: bytes.Clone(keyHash), Created: now.UTC()}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		senders, keys := tx.Bucket(bucketSenders), tx.Bucket(bucketSenderKeys)
+		if keys.Get(keyHash) != nil {
+			return fmt.Errorf("server key already in use")
+		}
+		for snd.ID = newSenderID(); senders.Get([]byte(snd.ID)) != nil; snd.ID = newSenderID() {
+		}
+		if err := put(senders, []byte(snd.ID), snd); err != nil {
+			return err
+		}
+		return keys.Put(keyHash, []byte(snd.ID))
+	})
+	if err != nil {
+		return Sender{}, fmt.Errorf("add sender %q: %w", name, err)
+	}
+	return snd, nil
+}
+
+// Sender returns the sender with this ID.
+func (s *Store) Sender(id string) (Sender, error) {
+	snd, err := lookup[Sender](s.db, bucketSenders, []byte(id))
+	if err != nil {
+		return Sender{}, fmt.Errorf("sender %s: %w", id, err)
+	}
+	return snd, nil
+}
+
+// SenderByKeyHash returns the sender whose server key hashes to keyHash.
+// The caller still compares the hashes in constant time.
+func (s *Store) SenderByKeyHash(keyHash []byte) (Sender, error) {
+	var snd Sender
+	err := s.db.View(func(tx *bolt.Tx) error {
+		id := tx.Bucket(bucketSenderKeys).Get(keyHash)
+		if id == nil {
+			return ErrNotFound
+		}
+		var ok bool
+		var err error
+		snd, ok, err = get[Sender](tx.Bucket(bucketSenders), id)
+		if err == nil && !ok {
+			err = ErrNotFound
+		}
+		return err
+	})
+	if err != nil {
+		return Sender{}, fmt.Errorf("sender by key: %w", err)
+	}
+	return snd, nil
+}
+
+// Senders returns all senders ordered by ID.
+func (s *Store) Senders() ([]Sender, error) {
+	var out []Sender
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketSenders).ForEach(func(_, v []byte) error {
+			snd, err := decode[Sender](v)
+			out = append(out, snd)
+			return err
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list senders: %w", err)
+	}
+	return out, nil
+}
+
+// RemoveSender deletes a sender and its key: its app servers can no longer
+// send. Registrations made for it stay, unusable, so its ID is never reused
+// by accident (IDs are random and checked for collisions).
+func (s *Store) RemoveSender(id string) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		senders := tx.Bucket(bucketSenders)
+		snd, ok, err := get[Sender](senders, []byte(id))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return ErrNotFound
+		}
+		if err := tx.Bucket(bucketSenderKeys).Delete(snd.KeyHash); err != nil {
+			return err
+		}
+		return senders.Delete([]byte(id))
+	})
+	if err != nil {
+		return fmt.Errorf("remove sender %s: %w", id, err)
+	}
+	return nil
+}
+
+// AddDevice stores a new device with a fresh ID.
+func (s *Store) AddDevice(secretHash []byte, now time.Time) (Device, error) {
+	dev := Device{SecretHash: bytes.Clone(secretHash), Created: now.UTC()}
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		devices := tx.Bucket(bucketDevices)
+		for dev.ID = newDeviceID(); devices.Get([]byte(dev.ID)) != nil; dev.ID = newDeviceID() {
+		}
+		return put(devices, []byte(dev.ID), dev)
+	})
+	if err != nil {
+		return Device{}, fmt.Errorf("add device: %w", err)
+	}
+	return dev, nil
+}
+
+// Device returns the device with this ID.
+func (s *Store) Device(id string) (Device, error) {
+	dev, err := lookup[Device](s.db, bucketDevices, []byte(id))
+	if err != nil {
+		return Device{}, fmt.Errorf("device %s: %w", id, err)
+	}
+	return dev, nil
+}

@@ -1,0 +1,362 @@
+package server
+
+import (
+	"bytes"
+	"container/heap"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	mathrand "math/rand/v2"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"tether/server/store"
+)
+
+// route hands upstream messages to an app server. A sender's webhook is
+// one; an XMPP connection of the sender will be another. For each delivery
+// attempt, routeFor picks exactly one route, so a message is taken by one
+// route, not several.
+type route interface {
+	deliver(ctx context.Context, u store.Upstream) error
+	name() string
+}
+
+const (
+	// upstreamWorkers bounds concurrent deliveries.
+	upstreamWorkers = 8
+	// perSenderAttempts bounds one sender's concurrent deliveries, so that
+	// a slow or dead webhook cannot hold every worker.
+	perSenderAttempts = 2
+)
+
+// upEntry schedules one queued upstream message; the message itself stays
+// in the store until an attempt loads it.
+type upEntry struct {
+	seq      uint64
+	sender   string
+	app, id  string    // for logs
+	expiry   time.Time // by the server's clock
+	next     time.Time // when to try next, by the real clock that timers use
+	attempts int
+	// tried is set once the message had its chance: after an attempt, a
+	// wait without a route, or a restart. A TTL-0 message gets one attempt
+	// and is dropped after it.
+	tried bool
+}
+
+type upHeap []*upEntry
+
+func (h upHeap) Len() int           { return len(h) }
+func (h upHeap) Less(i, j int) bool { return h[i].next.Before(h[j].next) }
+func (h upHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *upHeap) Push(x any)        { *h = append(*h, x.(*upEntry)) }
+func (h *upHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
+}
+
+type job struct {
+	e *upEntry
+	r route
+}
+
+type attemptResult struct {
+	e     *upEntry
+	route string
+	err   error
+	gone  bool // the message was no longer in the store
+}
+
+// dispatcher delivers the upstream queue: one goroutine schedules entries
+// on a single timer and a few workers make the attempts.
+type dispatcher struct {
+	store    *store.Store
+	log      *slog.Logger
+	now      func() time.Time
+	routeFor func(sender string) (route, error)
+	retryMin time.Duration
+	retryMax time.Duration
+
+	mu       sync.Mutex
+	incoming []*upEntry
+	wake     chan struct{}
+}
+
+func newDispatcher(s *Server) *dispatcher {
+	client := &http.Client{
+		Timeout: s.cfg.WebhookTimeout,
+		// A redirect is an answer other than 2xx: retried, never followed
+		// (following would turn the POST into a GET).
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	return &dispatcher{
+		store:    s.store,
+		log:      s.log,
+		now:      s.now,
+		retryMin: s.cfg.RetryMin,
+		retryMax: s.cfg.RetryMax,
+		wake:     make(chan struct{}, 1),
+		routeFor: func(sender string) (route, error) {
+			snd, err := s.store.Sender(sender)
+			if err != nil {
+				return nil, err
+			}
+			if snd.Webhook == "" {
+				return nil, nil
+			}
+			return webhook{client: client, url: snd.Webhook}, nil
+		},
+	}
+}
+
+func newUpEntry(u store.Upstream) *upEntry {
+	return &upEntry{seq: u.Seq, sender: u.Sender, app: u.App, id: u.ID, expiry: u.Expiry, next: time.Now()}
+}
+
+// add schedules a newly queued message. It never blocks.
+func (d *dispatcher) add(u store.Upstream) {
+	d.mu.Lock()
+	d.incoming = append(d.incoming, newUpEntry(u))
+	d.mu.Unlock()
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (d *dispatcher) run(ctx context.Context) {
+	var queue upHeap
+	// scheduled holds the seq of every entry in the queue or in a worker:
+	// a message queued while the store was being loaded arrives twice.
+	scheduled := make(map[uint64]bool)
+	err := d.store.EachUpstream(func(u store.Upstream) error {
+		e := newUpEntry(u)
+		e.tried = true // it had its chance before the restart
+		queue = append(queue, e)
+		scheduled[e.seq] = true
+		return nil
+	})
+	if err != nil {
+		d.log.Error("load upstream queue; messages wait for the next restart", "err", err)
+	}
+	heap.Init(&queue)
+
+	jobs := make(chan job)
+	results := make(chan attemptResult, upstreamWorkers)
+	var workers sync.WaitGroup
+	for range upstreamWorkers {
+		workers.Go(func() {
+			for j := range jobs {
+				results <- d.attempt(ctx, j)
+			}
+		})
+	}
+	defer workers.Wait()
+	defer close(jobs)
+
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	busy := 0
+	attempting := make(map[string]int)    // attempts in progress by sender
+	parked := make(map[string][]*upEntry) // due entries of senders at their limit
+	for {
+		now := time.Now()
+		for busy < upstreamWorkers && queue.Len() > 0 && !queue[0].next.After(now) {
+			e := heap.Pop(&queue).(*upEntry)
+			if attempting[e.sender] >= perSenderAttempts {
+				parked[e.sender] = append(parked[e.sender], e)
+				continue
+			}
+			switch r := d.dispatch(e); {
+			case r != nil:
+				busy++
+				attempting[e.sender]++
+				jobs <- job{e, r}
+			case e.next.IsZero():
+				delete(scheduled, e.seq)
+			default:
+				heap.Push(&queue, e)
+			}
+		}
+		// With every worker busy, the next result wakes the loop instead.
+		if queue.Len() > 0 && busy < upstreamWorkers {
+			timer.Reset(max(queue[0].next.Sub(now), 0))
+		} else {
+			timer.Stop()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.wake:
+			d.mu.Lock()
+			for _, e := range d.incoming {
+				if !scheduled[e.seq] {
+					scheduled[e.seq] = true
+					heap.Push(&queue, e)
+				}
+			}
+			d.incoming = nil
+			d.mu.Unlock()
+		case r := <-results:
+			busy--
+			sender := r.e.sender
+			if attempting[sender]--; attempting[sender] == 0 {
+				delete(attempting, sender)
+			}
+			for _, e := range parked[sender] {
+				heap.Push(&queue, e)
+			}
+			delete(parked, sender)
+			if d.settle(r) {
+				heap.Push(&queue, r.e)
+			} else {
+				delete(scheduled, r.e.seq)
+			}
+		case <-timer.C:
+		}
+	}
+}
+
+// dispatch picks the route for a due entry. Without one, a zero e.next
+// means the entry was dropped and any other that it waits until then.
+func (d *dispatcher) dispatch(e *upEntry) route {
+	now := d.now()
+	if e.tried && !now.Before(e.expiry) {
+		d.drop(e, "time to live ran out")
+		e.next = time.Time{}
+		return nil
+	}
+	r, err := d.routeFor(e.sender)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		d.drop(e, "sender removed")
+		e.next = time.Time{}
+	case err != nil:
+		d.log.Error("find upstream route", "sender", e.sender, "err", err)
+		e.next = time.Now().Add(d.retryMax)
+	case r == nil:
+		// No route yet: keep it until its TTL, looking again now and then.
+		e.tried = true
+		e.next = time.Now().Add(min(d.retryMax, e.expiry.Sub(now)))
+	}
+	return r
+}
+
+// attempt delivers one message through its route; it runs in a worker.
+func (d *dispatcher) attempt(ctx context.Context, j job) attemptResult {
+	u, err := d.store.Upstream(j.e.seq)
+	if errors.Is(err, store.ErrNotFound) {
+		return attemptResult{e: j.e, gone: true}
+	}
+	if err != nil {
+		return attemptResult{e: j.e, err: err}
+	}
+	return attemptResult{e: j.e, route: j.r.name(), err: j.r.deliver(ctx, u)}
+}
+
+// settle records an attempt; true means try again later.
+func (d *dispatcher) settle(r attemptResult) bool {
+	e := r.e
+	if r.gone {
+		return false
+	}
+	if r.err == nil {
+		if err := d.store.DeleteUpstream(e.seq); err != nil {
+			d.log.Error("delete delivered upstream message; it will be delivered again after a restart", "sender", e.sender, "message_id", e.id, "err", err)
+		}
+		d.log.Info("upstream message delivered", "sender", e.sender, "app", e.app, "message_id", e.id, "route", r.route, "attempts", e.attempts+1)
+		return false
+	}
+	e.attempts++
+	e.tried = true
+	wait := d.backoff(e.attempts)
+	if !d.now().Add(wait).Before(e.expiry) {
+		d.drop(e, fmt.Sprintf("time to live runs out before the next attempt; last error: %v", r.err))
+		return false
+	}
+	e.next = time.Now().Add(wait)
+	d.log.Warn("upstream delivery failed; will retry", "sender", e.sender, "message_id", e.id, "route", r.route,
+		"attempts", e.attempts, "retry_in", wait.Round(time.Millisecond), "err", r.err)
+	return true
+}
+
+func (d *dispatcher) drop(e *upEntry, why string) {
+	if err := d.store.DeleteUpstream(e.seq); err != nil {
+		d.log.Error("delete dropped upstream message", "sender", e.sender, "message_id", e.id, "err", err)
+	}
+	d.log.Warn("upstream message dropped", "sender", e.sender, "app", e.app, "message_id", e.id, "attempts", e.attempts, "why", why)
+}
+
+// backoff doubles from retryMin up to retryMax, with jitter so that the
+// retries of many messages spread out.
+func (d *dispatcher) backoff(attempts int) time.Duration {
+	b := d.retryMin
+	for i := 1; i < attempts && b < d.retryMax; i++ {
+		b *= 2
+	}
+	b = min(b, d.retryMax)
+	return b/2 + mathrand.N(b/2+1)
+}
+
+// webhook POSTs upstream messages as JSON to a sender's URL.
+type webhook struct {
+	client *http.Client
+	url    string
+}
+
+// webhookBody is what a webhook receives, in the shape of GCM's upstream
+// messages over XMPP.
+type webhookBody struct {
+	From      string            `json:"from"`
+	Category  string            `json:"category"`
+	MessageID string            `json:"message_id"`
+	Data      map[string]string `json:"data"`
+	TTL       int64             `json:"ttl"`
+	Priority  string            `json:"priority,omitempty"`
+	SentTime  int64             `json:"sent_time"`
+}
+
+func (webhook) name() string { return "webhook" }
+
+func (w webhook) deliver(ctx context.Context, u store.Upstream) error {
+	data := u.Data
+	if data == nil {
+		data = map[string]string{}
+	}
+	body, err := json.Marshal(webhookBody{
+		From: u.Token, Category: u.App, MessageID: u.ID, Data: data, TTL: u.TTL,
+		Priority: u.Priority, SentTime: u.Received.UnixMilli(),
+	})
+	if err != nil {
+		return fmt.Errorf("encode webhook body: %w", err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.url, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("webhook request: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "tether-server")
+	resp, err := w.client.Do(req)
+	if err != nil {
+		// The URL may carry a secret in its query; keep it out of logs.
+		var urlErr *url.Error
+		if errors.As(err, &urlErr) {
+			err = urlErr.Err
+		}
+		return fmt.Errorf("webhook request: %w", err)
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("webhook answered %s", resp.Status)
+	}
+	return nil
+}

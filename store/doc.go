@@ -1,0 +1,30 @@
+// Package store keeps a device agent's durable state in one bbolt file:
+// the device's credentials, the apps' registrations and owners, the inbox
+// of downstream messages waiting for their app, the IDs of downstream
+// messages already received (so a redelivery is recognised), and the outbox
+// of upstream messages waiting for the server's acknowledgement.
+//
+// Every method is one bbolt transaction, so what a method changes is either
+// all on disk when it returns or not at all: the agent acknowledges a batch
+// of downstream messages to the server only after AddMessages has returned.
+// Times are absolute instants by the caller's clock, which the caller passes
+// in; the store reads no clock itself.
+//
+// The file holds the device secret and registration tokens: Open creates it
+// (and its directory) readable by its owner only. The store does not decide
+// who may act for an app, when to dial, or what to tell an app: that is the
+// agent's business. It keeps no goroutines and polls nothing; expired
+// entries go when the caller runs Sweep or ExpireUpstream (the agent does
+// so when a held message expires, as NextExpiry reports, and whenever it
+// touches the inbox anyway), and reads skip expired entries that are still
+// there.
+//
+// Layout, for the curious: bucket "device" holds the credentials; bucket
+// "apps" holds one bucket per app ID with its owner, its registrations
+// ("senders": sender ID → token), its inbox and outbox (keyed by a per-app
+// sequence number, so iteration is arrival order) and the count of messages
+// that expired before the app acknowledged them; bucket "seen" maps each
+// downstream message ID to its expiry, app and inbox sequence number;
+// bucket "expiry" indexes "seen" by expiry, so a sweep reads only what is
+// due; and bucket "held" indexes the held messages the same way.
+package store

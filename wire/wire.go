@@ -1,0 +1,425 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+const (
+	// Version is the protocol version this package speaks; an agent sends
+	// it in Hello and the server answers with the version it will use.
+	Version = 1
+	// Path is the WebSocket endpoint on the connection server.
+	Path = "/device/v1"
+	// Subprotocol is the WebSocket subprotocol name both sides offer.
+	Subprotocol = "tether.v1"
+	// MaxFrameSize bounds one encoded frame. A downstream message carries
+	// at most 4096 bytes of data (GCM's limit) plus keys and metadata.
+	MaxFrameSize = 64 << 10
+	// MaxAckIDs bounds the message IDs in one Ack frame.
+	MaxAckIDs = 1000
+	// MaxTTL is GCM's longest time to live, in seconds (4 weeks).
+	MaxTTL = 2419200
+	// MaxDataSize is GCM's limit on a message's data, counting keys and
+	// values as delivered.
+	MaxDataSize = 4096
+	// maxNameLen bounds app IDs, sender IDs, message IDs, tokens and other
+	// identifiers.
+	maxNameLen = 1024
+)
+
+// Type names a frame.
+type Type string
+
+// Frame types. New types may be added in later versions; a receiver answers
+// a type it does not know with an Error of code CodeUnknownType.
+const (
+	TypeHello        Type = "hello"        // agent → server, first frame
+	TypeWelcome      Type = "welcome"      // server → agent, answer to hello
+	TypeRegister     Type = "register"     // agent → server
+	TypeRegistered   Type = "registered"   // server → agent
+	TypeUnregister   Type = "unregister"   // agent → server
+	TypeUnregistered Type = "unregistered" // server → agent
+	TypeMessage      Type = "message"      // server → agent, downstream
+	TypeAck          Type = "ack"          // agent → server, downstream persisted
+	TypeUpstream     Type = "upstream"     // agent → server
+	TypeUpstreamAck  Type = "upstream_ack" // server → agent, upstream persisted or refused
+	TypeError        Type = "error"        // either way
+)
+
+// Error codes carried by Error frames.
+const (
+	CodeBadFrame           = "bad_frame"           // undecodable envelope or body
+	CodeUnknownType        = "unknown_type"        // a frame type the receiver does not know
+	CodeUnsupportedVersion = "unsupported_version" // hello with a version the server cannot speak
+	CodeUnauthorized       = "unauthorized"        // bad device credentials or enrollment key
+	CodeInvalid            = "invalid"             // a well-formed frame with a bad value
+	CodeNotRegistered      = "not_registered"      // no such registration
+	CodeUnavailable        = "unavailable"         // the server cannot take it now; retry later
+	CodeInternal           = "internal"            // the server failed; retry later
+)
+
+// ErrBadFrame is wrapped by every decoding and validation error.
+var ErrBadFrame = errors.New("bad frame")
+
+// Body is the payload of one frame type.
+type Body interface {
+	FrameType() Type
+	// Validate reports the first field that is missing or out of limits.
+	Validate() error
+}
+
+// Frame is one decoded envelope; its body is decoded on demand with Decode.
+type Frame struct {
+	Type Type `json:"type"`
+	// Ref ties a reply to its request: a register's ref comes back on its
+	// registered or error frame, an upstream's message ID on its ack.
+	Ref  string          `json:"ref,omitempty"`
+	Body json.RawMessage `json:"body,omitempty"`
+}
+
+// Encode validates b and encodes it as one frame.
+func Encode(ref string, b Body) ([]byte, error) {
+	if err := b.Validate(); err != nil {
+		return nil, fmt.Errorf("encode %s frame: %w", b.FrameType(), err)
+	}
+	body, err := json.Marshal(b)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s frame: %w", b.FrameType(), err)
+	}
+	out, err := json.Marshal(Frame{Type: b.FrameType(), Ref: ref, Body: body})
+	if err != nil {
+		return nil, fmt.Errorf("encode %s frame: %w", b.FrameType(), err)
+	}
+	if len(out) > MaxFrameSize {
+		return nil, fmt.Errorf("encode %s frame: %w: %d bytes, limit %d", b.FrameType(), ErrBadFrame, len(out), MaxFrameSize)
+	}
+	return out, nil
+}
+
+// Decode parses an envelope. The body is left for Frame.Decode.
+func Decode(data []byte) (Frame, error) {
+	var f Frame
+	if len(data) > MaxFrameSize {
+		return f, fmt.Errorf("%w: %d bytes, limit %d", ErrBadFrame, len(data), MaxFrameSize)
+	}
+	if err := json.Unmarshal(data, &f); err != nil {
+		return Frame{}, fmt.Errorf("%w: %v", ErrBadFrame, err)
+	}
+	if f.Type == "" {
+		return Frame{}, fmt.Errorf("%w: no type", ErrBadFrame)
+	}
+	if err := checkName("ref", f.Ref, false); err != nil {
+		return Frame{}, err
+	}
+	return f, nil
+}
+
+// Decode decodes the frame's body into b, which must be of the frame's type,
+// and validates it.
+func (f Frame) Decode(b Body) error {
+	if f.Type != b.FrameType() {
+		return fmt.Errorf("%w: %s frame decoded as %s", ErrBadFrame, f.Type, b.FrameType())
+	}
+	body := f.Body
+	if len(bytes.TrimSpace(body)) == 0 {
+		body = []byte("{}")
+	}
+	if err := json.Unmarshal(body, b); err != nil {
+		return fmt.Errorf("%w: %s body: %v", ErrBadFrame, f.Type, err)
+	}
+	if err := b.Validate(); err != nil {
+		return fmt.Errorf("%s body: %w", f.Type, err)
+	}
+	return nil
+}
+
+// Hello opens a session. Without a device ID it is a check-in: the server
+// creates a device and answers with its credentials.
+type Hello struct {
+	Version      int    `json:"version"`
+	DeviceID     string `json:"device_id,omitempty"`
+	DeviceSecret string `json:"device_secret,omitempty"`
+	// EnrollKey is required for a check-in when the server demands one.
+	EnrollKey string `json:"enroll_key,omitempty"`
+	// Heartbeat is the agent's ping interval in seconds: the agent drives
+	// heartbeats and the server times the session out when it hears nothing
+	// for this long plus a grace period. Zero means the server's default.
+	Heartbeat int `json:"heartbeat,omitempty"`
+	// Agent names the agent's software and version, for logs.
+	Agent string `json:"agent,omitempty"`
+}
+
+func (Hello) FrameType() Type { return TypeHello }
+
+func (h Hello) Validate() error {
+	if h.Version < 1 {
+		return fmt.Errorf("%w: version %d", ErrBadFrame, h.Version)
+	}
+	if (h.DeviceID == "") != (h.DeviceSecret == "") {
+		return fmt.Errorf("%w: device_id and device_secret go together", ErrBadFrame)
+	}
+	if h.Heartbeat < 0 || h.Heartbeat > 24*3600 {
+		return fmt.Errorf("%w: heartbeat %d s out of range 0..86400", ErrBadFrame, h.Heartbeat)
+	}
+	return firstErr(
+		checkName("device_id", h.DeviceID, false),
+		checkName("device_secret", h.DeviceSecret, false),
+		checkName("enroll_key", h.EnrollKey, false),
+		checkName("agent", h.Agent, false),
+	)
+}
+
+// Welcome accepts a session.
+type Welcome struct {
+	Version  int    `json:"version"`
+	DeviceID string `json:"device_id"`
+	// DeviceSecret is set only in the answer to a check-in; the agent
+	// persists it before using the session.
+	DeviceSecret string `json:"device_secret,omitempty"`
+	// Heartbeat is the interval in seconds the server will hold the
+	// session open without hearing from the agent, before its grace.
+	Heartbeat int `json:"heartbeat"`
+}
+
+func (Welcome) FrameType() Type { return TypeWelcome }
+
+func (w Welcome) Validate() error {
+	if w.Version < 1 {
+		return fmt.Errorf("%w: version %d", ErrBadFrame, w.Version)
+	}
+	return firstErr(
+		checkName("device_id", w.DeviceID, true),
+		checkName("device_secret", w.DeviceSecret, false),
+	)
+}
+
+// Register asks for the registration token of (App, Sender).
+type Register struct {
+	App    string `json:"app"`
+	Sender string `json:"sender"`
+}
+
+func (Register) FrameType() Type   { return TypeRegister }
+func (r Register) Validate() error { return validAppSender(r.App, r.Sender) }
+
+// Registered answers Register with the token.
+type Registered struct {
+	App    string `json:"app"`
+	Sender string `json:"sender"`
+	Token  string `json:"token"`
+}
+
+func (Registered) FrameType() Type { return TypeRegistered }
+func (r Registered) Validate() error {
+	return firstErr(validAppSender(r.App, r.Sender), checkName("token", r.Token, true))
+}
+
+// Unregister drops the registration of (App, Sender); later sends to its
+// token answer NotRegistered.
+type Unregister struct {
+	App    string `json:"app"`
+	Sender string `json:"sender"`
+}
+
+func (Unregister) FrameType() Type   { return TypeUnregister }
+func (u Unregister) Validate() error { return validAppSender(u.App, u.Sender) }
+
+// Unregistered answers Unregister.
+type Unregistered struct {
+	App    string `json:"app"`
+	Sender string `json:"sender"`
+}
+
+func (Unregistered) FrameType() Type   { return TypeUnregistered }
+func (u Unregistered) Validate() error { return validAppSender(u.App, u.Sender) }
+
+// Message is one downstream message. The agent persists it and then acks
+// its ID; the server delivers it again until it is acked or expires.
+type Message struct {
+	ID    string `json:"id"`
+	Token string `json:"token"`
+	App   string `json:"app"`
+	// From is the sender ID of the app server that sent it.
+	From        string            `json:"from"`
+	CollapseKey string            `json:"collapse_key,omitempty"`
+	Data        map[string]string `json:"data,omitempty"`
+	Priority    string            `json:"priority,omitempty"`
+	// TTL is the time to live left, in seconds, when the frame was sent:
+	// always relative, because devices without a real-time clock boot in 1970.
+	TTL int64 `json:"ttl"`
+	// SentTime is when the app server sent it, in Unix milliseconds by the
+	// server's clock; informational.
+	SentTime int64 `json:"sent_time,omitempty"`
+}
+
+func (Message) FrameType() Type { return TypeMessage }
+
+func (m Message) Validate() error {
+	return firstErr(
+		checkName("id", m.ID, true),
+		checkName("token", m.Token, true),
+		validAppSender(m.App, m.From),
+		checkName("collapse_key", m.CollapseKey, false),
+		checkPriority(m.Priority),
+		checkTTL(m.TTL),
+		checkData(m.Data),
+	)
+}
+
+// Ack tells the server that the agent has persisted these downstream
+// messages.
+type Ack struct {
+	IDs []string `json:"ids"`
+}
+
+func (Ack) FrameType() Type { return TypeAck }
+
+func (a Ack) Validate() error {
+	if len(a.IDs) == 0 || len(a.IDs) > MaxAckIDs {
+		return fmt.Errorf("%w: ack of %d ids, want 1..%d", ErrBadFrame, len(a.IDs), MaxAckIDs)
+	}
+	for _, id := range a.IDs {
+		if err := checkName("ids[]", id, true); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Upstream is a message from a local app to its app server. The server
+// drops a repeat of the same (device, App, ID) within its TTL, so the agent
+// may resend until it gets the UpstreamAck.
+type Upstream struct {
+	App string `json:"app"`
+	// To is the sender ID of the app server it goes to.
+	To       string            `json:"to"`
+	ID       string            `json:"id"`
+	TTL      int64             `json:"ttl"`
+	Priority string            `json:"priority,omitempty"`
+	Data     map[string]string `json:"data,omitempty"`
+}
+
+func (Upstream) FrameType() Type { return TypeUpstream }
+
+func (u Upstream) Validate() error {
+	return firstErr(
+		validAppSender(u.App, u.To),
+		checkName("id", u.ID, true),
+		checkTTL(u.TTL),
+		checkPriority(u.Priority),
+		checkData(u.Data),
+	)
+}
+
+// UpstreamAck answers Upstream once the server has persisted it, or refused
+// it for good (Error names why: the agent stops retrying and tells the app).
+// A temporary failure comes as an Error frame instead, and the agent retries.
+type UpstreamAck struct {
+	App   string `json:"app"`
+	ID    string `json:"id"`
+	Error string `json:"error,omitempty"`
+}
+
+func (UpstreamAck) FrameType() Type { return TypeUpstreamAck }
+
+func (u UpstreamAck) Validate() error {
+	return firstErr(checkName("app", u.App, true), checkName("id", u.ID, true))
+}
+
+// Error reports a problem with the frame named by the envelope's Ref, or
+// with the session when Ref is empty.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (Error) FrameType() Type { return TypeError }
+
+func (e Error) Validate() error {
+	if e.Code == "" {
+		return fmt.Errorf("%w: error without code", ErrBadFrame)
+	}
+	return nil
+}
+
+func (e Error) String() string { return e.Code + ": " + e.Message }
+
+func validAppSender(app, sender string) error {
+	if err := checkName("app", app, true); err != nil {
+		return err
+	}
+	if err := checkName("sender", sender, true); err != nil {
+		return err
+	}
+	for _, r := range sender {
+		if r < '0' || r > '9' {
+			return fmt.Errorf("%w: sender %q is not a numeric sender ID", ErrBadFrame, sender)
+		}
+	}
+	return nil
+}
+
+func checkName(field, v string, required bool) error {
+	switch {
+	case v == "" && required:
+		return fmt.Errorf("%w: %s is missing", ErrBadFrame, field)
+	case len(v) > maxNameLen:
+		return fmt.Errorf("%w: %s is %d bytes, limit %d", ErrBadFrame, field, len(v), maxNameLen)
+	case !utf8.ValidString(v):
+		return fmt.Errorf("%w: %s is not UTF-8", ErrBadFrame, field)
+	case strings.IndexFunc(v, unicode.IsControl) >= 0:
+		return fmt.Errorf("%w: %s has a control character", ErrBadFrame, field)
+	}
+	return nil
+}
+
+func checkPriority(p string) error {
+	switch p {
+	case "", "normal", "high":
+		return nil
+	}
+	return fmt.Errorf("%w: priority %q, want normal or high", ErrBadFrame, p)
+}
+
+func checkTTL(ttl int64) error {
+	if ttl < 0 || ttl > MaxTTL {
+		return fmt.Errorf("%w: ttl %d s out of range 0..%d", ErrBadFrame, ttl, MaxTTL)
+	}
+	return nil
+}
+
+// DataSize is the size of data as GCM counts it: keys and values.
+func DataSize(data map[string]string) int {
+	n := 0
+	for k, v := range data {
+		n += len(k) + len(v)
+	}
+	return n
+}
+
+func checkData(data map[string]string) error {
+	if n := DataSize(data); n > MaxDataSize {
+		return fmt.Errorf("%w: data is %d bytes, limit %d", ErrBadFrame, n, MaxDataSize)
+	}
+	for k := range data {
+		if k == "" {
+			return fmt.Errorf("%w: data has an empty key", ErrBadFrame)
+		}
+	}
+	return nil
+}
+
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,194 @@
+package wire
+
+import (
+	"encoding/json"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestRoundTrip(t *testing.T) {
+	bodies := []struct {
+		ref  string
+		body Body
+		into Body
+	}{
+		{"", &Hello{Version: 1, Heartbeat: 240, Agent: "tetherd/test"}, &Hello{}},
+		{"", &Hello{Version: 1, DeviceID: "d1", DeviceSecret: "s1"}, &Hello{}},
+		{"", &Welcome{Version: 1, DeviceID: "d1", DeviceSecret: "s", Heartbeat: 300}, &Welcome{}},
+		{"r1", &Register{App: "com.example.app", Sender: "123456"}, &Register{}},
+		{"r1", &Registered{App: "com.example.app", Sender: "123456", Token: "tok"}, &Registered{}},
+		{"r2", &Unregister{App: "a", Sender: "1"}, &Unregister{}},
+		{"r2", &Unregistered{App: "a", Sender: "1"}, &Unregistered{}},
+		{"", &Message{ID: "0:1%ab", Token: "t", App: "a", From: "1", CollapseKey: "c", Data: map[string]string{"k": "v"}, Priority: "high", TTL: 60, SentTime: 1700000000000}, &Message{}},
+		{"", &Ack{IDs: []string{"a", "b"}}, &Ack{}},
+		{"u1", &Upstream{App: "a", To: "1", ID: "u1", TTL: 0, Data: map[string]string{"x": "y"}}, &Upstream{}},
+		{"u1", &UpstreamAck{App: "a", ID: "u1", Error: "NotRegistered"}, &UpstreamAck{}},
+		{"r3", &Error{Code: CodeInvalid, Message: "bad"}, &Error{}},
+	}
+	for _, tc := range bodies {
+		t.Run(string(tc.body.FrameType()), func(t *testing.T) {
+			raw, err := Encode(tc.ref, tc.body)
+			if err != nil {
+				t.Fatalf("Encode: %v", err)
+			}
+			f, err := Decode(raw)
+			if err != nil {
+				t.Fatalf("Decode: %v", err)
+			}
+			if f.Type != tc.body.FrameType() || f.Ref != tc.ref {
+				t.Fatalf("envelope = %q/%q, want %q/%q", f.Type, f.Ref, tc.body.FrameType(), tc.ref)
+			}
+			if err := f.Decode(tc.into); err != nil {
+				t.Fatalf("Frame.Decode: %v", err)
+			}
+			if !reflect.DeepEqual(tc.into, tc.body) {
+				t.Fatalf("round trip = %+v, want %+v", tc.into, tc.body)
+			}
+		})
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	cases := []struct {
+		name, frame, want string
+	}{
+		{"not json", `{"type":`, "bad frame"},
+		{"no type", `{"body":{}}`, "no type"},
+		{"array", `[1,2]`, "bad frame"},
+		{"control in ref", `{"type":"ack","ref":"a\u0001"}`, "control character"},
+		{"too big", `{"type":"ack","ref":"` + strings.Repeat("x", MaxFrameSize) + `"}`, "limit"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Decode([]byte(tc.frame))
+			if !errors.Is(err, ErrBadFrame) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Decode(%.40q) = %v, want ErrBadFrame containing %q", tc.frame, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestBodyValidation(t *testing.T) {
+	big := map[string]string{"k": strings.Repeat("v", MaxDataSize)}
+	cases := []struct {
+		name string
+		body Body
+		want string
+	}{
+		{"hello version 0", Hello{}, "version 0"},
+		{"hello id without secret", Hello{Version: 1, DeviceID: "d"}, "go together"},
+		{"hello negative heartbeat", Hello{Version: 1, Heartbeat: -1}, "heartbeat"},
+		{"register no app", Register{Sender: "1"}, "app is missing"},
+		{"register non-numeric sender", Register{App: "a", Sender: "12a"}, "numeric"},
+		{"message ttl too long", Message{ID: "i", Token: "t", App: "a", From: "1", TTL: MaxTTL + 1}, "ttl"},
+		{"message negative ttl", Message{ID: "i", Token: "t", App: "a", From: "1", TTL: -1}, "ttl"},
+		{"message data too big", Message{ID: "i", Token: "t", App: "a", From: "1", Data: big}, "data is 4097 bytes"},
+		{"message bad priority", Message{ID: "i", Token: "t", App: "a", From: "1", Priority: "urgent"}, "priority"},
+		{"message no token", Message{ID: "i", App: "a", From: "1"}, "token is missing"},
+		{"ack empty", Ack{}, "ack of 0 ids"},
+		{"ack empty id", Ack{IDs: []string{""}}, "ids[] is missing"},
+		{"upstream no id", Upstream{App: "a", To: "1"}, "id is missing"},
+		{"upstream empty data key", Upstream{App: "a", To: "1", ID: "x", Data: map[string]string{"": "v"}}, "empty key"},
+		{"error no code", Error{}, "without code"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.body.Validate()
+			if !errors.Is(err, ErrBadFrame) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate() = %v, want ErrBadFrame containing %q", err, tc.want)
+			}
+			if _, err := Encode("", tc.body); !errors.Is(err, ErrBadFrame) {
+				t.Fatalf("Encode accepted an invalid %s body: %v", tc.body.FrameType(), err)
+			}
+		})
+	}
+}
+
+func TestFrameDecodeWrongType(t *testing.T) {
+	raw, err := Encode("", Ack{IDs: []string{"x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := Decode(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Decode(&Message{}); !errors.Is(err, ErrBadFrame) {
+		t.Fatalf("decoding an ack frame as a message = %v, want ErrBadFrame", err)
+	}
+}
+
+func TestUnknownTypeDecodes(t *testing.T) {
+	f, err := Decode([]byte(`{"type":"device_state","body":{"idle":true}}`))
+	if err != nil {
+		t.Fatalf("a frame type from a later version must decode: %v", err)
+	}
+	if f.Type != "device_state" {
+		t.Fatalf("type = %q", f.Type)
+	}
+}
+
+func TestUnknownFieldsIgnored(t *testing.T) {
+	f, err := Decode([]byte(`{"type":"ack","body":{"ids":["a"],"later_field":1},"later":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a Ack
+	if err := f.Decode(&a); err != nil {
+		t.Fatalf("fields from a later version must be ignored: %v", err)
+	}
+}
+
+// FuzzDecode feeds arbitrary bytes through the envelope decoder and every
+// body decoder: none may panic, and whatever decodes cleanly must encode
+// again to something that decodes to the same value.
+func FuzzDecode(f *testing.F) {
+	seeds := []string{
+		`{"type":"hello","body":{"version":1,"heartbeat":240}}`,
+		`{"type":"message","body":{"id":"0:1%a","token":"t","app":"a","from":"1","data":{"k":"v"},"ttl":10}}`,
+		`{"type":"ack","body":{"ids":["a","b"]}}`,
+		`{"type":"upstream","ref":"x","body":{"app":"a","to":"1","id":"x","ttl":0}}`,
+		`{"type":"error","body":{"code":"invalid"}}`,
+		`{"type":"registered","ref":"r","body":{"app":"a","sender":"1","token":"t"}}`,
+		`{"type":"x"}`,
+		`{"type":"ack","body":null}`,
+		`{}`,
+		`null`,
+	}
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fr, err := Decode(data)
+		if err != nil {
+			return
+		}
+		for _, b := range []Body{&Hello{}, &Welcome{}, &Register{}, &Registered{}, &Unregister{}, &Unregistered{}, &Message{}, &Ack{}, &Upstream{}, &UpstreamAck{}, &Error{}} {
+			if fr.Type != b.FrameType() {
+				continue
+			}
+			if err := fr.Decode(b); err != nil {
+				return
+			}
+			again, err := Encode(fr.Ref, b)
+			if err != nil {
+				t.Fatalf("a valid %s body does not encode: %v", fr.Type, err)
+			}
+			fr2, err := Decode(again)
+			if err != nil {
+				t.Fatalf("re-encoded frame does not decode: %v", err)
+			}
+			b2 := reflect.New(reflect.TypeOf(b).Elem()).Interface().(Body)
+			if err := fr2.Decode(b2); err != nil {
+				t.Fatalf("re-encoded body does not decode: %v", err)
+			}
+			j1, _ := json.Marshal(b)
+			j2, _ := json.Marshal(b2)
+			if string(j1) != string(j2) {
+				t.Fatalf("round trip changed the body: %s != %s", j1, j2)
+			}
+		}
+	})
+}
