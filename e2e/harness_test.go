@@ -94,8 +94,27 @@ func startProc(t *testing.T, name string, stdout io.Writer, args ...string) *pro
 	t.Cleanup(func() {
 		p.kill()
 		p.checkLog()
+		if t.Failed() {
+			p.keepLog()
+		}
 	})
 	return p
+}
+
+// keepLog copies the log of a failed test's process out of the test's
+// temporary dir, which is about to be removed, and says where it went.
+func (p *proc) keepLog() {
+	dir := filepath.Join(os.TempDir(), "tether-e2e-logs", p.t.Name())
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return
+	}
+	f, err := os.CreateTemp(dir, p.name+"-*.log")
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	f.WriteString(p.log())
+	p.t.Logf("%s log kept at %s", p.name, f.Name())
 }
 
 func (p *proc) log() string {

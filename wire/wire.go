@@ -56,7 +56,6 @@ const (
 const (
 	CodeBadFrame           = "bad_frame"           // undecodable envelope or body
 	CodeUnknownType        = "unknown_type"        // a frame type the receiver does not know
-	CodeUnsupportedVersion = "unsupported_version" // hello with a version the server cannot speak
 	CodeUnauthorized       = "unauthorized"        // bad device credentials or enrollment key
 	CodeInvalid            = "invalid"             // a well-formed frame with a bad value
 	CodeNotRegistered      = "not_registered"      // no such registration

@@ -5,6 +5,7 @@
 //	tether-server sender add --data DIR --name NAME [--webhook URL] [--json]
 //	tether-server sender list --data DIR [--json]
 //	tether-server sender remove --data DIR --id ID
+//	tether-server version
 //
 // Exit status: 0 on success, 1 on an error, 2 on a usage error.
 package main
@@ -33,7 +34,11 @@ const usage = `usage:
   tether-server sender add --data DIR --name NAME [--webhook URL] [--json]
   tether-server sender list --data DIR [--json]
   tether-server sender remove --data DIR --id ID
+  tether-server version
 `
+
+// version is set at build time (make build stamps it from git).
+var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -69,6 +74,9 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return senderList(ctx, args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "sender" && args[1] == "remove":
 		return senderRemove(ctx, args[2:], stdout, stderr)
+	case len(args) == 1 && (args[0] == "version" || args[0] == "--version"):
+		fmt.Fprintln(stdout, "tether-server", version)
+		return nil
 	case len(args) >= 1 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help"):
 		io.WriteString(stdout, usage)
 		return nil

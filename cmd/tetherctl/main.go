@@ -25,6 +25,9 @@ import (
 
 const defaultSocket = "/run/tether/tetherd.sock"
 
+// version is set at build time (make build stamps it from git).
+var version = "dev"
+
 const usage = `Usage: tetherctl [--socket PATH] [--json] COMMAND [FLAGS]
 
 Talks to the Tether agent (tetherd) on this device.
@@ -41,6 +44,7 @@ Commands:
                                           its ID; with --wait, wait until the
                                           server has it
   status                                  show the agent's state
+  version                                 print tetherctl's version
   help                                    show this help
 
 Global flags, before or after the command:
@@ -105,8 +109,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return 2
 	}
 	name, rest := global.Arg(0), global.Args()[1:]
-	if name == "help" {
+	switch name {
+	case "help":
 		fmt.Fprint(stdout, usage)
+		return 0
+	case "version":
+		fmt.Fprintln(stdout, "tetherctl", version)
 		return 0
 	}
 	i := slices.IndexFunc(commands, func(cmd command) bool { return cmd.name == name })
@@ -195,16 +203,26 @@ func (c *cli) printJSON(v any) error {
 	return err
 }
 
-func runRegister(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
-	app := fs.String("app", "", "the app ID")
-	sender := fs.String("sender", "", "the sender ID")
+// parseAppSender parses the --app and --sender flags that register and
+// unregister both require.
+func parseAppSender(fs *flag.FlagSet, args []string) (app, sender string, err error) {
+	appFlag := fs.String("app", "", "the app ID")
+	senderFlag := fs.String("sender", "", "the sender ID")
 	if err := parseNoArgs(fs, args); err != nil {
+		return "", "", err
+	}
+	if err := require([2]string{"app", *appFlag}, [2]string{"sender", *senderFlag}); err != nil {
+		return "", "", err
+	}
+	return *appFlag, *senderFlag, nil
+}
+
+func runRegister(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
+	app, sender, err := parseAppSender(fs, args)
+	if err != nil {
 		return err
 	}
-	if err := require([2]string{"app", *app}, [2]string{"sender", *sender}); err != nil {
-		return err
-	}
-	resp, err := c.call(ctx, ipc.Request{Op: "register", App: *app, Sender: *sender})
+	resp, err := c.call(ctx, ipc.Request{Op: "register", App: app, Sender: sender})
 	if err != nil {
 		return err
 	}
@@ -218,15 +236,11 @@ func runRegister(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) e
 }
 
 func runUnregister(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
-	app := fs.String("app", "", "the app ID")
-	sender := fs.String("sender", "", "the sender ID")
-	if err := parseNoArgs(fs, args); err != nil {
+	app, sender, err := parseAppSender(fs, args)
+	if err != nil {
 		return err
 	}
-	if err := require([2]string{"app", *app}, [2]string{"sender", *sender}); err != nil {
-		return err
-	}
-	_, err := c.call(ctx, ipc.Request{Op: "unregister", App: *app, Sender: *sender})
+	_, err = c.call(ctx, ipc.Request{Op: "unregister", App: app, Sender: sender})
 	return err
 }
 

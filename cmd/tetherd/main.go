@@ -1,6 +1,7 @@
 // Command tetherd is the Tether device agent: it keeps the device connected
 // to a Tether connection server and serves local apps on a Unix socket.
 //
+//	tetherd version
 //	tetherd [run] --server URL [--data DIR] [--socket PATH] [--socket-mode MODE]
 //	        [--ca-file FILE] [--enroll-key KEY] [--heartbeat DURATION] [--log-level LEVEL]
 //
@@ -31,9 +32,12 @@ import (
 	"tether/store"
 )
 
+// version is set at build time (make build stamps it from git).
+var version = "dev"
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	code := run(ctx, os.Args[1:], os.Stderr)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
@@ -109,7 +113,11 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 }
 
 // run is tetherd's main, returning the exit code.
-func run(ctx context.Context, args []string, stderr io.Writer) int {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 1 && (args[0] == "version" || args[0] == "--version") {
+		fmt.Fprintln(stdout, "tetherd", version)
+		return 0
+	}
 	o, err := parseArgs(args, stderr)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
@@ -152,6 +160,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		TLS:       tlsConfig,
 		EnrollKey: o.enrollKey,
 		Heartbeat: o.heartbeat,
+		Name:      "tetherd/" + version,
 		Logger:    log.With("part", "agent"),
 	})
 	if err != nil {
@@ -182,7 +191,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		defer cancel()
 		agentErr = a.Run(ctx)
 	}()
-	log.Info("ready", "server", o.server, "socket", o.socket, "data", o.data)
+	log.Info("ready", "version", version, "server", o.server, "socket", o.socket, "data", o.data)
 	<-ctx.Done()
 	log.Info("stopping")
 	wg.Wait()

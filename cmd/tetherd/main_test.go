@@ -57,7 +57,7 @@ func TestUsageErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var stderr bytes.Buffer
-			if code := run(context.Background(), tt.args, &stderr); code != 2 {
+			if code := run(context.Background(), tt.args, io.Discard, &stderr); code != 2 {
 				t.Errorf("exit %d, want 2", code)
 			}
 			if !strings.Contains(stderr.String(), tt.want) || !strings.Contains(stderr.String(), "usage:") {
@@ -204,5 +204,17 @@ func TestRunServesAndStops(t *testing.T) {
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("tetherd after SIGTERM: %v", err)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	for _, arg := range []string{"version", "--version"} {
+		var stdout, stderr bytes.Buffer
+		if code := run(context.Background(), []string{arg}, &stdout, &stderr); code != 0 {
+			t.Fatalf("tetherd %s exited %d: %s", arg, code, stderr.String())
+		}
+		if got := stdout.String(); got != "tetherd "+version+"\n" {
+			t.Errorf("tetherd %s printed %q", arg, got)
+		}
 	}
 }
