@@ -6,6 +6,8 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 CMDS    := tetherd tetherctl tether-server
 FUZZTIME ?= 30s
 
+ACCEPTANCE := e2e/acceptance
+
 .PHONY: all build demo test vet fuzz cross clean
 
 all: build
@@ -21,8 +23,13 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: the files above need formatting"; exit 1; }
 
-test: vet
+test: vet $(ACCEPTANCE)/node_modules
 	$(GO) test -race -count=1 -timeout 15m ./...
+
+# Existing GCM client libraries that the end-to-end tests drive unchanged.
+$(ACCEPTANCE)/node_modules: $(ACCEPTANCE)/package.json $(ACCEPTANCE)/package-lock.json
+	cd $(ACCEPTANCE) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 # Runs every fuzz target for FUZZTIME each (their seeds already run in make test).
 fuzz:
@@ -38,4 +45,4 @@ cross:
 	./cross/build.sh $(BIN)/cross
 
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(ACCEPTANCE)/node_modules
