@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -29,7 +32,29 @@ func newFleet(t *testing.T) *fleet {
 	f.sender, f.key = f.srv.addSender("thermo-backend", f.hook.url())
 	f.agent = startAgent(t, f.srv.url())
 	f.token = f.agent.register(app, f.sender)
+	t.Cleanup(func() { checkNoSecretsLogged(t, f.key, f.token) })
 	return f
+}
+
+// checkNoSecretsLogged reads the log of every process the test started and
+// fails if one holds a secret.
+func checkNoSecretsLogged(t *testing.T, secrets ...string) {
+	root := filepath.Dir(t.TempDir())
+	filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".log") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil
+		}
+		for _, s := range secrets {
+			if strings.Contains(string(b), s) {
+				t.Errorf("%s logs a secret (%.6s...)", filepath.Base(path), s)
+			}
+		}
+		return nil
+	})
 }
 
 func (f *fleet) sendData(data map[string]any, extra map[string]any) string {
