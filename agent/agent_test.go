@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -472,6 +473,80 @@ func TestUpstreamRetriedAfterReconnect(t *testing.T) {
 	if err := pc3.waitFor(t, wire.TypeUpstream).Decode(&up); err != nil || up.ID != "second" || up.TTL != wire.MaxTTL {
 		t.Errorf("upstream after reconnection %+v, %v", up, err)
 	}
+}
+
+// An app's send that is stored just after a new session resent the outbox
+// still goes out on that session, not only after the next reconnection.
+func TestUpstreamStoredAsSessionBeginsIsSent(t *testing.T) {
+	p := newPeer(t)
+	clk := &holdingClock{clock: newClock()}
+	d := newDevice(t, "", p.url, nil, func(c *Config) { c.Now = clk.Now })
+	registerDirect(t, d, app, sender, alice.UID)
+
+	// "first" waits in the outbox: its resend shows that the new session
+	// has read the outbox.
+	if _, _, err := d.agent.Send(bg, alice, ipc.SendRequest{App: app, To: sender, ID: "first"}); err != nil {
+		t.Fatal(err)
+	}
+	// "second" is sent while the agent is offline; Send is held where it
+	// reads the clock, before it stores the message. Nothing else runs: the
+	// agent is not started yet.
+	entered, release := clk.holdNext()
+	letGo := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(letGo) // a failing test must not leave Send waiting
+	sent := make(chan error, 1)
+	go func() {
+		_, _, err := d.agent.Send(bg, alice, ipc.SendRequest{App: app, To: sender, ID: "second"})
+		sent <- err
+	}()
+	select {
+	case <-entered:
+	case <-time.After(waitLimit):
+		t.Fatal("Send did not read the clock")
+	}
+
+	d.start()
+	pc := p.nextConn(t)
+	var up wire.Upstream
+	if err := pc.waitFor(t, wire.TypeUpstream).Decode(&up); err != nil || up.ID != "first" {
+		t.Fatalf("first upstream frame %+v, %v; want the resent \"first\"", up, err)
+	}
+	letGo()
+	if err := <-sent; err != nil {
+		t.Fatalf("send second: %v", err)
+	}
+	if err := pc.waitFor(t, wire.TypeUpstream).Decode(&up); err != nil || up.ID != "second" {
+		t.Fatalf("next upstream frame %+v, %v; want \"second\"", up, err)
+	}
+}
+
+// holdingClock is a test clock that can stop the next caller of Now until
+// the test lets it go.
+type holdingClock struct {
+	*clock
+	holdMu           sync.Mutex
+	entered, release chan struct{}
+}
+
+// holdNext makes the next call to Now close entered and wait until release
+// is closed.
+func (c *holdingClock) holdNext() (entered <-chan struct{}, release chan<- struct{}) {
+	c.holdMu.Lock()
+	defer c.holdMu.Unlock()
+	c.entered, c.release = make(chan struct{}), make(chan struct{})
+	return c.entered, c.release
+}
+
+func (c *holdingClock) Now() time.Time {
+	c.holdMu.Lock()
+	entered, release := c.entered, c.release
+	c.entered, c.release = nil, nil
+	c.holdMu.Unlock()
+	if entered != nil {
+		close(entered)
+		<-release
+	}
+	return c.clock.Now()
 }
 
 func TestUpstreamRefusedAndRetried(t *testing.T) {

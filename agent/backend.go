@@ -184,8 +184,7 @@ func (a *Agent) Send(ctx context.Context, c ipc.Caller, req ipc.SendRequest) (st
 	if err := up.Validate(); err != nil {
 		return "", nil, invalid("send", err)
 	}
-	s := a.currentSession()
-	if ttl == 0 && s == nil {
+	if ttl == 0 && a.currentSession() == nil {
 		return "", nil, fmt.Errorf("send: time to live 0 and %w", ipc.ErrOffline)
 	}
 
@@ -217,7 +216,11 @@ func (a *Agent) Send(ctx context.Context, c ipc.Caller, req ipc.SendRequest) (st
 		return "", nil, fmt.Errorf("send: %w: %w", ipc.ErrStorage, err)
 	}
 	a.signalExpiry()
-	if s != nil {
+	// Look the session up only now that the message is in the outbox: a
+	// session that began since Send started has already resent the outbox
+	// without it, and would leave it pending until the next connection; one
+	// that begins from now on resends it with the rest.
+	if s := a.currentSession(); s != nil {
 		a.sendUpstream(ctx, s, u, ttl)
 	}
 	return req.ID, result, nil

@@ -436,6 +436,7 @@ func (r *sessionRun) resendOutbox(ctx context.Context, keys map[outboxKey]bool) 
 		return
 	}
 	now := a.now()
+	a.log.Debug("resending outbox", "pending", len(pending), "only_retries", keys != nil)
 	for _, u := range pending {
 		key := outboxKey{u.App, u.ID}
 		if keys != nil && !keys[key] {
@@ -462,13 +463,16 @@ func (a *Agent) sendUpstream(ctx context.Context, s *Session, u store.Upstream, 
 	a.mu.Lock()
 	if a.session != s {
 		a.mu.Unlock()
+		a.log.Debug("upstream message not sent: its session ended; the next resends it", "app", u.App, "id", u.ID)
 		return
 	}
 	a.upstreamRefs[ref] = key
 	a.mu.Unlock()
 	if err := s.Send(ctx, frame); err != nil {
 		a.log.Debug("upstream message not sent; will resend", "app", u.App, "id", u.ID, "err", err)
+		return
 	}
+	a.log.Debug("upstream message sent", "app", u.App, "id", u.ID, "ttl", ttl)
 }
 
 // upstreamRef is the ref of an upstream message's frames: the same for
