@@ -164,7 +164,7 @@ func (s *Server) Listen() error {
 	if s.ln != nil {
 		return errors.New("listen: already listening")
 	}
-	ln, err := net.Listen("tcp", s.cfg.Listen)
+	ln, err := listenTCP(s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
@@ -314,4 +314,13 @@ func (s *Server) sweepLoop(ctx context.Context) {
 		}
 		timer.Reset(wait)
 	}
+}
+
+// listenTCP listens with TCP keepalive off. Go turns it on for every
+// accepted connection (a probe every 15 s), and on an idle device session
+// each probe wakes the device's radio: the agent's heartbeat is the only
+// one a session needs, and the server's read deadline catches dead peers.
+func listenTCP(addr string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAlive: -1}
+	return lc.Listen(context.Background(), "tcp", addr)
 }
