@@ -5,13 +5,50 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 )
+
+// The crash run's downstream stream mixes the three ways GCM lets a stored
+// message end: most must be delivered, some share a collapse key (a newer
+// one may replace them), some live one second (they may expire).
+type messageKind int
+
+const (
+	plain messageKind = iota
+	collapsing
+	shortLived
+)
+
+const chaosCollapseKey = "state"
+
+func kindOf(seq int) messageKind {
+	switch seq % 10 {
+	case 3:
+		return collapsing
+	case 7:
+		return shortLived
+	}
+	return plain
+}
+
+// chaosMessage is what the app server sends as message seq.
+func chaosMessage(token string, seq int) map[string]any {
+	msg := map[string]any{"to": token, "data": map[string]any{"seq": seq}}
+	switch kindOf(seq) {
+	case collapsing:
+		msg["collapse_key"] = chaosCollapseKey
+	case shortLived:
+		msg["time_to_live"] = 1
+	}
+	return msg
+}
 
 // chaosLedger accounts for every message of a crash run.
 type chaosLedger struct {
@@ -20,6 +57,9 @@ type chaosLedger struct {
 	accepted map[string]int
 	// deliveries counts how often each message reached the app.
 	deliveries map[string]int
+	// seqOf maps each delivered message ID to the seq in its data, which
+	// also covers messages whose send answer was lost in a crash.
+	seqOf map[string]int
 	// acked holds the messages whose ack the agent confirmed.
 	acked map[string]bool
 	// afterAck lists deliveries of messages already acked: must stay empty.
@@ -29,17 +69,31 @@ type chaosLedger struct {
 }
 
 func newLedger() *chaosLedger {
-	return &chaosLedger{accepted: map[string]int{}, deliveries: map[string]int{}, acked: map[string]bool{}, upAccepted: map[string]bool{}}
+	return &chaosLedger{accepted: map[string]int{}, deliveries: map[string]int{}, seqOf: map[string]int{}, acked: map[string]bool{}, upAccepted: map[string]bool{}}
 }
 
+// undelivered lists what must have reached the app and has not: every
+// accepted plain message, and under the collapse key the newest accepted
+// message or one sent after it. Short-lived ones may have expired.
 func (l *chaosLedger) undelivered() []string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var out []string
-	for id := range l.accepted {
-		if l.deliveries[id] == 0 {
-			out = append(out, id)
+	newestCollapsing := -1
+	for id, seq := range l.accepted {
+		switch kindOf(seq) {
+		case plain:
+			if l.deliveries[id] == 0 {
+				out = append(out, id)
+			}
+		case collapsing:
+			newestCollapsing = max(newestCollapsing, seq)
 		}
+	}
+	if newestCollapsing >= 0 && !slices.ContainsFunc(slices.Collect(maps.Values(l.seqOf)), func(seq int) bool {
+		return kindOf(seq) == collapsing && seq >= newestCollapsing
+	}) {
+		out = append(out, fmt.Sprintf("the newest message under collapse key %q (seq %d)", chaosCollapseKey, newestCollapsing))
 	}
 	return out
 }
@@ -89,7 +143,8 @@ func listenOnce(c *appConn, l *chaosLedger) {
 			OK      bool   `json:"ok"`
 			Event   string `json:"event"`
 			Message struct {
-				ID string `json:"message_id"`
+				ID   string            `json:"message_id"`
+				Data map[string]string `json:"data"`
 			} `json:"message"`
 		}
 		if json.Unmarshal(bytes.TrimSpace(line), &ev) != nil {
@@ -100,6 +155,9 @@ func listenOnce(c *appConn, l *chaosLedger) {
 			id := ev.Message.ID
 			l.mu.Lock()
 			l.deliveries[id]++
+			if seq, err := strconv.Atoi(ev.Message.Data["seq"]); err == nil {
+				l.seqOf[id] = seq
+			}
 			if l.acked[id] {
 				l.afterAck = append(l.afterAck, id)
 			}
@@ -132,7 +190,7 @@ func sendThroughCrashes(t *testing.T, f *fleet, l *chaosLedger, stop <-chan stru
 				return sent
 			default:
 			}
-			r, err := f.srv.send(f.key, map[string]any{"to": f.token, "data": map[string]any{"seq": seq}})
+			r, err := f.srv.send(f.key, chaosMessage(f.token, seq))
 			if err == nil && len(r.Results) == 1 && r.Results[0].MessageID != "" {
 				l.mu.Lock()
 				l.accepted[r.Results[0].MessageID] = seq
@@ -190,9 +248,10 @@ func chaosSeed(t *testing.T) uint64 {
 
 // TestSurvivesKillNine streams messages both ways while the agent and the
 // server are killed with SIGKILL at random moments and restarted. Every
-// message the server accepted reaches the app, no message is delivered
-// after the app's ack was confirmed, and every upstream message the agent
-// accepted reaches the webhook. Rerun a failure with TETHER_CHAOS_SEED.
+// message the server accepted is accounted for: delivered to the app, or
+// replaced under its collapse key, or expired by its TTL; no message is
+// delivered after the app's ack was confirmed; every upstream message the
+// agent accepted reaches the webhook. Rerun a failure with TETHER_CHAOS_SEED.
 func TestSurvivesKillNine(t *testing.T) {
 	seed := chaosSeed(t)
 	t.Logf("TETHER_CHAOS_SEED=%d", seed)
@@ -277,8 +336,21 @@ func TestSurvivesKillNine(t *testing.T) {
 			unanswered++
 		}
 	}
-	t.Logf("kills %v; downstream: %d accepted (%d distinct IDs), %d delivered (%d of them from sends whose answer was lost), 0 lost, %d redelivered before an ack, 0 after; upstream: %d accepted, all at the webhook, %d repeated webhook posts",
-		kills, sent, len(l.accepted), len(l.deliveries), unanswered, redelivered, len(l.upAccepted), upDup)
+	// How each accepted message ended.
+	var ended [3]struct{ accepted, delivered int }
+	for id, seq := range l.accepted {
+		k := kindOf(seq)
+		ended[k].accepted++
+		if l.deliveries[id] > 0 {
+			ended[k].delivered++
+		}
+	}
+	t.Logf("kills %v; downstream: %d accepted (%d distinct IDs): plain %d, all delivered; collapse key %d, %d delivered, %d replaced by a newer one; TTL 1 s %d, %d delivered, %d expired; "+
+		"%d more delivered from sends whose answer was lost; %d redelivered before an ack, 0 after; upstream: %d accepted, all at the webhook, %d repeated webhook posts",
+		kills, sent, len(l.accepted), ended[plain].accepted,
+		ended[collapsing].accepted, ended[collapsing].delivered, ended[collapsing].accepted-ended[collapsing].delivered,
+		ended[shortLived].accepted, ended[shortLived].delivered, ended[shortLived].accepted-ended[shortLived].delivered,
+		unanswered, redelivered, len(l.upAccepted), upDup)
 	if sent == 0 || len(l.upAccepted) == 0 {
 		t.Fatal(errors.New("the run sent nothing: the test proved nothing"))
 	}
