@@ -804,3 +804,32 @@ func TestDeadConnectionDetected(t *testing.T) {
 	// again.
 	p.nextConn(t)
 }
+
+// TestUnstoredBurstEndsSessionWithoutAck: when the device cannot store a
+// burst it must not ack it, and must end the session, because the server
+// resends unacked messages only in a new session.
+func TestUnstoredBurstEndsSessionWithoutAck(t *testing.T) {
+	p := newPeer(t)
+	d := newDevice(t, "", p.url, nil)
+	registerDirect(t, d, app, sender, alice.UID)
+	d.start()
+	pc := p.nextConn(t)
+	d.waitConnected(t)
+	if err := d.store.Close(); err != nil { // nothing can be stored from now on
+		t.Fatal(err)
+	}
+	pc.message("m1", app, sender, 3600)
+	timeout := time.After(waitLimit)
+	for {
+		select {
+		case f := <-pc.frames:
+			if f.Type == wire.TypeAck {
+				t.Fatal("the agent acked a message it could not store")
+			}
+		case <-pc.done:
+			return
+		case <-timeout:
+			t.Fatal("the session stayed open after a burst could not be stored")
+		}
+	}
+}

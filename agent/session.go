@@ -90,7 +90,13 @@ func (h linkHandler) Serve(ctx context.Context, s *Session) {
 			if !ok {
 				return
 			}
-			r.handleBurst(ctx, drain(data, s.Frames()))
+			if err := r.handleBurst(ctx, drain(data, s.Frames())); err != nil {
+				// The server resends unacked messages only in a new
+				// session: ending this one, and reconnecting after the
+				// backoff, is what gets them delivered again.
+				a.log.Warn("ending the session", "err", err)
+				return
+			}
 		case <-r.retryTimer.C:
 			keys := r.retry
 			r.retry = map[outboxKey]bool{}
@@ -166,8 +172,9 @@ type sessionRun struct {
 
 // handleBurst handles frames that arrived together. Answers and acks are
 // handled in order first; then the messages among them are stored in one
-// transaction and acknowledged with one ack.
-func (r *sessionRun) handleBurst(ctx context.Context, burst [][]byte) {
+// transaction and acknowledged with one ack. It fails only when the
+// messages could not be stored.
+func (r *sessionRun) handleBurst(ctx context.Context, burst [][]byte) error {
 	var msgs []wire.Message
 	for _, data := range burst {
 		f, err := wire.Decode(data)
@@ -196,8 +203,9 @@ func (r *sessionRun) handleBurst(ctx context.Context, burst [][]byte) {
 		}
 	}
 	if len(msgs) > 0 {
-		r.storeMessages(ctx, msgs)
+		return r.storeMessages(ctx, msgs)
 	}
+	return nil
 }
 
 // reject logs a frame the agent cannot use and tells the server why.
@@ -218,8 +226,9 @@ func (r *sessionRun) send(ctx context.Context, ref string, b wire.Body) {
 
 // storeMessages persists a batch of downstream messages, acknowledges all
 // of them (duplicates too) and then wakes their apps' listeners. When the
-// store fails nothing is acknowledged: the server delivers them again.
-func (r *sessionRun) storeMessages(ctx context.Context, msgs []wire.Message) {
+// store fails nothing is acknowledged and the error ends the session, so
+// that the server delivers them again in the next one.
+func (r *sessionRun) storeMessages(ctx context.Context, msgs []wire.Message) error {
 	a := r.a
 	now := a.now()
 	recs := make([]store.Message, len(msgs))
@@ -233,8 +242,7 @@ func (r *sessionRun) storeMessages(ctx context.Context, msgs []wire.Message) {
 	}
 	outcomes, err := a.store.AddMessages(recs)
 	if err != nil {
-		a.log.Error("downstream messages not stored, not acknowledged", "count", len(msgs), "err", err)
-		return
+		return fmt.Errorf("%d downstream messages not stored, not acknowledged: %w", len(msgs), err)
 	}
 	ids := make([]string, 0, len(msgs))
 	acked := map[string]bool{}
@@ -263,6 +271,7 @@ func (r *sessionRun) storeMessages(ctx context.Context, msgs []wire.Message) {
 	for app := range woken {
 		a.wake(app)
 	}
+	return nil
 }
 
 // answer completes a register or unregister with the server's answer,
