@@ -310,6 +310,13 @@ func (ss *session) handle(data []byte) {
 		ss.upstream(f)
 	case wire.TypeHello:
 		ss.replyError(f.Ref, wire.CodeInvalid, "the session is open already; hello comes only first")
+	case wire.TypeError:
+		// The agent's word on a frame of ours; never answered, so that two
+		// peers cannot keep answering each other's errors.
+		var e wire.Error
+		if f.Decode(&e) == nil {
+			ss.log.Debug("device reports an error", "ref", f.Ref, "code", e.Code, "message", e.Message)
+		}
 	default:
 		ss.log.Debug("unknown frame type", "type", f.Type)
 		ss.replyError(f.Ref, wire.CodeUnknownType, fmt.Sprintf("unknown frame type %.40q", f.Type))

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/json"
 	"errors"
 	"net/http"
 	"slices"
@@ -355,6 +356,9 @@ func TestBadFramesKeepSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.expectError("", wire.CodeBadFrame)
+	// An error frame from the device is never answered: the next frame the
+	// device reads answers its register below.
+	d.send("r7", wire.Error{Code: wire.CodeBadFrame, Message: "the device did not like a frame"})
 
 	// The session still works, and the other one never noticed.
 	token := d.register(app, snd.ID)
@@ -466,6 +470,7 @@ func TestStoreFullAnswers503(t *testing.T) {
 	token := d.register(app, snd.ID)
 	d.conn.Close()
 	big := strings.Repeat("x", 4000)
+	var accepted []string
 	for i := 0; ; i++ {
 		if i == 1000 {
 			t.Fatal("a 256 KiB store took 4 MB")
@@ -473,6 +478,15 @@ func TestStoreFullAnswers503(t *testing.T) {
 		ans := ts.post("/gcm/send", snd.ServerKey, "application/json",
 			`{"registration_ids": ["`+token+`", "nope"], "data": {"v": "`+big+`"}}`)
 		if ans.status == http.StatusOK {
+			var r struct {
+				Results []struct {
+					MessageID string `json:"message_id"`
+				} `json:"results"`
+			}
+			if err := json.Unmarshal([]byte(ans.body), &r); err != nil || len(r.Results) != 2 || r.Results[0].MessageID == "" {
+				t.Fatalf("accepted send answered %s", ans.body)
+			}
+			accepted = append(accepted, r.Results[0].MessageID)
 			continue
 		}
 		if ans.status != http.StatusServiceUnavailable || ans.header.Get("Retry-After") == "" {
@@ -482,8 +496,21 @@ func TestStoreFullAnswers503(t *testing.T) {
 		break
 	}
 	// Nothing acknowledged was lost: every accepted message is in the queue.
-	if _, err := ts.store.Pending(d.id, 0, 0); err != nil {
+	pending, err := ts.store.Pending(d.id, 0, 0)
+	if err != nil {
 		t.Fatal(err)
+	}
+	queued := map[string]bool{}
+	for _, m := range pending {
+		queued[m.ID] = true
+	}
+	for _, id := range accepted {
+		if !queued[id] {
+			t.Fatalf("message %s was accepted before the store filled up and is not in the queue (%d of %d queued)", id, len(pending), len(accepted))
+		}
+	}
+	if len(accepted) == 0 {
+		t.Fatal("the store was full before the first message: the test proved nothing")
 	}
 }
 
