@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -149,9 +151,13 @@ func TestEnrollKeyGuardsCheckIn(t *testing.T) {
 		t.Fatalf("a check-in with the enrollment key answered %s", fr.Type)
 	}
 
-	// tetherd checks in with the key, and after a restart reuses its
-	// credentials instead of checking in again.
-	a := startAgent(t, srv.url(), "--enroll-key", "let-me-in")
+	// tetherd checks in with the key (read from a file, out of ps), and
+	// after a restart reuses its credentials instead of checking in again.
+	keyFile := filepath.Join(t.TempDir(), "enroll-key")
+	if err := os.WriteFile(keyFile, []byte("let-me-in\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, srv.url(), "--enroll-key-file", keyFile)
 	before, err := a.ctl("status", "--json")
 	if err != nil {
 		t.Fatal(err)

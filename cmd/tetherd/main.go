@@ -3,7 +3,8 @@
 //
 //	tetherd version
 //	tetherd [run] --server URL [--data DIR] [--socket PATH] [--socket-mode MODE]
-//	        [--ca-file FILE] [--enroll-key KEY] [--heartbeat DURATION] [--log-level LEVEL]
+//	        [--ca-file FILE] [--enroll-key KEY | --enroll-key-file FILE] [--heartbeat DURATION]
+//	        [--log-level LEVEL]
 //
 // It stops cleanly on SIGTERM or SIGINT: it stops accepting apps, finishes
 // what it is writing to its store, closes the server connection with a
@@ -23,6 +24,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -50,8 +52,10 @@ type options struct {
 	socketMode os.FileMode
 	caFile     string
 	enrollKey  string
-	heartbeat  time.Duration
-	logLevel   slog.Level
+	// enrollKeyFile holds the enrollment key, kept out of ps.
+	enrollKeyFile string
+	heartbeat     time.Duration
+	logLevel      slog.Level
 }
 
 // errUsage marks a command line the user must fix; the flag package has
@@ -82,6 +86,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	})
 	fs.StringVar(&o.caFile, "ca-file", "", "PEM `file` of the CA certificates to trust for wss:// (default: the system's)")
 	fs.StringVar(&o.enrollKey, "enroll-key", "", "enrollment `key` for the first check-in, if the server requires one")
+	fs.StringVar(&o.enrollKeyFile, "enroll-key-file", "", "`file` holding the enrollment key (keeps it out of ps)")
 	fs.DurationVar(&o.heartbeat, "heartbeat", agent.DefaultHeartbeat, "interval between heartbeats")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -96,6 +101,8 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 		problem = fmt.Sprintf("unexpected argument %q", fs.Arg(0))
 	case o.server == "":
 		problem = "--server is required"
+	case o.enrollKey != "" && o.enrollKeyFile != "":
+		problem = "give --enroll-key or --enroll-key-file, not both"
 	case o.heartbeat < time.Second:
 		problem = "--heartbeat must be at least 1s"
 	}
@@ -146,6 +153,16 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 			return fmt.Errorf("CA file %s holds no PEM certificate", o.caFile)
 		}
 		tlsConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+
+	if o.enrollKeyFile != "" {
+		b, err := os.ReadFile(o.enrollKeyFile)
+		if err != nil {
+			return fmt.Errorf("read enrollment key: %w", err)
+		}
+		if o.enrollKey = strings.TrimSpace(string(b)); o.enrollKey == "" {
+			return fmt.Errorf("read enrollment key: %s is empty", o.enrollKeyFile)
+		}
 	}
 
 	st, err := store.Open(filepath.Join(o.data, "agent.db"))

@@ -53,6 +53,7 @@ func TestUsageErrors(t *testing.T) {
 		{"bad heartbeat", []string{"--server", "ws://h", "--heartbeat", "10ms"}, "at least 1s"},
 		{"bad log level", []string{"--server", "ws://h", "--log-level", "loud"}, "log-level"},
 		{"stray argument", []string{"run", "--server", "ws://h", "extra"}, "unexpected argument"},
+		{"enroll key twice", []string{"--server", "ws://h", "--enroll-key", "k", "--enroll-key-file", "f"}, "not both"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
