@@ -496,6 +496,9 @@ func (s *Session) writeLoop() {
 			s.conn.Close() // the reader fails and ends the session
 			return
 		}
+		// A write deadline left armed fires a timer writeTimeout after
+		// every frame and ping: one more wake-up per heartbeat.
+		s.conn.NetConn().SetWriteDeadline(time.Time{})
 	}
 }
 

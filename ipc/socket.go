@@ -361,6 +361,8 @@ func (c *socketConn) writeLoop() {
 					c.shutdown()
 					return
 				}
+				// A deadline left armed wakes the process when it passes.
+				c.nc.SetWriteDeadline(time.Time{})
 			}
 			if l.closeAfter {
 				c.shutdown()
