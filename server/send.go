@@ -83,6 +83,9 @@ var errTopics = errors.New("topic and condition messaging is not supported; send
 // decodeJSONSend decodes a JSON send request. Its errors name the problem
 // and become the text of a 400.
 func decodeJSONSend(body []byte) (sendRequest, error) {
+	if trimmed := bytes.TrimSpace(body); len(trimmed) == 0 || trimmed[0] != '{' {
+		return sendRequest{}, errors.New("the body must be a JSON object")
+	}
 	var js jsonSend
 	if err := json.Unmarshal(body, &js); err != nil {
 		return sendRequest{}, describeJSONError(err)

@@ -69,6 +69,8 @@ func TestSendHTTPValidation(t *testing.T) {
 		{name: "wrong key", key: "nope", body: js(map[string]any{"to": f.tokA}), status: 401, problem: "unknown server key"},
 		{name: "unparseable", body: `{"to": `, status: 400, problem: "invalid JSON"},
 		{name: "not an object", body: `["a"]`, status: 400, problem: "must be a JSON object"},
+		{name: "null", body: `null`, status: 400, problem: "must be a JSON object"},
+		{name: "empty", body: ``, status: 400, problem: "must be a JSON object"},
 		{name: "to not a string", body: `{"to": 5}`, status: 400, problem: `field "to" must be a string`},
 		{name: "registration_ids not an array", body: `{"registration_ids": "x"}`, status: 400, problem: `field "registration_ids"`},
 		{name: "registration_ids of numbers", body: `{"registration_ids": [1]}`, status: 400, problem: `"registration_ids`},
