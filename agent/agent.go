@@ -91,6 +91,12 @@ type Agent struct {
 	// sooner than it planned for.
 	expiryChanged chan struct{}
 
+	// inboxMu makes reading held messages and handing them to a listener
+	// one step, and storing an app's ack and freeing its window another,
+	// so that an ack cannot fall between a read and its delivery (which
+	// would deliver a message the app had acked).
+	inboxMu sync.Mutex
+
 	mu       sync.Mutex
 	session  *Session
 	requests map[string]*request // by ref: register and unregister in flight

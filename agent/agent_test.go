@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -831,5 +832,84 @@ func TestUnstoredBurstEndsSessionWithoutAck(t *testing.T) {
 		case <-timeout:
 			t.Fatal("the session stayed open after a burst could not be stored")
 		}
+	}
+}
+
+// heldListener blocks in its first Deliver until released, and records the
+// order of its deliveries against the test's own events.
+type heldListener struct {
+	listener
+	hold     chan struct{} // closed to release the first Deliver
+	once     sync.Once
+	entered  chan struct{}
+	mu       sync.Mutex
+	seq      *atomic.Int64
+	delivered map[string]int64
+}
+
+func (h *heldListener) Deliver(m ipc.Message) {
+	h.once.Do(func() {
+		close(h.entered)
+		<-h.hold
+	})
+	h.mu.Lock()
+	h.delivered[m.ID] = h.seq.Add(1)
+	h.mu.Unlock()
+}
+
+// TestAckDuringDeliveryIsNeverFollowedByThatMessage: an app acks a message
+// (from another connection) while a new listener's delivery round, which
+// read the message before the ack, is under way. The message may come
+// before the ack returns, never after.
+func TestAckDuringDeliveryIsNeverFollowedByThatMessage(t *testing.T) {
+	p := newPeer(t)
+	d := newDevice(t, "", p.url, nil)
+	registerDirect(t, d, app, sender, alice.UID)
+	d.start()
+	pc := p.nextConn(t)
+	pc.message("x", app, sender, 3600)
+	pc.message("y", app, sender, 3600)
+	pc.waitAcked(t, 2)
+	first, _ := listen(t, d.agent, alice, app)
+	first.nextMessage(t)
+	first.nextMessage(t)
+
+	var seq atomic.Int64
+	h := &heldListener{listener: *newListener(), hold: make(chan struct{}), entered: make(chan struct{}), seq: &seq, delivered: map[string]int64{}}
+	cancel, err := d.agent.Listen(bg, alice, app, h) // replaces the first; redelivers x and y
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cancel)
+	<-h.entered // the round has read x and y and is handing over x
+
+	acked := make(chan int64, 1)
+	go func() {
+		if err := d.agent.Ack(bg, alice, app, []string{"y"}); err != nil {
+			t.Error(err)
+		}
+		acked <- seq.Add(1)
+	}()
+	// Give an ack that does not wait for the round every chance to finish
+	// first; one that waits stays blocked until the release.
+	var ackedAt int64
+	select {
+	case ackedAt = <-acked:
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(h.hold)
+	if ackedAt == 0 {
+		ackedAt = <-acked
+	}
+	// The round read both before the ack, so it hands over both.
+	waitUntil(t, "the round to finish", func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return len(h.delivered) == 2
+	})
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if at, ok := h.delivered["y"]; ok && at > ackedAt {
+		t.Fatalf("y was delivered (event %d) after its ack returned (event %d)", at, ackedAt)
 	}
 }

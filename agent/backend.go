@@ -155,6 +155,8 @@ func (a *Agent) Ack(ctx context.Context, c ipc.Caller, app string, ids []string)
 	if len(ids) == 0 {
 		return fmt.Errorf("ack: %w: no message IDs", ipc.ErrInvalidArgument)
 	}
+	a.inboxMu.Lock()
+	defer a.inboxMu.Unlock()
 	if _, err := a.store.Ack(app, ids); err != nil {
 		return fmt.Errorf("ack: %w: %w", ipc.ErrStorage, err)
 	}

@@ -85,30 +85,35 @@ func (a *Agent) deliver(s *subscription) {
 			s.l.DeletedMessages(n)
 		}
 	}
-	for {
-		s.mu.Lock()
-		room, after := Window-len(s.inflight), s.cursor
-		s.mu.Unlock()
-		if room <= 0 {
-			return
-		}
-		msgs, err := a.store.Inbox(s.app, after, room, a.now())
-		if err != nil {
-			a.log.Error("read inbox", "app", s.app, "err", err)
-			return
-		}
-		if len(msgs) == 0 {
-			return
-		}
-		for _, m := range msgs {
-			// In flight before the listener has it: an ack can come at once.
-			s.mu.Lock()
-			s.inflight[m.ID] = true
-			s.cursor = m.Seq
-			s.mu.Unlock()
-			s.l.Deliver(deliverable(m))
-		}
+	for a.deliverHeld(s) {
 	}
+}
+
+// deliverHeld hands the listener the held messages its window has room
+// for; false when there was nothing (more) to deliver.
+func (a *Agent) deliverHeld(s *subscription) bool {
+	a.inboxMu.Lock()
+	defer a.inboxMu.Unlock()
+	s.mu.Lock()
+	room, after := Window-len(s.inflight), s.cursor
+	s.mu.Unlock()
+	if room <= 0 {
+		return false
+	}
+	msgs, err := a.store.Inbox(s.app, after, room, a.now())
+	if err != nil {
+		a.log.Error("read inbox", "app", s.app, "err", err)
+		return false
+	}
+	for _, m := range msgs {
+		// In flight before the listener has it: an ack can come at once.
+		s.mu.Lock()
+		s.inflight[m.ID] = true
+		s.cursor = m.Seq
+		s.mu.Unlock()
+		s.l.Deliver(deliverable(m))
+	}
+	return len(msgs) > 0
 }
 
 func deliverable(m store.Message) ipc.Message {
