@@ -223,7 +223,10 @@ func (a *Agent) Send(ctx context.Context, c ipc.Caller, req ipc.SendRequest) (st
 	// without it, and would leave it pending until the next connection; one
 	// that begins from now on resends it with the rest.
 	if s := a.currentSession(); s != nil {
-		a.sendUpstream(ctx, s, u, ttl)
+		// Stored now, so it must reach the session even if the app hangs
+		// up; a full queue waits for the writer or for the session's end,
+		// after which the next session resends it.
+		a.sendUpstream(context.WithoutCancel(ctx), s, u, ttl)
 	}
 	return req.ID, result, nil
 }
