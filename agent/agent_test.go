@@ -839,11 +839,11 @@ func TestUnstoredBurstEndsSessionWithoutAck(t *testing.T) {
 // order of its deliveries against the test's own events.
 type heldListener struct {
 	listener
-	hold     chan struct{} // closed to release the first Deliver
-	once     sync.Once
-	entered  chan struct{}
-	mu       sync.Mutex
-	seq      *atomic.Int64
+	hold      chan struct{} // closed to release the first Deliver
+	once      sync.Once
+	entered   chan struct{}
+	mu        sync.Mutex
+	seq       *atomic.Int64
 	delivered map[string]int64
 }
 
