@@ -71,7 +71,10 @@ type Config struct {
 	// Name identifies the agent's software in the hello (default "tetherd").
 	Name   string
 	Logger *slog.Logger
-	// Now is the clock for times to live (time.Now when nil).
+	// Now is the clock for times to live. When nil the agent keeps its own:
+	// it ignores steps of the system clock while running and, across
+	// restarts, resumes from a time mark in the store when the system clock
+	// went back or had never been set.
 	Now func() time.Time
 }
 
@@ -140,7 +143,11 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Now == nil {
-		cfg.Now = time.Now
+		clock, err := openClock(cfg.Store, systemClock(), cfg.Logger)
+		if err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		cfg.Now = clock.Now
 	}
 	if cfg.Name == "" {
 		cfg.Name = "tetherd"

@@ -18,7 +18,7 @@ func (a *Agent) expireLoop(ctx context.Context) {
 	for {
 		if due, ok := a.nextExpiry(); ok {
 			wait := due.Sub(a.now())
-			if gap := time.Until(last.Add(sweepGap)); wait < gap {
+			if gap := last.Add(sweepGap).Sub(a.now()); wait < gap {
 				wait = gap
 			}
 			timer.Reset(wait)
@@ -30,7 +30,7 @@ func (a *Agent) expireLoop(ctx context.Context) {
 			timer.Stop()
 		case <-timer.C:
 			a.sweep()
-			last = time.Now()
+			last = a.now()
 		}
 	}
 }

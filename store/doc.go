@@ -19,7 +19,12 @@
 // touches the inbox anyway), and reads skip expired entries that are still
 // there.
 //
-// Layout, for the curious: bucket "device" holds the credentials; bucket
+// The caller's clock may not be the system's: the store keeps a time mark,
+// the latest instant a write carried (TimeMark), so that the agent can
+// resume its clock from it when the system clock went back or was never set.
+//
+// Layout, for the curious: bucket "device" holds the credentials and the
+// time mark; bucket
 // "apps" holds one bucket per app ID with its owner, its registrations
 // ("senders": sender ID → token), its inbox and outbox (keyed by a per-app
 // sequence number, so iteration is arrival order) and the count of messages

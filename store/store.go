@@ -38,6 +38,7 @@ var (
 	keyServer   = []byte("server")
 	keyDeviceID = []byte("device_id")
 	keySecret   = []byte("secret")
+	keyTimeMark = []byte("time_mark")
 
 	// Inside an app's bucket.
 	keyOwner      = []byte("owner")
@@ -337,10 +338,14 @@ func (s *Store) AddMessages(msgs []Message) ([]Outcome, error) {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		seen := tx.Bucket(bucketSeen)
 		index := tx.Bucket(bucketExpiry)
+		var latest time.Time
 		for i := range msgs {
 			m := &msgs[i]
 			if m.ID == "" || m.App == "" {
 				return fmt.Errorf("message without ID or app")
+			}
+			if m.Received.After(latest) {
+				latest = m.Received
 			}
 			if seen.Get([]byte(m.ID)) != nil {
 				outcomes[i] = Duplicate
@@ -378,7 +383,7 @@ func (s *Store) AddMessages(msgs []Message) ([]Outcome, error) {
 				return err
 			}
 		}
-		return nil
+		return advanceTimeMark(tx, latest)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store %d downstream messages: %w", len(msgs), err)
@@ -510,7 +515,7 @@ func (s *Store) Sweep(now time.Time) (Swept, error) {
 				return err
 			}
 		}
-		return nil
+		return advanceTimeMark(tx, now)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sweep expired messages: %w", err)
@@ -628,7 +633,7 @@ func (s *Store) AddUpstream(u Upstream, max int) (Upstream, error) {
 		if err != nil {
 			return err
 		}
-		return outbox.Put(encodeUint64(u.Seq), v)
+		return firstErr(outbox.Put(encodeUint64(u.Seq), v), advanceTimeMark(tx, u.Created))
 	})
 	if err != nil {
 		return Upstream{}, fmt.Errorf("queue upstream message %q of app %q: %w", u.ID, u.App, err)
@@ -706,7 +711,7 @@ func (s *Store) ExpireUpstream(now time.Time) ([]Upstream, error) {
 				return err
 			}
 		}
-		return nil
+		return advanceTimeMark(tx, now)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("expire upstream messages: %w", err)
@@ -730,6 +735,38 @@ func eachOutbox(tx *bolt.Tx, fn func(outbox *bolt.Bucket, k []byte, u Upstream) 
 			return fn(outbox, k, u)
 		})
 	})
+}
+
+// TimeMark returns the latest time a caller passed to a write that takes
+// one (AddMessages' Received, AddUpstream's Created, the now of Sweep and
+// ExpireUpstream), or the zero time before the first. It outlives restarts
+// so that a caller whose clock can be stepped knows, when it starts, how far
+// its clock had got: the store's expiries are by that clock.
+func (s *Store) TimeMark() (time.Time, error) {
+	var mark time.Time
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketDevice).Get(keyTimeMark); len(v) == 8 {
+			mark = decodeTime(v)
+		}
+		return nil
+	})
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read time mark: %w", err)
+	}
+	return mark, nil
+}
+
+// advanceTimeMark raises the time mark to t; it never lowers it, so that a
+// write stamped by a clock that went back does not hide how far it had got.
+func advanceTimeMark(tx *bolt.Tx, t time.Time) error {
+	if t.IsZero() {
+		return nil
+	}
+	b := tx.Bucket(bucketDevice)
+	if v := b.Get(keyTimeMark); len(v) == 8 && !t.After(decodeTime(v)) {
+		return nil
+	}
+	return b.Put(keyTimeMark, encodeTime(t))
 }
 
 // Stats counts what the store holds.
@@ -815,11 +852,9 @@ func decodeSeen(v []byte) (seenEntry, error) {
 
 // expiryKey sorts by expiry, then ID. Expiries are after 1970, so the
 // unsigned big-endian nanoseconds sort in time order.
-func expiryKey(exp time.Time, id string) []byte {
-	k := make([]byte, 8, 8+len(id))
-	binary.BigEndian.PutUint64(k, uint64(exp.UnixNano()))
-	return append(k, id...)
-}
+func expiryKey(exp time.Time, id string) []byte { return append(encodeTime(exp), id...) }
+
+func encodeTime(t time.Time) []byte { return encodeUint64(uint64(t.UnixNano())) }
 
 func decodeTime(b []byte) time.Time { return time.Unix(0, int64(binary.BigEndian.Uint64(b))) }
 

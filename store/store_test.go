@@ -441,3 +441,62 @@ func TestOutbox(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 }
+
+// TestTimeMark follows the mark through the writes that carry a time: it
+// only ever rises, a write that fails leaves it alone, and it outlives a
+// reopen.
+func TestTimeMark(t *testing.T) {
+	s, path := openTemp(t)
+	if mark, err := s.TimeMark(); err != nil || !mark.IsZero() {
+		t.Fatalf("fresh store: mark %v, %v; want none", mark, err)
+	}
+	mustRegister(t, s, "app", "1", "tok", 1000)
+	upstream := func(id string, created time.Time) Upstream {
+		return Upstream{App: "app", To: "1", ID: id, TTL: 60, Created: created, Expires: created.Add(time.Minute)}
+	}
+	received := func(id string, at time.Time) Message {
+		m := msg(id, "app", "1", "tok", time.Hour)
+		m.Received, m.Expires = at, at.Add(time.Hour)
+		return m
+	}
+	steps := []struct {
+		name    string
+		write   func(s *Store) error
+		want    time.Time
+		wantErr bool
+	}{
+		{"batch marks its latest receipt", func(s *Store) error {
+			_, err := s.AddMessages([]Message{received("a", t0.Add(2*time.Second)), received("b", t0.Add(time.Second))})
+			return err
+		}, t0.Add(2 * time.Second), false},
+		{"sweep", func(s *Store) error { _, err := s.Sweep(t0.Add(time.Minute)); return err }, t0.Add(time.Minute), false},
+		{"upstream", func(s *Store) error { _, err := s.AddUpstream(upstream("u1", t0.Add(2*time.Minute)), 1); return err }, t0.Add(2 * time.Minute), false},
+		{"refused upstream changes nothing", func(s *Store) error { _, err := s.AddUpstream(upstream("u2", t0.Add(time.Hour)), 1); return err }, t0.Add(2 * time.Minute), true},
+		{"refused batch changes nothing", func(s *Store) error {
+			_, err := s.AddMessages([]Message{received("c", t0.Add(time.Hour)), {App: "app", Received: t0.Add(time.Hour)}})
+			return err
+		}, t0.Add(2 * time.Minute), true},
+		{"upstream expiry", func(s *Store) error { _, err := s.ExpireUpstream(t0.Add(3 * time.Minute)); return err }, t0.Add(3 * time.Minute), false},
+		{"an earlier clock does not lower it", func(s *Store) error { _, err := s.Sweep(t0.Add(-time.Hour)); return err }, t0.Add(3 * time.Minute), false},
+		{"a duplicate still marks its receipt", func(s *Store) error {
+			_, err := s.AddMessages([]Message{received("a", t0.Add(4*time.Minute))})
+			return err
+		}, t0.Add(4 * time.Minute), false},
+		{"a clock in 1970 does not lower it", func(s *Store) error {
+			_, err := s.Sweep(time.Unix(42, 0))
+			return err
+		}, t0.Add(4 * time.Minute), false},
+	}
+	for _, st := range steps {
+		if err := st.write(s); (err != nil) != st.wantErr {
+			t.Fatalf("%s: error %v, want error %v", st.name, err, st.wantErr)
+		}
+		if mark, err := s.TimeMark(); err != nil || !mark.Equal(st.want) {
+			t.Fatalf("%s: mark %v, %v; want %v", st.name, mark, err, st.want)
+		}
+	}
+	s = reopen(t, s, path)
+	if mark, err := s.TimeMark(); err != nil || !mark.Equal(t0.Add(4*time.Minute)) {
+		t.Errorf("after reopen: mark %v, %v; want %v", mark, err, t0.Add(4*time.Minute))
+	}
+}
