@@ -455,7 +455,7 @@ func (r *sessionRun) resendOutbox(ctx context.Context, keys map[outboxKey]bool) 
 			r.finishUpstream(key, ResultTTLExceeded)
 			continue
 		}
-		ttl := int64((u.Expires.Sub(now) + time.Second - 1) / time.Second)
+		ttl := min(int64((u.Expires.Sub(now)+time.Second-1)/time.Second), wire.MaxTTL)
 		a.sendUpstream(ctx, r.s, u, ttl)
 	}
 }
