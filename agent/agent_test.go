@@ -251,11 +251,7 @@ func TestBurstStoredOnceAckedOnce(t *testing.T) {
 }
 
 func TestDuplicatesDroppedAndReacked(t *testing.T) {
-	p := newPeer(t)
-	d := newDevice(t, "", p.url, nil)
-	registerDirect(t, d, app, sender, alice.UID)
-	d.start()
-	pc := p.nextConn(t)
+	_, d, pc := onlineWithApp(t, nil)
 	l, _ := listen(t, d.agent, alice, app)
 
 	pc.message("m1", app, sender, 3600)
@@ -282,11 +278,7 @@ func TestDuplicatesDroppedAndReacked(t *testing.T) {
 }
 
 func TestMessageForNoRegistrationAckedNotKept(t *testing.T) {
-	p := newPeer(t)
-	d := newDevice(t, "", p.url, nil)
-	registerDirect(t, d, app, sender, alice.UID)
-	d.start()
-	pc := p.nextConn(t)
+	_, d, pc := onlineWithApp(t, nil)
 	pc.send("", wire.Message{ID: "stray", App: app, From: sender, Token: "someone-elses-token", TTL: 60})
 	pc.message("mine", app, sender, 60)
 	if ids := pc.waitAcked(t, 2); !slices.Contains(ids, "stray") {
@@ -299,11 +291,7 @@ func TestMessageForNoRegistrationAckedNotKept(t *testing.T) {
 }
 
 func TestListenWindowAndRedelivery(t *testing.T) {
-	p := newPeer(t)
-	d := newDevice(t, "", p.url, nil)
-	registerDirect(t, d, app, sender, alice.UID)
-	d.start()
-	pc := p.nextConn(t)
+	_, d, pc := onlineWithApp(t, nil)
 	const total = Window + 50
 	var ids []string
 	for i := range total {
@@ -345,11 +333,7 @@ func TestListenWindowAndRedelivery(t *testing.T) {
 }
 
 func TestAckedNeverRedeliveredAfterRestart(t *testing.T) {
-	p := newPeer(t)
-	d := newDevice(t, "", p.url, nil)
-	registerDirect(t, d, app, sender, alice.UID)
-	d.start()
-	pc := p.nextConn(t)
+	p, d, pc := onlineWithApp(t, nil)
 	l, _ := listen(t, d.agent, alice, app)
 	pc.message("m1", app, sender, 3600)
 	pc.message("m2", app, sender, 3600)
@@ -378,12 +362,8 @@ func TestAckedNeverRedeliveredAfterRestart(t *testing.T) {
 }
 
 func TestHeldMessageExpires(t *testing.T) {
-	p := newPeer(t)
 	clk := newClock()
-	d := newDevice(t, "", p.url, clk)
-	registerDirect(t, d, app, sender, alice.UID)
-	d.start()
-	pc := p.nextConn(t)
+	_, d, pc := onlineWithApp(t, clk)
 	pc.message("short", app, sender, 60)
 	pc.message("long", app, sender, 3600)
 	pc.waitAcked(t, 2)
@@ -409,11 +389,7 @@ func TestHeldMessageExpires(t *testing.T) {
 }
 
 func TestTTLZeroMessageReachesListener(t *testing.T) {
-	p := newPeer(t)
-	d := newDevice(t, "", p.url, nil, func(c *Config) { c.Now = nil })
-	registerDirect(t, d, app, sender, alice.UID)
-	d.start()
-	pc := p.nextConn(t)
+	_, d, pc := onlineWithApp(t, nil, func(c *Config) { c.Now = nil })
 	l, _ := listen(t, d.agent, alice, app)
 	pc.message("now-or-never", app, sender, 0)
 	if m := l.nextMessage(t); m.ID != "now-or-never" || m.TTL != 0 {
@@ -422,11 +398,7 @@ func TestTTLZeroMessageReachesListener(t *testing.T) {
 }
 
 func TestUpstreamRetriedAfterReconnect(t *testing.T) {
-	p := newPeer(t)
-	d := newDevice(t, "", p.url, nil)
-	registerDirect(t, d, app, sender, alice.UID)
-	d.start()
-	pc := p.nextConn(t)
+	p, d, pc := onlineWithApp(t, nil)
 	d.waitConnected(t)
 	l, _ := listen(t, d.agent, alice, app)
 
@@ -551,11 +523,7 @@ func (c *holdingClock) Now() time.Time {
 }
 
 func TestUpstreamRefusedAndRetried(t *testing.T) {
-	p := newPeer(t)
-	d := newDevice(t, "", p.url, nil)
-	registerDirect(t, d, app, sender, alice.UID)
-	d.start()
-	pc := p.nextConn(t)
+	_, d, pc := onlineWithApp(t, nil)
 	d.waitConnected(t)
 
 	// Refused for good in the ack: the app learns why.
@@ -585,12 +553,8 @@ func TestUpstreamRefusedAndRetried(t *testing.T) {
 }
 
 func TestUpstreamTTLExceeded(t *testing.T) {
-	p := newPeer(t)
 	clk := newClock()
-	d := newDevice(t, "", p.url, clk)
-	registerDirect(t, d, app, sender, alice.UID)
-	d.start()
-	pc := p.nextConn(t)
+	_, d, pc := onlineWithApp(t, clk)
 	d.waitConnected(t)
 	ttl := int64(30)
 	id, result, err := d.agent.Send(bg, alice, ipc.SendRequest{App: app, To: sender, TTL: &ttl})
@@ -715,11 +679,7 @@ func TestRegisterRaceKeepsFirstOwner(t *testing.T) {
 }
 
 func TestBadFramesAnswered(t *testing.T) {
-	p := newPeer(t)
-	d := newDevice(t, "", p.url, nil)
-	registerDirect(t, d, app, sender, alice.UID)
-	d.start()
-	pc := p.nextConn(t)
+	_, _, pc := onlineWithApp(t, nil)
 	tests := []struct {
 		name, frame, code string
 	}{
@@ -810,11 +770,7 @@ func TestDeadConnectionDetected(t *testing.T) {
 // burst it must not ack it, and must end the session, because the server
 // resends unacked messages only in a new session.
 func TestUnstoredBurstEndsSessionWithoutAck(t *testing.T) {
-	p := newPeer(t)
-	d := newDevice(t, "", p.url, nil)
-	registerDirect(t, d, app, sender, alice.UID)
-	d.start()
-	pc := p.nextConn(t)
+	_, d, pc := onlineWithApp(t, nil)
 	d.waitConnected(t)
 	if err := d.store.Close(); err != nil { // nothing can be stored from now on
 		t.Fatal(err)
@@ -862,11 +818,7 @@ func (h *heldListener) Deliver(m ipc.Message) {
 // read the message before the ack, is under way. The message may come
 // before the ack returns, never after.
 func TestAckDuringDeliveryIsNeverFollowedByThatMessage(t *testing.T) {
-	p := newPeer(t)
-	d := newDevice(t, "", p.url, nil)
-	registerDirect(t, d, app, sender, alice.UID)
-	d.start()
-	pc := p.nextConn(t)
+	_, d, pc := onlineWithApp(t, nil)
 	pc.message("x", app, sender, 3600)
 	pc.message("y", app, sender, 3600)
 	pc.waitAcked(t, 2)

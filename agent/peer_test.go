@@ -297,6 +297,17 @@ func (c *clock) Advance(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
+// onlineWithApp starts a peer and an agent with app registered for sender
+// by alice, and returns them with the agent's first connection.
+func onlineWithApp(t *testing.T, clk *clock, tweak ...func(*Config)) (*peer, *device, *peerConn) {
+	t.Helper()
+	p := newPeer(t)
+	d := newDevice(t, "", p.url, clk, tweak...)
+	registerDirect(t, d, app, sender, alice.UID)
+	d.start()
+	return p, d, p.nextConn(t)
+}
+
 // device is an agent on a store file, started and stopped by the test.
 type device struct {
 	t      *testing.T
