@@ -71,6 +71,11 @@ type Config struct {
 	// Name identifies the agent's software in the hello (default "tetherd").
 	Name   string
 	Logger *slog.Logger
+	// OnStatusChange, when set, is called after each change to what Status
+	// reports about the connection and the device's identity, so that doors
+	// that publish it (D-Bus properties) learn of it without polling. It
+	// runs on the agent's goroutines and must return promptly.
+	OnStatusChange func()
 	// Now is the clock for times to live. When nil the agent keeps its own:
 	// it ignores steps of the system clock while running and, across
 	// restarts, resumes from a time mark in the store when the system clock
@@ -89,6 +94,7 @@ type Agent struct {
 	enrollKey string
 	name      string
 	link      *Link
+	onStatus  func()
 
 	// expiryChanged wakes the expiry loop when something may now expire
 	// sooner than it planned for.
@@ -172,6 +178,7 @@ func New(cfg Config) (*Agent, error) {
 		enrollKey:     cfg.EnrollKey,
 		name:          cfg.Name,
 		link:          link,
+		onStatus:      cfg.OnStatusChange,
 		expiryChanged: make(chan struct{}, 1),
 		requests:      map[string]*request{},
 		upstreamRefs:  map[string]outboxKey{},
@@ -261,7 +268,14 @@ func (a *Agent) Status(ctx context.Context) (ipc.Status, error) {
 	a.mu.Lock()
 	status.Connected = a.session != nil
 	a.mu.Unlock()
+	status.PowerMode = "mains"
 	return status, nil
+}
+
+func (a *Agent) statusChanged() {
+	if a.onStatus != nil {
+		a.onStatus()
+	}
 }
 
 // currentSession is the session to send on, or nil while offline.

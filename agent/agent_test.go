@@ -597,8 +597,8 @@ func TestSendLimitsOffline(t *testing.T) {
 		t.Errorf("send to an unregistered sender: %v", err)
 	}
 	big := map[string]string{"k": strings.Repeat("x", wire.MaxDataSize)}
-	if _, _, err := d.agent.Send(bg, alice, ipc.SendRequest{App: "org.example.other", To: sender, Data: big}); !errors.Is(err, ipc.ErrInvalidArgument) {
-		t.Errorf("send of too much data: %v", err)
+	if _, _, err := d.agent.Send(bg, alice, ipc.SendRequest{App: "org.example.other", To: sender, Data: big}); !errors.Is(err, ipc.ErrMessageTooBig) || !strings.Contains(err.Error(), "4097 bytes") {
+		t.Errorf("send of too much data: %v, want ErrMessageTooBig naming the size", err)
 	}
 	if st, _ := d.agent.Status(bg); st.PendingUpstream != MaxPending+1 {
 		t.Errorf("%d pending", st.PendingUpstream)

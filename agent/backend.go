@@ -231,6 +231,16 @@ func (a *Agent) Send(ctx context.Context, c ipc.Caller, req ipc.SendRequest) (st
 	return req.ID, result, nil
 }
 
+// SubscribeTopic is not offered yet: the connection server keeps no topics.
+func (a *Agent) SubscribeTopic(ctx context.Context, c ipc.Caller, app, sender, topic string) error {
+	return fmt.Errorf("subscribe app %q to topic %q: topics are %w", app, topic, ipc.ErrUnsupported)
+}
+
+// UnsubscribeTopic is not offered yet, as SubscribeTopic.
+func (a *Agent) UnsubscribeTopic(ctx context.Context, c ipc.Caller, app, sender, topic string) error {
+	return fmt.Errorf("unsubscribe app %q from topic %q: topics are %w", app, topic, ipc.ErrUnsupported)
+}
+
 // authorize checks that c may act for app, a registered app.
 func (a *Agent) authorize(c ipc.Caller, app string) error {
 	owner, err := a.store.Owner(app)
@@ -245,9 +255,12 @@ func (a *Agent) authorize(c ipc.Caller, app string) error {
 	return nil
 }
 
-// invalid turns a wire validation error into an ipc.ErrInvalidArgument
-// that reads well to an app.
+// invalid turns a wire validation error into an ipc.ErrInvalidArgument,
+// or ipc.ErrMessageTooBig, that reads well to an app.
 func invalid(op string, err error) error {
 	msg := strings.TrimPrefix(err.Error(), wire.ErrBadFrame.Error()+": ")
+	if errors.Is(err, wire.ErrDataTooBig) {
+		return fmt.Errorf("%s: %w: %s", op, ipc.ErrMessageTooBig, strings.TrimPrefix(msg, wire.ErrDataTooBig.Error()+": "))
+	}
 	return fmt.Errorf("%s: %w: %s", op, ipc.ErrInvalidArgument, msg)
 }

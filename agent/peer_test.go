@@ -437,6 +437,7 @@ type listener struct {
 
 type deleted int
 type replaced struct{}
+type tokenRefreshed struct{ sender, token string }
 
 func newListener() *listener { return &listener{events: make(chan any, 1024)} }
 
@@ -450,6 +451,9 @@ func (l *listener) Deliver(m ipc.Message) {
 func (l *listener) SendResult(r ipc.SendResult) { l.events <- r }
 func (l *listener) DeletedMessages(n int)       { l.events <- deleted(n) }
 func (l *listener) Replaced()                   { l.events <- replaced{} }
+func (l *listener) TokenRefreshed(sender, token string) {
+	l.events <- tokenRefreshed{sender, token}
+}
 
 func (l *listener) next(t *testing.T) any {
 	t.Helper()

@@ -75,6 +75,7 @@ func (h linkHandler) Serve(ctx context.Context, s *Session) {
 	a.mu.Lock()
 	a.session = s
 	a.mu.Unlock()
+	a.statusChanged()
 	defer a.endSession()
 	a.log.Info("connected", "device", w.DeviceID, "heartbeat", s.interval())
 
@@ -141,6 +142,7 @@ func (a *Agent) endSession() {
 	clear(a.upstreamRefs)
 	a.mu.Unlock()
 	a.signalExpiry() // pending upstream messages may expire while offline
+	a.statusChanged()
 }
 
 // drain returns first and whatever frames are already queued behind it,

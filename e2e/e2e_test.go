@@ -301,7 +301,7 @@ func TestBadInputOnSocket(t *testing.T) {
 		{`not json at all`, "BadRequest"},
 		{`{"op": "explode"}`, "UnknownOp"},
 		{`{"op": "send", "app": "` + app + `", "to": "` + f.sender + `", "data": {"n": 1}}`, "InvalidArgument"},
-		{`{"op": "send", "app": "` + app + `", "to": "` + f.sender + `", "data": {"big": "` + strings.Repeat("y", 5000) + `"}}`, "InvalidArgument"},
+		{`{"op": "send", "app": "` + app + `", "to": "` + f.sender + `", "data": {"big": "` + strings.Repeat("y", 5000) + `"}}`, "MessageTooBig"},
 	}
 	for _, l := range lines {
 		if err := c.writeLine([]byte(l.line)); err != nil {

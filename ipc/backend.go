@@ -29,6 +29,11 @@ var (
 	// ErrStorage: the device's store could not take the request (full disk,
 	// damaged file); nothing was accepted.
 	ErrStorage = errors.New("storage unavailable")
+	// ErrMessageTooBig: an upstream message's data is over GCM's 4096
+	// bytes, counting keys and values (GCM's MessageTooBig).
+	ErrMessageTooBig = errors.New("message too big")
+	// ErrUnsupported: this agent or its server does not offer the request.
+	ErrUnsupported = errors.New("not supported")
 )
 
 // Caller identifies the process on the other side of a door, as the kernel
@@ -53,6 +58,8 @@ type Message struct {
 	Data        map[string]string `json:"data"`
 	Priority    string            `json:"priority,omitempty"`
 	SentTime    time.Time         `json:"sent_time,omitzero"`
+	// Notification is GCM's notification payload, kept apart from Data.
+	Notification map[string]string `json:"notification,omitempty"`
 	// TTL is the time to live left when the agent stored the message.
 	TTL int64 `json:"ttl"`
 }
@@ -87,6 +94,8 @@ type Status struct {
 	QueuedDownstream int    `json:"queued_downstream"`
 	PendingUpstream  int    `json:"pending_upstream"`
 	Apps             int    `json:"apps"`
+	// PowerMode is how the agent spends power: "mains", "battery" or "low".
+	PowerMode string `json:"power_mode"`
 }
 
 // Listener is one app's live subscription, implemented by a door for one
@@ -101,6 +110,9 @@ type Listener interface {
 	// DeletedMessages tells the app that count messages for it were dropped
 	// before delivery (GCM's deleted_messages).
 	DeletedMessages(count int)
+	// TokenRefreshed tells the app that the server replaced its token for
+	// sender; the old one stops working after a grace period.
+	TokenRefreshed(sender, token string)
 	// Replaced tells the app that another listener took over its app ID;
 	// the door closes this subscription. The backend sends nothing more.
 	Replaced()
@@ -126,6 +138,11 @@ type Backend interface {
 	// goes to the app's listener and, once, to the returned channel
 	// (buffered; the caller may ignore it).
 	Send(ctx context.Context, c Caller, req SendRequest) (id string, result <-chan SendResult, err error)
+	// SubscribeTopic subscribes the app's registration for sender to a
+	// topic, so that the sender's sends to /topics/NAME reach it.
+	SubscribeTopic(ctx context.Context, c Caller, app, sender, topic string) error
+	// UnsubscribeTopic undoes SubscribeTopic.
+	UnsubscribeTopic(ctx context.Context, c Caller, app, sender, topic string) error
 	// Status reports the agent's state.
 	Status(ctx context.Context) (Status, error)
 }

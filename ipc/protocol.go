@@ -24,6 +24,7 @@ type Request struct {
 	Op        string            `json:"op"`
 	App       string            `json:"app,omitempty"`
 	Sender    string            `json:"sender,omitempty"`
+	Topic     string            `json:"topic,omitempty"`
 	To        string            `json:"to,omitempty"`
 	MessageID string            `json:"message_id,omitempty"`
 	TTL       *int64            `json:"ttl,omitempty"`
@@ -64,6 +65,8 @@ type Event struct {
 	Message   *Message `json:"message,omitempty"`
 	Error     string   `json:"error,omitempty"`
 	Count     int      `json:"count,omitempty"`
+	Sender    string   `json:"sender,omitempty"`
+	Token     string   `json:"token,omitempty"`
 }
 
 // Event kinds.
@@ -73,6 +76,7 @@ const (
 	EventSendError       = "send_error"
 	EventDeletedMessages = "deleted_messages"
 	EventReplaced        = "replaced"
+	EventTokenRefreshed  = "token_refreshed"
 )
 
 // Error codes on the socket. The first group mirrors the Backend's sentinel
@@ -86,6 +90,8 @@ const (
 	CodeOffline            = "Offline"
 	CodeRefused            = "Refused"
 	CodeStorageUnavailable = "StorageUnavailable"
+	CodeMessageTooBig      = "MessageTooBig"
+	CodeUnsupported        = "Unsupported"
 
 	CodeBadRequest       = "BadRequest"
 	CodeUnknownOp        = "UnknownOp"
@@ -107,6 +113,8 @@ var sentinelCodes = []struct {
 	{ErrOffline, CodeOffline},
 	{ErrRefused, CodeRefused},
 	{ErrStorage, CodeStorageUnavailable},
+	{ErrMessageTooBig, CodeMessageTooBig},
+	{ErrUnsupported, CodeUnsupported},
 }
 
 // backendError turns an error from a Backend into what the app sees: the

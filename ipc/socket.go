@@ -450,6 +450,18 @@ func (c *socketConn) handle(line []byte) {
 			return
 		}
 		c.respond(Response{ID: req.ID})
+	case "subscribe_topic":
+		if err := c.backend.SubscribeTopic(c.ctx, c.caller, req.App, req.Sender, req.Topic); err != nil {
+			c.fail(req, err)
+			return
+		}
+		c.respond(Response{ID: req.ID})
+	case "unsubscribe_topic":
+		if err := c.backend.UnsubscribeTopic(c.ctx, c.caller, req.App, req.Sender, req.Topic); err != nil {
+			c.fail(req, err)
+			return
+		}
+		c.respond(Response{ID: req.ID})
 	case "listen":
 		c.listen(req)
 	case "ack":
@@ -470,7 +482,7 @@ func (c *socketConn) handle(line []byte) {
 	default:
 		c.respond(Response{ID: req.ID, Error: &ResponseError{
 			Code:    CodeUnknownOp,
-			Message: fmt.Sprintf("unknown op %q; the ops are register, unregister, listen, ack, send and status", req.Op),
+			Message: fmt.Sprintf("unknown op %q; the ops are register, unregister, subscribe_topic, unsubscribe_topic, listen, ack, send and status", req.Op),
 		}})
 	}
 }
@@ -565,6 +577,10 @@ func (l *socketListener) SendResult(r SendResult) {
 
 func (l *socketListener) DeletedMessages(count int) {
 	l.push(Event{Event: EventDeletedMessages, App: l.app, Count: count}, false)
+}
+
+func (l *socketListener) TokenRefreshed(sender, token string) {
+	l.push(Event{Event: EventTokenRefreshed, App: l.app, Sender: sender, Token: token}, false)
 }
 
 func (l *socketListener) Replaced() {

@@ -203,9 +203,21 @@ func TestEveryOp(t *testing.T) {
 		}},
 		{"status", `{"op":"status"}`, func(t *testing.T, resp ipc.Response) {
 			wantOK(t, resp)
-			want := ipc.Status{Connected: true, Server: "push.example.test:443", DeviceID: "device-1", Apps: 1}
+			want := ipc.Status{Connected: true, Server: "push.example.test:443", DeviceID: "device-1", Apps: 1, PowerMode: "mains"}
 			if resp.Status == nil || *resp.Status != want || resp.ID != nil {
 				t.Fatalf("status answered %+v, want %+v and no id", resp, want)
+			}
+		}},
+		{"subscribe_topic", `{"id":5,"op":"subscribe_topic","app":"com.example.app","sender":"123","topic":"alerts"}`, func(t *testing.T, resp ipc.Response) {
+			wantOK(t, resp)
+			if got := h.b.Topics(app, "123"); !reflect.DeepEqual(got, []string{"alerts"}) {
+				t.Fatalf("subscribed to %q, want [alerts]", got)
+			}
+		}},
+		{"unsubscribe_topic", `{"id":6,"op":"unsubscribe_topic","app":"com.example.app","sender":"123","topic":"alerts"}`, func(t *testing.T, resp ipc.Response) {
+			wantOK(t, resp)
+			if got := h.b.Topics(app, "123"); len(got) != 0 {
+				t.Fatalf("still subscribed to %q", got)
 			}
 		}},
 		{"send", `{"id":3,"op":"send","app":"com.example.app","to":"123","ttl":60,"priority":"high","data":{"k":"v"}}`, func(t *testing.T, resp ipc.Response) {
@@ -269,6 +281,8 @@ func TestErrors(t *testing.T) {
 		{"app of another user", `{"id":6,"op":"listen","app":"com.other"}`, ipc.CodePermissionDenied, `listen for app "com.other": it belongs to uid`, "6"},
 		{"register app of another user", `{"id":7,"op":"register","app":"com.other","sender":"1"}`, ipc.CodePermissionDenied, "permission denied", "7"},
 		{"unknown app", `{"id":8,"op":"ack","app":"com.nobody","ids":["x"]}`, ipc.CodeUnknownApp, `ack for app "com.nobody": unknown app`, "8"},
+		{"data too big", `{"id":9,"op":"send","app":"com.example.app","to":"123","data":{"k":"` + strings.Repeat("v", 4096) + `"}}`, ipc.CodeMessageTooBig, "4097 bytes, limit 4096", "9"},
+		{"topic of another user's app", `{"id":10,"op":"subscribe_topic","app":"com.other","sender":"1","topic":"t"}`, ipc.CodePermissionDenied, "it belongs to uid", "10"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -341,10 +355,12 @@ func TestListenerEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.b.DeleteMessages(app, 7)
+	h.b.RefreshToken(app, "123", "token-new")
 	for _, want := range []ipc.Event{
 		{Event: ipc.EventSent, App: app, MessageID: "up-a"},
 		{Event: ipc.EventSendError, App: app, MessageID: "up-b", Error: "ttl expired before the server took it"},
 		{Event: ipc.EventDeletedMessages, App: app, Count: 7},
+		{Event: ipc.EventTokenRefreshed, App: app, Sender: "123", Token: "token-new"},
 	} {
 		if got := l.event(); !reflect.DeepEqual(got, want) {
 			t.Errorf("event = %+v, want %+v", got, want)

@@ -66,6 +66,10 @@ const (
 // ErrBadFrame is wrapped by every decoding and validation error.
 var ErrBadFrame = errors.New("bad frame")
 
+// ErrDataTooBig is wrapped, beside ErrBadFrame, by the validation error of
+// data over MaxDataSize, so that apps can be told GCM's MessageTooBig.
+var ErrDataTooBig = errors.New("data too big")
+
 // Body is the payload of one frame type.
 type Body interface {
 	FrameType() Type
@@ -404,7 +408,7 @@ func DataSize(data map[string]string) int {
 
 func checkData(data map[string]string) error {
 	if n := DataSize(data); n > MaxDataSize {
-		return fmt.Errorf("%w: data is %d bytes, limit %d", ErrBadFrame, n, MaxDataSize)
+		return fmt.Errorf("%w: %w: %d bytes, limit %d", ErrBadFrame, ErrDataTooBig, n, MaxDataSize)
 	}
 	for k := range data {
 		if k == "" {

@@ -84,7 +84,7 @@ func TestBodyValidation(t *testing.T) {
 		{"register non-numeric sender", Register{App: "a", Sender: "12a"}, "numeric"},
 		{"message ttl too long", Message{ID: "i", Token: "t", App: "a", From: "1", TTL: MaxTTL + 1}, "ttl"},
 		{"message negative ttl", Message{ID: "i", Token: "t", App: "a", From: "1", TTL: -1}, "ttl"},
-		{"message data too big", Message{ID: "i", Token: "t", App: "a", From: "1", Data: big}, "data is 4097 bytes"},
+		{"message data too big", Message{ID: "i", Token: "t", App: "a", From: "1", Data: big}, "data too big: 4097 bytes"},
 		{"message bad priority", Message{ID: "i", Token: "t", App: "a", From: "1", Priority: "urgent"}, "priority"},
 		{"message no token", Message{ID: "i", App: "a", From: "1"}, "token is missing"},
 		{"ack empty", Ack{}, "ack of 0 ids"},

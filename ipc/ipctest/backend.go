@@ -19,6 +19,7 @@ import (
 	"sync"
 
 	"tether/ipc"
+	"tether/wire"
 )
 
 const (
@@ -55,6 +56,9 @@ type Backend struct {
 	pending   map[string][]*pendingSend // per app, in send order
 	sends     map[string][]ipc.SendRequest
 	acked     map[string][]string
+	topics    map[registration][]string
+	powerMode string
+	onStatus  func()
 	lastCall  ipc.Caller
 	nextID    int
 }
@@ -66,6 +70,8 @@ func New(server, deviceID string) *Backend {
 		server:    server,
 		deviceID:  deviceID,
 		connected: true,
+		powerMode: "mains",
+		topics:    make(map[registration][]string),
 		owners:    make(map[string]uint32),
 		tokens:    make(map[registration]string),
 		queued:    make(map[string][]ipc.Message),
@@ -76,12 +82,54 @@ func New(server, deviceID string) *Backend {
 	}
 }
 
+// OnStatusChange sets a function called, outside the backend's lock,
+// after each change that SetConnected or SetPowerMode makes to the status.
+func (b *Backend) OnStatusChange(f func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.onStatus = f
+}
+
+// SetPowerMode sets the power mode the status reports.
+func (b *Backend) SetPowerMode(mode string) {
+	b.mu.Lock()
+	b.powerMode = mode
+	f := b.onStatus
+	b.mu.Unlock()
+	if f != nil {
+		f()
+	}
+}
+
+// RefreshToken gives (app, sender) a new token and tells the app's
+// listener, if any.
+func (b *Backend) RefreshToken(app, sender, token string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.tokens[registration{app, sender}] = token
+	if s := b.subs[app]; s != nil {
+		s.l.TokenRefreshed(sender, token)
+	}
+}
+
+// Topics returns the topics (app, sender) is subscribed to, in
+// subscription order.
+func (b *Backend) Topics(app, sender string) []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.topics[registration{app, sender}])
+}
+
 // SetConnected sets whether the backend claims to be connected to the
 // server.
 func (b *Backend) SetConnected(connected bool) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	b.connected = connected
+	f := b.onStatus
+	b.mu.Unlock()
+	if f != nil {
+		f()
+	}
 }
 
 // SetOwner makes uid the owner of app, as if that user had registered it.
@@ -289,6 +337,8 @@ func (b *Backend) Send(ctx context.Context, c ipc.Caller, req ipc.SendRequest) (
 		return "", nil, fmt.Errorf("send for app %q: negative ttl %d: %w", req.App, *req.TTL, ipc.ErrInvalidArgument)
 	case req.Priority != "" && req.Priority != "normal" && req.Priority != "high":
 		return "", nil, fmt.Errorf("send for app %q: priority %q is neither normal nor high: %w", req.App, req.Priority, ipc.ErrInvalidArgument)
+	case wire.DataSize(req.Data) > wire.MaxDataSize:
+		return "", nil, fmt.Errorf("send for app %q: data is %d bytes, limit %d: %w", req.App, wire.DataSize(req.Data), wire.MaxDataSize, ipc.ErrMessageTooBig)
 	case len(b.pending[req.App]) >= MaxPending:
 		return "", nil, fmt.Errorf("send for app %q: %d messages are pending: %w", req.App, MaxPending, ipc.ErrTooManyMessages)
 	case req.TTL != nil && *req.TTL == 0 && !b.connected:
@@ -304,6 +354,46 @@ func (b *Backend) Send(ctx context.Context, c ipc.Caller, req ipc.SendRequest) (
 	return req.ID, result, nil
 }
 
+// SubscribeTopic implements ipc.Backend.
+func (b *Backend) SubscribeTopic(ctx context.Context, c ipc.Caller, app, sender, topic string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	key, err := b.topicRegistration(c, "subscribe", app, sender, topic)
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(b.topics[key], topic) {
+		b.topics[key] = append(b.topics[key], topic)
+	}
+	return nil
+}
+
+// UnsubscribeTopic implements ipc.Backend.
+func (b *Backend) UnsubscribeTopic(ctx context.Context, c ipc.Caller, app, sender, topic string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	key, err := b.topicRegistration(c, "unsubscribe", app, sender, topic)
+	if err != nil {
+		return err
+	}
+	b.topics[key] = slices.DeleteFunc(b.topics[key], func(t string) bool { return t == topic })
+	return nil
+}
+
+func (b *Backend) topicRegistration(c ipc.Caller, op, app, sender, topic string) (registration, error) {
+	if err := b.authorize(c, op, app); err != nil {
+		return registration{}, err
+	}
+	key := registration{app, sender}
+	if _, ok := b.tokens[key]; !ok {
+		return key, fmt.Errorf("%s app %q sender %q: %w", op, app, sender, ipc.ErrNotRegistered)
+	}
+	if topic == "" {
+		return key, fmt.Errorf("%s app %q: no topic: %w", op, app, ipc.ErrInvalidArgument)
+	}
+	return key, nil
+}
+
 // Status implements ipc.Backend.
 func (b *Backend) Status(ctx context.Context) (ipc.Status, error) {
 	b.mu.Lock()
@@ -313,6 +403,7 @@ func (b *Backend) Status(ctx context.Context) (ipc.Status, error) {
 		Server:    b.server,
 		DeviceID:  b.deviceID,
 		Apps:      len(b.owners),
+		PowerMode: b.powerMode,
 	}
 	for _, q := range b.queued {
 		st.QueuedDownstream += len(q)
