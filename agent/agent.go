@@ -269,6 +269,10 @@ func (a *Agent) Status(ctx context.Context) (ipc.Status, error) {
 	status.Connected = a.session != nil
 	a.mu.Unlock()
 	status.PowerMode = "mains"
+	link := a.link.Stats()
+	status.Heartbeat = int(link.Heartbeat / time.Second)
+	status.LastConnect, status.LastDisconnect = link.LastConnect, link.LastDisconnect
+	status.Reconnects, status.Heartbeats = link.Reconnects, link.Heartbeats
 	return status, nil
 }
 

@@ -728,10 +728,17 @@ func TestReconnectAndHold(t *testing.T) {
 	pc := p.nextConn(t)
 	d.waitConnected(t)
 	// With an hour of backoff, only Reconnect brings the link back soon.
-	d.agent.Link().Reconnect()
+	d.agent.Link().Reconnect("route-up")
 	<-pc.done
 	p.nextConn(t)
 	d.waitConnected(t)
+	st, err := d.agent.Status(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.LastConnect != "route-up" || st.LastDisconnect != "reconnect: route-up" || st.Reconnects != 1 {
+		t.Fatalf("status after a reconnect: %+v", st)
+	}
 }
 
 func TestHeartbeat(t *testing.T) {
@@ -745,6 +752,9 @@ func TestHeartbeat(t *testing.T) {
 	case <-pc.pings:
 	case <-time.After(waitLimit):
 		t.Fatal("no ping after the heartbeat changed")
+	}
+	if st := d.agent.Link().Stats(); st.Heartbeats == 0 || st.Heartbeat != 20*time.Millisecond || st.LastConnect != CauseStart {
+		t.Fatalf("link stats after a ping: %+v", st)
 	}
 }
 
@@ -764,6 +774,9 @@ func TestDeadConnectionDetected(t *testing.T) {
 	// No pong, no frame: the agent gives up on the connection and dials
 	// again.
 	p.nextConn(t)
+	if st := d.agent.Link().Stats(); st.LastDisconnect != "heartbeat timeout" {
+		t.Fatalf("a silent connection ended with %q", st.LastDisconnect)
+	}
 }
 
 // TestUnstoredBurstEndsSessionWithoutAck: when the device cannot store a

@@ -85,11 +85,41 @@ type Link struct {
 
 	kick chan struct{} // Reconnect: dial now
 
+	heartbeats atomic.Uint64 // pings sent, over all sessions
+
 	mu        sync.Mutex
 	heartbeat time.Duration
 	held      chan struct{}      // non-nil while held; closed on release
 	cancel    context.CancelFunc // ends the current attempt or session
 	session   *Session
+	// cause is why the next connection is dialled; stats what happened.
+	cause string
+	stats LinkStats
+}
+
+// Causes of a connection, as LinkStats reports them.
+const (
+	CauseStart   = "start"   // the first connection
+	CauseBackoff = "backoff" // the backoff after a failure ran out
+	CauseRelease = "release" // dialling was held and resumed
+)
+
+// LinkStats tells how the link has fared, for people diagnosing it.
+type LinkStats struct {
+	Connected bool
+	// Heartbeat is the ping interval of the current or next connection.
+	Heartbeat time.Duration
+	// LastConnect is why the current or last connection was dialled:
+	// a Cause constant or what a Reconnect was given.
+	LastConnect    string
+	LastConnectAt  time.Time
+	LastDisconnect string
+	// LastDisconnectAt is zero until a connection has ended.
+	LastDisconnectAt time.Time
+	// Reconnects counts connections established after the first.
+	Reconnects uint64
+	// Heartbeats counts the pings sent.
+	Heartbeats uint64
 }
 
 // NewLink checks cfg and returns a Link; Run starts it.
@@ -122,13 +152,30 @@ func NewLink(cfg LinkConfig) (*Link, error) {
 		},
 		kick:      make(chan struct{}, 1),
 		heartbeat: cfg.Heartbeat,
+		cause:     CauseStart,
 	}, nil
 }
 
-// Reconnect drops the current connection, or abandons the current dial or
-// backoff, and dials again at once. A held link stays held.
-func (l *Link) Reconnect() {
+// Stats reports how the link has fared.
+func (l *Link) Stats() LinkStats {
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := l.stats
+	st.Connected = l.session != nil
+	st.Heartbeat = l.heartbeat
+	if l.session != nil {
+		st.Heartbeat = l.session.interval()
+	}
+	st.Heartbeats = l.heartbeats.Load()
+	return st
+}
+
+// Reconnect drops the current connection, or abandons the current dial or
+// backoff, and dials again at once; cause ("route-up", "resume") is
+// recorded as the reason for both. A held link stays held.
+func (l *Link) Reconnect(cause string) {
+	l.mu.Lock()
+	l.cause = cause
 	if l.cancel != nil {
 		l.cancel()
 	}
@@ -150,6 +197,7 @@ func (l *Link) Hold(held bool) {
 	case !held && l.held != nil:
 		close(l.held)
 		l.held = nil
+		l.cause = CauseRelease
 		select {
 		case l.kick <- struct{}{}:
 		default:
@@ -188,6 +236,11 @@ func (l *Link) Run(ctx context.Context, h Handler) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		l.mu.Lock()
+		if l.cause == "" {
+			l.cause = CauseBackoff
+		}
+		l.mu.Unlock()
 		if lasted >= stableSession {
 			attempt = 0
 		}
@@ -250,6 +303,8 @@ func (l *Link) connect(ctx context.Context, h Handler) (time.Duration, error) {
 	l.mu.Lock()
 	l.cancel = cancel
 	heartbeat := l.heartbeat
+	cause := l.cause
+	l.cause = ""
 	l.mu.Unlock()
 	defer func() {
 		l.mu.Lock()
@@ -286,18 +341,45 @@ func (l *Link) connect(ctx context.Context, h Handler) (time.Duration, error) {
 		return 0, err
 	}
 
-	s := newSession(conn, welcome, heartbeat, l.cfg.PongWait, l.log)
+	s := newSession(conn, welcome, heartbeat, l.cfg.PongWait, &l.heartbeats, l.log)
 	started := time.Now()
 	l.mu.Lock()
 	l.session = s
+	if !l.stats.LastConnectAt.IsZero() {
+		l.stats.Reconnects++
+	}
+	l.stats.LastConnect, l.stats.LastConnectAt = cause, started
 	l.mu.Unlock()
+	l.log.Debug("session up", "cause", cause)
 	s.start()
 	h.Serve(ctx, s)
 	err = s.shutdown()
 	l.mu.Lock()
 	l.session = nil
+	l.stats.LastDisconnect, l.stats.LastDisconnectAt = disconnectReason(ctx, l.cause, err), time.Now()
 	l.mu.Unlock()
 	return time.Since(started), err
+}
+
+// disconnectReason names why a session ended: the cause of a Reconnect
+// that ended it, a silent death (nothing heard within a heartbeat and the
+// pong wait), the server's close frame, or the network error.
+func disconnectReason(ctx context.Context, reconnectCause string, err error) string {
+	var closeErr *websocket.CloseError
+	var netErr net.Error
+	switch {
+	case ctx.Err() != nil && reconnectCause != "":
+		return "reconnect: " + reconnectCause
+	case ctx.Err() != nil:
+		return "agent stopping"
+	case errors.As(err, &closeErr):
+		return fmt.Sprintf("server closed: %d %s", closeErr.Code, closeErr.Text)
+	case errors.As(err, &netErr) && netErr.Timeout():
+		return "heartbeat timeout"
+	case err == nil:
+		return "session ended"
+	}
+	return "network error: " + err.Error()
 }
 
 // exchangeHello writes hello and reads the welcome, both under deadlines
@@ -343,6 +425,7 @@ type Session struct {
 	welcome  wire.Welcome
 	log      *slog.Logger
 	pongWait time.Duration
+	pings    *atomic.Uint64 // the link's count of heartbeats sent
 	// allowed caps the heartbeat at the server's announced timeout.
 	allowed   time.Duration
 	heartbeat atomic.Int64 // time.Duration
@@ -357,12 +440,13 @@ type Session struct {
 	readErr   error // set before readDone closes
 }
 
-func newSession(conn *websocket.Conn, w wire.Welcome, heartbeat, pongWait time.Duration, log *slog.Logger) *Session {
+func newSession(conn *websocket.Conn, w wire.Welcome, heartbeat, pongWait time.Duration, pings *atomic.Uint64, log *slog.Logger) *Session {
 	s := &Session{
 		conn:      conn,
 		welcome:   w,
 		log:       log,
 		pongWait:  pongWait,
+		pings:     pings,
 		out:       make(chan []byte, sessionQueue),
 		frames:    make(chan []byte, frameQueue),
 		pongDue:   make(chan string, 1),
@@ -479,6 +563,7 @@ func (s *Session) writeLoop() {
 			err = s.write(frame)
 		case <-ping.C:
 			err = s.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout))
+			s.pings.Add(1)
 			ping.Reset(s.interval())
 		case payload := <-s.pongDue:
 			err = s.conn.WriteControl(websocket.PongMessage, []byte(payload), time.Now().Add(writeTimeout))

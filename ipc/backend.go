@@ -96,6 +96,23 @@ type Status struct {
 	Apps             int    `json:"apps"`
 	// PowerMode is how the agent spends power: "mains", "battery" or "low".
 	PowerMode string `json:"power_mode"`
+	// Heartbeat is the seconds between pings on the connection.
+	Heartbeat int `json:"heartbeat"`
+	// Network identifies the network the device reaches the server by,
+	// when the agent watches the network.
+	Network string `json:"network,omitempty"`
+	// HeartbeatHeld and HeartbeatFailed are what the agent learned about
+	// this network's idle timeout: the longest interval, in seconds, that a
+	// connection survived, and the shortest after which one died silently
+	// (zero when none has).
+	HeartbeatHeld   int `json:"heartbeat_held,omitempty"`
+	HeartbeatFailed int `json:"heartbeat_failed,omitempty"`
+	// LastConnect and LastDisconnect say why the connection was last made
+	// and last lost ("route-up", "backoff", "heartbeat timeout", ...).
+	LastConnect    string `json:"last_connect,omitempty"`
+	LastDisconnect string `json:"last_disconnect,omitempty"`
+	Reconnects     uint64 `json:"reconnects"`
+	Heartbeats     uint64 `json:"heartbeats"`
 }
 
 // Listener is one app's live subscription, implemented by a door for one
