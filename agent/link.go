@@ -562,8 +562,8 @@ func (s *Session) writeLoop() {
 		case frame := <-s.out:
 			err = s.write(frame)
 		case <-ping.C:
-			err = s.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout))
 			s.pings.Add(1)
+			err = s.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout))
 			ping.Reset(s.interval())
 		case payload := <-s.pongDue:
 			err = s.conn.WriteControl(websocket.PongMessage, []byte(payload), time.Now().Add(writeTimeout))
