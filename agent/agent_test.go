@@ -722,22 +722,37 @@ func TestBadFramesAnswered(t *testing.T) {
 func TestReconnectAndHold(t *testing.T) {
 	p := newPeer(t)
 	d := newDevice(t, "", p.url, nil, func(c *Config) { c.MinBackoff, c.MaxBackoff = time.Hour, time.Hour })
-	d.agent.Link().Hold(true)
+	d.agent.Link().Hold()
 	d.start()
-	d.agent.Link().Hold(false)
+	d.agent.Link().Wake("route-up")
 	pc := p.nextConn(t)
 	d.waitConnected(t)
-	// With an hour of backoff, only Reconnect brings the link back soon.
-	d.agent.Link().Reconnect("route-up")
+	// With an hour of backoff, only Wake brings the link back soon.
+	d.agent.Link().Wake("route-changed")
 	<-pc.done
-	p.nextConn(t)
+	pc = p.nextConn(t)
 	d.waitConnected(t)
 	st, err := d.agent.Status(bg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.LastConnect != "route-up" || st.LastDisconnect != "reconnect: route-up" || st.Reconnects != 1 {
+	if st.LastConnect != "route-changed" || st.LastDisconnect != "route-changed" || st.Reconnects != 1 {
 		t.Fatalf("status after a reconnect: %+v", st)
+	}
+
+	// Suspend closes the connection with a close frame and dials no more.
+	if err := d.agent.Link().Suspend(bg); err != nil {
+		t.Fatal(err)
+	}
+	<-pc.done
+	if st := d.agent.Link().Stats(); st.Connected || st.LastDisconnect != "suspend" {
+		t.Fatalf("after suspend: %+v", st)
+	}
+	d.agent.Link().Wake("resume")
+	p.nextConn(t)
+	d.waitConnected(t)
+	if st := d.agent.Link().Stats(); st.LastConnect != "resume" || st.Reconnects != 2 {
+		t.Fatalf("after resume: %+v", st)
 	}
 }
 

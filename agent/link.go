@@ -75,15 +75,15 @@ type LinkConfig struct {
 // only the backoff.
 //
 // Its controls are for whoever knows more about the network than the link
-// does (a battery or network monitor): Reconnect skips the backoff, Hold
-// stops dialling while there is no route, SetHeartbeat changes the ping
-// interval.
+// does (a battery or network monitor): Wake skips the backoff, Hold stops
+// dialling while there is no route, Suspend closes the connection before
+// the system sleeps, SetHeartbeat changes the ping interval.
 type Link struct {
 	cfg    LinkConfig
 	log    *slog.Logger
 	dialer websocket.Dialer
 
-	kick chan struct{} // Reconnect: dial now
+	kick chan struct{} // Wake: dial now
 
 	heartbeats atomic.Uint64 // pings sent, over all sessions
 
@@ -91,7 +91,11 @@ type Link struct {
 	heartbeat time.Duration
 	held      chan struct{}      // non-nil while held; closed on release
 	cancel    context.CancelFunc // ends the current attempt or session
-	session   *Session
+	// attemptDone is closed when the current attempt or session has ended.
+	attemptDone chan struct{}
+	session     *Session
+	// dropReason is why the current session is being ended on purpose.
+	dropReason string
 	// cause is why the next connection is dialled; stats what happened.
 	cause string
 	stats LinkStats
@@ -101,7 +105,6 @@ type Link struct {
 const (
 	CauseStart   = "start"   // the first connection
 	CauseBackoff = "backoff" // the backoff after a failure ran out
-	CauseRelease = "release" // dialling was held and resumed
 )
 
 // LinkStats tells how the link has fared, for people diagnosing it.
@@ -110,7 +113,7 @@ type LinkStats struct {
 	// Heartbeat is the ping interval of the current or next connection.
 	Heartbeat time.Duration
 	// LastConnect is why the current or last connection was dialled:
-	// a Cause constant or what a Reconnect was given.
+	// a Cause constant or what Wake was given.
 	LastConnect    string
 	LastConnectAt  time.Time
 	LastDisconnect string
@@ -170,12 +173,18 @@ func (l *Link) Stats() LinkStats {
 	return st
 }
 
-// Reconnect drops the current connection, or abandons the current dial or
-// backoff, and dials again at once; cause ("route-up", "resume") is
-// recorded as the reason for both. A held link stays held.
-func (l *Link) Reconnect(cause string) {
+// Wake releases a hold and dials at once, skipping any backoff; a
+// connection that is up is closed first, since the network it was made on
+// may be gone. cause ("route-up", "resume") is recorded as the reason for
+// the new connection and for the end of the old one.
+func (l *Link) Wake(cause string) {
 	l.mu.Lock()
+	if l.held != nil {
+		close(l.held)
+		l.held = nil
+	}
 	l.cause = cause
+	l.dropReason = cause
 	if l.cancel != nil {
 		l.cancel()
 	}
@@ -186,22 +195,36 @@ func (l *Link) Reconnect(cause string) {
 	}
 }
 
-// Hold stops (held) or resumes dialling. A connection that is up stays up
-// until it fails; a release dials at once.
-func (l *Link) Hold(held bool) {
+// Hold stops dialling until Wake, for while there is no route to the
+// server. A connection that is up stays up until it fails.
+func (l *Link) Hold() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	switch {
-	case held && l.held == nil:
+	if l.held == nil {
 		l.held = make(chan struct{})
-	case !held && l.held != nil:
-		close(l.held)
-		l.held = nil
-		l.cause = CauseRelease
-		select {
-		case l.kick <- struct{}{}:
-		default:
-		}
+	}
+}
+
+// Suspend holds the link and closes the connection cleanly (what is
+// queued, then a close frame), for before the system sleeps. It returns
+// once the connection is closed or ctx is done.
+func (l *Link) Suspend(ctx context.Context) error {
+	l.mu.Lock()
+	if l.held == nil {
+		l.held = make(chan struct{})
+	}
+	l.dropReason = "suspend"
+	cancel, done := l.cancel, l.attemptDone
+	l.mu.Unlock()
+	if cancel == nil {
+		return nil
+	}
+	cancel()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("suspend: closing the connection: %w", ctx.Err())
 	}
 }
 
@@ -304,12 +327,15 @@ func (l *Link) connect(ctx context.Context, h Handler) (time.Duration, error) {
 	l.cancel = cancel
 	heartbeat := l.heartbeat
 	cause := l.cause
-	l.cause = ""
+	l.cause, l.dropReason = "", ""
+	done := make(chan struct{})
+	l.attemptDone = done
 	l.mu.Unlock()
 	defer func() {
 		l.mu.Lock()
-		l.cancel = nil
+		l.cancel, l.attemptDone = nil, nil
 		l.mu.Unlock()
+		close(done)
 	}()
 
 	hello, err := h.Hello()
@@ -356,20 +382,20 @@ func (l *Link) connect(ctx context.Context, h Handler) (time.Duration, error) {
 	err = s.shutdown()
 	l.mu.Lock()
 	l.session = nil
-	l.stats.LastDisconnect, l.stats.LastDisconnectAt = disconnectReason(ctx, l.cause, err), time.Now()
+	l.stats.LastDisconnect, l.stats.LastDisconnectAt = disconnectReason(ctx, l.dropReason, err), time.Now()
 	l.mu.Unlock()
 	return time.Since(started), err
 }
 
-// disconnectReason names why a session ended: the cause of a Reconnect
-// that ended it, a silent death (nothing heard within a heartbeat and the
-// pong wait), the server's close frame, or the network error.
-func disconnectReason(ctx context.Context, reconnectCause string, err error) string {
+// disconnectReason names why a session ended: why it was dropped on
+// purpose, a silent death (nothing heard within a heartbeat and the pong
+// wait), the server's close frame, or the network error.
+func disconnectReason(ctx context.Context, dropReason string, err error) string {
 	var closeErr *websocket.CloseError
 	var netErr net.Error
 	switch {
-	case ctx.Err() != nil && reconnectCause != "":
-		return "reconnect: " + reconnectCause
+	case ctx.Err() != nil && dropReason != "":
+		return dropReason
 	case ctx.Err() != nil:
 		return "agent stopping"
 	case errors.As(err, &closeErr):
