@@ -60,8 +60,15 @@ type Config struct {
 	TLS *tls.Config
 	// EnrollKey is sent at check-in when the server requires one.
 	EnrollKey string
-	// Heartbeat is the ping interval (DefaultHeartbeat when zero).
+	// Heartbeat is the ping interval (DefaultHeartbeat when zero), used
+	// until the first NetworkChanged when HeartbeatPolicy is set, and
+	// always when it is not.
 	Heartbeat time.Duration
+	// HeartbeatPolicy, when set, makes the heartbeat adaptive: the agent
+	// learns each network's idle timeout and keeps what it learned.
+	HeartbeatPolicy *HeartbeatPolicy
+	// PowerMode is the mode to start in (PowerMains when empty).
+	PowerMode string
 	// PongWait (DefaultPongWait when zero).
 	PongWait time.Duration
 	// MinBackoff and MaxBackoff bound the reconnection delay (the defaults
@@ -95,6 +102,17 @@ type Agent struct {
 	name      string
 	link      *Link
 	onStatus  func()
+	policy    *HeartbeatPolicy // nil: fixed heartbeat
+
+	// condMu guards what the platform watchers tell the agent.
+	condMu    sync.Mutex
+	routeUp   bool
+	network   string
+	powerMode string
+	learner   *learner // nil until a network is known, or when fixed
+	// flushDeferred asks the session to send the deferred upstream
+	// messages.
+	flushDeferred chan struct{}
 
 	// expiryChanged wakes the expiry loop when something may now expire
 	// sooner than it planned for.
@@ -113,10 +131,13 @@ type Agent struct {
 	// to its message, so an error frame can be tied to it.
 	upstreamRefs map[string]outboxKey
 	results      map[outboxKey]chan ipc.SendResult
-	subs         map[string]*subscription // by app
-	running      bool
-	stopped      bool
-	subsDone     sync.WaitGroup
+	// deferred holds the normal-priority upstream messages kept back in
+	// low power mode.
+	deferred map[outboxKey]bool
+	subs     map[string]*subscription // by app
+	running  bool
+	stopped  bool
+	subsDone sync.WaitGroup
 }
 
 var _ ipc.Backend = (*Agent)(nil)
@@ -133,8 +154,23 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.HeartbeatPolicy != nil {
+		if err := cfg.HeartbeatPolicy.Check(); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		if cfg.Heartbeat == 0 {
+			cfg.Heartbeat = cfg.HeartbeatPolicy.Start
+		}
+	}
 	if cfg.Heartbeat == 0 {
 		cfg.Heartbeat = DefaultHeartbeat
+	}
+	switch cfg.PowerMode {
+	case "":
+		cfg.PowerMode = PowerMains
+	case PowerMains, PowerBattery, PowerLow:
+	default:
+		return nil, fmt.Errorf("agent: power mode %q: %w", cfg.PowerMode, ErrPowerMode)
 	}
 	if cfg.PongWait == 0 {
 		cfg.PongWait = DefaultPongWait
@@ -179,6 +215,12 @@ func New(cfg Config) (*Agent, error) {
 		name:          cfg.Name,
 		link:          link,
 		onStatus:      cfg.OnStatusChange,
+		policy:        cfg.HeartbeatPolicy,
+		routeUp:       true,
+		network:       unknownNetwork,
+		powerMode:     cfg.PowerMode,
+		deferred:      map[outboxKey]bool{},
+		flushDeferred: make(chan struct{}, 1),
 		expiryChanged: make(chan struct{}, 1),
 		requests:      map[string]*request{},
 		upstreamRefs:  map[string]outboxKey{},
@@ -268,7 +310,16 @@ func (a *Agent) Status(ctx context.Context) (ipc.Status, error) {
 	a.mu.Lock()
 	status.Connected = a.session != nil
 	a.mu.Unlock()
-	status.PowerMode = "mains"
+	a.condMu.Lock()
+	status.PowerMode = a.powerMode
+	if a.network != unknownNetwork {
+		status.Network = a.network
+	}
+	if a.learner != nil {
+		status.HeartbeatHeld = int(a.learner.known.Good / time.Second)
+		status.HeartbeatFailed = int(a.learner.known.Bad / time.Second)
+	}
+	a.condMu.Unlock()
 	link := a.link.Stats()
 	status.Heartbeat = int(link.Heartbeat / time.Second)
 	status.LastConnect, status.LastDisconnect = link.LastConnect, link.LastDisconnect

@@ -226,7 +226,7 @@ func (a *Agent) Send(ctx context.Context, c ipc.Caller, req ipc.SendRequest) (st
 		// Stored now, so it must reach the session even if the app hangs
 		// up; a full queue waits for the writer or for the session's end,
 		// after which the next session resends it.
-		a.sendUpstream(context.WithoutCancel(ctx), s, u, ttl)
+		a.sendUpstream(context.WithoutCancel(ctx), s, u, ttl, true)
 	}
 	return req.ID, result, nil
 }

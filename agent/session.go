@@ -84,7 +84,7 @@ func (h linkHandler) Serve(ctx context.Context, s *Session) {
 	r.retryTimer.Stop()
 	defer r.retryTimer.Stop()
 
-	r.resendOutbox(ctx, nil)
+	r.resendOutbox(ctx, nil, true)
 	for {
 		select {
 		case data, ok := <-s.Frames():
@@ -102,7 +102,16 @@ func (h linkHandler) Serve(ctx context.Context, s *Session) {
 			keys := r.retry
 			r.retry = map[outboxKey]bool{}
 			r.retryDelay = min(2*r.retryDelay, upstreamRetryMax)
-			r.resendOutbox(ctx, keys)
+			r.resendOutbox(ctx, keys, true)
+		case <-a.flushDeferred:
+			a.mu.Lock()
+			keys := a.deferred
+			a.deferred = map[outboxKey]bool{}
+			a.mu.Unlock()
+			if len(keys) > 0 {
+				a.log.Debug("sending deferred upstream messages", "count", len(keys))
+				r.resendOutbox(ctx, keys, false)
+			}
 		case <-ctx.Done():
 			return
 		}
@@ -140,6 +149,7 @@ func (a *Agent) endSession() {
 		delete(a.requests, ref)
 	}
 	clear(a.upstreamRefs)
+	clear(a.deferred) // the next session considers them again
 	a.mu.Unlock()
 	a.signalExpiry() // pending upstream messages may expire while offline
 	a.statusChanged()
@@ -250,7 +260,9 @@ func (r *sessionRun) storeMessages(ctx context.Context, msgs []wire.Message) err
 	acked := map[string]bool{}
 	woken := map[string]bool{}
 	stored, dups := 0, 0
+	high := false
 	for i, m := range msgs {
+		high = high || m.Priority == "high"
 		if !acked[m.ID] {
 			acked[m.ID] = true
 			ids = append(ids, m.ID)
@@ -267,6 +279,9 @@ func (r *sessionRun) storeMessages(ctx context.Context, msgs []wire.Message) err
 	}
 	r.send(ctx, "", wire.Ack{IDs: ids})
 	a.log.Debug("downstream messages stored", "stored", stored, "duplicates", dups, "acked", len(ids))
+	if high {
+		a.releaseDeferred() // the radio is awake anyway
+	}
 	if stored > 0 {
 		a.signalExpiry()
 	}
@@ -421,6 +436,7 @@ func (r *sessionRun) finishUpstream(key outboxKey, result string) {
 	a := r.a
 	a.mu.Lock()
 	delete(a.upstreamRefs, upstreamRef(key))
+	delete(a.deferred, key)
 	a.mu.Unlock()
 	delete(r.retry, key)
 	switch _, err := a.store.RemoveUpstream(key.app, key.id); {
@@ -438,8 +454,8 @@ func (r *sessionRun) finishUpstream(key outboxKey, result string) {
 
 // resendOutbox sends the pending upstream messages (only those in keys,
 // when keys is not nil), and gives up on those whose time to live has run
-// out.
-func (r *sessionRun) resendOutbox(ctx context.Context, keys map[outboxKey]bool) {
+// out. With mayDefer, normal-priority ones wait in low power mode.
+func (r *sessionRun) resendOutbox(ctx context.Context, keys map[outboxKey]bool, mayDefer bool) {
 	a := r.a
 	pending, err := a.store.Outbox()
 	if err != nil {
@@ -458,14 +474,28 @@ func (r *sessionRun) resendOutbox(ctx context.Context, keys map[outboxKey]bool) 
 			continue
 		}
 		ttl := min(int64((u.Expires.Sub(now)+time.Second-1)/time.Second), wire.MaxTTL)
-		a.sendUpstream(ctx, r.s, u, ttl)
+		a.sendUpstream(ctx, r.s, u, ttl, mayDefer)
 	}
 }
 
-// sendUpstream sends one upstream message with ttl seconds to live.
-func (a *Agent) sendUpstream(ctx context.Context, s *Session, u store.Upstream, ttl int64) {
+// sendUpstream sends one upstream message with ttl seconds to live. With
+// mayDefer, a normal-priority message in low power mode is kept back until
+// high-priority traffic wakes the radio anyway or the mode changes; a
+// high-priority one releases those kept back.
+func (a *Agent) sendUpstream(ctx context.Context, s *Session, u store.Upstream, ttl int64, mayDefer bool) {
 	key := outboxKey{u.App, u.ID}
 	ref := upstreamRef(key)
+	high := u.Priority == "high"
+	if mayDefer && !high && a.currentPowerMode() == PowerLow {
+		a.mu.Lock()
+		a.deferred[key] = true
+		a.mu.Unlock()
+		a.log.Debug("upstream message deferred: low power", "app", u.App, "id", u.ID)
+		return
+	}
+	if high {
+		defer a.releaseDeferred()
+	}
 	frame, err := wire.Encode(ref, wire.Upstream{App: u.App, To: u.To, ID: u.ID, TTL: ttl, Priority: u.Priority, Data: u.Data})
 	if err != nil {
 		a.log.Error("encode upstream message", "app", u.App, "id", u.ID, "err", err)
