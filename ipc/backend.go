@@ -42,6 +42,8 @@ var (
 // client says about itself.
 type Caller struct {
 	UID uint32
+	// GID is the socket peer's group; the bus does not tell it, so it is
+	// 0 for D-Bus callers.
 	GID uint32
 	PID int32
 }

@@ -1,5 +1,6 @@
 // Package ipc holds the agent's front doors for local apps: the Unix socket
-// speaking newline-delimited JSON (docs/ipc.md) and, later, D-Bus.
+// speaking newline-delimited JSON and the org.tether.Push service on D-Bus
+// (both in docs/ipc.md).
 //
 // A door authenticates the peer with the kernel's credentials, turns requests
 // into calls on a Backend and pushes the backend's events back to the app.

@@ -104,16 +104,103 @@ func (c *conn) call(req ipc.Request) (ipc.Response, error) {
 	}
 }
 
-// call makes one request on a connection of its own.
+// call makes one request on a connection of its own, to the socket or,
+// with --dbus, on the bus.
 func (c *cli) call(ctx context.Context, req ipc.Request) (ipc.Response, error) {
-	conn, err := dial(ctx, c.socket)
-	if err != nil {
-		return ipc.Response{}, err
+	var resp ipc.Response
+	var err error
+	if c.bus != "" {
+		var b *busConn
+		if b, err = dialBus(ctx, c.bus, c.getenv); err != nil {
+			return ipc.Response{}, err
+		}
+		defer b.close()
+		resp, err = b.do(req)
+	} else {
+		var conn *conn
+		if conn, err = dial(ctx, c.socket); err != nil {
+			return ipc.Response{}, err
+		}
+		defer conn.close()
+		resp, err = conn.call(req)
 	}
-	defer conn.close()
-	resp, err := conn.call(req)
 	if err != nil && ctx.Err() != nil {
 		return resp, fmt.Errorf("interrupted")
 	}
 	return resp, err
 }
+
+// listener is an app's subscription through either door.
+type listener interface {
+	// next returns the app's next event, or nil when what came was the
+	// answer to an ack.
+	next() (*ipc.Event, error)
+	// ack acknowledges a message; its failure may come from a later next.
+	ack(id string) error
+	// pendingAcks counts the acks not answered yet.
+	pendingAcks() int
+	close()
+}
+
+// listen makes a new connection the app's listener.
+func (c *cli) listen(ctx context.Context, app string) (listener, error) {
+	if c.bus != "" {
+		b, err := dialBus(ctx, c.bus, c.getenv)
+		if err != nil {
+			return nil, err
+		}
+		if err := b.subscribe(app); err != nil {
+			b.close()
+			return nil, err
+		}
+		return &busListener{b: b, app: app}, nil
+	}
+	conn, err := dial(ctx, c.socket)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := conn.call(ipc.Request{Op: "listen", App: app}); err != nil {
+		conn.close()
+		return nil, err
+	}
+	return &socketListener{conn: conn, app: app, acks: make(map[string]string)}, nil
+}
+
+// socketListener is a listening socket connection. Acks are pipelined:
+// their answers come between the events.
+type socketListener struct {
+	conn *conn
+	app  string
+	acks map[string]string // request id → message id, until answered
+}
+
+func (l *socketListener) next() (*ipc.Event, error) {
+	resp, ev, err := l.conn.read()
+	if err != nil {
+		return nil, err
+	}
+	if resp == nil {
+		return ev, nil
+	}
+	msgID, ok := l.acks[string(resp.ID)]
+	if !ok {
+		return nil, fmt.Errorf("unexpected response from the agent: %+v", resp)
+	}
+	delete(l.acks, string(resp.ID))
+	if resp.Error != nil {
+		return nil, fmt.Errorf("ack %s: %w", msgID, resp.Error)
+	}
+	return nil, nil
+}
+
+func (l *socketListener) ack(id string) error {
+	reqID, err := l.conn.send(ipc.Request{Op: "ack", App: l.app, IDs: []string{id}})
+	if err != nil {
+		return err
+	}
+	l.acks[reqID] = id
+	return nil
+}
+
+func (l *socketListener) pendingAcks() int { return len(l.acks) }
+func (l *socketListener) close()           { l.conn.close() }

@@ -1,8 +1,8 @@
 // Command tetherctl is the command line for the Tether agent (tetherd) on a
 // device: it registers apps, listens for their messages, sends upstream
-// messages and shows the agent's state, all through the agent's Unix
-// socket (docs/ipc.md). It is a small client of that socket and holds no
-// state of its own.
+// messages and shows the agent's state, through the agent's Unix socket
+// or, with --dbus, its D-Bus service (docs/ipc.md). It is a small client of
+// those and holds no state of its own.
 package main
 
 import (
@@ -28,13 +28,18 @@ const defaultSocket = "/run/tether/tetherd.sock"
 // version is set at build time (make build stamps it from git).
 var version = "dev"
 
-const usage = `Usage: tetherctl [--socket PATH] [--json] COMMAND [FLAGS]
+const usage = `Usage: tetherctl [--socket PATH | --dbus BUS] [--json] COMMAND [FLAGS]
 
 Talks to the Tether agent (tetherd) on this device.
 
 Commands:
   register    --app APP --sender SENDER   print the app's registration token
   unregister  --app APP --sender SENDER   drop the registration
+  subscribe   --app APP --sender SENDER --topic TOPIC
+                                          subscribe the app's registration
+                                          to a topic of the sender
+  unsubscribe --app APP --sender SENDER --topic TOPIC
+                                          end that subscription
   listen      --app APP [--count N]       print the app's messages, acking each
                                           one once printed; with --count, exit
                                           after N messages
@@ -42,13 +47,17 @@ Commands:
               [--priority normal|high] [--wait] KEY=VALUE...
                                           send an upstream message and print
                                           its ID; with --wait, wait until the
-                                          server has it
+                                          server has it (on D-Bus, --wait
+                                          subscribes for the app meanwhile,
+                                          taking over from its listener)
   status                                  show the agent's state
   version                                 print tetherctl's version
   help                                    show this help
 
 Global flags, before or after the command:
   --socket PATH   the agent's socket (default $TETHER_SOCKET, else ` + defaultSocket + `)
+  --dbus BUS      talk to the agent on D-Bus instead: system, session, or a
+                  bus address such as unix:path=/run/dbus/system_bus_socket
   --json          print JSON, one object per line
 `
 
@@ -62,8 +71,11 @@ func main() {
 // cli is one invocation: where to print and the global flags.
 type cli struct {
 	stdout io.Writer
+	getenv func(string) string
 	socket string
-	json   bool
+	// bus is the --dbus setting; empty means the socket.
+	bus  string
+	json bool
 }
 
 type command struct {
@@ -74,6 +86,8 @@ type command struct {
 var commands = []command{
 	{"register", runRegister},
 	{"unregister", runUnregister},
+	{"subscribe", runTopic("subscribe_topic")},
+	{"unsubscribe", runTopic("unsubscribe_topic")},
 	{"listen", runListen},
 	{"send", runSend},
 	{"status", runStatus},
@@ -91,7 +105,7 @@ func usagef(format string, args ...any) error {
 // run is tetherctl without the process around it: it returns the exit
 // status.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	c := &cli{stdout: stdout, socket: defaultSocket}
+	c := &cli{stdout: stdout, getenv: getenv, socket: defaultSocket}
 	if s := getenv("TETHER_SOCKET"); s != "" {
 		c.socket = s
 	}
@@ -145,6 +159,7 @@ func newFlagSet(name string, c *cli) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // run reports errors itself.
 	fs.StringVar(&c.socket, "socket", c.socket, "the agent's socket")
+	fs.StringVar(&c.bus, "dbus", c.bus, "the bus: system, session or an address")
 	fs.BoolVar(&c.json, "json", c.json, "print JSON")
 	return fs
 }
@@ -244,6 +259,32 @@ func runUnregister(ctx context.Context, c *cli, fs *flag.FlagSet, args []string)
 	return err
 }
 
+// parseTopic parses the flags of subscribe and unsubscribe.
+func parseTopic(fs *flag.FlagSet, args []string) (ipc.Request, error) {
+	var req ipc.Request
+	fs.StringVar(&req.App, "app", "", "the app ID")
+	fs.StringVar(&req.Sender, "sender", "", "the sender ID")
+	fs.StringVar(&req.Topic, "topic", "", "the topic")
+	if err := parseNoArgs(fs, args); err != nil {
+		return req, err
+	}
+	return req, require([2]string{"app", req.App}, [2]string{"sender", req.Sender}, [2]string{"topic", req.Topic})
+}
+
+// runTopic returns the command that makes the request op (subscribe_topic
+// or unsubscribe_topic) from the flags of subscribe and unsubscribe.
+func runTopic(op string) func(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
+	return func(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
+		req, err := parseTopic(fs, args)
+		if err != nil {
+			return err
+		}
+		req.Op = op
+		_, err = c.call(ctx, req)
+		return err
+	}
+}
+
 func runSend(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
 	req := ipc.Request{Op: "send"}
 	fs.StringVar(&req.App, "app", "", "the app ID")
@@ -338,38 +379,26 @@ func runListen(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) err
 	if *count < 0 {
 		return usagef("--count must not be negative")
 	}
-	conn, err := dial(ctx, c.socket)
+	l, err := c.listen(ctx, *app)
 	if err != nil {
-		return err
-	}
-	defer conn.close()
-	if _, err := conn.call(ipc.Request{Op: "listen", App: *app}); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
 	}
+	defer l.close()
 
 	received := 0
-	acks := make(map[string]string) // request id → message id, until answered
-	for *count == 0 || received < *count || len(acks) > 0 {
-		resp, ev, err := conn.read()
+	for *count == 0 || received < *count || l.pendingAcks() > 0 {
+		ev, err := l.next()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil // interrupted: what was not acked comes again
 			}
 			return err
 		}
-		if resp != nil {
-			msgID, ok := acks[string(resp.ID)]
-			if !ok {
-				return fmt.Errorf("unexpected response from the agent: %+v", resp)
-			}
-			delete(acks, string(resp.ID))
-			if resp.Error != nil {
-				return fmt.Errorf("ack %s: %w", msgID, resp.Error)
-			}
-			continue
+		if ev == nil {
+			continue // an ack was answered
 		}
 		switch ev.Event {
 		case ipc.EventMessage:
@@ -383,11 +412,9 @@ func runListen(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) err
 				return err
 			}
 			received++
-			reqID, err := conn.send(ipc.Request{Op: "ack", App: *app, IDs: []string{ev.Message.ID}})
-			if err != nil {
+			if err := l.ack(ev.Message.ID); err != nil {
 				return err
 			}
-			acks[reqID] = ev.Message.ID
 		case ipc.EventReplaced:
 			return fmt.Errorf("another listener for app %q took over", *app)
 		default:

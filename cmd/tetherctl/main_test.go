@@ -16,19 +16,62 @@ import (
 	"testing"
 	"time"
 
+	"github.com/godbus/dbus/v5"
+
+	"tether/internal/dbustest"
 	"tether/ipc"
 	"tether/ipc/ipctest"
 )
 
 const app = "com.example.app"
 
-// env is an agent socket served by the real door over an ipctest backend.
+// env is an agent socket served by the real door over an ipctest backend
+// and, for tests of the D-Bus door, that door on a private bus over the same
+// backend.
 type env struct {
 	t      *testing.T
 	b      *ipctest.Backend
 	srv    *ipc.SocketServer
 	socket string
 	me     ipc.Caller
+	// door is the door tetherctl uses: "socket", or "dbus" for --dbus bus.
+	door    string
+	bus     string
+	dbusSrv *ipc.DBusServer
+}
+
+// doors are the values of env.door.
+var doors = []string{"socket", "dbus"}
+
+// newEnvOn returns an env whose tetherctl runs use the given door.
+func newEnvOn(t *testing.T, door string) *env {
+	t.Helper()
+	e := newEnv(t)
+	e.door = door
+	if door == "dbus" {
+		e.startDBus()
+	}
+	return e
+}
+
+func (e *env) startDBus() {
+	e.t.Helper()
+	e.bus = dbustest.Start(e.t).Address
+	srv, err := ipc.NewDBusServer(ipc.DBusConfig{
+		Bus:     e.bus,
+		Backend: e.b,
+		Logger:  slog.New(slog.NewTextHandler(e.t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(context.Background()) }()
+	e.t.Cleanup(func() {
+		srv.Close()
+		<-served
+	})
+	e.dbusSrv = srv
 }
 
 func newEnv(t *testing.T) *env {
@@ -49,7 +92,7 @@ func newEnv(t *testing.T) *env {
 		srv.Close()
 		<-served
 	})
-	return &env{t: t, b: b, srv: srv, socket: socket, me: ipc.Caller{UID: uint32(os.Getuid())}}
+	return &env{t: t, b: b, srv: srv, socket: socket, me: ipc.Caller{UID: uint32(os.Getuid())}, door: "socket"}
 }
 
 type result struct {
@@ -57,8 +100,12 @@ type result struct {
 	stdout, stderr string
 }
 
-// run runs tetherctl with TETHER_SOCKET pointing at the env's socket.
+// run runs tetherctl with TETHER_SOCKET pointing at the env's socket and,
+// when the env's door is D-Bus, --dbus naming its bus.
 func (e *env) run(ctx context.Context, args ...string) result {
+	if e.door == "dbus" {
+		args = append([]string{"--dbus", e.bus}, args...)
+	}
 	var stdout, stderr bytes.Buffer
 	getenv := func(key string) string {
 		if key == "TETHER_SOCKET" {
@@ -291,25 +338,42 @@ func TestSendWait(t *testing.T) {
 		{name: "sent", wantStdout: "sent m1\n"},
 		{name: "failed", outcome: "ttl expired", wantCode: 1, wantStderr: "tetherctl: send: message m1: ttl expired (SendError)\n"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			e := newEnv(t)
-			e.register(app, "123")
-			wait := e.start(context.Background(), "send", "--wait", "--app", app, "--to", "123", "--id", "m1", "k=v")
-			waitFor(t, "the agent has the message", func() bool { return len(e.b.Sends(app)) == 1 })
-			if err := e.b.Complete(app, "m1", tt.outcome); err != nil {
-				t.Fatal(err)
-			}
-			r := wait()
-			if r.code != tt.wantCode || r.stdout != tt.wantStdout || r.stderr != tt.wantStderr {
-				t.Errorf("got %+v, want status %d, stdout %q, stderr %q", r, tt.wantCode, tt.wantStdout, tt.wantStderr)
-			}
-		})
+	for _, door := range doors {
+		for _, tt := range tests {
+			t.Run(door+"/"+tt.name, func(t *testing.T) {
+				e := newEnvOn(t, door)
+				e.register(app, "123")
+				wait := e.start(context.Background(), "send", "--wait", "--app", app, "--to", "123", "--id", "m1", "k=v")
+				waitFor(t, "the agent has the message", func() bool { return len(e.b.Sends(app)) == 1 })
+				// Another upstream message's outcome is not the one waited for.
+				if _, _, err := e.b.Send(context.Background(), e.me, ipc.SendRequest{App: app, To: "123", ID: "m0"}); err != nil {
+					t.Fatal(err)
+				}
+				if err := e.b.Complete(app, "m0", "other"); err != nil {
+					t.Fatal(err)
+				}
+				if err := e.b.Complete(app, "m1", tt.outcome); err != nil {
+					t.Fatal(err)
+				}
+				r := wait()
+				if r.code != tt.wantCode || r.stdout != tt.wantStdout || r.stderr != tt.wantStderr {
+					t.Errorf("got %+v, want status %d, stdout %q, stderr %q", r, tt.wantCode, tt.wantStdout, tt.wantStderr)
+				}
+				if door == "dbus" {
+					waitFor(t, "the waiting subscription ends", func() bool { return !e.b.Listening(app) })
+				}
+			})
+		}
 	}
 }
 
 func TestListenCount(t *testing.T) {
-	e := newEnv(t)
+	for _, door := range doors {
+		t.Run(door, func(t *testing.T) { testListenCount(t, newEnvOn(t, door)) })
+	}
+}
+
+func testListenCount(t *testing.T, e *env) {
 	e.register(app, "123")
 	e.b.Push(ipc.Message{ID: "0:1%ab", App: app, From: "123", CollapseKey: "news", Data: map[string]string{"b": "two words", "a": "1"}})
 	e.b.Push(ipc.Message{ID: "0:2%ab", App: app, From: "123"})
@@ -333,7 +397,12 @@ func TestListenCount(t *testing.T) {
 }
 
 func TestListenJSONWithEvents(t *testing.T) {
-	e := newEnv(t)
+	for _, door := range doors {
+		t.Run(door, func(t *testing.T) { testListenJSONWithEvents(t, newEnvOn(t, door)) })
+	}
+}
+
+func testListenJSONWithEvents(t *testing.T, e *env) {
 	e.register(app, "123")
 	wait := e.start(context.Background(), "--json", "listen", "--app", app, "--count", "2")
 	sent := time.Date(2025, 5, 6, 7, 8, 9, 0, time.UTC)
@@ -347,7 +416,8 @@ func TestListenJSONWithEvents(t *testing.T) {
 	e.b.Complete(app, "up1", "")
 	e.b.Complete(app, "up2", "rejected")
 	e.b.DeleteMessages(app, 4)
-	e.b.Push(ipc.Message{ID: "m2", App: app, From: "123", Data: map[string]string{}})
+	e.b.RefreshToken(app, "123", "token-new")
+	e.b.Push(ipc.Message{ID: "m2", App: app, From: "123", Data: map[string]string{}, Notification: map[string]string{"title": "t"}})
 
 	r := wait()
 	if r.code != 0 || r.stderr != "" {
@@ -369,7 +439,8 @@ func TestListenJSONWithEvents(t *testing.T) {
 		{"event": "sent", "app": app, "message_id": "up1"},
 		{"event": "send_error", "app": app, "message_id": "up2", "error": "rejected"},
 		{"event": "deleted_messages", "app": app, "count": 4.0},
-		{"event": "message", "message_id": "m2", "app": app, "from": "123", "collapse_key": "", "data": map[string]any{}, "ttl": 0.0},
+		{"event": "token_refreshed", "app": app, "sender": "123", "token": "token-new"},
+		{"event": "message", "message_id": "m2", "app": app, "from": "123", "collapse_key": "", "data": map[string]any{}, "ttl": 0.0, "notification": map[string]any{"title": "t"}},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("printed\n%v\nwant\n%v", got, want)
@@ -382,11 +453,14 @@ func TestListenJSONWithEvents(t *testing.T) {
 func TestListenEnds(t *testing.T) {
 	tests := []struct {
 		name       string
+		door       string // only this door; "" for both
 		end        func(e *env, cancel context.CancelFunc)
 		wantCode   int
 		wantStderr string
 	}{
 		{
+			// On D-Bus, by a listener on the socket: the doors share one
+			// listener per app.
 			name: "replaced",
 			end: func(e *env, _ context.CancelFunc) {
 				conn, err := net.Dial("unix", e.socket)
@@ -401,26 +475,243 @@ func TestListenEnds(t *testing.T) {
 		},
 		{
 			name:       "agent goes away",
+			door:       "socket",
 			end:        func(e *env, _ context.CancelFunc) { e.srv.Close() },
 			wantCode:   1,
 			wantStderr: "tetherctl: listen: the agent closed the connection\n",
+		},
+		{
+			name:       "agent goes away",
+			door:       "dbus",
+			end:        func(e *env, _ context.CancelFunc) { e.dbusSrv.Close() },
+			wantCode:   1,
+			wantStderr: "tetherctl: listen: the agent left the bus\n",
+		},
+		{
+			name: "subscriber replaced by another on the bus",
+			door: "dbus",
+			end: func(e *env, _ context.CancelFunc) {
+				conn, err := dbus.Connect(e.bus)
+				if err != nil {
+					e.t.Fatal(err)
+				}
+				e.t.Cleanup(func() { conn.Close() })
+				if err := conn.Object(ipc.DBusName, ipc.DBusPath).Call(ipc.DBusInterface+".Subscribe", 0, app).Err; err != nil {
+					e.t.Fatal(err)
+				}
+			},
+			wantCode:   1,
+			wantStderr: "tetherctl: listen: another listener for app \"com.example.app\" took over\n",
 		},
 		{
 			name: "interrupted",
 			end:  func(e *env, cancel context.CancelFunc) { cancel() },
 		},
 	}
+	for _, door := range doors {
+		for _, tt := range tests {
+			if tt.door != "" && tt.door != door {
+				continue
+			}
+			t.Run(door+"/"+tt.name, func(t *testing.T) {
+				e := newEnvOn(t, door)
+				e.register(app, "123")
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				wait := e.start(ctx, "listen", "--app", app)
+				waitFor(t, "tetherctl listens", func() bool { return e.b.Listening(app) })
+				tt.end(e, cancel)
+				if r := wait(); r.code != tt.wantCode || r.stderr != tt.wantStderr || r.stdout != "" {
+					t.Errorf("got %+v, want status %d and stderr %q", r, tt.wantCode, tt.wantStderr)
+				}
+			})
+		}
+	}
+}
+
+func TestTopics(t *testing.T) {
+	for _, door := range doors {
+		t.Run(door, func(t *testing.T) {
+			e := newEnvOn(t, door)
+			e.register(app, "123")
+			for _, step := range []struct {
+				args []string
+				want []string
+			}{
+				{[]string{"subscribe", "--app", app, "--sender", "123", "--topic", "alerts"}, []string{"alerts"}},
+				{[]string{"subscribe", "--app", app, "--sender", "123", "--topic", "news"}, []string{"alerts", "news"}},
+				{[]string{"unsubscribe", "--app", app, "--sender", "123", "--topic", "alerts"}, []string{"news"}},
+			} {
+				if r := e.run(context.Background(), step.args...); r.code != 0 || r.stdout != "" || r.stderr != "" {
+					t.Fatalf("%q: got %+v, want status 0 and no output", step.args, r)
+				}
+				if got := e.b.Topics(app, "123"); !reflect.DeepEqual(got, step.want) {
+					t.Fatalf("after %q the topics are %q, want %q", step.args, got, step.want)
+				}
+			}
+			r := e.run(context.Background(), "subscribe", "--app", app, "--sender", "999", "--topic", "t")
+			if want := `tetherctl: subscribe: subscribe app "com.example.app" sender "999": not registered (NotRegistered)` + "\n"; r.code != 1 || r.stderr != want {
+				t.Errorf("got %+v, want status 1 and stderr %q", r, want)
+			}
+			r = e.run(context.Background(), "unsubscribe", "--app", app, "--sender", "123")
+			if want := "tetherctl: unsubscribe: --topic is required (see tetherctl help)\n"; r.code != 2 || r.stderr != want {
+				t.Errorf("got %+v, want status 2 and stderr %q", r, want)
+			}
+		})
+	}
+}
+
+// TestDBus runs the commands on the bus, with what differs from the socket:
+// the D-Bus error names, and how a bus or an agent that cannot be reached
+// is reported.
+func TestDBus(t *testing.T) {
+	otherUID := uint32(os.Getuid()) + 1
+	missing := "unix:path=" + filepath.Join(t.TempDir(), "missing")
+	tests := []struct {
+		name       string
+		setup      func(e *env)
+		args       []string
+		wantCode   int
+		wantStdout string // exact, unless check is set
+		wantStderr string // exact, unless stderrPrefix is set
+		// stderrPrefix: stderr starts with wantStderr, and then has the
+		// system's words.
+		stderrPrefix bool
+		check        func(t *testing.T, e *env, r result)
+	}{
+		{
+			name: "register prints the token",
+			args: []string{"register", "--app", app, "--sender", "123"},
+			check: func(t *testing.T, e *env, r result) {
+				if want := e.register(app, "123") + "\n"; r.stdout != want {
+					t.Errorf("stdout %q, want %q", r.stdout, want)
+				}
+			},
+		},
+		{
+			name: "register --json",
+			args: []string{"register", "--json", "--app", app, "--sender", "123"},
+			check: func(t *testing.T, e *env, r result) {
+				if want := fmt.Sprintf(`{"token":%q}`+"\n", e.register(app, "123")); r.stdout != want {
+					t.Errorf("stdout %q, want %q", r.stdout, want)
+				}
+			},
+		},
+		{
+			name:  "unregister",
+			setup: func(e *env) { e.register(app, "123") },
+			args:  []string{"unregister", "--app", app, "--sender", "123"},
+			check: func(t *testing.T, e *env, r result) {
+				if err := e.b.Unregister(context.Background(), e.me, app, "123"); err == nil {
+					t.Error("the registration is still there")
+				}
+			},
+		},
+		{
+			name:       "permission denied",
+			setup:      func(e *env) { e.b.SetOwner("com.other", otherUID) },
+			args:       []string{"register", "--app", "com.other", "--sender", "1"},
+			wantCode:   1,
+			wantStderr: fmt.Sprintf("tetherctl: register: register for app \"com.other\": it belongs to uid %d, not %d: permission denied (PermissionDenied)\n", otherUID, os.Getuid()),
+		},
+		{
+			name:       "unknown app",
+			args:       []string{"listen", "--app", "com.nobody"},
+			wantCode:   1,
+			wantStderr: "tetherctl: listen: listen for app \"com.nobody\": unknown app (NotRegistered)\n",
+		},
+		{
+			name: "status",
+			setup: func(e *env) {
+				e.register(app, "123")
+				e.b.Push(ipc.Message{ID: "m1", App: app})
+			},
+			args:       []string{"status"},
+			wantStdout: "connected:         yes\nserver:            push.example.test:443\ndevice id:         device-7\napps:              1\nqueued downstream: 1\npending upstream:  0\n",
+		},
+		{
+			name: "status --json",
+			setup: func(e *env) {
+				e.b.SetConnected(false)
+				e.b.SetPowerMode("low")
+			},
+			args: []string{"status", "--json"},
+			check: func(t *testing.T, e *env, r result) {
+				want, _ := e.b.Status(context.Background())
+				var got ipc.Status
+				if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || got != want {
+					t.Errorf("stdout %q (%v), want %+v", r.stdout, err, want)
+				}
+			},
+		},
+		{
+			name:       "send with every flag",
+			setup:      func(e *env) { e.register(app, "123") },
+			args:       []string{"send", "--app", app, "--to", "123", "--id", "m1", "--ttl", "60", "--priority", "high", "k=v", "text=a b=c", "empty="},
+			wantStdout: "m1\n",
+			check: func(t *testing.T, e *env, r result) {
+				ttl := int64(60)
+				want := []ipc.SendRequest{{App: app, To: "123", ID: "m1", TTL: &ttl, Priority: "high", Data: map[string]string{"k": "v", "text": "a b=c", "empty": ""}}}
+				if got := e.b.Sends(app); !reflect.DeepEqual(got, want) || r.stdout != "m1\n" {
+					t.Errorf("stdout %q, backend got %+v, want %+v", r.stdout, got, want)
+				}
+			},
+		},
+		{
+			name:       "send with a negative ttl",
+			setup:      func(e *env) { e.register(app, "123") },
+			args:       []string{"send", "--app", app, "--to", "123", "--ttl", "-5"},
+			wantCode:   1,
+			wantStderr: "tetherctl: send: send for app \"com.example.app\": option \"ttl\" is -5; it must not be negative: invalid argument (InvalidArgument)\n",
+		},
+		{
+			name: "send ttl 0 while offline",
+			setup: func(e *env) {
+				e.register(app, "123")
+				e.b.SetConnected(false)
+			},
+			args:       []string{"send", "--app", app, "--to", "123", "--ttl", "0", "k=v"},
+			wantCode:   1,
+			wantStderr: "tetherctl: send: send for app \"com.example.app\" with ttl 0: not connected to the server (Unavailable)\n",
+		},
+		{
+			name:       "bad --dbus",
+			args:       []string{"--dbus", "sytem", "status"},
+			wantCode:   2,
+			wantStderr: "tetherctl: status: --dbus: bus \"sytem\" is not system, session or a D-Bus address such as unix:path=/run/dbus/system_bus_socket (see tetherctl help)\n",
+		},
+		{
+			name:         "no bus",
+			args:         []string{"--dbus", missing, "status"},
+			wantCode:     1,
+			wantStderr:   "tetherctl: status: cannot reach the bus at " + missing + ": ",
+			stderrPrefix: true,
+		},
+		{
+			name:       "no agent on the bus",
+			setup:      func(e *env) { e.dbusSrv.Close() },
+			args:       []string{"register", "--app", app, "--sender", "1"},
+			wantCode:   1,
+			wantStderr: "tetherctl: register: cannot reach the agent on the bus: The name org.tether.Push was not provided by any .service files\n",
+		},
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newEnv(t)
-			e.register(app, "123")
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			wait := e.start(ctx, "listen", "--app", app)
-			waitFor(t, "tetherctl listens", func() bool { return e.b.Listening(app) })
-			tt.end(e, cancel)
-			if r := wait(); r.code != tt.wantCode || r.stderr != tt.wantStderr || r.stdout != "" {
-				t.Errorf("got %+v, want status %d and stderr %q", r, tt.wantCode, tt.wantStderr)
+			e := newEnvOn(t, "dbus")
+			if tt.setup != nil {
+				tt.setup(e)
+			}
+			r := e.run(context.Background(), tt.args...)
+			if r.code != tt.wantCode {
+				t.Errorf("exit status %d, want %d (stderr %q)", r.code, tt.wantCode, r.stderr)
+			}
+			if r.stderr != tt.wantStderr && !(tt.stderrPrefix && strings.HasPrefix(r.stderr, tt.wantStderr)) {
+				t.Errorf("stderr %q, want %q", r.stderr, tt.wantStderr)
+			}
+			if tt.check != nil {
+				tt.check(t, e, r)
+			} else if r.stdout != tt.wantStdout {
+				t.Errorf("stdout %q, want %q", r.stdout, tt.wantStdout)
 			}
 		})
 	}

@@ -1,0 +1,666 @@
+package ipc
+
+import (
+	"context"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math"
+	"slices"
+	"strings"
+
+	"github.com/godbus/dbus/v5"
+	"github.com/godbus/dbus/v5/introspect"
+)
+
+// The door's interfaces are tables: calls are dispatched from them and
+// the introspection data is generated from them, so the two cannot differ.
+
+const (
+	propertiesInterface     = "org.freedesktop.DBus.Properties"
+	introspectableInterface = "org.freedesktop.DBus.Introspectable"
+	emitsChangedAnnotation  = "org.freedesktop.DBus.Property.EmitsChangedSignal"
+)
+
+type dbusArg struct{ name, typ string }
+
+// dbusCall is what a method learns about its call besides the arguments.
+type dbusCall struct {
+	sender string
+	path   dbus.ObjectPath
+	// caller is the sender's Unix user and process, asked of the bus for
+	// methods that need it.
+	caller Caller
+}
+
+type dbusMethod struct {
+	name    string
+	in, out []dbusArg
+	// needsCaller: ask the bus who the sender is before run.
+	needsCaller bool
+	// run gets arguments of the types in says.
+	run func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error)
+}
+
+type dbusProperty struct {
+	name, typ string
+	// changes is the EmitsChangedSignal annotation: "" for a property
+	// announced with PropertiesChanged, "false" for one read afresh on
+	// every Get, "const" for one that never changes.
+	changes string
+	get     func(Status) any
+}
+
+type dbusInterface struct {
+	name       string
+	methods    []dbusMethod
+	signals    []introspect.Signal
+	properties []dbusProperty
+}
+
+func signature(args []dbusArg) string {
+	var b strings.Builder
+	for _, a := range args {
+		b.WriteString(a.typ)
+	}
+	return b.String()
+}
+
+func noResult(err error) ([]any, error) { return nil, err }
+
+var pushInterface = dbusInterface{
+	name: DBusInterface,
+	methods: []dbusMethod{
+		{
+			name: "Register", in: []dbusArg{{"app", "s"}, {"sender", "s"}}, out: []dbusArg{{"token", "s"}}, needsCaller: true,
+			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+				token, err := s.backend.Register(ctx, c.caller, args[0].(string), args[1].(string))
+				return []any{token}, err
+			},
+		},
+		{
+			name: "Unregister", in: []dbusArg{{"app", "s"}, {"sender", "s"}}, needsCaller: true,
+			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+				return noResult(s.backend.Unregister(ctx, c.caller, args[0].(string), args[1].(string)))
+			},
+		},
+		{
+			name: "Subscribe", in: []dbusArg{{"app", "s"}}, needsCaller: true,
+			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+				return noResult(s.subscribe(ctx, c, args[0].(string)))
+			},
+		},
+		{
+			name: "Unsubscribe", in: []dbusArg{{"app", "s"}},
+			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+				return noResult(s.unsubscribe(c.sender, args[0].(string)))
+			},
+		},
+		{
+			name: "Ack", in: []dbusArg{{"app", "s"}, {"message_ids", "as"}}, needsCaller: true,
+			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+				return noResult(s.backend.Ack(ctx, c.caller, args[0].(string), args[1].([]string)))
+			},
+		},
+		{
+			name: "Send",
+			in: []dbusArg{
+				{"app", "s"}, {"to", "s"}, {"message_id", "s"}, {"data", "a{ss}"}, {"options", "a{sv}"},
+			},
+			out:         []dbusArg{{"message_id", "s"}},
+			needsCaller: true,
+			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+				req := SendRequest{App: args[0].(string), To: args[1].(string), ID: args[2].(string), Data: args[3].(map[string]string)}
+				var err error
+				if req.TTL, req.Priority, err = sendOptions(args[4].(map[string]dbus.Variant)); err != nil {
+					return nil, fmt.Errorf("send for app %q: %w", req.App, err)
+				}
+				// The outcome goes to the app's subscriber as SendResult.
+				id, _, err := s.backend.Send(ctx, c.caller, req)
+				return []any{id}, err
+			},
+		},
+		{
+			name: "SubscribeTopic", in: []dbusArg{{"app", "s"}, {"sender", "s"}, {"topic", "s"}}, needsCaller: true,
+			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+				return noResult(s.backend.SubscribeTopic(ctx, c.caller, args[0].(string), args[1].(string), args[2].(string)))
+			},
+		},
+		{
+			name: "UnsubscribeTopic", in: []dbusArg{{"app", "s"}, {"sender", "s"}, {"topic", "s"}}, needsCaller: true,
+			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+				return noResult(s.backend.UnsubscribeTopic(ctx, c.caller, args[0].(string), args[1].(string), args[2].(string)))
+			},
+		},
+	},
+	signals: []introspect.Signal{
+		{Name: "Message", Args: []introspect.Arg{
+			{Name: "app", Type: "s"}, {Name: "message_id", Type: "s"}, {Name: "from", Type: "s"},
+			{Name: "collapse_key", Type: "s"}, {Name: "data", Type: "a{ss}"}, {Name: "extras", Type: "a{sv}"},
+		}},
+		{Name: "SendResult", Args: []introspect.Arg{{Name: "app", Type: "s"}, {Name: "message_id", Type: "s"}, {Name: "error", Type: "s"}}},
+		{Name: "TokenRefreshed", Args: []introspect.Arg{{Name: "app", Type: "s"}, {Name: "sender", Type: "s"}, {Name: "token", Type: "s"}}},
+		{Name: "DeletedMessages", Args: []introspect.Arg{{Name: "app", Type: "s"}, {Name: "count", Type: "u"}}},
+		{Name: "SubscriptionEnded", Args: []introspect.Arg{{Name: "app", Type: "s"}, {Name: "reason", Type: "s"}}},
+	},
+	properties: []dbusProperty{
+		{name: "Connected", typ: "b", get: func(st Status) any { return st.Connected }},
+		{name: "DeviceID", typ: "s", get: func(st Status) any { return st.DeviceID }},
+		{name: "PowerMode", typ: "s", get: func(st Status) any { return st.PowerMode }},
+		{name: "Server", typ: "s", changes: "const", get: func(st Status) any { return st.Server }},
+		{name: "Apps", typ: "u", changes: "false", get: func(st Status) any { return clampUint32(int64(st.Apps)) }},
+		{name: "QueuedDownstream", typ: "u", changes: "false", get: func(st Status) any { return clampUint32(int64(st.QueuedDownstream)) }},
+		{name: "PendingUpstream", typ: "u", changes: "false", get: func(st Status) any { return clampUint32(int64(st.PendingUpstream)) }},
+	},
+}
+
+var propertiesIface = dbusInterface{
+	name: propertiesInterface,
+	methods: []dbusMethod{
+		{
+			name: "Get", in: []dbusArg{{"interface_name", "s"}, {"property_name", "s"}}, out: []dbusArg{{"value", "v"}},
+			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+				if err := checkPropertyInterface(args[0].(string)); err != nil {
+					return nil, err
+				}
+				p, err := findProperty(args[1].(string))
+				if err != nil {
+					return nil, err
+				}
+				st, err := s.backend.Status(ctx)
+				if err != nil {
+					return nil, err
+				}
+				return []any{dbus.MakeVariant(p.get(st))}, nil
+			},
+		},
+		{
+			name: "GetAll", in: []dbusArg{{"interface_name", "s"}}, out: []dbusArg{{"properties", "a{sv}"}},
+			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+				if err := checkPropertyInterface(args[0].(string)); err != nil {
+					return nil, err
+				}
+				st, err := s.backend.Status(ctx)
+				if err != nil {
+					return nil, err
+				}
+				all := make(map[string]dbus.Variant, len(pushInterface.properties))
+				for _, p := range pushInterface.properties {
+					all[p.name] = dbus.MakeVariant(p.get(st))
+				}
+				return []any{all}, nil
+			},
+		},
+		{
+			name: "Set", in: []dbusArg{{"interface_name", "s"}, {"property_name", "s"}, {"value", "v"}},
+			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+				if err := checkPropertyInterface(args[0].(string)); err != nil {
+					return nil, err
+				}
+				if _, err := findProperty(args[1].(string)); err != nil {
+					return nil, err
+				}
+				return nil, dbus.NewError("org.freedesktop.DBus.Error.PropertyReadOnly", []any{fmt.Sprintf("property %s is read-only", args[1])})
+			},
+		},
+	},
+	signals: []introspect.Signal{
+		{Name: "PropertiesChanged", Args: []introspect.Arg{
+			{Name: "interface_name", Type: "s"}, {Name: "changed_properties", Type: "a{sv}"}, {Name: "invalidated_properties", Type: "as"},
+		}},
+	},
+}
+
+// introspectableIface is set up by init: its method reads the tables,
+// itself among them.
+var introspectableIface dbusInterface
+
+func init() {
+	introspectableIface = dbusInterface{
+		name: introspectableInterface,
+		methods: []dbusMethod{
+			{
+				name: "Introspect", out: []dbusArg{{"xml_data", "s"}},
+				run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+					return []any{introspectXML(c.path)}, nil
+				},
+			},
+		},
+	}
+}
+
+// checkPropertyInterface accepts the door's interface, or "" for all of
+// the object's properties (which are the door's).
+func checkPropertyInterface(name string) error {
+	if name != "" && name != DBusInterface {
+		return dbus.NewError("org.freedesktop.DBus.Error.UnknownInterface", []any{fmt.Sprintf("%s has no properties of interface %q; its properties are on %s", DBusPath, name, DBusInterface)})
+	}
+	return nil
+}
+
+func findProperty(name string) (dbusProperty, error) {
+	i := slices.IndexFunc(pushInterface.properties, func(p dbusProperty) bool { return p.name == name })
+	if i < 0 {
+		return dbusProperty{}, dbus.NewError("org.freedesktop.DBus.Error.UnknownProperty", []any{fmt.Sprintf("%s has no property %q", DBusInterface, name)})
+	}
+	return pushInterface.properties[i], nil
+}
+
+// propertiesChanged builds the PropertiesChanged signal for the door's
+// properties whose values differ between old and cur, or returns nil.
+func propertiesChanged(old, cur Status) *dbus.Message {
+	changed := map[string]dbus.Variant{}
+	for _, p := range pushInterface.properties {
+		if p.changes == "" && p.get(old) != p.get(cur) {
+			changed[p.name] = dbus.MakeVariant(p.get(cur))
+		}
+	}
+	if len(changed) == 0 {
+		return nil
+	}
+	return newSignal(propertiesInterface, "PropertiesChanged", DBusInterface, changed, []string{})
+}
+
+func (s *DBusServer) announceStatus() {
+	st, err := s.backend.Status(s.ctx)
+	if err != nil {
+		s.log.Warn("read the status for the bus properties", "err", err)
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if msg := propertiesChanged(s.announced, st); msg != nil {
+		s.enqueueLocked(outSignal{msg: msg})
+	}
+	s.announced = st
+}
+
+// interfacesAt lists the interfaces of the object at path: the door's
+// object has all three, the nodes above it only introspection, so that
+// tools can walk down to it.
+func interfacesAt(path dbus.ObjectPath) []*dbusInterface {
+	if path == DBusPath {
+		return []*dbusInterface{&pushInterface, &propertiesIface, &introspectableIface}
+	}
+	if childOf(path) != "" {
+		return []*dbusInterface{&introspectableIface}
+	}
+	return nil
+}
+
+// childOf names the next element towards the door's object from path, an
+// ancestor of it, or returns "" when path is not one.
+func childOf(path dbus.ObjectPath) string {
+	prefix := string(path)
+	if prefix != "/" {
+		prefix += "/"
+	}
+	rest, ok := strings.CutPrefix(DBusPath, prefix)
+	if !ok || rest == "" {
+		return ""
+	}
+	child, _, _ := strings.Cut(rest, "/")
+	return child
+}
+
+func (i *dbusInterface) introspect() introspect.Interface {
+	out := introspect.Interface{Name: i.name, Signals: i.signals}
+	for _, m := range i.methods {
+		im := introspect.Method{Name: m.name}
+		for _, a := range m.in {
+			im.Args = append(im.Args, introspect.Arg{Name: a.name, Type: a.typ, Direction: "in"})
+		}
+		for _, a := range m.out {
+			im.Args = append(im.Args, introspect.Arg{Name: a.name, Type: a.typ, Direction: "out"})
+		}
+		out.Methods = append(out.Methods, im)
+	}
+	for _, p := range i.properties {
+		ip := introspect.Property{Name: p.name, Type: p.typ, Access: "read"}
+		if p.changes != "" {
+			ip.Annotations = []introspect.Annotation{{Name: emitsChangedAnnotation, Value: p.changes}}
+		}
+		out.Properties = append(out.Properties, ip)
+	}
+	return out
+}
+
+// introspectXML is the introspection data of the object at path.
+func introspectXML(path dbus.ObjectPath) string {
+	var node introspect.Node
+	for _, i := range interfacesAt(path) {
+		node.Interfaces = append(node.Interfaces, i.introspect())
+	}
+	// The connection answers Peer on every path.
+	node.Interfaces = append(node.Interfaces, introspect.PeerData)
+	if child := childOf(path); child != "" {
+		node.Children = []introspect.Node{{Name: child}}
+	}
+	data, err := xml.MarshalIndent(node, "", "  ")
+	if err != nil {
+		// The tables are fixed; they always encode.
+		panic(fmt.Sprintf("encode introspection data: %v", err))
+	}
+	return strings.TrimSpace(introspect.IntrospectDeclarationString) + "\n" + string(data) + "\n"
+}
+
+// dbusHandler routes the connection's method calls to the tables.
+type dbusHandler struct{ s *DBusServer }
+
+func (h dbusHandler) LookupObject(path dbus.ObjectPath) (dbus.ServerObject, bool) {
+	ifaces := interfacesAt(path)
+	return dbusObject{s: h.s, ifaces: ifaces}, ifaces != nil
+}
+
+type dbusObject struct {
+	s      *DBusServer
+	ifaces []*dbusInterface
+}
+
+// LookupInterface finds an interface by name; "" (a call that names no
+// interface) looks for the method in each interface in turn.
+func (o dbusObject) LookupInterface(name string) (dbus.Interface, bool) {
+	if name == "" {
+		return dbusLookup{s: o.s, ifaces: o.ifaces}, true
+	}
+	for _, i := range o.ifaces {
+		if i.name == name {
+			return dbusLookup{s: o.s, ifaces: []*dbusInterface{i}}, true
+		}
+	}
+	return nil, false
+}
+
+type dbusLookup struct {
+	s      *DBusServer
+	ifaces []*dbusInterface
+}
+
+func (l dbusLookup) LookupMethod(name string) (dbus.Method, bool) {
+	for _, i := range l.ifaces {
+		for j := range i.methods {
+			if i.methods[j].name == name {
+				return boundMethod{s: l.s, iface: i, m: &i.methods[j]}, true
+			}
+		}
+	}
+	return nil, false
+}
+
+// boundMethod is one method of the door as the connection calls it:
+// DecodeArguments checks the arguments' types, Call runs it.
+type boundMethod struct {
+	s     *DBusServer
+	iface *dbusInterface
+	m     *dbusMethod
+}
+
+// decodedCall is the one argument DecodeArguments hands Call.
+type decodedCall struct {
+	call dbusCall
+	args []any
+}
+
+func (b boundMethod) DecodeArguments(conn *dbus.Conn, sender string, msg *dbus.Message, body []any) ([]any, error) {
+	var got string
+	if v, ok := msg.Headers[dbus.FieldSignature]; ok {
+		if sig, ok := v.Value().(dbus.Signature); ok {
+			got = sig.String()
+		}
+	}
+	if want := signature(b.m.in); got != want {
+		name := "org.freedesktop.DBus.Error.InvalidArgs"
+		if b.iface.name == DBusInterface {
+			name = DBusErrorInvalidArgument
+		}
+		return nil, dbus.NewError(name, []any{fmt.Sprintf("%s takes %s, signature %q; the call has signature %q",
+			b.m.name, describeArgs(b.m.in), want, got)})
+	}
+	path, _ := msg.Headers[dbus.FieldPath].Value().(dbus.ObjectPath)
+	return []any{decodedCall{call: dbusCall{sender: sender, path: path}, args: body}}, nil
+}
+
+func describeArgs(args []dbusArg) string {
+	if len(args) == 0 {
+		return "no arguments"
+	}
+	parts := make([]string, len(args))
+	for i, a := range args {
+		parts[i] = a.typ + " " + a.name
+	}
+	return "(" + strings.Join(parts, ", ") + ")"
+}
+
+func (b boundMethod) Call(args ...any) ([]any, error) {
+	d := args[0].(decodedCall)
+	s := b.s
+	if !s.enterCall() {
+		return nil, dbus.NewError(DBusErrorUnavailable, []any{"the agent is stopping"})
+	}
+	defer s.calls.Done()
+	ctx := s.ctx
+	if b.m.needsCaller {
+		c, err := s.callerOf(ctx, d.call.sender)
+		if err != nil {
+			level := slog.LevelWarn
+			if e := (dbus.Error{}); errors.As(err, &e) && e.Name == "org.freedesktop.DBus.Error.NameHasNoOwner" {
+				level = slog.LevelDebug // the caller left before its answer
+			}
+			s.log.Log(ctx, level, "cannot tell who calls", "method", b.m.name, "connection", d.call.sender, "err", err)
+			return nil, dbus.NewError(dbusErrorFailed, []any{err.Error()})
+		}
+		d.call.caller = c
+	}
+	out, err := b.m.run(s, ctx, d.call, d.args)
+	if err != nil {
+		return nil, s.callError(b, d, err)
+	}
+	return out, nil
+}
+
+func (b boundMethod) NumArguments() int     { return 1 } // a decodedCall
+func (b boundMethod) NumReturns() int       { return len(b.m.out) }
+func (b boundMethod) ArgumentValue(int) any { return nil }
+func (b boundMethod) ReturnValue(int) any   { return nil }
+
+// enterCall counts a method call in progress, unless the server is closed.
+func (s *DBusServer) enterCall() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.calls.Add(1)
+	return true
+}
+
+// callerOf asks the bus which Unix user and process the connection named
+// sender belongs to.
+func (s *DBusServer) callerOf(ctx context.Context, sender string) (Caller, error) {
+	if sender == "" {
+		return Caller{}, errors.New("the call has no sender")
+	}
+	bus := s.conn.BusObject()
+	uidCall := bus.GoWithContext(ctx, "org.freedesktop.DBus.GetConnectionUnixUser", 0, make(chan *dbus.Call, 1), sender)
+	pidCall := bus.GoWithContext(ctx, "org.freedesktop.DBus.GetConnectionUnixProcessID", 0, make(chan *dbus.Call, 1), sender)
+	<-uidCall.Done
+	<-pidCall.Done
+	var uid, pid uint32
+	if err := uidCall.Store(&uid); err != nil {
+		return Caller{}, fmt.Errorf("ask the bus for the Unix user of %s: %w", sender, err)
+	}
+	if err := pidCall.Store(&pid); err != nil {
+		// Not every platform tells; the user is what decides.
+		pid = 0
+	}
+	return Caller{UID: uid, PID: int32(min(pid, math.MaxInt32))}, nil
+}
+
+var dbusErrorNames = []struct {
+	err  error
+	name string
+}{
+	{ErrPermission, DBusErrorPermissionDenied},
+	{ErrUnknownApp, DBusErrorNotRegistered},
+	{ErrNotRegistered, DBusErrorNotRegistered},
+	{ErrTooManyMessages, DBusErrorTooManyMessages},
+	{ErrInvalidArgument, DBusErrorInvalidArgument},
+	{ErrOffline, DBusErrorUnavailable},
+	{ErrRefused, DBusErrorRefused},
+	{ErrStorage, DBusErrorUnavailable},
+	{ErrMessageTooBig, DBusErrorMessageTooBig},
+	{ErrUnsupported, DBusErrorNotSupported},
+}
+
+// callError turns a method's error into the D-Bus error the caller gets.
+func (s *DBusServer) callError(b boundMethod, d decodedCall, err error) error {
+	var dbusErr *dbus.Error
+	if errors.As(err, &dbusErr) {
+		return dbusErr
+	}
+	var app string
+	if b.iface.name == DBusInterface && len(d.args) > 0 {
+		app, _ = d.args[0].(string)
+	}
+	for _, e := range dbusErrorNames {
+		if errors.Is(err, e.err) {
+			s.log.Debug("call refused", "method", b.m.name, "app", app, "error", e.name, "err", err)
+			return dbus.NewError(e.name, []any{err.Error()})
+		}
+	}
+	s.log.Warn("call failed", "method", b.m.name, "app", app, "err", err)
+	return dbus.NewError(dbusErrorFailed, []any{err.Error()})
+}
+
+// sendOptions reads Send's options: "ttl", an integer number of seconds
+// (u, though any integer type is taken), and "priority", a string.
+func sendOptions(opts map[string]dbus.Variant) (ttl *int64, priority string, err error) {
+	// Sorted, so that of several bad options the same one is named every
+	// time.
+	for _, key := range slices.Sorted(maps.Keys(opts)) {
+		v := opts[key]
+		switch key {
+		case "ttl":
+			n, ok := integer(v.Value())
+			if !ok {
+				return nil, "", fmt.Errorf("option \"ttl\" must be an unsigned integer of seconds (type u), not type %s: %w", v.Signature(), ErrInvalidArgument)
+			}
+			if n < 0 {
+				return nil, "", fmt.Errorf("option \"ttl\" is %d; it must not be negative: %w", n, ErrInvalidArgument)
+			}
+			ttl = &n
+		case "priority":
+			p, ok := v.Value().(string)
+			if !ok {
+				return nil, "", fmt.Errorf("option \"priority\" must be a string (type s), not type %s: %w", v.Signature(), ErrInvalidArgument)
+			}
+			priority = p
+		default:
+			return nil, "", fmt.Errorf("unknown option %q; the options are ttl and priority: %w", key, ErrInvalidArgument)
+		}
+	}
+	return ttl, priority, nil
+}
+
+// integer returns the value of any D-Bus integer type; one beyond int64
+// becomes the largest int64, which no TTL check lets through.
+func integer(v any) (int64, bool) {
+	switch n := v.(type) {
+	case uint8:
+		return int64(n), true
+	case int16:
+		return int64(n), true
+	case uint16:
+		return int64(n), true
+	case int32:
+		return int64(n), true
+	case uint32:
+		return int64(n), true
+	case int64:
+		return n, true
+	case uint64:
+		return int64(min(n, math.MaxInt64)), true
+	}
+	return 0, false
+}
+
+// subscribe makes the calling connection the app's subscriber.
+func (s *DBusServer) subscribe(ctx context.Context, c dbusCall, app string) error {
+	u := &dbusSub{s: s, dest: c.sender, app: app}
+	s.mu.Lock()
+	prev := s.current[app]
+	s.current[app] = u
+	s.subs[u] = struct{}{}
+	s.mu.Unlock()
+
+	cancel, err := s.backend.Listen(ctx, c.caller, app, u)
+
+	s.mu.Lock()
+	if err != nil {
+		// Whatever the backend sent before failing is not written.
+		u.ended, u.discard = true, true
+		delete(s.subs, u)
+		if s.current[app] == u {
+			delete(s.current, app)
+			if prev != nil && !prev.ended {
+				s.current[app] = prev
+			}
+		}
+		s.mu.Unlock()
+		return err
+	}
+	u.cancel = cancel
+	if s.closed && !u.ended {
+		s.endLocked(u, true, "")
+	}
+	// Ended while the backend was subscribing it (the caller left, or it
+	// overflowed): cancel now that there is something to cancel.
+	ended := u.ended
+	var late func()
+	if ended {
+		late = u.takeCancelLocked()
+	}
+	s.mu.Unlock()
+	if ended {
+		if late != nil {
+			late()
+		}
+		return nil
+	}
+	s.log.Debug("subscribed", "app", app, "connection", c.sender, "uid", c.caller.UID, "pid", c.caller.PID)
+
+	// A connection that left before its subscription was recorded was
+	// missed by NameOwnerChanged; the bus answers in order, so asking now
+	// catches it.
+	var has bool
+	err = s.conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.NameHasOwner", 0, c.sender).Store(&has)
+	if err == nil && !has {
+		s.dropConnection(c.sender)
+	}
+	return nil
+}
+
+// unsubscribe ends the calling connection's subscription for app, if it
+// has one.
+func (s *DBusServer) unsubscribe(sender, app string) error {
+	if app == "" {
+		return fmt.Errorf("unsubscribe: no app ID: %w", ErrInvalidArgument)
+	}
+	var cancels []func()
+	s.mu.Lock()
+	for u := range s.subs {
+		if u.dest == sender && u.app == app {
+			s.endLocked(u, true, "")
+			if c := u.takeCancelLocked(); c != nil {
+				cancels = append(cancels, c)
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range cancels {
+		c()
+	}
+	return nil
+}
