@@ -26,9 +26,30 @@ var (
 	// ErrNoStore is returned by OpenAdmin when the data directory has no
 	// store and Create is not set.
 	ErrNoStore = errors.New("no server store in the data directory")
+	// ErrNoToken is returned when rotating a token that is not an active
+	// registration.
+	ErrNoToken = errors.New("no active registration has this token")
 	// errBadSender marks a name or webhook that is not acceptable.
 	errBadSender = errors.New("bad sender")
+	// errBadGrace marks a grace period out of range.
+	errBadGrace = errors.New("bad grace period")
 )
+
+// Grace periods of rotated tokens.
+const (
+	// DefaultTokenGrace is how long a rotated token keeps working when no
+	// grace period is given: as long as a message may wait for its device.
+	DefaultTokenGrace = 28 * 24 * time.Hour
+	// MaxTokenGrace bounds the grace period.
+	MaxTokenGrace = 366 * 24 * time.Hour
+)
+
+// RotatedToken is the outcome of a token rotation. Token is the new
+// registration token, a secret; the old one works until GraceUntil.
+type RotatedToken struct {
+	Token      string    `json:"token"`
+	GraceUntil time.Time `json:"grace_until"`
+}
 
 // SenderInfo describes a sender. It never carries the server key.
 type SenderInfo struct {
@@ -84,6 +105,22 @@ func removeSender(st *store.Store, id string) error {
 		return fmt.Errorf("remove sender %s: %w", id, ErrNoSender)
 	}
 	return err
+}
+
+// rotateToken gives the registration of token a new token; the device
+// learns it with a token_refresh frame in its next (or current) session.
+func rotateToken(st *store.Store, token string, grace time.Duration, now time.Time) (store.Registration, RotatedToken, error) {
+	if grace < 0 || grace > MaxTokenGrace {
+		return store.Registration{}, RotatedToken{}, fmt.Errorf("%w: %v, want 0 to %v", errBadGrace, grace, MaxTokenGrace)
+	}
+	reg, err := st.RotateToken(token, grace, now)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Registration{}, RotatedToken{}, fmt.Errorf("rotate token: %w", ErrNoToken)
+	}
+	if err != nil {
+		return store.Registration{}, RotatedToken{}, err
+	}
+	return reg, RotatedToken{Token: reg.Token, GraceUntil: now.Add(grace).UTC()}, nil
 }
 
 // listenAdmin listens on the admin socket with mode 0600. A socket file
@@ -150,6 +187,32 @@ func (s *Server) adminHandler() http.Handler {
 		}
 		s.log.Info("sender removed", "sender", id)
 		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /tokens/rotate", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Token        string `json:"token"`
+			GraceSeconds int64  `json:"grace_seconds"`
+		}
+		if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+			http.Error(w, "decode request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		reg, rotated, err := rotateToken(s.store, req.Token, secondsDuration(req.GraceSeconds), s.now())
+		switch {
+		case errors.Is(err, ErrNoToken):
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		case errors.Is(err, errBadGrace):
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		case err != nil:
+			s.log.Error("admin: rotate token", "err", err)
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		s.log.Info("token rotated", "device", reg.Device, "app", reg.App, "sender", reg.Sender, "grace_until", rotated.GraceUntil)
+		s.hub.notify(reg.Device)
+		writeJSON(w, http.StatusOK, rotated)
 	})
 	return mux
 }
@@ -267,6 +330,24 @@ func (a *Admin) RemoveSender(ctx context.Context, id string) error {
 	return nil
 }
 
+// RotateToken replaces the registration token token with a new one; the
+// old one keeps working for grace, answered with the new one as its
+// canonical ID. The device is told at once when it is connected to a
+// running server, else when it next connects. It wraps ErrNoToken when
+// token is not an active registration.
+func (a *Admin) RotateToken(ctx context.Context, token string, grace time.Duration) (RotatedToken, error) {
+	if a.store != nil {
+		_, rotated, err := rotateToken(a.store, token, grace, a.now())
+		return rotated, err
+	}
+	body, _ := json.Marshal(map[string]any{"token": token, "grace_seconds": int64(grace / time.Second)})
+	var rotated RotatedToken
+	if err := a.call(ctx, http.MethodPost, "/tokens/rotate", body, http.StatusOK, &rotated); err != nil {
+		return RotatedToken{}, fmt.Errorf("rotate token: %w", err)
+	}
+	return rotated, nil
+}
+
 // call makes one request on the admin socket.
 func (a *Admin) call(ctx context.Context, method, path string, body []byte, want int, out any) error {
 	req, err := http.NewRequestWithContext(ctx, method, "http://tether-server"+path, bytes.NewReader(body))
@@ -282,8 +363,11 @@ func (a *Admin) call(ctx context.Context, method, path string, body []byte, want
 	if resp.StatusCode != want {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 		text := strings.TrimSpace(string(msg))
-		if resp.StatusCode == http.StatusNotFound && method == http.MethodDelete {
+		switch {
+		case resp.StatusCode == http.StatusNotFound && method == http.MethodDelete:
 			return ErrNoSender
+		case resp.StatusCode == http.StatusNotFound && path == "/tokens/rotate":
+			return ErrNoToken
 		}
 		return fmt.Errorf("server answered %s: %s", resp.Status, text)
 	}

@@ -17,11 +17,18 @@
 // device gets the unacked ones again. An upstream message stays queued until
 // its route (the sender's webhook) takes it or its time to live runs out.
 //
-// Senders (app servers, each with a numeric sender ID and a server key) are
-// managed with Admin, which goes through the running server's admin Unix
-// socket in the data directory or, when no server runs, opens the store
-// itself.
+// Messages to a topic or a condition are stored once and then fanned out
+// by one goroutine into the queues of the subscribed registrations, a
+// batch per store transaction, resuming from the stored position after a
+// restart. GCM's caps apply per app on a device (100 non-collapsible
+// messages, 4 collapse keys); what they drop, and token rotations, reach
+// the device as notices it acks like messages.
 //
-// The package is not a topic or group messaging service, does not deliver
-// notification payloads and has no XMPP (CCS) endpoint yet.
+// Senders (app servers, each with a numeric sender ID and a server key) and
+// token rotations are managed with Admin, which goes through the running
+// server's admin Unix socket in the data directory or, when no server
+// runs, opens the store itself.
+//
+// The package has no device groups and no XMPP (CCS) endpoint yet; routes
+// for upstream messages and delivery receipts are the sender's webhook.
 package server

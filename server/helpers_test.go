@@ -15,6 +15,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"tether/server/store"
 	"tether/wire"
 )
 
@@ -56,7 +57,7 @@ func (s *syncBuffer) String() string {
 
 type testServer struct {
 	*Server
-	t     *testing.T
+	t     testing.TB
 	dir   string
 	cfg   Config
 	clock *testClock
@@ -67,12 +68,12 @@ type testServer struct {
 
 // startServer runs a server on 127.0.0.1:0 in a fresh data directory until
 // the test ends; mod may change its Config.
-func startServer(t *testing.T, mod func(*Config)) *testServer {
+func startServer(t testing.TB, mod func(*Config)) *testServer {
 	t.Helper()
 	return startServerIn(t, t.TempDir(), mod)
 }
 
-func startServerIn(t *testing.T, dir string, mod func(*Config)) *testServer {
+func startServerIn(t testing.TB, dir string, mod func(*Config)) *testServer {
 	t.Helper()
 	logs := &syncBuffer{}
 	clock := &testClock{}
@@ -187,7 +188,7 @@ func (ts *testServer) sendOne(key, token string, fields map[string]any) string {
 
 // device is a test agent: a real WebSocket client speaking package wire.
 type device struct {
-	t       *testing.T
+	t       testing.TB
 	conn    *websocket.Conn
 	id      string
 	secret  string
@@ -324,4 +325,112 @@ func (d *device) register(app, sender string) string {
 func (d *device) ack(ids ...string) {
 	d.t.Helper()
 	d.send("", wire.Ack{IDs: ids})
+}
+
+// subscribe subscribes the device's app to a topic and waits for the answer.
+func (d *device) subscribe(app, sender, topic string) {
+	d.t.Helper()
+	ref := "sub-" + app + "-" + topic
+	d.send(ref, wire.Subscribe{App: app, Sender: sender, Topic: topic})
+	var s wire.Subscribed
+	d.expect(wire.TypeSubscribed, ref, &s)
+	if s.App != app || s.Sender != sender || s.Topic != topic {
+		d.t.Fatalf("subscribed %+v", s)
+	}
+}
+
+// expectDeleted reads the next frame, which must be a deleted_messages
+// notice whose ref is its ID.
+func (d *device) expectDeleted() wire.DeletedMessages {
+	d.t.Helper()
+	f, err := d.read()
+	if err != nil {
+		d.t.Fatalf("waiting for deleted_messages: %v", err)
+	}
+	var n wire.DeletedMessages
+	if f.Type != wire.TypeDeletedMessages {
+		d.t.Fatalf("got %s frame (%s), want deleted_messages", f.Type, f.Body)
+	}
+	if err := f.Decode(&n); err != nil || f.Ref != n.ID {
+		d.t.Fatalf("deleted_messages %s ref %q: %v", f.Body, f.Ref, err)
+	}
+	return n
+}
+
+// expectRefresh reads the next frame, which must be a token_refresh
+// notice whose ref is its ID.
+func (d *device) expectRefresh() wire.TokenRefresh {
+	d.t.Helper()
+	f, err := d.read()
+	if err != nil {
+		d.t.Fatalf("waiting for token_refresh: %v", err)
+	}
+	var n wire.TokenRefresh
+	if f.Type != wire.TypeTokenRefresh {
+		d.t.Fatalf("got %s frame (%s), want token_refresh", f.Type, f.Body)
+	}
+	if err := f.Decode(&n); err != nil || f.Ref != n.ID {
+		d.t.Fatalf("token_refresh %s ref %q: %v", f.Body, f.Ref, err)
+	}
+	return n
+}
+
+// topicAnswer is the answer to a topic or condition send.
+type topicAnswer struct {
+	MessageID json.Number `json:"message_id"`
+	Error     string      `json:"error"`
+}
+
+// sendTopic posts a JSON topic or condition send and decodes the answer,
+// which must have exactly one of message_id and error.
+func (ts *testServer) sendTopic(key string, req any) (topicAnswer, httpAnswer) {
+	ts.t.Helper()
+	body, err := json.Marshal(req)
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	ans := ts.post("/gcm/send", key, "application/json", string(body))
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(ans.body), &raw); err != nil || len(raw) != 1 {
+		ts.t.Fatalf("topic send answered %d %q, want one of message_id and error", ans.status, ans.body)
+	}
+	var a topicAnswer
+	dec := json.NewDecoder(strings.NewReader(ans.body))
+	dec.UseNumber()
+	if err := dec.Decode(&a); err != nil {
+		ts.t.Fatalf("topic send answer %q: %v", ans.body, err)
+	}
+	return a, ans
+}
+
+// fanOutWaiter collects the topic messages a server has fanned out.
+type fanOutWaiter chan fannedOut
+
+type fannedOut struct {
+	id     string
+	copies int
+}
+
+// watchFanOut makes mod's server report each finished fan-out to the
+// returned waiter.
+func watchFanOut(c *Config) fanOutWaiter {
+	w := make(fanOutWaiter, 100)
+	c.fanOutDone = func(tm store.TopicMessage, copies int) { w <- fannedOut{tm.ID, copies} }
+	return w
+}
+
+// wait waits for the fan-out of message id and returns its copies.
+func (w fanOutWaiter) wait(t testing.TB, id string) int {
+	t.Helper()
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case f := <-w:
+			if f.id == id {
+				return f.copies
+			}
+		case <-timeout:
+			t.Fatalf("topic message %s not fanned out within 30 s", id)
+		}
+	}
 }

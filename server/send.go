@@ -28,10 +28,14 @@ const (
 	errInvalidRegistration = "InvalidRegistration"
 	errNotRegistered       = "NotRegistered"
 	errMismatchSenderID    = "MismatchSenderId"
+	errInvalidPackageName  = "InvalidPackageName"
 	errMessageTooBig       = "MessageTooBig"
 	errInvalidDataKey      = "InvalidDataKey"
 	errInvalidTTL          = "InvalidTtl"
 	errUnavailable         = "Unavailable"
+	errInternal            = "InternalServerError"
+	errDeviceRate          = "DeviceMessageRateExceeded"
+	errTopicsRate          = "TopicsMessageRateExceeded"
 )
 
 const (
@@ -44,41 +48,54 @@ const (
 	retryAfter = "10"
 	// maxCollapseKey is the longest collapse key the wire carries.
 	maxCollapseKey = 1024
+	// maxTopicDataSize is GCM's limit on the data of a topic message.
+	maxTopicDataSize = 2048
+	// topicsPrefix starts a topic in "to".
+	topicsPrefix = "/topics/"
 )
 
 // sendRequest is a decoded downstream send: the fields of GCM's JSON or
 // plain-text request that Tether acts on.
 type sendRequest struct {
-	tokens      []string
-	data        map[string]string
-	collapseKey string
-	ttl         int64 // seconds; meaningful only when ttlInRange
-	ttlInRange  bool
-	priority    string
-	dryRun      bool
-	plain       bool // a plain-text request, answered in plain text
+	tokens []string
+	// topic is the name in "to": "/topics/NAME"; condition the parsed
+	// "condition". A request has tokens, a topic or a condition.
+	topic         string
+	condition     *condition
+	conditionText string
+	data          map[string]string
+	notification  map[string]string
+	collapseKey   string
+	ttl           int64 // seconds; meaningful only when ttlInRange
+	ttlInRange    bool
+	priority      string
+	restricted    string // restricted_package_name
+	receipt       bool   // delivery_receipt_requested
+	dryRun        bool
+	plain         bool // a plain-text request, answered in plain text
 }
+
+// toTopics reports whether the request goes to a topic or a condition.
+func (r sendRequest) toTopics() bool { return r.topic != "" || r.condition != nil }
 
 // jsonSend mirrors GCM's JSON request. Fields Tether does not act on are
 // typed all the same, so that a wrong type is a 400 as on GCM. Unknown
 // fields are ignored, as GCM ignores them.
 type jsonSend struct {
-	To                    *string         `json:"to"`
-	RegistrationIDs       []string        `json:"registration_ids"`
-	Condition             string          `json:"condition"`
-	CollapseKey           string          `json:"collapse_key"`
-	Priority              string          `json:"priority"`
-	ContentAvailable      bool            `json:"content_available"`
-	DelayWhileIdle        bool            `json:"delay_while_idle"`
-	TimeToLive            json.RawMessage `json:"time_to_live"`
-	RestrictedPackageName string          `json:"restricted_package_name"`
-	DryRun                bool            `json:"dry_run"`
-	Data                  json.RawMessage `json:"data"`
-	// Notification is accepted and not delivered yet.
-	Notification json.RawMessage `json:"notification"`
+	To                       *string         `json:"to"`
+	RegistrationIDs          []string        `json:"registration_ids"`
+	Condition                string          `json:"condition"`
+	CollapseKey              string          `json:"collapse_key"`
+	Priority                 string          `json:"priority"`
+	ContentAvailable         bool            `json:"content_available"`
+	DelayWhileIdle           bool            `json:"delay_while_idle"`
+	TimeToLive               json.RawMessage `json:"time_to_live"`
+	RestrictedPackageName    string          `json:"restricted_package_name"`
+	DryRun                   bool            `json:"dry_run"`
+	DeliveryReceiptRequested bool            `json:"delivery_receipt_requested"`
+	Data                     json.RawMessage `json:"data"`
+	Notification             json.RawMessage `json:"notification"`
 }
-
-var errTopics = errors.New("topic and condition messaging is not supported; send to registration tokens")
 
 // decodeJSONSend decodes a JSON send request. Its errors name the problem
 // and become the text of a 400.
@@ -93,6 +110,8 @@ func decodeJSONSend(body []byte) (sendRequest, error) {
 	req := sendRequest{
 		collapseKey: js.CollapseKey,
 		priority:    js.Priority,
+		restricted:  js.RestrictedPackageName,
+		receipt:     js.DeliveryReceiptRequested,
 		dryRun:      js.DryRun,
 		ttl:         wire.MaxTTL,
 		ttlInRange:  true,
@@ -102,10 +121,21 @@ func decodeJSONSend(body []byte) (sendRequest, error) {
 		to = *js.To
 	}
 	switch {
-	case js.Condition != "" || strings.HasPrefix(to, "/topics/"):
-		return sendRequest{}, errTopics
+	case js.Condition != "" && (to != "" || js.RegistrationIDs != nil):
+		return sendRequest{}, errors.New(`"condition" cannot be combined with "to" or "registration_ids"`)
+	case js.Condition != "":
+		c, err := parseCondition(js.Condition)
+		if err != nil {
+			return sendRequest{}, fmt.Errorf(`field "condition": %w`, err)
+		}
+		req.condition, req.conditionText = c, js.Condition
 	case to != "" && js.RegistrationIDs != nil:
 		return sendRequest{}, errors.New(`"to" and "registration_ids" cannot both be set`)
+	case strings.HasPrefix(to, topicsPrefix):
+		req.topic = strings.TrimPrefix(to, topicsPrefix)
+		if !wire.ValidTopic(req.topic) {
+			return sendRequest{}, fmt.Errorf(`field "to": %.60q is not a topic name: /topics/ and 1 to %d characters of [a-zA-Z0-9-_.~%%]`, to, wire.MaxTopicLen)
+		}
 	case len(js.RegistrationIDs) > maxRegistrationIDs:
 		return sendRequest{}, fmt.Errorf(`"registration_ids" has %d tokens, at most %d are allowed`, len(js.RegistrationIDs), maxRegistrationIDs)
 	case to != "":
@@ -122,20 +152,31 @@ func decodeJSONSend(body []byte) (sendRequest, error) {
 			return sendRequest{}, err
 		}
 	}
-	if !isNull(js.Data) {
-		var raw map[string]json.RawMessage
-		if err := json.Unmarshal(js.Data, &raw); err != nil {
-			return sendRequest{}, errors.New(`field "data" must be a JSON object`)
-		}
-		req.data = make(map[string]string, len(raw))
-		for k, v := range raw {
-			req.data[k] = dataValue(v)
-		}
+	var err error
+	if req.data, err = decodePayload("data", js.Data); err != nil {
+		return sendRequest{}, err
 	}
-	if !isNull(js.Notification) && js.Notification[0] != '{' {
-		return sendRequest{}, errors.New(`field "notification" must be a JSON object`)
+	if req.notification, err = decodePayload("notification", js.Notification); err != nil {
+		return sendRequest{}, err
 	}
 	return req, req.check()
+}
+
+// decodePayload decodes a data or notification object into string values
+// as delivered.
+func decodePayload(field string, raw json.RawMessage) (map[string]string, error) {
+	if isNull(raw) {
+		return nil, nil
+	}
+	var obj map[string]json.RawMessage
+	if raw[0] != '{' || json.Unmarshal(raw, &obj) != nil {
+		return nil, fmt.Errorf("field %q must be a JSON object", field)
+	}
+	out := make(map[string]string, len(obj))
+	for k, v := range obj {
+		out[k] = dataValue(v)
+	}
+	return out, nil
 }
 
 func isNull(raw json.RawMessage) bool { return len(raw) == 0 || string(raw) == "null" }
@@ -171,6 +212,9 @@ func parseTTL(s string) (ttl int64, inRange bool, err error) {
 
 // check rejects what the wire cannot carry and GCM has no error name for.
 func (r sendRequest) check() error {
+	if _, empty := r.notification[""]; empty {
+		return errors.New(`field "notification" has an empty key`)
+	}
 	switch r.priority {
 	case "", "normal", "high":
 	default:
@@ -196,7 +240,11 @@ func (r sendRequest) messageError() string {
 			return errInvalidDataKey
 		}
 	}
-	if wire.DataSize(r.data) > wire.MaxDataSize {
+	limit := wire.MaxDataSize
+	if r.toTopics() {
+		limit = maxTopicDataSize
+	}
+	if wire.DataSize(r.data)+wire.DataSize(r.notification) > limit {
 		return errMessageTooBig
 	}
 	return ""
@@ -246,10 +294,14 @@ func decodeFormSend(body []byte) (sendRequest, error) {
 			return sendRequest{}, fmt.Errorf("field %.100q is not UTF-8", k)
 		}
 		switch {
+		case k == "registration_id" && strings.HasPrefix(v, topicsPrefix):
+			return sendRequest{}, errors.New("plain-text requests take one registration token; send to topics with JSON")
 		case k == "registration_id":
 			if v != "" {
 				req.tokens = []string{v}
 			}
+		case k == "restricted_package_name":
+			req.restricted = v
 		case k == "collapse_key":
 			req.collapseKey = v
 		case k == "priority":
@@ -279,7 +331,10 @@ func decodeFormSend(body []byte) (sendRequest, error) {
 // sendResult is one entry of the results array.
 type sendResult struct {
 	MessageID string `json:"message_id,omitempty"`
-	Error     string `json:"error,omitempty"`
+	// RegistrationID is the canonical token when the message went to a
+	// newer token of the registration than the one given.
+	RegistrationID string `json:"registration_id,omitempty"`
+	Error          string `json:"error,omitempty"`
 }
 
 type sendResponse struct {
@@ -288,6 +343,13 @@ type sendResponse struct {
 	Failure      int          `json:"failure"`
 	CanonicalIDs int          `json:"canonical_ids"`
 	Results      []sendResult `json:"results"`
+}
+
+// topicResponse is GCM's answer to a topic or condition send: a numeric
+// message ID or an error.
+type topicResponse struct {
+	MessageID int64  `json:"message_id,omitempty"`
+	Error     string `json:"error,omitempty"`
 }
 
 func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
@@ -299,13 +361,8 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, problem, status)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxSendBody))
-	if err != nil {
-		if errors.As(err, new(*http.MaxBytesError)) {
-			http.Error(w, fmt.Sprintf("request body is over %d bytes", maxSendBody), http.StatusRequestEntityTooLarge)
-			return
-		}
-		http.Error(w, "read request body: "+err.Error(), http.StatusBadRequest)
+	body, ok := readBody(w, r)
+	if !ok {
 		return
 	}
 	decode := decodeJSONSend
@@ -318,33 +375,68 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	results, unavailable := s.send(snd, req)
-	status = http.StatusOK
-	if unavailable {
-		w.Header().Set("Retry-After", retryAfter)
-		status = http.StatusServiceUnavailable
+	if req.toTopics() {
+		resp, status := s.sendTopic(snd, req)
+		writeSendAnswer(w, status, resp)
+		return
 	}
+	results, status := s.send(snd, req)
 	if req.plain {
+		res := results[0]
+		setRetryAfter(w, status)
 		w.Header().Set("Content-Type", "text/plain; charset=UTF-8")
 		w.WriteHeader(status)
-		if res := results[0]; res.Error != "" {
+		switch {
+		case res.Error != "":
 			io.WriteString(w, "Error="+res.Error+"\n")
-		} else {
+		case res.RegistrationID != "":
+			io.WriteString(w, "id="+res.MessageID+"\nregistration_id="+res.RegistrationID+"\n")
+		default:
 			io.WriteString(w, "id="+res.MessageID+"\n")
 		}
 		return
 	}
-	resp := sendResponse{MulticastID: mathrand.Int64(), Results: results}
+	resp := sendResponse{MulticastID: mathrand.Int64N(maxJSONSafeInt) + 1, Results: results}
 	for _, res := range results {
 		if res.Error == "" {
 			resp.Success++
 		} else {
 			resp.Failure++
 		}
+		if res.RegistrationID != "" {
+			resp.CanonicalIDs++
+		}
 	}
-	w.Header().Set("Content-Type", "application/json; charset=UTF-8")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(resp)
+	writeSendAnswer(w, status, resp)
+}
+
+// maxJSONSafeInt bounds numeric IDs so that JavaScript reads them exactly.
+const maxJSONSafeInt = 1<<53 - 1
+
+// readBody reads a request body of at most maxSendBody bytes, or answers
+// the request and returns false.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxSendBody))
+	if err != nil {
+		if errors.As(err, new(*http.MaxBytesError)) {
+			http.Error(w, fmt.Sprintf("request body is over %d bytes", maxSendBody), http.StatusRequestEntityTooLarge)
+			return nil, false
+		}
+		http.Error(w, "read request body: "+err.Error(), http.StatusBadRequest)
+		return nil, false
+	}
+	return body, true
+}
+
+func setRetryAfter(w http.ResponseWriter, status int) {
+	if status >= 500 {
+		w.Header().Set("Retry-After", retryAfter)
+	}
+}
+
+func writeSendAnswer(w http.ResponseWriter, status int, v any) {
+	setRetryAfter(w, status)
+	writeJSON(w, status, v)
 }
 
 // authenticate finds the sender of the request's server key. A status
@@ -369,49 +461,70 @@ func (s *Server) authenticate(r *http.Request) (snd store.Sender, status int, pr
 	return snd, 0, ""
 }
 
-// send stores and delivers one request and returns the results in the
-// order of its tokens; unavailable means the store failed and the sender
-// should retry.
-func (s *Server) send(snd store.Sender, req sendRequest) (results []sendResult, unavailable bool) {
+// storeFailure is the GCM error and HTTP status for a store that failed:
+// a damaged record is the server's fault, anything else (a full disk, a
+// store being closed) passes.
+func storeFailure(err error) (code string, status int) {
+	if errors.Is(err, store.ErrCorrupt) {
+		return errInternal, http.StatusInternalServerError
+	}
+	return errUnavailable, http.StatusServiceUnavailable
+}
+
+// send stores and delivers one request to registration tokens and returns
+// the results in the order of its tokens and the HTTP status: 200, or 5xx
+// when the store failed and the sender should retry.
+func (s *Server) send(snd store.Sender, req sendRequest) (results []sendResult, status int) {
 	if len(req.tokens) == 0 {
-		return []sendResult{{Error: errMissingRegistration}}, false
+		return []sendResult{{Error: errMissingRegistration}}, http.StatusOK
 	}
 	results = make([]sendResult, len(req.tokens))
 	if code := req.messageError(); code != "" {
 		for i := range results {
 			results[i].Error = code
 		}
-		return results, false
-	}
-	regs, err := s.store.LookupTokens(req.tokens)
-	if err != nil {
-		s.log.Error("look up tokens", "sender", snd.ID, "err", err)
-		for i := range results {
-			results[i].Error = errUnavailable
-		}
-		return results, true
+		return results, http.StatusOK
 	}
 	now := s.now()
+	resolved, err := s.store.ResolveTokens(req.tokens, now)
+	if err != nil {
+		s.log.Error("look up tokens", "sender", snd.ID, "err", err)
+		code, status := storeFailure(err)
+		for i := range results {
+			results[i].Error = code
+		}
+		return results, status
+	}
 	var queue, live []store.Message
 	var queueAt []int // index in results of each queued message
-	for i, reg := range regs {
+	for i, res := range resolved {
+		reg := res.Reg
 		switch {
-		case reg.Token == "":
+		case res.Given.Token == "":
 			results[i].Error = errInvalidRegistration
 			continue
-		case reg.Sender != snd.ID:
+		case res.Given.Sender != snd.ID:
 			results[i].Error = errMismatchSenderID
 			continue
-		case !reg.Active():
+		case reg.Token == "":
 			results[i].Error = errNotRegistered
+			continue
+		case req.restricted != "" && req.restricted != reg.App:
+			results[i].Error = errInvalidPackageName
+			continue
+		case !req.dryRun && !s.deviceRate.allow(reg.Device):
+			results[i].Error = errDeviceRate
 			continue
 		}
 		m := store.Message{
 			ID: newMessageID(now), Device: reg.Device, Token: reg.Token, App: reg.App, Sender: snd.ID,
-			CollapseKey: req.collapseKey, Priority: req.priority, Data: req.data,
-			Sent: now, Expiry: now.Add(secondsDuration(req.ttl)),
+			CollapseKey: req.collapseKey, Priority: req.priority, Data: req.data, Notification: req.notification,
+			Receipt: req.receipt, Sent: now, Expiry: now.Add(secondsDuration(req.ttl)),
 		}
 		results[i].MessageID = m.ID
+		if res.Canonical() {
+			results[i].RegistrationID = reg.Token
+		}
 		switch {
 		case req.dryRun:
 		case req.ttl == 0:
@@ -425,10 +538,11 @@ func (s *Server) send(snd store.Sender, req sendRequest) (results []sendResult, 
 		queued, err := s.store.Enqueue(queue)
 		if err != nil {
 			s.log.Error("store downstream messages", "sender", snd.ID, "count", len(queue), "err", err)
+			code, status := storeFailure(err)
 			for _, i := range queueAt {
-				results[i] = sendResult{Error: errUnavailable}
+				results[i] = sendResult{Error: code}
 			}
-			return results, true
+			return results, status
 		}
 		for j, ok := range queued {
 			m := queue[j]
@@ -445,7 +559,49 @@ func (s *Server) send(snd store.Sender, req sendRequest) (results []sendResult, 
 			s.log.Debug("time-to-live 0 message dropped: device not connected", "sender", snd.ID, "device", m.Device, "message_id", m.ID)
 		}
 	}
-	return results, false
+	return results, http.StatusOK
+}
+
+// sendTopic stores a message to a topic or a condition for fan-out, and
+// answers once it is stored.
+func (s *Server) sendTopic(snd store.Sender, req sendRequest) (topicResponse, int) {
+	if code := req.messageError(); code != "" {
+		return topicResponse{Error: code}, http.StatusOK
+	}
+	tm := store.TopicMessage{
+		ID: strconv.FormatInt(mathrand.Int64N(maxJSONSafeInt)+1, 10), Sender: snd.ID,
+		Topic: req.topic, RestrictedPackage: req.restricted, CollapseKey: req.collapseKey, Priority: req.priority,
+		Data: req.data, Notification: req.notification, Receipt: req.receipt, Live: req.ttl == 0,
+	}
+	rateKey := snd.ID + "\x00" + req.topic
+	if req.condition != nil {
+		tm.Condition, tm.Topics = req.conditionText, req.condition.topics
+		rateKey = snd.ID + "\x00" + req.conditionText
+	} else {
+		tm.Topics = []string{req.topic}
+	}
+	if !req.dryRun && !s.topicRate.allow(rateKey) {
+		return topicResponse{Error: errTopicsRate}, http.StatusOK
+	}
+	id, _ := strconv.ParseInt(tm.ID, 10, 64)
+	if req.dryRun {
+		return topicResponse{MessageID: id}, http.StatusOK
+	}
+	tm.Sent = s.now()
+	tm.Expiry = tm.Sent.Add(secondsDuration(req.ttl))
+	if tm.Live {
+		// Now or never: copies go to the devices connected while it is
+		// fanned out, which may take a while for many subscribers.
+		tm.Expiry = tm.Sent.Add(liveFanOutWindow)
+	}
+	if err := s.store.PutTopicMessage(&tm); err != nil {
+		s.log.Error("store topic message", "sender", snd.ID, "err", err)
+		code, status := storeFailure(err)
+		return topicResponse{Error: code}, status
+	}
+	s.log.Debug("topic message stored", "sender", snd.ID, "message_id", tm.ID, "topics", len(tm.Topics))
+	s.fan.wakeUp()
+	return topicResponse{MessageID: id}, http.StatusOK
 }
 
 // newMessageID makes an ID in GCM's form: 0:MICROSECONDS%RANDOM_HEX.

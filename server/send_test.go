@@ -82,7 +82,19 @@ func TestSendHTTPValidation(t *testing.T) {
 		{name: "notification not an object", body: js(map[string]any{"to": f.tokA, "notification": 5}), status: 400, problem: `"notification"`},
 		{name: "collapse key too long", body: js(map[string]any{"to": f.tokA, "collapse_key": strings.Repeat("k", 1025)}), status: 400, problem: `"collapse_key"`},
 		{name: "1001 tokens", body: js(map[string]any{"registration_ids": tooMany}), status: 400, problem: "1001 tokens"},
-		{name: "topic", body: js(map[string]any{"to": "/topics/news"}), status: 400, problem: "topic"},
+		{name: "bad topic name", body: js(map[string]any{"to": "/topics/no spaces"}), status: 400, problem: "not a topic name"},
+		{name: "empty topic name", body: js(map[string]any{"to": "/topics/"}), status: 400, problem: "not a topic name"},
+		{name: "topic name too long", body: js(map[string]any{"to": "/topics/" + strings.Repeat("t", 901)}), status: 400, problem: "not a topic name"},
+		{name: "condition syntax", body: js(map[string]any{"condition": "'a' in topics &&"}), status: 400, problem: `"condition"`},
+		{name: "condition with six topics", body: js(map[string]any{"condition": "'a' in topics || 'b' in topics || 'c' in topics || 'd' in topics || 'e' in topics || 'f' in topics"}),
+			status: 400, problem: "6 topics"},
+		{name: "condition and to", body: js(map[string]any{"condition": "'a' in topics", "to": f.tokA}), status: 400, problem: "cannot be combined"},
+		{name: "condition and registration_ids", body: js(map[string]any{"condition": "'a' in topics", "registration_ids": []string{f.tokA}}), status: 400, problem: "cannot be combined"},
+		{name: "condition not a string", body: `{"condition": true}`, status: 400, problem: `field "condition" must be a string`},
+		{name: "notification empty key", body: js(map[string]any{"to": f.tokA, "notification": map[string]string{"": "x"}}), status: 400, problem: "empty key"},
+		{name: "receipt not a bool", body: js(map[string]any{"to": f.tokA, "delivery_receipt_requested": "yes"}), status: 400, problem: `"delivery_receipt_requested"`},
+		{name: "restricted_package_name not a string", body: js(map[string]any{"to": f.tokA, "restricted_package_name": 1}), status: 400, problem: `"restricted_package_name"`},
+		{name: "content_available not a bool", body: js(map[string]any{"to": f.tokA, "content_available": 1}), status: 400, problem: `"content_available"`},
 		{name: "to and registration_ids", body: js(map[string]any{"to": f.tokA, "registration_ids": []string{f.tokA}}), status: 400, problem: "cannot both"},
 		{name: "body too big", body: `{"to": "` + strings.Repeat("a", maxSendBody) + `"}`, status: 413, problem: "over"},
 
@@ -105,7 +117,14 @@ func TestSendHTTPValidation(t *testing.T) {
 		{name: "dry run", body: js(map[string]any{"to": f.tokA, "dry_run": true}), results: []string{ok}},
 		{name: "unknown fields and unused ones", body: js(map[string]any{"to": f.tokA, "frobnicate": map[string]any{"x": 1},
 			"content_available": true, "delay_while_idle": true, "restricted_package_name": "com.example.a",
-			"notification": map[string]string{"title": "hi"}, "priority": "high", "collapse_key": "c"}), results: []string{ok}},
+			"notification": map[string]string{"title": "hi"}, "priority": "high", "collapse_key": "c",
+			"delivery_receipt_requested": true}), results: []string{ok}},
+		{name: "restricted_package_name of another app", body: js(map[string]any{"registration_ids": []string{f.tokA, "nope"}, "restricted_package_name": "com.example.other"}),
+			results: []string{errInvalidPackageName, errInvalidRegistration}},
+		{name: "notification counts toward the limit", body: js(map[string]any{"to": f.tokA, "data": map[string]string{"k": strings.Repeat("x", 2047)},
+			"notification": map[string]string{"body": strings.Repeat("x", 2045)}}), results: []string{errMessageTooBig}},
+		{name: "notification at the limit", body: js(map[string]any{"to": f.tokA, "data": map[string]string{"k": strings.Repeat("x", 2047)},
+			"notification": map[string]string{"body": strings.Repeat("x", 2044)}}), results: []string{ok}},
 		{name: "nulls", body: `{"to": "` + f.tokA + `", "data": null, "time_to_live": null, "collapse_key": null, "notification": null}`, results: []string{ok}},
 		{name: "order of registration_ids", body: js(map[string]any{"registration_ids": []string{"unknown", f.tokA, f.tokB, f.tokGone, f.tokA}}),
 			results: []string{errInvalidRegistration, ok, errMismatchSenderID, errNotRegistered, ok}},
@@ -167,27 +186,40 @@ func checkResponse(t *testing.T, ans httpAnswer, want []string) {
 	if err := json.Unmarshal([]byte(ans.body), &resp); err != nil {
 		t.Fatal(err)
 	}
-	if resp.MulticastID <= 0 || resp.CanonicalIDs != 0 {
-		t.Errorf("multicast_id %d, canonical_ids %d", resp.MulticastID, resp.CanonicalIDs)
+	if resp.MulticastID <= 0 {
+		t.Errorf("multicast_id %d", resp.MulticastID)
 	}
 	if len(resp.Results) != len(want) {
 		t.Fatalf("%d results (%s), want %d", len(resp.Results), ans.body, len(want))
 	}
-	success := 0
+	success, canonical := 0, 0
 	for i, res := range resp.Results {
-		if want[i] == "" {
+		switch canon, isCanon := strings.CutPrefix(want[i], "="); {
+		case want[i] == "":
 			success++
 			if len(res) != 1 || !messageIDPattern.MatchString(res["message_id"]) {
 				t.Errorf("result %d = %v, want a message_id", i, res)
 			}
-		} else if len(res) != 1 || res["error"] != want[i] {
-			t.Errorf("result %d = %v, want error %s", i, res, want[i])
+		case isCanon:
+			success++
+			canonical++
+			if len(res) != 2 || !messageIDPattern.MatchString(res["message_id"]) || res["registration_id"] != canon {
+				t.Errorf("result %d = %v, want a message_id and registration_id %.8s...", i, res, canon)
+			}
+		default:
+			if len(res) != 1 || res["error"] != want[i] {
+				t.Errorf("result %d = %v, want error %s", i, res, want[i])
+			}
 		}
 	}
-	if resp.Success != success || resp.Failure != len(want)-success {
-		t.Errorf("success %d failure %d, want %d and %d", resp.Success, resp.Failure, success, len(want)-success)
+	if resp.Success != success || resp.Failure != len(want)-success || resp.CanonicalIDs != canonical {
+		t.Errorf("success %d failure %d canonical_ids %d, want %d, %d and %d", resp.Success, resp.Failure, resp.CanonicalIDs, success, len(want)-success, canonical)
 	}
 }
+
+// canonical is the want of checkResponse for a result that names token
+// as the canonical registration ID.
+func canonical(token string) string { return "=" + token }
 
 func TestSendPlainText(t *testing.T) {
 	f := newSendFixture(t)
@@ -206,6 +238,9 @@ func TestSendPlainText(t *testing.T) {
 		{"registration_id=nope", 200, "Error=InvalidRegistration"},
 		{"registration_id=" + f.tokA + "&data.from=x", 200, "Error=InvalidDataKey"},
 		{"registration_id=" + f.tokA + "&time_to_live=-5", 200, "Error=InvalidTtl"},
+		{"registration_id=" + f.tokA + "&restricted_package_name=com.example.a", 200, "id=0:"},
+		{"registration_id=" + f.tokA + "&restricted_package_name=com.example.b", 200, "Error=InvalidPackageName"},
+		{"registration_id=/topics/news", 400, "send to topics with JSON"},
 		{"registration_id=" + f.tokA + "&time_to_live=soon", 400, `"time_to_live"`},
 		{"registration_id=" + f.tokA + "&dry_run=perhaps", 400, `"dry_run"`},
 		{"registration_id=" + f.tokA + "&registration_id=" + f.tokA, 400, "use JSON for multicast"},
@@ -222,8 +257,11 @@ func TestSendPlainText(t *testing.T) {
 			t.Errorf("%s: %d %q, want %d %q...", tt.body, ans.status, ans.body, tt.status, tt.want)
 		}
 	}
-	for _, temp := range []string{"21", "22"} {
+	for _, temp := range []string{"21", "22", ""} {
 		m := f.dev.expectMessage()
+		if temp == "" {
+			continue // the restricted one
+		}
 		if m.Token != f.tokA || m.Data["temp"] != temp || m.CollapseKey != "t" || m.TTL != 60 || m.App != f.appA || m.From != f.a.ID {
 			t.Errorf("plain-text message delivered as %+v", m)
 		}
@@ -259,6 +297,8 @@ func FuzzDecodeSend(f *testing.F) {
 		`{"to": 5}`, `{"time_to_live": 1e3}`, `{"time_to_live": -1}`, `{"data": "x"}`, `[]`, `null`, ``, `{"to": "/topics/x"}`,
 		`{"registration_ids": null, "data": null}`, `{"to": "a", "time_to_live": 99999999999999999999999}`,
 		`{"collapse_key": "\u0000"}`, `{"data": {"": "x", "google.x": 1}}`,
+		`{"to": "/topics/news", "notification": {"title": "t", "badge": 2}}`, `{"condition": "'a' in topics && ('b' in topics || 'c' in topics)"}`,
+		`{"to": "/topics/", "restricted_package_name": "x", "delivery_receipt_requested": true}`, `{"notification": {"": "x"}}`,
 	} {
 		f.Add(seed)
 	}
@@ -300,6 +340,9 @@ func checkDecoded(t *testing.T, req sendRequest) {
 	if len(req.tokens) > maxRegistrationIDs {
 		t.Fatalf("%d tokens accepted", len(req.tokens))
 	}
+	if req.toTopics() && (len(req.tokens) > 0 || req.topic != "" && req.condition != nil) {
+		t.Fatalf("request to tokens %v, topic %q and condition %v at once", req.tokens, req.topic, req.condition != nil)
+	}
 	if err := req.check(); err != nil {
 		t.Fatalf("accepted request fails check: %v", err)
 	}
@@ -315,7 +358,7 @@ func checkDecoded(t *testing.T, req sendRequest) {
 		}
 	}
 	m := wire.Message{ID: "0:1%0", Token: "t", App: "a", From: "1", CollapseKey: req.collapseKey,
-		Data: req.data, Priority: req.priority, TTL: req.ttl}
+		Data: req.data, Notification: req.notification, Topic: req.topic, Priority: req.priority, TTL: req.ttl}
 	if _, err := wire.Encode("", m); err != nil {
 		t.Fatalf("accepted request cannot be delivered: %v", err)
 	}

@@ -66,6 +66,21 @@ type Config struct {
 	// RetryMin and RetryMax bound the exponential backoff between upstream
 	// delivery attempts; defaults 1 s and 10 minutes.
 	RetryMin, RetryMax time.Duration
+
+	// DeviceRateLimit bounds the messages accepted for one device per
+	// minute, in bursts of up to as many; beyond it sends to the device's
+	// tokens answer DeviceMessageRateExceeded. Zero means no limit.
+	DeviceRateLimit int
+	// TopicRateLimit bounds the messages accepted per minute for one
+	// sender's topic (or condition); beyond it topic sends answer
+	// TopicsMessageRateExceeded. Zero means no limit.
+	TopicRateLimit int
+	// FanOutBatch is the number of topic subscribers copied per store
+	// transaction; default 1000.
+	FanOutBatch int
+
+	// fanOutDone is called after each topic message is fanned out (tests).
+	fanOutDone func(tm store.TopicMessage, copies int)
 }
 
 func (c *Config) setDefaults() {
@@ -93,6 +108,9 @@ func (c *Config) setDefaults() {
 	if c.Window <= 0 {
 		c.Window = 100
 	}
+	if c.FanOutBatch <= 0 {
+		c.FanOutBatch = 1000
+	}
 }
 
 // Server is the connection server. Create it with New, run it with Serve
@@ -105,6 +123,10 @@ type Server struct {
 	tls   *tls.Config
 	hub   *hub
 	up    *dispatcher
+	fan   *fanout
+
+	deviceRate *rateLimiter
+	topicRate  *rateLimiter
 
 	upgrader *websocket.Upgrader
 
@@ -142,6 +164,9 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, store: st, tls: tlsConfig, upgrader: newUpgrader()}
 	s.hub = newHub()
 	s.up = newDispatcher(s)
+	s.fan = newFanout(s)
+	s.deviceRate = newRateLimiter(cfg.DeviceRateLimit, cfg.Now)
+	s.topicRate = newRateLimiter(cfg.TopicRateLimit, cfg.Now)
 	return s, nil
 }
 
@@ -239,6 +264,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	wg.Go(func() { s.sweepLoop(ctx) })
 	wg.Go(func() { s.up.run(ctx) })
+	wg.Go(func() { s.fan.run(ctx) })
 	s.log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme,
 		"admin_socket", adminLn.Addr().String(), "enroll_key", s.cfg.EnrollKey != "")
 
@@ -281,6 +307,9 @@ func (s *Server) handler() http.Handler {
 	})
 	mux.HandleFunc("POST /gcm/send", s.handleSend)
 	mux.HandleFunc("POST /fcm/send", s.handleSend)
+	mux.HandleFunc("POST /iid/v1:batchAdd", s.handleBatchSubscriptions(true))
+	mux.HandleFunc("POST /iid/v1:batchRemove", s.handleBatchSubscriptions(false))
+	mux.HandleFunc("POST /iid/v1/{token}/rel/topics/{topic}", s.handleSubscribeOne)
 	mux.HandleFunc("GET "+wire.Path, s.handleDevice)
 	return mux
 }

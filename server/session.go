@@ -29,6 +29,10 @@ const minUpstreamDedupe = time.Hour
 // writer; beyond it they are dropped, as their sender asked.
 const directQueue = 64
 
+// maxLiveReceipts bounds the time-to-live-0 messages a session remembers
+// for their delivery receipts until the device acks them.
+const maxLiveReceipts = 1000
+
 func newUpgrader() *websocket.Upgrader {
 	return &websocket.Upgrader{
 		Subprotocols: []string{wire.Subprotocol},
@@ -210,18 +214,22 @@ type session struct {
 	reason  string // why the server closed the session; set before done closes
 
 	mu       sync.Mutex
-	inflight map[string]bool // IDs sent in this session and not acked
-	cursor   uint64          // Seq of the last queued message sent; writer only
+	inflight map[string]bool // IDs of messages and notices sent in this session and not acked
+	// liveReceipts are time-to-live-0 messages sent in this session that
+	// asked for a delivery receipt, by ID, until the device acks them.
+	liveReceipts map[string]store.Message
+	cursor       uint64 // Seq of the last queued message sent; writer only
 }
 
 func newSession(s *Server, conn *websocket.Conn, device string, timeout time.Duration, log *slog.Logger) *session {
 	ss := &session{
 		srv: s, conn: conn, device: device, log: log, timeout: timeout,
-		replies:  make(chan []byte, 16),
-		direct:   make(chan store.Message, directQueue),
-		kick:     make(chan struct{}, 1),
-		done:     make(chan struct{}),
-		inflight: make(map[string]bool),
+		replies:      make(chan []byte, 16),
+		direct:       make(chan store.Message, directQueue),
+		kick:         make(chan struct{}, 1),
+		done:         make(chan struct{}),
+		inflight:     make(map[string]bool),
+		liveReceipts: make(map[string]store.Message),
 	}
 	conn.SetPingHandler(func(data string) error {
 		conn.SetReadDeadline(time.Now().Add(ss.timeout))
@@ -308,6 +316,10 @@ func (ss *session) handle(data []byte) {
 		ss.ack(f)
 	case wire.TypeUpstream:
 		ss.upstream(f)
+	case wire.TypeSubscribe:
+		ss.subscribe(f)
+	case wire.TypeUnsubscribe:
+		ss.unsubscribe(f)
 	case wire.TypeHello:
 		ss.replyError(f.Ref, wire.CodeInvalid, "the session is open already; hello comes only first")
 	case wire.TypeError:
@@ -316,6 +328,9 @@ func (ss *session) handle(data []byte) {
 		var e wire.Error
 		if f.Decode(&e) == nil {
 			ss.log.Debug("device reports an error", "ref", f.Ref, "code", e.Code, "message", e.Message)
+			if e.Code == wire.CodeUnknownType && f.Ref != "" {
+				ss.dropNotice(f.Ref)
+			}
 		}
 	default:
 		ss.log.Debug("unknown frame type", "type", f.Type)
@@ -376,17 +391,87 @@ func (ss *session) ack(f wire.Frame) {
 	if !ss.decode(f, &req) {
 		return
 	}
+	now := ss.srv.now()
 	// An ack that fails to commit only means a redelivery next session,
 	// which the agent drops as a duplicate.
-	if _, err := ss.srv.store.Ack(ss.device, req.IDs); err != nil {
+	_, receipts, err := ss.srv.store.Ack(ss.device, req.IDs, now)
+	if err != nil {
 		ss.log.Error("ack", "count", len(req.IDs), "err", err)
 	}
+	var live []store.Message
 	ss.mu.Lock()
 	for _, id := range req.IDs {
 		delete(ss.inflight, id)
+		if m, ok := ss.liveReceipts[id]; ok {
+			live = append(live, m)
+			delete(ss.liveReceipts, id)
+		}
 	}
 	ss.mu.Unlock()
+	if len(live) > 0 {
+		more, err := ss.srv.store.AddReceipts(live, now)
+		if err != nil {
+			ss.log.Error("queue delivery receipts", "count", len(live), "err", err)
+		}
+		receipts = append(receipts, more...)
+	}
+	for _, u := range receipts {
+		ss.srv.up.add(u)
+	}
 	ss.notify()
+}
+
+// dropNotice forgets a notice the agent does not know how to take (an
+// agent older than the notice's frame type): it would never ack it.
+func (ss *session) dropNotice(id string) {
+	ss.mu.Lock()
+	sent := ss.inflight[id]
+	delete(ss.inflight, id)
+	ss.mu.Unlock()
+	if !sent {
+		return
+	}
+	if _, _, err := ss.srv.store.Ack(ss.device, []string{id}, ss.srv.now()); err != nil {
+		ss.log.Error("drop notice", "err", err)
+	}
+	ss.log.Info("agent does not take this notice; dropped", "notice", id)
+	ss.notify()
+}
+
+func (ss *session) subscribe(f wire.Frame) {
+	var req wire.Subscribe
+	if !ss.decode(f, &req) {
+		return
+	}
+	err := ss.srv.store.Subscribe(ss.device, req.App, req.Sender, req.Topic)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		ss.replyError(f.Ref, wire.CodeNotRegistered, fmt.Sprintf("app %q has no registration for sender %s", req.App, req.Sender))
+		return
+	case errors.Is(err, store.ErrTooManyTopics):
+		ss.replyError(f.Ref, wire.CodeInvalid, fmt.Sprintf("the registration has %d topics already, the most allowed", store.MaxTopicsPerRegistration))
+		return
+	case err != nil:
+		ss.log.Error("subscribe", "app", req.App, "sender", req.Sender, "err", err)
+		ss.replyError(f.Ref, wire.CodeUnavailable, "cannot store the subscription now; try again later")
+		return
+	}
+	ss.log.Debug("subscribed", "app", req.App, "sender", req.Sender, "topic", req.Topic)
+	ss.reply(f.Ref, wire.Subscribed{App: req.App, Sender: req.Sender, Topic: req.Topic})
+}
+
+func (ss *session) unsubscribe(f wire.Frame) {
+	var req wire.Unsubscribe
+	if !ss.decode(f, &req) {
+		return
+	}
+	if err := ss.srv.store.Unsubscribe(ss.device, req.App, req.Sender, req.Topic); err != nil {
+		ss.log.Error("unsubscribe", "app", req.App, "sender", req.Sender, "err", err)
+		ss.replyError(f.Ref, wire.CodeUnavailable, "cannot store the change now; try again later")
+		return
+	}
+	ss.log.Debug("unsubscribed", "app", req.App, "sender", req.Sender, "topic", req.Topic)
+	ss.reply(f.Ref, wire.Unsubscribed{App: req.App, Sender: req.Sender, Topic: req.Topic})
 }
 
 func (ss *session) upstream(f wire.Frame) {
@@ -430,6 +515,13 @@ func (ss *session) writeLoop() {
 			err = ss.write(frame)
 		case m := <-ss.direct:
 			if frame := ss.encodeMessage(m, ss.srv.now()); frame != nil {
+				if m.Receipt {
+					ss.mu.Lock()
+					if len(ss.liveReceipts) < maxLiveReceipts {
+						ss.liveReceipts[m.ID] = m
+					}
+					ss.mu.Unlock()
+				}
 				err = ss.write(frame)
 			}
 		case <-ss.kick:
@@ -448,9 +540,13 @@ func (ss *session) write(frame []byte) error {
 	return ss.conn.WriteMessage(websocket.TextMessage, frame)
 }
 
-// fill sends queued messages after the cursor until the window is full or
-// the queue is empty.
+// fill sends the device's notices not sent yet in this session, then
+// queued messages after the cursor until the window is full or the queue
+// is empty.
 func (ss *session) fill() error {
+	if err := ss.sendNotices(); err != nil {
+		return err
+	}
 	for {
 		ss.mu.Lock()
 		free := ss.srv.cfg.Window - len(ss.inflight)
@@ -489,6 +585,46 @@ func (ss *session) fill() error {
 	}
 }
 
+// sendNotices sends the notices that are not in flight in this session.
+// They take places in the window like messages.
+func (ss *session) sendNotices() error {
+	notices, err := ss.srv.store.Notices(ss.device)
+	if err != nil {
+		ss.log.Error("read notices", "err", err)
+		return nil
+	}
+	for _, n := range notices {
+		ss.mu.Lock()
+		sent := ss.inflight[n.ID]
+		ss.inflight[n.ID] = true
+		ss.mu.Unlock()
+		if sent {
+			continue
+		}
+		var body wire.Body
+		switch n.Kind {
+		case store.NoticeTokenRefresh:
+			body = wire.TokenRefresh{ID: n.ID, App: n.App, Sender: n.Sender, Token: n.Token}
+		case store.NoticeDeleted:
+			body = wire.DeletedMessages{ID: n.ID, App: n.App, Count: n.Count}
+		default:
+			continue
+		}
+		// The ref is the notice's ID, so that an agent that does not know
+		// the frame type names it in its unknown_type error.
+		frame, err := wire.Encode(n.ID, body)
+		if err != nil {
+			ss.log.Error("encode notice", "notice", n.ID, "err", err)
+			continue
+		}
+		ss.log.Debug("notice sent", "notice", n.ID, "type", body.FrameType(), "app", n.App)
+		if err := ss.write(frame); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // encodeMessage encodes m with the time it has left to live, or returns
 // nil and logs when m does not fit the wire. Sends are checked against the
 // wire's limits before they are accepted, so that is a bug; it costs the
@@ -502,6 +638,7 @@ func (ss *session) encodeMessage(m store.Message, now time.Time) []byte {
 	frame, err := wire.Encode("", wire.Message{
 		ID: m.ID, Token: m.Token, App: m.App, From: m.Sender, CollapseKey: m.CollapseKey,
 		Data: m.Data, Priority: m.Priority, TTL: min(ttl, wire.MaxTTL), SentTime: m.Sent.UnixMilli(),
+		Notification: m.Notification, Topic: m.Topic,
 	})
 	if err != nil {
 		ss.log.Error("encode message", "message_id", m.ID, "err", err)

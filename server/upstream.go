@@ -306,6 +306,10 @@ func (d *dispatcher) backoff(attempts int) time.Duration {
 	return b/2 + mathrand.N(b/2+1)
 }
 
+// receiptFrom is the "from" of delivery receipts, GCM's, so that app
+// servers written for GCM recognise them.
+const receiptFrom = "gcm.googleapis.com"
+
 // webhook POSTs upstream messages as JSON to a sender's URL.
 type webhook struct {
 	client *http.Client
@@ -313,15 +317,18 @@ type webhook struct {
 }
 
 // webhookBody is what a webhook receives, in the shape of GCM's upstream
-// messages over XMPP.
+// messages and delivery receipts over XMPP.
 type webhookBody struct {
-	From      string            `json:"from"`
-	Category  string            `json:"category"`
-	MessageID string            `json:"message_id"`
-	Data      map[string]string `json:"data"`
-	TTL       int64             `json:"ttl"`
-	Priority  string            `json:"priority,omitempty"`
-	SentTime  int64             `json:"sent_time"`
+	// MessageType is "receipt" for a delivery receipt, absent for an app's
+	// message.
+	MessageType string            `json:"message_type,omitempty"`
+	From        string            `json:"from"`
+	Category    string            `json:"category"`
+	MessageID   string            `json:"message_id"`
+	Data        map[string]string `json:"data"`
+	TTL         int64             `json:"ttl"`
+	Priority    string            `json:"priority,omitempty"`
+	SentTime    int64             `json:"sent_time"`
 }
 
 func (webhook) name() string { return "webhook" }
@@ -331,10 +338,16 @@ func (w webhook) deliver(ctx context.Context, u store.Upstream) error {
 	if data == nil {
 		data = map[string]string{}
 	}
-	body, err := json.Marshal(webhookBody{
+	b := webhookBody{
 		From: u.Token, Category: u.App, MessageID: u.ID, Data: data, TTL: u.TTL,
 		Priority: u.Priority, SentTime: u.Received.UnixMilli(),
-	})
+	}
+	if u.Type == store.UpstreamReceipt {
+		// As GCM sends receipts: from the connection server, about the
+		// token in data.device_registration_id.
+		b.MessageType, b.From = store.UpstreamReceipt, receiptFrom
+	}
+	body, err := json.Marshal(b)
 	if err != nil {
 		return fmt.Errorf("encode webhook body: %w", err)
 	}

@@ -202,3 +202,53 @@ func upstreamCount(t *testing.T, ts *testServer) int {
 	}
 	return n
 }
+
+func TestDeliveryReceipts(t *testing.T) {
+	hook := newWebhook(t, 0)
+	var fanned fanOutWaiter
+	ts := startServer(t, func(c *Config) { fanned = watchFanOut(c) })
+	snd := ts.addSender(hook.URL)
+	d := ts.checkIn()
+	token := d.register(app, snd.ID)
+	d.subscribe(app, snd.ID, "news")
+
+	plain := ts.sendOne(snd.ServerKey, token, map[string]any{"data": map[string]string{"n": "plain"}})
+	stored := ts.sendOne(snd.ServerKey, token, map[string]any{"delivery_receipt_requested": true})
+	live := ts.sendOne(snd.ServerKey, token, map[string]any{"delivery_receipt_requested": true, "time_to_live": 0})
+	a, _ := ts.sendTopic(snd.ServerKey, map[string]any{"to": "/topics/news", "delivery_receipt_requested": true})
+	fanned.wait(t, a.MessageID.String())
+	var ids []string
+	for range 4 {
+		ids = append(ids, d.expectMessage().ID)
+	}
+	if hook.attemptCount() != 0 {
+		t.Fatal("a receipt went out before the device acked")
+	}
+	d.ack(ids...)
+
+	got := map[string]webhookBody{}
+	for range 3 {
+		r := hook.next(t)
+		got[r.Data["original_message_id"]] = r
+	}
+	for _, id := range []string{stored, live, ids[3]} {
+		r, ok := got[id]
+		if !ok {
+			t.Errorf("no receipt for %s", id)
+			continue
+		}
+		if r.MessageType != "receipt" || r.MessageID != "dr2:"+id || r.From != receiptFrom || r.Category != app ||
+			r.Data["message_status"] != "MESSAGE_SENT_TO_DEVICE" || r.Data["device_registration_id"] != token ||
+			r.Data["message_sent_timestamp"] == "" {
+			t.Errorf("receipt %+v", r)
+		}
+	}
+	if _, ok := got[plain]; ok {
+		t.Error("a receipt for a message that did not ask for one")
+	}
+	// An app's upstream message still arrives as one, with no message_type.
+	sendUpstream(t, d, wire.Upstream{App: app, To: snd.ID, ID: "u1", TTL: 60})
+	if u := hook.next(t); u.MessageType != "" || u.MessageID != "u1" || u.From != token {
+		t.Errorf("upstream after the receipts: %+v", u)
+	}
+}

@@ -28,6 +28,8 @@ const (
 	// MaxDataSize is GCM's limit on a message's data, counting keys and
 	// values as delivered.
 	MaxDataSize = 4096
+	// MaxTopicLen is GCM's longest topic name.
+	MaxTopicLen = 900
 	// maxNameLen bounds app IDs, sender IDs, message IDs, tokens and other
 	// identifiers.
 	maxNameLen = 1024
@@ -50,6 +52,13 @@ const (
 	TypeUpstream     Type = "upstream"     // agent → server
 	TypeUpstreamAck  Type = "upstream_ack" // server → agent, upstream persisted or refused
 	TypeError        Type = "error"        // either way
+
+	TypeSubscribe       Type = "subscribe"        // agent → server, topic subscription
+	TypeSubscribed      Type = "subscribed"       // server → agent, answer to subscribe
+	TypeUnsubscribe     Type = "unsubscribe"      // agent → server
+	TypeUnsubscribed    Type = "unsubscribed"     // server → agent, answer to unsubscribe
+	TypeTokenRefresh    Type = "token_refresh"    // server → agent, acked with ack
+	TypeDeletedMessages Type = "deleted_messages" // server → agent, acked with ack
 )
 
 // Error codes carried by Error frames.
@@ -259,24 +268,43 @@ type Message struct {
 	// SentTime is when the app server sent it, in Unix milliseconds by the
 	// server's clock; informational.
 	SentTime int64 `json:"sent_time,omitempty"`
+	// Notification is GCM's notification payload, delivered to the app
+	// apart from Data. Data and Notification together carry at most
+	// MaxDataSize bytes, counting keys and values.
+	Notification map[string]string `json:"notification,omitempty"`
+	// Topic names the topic the app server sent it to (without the
+	// "/topics/" prefix) when it was sent to one.
+	Topic string `json:"topic,omitempty"`
 }
 
 func (Message) FrameType() Type { return TypeMessage }
 
 func (m Message) Validate() error {
-	return firstErr(
+	err := firstErr(
 		checkName("id", m.ID, true),
 		checkName("token", m.Token, true),
 		validAppSender(m.App, m.From),
 		checkName("collapse_key", m.CollapseKey, false),
 		checkPriority(m.Priority),
 		checkTTL(m.TTL),
-		checkData(m.Data),
+		checkData("data", m.Data),
+		checkData("notification", m.Notification),
 	)
+	if err != nil {
+		return err
+	}
+	if n := DataSize(m.Data) + DataSize(m.Notification); n > MaxDataSize {
+		return fmt.Errorf("%w: %w: data and notification are %d bytes, limit %d", ErrBadFrame, ErrDataTooBig, n, MaxDataSize)
+	}
+	if m.Topic != "" && !ValidTopic(m.Topic) {
+		return fmt.Errorf("%w: topic %.40q is not a topic name", ErrBadFrame, m.Topic)
+	}
+	return nil
 }
 
 // Ack tells the server that the agent has persisted these downstream
-// messages.
+// messages, or acted on these notices (TokenRefresh, DeletedMessages): the
+// IDs are the messages' and notices' ID fields.
 type Ack struct {
 	IDs []string `json:"ids"`
 }
@@ -316,7 +344,7 @@ func (u Upstream) Validate() error {
 		checkName("id", u.ID, true),
 		checkTTL(u.TTL),
 		checkPriority(u.Priority),
-		checkData(u.Data),
+		checkData("data", u.Data),
 	)
 }
 
@@ -352,6 +380,116 @@ func (e Error) Validate() error {
 }
 
 func (e Error) String() string { return e.Code + ": " + e.Message }
+
+// Subscribe asks the server to subscribe the registration of (App, Sender)
+// to Topic, so that the sender's messages to /topics/Topic, and its
+// conditions that the subscriptions satisfy, reach the app. The answer is
+// Subscribed, or an Error of code CodeNotRegistered when there is no such
+// registration.
+type Subscribe struct {
+	App    string `json:"app"`
+	Sender string `json:"sender"`
+	// Topic is the name without the "/topics/" prefix.
+	Topic string `json:"topic"`
+}
+
+func (Subscribe) FrameType() Type   { return TypeSubscribe }
+func (s Subscribe) Validate() error { return validSubscription(s.App, s.Sender, s.Topic) }
+
+// Subscribed answers Subscribe.
+type Subscribed struct {
+	App    string `json:"app"`
+	Sender string `json:"sender"`
+	Topic  string `json:"topic"`
+}
+
+func (Subscribed) FrameType() Type   { return TypeSubscribed }
+func (s Subscribed) Validate() error { return validSubscription(s.App, s.Sender, s.Topic) }
+
+// Unsubscribe ends a subscription; ending one that does not exist succeeds.
+type Unsubscribe struct {
+	App    string `json:"app"`
+	Sender string `json:"sender"`
+	Topic  string `json:"topic"`
+}
+
+func (Unsubscribe) FrameType() Type   { return TypeUnsubscribe }
+func (u Unsubscribe) Validate() error { return validSubscription(u.App, u.Sender, u.Topic) }
+
+// Unsubscribed answers Unsubscribe.
+type Unsubscribed struct {
+	App    string `json:"app"`
+	Sender string `json:"sender"`
+	Topic  string `json:"topic"`
+}
+
+func (Unsubscribed) FrameType() Type   { return TypeUnsubscribed }
+func (u Unsubscribed) Validate() error { return validSubscription(u.App, u.Sender, u.Topic) }
+
+// TokenRefresh tells the agent that the server replaced the registration
+// token of (App, Sender) with Token. The agent stores the new token, tells
+// the app, and then acks ID with an Ack frame; until then the server sends
+// it again in every session. The old token keeps working for a grace
+// period, answered with the new one as its canonical ID.
+type TokenRefresh struct {
+	ID     string `json:"id"`
+	App    string `json:"app"`
+	Sender string `json:"sender"`
+	Token  string `json:"token"`
+}
+
+func (TokenRefresh) FrameType() Type { return TypeTokenRefresh }
+
+func (r TokenRefresh) Validate() error {
+	return firstErr(checkName("id", r.ID, true), validAppSender(r.App, r.Sender), checkName("token", r.Token, true))
+}
+
+// DeletedMessages tells the agent that the server dropped Count messages
+// for App before it could deliver them (GCM's deleted_messages: more than
+// 100 stored, or a fifth collapse key). The agent stores the notice, tells
+// the app once, and then acks ID with an Ack frame; until then the server
+// sends the same notice, ID and Count, again in every session.
+type DeletedMessages struct {
+	ID    string `json:"id"`
+	App   string `json:"app"`
+	Count int    `json:"count"`
+}
+
+func (DeletedMessages) FrameType() Type { return TypeDeletedMessages }
+
+func (d DeletedMessages) Validate() error {
+	if d.Count < 1 {
+		return fmt.Errorf("%w: deleted_messages count %d, want at least 1", ErrBadFrame, d.Count)
+	}
+	return firstErr(checkName("id", d.ID, true), checkName("app", d.App, true))
+}
+
+// ValidTopic reports whether name is a topic name as GCM defines them:
+// 1 to MaxTopicLen characters of [a-zA-Z0-9-_.~%].
+func ValidTopic(name string) bool {
+	if name == "" || len(name) > MaxTopicLen {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == '-', c == '_', c == '.', c == '~', c == '%':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func validSubscription(app, sender, topic string) error {
+	if err := validAppSender(app, sender); err != nil {
+		return err
+	}
+	if !ValidTopic(topic) {
+		return fmt.Errorf("%w: topic %.40q is not 1 to %d characters of [a-zA-Z0-9-_.~%%]", ErrBadFrame, topic, MaxTopicLen)
+	}
+	return nil
+}
 
 func validAppSender(app, sender string) error {
 	if err := checkName("app", app, true); err != nil {
@@ -406,13 +544,13 @@ func DataSize(data map[string]string) int {
 	return n
 }
 
-func checkData(data map[string]string) error {
+func checkData(field string, data map[string]string) error {
 	if n := DataSize(data); n > MaxDataSize {
 		return fmt.Errorf("%w: %w: %d bytes, limit %d", ErrBadFrame, ErrDataTooBig, n, MaxDataSize)
 	}
 	for k := range data {
 		if k == "" {
-			return fmt.Errorf("%w: data has an empty key", ErrBadFrame)
+			return fmt.Errorf("%w: %s has an empty key", ErrBadFrame, field)
 		}
 	}
 	return nil

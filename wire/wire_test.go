@@ -26,6 +26,14 @@ func TestRoundTrip(t *testing.T) {
 		{"u1", &Upstream{App: "a", To: "1", ID: "u1", TTL: 0, Data: map[string]string{"x": "y"}}, &Upstream{}},
 		{"u1", &UpstreamAck{App: "a", ID: "u1", Error: "NotRegistered"}, &UpstreamAck{}},
 		{"r3", &Error{Code: CodeInvalid, Message: "bad"}, &Error{}},
+		{"", &Message{ID: "0:2%cd", Token: "t", App: "a", From: "1", TTL: 5, Topic: "news.local~1%2F",
+			Notification: map[string]string{"title": "Hi", "body": "there"}}, &Message{}},
+		{"s1", &Subscribe{App: "a", Sender: "1", Topic: "alerts"}, &Subscribe{}},
+		{"s1", &Subscribed{App: "a", Sender: "1", Topic: "alerts"}, &Subscribed{}},
+		{"s2", &Unsubscribe{App: "a", Sender: "1", Topic: "alerts"}, &Unsubscribe{}},
+		{"s2", &Unsubscribed{App: "a", Sender: "1", Topic: "alerts"}, &Unsubscribed{}},
+		{"tr:1", &TokenRefresh{ID: "tr:1", App: "a", Sender: "1", Token: "new"}, &TokenRefresh{}},
+		{"dm:1", &DeletedMessages{ID: "dm:1", App: "a", Count: 100}, &DeletedMessages{}},
 	}
 	for _, tc := range bodies {
 		t.Run(string(tc.body.FrameType()), func(t *testing.T) {
@@ -92,6 +100,21 @@ func TestBodyValidation(t *testing.T) {
 		{"upstream no id", Upstream{App: "a", To: "1"}, "id is missing"},
 		{"upstream empty data key", Upstream{App: "a", To: "1", ID: "x", Data: map[string]string{"": "v"}}, "empty key"},
 		{"error no code", Error{}, "without code"},
+		{"message data and notification too big", Message{ID: "i", Token: "t", App: "a", From: "1",
+			Data: map[string]string{"k": strings.Repeat("v", 2047)}, Notification: map[string]string{"n": strings.Repeat("v", 2048)}},
+			"data and notification are 4097 bytes"},
+		{"message notification empty key", Message{ID: "i", Token: "t", App: "a", From: "1", Notification: map[string]string{"": "x"}}, "notification has an empty key"},
+		{"message bad topic", Message{ID: "i", Token: "t", App: "a", From: "1", Topic: "a b"}, "topic"},
+		{"subscribe no topic", Subscribe{App: "a", Sender: "1"}, "topic"},
+		{"subscribe topic with prefix", Subscribe{App: "a", Sender: "1", Topic: "/topics/x"}, "topic"},
+		{"subscribe topic too long", Subscribe{App: "a", Sender: "1", Topic: strings.Repeat("t", MaxTopicLen+1)}, "topic"},
+		{"subscribed no sender", Subscribed{App: "a", Topic: "x"}, "sender is missing"},
+		{"unsubscribe bad sender", Unsubscribe{App: "a", Sender: "x", Topic: "x"}, "numeric"},
+		{"unsubscribed no app", Unsubscribed{Sender: "1", Topic: "x"}, "app is missing"},
+		{"token refresh no token", TokenRefresh{ID: "i", App: "a", Sender: "1"}, "token is missing"},
+		{"token refresh no id", TokenRefresh{App: "a", Sender: "1", Token: "t"}, "id is missing"},
+		{"deleted messages zero", DeletedMessages{ID: "i", App: "a"}, "count 0"},
+		{"deleted messages no app", DeletedMessages{ID: "i", Count: 1}, "app is missing"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -103,6 +126,28 @@ func TestBodyValidation(t *testing.T) {
 				t.Fatalf("Encode accepted an invalid %s body: %v", tc.body.FrameType(), err)
 			}
 		})
+	}
+}
+
+func TestValidTopic(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{"a", true},
+		{"news", true},
+		{"Az09-_.~%", true},
+		{strings.Repeat("x", MaxTopicLen), true},
+		{"", false},
+		{strings.Repeat("x", MaxTopicLen+1), false},
+		{"a b", false},
+		{"a/b", false},
+		{"ä", false},
+		{"'x'", false},
+	} {
+		if got := ValidTopic(tc.name); got != tc.ok {
+			t.Errorf("ValidTopic(%.20q) = %v, want %v", tc.name, got, tc.ok)
+		}
 	}
 }
 
@@ -153,6 +198,10 @@ func FuzzDecode(f *testing.F) {
 		`{"type":"error","body":{"code":"invalid"}}`,
 		`{"type":"registered","ref":"r","body":{"app":"a","sender":"1","token":"t"}}`,
 		`{"type":"x"}`,
+		`{"type":"message","body":{"id":"i","token":"t","app":"a","from":"1","ttl":1,"topic":"n","notification":{"title":"t"}}}`,
+		`{"type":"subscribe","ref":"s","body":{"app":"a","sender":"1","topic":"news"}}`,
+		`{"type":"token_refresh","ref":"tr:1","body":{"id":"tr:1","app":"a","sender":"1","token":"t"}}`,
+		`{"type":"deleted_messages","ref":"dm:1","body":{"id":"dm:1","app":"a","count":3}}`,
 		`{"type":"ack","body":null}`,
 		`{}`,
 		`null`,
@@ -165,7 +214,8 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			return
 		}
-		for _, b := range []Body{&Hello{}, &Welcome{}, &Register{}, &Registered{}, &Unregister{}, &Unregistered{}, &Message{}, &Ack{}, &Upstream{}, &UpstreamAck{}, &Error{}} {
+		for _, b := range []Body{&Hello{}, &Welcome{}, &Register{}, &Registered{}, &Unregister{}, &Unregistered{}, &Message{}, &Ack{}, &Upstream{}, &UpstreamAck{}, &Error{},
+			&Subscribe{}, &Subscribed{}, &Unsubscribe{}, &Unsubscribed{}, &TokenRefresh{}, &DeletedMessages{}} {
 			if fr.Type != b.FrameType() {
 				continue
 			}

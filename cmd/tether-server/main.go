@@ -2,15 +2,18 @@
 // senders (docs/server-api.md).
 //
 //	tether-server serve --listen 127.0.0.1:8080 --data DIR [--tls-cert F --tls-key F] [--enroll-key K] [--log-level L]
+//	                    [--device-rate-limit N] [--topic-rate-limit N] [--max-store-size BYTES]
 //	tether-server sender add --data DIR --name NAME [--webhook URL] [--json]
 //	tether-server sender list --data DIR [--json]
 //	tether-server sender remove --data DIR --id ID
+//	tether-server token rotate --data DIR --token TOKEN|- [--grace DURATION] [--json]
 //	tether-server version
 //
 // Exit status: 0 on success, 1 on an error, 2 on a usage error.
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -31,9 +34,11 @@ import (
 const usage = `usage:
   tether-server serve --data DIR [--listen ADDR] [--tls-cert FILE --tls-key FILE]
                       [--enroll-key KEY | --enroll-key-file FILE] [--log-level debug|info|warn|error]
+                      [--device-rate-limit N] [--topic-rate-limit N] [--max-store-size BYTES]
   tether-server sender add --data DIR --name NAME [--webhook URL] [--json]
   tether-server sender list --data DIR [--json]
   tether-server sender remove --data DIR --id ID
+  tether-server token rotate --data DIR --token TOKEN|- [--grace DURATION] [--json]
   tether-server version
 `
 
@@ -74,6 +79,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return senderList(ctx, args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "sender" && args[1] == "remove":
 		return senderRemove(ctx, args[2:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "token" && args[1] == "rotate":
+		return tokenRotate(ctx, args[2:], os.Stdin, stdout, stderr)
 	case len(args) == 1 && (args[0] == "version" || args[0] == "--version"):
 		fmt.Fprintln(stdout, "tether-server", version)
 		return nil
@@ -122,8 +129,15 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	enrollKey := fs.String("enroll-key", "", "`key` that devices must present to check in")
 	enrollKeyFile := fs.String("enroll-key-file", "", "`file` holding the enrollment key (keeps it out of ps)")
 	level := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
+	deviceRate := fs.Int("device-rate-limit", 0, "most messages accepted per device per `minute` (0: no limit)")
+	topicRate := fs.Int("topic-rate-limit", 0, "most messages accepted per topic of a sender per `minute` (0: no limit)")
+	maxStore := fs.Int("max-store-size", 0, "cap the store file at this many `bytes`; sends answer Unavailable when full (0: no cap)")
 	if err := parse(fs, args, "data"); err != nil {
 		return err
+	}
+	if *deviceRate < 0 || *topicRate < 0 || *maxStore < 0 {
+		fmt.Fprintln(stderr, "tether-server serve: --device-rate-limit, --topic-rate-limit and --max-store-size cannot be negative")
+		return errUsage
 	}
 	var logLevel slog.Level
 	if err := logLevel.UnmarshalText([]byte(*level)); err != nil {
@@ -150,6 +164,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
 	srv, err := server.New(server.Config{
 		DataDir: *data, Listen: *listen, TLSCert: *cert, TLSKey: *key, EnrollKey: *enrollKey, Logger: log,
+		DeviceRateLimit: *deviceRate, TopicRateLimit: *topicRate, MaxStoreSize: *maxStore,
 	})
 	if err != nil {
 		return err
@@ -238,5 +253,42 @@ func senderRemove(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	fmt.Fprintf(stdout, "removed sender %s\n", *id)
+	return nil
+}
+
+func tokenRotate(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := flags("token rotate", stderr)
+	data := fs.String("data", "", "data `directory` of the server")
+	token := fs.String("token", "", "registration `token` to replace; - reads it from standard input (keeps it out of ps)")
+	grace := fs.Duration("grace", server.DefaultTokenGrace, "how long the old token keeps working (`duration`)")
+	asJSON := fs.Bool("json", false, `print {"token": ..., "grace_until": ...}`)
+	if err := parse(fs, args, "data", "token"); err != nil {
+		return err
+	}
+	if *token == "-" {
+		line, err := bufio.NewReader(io.LimitReader(stdin, 4<<10)).ReadString('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("read token: %w", err)
+		}
+		if *token = strings.TrimSpace(line); *token == "" {
+			return errors.New("read token: standard input is empty")
+		}
+	}
+	admin, err := openAdmin(ctx, *data, false)
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	rotated, err := admin.RotateToken(ctx, *token, *grace)
+	if err != nil {
+		return err
+	}
+	if !admin.ViaSocket() {
+		fmt.Fprintln(stderr, "The device learns the new token when it next connects to the server.")
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(rotated)
+	}
+	fmt.Fprintf(stdout, "token       %s\ngrace_until %s\n", rotated.Token, rotated.GraceUntil.Local().Format(time.DateTime))
 	return nil
 }

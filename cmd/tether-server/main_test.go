@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"tether/server/store"
 )
 
 // TestMain lets the test binary act as tether-server, so that tests can
@@ -55,6 +57,13 @@ func TestUsage(t *testing.T) {
 		{"serve", "--data", dir, "--log-level", "loud"},
 		{"serve", "--data", dir, "--tls-cert", "c.pem"},
 		{"serve", "--data", dir, "--enroll-key", "a", "--enroll-key-file", "f"},
+		{"serve", "--data", dir, "--device-rate-limit", "-1"},
+		{"serve", "--data", dir, "--topic-rate-limit", "often"},
+		{"serve", "--data", dir, "--max-store-size", "-5"},
+		{"token"},
+		{"token", "rotate", "--data", dir},
+		{"token", "rotate", "--token", "t"},
+		{"token", "rotate", "--data", dir, "--token", "t", "--grace", "soon"},
 	} {
 		if code, _, stderr := runCmd(t, args...); code != 2 || stderr == "" {
 			t.Errorf("%q: exit %d, stderr %q; want 2 with a message", args, code, stderr)
@@ -203,5 +212,51 @@ func TestServeProcess(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "admin.sock")); !os.IsNotExist(err) {
 		t.Errorf("admin socket left behind: %v", err)
+	}
+}
+
+func TestTokenRotateCommand(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	if code, _, stderr := runCmd(t, "sender", "add", "--data", dir, "--name", "x"); code != 0 {
+		t.Fatalf("sender add: %s", stderr)
+	}
+	st, err := store.Open(filepath.Join(dir, "server.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	senders, err := st.Senders()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := st.Register("device-1", "com.example.app", senders[0].ID, time.Now())
+	st.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	code, stdout, stderr := runCmd(t, "token", "rotate", "--data", dir, "--token", reg.Token, "--grace", "2h", "--json")
+	var rotated struct {
+		Token      string    `json:"token"`
+		GraceUntil time.Time `json:"grace_until"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &rotated); code != 0 || err != nil || rotated.Token == "" || rotated.Token == reg.Token {
+		t.Fatalf("token rotate --json: %d %q %q %v", code, stdout, stderr, err)
+	}
+	if left := time.Until(rotated.GraceUntil); left < 119*time.Minute || left > 2*time.Hour {
+		t.Errorf("grace until %v, want in 2 h", rotated.GraceUntil)
+	}
+	if !strings.Contains(stderr, "when it next connects") {
+		t.Errorf("without a server, stderr %q does not say when the device learns it", stderr)
+	}
+	if code, _, stderr := runCmd(t, "token", "rotate", "--data", dir, "--token", reg.Token); code != 1 || !strings.Contains(stderr, "no active registration") {
+		t.Errorf("rotating the old token again: %d %q", code, stderr)
+	}
+
+	// The token from standard input, so that it stays out of ps.
+	cmd := command("token", "rotate", "--data", dir, "--token", "-")
+	cmd.Stdin = strings.NewReader(rotated.Token + "\n")
+	out, err := cmd.Output()
+	if err != nil || !regexp.MustCompile(`(?m)^token +\S{64}\ngrace_until +\d{4}-`).Match(out) {
+		t.Errorf("token rotate --token -: %v %q", err, out)
 	}
 }

@@ -1,7 +1,10 @@
 // Package store keeps the connection server's durable state in one bbolt
 // file: senders (app servers) and hashes of their keys, devices and hashes
-// of their secrets, registrations, the downstream queue of every device and
-// the upstream queue towards app servers.
+// of their secrets, registrations and their topic subscriptions, the
+// downstream queue of every device with GCM's per-app caps, notices for
+// devices (token refreshes, counts of deleted messages), topic messages
+// waiting for fan-out, and the upstream queue (app messages and delivery
+// receipts) towards app servers.
 //
 // Every method is one transaction, so a caller that gets nil back knows its
 // change is on disk. Writes that arrive together from many goroutines

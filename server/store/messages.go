@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -22,10 +23,41 @@ type Message struct {
 	CollapseKey string            `json:"collapse_key,omitempty"`
 	Priority    string            `json:"priority,omitempty"`
 	Data        map[string]string `json:"data,omitempty"`
-	Sent        time.Time         `json:"sent"`
+	// Notification is GCM's notification payload, delivered apart from Data.
+	Notification map[string]string `json:"notification,omitempty"`
+	// Topic is the topic it was sent to, for a copy of a topic message.
+	Topic string `json:"topic,omitempty"`
+	// Receipt asks for a delivery receipt to the sender once the device
+	// has the message (Ack returns it).
+	Receipt bool      `json:"receipt,omitempty"`
+	Sent    time.Time `json:"sent"`
 	// Expiry is when the message stops being delivered, by the server's
 	// clock.
 	Expiry time.Time `json:"expiry"`
+}
+
+// GCM's caps on what one app on one device may have stored.
+const (
+	// MaxPendingPerApp bounds the non-collapsible messages stored for one
+	// app on one device. One more drops all of them (GCM's rule), and the
+	// app is told how many it lost.
+	MaxPendingPerApp = 100
+	// MaxCollapseKeysPerApp bounds the distinct collapse keys stored for
+	// one app on one device; a message under one more evicts the oldest.
+	MaxCollapseKeysPerApp = 4
+)
+
+// appPending counts what the caps apply to, for one app on one device.
+type appPending struct {
+	Plain int `json:"plain"`
+	// Keys are the collapse keys with a stored message.
+	Keys []collapseRef `json:"keys,omitempty"`
+}
+
+type collapseRef struct {
+	Token string `json:"token"`
+	Key   string `json:"key"`
+	Seq   uint64 `json:"seq"` // of the message stored under it
 }
 
 func queueKey(device string, seq uint64) []byte {
@@ -41,42 +73,26 @@ func expiryKey(t time.Time, kind byte, id []byte) []byte {
 // Enqueue stores messages in their devices' queues, assigning each its
 // Seq. A message whose token is no longer active for its device is not
 // stored: queued[i] reports which were. A queued message with the same
-// token and collapse key as an older one replaces it. Calls from many
-// goroutines share one commit.
+// token and collapse key as an older one replaces it. The caps apply: a
+// message under a fifth collapse key of its app on its device evicts the
+// oldest, and a non-collapsible message beyond MaxPendingPerApp drops the
+// app's stored non-collapsible ones; what they drop is counted for a
+// DeletedMessages notice. Calls from many goroutines share one commit.
 func (s *Store) Enqueue(msgs []Message) (queued []bool, err error) {
+	var need int64
+	for _, m := range msgs {
+		need += messageCost(payloadSize(m.Data, m.Notification))
+	}
 	err = s.db.Batch(func(tx *bolt.Tx) error {
 		queued = make([]bool, len(msgs))
-		regs, bmsgs := tx.Bucket(bucketRegs), tx.Bucket(bucketMsgs)
-		collapse := tx.Bucket(bucketCollapse)
+		if s.room(tx) < need {
+			return ErrFull
+		}
 		for i := range msgs {
-			m := &msgs[i]
-			reg, _, err := get[Registration](regs, []byte(m.Token))
-			if err != nil {
+			var err error
+			if queued[i], err = enqueueOne(tx, &msgs[i]); err != nil {
 				return err
 			}
-			if !reg.Active() || reg.Device != m.Device {
-				continue
-			}
-			if m.Seq, err = bmsgs.NextSequence(); err != nil {
-				return err
-			}
-			if m.CollapseKey != "" {
-				if old := collapse.Get(join(m.Token, m.CollapseKey)); old != nil {
-					prev, ok, err := get[Message](bmsgs, old)
-					if err != nil {
-						return err
-					}
-					if ok {
-						if err := deleteMessage(tx, prev); err != nil {
-							return err
-						}
-					}
-				}
-			}
-			if err := putMessage(tx, *m); err != nil {
-				return err
-			}
-			queued[i] = true
 		}
 		return nil
 	})
@@ -84,6 +100,132 @@ func (s *Store) Enqueue(msgs []Message) (queued []bool, err error) {
 		return nil, fmt.Errorf("enqueue %d messages: %w", len(msgs), err)
 	}
 	return queued, nil
+}
+
+// payloadSize counts keys and values of a message's data and notification.
+func payloadSize(maps ...map[string]string) int {
+	n := 0
+	for _, m := range maps {
+		for k, v := range m {
+			n += len(k) + len(v)
+		}
+	}
+	return n
+}
+
+// enqueueOne stores one message under the collapse rule and the caps.
+func enqueueOne(tx *bolt.Tx, m *Message) (bool, error) {
+	reg, _, err := get[Registration](tx.Bucket(bucketRegs), []byte(m.Token))
+	if err != nil {
+		return false, err
+	}
+	if !reg.Active() || reg.Device != m.Device {
+		return false, nil
+	}
+	bmsgs := tx.Bucket(bucketMsgs)
+	if m.Seq, err = bmsgs.NextSequence(); err != nil {
+		return false, err
+	}
+	if m.CollapseKey == "" {
+		counts, err := loadPending(tx, m.Device, m.App)
+		if err != nil {
+			return false, err
+		}
+		if counts.Plain >= MaxPendingPerApp {
+			if err := dropPlain(tx, m.Device, m.App); err != nil {
+				return false, err
+			}
+		}
+		return true, putMessage(tx, *m)
+	}
+	if old := tx.Bucket(bucketCollapse).Get(join(m.Token, m.CollapseKey)); old != nil {
+		if err := deleteMessageID(tx, old); err != nil {
+			return false, err
+		}
+	}
+	if err := putMessage(tx, *m); err != nil {
+		return false, err
+	}
+	counts, err := loadPending(tx, m.Device, m.App)
+	if err != nil || len(counts.Keys) <= MaxCollapseKeysPerApp {
+		return true, err
+	}
+	oldest := counts.Keys[0]
+	for _, k := range counts.Keys[1:] {
+		if k.Seq < oldest.Seq {
+			oldest = k
+		}
+	}
+	if err := deleteMessageID(tx, tx.Bucket(bucketCollapse).Get(join(oldest.Token, oldest.Key))); err != nil {
+		return false, err
+	}
+	return true, addDeleted(tx, m.Device, m.App, 1)
+}
+
+// dropPlain deletes every non-collapsible message stored for app on
+// device and counts them as deleted.
+func dropPlain(tx *bolt.Tx, device, app string) error {
+	queued, err := queuedMessages(tx, device)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, m := range queued {
+		if m.App != app || m.CollapseKey != "" {
+			continue
+		}
+		if err := deleteMessage(tx, m); err != nil {
+			return err
+		}
+		n++
+	}
+	return addDeleted(tx, device, app, n)
+}
+
+func pendingKey(device, app string) []byte { return join(device, app) }
+
+func loadPending(tx *bolt.Tx, device, app string) (appPending, error) {
+	p, _, err := get[appPending](tx.Bucket(bucketAppPending), pendingKey(device, app))
+	return p, err
+}
+
+func savePending(tx *bolt.Tx, device, app string, p appPending) error {
+	b := tx.Bucket(bucketAppPending)
+	if p.Plain <= 0 && len(p.Keys) == 0 {
+		return b.Delete(pendingKey(device, app))
+	}
+	return put(b, pendingKey(device, app), p)
+}
+
+// countMessage adds m to (or, with remove, takes it from) its app's counts.
+func countMessage(tx *bolt.Tx, m Message, remove bool) error {
+	p, err := loadPending(tx, m.Device, m.App)
+	if err != nil {
+		return err
+	}
+	switch {
+	case m.CollapseKey == "" && remove:
+		p.Plain = max(p.Plain-1, 0)
+	case m.CollapseKey == "":
+		p.Plain++
+	default:
+		p.Keys = slices.DeleteFunc(p.Keys, func(k collapseRef) bool { return k.Token == m.Token && k.Key == m.CollapseKey })
+		if !remove {
+			p.Keys = append(p.Keys, collapseRef{Token: m.Token, Key: m.CollapseKey, Seq: m.Seq})
+		}
+	}
+	return savePending(tx, m.Device, m.App, p)
+}
+
+// recountPending rebuilds every app's counts from the stored messages.
+func recountPending(tx *bolt.Tx) error {
+	return tx.Bucket(bucketMsgs).ForEach(func(_, v []byte) error {
+		m, err := decode[Message](v)
+		if err != nil {
+			return err
+		}
+		return countMessage(tx, m, false)
+	})
 }
 
 func putMessage(tx *bolt.Tx, m Message) error {
@@ -97,9 +239,23 @@ func putMessage(tx *bolt.Tx, m Message) error {
 		return err
 	}
 	if m.CollapseKey != "" {
-		return tx.Bucket(bucketCollapse).Put(join(m.Token, m.CollapseKey), []byte(m.ID))
+		if err := tx.Bucket(bucketCollapse).Put(join(m.Token, m.CollapseKey), []byte(m.ID)); err != nil {
+			return err
+		}
 	}
-	return nil
+	return countMessage(tx, m, false)
+}
+
+// deleteMessageID deletes the message with this ID, if it is stored.
+func deleteMessageID(tx *bolt.Tx, id []byte) error {
+	if id == nil {
+		return nil
+	}
+	m, ok, err := get[Message](tx.Bucket(bucketMsgs), id)
+	if err != nil || !ok {
+		return err
+	}
+	return deleteMessage(tx, m)
 }
 
 func deleteMessage(tx *bolt.Tx, m Message) error {
@@ -115,10 +271,12 @@ func deleteMessage(tx *bolt.Tx, m Message) error {
 	if m.CollapseKey != "" {
 		collapse, key := tx.Bucket(bucketCollapse), join(m.Token, m.CollapseKey)
 		if bytes.Equal(collapse.Get(key), []byte(m.ID)) {
-			return collapse.Delete(key)
+			if err := collapse.Delete(key); err != nil {
+				return err
+			}
 		}
 	}
-	return nil
+	return countMessage(tx, m, true)
 }
 
 // queuedMessages returns a device's whole queue in order.
@@ -163,13 +321,22 @@ func (s *Store) Pending(device string, after uint64, limit int) ([]Message, erro
 	return out, nil
 }
 
-// Ack deletes the device's messages with these IDs and returns how many it
-// found; IDs of other devices' messages are ignored.
-func (s *Store) Ack(device string, ids []string) (acked int, err error) {
+// Ack deletes the device's messages and notices with these IDs and returns
+// how many messages it found; IDs of other devices' messages are ignored.
+// For each acked message that asked for a delivery receipt it queues the
+// receipt for the sender, in the same transaction, and returns it for
+// delivery.
+func (s *Store) Ack(device string, ids []string, now time.Time) (acked int, receipts []Upstream, err error) {
 	err = s.db.Batch(func(tx *bolt.Tx) error {
-		acked = 0
+		acked, receipts = 0, nil
 		bmsgs := tx.Bucket(bucketMsgs)
 		for _, id := range ids {
+			if isNoticeID(id) {
+				if err := ackNotice(tx, device, id); err != nil {
+					return err
+				}
+				continue
+			}
 			m, ok, err := get[Message](bmsgs, []byte(id))
 			if err != nil {
 				return err
@@ -181,13 +348,40 @@ func (s *Store) Ack(device string, ids []string) (acked int, err error) {
 				return err
 			}
 			acked++
+			if m.Receipt {
+				u, err := putReceipt(tx, m, now)
+				if err != nil {
+					return err
+				}
+				receipts = append(receipts, u)
+			}
 		}
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("ack %d messages of device %s: %w", len(ids), device, err)
+		return 0, nil, fmt.Errorf("ack %d messages of device %s: %w", len(ids), device, err)
 	}
-	return acked, nil
+	return acked, receipts, nil
+}
+
+// AddReceipts queues delivery receipts for messages the device acked that
+// were never stored (time to live 0), and returns them.
+func (s *Store) AddReceipts(msgs []Message, now time.Time) (receipts []Upstream, err error) {
+	err = s.db.Batch(func(tx *bolt.Tx) error {
+		receipts = nil
+		for _, m := range msgs {
+			u, err := putReceipt(tx, m, now)
+			if err != nil {
+				return err
+			}
+			receipts = append(receipts, u)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("queue %d delivery receipts: %w", len(msgs), err)
+	}
+	return receipts, nil
 }
 
 // sweepBatch bounds the deletions of one sweep transaction.
@@ -232,19 +426,13 @@ func sweep(tx *bolt.Tx, now time.Time) (removed int, more bool, next time.Time, 
 }
 
 func sweepKeys(tx *bolt.Tx, due [][]byte) error {
-	expiry, bmsgs, seen := tx.Bucket(bucketExpiry), tx.Bucket(bucketMsgs), tx.Bucket(bucketSeen)
+	expiry, seen := tx.Bucket(bucketExpiry), tx.Bucket(bucketSeen)
 	for _, k := range due {
 		at, kind, id := k[:8], k[8], k[9:]
 		switch kind {
 		case expiryMessage:
-			m, ok, err := get[Message](bmsgs, id)
-			if err != nil {
+			if err := deleteMessageID(tx, id); err != nil {
 				return err
-			}
-			if ok {
-				if err := deleteMessage(tx, m); err != nil {
-					return err
-				}
 			}
 		case expirySeen:
 			// A later repeat may have renewed the entry under a new expiry.

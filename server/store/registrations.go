@@ -10,8 +10,8 @@ import (
 )
 
 // Registration ties a token to one app on one device and one sender.
-// It is kept after it is unregistered, so that sends to its token answer
-// NotRegistered rather than InvalidRegistration.
+// It is kept after it is unregistered or replaced, so that sends to its
+// token answer NotRegistered rather than InvalidRegistration.
 type Registration struct {
 	Token        string    `json:"token"`
 	Device       string    `json:"device"`
@@ -19,10 +19,20 @@ type Registration struct {
 	Sender       string    `json:"sender"`
 	Created      time.Time `json:"created"`
 	Unregistered time.Time `json:"unregistered,omitzero"`
+	// ReplacedBy is the token that replaced this one (RotateToken); sends
+	// to this one reach it until GraceUntil.
+	ReplacedBy string    `json:"replaced_by,omitempty"`
+	GraceUntil time.Time `json:"grace_until,omitzero"`
 }
 
-// Active reports whether the registration still takes messages.
-func (r Registration) Active() bool { return r.Token != "" && r.Unregistered.IsZero() }
+// Active reports whether the registration still takes messages under its
+// own token.
+func (r Registration) Active() bool {
+	return r.Token != "" && r.Unregistered.IsZero() && r.ReplacedBy == ""
+}
+
+// maxReplacements bounds how many replaced tokens a lookup follows.
+const maxReplacements = 16
 
 // TokenBytes is the number of random bytes in a token.
 const TokenBytes = 48
@@ -93,6 +103,12 @@ func (s *Store) Unregister(device, app, sender string, now time.Time) (dropped i
 		if err := index.Delete(key); err != nil {
 			return err
 		}
+		if err := unsubscribeAll(tx, reg); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketRefresh).Delete(key); err != nil {
+			return err
+		}
 		queued, err := queuedMessages(tx, device)
 		if err != nil {
 			return err
@@ -117,10 +133,24 @@ func (s *Store) Unregister(device, app, sender string, now time.Time) (dropped i
 	return dropped, nil
 }
 
-// LookupTokens returns the registration of each token, active or not, in
-// the order given; an unknown token gets a zero Registration.
-func (s *Store) LookupTokens(tokens []string) ([]Registration, error) {
-	out := make([]Registration, len(tokens))
+// Resolution is what a send to one token reaches.
+type Resolution struct {
+	// Given is the registration of the token as given; its Token is empty
+	// when the token was never issued.
+	Given Registration
+	// Reg is the active registration that takes the message: Given itself,
+	// or the one that replaced it while its grace period lasts. Its Token
+	// is empty when there is none: the token is not registered.
+	Reg Registration
+}
+
+// Canonical reports whether the message goes to another token than the
+// one given: the sender should use Reg.Token from now on.
+func (r Resolution) Canonical() bool { return r.Reg.Token != "" && r.Reg.Token != r.Given.Token }
+
+// ResolveTokens resolves each token, in the order given, as of now.
+func (s *Store) ResolveTokens(tokens []string, now time.Time) ([]Resolution, error) {
+	out := make([]Resolution, len(tokens))
 	err := s.db.View(func(tx *bolt.Tx) error {
 		regs := tx.Bucket(bucketRegs)
 		for i, t := range tokens {
@@ -128,7 +158,7 @@ func (s *Store) LookupTokens(tokens []string) ([]Registration, error) {
 				continue
 			}
 			var err error
-			if out[i], _, err = get[Registration](regs, []byte(t)); err != nil {
+			if out[i], err = resolve(regs, t, now); err != nil {
 				return err
 			}
 		}
@@ -138,6 +168,97 @@ func (s *Store) LookupTokens(tokens []string) ([]Registration, error) {
 		return nil, fmt.Errorf("look up %d tokens: %w", len(tokens), err)
 	}
 	return out, nil
+}
+
+func resolve(regs *bolt.Bucket, token string, now time.Time) (Resolution, error) {
+	given, ok, err := get[Registration](regs, []byte(token))
+	if err != nil || !ok {
+		return Resolution{}, err
+	}
+	r := Resolution{Given: given}
+	if given.Active() {
+		r.Reg = given
+		return r, nil
+	}
+	if given.ReplacedBy == "" || !now.Before(given.GraceUntil) {
+		return r, nil
+	}
+	next := given
+	for range maxReplacements {
+		next, ok, err = get[Registration](regs, []byte(next.ReplacedBy))
+		if err != nil || !ok {
+			return r, err
+		}
+		if next.Active() {
+			r.Reg = next
+			return r, nil
+		}
+		if next.ReplacedBy == "" {
+			break
+		}
+	}
+	return r, nil
+}
+
+// RotateToken replaces the active registration of token with a new token
+// for the same app, device and sender. Sends to the old token reach the
+// new one until now+grace. The new token's subscriptions and stored
+// messages are the old one's, and the device is told with a
+// NoticeTokenRefresh. It wraps ErrNotFound when token is not an active
+// registration.
+func (s *Store) RotateToken(token string, grace time.Duration, now time.Time) (Registration, error) {
+	var fresh Registration
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		regs := tx.Bucket(bucketRegs)
+		old, ok, err := get[Registration](regs, []byte(token))
+		if err != nil {
+			return err
+		}
+		if !ok || !old.Active() {
+			return ErrNotFound
+		}
+		fresh = Registration{Device: old.Device, App: old.App, Sender: old.Sender, Created: now.UTC()}
+		for fresh.Token = newToken(); regs.Get([]byte(fresh.Token)) != nil; fresh.Token = newToken() {
+		}
+		old.ReplacedBy, old.GraceUntil = fresh.Token, now.Add(grace).UTC()
+		if err := put(regs, []byte(old.Token), old); err != nil {
+			return err
+		}
+		if err := put(regs, []byte(fresh.Token), fresh); err != nil {
+			return err
+		}
+		key := join(old.Device, old.App, old.Sender)
+		if err := tx.Bucket(bucketRegIndex).Put(key, []byte(fresh.Token)); err != nil {
+			return err
+		}
+		if err := put(tx.Bucket(bucketRefresh), key, refreshNotice{ID: newNoticeID(refreshIDPrefix), Token: fresh.Token}); err != nil {
+			return err
+		}
+		if err := moveSubscriptions(tx, old, fresh.Token); err != nil {
+			return err
+		}
+		queued, err := queuedMessages(tx, old.Device)
+		if err != nil {
+			return err
+		}
+		for _, m := range queued {
+			if m.Token != old.Token {
+				continue
+			}
+			if err := deleteMessage(tx, m); err != nil {
+				return err
+			}
+			m.Token = fresh.Token
+			if err := putMessage(tx, m); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return Registration{}, fmt.Errorf("rotate token: %w", err)
+	}
+	return fresh, nil
 }
 
 // ActiveRegistration returns the active registration of (device, app,

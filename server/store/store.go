@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"time"
 
@@ -18,6 +19,13 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrLocked means another process has the file open.
 	ErrLocked = errors.New("store is in use by another process")
+	// ErrCorrupt is wrapped when a record cannot be decoded: the file is
+	// damaged or was written by something else. Retrying does not help.
+	ErrCorrupt = errors.New("corrupt record")
+	// ErrFull is wrapped when a store with a MaxSize has no room for more
+	// messages. Deletions still work: they use the room kept back, so that
+	// devices can drain the store.
+	ErrFull = errors.New("store is full")
 )
 
 // schemaVersion is written into a new file; Open refuses files of another.
@@ -38,6 +46,12 @@ var (
 	bucketExpiry     = []byte("expiry")        // expiry kind id → nil, for the sweep
 	bucketUpstream   = []byte("upstream")      // seq → Upstream
 	bucketSeen       = []byte("upstream_seen") // device sep app sep id → expiry, for dedupe
+	bucketAppPending = []byte("app_pending")   // device sep app → appPending: what the caps count
+	bucketDeleted    = []byte("deleted")       // device sep app → deletedNotice
+	bucketRefresh    = []byte("token_refresh") // device sep app sep sender → refreshNotice
+	bucketTopicSubs  = []byte("topic_subs")    // sender sep topic sep token → present
+	bucketTokenTopic = []byte("token_topics")  // token sep topic → present
+	bucketTopicMsgs  = []byte("topic_msgs")    // seq → TopicMessage, until fanned out
 )
 
 const sep = 0
@@ -53,13 +67,19 @@ type Options struct {
 	// LockTimeout bounds the wait for the file lock; zero means one second.
 	LockTimeout time.Duration
 	// MaxSize caps the file in bytes; writes that would grow it further
+	// fail. Messages are refused with ErrFull before that, while an eighth
+	// of it (at least 128 KiB, at most half) is still free for the
+	// deletions that acks and expiry make.
 	// fail. Zero means no cap.
 	MaxSize int
 }
 
 // Store is the server's bbolt file. Its methods are safe for concurrent use.
 type Store struct {
-	db *bolt.DB
+	db       *bolt.DB
+	maxSize  int64 // 0 for no cap
+	reserve  int64 // bytes kept back for deletions
+	pageSize int64
 }
 
 // Open opens or creates the store at path with mode 0600.
@@ -80,9 +100,17 @@ func Open(path string, opt Options) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
+		// A store from before the per-app caps has no counts yet.
+		countPending := tx.Bucket(bucketAppPending) == nil
 		for _, name := range [][]byte{bucketMeta, bucketSenders, bucketSenderKeys, bucketDevices, bucketRegs,
-			bucketRegIndex, bucketMsgs, bucketQueue, bucketCollapse, bucketExpiry, bucketUpstream, bucketSeen} {
+			bucketRegIndex, bucketMsgs, bucketQueue, bucketCollapse, bucketExpiry, bucketUpstream, bucketSeen,
+			bucketAppPending, bucketDeleted, bucketRefresh, bucketTopicSubs, bucketTokenTopic, bucketTopicMsgs} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		if countPending {
+			if err := recountPending(tx); err != nil {
 				return err
 			}
 		}
@@ -100,8 +128,28 @@ func Open(path string, opt Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	st := &Store{db: db, maxSize: int64(opt.MaxSize), pageSize: int64(db.Info().PageSize)}
+	if st.maxSize > 0 {
+		st.reserve = min(max(st.maxSize/8, 128<<10), st.maxSize/2)
+	}
+	return st, nil
 }
+
+// room is the number of bytes a write transaction may still use for new
+// messages: what the file may grow by and what is free inside it, less
+// the reserve for deletions. Without a cap it is as good as unlimited.
+func (s *Store) room(tx *bolt.Tx) int64 {
+	if s.maxSize == 0 {
+		return math.MaxInt64
+	}
+	// The counts are those after the last write transaction: close enough.
+	free := int64(s.db.Stats().FreePageN) * s.pageSize
+	return s.maxSize - tx.Size() + free - s.reserve
+}
+
+// messageCost estimates what storing a message of this payload takes,
+// with its index entries.
+func messageCost(payload int) int64 { return int64(payload) + 1024 }
 
 // Close closes the file. It waits for transactions in progress.
 func (s *Store) Close() error { return s.db.Close() }
@@ -159,7 +207,7 @@ func lookup[T any](db *bolt.DB, bucket, key []byte) (T, error) {
 func decode[T any](raw []byte) (T, error) {
 	var v T
 	if err := json.Unmarshal(raw, &v); err != nil {
-		return v, fmt.Errorf("decode record: %w", err)
+		return v, fmt.Errorf("decode record: %w: %v", ErrCorrupt, err)
 	}
 	return v, nil
 }

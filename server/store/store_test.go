@@ -3,6 +3,7 @@ package store
 import (
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -173,15 +174,15 @@ func TestRegisterUnregister(t *testing.T) {
 	if _, err := s.Unregister(f.device.ID, f.reg.App, f.sender.ID, t0); !errors.Is(err, ErrNotFound) {
 		t.Errorf("second unregister: %v", err)
 	}
-	regs, err := s.LookupTokens([]string{f.reg.Token, "unknown", "", other.Token})
+	res, err := s.ResolveTokens([]string{f.reg.Token, "unknown", "", other.Token}, t0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if regs[0].Token != f.reg.Token || regs[0].Active() {
-		t.Errorf("unregistered token: %+v", regs[0])
+	if res[0].Given.Token != f.reg.Token || res[0].Given.Active() || res[0].Reg.Token != "" {
+		t.Errorf("unregistered token: %+v", res[0])
 	}
-	if regs[1].Token != "" || regs[2].Token != "" || !regs[3].Active() {
-		t.Errorf("lookups: %+v", regs)
+	if res[1].Given.Token != "" || res[2].Given.Token != "" || !res[3].Reg.Active() || res[3].Canonical() {
+		t.Errorf("lookups: %+v", res)
 	}
 	if queued := enqueue(t, s, f.msg("m3", "", time.Hour)); queued[0] {
 		t.Error("message to an unregistered token was queued")
@@ -250,7 +251,7 @@ func TestCollapse(t *testing.T) {
 		t.Errorf("pending %v, want [keep other x2]", got)
 	}
 	// Once acked, the collapse key no longer points at anything.
-	if n, err := s.Ack(f.device.ID, []string{"x2"}); err != nil || n != 1 {
+	if n, _, err := s.Ack(f.device.ID, []string{"x2"}, t0); err != nil || n != 1 {
 		t.Fatalf("Ack = %d, %v", n, err)
 	}
 	enqueue(t, s, f.msg("y", "temp", time.Hour))
@@ -263,11 +264,11 @@ func TestAckOnlyOwnMessages(t *testing.T) {
 	s, _ := openTemp(t)
 	f := newFixture(t, s)
 	enqueue(t, s, f.msg("m1", "", time.Hour), f.msg("m2", "", time.Hour))
-	n, err := s.Ack("someoneelse", []string{"m1"})
+	n, _, err := s.Ack("someoneelse", []string{"m1"}, t0)
 	if err != nil || n != 0 {
 		t.Fatalf("foreign ack = %d, %v", n, err)
 	}
-	n, err = s.Ack(f.device.ID, []string{"m1", "m1", "nope"})
+	n, _, err = s.Ack(f.device.ID, []string{"m1", "m1", "nope"}, t0)
 	if err != nil || n != 1 {
 		t.Fatalf("ack = %d, %v", n, err)
 	}
@@ -306,8 +307,18 @@ func TestSweepManyInBatches(t *testing.T) {
 	s, _ := openTemp(t)
 	f := newFixture(t, s)
 	var msgs []Message
+	reg := f.reg
 	for i := range sweepBatch + 10 {
-		msgs = append(msgs, f.msg(strings.Repeat("m", 1+i%5)+string(rune('a'+i%26))+time.Duration(i).String(), "", time.Minute))
+		// Spread over apps: each app may keep MaxPendingPerApp.
+		if i > 0 && i%MaxPendingPerApp == 0 {
+			var err error
+			if reg, err = s.Register(f.device.ID, fmt.Sprintf("com.example.app%d", i), f.sender.ID, t0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		m := f.msg(strings.Repeat("m", 1+i%5)+string(rune('a'+i%26))+time.Duration(i).String(), "", time.Minute)
+		m.Token, m.App = reg.Token, reg.App
+		msgs = append(msgs, m)
 	}
 	enqueue(t, s, msgs...)
 	_, n, err := s.SweepExpired(t0.Add(time.Hour))

@@ -3,14 +3,18 @@ package store
 import (
 	"encoding/binary"
 	"fmt"
+	"strconv"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
 
-// Upstream is a message from an app on a device to its app server, queued
-// until a route delivers it or it expires.
+// Upstream is a message from an app on a device to its app server, or a
+// delivery receipt for the app server, queued until a route delivers it or
+// it expires.
 type Upstream struct {
+	// Type is "" for an app's message and UpstreamReceipt for a receipt.
+	Type string `json:"type,omitempty"`
 	// Seq orders the queue; PutUpstream assigns it.
 	Seq    uint64 `json:"seq"`
 	Device string `json:"device"`
@@ -28,6 +32,33 @@ type Upstream struct {
 	Expiry   time.Time         `json:"expiry"`
 }
 
+// UpstreamReceipt is the Type of a delivery receipt.
+const UpstreamReceipt = "receipt"
+
+// ReceiptTTL is how long a delivery receipt waits for its route.
+const ReceiptTTL = 28 * 24 * time.Hour
+
+// putReceipt queues the delivery receipt of m, in GCM's form: its ID is
+// "dr2:" and the message's, its data says the message reached the device.
+func putReceipt(tx *bolt.Tx, m Message, now time.Time) (Upstream, error) {
+	u := Upstream{
+		Type: UpstreamReceipt, Device: m.Device, App: m.App, Sender: m.Sender, Token: m.Token, ID: "dr2:" + m.ID,
+		Data: map[string]string{
+			"message_status":         "MESSAGE_SENT_TO_DEVICE",
+			"original_message_id":    m.ID,
+			"device_registration_id": m.Token,
+			"message_sent_timestamp": strconv.FormatInt(m.Sent.UnixMilli(), 10),
+		},
+		TTL: int64(ReceiptTTL / time.Second), Received: now, Expiry: now.Add(ReceiptTTL),
+	}
+	queue := tx.Bucket(bucketUpstream)
+	var err error
+	if u.Seq, err = queue.NextSequence(); err != nil {
+		return Upstream{}, err
+	}
+	return u, put(queue, be64(u.Seq), u)
+}
+
 // PutOutcome says what PutUpstream did with a message.
 type PutOutcome int
 
@@ -42,8 +73,12 @@ const (
 // sighting has not expired; the sighting is remembered until seenUntil.
 // It fills in u's Token and Seq.
 func (s *Store) PutUpstream(u *Upstream, seenUntil time.Time) (outcome PutOutcome, err error) {
+	need := messageCost(payloadSize(u.Data))
 	err = s.db.Batch(func(tx *bolt.Tx) error {
 		outcome = UpstreamNotRegistered
+		if s.room(tx) < need {
+			return ErrFull
+		}
 		token := tx.Bucket(bucketRegIndex).Get(join(u.Device, u.App, u.Sender))
 		if token == nil || tx.Bucket(bucketSenders).Get([]byte(u.Sender)) == nil {
 			return nil

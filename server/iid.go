@@ -1,0 +1,124 @@
+package server
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"tether/server/store"
+	"tether/wire"
+)
+
+// Errors of the Instance ID API's topic management, as Google names them.
+const (
+	iidNotFound         = "NOT_FOUND"
+	iidInvalidArgument  = "INVALID_ARGUMENT"
+	iidPermissionDenied = "PERMISSION_DENIED"
+	iidTooManyTopics    = "TOO_MANY_TOPICS"
+	iidInternal         = "INTERNAL"
+)
+
+// iidBatch is the body of batchAdd and batchRemove.
+type iidBatch struct {
+	To     string   `json:"to"`
+	Tokens []string `json:"registration_tokens"`
+}
+
+type iidResult struct {
+	Error string `json:"error,omitempty"`
+}
+
+// handleBatchSubscriptions serves the Instance ID API's
+// POST /iid/v1:batchAdd and :batchRemove, with which app servers subscribe
+// their registrations to topics (or unsubscribe them), up to 1000 at a time.
+func (s *Server) handleBatchSubscriptions(subscribe bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		snd, status, problem := s.authenticate(r)
+		if status != 0 {
+			setRetryAfter(w, status)
+			http.Error(w, problem, status)
+			return
+		}
+		body, ok := readBody(w, r)
+		if !ok {
+			return
+		}
+		var req iidBatch
+		if err := json.Unmarshal(body, &req); err != nil {
+			http.Error(w, describeJSONError(err).Error(), http.StatusBadRequest)
+			return
+		}
+		topic, ok := strings.CutPrefix(req.To, topicsPrefix)
+		switch {
+		case !ok || !wire.ValidTopic(topic):
+			http.Error(w, fmt.Sprintf(`field "to" must be /topics/ and a topic name, not %.60q`, req.To), http.StatusBadRequest)
+			return
+		case len(req.Tokens) == 0 || len(req.Tokens) > maxRegistrationIDs:
+			http.Error(w, fmt.Sprintf(`"registration_tokens" has %d tokens, want 1 to %d`, len(req.Tokens), maxRegistrationIDs), http.StatusBadRequest)
+			return
+		}
+		outcomes, err := s.store.ChangeSubscriptions(snd.ID, topic, req.Tokens, subscribe, s.now())
+		if err != nil {
+			s.log.Error("change topic subscriptions", "sender", snd.ID, "err", err)
+			_, status := storeFailure(err)
+			results := make([]iidResult, len(req.Tokens))
+			for i := range results {
+				results[i].Error = iidInternal
+			}
+			writeSendAnswer(w, status, map[string]any{"results": results})
+			return
+		}
+		results := make([]iidResult, len(outcomes))
+		for i, o := range outcomes {
+			results[i].Error = iidError(o)
+		}
+		s.log.Debug("topic subscriptions changed", "sender", snd.ID, "subscribe", subscribe, "tokens", len(req.Tokens))
+		writeJSON(w, http.StatusOK, map[string]any{"results": results})
+	}
+}
+
+// handleSubscribeOne serves POST /iid/v1/TOKEN/rel/topics/TOPIC, which
+// subscribes one registration.
+func (s *Server) handleSubscribeOne(w http.ResponseWriter, r *http.Request) {
+	snd, status, problem := s.authenticate(r)
+	if status != 0 {
+		setRetryAfter(w, status)
+		http.Error(w, problem, status)
+		return
+	}
+	token, topic := r.PathValue("token"), r.PathValue("topic")
+	if !wire.ValidTopic(topic) {
+		writeJSON(w, http.StatusBadRequest, iidResult{Error: iidInvalidArgument})
+		return
+	}
+	outcomes, err := s.store.ChangeSubscriptions(snd.ID, topic, []string{token}, true, s.now())
+	if err != nil {
+		s.log.Error("subscribe to topic", "sender", snd.ID, "err", err)
+		_, status := storeFailure(err)
+		writeSendAnswer(w, status, iidResult{Error: iidInternal})
+		return
+	}
+	switch o := outcomes[0]; o {
+	case store.SubscriptionDone:
+		writeJSON(w, http.StatusOK, struct{}{})
+	case store.SubscriptionNotFound:
+		writeJSON(w, http.StatusNotFound, iidResult{Error: iidError(o)})
+	case store.SubscriptionWrongSender:
+		writeJSON(w, http.StatusForbidden, iidResult{Error: iidError(o)})
+	default:
+		writeJSON(w, http.StatusBadRequest, iidResult{Error: iidError(o)})
+	}
+}
+
+func iidError(o store.SubscriptionOutcome) string {
+	switch o {
+	case store.SubscriptionNotFound:
+		return iidNotFound
+	case store.SubscriptionWrongSender:
+		return iidPermissionDenied
+	case store.SubscriptionTooManyTopics:
+		return iidTooManyTopics
+	}
+	return ""
+}

@@ -1,0 +1,437 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// MaxTopicsPerRegistration is GCM's limit on the topics one registration
+// (app instance) may be subscribed to.
+const MaxTopicsPerRegistration = 2000
+
+// ErrTooManyTopics is wrapped when a registration has MaxTopicsPerRegistration
+// subscriptions already.
+var ErrTooManyTopics = errors.New("too many topic subscriptions")
+
+// present is the value of set-like buckets: bbolt's Get cannot tell a nil
+// value from a missing key.
+var present = []byte{1}
+
+func subKey(sender, topic, token string) []byte { return join(sender, topic, token) }
+
+func tokenTopicKey(token, topic string) []byte { return join(token, topic) }
+
+// subscribe subscribes the active registration reg to topic.
+func subscribe(tx *bolt.Tx, reg Registration, topic string) error {
+	tt := tx.Bucket(bucketTokenTopic)
+	if tt.Get(tokenTopicKey(reg.Token, topic)) != nil {
+		return nil
+	}
+	if len(topicsOf(tx, reg.Token)) >= MaxTopicsPerRegistration {
+		return ErrTooManyTopics
+	}
+	if err := tt.Put(tokenTopicKey(reg.Token, topic), present); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketTopicSubs).Put(subKey(reg.Sender, topic, reg.Token), present)
+}
+
+func unsubscribe(tx *bolt.Tx, reg Registration, topic string) error {
+	if err := tx.Bucket(bucketTokenTopic).Delete(tokenTopicKey(reg.Token, topic)); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketTopicSubs).Delete(subKey(reg.Sender, topic, reg.Token))
+}
+
+// topicsOf lists the topics token is subscribed to.
+func topicsOf(tx *bolt.Tx, token string) []string {
+	var out []string
+	prefix := join(token, "")
+	c := tx.Bucket(bucketTokenTopic).Cursor()
+	for k, _ := c.Seek(prefix); bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		out = append(out, string(k[len(prefix):]))
+	}
+	return out
+}
+
+func unsubscribeAll(tx *bolt.Tx, reg Registration) error {
+	for _, topic := range topicsOf(tx, reg.Token) {
+		if err := unsubscribe(tx, reg, topic); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// moveSubscriptions gives the subscriptions of old to the token newToken.
+func moveSubscriptions(tx *bolt.Tx, old Registration, newToken string) error {
+	fresh := old
+	fresh.Token = newToken
+	for _, topic := range topicsOf(tx, old.Token) {
+		if err := unsubscribe(tx, old, topic); err != nil {
+			return err
+		}
+		if err := subscribe(tx, fresh, topic); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Subscribe subscribes the active registration of (device, app, sender)
+// to topic. It wraps ErrNotFound when there is no such registration and
+// ErrTooManyTopics when it has too many subscriptions already.
+func (s *Store) Subscribe(device, app, sender, topic string) error {
+	var refused error
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		refused = nil
+		token := tx.Bucket(bucketRegIndex).Get(join(device, app, sender))
+		if token == nil {
+			refused = ErrNotFound
+			return nil
+		}
+		reg, _, err := get[Registration](tx.Bucket(bucketRegs), token)
+		if err != nil {
+			return err
+		}
+		if err := subscribe(tx, reg, topic); errors.Is(err, ErrTooManyTopics) {
+			refused = err
+		} else if err != nil {
+			return err
+		}
+		return nil
+	})
+	if err == nil {
+		err = refused
+	}
+	if err != nil {
+		return fmt.Errorf("subscribe app %q for sender %s to topic %q: %w", app, sender, topic, err)
+	}
+	return nil
+}
+
+// Unsubscribe ends the subscription of the active registration of (device,
+// app, sender) to topic. Ending one that does not exist is not an error.
+func (s *Store) Unsubscribe(device, app, sender, topic string) error {
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		token := tx.Bucket(bucketRegIndex).Get(join(device, app, sender))
+		if token == nil {
+			return nil
+		}
+		reg, _, err := get[Registration](tx.Bucket(bucketRegs), token)
+		if err != nil {
+			return err
+		}
+		return unsubscribe(tx, reg, topic)
+	})
+	if err != nil {
+		return fmt.Errorf("unsubscribe app %q for sender %s from topic %q: %w", app, sender, topic, err)
+	}
+	return nil
+}
+
+// Topics lists the topics token is subscribed to, in order.
+func (s *Store) Topics(token string) ([]string, error) {
+	var out []string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		out = topicsOf(tx, token)
+		return nil
+	})
+	return out, err
+}
+
+// SubscriptionOutcome is what ChangeSubscriptions did for one token.
+type SubscriptionOutcome int
+
+// Outcomes of ChangeSubscriptions.
+const (
+	SubscriptionDone          SubscriptionOutcome = iota // subscribed or unsubscribed (or already so)
+	SubscriptionNotFound                                 // the token is not an active registration
+	SubscriptionWrongSender                              // the token belongs to another sender
+	SubscriptionTooManyTopics                            // the registration has too many topics already
+)
+
+// ChangeSubscriptions subscribes (or, with subscribe false, unsubscribes)
+// the registrations of tokens to topic on behalf of sender, in one
+// transaction: the app server's way to manage topics. A token replaced
+// within its grace period stands for the registration that replaced it.
+func (s *Store) ChangeSubscriptions(sender, topic string, tokens []string, subscribing bool, now time.Time) ([]SubscriptionOutcome, error) {
+	var out []SubscriptionOutcome
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		out = make([]SubscriptionOutcome, len(tokens))
+		regs := tx.Bucket(bucketRegs)
+		for i, t := range tokens {
+			var r Resolution
+			if t != "" && len(t) <= bolt.MaxKeySize {
+				var err error
+				if r, err = resolve(regs, t, now); err != nil {
+					return err
+				}
+			}
+			switch {
+			case r.Given.Token != "" && r.Given.Sender != sender:
+				out[i] = SubscriptionWrongSender
+			case r.Reg.Token == "":
+				out[i] = SubscriptionNotFound
+			case !subscribing:
+				if err := unsubscribe(tx, r.Reg, topic); err != nil {
+					return err
+				}
+			default:
+				err := subscribe(tx, r.Reg, topic)
+				if errors.Is(err, ErrTooManyTopics) {
+					out[i] = SubscriptionTooManyTopics
+				} else if err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("change %d subscriptions to topic %q: %w", len(tokens), topic, err)
+	}
+	return out, nil
+}
+
+// TopicMessage is a message to a topic or a condition, stored before the
+// app server gets its answer and kept until it has been copied into the
+// queue of every registration it is for.
+type TopicMessage struct {
+	// Seq orders topic messages; PutTopicMessage assigns it.
+	Seq uint64 `json:"seq"`
+	// ID is the message ID answered to the app server.
+	ID     string `json:"id"`
+	Sender string `json:"sender"`
+	// Topic is set for a send to /topics/Topic, Condition for a condition.
+	Topic     string `json:"topic,omitempty"`
+	Condition string `json:"condition,omitempty"`
+	// Topics are those whose subscribers may receive it, in the order they
+	// are fanned out: Topic, or the topics the condition names.
+	Topics []string `json:"topics"`
+	// RestrictedPackage, when set, limits the copies to that app ID.
+	RestrictedPackage string            `json:"restricted_package,omitempty"`
+	CollapseKey       string            `json:"collapse_key,omitempty"`
+	Priority          string            `json:"priority,omitempty"`
+	Data              map[string]string `json:"data,omitempty"`
+	Notification      map[string]string `json:"notification,omitempty"`
+	Receipt           bool              `json:"receipt,omitempty"`
+	Sent              time.Time         `json:"sent"`
+	Expiry            time.Time         `json:"expiry"`
+	// Live marks a time-to-live-0 message: copies go only to the devices
+	// connected while it is fanned out, and are never stored.
+	Live bool `json:"live,omitempty"`
+
+	// The fan-out position: the subscribers of Topics[Next] after the
+	// token After are still to do.
+	Next   int    `json:"next"`
+	After  string `json:"after,omitempty"`
+	Copies int    `json:"copies"`
+}
+
+// PutTopicMessage stores tm for fan-out and assigns its Seq.
+func (s *Store) PutTopicMessage(tm *TopicMessage) error {
+	need := messageCost(payloadSize(tm.Data, tm.Notification))
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		if s.room(tx) < need {
+			return ErrFull
+		}
+		b := tx.Bucket(bucketTopicMsgs)
+		var err error
+		if tm.Seq, err = b.NextSequence(); err != nil {
+			return err
+		}
+		return put(b, be64(tm.Seq), tm)
+	})
+	if err != nil {
+		return fmt.Errorf("store topic message: %w", err)
+	}
+	return nil
+}
+
+// TopicMessages returns up to limit topic messages not yet fanned out with
+// Seq above after, in order.
+func (s *Store) TopicMessages(after uint64, limit int) ([]TopicMessage, error) {
+	var out []TopicMessage
+	err := s.db.View(func(tx *bolt.Tx) error {
+		out = nil
+		c := tx.Bucket(bucketTopicMsgs).Cursor()
+		for k, v := c.Seek(be64(after + 1)); k != nil && len(out) < limit; k, v = c.Next() {
+			tm, err := decode[TopicMessage](v)
+			if err != nil {
+				// FanOut reports it, and the caller can delete it.
+				tm = TopicMessage{Seq: binary.BigEndian.Uint64(k)}
+			}
+			out = append(out, tm)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read topic messages: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteTopicMessage drops topic message seq, fanned out or not.
+func (s *Store) DeleteTopicMessage(seq uint64) error {
+	err := s.db.Batch(func(tx *bolt.Tx) error { return tx.Bucket(bucketTopicMsgs).Delete(be64(seq)) })
+	if err != nil {
+		return fmt.Errorf("delete topic message %d: %w", seq, err)
+	}
+	return nil
+}
+
+// FanOutStep says how FanOut makes one step.
+type FanOutStep struct {
+	// Limit bounds the subscribers considered in the step.
+	Limit int
+	Now   time.Time
+	// NewID makes the message ID of one copy.
+	NewID func() string
+	// Match, for a condition, reports whether a registration with the
+	// subscriptions that subscribed reports gets a copy. Nil matches all.
+	Match func(subscribed func(topic string) bool) bool
+}
+
+// FanOutResult is what one step of FanOut did.
+type FanOutResult struct {
+	// Devices have new messages in their queues, each named once.
+	Devices []string
+	// Live are the copies of a time-to-live-0 message, for the devices'
+	// sessions; they were not stored.
+	Live []Message
+	// Copies counts the copies made in the step.
+	Copies int
+	// Done means the message is fanned out (or expired) and deleted.
+	Done bool
+}
+
+// FanOut copies topic message seq into the queues of the next subscribers,
+// at most step.Limit of them, and saves the position in the same
+// transaction: after a crash, fan-out resumes where the last step ended,
+// with no subscriber left out or served twice. Only one goroutine may fan
+// out a given message.
+func (s *Store) FanOut(seq uint64, step FanOutStep) (FanOutResult, error) {
+	var res FanOutResult
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		res = FanOutResult{}
+		msgs := tx.Bucket(bucketTopicMsgs)
+		tm, ok, err := get[TopicMessage](msgs, be64(seq))
+		if err != nil {
+			return err
+		}
+		if !ok || !step.Now.Before(tm.Expiry) {
+			res.Done = true
+			return msgs.Delete(be64(seq))
+		}
+		// Each copy takes room: with little left, the step makes fewer,
+		// and none at all is ErrFull, retried later.
+		limit := step.Limit
+		if !tm.Live {
+			room := s.room(tx)
+			if room < messageCost(payloadSize(tm.Data, tm.Notification)) {
+				return ErrFull
+			}
+			limit = int(min(int64(limit), room/messageCost(payloadSize(tm.Data, tm.Notification))))
+		}
+		step.Limit = limit
+		devices := make(map[string]bool)
+		considered := 0
+		for tm.Next < len(tm.Topics) && considered < step.Limit {
+			done, err := fanOutTopic(tx, &tm, step, &res, devices, &considered)
+			if err != nil {
+				return err
+			}
+			if done {
+				tm.Next, tm.After = tm.Next+1, ""
+			}
+		}
+		for d := range devices {
+			res.Devices = append(res.Devices, d)
+		}
+		tm.Copies += res.Copies
+		if tm.Next >= len(tm.Topics) {
+			res.Done = true
+			return msgs.Delete(be64(seq))
+		}
+		return put(msgs, be64(seq), tm)
+	})
+	if err != nil {
+		return FanOutResult{}, fmt.Errorf("fan out topic message %d: %w", seq, err)
+	}
+	return res, nil
+}
+
+// fanOutTopic copies tm to the subscribers of tm.Topics[tm.Next] after
+// tm.After until the step's limit; done means that topic is finished.
+func fanOutTopic(tx *bolt.Tx, tm *TopicMessage, step FanOutStep, res *FanOutResult, devices map[string]bool, considered *int) (done bool, err error) {
+	topic := tm.Topics[tm.Next]
+	prefix := join(tm.Sender, topic, "")
+	regs, tt := tx.Bucket(bucketRegs), tx.Bucket(bucketTokenTopic)
+	c := tx.Bucket(bucketTopicSubs).Cursor()
+	start := append(bytes.Clone(prefix), tm.After...)
+	k, _ := c.Seek(start)
+	if tm.After != "" && bytes.Equal(k, start) {
+		k, _ = c.Next()
+	}
+	for ; bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		if *considered >= step.Limit {
+			return false, nil
+		}
+		*considered++
+		token := string(k[len(prefix):])
+		tm.After = token
+		reg, ok, err := get[Registration](regs, []byte(token))
+		if errors.Is(err, ErrCorrupt) {
+			continue // one damaged registration must not hold up the rest
+		}
+		if err != nil {
+			return false, err
+		}
+		if !ok || !reg.Active() || tm.RestrictedPackage != "" && reg.App != tm.RestrictedPackage {
+			continue
+		}
+		if step.Match != nil {
+			subscribed := func(t string) bool { return tt.Get(tokenTopicKey(token, t)) != nil }
+			// A registration subscribed to an earlier topic of the
+			// condition was considered there already.
+			earlier := false
+			for _, t := range tm.Topics[:tm.Next] {
+				if subscribed(t) {
+					earlier = true
+					break
+				}
+			}
+			if earlier || !step.Match(subscribed) {
+				continue
+			}
+		}
+		m := Message{
+			ID: step.NewID(), Device: reg.Device, Token: reg.Token, App: reg.App, Sender: tm.Sender,
+			CollapseKey: tm.CollapseKey, Priority: tm.Priority, Data: tm.Data, Notification: tm.Notification,
+			Topic: tm.Topic, Receipt: tm.Receipt, Sent: tm.Sent, Expiry: tm.Expiry,
+		}
+		if tm.Live {
+			// Its Expiry is the window of its fan-out; the copy itself
+			// has no time to live left.
+			m.Expiry = tm.Sent
+			res.Live = append(res.Live, m)
+			res.Copies++
+			continue
+		}
+		queued, err := enqueueOne(tx, &m)
+		if err != nil {
+			return false, err
+		}
+		if queued {
+			devices[reg.Device] = true
+			res.Copies++
+		}
+	}
+	return true, nil
+}
