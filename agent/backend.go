@@ -231,14 +231,38 @@ func (a *Agent) Send(ctx context.Context, c ipc.Caller, req ipc.SendRequest) (st
 	return req.ID, result, nil
 }
 
-// SubscribeTopic is not offered yet: the connection server keeps no topics.
+// SubscribeTopic subscribes the app's registration with sender to topic
+// on the server; the device keeps no copy of its subscriptions.
 func (a *Agent) SubscribeTopic(ctx context.Context, c ipc.Caller, app, sender, topic string) error {
-	return fmt.Errorf("subscribe app %q to topic %q: topics are %w", app, topic, ipc.ErrUnsupported)
+	return a.topicRequest(ctx, c, wire.Subscribe{App: app, Sender: sender, Topic: topic}, app, sender, topic)
 }
 
-// UnsubscribeTopic is not offered yet, as SubscribeTopic.
+// UnsubscribeTopic ends a subscription SubscribeTopic made.
 func (a *Agent) UnsubscribeTopic(ctx context.Context, c ipc.Caller, app, sender, topic string) error {
-	return fmt.Errorf("unsubscribe app %q from topic %q: topics are %w", app, topic, ipc.ErrUnsupported)
+	return a.topicRequest(ctx, c, wire.Unsubscribe{App: app, Sender: sender, Topic: topic}, app, sender, topic)
+}
+
+// topicRequest sends body, a subscribe or unsubscribe frame for (app,
+// sender, topic), and waits for the server's answer.
+func (a *Agent) topicRequest(ctx context.Context, c ipc.Caller, body wire.Body, app, sender, topic string) error {
+	op := string(body.FrameType())
+	if err := body.Validate(); err != nil {
+		return invalid(op, err)
+	}
+	if err := a.authorize(c, app); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	switch _, err := a.store.Token(app, sender); {
+	case errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("%s: app %q sender %q: %w", op, app, sender, ipc.ErrNotRegistered)
+	case err != nil:
+		return fmt.Errorf("%s: %w: %w", op, ipc.ErrStorage, err)
+	}
+	req := &request{kind: body.FrameType(), reg: store.Registration{App: app, Sender: sender}, topic: topic}
+	if res := a.roundTrip(ctx, req, body); res.err != nil {
+		return fmt.Errorf("%s app %q sender %q topic %q: %w", op, app, sender, topic, res.err)
+	}
+	return nil
 }
 
 // authorize checks that c may act for app, a registered app.

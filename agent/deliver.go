@@ -120,6 +120,7 @@ func deliverable(m store.Message) ipc.Message {
 	msg := ipc.Message{
 		ID: m.ID, App: m.App, From: m.From, CollapseKey: m.CollapseKey,
 		Data: m.Data, Priority: m.Priority, TTL: m.TTL,
+		Notification: m.Notification, Topic: m.Topic,
 	}
 	if m.SentTime > 0 {
 		msg.SentTime = time.UnixMilli(m.SentTime)

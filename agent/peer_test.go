@@ -190,6 +190,20 @@ func (p *peer) answer(pc *peerConn, f wire.Frame) {
 			return
 		}
 		pc.send(f.Ref, wire.Unregistered{App: u.App, Sender: u.Sender})
+	case wire.TypeSubscribe:
+		var s wire.Subscribe
+		if err := f.Decode(&s); err != nil {
+			p.t.Errorf("peer: bad subscribe: %v", err)
+			return
+		}
+		pc.send(f.Ref, wire.Subscribed(s))
+	case wire.TypeUnsubscribe:
+		var u wire.Unsubscribe
+		if err := f.Decode(&u); err != nil {
+			p.t.Errorf("peer: bad unsubscribe: %v", err)
+			return
+		}
+		pc.send(f.Ref, wire.Unsubscribed(u))
 	case wire.TypeUpstream:
 		var u wire.Upstream
 		if err := f.Decode(&u); err != nil {

@@ -26,9 +26,10 @@ const (
 // session goroutine persists the answer before it handles later frames, so
 // that a message sent right after a registration finds it in the store.
 type request struct {
-	kind wire.Type // TypeRegister or TypeUnregister
-	reg  store.Registration
-	done chan requestResult // buffered; written once by whoever removes the request
+	kind  wire.Type // TypeRegister, TypeUnregister, TypeSubscribe or TypeUnsubscribe
+	reg   store.Registration
+	topic string             // of a subscribe or unsubscribe
+	done  chan requestResult // buffered; written once by whoever removes the request
 }
 
 type requestResult struct {
@@ -202,13 +203,17 @@ func (r *sessionRun) handleBurst(ctx context.Context, burst [][]byte) error {
 				continue
 			}
 			msgs = append(msgs, m)
-		case wire.TypeRegistered, wire.TypeUnregistered:
+		case wire.TypeRegistered, wire.TypeUnregistered, wire.TypeSubscribed, wire.TypeUnsubscribed:
 			r.answer(ctx, f)
+		case wire.TypeTokenRefresh:
+			r.tokenRefreshed(ctx, f)
+		case wire.TypeDeletedMessages:
+			r.deletedMessages(ctx, f)
 		case wire.TypeUpstreamAck:
 			r.upstreamAcked(ctx, f)
 		case wire.TypeError:
 			r.serverError(f)
-		case wire.TypeHello, wire.TypeWelcome, wire.TypeRegister, wire.TypeUnregister, wire.TypeAck, wire.TypeUpstream:
+		case wire.TypeHello, wire.TypeWelcome, wire.TypeRegister, wire.TypeUnregister, wire.TypeAck, wire.TypeUpstream, wire.TypeSubscribe, wire.TypeUnsubscribe:
 			r.reject(ctx, f.Ref, wire.CodeUnknownType, fmt.Errorf("the agent does not take %s frames", f.Type))
 		default:
 			r.reject(ctx, f.Ref, wire.CodeUnknownType, fmt.Errorf("unknown frame type %q", f.Type))
@@ -248,7 +253,7 @@ func (r *sessionRun) storeMessages(ctx context.Context, msgs []wire.Message) err
 		recs[i] = store.Message{
 			ID: m.ID, App: m.App, From: m.From, Token: m.Token,
 			CollapseKey: m.CollapseKey, Data: m.Data, Priority: m.Priority,
-			SentTime: m.SentTime, TTL: m.TTL,
+			SentTime: m.SentTime, TTL: m.TTL, Notification: m.Notification, Topic: m.Topic,
 			Received: now, Expires: now.Add(max(time.Duration(m.TTL)*time.Second, minHold)),
 		}
 	}
@@ -291,8 +296,8 @@ func (r *sessionRun) storeMessages(ctx context.Context, msgs []wire.Message) err
 	return nil
 }
 
-// answer completes a register or unregister with the server's answer,
-// persisting it first.
+// answer completes a request with the server's answer, persisting it
+// first.
 func (r *sessionRun) answer(ctx context.Context, f wire.Frame) {
 	a := r.a
 	req := a.takeRequest(f.Ref)
@@ -300,30 +305,32 @@ func (r *sessionRun) answer(ctx context.Context, f wire.Frame) {
 		a.log.Warn("answer to no pending request", "type", f.Type, "ref", f.Ref)
 		return
 	}
-	var app, sender, token string
+	var app, sender, token, topic string
+	var err error
 	switch f.Type {
 	case wire.TypeRegistered:
 		var body wire.Registered
-		if err := f.Decode(&body); err != nil {
-			r.reject(ctx, f.Ref, wire.CodeBadFrame, err)
-			req.done <- requestResult{err: fmt.Errorf("%w: bad answer from the server", ipc.ErrRefused)}
-			return
-		}
+		err = f.Decode(&body)
 		app, sender, token = body.App, body.Sender, body.Token
 	case wire.TypeUnregistered:
 		var body wire.Unregistered
-		if err := f.Decode(&body); err != nil {
-			r.reject(ctx, f.Ref, wire.CodeBadFrame, err)
-			req.done <- requestResult{err: fmt.Errorf("%w: bad answer from the server", ipc.ErrRefused)}
-			return
-		}
+		err = f.Decode(&body)
 		app, sender = body.App, body.Sender
+	case wire.TypeSubscribed:
+		var body wire.Subscribed
+		err = f.Decode(&body)
+		app, sender, topic = body.App, body.Sender, body.Topic
+	case wire.TypeUnsubscribed:
+		var body wire.Unsubscribed
+		err = f.Decode(&body)
+		app, sender, topic = body.App, body.Sender, body.Topic
 	}
-	want := wire.TypeRegistered
-	if req.kind == wire.TypeUnregister {
-		want = wire.TypeUnregistered
+	if err != nil {
+		r.reject(ctx, f.Ref, wire.CodeBadFrame, err)
+		req.done <- requestResult{err: fmt.Errorf("%w: bad answer from the server", ipc.ErrRefused)}
+		return
 	}
-	if f.Type != want || app != req.reg.App || sender != req.reg.Sender {
+	if f.Type != answerType[req.kind] || app != req.reg.App || sender != req.reg.Sender || topic != req.topic {
 		err := fmt.Errorf("%s for app %q sender %q answers %s for app %q sender %q", f.Type, app, sender, req.kind, req.reg.App, req.reg.Sender)
 		r.reject(ctx, f.Ref, wire.CodeInvalid, err)
 		req.done <- requestResult{err: fmt.Errorf("%w: mismatched answer from the server", ipc.ErrRefused)}
@@ -332,10 +339,23 @@ func (r *sessionRun) answer(ctx context.Context, f wire.Frame) {
 	req.done <- a.complete(req, token)
 }
 
+// answerType is the frame that grants each request.
+var answerType = map[wire.Type]wire.Type{
+	wire.TypeRegister:    wire.TypeRegistered,
+	wire.TypeUnregister:  wire.TypeUnregistered,
+	wire.TypeSubscribe:   wire.TypeSubscribed,
+	wire.TypeUnsubscribe: wire.TypeUnsubscribed,
+}
+
 // complete persists the outcome of a request the server has granted.
 func (a *Agent) complete(req *request, token string) requestResult {
 	app, sender := req.reg.App, req.reg.Sender
-	if req.kind == wire.TypeUnregister {
+	switch req.kind {
+	case wire.TypeSubscribe, wire.TypeUnsubscribe:
+		// Subscriptions live on the server; the device keeps nothing.
+		a.log.Info(string(req.kind)+"d", "app", app, "sender", sender, "topic", req.topic)
+		return requestResult{}
+	case wire.TypeUnregister:
 		dropped, err := a.store.Unregister(app, sender)
 		switch {
 		case errors.Is(err, store.ErrNotFound):

@@ -62,6 +62,8 @@ type Message struct {
 	SentTime    time.Time         `json:"sent_time,omitzero"`
 	// Notification is GCM's notification payload, kept apart from Data.
 	Notification map[string]string `json:"notification,omitempty"`
+	// Topic is the topic the app server sent the message to, if any.
+	Topic string `json:"topic,omitempty"`
 	// TTL is the time to live left when the agent stored the message.
 	TTL int64 `json:"ttl"`
 }

@@ -562,6 +562,9 @@ func (u *dbusSub) Deliver(m Message) {
 	if len(m.Notification) > 0 {
 		extras["notification"] = dbus.MakeVariant(validUTF8Map(m.Notification))
 	}
+	if m.Topic != "" {
+		extras["topic"] = dbus.MakeVariant(validUTF8(m.Topic))
+	}
 	extras["ttl"] = dbus.MakeVariant(clampUint32(m.TTL))
 	u.push(u.signal("Message", u.app, validUTF8(m.ID), validUTF8(m.From), validUTF8(m.CollapseKey), validUTF8Map(m.Data), extras))
 }

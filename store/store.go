@@ -295,7 +295,9 @@ type Message struct {
 	Priority    string            `json:"priority,omitempty"`
 	// SentTime is when the app server sent it, Unix milliseconds by the
 	// server's clock; zero when unknown.
-	SentTime int64 `json:"sent_time,omitempty"`
+	SentTime     int64             `json:"sent_time,omitempty"`
+	Notification map[string]string `json:"notification,omitempty"`
+	Topic        string            `json:"topic,omitempty"`
 	// TTL is the time to live left at receipt, in seconds.
 	TTL      int64     `json:"ttl"`
 	Received time.Time `json:"received"`

@@ -1,0 +1,61 @@
+package agent
+
+import (
+	"context"
+	"time"
+
+	"tether/wire"
+)
+
+// noticeMemory is how long the agent remembers a notice's ID, so that the
+// server's repeats of a notice whose ack was lost are applied once. The
+// server repeats it in the next sessions, which come well within this.
+const noticeMemory = 7 * 24 * time.Hour
+
+// tokenRefreshed stores a token the server rotated, tells the app's
+// listener, and acks the notice.
+func (r *sessionRun) tokenRefreshed(ctx context.Context, f wire.Frame) {
+	a := r.a
+	var n wire.TokenRefresh
+	if err := f.Decode(&n); err != nil {
+		r.reject(ctx, f.Ref, wire.CodeBadFrame, err)
+		return
+	}
+	changed, err := a.store.RefreshToken(n.App, n.Sender, n.Token, n.ID, a.now().Add(noticeMemory))
+	if err != nil {
+		// Not acked: the server sends it again in the next session.
+		a.log.Error("token refresh not stored", "app", n.App, "sender", n.Sender, "err", err)
+		return
+	}
+	if changed {
+		a.log.Info("token refreshed", "app", n.App, "sender", n.Sender)
+		a.mu.Lock()
+		sub := a.subs[n.App]
+		a.mu.Unlock()
+		if sub != nil {
+			sub.l.TokenRefreshed(n.Sender, n.Token)
+		}
+	}
+	r.send(ctx, "", wire.Ack{IDs: []string{n.ID}})
+}
+
+// deletedMessages counts messages the server dropped for an app, acks the
+// notice, and lets the app's listener know.
+func (r *sessionRun) deletedMessages(ctx context.Context, f wire.Frame) {
+	a := r.a
+	var n wire.DeletedMessages
+	if err := f.Decode(&n); err != nil {
+		r.reject(ctx, f.Ref, wire.CodeBadFrame, err)
+		return
+	}
+	added, err := a.store.AddDeleted(n.App, n.ID, n.Count, a.now().Add(noticeMemory))
+	if err != nil {
+		a.log.Error("deleted-messages notice not stored", "app", n.App, "err", err)
+		return
+	}
+	r.send(ctx, "", wire.Ack{IDs: []string{n.ID}})
+	if added {
+		a.log.Info("server dropped messages", "app", n.App, "count", n.Count)
+		a.forget(n.App, nil, true) // the listener reports the count
+	}
+}
