@@ -40,9 +40,51 @@ fuzz:
 	  done; \
 	done
 
-# Static binaries for the CPUs our devices have.
+# Static, stripped, reproducible binaries for the CPUs our devices have, in
+# $(CROSS)/TARGET/, with a size report in $(CROSS)/sizes.txt (docs/firmware.md).
+CROSS := $(BIN)/cross
+# tetherd's size budget in KiB, on every target (the largest is MIPS, soft
+# float): make size fails above it. Lower it when tetherd shrinks; raise it
+# only with a reason in the commit.
+TETHERD_MAX_KIB ?= 8800
+NFPM_VERSION := v2.45.0
+NFPM := $(BIN)/tools/nfpm
+PACKAGES := $(BIN)/packages
+
+.PHONY: cross size package test-cross
+
 cross:
-	./cross/build.sh $(BIN)/cross
+	VERSION=$(VERSION) ./cross/build.sh $(CROSS)
+	@$(MAKE) --no-print-directory size
+
+size:
+	@test -n "$$(ls $(CROSS)/*/tetherd 2>/dev/null)" || { echo "size: no $(CROSS)/*/tetherd; run make cross"; exit 1; }
+	@for f in $(CROSS)/*/tetherd; do \
+	  kib=$$(( $$(stat -c %s $$f) / 1024 )); \
+	  if [ $$kib -gt $(TETHERD_MAX_KIB) ]; then echo "size: $$f is $$kib KiB, over the budget of $(TETHERD_MAX_KIB) KiB"; exit 1; fi; \
+	  echo "size: $$f $$kib KiB (budget $(TETHERD_MAX_KIB))"; \
+	done
+
+# .deb, .rpm, .apk and .ipk of tetherd for every target, in $(PACKAGES).
+package: cross $(NFPM)
+	./cross/package.sh $(NFPM) $(CROSS) $(PACKAGES)
+
+$(NFPM):
+	GOBIN=$(abspath $(dir $(NFPM))) $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
+
+# The ARM and MIPS binaries under qemu-user against an amd64 server, and the
+# .deb installed and removed on this machine (as root).
+test-cross: package
+	TETHER_CROSS=$(abspath $(CROSS)) TETHER_PACKAGES=$(abspath $(PACKAGES)) TETHER_BUILD_VERSION=$(VERSION) \
+	  $(GO) test -count=1 -timeout 10m -v ./cross/
 
 clean:
 	rm -rf $(BIN) $(ACCEPTANCE)/node_modules
+
+# The connection server's throughput: accepted sends per second, single and
+# multicast, and the time to fan a topic message out to 10,000 and 100,000
+# subscribers (docs/server-api.md has figures).
+.PHONY: bench-server
+bench-server:
+	$(GO) test -run '^$$' -bench 'Send$$|Multicast$$' -benchtime 2s ./server/
+	$(GO) test -run '^$$' -bench 'TopicFanout' -benchtime 1x -timeout 30m ./server/

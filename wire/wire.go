@@ -59,6 +59,16 @@ const (
 	TypeUnsubscribed    Type = "unsubscribed"     // server → agent, answer to unsubscribe
 	TypeTokenRefresh    Type = "token_refresh"    // server → agent, acked with ack
 	TypeDeletedMessages Type = "deleted_messages" // server → agent, acked with ack
+
+	TypeState  Type = "state"  // agent → server, power mode and heartbeat changed
+	TypeGoAway Type = "goaway" // server → agent, before it closes: come back later
+)
+
+// Power modes a device reports in Hello and State.
+const (
+	ModeMains   = "mains"   // deliver everything at once
+	ModeBattery = "battery" // hold normal priority for a batch
+	ModeLow     = "low"     // deliver high priority only
 )
 
 // Error codes carried by Error frames.
@@ -165,6 +175,12 @@ type Hello struct {
 	Heartbeat int `json:"heartbeat,omitempty"`
 	// Agent names the agent's software and version, for logs.
 	Agent string `json:"agent,omitempty"`
+	// Mode is the device's power mode; empty means ModeMains.
+	Mode string `json:"mode,omitempty"`
+	// Probe marks a connection that only measures how long the network
+	// keeps an idle connection: it needs credentials, carries no frames
+	// after the welcome, and leaves the device's session alone.
+	Probe bool `json:"probe,omitempty"`
 }
 
 func (Hello) FrameType() Type { return TypeHello }
@@ -176,15 +192,66 @@ func (h Hello) Validate() error {
 	if (h.DeviceID == "") != (h.DeviceSecret == "") {
 		return fmt.Errorf("%w: device_id and device_secret go together", ErrBadFrame)
 	}
-	if h.Heartbeat < 0 || h.Heartbeat > 24*3600 {
-		return fmt.Errorf("%w: heartbeat %d s out of range 0..86400", ErrBadFrame, h.Heartbeat)
+	if h.Probe && h.DeviceID == "" {
+		return fmt.Errorf("%w: a probe needs device credentials", ErrBadFrame)
 	}
 	return firstErr(
+		checkHeartbeat(h.Heartbeat),
+		checkMode(h.Mode),
 		checkName("device_id", h.DeviceID, false),
 		checkName("device_secret", h.DeviceSecret, false),
 		checkName("enroll_key", h.EnrollKey, false),
 		checkName("agent", h.Agent, false),
 	)
+}
+
+// State tells the server that the device's power mode or heartbeat
+// changed during the session. It has no answer.
+type State struct {
+	Mode string `json:"mode"`
+	// Heartbeat is the agent's new ping interval in seconds (as in Hello).
+	Heartbeat int `json:"heartbeat"`
+}
+
+func (State) FrameType() Type { return TypeState }
+
+func (s State) Validate() error {
+	if s.Mode == "" {
+		return fmt.Errorf("%w: state without mode", ErrBadFrame)
+	}
+	return firstErr(checkMode(s.Mode), checkHeartbeat(s.Heartbeat))
+}
+
+// GoAway tells the agent that the server is about to close the session
+// (draining, overloaded) and that it should not dial again for RetryAfter
+// seconds.
+type GoAway struct {
+	RetryAfter int    `json:"retry_after"`
+	Reason     string `json:"reason,omitempty"`
+}
+
+func (GoAway) FrameType() Type { return TypeGoAway }
+
+func (g GoAway) Validate() error {
+	if g.RetryAfter < 0 || g.RetryAfter > 24*3600 {
+		return fmt.Errorf("%w: retry_after %d s out of range 0..86400", ErrBadFrame, g.RetryAfter)
+	}
+	return checkName("reason", g.Reason, false)
+}
+
+func checkHeartbeat(seconds int) error {
+	if seconds < 0 || seconds > 24*3600 {
+		return fmt.Errorf("%w: heartbeat %d s out of range 0..86400", ErrBadFrame, seconds)
+	}
+	return nil
+}
+
+func checkMode(mode string) error {
+	switch mode {
+	case "", ModeMains, ModeBattery, ModeLow:
+		return nil
+	}
+	return fmt.Errorf("%w: mode %q, want mains, battery or low", ErrBadFrame, mode)
 }
 
 // Welcome accepts a session.

@@ -1,18 +1,26 @@
 // Command tetherd is the Tether device agent: it keeps the device connected
 // to a Tether connection server and serves local apps on a Unix socket.
 //
+//	tetherd [run] [--config FILE] [flags]        run the agent
+//	tetherd config check [--config FILE] [flags] check the settings
+//	tetherd install [--init SYSTEM] [flags]      install the service: tetherd run [flags]
+//	tetherd uninstall|start|stop|restart|status [--init SYSTEM]
 //	tetherd version
-//	tetherd [run] --server URL [--data DIR] [--socket PATH] [--socket-mode MODE]
-//	        [--ca-file FILE] [--enroll-key KEY | --enroll-key-file FILE] [--heartbeat DURATION]
-//	        [--log-level LEVEL]
 //
-// It stops cleanly on SIGTERM or SIGINT: it stops accepting apps, finishes
-// what it is writing to its store, closes the server connection with a
-// close frame and exits 0. A usage error exits 2, a failure 1.
+// Settings come from the config file (/etc/tether/agent.toml unless
+// --config names another; docs/config.md), then from flags, which win.
+//
+// Under systemd it reports readiness once its store is open and its socket
+// listens (Type=notify), pings the watchdog while its store answers, and
+// logs to the journal with priorities. It stops cleanly on SIGTERM or
+// SIGINT: it stops accepting apps, finishes what it is writing to its
+// store, closes the server connection with a close frame and exits 0. A
+// usage or configuration error exits 2, a failure 1.
 package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -23,14 +31,16 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
-	"time"
 
 	"tether/agent"
 	"tether/ipc"
+	"tether/packaging/openwrt"
+	"tether/packaging/systemd"
+	"tether/platform/service"
 	"tether/store"
 )
 
@@ -39,101 +49,68 @@ var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	code := run(ctx, os.Args[1:], environ{
+		stdout:  os.Stdout,
+		stderr:  os.Stderr,
+		getenv:  os.Getenv,
+		journal: service.JournalStream(os.Stderr, os.Getenv),
+	})
 	stop()
 	os.Exit(code)
 }
 
-// options are the parsed command line.
-type options struct {
-	server     string
-	data       string
-	socket     string
-	socketMode os.FileMode
-	caFile     string
-	enrollKey  string
-	// enrollKeyFile holds the enrollment key, kept out of ps.
-	enrollKeyFile string
-	heartbeat     time.Duration
-	logLevel      slog.Level
+// environ is what a run of tetherd gets from its process.
+type environ struct {
+	stdout, stderr io.Writer
+	getenv         func(string) string
+	// journal is set when stderr is systemd's journal stream.
+	journal bool
 }
 
-// errUsage marks a command line the user must fix; the flag package has
-// already printed what is wrong.
+const usage = `usage: tetherd [run] [flags]            run the agent; tetherd run --help lists the flags
+       tetherd config check [flags]     check the config file and flags, and exit
+       tetherd install [--init SYSTEM] [flags]
+                                        install the service, running tetherd run [flags]
+       tetherd uninstall|start|stop|restart|status [--init SYSTEM]
+       tetherd version
+
+SYSTEM is systemd, procd, openrc, sysv or auto (the default: the one running).
+`
+
+// errUsage marks a command line the user must fix; what is wrong has
+// already been printed.
 var errUsage = errors.New("usage error")
 
-func parseArgs(args []string, stderr io.Writer) (options, error) {
-	if len(args) > 0 && args[0] == "run" {
+// run is tetherd's main, returning the exit code.
+func run(ctx context.Context, args []string, env environ) int {
+	cmd := ""
+	if len(args) > 0 {
+		cmd = args[0]
+	}
+	switch cmd {
+	case "version", "--version":
+		fmt.Fprintln(env.stdout, "tetherd", version)
+		return 0
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(env.stdout, usage)
+		return 0
+	case "config":
+		return runConfig(args[1:], env)
+	case "install", "uninstall", "start", "stop", "restart", "status":
+		return runService(cmd, args[1:], env)
+	case "run":
 		args = args[1:]
 	}
-	o := options{socketMode: ipc.DefaultSocketMode}
-	fs := flag.NewFlagSet("tetherd", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: tetherd [run] --server URL [flags]\n\nflags:\n")
-		fs.PrintDefaults()
+	o, err := parseArgs(args, env.stderr)
+	if code, done := exitFor(err, env.stderr); done {
+		return code
 	}
-	fs.StringVar(&o.server, "server", "", "connection server `URL` (ws://, wss://, http:// or https://)")
-	fs.StringVar(&o.data, "data", "/var/lib/tether", "`directory` of the agent's store")
-	fs.StringVar(&o.socket, "socket", "/run/tether/tetherd.sock", "`path` of the apps' Unix socket")
-	fs.Func("socket-mode", "permissions of the socket, an octal `mode` (default 0666)", func(s string) error {
-		m, err := strconv.ParseUint(s, 8, 32)
-		if err != nil || m > 0o777 {
-			return fmt.Errorf("want an octal mode like 0660")
-		}
-		o.socketMode = os.FileMode(m)
-		return nil
-	})
-	fs.StringVar(&o.caFile, "ca-file", "", "PEM `file` of the CA certificates to trust for wss:// (default: the system's)")
-	fs.StringVar(&o.enrollKey, "enroll-key", "", "enrollment `key` for the first check-in, if the server requires one")
-	fs.StringVar(&o.enrollKeyFile, "enroll-key-file", "", "`file` holding the enrollment key (keeps it out of ps)")
-	fs.DurationVar(&o.heartbeat, "heartbeat", agent.DefaultHeartbeat, "interval between heartbeats")
-	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return o, err
-		}
-		return o, errUsage
+	log := newLogger(o.logLevel, env)
+	notify, err := service.NewNotifier(env.getenv, os.Getpid())
+	if err != nil {
+		log.Warn("not notifying systemd", "err", err)
 	}
-	problem := ""
-	switch {
-	case fs.NArg() > 0:
-		problem = fmt.Sprintf("unexpected argument %q", fs.Arg(0))
-	case o.server == "":
-		problem = "--server is required"
-	case o.enrollKey != "" && o.enrollKeyFile != "":
-		problem = "give --enroll-key or --enroll-key-file, not both"
-	case o.heartbeat < time.Second:
-		problem = "--heartbeat must be at least 1s"
-	}
-	if problem == "" {
-		if _, err := agent.Endpoint(o.server); err != nil {
-			problem = err.Error()
-		}
-	}
-	if problem != "" {
-		fmt.Fprintln(stderr, "tetherd:", problem)
-		fs.Usage()
-		return o, errUsage
-	}
-	return o, nil
-}
-
-// run is tetherd's main, returning the exit code.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 1 && (args[0] == "version" || args[0] == "--version") {
-		fmt.Fprintln(stdout, "tetherd", version)
-		return 0
-	}
-	o, err := parseArgs(args, stderr)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		return 0
-	case err != nil:
-		return 2
-	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
-	if err := serve(ctx, o, log); err != nil {
+	if err := serve(ctx, o, log, notify); err != nil {
 		log.Error("tetherd failed", "err", err)
 		return 1
 	}
@@ -141,30 +118,230 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func serve(ctx context.Context, o options, log *slog.Logger) error {
+// exitFor turns a parse error into an exit code, printing what the user
+// must fix; done is false when there is no error.
+func exitFor(err error, stderr io.Writer) (code int, done bool) {
+	switch {
+	case err == nil:
+		return 0, false
+	case errors.Is(err, flag.ErrHelp):
+		return 0, true
+	case errors.Is(err, errUsage):
+		return 2, true
+	}
+	for line := range strings.SplitSeq(err.Error(), "\n") {
+		fmt.Fprintln(stderr, "tetherd:", line)
+	}
+	return 2, true
+}
+
+func newLogger(level slog.Level, env environ) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if env.journal {
+		return slog.New(service.NewJournalHandler(env.stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(env.stderr, opts))
+}
+
+// parseArgs reads the settings of `tetherd run`: the defaults, the config
+// file, then the flags in args.
+func parseArgs(args []string, stderr io.Writer) (options, error) {
+	// A first pass reports flag errors and finds the config file; the
+	// second applies the flags over the file.
+	flagsOnly := defaults()
+	fs := daemonFlags(&flagsOnly, stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return options{}, err
+		}
+		return options{}, errUsage
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	problem := ""
+	switch {
+	case fs.NArg() > 0:
+		problem = fmt.Sprintf("unexpected argument %q", fs.Arg(0))
+	case set["enroll-key"] && set["enroll-key-file"]:
+		problem = "give --enroll-key or --enroll-key-file, not both"
+	}
+	if problem != "" {
+		fmt.Fprintln(stderr, "tetherd:", problem)
+		fs.Usage()
+		return options{}, errUsage
+	}
+
+	o := defaults()
+	o.config = flagsOnly.config
+	if o.config != "" {
+		if err := loadConfig(&o, o.config, set["config"]); err != nil {
+			return options{}, err
+		}
+	}
+	if err := daemonFlags(&o, io.Discard).Parse(args); err != nil {
+		return options{}, fmt.Errorf("flags: %w", err) // parsed once already
+	}
+	if err := o.check(); err != nil {
+		return options{}, err
+	}
+	return o, nil
+}
+
+// runConfig is `tetherd config check`.
+func runConfig(args []string, env environ) int {
+	if len(args) == 0 || args[0] != "check" {
+		fmt.Fprint(env.stderr, "usage: tetherd config check [--config FILE] [flags]\n")
+		return 2
+	}
+	o, err := parseArgs(args[1:], env.stderr)
+	if code, done := exitFor(err, env.stderr); done {
+		return code
+	}
+	if _, _, err := prepare(o); err != nil {
+		fmt.Fprintln(env.stderr, "tetherd:", err)
+		return 2
+	}
+	switch _, err := os.Stat(o.config); {
+	case o.config == "":
+		fmt.Fprintln(env.stdout, "no config file; the flags are valid")
+	case err != nil:
+		fmt.Fprintf(env.stdout, "%s: none, the defaults and flags are valid\n", o.config)
+	default:
+		fmt.Fprintf(env.stdout, "%s: valid\n", o.config)
+	}
+	return 0
+}
+
+// runService installs or controls tetherd as a system service.
+func runService(action string, args []string, env environ) int {
+	initName := "auto"
+	var daemonArgs []string
+	fs := flag.NewFlagSet("tetherd "+action, flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	if action == "install" {
+		// Every flag but --init is for the installed `tetherd run`: parsed
+		// now, so that a typo fails here and not at boot.
+		flagsOnly := defaults()
+		fs = daemonFlags(&flagsOnly, env.stderr)
+		fs.VisitAll(func(f *flag.Flag) { f.Value = recorder{Value: f.Value, name: f.Name, args: &daemonArgs} })
+		fs.Usage = func() {
+			fmt.Fprintf(env.stderr, "usage: tetherd install [--init SYSTEM] [flags of tetherd run]\n\nflags:\n")
+			fs.PrintDefaults()
+		}
+	}
+	fs.StringVar(&initName, "init", initName, "service `system`: systemd, procd, openrc, sysv or auto")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(env.stderr, "tetherd: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	kind, err := service.ParseInit(initName)
+	if err != nil {
+		fmt.Fprintln(env.stderr, "tetherd:", err)
+		return 2
+	}
+	m, err := service.New(service.Config{
+		Name:        "tetherd",
+		Description: "Tether push-messaging agent",
+		Arguments:   append([]string{"run"}, daemonArgs...),
+		Init:        kind,
+		Scripts: map[service.Init]string{
+			service.InitSystemd: systemd.Unit,
+			service.InitProcd:   openwrt.InitScript,
+		},
+	})
+	if err != nil {
+		fmt.Fprintln(env.stderr, "tetherd:", err)
+		return 1
+	}
+	if action == "status" {
+		st, err := m.Status()
+		switch {
+		case errors.Is(err, service.ErrNotInstalled):
+			fmt.Fprintf(env.stdout, "not installed (%s)\n", m.System())
+			return 4
+		case err != nil:
+			fmt.Fprintln(env.stderr, "tetherd:", err)
+			return 1
+		}
+		fmt.Fprintf(env.stdout, "%s (%s)\n", st, m.System())
+		if st != "running" {
+			return 3
+		}
+		return 0
+	}
+	if err := m.Control(action); err != nil {
+		fmt.Fprintln(env.stderr, "tetherd:", err)
+		return 1
+	}
+	fmt.Fprintf(env.stdout, "%s: done (%s)\n", action, m.System())
+	return 0
+}
+
+// recorder passes a flag's values on and records them as arguments of
+// the command line that will run tetherd.
+type recorder struct {
+	flag.Value
+	name string
+	args *[]string
+}
+
+func (r recorder) Set(s string) error {
+	*r.args = append(*r.args, "--"+r.name+"="+s)
+	return r.Value.Set(s)
+}
+
+// prepare reads what the settings point to: the CA file and the
+// enrollment key.
+func prepare(o options) (*tls.Config, string, error) {
 	var tlsConfig *tls.Config
+	if o.caFile != "" || len(o.serverPins) > 0 {
+		tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
 	if o.caFile != "" {
 		pem, err := os.ReadFile(o.caFile)
 		if err != nil {
-			return fmt.Errorf("read CA file: %w", err)
+			return nil, "", fmt.Errorf("read CA file: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("CA file %s holds no PEM certificate", o.caFile)
+			return nil, "", fmt.Errorf("CA file %s holds no PEM certificate", o.caFile)
 		}
-		tlsConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		tlsConfig.RootCAs = pool
+	}
+	if pins := o.serverPins; len(pins) > 0 {
+		tlsConfig.VerifyConnection = func(cs tls.ConnectionState) error {
+			for _, chain := range cs.VerifiedChains {
+				for _, c := range chain {
+					if slices.Contains(pins, sha256.Sum256(c.RawSubjectPublicKeyInfo)) {
+						return nil
+					}
+				}
+			}
+			return errors.New("the server's certificate chain holds none of the pinned public keys")
+		}
 	}
 
+	enrollKey := o.enrollKey
 	if o.enrollKeyFile != "" {
 		b, err := os.ReadFile(o.enrollKeyFile)
 		if err != nil {
-			return fmt.Errorf("read enrollment key: %w", err)
+			return nil, "", fmt.Errorf("read enrollment key: %w", err)
 		}
-		if o.enrollKey = strings.TrimSpace(string(b)); o.enrollKey == "" {
-			return fmt.Errorf("read enrollment key: %s is empty", o.enrollKeyFile)
+		if enrollKey = strings.TrimSpace(string(b)); enrollKey == "" {
+			return nil, "", fmt.Errorf("read enrollment key: %s is empty", o.enrollKeyFile)
 		}
 	}
+	return tlsConfig, enrollKey, nil
+}
 
+func serve(ctx context.Context, o options, log *slog.Logger, notify *service.Notifier) error {
+	tlsConfig, enrollKey, err := prepare(o)
+	if err != nil {
+		return err
+	}
 	st, err := store.Open(filepath.Join(o.data, "agent.db"))
 	if err != nil {
 		return err
@@ -175,7 +352,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		Store:     st,
 		ServerURL: o.server,
 		TLS:       tlsConfig,
-		EnrollKey: o.enrollKey,
+		EnrollKey: enrollKey,
 		Heartbeat: o.heartbeat,
 		Name:      "tetherd/" + version,
 		Logger:    log.With("part", "agent"),
@@ -192,12 +369,15 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// Not yet wired, each in its own part: the D-Bus door on o.dbus ("off"
+	// for none) opens here, before readiness is reported; the power watcher
+	// reads o.sysfsRoot; the app bindings in o.apps go to the agent.
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
 	var doorErr, agentErr error
-	wg.Add(2)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		defer cancel() // the agent is no use without its door
@@ -208,9 +388,24 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		defer cancel()
 		agentErr = a.Run(ctx)
 	}()
+	go func() {
+		defer wg.Done()
+		// Pinging only while the store answers lets systemd restart an
+		// agent whose store or state lock is stuck.
+		notify.Watchdog(ctx, func(ctx context.Context) error {
+			_, err := a.Status(ctx)
+			return err
+		}, func(err error) { log.Warn("watchdog", "err", err) })
+	}()
 	log.Info("ready", "version", version, "server", o.server, "socket", o.socket, "data", o.data)
+	if err := notify.Ready("serving apps on " + o.socket); err != nil {
+		log.Warn("not notifying systemd", "err", err)
+	}
 	<-ctx.Done()
 	log.Info("stopping")
+	if err := notify.Stopping(); err != nil {
+		log.Warn("not notifying systemd", "err", err)
+	}
 	wg.Wait()
 	return errors.Join(doorErr, agentErr)
 }

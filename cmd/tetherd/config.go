@@ -1,0 +1,540 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/user"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	toml "github.com/pelletier/go-toml/v2"
+	"github.com/pelletier/go-toml/v2/unstable"
+
+	"tether/agent"
+	"tether/ipc"
+)
+
+// defaultConfig is the file tetherd reads when --config does not name one.
+// It may be missing: then the defaults and the flags are the whole
+// configuration.
+const defaultConfig = "/etc/tether/agent.toml"
+
+// options are tetherd's settings: the defaults, then the config file, then
+// the flags.
+type options struct {
+	// config is the file the settings were read from.
+	config     string
+	server     string
+	caFile     string
+	serverPins [][sha256.Size]byte
+	enrollKey  string
+	// enrollKeyFile holds the enrollment key, kept out of ps.
+	enrollKeyFile string
+	data          string
+	socket        string
+	socketMode    os.FileMode
+	// dbus is the bus the D-Bus door joins: "system", "session", a bus
+	// address, or "off".
+	dbus      string
+	heartbeat time.Duration
+	// sysfsRoot is where the power watcher reads the batteries' state.
+	sysfsRoot string
+	// apps binds app IDs to the Unix user allowed to register them.
+	apps     map[string]uint32
+	logLevel slog.Level
+}
+
+func defaults() options {
+	return options{
+		config:     defaultConfig,
+		data:       "/var/lib/tether",
+		socket:     "/run/tether/tetherd.sock",
+		socketMode: ipc.DefaultSocketMode,
+		dbus:       "system",
+		heartbeat:  agent.DefaultHeartbeat,
+		sysfsRoot:  "/sys",
+		logLevel:   slog.LevelInfo,
+	}
+}
+
+// The setters below check one setting as a flag or the config file gives
+// it; their errors say what is wrong with the value, and the caller says
+// where it came from.
+
+func (o *options) setServer(s string) error {
+	if _, err := agent.Endpoint(s); err != nil {
+		return err
+	}
+	o.server = s
+	return nil
+}
+
+func setPath(dst *string) func(string) error {
+	return func(s string) error {
+		if s == "" {
+			return errors.New("empty path")
+		}
+		*dst = s
+		return nil
+	}
+}
+
+// pinPrefix starts a server pin, as curl's --pinnedpubkey writes it.
+const pinPrefix = "sha256//"
+
+func (o *options) addServerPin(s string) error {
+	b64, ok := strings.CutPrefix(s, pinPrefix)
+	sum, err := base64.StdEncoding.DecodeString(b64)
+	if !ok || err != nil || len(sum) != sha256.Size {
+		return fmt.Errorf("pin %q: want %s followed by the base64 SHA-256 of a certificate's public key", s, pinPrefix)
+	}
+	o.serverPins = append(o.serverPins, [sha256.Size]byte(sum))
+	return nil
+}
+
+func (o *options) setSocketMode(s string) error {
+	m, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || m > 0o777 {
+		return fmt.Errorf("socket mode %q: want an octal mode like 0660", s)
+	}
+	o.socketMode = os.FileMode(m)
+	return nil
+}
+
+func (o *options) setDBus(s string) error {
+	switch s {
+	case "system", "session", "off":
+	default:
+		if err := checkBusAddress(s); err != nil {
+			return fmt.Errorf("dbus %q: want system, session, off or a bus address: %w", s, err)
+		}
+	}
+	o.dbus = s
+	return nil
+}
+
+// checkBusAddress checks the form of a D-Bus server address (the D-Bus
+// specification, "Server Addresses"): transport:key=value,... with
+// alternatives separated by semicolons.
+func checkBusAddress(s string) error {
+	for alt := range strings.SplitSeq(s, ";") {
+		transport, params, ok := strings.Cut(alt, ":")
+		if !ok || transport == "" {
+			return fmt.Errorf("%q has no transport", alt)
+		}
+		if params == "" {
+			continue
+		}
+		for kv := range strings.SplitSeq(params, ",") {
+			if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+				return fmt.Errorf("%q is not key=value", kv)
+			}
+		}
+	}
+	return nil
+}
+
+func (o *options) setHeartbeat(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("heartbeat %q: want a duration like 4m or 90s", s)
+	}
+	if d < time.Second {
+		return fmt.Errorf("heartbeat %s: must be at least 1s", d)
+	}
+	o.heartbeat = d
+	return nil
+}
+
+func (o *options) setLogLevel(s string) error {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return fmt.Errorf("log level %q: want debug, info, warn or error", s)
+	}
+	o.logLevel = l
+	return nil
+}
+
+// bindApp binds app to owner, a user name or a numeric uid.
+func (o *options) bindApp(app, owner string) error {
+	switch {
+	case app == "":
+		return errors.New("empty app ID")
+	case strings.IndexFunc(app, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
+		return fmt.Errorf("app ID %q has a space or control character", app)
+	}
+	var uid uint32
+	if n, err := strconv.ParseUint(owner, 10, 32); err == nil {
+		uid = uint32(n)
+	} else {
+		u, err := user.Lookup(owner)
+		if err != nil {
+			return fmt.Errorf("owner %q: %w", owner, err)
+		}
+		n, err := strconv.ParseUint(u.Uid, 10, 32)
+		if err != nil {
+			return fmt.Errorf("owner %q has uid %q", owner, u.Uid)
+		}
+		uid = uint32(n)
+	}
+	if o.apps == nil {
+		o.apps = map[string]uint32{}
+	}
+	o.apps[app] = uid
+	return nil
+}
+
+// bindAppFlag reads --app APP=OWNER.
+func (o *options) bindAppFlag(s string) error {
+	app, owner, ok := strings.Cut(s, "=")
+	if !ok || owner == "" {
+		return fmt.Errorf("%q: want APP=USER or APP=UID", s)
+	}
+	return o.bindApp(app, owner)
+}
+
+// check reports what is missing or contradicts once every source is read.
+func (o *options) check() error {
+	switch {
+	case o.server == "" && o.config == "":
+		return errors.New("no server: give --server")
+	case o.server == "":
+		return fmt.Errorf("no server: set server in %s or give --server", o.config)
+	case o.enrollKey != "" && o.enrollKeyFile != "":
+		return errors.New("give --enroll-key or --enroll-key-file, not both")
+	case len(o.serverPins) > 0 && !strings.HasPrefix(o.server, "wss:") && !strings.HasPrefix(o.server, "https:"):
+		return fmt.Errorf("server pins need a wss:// or https:// server, not %s", o.server)
+	}
+	return nil
+}
+
+// listFlag is a repeatable flag whose values replace, rather than extend,
+// what the config file gave.
+type listFlag struct {
+	reset   func()
+	add     func(string) error
+	started bool
+}
+
+func (l *listFlag) String() string { return "" }
+
+func (l *listFlag) Set(s string) error {
+	if !l.started {
+		l.reset()
+		l.started = true
+	}
+	return l.add(s)
+}
+
+// daemonFlags are the flags of `tetherd run`, writing into o.
+func daemonFlags(o *options, out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("tetherd", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.Usage = func() {
+		fmt.Fprintf(out, "usage: tetherd [run] [flags]\n\nSettings come from --config, then these flags:\n")
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.config, "config", defaultConfig, "settings `file` (TOML, docs/config.md); if the default is missing, or with \"\", the defaults apply")
+	fs.Func("server", "connection server `URL` (ws://, wss://, http:// or https://)", o.setServer)
+	fs.Func("ca-file", "PEM `file` of the CA certificates to trust for wss:// (default: the system's)", setPath(&o.caFile))
+	fs.Var(&listFlag{reset: func() { o.serverPins = nil }, add: o.addServerPin}, "server-pin",
+		"accept only a server whose certificate chain holds this public key, as `sha256//BASE64` (repeatable)")
+	fs.Func("enroll-key", "enrollment `key` for the first check-in, if the server requires one", func(s string) error {
+		o.enrollKey, o.enrollKeyFile = s, ""
+		return nil
+	})
+	fs.Func("enroll-key-file", "`file` holding the enrollment key (keeps it out of ps)", func(s string) error {
+		o.enrollKey = ""
+		return setPath(&o.enrollKeyFile)(s)
+	})
+	fs.Func("data", "`directory` of the agent's store (default /var/lib/tether)", setPath(&o.data))
+	fs.Func("socket", "`path` of the apps' Unix socket (default /run/tether/tetherd.sock)", setPath(&o.socket))
+	fs.Func("socket-mode", "permissions of the socket, an octal `mode` (default 0666)", o.setSocketMode)
+	fs.Func("dbus", "D-Bus door: system, session, off, or a bus `address` (default system)", o.setDBus)
+	fs.Func("heartbeat", "`interval` between heartbeats (default 4m0s)", o.setHeartbeat)
+	fs.Func("sysfs-root", "`directory` where sysfs is mounted, for the battery state (default /sys)", setPath(&o.sysfsRoot))
+	fs.Var(&listFlag{reset: func() { o.apps = nil }, add: o.bindAppFlag}, "app",
+		"bind an app ID to the only user who may register it, as `APP=USER` or APP=UID (repeatable)")
+	fs.Func("log-level", "log `level`: debug, info, warn or error (default info)", o.setLogLevel)
+	return fs
+}
+
+// configError is a bad setting in the config file.
+type configError struct {
+	file string
+	line int
+	key  string // as written in TOML; empty for a syntax error
+	err  error
+}
+
+func (e *configError) Error() string {
+	if e.key == "" {
+		return fmt.Sprintf("%s:%d: %v", e.file, e.line, e.err)
+	}
+	return fmt.Sprintf("%s:%d: %s: %v", e.file, e.line, e.key, e.err)
+}
+
+func (e *configError) Unwrap() error { return e.err }
+
+// fileConfig is the config file's layout. Values are decoded as they are
+// written and checked by the same setters as the flags, so that a file and
+// a flag are held to the same rules.
+type fileConfig struct {
+	Server        any `toml:"server"`
+	CAFile        any `toml:"ca_file"`
+	ServerPins    any `toml:"server_pins"`
+	EnrollKeyFile any `toml:"enroll_key_file"`
+	DataDir       any `toml:"data_dir"`
+	DBus          any `toml:"dbus"`
+	LogLevel      any `toml:"log_level"`
+	Socket        struct {
+		Path any `toml:"path"`
+		Mode any `toml:"mode"`
+	} `toml:"socket"`
+	Heartbeat struct {
+		Interval any `toml:"interval"`
+	} `toml:"heartbeat"`
+	Power struct {
+		SysfsRoot any `toml:"sysfs_root"`
+	} `toml:"power"`
+	Apps map[string]any `toml:"apps"`
+}
+
+// fileSetting is one key of the file with its value and how to apply it.
+type fileSetting struct {
+	key   []string
+	value any
+	apply func(o *options, v any) error
+}
+
+func (f *fileConfig) settings() []fileSetting {
+	s := []fileSetting{
+		{[]string{"server"}, f.Server, text((*options).setServer)},
+		{[]string{"ca_file"}, f.CAFile, text(func(o *options, s string) error { return setPath(&o.caFile)(s) })},
+		{[]string{"server_pins"}, f.ServerPins, textList((*options).addServerPin)},
+		{[]string{"enroll_key_file"}, f.EnrollKeyFile, text(func(o *options, s string) error { return setPath(&o.enrollKeyFile)(s) })},
+		{[]string{"data_dir"}, f.DataDir, text(func(o *options, s string) error { return setPath(&o.data)(s) })},
+		{[]string{"dbus"}, f.DBus, text((*options).setDBus)},
+		{[]string{"log_level"}, f.LogLevel, text((*options).setLogLevel)},
+		{[]string{"socket", "path"}, f.Socket.Path, text(func(o *options, s string) error { return setPath(&o.socket)(s) })},
+		{[]string{"socket", "mode"}, f.Socket.Mode, applySocketMode},
+		{[]string{"heartbeat", "interval"}, f.Heartbeat.Interval, text((*options).setHeartbeat)},
+		{[]string{"power", "sysfs_root"}, f.Power.SysfsRoot, text(func(o *options, s string) error { return setPath(&o.sysfsRoot)(s) })},
+	}
+	for app, owner := range f.Apps {
+		s = append(s, fileSetting{[]string{"apps", app}, owner, func(o *options, v any) error {
+			switch v := v.(type) {
+			case string:
+				return o.bindApp(app, v)
+			case int64:
+				if v < 0 || v > 1<<32-1 {
+					return fmt.Errorf("uid %d out of range", v)
+				}
+				return o.bindApp(app, strconv.FormatInt(v, 10))
+			}
+			return fmt.Errorf("want a user name or a uid, got %s", tomlType(v))
+		}})
+	}
+	return s
+}
+
+func text(set func(*options, string) error) func(*options, any) error {
+	return func(o *options, v any) error {
+		s, ok := v.(string)
+		if !ok {
+			return fmt.Errorf("want a string, got %s", tomlType(v))
+		}
+		return set(o, s)
+	}
+}
+
+func textList(add func(*options, string) error) func(*options, any) error {
+	return func(o *options, v any) error {
+		list, ok := v.([]any)
+		if !ok {
+			return fmt.Errorf("want an array of strings, got %s", tomlType(v))
+		}
+		for _, e := range list {
+			s, ok := e.(string)
+			if !ok {
+				return fmt.Errorf("want an array of strings, it holds %s", tomlType(e))
+			}
+			if err := add(o, s); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// applySocketMode takes the mode as a string ("0660") or a TOML octal
+// integer (0o660).
+func applySocketMode(o *options, v any) error {
+	switch v := v.(type) {
+	case string:
+		return o.setSocketMode(v)
+	case int64:
+		if v < 0 || v > 0o777 {
+			return fmt.Errorf("socket mode %d: write it as an octal integer (0o660) or a string (\"0660\")", v)
+		}
+		o.socketMode = os.FileMode(v)
+		return nil
+	}
+	return fmt.Errorf("want an octal mode, got %s", tomlType(v))
+}
+
+func tomlType(v any) string {
+	switch v := v.(type) {
+	case string:
+		return fmt.Sprintf("the string %q", v)
+	case int64:
+		return fmt.Sprintf("the integer %d", v)
+	case float64:
+		return fmt.Sprintf("the float %v", v)
+	case bool:
+		return fmt.Sprintf("%v", v)
+	case []any:
+		return "an array"
+	case map[string]any:
+		return "a table"
+	}
+	return "a date or time"
+}
+
+// loadConfig applies the config file at path to o. A missing file is no
+// error unless required.
+func loadConfig(o *options, path string, required bool) error {
+	doc, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) && !required {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	return applyConfig(o, path, doc)
+}
+
+// applyConfig applies doc, the config file at path, to o.
+func applyConfig(o *options, path string, doc []byte) error {
+	var f fileConfig
+	dec := toml.NewDecoder(bytes.NewReader(doc))
+	dec.DisallowUnknownFields()
+	var errs []error
+	if err := dec.Decode(&f); err != nil {
+		// Unknown keys leave the rest of the file decoded: check it too.
+		var strict *toml.StrictMissingError
+		if !errors.As(err, &strict) {
+			return decodeErrors(path, err)
+		}
+		errs = append(errs, decodeErrors(path, err))
+	}
+	lines := keyLines(doc)
+	for _, s := range f.settings() {
+		if s.value == nil {
+			continue
+		}
+		if err := s.apply(o, s.value); err != nil {
+			errs = append(errs, &configError{file: path, line: lines[keyID(s.key)], key: keyName(s.key), err: err})
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// decodeErrors turns the TOML decoder's errors into configErrors: a syntax
+// or type error, or every key the file has and tetherd does not know.
+func decodeErrors(path string, err error) error {
+	var strict *toml.StrictMissingError
+	if errors.As(err, &strict) {
+		errs := make([]error, len(strict.Errors))
+		for i, e := range strict.Errors {
+			line, _ := e.Position()
+			errs[i] = &configError{file: path, line: line, key: keyName(e.Key()), err: errors.New("unknown key")}
+		}
+		return errors.Join(errs...)
+	}
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		line, _ := de.Position()
+		msg := strings.TrimPrefix(de.Error(), "toml: ")
+		// Every key is decoded as it is written except the tables, so a
+		// type mismatch is a table written as something else.
+		if strings.HasPrefix(msg, "cannot decode TOML ") {
+			msg = "want a table"
+		}
+		return &configError{file: path, line: line, key: keyName(de.Key()), err: errors.New(msg)}
+	}
+	return fmt.Errorf("%s: %w", path, err)
+}
+
+// keyLines maps every key of doc, a document the decoder accepted, to the
+// line it is written on.
+func keyLines(doc []byte) map[string]int {
+	lines := map[string]int{}
+	var p unstable.Parser
+	p.Reset(doc)
+	var table []string
+	var walk func(prefix []string, n *unstable.Node)
+	walk = func(prefix []string, n *unstable.Node) {
+		key := append([]string(nil), prefix...)
+		it := n.Key()
+		line := 0
+		for it.Next() {
+			k := it.Node()
+			key = append(key, string(k.Data))
+			if line == 0 {
+				line = p.Shape(k.Raw).Start.Line
+			}
+			lines[keyID(key)] = line
+		}
+		if v := n.Value(); n.Kind == unstable.KeyValue && v.Kind == unstable.InlineTable {
+			children := v.Children()
+			for children.Next() {
+				walk(key, children.Node())
+			}
+		}
+	}
+	for p.NextExpression() {
+		e := p.Expression()
+		switch e.Kind {
+		case unstable.Table, unstable.ArrayTable:
+			table = table[:0]
+			it := e.Key()
+			for it.Next() {
+				table = append(table, string(it.Node().Data))
+			}
+			walk(nil, e)
+		case unstable.KeyValue:
+			walk(table, e)
+		}
+	}
+	return lines
+}
+
+func keyID(key []string) string { return strings.Join(key, "\x00") }
+
+// keyName writes a key as TOML does, quoting the parts that need it
+// (app IDs with dots, for one).
+func keyName(key []string) string {
+	parts := make([]string, len(key))
+	for i, k := range key {
+		bare := k != "" && strings.IndexFunc(k, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-')
+		}) < 0
+		if bare {
+			parts[i] = k
+		} else {
+			parts[i] = strconv.Quote(k)
+		}
+	}
+	return strings.Join(parts, ".")
+}

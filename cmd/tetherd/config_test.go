@@ -1,0 +1,256 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeConfig(t *testing.T, doc string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "agent.toml")
+	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestConfigFileAndFlags(t *testing.T) {
+	pin := base64.StdEncoding.EncodeToString(make([]byte, sha256.Size))
+	path := writeConfig(t, `# a device's settings
+server = "wss://push.example.com:8443"
+ca_file = "/etc/tether/ca.pem"
+server_pins = ["sha256//`+pin+`"]
+enroll_key_file = "/etc/tether/enroll-key"
+data_dir = "/data/tether"
+dbus = "unix:path=/run/dbus/system_bus_socket"
+log_level = "debug"
+
+[socket]
+path = "/run/t/t.sock"
+mode = 0o660
+
+[heartbeat]
+interval = "9m"
+
+[power]
+sysfs_root = "/fake/sys"
+
+[apps]
+"com.example.thermo" = "root"
+"com.example.meter" = 1001
+`)
+	tests := []struct {
+		name  string
+		flags []string
+		want  func(o *options)
+	}{
+		{"file only", nil, func(o *options) {}},
+		{"flags win", []string{"--server", "wss://flag:1", "--socket-mode", "0600", "--heartbeat", "30s", "--dbus", "off",
+			"--app", "com.example.x=0", "--app", "com.example.y=7", "--enroll-key", "k"}, func(o *options) {
+			o.server = "wss://flag:1"
+			o.socketMode = 0o600
+			o.heartbeat = 30 * time.Second
+			o.dbus = "off"
+			o.apps = map[string]uint32{"com.example.x": 0, "com.example.y": 7} // replacing the file's
+			o.enrollKey, o.enrollKeyFile = "k", ""                             // the flag's key replaces the file's
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			want := options{
+				config:        path,
+				server:        "wss://push.example.com:8443",
+				caFile:        "/etc/tether/ca.pem",
+				serverPins:    [][sha256.Size]byte{{}},
+				enrollKeyFile: "/etc/tether/enroll-key",
+				data:          "/data/tether",
+				socket:        "/run/t/t.sock",
+				socketMode:    0o660,
+				dbus:          "unix:path=/run/dbus/system_bus_socket",
+				heartbeat:     9 * time.Minute,
+				sysfsRoot:     "/fake/sys",
+				apps:          map[string]uint32{"com.example.thermo": 0, "com.example.meter": 1001},
+				logLevel:      slog.LevelDebug,
+			}
+			tt.want(&want)
+			got, err := parseArgs(append([]string{"--config", path}, tt.flags...), io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("options\n%+v\nwant\n%+v", got, want)
+			}
+		})
+	}
+}
+
+func TestConfigMissing(t *testing.T) {
+	// An explicit file must exist; "" reads none.
+	missing := filepath.Join(t.TempDir(), "agent.toml")
+	var stderr bytes.Buffer
+	if code := run(context.Background(), []string{"--config", missing, "--server", "ws://h"}, environ{stdout: io.Discard, stderr: &stderr, getenv: noEnv}); code != 2 ||
+		!strings.Contains(stderr.String(), "no such file") {
+		t.Errorf("a missing --config: exit %d, %q", code, stderr.String())
+	}
+	o, err := parseArgs([]string{"--config", "", "--server", "ws://h"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := defaults()
+	want.config, want.server = "", "ws://h"
+	if !reflect.DeepEqual(o, want) {
+		t.Errorf("with --config \"\": %+v, want the defaults %+v", o, want)
+	}
+}
+
+// TestConfigCheckNamesKeyAndLine is what `tetherd config check` says about
+// broken files: the file, the line and the key, and what is wrong.
+func TestConfigCheckNamesKeyAndLine(t *testing.T) {
+	tests := []struct {
+		name string
+		doc  string
+		want []string // lines after "tetherd: FILE:"
+	}{
+		{"syntax", "server = \"wss://h\n", []string{`1: basic strings cannot have new lines`}},
+		{"unknown keys, and a bad value beside them", "server = \"ws://h\"\n[socket]\nmode = \"rwx\"\nmodes = 1\n[power]\nsysfs = \"/x\"\n", []string{
+			`4: socket.modes: unknown key`,
+			`6: power.sysfs: unknown key`,
+			`3: socket.mode: socket mode "rwx": want an octal mode like 0660`,
+		}},
+		{"type", "server = 3\n", []string{`1: server: want a string, got the integer 3`}},
+		{"table as a value", "server = \"ws://h\"\nsocket = 3\n", []string{`2: socket: want a table`}},
+		{"bad URL", "\n\nserver = \"ftp://h\"\n", []string{`3: server: server URL "ftp://h": scheme must be ws, wss, http or https`}},
+		{"decimal mode", "server = \"ws://h\"\nsocket.mode = 660\n", []string{`2: socket.mode: socket mode 660: write it as an octal integer (0o660) or a string ("0660")`}},
+		{"short heartbeat", "server = \"ws://h\"\n[heartbeat]\ninterval = \"10ms\"\n", []string{`3: heartbeat.interval: heartbeat 10ms: must be at least 1s`}},
+		{"bad bus", "server = \"ws://h\"\ndbus = \"unix:path\"\n", []string{`2: dbus: dbus "unix:path": want system, session, off or a bus address: "path" is not key=value`}},
+		{"bad pin", "server = \"wss://h\"\nserver_pins = [\"sha256//abc\"]\n", []string{`2: server_pins: pin "sha256//abc": want sha256// followed by the base64 SHA-256 of a certificate's public key`}},
+		{"inline table", "server = \"ws://h\"\nsocket = { mode = \"0640\", path = 5 }\n", []string{`2: socket.path: want a string, got the integer 5`}},
+		{"apps", "server = \"ws://h\"\n[apps]\n\"com.example.thermo\" = \"no-such-user-here\"\n\"a.b\" = -3\nc = true\n", []string{
+			`3: apps."com.example.thermo": owner "no-such-user-here": user: unknown user no-such-user-here`,
+			`4: apps."a.b": uid -3 out of range`,
+			`5: apps.c: want a user name or a uid, got true`,
+		}},
+		{"app ID", "server = \"ws://h\"\napps.\"a b\" = 0\n", []string{`2: apps."a b": app ID "a b" has a space or control character`}},
+		{"bad level", "server = \"ws://h\"\nlog_level = \"loud\"\n", []string{`2: log_level: log level "loud": want debug, info, warn or error`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeConfig(t, tt.doc)
+			var stdout, stderr bytes.Buffer
+			code := run(context.Background(), []string{"config", "check", "--config", path}, environ{stdout: &stdout, stderr: &stderr, getenv: noEnv})
+			if code != 2 {
+				t.Errorf("exit %d, want 2", code)
+			}
+			var want []string
+			for _, w := range tt.want {
+				want = append(want, "tetherd: "+path+":"+w)
+			}
+			// Map order decides the order of app errors.
+			got := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+			if !sameSet(got, want) {
+				t.Errorf("stderr:\n%s\nwant:\n%s", stderr.String(), strings.Join(want, "\n"))
+			}
+		})
+	}
+}
+
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	seen := map[string]int{}
+	for _, s := range a {
+		seen[s]++
+	}
+	for _, s := range b {
+		if seen[s] == 0 {
+			return false
+		}
+		seen[s]--
+	}
+	return true
+}
+
+func TestConfigCheckAccepts(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "enroll-key")
+	if err := os.WriteFile(key, []byte("k\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := writeConfig(t, "server = \"ws://h\"\nenroll_key_file = \""+key+"\"\n")
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"config", "check", "--config", path}, environ{stdout: &stdout, stderr: &stderr, getenv: noEnv}); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if got := stdout.String(); got != path+": valid\n" {
+		t.Errorf("stdout %q", got)
+	}
+
+	// What the file points to is read too.
+	os.Remove(key)
+	stderr.Reset()
+	if code := run(context.Background(), []string{"config", "check", "--config", path}, environ{stdout: io.Discard, stderr: &stderr, getenv: noEnv}); code != 2 ||
+		!strings.Contains(stderr.String(), "read enrollment key") {
+		t.Errorf("a missing enrollment key file: exit %d, %q", code, stderr.String())
+	}
+}
+
+// TestShippedConfigs checks the default config files the packages
+// install: they are valid, the values they show commented out are the
+// defaults, and the OpenWrt one keeps the store off the tmpfs.
+func TestShippedConfigs(t *testing.T) {
+	doc, err := os.ReadFile("../../packaging/config/agent.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shown := map[string]bool{"data_dir": true, "log_level": true, "dbus": true, "path": true, "mode": true, "interval": true, "sysfs_root": true}
+	var uncommented []string
+	for _, line := range strings.Split(string(doc), "\n") {
+		if key, _, ok := strings.Cut(strings.TrimPrefix(line, "#"), " = "); ok && shown[key] {
+			line = strings.TrimPrefix(line, "#")
+		}
+		uncommented = append(uncommented, line)
+	}
+	for name, doc := range map[string]string{"as shipped": string(doc), "uncommented": strings.Join(uncommented, "\n")} {
+		o, err := parseArgs([]string{"--config", writeConfig(t, doc), "--server", "wss://push.example.com"}, io.Discard)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		want := defaults()
+		want.config, want.server = o.config, "wss://push.example.com"
+		if !reflect.DeepEqual(o, want) {
+			t.Errorf("%s: %+v, want the defaults %+v", name, o, want)
+		}
+	}
+
+	o, err := parseArgs([]string{"--config", "../../packaging/openwrt/agent.toml", "--server", "wss://push.example.com"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.data != "/etc/tether/data" || o.socket != "/var/run/tether/tetherd.sock" {
+		t.Errorf("OpenWrt settings: data %s, socket %s", o.data, o.socket)
+	}
+}
+
+func FuzzConfig(f *testing.F) {
+	f.Add("server = \"ws://h\"\n[socket]\nmode = \"0660\"\n[apps]\n\"a.b\" = 0\n")
+	f.Add("socket = { mode = 0o640, path = 5 }\n[[x]]\ny = 1\n")
+	f.Add("a.b.c = [1, {d = 2}]\n")
+	f.Fuzz(func(t *testing.T, doc string) {
+		o := defaults()
+		err := applyConfig(&o, "agent.toml", []byte(doc))
+		if err != nil && !strings.HasPrefix(err.Error(), "agent.toml:") {
+			t.Errorf("error %q does not start with the file", err)
+		}
+	})
+}

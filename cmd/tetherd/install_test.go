@@ -1,0 +1,139 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"tether/packaging/systemd"
+)
+
+// serviceHost runs `tetherd ARGS` (this test binary) as the service
+// commands would run on a device: as root, with a stub systemctl on PATH
+// that logs its calls, and with dir bind-mounted over /etc/systemd/system in
+// a mount namespace of its own, so that the unit lands in dir and this
+// machine's systemd configuration is untouched.
+type serviceHost struct {
+	t     *testing.T
+	units string // stands for /etc/systemd/system
+	calls string // what systemctl was asked
+	bin   string
+}
+
+func newServiceHost(t *testing.T) *serviceHost {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("installing a service needs root")
+	}
+	for _, tool := range []string{"unshare", "mount"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("no %s", tool)
+		}
+	}
+	if fi, err := os.Stat("/etc/systemd/system"); err != nil || !fi.IsDir() {
+		t.Skip("no /etc/systemd/system to mount over")
+	}
+	if out, err := exec.Command("unshare", "--mount", "true").CombinedOutput(); err != nil {
+		t.Skipf("no mount namespaces here: %v: %s", err, out)
+	}
+	dir := t.TempDir()
+	h := &serviceHost{t: t, units: filepath.Join(dir, "units"), calls: filepath.Join(dir, "calls"), bin: filepath.Join(dir, "bin")}
+	for _, d := range []string{h.units, h.bin} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stub := "#!/bin/sh\necho \"$*\" >> " + h.calls + "\n"
+	if err := os.WriteFile(filepath.Join(h.bin, "systemctl"), []byte(stub), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func (h *serviceHost) tetherd(args ...string) (string, error) {
+	h.t.Helper()
+	script := `mount --bind "$1" /etc/systemd/system && shift && exec "$@"`
+	cmd := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "sh", "-c", script, "sh", h.units, os.Args[0]}, args...)...)
+	cmd.Env = append(os.Environ(), "TETHERD_TEST_MAIN=1", "PATH="+h.bin+":"+os.Getenv("PATH"))
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (h *serviceHost) systemctlCalls() string {
+	b, _ := os.ReadFile(h.calls)
+	os.Remove(h.calls)
+	return string(b)
+}
+
+// TestInstallWritesTheShippedUnit: `tetherd install` under systemd writes
+// the unit the packages ship, running this binary, enables it, and
+// `tetherd uninstall` takes it away.
+func TestInstallWritesTheShippedUnit(t *testing.T) {
+	h := newServiceHost(t)
+	out, err := h.tetherd("install", "--init", "systemd")
+	if err != nil {
+		t.Fatalf("install: %v\n%s", err, out)
+	}
+	unitPath := filepath.Join(h.units, "tetherd.service")
+	got, err := os.ReadFile(unitPath)
+	if err != nil {
+		t.Fatalf("no unit written: %v\n%s", err, out)
+	}
+	want := strings.Replace(systemd.Unit, "ExecStart="+systemd.Executable+" run\n", "ExecStart="+os.Args[0]+" run\n", 1)
+	if string(got) != want {
+		t.Errorf("installed unit:\n%s\nwant the shipped one running this binary:\n%s", got, want)
+	}
+	if calls := h.systemctlCalls(); calls != "enable tetherd.service\ndaemon-reload\n" {
+		t.Errorf("systemctl calls:\n%s", calls)
+	}
+	if _, err := exec.LookPath("systemd-analyze"); err == nil {
+		if out, err := exec.Command("systemd-analyze", "verify", unitPath).CombinedOutput(); err != nil {
+			t.Errorf("systemd-analyze verify rejects the installed unit: %v\n%s", err, out)
+		}
+	}
+
+	// A second install does not overwrite the first.
+	if out, err := h.tetherd("install", "--init", "systemd"); err == nil || !strings.Contains(out, "exists") {
+		t.Errorf("second install: %v\n%s", err, out)
+	}
+	h.systemctlCalls()
+
+	for _, action := range []string{"start", "stop", "restart"} {
+		if out, err := h.tetherd(action, "--init", "systemd"); err != nil {
+			t.Errorf("%s: %v\n%s", action, err, out)
+		}
+		if calls := h.systemctlCalls(); calls != action+" tetherd.service\n" {
+			t.Errorf("%s: systemctl calls:\n%s", action, calls)
+		}
+	}
+
+	if out, err := h.tetherd("uninstall", "--init", "systemd"); err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(unitPath); !os.IsNotExist(err) {
+		t.Errorf("the unit is still there after uninstall: %v", err)
+	}
+	if calls := h.systemctlCalls(); calls != "disable tetherd.service\ndaemon-reload\n" {
+		t.Errorf("uninstall: systemctl calls:\n%s", calls)
+	}
+}
+
+// TestInstallCarriesFlags: flags given to install end up on the unit's
+// command line, quoted for systemd.
+func TestInstallCarriesFlags(t *testing.T) {
+	h := newServiceHost(t)
+	out, err := h.tetherd("install", "--server", "wss://push.example.com", "--init=systemd", "--data", "/srv/tether data", "--log-level", "debug")
+	if err != nil {
+		t.Fatalf("install: %v\n%s", err, out)
+	}
+	got, err := os.ReadFile(filepath.Join(h.units, "tetherd.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "\nExecStart=" + os.Args[0] + ` run --server=wss://push.example.com "--data=/srv/tether data" --log-level=debug` + "\n"
+	if !strings.Contains(string(got), want) {
+		t.Errorf("unit:\n%s\nwant the line %q", got, want)
+	}
+}

@@ -1,0 +1,44 @@
+################################################################################
+#
+# tetherd
+#
+################################################################################
+
+TETHERD_VERSION = $(call qstrip,$(BR2_PACKAGE_TETHERD_VERSION))
+TETHERD_SITE = $(call qstrip,$(BR2_PACKAGE_TETHERD_GIT_URL))
+TETHERD_SITE_METHOD = git
+
+# The module path is "tether"; Buildroot vendors its modules at download.
+TETHERD_GOMOD = tether
+TETHERD_BUILD_TARGETS = cmd/tetherd cmd/tetherctl
+TETHERD_INSTALL_BINS = tetherd tetherctl
+# Static, stripped and reproducible, as `make cross` builds them.
+TETHERD_GO_ENV = CGO_ENABLED=0
+TETHERD_BUILD_OPTS = -trimpath -buildvcs=false
+TETHERD_LDFLAGS = -s -w -buildid= -X main.version=$(TETHERD_VERSION)
+
+define TETHERD_USERS
+	tether -1 tether -1 * /var/lib/tether - - Tether push agent
+endef
+
+define TETHERD_INSTALL_FILES
+	$(INSTALL) -D -m 0644 $(@D)/packaging/config/agent.toml \
+		$(TARGET_DIR)/etc/tether/agent.toml
+	$(INSTALL) -D -m 0644 $(@D)/packaging/dbus/org.tether.Push.conf \
+		$(TARGET_DIR)/usr/share/dbus-1/system.d/org.tether.Push.conf
+	$(INSTALL) -D -m 0644 $(@D)/packaging/dbus/org.tether.Push.service \
+		$(TARGET_DIR)/usr/share/dbus-1/system-services/org.tether.Push.service
+endef
+TETHERD_POST_INSTALL_TARGET_HOOKS += TETHERD_INSTALL_FILES
+
+define TETHERD_INSTALL_INIT_SYSTEMD
+	$(INSTALL) -D -m 0644 $(@D)/packaging/systemd/tetherd.service \
+		$(TARGET_DIR)/usr/lib/systemd/system/tetherd.service
+endef
+
+define TETHERD_INSTALL_INIT_SYSV
+	$(INSTALL) -D -m 0755 $(TETHERD_PKGDIR)/S95tetherd \
+		$(TARGET_DIR)/etc/init.d/S95tetherd
+endef
+
+$(eval $(golang-package))

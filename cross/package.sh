@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Packages the binaries cross/build.sh made: .deb, .rpm, .apk and .ipk of
+# tetherd (with tetherctl) for each target, with nfpm and
+# packaging/nfpm.yaml, into OUT/NAME/.
+#
+#   cross/package.sh NFPM CROSS-DIR OUT [NAME...]   default: every target built
+#
+#   TETHER_VERSION     package version (default: from git describe)
+#   PACKAGE_FORMATS    default: deb rpm apk ipk
+#   IPK_ARCH           the OpenWrt architecture of the .ipk, for one target
+#                      (mipsel_24kc, aarch64_cortex-a53, ...); default:
+#                      nfpm's generic name, which opkg may refuse
+#   TETHER_MAINTAINER  the packages' Maintainer field
+set -euo pipefail
+nfpm=$(realpath "$1")
+cross=$(realpath "$2")
+mkdir -p "$3"
+out=$(realpath "$3")
+shift 3
+cd "$(dirname "$0")/.."
+
+if [[ -z ${TETHER_VERSION:-} ]]; then
+  # Digits and dots only, which every format accepts and orders: a tag
+  # v1.2.3 gives 1.2.3, four commits after it 1.2.3.4, and with no tag
+  # 0.0.0.N for the N-th commit.
+  if desc=$(git describe --tags --match 'v[0-9]*' --long 2>/dev/null); then
+    tag=${desc%-*-g*}
+    since=${desc%-g*}
+    since=${since##*-}
+    TETHER_VERSION=${tag#v}
+    if ((since > 0)); then TETHER_VERSION+=.$since; fi
+  else
+    TETHER_VERSION=0.0.0.$(git rev-list --count HEAD 2>/dev/null || echo 0)
+  fi
+fi
+export TETHER_VERSION
+export TETHER_MAINTAINER=${TETHER_MAINTAINER:-Tether maintainers <tether@example.org>}
+formats=(${PACKAGE_FORMATS:-deb rpm apk ipk})
+
+# cross/build.sh's target names and nfpm's architectures
+declare -A arch=(
+  [linux-amd64]=amd64 [linux-386]=386 [linux-arm64]=arm64 [linux-armv7]=arm7
+  [linux-armv6]=arm6 [linux-mips]=mips [linux-mipsle]=mipsle [linux-riscv64]=riscv64
+)
+names=("$@")
+if ((${#names[@]} == 0)); then
+  for d in "$cross"/linux-*/; do names+=("$(basename "$d")"); done
+fi
+for name in "${names[@]}"; do
+  [[ -n ${arch[$name]:-} ]] || { echo "package: unknown target $name" >&2; exit 1; }
+  export TETHER_BIN=$cross/$name
+  rm -rf "${out:?}/$name" # no packages of an earlier version beside the new ones
+  mkdir -p "$out/$name"
+  for f in "${formats[@]}"; do
+    TETHER_ARCH=${arch[$name]}
+    if [[ $f == ipk && -n ${IPK_ARCH:-} ]]; then TETHER_ARCH=$IPK_ARCH; fi
+    export TETHER_ARCH
+    "$nfpm" package --config packaging/nfpm.yaml --packager "$f" --target "$out/$name/" | grep -v '^using '
+  done
+done

@@ -1,0 +1,2 @@
+# tetherctl finds tetherd's socket where OpenWrt keeps it.
+export TETHER_SOCKET=/var/run/tether/tetherd.sock
