@@ -69,6 +69,10 @@ type Config struct {
 	HeartbeatPolicy *HeartbeatPolicy
 	// PowerMode is the mode to start in (PowerMains when empty).
 	PowerMode string
+	// AppOwners binds app IDs, before their first registration, to the
+	// only Unix user who may register them (root registers them for that
+	// user). Other app IDs belong to whoever registers them first.
+	AppOwners map[string]uint32
 	// PongWait (DefaultPongWait when zero).
 	PongWait time.Duration
 	// MinBackoff and MaxBackoff bound the reconnection delay (the defaults
@@ -103,6 +107,7 @@ type Agent struct {
 	link      *Link
 	onStatus  func()
 	policy    *HeartbeatPolicy // nil: fixed heartbeat
+	appOwners map[string]uint32
 
 	// condMu guards what the platform watchers tell the agent.
 	condMu    sync.Mutex
@@ -216,6 +221,7 @@ func New(cfg Config) (*Agent, error) {
 		link:          link,
 		onStatus:      cfg.OnStatusChange,
 		policy:        cfg.HeartbeatPolicy,
+		appOwners:     cfg.AppOwners,
 		routeUp:       true,
 		network:       unknownNetwork,
 		powerMode:     cfg.PowerMode,

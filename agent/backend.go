@@ -26,6 +26,12 @@ func (a *Agent) Register(ctx context.Context, c ipc.Caller, app, sender string) 
 	owner := c.UID
 	switch bound, err := a.store.Owner(app); {
 	case errors.Is(err, store.ErrNotFound):
+		if reserved, ok := a.appOwners[app]; ok {
+			if reserved != c.UID && !c.IsRoot() {
+				return "", fmt.Errorf("register: app %q is reserved for another user: %w", app, ipc.ErrPermission)
+			}
+			owner = reserved
+		}
 	case err != nil:
 		return "", fmt.Errorf("register: %w: %w", ipc.ErrStorage, err)
 	case bound != c.UID && !c.IsRoot():

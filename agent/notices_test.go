@@ -79,3 +79,27 @@ func TestNoticesAppliedOnceAckedAlways(t *testing.T) {
 		t.Fatalf("message %+v", m)
 	}
 }
+
+// An app ID reserved in the configuration can be registered only by its
+// user, or by root on its behalf.
+func TestReservedAppOwner(t *testing.T) {
+	p := newPeer(t)
+	d := newDevice(t, "", p.url, nil, func(c *Config) {
+		c.AppOwners = map[string]uint32{app: bob.UID, "org.example.kiosk": bob.UID}
+	}).start()
+	p.nextConn(t)
+	d.waitConnected(t)
+	if _, err := d.agent.Register(bg, alice, app, sender); !errors.Is(err, ipc.ErrPermission) {
+		t.Fatalf("another user registered a reserved app: %v", err)
+	}
+	if _, err := d.agent.Register(bg, bob, app, sender); err != nil {
+		t.Fatalf("its user: %v", err)
+	}
+	root := ipc.Caller{UID: 0}
+	if _, err := d.agent.Register(bg, root, "org.example.kiosk", sender); err != nil {
+		t.Fatalf("root: %v", err)
+	}
+	if owner, err := d.store.Owner("org.example.kiosk"); err != nil || owner != bob.UID {
+		t.Fatalf("root registered the kiosk app for uid %d, %v; want %d", owner, err, bob.UID)
+	}
+}

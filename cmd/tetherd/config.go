@@ -45,10 +45,17 @@ type options struct {
 	socketMode    os.FileMode
 	// dbus is the bus the D-Bus door joins: "system", "session", a bus
 	// address, or "off".
-	dbus      string
+	dbus string
+	// heartbeat, when set, fixes the ping interval; zero makes it adaptive
+	// within policy.
 	heartbeat time.Duration
+	policy    agent.HeartbeatPolicy
 	// sysfsRoot is where the power watcher reads the batteries' state.
 	sysfsRoot string
+	// lowBattery is the capacity, in percent, at or under which the
+	// battery counts as low.
+	lowBattery             int
+	minBackoff, maxBackoff time.Duration
 	// apps binds app IDs to the Unix user allowed to register them.
 	apps     map[string]uint32
 	logLevel slog.Level
@@ -61,8 +68,11 @@ func defaults() options {
 		socket:     "/run/tether/tetherd.sock",
 		socketMode: ipc.DefaultSocketMode,
 		dbus:       "system",
-		heartbeat:  agent.DefaultHeartbeat,
+		policy:     agent.DefaultHeartbeatPolicy,
 		sysfsRoot:  "/sys",
+		lowBattery: 15,
+		minBackoff: agent.DefaultMinBackoff,
+		maxBackoff: agent.DefaultMaxBackoff,
 		logLevel:   slog.LevelInfo,
 	}
 }
@@ -144,15 +154,29 @@ func checkBusAddress(s string) error {
 	return nil
 }
 
-func (o *options) setHeartbeat(s string) error {
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		return fmt.Errorf("heartbeat %q: want a duration like 4m or 90s", s)
+func (o *options) setHeartbeat(s string) error { return setDuration(&o.heartbeat, "heartbeat")(s) }
+
+// setDuration sets a duration of at least a second.
+func setDuration(dst *time.Duration, name string) func(string) error {
+	return func(s string) error {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("%s %q: want a duration like 4m or 90s", name, s)
+		}
+		if d < time.Second {
+			return fmt.Errorf("%s %s: must be at least 1s", name, d)
+		}
+		*dst = d
+		return nil
 	}
-	if d < time.Second {
-		return fmt.Errorf("heartbeat %s: must be at least 1s", d)
+}
+
+func (o *options) setLowBattery(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || n > 100 {
+		return fmt.Errorf("low battery %q: want a percentage from 0 to 100", s)
 	}
-	o.heartbeat = d
+	o.lowBattery = n
 	return nil
 }
 
@@ -214,6 +238,13 @@ func (o *options) check() error {
 		return errors.New("give --enroll-key or --enroll-key-file, not both")
 	case len(o.serverPins) > 0 && !strings.HasPrefix(o.server, "wss:") && !strings.HasPrefix(o.server, "https:"):
 		return fmt.Errorf("server pins need a wss:// or https:// server, not %s", o.server)
+	case o.maxBackoff < o.minBackoff:
+		return fmt.Errorf("reconnect.max_backoff %s is under reconnect.min_backoff %s", o.maxBackoff, o.minBackoff)
+	}
+	if o.heartbeat == 0 {
+		if err := o.policy.Check(); err != nil {
+			return fmt.Errorf("adaptive heartbeat: %w", err)
+		}
 	}
 	return nil
 }
@@ -261,8 +292,14 @@ func daemonFlags(o *options, out io.Writer) *flag.FlagSet {
 	fs.Func("socket", "`path` of the apps' Unix socket (default /run/tether/tetherd.sock)", setPath(&o.socket))
 	fs.Func("socket-mode", "permissions of the socket, an octal `mode` (default 0666)", o.setSocketMode)
 	fs.Func("dbus", "D-Bus door: system, session, off, or a bus `address` (default system)", o.setDBus)
-	fs.Func("heartbeat", "`interval` between heartbeats (default 4m0s)", o.setHeartbeat)
+	fs.Func("heartbeat", "fixed `interval` between heartbeats (default: learned per network)", o.setHeartbeat)
+	fs.Func("heartbeat-min", "shortest learned heartbeat `interval` (default 30s)", setDuration(&o.policy.Min, "heartbeat min"))
+	fs.Func("heartbeat-max", "longest learned heartbeat `interval` (default 28m0s)", setDuration(&o.policy.Max, "heartbeat max"))
+	fs.Func("heartbeat-start", "heartbeat `interval` on a network not learned yet (default 1m0s)", setDuration(&o.policy.Start, "heartbeat start"))
 	fs.Func("sysfs-root", "`directory` where sysfs is mounted, for the battery state (default /sys)", setPath(&o.sysfsRoot))
+	fs.Func("low-battery", "battery `percent` at or under which only high-priority messages move (default 15)", o.setLowBattery)
+	fs.Func("min-backoff", "first reconnection `delay` ceiling (default 1s)", setDuration(&o.minBackoff, "min backoff"))
+	fs.Func("max-backoff", "largest reconnection `delay` (default 5m0s)", setDuration(&o.maxBackoff, "max backoff"))
 	fs.Var(&listFlag{reset: func() { o.apps = nil }, add: o.bindAppFlag}, "app",
 		"bind an app ID to the only user who may register it, as `APP=USER` or APP=UID (repeatable)")
 	fs.Func("log-level", "log `level`: debug, info, warn or error (default info)", o.setLogLevel)
@@ -303,10 +340,18 @@ type fileConfig struct {
 	} `toml:"socket"`
 	Heartbeat struct {
 		Interval any `toml:"interval"`
+		Min      any `toml:"min"`
+		Max      any `toml:"max"`
+		Start    any `toml:"start"`
 	} `toml:"heartbeat"`
 	Power struct {
-		SysfsRoot any `toml:"sysfs_root"`
+		SysfsRoot  any `toml:"sysfs_root"`
+		LowBattery any `toml:"low_battery"`
 	} `toml:"power"`
+	Reconnect struct {
+		MinBackoff any `toml:"min_backoff"`
+		MaxBackoff any `toml:"max_backoff"`
+	} `toml:"reconnect"`
 	Apps map[string]any `toml:"apps"`
 }
 
@@ -329,7 +374,19 @@ func (f *fileConfig) settings() []fileSetting {
 		{[]string{"socket", "path"}, f.Socket.Path, text(func(o *options, s string) error { return setPath(&o.socket)(s) })},
 		{[]string{"socket", "mode"}, f.Socket.Mode, applySocketMode},
 		{[]string{"heartbeat", "interval"}, f.Heartbeat.Interval, text((*options).setHeartbeat)},
+		{[]string{"heartbeat", "min"}, f.Heartbeat.Min, duration(func(o *options) *time.Duration { return &o.policy.Min }, "heartbeat min")},
+		{[]string{"heartbeat", "max"}, f.Heartbeat.Max, duration(func(o *options) *time.Duration { return &o.policy.Max }, "heartbeat max")},
+		{[]string{"heartbeat", "start"}, f.Heartbeat.Start, duration(func(o *options) *time.Duration { return &o.policy.Start }, "heartbeat start")},
 		{[]string{"power", "sysfs_root"}, f.Power.SysfsRoot, text(func(o *options, s string) error { return setPath(&o.sysfsRoot)(s) })},
+		{[]string{"power", "low_battery"}, f.Power.LowBattery, func(o *options, v any) error {
+			n, ok := v.(int64)
+			if !ok {
+				return fmt.Errorf("want a percentage, got %s", tomlType(v))
+			}
+			return o.setLowBattery(strconv.FormatInt(n, 10))
+		}},
+		{[]string{"reconnect", "min_backoff"}, f.Reconnect.MinBackoff, duration(func(o *options) *time.Duration { return &o.minBackoff }, "min backoff")},
+		{[]string{"reconnect", "max_backoff"}, f.Reconnect.MaxBackoff, duration(func(o *options) *time.Duration { return &o.maxBackoff }, "max backoff")},
 	}
 	for app, owner := range f.Apps {
 		s = append(s, fileSetting{[]string{"apps", app}, owner, func(o *options, v any) error {
@@ -346,6 +403,10 @@ func (f *fileConfig) settings() []fileSetting {
 		}})
 	}
 	return s
+}
+
+func duration(field func(*options) *time.Duration, name string) func(*options, any) error {
+	return text(func(o *options, s string) error { return setDuration(field(o), name)(s) })
 }
 
 func text(set func(*options, string) error) func(*options, any) error {

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"tether/agent"
 )
 
 func writeConfig(t *testing.T, doc string) string {
@@ -41,9 +43,17 @@ mode = 0o660
 
 [heartbeat]
 interval = "9m"
+min = "45s"
+max = "20m"
+start = "2m"
 
 [power]
 sysfs_root = "/fake/sys"
+low_battery = 20
+
+[reconnect]
+min_backoff = "2s"
+max_backoff = "10m"
 
 [apps]
 "com.example.thermo" = "root"
@@ -78,7 +88,11 @@ sysfs_root = "/fake/sys"
 				socketMode:    0o660,
 				dbus:          "unix:path=/run/dbus/system_bus_socket",
 				heartbeat:     9 * time.Minute,
+				policy:        agent.HeartbeatPolicy{Min: 45 * time.Second, Max: 20 * time.Minute, Start: 2 * time.Minute, Growth: 2, Precision: 15 * time.Second},
 				sysfsRoot:     "/fake/sys",
+				lowBattery:    20,
+				minBackoff:    2 * time.Second,
+				maxBackoff:    10 * time.Minute,
 				apps:          map[string]uint32{"com.example.thermo": 0, "com.example.meter": 1001},
 				logLevel:      slog.LevelDebug,
 			}
@@ -213,7 +227,8 @@ func TestShippedConfigs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	shown := map[string]bool{"data_dir": true, "log_level": true, "dbus": true, "path": true, "mode": true, "interval": true, "sysfs_root": true}
+	shown := map[string]bool{"data_dir": true, "log_level": true, "dbus": true, "path": true, "mode": true, "min": true, "max": true, "start": true,
+		"sysfs_root": true, "low_battery": true, "min_backoff": true, "max_backoff": true}
 	var uncommented []string
 	for _, line := range strings.Split(string(doc), "\n") {
 		if key, _, ok := strings.Cut(strings.TrimPrefix(line, "#"), " = "); ok && shown[key] {

@@ -348,15 +348,28 @@ func serve(ctx context.Context, o options, log *slog.Logger, notify *service.Not
 	}
 	defer st.Close()
 
-	a, err := agent.New(agent.Config{
-		Store:     st,
-		ServerURL: o.server,
-		TLS:       tlsConfig,
-		EnrollKey: enrollKey,
-		Heartbeat: o.heartbeat,
-		Name:      "tetherd/" + version,
-		Logger:    log.With("part", "agent"),
-	})
+	var dbusDoor *ipc.DBusServer // set before the agent runs
+	cfg := agent.Config{
+		Store:      st,
+		ServerURL:  o.server,
+		TLS:        tlsConfig,
+		EnrollKey:  enrollKey,
+		Heartbeat:  o.heartbeat,
+		MinBackoff: o.minBackoff,
+		MaxBackoff: o.maxBackoff,
+		AppOwners:  o.apps,
+		Name:       "tetherd/" + version,
+		Logger:     log.With("part", "agent"),
+		OnStatusChange: func() {
+			if dbusDoor != nil {
+				dbusDoor.StatusChanged()
+			}
+		},
+	}
+	if o.heartbeat == 0 {
+		cfg.HeartbeatPolicy = &o.policy
+	}
+	a, err := agent.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -369,9 +382,10 @@ func serve(ctx context.Context, o options, log *slog.Logger, notify *service.Not
 	if err != nil {
 		return err
 	}
-	// Not yet wired, each in its own part: the D-Bus door on o.dbus ("off"
-	// for none) opens here, before readiness is reported; the power watcher
-	// reads o.sysfsRoot; the app bindings in o.apps go to the agent.
+	defer door.Close()
+	if dbusDoor, err = openDBusDoor(o, a, log.With("door", "dbus")); err != nil {
+		return err
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -383,11 +397,23 @@ func serve(ctx context.Context, o options, log *slog.Logger, notify *service.Not
 		defer cancel() // the agent is no use without its door
 		doorErr = door.Serve(ctx)
 	}()
+	if dbusDoor != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Apps on the bus lose their door when the bus goes, but the
+			// socket and the connection go on.
+			if err := dbusDoor.Serve(ctx); err != nil && ctx.Err() == nil {
+				log.Error("D-Bus door closed", "err", err)
+			}
+		}()
+	}
 	go func() {
 		defer wg.Done()
 		defer cancel()
 		agentErr = a.Run(ctx)
 	}()
+	watchPlatform(ctx, &wg, a, o, log)
 	go func() {
 		defer wg.Done()
 		// Pinging only while the store answers lets systemd restart an

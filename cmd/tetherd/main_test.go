@@ -25,6 +25,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"tether/agent"
 	"tether/internal/testpki"
 	"tether/ipc"
 	"tether/wire"
@@ -92,7 +93,7 @@ func TestParseDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.data != "/var/lib/tether" || o.socket != "/run/tether/tetherd.sock" || o.socketMode != 0o660 || o.heartbeat != 4*time.Minute ||
+	if o.data != "/var/lib/tether" || o.socket != "/run/tether/tetherd.sock" || o.socketMode != 0o660 || o.heartbeat != 0 || o.policy != agent.DefaultHeartbeatPolicy ||
 		o.dbus != "system" || o.sysfsRoot != "/sys" || o.apps != nil {
 		t.Errorf("options %+v", o)
 	}

@@ -82,7 +82,11 @@ func watchPlatform(ctx context.Context, wg *sync.WaitGroup, a *agent.Agent, o op
 		}()
 	}
 
-	pw, err := power.New(power.Config{SysfsRoot: o.sysfsRoot, Bus: bus, Logger: log.With("part", "power")})
+	low := o.lowBattery
+	if low == 0 {
+		low = -1 // the watcher's "never low"; its zero is its default
+	}
+	pw, err := power.New(power.Config{SysfsRoot: o.sysfsRoot, Bus: bus, LowBattery: low, Logger: log.With("part", "power")})
 	if err != nil {
 		log.Warn("no power watcher", "err", err)
 	} else {
