@@ -114,7 +114,10 @@ type Agent struct {
 	routeUp   bool
 	network   string
 	powerMode string
-	learner   *learner // nil until a network is known, or when fixed
+	learner   *learner // nil when the heartbeat is fixed
+	// probeBlocked stops probing until conditions change (wakeProber).
+	probeBlocked bool
+	probeWake    chan struct{}
 	// flushDeferred asks the session to send the deferred upstream
 	// messages.
 	flushDeferred chan struct{}
@@ -199,19 +202,21 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Name == "" {
 		cfg.Name = "tetherd"
 	}
+	var a *Agent
 	link, err := NewLink(LinkConfig{
-		URL:        endpoint,
-		TLS:        cfg.TLS,
-		Heartbeat:  cfg.Heartbeat,
-		PongWait:   cfg.PongWait,
-		MinBackoff: cfg.MinBackoff,
-		MaxBackoff: cfg.MaxBackoff,
-		Logger:     cfg.Logger.With("part", "link"),
+		OnSessionEnd: func(reason string, heartbeat time.Duration) { a.sessionEnded(reason, heartbeat) },
+		URL:          endpoint,
+		TLS:          cfg.TLS,
+		Heartbeat:    cfg.Heartbeat,
+		PongWait:     cfg.PongWait,
+		MinBackoff:   cfg.MinBackoff,
+		MaxBackoff:   cfg.MaxBackoff,
+		Logger:       cfg.Logger.With("part", "link"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	return &Agent{
+	a = &Agent{
 		store:         cfg.Store,
 		log:           cfg.Logger,
 		now:           cfg.Now,
@@ -227,12 +232,17 @@ func New(cfg Config) (*Agent, error) {
 		powerMode:     cfg.PowerMode,
 		deferred:      map[outboxKey]bool{},
 		flushDeferred: make(chan struct{}, 1),
+		probeWake:     make(chan struct{}, 1),
 		expiryChanged: make(chan struct{}, 1),
 		requests:      map[string]*request{},
 		upstreamRefs:  map[string]outboxKey{},
 		results:       map[outboxKey]chan ipc.SendResult{},
 		subs:          map[string]*subscription{},
-	}, nil
+	}
+	if a.policy != nil {
+		a.useNetwork(unknownNetwork)
+	}
+	return a, nil
 }
 
 // Endpoint turns a server URL as a user gives it into the WebSocket URL of
@@ -282,10 +292,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		a.expireLoop(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		a.probeLoop(ctx)
 	}()
 	a.log.Info("agent running", "server", a.endpoint)
 	err := a.link.Run(ctx, linkHandler{a})

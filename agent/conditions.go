@@ -78,6 +78,8 @@ func (a *Agent) useNetwork(network string) {
 	a.condMu.Unlock()
 	a.link.SetHeartbeat(l.interval())
 	a.log.Info("network", "id", network, "heartbeat", l.interval(), "settled", l.settled())
+	a.announce()
+	a.wakeProber()
 }
 
 // SetPowerMode tells the agent how the device is powered: PowerMains,
@@ -99,6 +101,8 @@ func (a *Agent) SetPowerMode(mode string) error {
 	if old == PowerLow {
 		a.releaseDeferred()
 	}
+	a.announce()
+	a.wakeProber()
 	a.statusChanged()
 	return nil
 }

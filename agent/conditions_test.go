@@ -123,3 +123,45 @@ func TestLowPowerDefersNormalUpstream(t *testing.T) {
 		t.Fatalf("after leaving low mode the server got %v", got)
 	}
 }
+
+// The server learns the power mode and heartbeat in every hello, and from
+// a state frame when they change during a session.
+func TestPowerModeAndHeartbeatAnnounced(t *testing.T) {
+	p, d, pc := onlineWithApp(t, nil)
+	d.waitConnected(t)
+	if pc.hello.Mode != PowerMains {
+		t.Fatalf("hello mode %q", pc.hello.Mode)
+	}
+	if err := d.agent.SetPowerMode(PowerBattery); err != nil {
+		t.Fatal(err)
+	}
+	var st wire.State
+	if err := pc.waitFor(t, wire.TypeState).Decode(&st); err != nil || st.Mode != PowerBattery || st.Heartbeat != int(d.agent.Link().Stats().Heartbeat/time.Second) {
+		t.Fatalf("state frame %+v, %v", st, err)
+	}
+	pc.drop()
+	if pc = p.nextConn(t); pc.hello.Mode != PowerBattery {
+		t.Fatalf("hello after a reconnection has mode %q", pc.hello.Mode)
+	}
+}
+
+// A server that goes away with a delay is not dialled again before it.
+func TestGoAwayObeyed(t *testing.T) {
+	p, d, pc := onlineWithApp(t, nil)
+	d.waitConnected(t)
+	pc.send("", wire.GoAway{RetryAfter: 1, Reason: "draining"})
+	var notBefore time.Time
+	waitUntil(t, "the agent to take the go-away", func() bool {
+		d.agent.link.mu.Lock()
+		defer d.agent.link.mu.Unlock()
+		notBefore = d.agent.link.notBefore
+		return !notBefore.IsZero()
+	})
+	pc.drop()
+	p.nextConn(t)
+	d.waitConnected(t)
+	st := d.agent.Link().Stats()
+	if st.LastDisconnect != "goaway" || st.LastConnectAt.Before(notBefore) {
+		t.Fatalf("after a go-away until %v: %+v", notBefore, st)
+	}
+}

@@ -65,8 +65,15 @@ type LinkConfig struct {
 	// jitter.
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
-	Logger     *slog.Logger
+	// OnSessionEnd, when set, is told why each session ended and the
+	// heartbeat it had, so that a silent death can be learned from.
+	OnSessionEnd func(reason string, heartbeat time.Duration)
+	Logger       *slog.Logger
 }
+
+// ReasonHeartbeatTimeout is the disconnect reason of a connection that
+// died silently: nothing heard within a heartbeat and the pong wait.
+const ReasonHeartbeatTimeout = "heartbeat timeout"
 
 // Link keeps one WebSocket connection to the connection server: it dials,
 // says hello, hands each session to its Handler, drives the heartbeat and
@@ -96,6 +103,8 @@ type Link struct {
 	session     *Session
 	// dropReason is why the current session is being ended on purpose.
 	dropReason string
+	// notBefore is when the server said it may be dialled again.
+	notBefore time.Time
 	// cause is why the next connection is dialled; stats what happened.
 	cause string
 	stats LinkStats
@@ -228,8 +237,18 @@ func (l *Link) Suspend(ctx context.Context) error {
 	}
 }
 
+// GoAway obeys a server that asked not to be dialled again for d: no
+// dial, whatever wakes the link, happens before then.
+func (l *Link) GoAway(d time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.notBefore = time.Now().Add(d)
+	l.dropReason = "goaway"
+}
+
 // SetHeartbeat changes the ping interval, for the current session at once
-// (capped by what the server's welcome allows) and for later ones.
+// and for later ones. The caller tells the server (a state frame), whose
+// idle timeout must follow.
 func (l *Link) SetHeartbeat(d time.Duration) {
 	if d <= 0 {
 		return
@@ -249,6 +268,9 @@ func (l *Link) Run(ctx context.Context, h Handler) error {
 	attempt := 0
 	for {
 		if !l.waitRelease(ctx) {
+			return nil
+		}
+		if !l.waitGoAway(ctx) {
 			return nil
 		}
 		select { // a kick from before this attempt is served by it
@@ -299,6 +321,26 @@ func backoff(base, limit time.Duration, attempt int) time.Duration {
 		ceiling = base << attempt
 	}
 	return rand.N(ceiling)
+}
+
+// waitGoAway waits out the delay a server asked for; false when ctx is
+// done.
+func (l *Link) waitGoAway(ctx context.Context) bool {
+	l.mu.Lock()
+	wait := time.Until(l.notBefore)
+	l.mu.Unlock()
+	if wait <= 0 {
+		return true
+	}
+	l.log.Info("server asked to wait before dialling", "wait", wait.Round(time.Second))
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // waitRelease blocks while the link is held; false when ctx is done.
@@ -380,10 +422,14 @@ func (l *Link) connect(ctx context.Context, h Handler) (time.Duration, error) {
 	s.start()
 	h.Serve(ctx, s)
 	err = s.shutdown()
+	reason := disconnectReason(ctx, l.dropReason, err)
 	l.mu.Lock()
 	l.session = nil
-	l.stats.LastDisconnect, l.stats.LastDisconnectAt = disconnectReason(ctx, l.dropReason, err), time.Now()
+	l.stats.LastDisconnect, l.stats.LastDisconnectAt = reason, time.Now()
 	l.mu.Unlock()
+	if l.cfg.OnSessionEnd != nil {
+		l.cfg.OnSessionEnd(reason, s.interval())
+	}
 	return time.Since(started), err
 }
 
@@ -394,14 +440,14 @@ func disconnectReason(ctx context.Context, dropReason string, err error) string 
 	var closeErr *websocket.CloseError
 	var netErr net.Error
 	switch {
-	case ctx.Err() != nil && dropReason != "":
+	case dropReason != "" && (ctx.Err() != nil || dropReason == "goaway"):
 		return dropReason
 	case ctx.Err() != nil:
 		return "agent stopping"
 	case errors.As(err, &closeErr):
 		return fmt.Sprintf("server closed: %d %s", closeErr.Code, closeErr.Text)
 	case errors.As(err, &netErr) && netErr.Timeout():
-		return "heartbeat timeout"
+		return ReasonHeartbeatTimeout
 	case err == nil:
 		return "session ended"
 	}
@@ -447,14 +493,12 @@ func exchangeHello(ctx context.Context, conn *websocket.Conn, hello []byte) (wir
 // Session is one established connection: the server's welcome, the frames
 // it sends, and a queue to the connection's single writer.
 type Session struct {
-	conn     *websocket.Conn
-	welcome  wire.Welcome
-	log      *slog.Logger
-	pongWait time.Duration
-	pings    *atomic.Uint64 // the link's count of heartbeats sent
-	// allowed caps the heartbeat at the server's announced timeout.
-	allowed   time.Duration
-	heartbeat atomic.Int64 // time.Duration
+	conn      *websocket.Conn
+	welcome   wire.Welcome
+	log       *slog.Logger
+	pongWait  time.Duration
+	pings     *atomic.Uint64 // the link's count of heartbeats sent
+	heartbeat atomic.Int64   // time.Duration
 
 	out       chan []byte
 	frames    chan []byte
@@ -481,10 +525,11 @@ func newSession(conn *websocket.Conn, w wire.Welcome, heartbeat, pongWait time.D
 		readDone:  make(chan struct{}),
 		writeDone: make(chan struct{}),
 	}
-	if w.Heartbeat > 0 {
-		s.allowed = time.Duration(w.Heartbeat) * time.Second
+	// The server's welcome may hold the session for less than asked.
+	if allowed := time.Duration(w.Heartbeat) * time.Second; allowed > 0 && heartbeat > allowed {
+		heartbeat = allowed
 	}
-	s.heartbeat.Store(int64(s.capped(heartbeat)))
+	s.heartbeat.Store(int64(heartbeat))
 	return s
 }
 
@@ -518,17 +563,10 @@ func (s *Session) Send(ctx context.Context, frame []byte) error {
 	}
 }
 
-func (s *Session) capped(d time.Duration) time.Duration {
-	if s.allowed > 0 && d > s.allowed {
-		return s.allowed
-	}
-	return d
-}
-
 func (s *Session) interval() time.Duration { return time.Duration(s.heartbeat.Load()) }
 
 func (s *Session) setHeartbeat(d time.Duration) {
-	s.heartbeat.Store(int64(s.capped(d)))
+	s.heartbeat.Store(int64(d))
 	select {
 	case s.hbChanged <- struct{}{}:
 	default:

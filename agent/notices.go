@@ -59,3 +59,16 @@ func (r *sessionRun) deletedMessages(ctx context.Context, f wire.Frame) {
 		a.forget(n.App, nil, true) // the listener reports the count
 	}
 }
+
+// goAway obeys a server that is about to close the session and asked not
+// to be dialled again for a while.
+func (r *sessionRun) goAway(f wire.Frame) {
+	var g wire.GoAway
+	if err := f.Decode(&g); err != nil {
+		r.reject(context.Background(), f.Ref, wire.CodeBadFrame, err)
+		return
+	}
+	d := time.Duration(g.RetryAfter) * time.Second
+	r.a.log.Info("server going away", "retry_after", d, "reason", g.Reason)
+	r.a.link.GoAway(d)
+}

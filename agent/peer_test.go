@@ -45,6 +45,8 @@ type peer struct {
 	welcomeHeartbeat int
 	// deaf makes the peer ignore pings.
 	deaf bool
+	// probes counts the probe connections.
+	probes int
 }
 
 func newPeer(t *testing.T) *peer {
@@ -119,6 +121,22 @@ func (p *peer) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	gate, deaf := p.gate, p.deaf
 	p.mu.Unlock()
+	if hello.Probe {
+		// A probe: welcome it, answer its pings (gorilla's default), and
+		// never count it as the device's connection.
+		p.mu.Lock()
+		p.probes++
+		p.mu.Unlock()
+		frame, _ := wire.Encode("", welcome)
+		if ws.WriteMessage(websocket.TextMessage, frame) != nil {
+			return
+		}
+		for {
+			if _, _, err := ws.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}
 
 	pc := &peerConn{
 		ws: ws, hello: hello,

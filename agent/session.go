@@ -45,7 +45,7 @@ type linkHandler struct{ a *Agent }
 // else asks for a check-in.
 func (h linkHandler) Hello() (wire.Hello, error) {
 	a := h.a
-	hello := wire.Hello{Agent: a.name}
+	hello := wire.Hello{Agent: a.name, Mode: a.currentPowerMode()}
 	creds, err := a.store.Credentials()
 	switch {
 	case err == nil && creds.Server == a.endpoint:
@@ -77,6 +77,7 @@ func (h linkHandler) Serve(ctx context.Context, s *Session) {
 	a.session = s
 	a.mu.Unlock()
 	a.statusChanged()
+	a.wakeProber()
 	defer a.endSession()
 	a.log.Info("connected", "device", w.DeviceID, "heartbeat", s.interval())
 
@@ -213,7 +214,9 @@ func (r *sessionRun) handleBurst(ctx context.Context, burst [][]byte) error {
 			r.upstreamAcked(ctx, f)
 		case wire.TypeError:
 			r.serverError(f)
-		case wire.TypeHello, wire.TypeWelcome, wire.TypeRegister, wire.TypeUnregister, wire.TypeAck, wire.TypeUpstream, wire.TypeSubscribe, wire.TypeUnsubscribe:
+		case wire.TypeGoAway:
+			r.goAway(f)
+		case wire.TypeHello, wire.TypeWelcome, wire.TypeRegister, wire.TypeUnregister, wire.TypeAck, wire.TypeUpstream, wire.TypeSubscribe, wire.TypeUnsubscribe, wire.TypeState:
 			r.reject(ctx, f.Ref, wire.CodeUnknownType, fmt.Errorf("the agent does not take %s frames", f.Type))
 		default:
 			r.reject(ctx, f.Ref, wire.CodeUnknownType, fmt.Errorf("unknown frame type %q", f.Type))
@@ -351,7 +354,7 @@ var answerType = map[wire.Type]wire.Type{
 func (a *Agent) complete(req *request, token string) requestResult {
 	app, sender := req.reg.App, req.reg.Sender
 	switch req.kind {
-	case wire.TypeSubscribe, wire.TypeUnsubscribe:
+	case wire.TypeSubscribe, wire.TypeUnsubscribe, wire.TypeState:
 		// Subscriptions live on the server; the device keeps nothing.
 		a.log.Info(string(req.kind)+"d", "app", app, "sender", sender, "topic", req.topic)
 		return requestResult{}

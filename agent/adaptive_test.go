@@ -1,0 +1,145 @@
+package agent
+
+import (
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"tether/store"
+)
+
+// blackholeProxy forwards TCP connections to a target and, like a NAT box
+// that forgot a mapping, silently stops forwarding a connection once it has
+// been idle for idle or longer: no close, no reset, the bytes just vanish.
+type blackholeProxy struct {
+	ln     net.Listener
+	target string
+	idle   time.Duration
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func startBlackholeProxy(t *testing.T, target string, idle time.Duration) *blackholeProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &blackholeProxy{ln: ln, target: target, idle: idle}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *blackholeProxy) accept() {
+	defer p.wg.Done()
+	for {
+		in, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		out, err := net.Dial("tcp", p.target)
+		if err != nil {
+			in.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, in, out)
+		p.mu.Unlock()
+		var last atomic.Int64
+		var dead atomic.Bool
+		last.Store(time.Now().UnixNano())
+		forward := func(dst, src net.Conn) {
+			defer p.wg.Done()
+			defer dst.Close()
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := src.Read(buf)
+				if err != nil {
+					return
+				}
+				now := time.Now().UnixNano()
+				if dead.Load() || time.Duration(now-last.Load()) >= p.idle {
+					dead.Store(true) // forgotten: swallow everything from now on
+					continue
+				}
+				last.Store(now)
+				if _, err := dst.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+		}
+		p.wg.Add(2)
+		go forward(out, in)
+		go forward(in, out)
+	}
+}
+
+// Behind a NAT that forgets idle connections after two seconds, the agent
+// finds the longest heartbeat that holds, just under the timeout, with
+// probes on a second connection: the connection that carries messages
+// never dies on the way. The clock is real; the bounds are scaled down.
+func TestAdaptiveHeartbeatSettlesUnderTheIdleTimeout(t *testing.T) {
+	const natIdle = 2 * time.Second
+	p := newPeer(t)
+	proxy := startBlackholeProxy(t, strings.TrimPrefix(p.url, "http://"), natIdle)
+	policy := HeartbeatPolicy{Min: 250 * time.Millisecond, Max: 8 * time.Second, Start: 500 * time.Millisecond, Growth: 2, Precision: 150 * time.Millisecond}
+	d := newDevice(t, "", "http://"+proxy.ln.Addr().String(), nil, func(c *Config) {
+		c.HeartbeatPolicy = &policy
+		c.PongWait = 400 * time.Millisecond
+	})
+	d.start()
+	p.nextConn(t)
+	d.waitConnected(t)
+
+	// The search takes the sum of the probed intervals, about 8 s here;
+	// a loaded machine may take longer, and that is not what is tested.
+	var learned store.Heartbeat
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		d.agent.condMu.Lock()
+		learned = d.agent.learner.known
+		settled := d.agent.learner.settled()
+		d.agent.condMu.Unlock()
+		if settled {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the heartbeat search has not ended: %+v", learned)
+		}
+	}
+	if learned.Good >= natIdle || natIdle-learned.Good > max(policy.Precision, learned.Good/10)+100*time.Millisecond {
+		t.Errorf("settled on %v (shortest failure %v) for a NAT timeout of %v", learned.Good, learned.Bad, natIdle)
+	}
+	st, err := d.agent.Status(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Heartbeat != int(learned.Good/time.Second) || st.Reconnects != 0 {
+		t.Errorf("status %+v: want the learned heartbeat in use and the first connection still up", st)
+	}
+	p.mu.Lock()
+	probes := p.probes
+	p.mu.Unlock()
+	if probes < 3 {
+		t.Errorf("%d probe connections, want the search to have used several", probes)
+	}
+	// What was learned is kept, as soon as it is learned.
+	waitUntil(t, "the learned heartbeat to be kept", func() bool {
+		kept, err := d.store.Heartbeat(unknownNetwork)
+		return err == nil && kept == learned
+	})
+}
