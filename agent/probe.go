@@ -67,6 +67,8 @@ func (l *Link) Probe(ctx context.Context, hello wire.Hello, d time.Duration) (he
 		readErr <- err // for the deferred wait
 		return false, fmt.Errorf("probe: closed while idle: %w", err)
 	case <-ctx.Done():
+		msg := websocket.FormatCloseMessage(websocket.CloseGoingAway, "agent closing")
+		conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(writeTimeout))
 		return false, ctx.Err()
 	}
 	if err := conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout)); err != nil {

@@ -110,12 +110,25 @@ func closePeer(t *testing.T) (url string, connected chan struct{}, closed chan i
 			return
 		}
 		defer ws.Close()
-		if _, _, err := ws.ReadMessage(); err != nil {
+		_, data, err := ws.ReadMessage()
+		if err != nil {
+			return
+		}
+		var hello wire.Hello
+		if f, err := wire.Decode(data); err != nil || f.Decode(&hello) != nil {
 			return
 		}
 		welcome, _ := wire.Encode("", wire.Welcome{Version: wire.Version, DeviceID: "d1", DeviceSecret: deviceSecret, Heartbeat: 600})
 		if ws.WriteMessage(websocket.TextMessage, welcome) != nil {
 			return
+		}
+		if hello.Probe {
+			// The agent's heartbeat probes: not the session under test.
+			for {
+				if _, _, err := ws.ReadMessage(); err != nil {
+					return
+				}
+			}
 		}
 		connected <- struct{}{}
 		for {
