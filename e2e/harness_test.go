@@ -71,12 +71,22 @@ type proc struct {
 
 func startProc(t *testing.T, name string, stdout io.Writer, args ...string) *proc {
 	t.Helper()
+	return startProcIn(t, "", name, stdout, args...)
+}
+
+// startProcIn starts one of the binaries in the network namespace netns
+// (ip netns exec), or in the test's own when netns is empty.
+func startProcIn(t *testing.T, netns, name string, stdout io.Writer, args ...string) *proc {
+	t.Helper()
 	logPath := filepath.Join(t.TempDir(), name+".log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(filepath.Join(binDir, name), args...)
+	if netns != "" {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", netns, filepath.Join(binDir, name)}, args...)...)
+	}
 	cmd.Stderr = logFile
 	cmd.Stdout = logFile
 	if stdout != nil {
@@ -177,6 +187,9 @@ func freeAddr(t *testing.T) string {
 // server is a tether-server process with its data dir and address, which
 // stay the same across restarts.
 type server struct {
+	// netns is the network namespace tether-server runs in; empty for the
+	// test's.
+	netns  string
 	t      *testing.T
 	addr   string
 	data   string
@@ -203,7 +216,7 @@ func startServer(t *testing.T, extra ...string) *server {
 // launch starts the process without waiting for it.
 func (s *server) launch() {
 	args := append([]string{"serve", "--listen", s.addr, "--data", s.data, "--log-level", "debug"}, s.args...)
-	s.p = startProc(s.t, "tether-server", nil, args...)
+	s.p = startProcIn(s.t, s.netns, "tether-server", nil, args...)
 }
 
 func (s *server) start() {
@@ -327,7 +340,9 @@ func (s *server) mustSend(key string, msg map[string]any) string {
 
 // agent is a tetherd process with its data dir and socket.
 type agent struct {
-	t      *testing.T
+	t *testing.T
+	// netns is the network namespace tetherd runs in; empty for the test's.
+	netns  string
 	server string
 	data   string
 	sock   string
@@ -351,7 +366,7 @@ func startAgent(t *testing.T, serverURL string, extra ...string) *agent {
 func (a *agent) launch() {
 	a.t.Helper()
 	args := append([]string{"--server", a.server, "--data", a.data, "--socket", a.sock, "--log-level", "debug"}, a.args...)
-	a.p = startProc(a.t, "tetherd", nil, args...)
+	a.p = startProcIn(a.t, a.netns, "tetherd", nil, args...)
 	waitFor(a.t, "tetherd's socket", 30*time.Second, func() error {
 		if a.p.exited() {
 			a.t.Fatalf("tetherd exited: %v\n%s", a.p.err, a.p.log())
