@@ -9,20 +9,13 @@
 package dbustest
 
 import (
-	"bufio"
-	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/godbus/dbus/v5"
 )
 
-// startTimeout bounds how long Start waits for the daemon to print its
+// startTimeout bounds how long StartWith waits for the daemon to print its
 // address.
 const startTimeout = 10 * time.Second
 
@@ -50,69 +43,12 @@ type Bus struct {
 	Address string
 }
 
-// Start runs a dbus-daemon until the test ends. It skips the test when no
-// dbus-daemon is installed and fails it when the daemon does not start.
+// Start runs a dbus-daemon that allows everything until the test ends. It
+// skips the test when no dbus-daemon is installed and fails it when the
+// daemon does not start.
 func Start(t testing.TB) *Bus {
 	t.Helper()
-	daemon, err := exec.LookPath("dbus-daemon")
-	if err != nil {
-		t.Skip("dbus-daemon is not installed: ", err)
-	}
-	// A Unix socket path is limited to 108 bytes; t.TempDir's names grow
-	// with the test's name, so the socket goes in a short directory.
-	dir, err := os.MkdirTemp("", "dbustest")
-	if err != nil {
-		t.Fatalf("make bus directory: %v", err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	confPath := filepath.Join(dir, "bus.conf")
-	if err := os.WriteFile(confPath, fmt.Appendf(nil, config, filepath.Join(dir, "bus")), 0o600); err != nil {
-		t.Fatalf("write bus configuration: %v", err)
-	}
-
-	cmd := exec.Command(daemon, "--config-file="+confPath, "--print-address", "--nofork", "--nopidfile", "--nosyslog")
-	// Should the test binary die without cleaning up (a -timeout panic),
-	// the daemon goes with it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatalf("start dbus-daemon: %v", err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start dbus-daemon: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-
-	addr := make(chan string, 1)
-	go func() {
-		// The daemon prints its address and nothing else on stdout; the
-		// pipe is closed when it exits.
-		line, _ := bufio.NewReader(stdout).ReadString('\n')
-		addr <- strings.TrimSpace(line)
-	}()
-	timeout := time.NewTimer(startTimeout)
-	defer timeout.Stop()
-	select {
-	case a := <-addr:
-		if a == "" {
-			<-exited
-			t.Fatalf("dbus-daemon printed no address: %s", strings.TrimSpace(stderr.String()))
-		}
-		return &Bus{Address: a}
-	case <-timeout.C:
-		t.Fatalf("dbus-daemon printed no address within %v", startTimeout)
-		return nil
-	}
+	return &StartWith(t, Options{}).Bus
 }
 
 // Conn opens a new connection to the bus, authenticated and named, which

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -117,6 +118,9 @@ func StartWith(t testing.TB, opts Options) *Daemon {
 	}
 
 	cmd := exec.Command(daemon, "--config-file="+confPath, "--print-address", "--nofork", "--nopidfile", "--nosyslog")
+	// Should the test binary die without cleaning up (a -timeout panic),
+	// the daemon goes with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatalf("start dbus-daemon: %v", err)
@@ -138,6 +142,8 @@ func StartWith(t testing.TB, opts Options) *Daemon {
 
 	addr := make(chan string, 1)
 	go func() {
+		// The daemon prints its address and nothing else on stdout; the
+		// pipe is closed when it exits.
 		line, _ := bufio.NewReader(stdout).ReadString('\n')
 		addr <- strings.TrimSpace(line)
 	}()
