@@ -71,12 +71,13 @@ type proc struct {
 
 func startProc(t *testing.T, name string, stdout io.Writer, args ...string) *proc {
 	t.Helper()
-	return startProcIn(t, "", name, stdout, args...)
+	return startProcIn(t, "", nil, name, stdout, args...)
 }
 
 // startProcIn starts one of the binaries in the network namespace netns
-// (ip netns exec), or in the test's own when netns is empty.
-func startProcIn(t *testing.T, netns, name string, stdout io.Writer, args ...string) *proc {
+// (ip netns exec), or in the test's own when netns is empty, with env
+// added to the test's environment.
+func startProcIn(t *testing.T, netns string, env []string, name string, stdout io.Writer, args ...string) *proc {
 	t.Helper()
 	logPath := filepath.Join(t.TempDir(), name+".log")
 	logFile, err := os.Create(logPath)
@@ -86,6 +87,9 @@ func startProcIn(t *testing.T, netns, name string, stdout io.Writer, args ...str
 	cmd := exec.Command(filepath.Join(binDir, name), args...)
 	if netns != "" {
 		cmd = exec.Command("ip", append([]string{"netns", "exec", netns, filepath.Join(binDir, name)}, args...)...)
+	}
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
 	}
 	cmd.Stderr = logFile
 	cmd.Stdout = logFile
@@ -216,7 +220,7 @@ func startServer(t *testing.T, extra ...string) *server {
 // launch starts the process without waiting for it.
 func (s *server) launch() {
 	args := append([]string{"serve", "--listen", s.addr, "--data", s.data, "--log-level", "debug"}, s.args...)
-	s.p = startProcIn(s.t, s.netns, "tether-server", nil, args...)
+	s.p = startProcIn(s.t, s.netns, nil, "tether-server", nil, args...)
 }
 
 func (s *server) start() {
@@ -342,7 +346,9 @@ func (s *server) mustSend(key string, msg map[string]any) string {
 type agent struct {
 	t *testing.T
 	// netns is the network namespace tetherd runs in; empty for the test's.
-	netns  string
+	netns string
+	// env is added to tetherd's environment.
+	env    []string
 	server string
 	data   string
 	sock   string
@@ -366,7 +372,7 @@ func startAgent(t *testing.T, serverURL string, extra ...string) *agent {
 func (a *agent) launch() {
 	a.t.Helper()
 	args := append([]string{"--server", a.server, "--data", a.data, "--socket", a.sock, "--log-level", "debug"}, a.args...)
-	a.p = startProcIn(a.t, a.netns, "tetherd", nil, args...)
+	a.p = startProcIn(a.t, a.netns, a.env, "tetherd", nil, args...)
 	waitFor(a.t, "tetherd's socket", 30*time.Second, func() error {
 		if a.p.exited() {
 			a.t.Fatalf("tetherd exited: %v\n%s", a.p.err, a.p.log())
@@ -450,10 +456,15 @@ type delivered struct {
 	From        string            `json:"from"`
 	CollapseKey string            `json:"collapse_key"`
 	Data        map[string]string `json:"data"`
+	Topic       string            `json:"topic"`
+	// Of the other events.
+	Sender string `json:"sender"`
+	Token  string `json:"token"`
+	Count  int    `json:"count"`
 }
 
 // listen runs `tetherctl listen --json` (with extra flags such as --count)
-// and returns its messages as they come.
+// and returns its messages and events as they come.
 func (a *agent) listen(app string, extra ...string) (<-chan delivered, *proc) {
 	a.t.Helper()
 	r, w := io.Pipe()
@@ -472,27 +483,35 @@ func (a *agent) listen(app string, extra ...string) (<-chan delivered, *proc) {
 				a.t.Errorf("tetherctl listen printed a line that is not JSON: %q", sc.Text())
 				continue
 			}
-			if d.Event == "" || d.Event == "message" {
-				ch <- d
-			}
+			ch <- d
 		}
 	}()
 	return ch, p
 }
 
-// next waits for the next delivered message.
+// next waits for the next delivered message, passing over other events.
 func next(t *testing.T, ch <-chan delivered) delivered {
 	t.Helper()
-	select {
-	case d, ok := <-ch:
-		if !ok {
-			t.Fatal("the listener stopped before the message came")
+	return nextEvent(t, ch, "message")
+}
+
+// nextEvent waits for the next event of a kind, passing over others.
+func nextEvent(t *testing.T, ch <-chan delivered, kind string) delivered {
+	t.Helper()
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case d, ok := <-ch:
+			if !ok {
+				t.Fatalf("the listener stopped before a %s came", kind)
+			}
+			if d.Event == kind {
+				return d
+			}
+		case <-timeout:
+			t.Fatalf("no %s within 30 s", kind)
 		}
-		return d
-	case <-time.After(30 * time.Second):
-		t.Fatal("no message within 30 s")
 	}
-	panic("unreachable")
 }
 
 // appConn is a local app speaking the socket protocol directly.

@@ -457,6 +457,8 @@ func (c *cli) printEvent(ev ipc.Event) error {
 		_, err = fmt.Fprintf(c.stdout, "send_error %s: %s\n", ev.MessageID, ev.Error)
 	case ipc.EventDeletedMessages:
 		_, err = fmt.Fprintf(c.stdout, "deleted_messages %d\n", ev.Count)
+	case ipc.EventTokenRefreshed:
+		_, err = fmt.Fprintf(c.stdout, "token_refreshed %s %s\n", ev.Sender, ev.Token)
 	default:
 		_, err = fmt.Fprintf(c.stdout, "%s\n", ev.Event)
 	}
