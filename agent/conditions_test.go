@@ -165,3 +165,25 @@ func TestGoAwayObeyed(t *testing.T) {
 		t.Fatalf("after a go-away until %v: %+v", notBefore, st)
 	}
 }
+
+// A server that refuses the session with a go-away instead of a welcome
+// is not dialled again before the delay it gave.
+func TestGoAwayInsteadOfWelcome(t *testing.T) {
+	p := newPeer(t)
+	p.set(func(p *peer) { p.goAway = &wire.GoAway{RetryAfter: 1, Reason: "store unavailable"} })
+	d := newDevice(t, "", p.url, nil, func(c *Config) { c.MinBackoff, c.MaxBackoff = time.Millisecond, time.Millisecond })
+	d.start()
+	var notBefore time.Time
+	waitUntil(t, "the agent to take the go-away", func() bool {
+		d.agent.link.mu.Lock()
+		defer d.agent.link.mu.Unlock()
+		notBefore = d.agent.link.notBefore
+		return !notBefore.IsZero()
+	})
+	p.set(func(p *peer) { p.goAway = nil })
+	p.nextConn(t)
+	d.waitConnected(t)
+	if st := d.agent.Link().Stats(); st.LastConnectAt.Before(notBefore) {
+		t.Fatalf("connected at %v, before the go-away's %v", st.LastConnectAt, notBefore)
+	}
+}

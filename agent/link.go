@@ -406,6 +406,9 @@ func (l *Link) connect(ctx context.Context, h Handler) (time.Duration, error) {
 	welcome, err := exchangeHello(ctx, conn, helloFrame)
 	if err != nil {
 		conn.Close()
+		if ga, ok := errors.AsType[*goAwayError](err); ok {
+			l.GoAway(ga.after)
+		}
 		return 0, err
 	}
 
@@ -454,6 +457,17 @@ func disconnectReason(ctx context.Context, dropReason string, err error) string 
 	return "network error: " + err.Error()
 }
 
+// goAwayError is a server's refusal of a session with a delay to wait
+// before dialling again (overloaded, store trouble).
+type goAwayError struct {
+	after  time.Duration
+	reason string
+}
+
+func (e *goAwayError) Error() string {
+	return fmt.Sprintf("server asked to come back in %v: %s", e.after, e.reason)
+}
+
 // exchangeHello writes hello and reads the welcome, both under deadlines
 // that ctx can cut short.
 func exchangeHello(ctx context.Context, conn *websocket.Conn, hello []byte) (wire.Welcome, error) {
@@ -472,6 +486,13 @@ func exchangeHello(ctx context.Context, conn *websocket.Conn, hello []byte) (wir
 	f, err := wire.Decode(data)
 	if err != nil {
 		return wire.Welcome{}, fmt.Errorf("read welcome: %w", err)
+	}
+	if f.Type == wire.TypeGoAway {
+		var g wire.GoAway
+		if err := f.Decode(&g); err != nil {
+			return wire.Welcome{}, fmt.Errorf("read welcome: %w", err)
+		}
+		return wire.Welcome{}, &goAwayError{after: time.Duration(g.RetryAfter) * time.Second, reason: g.Reason}
 	}
 	if f.Type == wire.TypeError {
 		var e wire.Error

@@ -47,6 +47,8 @@ type peer struct {
 	deaf bool
 	// probes counts the probe connections.
 	probes int
+	// goAway, when set, answers hellos instead of a welcome.
+	goAway *wire.GoAway
 }
 
 func newPeer(t *testing.T) *peer {
@@ -119,8 +121,13 @@ func (p *peer) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	gate, deaf := p.gate, p.deaf
+	gate, deaf, goAway := p.gate, p.deaf, p.goAway
 	p.mu.Unlock()
+	if goAway != nil {
+		frame, _ := wire.Encode("", *goAway)
+		ws.WriteMessage(websocket.TextMessage, frame)
+		return
+	}
 	if hello.Probe {
 		// A probe: welcome it, answer its pings (gorilla's default), and
 		// never count it as the device's connection.

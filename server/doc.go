@@ -24,6 +24,16 @@
 // messages, 4 collapse keys); what they drop, and token rotations, reach
 // the device as notices it acks like messages.
 //
+// Devices announce their power mode (mains, battery, low) in hello and
+// state frames; on battery a session holds normal-priority messages back
+// and pushes them in a batch behind the next high-priority one, on mains,
+// or after Config.BatteryMaxDelay. Only the agent drives heartbeats: the
+// server answers pings, times a session out after the agent's announced
+// heartbeat plus a grace, and serves heartbeat probes, idle connections
+// that leave the device's session alone. Before it closes a session for
+// its own reasons (shutdown, an unavailable store, a device reconnecting
+// too often) it sends a goaway that says when to come back.
+//
 // Senders (app servers, each with a numeric sender ID and a server key) and
 // token rotations are managed with Admin, which goes through the running
 // server's admin Unix socket in the data directory or, when no server

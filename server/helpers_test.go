@@ -7,9 +7,11 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -432,5 +434,107 @@ func (w fanOutWaiter) wait(t testing.TB, id string) int {
 		case <-timeout:
 			t.Fatalf("topic message %s not fanned out within 30 s", id)
 		}
+	}
+}
+
+// helloMode opens a session of d's device in a power mode.
+func (ts *testServer) helloMode(d *device, mode string) *device {
+	ts.t.Helper()
+	return ts.hello(wire.Hello{DeviceID: d.id, DeviceSecret: d.secret, Mode: mode})
+}
+
+// probe opens a probe connection with d's credentials.
+func (ts *testServer) probe(d *device, heartbeat int) *device {
+	ts.t.Helper()
+	return ts.hello(wire.Hello{DeviceID: d.id, DeviceSecret: d.secret, Heartbeat: heartbeat, Probe: true})
+}
+
+// state reports a power mode and heartbeat; the frame has no answer.
+func (d *device) state(mode string, heartbeat int) {
+	d.t.Helper()
+	d.send("", wire.State{Mode: mode, Heartbeat: heartbeat})
+}
+
+func (d *device) expectGoAway() wire.GoAway {
+	d.t.Helper()
+	var g wire.GoAway
+	d.expect(wire.TypeGoAway, "", &g)
+	return g
+}
+
+// expectServerClosed reads until the connection ends and fails unless the
+// server ended it (a close frame, or the connection dropped) before the
+// device's own read deadline.
+func (d *device) expectServerClosed() {
+	d.t.Helper()
+	for {
+		_, err := d.read()
+		if err == nil || errors.Is(err, wire.ErrBadFrame) {
+			continue
+		}
+		if isTimeout(err) {
+			d.t.Fatalf("the server kept the connection open: %v", err)
+		}
+		return
+	}
+}
+
+// isTimeout reports whether err is a read or write deadline that passed.
+func isTimeout(err error) bool {
+	ne, ok := errors.AsType[net.Error](err)
+	return ok && ne.Timeout()
+}
+
+// highMarker sends a high-priority message with time to live 0 and
+// expects it as the next frame.
+func highMarker(t *testing.T, ts *testServer, d *device, key, token string) {
+	t.Helper()
+	id := ts.sendOne(key, token, map[string]any{"data": map[string]string{"marker": "high"}, "time_to_live": 0, "priority": "high"})
+	if m := d.expectMessage(); m.ID != id {
+		t.Fatalf("got message %s (%v), want only the high-priority marker %s", m.ID, m.Data, id)
+	}
+}
+
+// expectMessages reads the next messages, which must have these IDs in
+// this order.
+func (d *device) expectMessages(ids ...string) {
+	d.t.Helper()
+	for i, want := range ids {
+		if m := d.expectMessage(); m.ID != want {
+			d.t.Fatalf("message %d is %s (%v), want %s", i, m.ID, m.Data, want)
+		}
+	}
+}
+
+// manualTimers replaces the timers of held messages with ones the test
+// fires.
+type manualTimers chan *manualTimer
+
+type manualTimer struct {
+	d       time.Duration
+	fire    func()
+	stopped atomic.Bool
+}
+
+func (m *manualTimer) Stop() bool { return !m.stopped.Swap(true) }
+
+func useManualTimers(c *Config) manualTimers {
+	ch := make(manualTimers, 100)
+	c.afterFunc = func(d time.Duration, f func()) stopper {
+		t := &manualTimer{d: d, fire: f}
+		ch <- t
+		return t
+	}
+	return ch
+}
+
+func (ch manualTimers) next(t *testing.T) *manualTimer {
+	t.Helper()
+	select {
+	case m := <-ch:
+		return m
+	case <-time.After(10 * time.Second):
+		t.Fatal("no timer armed for held messages")
+		return nil
 	}
 }

@@ -1,23 +1,29 @@
 package server
 
 import (
+	"context"
 	"sync"
+	"time"
 
 	"github.com/gorilla/websocket"
 
 	"tether/server/store"
+	"tether/wire"
 )
 
-// hub knows the one live session of each device and owns the session
-// goroutines: shutdown closes them all and waits for them.
+// hub knows the one live session and the one probe of each device, and
+// owns their goroutines: shutdown closes them all and waits for them.
 type hub struct {
 	mu       sync.Mutex
 	sessions map[string]*session // by device ID
+	probes   map[string]*probe   // by device ID
 	closing  bool
 	wg       sync.WaitGroup
 }
 
-func newHub() *hub { return &hub{sessions: make(map[string]*session)} }
+func newHub() *hub {
+	return &hub{sessions: make(map[string]*session), probes: make(map[string]*probe)}
+}
 
 // enter counts a new connection's goroutine in; it is false once the hub
 // is shutting down. A true enter is paired with leave.
@@ -60,6 +66,34 @@ func (h *hub) detach(ss *session) {
 	}
 }
 
+// attachProbe makes p its device's probe, closing the older probe it
+// replaces; the device's session is left alone. It is false when the hub
+// is shutting down.
+func (h *hub) attachProbe(p *probe) bool {
+	h.mu.Lock()
+	if h.closing {
+		h.mu.Unlock()
+		return false
+	}
+	old := h.probes[p.device]
+	h.probes[p.device] = p
+	h.mu.Unlock()
+	if old != nil {
+		old.log.Debug("probe replaced by a newer one")
+		old.close(closeReplaced, "replaced by a newer probe")
+	}
+	return true
+}
+
+// detachProbe forgets p unless a newer probe has replaced it already.
+func (h *hub) detachProbe(p *probe) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.probes[p.device] == p {
+		delete(h.probes, p.device)
+	}
+}
+
 func (h *hub) session(device string) *session {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -74,24 +108,44 @@ func (h *hub) notify(device string) {
 }
 
 // deliverNow hands m to the device's session without storing it; it is
-// false when the device is not connected or its session is backed up.
+// false when the device is not connected, its power mode holds m back, or
+// its session is backed up.
 func (h *hub) deliverNow(m store.Message) bool {
 	ss := h.session(m.Device)
 	return ss != nil && ss.deliverNow(m)
 }
 
-// shutdown closes every session with a close frame and waits for all
-// session goroutines.
-func (h *hub) shutdown() {
+// shutdown sends every session a goaway made by goAway and then a close
+// frame, closes every probe with a close frame, and waits for all their
+// goroutines. A session whose writer has not sent its goaway within wait
+// is closed without it.
+func (h *hub) shutdown(goAway func() wire.GoAway, wait time.Duration) {
 	h.mu.Lock()
 	h.closing = true
 	live := make([]*session, 0, len(h.sessions))
 	for _, ss := range h.sessions {
 		live = append(live, ss)
 	}
+	probes := make([]*probe, 0, len(h.probes))
+	for _, p := range h.probes {
+		probes = append(probes, p)
+	}
 	h.mu.Unlock()
+	const why = "server shutting down"
+	for _, p := range probes {
+		p.close(websocket.CloseGoingAway, why)
+	}
 	for _, ss := range live {
-		ss.close(websocket.CloseGoingAway, "server shutting down")
+		ss.goAway(goAway(), websocket.CloseGoingAway, why)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	for _, ss := range live {
+		select {
+		case <-ss.done:
+		case <-ctx.Done():
+			ss.close(websocket.CloseGoingAway, why)
+		}
 	}
 	h.wg.Wait()
 }

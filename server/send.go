@@ -69,6 +69,7 @@ type sendRequest struct {
 	ttl           int64 // seconds; meaningful only when ttlInRange
 	ttlInRange    bool
 	priority      string
+	delayIdle     bool   // delay_while_idle
 	restricted    string // restricted_package_name
 	receipt       bool   // delivery_receipt_requested
 	dryRun        bool
@@ -110,6 +111,7 @@ func decodeJSONSend(body []byte) (sendRequest, error) {
 	req := sendRequest{
 		collapseKey: js.CollapseKey,
 		priority:    js.Priority,
+		delayIdle:   js.DelayWhileIdle,
 		restricted:  js.RestrictedPackageName,
 		receipt:     js.DeliveryReceiptRequested,
 		dryRun:      js.DryRun,
@@ -317,6 +319,8 @@ func decodeFormSend(body []byte) (sendRequest, error) {
 			}
 			if k == "dry_run" {
 				req.dryRun = b
+			} else {
+				req.delayIdle = b
 			}
 		case strings.HasPrefix(k, "data."):
 			if req.data == nil {
@@ -518,8 +522,9 @@ func (s *Server) send(snd store.Sender, req sendRequest) (results []sendResult, 
 		}
 		m := store.Message{
 			ID: newMessageID(now), Device: reg.Device, Token: reg.Token, App: reg.App, Sender: snd.ID,
-			CollapseKey: req.collapseKey, Priority: req.priority, Data: req.data, Notification: req.notification,
-			Receipt: req.receipt, Sent: now, Expiry: now.Add(secondsDuration(req.ttl)),
+			CollapseKey: req.collapseKey, Priority: req.priority, DelayWhileIdle: req.delayIdle,
+			Data: req.data, Notification: req.notification, Receipt: req.receipt,
+			Sent: now, Expiry: now.Add(secondsDuration(req.ttl)),
 		}
 		results[i].MessageID = m.ID
 		if res.Canonical() {
@@ -556,7 +561,7 @@ func (s *Server) send(snd store.Sender, req sendRequest) (results []sendResult, 
 	}
 	for _, m := range live {
 		if !s.hub.deliverNow(m) {
-			s.log.Debug("time-to-live 0 message dropped: device not connected", "sender", snd.ID, "device", m.Device, "message_id", m.ID)
+			s.log.Debug("time-to-live 0 message dropped: device not connected or idle", "sender", snd.ID, "device", m.Device, "message_id", m.ID)
 		}
 	}
 	return results, http.StatusOK
@@ -571,7 +576,7 @@ func (s *Server) sendTopic(snd store.Sender, req sendRequest) (topicResponse, in
 	tm := store.TopicMessage{
 		ID: strconv.FormatInt(mathrand.Int64N(maxJSONSafeInt)+1, 10), Sender: snd.ID,
 		Topic: req.topic, RestrictedPackage: req.restricted, CollapseKey: req.collapseKey, Priority: req.priority,
-		Data: req.data, Notification: req.notification, Receipt: req.receipt, Live: req.ttl == 0,
+		DelayWhileIdle: req.delayIdle, Data: req.data, Notification: req.notification, Receipt: req.receipt, Live: req.ttl == 0,
 	}
 	rateKey := snd.ID + "\x00" + req.topic
 	if req.condition != nil {

@@ -79,9 +79,32 @@ type Config struct {
 	// transaction; default 1000.
 	FanOutBatch int
 
+	// BatteryMaxDelay is the longest a normal-priority message waits for
+	// a device on battery before it is pushed anyway, counted from when
+	// it was sent; default 15 minutes.
+	BatteryMaxDelay time.Duration
+	// StoreRetryAfter is the wait a goaway asks of a device refused
+	// because the store is unavailable, spread at random between half of
+	// it and one and a half times it for each refusal; default 30 s.
+	StoreRetryAfter time.Duration
+	// ShutdownSpread bounds the random wait a goaway asks of each device
+	// when the server shuts down, so that a fleet does not come back in
+	// one instant; default 10 s, negative for none.
+	ShutdownSpread time.Duration
+	// ReconnectLimit bounds the sessions and probes one device may open
+	// per minute, in bursts of as many; beyond it the device gets a
+	// goaway. Default 30, negative for no limit.
+	ReconnectLimit int
+
 	// fanOutDone is called after each topic message is fanned out (tests).
 	fanOutDone func(tm store.TopicMessage, copies int)
+	// afterFunc arms the timers of held messages; default time.AfterFunc
+	// (tests fire them by hand).
+	afterFunc func(time.Duration, func()) stopper
 }
+
+// stopper is a timer that can be stopped, as *time.Timer is.
+type stopper interface{ Stop() bool }
 
 func (c *Config) setDefaults() {
 	set := func(d *time.Duration, v time.Duration) {
@@ -111,6 +134,18 @@ func (c *Config) setDefaults() {
 	if c.FanOutBatch <= 0 {
 		c.FanOutBatch = 1000
 	}
+	set(&c.BatteryMaxDelay, 15*time.Minute)
+	set(&c.StoreRetryAfter, 30*time.Second)
+	if c.ShutdownSpread == 0 {
+		c.ShutdownSpread = 10 * time.Second
+	}
+	c.ShutdownSpread = max(c.ShutdownSpread, 0)
+	if c.ReconnectLimit == 0 {
+		c.ReconnectLimit = 30
+	}
+	if c.afterFunc == nil {
+		c.afterFunc = func(d time.Duration, f func()) stopper { return time.AfterFunc(d, f) }
+	}
 }
 
 // Server is the connection server. Create it with New, run it with Serve
@@ -127,6 +162,7 @@ type Server struct {
 
 	deviceRate *rateLimiter
 	topicRate  *rateLimiter
+	reconnects *rateLimiter // sessions and probes opened per device
 
 	upgrader *websocket.Upgrader
 
@@ -167,6 +203,7 @@ func New(cfg Config) (*Server, error) {
 	s.fan = newFanout(s)
 	s.deviceRate = newRateLimiter(cfg.DeviceRateLimit, cfg.Now)
 	s.topicRate = newRateLimiter(cfg.TopicRateLimit, cfg.Now)
+	s.reconnects = newRateLimiter(cfg.ReconnectLimit, cfg.Now)
 	return s, nil
 }
 
@@ -280,7 +317,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	// Shutdown ends in-flight sends gracefully; device sessions are
 	// hijacked connections it does not track, so the hub closes them.
 	api.Shutdown(shutdownCtx)
-	s.hub.shutdown()
+	s.hub.shutdown(s.shutdownGoAway, s.cfg.WriteTimeout)
 	admin.Shutdown(shutdownCtx)
 	cancel()
 	wg.Wait()

@@ -42,7 +42,7 @@ func newUpgrader() *websocket.Upgrader {
 }
 
 // handleDevice runs one device connection: handshake, then the session's
-// reader loop in this goroutine and its writer in another.
+// reader loop in this goroutine and its writer in another, or a probe.
 func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 	if !slices.Contains(websocket.Subprotocols(r), wire.Subprotocol) {
 		http.Error(w, "offer the WebSocket subprotocol "+wire.Subprotocol, http.StatusBadRequest)
@@ -54,31 +54,37 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 	}
 	defer conn.Close()
 	if !s.hub.enter() {
-		s.closeConn(conn, websocket.CloseGoingAway, "server shutting down")
+		s.goAwayConn(conn, s.shutdownGoAway(), websocket.CloseGoingAway, "server shutting down")
 		return
 	}
 	defer s.hub.leave()
 	conn.SetReadLimit(wire.MaxFrameSize)
 	log := s.log.With("remote", r.RemoteAddr)
 
-	ss, welcome, err := s.handshake(conn, log)
+	acc, err := s.handshake(conn, log)
 	if err != nil {
 		log.Info("device refused", "err", err)
 		return
 	}
+	if acc.hello.Probe {
+		s.runProbe(conn, acc)
+		return
+	}
+	ss := newSession(s, conn, acc.device, acc.timeout, powerMode(acc.hello.Mode), acc.log)
 	// Attached before the welcome goes out: once the agent has its
 	// welcome, the device counts as connected for time-to-live-0 sends.
 	// What arrives meanwhile waits in the session's channels.
 	if !s.hub.attach(ss) {
-		s.closeConn(conn, websocket.CloseGoingAway, "server shutting down")
+		s.goAwayConn(conn, s.shutdownGoAway(), websocket.CloseGoingAway, "server shutting down")
 		return
 	}
-	if err := ss.write(welcome); err != nil {
+	if err := ss.write(acc.welcome); err != nil {
 		s.hub.detach(ss)
+		ss.close(0, "")
 		ss.log.Info("write welcome", "err", err)
 		return
 	}
-	ss.log.Info("session open", "heartbeat", ss.timeout-s.cfg.HeartbeatGrace)
+	ss.log.Info("session open", "heartbeat", ss.timeout-s.cfg.HeartbeatGrace, "mode", powerMode(acc.hello.Mode))
 	var writer sync.WaitGroup
 	writer.Go(ss.writeLoop)
 	ss.notify()
@@ -101,25 +107,52 @@ func (s *Server) closeConn(conn *websocket.Conn, code int, text string) {
 	conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(s.cfg.WriteTimeout))
 }
 
-// refusal is a handshake failure: the error frame sent and the close code.
+// answerPings makes conn answer the agent's pings with pongs, and re-arm
+// its read deadline with timeout(), which the reader goroutine may change.
+func (s *Server) answerPings(conn *websocket.Conn, timeout func() time.Duration) {
+	conn.SetPingHandler(func(data string) error {
+		conn.SetReadDeadline(time.Now().Add(timeout()))
+		err := conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(s.cfg.WriteTimeout))
+		var netErr net.Error
+		if errors.Is(err, websocket.ErrCloseSent) || errors.As(err, &netErr) && netErr.Timeout() {
+			return nil
+		}
+		return err
+	})
+}
+
+// refusal is a handshake failure: the frame sent (an error frame, or a
+// goaway in its place) and the close code.
 type refusal struct {
 	code      string
 	message   string
 	closeCode int
+	// goAway, when set, goes out instead of the error frame: the device
+	// should not come back for its retry_after.
+	goAway *wire.GoAway
 }
 
 func (r refusal) Error() string { return r.code + ": " + r.message }
 
-// handshake reads the hello, authenticates or checks in the device and
-// returns its session and the encoded welcome to send. On a refusal it has
-// sent an error frame and a close frame.
-func (s *Server) handshake(conn *websocket.Conn, log *slog.Logger) (*session, []byte, error) {
+// accepted is a device whose hello the server took.
+type accepted struct {
+	hello   wire.Hello
+	device  string
+	welcome []byte // the encoded welcome to send
+	// timeout is the silence after which the server closes the connection.
+	timeout time.Duration
+	log     *slog.Logger
+}
+
+// handshake reads the hello and authenticates or checks in the device. On
+// a refusal it has sent an error frame (or a goaway) and a close frame.
+func (s *Server) handshake(conn *websocket.Conn, log *slog.Logger) (accepted, error) {
 	hello, err := s.readHello(conn)
 	if ref := (refusal{}); errors.As(err, &ref) {
-		return nil, nil, s.refuse(conn, ref)
+		return accepted{}, s.refuse(conn, ref)
 	}
 	if err != nil {
-		return nil, nil, err
+		return accepted{}, err
 	}
 
 	welcome := wire.Welcome{Version: wire.Version, Heartbeat: hello.Heartbeat}
@@ -131,24 +164,36 @@ func (s *Server) handshake(conn *websocket.Conn, log *slog.Logger) (*session, []
 		dev, err := s.store.AddDevice(hashSecret(secret), s.now())
 		if err != nil {
 			s.log.Error("check in device", "err", err)
-			return nil, nil, s.refuse(conn, refusal{wire.CodeUnavailable, "cannot store a new device now; try again later", websocket.CloseTryAgainLater})
+			return accepted{}, s.refuse(conn, refusal{wire.CodeUnavailable, "cannot store a new device now; try again later", websocket.CloseTryAgainLater, s.storeGoAway()})
 		}
 		welcome.DeviceID, welcome.DeviceSecret = dev.ID, secret
 		log.Info("device checked in", "device", dev.ID, "agent", hello.Agent)
 	} else {
+		// Counted once the credentials are right, so that nobody else can
+		// use up a device's connections.
+		if !s.reconnects.allow(hello.DeviceID) {
+			return accepted{}, s.refuse(conn, refusal{wire.CodeUnavailable, fmt.Sprintf("device %s opens more than %d connections a minute", hello.DeviceID, s.cfg.ReconnectLimit),
+				websocket.CloseTryAgainLater, s.reconnectGoAway()})
+		}
 		welcome.DeviceID = hello.DeviceID
 	}
 	frame, err := wire.Encode("", welcome)
 	if err != nil {
-		return nil, nil, fmt.Errorf("encode welcome: %w", err)
+		return accepted{}, fmt.Errorf("encode welcome: %w", err)
 	}
-	ss := newSession(s, conn, welcome.DeviceID, time.Duration(welcome.Heartbeat)*time.Second+s.cfg.HeartbeatGrace,
-		log.With("device", welcome.DeviceID, "agent", hello.Agent))
-	return ss, frame, nil
+	return accepted{
+		hello: hello, device: welcome.DeviceID, welcome: frame,
+		timeout: secondsDuration(int64(welcome.Heartbeat)) + s.cfg.HeartbeatGrace,
+		log:     log.With("device", welcome.DeviceID, "agent", hello.Agent),
+	}, nil
 }
 
-// refuse sends r's error frame and close frame and returns r.
+// refuse sends r's error frame (or goaway) and close frame and returns r.
 func (s *Server) refuse(conn *websocket.Conn, r refusal) error {
+	if r.goAway != nil {
+		s.goAwayConn(conn, *r.goAway, r.closeCode, r.code)
+		return r
+	}
 	if frame, err := wire.Encode("", wire.Error{Code: r.code, Message: r.message}); err == nil {
 		conn.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		conn.WriteMessage(websocket.TextMessage, frame)
@@ -168,29 +213,32 @@ func (s *Server) readHello(conn *websocket.Conn) (wire.Hello, error) {
 	}
 	f, err := wire.Decode(data)
 	if err != nil {
-		return hello, refusal{wire.CodeBadFrame, err.Error(), websocket.CloseProtocolError}
+		return hello, refusal{code: wire.CodeBadFrame, message: err.Error(), closeCode: websocket.CloseProtocolError}
 	}
 	if f.Type != wire.TypeHello {
-		return hello, refusal{wire.CodeBadFrame, fmt.Sprintf("the first frame must be hello, not %.40q", f.Type), websocket.CloseProtocolError}
+		return hello, refusal{code: wire.CodeBadFrame, message: fmt.Sprintf("the first frame must be hello, not %.40q", f.Type), closeCode: websocket.CloseProtocolError}
 	}
 	if err := f.Decode(&hello); err != nil {
-		return hello, refusal{wire.CodeBadFrame, err.Error(), websocket.CloseProtocolError}
+		return hello, refusal{code: wire.CodeBadFrame, message: err.Error(), closeCode: websocket.CloseProtocolError}
+	}
+	unauthorized := func(message string) refusal {
+		return refusal{code: wire.CodeUnauthorized, message: message, closeCode: websocket.ClosePolicyViolation}
 	}
 	if hello.DeviceID == "" {
 		if s.cfg.EnrollKey != "" && !sameSecret(hello.EnrollKey, s.cfg.EnrollKey) {
-			return hello, refusal{wire.CodeUnauthorized, "check-in needs the server's enrollment key", websocket.ClosePolicyViolation}
+			return hello, unauthorized("check-in needs the server's enrollment key")
 		}
 		return hello, nil
 	}
 	dev, err := s.store.Device(hello.DeviceID)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return hello, refusal{wire.CodeUnauthorized, "unknown device or wrong secret", websocket.ClosePolicyViolation}
+		return hello, unauthorized("unknown device or wrong secret")
 	case err != nil:
 		s.log.Error("read device", "device", hello.DeviceID, "err", err)
-		return hello, refusal{wire.CodeUnavailable, "cannot read the device store now; try again later", websocket.CloseTryAgainLater}
+		return hello, refusal{wire.CodeUnavailable, "cannot read the device store now; try again later", websocket.CloseTryAgainLater, s.storeGoAway()}
 	case !sameHash(dev.SecretHash, hashSecret(hello.DeviceSecret)):
-		return hello, refusal{wire.CodeUnauthorized, "unknown device or wrong secret", websocket.ClosePolicyViolation}
+		return hello, unauthorized("unknown device or wrong secret")
 	}
 	return hello, nil
 }
@@ -200,15 +248,18 @@ func (s *Server) readHello(conn *websocket.Conn) (wire.Hello, error) {
 // writes data frames. Control frames (pong, close) go through WriteControl,
 // which gorilla allows beside one writer.
 type session struct {
-	srv     *Server
-	conn    *websocket.Conn
-	device  string
-	log     *slog.Logger
-	timeout time.Duration // silence after which the session is closed
+	srv    *Server
+	conn   *websocket.Conn
+	device string
+	log    *slog.Logger
+	// timeout is the silence after which the session is closed: the
+	// agent's heartbeat plus the grace. Reader goroutine only.
+	timeout time.Duration
 
 	replies chan []byte        // encoded frames from the reader
 	direct  chan store.Message // time-to-live-0 messages, never stored
 	kick    chan struct{}      // the device's queue may have something to send
+	final   chan finalFrame    // a last frame for the writer, then the close
 	done    chan struct{}      // closed by close
 	once    sync.Once
 	reason  string // why the server closed the session; set before done closes
@@ -218,28 +269,36 @@ type session struct {
 	// liveReceipts are time-to-live-0 messages sent in this session that
 	// asked for a delivery receipt, by ID, until the device acks them.
 	liveReceipts map[string]store.Message
-	cursor       uint64 // Seq of the last queued message sent; writer only
+	// mode is the device's power mode (wire.ModeMains, ModeBattery or
+	// ModeLow), from its hello and state frames.
+	mode string
+	// rescan asks the writer to look at held messages again (the mode
+	// changed); flushDue to push them (their maximum delay ran out).
+	rescan, flushDue bool
+
+	cursor uint64    // Seq of the last queued message looked at; writer only
+	hold   holdState // writer only
 }
 
-func newSession(s *Server, conn *websocket.Conn, device string, timeout time.Duration, log *slog.Logger) *session {
+// finalFrame is the last frame of a session and the close that follows it.
+type finalFrame struct {
+	frame []byte
+	code  int
+	text  string
+}
+
+func newSession(s *Server, conn *websocket.Conn, device string, timeout time.Duration, mode string, log *slog.Logger) *session {
 	ss := &session{
-		srv: s, conn: conn, device: device, log: log, timeout: timeout,
+		srv: s, conn: conn, device: device, log: log, timeout: timeout, mode: mode,
 		replies:      make(chan []byte, 16),
 		direct:       make(chan store.Message, directQueue),
 		kick:         make(chan struct{}, 1),
+		final:        make(chan finalFrame, 1),
 		done:         make(chan struct{}),
 		inflight:     make(map[string]bool),
 		liveReceipts: make(map[string]store.Message),
 	}
-	conn.SetPingHandler(func(data string) error {
-		conn.SetReadDeadline(time.Now().Add(ss.timeout))
-		err := conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(s.cfg.WriteTimeout))
-		var netErr net.Error
-		if errors.Is(err, websocket.ErrCloseSent) || errors.As(err, &netErr) && netErr.Timeout() {
-			return nil
-		}
-		return err
-	})
+	s.answerPings(conn, func() time.Duration { return ss.timeout })
 	return ss
 }
 
@@ -256,6 +315,21 @@ func (ss *session) close(code int, text string) {
 	})
 }
 
+// goAway has the writer send g, the session's last data frame, and then
+// close the session with code: data frames go through the writer only.
+func (ss *session) goAway(g wire.GoAway, code int, text string) {
+	frame, err := wire.Encode("", g)
+	if err != nil {
+		ss.log.Error("encode goaway", "err", err)
+		ss.close(code, text)
+		return
+	}
+	select {
+	case ss.final <- finalFrame{frame, code, text}:
+	default: // one is on its way already
+	}
+}
+
 func (ss *session) notify() {
 	select {
 	case ss.kick <- struct{}{}:
@@ -264,6 +338,15 @@ func (ss *session) notify() {
 }
 
 func (ss *session) deliverNow(m store.Message) bool {
+	ss.mu.Lock()
+	mode := ss.mode
+	ss.mu.Unlock()
+	if holds(mode, m) {
+		// GCM's rule: a normal-priority message with time to live 0 to
+		// an idle device cannot be delivered now, so never.
+		ss.log.Debug("time-to-live 0 message dropped: the device is idle", "mode", mode, "message_id", m.ID)
+		return false
+	}
 	select {
 	case ss.direct <- m:
 		return true
@@ -320,6 +403,8 @@ func (ss *session) handle(data []byte) {
 		ss.subscribe(f)
 	case wire.TypeUnsubscribe:
 		ss.unsubscribe(f)
+	case wire.TypeState:
+		ss.state(f)
 	case wire.TypeHello:
 		ss.replyError(f.Ref, wire.CodeInvalid, "the session is open already; hello comes only first")
 	case wire.TypeError:
@@ -506,24 +591,22 @@ func (ss *session) upstream(f wire.Frame) {
 
 // writeLoop is the session's only data writer.
 func (ss *session) writeLoop() {
+	defer ss.stopHoldTimer()
 	for {
 		var err error
 		select {
 		case <-ss.done:
 			return
+		case f := <-ss.final:
+			if err := ss.write(f.frame); err != nil {
+				ss.log.Debug("write last frame", "err", err)
+			}
+			ss.close(f.code, f.text)
+			return
 		case frame := <-ss.replies:
 			err = ss.write(frame)
 		case m := <-ss.direct:
-			if frame := ss.encodeMessage(m, ss.srv.now()); frame != nil {
-				if m.Receipt {
-					ss.mu.Lock()
-					if len(ss.liveReceipts) < maxLiveReceipts {
-						ss.liveReceipts[m.ID] = m
-					}
-					ss.mu.Unlock()
-				}
-				err = ss.write(frame)
-			}
+			err = ss.writeDirect(m)
 		case <-ss.kick:
 			err = ss.fill()
 		}
@@ -540,13 +623,55 @@ func (ss *session) write(frame []byte) error {
 	return ss.conn.WriteMessage(websocket.TextMessage, frame)
 }
 
+// writeDirect sends a time-to-live-0 message. A high-priority one wakes
+// the radio of a device on battery, so the messages held for it follow.
+func (ss *session) writeDirect(m store.Message) error {
+	frame := ss.encodeMessage(m, ss.srv.now())
+	if frame == nil {
+		return nil
+	}
+	if m.Receipt {
+		ss.mu.Lock()
+		if len(ss.liveReceipts) < maxLiveReceipts {
+			ss.liveReceipts[m.ID] = m
+		}
+		ss.mu.Unlock()
+	}
+	if err := ss.write(frame); err != nil {
+		return err
+	}
+	ss.mu.Lock()
+	mode := ss.mode
+	ss.mu.Unlock()
+	if mode == wire.ModeBattery && !deferrable(m) {
+		// Queued messages the writer has not looked at yet go too.
+		ss.rewind(true)
+		return ss.fill()
+	}
+	return nil
+}
+
 // fill sends the device's notices not sent yet in this session, then
 // queued messages after the cursor until the window is full or the queue
-// is empty.
+// is empty. Messages the power mode holds back are passed over and
+// remembered (holdState); a flush rewinds the cursor to the first of them.
 func (ss *session) fill() error {
 	if err := ss.sendNotices(); err != nil {
 		return err
 	}
+	ss.mu.Lock()
+	mode, rescan, flushDue := ss.mode, ss.rescan, ss.flushDue
+	ss.rescan, ss.flushDue = false, false
+	ss.mu.Unlock()
+	if rescan {
+		ss.rewind(false)
+	}
+	if flushDue && mode == wire.ModeBattery {
+		ss.log.Debug("held messages reached their maximum delay")
+		ss.rewind(true)
+	}
+	defer ss.armHoldTimer(mode)
+	batch := ss.srv.cfg.Window
 	for {
 		ss.mu.Lock()
 		free := ss.srv.cfg.Window - len(ss.inflight)
@@ -554,16 +679,30 @@ func (ss *session) fill() error {
 		if free <= 0 {
 			return nil
 		}
-		msgs, err := ss.srv.store.Pending(ss.device, ss.cursor, free)
+		msgs, err := ss.srv.store.Pending(ss.device, ss.cursor, batch)
 		if err != nil {
 			// The next ack or new message tries again.
 			ss.log.Error("read queue", "err", err)
 			return nil
 		}
 		now := ss.srv.now()
+		rewound := false
 		for _, m := range msgs {
+			if free == 0 {
+				return nil
+			}
 			ss.cursor = m.Seq
 			if !m.Expiry.After(now) {
+				continue
+			}
+			ss.mu.Lock()
+			sent := ss.inflight[m.ID] // looked at again after a rewind
+			ss.mu.Unlock()
+			if sent {
+				continue
+			}
+			if !ss.hold.releasing && holds(mode, m) {
+				ss.hold.add(m)
 				continue
 			}
 			frame := ss.encodeMessage(m, now)
@@ -578,8 +717,23 @@ func (ss *session) fill() error {
 			if err := ss.write(frame); err != nil {
 				return err
 			}
+			free--
+			if mode == wire.ModeBattery && !deferrable(m) && !ss.hold.releasing {
+				// A high-priority message woke the radio: the held
+				// messages go right behind it, and the rest of the
+				// queue with them.
+				rewound = ss.hold.first != 0
+				ss.rewind(true)
+				if rewound {
+					break
+				}
+			}
 		}
-		if len(msgs) < free {
+		if rewound {
+			continue
+		}
+		if len(msgs) < batch {
+			ss.hold.releasing = false // the flush reached the end of the queue
 			return nil
 		}
 	}

@@ -209,7 +209,9 @@ func (h Hello) Validate() error {
 // changed during the session. It has no answer.
 type State struct {
 	Mode string `json:"mode"`
-	// Heartbeat is the agent's new ping interval in seconds (as in Hello).
+	// Heartbeat is the agent's new ping interval in seconds (as in Hello);
+	// the server's timeout follows it at once. Zero leaves the timeout as
+	// it was.
 	Heartbeat int `json:"heartbeat"`
 }
 
@@ -224,7 +226,9 @@ func (s State) Validate() error {
 
 // GoAway tells the agent that the server is about to close the session
 // (draining, overloaded) and that it should not dial again for RetryAfter
-// seconds.
+// seconds. It comes in place of the Welcome when the server cannot take
+// the connection now, and as the last frame of a session when the server
+// shuts down; the close frame follows it.
 type GoAway struct {
 	RetryAfter int    `json:"retry_after"`
 	Reason     string `json:"reason,omitempty"`

@@ -3,6 +3,7 @@
 //
 //	tether-server serve --listen 127.0.0.1:8080 --data DIR [--tls-cert F --tls-key F] [--enroll-key K] [--log-level L]
 //	                    [--device-rate-limit N] [--topic-rate-limit N] [--max-store-size BYTES]
+//	                    [--battery-max-delay D] [--store-retry-after D] [--shutdown-spread D] [--reconnect-limit N]
 //	tether-server sender add --data DIR --name NAME [--webhook URL] [--json]
 //	tether-server sender list --data DIR [--json]
 //	tether-server sender remove --data DIR --id ID
@@ -35,6 +36,8 @@ const usage = `usage:
   tether-server serve --data DIR [--listen ADDR] [--tls-cert FILE --tls-key FILE]
                       [--enroll-key KEY | --enroll-key-file FILE] [--log-level debug|info|warn|error]
                       [--device-rate-limit N] [--topic-rate-limit N] [--max-store-size BYTES]
+                      [--battery-max-delay DURATION] [--store-retry-after DURATION]
+                      [--shutdown-spread DURATION] [--reconnect-limit N]
   tether-server sender add --data DIR --name NAME [--webhook URL] [--json]
   tether-server sender list --data DIR [--json]
   tether-server sender remove --data DIR --id ID
@@ -132,12 +135,27 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	deviceRate := fs.Int("device-rate-limit", 0, "most messages accepted per device per `minute` (0: no limit)")
 	topicRate := fs.Int("topic-rate-limit", 0, "most messages accepted per topic of a sender per `minute` (0: no limit)")
 	maxStore := fs.Int("max-store-size", 0, "cap the store file at this many `bytes`; sends answer Unavailable when full (0: no cap)")
+	batteryDelay := fs.Duration("battery-max-delay", 15*time.Minute, "longest a normal-priority message waits for a device on battery (`duration`)")
+	storeRetry := fs.Duration("store-retry-after", 30*time.Second, "wait asked of devices while the store is unavailable, spread ±50% (`duration`)")
+	shutdownSpread := fs.Duration("shutdown-spread", 10*time.Second, "devices reconnect at random within this `duration` after a shutdown (0: at once)")
+	reconnectLimit := fs.Int("reconnect-limit", 30, "most connections one device may open per `minute`; beyond it it is told to wait (0: no limit)")
 	if err := parse(fs, args, "data"); err != nil {
 		return err
 	}
-	if *deviceRate < 0 || *topicRate < 0 || *maxStore < 0 {
-		fmt.Fprintln(stderr, "tether-server serve: --device-rate-limit, --topic-rate-limit and --max-store-size cannot be negative")
+	if *deviceRate < 0 || *topicRate < 0 || *maxStore < 0 || *reconnectLimit < 0 {
+		fmt.Fprintln(stderr, "tether-server serve: --device-rate-limit, --topic-rate-limit, --max-store-size and --reconnect-limit cannot be negative")
 		return errUsage
+	}
+	const maxWait = 24 * time.Hour // the longest wait the wire carries
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+		min  time.Duration
+	}{{"battery-max-delay", *batteryDelay, time.Second}, {"store-retry-after", *storeRetry, time.Second}, {"shutdown-spread", *shutdownSpread, 0}} {
+		if d.v < d.min || d.v > maxWait {
+			fmt.Fprintf(stderr, "tether-server serve: --%s %v is out of range %v to %v\n", d.name, d.v, d.min, maxWait)
+			return errUsage
+		}
 	}
 	var logLevel slog.Level
 	if err := logLevel.UnmarshalText([]byte(*level)); err != nil {
@@ -162,10 +180,20 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
-	srv, err := server.New(server.Config{
+	cfg := server.Config{
 		DataDir: *data, Listen: *listen, TLSCert: *cert, TLSKey: *key, EnrollKey: *enrollKey, Logger: log,
 		DeviceRateLimit: *deviceRate, TopicRateLimit: *topicRate, MaxStoreSize: *maxStore,
-	})
+		BatteryMaxDelay: *batteryDelay, StoreRetryAfter: *storeRetry,
+		ShutdownSpread: *shutdownSpread, ReconnectLimit: *reconnectLimit,
+	}
+	// Zero means the default in Config, and none on the command line.
+	if cfg.ShutdownSpread == 0 {
+		cfg.ShutdownSpread = -1
+	}
+	if cfg.ReconnectLimit == 0 {
+		cfg.ReconnectLimit = -1
+	}
+	srv, err := server.New(cfg)
 	if err != nil {
 		return err
 	}

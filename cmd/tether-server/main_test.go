@@ -16,7 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"tether/server/store"
+	"tether/wire"
 )
 
 // TestMain lets the test binary act as tether-server, so that tests can
@@ -60,6 +63,12 @@ func TestUsage(t *testing.T) {
 		{"serve", "--data", dir, "--device-rate-limit", "-1"},
 		{"serve", "--data", dir, "--topic-rate-limit", "often"},
 		{"serve", "--data", dir, "--max-store-size", "-5"},
+		{"serve", "--data", dir, "--battery-max-delay", "0"},
+		{"serve", "--data", dir, "--battery-max-delay", "25h"},
+		{"serve", "--data", dir, "--store-retry-after", "-1s"},
+		{"serve", "--data", dir, "--store-retry-after", "soon"},
+		{"serve", "--data", dir, "--shutdown-spread", "-1s"},
+		{"serve", "--data", dir, "--reconnect-limit", "-1"},
 		{"token"},
 		{"token", "rotate", "--data", dir},
 		{"token", "rotate", "--token", "t"},
@@ -123,7 +132,8 @@ func TestServeProcess(t *testing.T) {
 	if err := os.WriteFile(keyFile, []byte("enrol-key\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	srv := command("serve", "--listen", "127.0.0.1:0", "--data", dir, "--enroll-key-file", keyFile, "--log-level", "debug")
+	srv := command("serve", "--listen", "127.0.0.1:0", "--data", dir, "--enroll-key-file", keyFile, "--log-level", "debug",
+		"--battery-max-delay", "5m", "--store-retry-after", "1m", "--shutdown-spread", "0", "--reconnect-limit", "0")
 	stderr, err := srv.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -195,7 +205,27 @@ func TestServeProcess(t *testing.T) {
 		t.Errorf("second server: %v %q", err, secondErr.String())
 	}
 
+	// A device session, told on shutdown to come back at once
+	// (--shutdown-spread 0).
+	dialer := websocket.Dialer{Subprotocols: []string{wire.Subprotocol}, HandshakeTimeout: 5 * time.Second}
+	conn, _, err := dialer.Dial("ws://"+addr+wire.Path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hello, _ := wire.Encode("", wire.Hello{Version: 1, EnrollKey: "enrol-key", Mode: wire.ModeBattery})
+	conn.WriteMessage(websocket.TextMessage, hello)
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, data, err := conn.ReadMessage(); err != nil || !strings.Contains(string(data), `"welcome"`) {
+		t.Fatalf("hello answered %q, %v", data, err)
+	}
+
 	srv.Process.Signal(syscall.SIGTERM)
+	_, data, err := conn.ReadMessage()
+	var g wire.GoAway
+	if f, ferr := wire.Decode(data); err != nil || ferr != nil || f.Decode(&g) != nil || g.RetryAfter != 0 {
+		t.Errorf("on shutdown the device read %q, %v; want a goaway with retry_after 0", data, err)
+	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Wait() }()
 	select {

@@ -15,14 +15,17 @@ import (
 type Message struct {
 	ID string `json:"id"`
 	// Seq orders the queue; Enqueue assigns it.
-	Seq         uint64            `json:"seq"`
-	Device      string            `json:"device"`
-	Token       string            `json:"token"`
-	App         string            `json:"app"`
-	Sender      string            `json:"sender"`
-	CollapseKey string            `json:"collapse_key,omitempty"`
-	Priority    string            `json:"priority,omitempty"`
-	Data        map[string]string `json:"data,omitempty"`
+	Seq         uint64 `json:"seq"`
+	Device      string `json:"device"`
+	Token       string `json:"token"`
+	App         string `json:"app"`
+	Sender      string `json:"sender"`
+	CollapseKey string `json:"collapse_key,omitempty"`
+	Priority    string `json:"priority,omitempty"`
+	// DelayWhileIdle is GCM's delay_while_idle: the message waits while
+	// the device is idle (on battery), whatever its priority.
+	DelayWhileIdle bool              `json:"delay_while_idle,omitempty"`
+	Data           map[string]string `json:"data,omitempty"`
 	// Notification is GCM's notification payload, delivered apart from Data.
 	Notification map[string]string `json:"notification,omitempty"`
 	// Topic is the topic it was sent to, for a copy of a topic message.

@@ -218,6 +218,7 @@ type TopicMessage struct {
 	RestrictedPackage string            `json:"restricted_package,omitempty"`
 	CollapseKey       string            `json:"collapse_key,omitempty"`
 	Priority          string            `json:"priority,omitempty"`
+	DelayWhileIdle    bool              `json:"delay_while_idle,omitempty"`
 	Data              map[string]string `json:"data,omitempty"`
 	Notification      map[string]string `json:"notification,omitempty"`
 	Receipt           bool              `json:"receipt,omitempty"`
@@ -413,8 +414,9 @@ func fanOutTopic(tx *bolt.Tx, tm *TopicMessage, step FanOutStep, res *FanOutResu
 		}
 		m := Message{
 			ID: step.NewID(), Device: reg.Device, Token: reg.Token, App: reg.App, Sender: tm.Sender,
-			CollapseKey: tm.CollapseKey, Priority: tm.Priority, Data: tm.Data, Notification: tm.Notification,
-			Topic: tm.Topic, Receipt: tm.Receipt, Sent: tm.Sent, Expiry: tm.Expiry,
+			CollapseKey: tm.CollapseKey, Priority: tm.Priority, DelayWhileIdle: tm.DelayWhileIdle,
+			Data: tm.Data, Notification: tm.Notification, Topic: tm.Topic, Receipt: tm.Receipt,
+			Sent: tm.Sent, Expiry: tm.Expiry,
 		}
 		if tm.Live {
 			// Its Expiry is the window of its fan-out; the copy itself
