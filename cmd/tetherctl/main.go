@@ -362,8 +362,38 @@ func runStatus(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) err
 	if st.Connected {
 		connected = "yes"
 	}
-	_, err = fmt.Fprintf(c.stdout, "connected:         %s\nserver:            %s\ndevice id:         %s\napps:              %d\nqueued downstream: %d\npending upstream:  %d\n",
-		connected, orDash(st.Server), orDash(st.DeviceID), st.Apps, st.QueuedDownstream, st.PendingUpstream)
+	learned := "-"
+	if st.HeartbeatHeld > 0 {
+		learned = fmt.Sprintf("%ds held", st.HeartbeatHeld)
+		if st.HeartbeatFailed > 0 {
+			learned += fmt.Sprintf(", %ds failed", st.HeartbeatFailed)
+		}
+	}
+	heartbeat := "-"
+	if st.Heartbeat > 0 {
+		heartbeat = fmt.Sprintf("%ds", st.Heartbeat)
+	}
+	rows := [][2]string{
+		{"connected", connected},
+		{"server", orDash(st.Server)},
+		{"device id", orDash(st.DeviceID)},
+		{"apps", strconv.Itoa(st.Apps)},
+		{"queued downstream", strconv.Itoa(st.QueuedDownstream)},
+		{"pending upstream", strconv.Itoa(st.PendingUpstream)},
+		{"power mode", orDash(st.PowerMode)},
+		{"heartbeat", heartbeat},
+		{"network", orDash(st.Network)},
+		{"learned", learned},
+		{"last connect", orDash(st.LastConnect)},
+		{"last disconnect", orDash(st.LastDisconnect)},
+		{"reconnects", strconv.FormatUint(st.Reconnects, 10)},
+		{"heartbeats sent", strconv.FormatUint(st.Heartbeats, 10)},
+	}
+	var b strings.Builder
+	for _, r := range rows {
+		fmt.Fprintf(&b, "%-18s %s\n", r[0]+":", r[1])
+	}
+	_, err = io.WriteString(c.stdout, b.String())
 	return err
 }
 

@@ -220,8 +220,9 @@ func TestCommands(t *testing.T) {
 				e.register(app, "123")
 				e.b.Push(ipc.Message{ID: "m1", App: app})
 			},
-			args:       []string{"status"},
-			wantStdout: "connected:         yes\nserver:            push.example.test:443\ndevice id:         device-7\napps:              1\nqueued downstream: 1\npending upstream:  0\n",
+			args: []string{"status"},
+			wantStdout: "connected:         yes\nserver:            push.example.test:443\ndevice id:         device-7\napps:              1\nqueued downstream: 1\npending upstream:  0\n" +
+				"power mode:        mains\nheartbeat:         -\nnetwork:           -\nlearned:           -\nlast connect:      -\nlast disconnect:   -\nreconnects:        0\nheartbeats sent:   0\n",
 		},
 		{
 			name:  "status --json",
@@ -626,8 +627,9 @@ func TestDBus(t *testing.T) {
 				e.register(app, "123")
 				e.b.Push(ipc.Message{ID: "m1", App: app})
 			},
-			args:       []string{"status"},
-			wantStdout: "connected:         yes\nserver:            push.example.test:443\ndevice id:         device-7\napps:              1\nqueued downstream: 1\npending upstream:  0\n",
+			args: []string{"status"},
+			wantStdout: "connected:         yes\nserver:            push.example.test:443\ndevice id:         device-7\napps:              1\nqueued downstream: 1\npending upstream:  0\n" +
+				"power mode:        mains\nheartbeat:         -\nnetwork:           -\nlearned:           -\nlast connect:      -\nlast disconnect:   -\nreconnects:        0\nheartbeats sent:   0\n",
 		},
 		{
 			name: "status --json",
