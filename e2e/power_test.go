@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -134,4 +136,121 @@ func TestPowerModeFromSysfs(t *testing.T) {
 	a.env = []string{"DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + filepath.Join(root, "no-bus")}
 	a.start()
 	a.waitPowerMode("low")
+}
+
+// fakeLogind is logind's Manager on a test bus: Inhibit hands out one end
+// of a pipe, as logind hands out its lock.
+type fakeLogind struct {
+	conn  *dbus.Conn
+	locks chan lockPipe
+}
+
+// lockPipe is one inhibitor lock, a pipe whose end given went to the
+// agent.
+type lockPipe struct{ held, given *os.File }
+
+func (l lockPipe) close() {
+	l.held.Close()
+	l.given.Close()
+}
+
+// heldBy reports whether process pid has a descriptor of the lock's pipe.
+func (l lockPipe) heldBy(pid int) bool {
+	fi, err := l.given.Stat()
+	if err != nil {
+		return false
+	}
+	want := fmt.Sprintf("pipe:[%d]", fi.Sys().(*syscall.Stat_t).Ino)
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		if target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); target == want {
+			return true
+		}
+	}
+	return false
+}
+
+func startFakeLogind(t *testing.T, bus *dbustest.Bus) *fakeLogind {
+	t.Helper()
+	l := &fakeLogind{conn: bus.Conn(t), locks: make(chan lockPipe, 4)}
+	err := l.conn.ExportMethodTable(map[string]any{
+		"Inhibit": func(what, who, why, mode string) (dbus.UnixFD, *dbus.Error) {
+			r, w, err := os.Pipe()
+			if err != nil {
+				return -1, dbus.MakeFailedError(err)
+			}
+			fd := dbus.UnixFD(w.Fd())              // the bus sends a copy
+			l.locks <- lockPipe{held: r, given: w} // the test closes them
+			return fd, nil
+		},
+	}, "/org/freedesktop/login1", "org.freedesktop.login1.Manager")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := prop.Export(l.conn, "/org/freedesktop/login1", prop.Map{
+		"org.freedesktop.login1.Manager": {"InhibitDelayMaxUSec": {Value: uint64(5_000_000), Emit: prop.EmitConst}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if reply, err := l.conn.RequestName("org.freedesktop.login1", dbus.NameFlagDoNotQueue); err != nil || reply != dbus.RequestNameReplyPrimaryOwner {
+		t.Fatalf("own org.freedesktop.login1: %v, %v", reply, err)
+	}
+	return l
+}
+
+func (l *fakeLogind) prepareForSleep(t *testing.T, start bool) {
+	t.Helper()
+	if err := l.conn.Emit("/org/freedesktop/login1", "org.freedesktop.login1.Manager.PrepareForSleep", start); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSuspendAndResume: before the system sleeps the agent closes its
+// connection cleanly and lets go of its inhibitor lock; on resume it
+// reconnects at once.
+func TestSuspendAndResume(t *testing.T) {
+	bus := dbustest.Start(t)
+	logind := startFakeLogind(t, bus)
+	srv := startServer(t)
+	a := newAgent(t, srv.url(), "--dbus", "off", "--heartbeat", "4m", "--min-backoff", "1m", "--max-backoff", "1m")
+	a.env = []string{"DBUS_SYSTEM_BUS_ADDRESS=" + bus.Address}
+	a.start()
+	var lock lockPipe
+	select {
+	case lock = <-logind.locks:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the agent took no inhibitor lock")
+	}
+	defer lock.close()
+	pid := a.p.cmd.Process.Pid
+	waitFor(t, "the agent to hold the lock", 30*time.Second, func() error {
+		if !lock.heldBy(pid) {
+			return errors.New("not held")
+		}
+		return nil
+	})
+
+	logind.prepareForSleep(t, true)
+	waitFor(t, "the agent to let go of the lock", 30*time.Second, func() error {
+		if lock.heldBy(pid) {
+			return errors.New("still held")
+		}
+		return nil
+	})
+	// The lock went only after the connection was closed.
+	if st, err := a.status(); err != nil || st.Connected || st.LastDisconnect != "suspend" {
+		t.Fatalf("status once the lock was released: %+v, %v", st, err)
+	}
+
+	logind.prepareForSleep(t, false)
+	a.waitConnected()
+	if st, err := a.status(); err != nil || st.LastConnect != "resume" {
+		t.Fatalf("status after resume: %+v, %v", st, err)
+	}
+	select {
+	case next := <-logind.locks: // a new lock for the next sleep
+		next.close()
+	case <-time.After(30 * time.Second):
+		t.Fatal("the agent took no new inhibitor lock after resume")
+	}
 }
