@@ -1,0 +1,7 @@
+//go:build !linux
+
+package main
+
+import "net"
+
+func tcpSegments(*net.TCPConn) (out, in uint32, err error) { return 0, 0, errNoTCPInfo }
