@@ -65,6 +65,10 @@ func busError(err error) error {
 	switch e.Name {
 	case "org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner":
 		return fmt.Errorf("cannot reach the agent on the bus: %s", text)
+	case "org.freedesktop.DBus.Error.NoReply":
+		if strings.Contains(text, "disconnected") {
+			return errAgentLeft // while it was answering
+		}
 	}
 	code, ok := strings.CutPrefix(e.Name, busErrorPrefix)
 	if !ok {
@@ -190,10 +194,16 @@ func (b *busConn) subscribe(app string) error {
 		return err
 	}
 	if err := b.conn.BusObject().CallWithContext(b.ctx, "org.freedesktop.DBus.GetNameOwner", 0, ipc.DBusName).Store(&b.owner); err != nil {
-		return busError(err)
+		if b.ctx.Err() != nil {
+			return b.ctx.Err()
+		}
+		return errAgentLeft // it answered Subscribe, so it was there
 	}
 	return nil
 }
+
+// errAgentLeft: the agent's connection left the bus.
+var errAgentLeft = errors.New("the agent left the bus")
 
 // next waits for the next of the app's events from the agent.
 func (b *busConn) next(app string) (*ipc.Event, error) {
@@ -209,7 +219,7 @@ func (b *busConn) next(app string) (*ipc.Event, error) {
 		}
 		if s.Sender == "org.freedesktop.DBus" {
 			if s.Name == "org.freedesktop.DBus.NameOwnerChanged" && len(s.Body) == 3 && s.Body[0] == ipc.DBusName && s.Body[1] != "" {
-				return nil, errors.New("the agent left the bus")
+				return nil, errAgentLeft
 			}
 			continue
 		}
