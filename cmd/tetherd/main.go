@@ -383,7 +383,11 @@ func serve(ctx context.Context, o options, log *slog.Logger, notify *service.Not
 		return err
 	}
 	defer door.Close()
-	if dbusDoor, err = openDBusDoor(o, a, log.With("door", "dbus")); err != nil {
+	systemBus := connectSystemBus(log)
+	if systemBus != nil {
+		defer systemBus.Close() // after the watchers have stopped
+	}
+	if dbusDoor, err = openDBusDoor(o, systemBus, a, log.With("door", "dbus")); err != nil {
 		return err
 	}
 
@@ -413,7 +417,7 @@ func serve(ctx context.Context, o options, log *slog.Logger, notify *service.Not
 		defer cancel()
 		agentErr = a.Run(ctx)
 	}()
-	watchPlatform(ctx, &wg, a, o, log)
+	watchPlatform(ctx, &wg, systemBus, a, o, log)
 	go func() {
 		defer wg.Done()
 		// Pinging only while the store answers lets systemd restart an

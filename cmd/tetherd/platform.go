@@ -19,39 +19,26 @@ import (
 
 // openDBusDoor opens the apps' D-Bus door on the bus o.dbus names, or
 // returns nil for "off". Many devices have no D-Bus at all: when the
-// system bus, the default, is not there the agent goes on with the socket
-// alone; a bus asked for by name or address must work.
-func openDBusDoor(o options, backend ipc.Backend, log *slog.Logger) (*ipc.DBusServer, error) {
-	if o.dbus == "off" {
+// system bus, the default, is not there (systemBus is nil) the agent goes
+// on with the socket alone; a bus asked for by name or address must work.
+func openDBusDoor(o options, systemBus *dbus.Conn, backend ipc.Backend, log *slog.Logger) (*ipc.DBusServer, error) {
+	switch {
+	case o.dbus == "off":
+		return nil, nil
+	case o.dbus == "system" && systemBus == nil:
+		log.Info("no system bus: serving apps on the socket only")
 		return nil, nil
 	}
 	door, err := ipc.NewDBusServer(ipc.DBusConfig{Bus: o.dbus, Backend: backend, Logger: log})
-	if err != nil && o.dbus == "system" && !systemBusExists() {
-		log.Info("no system bus: serving apps on the socket only", "err", err)
-		return nil, nil
-	}
 	if err != nil {
 		return nil, fmt.Errorf("D-Bus door: %w", err)
 	}
 	return door, nil
 }
 
-func systemBusExists() bool {
-	addr, err := ipc.DBusAddress("system", os.Getenv)
-	if err != nil {
-		return false
-	}
-	conn, err := dbus.Dial(addr)
-	if err != nil {
-		return false
-	}
-	conn.Close()
-	return true
-}
-
 // connectSystemBus is the watchers' connection: UPower and logind live on
 // the system bus whatever bus the apps' door uses. It is nil where there
-// is none.
+// is none. The caller closes it once the watchers have stopped.
 func connectSystemBus(log *slog.Logger) *dbus.Conn {
 	addr, err := ipc.DBusAddress("system", os.Getenv)
 	if err != nil {
@@ -69,13 +56,11 @@ func connectSystemBus(log *slog.Logger) *dbus.Conn {
 // telling the agent what they see. A watcher that cannot run here (no
 // netlink, no logind) is logged and left out: the agent works without it,
 // only less thriftily.
-func watchPlatform(ctx context.Context, wg *sync.WaitGroup, a *agent.Agent, o options, log *slog.Logger) {
-	bus := connectSystemBus(log)
-	var running sync.WaitGroup
+func watchPlatform(ctx context.Context, wg *sync.WaitGroup, bus *dbus.Conn, a *agent.Agent, o options, log *slog.Logger) {
 	run := func(name string, f func() error) {
-		running.Add(1)
+		wg.Add(1)
 		go func() {
-			defer running.Done()
+			defer wg.Done()
 			if err := f(); err != nil && ctx.Err() == nil {
 				log.Warn("watcher stopped", "watcher", name, "err", err)
 			}
@@ -130,13 +115,4 @@ func watchPlatform(ctx context.Context, wg *sync.WaitGroup, a *agent.Agent, o op
 			})
 		}
 	}
-
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		running.Wait()
-		if bus != nil {
-			bus.Close()
-		}
-	}()
 }
