@@ -108,6 +108,7 @@ func (a *Agent) probeLoop(ctx context.Context) {
 			case <-a.probeWake:
 			case <-retry:
 				retry = nil
+				a.setProbeBlocked(false)
 			case <-ctx.Done():
 				return
 			}
@@ -115,10 +116,8 @@ func (a *Agent) probeLoop(ctx context.Context) {
 		}
 		hello, err := linkHandler{a}.Hello()
 		if err != nil || hello.DeviceID == "" {
+			a.setProbeBlocked(true)
 			retry = time.After(probeRetry)
-			a.condMu.Lock()
-			a.probeBlocked = true
-			a.condMu.Unlock()
 			continue
 		}
 		a.log.Debug("probing heartbeat", "network", network, "interval", d)
@@ -128,9 +127,7 @@ func (a *Agent) probeLoop(ctx context.Context) {
 			return
 		case err != nil:
 			a.log.Debug("probe told nothing", "interval", d, "err", err)
-			a.condMu.Lock()
-			a.probeBlocked = true
-			a.condMu.Unlock()
+			a.setProbeBlocked(true)
 			retry = time.After(probeRetry)
 		default:
 			a.learn(network, d, held)
@@ -150,11 +147,17 @@ func (a *Agent) nextProbe() (time.Duration, string, bool) {
 	return d, a.network, ok
 }
 
+// setProbeBlocked stops probing after a probe that told nothing, until
+// the retry delay or a change of conditions ends it.
+func (a *Agent) setProbeBlocked(blocked bool) {
+	a.condMu.Lock()
+	a.probeBlocked = blocked
+	a.condMu.Unlock()
+}
+
 // wakeProber tells the prober that conditions changed.
 func (a *Agent) wakeProber() {
-	a.condMu.Lock()
-	a.probeBlocked = false
-	a.condMu.Unlock()
+	a.setProbeBlocked(false)
 	select {
 	case a.probeWake <- struct{}{}:
 	default:
