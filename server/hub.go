@@ -41,56 +41,48 @@ func (h *hub) leave() { h.wg.Done() }
 
 // attach makes ss its device's live session, closing the one it replaces.
 // It is false when the hub is shutting down.
-func (h *hub) attach(ss *session) bool {
-	h.mu.Lock()
-	if h.closing {
-		h.mu.Unlock()
-		return false
-	}
-	old := h.sessions[ss.device]
-	h.sessions[ss.device] = ss
-	h.mu.Unlock()
-	if old != nil {
-		old.log.Info("session replaced by a newer one")
-		old.close(closeReplaced, "replaced by a newer session")
-	}
-	return true
-}
+func (h *hub) attach(ss *session) bool { return attachTo(h, h.sessions, ss.device, ss) }
 
 // detach forgets ss unless a newer session has replaced it already.
-func (h *hub) detach(ss *session) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.sessions[ss.device] == ss {
-		delete(h.sessions, ss.device)
-	}
-}
+func (h *hub) detach(ss *session) { detachFrom(h, h.sessions, ss.device, ss) }
 
 // attachProbe makes p its device's probe, closing the older probe it
 // replaces; the device's session is left alone. It is false when the hub
 // is shutting down.
-func (h *hub) attachProbe(p *probe) bool {
+func (h *hub) attachProbe(p *probe) bool { return attachTo(h, h.probes, p.device, p) }
+
+// detachProbe forgets p unless a newer probe has replaced it already.
+func (h *hub) detachProbe(p *probe) { detachFrom(h, h.probes, p.device, p) }
+
+// replaceable is what a device has one of at a time: a session, a probe.
+type replaceable interface {
+	comparable
+	// replaced closes it, a newer one having taken its place.
+	replaced()
+}
+
+// attachTo makes v device's entry in m, closing the one it replaces.
+func attachTo[T replaceable](h *hub, m map[string]T, device string, v T) bool {
 	h.mu.Lock()
 	if h.closing {
 		h.mu.Unlock()
 		return false
 	}
-	old := h.probes[p.device]
-	h.probes[p.device] = p
+	old, had := m[device]
+	m[device] = v
 	h.mu.Unlock()
-	if old != nil {
-		old.log.Debug("probe replaced by a newer one")
-		old.close(closeReplaced, "replaced by a newer probe")
+	if had {
+		old.replaced()
 	}
 	return true
 }
 
-// detachProbe forgets p unless a newer probe has replaced it already.
-func (h *hub) detachProbe(p *probe) {
+// detachFrom forgets v unless a newer entry has replaced it already.
+func detachFrom[T comparable](h *hub, m map[string]T, device string, v T) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.probes[p.device] == p {
-		delete(h.probes, p.device)
+	if m[device] == v {
+		delete(m, device)
 	}
 }
 

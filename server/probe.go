@@ -24,6 +24,12 @@ type probe struct {
 	once   sync.Once
 }
 
+// replaced closes the probe that a newer one of its device replaced.
+func (p *probe) replaced() {
+	p.log.Debug("probe replaced by a newer one")
+	p.close(closeReplaced, "replaced by a newer probe")
+}
+
 // close ends the probe once: a close frame unless code is 0, then the
 // connection.
 func (p *probe) close(code int, text string) {

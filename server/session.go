@@ -302,6 +302,12 @@ func newSession(s *Server, conn *websocket.Conn, device string, timeout time.Dur
 	return ss
 }
 
+// replaced closes the session that a newer one of its device replaced.
+func (ss *session) replaced() {
+	ss.log.Info("session replaced by a newer one")
+	ss.close(closeReplaced, "replaced by a newer session")
+}
+
 // close ends the session once: it sends a close frame unless code is 0
 // and closes the connection, which ends both loops.
 func (ss *session) close(code int, text string) {
