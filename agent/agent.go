@@ -92,6 +92,10 @@ type Config struct {
 	// restarts, resumes from a time mark in the store when the system clock
 	// went back or had never been set.
 	Now func() time.Time
+	// ClockOffset moves the system's wall clock, as the agent's own clock
+	// reads it, by this much. It is a test knob for clock jumps (tetherd
+	// takes it from TETHER_CLOCK_OFFSET); it has no effect with Now set.
+	ClockOffset time.Duration
 }
 
 // Agent is the device agent. Create it with New, start it with Run; its
@@ -193,7 +197,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Now == nil {
-		clock, err := openClock(cfg.Store, systemClock(), cfg.Logger)
+		clock, err := openClock(cfg.Store, systemClock(cfg.ClockOffset), cfg.Logger)
 		if err != nil {
 			return nil, fmt.Errorf("agent: %w", err)
 		}

@@ -53,11 +53,12 @@ type clockSource struct {
 // systemClock reads the system's clocks. time.Since measures with the
 // monotonic reading that time.Now carries; Round(0) strips that reading
 // from the wall time, so the clock's times compare by their wall value
-// alone, like the times read back from the store.
-func systemClock() clockSource {
+// alone, like the times read back from the store. offset moves the wall
+// clock (Config.ClockOffset).
+func systemClock(offset time.Duration) clockSource {
 	origin := time.Now()
 	return clockSource{
-		wall:    func() time.Time { return time.Now().Round(0) },
+		wall:    func() time.Time { return time.Now().Round(0).Add(offset) },
 		elapsed: func() time.Duration { return time.Since(origin) },
 	}
 }

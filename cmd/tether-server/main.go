@@ -29,6 +29,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"tether/internal/clockknob"
 	"tether/server"
 )
 
@@ -179,12 +180,20 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("read enrollment key: %s is empty", *enrollKeyFile)
 		}
 	}
+	offset, err := clockknob.FromEnv(os.Getenv)
+	if err != nil {
+		fmt.Fprintln(stderr, "tether-server serve:", err)
+		return errUsage
+	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
 	cfg := server.Config{
 		DataDir: *data, Listen: *listen, TLSCert: *cert, TLSKey: *key, EnrollKey: *enrollKey, Logger: log,
 		DeviceRateLimit: *deviceRate, TopicRateLimit: *topicRate, MaxStoreSize: *maxStore,
 		BatteryMaxDelay: *batteryDelay, StoreRetryAfter: *storeRetry,
 		ShutdownSpread: *shutdownSpread, ReconnectLimit: *reconnectLimit,
+	}
+	if offset != 0 {
+		cfg.Now = func() time.Time { return time.Now().Add(offset) }
 	}
 	// Zero means the default in Config, and none on the command line.
 	if cfg.ShutdownSpread == 0 {

@@ -33,11 +33,13 @@ const defaultConfig = "/etc/tether/agent.toml"
 // the flags.
 type options struct {
 	// config is the file the settings were read from.
-	config     string
-	server     string
-	caFile     string
-	serverPins [][sha256.Size]byte
-	enrollKey  string
+	config string
+	// clockOffset is the TETHER_CLOCK_OFFSET test knob (package clockknob).
+	clockOffset time.Duration
+	server      string
+	caFile      string
+	serverPins  [][sha256.Size]byte
+	enrollKey   string
 	// enrollKeyFile holds the enrollment key, kept out of ps.
 	enrollKeyFile string
 	data          string

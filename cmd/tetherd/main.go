@@ -37,6 +37,7 @@ import (
 	"syscall"
 
 	"tether/agent"
+	"tether/internal/clockknob"
 	"tether/ipc"
 	"tether/packaging/openwrt"
 	"tether/packaging/systemd"
@@ -104,6 +105,10 @@ func run(ctx context.Context, args []string, env environ) int {
 	o, err := parseArgs(args, env.stderr)
 	if code, done := exitFor(err, env.stderr); done {
 		return code
+	}
+	if o.clockOffset, err = clockknob.FromEnv(env.getenv); err != nil {
+		fmt.Fprintln(env.stderr, "tetherd:", err)
+		return 2
 	}
 	log := newLogger(o.logLevel, env)
 	notify, err := service.NewNotifier(env.getenv, os.Getpid())
@@ -350,16 +355,17 @@ func serve(ctx context.Context, o options, log *slog.Logger, notify *service.Not
 
 	var dbusDoor *ipc.DBusServer // set before the agent runs
 	cfg := agent.Config{
-		Store:      st,
-		ServerURL:  o.server,
-		TLS:        tlsConfig,
-		EnrollKey:  enrollKey,
-		Heartbeat:  o.heartbeat,
-		MinBackoff: o.minBackoff,
-		MaxBackoff: o.maxBackoff,
-		AppOwners:  o.apps,
-		Name:       "tetherd/" + version,
-		Logger:     log.With("part", "agent"),
+		Store:       st,
+		ServerURL:   o.server,
+		TLS:         tlsConfig,
+		EnrollKey:   enrollKey,
+		Heartbeat:   o.heartbeat,
+		MinBackoff:  o.minBackoff,
+		MaxBackoff:  o.maxBackoff,
+		AppOwners:   o.apps,
+		ClockOffset: o.clockOffset,
+		Name:        "tetherd/" + version,
+		Logger:      log.With("part", "agent"),
 		OnStatusChange: func() {
 			if dbusDoor != nil {
 				dbusDoor.StatusChanged()
