@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -58,6 +59,10 @@ type Config struct {
 	ServerURL string
 	// TLS configures wss:// connections; nil means the system roots.
 	TLS *tls.Config
+	// Insecure allows a ws:// server that is not on loopback. Over ws://
+	// the device secret, every token and every message cross the network
+	// in the clear, so New refuses such a server without it.
+	Insecure bool
 	// EnrollKey is sent at check-in when the server requires one.
 	EnrollKey string
 	// Heartbeat is the ping interval (DefaultHeartbeat when zero), used
@@ -165,6 +170,9 @@ func New(cfg Config) (*Agent, error) {
 	endpoint, err := Endpoint(cfg.ServerURL)
 	if err != nil {
 		return nil, err
+	}
+	if !cfg.Insecure && !secureEndpoint(endpoint) {
+		return nil, fmt.Errorf("server URL %q: %w", cfg.ServerURL, ErrInsecure)
 	}
 	if cfg.HeartbeatPolicy != nil {
 		if err := cfg.HeartbeatPolicy.Check(); err != nil {
@@ -275,6 +283,27 @@ func Endpoint(server string) (string, error) {
 	u.Path = strings.TrimSuffix(u.Path, "/") + wire.Path
 	u.RawPath = ""
 	return u.String(), nil
+}
+
+// ErrInsecure refuses a ws:// server that is not on loopback.
+var ErrInsecure = errors.New("ws:// would send the device secret and every message in the clear; use wss://, or allow it with --insecure")
+
+// secureEndpoint reports whether a device endpoint keeps the connection
+// private: wss://, or ws:// that never leaves the machine.
+func secureEndpoint(endpoint string) bool {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return false
+	}
+	if u.Scheme == "wss" {
+		return true
+	}
+	host := u.Hostname()
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Link is the agent's connection, for whoever watches the network and the

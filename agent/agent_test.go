@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -70,6 +71,37 @@ func TestEndpoint(t *testing.T) {
 		got, err := Endpoint(tt.in)
 		if (err == nil) != tt.ok || got != tt.want {
 			t.Errorf("Endpoint(%q) = %q, %v; want %q, ok %v", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
+// TestInsecureServerRefused: ws:// off the machine needs Insecure, since
+// the device secret would cross the network in the clear.
+func TestInsecureServerRefused(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "agent.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for _, tt := range []struct {
+		url      string
+		insecure bool
+		ok       bool
+	}{
+		{"ws://push.example:8080", false, false},
+		{"http://192.0.2.7", false, false},
+		{"ws://[2001:db8::1]:80", false, false},
+		{"ws://push.example:8080", true, true},
+		{"wss://push.example", false, true},
+		{"https://push.example", false, true},
+		{"ws://127.0.0.1:8080", false, true},
+		{"ws://127.3.2.1", false, true},
+		{"ws://[::1]:8080", false, true},
+		{"ws://localhost:8080", false, true},
+	} {
+		_, err := New(Config{Store: st, ServerURL: tt.url, Insecure: tt.insecure})
+		if (err == nil) != tt.ok || (!tt.ok && !errors.Is(err, ErrInsecure)) {
+			t.Errorf("New(%q, insecure %v): %v; want ok %v", tt.url, tt.insecure, err, tt.ok)
 		}
 	}
 }

@@ -57,7 +57,7 @@ func TestRouteUpReconnectsAtOnce(t *testing.T) {
 	srv := newServer(t)
 	srv.netns, srv.addr = srvNS.Name, "10.78.0.1:8443"
 	srv.launch()
-	a := newAgent(t, "ws://"+srv.addr, "--min-backoff", "1m", "--max-backoff", "1m", "--heartbeat", "4m", "--dbus", "off")
+	a := newAgent(t, "ws://"+srv.addr, "--insecure", "--min-backoff", "1m", "--max-backoff", "1m", "--heartbeat", "4m", "--dbus", "off")
 	a.netns = devNS.Name
 	a.launch()
 	a.waitConnected()

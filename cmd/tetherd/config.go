@@ -38,6 +38,7 @@ type options struct {
 	clockOffset time.Duration
 	server      string
 	caFile      string
+	insecure    bool
 	serverPins  [][sha256.Size]byte
 	enrollKey   string
 	// enrollKeyFile holds the enrollment key, kept out of ps.
@@ -280,6 +281,7 @@ func daemonFlags(o *options, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.config, "config", defaultConfig, "settings `file` (TOML, docs/config.md); if the default is missing, or with \"\", the defaults apply")
 	fs.Func("server", "connection server `URL` (ws://, wss://, http:// or https://)", o.setServer)
 	fs.Func("ca-file", "PEM `file` of the CA certificates to trust for wss:// (default: the system's)", setPath(&o.caFile))
+	fs.BoolVar(&o.insecure, "insecure", o.insecure, "allow a ws:// server that is not on loopback: the device secret and every message cross the network in the clear")
 	fs.Var(&listFlag{reset: func() { o.serverPins = nil }, add: o.addServerPin}, "server-pin",
 		"accept only a server whose certificate chain holds this public key, as `sha256//BASE64` (repeatable)")
 	fs.Func("enroll-key", "enrollment `key` for the first check-in, if the server requires one", func(s string) error {
@@ -331,6 +333,7 @@ func (e *configError) Unwrap() error { return e.err }
 type fileConfig struct {
 	Server        any `toml:"server"`
 	CAFile        any `toml:"ca_file"`
+	Insecure      any `toml:"insecure"`
 	ServerPins    any `toml:"server_pins"`
 	EnrollKeyFile any `toml:"enroll_key_file"`
 	DataDir       any `toml:"data_dir"`
@@ -368,6 +371,14 @@ func (f *fileConfig) settings() []fileSetting {
 	s := []fileSetting{
 		{[]string{"server"}, f.Server, text((*options).setServer)},
 		{[]string{"ca_file"}, f.CAFile, text(func(o *options, s string) error { return setPath(&o.caFile)(s) })},
+		{[]string{"insecure"}, f.Insecure, func(o *options, v any) error {
+			b, ok := v.(bool)
+			if !ok {
+				return fmt.Errorf("want true or false, got %s", tomlType(v))
+			}
+			o.insecure = b
+			return nil
+		}},
 		{[]string{"server_pins"}, f.ServerPins, textList((*options).addServerPin)},
 		{[]string{"enroll_key_file"}, f.EnrollKeyFile, text(func(o *options, s string) error { return setPath(&o.enrollKeyFile)(s) })},
 		{[]string{"data_dir"}, f.DataDir, text(func(o *options, s string) error { return setPath(&o.data)(s) })},

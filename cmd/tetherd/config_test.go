@@ -142,6 +142,7 @@ func TestConfigCheckNamesKeyAndLine(t *testing.T) {
 			`3: socket.mode: socket mode "rwx": want an octal mode like 0660`,
 		}},
 		{"type", "server = 3\n", []string{`1: server: want a string, got the integer 3`}},
+		{"insecure as a number", "server = \"ws://h\"\ninsecure = 1\n", []string{`2: insecure: want true or false, got the integer 1`}},
 		{"table as a value", "server = \"ws://h\"\nsocket = 3\n", []string{`2: socket: want a table`}},
 		{"bad URL", "\n\nserver = \"ftp://h\"\n", []string{`3: server: server URL "ftp://h": scheme must be ws, wss, http or https`}},
 		{"decimal mode", "server = \"ws://h\"\nsocket.mode = 660\n", []string{`2: socket.mode: socket mode 660: write it as an octal integer (0o660) or a string ("0660")`}},

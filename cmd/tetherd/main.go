@@ -358,6 +358,7 @@ func serve(ctx context.Context, o options, log *slog.Logger, notify *service.Not
 		Store:       st,
 		ServerURL:   o.server,
 		TLS:         tlsConfig,
+		Insecure:    o.insecure,
 		EnrollKey:   enrollKey,
 		Heartbeat:   o.heartbeat,
 		MinBackoff:  o.minBackoff,
