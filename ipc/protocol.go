@@ -93,12 +93,15 @@ const (
 	CodeMessageTooBig      = "MessageTooBig"
 	CodeUnsupported        = "Unsupported"
 
-	CodeBadRequest       = "BadRequest"
-	CodeUnknownOp        = "UnknownOp"
-	CodeLineTooLong      = "LineTooLong"
-	CodeAlreadyListening = "AlreadyListening"
-	CodeSendError        = "SendError"
-	CodeInternal         = "Internal"
+	CodeBadRequest  = "BadRequest"
+	CodeUnknownOp   = "UnknownOp"
+	CodeLineTooLong = "LineTooLong"
+	// CodeTooManyConnections refuses a connection over the caller's
+	// limit; the connection is closed.
+	CodeTooManyConnections = "TooManyConnections"
+	CodeAlreadyListening   = "AlreadyListening"
+	CodeSendError          = "SendError"
+	CodeInternal           = "Internal"
 )
 
 var sentinelCodes = []struct {

@@ -29,6 +29,10 @@ const (
 	// DefaultSocketMode lets every local user connect: who may do what is
 	// decided per request from the caller's kernel credentials.
 	DefaultSocketMode os.FileMode = 0o666
+	// DefaultMaxConnsPerUser bounds the connections one Unix user holds at
+	// once, so that one user cannot take every file descriptor the agent
+	// has.
+	DefaultMaxConnsPerUser = 64
 )
 
 // SocketConfig configures a SocketServer.
@@ -44,6 +48,10 @@ type SocketConfig struct {
 	// WriteTimeout bounds each write to an app; zero means
 	// DefaultWriteTimeout.
 	WriteTimeout time.Duration
+	// MaxConnsPerUser bounds the connections of one uid; zero means
+	// DefaultMaxConnsPerUser. One more is answered TooManyConnections and
+	// closed.
+	MaxConnsPerUser int
 }
 
 // SocketServer is the Unix socket door: newline-delimited JSON requests
@@ -60,9 +68,12 @@ type SocketServer struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	maxConnsPerUser int
+
 	mu     sync.Mutex
 	closed bool
 	conns  map[*socketConn]struct{}
+	byUID  map[uint32]int // open connections per uid
 
 	wg        sync.WaitGroup // one per connection
 	closeOnce sync.Once
@@ -105,15 +116,21 @@ func NewSocketServer(cfg SocketConfig) (*SocketServer, error) {
 	if writeTimeout == 0 {
 		writeTimeout = DefaultWriteTimeout
 	}
+	maxConns := cfg.MaxConnsPerUser
+	if maxConns <= 0 {
+		maxConns = DefaultMaxConnsPerUser
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &SocketServer{
-		writeTimeout: writeTimeout,
-		backend:      cfg.Backend,
-		log:          log.With("door", "socket"),
-		ln:           ln,
-		ctx:          ctx,
-		cancel:       cancel,
-		conns:        make(map[*socketConn]struct{}),
+		maxConnsPerUser: maxConns,
+		byUID:           make(map[uint32]int),
+		writeTimeout:    writeTimeout,
+		backend:         cfg.Backend,
+		log:             log.With("door", "socket"),
+		ln:              ln,
+		ctx:             ctx,
+		cancel:          cancel,
+		conns:           make(map[*socketConn]struct{}),
 	}, nil
 }
 
@@ -201,14 +218,27 @@ func (s *SocketServer) start(nc *net.UnixConn) {
 		return
 	}
 	s.conns[c] = struct{}{}
+	s.byUID[caller.UID]++
+	over := s.byUID[caller.UID] > s.maxConnsPerUser
 	s.wg.Add(1)
 	s.mu.Unlock()
 
 	go func() {
 		defer s.wg.Done()
-		c.run()
+		if over {
+			c.log.Warn("connection refused: the user has as many as it may", "max", s.maxConnsPerUser)
+			c.refuse(Response{Error: &ResponseError{
+				Code:    CodeTooManyConnections,
+				Message: fmt.Sprintf("uid %d has %d connections to the agent already, the most allowed; closing this one", caller.UID, s.maxConnsPerUser),
+			}})
+		} else {
+			c.run()
+		}
 		s.mu.Lock()
 		delete(s.conns, c)
+		if s.byUID[caller.UID]--; s.byUID[caller.UID] == 0 {
+			delete(s.byUID, caller.UID)
+		}
 		s.mu.Unlock()
 	}()
 }
@@ -280,6 +310,15 @@ func (c *socketConn) run() {
 	}
 	c.wg.Wait()
 	c.log.Debug("app disconnected")
+}
+
+// refuse answers resp and closes the connection without reading from it.
+func (c *socketConn) refuse(resp Response) {
+	c.wg.Add(1)
+	go c.writeLoop()
+	c.respondThenClose(resp)
+	c.shutdown()
+	c.wg.Wait()
 }
 
 // shutdown ends the connection: it stops the writer, the waiting sends

@@ -451,6 +451,24 @@ func TestLineTooLong(t *testing.T) {
 	wantOK(t, h.dial().do(request))
 }
 
+// TestConnectionsPerUserBounded: one user's connection over the limit is
+// answered TooManyConnections and closed; closing one makes room.
+func TestConnectionsPerUserBounded(t *testing.T) {
+	h := startWith(t, ipc.SocketConfig{MaxConnsPerUser: 2})
+	first, second := h.dial(), h.dial()
+	wantOK(t, first.do(`{"op":"status"}`))
+	wantOK(t, second.do(`{"op":"status"}`))
+	third := h.dial()
+	wantError(t, third.response(), ipc.CodeTooManyConnections, "2 connections")
+	third.expectEOF()
+	first.conn.Close()
+	waitFor(t, "room for another connection", func() bool {
+		c := h.dial()
+		defer c.conn.Close()
+		return c.do(`{"op":"status"}`).OK
+	})
+}
+
 func TestEndOfInput(t *testing.T) {
 	h := start(t)
 	c := h.dial()
