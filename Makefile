@@ -82,11 +82,12 @@ clean:
 	rm -rf $(BIN) $(ACCEPTANCE)/node_modules
 
 # The connection server's throughput: accepted sends per second, single and
-# multicast, and the time to fan a topic message out to 10,000 and 100,000
-# subscribers (docs/server-api.md has figures).
+# multicast, over HTTP and XMPP, upstream messages per second over XMPP, and
+# the time to fan a topic message out to 10,000 and 100,000 subscribers
+# (docs/server-api.md has figures).
 .PHONY: bench-server
 bench-server:
-	$(GO) test -run '^$$' -bench 'Send$$|Multicast$$' -benchtime 2s ./server/
+	$(GO) test -run '^$$' -bench 'Send$$|Multicast$$|XMPP' -benchtime 2s ./server/
 	$(GO) test -run '^$$' -bench 'TopicFanout' -benchtime 1x -timeout 30m ./server/
 
 # What an idle tetherd costs: wake-ups, heartbeats and bytes each way over

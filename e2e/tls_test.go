@@ -13,13 +13,13 @@ import (
 )
 
 // tlsServer is a tether-server serving HTTPS and WSS with a certificate
-// from a private CA, and a client that trusts that CA.
-func tlsServer(t *testing.T) (srv *server, caFile string) {
+// from a private CA, with extra flags, and a client that trusts that CA.
+func tlsServer(t *testing.T, extra ...string) (srv *server, caFile string) {
 	pki, err := testpki.Write(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv = newServer(t, "--tls-cert", pki.Cert, "--tls-key", pki.Key)
+	srv = newServer(t, append([]string{"--tls-cert", pki.Cert, "--tls-key", pki.Key}, extra...)...)
 	srv.scheme = "https"
 	srv.client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.Pool}}}
 	srv.start()

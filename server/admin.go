@@ -29,6 +29,12 @@ var (
 	// ErrNoToken is returned when rotating a token that is not an active
 	// registration.
 	ErrNoToken = errors.New("no active registration has this token")
+	// ErrNotServing is returned for what only a running server can do,
+	// such as draining its XMPP connections, when none runs.
+	ErrNotServing = errors.New("no server is running on the data directory")
+	// ErrNoXMPP is returned when draining a server that has no XMPP
+	// endpoint.
+	ErrNoXMPP = errors.New("the server has no XMPP endpoint")
 	// errBadSender marks a name or webhook that is not acceptable.
 	errBadSender = errors.New("bad sender")
 	// errBadGrace marks a grace period out of range.
@@ -59,12 +65,18 @@ type SenderInfo struct {
 	Created time.Time `json:"created"`
 }
 
-// NewSender is a sender just created, with its server key. Only a hash of
-// the key is stored: this is the one time it is shown.
+// NewSender is a sender just created, or given a new key, with its server
+// key. Only a hash of the key is stored: this is the one time it is shown.
 type NewSender struct {
 	ID        string `json:"sender_id"`
 	ServerKey string `json:"server_key"`
+	// OldKeyUntil is when the replaced key stops working, after a key
+	// rotation with a grace period.
+	OldKeyUntil time.Time `json:"old_key_until,omitzero"`
 }
+
+// MaxKeyGrace bounds how long a replaced server key keeps working.
+const MaxKeyGrace = 30 * 24 * time.Hour
 
 // maxSenderName bounds a sender's name.
 const maxSenderName = 200
@@ -85,6 +97,23 @@ func addSender(st *store.Store, name, webhook string, now time.Time) (NewSender,
 		return NewSender{}, err
 	}
 	return NewSender{ID: snd.ID, ServerKey: key}, nil
+}
+
+// rotateSenderKey gives sender id a new server key; the old one works for
+// grace more.
+func rotateSenderKey(st *store.Store, id string, grace time.Duration, now time.Time) (NewSender, error) {
+	if grace < 0 || grace > MaxKeyGrace {
+		return NewSender{}, fmt.Errorf("%w: %v, want 0 to %v", errBadGrace, grace, MaxKeyGrace)
+	}
+	key := newSecret(32)
+	snd, err := st.RotateSenderKey(id, hashSecret(key), grace, now)
+	if errors.Is(err, store.ErrNotFound) {
+		return NewSender{}, fmt.Errorf("rotate key of sender %s: %w", id, ErrNoSender)
+	}
+	if err != nil {
+		return NewSender{}, err
+	}
+	return NewSender{ID: snd.ID, ServerKey: key, OldKeyUntil: snd.OldKeyUntil}, nil
 }
 
 func listSenders(st *store.Store) ([]SenderInfo, error) {
@@ -188,6 +217,31 @@ func (s *Server) adminHandler() http.Handler {
 		s.log.Info("sender removed", "sender", id)
 		w.WriteHeader(http.StatusNoContent)
 	})
+	mux.HandleFunc("POST /senders/{id}/key", func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		var req struct {
+			GraceSeconds int64 `json:"grace_seconds"`
+		}
+		if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+			http.Error(w, "decode request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		snd, err := rotateSenderKey(s.store, id, secondsDuration(req.GraceSeconds), s.now())
+		switch {
+		case errors.Is(err, ErrNoSender):
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		case errors.Is(err, errBadGrace):
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		case err != nil:
+			s.log.Error("admin: rotate sender key", "sender", id, "err", err)
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		s.log.Info("sender key rotated", "sender", id, "old_key_until", snd.OldKeyUntil)
+		writeJSON(w, http.StatusOK, snd)
+	})
 	mux.HandleFunc("POST /tokens/rotate", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
 			Token        string `json:"token"`
@@ -214,7 +268,21 @@ func (s *Server) adminHandler() http.Handler {
 		s.hub.notify(reg.Device)
 		writeJSON(w, http.StatusOK, rotated)
 	})
+	mux.HandleFunc("POST /xmpp/drain", func(w http.ResponseWriter, r *http.Request) {
+		if s.ccs == nil {
+			http.Error(w, ErrNoXMPP.Error(), http.StatusConflict)
+			return
+		}
+		n := s.ccs.drain(s.cfg.XMPPDrainTimeout, false)
+		s.log.Info("xmpp connections drained", "count", n)
+		writeJSON(w, http.StatusOK, DrainResult{Drained: n})
+	})
 	return mux
+}
+
+// DrainResult says how many XMPP connections a drain closed.
+type DrainResult struct {
+	Drained int `json:"drained"`
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -348,6 +416,36 @@ func (a *Admin) RotateToken(ctx context.Context, token string, grace time.Durati
 	return rotated, nil
 }
 
+// RotateSenderKey gives sender id a new server key and returns it; the
+// old key keeps working for grace (0: it stops at once). It wraps
+// ErrNoSender when there is no such sender.
+func (a *Admin) RotateSenderKey(ctx context.Context, id string, grace time.Duration) (NewSender, error) {
+	if a.store != nil {
+		return rotateSenderKey(a.store, id, grace, a.now())
+	}
+	body, _ := json.Marshal(map[string]any{"grace_seconds": int64(grace / time.Second)})
+	var snd NewSender
+	if err := a.call(ctx, http.MethodPost, "/senders/"+url.PathEscape(id)+"/key", body, http.StatusOK, &snd); err != nil {
+		return NewSender{}, fmt.Errorf("rotate key of sender %s: %w", id, err)
+	}
+	return snd, nil
+}
+
+// DrainXMPP sends every XMPP connection of the running server a
+// CONNECTION_DRAINING control message and closes each once the app server
+// has answered what is outstanding on it. App servers reconnect; the
+// endpoint keeps taking new connections.
+func (a *Admin) DrainXMPP(ctx context.Context) (DrainResult, error) {
+	if a.store != nil {
+		return DrainResult{}, fmt.Errorf("drain xmpp connections: %w", ErrNotServing)
+	}
+	var res DrainResult
+	if err := a.call(ctx, http.MethodPost, "/xmpp/drain", nil, http.StatusOK, &res); err != nil {
+		return DrainResult{}, fmt.Errorf("drain xmpp connections: %w", err)
+	}
+	return res, nil
+}
+
 // call makes one request on the admin socket.
 func (a *Admin) call(ctx context.Context, method, path string, body []byte, want int, out any) error {
 	req, err := http.NewRequestWithContext(ctx, method, "http://tether-server"+path, bytes.NewReader(body))
@@ -364,10 +462,12 @@ func (a *Admin) call(ctx context.Context, method, path string, body []byte, want
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 		text := strings.TrimSpace(string(msg))
 		switch {
-		case resp.StatusCode == http.StatusNotFound && method == http.MethodDelete:
+		case resp.StatusCode == http.StatusNotFound && (method == http.MethodDelete || strings.HasPrefix(path, "/senders/")):
 			return ErrNoSender
 		case resp.StatusCode == http.StatusNotFound && path == "/tokens/rotate":
 			return ErrNoToken
+		case resp.StatusCode == http.StatusConflict && path == "/xmpp/drain":
+			return ErrNoXMPP
 		}
 		return fmt.Errorf("server answered %s: %s", resp.Status, text)
 	}

@@ -40,6 +40,29 @@ func exerciseAdmin(t *testing.T, admin *Admin, sendStatus func(key string) int) 
 		}
 	}
 
+	// Key rotation: with a grace period both keys work; a second rotation
+	// without one stops the key it replaces and the one replaced before.
+	b1, err := admin.RotateSenderKey(ctx, b.ID, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b1.ID != b.ID || b1.ServerKey == b.ServerKey || b1.OldKeyUntil.IsZero() {
+		t.Fatalf("rotated %+v from %+v", b1, b)
+	}
+	b2, err := admin.RotateSenderKey(ctx, b.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !b2.OldKeyUntil.IsZero() {
+		t.Errorf("rotation without grace: old key until %v", b2.OldKeyUntil)
+	}
+	if _, err := admin.RotateSenderKey(ctx, "404404404404", time.Hour); !errors.Is(err, ErrNoSender) {
+		t.Errorf("rotating a missing sender: %v, want ErrNoSender", err)
+	}
+	if _, err := admin.RotateSenderKey(ctx, b.ID, -time.Second); err == nil {
+		t.Error("negative grace accepted")
+	}
+
 	list, err := admin.Senders(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -221,6 +244,81 @@ func TestNoSecretsInLogs(t *testing.T) {
 	for _, want := range []string{snd.ID, d.id, id} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("the log does not name %s", want)
+		}
+	}
+}
+
+// TestSenderKeyRotation: through the running server, the replaced key
+// works for its grace period and stops after it, the new one works, and a
+// rotation without grace stops the old key at once.
+func TestSenderKeyRotation(t *testing.T) {
+	ts := startServer(t, nil)
+	admin, err := OpenAdmin(context.Background(), AdminConfig{DataDir: ts.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	ctx := context.Background()
+	first, err := admin.AddSender(ctx, "rotating", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	status := func(key string) int { return ts.post("/gcm/send", key, "application/json", `{"to": "x"}`).status }
+	second, err := admin.RotateSenderKey(ctx, first.ID, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name    string
+		advance time.Duration
+		key     string
+		want    int
+	}{
+		{"new key", 0, second.ServerKey, http.StatusOK},
+		{"old key within grace", 0, first.ServerKey, http.StatusOK},
+		{"old key after grace", time.Hour, first.ServerKey, http.StatusUnauthorized},
+		{"new key after grace", 0, second.ServerKey, http.StatusOK},
+	} {
+		ts.clock.Advance(tt.advance)
+		if got := status(tt.key); got != tt.want {
+			t.Errorf("%s: status %d, want %d", tt.name, got, tt.want)
+		}
+	}
+	third, err := admin.RotateSenderKey(ctx, first.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status(second.ServerKey) != http.StatusUnauthorized || status(third.ServerKey) != http.StatusOK {
+		t.Error("a rotation without grace left the old key working, or the new one not")
+	}
+	if strings.Contains(ts.logs.String(), third.ServerKey) {
+		t.Error("the new server key is in the log")
+	}
+}
+
+// TestFailedAuthenticationsAreLimited: past the limit an address's
+// attempts are refused with 429 unchecked, a valid key too, until the
+// budget refills; other addresses are not affected.
+func TestFailedAuthenticationsAreLimited(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.AuthFailureLimit = 3 })
+	admin, err := OpenAdmin(context.Background(), AdminConfig{DataDir: ts.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	snd, err := admin.AddSender(context.Background(), "limited", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if a := ts.post("/gcm/send", "wrong-key", "application/json", `{"to": "x"}`); a.status != http.StatusUnauthorized {
+			t.Fatalf("failure %d: status %d, want 401", i+1, a.status)
+		}
+	}
+	for _, key := range []string{"wrong-key", snd.ServerKey} {
+		a := ts.post("/gcm/send", key, "application/json", `{"to": "x"}`)
+		if a.status != http.StatusTooManyRequests || !strings.Contains(a.body, "failed authentications") {
+			t.Errorf("over the limit: %d %q, want 429", a.status, a.body)
 		}
 	}
 }

@@ -15,7 +15,8 @@
 // upstream_ack frame for upstream. A downstream message stays queued until
 // the device acks it or its time to live runs out, and every session of the
 // device gets the unacked ones again. An upstream message stays queued until
-// its route (the sender's webhook) takes it or its time to live runs out.
+// its route (an XMPP connection or the webhook of its sender) takes it or
+// its time to live runs out.
 //
 // Messages to a topic or a condition are stored once and then fanned out
 // by one goroutine into the queues of the subscribed registrations, a
@@ -39,6 +40,13 @@
 // server's admin Unix socket in the data directory or, when no server
 // runs, opens the store itself.
 //
-// The package has no device groups and no XMPP (CCS) endpoint yet; routes
-// for upstream messages and delivery receipts are the sender's webhook.
+// App servers may also hold XMPP connections, as with GCM's Cloud
+// Connection Server (Config.XMPPListen; the stream layer is package
+// server/xmpp): downstream messages come in as stanzas, many stored per
+// commit and each answered with an ack or a nack, and a sender's upstream
+// messages and receipts go out on one of its connections until the app
+// server acks them. A message takes one route: the sender's XMPP
+// connections while it has any, else its webhook.
+//
+// The package has no device groups.
 package server

@@ -54,6 +54,22 @@ func (l *rateLimiter) allow(key string) bool {
 	return true
 }
 
+// exhausted reports, without taking an event, whether key is over its
+// rate.
+func (l *rateLimiter) exhausted(key string) bool {
+	if l == nil {
+		return false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.buckets[key]
+	if b == nil {
+		return false
+	}
+	l.refill(b, l.now())
+	return b.tokens < 1
+}
+
 func (l *rateLimiter) refill(b *rateBucket, now time.Time) {
 	if elapsed := now.Sub(b.at); elapsed > 0 {
 		b.tokens = min(l.perMinute, b.tokens+elapsed.Minutes()*l.perMinute)

@@ -72,8 +72,10 @@ type sendRequest struct {
 	delayIdle     bool   // delay_while_idle
 	restricted    string // restricted_package_name
 	receipt       bool   // delivery_receipt_requested
-	dryRun        bool
-	plain         bool // a plain-text request, answered in plain text
+	// originID is the app server's message_id, over XMPP.
+	originID string
+	dryRun   bool
+	plain    bool // a plain-text request, answered in plain text
 }
 
 // toTopics reports whether the request goes to a topic or a condition.
@@ -443,28 +445,6 @@ func writeSendAnswer(w http.ResponseWriter, status int, v any) {
 	writeJSON(w, status, v)
 }
 
-// authenticate finds the sender of the request's server key. A status
-// other than 0 refuses the request with problem as its text.
-func (s *Server) authenticate(r *http.Request) (snd store.Sender, status int, problem string) {
-	key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "key=")
-	key = strings.TrimSpace(key)
-	if !ok || key == "" {
-		return snd, http.StatusUnauthorized, "Unauthorized: send the server key in an Authorization: key=SERVER_KEY header"
-	}
-	hash := hashSecret(key)
-	snd, err := s.store.SenderByKeyHash(hash)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return snd, http.StatusUnauthorized, "Unauthorized: unknown server key"
-	case err != nil:
-		s.log.Error("authenticate sender", "err", err)
-		return snd, http.StatusServiceUnavailable, "Unavailable: cannot read the sender store"
-	case !sameHash(snd.KeyHash, hash):
-		return snd, http.StatusUnauthorized, "Unauthorized: unknown server key"
-	}
-	return snd, 0, ""
-}
-
 // storeFailure is the GCM error and HTTP status for a store that failed:
 // a damaged record is the server's fault, anything else (a full disk, a
 // store being closed) passes.
@@ -479,64 +459,95 @@ func storeFailure(err error) (code string, status int) {
 // the results in the order of its tokens and the HTTP status: 200, or 5xx
 // when the store failed and the sender should retry.
 func (s *Server) send(snd store.Sender, req sendRequest) (results []sendResult, status int) {
-	if len(req.tokens) == 0 {
-		return []sendResult{{Error: errMissingRegistration}}, http.StatusOK
-	}
-	results = make([]sendResult, len(req.tokens))
-	if code := req.messageError(); code != "" {
-		for i := range results {
-			results[i].Error = code
+	all, status := s.sendAll(snd, []sendRequest{req})
+	return all[0], status
+}
+
+// sendAll stores and delivers requests to registration tokens in one store
+// transaction, so that many messages cost one commit, and returns each
+// request's results in the order of its tokens. The status is 200, or 5xx
+// when the store failed: then every stored result is an error.
+func (s *Server) sendAll(snd store.Sender, reqs []sendRequest) (results [][]sendResult, status int) {
+	results = make([][]sendResult, len(reqs))
+	var tokens []string
+	for i, req := range reqs {
+		if len(req.tokens) == 0 {
+			results[i] = []sendResult{{Error: errMissingRegistration}}
+			continue
 		}
+		results[i] = make([]sendResult, len(req.tokens))
+		if code := req.messageError(); code != "" {
+			for j := range results[i] {
+				results[i][j].Error = code
+			}
+			continue
+		}
+		tokens = append(tokens, req.tokens...)
+	}
+	if len(tokens) == 0 {
 		return results, http.StatusOK
 	}
 	now := s.now()
-	resolved, err := s.store.ResolveTokens(req.tokens, now)
+	resolved, err := s.store.ResolveTokens(tokens, now)
 	if err != nil {
 		s.log.Error("look up tokens", "sender", snd.ID, "err", err)
 		code, status := storeFailure(err)
-		for i := range results {
-			results[i].Error = code
+		for _, rs := range results {
+			for j := range rs {
+				if rs[j].Error == "" {
+					rs[j].Error = code
+				}
+			}
 		}
 		return results, status
 	}
+	type at struct{ req, token int } // where a message's result goes
 	var queue, live []store.Message
-	var queueAt []int // index in results of each queued message
-	for i, res := range resolved {
-		reg := res.Reg
-		switch {
-		case res.Given.Token == "":
-			results[i].Error = errInvalidRegistration
-			continue
-		case res.Given.Sender != snd.ID:
-			results[i].Error = errMismatchSenderID
-			continue
-		case reg.Token == "":
-			results[i].Error = errNotRegistered
-			continue
-		case req.restricted != "" && req.restricted != reg.App:
-			results[i].Error = errInvalidPackageName
-			continue
-		case !req.dryRun && !s.deviceRate.allow(reg.Device):
-			results[i].Error = errDeviceRate
-			continue
+	var queueAt []at
+	for i, req := range reqs {
+		if len(req.tokens) == 0 || results[i][0].Error != "" {
+			continue // refused as a whole above
 		}
-		m := store.Message{
-			ID: newMessageID(now), Device: reg.Device, Token: reg.Token, App: reg.App, Sender: snd.ID,
-			CollapseKey: req.collapseKey, Priority: req.priority, DelayWhileIdle: req.delayIdle,
-			Data: req.data, Notification: req.notification, Receipt: req.receipt,
-			Sent: now, Expiry: now.Add(secondsDuration(req.ttl)),
-		}
-		results[i].MessageID = m.ID
-		if res.Canonical() {
-			results[i].RegistrationID = reg.Token
-		}
-		switch {
-		case req.dryRun:
-		case req.ttl == 0:
-			live = append(live, m)
-		default:
-			queue = append(queue, m)
-			queueAt = append(queueAt, i)
+		for j := range req.tokens {
+			res := resolved[0]
+			resolved = resolved[1:]
+			result := &results[i][j]
+			reg := res.Reg
+			switch {
+			case res.Given.Token == "":
+				result.Error = errInvalidRegistration
+				continue
+			case res.Given.Sender != snd.ID:
+				result.Error = errMismatchSenderID
+				continue
+			case reg.Token == "":
+				result.Error = errNotRegistered
+				continue
+			case req.restricted != "" && req.restricted != reg.App:
+				result.Error = errInvalidPackageName
+				continue
+			case !req.dryRun && !s.deviceRate.allow(reg.Device):
+				result.Error = errDeviceRate
+				continue
+			}
+			m := store.Message{
+				ID: newMessageID(now), Device: reg.Device, Token: reg.Token, App: reg.App, Sender: snd.ID,
+				CollapseKey: req.collapseKey, Priority: req.priority, DelayWhileIdle: req.delayIdle,
+				Data: req.data, Notification: req.notification, Receipt: req.receipt, OriginID: req.originID,
+				Sent: now, Expiry: now.Add(secondsDuration(req.ttl)),
+			}
+			result.MessageID = m.ID
+			if res.Canonical() {
+				result.RegistrationID = reg.Token
+			}
+			switch {
+			case req.dryRun:
+			case req.ttl == 0:
+				live = append(live, m)
+			default:
+				queue = append(queue, m)
+				queueAt = append(queueAt, at{i, j})
+			}
 		}
 	}
 	if len(queue) > 0 {
@@ -544,15 +555,15 @@ func (s *Server) send(snd store.Sender, req sendRequest) (results []sendResult, 
 		if err != nil {
 			s.log.Error("store downstream messages", "sender", snd.ID, "count", len(queue), "err", err)
 			code, status := storeFailure(err)
-			for _, i := range queueAt {
-				results[i] = sendResult{Error: code}
+			for _, a := range queueAt {
+				results[a.req][a.token] = sendResult{Error: code}
 			}
 			return results, status
 		}
-		for j, ok := range queued {
-			m := queue[j]
+		for k, ok := range queued {
+			m := queue[k]
 			if !ok {
-				results[queueAt[j]] = sendResult{Error: errNotRegistered}
+				results[queueAt[k].req][queueAt[k].token] = sendResult{Error: errNotRegistered}
 				continue
 			}
 			s.log.Debug("message queued", "sender", snd.ID, "device", m.Device, "message_id", m.ID)
@@ -577,6 +588,7 @@ func (s *Server) sendTopic(snd store.Sender, req sendRequest) (topicResponse, in
 		ID: strconv.FormatInt(mathrand.Int64N(maxJSONSafeInt)+1, 10), Sender: snd.ID,
 		Topic: req.topic, RestrictedPackage: req.restricted, CollapseKey: req.collapseKey, Priority: req.priority,
 		DelayWhileIdle: req.delayIdle, Data: req.data, Notification: req.notification, Receipt: req.receipt, Live: req.ttl == 0,
+		OriginID: req.originID,
 	}
 	rateKey := snd.ID + "\x00" + req.topic
 	if req.condition != nil {

@@ -53,6 +53,9 @@ type Config struct {
 	// HeartbeatGrace is added to a session's heartbeat before it is
 	// closed for silence; default 90 seconds.
 	HeartbeatGrace time.Duration
+	// HeaderTimeout bounds reading a request's headers, so that a client
+	// that sends them slowly cannot hold a connection; default 10 s.
+	HeaderTimeout time.Duration
 	// HelloTimeout bounds the wait for the first frame; default 10 s.
 	HelloTimeout time.Duration
 	// WriteTimeout bounds every write to a device; default 10 s.
@@ -79,6 +82,12 @@ type Config struct {
 	// transaction; default 1000.
 	FanOutBatch int
 
+	// AuthFailureLimit bounds the failed authentications of app servers
+	// per minute from one IP address, in bursts of as many; beyond it the
+	// address's attempts are refused unchecked (HTTP 429, or a SASL
+	// failure) until the budget refills. Default 20, negative for none.
+	AuthFailureLimit int
+
 	// BatteryMaxDelay is the longest a normal-priority message waits for
 	// a device on battery before it is pushed anyway, counted from when
 	// it was sent; default 15 minutes.
@@ -95,6 +104,33 @@ type Config struct {
 	// per minute, in bursts of as many; beyond it the device gets a
 	// goaway. Default 30, negative for no limit.
 	ReconnectLimit int
+
+	// XMPPListen, when set, is the TCP address of the CCS endpoint, where
+	// app servers hold XMPP connections as they did with GCM's Cloud
+	// Connection Server (port 5235 by convention). It speaks direct TLS
+	// with TLSCert and TLSKey, or plain XMPP with XMPPPlaintext.
+	XMPPListen string
+	// XMPPPlaintext serves the CCS endpoint without TLS, for a proxy in
+	// front that terminates TLS: the server key crosses the network in
+	// the clear otherwise.
+	XMPPPlaintext bool
+	// XMPPDomain is accepted as the domain of the SASL user
+	// (SENDER_ID@DOMAIN) besides gcm.googleapis.com and fcm.googleapis.com.
+	XMPPDomain string
+	// XMPPAckTimeout is how long an upstream message sent on an XMPP
+	// connection waits for the app server's ack before it is sent again;
+	// default 30 s.
+	XMPPAckTimeout time.Duration
+	// XMPPDrainTimeout is how long a draining XMPP connection is given to
+	// answer what is outstanding on it before it is closed; default 10 s.
+	XMPPDrainTimeout time.Duration
+
+	// xmppMaxConns bounds the XMPP connections of one sender; default
+	// maxCCSConns (tests lower it).
+	xmppMaxConns int
+	// ccsBatch is called with the size of each batch of downstream
+	// messages an XMPP connection stores (tests).
+	ccsBatch func(n int)
 
 	// fanOutDone is called after each topic message is fanned out (tests).
 	fanOutDone func(tm store.TopicMessage, copies int)
@@ -123,6 +159,7 @@ func (c *Config) setDefaults() {
 	}
 	set(&c.Heartbeat, 5*time.Minute)
 	set(&c.HeartbeatGrace, 90*time.Second)
+	set(&c.HeaderTimeout, 10*time.Second)
 	set(&c.HelloTimeout, 10*time.Second)
 	set(&c.WriteTimeout, 10*time.Second)
 	set(&c.WebhookTimeout, 30*time.Second)
@@ -134,6 +171,11 @@ func (c *Config) setDefaults() {
 	if c.FanOutBatch <= 0 {
 		c.FanOutBatch = 1000
 	}
+	if c.xmppMaxConns <= 0 {
+		c.xmppMaxConns = maxCCSConns
+	}
+	set(&c.XMPPAckTimeout, 30*time.Second)
+	set(&c.XMPPDrainTimeout, 10*time.Second)
 	set(&c.BatteryMaxDelay, 15*time.Minute)
 	set(&c.StoreRetryAfter, 30*time.Second)
 	if c.ShutdownSpread == 0 {
@@ -142,6 +184,9 @@ func (c *Config) setDefaults() {
 	c.ShutdownSpread = max(c.ShutdownSpread, 0)
 	if c.ReconnectLimit == 0 {
 		c.ReconnectLimit = 30
+	}
+	if c.AuthFailureLimit == 0 {
+		c.AuthFailureLimit = 20
 	}
 	if c.afterFunc == nil {
 		c.afterFunc = func(d time.Duration, f func()) stopper { return time.AfterFunc(d, f) }
@@ -159,15 +204,19 @@ type Server struct {
 	hub   *hub
 	up    *dispatcher
 	fan   *fanout
+	ccs   *ccs // nil without XMPPListen
 
 	deviceRate *rateLimiter
 	topicRate  *rateLimiter
 	reconnects *rateLimiter // sessions and probes opened per device
+	// authFailures counts failed app server authentications by address.
+	authFailures *rateLimiter
 
 	upgrader *websocket.Upgrader
 
 	mu      sync.Mutex
 	ln      net.Listener // the TCP listener, before TLS
+	xmppLn  net.Listener // the CCS endpoint's, before TLS; nil without
 	adminLn net.Listener
 	served  bool
 }
@@ -190,6 +239,9 @@ func New(cfg Config) (*Server, error) {
 		}
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	if cfg.XMPPListen != "" && tlsConfig == nil && !cfg.XMPPPlaintext {
+		return nil, errors.New("new server: the XMPP endpoint needs a TLS certificate and key, or plaintext behind a proxy that terminates TLS")
+	}
 	if err := prepareDataDir(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("new server: %w", err)
 	}
@@ -204,6 +256,13 @@ func New(cfg Config) (*Server, error) {
 	s.deviceRate = newRateLimiter(cfg.DeviceRateLimit, cfg.Now)
 	s.topicRate = newRateLimiter(cfg.TopicRateLimit, cfg.Now)
 	s.reconnects = newRateLimiter(cfg.ReconnectLimit, cfg.Now)
+	s.authFailures = newRateLimiter(cfg.AuthFailureLimit, time.Now)
+	if cfg.XMPPListen != "" {
+		if s.ccs, err = newCCS(s); err != nil {
+			st.Close()
+			return nil, fmt.Errorf("new server: %w", err)
+		}
+	}
 	return s, nil
 }
 
@@ -230,13 +289,34 @@ func (s *Server) Listen() error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	var xmppLn net.Listener
+	if s.cfg.XMPPListen != "" {
+		if xmppLn, err = listenTCP(s.cfg.XMPPListen); err != nil {
+			ln.Close()
+			return fmt.Errorf("listen for XMPP: %w", err)
+		}
+	}
 	adminLn, err := listenAdmin(filepath.Join(s.cfg.DataDir, adminSocketFile))
 	if err != nil {
 		ln.Close()
+		if xmppLn != nil {
+			xmppLn.Close()
+		}
 		return fmt.Errorf("listen: %w", err)
 	}
-	s.ln, s.adminLn = ln, adminLn
+	s.ln, s.xmppLn, s.adminLn = ln, xmppLn, adminLn
 	return nil
+}
+
+// XMPPAddr is the bound address of the CCS endpoint, or nil without one or
+// before Listen.
+func (s *Server) XMPPAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.xmppLn == nil {
+		return nil
+	}
+	return s.xmppLn.Addr()
 }
 
 // Addr is the bound TCP address, or nil before Listen.
@@ -264,7 +344,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		return errors.New("serve: already served")
 	}
 	s.served = true
-	ln, adminLn := s.ln, s.adminLn
+	ln, xmppLn, adminLn := s.ln, s.xmppLn, s.adminLn
 	s.mu.Unlock()
 
 	scheme := "http"
@@ -275,7 +355,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	errorLog := slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
 	api := &http.Server{
 		Handler:           s.handler(),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: s.cfg.HeaderTimeout,
 		// Both apply until a device connection is hijacked; sessions set
 		// their own deadlines from then on.
 		ReadTimeout:  30 * time.Second,
@@ -288,7 +368,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	serveErr := make(chan error, 2)
+	serveErr := make(chan error, 3)
 	for _, srv := range []struct {
 		http *http.Server
 		ln   net.Listener
@@ -302,6 +382,17 @@ func (s *Server) Serve(ctx context.Context) error {
 	wg.Go(func() { s.sweepLoop(ctx) })
 	wg.Go(func() { s.up.run(ctx) })
 	wg.Go(func() { s.fan.run(ctx) })
+	// The XMPP endpoint outlives ctx: it drains its connections first.
+	xmppCtx, stopXMPP := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopXMPP()
+	if s.ccs != nil {
+		wg.Go(func() {
+			if err := s.ccs.serve(xmppCtx, xmppLn); err != nil {
+				serveErr <- err
+			}
+		})
+		s.log.Info("listening for XMPP", "addr", xmppLn.Addr().String(), "tls", !s.cfg.XMPPPlaintext)
+	}
 	s.log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme,
 		"admin_socket", adminLn.Addr().String(), "enroll_key", s.cfg.EnrollKey != "")
 
@@ -317,7 +408,15 @@ func (s *Server) Serve(ctx context.Context) error {
 	// Shutdown ends in-flight sends gracefully; device sessions are
 	// hijacked connections it does not track, so the hub closes them.
 	api.Shutdown(shutdownCtx)
+	var draining sync.WaitGroup
+	if s.ccs != nil {
+		// App servers are told to go and given a while to ack what is
+		// outstanding, while the devices are sent away.
+		draining.Go(func() { s.ccs.drain(s.cfg.XMPPDrainTimeout, true) })
+	}
 	s.hub.shutdown(s.shutdownGoAway, s.cfg.WriteTimeout)
+	draining.Wait()
+	stopXMPP()
 	admin.Shutdown(shutdownCtx)
 	cancel()
 	wg.Wait()
@@ -331,6 +430,9 @@ func (s *Server) Close() error {
 	if s.ln != nil && !s.served {
 		s.ln.Close()
 		s.adminLn.Close()
+		if s.xmppLn != nil {
+			s.xmppLn.Close()
+		}
 	}
 	s.mu.Unlock()
 	return s.store.Close()

@@ -449,6 +449,9 @@ func (ss *session) register(f wire.Frame) {
 	case errors.Is(err, store.ErrNotFound):
 		ss.replyError(f.Ref, wire.CodeNotRegistered, fmt.Sprintf("no sender with ID %s", req.Sender))
 		return
+	case errors.Is(err, store.ErrTooManyRegistrations):
+		ss.replyError(f.Ref, wire.CodeInvalid, fmt.Sprintf("the device has %d registrations already, the most allowed; unregister one first", store.MaxRegistrationsPerDevice))
+		return
 	case err != nil:
 		ss.log.Error("register", "app", req.App, "sender", req.Sender, "err", err)
 		ss.replyError(f.Ref, wire.CodeUnavailable, "cannot store the registration now; try again later")

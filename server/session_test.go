@@ -3,6 +3,8 @@ package server
 import (
 	"encoding/json"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -514,7 +516,7 @@ func TestStoreFullAnswers503(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
@@ -535,4 +537,43 @@ func waitPending(t *testing.T, ts *testServer, device string, n int) {
 		left, err = ts.store.Pending(device, 0, 0)
 		return err == nil && len(left) == n
 	})
+}
+
+// TestSlowClientsAreCut: a client that sends its request headers, or its
+// hello, too slowly loses its connection; the server serves others.
+func TestSlowClientsAreCut(t *testing.T) {
+	ts := startServer(t, func(c *Config) {
+		c.HeaderTimeout, c.HelloTimeout = 300*time.Millisecond, 300*time.Millisecond
+	})
+	for _, tt := range []struct {
+		name  string
+		start string // what the client sends before it stalls
+	}{
+		{"headers of a send", "POST /gcm/send HTTP/1.1\r\nHost: tether\r\nAuthorization: key=x\r\n"},
+		{"headers of an upgrade", "GET " + wire.Path + " HTTP/1.1\r\nHost: tether\r\n"},
+		{"nothing at all", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", ts.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if _, err := io.WriteString(conn, tt.start); err != nil {
+				t.Fatal(err)
+			}
+			conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.Copy(io.Discard, conn); err != nil {
+				t.Fatalf("the server kept the stalled connection: %v", err)
+			}
+		})
+	}
+	// A device that upgrades and never says hello is cut too.
+	d := &device{t: t, conn: ts.dial()}
+	if code := d.expectClosed(); code == 0 {
+		t.Error("a device without a hello was not closed")
+	}
+	if a := ts.post("/gcm/send", "x", "application/json", `{}`); a.status != http.StatusUnauthorized {
+		t.Errorf("after the slow clients: status %d", a.status)
+	}
 }

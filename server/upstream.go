@@ -18,22 +18,19 @@ import (
 	"tether/server/store"
 )
 
-// route hands upstream messages to an app server. A sender's webhook is
-// one; an XMPP connection of the sender will be another. For each delivery
+// route hands upstream messages to an app server: the sender's XMPP
+// connections while it has any, or else its webhook. For each delivery
 // attempt, routeFor picks exactly one route, so a message is taken by one
 // route, not several.
 type route interface {
 	deliver(ctx context.Context, u store.Upstream) error
 	name() string
+	// parallel bounds the sender's deliveries in progress on this route.
+	parallel() int
 }
 
-const (
-	// upstreamWorkers bounds concurrent deliveries.
-	upstreamWorkers = 8
-	// perSenderAttempts bounds one sender's concurrent deliveries, so that
-	// a slow or dead webhook cannot hold every worker.
-	perSenderAttempts = 2
-)
+// upstreamWorkers bounds concurrent deliveries.
+const upstreamWorkers = 64
 
 // upEntry schedules one queued upstream message; the message itself stays
 // in the store until an attempt loads it.
@@ -73,6 +70,8 @@ type attemptResult struct {
 	route string
 	err   error
 	gone  bool // the message was no longer in the store
+	// deleteErr is why a delivered message could not be deleted.
+	deleteErr error
 }
 
 // dispatcher delivers the upstream queue: one goroutine schedules entries
@@ -87,6 +86,9 @@ type dispatcher struct {
 
 	mu       sync.Mutex
 	incoming []*upEntry
+	// appeared holds senders that gained a route: their waiting
+	// messages are due at once.
+	appeared map[string]bool
 	wake     chan struct{}
 }
 
@@ -109,11 +111,29 @@ func newDispatcher(s *Server) *dispatcher {
 			if err != nil {
 				return nil, err
 			}
-			if snd.Webhook == "" {
+			switch {
+			case s.ccs != nil && s.ccs.connected(sender):
+				return ccsRoute{s.ccs}, nil
+			case snd.Webhook == "":
 				return nil, nil
 			}
 			return webhook{client: client, url: snd.Webhook}, nil
 		},
+	}
+}
+
+// routeAppeared makes sender's waiting messages due at once: it has a new
+// route, or a new connection on its route.
+func (d *dispatcher) routeAppeared(sender string) {
+	d.mu.Lock()
+	if d.appeared == nil {
+		d.appeared = make(map[string]bool)
+	}
+	d.appeared[sender] = true
+	d.mu.Unlock()
+	select {
+	case d.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -171,11 +191,13 @@ func (d *dispatcher) run(ctx context.Context) {
 		now := time.Now()
 		for busy < upstreamWorkers && queue.Len() > 0 && !queue[0].next.After(now) {
 			e := heap.Pop(&queue).(*upEntry)
-			if attempting[e.sender] >= perSenderAttempts {
+			if _, ok := parked[e.sender]; ok {
 				parked[e.sender] = append(parked[e.sender], e)
 				continue
 			}
 			switch r := d.dispatch(e); {
+			case r != nil && attempting[e.sender] >= r.parallel():
+				parked[e.sender] = append(parked[e.sender], e)
 			case r != nil:
 				busy++
 				attempting[e.sender]++
@@ -204,7 +226,17 @@ func (d *dispatcher) run(ctx context.Context) {
 				}
 			}
 			d.incoming = nil
+			appeared := d.appeared
+			d.appeared = nil
 			d.mu.Unlock()
+			if len(appeared) > 0 {
+				for _, e := range queue {
+					if appeared[e.sender] {
+						e.next = now
+					}
+				}
+				heap.Init(&queue)
+			}
 		case r := <-results:
 			busy--
 			sender := r.e.sender
@@ -250,7 +282,9 @@ func (d *dispatcher) dispatch(e *upEntry) route {
 	return r
 }
 
-// attempt delivers one message through its route; it runs in a worker.
+// attempt delivers one message through its route and, once delivered,
+// deletes it; it runs in a worker, so that the deletions of concurrent
+// deliveries share commits.
 func (d *dispatcher) attempt(ctx context.Context, j job) attemptResult {
 	u, err := d.store.Upstream(j.e.seq)
 	if errors.Is(err, store.ErrNotFound) {
@@ -259,7 +293,11 @@ func (d *dispatcher) attempt(ctx context.Context, j job) attemptResult {
 	if err != nil {
 		return attemptResult{e: j.e, err: err}
 	}
-	return attemptResult{e: j.e, route: j.r.name(), err: j.r.deliver(ctx, u)}
+	r := attemptResult{e: j.e, route: j.r.name(), err: j.r.deliver(ctx, u)}
+	if r.err == nil {
+		r.deleteErr = d.store.DeleteUpstream(j.e.seq)
+	}
+	return r
 }
 
 // settle records an attempt; true means try again later.
@@ -269,8 +307,8 @@ func (d *dispatcher) settle(r attemptResult) bool {
 		return false
 	}
 	if r.err == nil {
-		if err := d.store.DeleteUpstream(e.seq); err != nil {
-			d.log.Error("delete delivered upstream message; it will be delivered again after a restart", "sender", e.sender, "message_id", e.id, "err", err)
+		if r.deleteErr != nil {
+			d.log.Error("delete delivered upstream message; it will be delivered again after a restart", "sender", e.sender, "message_id", e.id, "err", r.deleteErr)
 		}
 		d.log.Info("upstream message delivered", "sender", e.sender, "app", e.app, "message_id", e.id, "route", r.route, "attempts", e.attempts+1)
 		return false
@@ -333,7 +371,11 @@ type webhookBody struct {
 
 func (webhook) name() string { return "webhook" }
 
-func (w webhook) deliver(ctx context.Context, u store.Upstream) error {
+// parallel keeps a slow or dead webhook from holding every worker.
+func (webhook) parallel() int { return 2 }
+
+// upstreamBody is u as app servers receive it, on either route.
+func upstreamBody(u store.Upstream) webhookBody {
 	data := u.Data
 	if data == nil {
 		data = map[string]string{}
@@ -347,7 +389,11 @@ func (w webhook) deliver(ctx context.Context, u store.Upstream) error {
 		// token in data.device_registration_id.
 		b.MessageType, b.From = store.UpstreamReceipt, receiptFrom
 	}
-	body, err := json.Marshal(b)
+	return b
+}
+
+func (w webhook) deliver(ctx context.Context, u store.Upstream) error {
+	body, err := json.Marshal(upstreamBody(u))
 	if err != nil {
 		return fmt.Errorf("encode webhook body: %w", err)
 	}

@@ -76,7 +76,7 @@ func (w *webhookServer) next(t *testing.T) webhookBody {
 	}
 }
 
-func sendUpstream(t *testing.T, d *device, u wire.Upstream) wire.UpstreamAck {
+func sendUpstream(t testing.TB, d *device, u wire.Upstream) wire.UpstreamAck {
 	t.Helper()
 	d.send(u.ID, u)
 	var ack wire.UpstreamAck
@@ -194,7 +194,7 @@ func TestUpstreamSurvivesRestart(t *testing.T) {
 	}
 }
 
-func upstreamCount(t *testing.T, ts *testServer) int {
+func upstreamCount(t testing.TB, ts *testServer) int {
 	t.Helper()
 	n := 0
 	if err := ts.store.EachUpstream(func(store.Upstream) error { n++; return nil }); err != nil {

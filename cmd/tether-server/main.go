@@ -4,10 +4,13 @@
 //	tether-server serve --listen 127.0.0.1:8080 --data DIR [--tls-cert F --tls-key F] [--enroll-key K] [--log-level L]
 //	                    [--device-rate-limit N] [--topic-rate-limit N] [--max-store-size BYTES]
 //	                    [--battery-max-delay D] [--store-retry-after D] [--shutdown-spread D] [--reconnect-limit N]
+//	                    [--auth-failure-limit N] [--xmpp-listen ADDR [--xmpp-plaintext] [--xmpp-domain DOMAIN]]
 //	tether-server sender add --data DIR --name NAME [--webhook URL] [--json]
 //	tether-server sender list --data DIR [--json]
 //	tether-server sender remove --data DIR --id ID
+//	tether-server sender rotate-key --data DIR --id ID [--grace DURATION] [--json]
 //	tether-server token rotate --data DIR --token TOKEN|- [--grace DURATION] [--json]
+//	tether-server xmpp drain --data DIR
 //	tether-server version
 //
 // Exit status: 0 on success, 1 on an error, 2 on a usage error.
@@ -39,10 +42,13 @@ const usage = `usage:
                       [--device-rate-limit N] [--topic-rate-limit N] [--max-store-size BYTES]
                       [--battery-max-delay DURATION] [--store-retry-after DURATION]
                       [--shutdown-spread DURATION] [--reconnect-limit N]
+                      [--auth-failure-limit N] [--xmpp-listen ADDR [--xmpp-plaintext] [--xmpp-domain DOMAIN]]
   tether-server sender add --data DIR --name NAME [--webhook URL] [--json]
   tether-server sender list --data DIR [--json]
   tether-server sender remove --data DIR --id ID
+  tether-server sender rotate-key --data DIR --id ID [--grace DURATION] [--json]
   tether-server token rotate --data DIR --token TOKEN|- [--grace DURATION] [--json]
+  tether-server xmpp drain --data DIR
   tether-server version
 `
 
@@ -83,8 +89,12 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return senderList(ctx, args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "sender" && args[1] == "remove":
 		return senderRemove(ctx, args[2:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "sender" && args[1] == "rotate-key":
+		return senderRotateKey(ctx, args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "token" && args[1] == "rotate":
 		return tokenRotate(ctx, args[2:], os.Stdin, stdout, stderr)
+	case len(args) >= 2 && args[0] == "xmpp" && args[1] == "drain":
+		return xmppDrain(ctx, args[2:], stdout, stderr)
 	case len(args) == 1 && (args[0] == "version" || args[0] == "--version"):
 		fmt.Fprintln(stdout, "tether-server", version)
 		return nil
@@ -140,11 +150,15 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	storeRetry := fs.Duration("store-retry-after", 30*time.Second, "wait asked of devices while the store is unavailable, spread ±50% (`duration`)")
 	shutdownSpread := fs.Duration("shutdown-spread", 10*time.Second, "devices reconnect at random within this `duration` after a shutdown (0: at once)")
 	reconnectLimit := fs.Int("reconnect-limit", 30, "most connections one device may open per `minute`; beyond it it is told to wait (0: no limit)")
+	authLimit := fs.Int("auth-failure-limit", 20, "most failed app server authentications per `minute` from one IP address before its attempts are refused (0: no limit)")
+	xmppListen := fs.String("xmpp-listen", "", "TCP `address` of the XMPP (CCS) endpoint for app servers, e.g. :5235; TLS with --tls-cert (off when empty)")
+	xmppPlain := fs.Bool("xmpp-plaintext", false, "serve XMPP without TLS, for a proxy in front that terminates TLS")
+	xmppDomain := fs.String("xmpp-domain", "", "`domain` accepted in SENDER_ID@DOMAIN besides gcm.googleapis.com and fcm.googleapis.com")
 	if err := parse(fs, args, "data"); err != nil {
 		return err
 	}
-	if *deviceRate < 0 || *topicRate < 0 || *maxStore < 0 || *reconnectLimit < 0 {
-		fmt.Fprintln(stderr, "tether-server serve: --device-rate-limit, --topic-rate-limit, --max-store-size and --reconnect-limit cannot be negative")
+	if *deviceRate < 0 || *topicRate < 0 || *maxStore < 0 || *reconnectLimit < 0 || *authLimit < 0 {
+		fmt.Fprintln(stderr, "tether-server serve: --device-rate-limit, --topic-rate-limit, --max-store-size, --reconnect-limit and --auth-failure-limit cannot be negative")
 		return errUsage
 	}
 	const maxWait = 24 * time.Hour // the longest wait the wire carries
@@ -165,6 +179,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if (*cert == "") != (*key == "") {
 		fmt.Fprintln(stderr, "tether-server serve: --tls-cert and --tls-key go together")
+		return errUsage
+	}
+	if *xmppListen != "" && *cert == "" && !*xmppPlain {
+		fmt.Fprintln(stderr, "tether-server serve: --xmpp-listen needs --tls-cert and --tls-key, or --xmpp-plaintext behind a proxy that terminates TLS")
+		return errUsage
+	}
+	if *xmppListen == "" && (*xmppPlain || *xmppDomain != "") {
+		fmt.Fprintln(stderr, "tether-server serve: --xmpp-plaintext and --xmpp-domain go with --xmpp-listen")
 		return errUsage
 	}
 	if *enrollKey != "" && *enrollKeyFile != "" {
@@ -191,6 +213,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		DeviceRateLimit: *deviceRate, TopicRateLimit: *topicRate, MaxStoreSize: *maxStore,
 		BatteryMaxDelay: *batteryDelay, StoreRetryAfter: *storeRetry,
 		ShutdownSpread: *shutdownSpread, ReconnectLimit: *reconnectLimit,
+		AuthFailureLimit: *authLimit,
+		XMPPListen:       *xmppListen, XMPPPlaintext: *xmppPlain, XMPPDomain: *xmppDomain,
 	}
 	if offset != 0 {
 		cfg.Now = func() time.Time { return time.Now().Add(offset) }
@@ -202,12 +226,34 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if cfg.ReconnectLimit == 0 {
 		cfg.ReconnectLimit = -1
 	}
+	if cfg.AuthFailureLimit == 0 {
+		cfg.AuthFailureLimit = -1
+	}
 	srv, err := server.New(cfg)
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
 	return srv.Serve(ctx)
+}
+
+func xmppDrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("xmpp drain", stderr)
+	data := fs.String("data", "", "data `directory` of the running server")
+	if err := parse(fs, args, "data"); err != nil {
+		return err
+	}
+	a, err := openAdmin(ctx, *data, false)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	res, err := a.DrainXMPP(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "drained %d XMPP connections\n", res.Drained)
+	return nil
 }
 
 func openAdmin(ctx context.Context, data string, create bool) (*server.Admin, error) {
@@ -232,10 +278,18 @@ func senderAdd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	if *asJSON {
+	return printKey(snd, *asJSON, stdout, stderr)
+}
+
+// printKey shows a new server key, the one time it is shown.
+func printKey(snd server.NewSender, asJSON bool, stdout, stderr io.Writer) error {
+	if asJSON {
 		return json.NewEncoder(stdout).Encode(snd)
 	}
 	fmt.Fprintf(stdout, "sender_id  %s\nserver_key %s\n", snd.ID, snd.ServerKey)
+	if !snd.OldKeyUntil.IsZero() {
+		fmt.Fprintf(stdout, "old key works until %s\n", snd.OldKeyUntil.Local().Format(time.DateTime))
+	}
 	fmt.Fprintln(stderr, "Keep the server key safe: it is shown only this once.")
 	return nil
 }
@@ -291,6 +345,27 @@ func senderRemove(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	fmt.Fprintf(stdout, "removed sender %s\n", *id)
 	return nil
+}
+
+func senderRotateKey(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("sender rotate-key", stderr)
+	data := fs.String("data", "", "data `directory` of the server")
+	id := fs.String("id", "", "sender `ID` whose server key to replace")
+	grace := fs.Duration("grace", 24*time.Hour, "how long the old key keeps working (`duration`, 0 to stop it at once)")
+	asJSON := fs.Bool("json", false, `print {"sender_id": ..., "server_key": ..., "old_key_until": ...}`)
+	if err := parse(fs, args, "data", "id"); err != nil {
+		return err
+	}
+	admin, err := openAdmin(ctx, *data, false)
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	snd, err := admin.RotateSenderKey(ctx, *id, *grace)
+	if err != nil {
+		return err
+	}
+	return printKey(snd, *asJSON, stdout, stderr)
 }
 
 func tokenRotate(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {

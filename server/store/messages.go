@@ -32,8 +32,12 @@ type Message struct {
 	Topic string `json:"topic,omitempty"`
 	// Receipt asks for a delivery receipt to the sender once the device
 	// has the message (Ack returns it).
-	Receipt bool      `json:"receipt,omitempty"`
-	Sent    time.Time `json:"sent"`
+	Receipt bool `json:"receipt,omitempty"`
+	// OriginID is the message_id the app server gave the message (over
+	// XMPP, where it names the message in acks and receipts); empty for
+	// a message sent over HTTP, which the server's own ID names.
+	OriginID string    `json:"origin_id,omitempty"`
+	Sent     time.Time `json:"sent"`
 	// Expiry is when the message stops being delivered, by the server's
 	// clock.
 	Expiry time.Time `json:"expiry"`

@@ -1,8 +1,10 @@
 package store
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"time"
 
@@ -43,6 +45,14 @@ func newToken() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
+// MaxRegistrationsPerDevice bounds the active registrations of one device,
+// so that a device cannot fill the store with them.
+const MaxRegistrationsPerDevice = 100
+
+// ErrTooManyRegistrations is wrapped when a device has
+// MaxRegistrationsPerDevice active registrations already.
+var ErrTooManyRegistrations = errors.New("too many registrations on the device")
+
 // Register returns the active registration of (device, app, sender),
 // creating it with a new token if there is none. The sender must exist.
 func (s *Store) Register(device, app, sender string, now time.Time) (Registration, error) {
@@ -60,6 +70,13 @@ func (s *Store) Register(device, app, sender string, now time.Time) (Registratio
 			var err error
 			reg, _, err = get[Registration](regs, token)
 			return err
+		}
+		prefix, n := join(device, ""), 0
+		c := index.Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			if n++; n >= MaxRegistrationsPerDevice {
+				return ErrTooManyRegistrations
+			}
 		}
 		reg = Registration{Device: device, App: app, Sender: sender, Created: now.UTC()}
 		for reg.Token = newToken(); regs.Get([]byte(reg.Token)) != nil; reg.Token = newToken() {

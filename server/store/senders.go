@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
 	mathrand "math/rand/v2"
@@ -23,6 +24,19 @@ type Sender struct {
 	// stored.
 	KeyHash []byte    `json:"key_hash"`
 	Created time.Time `json:"created"`
+	// OldKeyHash is the hash of the key that RotateSenderKey replaced,
+	// which still works until OldKeyUntil, so that app servers can move
+	// to the new key without a gap.
+	OldKeyHash  []byte    `json:"old_key_hash,omitempty"`
+	OldKeyUntil time.Time `json:"old_key_until,omitzero"`
+}
+
+// KeyValid reports whether keyHash is the sender's key, or its replaced
+// key within its grace period, comparing in constant time.
+func (snd Sender) KeyValid(keyHash []byte, now time.Time) bool {
+	current := subtle.ConstantTimeCompare(snd.KeyHash, keyHash) == 1
+	old := subtle.ConstantTimeCompare(snd.OldKeyHash, keyHash) == 1 && now.Before(snd.OldKeyUntil)
+	return current || old
 }
 
 // Device is an agent that has checked in.
@@ -98,6 +112,46 @@ func (s *Store) SenderByKeyHash(keyHash []byte) (Sender, error) {
 	return snd, nil
 }
 
+// RotateSenderKey gives sender id the key hashing to keyHash. The key it
+// had keeps working until now plus grace (not at all with grace 0); a key
+// replaced before stops at once.
+func (s *Store) RotateSenderKey(id string, keyHash []byte, grace time.Duration, now time.Time) (Sender, error) {
+	var snd Sender
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		senders, keys := tx.Bucket(bucketSenders), tx.Bucket(bucketSenderKeys)
+		var ok bool
+		var err error
+		if snd, ok, err = get[Sender](senders, []byte(id)); err != nil {
+			return err
+		} else if !ok {
+			return ErrNotFound
+		}
+		if keys.Get(keyHash) != nil {
+			return fmt.Errorf("server key already in use")
+		}
+		if snd.OldKeyHash != nil {
+			if err := keys.Delete(snd.OldKeyHash); err != nil {
+				return err
+			}
+		}
+		snd.OldKeyHash, snd.OldKeyUntil = nil, time.Time{}
+		if grace > 0 {
+			snd.OldKeyHash, snd.OldKeyUntil = snd.KeyHash, now.Add(grace).UTC()
+		} else if err := keys.Delete(snd.KeyHash); err != nil {
+			return err
+		}
+		snd.KeyHash = bytes.Clone(keyHash)
+		if err := keys.Put(keyHash, []byte(id)); err != nil {
+			return err
+		}
+		return put(senders, []byte(id), snd)
+	})
+	if err != nil {
+		return Sender{}, fmt.Errorf("rotate key of sender %s: %w", id, err)
+	}
+	return snd, nil
+}
+
 // Senders returns all senders ordered by ID.
 func (s *Store) Senders() ([]Sender, error) {
 	var out []Sender
@@ -127,8 +181,13 @@ func (s *Store) RemoveSender(id string) error {
 		if !ok {
 			return ErrNotFound
 		}
-		if err := tx.Bucket(bucketSenderKeys).Delete(snd.KeyHash); err != nil {
-			return err
+		for _, hash := range [][]byte{snd.KeyHash, snd.OldKeyHash} {
+			if hash == nil {
+				continue
+			}
+			if err := tx.Bucket(bucketSenderKeys).Delete(hash); err != nil {
+				return err
+			}
 		}
 		return senders.Delete([]byte(id))
 	})

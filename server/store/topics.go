@@ -222,8 +222,10 @@ type TopicMessage struct {
 	Data              map[string]string `json:"data,omitempty"`
 	Notification      map[string]string `json:"notification,omitempty"`
 	Receipt           bool              `json:"receipt,omitempty"`
-	Sent              time.Time         `json:"sent"`
-	Expiry            time.Time         `json:"expiry"`
+	// OriginID is the app server's message_id, over XMPP (Message.OriginID).
+	OriginID string    `json:"origin_id,omitempty"`
+	Sent     time.Time `json:"sent"`
+	Expiry   time.Time `json:"expiry"`
 	// Live marks a time-to-live-0 message: copies go only to the devices
 	// connected while it is fanned out, and are never stored.
 	Live bool `json:"live,omitempty"`
@@ -415,7 +417,7 @@ func fanOutTopic(tx *bolt.Tx, tm *TopicMessage, step FanOutStep, res *FanOutResu
 		m := Message{
 			ID: step.NewID(), Device: reg.Device, Token: reg.Token, App: reg.App, Sender: tm.Sender,
 			CollapseKey: tm.CollapseKey, Priority: tm.Priority, DelayWhileIdle: tm.DelayWhileIdle,
-			Data: tm.Data, Notification: tm.Notification, Topic: tm.Topic, Receipt: tm.Receipt,
+			Data: tm.Data, Notification: tm.Notification, Topic: tm.Topic, Receipt: tm.Receipt, OriginID: tm.OriginID,
 			Sent: tm.Sent, Expiry: tm.Expiry,
 		}
 		if tm.Live {

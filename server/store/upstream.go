@@ -39,13 +39,18 @@ const UpstreamReceipt = "receipt"
 const ReceiptTTL = 28 * 24 * time.Hour
 
 // putReceipt queues the delivery receipt of m, in GCM's form: its ID is
-// "dr2:" and the message's, its data says the message reached the device.
+// "dr2:" and the message's ID as the app server knows it, its data says the
+// message reached the device.
 func putReceipt(tx *bolt.Tx, m Message, now time.Time) (Upstream, error) {
+	original := m.ID
+	if m.OriginID != "" {
+		original = m.OriginID
+	}
 	u := Upstream{
-		Type: UpstreamReceipt, Device: m.Device, App: m.App, Sender: m.Sender, Token: m.Token, ID: "dr2:" + m.ID,
+		Type: UpstreamReceipt, Device: m.Device, App: m.App, Sender: m.Sender, Token: m.Token, ID: "dr2:" + original,
 		Data: map[string]string{
 			"message_status":         "MESSAGE_SENT_TO_DEVICE",
-			"original_message_id":    m.ID,
+			"original_message_id":    original,
 			"device_registration_id": m.Token,
 			"message_sent_timestamp": strconv.FormatInt(m.Sent.UnixMilli(), 10),
 		},

@@ -1,0 +1,77 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+
+	"tether/server/store"
+)
+
+// Why an app server's credentials were refused.
+var (
+	errUnknownKey = errors.New("unknown server key")
+	// errAuthThrottled refuses an address that failed too often lately,
+	// without looking at its key.
+	errAuthThrottled = errors.New("too many failed authentications from this address; retry in a minute")
+)
+
+// checkKey authenticates an app server's server key, sent from the IP
+// address remote. With senderID set (XMPP's SASL user) the key must be that
+// sender's. Failures count against remote: past Config.AuthFailureLimit a
+// minute, its attempts are refused unchecked until its budget refills.
+func (s *Server) checkKey(remote, senderID, key string) (store.Sender, error) {
+	if s.authFailures.exhausted(remote) {
+		return store.Sender{}, errAuthThrottled
+	}
+	hash := hashSecret(key)
+	var snd store.Sender
+	var err error
+	if senderID != "" {
+		snd, err = s.store.Sender(senderID)
+	} else {
+		snd, err = s.store.SenderByKeyHash(hash)
+	}
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		return store.Sender{}, fmt.Errorf("read senders: %w", err)
+	case snd.KeyValid(hash, s.now()):
+		return snd, nil
+	}
+	s.authFailures.allow(remote)
+	s.log.Info("app server refused: unknown server key", "remote", remote, "sender", senderID)
+	return store.Sender{}, errUnknownKey
+}
+
+// authenticate finds the sender of the request's server key. A status
+// other than 0 refuses the request with problem as its text.
+func (s *Server) authenticate(r *http.Request) (snd store.Sender, status int, problem string) {
+	key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "key=")
+	key = strings.TrimSpace(key)
+	if !ok || key == "" {
+		return snd, http.StatusUnauthorized, "Unauthorized: send the server key in an Authorization: key=SERVER_KEY header"
+	}
+	snd, err := s.checkKey(remoteIP(r.RemoteAddr), "", key)
+	switch {
+	case errors.Is(err, errUnknownKey):
+		return snd, http.StatusUnauthorized, "Unauthorized: unknown server key"
+	case errors.Is(err, errAuthThrottled):
+		return snd, http.StatusTooManyRequests, "Too Many Requests: " + err.Error()
+	case err != nil:
+		s.log.Error("authenticate sender", "err", err)
+		return snd, http.StatusServiceUnavailable, "Unavailable: cannot read the sender store"
+	}
+	return snd, 0, ""
+}
+
+// remoteIP is the address part of a host:port.
+func remoteIP(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return host
+}
