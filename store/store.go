@@ -59,12 +59,13 @@ type Store struct {
 
 // Open opens or creates the store at path, creating its directory with mode
 // 0700 and the file with mode 0600 (an existing file is set to 0600 too:
-// it holds secrets).
+// it holds secrets). An existing file is checked first: a damaged one is
+// left as it is and the error wraps ErrDamaged.
 func Open(path string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
+	db, err := openFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}

@@ -202,6 +202,8 @@ func FuzzDecode(f *testing.F) {
 		`{"type":"subscribe","ref":"s","body":{"app":"a","sender":"1","topic":"news"}}`,
 		`{"type":"token_refresh","ref":"tr:1","body":{"id":"tr:1","app":"a","sender":"1","token":"t"}}`,
 		`{"type":"deleted_messages","ref":"dm:1","body":{"id":"dm:1","app":"a","count":3}}`,
+		`{"type":"state","body":{"mode":"battery","heartbeat":600}}`,
+		`{"type":"goaway","body":{"retry_after":30,"reason":"draining"}}`,
 		`{"type":"ack","body":null}`,
 		`{}`,
 		`null`,
@@ -215,7 +217,7 @@ func FuzzDecode(f *testing.F) {
 			return
 		}
 		for _, b := range []Body{&Hello{}, &Welcome{}, &Register{}, &Registered{}, &Unregister{}, &Unregistered{}, &Message{}, &Ack{}, &Upstream{}, &UpstreamAck{}, &Error{},
-			&Subscribe{}, &Subscribed{}, &Unsubscribe{}, &Unsubscribed{}, &TokenRefresh{}, &DeletedMessages{}} {
+			&Subscribe{}, &Subscribed{}, &Unsubscribe{}, &Unsubscribed{}, &TokenRefresh{}, &DeletedMessages{}, &State{}, &GoAway{}} {
 			if fr.Type != b.FrameType() {
 				continue
 			}

@@ -82,12 +82,14 @@ type Store struct {
 	pageSize int64
 }
 
-// Open opens or creates the store at path with mode 0600.
+// Open opens or creates the store at path with mode 0600. An existing file
+// is checked first: a damaged one is left as it is and the error wraps
+// ErrDamaged.
 func Open(path string, opt Options) (*Store, error) {
 	if opt.LockTimeout <= 0 {
 		opt.LockTimeout = time.Second
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opt.LockTimeout, MaxSize: opt.MaxSize})
+	db, err := openFile(path, opt)
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open store %s: %w", path, ErrLocked)
 	}
