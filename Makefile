@@ -90,6 +90,15 @@ bench-server:
 	$(GO) test -run '^$$' -bench 'Send$$|Multicast$$|XMPP' -benchtime 2s ./server/
 	$(GO) test -run '^$$' -bench 'TopicFanout' -benchtime 1x -timeout 30m ./server/
 
+# The connection server under load: 10,000 idle device sessions, then as
+# many as its open-file limit allows, a message to each; memory per
+# session, connect and delivery rates (docs/benchmarks.md has figures).
+LOAD_FLAGS ?=
+.PHONY: load
+load: build
+	$(GO) build -o $(BIN)/loadgen ./scripts/loadgen
+	$(BIN)/loadgen -bin $(BIN) $(LOAD_FLAGS)
+
 # What an idle tetherd costs: wake-ups, heartbeats and bytes each way over
 # 5 minutes, on loopback (docs/power.md has figures). IDLE_FLAGS passes
 # flags on, e.g. IDLE_FLAGS='-duration 30s' or '-heartbeat 4m -duration 10m'.

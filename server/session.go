@@ -36,13 +36,15 @@ const maxLiveReceipts = 1000
 func newUpgrader() *websocket.Upgrader {
 	return &websocket.Upgrader{
 		Subprotocols: []string{wire.Subprotocol},
-		// Idle sessions, the common case, hold no write buffer.
+		// Idle sessions, the common case, hold no write buffer, and a small
+		// read buffer: frames are small, and a large one is read in parts.
 		WriteBufferPool: &sync.Pool{},
+		ReadBufferSize:  1024,
 	}
 }
 
-// handleDevice runs one device connection: handshake, then the session's
-// reader loop in this goroutine and its writer in another, or a probe.
+// handleDevice runs the handshake of one device connection, then hands
+// the connection to a goroutine of its own for its session or probe.
 func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 	if !slices.Contains(websocket.Subprotocols(r), wire.Subprotocol) {
 		http.Error(w, "offer the WebSocket subprotocol "+wire.Subprotocol, http.StatusBadRequest)
@@ -52,24 +54,37 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // Upgrade has answered the request.
 	}
-	defer conn.Close()
 	if !s.hub.enter() {
 		s.goAwayConn(conn, s.shutdownGoAway(), websocket.CloseGoingAway, "server shutting down")
+		conn.Close()
 		return
 	}
-	defer s.hub.leave()
 	conn.SetReadLimit(wire.MaxFrameSize)
 	log := s.log.With("remote", r.RemoteAddr)
-
 	acc, err := s.handshake(conn, log)
 	if err != nil {
 		log.Info("device refused", "err", err)
+		conn.Close()
+		s.hub.leave()
 		return
 	}
-	if acc.hello.Probe {
-		s.runProbe(conn, acc)
-		return
-	}
+	// The handler returns and the hub owns the rest (enter and leave):
+	// net/http's goroutine goes, with the stack the handshake grew, its
+	// request and its buffers, which an idle session would hold for hours.
+	go func() {
+		defer s.hub.leave()
+		defer conn.Close()
+		if acc.hello.Probe {
+			s.runProbe(conn, acc)
+			return
+		}
+		s.runSession(conn, acc)
+	}()
+}
+
+// runSession serves a device's session: the reader loop in this goroutine,
+// the writer in another.
+func (s *Server) runSession(conn *websocket.Conn, acc accepted) {
 	ss := newSession(s, conn, acc.device, acc.timeout, powerMode(acc.hello.Mode), acc.log)
 	// Attached before the welcome goes out: once the agent has its
 	// welcome, the device counts as connected for time-to-live-0 sends.
@@ -88,7 +103,7 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 	var writer sync.WaitGroup
 	writer.Go(ss.writeLoop)
 	ss.notify()
-	err = ss.readLoop()
+	err := ss.readLoop()
 	s.hub.detach(ss)
 	select {
 	case <-ss.done:
@@ -256,13 +271,15 @@ type session struct {
 	// agent's heartbeat plus the grace. Reader goroutine only.
 	timeout time.Duration
 
-	replies chan []byte        // encoded frames from the reader
-	direct  chan store.Message // time-to-live-0 messages, never stored
-	kick    chan struct{}      // the device's queue may have something to send
-	final   chan finalFrame    // a last frame for the writer, then the close
-	done    chan struct{}      // closed by close
-	once    sync.Once
-	reason  string // why the server closed the session; set before done closes
+	replies chan []byte // encoded frames from the reader
+	// direct carries time-to-live-0 messages, never stored; pointers, so
+	// that the buffer every session holds is small.
+	direct chan *store.Message
+	kick   chan struct{}   // the device's queue may have something to send
+	final  chan finalFrame // a last frame for the writer, then the close
+	done   chan struct{}   // closed by close
+	once   sync.Once
+	reason string // why the server closed the session; set before done closes
 
 	mu       sync.Mutex
 	inflight map[string]bool // IDs of messages and notices sent in this session and not acked
@@ -291,7 +308,7 @@ func newSession(s *Server, conn *websocket.Conn, device string, timeout time.Dur
 	ss := &session{
 		srv: s, conn: conn, device: device, log: log, timeout: timeout, mode: mode,
 		replies:      make(chan []byte, 16),
-		direct:       make(chan store.Message, directQueue),
+		direct:       make(chan *store.Message, directQueue),
 		kick:         make(chan struct{}, 1),
 		final:        make(chan finalFrame, 1),
 		done:         make(chan struct{}),
@@ -354,7 +371,7 @@ func (ss *session) deliverNow(m store.Message) bool {
 		return false
 	}
 	select {
-	case ss.direct <- m:
+	case ss.direct <- &m:
 		return true
 	default:
 		return false
@@ -615,7 +632,7 @@ func (ss *session) writeLoop() {
 		case frame := <-ss.replies:
 			err = ss.write(frame)
 		case m := <-ss.direct:
-			err = ss.writeDirect(m)
+			err = ss.writeDirect(*m)
 		case <-ss.kick:
 			err = ss.fill()
 		}
