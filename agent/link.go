@@ -594,10 +594,13 @@ func (s *Session) setHeartbeat(d time.Duration) {
 	}
 }
 
-// heard pushes the read deadline out: the server must be heard from again
-// within one heartbeat (when the agent pings) plus the pong wait.
+// heard clears the read deadline: the server was heard from. The writer
+// arms it again with each ping, so a dead connection is found within a
+// heartbeat and the pong wait. A deadline pushed out on every frame
+// instead would leave a runtime timer that wakes the process once a
+// heartbeat at the deadline it had.
 func (s *Session) heard() {
-	s.conn.SetReadDeadline(time.Now().Add(s.interval() + s.pongWait))
+	s.conn.SetReadDeadline(time.Time{})
 }
 
 func (s *Session) start() {
@@ -648,6 +651,7 @@ func (s *Session) writeLoop() {
 			err = s.write(frame)
 		case <-ping.C:
 			s.pings.Add(1)
+			s.conn.SetReadDeadline(time.Now().Add(s.pongWait))
 			err = s.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout))
 			ping.Reset(s.interval())
 		case payload := <-s.pongDue:
