@@ -196,9 +196,12 @@ func dataValue(v json.RawMessage) string {
 	}
 	var b bytes.Buffer
 	if json.Compact(&b, v) != nil {
-		return string(v)
+		b.Reset()
+		b.Write(v)
 	}
-	return b.String()
+	// Compact keeps bytes that are not UTF-8 inside strings; the decoder
+	// turns them into U+FFFD in string values, and so does this.
+	return strings.ToValidUTF8(b.String(), "\uFFFD")
 }
 
 // parseTTL parses a time to live in whole seconds. A number out of range

@@ -82,6 +82,14 @@ type Store struct {
 	pageSize int64
 }
 
+// batchDelay is how long a write waits for others to share its commit.
+// bbolt's default, 10 ms, is paid by every lone write: a message, then its
+// ack, each waited that long before its commit on an idle server. Writes
+// that arrive while a commit runs still share the next one, so shorter is
+// also faster under load: 2,680 single sends/s at 1 ms against 860 at
+// 10 ms (BenchmarkSend, 16 connections, on a loaded 2-core machine).
+const batchDelay = time.Millisecond
+
 // Open opens or creates the store at path with mode 0600. An existing file
 // is checked first: a damaged one is left as it is and the error wraps
 // ErrDamaged.
@@ -101,6 +109,7 @@ func Open(path string, opt Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
+	db.MaxBatchDelay = batchDelay
 	err = db.Update(func(tx *bolt.Tx) error {
 		// A store from before the per-app caps has no counts yet.
 		countPending := tx.Bucket(bucketAppPending) == nil
