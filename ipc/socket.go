@@ -344,7 +344,7 @@ func (c *socketConn) readLoop() {
 			return
 		}
 		if (err == nil || err == io.EOF) && len(bytes.TrimSpace(line)) > 0 {
-			c.handle(line)
+			c.handle(line, r)
 		}
 		if err == io.EOF {
 			// The app is done sending: write what is already answered,
@@ -467,7 +467,9 @@ func (c *socketConn) fail(req Request, err error) {
 	c.respond(Response{ID: req.ID, Error: resp})
 }
 
-func (c *socketConn) handle(line []byte) {
+// handle answers one request line; r holds the lines after it, of which
+// an ack may take more acks (see moreAcks).
+func (c *socketConn) handle(line []byte, r *bufio.Reader) {
 	req, rerr := decodeRequest(line)
 	if rerr != nil {
 		c.log.Debug("bad request", "code", rerr.Code, "err", rerr.Message)
@@ -504,11 +506,19 @@ func (c *socketConn) handle(line []byte) {
 	case "listen":
 		c.listen(req)
 	case "ack":
-		if err := c.backend.Ack(c.ctx, c.caller, req.App, req.IDs); err != nil {
-			c.fail(req, err)
-			return
+		reqs := append([]Request{req}, moreAcks(r, req.App, len(req.IDs))...)
+		ids := req.IDs
+		for _, more := range reqs[1:] {
+			ids = append(ids, more.IDs...)
 		}
-		c.respond(Response{ID: req.ID})
+		err := c.backend.Ack(c.ctx, c.caller, req.App, ids)
+		for _, req := range reqs {
+			if err != nil {
+				c.fail(req, err)
+			} else {
+				c.respond(Response{ID: req.ID})
+			}
+		}
 	case "send":
 		c.send(req)
 	case "status":
@@ -524,6 +534,34 @@ func (c *socketConn) handle(line []byte) {
 			Message: fmt.Sprintf("unknown op %q; the ops are register, unregister, subscribe_topic, unsubscribe_topic, listen, ack, send and status", req.Op),
 		}})
 	}
+}
+
+// maxAckBurst bounds the message IDs that acks merged by moreAcks carry.
+const maxAckBurst = 1000
+
+// moreAcks takes from r the lines already buffered behind an ack that ack
+// messages of the same app, so that one store commit answers them all: an
+// app that acks each message as it comes, without waiting for the answers,
+// then costs a commit per burst rather than per message. It stops at the
+// first other line, which stays in r, and at maxAckBurst IDs in all
+// (taken counts those of the first ack); it never waits for input.
+func moreAcks(r *bufio.Reader, app string, taken int) []Request {
+	var more []Request
+	for taken < maxAckBurst {
+		buf, _ := r.Peek(r.Buffered())
+		end := bytes.IndexByte(buf, '\n')
+		if end < 0 {
+			return more
+		}
+		req, rerr := decodeRequest(buf[:end])
+		if rerr != nil || req.Op != "ack" || req.App != app || len(req.IDs) == 0 {
+			return more
+		}
+		r.Discard(end + 1)
+		more = append(more, req)
+		taken += len(req.IDs)
+	}
+	return more
 }
 
 func (c *socketConn) listen(req Request) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -436,6 +438,40 @@ func TestSendWait(t *testing.T) {
 	wantOK(t, resp)
 	if string(resp.ID) != "1" || resp.MessageID != "m-1" || !resp.Sent {
 		t.Fatalf("got %+v, want m-1 sent with id 1", resp)
+	}
+}
+
+// TestPipelinedAcksShareACall: acks an app writes one after another
+// without waiting reach the backend as one call, answered each in order;
+// an ack for another app, or another op, is not merged.
+func TestPipelinedAcksShareACall(t *testing.T) {
+	h := start(t)
+	c := h.dial()
+	for _, app := range []string{"com.example.a", "com.example.b"} {
+		wantOK(t, c.do(`{"op":"register","app":"`+app+`","sender":"1"}`))
+	}
+	lines := []string{
+		`{"id":1,"op":"ack","app":"com.example.a","ids":["m1"]}`,
+		`{"id":2,"op":"ack","app":"com.example.a","ids":["m2","m3"]}`,
+		`{"id":3,"op":"ack","app":"com.example.a","ids":["m4"]}`,
+		`{"id":4,"op":"ack","app":"com.example.b","ids":["m5"]}`,
+		`{"id":5,"op":"ack","app":"com.example.a","ids":["m6"]}`,
+		`{"id":6,"op":"status"}`,
+	}
+	if _, err := c.conn.Write([]byte(strings.Join(lines, "\n") + "\n")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range lines {
+		resp := c.response()
+		if string(resp.ID) != fmt.Sprint(i+1) || !resp.OK {
+			t.Fatalf("answer %d: %+v", i+1, resp)
+		}
+	}
+	if got := h.b.Acked("com.example.a"); !slices.Equal(got, []string{"m1", "m2", "m3", "m4", "m6"}) {
+		t.Errorf("app a acked %v", got)
+	}
+	if n := h.b.AckCalls("com.example.a"); n != 2 {
+		t.Errorf("app a's four acks took %d calls, want 2 (three merged, one after app b's)", n)
 	}
 }
 

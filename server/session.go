@@ -104,6 +104,7 @@ func (s *Server) runSession(conn *websocket.Conn, acc accepted) {
 	writer.Go(ss.writeLoop)
 	ss.notify()
 	err := ss.readLoop()
+	ss.ackers.Wait() // an ack read is committed, even with the connection gone
 	s.hub.detach(ss)
 	select {
 	case <-ss.done:
@@ -281,7 +282,15 @@ type session struct {
 	once   sync.Once
 	reason string // why the server closed the session; set before done closes
 
-	mu       sync.Mutex
+	// ackers runs the goroutine that commits acks, while there are any.
+	ackers sync.WaitGroup
+
+	mu sync.Mutex
+	// acks are the acked IDs read and not yet committed, and acking says
+	// an acker runs: the reader goes on reading while one commits, and
+	// what it reads meanwhile shares the next commit.
+	acks     []string
+	acking   bool
 	inflight map[string]bool // IDs of messages and notices sent in this session and not acked
 	// liveReceipts are time-to-live-0 messages sent in this session that
 	// asked for a delivery receipt, by ID, until the device acks them.
@@ -316,6 +325,13 @@ func newSession(s *Server, conn *websocket.Conn, device string, timeout time.Dur
 		liveReceipts: make(map[string]store.Message),
 	}
 	s.answerPings(conn, func() time.Duration { return ss.timeout })
+	// A pong answers only after the acks read before its ping are
+	// committed, so that an agent (or a test) that pings knows they are.
+	answer := conn.PingHandler()
+	conn.SetPingHandler(func(data string) error {
+		ss.ackers.Wait()
+		return answer(data)
+	})
 	return ss
 }
 
@@ -497,21 +513,55 @@ func (ss *session) unregister(f wire.Frame) {
 	ss.reply(f.Ref, wire.Unregistered{App: req.App, Sender: req.Sender})
 }
 
+// ack queues the acked IDs for the acker, starting one if none runs: a
+// reader that committed each ack itself would read nothing while the
+// commit ran, and an agent acking message by message would wait a commit
+// per message.
 func (ss *session) ack(f wire.Frame) {
 	var req wire.Ack
 	if !ss.decode(f, &req) {
 		return
 	}
+	ss.mu.Lock()
+	ss.acks = append(ss.acks, req.IDs...)
+	start := !ss.acking
+	ss.acking = true
+	ss.mu.Unlock()
+	if start {
+		ss.ackers.Go(ss.ackLoop)
+	}
+}
+
+// ackLoop commits the queued acks, as many at a time as are queued, until
+// none are left.
+func (ss *session) ackLoop() {
+	for {
+		ss.mu.Lock()
+		ids := ss.acks
+		ss.acks = nil
+		if len(ids) == 0 {
+			ss.acking = false
+			ss.mu.Unlock()
+			return
+		}
+		ss.mu.Unlock()
+		ss.commitAcks(ids)
+	}
+}
+
+// commitAcks deletes acked messages from the store, queues the receipts
+// they asked for and lets the writer send more.
+func (ss *session) commitAcks(ids []string) {
 	now := ss.srv.now()
 	// An ack that fails to commit only means a redelivery next session,
 	// which the agent drops as a duplicate.
-	_, receipts, err := ss.srv.store.Ack(ss.device, req.IDs, now)
+	_, receipts, err := ss.srv.store.Ack(ss.device, ids, now)
 	if err != nil {
-		ss.log.Error("ack", "count", len(req.IDs), "err", err)
+		ss.log.Error("ack", "count", len(ids), "err", err)
 	}
 	var live []store.Message
 	ss.mu.Lock()
-	for _, id := range req.IDs {
+	for _, id := range ids {
 		delete(ss.inflight, id)
 		if m, ok := ss.liveReceipts[id]; ok {
 			live = append(live, m)

@@ -30,6 +30,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -48,7 +49,17 @@ import (
 // version is set at build time (make build stamps it from git).
 var version = "dev"
 
+// defaultGCPercent is the garbage collector's target unless GOGC says
+// otherwise. An agent is mostly idle and its live heap small; collecting
+// at a quarter of it keeps what a burst of messages left from staying
+// resident on a small board (an idle agent: 5.0 MiB of anonymous memory
+// at Go's default, 2.1 MiB at 25).
+const defaultGCPercent = 25
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(defaultGCPercent)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	code := run(ctx, os.Args[1:], environ{
 		stdout:  os.Stdout,

@@ -56,6 +56,7 @@ type Backend struct {
 	pending   map[string][]*pendingSend // per app, in send order
 	sends     map[string][]ipc.SendRequest
 	acked     map[string][]string
+	ackCalls  map[string]int
 	topics    map[registration][]string
 	powerMode string
 	onStatus  func()
@@ -79,6 +80,7 @@ func New(server, deviceID string) *Backend {
 		pending:   make(map[string][]*pendingSend),
 		sends:     make(map[string][]ipc.SendRequest),
 		acked:     make(map[string][]string),
+		ackCalls:  make(map[string]int),
 	}
 }
 
@@ -189,6 +191,13 @@ func (b *Backend) Acked(app string) []string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return slices.Clone(b.acked[app])
+}
+
+// AckCalls returns how many Ack calls app's acks took.
+func (b *Backend) AckCalls(app string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.ackCalls[app]
 }
 
 // Sends returns the upstream messages accepted for app, in order.
@@ -319,6 +328,7 @@ func (b *Backend) Ack(ctx context.Context, c ipc.Caller, app string, ids []strin
 		}
 	}
 	b.acked[app] = append(b.acked[app], ids...)
+	b.ackCalls[app]++
 	b.pump(app)
 	return nil
 }
