@@ -90,6 +90,16 @@ bench-server:
 	$(GO) test -run '^$$' -bench 'Send$$|Multicast$$|XMPP' -benchtime 2s ./server/
 	$(GO) test -run '^$$' -bench 'TopicFanout' -benchtime 1x -timeout 30m ./server/
 
+# Tether beside Mosquitto on this machine: latency, throughput, idle cost,
+# sizes, with ratios (docs/benchmarks.md). Needs Debian's mosquitto and
+# mosquitto-clients. BENCH_FLAGS passes flags on, e.g. '-n 10000 -idle 30s'.
+BENCH_FLAGS ?=
+.PHONY: bench
+bench: build
+	$(GO) build -o $(BIN)/idle-report ./scripts/idle-report
+	$(GO) build -o $(BIN)/bench ./scripts/bench
+	$(BIN)/bench -bin $(BIN) $(BENCH_FLAGS)
+
 # The connection server under load: 10,000 idle device sessions, then as
 # many as its open-file limit allows, a message to each; memory per
 # session, connect and delivery rates (docs/benchmarks.md has figures).

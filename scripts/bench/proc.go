@@ -1,0 +1,223 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// process is a program the tool started. Its stderr goes to a log file,
+// line by line, and so does its stdout unless the caller reads it.
+type process struct {
+	name    string
+	cmd     *exec.Cmd
+	logPath string
+	// stdin and stdout are set when the spec asked for them; the caller
+	// closes stdin and reads stdout to its end.
+	stdin  io.WriteCloser
+	stdout io.ReadCloser
+	done   chan struct{} // closed once it has exited and its log is written
+}
+
+type procSpec struct {
+	name, path string
+	args, env  []string
+	logPath    string
+	stdin      bool
+	stdout     bool
+	// onLine is handed each line of stderr as it comes.
+	onLine func(string)
+}
+
+func start(s procSpec) (_ *process, err error) {
+	logFile, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	// The child's ends of the pipes are closed here once it has them;
+	// the parent's ends belong to the process value or to the goroutine
+	// below.
+	var childEnds []*os.File
+	defer func() {
+		for _, f := range childEnds {
+			f.Close()
+		}
+	}()
+	cmd := exec.Command(s.path, s.args...)
+	cmd.Env = append(os.Environ(), s.env...)
+	// Its own process group keeps a Ctrl-C at the terminal from reaching
+	// it before the tool stops it in order; Pdeathsig ends it should the
+	// tool be killed outright.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	p := &process{name: s.name, cmd: cmd, logPath: s.logPath, done: make(chan struct{})}
+	closeAll := func() {
+		logFile.Close()
+		for _, c := range []io.Closer{p.stdin, p.stdout} {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		logFile.Close()
+		return nil, err
+	}
+	childEnds = append(childEnds, errW)
+	cmd.Stderr = errW
+	cmd.Stdout = logFile
+	if s.stdin {
+		r, w, err := os.Pipe()
+		if err != nil {
+			errR.Close()
+			closeAll()
+			return nil, err
+		}
+		childEnds = append(childEnds, r)
+		cmd.Stdin, p.stdin = r, w
+	}
+	if s.stdout {
+		r, w, err := os.Pipe()
+		if err != nil {
+			errR.Close()
+			closeAll()
+			return nil, err
+		}
+		childEnds = append(childEnds, w)
+		cmd.Stdout, p.stdout = w, r
+	}
+	if err := cmd.Start(); err != nil {
+		errR.Close()
+		closeAll()
+		return nil, fmt.Errorf("start %s: %w", s.name, err)
+	}
+	logged := make(chan struct{})
+	go func() {
+		defer close(logged)
+		defer errR.Close()
+		sc := bufio.NewScanner(errR)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			fmt.Fprintln(logFile, sc.Text())
+			if s.onLine != nil {
+				s.onLine(sc.Text())
+			}
+		}
+		io.Copy(logFile, errR) // the rest of a line too long for the scanner
+	}()
+	go func() {
+		defer close(p.done)
+		defer logFile.Close()
+		cmd.Wait()
+		<-logged
+	}()
+	return p, nil
+}
+
+func (p *process) pid() int { return p.cmd.Process.Pid }
+
+// exited reports whether the process has ended.
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop asks the process to end (SIGTERM), kills it when it has not within
+// 10 s, and waits for it.
+func (p *process) stop() {
+	if p.stdin != nil {
+		p.stdin.Close()
+	}
+	if !p.exited() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	}
+	if p.stdout != nil {
+		p.stdout.Close()
+	}
+}
+
+// tail returns the last lines of the process's log, for an error.
+func (p *process) tail() string {
+	b, err := os.ReadFile(p.logPath)
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	lines = lines[max(len(lines)-15, 0):]
+	return fmt.Sprintf("--- last lines of %s's log (%s)\n%s\n", p.name, p.logPath, strings.Join(lines, "\n"))
+}
+
+// procState is what /proc tells of a process at one moment.
+type procState struct {
+	at time.Time
+	// switches is the context switches of all its threads so far,
+	// voluntary and not: how often they went to sleep and were woken,
+	// or were preempted.
+	switches uint64
+	rssKiB   uint64
+}
+
+// readProc reads a process's state from /proc, which does not wake it.
+func readProc(pid int) (procState, error) {
+	st := procState{at: time.Now()}
+	dir := filepath.Join("/proc", strconv.Itoa(pid))
+	tasks, err := os.ReadDir(filepath.Join(dir, "task"))
+	if err != nil {
+		return st, fmt.Errorf("read the threads of process %d: %w", pid, err)
+	}
+	for _, t := range tasks {
+		f, err := procFields(filepath.Join(dir, "task", t.Name(), "status"))
+		if err != nil {
+			continue // the thread ended meanwhile
+		}
+		st.switches += f["voluntary_ctxt_switches"] + f["nonvoluntary_ctxt_switches"]
+	}
+	f, err := procFields(filepath.Join(dir, "status"))
+	if err != nil {
+		return st, fmt.Errorf("read the status of process %d: %w", pid, err)
+	}
+	st.rssKiB = f["VmRSS"]
+	return st, nil
+}
+
+// procFields reads the numbers of a /proc status file: "VmRSS:  9120 kB"
+// gives VmRSS 9120.
+func procFields(path string) (map[string]uint64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]uint64{}
+	for line := range bytes.Lines(b) {
+		key, value, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			continue
+		}
+		fields := bytes.Fields(value)
+		if len(fields) == 0 {
+			continue
+		}
+		if n, err := strconv.ParseUint(string(fields[0]), 10, 64); err == nil {
+			out[string(key)] = n
+		}
+	}
+	return out, nil
+}
