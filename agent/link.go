@@ -520,6 +520,10 @@ type Session struct {
 	pongWait  time.Duration
 	pings     *atomic.Uint64 // the link's count of heartbeats sent
 	heartbeat atomic.Int64   // time.Duration
+	// awaiting is set while the read deadline of a ping is armed: a
+	// later ping must not push it back, or a heartbeat shorter than the
+	// pong wait would keep a dead connection forever.
+	awaiting atomic.Bool
 
 	out       chan []byte
 	frames    chan []byte
@@ -600,6 +604,7 @@ func (s *Session) setHeartbeat(d time.Duration) {
 // instead would leave a runtime timer that wakes the process once a
 // heartbeat at the deadline it had.
 func (s *Session) heard() {
+	s.awaiting.Store(false)
 	s.conn.SetReadDeadline(time.Time{})
 }
 
@@ -651,7 +656,9 @@ func (s *Session) writeLoop() {
 			err = s.write(frame)
 		case <-ping.C:
 			s.pings.Add(1)
-			s.conn.SetReadDeadline(time.Now().Add(s.pongWait))
+			if !s.awaiting.Swap(true) {
+				s.conn.SetReadDeadline(time.Now().Add(s.pongWait))
+			}
 			err = s.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout))
 			ping.Reset(s.interval())
 		case payload := <-s.pongDue:
