@@ -90,6 +90,14 @@ bench-server:
 	$(GO) test -run '^$$' -bench 'Send$$|Multicast$$|XMPP' -benchtime 2s ./server/
 	$(GO) test -run '^$$' -bench 'TopicFanout' -benchtime 1x -timeout 30m ./server/
 
+# Fault injection: messages both ways through kills, resets, blackholes,
+# slow links and clock jumps, every message accounted for
+# (docs/reliability.md). make test runs a short version of it.
+CHAOS_CYCLES ?= 50
+.PHONY: chaos
+chaos:
+	TETHER_CHAOS_CYCLES=$(CHAOS_CYCLES) $(GO) test -race -count=1 -timeout 60m -run '^TestChaos$$' -v ./e2e/
+
 # Tether beside Mosquitto on this machine: latency, throughput, idle cost,
 # sizes, with ratios (docs/benchmarks.md). Needs Debian's mosquitto and
 # mosquitto-clients. BENCH_FLAGS passes flags on, e.g. '-n 10000 -idle 30s'.

@@ -25,6 +25,9 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
+	if os.Getenv(chaosAppEnv) != "" {
+		os.Exit(runChaosApp()) // the test binary is the chaos test's local app
+	}
 	dir, err := os.MkdirTemp("", "tether-e2e-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -91,6 +94,13 @@ func startProcIn(t *testing.T, netns string, env []string, name string, stdout i
 	if env != nil {
 		cmd.Env = append(os.Environ(), env...)
 	}
+	return startCmd(t, name, cmd, logPath, logFile, stdout)
+}
+
+// startCmd starts cmd with its output going to logFile (stdout elsewhere
+// when given) and makes it a proc, killed when the test ends.
+func startCmd(t *testing.T, name string, cmd *exec.Cmd, logPath string, logFile *os.File, stdout io.Writer) *proc {
+	t.Helper()
 	cmd.Stderr = logFile
 	cmd.Stdout = logFile
 	if stdout != nil {
@@ -193,7 +203,9 @@ func freeAddr(t *testing.T) string {
 type server struct {
 	// netns is the network namespace tether-server runs in; empty for the
 	// test's.
-	netns  string
+	netns string
+	// env is added to tether-server's environment.
+	env    []string
 	t      *testing.T
 	addr   string
 	data   string
@@ -220,7 +232,7 @@ func startServer(t *testing.T, extra ...string) *server {
 // launch starts the process without waiting for it.
 func (s *server) launch() {
 	args := append([]string{"serve", "--listen", s.addr, "--data", s.data, "--log-level", "debug"}, s.args...)
-	s.p = startProcIn(s.t, s.netns, nil, "tether-server", nil, args...)
+	s.p = startProcIn(s.t, s.netns, s.env, "tether-server", nil, args...)
 }
 
 func (s *server) start() {
