@@ -36,6 +36,10 @@ func TestTopicThroughTheAgent(t *testing.T) {
 func TestTokenRotationReachesTheApp(t *testing.T) {
 	f := newFleet(t)
 	msgs, _ := f.agent.listen(app)
+	// A refresh reaches only an app that listens (a later register gives
+	// the new token): a first message shows the listener is in place.
+	f.sendData(map[string]any{"ready": "1"}, nil)
+	next(t, msgs)
 	cmd := exec.Command(filepath.Join(binDir, "tether-server"), "token", "rotate", "--data", f.srv.data, "--token", "-", "--json")
 	cmd.Stdin = strings.NewReader(f.token + "\n")
 	out, err := cmd.Output()
