@@ -131,6 +131,12 @@ func (d *dispatcher) routeAppeared(sender string) {
 	}
 	d.appeared[sender] = true
 	d.mu.Unlock()
+	d.poke()
+}
+
+// poke wakes the run loop to look at incoming and appeared; it never
+// blocks.
+func (d *dispatcher) poke() {
 	select {
 	case d.wake <- struct{}{}:
 	default:
@@ -146,10 +152,7 @@ func (d *dispatcher) add(u store.Upstream) {
 	d.mu.Lock()
 	d.incoming = append(d.incoming, newUpEntry(u))
 	d.mu.Unlock()
-	select {
-	case d.wake <- struct{}{}:
-	default:
-	}
+	d.poke()
 }
 
 func (d *dispatcher) run(ctx context.Context) {
