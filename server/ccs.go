@@ -537,7 +537,10 @@ func (cc *ccsConn) sendControl() {
 }
 
 // drain tells the app server to go, waits for it to answer what is
-// outstanding on this connection, at most wait, and closes the connection.
+// outstanding on this connection, and closes the connection; then it waits
+// for the connection to end, so that a shutdown that follows finds the
+// control message and the end of the stream written. It waits at most
+// wait in all.
 func (cc *ccsConn) drain(wait time.Duration) {
 	c := cc.ccs
 	c.mu.Lock()
@@ -554,9 +557,16 @@ func (cc *ccsConn) drain(wait time.Duration) {
 	case <-cc.idle:
 	case <-timer.C:
 		cc.log.Warn("xmpp connection drained with messages outstanding; they are sent again on another connection")
+		cc.xc.Close()
+		return
 	case <-cc.done:
+		return
 	}
 	cc.xc.Close()
+	select {
+	case <-cc.done:
+	case <-timer.C:
+	}
 }
 
 // tokenNack maps a send result's error to a CCS nack code and
