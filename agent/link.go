@@ -425,8 +425,8 @@ func (l *Link) connect(ctx context.Context, h Handler) (time.Duration, error) {
 	s.start()
 	h.Serve(ctx, s)
 	err = s.shutdown()
-	reason := disconnectReason(ctx, l.dropReason, err)
 	l.mu.Lock()
+	reason := disconnectReason(ctx, l.dropReason, err)
 	l.session = nil
 	l.stats.LastDisconnect, l.stats.LastDisconnectAt = reason, time.Now()
 	l.mu.Unlock()
