@@ -12,50 +12,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"tether/internal/disktest"
 )
-
-// smallDisk mounts a 2 MiB tmpfs on a new directory and returns the
-// directory; it is unmounted when the test ends, after its processes.
-func smallDisk(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=2m,mode=0700"); err != nil {
-		t.Skipf("a full disk needs a tmpfs of its own, and mounting one is not permitted here (%v): run as root", err)
-	}
-	// Registered before the processes start, so it runs after they are
-	// killed.
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, 0); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-			syscall.Unmount(dir, syscall.MNT_DETACH)
-		}
-	})
-	return dir
-}
-
-// fillDisk writes a file into dir until the disk is full and returns its
-// path: removing it makes room again.
-func fillDisk(t *testing.T, dir string) string {
-	t.Helper()
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 4096)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			return path
-		}
-	}
-}
 
 // diskPad is data that makes a message take a page or so of a store.
 var diskPad = strings.Repeat("p", 3000)
@@ -109,7 +70,7 @@ func collectDistinct(t *testing.T, msgs <-chan delivered, n int) []string {
 // and a Retry-After while the server goes on delivering what it holds; with
 // room again, sends are taken and delivered, and nothing was lost.
 func TestDiskFullServer(t *testing.T) {
-	disk := smallDisk(t)
+	disk := disktest.Small(t, "2m")
 	srv := newServer(t)
 	srv.data = filepath.Join(disk, "server")
 	srv.start()
@@ -120,7 +81,7 @@ func TestDiskFullServer(t *testing.T) {
 	// Held for the device while it is away, before the disk fills.
 	a.p.stop()
 	want := []string{srv.mustSend(key, map[string]any{"to": token, "data": map[string]any{"n": "before"}})}
-	filler := fillDisk(t, disk)
+	filler := disktest.Fill(t, disk)
 
 	var refused map[string]any
 	for i := 0; i < 200 && refused == nil; i++ {
@@ -176,7 +137,7 @@ func TestDiskFullServer(t *testing.T) {
 // refused with StorageUnavailable; the agent keeps running, and once there
 // is room everything arrives, nothing lost and nothing twice.
 func TestDiskFullAgent(t *testing.T) {
-	disk := smallDisk(t)
+	disk := disktest.Small(t, "2m")
 	hook := startWebhook(t)
 	srv := startServer(t)
 	sender, key := srv.addSender("thermo-backend", hook.url())
@@ -186,7 +147,7 @@ func TestDiskFullAgent(t *testing.T) {
 	a.data = filepath.Join(disk, "agent")
 	a.start()
 	token := a.register(app, sender)
-	filler := fillDisk(t, disk)
+	filler := disktest.Fill(t, disk)
 
 	// No app listens: the agent must hold each message it takes. Enough
 	// of them to outgrow whatever room its file had inside.

@@ -11,53 +11,16 @@ import (
 	"testing"
 	"time"
 
+	"tether/internal/disktest"
 	serverstore "tether/server/store"
 	"tether/store"
 )
-
-// smallDisk mounts a tmpfs of the given size (as mount's size= takes it)
-// on a new directory and returns the directory.
-func smallDisk(t *testing.T, size string) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+size+",mode=0700"); err != nil {
-		t.Skipf("a full disk needs a tmpfs of its own, and mounting one is not permitted here (%v): run as root", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, 0); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-			syscall.Unmount(dir, syscall.MNT_DETACH)
-		}
-	})
-	return dir
-}
-
-// fill writes a file into dir until the disk is full and returns its path:
-// removing it makes room again.
-func fill(t *testing.T, dir string) string {
-	t.Helper()
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 4096)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			return path
-		}
-	}
-}
 
 // Writing to a store on a full disk fails with an error that says so, and
 // leaves the store as it was: it reads, takes writes again once there is
 // room, and opens again, whole.
 func TestAgentStoreFullDisk(t *testing.T) {
-	dir := smallDisk(t, "2m")
+	dir := disktest.Small(t, "2m")
 	path := filepath.Join(dir, "agent.db")
 	s, err := store.Open(path)
 	if err != nil {
@@ -80,22 +43,12 @@ func TestAgentStoreFullDisk(t *testing.T) {
 	if _, err := s.AddMessages(batch(0)); err != nil {
 		t.Fatal(err)
 	}
-	filler := fill(t, dir)
+	filler := disktest.Fill(t, dir)
 
-	var failed []store.Message
-	for n := 1; n < 1000 && failed == nil; n++ {
-		msgs := batch(n)
-		if _, err := s.AddMessages(msgs); err != nil {
-			t.Logf("batch %d: %v", n, err)
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Errorf("error %q does not say the disk is full", err)
-			}
-			failed = msgs
-		}
-	}
-	if failed == nil {
-		t.Fatal("1000 batches fitted on a full disk")
-	}
+	failed := batch(untilRefused(t, 1000, func(n int) error {
+		_, err := s.AddMessages(batch(n))
+		return err
+	}))
 	held := inbox(t, s, app)
 	if slices.Contains(held, failed[0].ID) {
 		t.Errorf("a message of the failed batch is held")
@@ -125,6 +78,26 @@ func TestAgentStoreFullDisk(t *testing.T) {
 	}
 }
 
+// untilRefused writes batches 1, 2, ... to a store on a full disk until
+// one is refused, checks that the refusal says the disk is full, and
+// returns that batch's number.
+func untilRefused(t *testing.T, tries int, write func(batch int) error) int {
+	t.Helper()
+	for n := 1; n <= tries; n++ {
+		err := write(n)
+		if err == nil {
+			continue // it fitted in room the store had inside its file
+		}
+		t.Logf("batch %d: %v", n, err)
+		if !errors.Is(err, syscall.ENOSPC) {
+			t.Errorf("error %q does not say the disk is full", err)
+		}
+		return n
+	}
+	t.Fatalf("%d batches fitted on a full disk", tries)
+	return 0
+}
+
 func inbox(t *testing.T, s *store.Store, app string) []string {
 	t.Helper()
 	msgs, err := s.Inbox(app, 0, 100000, time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
@@ -139,7 +112,7 @@ func inbox(t *testing.T, s *store.Store, app string) []string {
 }
 
 func TestServerStoreFullDisk(t *testing.T) {
-	dir := smallDisk(t, "2m")
+	dir := disktest.Small(t, "2m")
 	path := filepath.Join(dir, "server.db")
 	s, err := serverstore.Open(path, serverstore.Options{})
 	if err != nil {
@@ -180,22 +153,12 @@ func TestServerStoreFullDisk(t *testing.T) {
 	if _, err := s.Enqueue(batch(0)); err != nil {
 		t.Fatal(err)
 	}
-	filler := fill(t, dir)
+	filler := disktest.Fill(t, dir)
 
-	var failed []serverstore.Message
-	for n := 1; n < 300 && failed == nil; n++ {
-		msgs := batch(n)
-		if _, err := s.Enqueue(msgs); err != nil {
-			t.Logf("batch %d: %v", n, err)
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Errorf("error %q does not say the disk is full", err)
-			}
-			failed = msgs
-		}
-	}
-	if failed == nil {
-		t.Fatal("300 batches fitted on a full disk")
-	}
+	failed := batch(untilRefused(t, 300, func(n int) error {
+		_, err := s.Enqueue(batch(n))
+		return err
+	}))
 	pending := func() []string {
 		msgs, err := s.Pending(failed[0].Device, 0, 0)
 		if err != nil {

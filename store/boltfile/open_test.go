@@ -284,20 +284,23 @@ var damages = []struct {
 // kinds are the files damaged: a bbolt file, and the agent's and the
 // server's stores as they write them, each opened as its program does.
 var kinds = []struct {
-	name     string
-	make     func(t *testing.T, path string)
+	name string
+	// make writes a file holding n keys or messages; n is what the
+	// damage tests use.
+	make     func(t testing.TB, path string, n int)
+	n        int
 	open     func(path string) (io.Closer, error)
 	sentinel error
 }{
-	{"bbolt file", func(t *testing.T, path string) { makeFile(t, path, 3000) },
+	{"bbolt file", makeFile, 3000,
 		func(path string) (io.Closer, error) {
 			return boltfile.Open(path, 0o600, bolt.Options{Timeout: time.Second})
 		},
 		boltfile.ErrDamaged},
-	{"agent store", makeAgentStore,
+	{"agent store", makeAgentStore, 600,
 		func(path string) (io.Closer, error) { return store.Open(path) },
 		store.ErrDamaged},
-	{"server store", makeServerStore,
+	{"server store", makeServerStore, 1000,
 		func(path string) (io.Closer, error) { return serverstore.Open(path, serverstore.Options{}) },
 		serverstore.ErrDamaged},
 }
@@ -305,7 +308,7 @@ var kinds = []struct {
 func TestOpenDamaged(t *testing.T) {
 	for _, k := range kinds {
 		pristine := filepath.Join(t.TempDir(), "pristine.db")
-		k.make(t, pristine)
+		k.make(t, pristine, k.n)
 		for _, d := range damages {
 			t.Run(k.name+"/"+d.name, func(t *testing.T) {
 				path := filepath.Join(t.TempDir(), "test.db")
@@ -346,7 +349,9 @@ func TestOpenDamaged(t *testing.T) {
 	}
 }
 
-func makeAgentStore(t *testing.T, path string) {
+// makeAgentStore writes an agent store at path with credentials and n
+// messages for ten apps, a third of them acked.
+func makeAgentStore(t testing.TB, path string, n int) {
 	t.Helper()
 	s, err := store.Open(path)
 	if err != nil {
@@ -360,28 +365,34 @@ func makeAgentStore(t *testing.T, path string) {
 		}
 	}
 	check(s.SetCredentials(store.Credentials{Server: "wss://push.example", DeviceID: "dev", Secret: "secret"}))
-	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	for a := range 3 {
+	const apps = 10
+	for a := range apps {
 		app := fmt.Sprintf("com.example.app%d", a)
 		check(s.Register(store.Registration{App: app, Sender: "sender", Token: "token-" + app, Owner: 1000}))
-		var msgs []store.Message
-		var acked []string
-		for i := range 200 {
-			id := fmt.Sprintf("%s-%d", app, i)
-			msgs = append(msgs, store.Message{ID: id, App: app, From: "sender", Token: "token-" + app,
-				Data: map[string]string{"body": strings.Repeat("x", 150)}, TTL: 86400, Received: t0, Expires: t0.Add(24 * time.Hour)})
-			if i%3 == 0 {
-				acked = append(acked, id)
-			}
+	}
+	msgs := make([]store.Message, 0, n)
+	acked := map[string][]string{}
+	for i := range n {
+		app := fmt.Sprintf("com.example.app%d", i%apps)
+		id := fmt.Sprintf("msg-%d", i)
+		msgs = append(msgs, store.Message{ID: id, App: app, From: "sender", Token: "token-" + app,
+			Data: map[string]string{"body": strings.Repeat("x", 200)}, TTL: 86400, Received: storeTime, Expires: storeTime.Add(24 * time.Hour)})
+		if i%3 == 0 {
+			acked[app] = append(acked[app], id)
 		}
-		_, err := s.AddMessages(msgs)
-		check(err)
-		_, err = s.Ack(app, acked)
+	}
+	_, err = s.AddMessages(msgs)
+	check(err)
+	for app, ids := range acked {
+		_, err := s.Ack(app, ids)
 		check(err)
 	}
 }
 
-func makeServerStore(t *testing.T, path string) {
+// makeServerStore writes a server store at path with n messages queued,
+// 100 for each of ten apps on each device (GCM's cap), a third of them
+// acked.
+func makeServerStore(t testing.TB, path string, n int) {
 	t.Helper()
 	s, err := serverstore.Open(path, serverstore.Options{})
 	if err != nil {
@@ -394,32 +405,41 @@ func makeServerStore(t *testing.T, path string) {
 			t.Fatal(err)
 		}
 	}
-	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	key := sha256.Sum256([]byte("server key"))
-	snd, err := s.AddSender("backend", "", key[:], t0)
+	snd, err := s.AddSender("backend", "", key[:], storeTime)
 	check(err)
-	for d := range 10 {
+	const apps = 10
+	var msgs []serverstore.Message
+	var acks [][]string
+	for d := 0; len(msgs) < n; d++ {
 		secret := sha256.Sum256(fmt.Append(nil, d))
-		dev, err := s.AddDevice(secret[:], t0)
+		dev, err := s.AddDevice(secret[:], storeTime)
 		check(err)
-		reg, err := s.Register(dev.ID, "com.example.app", snd.ID, t0)
-		check(err)
-		var msgs []serverstore.Message
 		var acked []string
-		for i := range 100 {
-			id := fmt.Sprintf("%s-%d", dev.ID, i)
-			msgs = append(msgs, serverstore.Message{ID: id, Device: dev.ID, Token: reg.Token, App: reg.App, Sender: snd.ID,
-				Data: map[string]string{"body": strings.Repeat("x", 150)}, Sent: t0, Expiry: t0.Add(24 * time.Hour)})
-			if i%3 == 0 {
-				acked = append(acked, id)
+		for a := range apps {
+			reg, err := s.Register(dev.ID, fmt.Sprintf("com.example.app%d", a), snd.ID, storeTime)
+			check(err)
+			for i := range serverstore.MaxPendingPerApp {
+				id := fmt.Sprintf("%s-%d-%d", dev.ID, a, i)
+				msgs = append(msgs, serverstore.Message{ID: id, Device: dev.ID, Token: reg.Token, App: reg.App, Sender: snd.ID,
+					Data: map[string]string{"body": strings.Repeat("x", 200)}, Sent: storeTime, Expiry: storeTime.Add(24 * time.Hour)})
+				if i%3 == 0 {
+					acked = append(acked, id)
+				}
 			}
 		}
-		_, err = s.Enqueue(msgs)
-		check(err)
-		_, _, err = s.Ack(dev.ID, acked, t0)
+		acks = append(acks, acked)
+	}
+	_, err = s.Enqueue(msgs[:n])
+	check(err)
+	for d, acked := range acks {
+		_, _, err := s.Ack(msgs[d*apps*serverstore.MaxPendingPerApp].Device, acked, storeTime)
 		check(err)
 	}
 }
+
+// storeTime is when the stores' messages were sent.
+var storeTime = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
 func copyFile(t *testing.T, from, to string) {
 	t.Helper()
