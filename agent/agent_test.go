@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"tether/internal/logtest"
 	"tether/ipc"
 	"tether/store"
 	"tether/wire"
@@ -157,7 +158,7 @@ func TestCheckInPersistedAndReused(t *testing.T) {
 
 func TestRegister(t *testing.T) {
 	p := newPeer(t)
-	logs := &lockedBuffer{}
+	logs := &logtest.Buffer{}
 	d := newDevice(t, "", p.url, nil, func(c *Config) {
 		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}).start()

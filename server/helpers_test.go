@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"tether/internal/logtest"
 	"tether/server/store"
 	"tether/wire"
 )
@@ -39,24 +39,6 @@ func (c *testClock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// syncBuffer collects log output from many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type testServer struct {
 	*Server
 	t     testing.TB
@@ -64,7 +46,7 @@ type testServer struct {
 	cfg   Config
 	clock *testClock
 	base  string // http://host:port
-	logs  *syncBuffer
+	logs  *logtest.Buffer
 	stop  func()
 }
 
@@ -77,7 +59,7 @@ func startServer(t testing.TB, mod func(*Config)) *testServer {
 
 func startServerIn(t testing.TB, dir string, mod func(*Config)) *testServer {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	clock := &testClock{}
 	cfg := Config{
 		DataDir:  dir,

@@ -13,11 +13,11 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"tether/internal/logtest"
 	"tether/internal/testpki"
 )
 
@@ -27,24 +27,6 @@ const (
 	testPassword = "AIzaSy-s3cret-server-key"
 	tempFailUser = "999"
 )
-
-// syncBuffer collects log output from many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // recorder is the Handler of one test connection.
 type recorder struct {
@@ -104,7 +86,7 @@ type harness struct {
 	srv     *Server
 	addr    string
 	client  *tls.Config // nil: plain TCP
-	logs    *syncBuffer
+	logs    *logtest.Buffer
 	opened  chan *recorder
 	auths   chan authCall
 	cancel  context.CancelFunc
@@ -133,7 +115,7 @@ func startServer(t testing.TB, mods ...harnessOption) *harness {
 	h := &harness{
 		t:      t,
 		client: &tls.Config{RootCAs: pki.Pool, ServerName: "127.0.0.1"},
-		logs:   &syncBuffer{},
+		logs:   &logtest.Buffer{},
 		opened: make(chan *recorder, 64),
 		auths:  make(chan authCall, 64),
 		served: make(chan error, 1),
