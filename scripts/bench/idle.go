@@ -8,6 +8,8 @@ import (
 	"io"
 	"path/filepath"
 	"time"
+
+	"tether/internal/procfs"
 )
 
 // idleResult is what an idle subscriber cost over the measured period.
@@ -81,7 +83,7 @@ func mqttIdle(ctx context.Context, c config, tools mosquittoTools, b *broker, wo
 	if err := pause(c.settle); err != nil {
 		return idleResult{}, err
 	}
-	first, err := readProc(sub.proc.pid())
+	first, err := procfs.Read(sub.proc.pid())
 	if err != nil {
 		return idleResult{}, err
 	}
@@ -89,18 +91,18 @@ func mqttIdle(ctx context.Context, c config, tools mosquittoTools, b *broker, wo
 	if err := pause(c.idle); err != nil {
 		return idleResult{}, err
 	}
-	last, err := readProc(sub.proc.pid())
+	last, err := procfs.Read(sub.proc.pid())
 	if err != nil {
 		return idleResult{}, err
 	}
 	w := sub.proxy.snapshot().sub(wireFirst)
-	secs := last.at.Sub(first.at).Seconds()
+	secs := last.At.Sub(first.At).Seconds()
 	r := idleResult{
 		Seconds:          secs,
-		Wakeups:          last.switches - first.switches,
-		WakeupsPerMinute: float64(last.switches-first.switches) * 60 / secs,
+		Wakeups:          last.Total() - first.Total(),
+		WakeupsPerMinute: float64(last.Total()-first.Total()) * 60 / secs,
 		Heartbeats:       w.Heartbeats,
-		RSSKiB:           last.rssKiB,
+		RSSKiB:           last.RSSKiB,
 	}
 	if w.Heartbeats > 0 {
 		r.BytesPerHeartbeat = float64(w.UpBytes+w.DownBytes) / float64(w.Heartbeats)

@@ -2,13 +2,10 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -163,61 +160,4 @@ func (p *process) tail() string {
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	lines = lines[max(len(lines)-15, 0):]
 	return fmt.Sprintf("--- last lines of %s's log (%s)\n%s\n", p.name, p.logPath, strings.Join(lines, "\n"))
-}
-
-// procState is what /proc tells of a process at one moment.
-type procState struct {
-	at time.Time
-	// switches is the context switches of all its threads so far,
-	// voluntary and not: how often they went to sleep and were woken,
-	// or were preempted.
-	switches uint64
-	rssKiB   uint64
-}
-
-// readProc reads a process's state from /proc, which does not wake it.
-func readProc(pid int) (procState, error) {
-	st := procState{at: time.Now()}
-	dir := filepath.Join("/proc", strconv.Itoa(pid))
-	tasks, err := os.ReadDir(filepath.Join(dir, "task"))
-	if err != nil {
-		return st, fmt.Errorf("read the threads of process %d: %w", pid, err)
-	}
-	for _, t := range tasks {
-		f, err := procFields(filepath.Join(dir, "task", t.Name(), "status"))
-		if err != nil {
-			continue // the thread ended meanwhile
-		}
-		st.switches += f["voluntary_ctxt_switches"] + f["nonvoluntary_ctxt_switches"]
-	}
-	f, err := procFields(filepath.Join(dir, "status"))
-	if err != nil {
-		return st, fmt.Errorf("read the status of process %d: %w", pid, err)
-	}
-	st.rssKiB = f["VmRSS"]
-	return st, nil
-}
-
-// procFields reads the numbers of a /proc status file: "VmRSS:  9120 kB"
-// gives VmRSS 9120.
-func procFields(path string) (map[string]uint64, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]uint64{}
-	for line := range bytes.Lines(b) {
-		key, value, ok := bytes.Cut(line, []byte(":"))
-		if !ok {
-			continue
-		}
-		fields := bytes.Fields(value)
-		if len(fields) == 0 {
-			continue
-		}
-		if n, err := strconv.ParseUint(string(fields[0]), 10, 64); err == nil {
-			out[string(key)] = n
-		}
-	}
-	return out, nil
 }

@@ -45,6 +45,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"tether/internal/procfs"
 )
 
 // config is the command line.
@@ -271,7 +273,7 @@ func run(ctx context.Context, c config, stdout, stderr io.Writer) (err error) {
 	}
 	wireAfter := px.snapshot()
 
-	first, last := samples[0].at, samples[len(samples)-1].at
+	first, last := samples[0].At, samples[len(samples)-1].At
 	r := buildReport(reportInput{
 		cfg:     c,
 		tetherd: bins["tetherd"],
@@ -314,18 +316,18 @@ func wait(ctx context.Context, agent *child, d time.Duration) error {
 
 // sample reads the agent's /proc every interval for d, first and last
 // reading included.
-func sample(ctx context.Context, agent *child, d, interval time.Duration) ([]procSample, error) {
-	first, err := readProc(agent.pid())
+func sample(ctx context.Context, agent *child, d, interval time.Duration) ([]procfs.Sample, error) {
+	first, err := procfs.Read(agent.pid())
 	if err != nil {
 		return nil, err
 	}
-	samples := []procSample{first}
-	end := first.at.Add(d)
+	samples := []procfs.Sample{first}
+	end := first.At.Add(d)
 	for left := d; left > 0; left = time.Until(end) {
 		if err := wait(ctx, agent, min(interval, left)); err != nil {
 			return nil, fmt.Errorf("while measuring: %w", err)
 		}
-		s, err := readProc(agent.pid())
+		s, err := procfs.Read(agent.pid())
 		if err != nil {
 			return nil, err
 		}

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"tether/internal/procfs"
 )
 
 // ipTCPHeader is the bytes an IPv4 and TCP header add to each segment,
@@ -21,7 +23,7 @@ const ipTCPHeader = 52
 type reportInput struct {
 	cfg     config
 	tetherd string
-	samples []procSample
+	samples []procfs.Sample
 	// states is where each thread waited at the end (threadStates).
 	states map[int]string
 	// wire is what passed through the proxy between the first and the
@@ -125,7 +127,7 @@ const causeNone = "none seen"
 
 func buildReport(in reportInput) report {
 	first, last := in.samples[0], in.samples[len(in.samples)-1]
-	secs := last.at.Sub(first.at).Seconds()
+	secs := last.At.Sub(first.At).Seconds()
 	perHour := func(n uint64) float64 { return float64(n) * 3600 / secs }
 	deltas, exited := threadDeltas(first, last)
 	var wakeups uint64
@@ -143,8 +145,8 @@ func buildReport(in reportInput) report {
 		PowerMode:        in.after.PowerMode,
 		Seconds:          secs,
 		Wakeups:          wakeups,
-		Voluntary:        last.voluntary - min(first.voluntary, last.voluntary),
-		Involuntary:      last.involuntary - min(first.involuntary, last.involuntary),
+		Voluntary:        last.Voluntary - min(first.Voluntary, last.Voluntary),
+		Involuntary:      last.Involuntary - min(first.Involuntary, last.Involuntary),
 		WakeupsPerMinute: float64(wakeups) * 60 / secs,
 		AgentHeartbeats:  in.after.Heartbeats - in.before.Heartbeats,
 		BytesUp:          in.wire.UpBytes,
@@ -161,9 +163,9 @@ func buildReport(in reportInput) report {
 		NewConnections:   in.wire.Connections,
 		ProbeConnections: in.wire.ProbeConnections,
 		Reconnects:       in.after.Reconnects - in.before.Reconnects,
-		CPUMillis:        (last.cpuTicks - min(first.cpuTicks, last.cpuTicks)) * 1000 / userHZ,
-		RSSKiB:           last.rssKiB,
-		Threads:          last.threads(),
+		CPUMillis:        (last.CPUTicks - min(first.CPUTicks, last.CPUTicks)) * 1000 / procfs.UserHZ,
+		RSSKiB:           last.RSSKiB,
+		Threads:          len(last.Threads),
 		ThreadsExited:    exited,
 		PerThread:        deltas,
 	}
@@ -183,7 +185,7 @@ func buildReport(in reportInput) report {
 		r.BytesPerHeartbeat = float64(in.wire.UpBytes+in.wire.DownBytes) / float64(r.Heartbeats)
 	}
 	for _, e := range in.events {
-		if e.at.Before(first.at) || e.at.After(last.at) {
+		if e.at.Before(first.At) || e.at.After(last.At) {
 			continue
 		}
 		switch e.kind {
@@ -209,24 +211,24 @@ func buildReport(in reportInput) report {
 
 // attribute groups the sampling intervals in which the agent woke into
 // bursts, and names each by the events within one interval of it.
-func attribute(samples []procSample, events []event, interval time.Duration) ([]burst, []cause) {
+func attribute(samples []procfs.Sample, events []event, interval time.Duration) ([]burst, []cause) {
 	var bursts []burst
 	open := false
 	var from time.Time
 	for i := 1; i < len(samples); i++ {
-		d := samples[i].total() - min(samples[i-1].total(), samples[i].total())
+		d := samples[i].Total() - min(samples[i-1].Total(), samples[i].Total())
 		if d == 0 {
 			open = false
 			continue
 		}
 		if !open {
 			open = true
-			from = samples[i-1].at
-			bursts = append(bursts, burst{At: from.Sub(samples[0].at).Seconds()})
+			from = samples[i-1].At
+			bursts = append(bursts, burst{At: from.Sub(samples[0].At).Seconds()})
 		}
 		b := &bursts[len(bursts)-1]
 		b.Wakeups += d
-		b.Cause = causeOf(events, from.Add(-interval), samples[i].at.Add(interval), gcAftermath)
+		b.Cause = causeOf(events, from.Add(-interval), samples[i].At.Add(interval), gcAftermath)
 	}
 	var causes []cause
 	for _, b := range bursts {

@@ -423,23 +423,7 @@ created by net/http.(*Server).Serve in goroutine 1
 	}
 }
 
-func TestProcParsers(t *testing.T) {
-	limits := []byte("Limit                     Soft Limit           Hard Limit           Units     \n" +
-		"Max cpu time              unlimited            unlimited            seconds   \n" +
-		"Max open files            1024                 20000                files     \n")
-	if n, err := openFileLimit(limits); err != nil || n != 1024 {
-		t.Errorf("openFileLimit = %d, %v; want the soft limit 1024", n, err)
-	}
-	if _, err := openFileLimit([]byte("Max cpu time unlimited\n")); err == nil {
-		t.Error("openFileLimit found a limit in limits without one")
-	}
-	stat := []byte("4242 (tether server) S 1 4242 4242 0 -1 4194560 1500 0 0 0 250 75 0 0 20 0 9 0 100 0 0")
-	if ticks, err := cpuTicks(stat); err != nil || ticks != 325 {
-		t.Errorf("cpuTicks = %d, %v; want 250+75", ticks, err)
-	}
-	if _, err := cpuTicks([]byte("4242 (short) S 1")); err == nil {
-		t.Error("cpuTicks read a truncated stat")
-	}
+func TestReadProcStats(t *testing.T) {
 	st, err := readProcStats(os.Getpid())
 	if err != nil || st.RSSKiB == 0 || st.FDs == 0 || st.FDLimit == 0 || st.Threads == 0 {
 		t.Errorf("readProcStats(self) = %+v, %v", st, err)

@@ -67,6 +67,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"tether/internal/procfs"
 )
 
 // config is the command line.
@@ -362,7 +364,7 @@ func commandLine() string {
 // readMachine describes the machine: what bounds the figures.
 func readMachine() machine {
 	m := machine{CPUs: runtime.NumCPU(), Go: runtime.Version()}
-	if mi, err := readStatus("/proc/meminfo"); err == nil {
+	if mi, err := procfs.Meminfo(); err == nil {
 		m.MemTotalMiB = mi["MemTotal"] / 1024
 	}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"tether/internal/procfs"
 	"tether/wire"
 )
 
@@ -153,7 +154,7 @@ func workerMain(in io.Reader, out io.Writer, stderr io.Writer) int {
 		}
 		a := w.do(c)
 		a.Op = c.Op
-		if st, err := readStatus("/proc/self/status"); err == nil {
+		if st, err := procfs.Status(os.Getpid()); err == nil {
 			a.RSSKiB = st["VmRSS"]
 		}
 		if err := enc.Encode(a); err != nil {
