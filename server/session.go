@@ -71,38 +71,64 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 	// The handler returns and the hub owns the rest (enter and leave):
 	// net/http's goroutine goes, with the stack the handshake grew, its
 	// request and its buffers, which an idle session would hold for hours.
+	if acc.hello.Probe {
+		go func() {
+			defer s.hub.leave()
+			defer conn.Close()
+			s.runProbe(conn, acc)
+		}()
+		return
+	}
+	// A session's start runs here too, for the same reason: the deep
+	// calls of the welcome, the log line and the first read of the queue
+	// would grow the stacks of its long-lived goroutines, which keep that
+	// size while idle until collections shrink them.
+	ss, ok := s.openSession(conn, acc)
+	if !ok {
+		conn.Close()
+		s.hub.leave()
+		return
+	}
 	go func() {
 		defer s.hub.leave()
 		defer conn.Close()
-		if acc.hello.Probe {
-			s.runProbe(conn, acc)
-			return
-		}
-		s.runSession(conn, acc)
+		s.serveSession(ss)
 	}()
 }
 
-// runSession serves a device's session: the reader loop in this goroutine,
-// the writer in another.
-func (s *Server) runSession(conn *websocket.Conn, acc accepted) {
+// openSession attaches a device's session to the hub and sends its
+// welcome, then the first window of what is queued for it. False means
+// there is no session to serve.
+func (s *Server) openSession(conn *websocket.Conn, acc accepted) (*session, bool) {
 	ss := newSession(s, conn, acc.device, acc.timeout, powerMode(acc.hello.Mode), acc.log)
 	// Attached before the welcome goes out: once the agent has its
 	// welcome, the device counts as connected for time-to-live-0 sends.
 	// What arrives meanwhile waits in the session's channels.
 	if !s.hub.attach(ss) {
 		s.goAwayConn(conn, s.shutdownGoAway(), websocket.CloseGoingAway, "server shutting down")
-		return
+		return nil, false
 	}
 	if err := ss.write(acc.welcome); err != nil {
 		s.hub.detach(ss)
 		ss.close(0, "")
 		ss.log.Info("write welcome", "err", err)
-		return
+		return nil, false
 	}
 	ss.log.Info("session open", "heartbeat", ss.timeout-s.cfg.HeartbeatGrace, "mode", powerMode(acc.hello.Mode))
+	// The writer is not running yet, so this goroutine may write. A
+	// failure closes the connection, and serveSession ends the session.
+	if err := ss.fill(); err != nil {
+		ss.log.Debug("write failed", "err", err)
+		ss.close(0, "")
+	}
+	return ss, true
+}
+
+// serveSession serves a device's session: the reader loop in this
+// goroutine, the writer in another.
+func (s *Server) serveSession(ss *session) {
 	var writer sync.WaitGroup
 	writer.Go(ss.writeLoop)
-	ss.notify()
 	err := ss.readLoop()
 	ss.ackers.Wait() // an ack read is committed, even with the connection gone
 	s.hub.detach(ss)
