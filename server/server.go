@@ -365,6 +365,14 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	admin := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errorLog}
 
+	// Said before anything is served, so that whoever reads the log sees
+	// it before any answer: the listeners are open already.
+	s.log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme,
+		"admin_socket", adminLn.Addr().String(), "enroll_key", s.cfg.EnrollKey != "")
+	if s.ccs != nil {
+		s.log.Info("listening for XMPP", "addr", xmppLn.Addr().String(), "tls", !s.cfg.XMPPPlaintext)
+	}
+
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -391,11 +399,7 @@ func (s *Server) Serve(ctx context.Context) error {
 				serveErr <- err
 			}
 		})
-		s.log.Info("listening for XMPP", "addr", xmppLn.Addr().String(), "tls", !s.cfg.XMPPPlaintext)
 	}
-	s.log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme,
-		"admin_socket", adminLn.Addr().String(), "enroll_key", s.cfg.EnrollKey != "")
-
 	var err error
 	select {
 	case <-ctx.Done():
