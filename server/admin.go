@@ -177,26 +177,19 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("GET /senders", func(w http.ResponseWriter, r *http.Request) {
 		list, err := listSenders(s.store)
 		if err != nil {
-			s.log.Error("admin: list senders", "err", err)
-			http.Error(w, err.Error(), http.StatusInternalServerError)
+			s.failAdmin(w, "list senders", err)
 			return
 		}
 		writeJSON(w, http.StatusOK, list)
 	})
 	mux.HandleFunc("POST /senders", func(w http.ResponseWriter, r *http.Request) {
 		var req struct{ Name, Webhook string }
-		if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
-			http.Error(w, "decode request: "+err.Error(), http.StatusBadRequest)
+		if !decodeAdminRequest(w, r, &req) {
 			return
 		}
 		snd, err := addSender(s.store, req.Name, req.Webhook, s.now())
-		switch {
-		case errors.Is(err, errBadSender):
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		case err != nil:
-			s.log.Error("admin: add sender", "err", err)
-			http.Error(w, err.Error(), http.StatusInternalServerError)
+		if err != nil {
+			s.failAdmin(w, "add sender", err)
 			return
 		}
 		s.log.Info("sender added", "sender", snd.ID, "name", req.Name, "webhook", req.Webhook != "")
@@ -204,14 +197,8 @@ func (s *Server) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("DELETE /senders/{id}", func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
-		err := removeSender(s.store, id)
-		switch {
-		case errors.Is(err, ErrNoSender):
-			http.Error(w, err.Error(), http.StatusNotFound)
-			return
-		case err != nil:
-			s.log.Error("admin: remove sender", "sender", id, "err", err)
-			http.Error(w, err.Error(), http.StatusInternalServerError)
+		if err := removeSender(s.store, id); err != nil {
+			s.failAdmin(w, "remove sender", err, "sender", id)
 			return
 		}
 		s.log.Info("sender removed", "sender", id)
@@ -222,21 +209,12 @@ func (s *Server) adminHandler() http.Handler {
 		var req struct {
 			GraceSeconds int64 `json:"grace_seconds"`
 		}
-		if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
-			http.Error(w, "decode request: "+err.Error(), http.StatusBadRequest)
+		if !decodeAdminRequest(w, r, &req) {
 			return
 		}
 		snd, err := rotateSenderKey(s.store, id, secondsDuration(req.GraceSeconds), s.now())
-		switch {
-		case errors.Is(err, ErrNoSender):
-			http.Error(w, err.Error(), http.StatusNotFound)
-			return
-		case errors.Is(err, errBadGrace):
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		case err != nil:
-			s.log.Error("admin: rotate sender key", "sender", id, "err", err)
-			http.Error(w, err.Error(), http.StatusInternalServerError)
+		if err != nil {
+			s.failAdmin(w, "rotate sender key", err, "sender", id)
 			return
 		}
 		s.log.Info("sender key rotated", "sender", id, "old_key_until", snd.OldKeyUntil)
@@ -247,21 +225,12 @@ func (s *Server) adminHandler() http.Handler {
 			Token        string `json:"token"`
 			GraceSeconds int64  `json:"grace_seconds"`
 		}
-		if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
-			http.Error(w, "decode request: "+err.Error(), http.StatusBadRequest)
+		if !decodeAdminRequest(w, r, &req) {
 			return
 		}
 		reg, rotated, err := rotateToken(s.store, req.Token, secondsDuration(req.GraceSeconds), s.now())
-		switch {
-		case errors.Is(err, ErrNoToken):
-			http.Error(w, err.Error(), http.StatusNotFound)
-			return
-		case errors.Is(err, errBadGrace):
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		case err != nil:
-			s.log.Error("admin: rotate token", "err", err)
-			http.Error(w, err.Error(), http.StatusInternalServerError)
+		if err != nil {
+			s.failAdmin(w, "rotate token", err)
 			return
 		}
 		s.log.Info("token rotated", "device", reg.Device, "app", reg.App, "sender", reg.Sender, "grace_until", rotated.GraceUntil)
@@ -278,6 +247,32 @@ func (s *Server) adminHandler() http.Handler {
 		writeJSON(w, http.StatusOK, DrainResult{Drained: n})
 	})
 	return mux
+}
+
+// decodeAdminRequest reads an admin request's JSON body into v; false
+// means the body was bad and the request has its 400.
+func decodeAdminRequest(w http.ResponseWriter, r *http.Request, v any) bool {
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(v); err != nil {
+		http.Error(w, "decode request: "+err.Error(), http.StatusBadRequest)
+		return false
+	}
+	return true
+}
+
+// failAdmin answers an admin request that failed while doing what: 404
+// for a sender or token that does not exist, 400 for a bad argument, and
+// 500, logged with attrs, for the rest.
+func (s *Server) failAdmin(w http.ResponseWriter, what string, err error, attrs ...any) {
+	status := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, ErrNoSender), errors.Is(err, ErrNoToken):
+		status = http.StatusNotFound
+	case errors.Is(err, errBadSender), errors.Is(err, errBadGrace):
+		status = http.StatusBadRequest
+	default:
+		s.log.Error("admin: "+what, append(attrs, "err", err)...)
+	}
+	http.Error(w, err.Error(), status)
 }
 
 // DrainResult says how many XMPP connections a drain closed.
