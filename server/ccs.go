@@ -228,9 +228,7 @@ func (c *ccs) settled(cc *ccsConn, w *upWait, key ccsKey) {
 	} else {
 		c.waiting[key] = ws
 	}
-	if cc.draining && cc.unacked == 0 && cc.unanswered() == 0 {
-		cc.signalIdle()
-	}
+	cc.signalIfIdle()
 }
 
 // ack takes an app server's ack of an upstream message: it settles the
@@ -337,15 +335,16 @@ type ccsConn struct {
 	idle     chan struct{} // set while draining; closed once nothing is outstanding
 }
 
-func (cc *ccsConn) unanswered() int { return len(cc.slots) }
-
-func (cc *ccsConn) signalIdle() {
-	if cc.idle != nil {
-		select {
-		case <-cc.idle:
-		default:
-			close(cc.idle)
-		}
+// signalIfIdle closes idle once a draining connection has nothing
+// outstanding either way. The caller holds ccs.mu.
+func (cc *ccsConn) signalIfIdle() {
+	if !cc.draining || cc.idle == nil || cc.unacked > 0 || len(cc.slots) > 0 {
+		return
+	}
+	select {
+	case <-cc.idle:
+	default:
+		close(cc.idle)
 	}
 }
 
@@ -485,9 +484,7 @@ func (cc *ccsConn) store(batch []ccsDown) {
 		<-cc.slots
 	}
 	cc.ccs.mu.Lock()
-	if cc.draining && cc.unacked == 0 && cc.unanswered() == 0 {
-		cc.signalIdle()
-	}
+	cc.signalIfIdle()
 	cc.ccs.mu.Unlock()
 }
 
@@ -545,9 +542,7 @@ func (cc *ccsConn) drain(wait time.Duration) {
 	c := cc.ccs
 	c.mu.Lock()
 	cc.idle = make(chan struct{})
-	if cc.unacked == 0 && cc.unanswered() == 0 {
-		close(cc.idle)
-	}
+	cc.signalIfIdle()
 	c.mu.Unlock()
 	cc.sendControl()
 	cc.log.Info("draining xmpp connection", "wait", wait)
