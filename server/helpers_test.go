@@ -437,13 +437,6 @@ func (d *device) state(mode string, heartbeat int) {
 	d.send("", wire.State{Mode: mode, Heartbeat: heartbeat})
 }
 
-func (d *device) expectGoAway() wire.GoAway {
-	d.t.Helper()
-	var g wire.GoAway
-	d.expect(wire.TypeGoAway, "", &g)
-	return g
-}
-
 // expectServerClosed reads until the connection ends and fails unless the
 // server ended it (a close frame, or the connection dropped) before the
 // device's own read deadline.
