@@ -81,7 +81,7 @@ const MaxKeyGrace = 30 * 24 * time.Hour
 // maxSenderName bounds a sender's name.
 const maxSenderName = 200
 
-func addSender(st *store.Store, name, webhook string, now time.Time) (NewSender, error) {
+func addSender(ctx context.Context, st store.Backend, name, webhook string, now time.Time) (NewSender, error) {
 	if name == "" || len(name) > maxSenderName || !utf8.ValidString(name) || strings.IndexFunc(name, unicode.IsControl) >= 0 {
 		return NewSender{}, fmt.Errorf("%w: the name must be 1 to %d bytes of text", errBadSender, maxSenderName)
 	}
@@ -92,7 +92,7 @@ func addSender(st *store.Store, name, webhook string, now time.Time) (NewSender,
 		}
 	}
 	key := newSecret(32)
-	snd, err := st.AddSender(name, webhook, hashSecret(key), now)
+	snd, err := st.AddSender(ctx, name, webhook, hashSecret(key), now)
 	if err != nil {
 		return NewSender{}, err
 	}
@@ -101,12 +101,12 @@ func addSender(st *store.Store, name, webhook string, now time.Time) (NewSender,
 
 // rotateSenderKey gives sender id a new server key; the old one works for
 // grace more.
-func rotateSenderKey(st *store.Store, id string, grace time.Duration, now time.Time) (NewSender, error) {
+func rotateSenderKey(ctx context.Context, st store.Backend, id string, grace time.Duration, now time.Time) (NewSender, error) {
 	if grace < 0 || grace > MaxKeyGrace {
 		return NewSender{}, fmt.Errorf("%w: %v, want 0 to %v", errBadGrace, grace, MaxKeyGrace)
 	}
 	key := newSecret(32)
-	snd, err := st.RotateSenderKey(id, hashSecret(key), grace, now)
+	snd, err := st.RotateSenderKey(ctx, id, hashSecret(key), grace, now)
 	if errors.Is(err, store.ErrNotFound) {
 		return NewSender{}, fmt.Errorf("rotate key of sender %s: %w", id, ErrNoSender)
 	}
@@ -116,8 +116,8 @@ func rotateSenderKey(st *store.Store, id string, grace time.Duration, now time.T
 	return NewSender{ID: snd.ID, ServerKey: key, OldKeyUntil: snd.OldKeyUntil}, nil
 }
 
-func listSenders(st *store.Store) ([]SenderInfo, error) {
-	senders, err := st.Senders()
+func listSenders(ctx context.Context, st store.Backend) ([]SenderInfo, error) {
+	senders, err := st.Senders(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -128,8 +128,8 @@ func listSenders(st *store.Store) ([]SenderInfo, error) {
 	return out, nil
 }
 
-func removeSender(st *store.Store, id string) error {
-	err := st.RemoveSender(id)
+func removeSender(ctx context.Context, st store.Backend, id string) error {
+	err := st.RemoveSender(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("remove sender %s: %w", id, ErrNoSender)
 	}
@@ -138,11 +138,11 @@ func removeSender(st *store.Store, id string) error {
 
 // rotateToken gives the registration of token a new token; the device
 // learns it with a token_refresh frame in its next (or current) session.
-func rotateToken(st *store.Store, token string, grace time.Duration, now time.Time) (store.Registration, RotatedToken, error) {
+func rotateToken(ctx context.Context, st store.Backend, token string, grace time.Duration, now time.Time) (store.Registration, RotatedToken, error) {
 	if grace < 0 || grace > MaxTokenGrace {
 		return store.Registration{}, RotatedToken{}, fmt.Errorf("%w: %v, want 0 to %v", errBadGrace, grace, MaxTokenGrace)
 	}
-	reg, err := st.RotateToken(token, grace, now)
+	reg, err := st.RotateToken(ctx, token, grace, now)
 	if errors.Is(err, store.ErrNotFound) {
 		return store.Registration{}, RotatedToken{}, fmt.Errorf("rotate token: %w", ErrNoToken)
 	}
@@ -175,7 +175,7 @@ func listenAdmin(path string) (net.Listener, error) {
 func (s *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /senders", func(w http.ResponseWriter, r *http.Request) {
-		list, err := listSenders(s.store)
+		list, err := listSenders(r.Context(), s.store)
 		if err != nil {
 			s.failAdmin(w, "list senders", err)
 			return
@@ -187,7 +187,7 @@ func (s *Server) adminHandler() http.Handler {
 		if !decodeAdminRequest(w, r, &req) {
 			return
 		}
-		snd, err := addSender(s.store, req.Name, req.Webhook, s.now())
+		snd, err := addSender(r.Context(), s.store, req.Name, req.Webhook, s.now())
 		if err != nil {
 			s.failAdmin(w, "add sender", err)
 			return
@@ -197,7 +197,7 @@ func (s *Server) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("DELETE /senders/{id}", func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
-		if err := removeSender(s.store, id); err != nil {
+		if err := removeSender(r.Context(), s.store, id); err != nil {
 			s.failAdmin(w, "remove sender", err, "sender", id)
 			return
 		}
@@ -212,7 +212,7 @@ func (s *Server) adminHandler() http.Handler {
 		if !decodeAdminRequest(w, r, &req) {
 			return
 		}
-		snd, err := rotateSenderKey(s.store, id, secondsDuration(req.GraceSeconds), s.now())
+		snd, err := rotateSenderKey(r.Context(), s.store, id, secondsDuration(req.GraceSeconds), s.now())
 		if err != nil {
 			s.failAdmin(w, "rotate sender key", err, "sender", id)
 			return
@@ -228,7 +228,7 @@ func (s *Server) adminHandler() http.Handler {
 		if !decodeAdminRequest(w, r, &req) {
 			return
 		}
-		reg, rotated, err := rotateToken(s.store, req.Token, secondsDuration(req.GraceSeconds), s.now())
+		reg, rotated, err := rotateToken(r.Context(), s.store, req.Token, secondsDuration(req.GraceSeconds), s.now())
 		if err != nil {
 			s.failAdmin(w, "rotate token", err)
 			return
@@ -299,8 +299,8 @@ type AdminConfig struct {
 // Admin manages the senders of a data directory: through the admin socket
 // of the server running on it, or in its store directly when none runs.
 type Admin struct {
-	client *http.Client // through the socket, or nil
-	store  *store.Store // directly, or nil
+	client *http.Client  // through the socket, or nil
+	store  store.Backend // directly, or nil
 	now    func() time.Time
 }
 
@@ -354,7 +354,7 @@ func (a *Admin) ViaSocket() bool { return a.client != nil }
 // empty.
 func (a *Admin) AddSender(ctx context.Context, name, webhook string) (NewSender, error) {
 	if a.store != nil {
-		snd, err := addSender(a.store, name, webhook, a.now())
+		snd, err := addSender(ctx, a.store, name, webhook, a.now())
 		if err != nil {
 			return NewSender{}, fmt.Errorf("add sender: %w", err)
 		}
@@ -371,7 +371,7 @@ func (a *Admin) AddSender(ctx context.Context, name, webhook string) (NewSender,
 // Senders lists the senders ordered by ID.
 func (a *Admin) Senders(ctx context.Context) ([]SenderInfo, error) {
 	if a.store != nil {
-		return listSenders(a.store)
+		return listSenders(ctx, a.store)
 	}
 	var list []SenderInfo
 	if err := a.call(ctx, http.MethodGet, "/senders", nil, http.StatusOK, &list); err != nil {
@@ -384,7 +384,7 @@ func (a *Admin) Senders(ctx context.Context) ([]SenderInfo, error) {
 // ErrNoSender when there is no such sender.
 func (a *Admin) RemoveSender(ctx context.Context, id string) error {
 	if a.store != nil {
-		return removeSender(a.store, id)
+		return removeSender(ctx, a.store, id)
 	}
 	err := a.call(ctx, http.MethodDelete, "/senders/"+url.PathEscape(id), nil, http.StatusNoContent, nil)
 	if err != nil {
@@ -400,7 +400,7 @@ func (a *Admin) RemoveSender(ctx context.Context, id string) error {
 // token is not an active registration.
 func (a *Admin) RotateToken(ctx context.Context, token string, grace time.Duration) (RotatedToken, error) {
 	if a.store != nil {
-		_, rotated, err := rotateToken(a.store, token, grace, a.now())
+		_, rotated, err := rotateToken(ctx, a.store, token, grace, a.now())
 		return rotated, err
 	}
 	body, _ := json.Marshal(map[string]any{"token": token, "grace_seconds": int64(grace / time.Second)})
@@ -416,7 +416,7 @@ func (a *Admin) RotateToken(ctx context.Context, token string, grace time.Durati
 // ErrNoSender when there is no such sender.
 func (a *Admin) RotateSenderKey(ctx context.Context, id string, grace time.Duration) (NewSender, error) {
 	if a.store != nil {
-		return rotateSenderKey(a.store, id, grace, a.now())
+		return rotateSenderKey(ctx, a.store, id, grace, a.now())
 	}
 	body, _ := json.Marshal(map[string]any{"grace_seconds": int64(grace / time.Second)})
 	var snd NewSender

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -22,7 +23,7 @@ var (
 // address remote. With senderID set (XMPP's SASL user) the key must be that
 // sender's. Failures count against remote: past Config.AuthFailureLimit a
 // minute, its attempts are refused unchecked until its budget refills.
-func (s *Server) checkKey(remote, senderID, key string) (store.Sender, error) {
+func (s *Server) checkKey(ctx context.Context, remote, senderID, key string) (store.Sender, error) {
 	if s.authFailures.exhausted(remote) {
 		return store.Sender{}, errAuthThrottled
 	}
@@ -30,9 +31,9 @@ func (s *Server) checkKey(remote, senderID, key string) (store.Sender, error) {
 	var snd store.Sender
 	var err error
 	if senderID != "" {
-		snd, err = s.store.Sender(senderID)
+		snd, err = s.store.Sender(ctx, senderID)
 	} else {
-		snd, err = s.store.SenderByKeyHash(hash)
+		snd, err = s.store.SenderByKeyHash(ctx, hash)
 	}
 	switch {
 	case errors.Is(err, store.ErrNotFound):
@@ -54,7 +55,7 @@ func (s *Server) authenticate(r *http.Request) (snd store.Sender, status int, pr
 	if !ok || key == "" {
 		return snd, http.StatusUnauthorized, "Unauthorized: send the server key in an Authorization: key=SERVER_KEY header"
 	}
-	snd, err := s.checkKey(remoteIP(r.RemoteAddr), "", key)
+	snd, err := s.checkKey(r.Context(), remoteIP(r.RemoteAddr), "", key)
 	switch {
 	case errors.Is(err, errUnknownKey):
 		return snd, http.StatusUnauthorized, "Unauthorized: unknown server key"

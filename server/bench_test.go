@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -35,7 +36,7 @@ func benchServer(b *testing.B, mod func(*Config)) *testServer {
 // benchTokens registers n apps, one per device, for sender and returns
 // their tokens. Registrations come from many goroutines, as from many
 // devices, so that they share commits.
-func benchTokens(b *testing.B, st *store.Store, sender string, n int) []string {
+func benchTokens(b *testing.B, st store.Backend, sender string, n int) []string {
 	b.Helper()
 	tokens := make([]string, n)
 	var next atomic.Int64
@@ -44,7 +45,7 @@ func benchTokens(b *testing.B, st *store.Store, sender string, n int) []string {
 	for range 64 {
 		wg.Go(func() {
 			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
-				reg, err := st.Register(fmt.Sprintf("bench-device-%07d", i), "com.example.bench", sender, time.Now())
+				reg, err := st.Register(context.Background(), fmt.Sprintf("bench-device-%07d", i), "com.example.bench", sender, time.Now())
 				if err != nil {
 					failed.Store(err)
 					return
@@ -139,7 +140,7 @@ func benchTopicFanOut(b *testing.B, subscribers int) {
 	snd := ts.addSender("")
 	tokens := benchTokens(b, ts.store, snd.ID, subscribers)
 	for i := 0; i < len(tokens); i += maxRegistrationIDs {
-		if _, err := ts.store.ChangeSubscriptions(snd.ID, "bench", tokens[i:min(i+maxRegistrationIDs, len(tokens))], true, time.Now()); err != nil {
+		if _, err := ts.store.ChangeSubscriptions(context.Background(), snd.ID, "bench", tokens[i:min(i+maxRegistrationIDs, len(tokens))], true, time.Now()); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"path/filepath"
@@ -115,7 +116,7 @@ func TestNonCollapsiblePerAppCapped(t *testing.T) {
 	d.ack(next.ID)
 	d.ack(queue...)
 	waitPending(t, ts, d.id, 0)
-	if n, err := ts.store.Notices(d.id); err != nil || len(n) != 0 {
+	if n, err := ts.store.Notices(context.Background(), d.id); err != nil || len(n) != 0 {
 		t.Errorf("notices after their acks: %v, %v", n, err)
 	}
 	d.conn.Close()
@@ -209,7 +210,7 @@ func TestOldAgentDropsNotices(t *testing.T) {
 	m := d.expectMessage()
 	d.ack(m.ID)
 	waitFor(t, "the notice dropped", func() bool {
-		left, err := ts.store.Notices(d.id)
+		left, err := ts.store.Notices(context.Background(), d.id)
 		return err == nil && len(left) == 0
 	})
 }
@@ -267,7 +268,7 @@ func TestCorruptTopicMessageDoesNotHoldUpFanOut(t *testing.T) {
 	now := time.Now()
 	for _, id := range []string{"1", "2"} {
 		tm := store.TopicMessage{ID: id, Sender: snd.ID, Topic: "news", Topics: []string{"news"}, Sent: now, Expiry: now.Add(time.Hour)}
-		if err := st.PutTopicMessage(&tm); err != nil {
+		if err := st.PutTopicMessage(context.Background(), &tm); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -292,7 +293,7 @@ func TestCorruptTopicMessageDoesNotHoldUpFanOut(t *testing.T) {
 	if copies := fanned.wait(t, "2"); copies != 1 {
 		t.Errorf("%d copies, want 1: the damaged subscriber skipped", copies)
 	}
-	if left, _ := ts.store.TopicMessages(0, 10); len(left) != 0 {
+	if left, _ := ts.store.TopicMessages(context.Background(), 0, 10); len(left) != 0 {
 		t.Errorf("%d topic messages left", len(left))
 	}
 	d = ts.reconnect(d)

@@ -101,8 +101,8 @@ func newCCS(s *Server) (*ccs, error) {
 }
 
 // authenticate checks a sender ID and server key, as the HTTP API does.
-func (c *ccs) authenticate(_ context.Context, remote net.Addr, user, _, password string) error {
-	_, err := c.srv.checkKey(remoteIP(remote.String()), user, password)
+func (c *ccs) authenticate(ctx context.Context, remote net.Addr, user, _, password string) error {
+	_, err := c.srv.checkKey(ctx, remoteIP(remote.String()), user, password)
 	if errors.Is(err, errUnknownKey) {
 		return xmpp.ErrNotAuthorized
 	}
@@ -457,6 +457,8 @@ func (cc *ccsConn) store(batch []ccsDown) {
 	if f := cc.ccs.srv.cfg.ccsBatch; f != nil {
 		f(len(batch))
 	}
+	// What was read is stored even if the connection ends meanwhile.
+	ctx := context.WithoutCancel(cc.ctx)
 	snd := store.Sender{ID: cc.sender}
 	var tokenReqs []sendRequest
 	var tokenAt []int
@@ -464,7 +466,7 @@ func (cc *ccsConn) store(batch []ccsDown) {
 	for i, d := range batch {
 		answers[i] = ccsAnswer{id: d.id, from: d.to}
 		if d.req.toTopics() {
-			resp, _ := cc.ccs.srv.sendTopic(snd, d.req)
+			resp, _ := cc.ccs.srv.sendTopic(ctx, snd, d.req)
 			answers[i].code, answers[i].description = tokenNack(resp.Error)
 			continue
 		}
@@ -472,7 +474,7 @@ func (cc *ccsConn) store(batch []ccsDown) {
 		tokenAt = append(tokenAt, i)
 	}
 	if len(tokenReqs) > 0 {
-		results, _ := cc.ccs.srv.sendAll(snd, tokenReqs)
+		results, _ := cc.ccs.srv.sendAll(ctx, snd, tokenReqs)
 		for k, rs := range results {
 			a := &answers[tokenAt[k]]
 			a.code, a.description = tokenNack(rs[0].Error)

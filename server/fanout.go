@@ -66,7 +66,7 @@ func (f *fanout) run(ctx context.Context) {
 func (f *fanout) drain(ctx context.Context) bool {
 	s := f.srv
 	for ctx.Err() == nil {
-		tms, err := s.store.TopicMessages(0, topicReadAhead)
+		tms, err := s.store.TopicMessages(ctx, 0, topicReadAhead)
 		if err != nil {
 			s.log.Error("read topic messages", "err", err)
 			return false
@@ -106,11 +106,11 @@ func (f *fanout) fanOut(ctx context.Context, tm store.TopicMessage) bool {
 		now := s.now()
 		step.Now = now
 		step.NewID = func() string { return newMessageID(now) }
-		res, err := s.store.FanOut(tm.Seq, step)
+		res, err := s.store.FanOut(ctx, tm.Seq, step)
 		if errors.Is(err, store.ErrCorrupt) {
 			// Retrying cannot help, and would hold up every later message.
 			log.Error("topic message cannot be fanned out; dropping it", "copies", copies, "err", err)
-			if err := s.store.DeleteTopicMessage(tm.Seq); err != nil {
+			if err := s.store.DeleteTopicMessage(ctx, tm.Seq); err != nil {
 				log.Error("drop topic message", "err", err)
 				return false
 			}

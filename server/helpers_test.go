@@ -103,7 +103,7 @@ func startServerIn(t testing.TB, dir string, mod func(*Config)) *testServer {
 // addSender creates a sender in the running server's store.
 func (ts *testServer) addSender(webhook string) NewSender {
 	ts.t.Helper()
-	snd, err := addSender(ts.store, "test sender", webhook, ts.now())
+	snd, err := addSender(context.Background(), ts.store, "test sender", webhook, ts.now())
 	if err != nil {
 		ts.t.Fatal(err)
 	}

@@ -58,7 +58,7 @@ func (s *Server) handleBatchSubscriptions(subscribe bool) http.HandlerFunc {
 			http.Error(w, fmt.Sprintf(`"registration_tokens" has %d tokens, want 1 to %d`, len(req.Tokens), maxRegistrationIDs), http.StatusBadRequest)
 			return
 		}
-		outcomes, err := s.store.ChangeSubscriptions(snd.ID, topic, req.Tokens, subscribe, s.now())
+		outcomes, err := s.store.ChangeSubscriptions(r.Context(), snd.ID, topic, req.Tokens, subscribe, s.now())
 		if err != nil {
 			s.log.Error("change topic subscriptions", "sender", snd.ID, "err", err)
 			_, status := storeFailure(err)
@@ -92,7 +92,7 @@ func (s *Server) handleSubscribeOne(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, iidResult{Error: iidInvalidArgument})
 		return
 	}
-	outcomes, err := s.store.ChangeSubscriptions(snd.ID, topic, []string{token}, true, s.now())
+	outcomes, err := s.store.ChangeSubscriptions(r.Context(), snd.ID, topic, []string{token}, true, s.now())
 	if err != nil {
 		s.log.Error("subscribe to topic", "sender", snd.ID, "err", err)
 		_, status := storeFailure(err)

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -385,11 +386,11 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.toTopics() {
-		resp, status := s.sendTopic(snd, req)
+		resp, status := s.sendTopic(r.Context(), snd, req)
 		writeSendAnswer(w, status, resp)
 		return
 	}
-	results, status := s.send(snd, req)
+	results, status := s.send(r.Context(), snd, req)
 	if req.plain {
 		res := results[0]
 		setRetryAfter(w, status)
@@ -461,8 +462,8 @@ func storeFailure(err error) (code string, status int) {
 // send stores and delivers one request to registration tokens and returns
 // the results in the order of its tokens and the HTTP status: 200, or 5xx
 // when the store failed and the sender should retry.
-func (s *Server) send(snd store.Sender, req sendRequest) (results []sendResult, status int) {
-	all, status := s.sendAll(snd, []sendRequest{req})
+func (s *Server) send(ctx context.Context, snd store.Sender, req sendRequest) (results []sendResult, status int) {
+	all, status := s.sendAll(ctx, snd, []sendRequest{req})
 	return all[0], status
 }
 
@@ -470,7 +471,7 @@ func (s *Server) send(snd store.Sender, req sendRequest) (results []sendResult, 
 // transaction, so that many messages cost one commit, and returns each
 // request's results in the order of its tokens. The status is 200, or 5xx
 // when the store failed: then every stored result is an error.
-func (s *Server) sendAll(snd store.Sender, reqs []sendRequest) (results [][]sendResult, status int) {
+func (s *Server) sendAll(ctx context.Context, snd store.Sender, reqs []sendRequest) (results [][]sendResult, status int) {
 	results = make([][]sendResult, len(reqs))
 	var tokens []string
 	for i, req := range reqs {
@@ -491,7 +492,7 @@ func (s *Server) sendAll(snd store.Sender, reqs []sendRequest) (results [][]send
 		return results, http.StatusOK
 	}
 	now := s.now()
-	resolved, err := s.store.ResolveTokens(tokens, now)
+	resolved, err := s.store.ResolveTokens(ctx, tokens, now)
 	if err != nil {
 		s.log.Error("look up tokens", "sender", snd.ID, "err", err)
 		code, status := storeFailure(err)
@@ -554,7 +555,7 @@ func (s *Server) sendAll(snd store.Sender, reqs []sendRequest) (results [][]send
 		}
 	}
 	if len(queue) > 0 {
-		queued, err := s.store.Enqueue(queue)
+		queued, err := s.store.Enqueue(ctx, queue)
 		if err != nil {
 			s.log.Error("store downstream messages", "sender", snd.ID, "count", len(queue), "err", err)
 			code, status := storeFailure(err)
@@ -583,7 +584,7 @@ func (s *Server) sendAll(snd store.Sender, reqs []sendRequest) (results [][]send
 
 // sendTopic stores a message to a topic or a condition for fan-out, and
 // answers once it is stored.
-func (s *Server) sendTopic(snd store.Sender, req sendRequest) (topicResponse, int) {
+func (s *Server) sendTopic(ctx context.Context, snd store.Sender, req sendRequest) (topicResponse, int) {
 	if code := req.messageError(); code != "" {
 		return topicResponse{Error: code}, http.StatusOK
 	}
@@ -614,7 +615,7 @@ func (s *Server) sendTopic(snd store.Sender, req sendRequest) (topicResponse, in
 		// fanned out, which may take a while for many subscribers.
 		tm.Expiry = tm.Sent.Add(liveFanOutWindow)
 	}
-	if err := s.store.PutTopicMessage(&tm); err != nil {
+	if err := s.store.PutTopicMessage(ctx, &tm); err != nil {
 		s.log.Error("store topic message", "sender", snd.ID, "err", err)
 		code, status := storeFailure(err)
 		return topicResponse{Error: code}, status

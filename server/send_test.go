@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -388,7 +389,7 @@ func TestConcurrentSendsAllStored(t *testing.T) {
 	for id := range ids {
 		want[id] = true
 	}
-	queued, err := f.ts.store.Pending(f.dev.id, 0, 0)
+	queued, err := f.ts.store.Pending(context.Background(), f.dev.id, 0, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -199,7 +199,7 @@ type Server struct {
 	cfg   Config
 	log   *slog.Logger
 	now   func() time.Time
-	store *store.Store
+	store store.Backend
 	tls   *tls.Config
 	hub   *hub
 	up    *dispatcher
@@ -387,7 +387,9 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 		})
 	}
-	wg.Go(func() { s.sweepLoop(ctx) })
+	if sw, ok := s.store.(store.Sweeper); ok {
+		wg.Go(func() { s.sweepLoop(ctx, sw) })
+	}
 	wg.Go(func() { s.up.run(ctx) })
 	wg.Go(func() { s.fan.run(ctx) })
 	// The XMPP endpoint outlives ctx: it drains its connections first.
@@ -457,11 +459,11 @@ func (s *Server) handler() http.Handler {
 	return mux
 }
 
-// sweepLoop deletes expired messages from the store, waking at the next
-// expiry but at most once a minute and at least once an hour. Expired
-// messages are never delivered whether swept or not; sweeping only frees
-// the space.
-func (s *Server) sweepLoop(ctx context.Context) {
+// sweepLoop deletes expired messages from a store that must be told to,
+// waking at the next expiry but at most once a minute and at least once
+// an hour. Expired messages are never delivered whether swept or not;
+// sweeping only frees the space.
+func (s *Server) sweepLoop(ctx context.Context, sw store.Sweeper) {
 	const minWait, maxWait = time.Minute, time.Hour
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -472,7 +474,7 @@ func (s *Server) sweepLoop(ctx context.Context) {
 		case <-timer.C:
 		}
 		now := s.now()
-		next, n, err := s.store.SweepExpired(now)
+		next, n, err := sw.SweepExpired(ctx, now)
 		wait := maxWait
 		switch {
 		case err != nil:

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -61,7 +62,7 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 	}
 	conn.SetReadLimit(wire.MaxFrameSize)
 	log := s.log.With("remote", r.RemoteAddr)
-	acc, err := s.handshake(conn, log)
+	acc, err := s.handshake(r.Context(), conn, log)
 	if err != nil {
 		log.Info("device refused", "err", err)
 		conn.Close()
@@ -188,8 +189,8 @@ type accepted struct {
 
 // handshake reads the hello and authenticates or checks in the device. On
 // a refusal it has sent an error frame (or a goaway) and a close frame.
-func (s *Server) handshake(conn *websocket.Conn, log *slog.Logger) (accepted, error) {
-	hello, err := s.readHello(conn)
+func (s *Server) handshake(ctx context.Context, conn *websocket.Conn, log *slog.Logger) (accepted, error) {
+	hello, err := s.readHello(ctx, conn)
 	if ref := (refusal{}); errors.As(err, &ref) {
 		return accepted{}, s.refuse(conn, ref)
 	}
@@ -203,7 +204,7 @@ func (s *Server) handshake(conn *websocket.Conn, log *slog.Logger) (accepted, er
 	}
 	if hello.DeviceID == "" {
 		secret := newSecret(32)
-		dev, err := s.store.AddDevice(hashSecret(secret), s.now())
+		dev, err := s.store.AddDevice(ctx, hashSecret(secret), s.now())
 		if err != nil {
 			s.log.Error("check in device", "err", err)
 			return accepted{}, s.refuse(conn, refusal{wire.CodeUnavailable, "cannot store a new device now; try again later", websocket.CloseTryAgainLater, s.storeGoAway()})
@@ -246,7 +247,7 @@ func (s *Server) refuse(conn *websocket.Conn, r refusal) error {
 
 // readHello reads and checks the first frame. Failures the device should
 // hear about are refusals.
-func (s *Server) readHello(conn *websocket.Conn) (wire.Hello, error) {
+func (s *Server) readHello(ctx context.Context, conn *websocket.Conn) (wire.Hello, error) {
 	var hello wire.Hello
 	conn.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
 	_, data, err := conn.ReadMessage()
@@ -272,7 +273,7 @@ func (s *Server) readHello(conn *websocket.Conn) (wire.Hello, error) {
 		}
 		return hello, nil
 	}
-	dev, err := s.store.Device(hello.DeviceID)
+	dev, err := s.store.Device(ctx, hello.DeviceID)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return hello, unauthorized("unknown device or wrong secret")
@@ -290,7 +291,11 @@ func (s *Server) readHello(conn *websocket.Conn) (wire.Hello, error) {
 // writes data frames. Control frames (pong, close) go through WriteControl,
 // which gorilla allows beside one writer.
 type session struct {
-	srv    *Server
+	srv *Server
+	// ctx is for the session's store calls. It does not end with the
+	// connection: what the device sent (an ack, an upstream message) is
+	// committed even when the connection is gone by then.
+	ctx    context.Context
 	conn   *websocket.Conn
 	device string
 	log    *slog.Logger
@@ -341,7 +346,7 @@ type finalFrame struct {
 
 func newSession(s *Server, conn *websocket.Conn, device string, timeout time.Duration, mode string, log *slog.Logger) *session {
 	ss := &session{
-		srv: s, conn: conn, device: device, log: log, timeout: timeout, mode: mode,
+		srv: s, ctx: context.Background(), conn: conn, device: device, log: log, timeout: timeout, mode: mode,
 		replies:      make(chan []byte, 16),
 		direct:       make(chan *store.Message, directQueue),
 		kick:         make(chan struct{}, 1),
@@ -503,7 +508,7 @@ func (ss *session) register(f wire.Frame) {
 	if !ss.decode(f, &req) {
 		return
 	}
-	reg, err := ss.srv.store.Register(ss.device, req.App, req.Sender, ss.srv.now())
+	reg, err := ss.srv.store.Register(ss.ctx, ss.device, req.App, req.Sender, ss.srv.now())
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		ss.replyError(f.Ref, wire.CodeNotRegistered, fmt.Sprintf("no sender with ID %s", req.Sender))
@@ -525,7 +530,7 @@ func (ss *session) unregister(f wire.Frame) {
 	if !ss.decode(f, &req) {
 		return
 	}
-	dropped, err := ss.srv.store.Unregister(ss.device, req.App, req.Sender, ss.srv.now())
+	dropped, err := ss.srv.store.Unregister(ss.ctx, ss.device, req.App, req.Sender, ss.srv.now())
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		ss.log.Error("unregister", "app", req.App, "sender", req.Sender, "err", err)
 		ss.replyError(f.Ref, wire.CodeUnavailable, "cannot store the change now; try again later")
@@ -581,7 +586,7 @@ func (ss *session) commitAcks(ids []string) {
 	now := ss.srv.now()
 	// An ack that fails to commit only means a redelivery next session,
 	// which the agent drops as a duplicate.
-	_, receipts, err := ss.srv.store.Ack(ss.device, ids, now)
+	_, receipts, err := ss.srv.store.Ack(ss.ctx, ss.device, ids, now)
 	if err != nil {
 		ss.log.Error("ack", "count", len(ids), "err", err)
 	}
@@ -596,7 +601,7 @@ func (ss *session) commitAcks(ids []string) {
 	}
 	ss.mu.Unlock()
 	if len(live) > 0 {
-		more, err := ss.srv.store.AddReceipts(live, now)
+		more, err := ss.srv.store.AddReceipts(ss.ctx, live, now)
 		if err != nil {
 			ss.log.Error("queue delivery receipts", "count", len(live), "err", err)
 		}
@@ -618,7 +623,7 @@ func (ss *session) dropNotice(id string) {
 	if !sent {
 		return
 	}
-	if _, _, err := ss.srv.store.Ack(ss.device, []string{id}, ss.srv.now()); err != nil {
+	if _, _, err := ss.srv.store.Ack(ss.ctx, ss.device, []string{id}, ss.srv.now()); err != nil {
 		ss.log.Error("drop notice", "err", err)
 	}
 	ss.log.Info("agent does not take this notice; dropped", "notice", id)
@@ -630,7 +635,7 @@ func (ss *session) subscribe(f wire.Frame) {
 	if !ss.decode(f, &req) {
 		return
 	}
-	err := ss.srv.store.Subscribe(ss.device, req.App, req.Sender, req.Topic)
+	err := ss.srv.store.Subscribe(ss.ctx, ss.device, req.App, req.Sender, req.Topic)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		ss.replyError(f.Ref, wire.CodeNotRegistered, fmt.Sprintf("app %q has no registration for sender %s", req.App, req.Sender))
@@ -652,7 +657,7 @@ func (ss *session) unsubscribe(f wire.Frame) {
 	if !ss.decode(f, &req) {
 		return
 	}
-	if err := ss.srv.store.Unsubscribe(ss.device, req.App, req.Sender, req.Topic); err != nil {
+	if err := ss.srv.store.Unsubscribe(ss.ctx, ss.device, req.App, req.Sender, req.Topic); err != nil {
 		ss.log.Error("unsubscribe", "app", req.App, "sender", req.Sender, "err", err)
 		ss.replyError(f.Ref, wire.CodeUnavailable, "cannot store the change now; try again later")
 		return
@@ -672,7 +677,7 @@ func (ss *session) upstream(f wire.Frame) {
 		Device: ss.device, App: req.App, Sender: req.To, ID: req.ID, Priority: req.Priority,
 		Data: req.Data, TTL: req.TTL, Received: now, Expiry: now.Add(ttl),
 	}
-	outcome, err := ss.srv.store.PutUpstream(&u, now.Add(max(ttl, minUpstreamDedupe)))
+	outcome, err := ss.srv.store.PutUpstream(ss.ctx, &u, now.Add(max(ttl, minUpstreamDedupe)))
 	ack := wire.UpstreamAck{App: req.App, ID: req.ID}
 	switch {
 	case err != nil:
@@ -781,7 +786,7 @@ func (ss *session) fill() error {
 		if free <= 0 {
 			return nil
 		}
-		msgs, err := ss.srv.store.Pending(ss.device, ss.cursor, batch)
+		msgs, err := ss.srv.store.Pending(ss.ctx, ss.device, ss.cursor, batch)
 		if err != nil {
 			// The next ack or new message tries again.
 			ss.log.Error("read queue", "err", err)
@@ -844,7 +849,7 @@ func (ss *session) fill() error {
 // sendNotices sends the notices that are not in flight in this session.
 // They take places in the window like messages.
 func (ss *session) sendNotices() error {
-	notices, err := ss.srv.store.Notices(ss.device)
+	notices, err := ss.srv.store.Notices(ss.ctx, ss.device)
 	if err != nil {
 		ss.log.Error("read notices", "err", err)
 		return nil

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -86,7 +87,7 @@ func TestCheckIn(t *testing.T) {
 			if again.welcome.DeviceID != d.id || again.welcome.DeviceSecret != "" {
 				t.Errorf("second welcome %+v", again.welcome)
 			}
-			dev, err := ts.store.Device(d.id)
+			dev, err := ts.store.Device(context.Background(), d.id)
 			if err != nil || string(dev.SecretHash) == d.secret || !sameHash(dev.SecretHash, hashSecret(d.secret)) {
 				t.Errorf("stored device %+v, %v: want only the hash of the secret", dev, err)
 			}
@@ -219,10 +220,10 @@ func TestTTLExpiry(t *testing.T) {
 	marker(t, ts, d, snd.ServerKey, token)
 
 	// The sweep removes what expired, and only that.
-	if _, n, err := ts.store.SweepExpired(ts.now()); err != nil || n != 1 {
+	if _, n, err := ts.store.(store.Sweeper).SweepExpired(context.Background(), ts.now()); err != nil || n != 1 {
 		t.Errorf("sweep removed %d, %v; want 1", n, err)
 	}
-	if left, _ := ts.store.Pending(d.id, 0, 0); len(left) != 1 || left[0].ID != long {
+	if left, _ := ts.store.Pending(context.Background(), d.id, 0, 0); len(left) != 1 || left[0].ID != long {
 		t.Errorf("left %v", left)
 	}
 }
@@ -243,7 +244,7 @@ func TestTTLZeroIsNowOrNever(t *testing.T) {
 
 	// Offline: accepted as on GCM, but dropped rather than stored.
 	ts.sendOne(snd.ServerKey, token, map[string]any{"time_to_live": 0, "data": map[string]string{"x": "2"}})
-	if left, err := ts.store.Pending(d.id, 0, 0); err != nil || len(left) != 0 {
+	if left, err := ts.store.Pending(context.Background(), d.id, 0, 0); err != nil || len(left) != 0 {
 		t.Fatalf("stored %d ttl-0 messages, %v", len(left), err)
 	}
 	d = ts.reconnect(d)
@@ -257,7 +258,7 @@ func TestDryRunNotDelivered(t *testing.T) {
 	token := d.register(app, snd.ID)
 	ts.sendOne(snd.ServerKey, token, map[string]any{"dry_run": true})
 	marker(t, ts, d, snd.ServerKey, token)
-	if left, _ := ts.store.Pending(d.id, 0, 0); len(left) != 0 {
+	if left, _ := ts.store.Pending(context.Background(), d.id, 0, 0); len(left) != 0 {
 		t.Errorf("dry run stored %d messages", len(left))
 	}
 }
@@ -498,7 +499,7 @@ func TestStoreFullAnswers503(t *testing.T) {
 		break
 	}
 	// Nothing acknowledged was lost: every accepted message is in the queue.
-	pending, err := ts.store.Pending(d.id, 0, 0)
+	pending, err := ts.store.Pending(context.Background(), d.id, 0, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -534,7 +535,7 @@ func waitPending(t *testing.T, ts *testServer, device string, n int) {
 	var left []store.Message
 	waitFor(t, "acks", func() bool {
 		var err error
-		left, err = ts.store.Pending(device, 0, 0)
+		left, err = ts.store.Pending(context.Background(), device, 0, 0)
 		return err == nil && len(left) == n
 	})
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -68,7 +69,7 @@ func TestTopicSendAnswers(t *testing.T) {
 		}
 	}
 	marker(t, ts, d, snd.ServerKey, token)
-	if left, _ := ts.store.TopicMessages(0, 10); len(left) != 0 || stored != 4 {
+	if left, _ := ts.store.TopicMessages(context.Background(), 0, 10); len(left) != 0 || stored != 4 {
 		t.Errorf("%d topic messages left in the store after %d stored", len(left), stored)
 	}
 }
@@ -197,7 +198,7 @@ func TestTopicFanOut(t *testing.T) {
 	if _, copies := f.send(t, map[string]any{"to": "/topics/news"}); copies != 0 {
 		t.Errorf("%d copies after the subscribers left", copies)
 	}
-	if topics, _ := f.ts.store.Topics(f.tok1); len(topics) != 0 {
+	if topics, _ := f.ts.store.Topics(context.Background(), f.tok1); len(topics) != 0 {
 		t.Errorf("unregistered token still subscribed to %v", topics)
 	}
 }
@@ -212,7 +213,7 @@ func TestTopicTimeToLiveZero(t *testing.T) {
 	}
 	f.d2 = f.ts.reconnect(f.d2)
 	f.expect(t, "", false, false, false)
-	if left, _ := f.ts.store.Pending(f.d2.id, 0, 0); len(left) != 0 {
+	if left, _ := f.ts.store.Pending(context.Background(), f.d2.id, 0, 0); len(left) != 0 {
 		t.Errorf("a time-to-live-0 topic message was stored for an offline device")
 	}
 }
@@ -258,29 +259,29 @@ func TestTopicFanOutResumesAfterCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	snd, err := addSender(st, "crashy", "", now)
+	snd, err := addSender(context.Background(), st, "crashy", "", now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, err := st.AddDevice(hashSecret("secret"), now)
+	dev, err := st.AddDevice(context.Background(), hashSecret("secret"), now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	const subscribers = 9
 	for i := range subscribers {
-		reg, err := st.Register(dev.ID, fmt.Sprintf("com.example.app%d", i), snd.ID, now)
+		reg, err := st.Register(context.Background(), dev.ID, fmt.Sprintf("com.example.app%d", i), snd.ID, now)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := st.ChangeSubscriptions(snd.ID, "news", []string{reg.Token}, true, now); err != nil {
+		if _, err := st.ChangeSubscriptions(context.Background(), snd.ID, "news", []string{reg.Token}, true, now); err != nil {
 			t.Fatal(err)
 		}
 	}
 	tm := store.TopicMessage{ID: "42", Sender: snd.ID, Topic: "news", Topics: []string{"news"}, Sent: now, Expiry: now.Add(time.Hour)}
-	if err := st.PutTopicMessage(&tm); err != nil {
+	if err := st.PutTopicMessage(context.Background(), &tm); err != nil {
 		t.Fatal(err)
 	}
-	first, err := st.FanOut(tm.Seq, store.FanOutStep{Limit: 4, Now: now, NewID: func() string { return newMessageID(time.Now()) }})
+	first, err := st.FanOut(context.Background(), tm.Seq, store.FanOutStep{Limit: 4, Now: now, NewID: func() string { return newMessageID(time.Now()) }})
 	if err != nil || first.Done || first.Copies != 4 {
 		t.Fatalf("first step: %+v, %v", first, err)
 	}
@@ -291,7 +292,7 @@ func TestTopicFanOutResumesAfterCrash(t *testing.T) {
 	if copies := fanned.wait(t, "42"); copies != subscribers {
 		t.Errorf("fan-out counted %d copies in all, want %d", copies, subscribers)
 	}
-	queued, err := ts.store.Pending(dev.ID, 0, 0)
+	queued, err := ts.store.Pending(context.Background(), dev.ID, 0, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,7 +354,7 @@ func TestSubscribeFrames(t *testing.T) {
 	d.subscribe(app, snd.ID, "news")
 	d.subscribe(app, snd.ID, "news") // again: no change, same answer
 	d.subscribe(app, snd.ID, "weather")
-	if topics, err := ts.store.Topics(token); err != nil || !slices.Equal(topics, []string{"news", "weather"}) {
+	if topics, err := ts.store.Topics(context.Background(), token); err != nil || !slices.Equal(topics, []string{"news", "weather"}) {
 		t.Errorf("subscriptions %v, %v", topics, err)
 	}
 	marker(t, ts, d, snd.ServerKey, token)
@@ -417,7 +418,7 @@ func TestInstanceIDTopicManagement(t *testing.T) {
 			t.Errorf("%s: %d %q, want %d with %q", tt.name, ans.status, ans.body, tt.status, tt.want)
 		}
 	}
-	if topics, _ := ts.store.Topics(f.tokA); !slices.Equal(topics, []string{"weather"}) {
+	if topics, _ := ts.store.Topics(context.Background(), f.tokA); !slices.Equal(topics, []string{"weather"}) {
 		t.Errorf("token's topics %v, want [weather]", topics)
 	}
 }

@@ -77,10 +77,10 @@ type attemptResult struct {
 // dispatcher delivers the upstream queue: one goroutine schedules entries
 // on a single timer and a few workers make the attempts.
 type dispatcher struct {
-	store    *store.Store
+	store    store.Backend
 	log      *slog.Logger
 	now      func() time.Time
-	routeFor func(sender string) (route, error)
+	routeFor func(ctx context.Context, sender string) (route, error)
 	retryMin time.Duration
 	retryMax time.Duration
 
@@ -106,8 +106,8 @@ func newDispatcher(s *Server) *dispatcher {
 		retryMin: s.cfg.RetryMin,
 		retryMax: s.cfg.RetryMax,
 		wake:     make(chan struct{}, 1),
-		routeFor: func(sender string) (route, error) {
-			snd, err := s.store.Sender(sender)
+		routeFor: func(ctx context.Context, sender string) (route, error) {
+			snd, err := s.store.Sender(ctx, sender)
 			if err != nil {
 				return nil, err
 			}
@@ -160,7 +160,7 @@ func (d *dispatcher) run(ctx context.Context) {
 	// scheduled holds the seq of every entry in the queue or in a worker:
 	// a message queued while the store was being loaded arrives twice.
 	scheduled := make(map[uint64]bool)
-	err := d.store.EachUpstream(func(u store.Upstream) error {
+	err := d.store.EachUpstream(ctx, func(u store.Upstream) error {
 		e := newUpEntry(u)
 		e.tried = true // it had its chance before the restart
 		queue = append(queue, e)
@@ -198,7 +198,7 @@ func (d *dispatcher) run(ctx context.Context) {
 				parked[e.sender] = append(parked[e.sender], e)
 				continue
 			}
-			switch r := d.dispatch(e); {
+			switch r := d.dispatch(ctx, e); {
 			case r != nil && attempting[e.sender] >= r.parallel():
 				parked[e.sender] = append(parked[e.sender], e)
 			case r != nil:
@@ -250,7 +250,7 @@ func (d *dispatcher) run(ctx context.Context) {
 				heap.Push(&queue, e)
 			}
 			delete(parked, sender)
-			if d.settle(r) {
+			if d.settle(ctx, r) {
 				heap.Push(&queue, r.e)
 			} else {
 				delete(scheduled, r.e.seq)
@@ -262,17 +262,17 @@ func (d *dispatcher) run(ctx context.Context) {
 
 // dispatch picks the route for a due entry. Without one, a zero e.next
 // means the entry was dropped and any other that it waits until then.
-func (d *dispatcher) dispatch(e *upEntry) route {
+func (d *dispatcher) dispatch(ctx context.Context, e *upEntry) route {
 	now := d.now()
 	if e.tried && !now.Before(e.expiry) {
-		d.drop(e, "time to live ran out")
+		d.drop(ctx, e, "time to live ran out")
 		e.next = time.Time{}
 		return nil
 	}
-	r, err := d.routeFor(e.sender)
+	r, err := d.routeFor(ctx, e.sender)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		d.drop(e, "sender removed")
+		d.drop(ctx, e, "sender removed")
 		e.next = time.Time{}
 	case err != nil:
 		d.log.Error("find upstream route", "sender", e.sender, "err", err)
@@ -289,7 +289,7 @@ func (d *dispatcher) dispatch(e *upEntry) route {
 // deletes it; it runs in a worker, so that the deletions of concurrent
 // deliveries share commits.
 func (d *dispatcher) attempt(ctx context.Context, j job) attemptResult {
-	u, err := d.store.Upstream(j.e.seq)
+	u, err := d.store.Upstream(ctx, j.e.seq)
 	if errors.Is(err, store.ErrNotFound) {
 		return attemptResult{e: j.e, gone: true}
 	}
@@ -298,13 +298,13 @@ func (d *dispatcher) attempt(ctx context.Context, j job) attemptResult {
 	}
 	r := attemptResult{e: j.e, route: j.r.name(), err: j.r.deliver(ctx, u)}
 	if r.err == nil {
-		r.deleteErr = d.store.DeleteUpstream(j.e.seq)
+		r.deleteErr = d.store.DeleteUpstream(ctx, j.e.seq)
 	}
 	return r
 }
 
 // settle records an attempt; true means try again later.
-func (d *dispatcher) settle(r attemptResult) bool {
+func (d *dispatcher) settle(ctx context.Context, r attemptResult) bool {
 	e := r.e
 	if r.gone {
 		return false
@@ -320,7 +320,7 @@ func (d *dispatcher) settle(r attemptResult) bool {
 	e.tried = true
 	wait := d.backoff(e.attempts)
 	if !d.now().Add(wait).Before(e.expiry) {
-		d.drop(e, fmt.Sprintf("time to live runs out before the next attempt; last error: %v", r.err))
+		d.drop(ctx, e, fmt.Sprintf("time to live runs out before the next attempt; last error: %v", r.err))
 		return false
 	}
 	e.next = time.Now().Add(wait)
@@ -329,8 +329,8 @@ func (d *dispatcher) settle(r attemptResult) bool {
 	return true
 }
 
-func (d *dispatcher) drop(e *upEntry, why string) {
-	if err := d.store.DeleteUpstream(e.seq); err != nil {
+func (d *dispatcher) drop(ctx context.Context, e *upEntry, why string) {
+	if err := d.store.DeleteUpstream(ctx, e.seq); err != nil {
 		d.log.Error("delete dropped upstream message", "sender", e.sender, "message_id", e.id, "err", err)
 	}
 	d.log.Warn("upstream message dropped", "sender", e.sender, "app", e.app, "message_id", e.id, "attempts", e.attempts, "why", why)

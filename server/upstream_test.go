@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -196,7 +197,7 @@ func TestUpstreamSurvivesRestart(t *testing.T) {
 func upstreamCount(t testing.TB, ts *testServer) int {
 	t.Helper()
 	n := 0
-	if err := ts.store.EachUpstream(func(store.Upstream) error { n++; return nil }); err != nil {
+	if err := ts.store.EachUpstream(context.Background(), func(store.Upstream) error { n++; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	return n

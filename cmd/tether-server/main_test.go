@@ -254,11 +254,11 @@ func TestTokenRotateCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	senders, err := st.Senders()
+	senders, err := st.Senders(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg, err := st.Register("device-1", "com.example.app", senders[0].ID, time.Now())
+	reg, err := st.Register(context.Background(), "device-1", "com.example.app", senders[0].ID, time.Now())
 	st.Close()
 	if err != nil {
 		t.Fatal(err)

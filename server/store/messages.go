@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -85,7 +86,7 @@ func expiryKey(t time.Time, kind byte, id []byte) []byte {
 // oldest, and a non-collapsible message beyond MaxPendingPerApp drops the
 // app's stored non-collapsible ones; what they drop is counted for a
 // DeletedMessages notice. Calls from many goroutines share one commit.
-func (s *Store) Enqueue(msgs []Message) (queued []bool, err error) {
+func (s *Store) Enqueue(ctx context.Context, msgs []Message) (queued []bool, err error) {
 	var need int64
 	for _, m := range msgs {
 		need += messageCost(payloadSize(m.Data, m.Notification))
@@ -315,7 +316,7 @@ func pending(tx *bolt.Tx, device string, after uint64, limit int) ([]Message, er
 // Pending returns up to limit messages (all when limit is 0) queued for a
 // device with Seq above after, in order. Expired messages not yet swept are
 // included; the caller checks Expiry.
-func (s *Store) Pending(device string, after uint64, limit int) ([]Message, error) {
+func (s *Store) Pending(ctx context.Context, device string, after uint64, limit int) ([]Message, error) {
 	var out []Message
 	err := s.db.View(func(tx *bolt.Tx) error {
 		var err error
@@ -333,7 +334,7 @@ func (s *Store) Pending(device string, after uint64, limit int) ([]Message, erro
 // For each acked message that asked for a delivery receipt it queues the
 // receipt for the sender, in the same transaction, and returns it for
 // delivery.
-func (s *Store) Ack(device string, ids []string, now time.Time) (acked int, receipts []Upstream, err error) {
+func (s *Store) Ack(ctx context.Context, device string, ids []string, now time.Time) (acked int, receipts []Upstream, err error) {
 	err = s.db.Batch(func(tx *bolt.Tx) error {
 		acked, receipts = 0, nil
 		bmsgs := tx.Bucket(bucketMsgs)
@@ -373,7 +374,7 @@ func (s *Store) Ack(device string, ids []string, now time.Time) (acked int, rece
 
 // AddReceipts queues delivery receipts for messages the device acked that
 // were never stored (time to live 0), and returns them.
-func (s *Store) AddReceipts(msgs []Message, now time.Time) (receipts []Upstream, err error) {
+func (s *Store) AddReceipts(ctx context.Context, msgs []Message, now time.Time) (receipts []Upstream, err error) {
 	err = s.db.Batch(func(tx *bolt.Tx) error {
 		receipts = nil
 		for _, m := range msgs {
@@ -396,7 +397,7 @@ const sweepBatch = 1000
 
 // SweepExpired deletes the messages and upstream dedupe entries that have
 // expired by now, and returns when the next one expires (zero if none).
-func (s *Store) SweepExpired(now time.Time) (next time.Time, removed int, err error) {
+func (s *Store) SweepExpired(ctx context.Context, now time.Time) (next time.Time, removed int, err error) {
 	for {
 		var n int
 		var more bool

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -80,7 +81,7 @@ func addDeleted(tx *bolt.Tx, device, app string, n int) error {
 
 // Notices returns what the device must be told, sealing counts of deleted
 // messages into notices with fixed IDs first.
-func (s *Store) Notices(device string) ([]Notice, error) {
+func (s *Store) Notices(ctx context.Context, device string) ([]Notice, error) {
 	out, unsealed, err := s.readNotices(device)
 	if err == nil && unsealed {
 		err = s.db.Batch(func(tx *bolt.Tx) error { return sealDeleted(tx, device) })

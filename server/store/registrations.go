@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
@@ -55,7 +56,7 @@ var ErrTooManyRegistrations = errors.New("too many registrations on the device")
 
 // Register returns the active registration of (device, app, sender),
 // creating it with a new token if there is none. The sender must exist.
-func (s *Store) Register(device, app, sender string, now time.Time) (Registration, error) {
+func (s *Store) Register(ctx context.Context, device, app, sender string, now time.Time) (Registration, error) {
 	var reg Registration
 	var unknownSender bool
 	err := s.db.Batch(func(tx *bolt.Tx) error {
@@ -98,7 +99,7 @@ func (s *Store) Register(device, app, sender string, now time.Time) (Registratio
 // Unregister ends the active registration of (device, app, sender) and
 // drops the messages queued for its token. It returns ErrNotFound when
 // there is no active registration.
-func (s *Store) Unregister(device, app, sender string, now time.Time) (dropped int, err error) {
+func (s *Store) Unregister(ctx context.Context, device, app, sender string, now time.Time) (dropped int, err error) {
 	var found bool
 	err = s.db.Batch(func(tx *bolt.Tx) error {
 		dropped, found = 0, false
@@ -166,7 +167,7 @@ type Resolution struct {
 func (r Resolution) Canonical() bool { return r.Reg.Token != "" && r.Reg.Token != r.Given.Token }
 
 // ResolveTokens resolves each token, in the order given, as of now.
-func (s *Store) ResolveTokens(tokens []string, now time.Time) ([]Resolution, error) {
+func (s *Store) ResolveTokens(ctx context.Context, tokens []string, now time.Time) ([]Resolution, error) {
 	out := make([]Resolution, len(tokens))
 	err := s.db.View(func(tx *bolt.Tx) error {
 		regs := tx.Bucket(bucketRegs)
@@ -223,7 +224,7 @@ func resolve(regs *bolt.Bucket, token string, now time.Time) (Resolution, error)
 // messages are the old one's, and the device is told with a
 // NoticeTokenRefresh. It wraps ErrNotFound when token is not an active
 // registration.
-func (s *Store) RotateToken(token string, grace time.Duration, now time.Time) (Registration, error) {
+func (s *Store) RotateToken(ctx context.Context, token string, grace time.Duration, now time.Time) (Registration, error) {
 	var fresh Registration
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		regs := tx.Bucket(bucketRegs)
@@ -280,7 +281,7 @@ func (s *Store) RotateToken(token string, grace time.Duration, now time.Time) (R
 
 // ActiveRegistration returns the active registration of (device, app,
 // sender), or ErrNotFound.
-func (s *Store) ActiveRegistration(device, app, sender string) (Registration, error) {
+func (s *Store) ActiveRegistration(ctx context.Context, device, app, sender string) (Registration, error) {
 	var reg Registration
 	err := s.db.View(func(tx *bolt.Tx) error {
 		token := tx.Bucket(bucketRegIndex).Get(join(device, app, sender))

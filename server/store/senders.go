@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
@@ -60,7 +61,7 @@ func newDeviceID() string {
 }
 
 // AddSender stores a new sender with a fresh ID.
-func (s *Store) AddSender(name, webhook string, keyHash []byte, now time.Time) (Sender, error) {
+func (s *Store) AddSender(ctx context.Context, name, webhook string, keyHash []byte, now time.Time) (Sender, error) {
 	snd := Sender{Name: name, Webhook: webhook, KeyHash: bytes.Clone(keyHash), Created: now.UTC()}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		senders, keys := tx.Bucket(bucketSenders), tx.Bucket(bucketSenderKeys)
@@ -81,7 +82,7 @@ func (s *Store) AddSender(name, webhook string, keyHash []byte, now time.Time) (
 }
 
 // Sender returns the sender with this ID.
-func (s *Store) Sender(id string) (Sender, error) {
+func (s *Store) Sender(ctx context.Context, id string) (Sender, error) {
 	snd, err := lookup[Sender](s.db, bucketSenders, []byte(id))
 	if err != nil {
 		return Sender{}, fmt.Errorf("sender %s: %w", id, err)
@@ -91,7 +92,7 @@ func (s *Store) Sender(id string) (Sender, error) {
 
 // SenderByKeyHash returns the sender whose server key hashes to keyHash.
 // The caller still compares the hashes in constant time.
-func (s *Store) SenderByKeyHash(keyHash []byte) (Sender, error) {
+func (s *Store) SenderByKeyHash(ctx context.Context, keyHash []byte) (Sender, error) {
 	var snd Sender
 	err := s.db.View(func(tx *bolt.Tx) error {
 		id := tx.Bucket(bucketSenderKeys).Get(keyHash)
@@ -115,7 +116,7 @@ func (s *Store) SenderByKeyHash(keyHash []byte) (Sender, error) {
 // RotateSenderKey gives sender id the key hashing to keyHash. The key it
 // had keeps working until now plus grace (not at all with grace 0); a key
 // replaced before stops at once.
-func (s *Store) RotateSenderKey(id string, keyHash []byte, grace time.Duration, now time.Time) (Sender, error) {
+func (s *Store) RotateSenderKey(ctx context.Context, id string, keyHash []byte, grace time.Duration, now time.Time) (Sender, error) {
 	var snd Sender
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		senders, keys := tx.Bucket(bucketSenders), tx.Bucket(bucketSenderKeys)
@@ -153,7 +154,7 @@ func (s *Store) RotateSenderKey(id string, keyHash []byte, grace time.Duration, 
 }
 
 // Senders returns all senders ordered by ID.
-func (s *Store) Senders() ([]Sender, error) {
+func (s *Store) Senders(ctx context.Context) ([]Sender, error) {
 	var out []Sender
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketSenders).ForEach(func(_, v []byte) error {
@@ -171,7 +172,7 @@ func (s *Store) Senders() ([]Sender, error) {
 // RemoveSender deletes a sender and its key: its app servers can no longer
 // send. Registrations made for it stay, unusable, so its ID is never reused
 // by accident (IDs are random and checked for collisions).
-func (s *Store) RemoveSender(id string) error {
+func (s *Store) RemoveSender(ctx context.Context, id string) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		senders := tx.Bucket(bucketSenders)
 		snd, ok, err := get[Sender](senders, []byte(id))
@@ -198,7 +199,7 @@ func (s *Store) RemoveSender(id string) error {
 }
 
 // AddDevice stores a new device with a fresh ID.
-func (s *Store) AddDevice(secretHash []byte, now time.Time) (Device, error) {
+func (s *Store) AddDevice(ctx context.Context, secretHash []byte, now time.Time) (Device, error) {
 	dev := Device{SecretHash: bytes.Clone(secretHash), Created: now.UTC()}
 	err := s.db.Batch(func(tx *bolt.Tx) error {
 		devices := tx.Bucket(bucketDevices)
@@ -213,7 +214,7 @@ func (s *Store) AddDevice(secretHash []byte, now time.Time) (Device, error) {
 }
 
 // Device returns the device with this ID.
-func (s *Store) Device(id string) (Device, error) {
+func (s *Store) Device(ctx context.Context, id string) (Device, error) {
 	dev, err := lookup[Device](s.db, bucketDevices, []byte(id))
 	if err != nil {
 		return Device{}, fmt.Errorf("device %s: %w", id, err)

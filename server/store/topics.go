@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -86,7 +87,7 @@ func moveSubscriptions(tx *bolt.Tx, old Registration, newToken string) error {
 // Subscribe subscribes the active registration of (device, app, sender)
 // to topic. It wraps ErrNotFound when there is no such registration and
 // ErrTooManyTopics when it has too many subscriptions already.
-func (s *Store) Subscribe(device, app, sender, topic string) error {
+func (s *Store) Subscribe(ctx context.Context, device, app, sender, topic string) error {
 	var refused error
 	err := s.db.Batch(func(tx *bolt.Tx) error {
 		refused = nil
@@ -117,7 +118,7 @@ func (s *Store) Subscribe(device, app, sender, topic string) error {
 
 // Unsubscribe ends the subscription of the active registration of (device,
 // app, sender) to topic. Ending one that does not exist is not an error.
-func (s *Store) Unsubscribe(device, app, sender, topic string) error {
+func (s *Store) Unsubscribe(ctx context.Context, device, app, sender, topic string) error {
 	err := s.db.Batch(func(tx *bolt.Tx) error {
 		token := tx.Bucket(bucketRegIndex).Get(join(device, app, sender))
 		if token == nil {
@@ -136,7 +137,7 @@ func (s *Store) Unsubscribe(device, app, sender, topic string) error {
 }
 
 // Topics lists the topics token is subscribed to, in order.
-func (s *Store) Topics(token string) ([]string, error) {
+func (s *Store) Topics(ctx context.Context, token string) ([]string, error) {
 	var out []string
 	err := s.db.View(func(tx *bolt.Tx) error {
 		out = topicsOf(tx, token)
@@ -160,7 +161,7 @@ const (
 // the registrations of tokens to topic on behalf of sender, in one
 // transaction: the app server's way to manage topics. A token replaced
 // within its grace period stands for the registration that replaced it.
-func (s *Store) ChangeSubscriptions(sender, topic string, tokens []string, subscribing bool, now time.Time) ([]SubscriptionOutcome, error) {
+func (s *Store) ChangeSubscriptions(ctx context.Context, sender, topic string, tokens []string, subscribing bool, now time.Time) ([]SubscriptionOutcome, error) {
 	var out []SubscriptionOutcome
 	err := s.db.Batch(func(tx *bolt.Tx) error {
 		out = make([]SubscriptionOutcome, len(tokens))
@@ -238,7 +239,7 @@ type TopicMessage struct {
 }
 
 // PutTopicMessage stores tm for fan-out and assigns its Seq.
-func (s *Store) PutTopicMessage(tm *TopicMessage) error {
+func (s *Store) PutTopicMessage(ctx context.Context, tm *TopicMessage) error {
 	need := messageCost(payloadSize(tm.Data, tm.Notification))
 	err := s.db.Batch(func(tx *bolt.Tx) error {
 		if s.room(tx) < need {
@@ -259,7 +260,7 @@ func (s *Store) PutTopicMessage(tm *TopicMessage) error {
 
 // TopicMessages returns up to limit topic messages not yet fanned out with
 // Seq above after, in order.
-func (s *Store) TopicMessages(after uint64, limit int) ([]TopicMessage, error) {
+func (s *Store) TopicMessages(ctx context.Context, after uint64, limit int) ([]TopicMessage, error) {
 	var out []TopicMessage
 	err := s.db.View(func(tx *bolt.Tx) error {
 		out = nil
@@ -281,7 +282,7 @@ func (s *Store) TopicMessages(after uint64, limit int) ([]TopicMessage, error) {
 }
 
 // DeleteTopicMessage drops topic message seq, fanned out or not.
-func (s *Store) DeleteTopicMessage(seq uint64) error {
+func (s *Store) DeleteTopicMessage(ctx context.Context, seq uint64) error {
 	err := s.db.Batch(func(tx *bolt.Tx) error { return tx.Bucket(bucketTopicMsgs).Delete(be64(seq)) })
 	if err != nil {
 		return fmt.Errorf("delete topic message %d: %w", seq, err)
@@ -319,7 +320,7 @@ type FanOutResult struct {
 // transaction: after a crash, fan-out resumes where the last step ended,
 // with no subscriber left out or served twice. Only one goroutine may fan
 // out a given message.
-func (s *Store) FanOut(seq uint64, step FanOutStep) (FanOutResult, error) {
+func (s *Store) FanOut(ctx context.Context, seq uint64, step FanOutStep) (FanOutResult, error) {
 	var res FanOutResult
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		res = FanOutResult{}

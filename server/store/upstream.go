@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"strconv"
@@ -77,7 +78,7 @@ const (
 // PutUpstream queues u unless its (device, app, id) was seen before and that
 // sighting has not expired; the sighting is remembered until seenUntil.
 // It fills in u's Token and Seq.
-func (s *Store) PutUpstream(u *Upstream, seenUntil time.Time) (outcome PutOutcome, err error) {
+func (s *Store) PutUpstream(ctx context.Context, u *Upstream, seenUntil time.Time) (outcome PutOutcome, err error) {
 	need := messageCost(payloadSize(u.Data))
 	err = s.db.Batch(func(tx *bolt.Tx) error {
 		outcome = UpstreamNotRegistered
@@ -122,7 +123,7 @@ func (s *Store) PutUpstream(u *Upstream, seenUntil time.Time) (outcome PutOutcom
 }
 
 // Upstream returns the queued upstream message seq.
-func (s *Store) Upstream(seq uint64) (Upstream, error) {
+func (s *Store) Upstream(ctx context.Context, seq uint64) (Upstream, error) {
 	u, err := lookup[Upstream](s.db, bucketUpstream, be64(seq))
 	if err != nil {
 		return Upstream{}, fmt.Errorf("upstream message %d: %w", seq, err)
@@ -132,7 +133,7 @@ func (s *Store) Upstream(seq uint64) (Upstream, error) {
 
 // EachUpstream calls fn for every queued upstream message in order, within
 // one read transaction.
-func (s *Store) EachUpstream(fn func(Upstream) error) error {
+func (s *Store) EachUpstream(ctx context.Context, fn func(Upstream) error) error {
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketUpstream).ForEach(func(_, v []byte) error {
 			u, err := decode[Upstream](v)
@@ -150,7 +151,7 @@ func (s *Store) EachUpstream(fn func(Upstream) error) error {
 
 // DeleteUpstream removes seq from the queue once it is delivered or
 // expired. Deleting a message that is gone is not an error.
-func (s *Store) DeleteUpstream(seq uint64) error {
+func (s *Store) DeleteUpstream(ctx context.Context, seq uint64) error {
 	err := s.db.Batch(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketUpstream).Delete(be64(seq))
 	})

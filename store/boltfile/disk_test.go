@@ -1,6 +1,7 @@
 package boltfile_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -112,6 +113,7 @@ func inbox(t *testing.T, s *store.Store, app string) []string {
 }
 
 func TestServerStoreFullDisk(t *testing.T) {
+	ctx := context.Background()
 	dir := disktest.Small(t, "2m")
 	path := filepath.Join(dir, "server.db")
 	s, err := serverstore.Open(path, serverstore.Options{})
@@ -121,18 +123,18 @@ func TestServerStoreFullDisk(t *testing.T) {
 	defer func() { s.Close() }()
 	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	key := [32]byte{1}
-	snd, err := s.AddSender("backend", "", key[:], t0)
+	snd, err := s.AddSender(ctx, "backend", "", key[:], t0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var regs []serverstore.Registration
 	for d := range 40 {
 		secret := [32]byte{byte(d)}
-		dev, err := s.AddDevice(secret[:], t0)
+		dev, err := s.AddDevice(ctx, secret[:], t0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		reg, err := s.Register(dev.ID, "com.example.app", snd.ID, t0)
+		reg, err := s.Register(ctx, dev.ID, "com.example.app", snd.ID, t0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -150,17 +152,17 @@ func TestServerStoreFullDisk(t *testing.T) {
 		}
 		return msgs
 	}
-	if _, err := s.Enqueue(batch(0)); err != nil {
+	if _, err := s.Enqueue(ctx, batch(0)); err != nil {
 		t.Fatal(err)
 	}
 	filler := disktest.Fill(t, dir)
 
 	failed := batch(untilRefused(t, 300, func(n int) error {
-		_, err := s.Enqueue(batch(n))
+		_, err := s.Enqueue(ctx, batch(n))
 		return err
 	}))
 	pending := func() []string {
-		msgs, err := s.Pending(failed[0].Device, 0, 0)
+		msgs, err := s.Pending(ctx, failed[0].Device, 0, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -173,14 +175,14 @@ func TestServerStoreFullDisk(t *testing.T) {
 	if slices.Contains(pending(), failed[0].ID) {
 		t.Error("a message of the failed batch is queued")
 	}
-	if msgs, err := s.Pending(regs[0].Device, 0, 0); err != nil || len(msgs) == 0 || msgs[0].ID != "m0-0" {
+	if msgs, err := s.Pending(ctx, regs[0].Device, 0, 0); err != nil || len(msgs) == 0 || msgs[0].ID != "m0-0" {
 		t.Errorf("the store lost m0-0: %v, %v", msgs, err)
 	}
 
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	if queued, err := s.Enqueue(failed); err != nil || !queued[0] {
+	if queued, err := s.Enqueue(ctx, failed); err != nil || !queued[0] {
 		t.Fatalf("with room again: %v, %v", queued, err)
 	}
 	if err := s.Close(); err != nil {

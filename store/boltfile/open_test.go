@@ -2,6 +2,7 @@ package boltfile_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
@@ -393,6 +394,7 @@ func makeAgentStore(t testing.TB, path string, n int) {
 // 100 for each of ten apps on each device (GCM's cap), a third of them
 // acked.
 func makeServerStore(t testing.TB, path string, n int) {
+	ctx := context.Background()
 	t.Helper()
 	s, err := serverstore.Open(path, serverstore.Options{})
 	if err != nil {
@@ -406,18 +408,18 @@ func makeServerStore(t testing.TB, path string, n int) {
 		}
 	}
 	key := sha256.Sum256([]byte("server key"))
-	snd, err := s.AddSender("backend", "", key[:], storeTime)
+	snd, err := s.AddSender(ctx, "backend", "", key[:], storeTime)
 	check(err)
 	const apps = 10
 	var msgs []serverstore.Message
 	var acks [][]string
 	for d := 0; len(msgs) < n; d++ {
 		secret := sha256.Sum256(fmt.Append(nil, d))
-		dev, err := s.AddDevice(secret[:], storeTime)
+		dev, err := s.AddDevice(ctx, secret[:], storeTime)
 		check(err)
 		var acked []string
 		for a := range apps {
-			reg, err := s.Register(dev.ID, fmt.Sprintf("com.example.app%d", a), snd.ID, storeTime)
+			reg, err := s.Register(ctx, dev.ID, fmt.Sprintf("com.example.app%d", a), snd.ID, storeTime)
 			check(err)
 			for i := range serverstore.MaxPendingPerApp {
 				id := fmt.Sprintf("%s-%d-%d", dev.ID, a, i)
@@ -430,10 +432,10 @@ func makeServerStore(t testing.TB, path string, n int) {
 		}
 		acks = append(acks, acked)
 	}
-	_, err = s.Enqueue(msgs[:n])
+	_, err = s.Enqueue(ctx, msgs[:n])
 	check(err)
 	for d, acked := range acks {
-		_, _, err := s.Ack(msgs[d*apps*serverstore.MaxPendingPerApp].Device, acked, storeTime)
+		_, _, err := s.Ack(ctx, msgs[d*apps*serverstore.MaxPendingPerApp].Device, acked, storeTime)
 		check(err)
 	}
 }
