@@ -261,24 +261,15 @@ func New(cfg Config) (*Agent, error) {
 // the server's device endpoint: http becomes ws, https wss, and wire.Path
 // is appended to any path prefix.
 func Endpoint(server string) (string, error) {
-	u, err := url.Parse(server)
+	u, err := wire.ParseServerURL(server)
 	if err != nil {
 		return "", fmt.Errorf("server URL %q: %w", server, err)
 	}
 	switch u.Scheme {
-	case "ws", "wss":
 	case "http":
 		u.Scheme = "ws"
 	case "https":
 		u.Scheme = "wss"
-	default:
-		return "", fmt.Errorf("server URL %q: scheme must be ws, wss, http or https", server)
-	}
-	switch {
-	case u.Host == "":
-		return "", fmt.Errorf("server URL %q: no host", server)
-	case u.User != nil || u.RawQuery != "" || u.Fragment != "":
-		return "", fmt.Errorf("server URL %q: no user, query or fragment allowed", server)
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/") + wire.Path
 	u.RawPath = ""
