@@ -367,7 +367,7 @@ func serve(ctx context.Context, o options, log *slog.Logger, notify *service.Not
 	var dbusDoor *ipc.DBusServer // set before the agent runs
 	cfg := agent.Config{
 		Store:       st,
-		ServerURL:   o.server,
+		Servers:     []string{o.server},
 		TLS:         tlsConfig,
 		Insecure:    o.insecure,
 		EnrollKey:   enrollKey,
