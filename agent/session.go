@@ -79,7 +79,7 @@ func (h linkHandler) Serve(ctx context.Context, s *Session) {
 	a.statusChanged()
 	a.wakeProber()
 	defer a.endSession()
-	a.log.Info("connected", "device", w.DeviceID, "heartbeat", s.interval())
+	a.log.Info("connected", "server", a.link.Stats().Server, "device", w.DeviceID, "heartbeat", s.interval())
 
 	r := &sessionRun{a: a, s: s, retry: map[outboxKey]bool{}, retryDelay: upstreamRetryMin}
 	r.retryTimer = time.NewTimer(time.Hour)
