@@ -46,6 +46,9 @@ func (d *hostDialer) DialContext(ctx context.Context, network, addr string) (net
 	if err != nil {
 		return nil, err
 	}
+	if len(ips) == 0 {
+		return nil, fmt.Errorf("dial %s: the name has no address", host)
+	}
 	rand.Shuffle(len(ips), func(i, j int) { ips[i], ips[j] = ips[j], ips[i] })
 	var errs []error
 	for i, ip := range ips {
@@ -57,9 +60,6 @@ func (d *hostDialer) DialContext(ctx context.Context, network, addr string) (net
 		if ctx.Err() != nil {
 			break
 		}
-	}
-	if len(errs) == 0 {
-		return nil, fmt.Errorf("dial %s: the name has no address", host)
 	}
 	return nil, fmt.Errorf("dial %s: %w", host, errors.Join(errs...))
 }
