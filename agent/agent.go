@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -53,10 +54,11 @@ const (
 // Config configures an Agent.
 type Config struct {
 	Store *store.Store
-	// ServerURL is the connection server: ws://host:port, wss://host, or
-	// http(s):// meaning ws(s)://, optionally with a path prefix. The agent
-	// appends wire.Path.
-	ServerURL string
+	// Servers are the connection server's URLs, one per node of a cluster
+	// (or one): ws://host:port, wss://host, or http(s):// meaning ws(s)://,
+	// optionally with a path prefix. The agent appends wire.Path. It dials
+	// them in turn from a random one (Link).
+	Servers []string
 	// TLS configures wss:// connections; nil means the system roots.
 	TLS *tls.Config
 	// Insecure allows a ws:// server that is not on loopback. Over ws://
@@ -110,7 +112,7 @@ type Agent struct {
 	store     *store.Store
 	log       *slog.Logger
 	now       func() time.Time
-	endpoint  string
+	endpoints []string // of Config.Servers
 	enrollKey string
 	name      string
 	link      *Link
@@ -167,12 +169,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("agent: no store")
 	}
-	endpoint, err := Endpoint(cfg.ServerURL)
+	endpoints, err := Endpoints(cfg.Servers, cfg.Insecure)
 	if err != nil {
 		return nil, err
-	}
-	if !cfg.Insecure && !secureEndpoint(endpoint) {
-		return nil, fmt.Errorf("server URL %q: %w", cfg.ServerURL, ErrInsecure)
 	}
 	if cfg.HeartbeatPolicy != nil {
 		if err := cfg.HeartbeatPolicy.Check(); err != nil {
@@ -217,7 +216,8 @@ func New(cfg Config) (*Agent, error) {
 	var a *Agent
 	link, err := NewLink(LinkConfig{
 		OnSessionEnd: func(reason string, heartbeat time.Duration) { a.sessionEnded(reason, heartbeat) },
-		URL:          endpoint,
+		URLs:         endpoints,
+		Insecure:     cfg.Insecure,
 		TLS:          cfg.TLS,
 		Heartbeat:    cfg.Heartbeat,
 		PongWait:     cfg.PongWait,
@@ -232,7 +232,7 @@ func New(cfg Config) (*Agent, error) {
 		store:         cfg.Store,
 		log:           cfg.Logger,
 		now:           cfg.Now,
-		endpoint:      endpoint,
+		endpoints:     endpoints,
 		enrollKey:     cfg.EnrollKey,
 		name:          cfg.Name,
 		link:          link,
@@ -261,32 +261,76 @@ func New(cfg Config) (*Agent, error) {
 // the server's device endpoint: http becomes ws, https wss, and wire.Path
 // is appended to any path prefix.
 func Endpoint(server string) (string, error) {
-	u, err := url.Parse(server)
+	u, err := wire.ParseServerURL(server)
 	if err != nil {
 		return "", fmt.Errorf("server URL %q: %w", server, err)
 	}
 	switch u.Scheme {
-	case "ws", "wss":
 	case "http":
 		u.Scheme = "ws"
 	case "https":
 		u.Scheme = "wss"
-	default:
-		return "", fmt.Errorf("server URL %q: scheme must be ws, wss, http or https", server)
-	}
-	switch {
-	case u.Host == "":
-		return "", fmt.Errorf("server URL %q: no host", server)
-	case u.User != nil || u.RawQuery != "" || u.Fragment != "":
-		return "", fmt.Errorf("server URL %q: no user, query or fragment allowed", server)
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/") + wire.Path
 	u.RawPath = ""
 	return u.String(), nil
 }
 
+// Endpoints checks the servers a device is given and returns their
+// endpoints (Endpoint), in order. Unless insecure, it refuses a ws://
+// server off loopback (ErrInsecure). Of several servers, the one at fault
+// is named by its position.
+func Endpoints(servers []string, insecure bool) ([]string, error) {
+	if len(servers) == 0 {
+		return nil, errors.New("no server URL")
+	}
+	endpoints := make([]string, len(servers))
+	for i, s := range servers {
+		ep, err := checkedEndpoint(s, insecure)
+		if err != nil {
+			if len(servers) > 1 {
+				err = fmt.Errorf("entry %d: %w", i+1, err)
+			}
+			return nil, err
+		}
+		endpoints[i] = ep
+	}
+	return endpoints, nil
+}
+
+// checkedEndpoint is Endpoint, refusing a ws:// server off loopback unless
+// insecure.
+func checkedEndpoint(server string, insecure bool) (string, error) {
+	endpoint, err := Endpoint(server)
+	if err != nil {
+		return "", err
+	}
+	if !insecure && !secureEndpoint(endpoint) {
+		return "", fmt.Errorf("server URL %q: %w", server, ErrInsecure)
+	}
+	return endpoint, nil
+}
+
 // ErrInsecure refuses a ws:// server that is not on loopback.
 var ErrInsecure = errors.New("ws:// would send the device secret and every message in the clear; use wss://, or allow it with --insecure")
+
+// nextEndpoint checks the server a goaway named, on a connection to the
+// endpoint from, and returns its endpoint. The device will present its
+// credentials there, which is right: the goaway came from a node of its
+// cluster, over a connection TLS verified. So the node named must pass the
+// checks of a configured server, and TLS verification and pins apply to it
+// as to any; and a wss:// node may not send the device to ws://, out of
+// their reach.
+func nextEndpoint(from, server string, insecure bool) (string, error) {
+	endpoint, err := checkedEndpoint(server, insecure)
+	if err != nil {
+		return "", err
+	}
+	if strings.HasPrefix(from, "wss:") && !strings.HasPrefix(endpoint, "wss:") {
+		return "", fmt.Errorf("server URL %q: a wss:// server may not send the device to ws://", server)
+	}
+	return endpoint, nil
+}
 
 // secureEndpoint reports whether a device endpoint keeps the connection
 // private: wss://, or ws:// that never leaves the machine.
@@ -334,7 +378,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer wg.Done()
 		a.probeLoop(ctx)
 	}()
-	a.log.Info("agent running", "server", a.endpoint)
+	a.log.Info("agent running", "servers", a.endpoints)
 	err := a.link.Run(ctx, linkHandler{a})
 	cancel()
 	wg.Wait()
@@ -348,14 +392,15 @@ func (a *Agent) Status(ctx context.Context) (ipc.Status, error) {
 	if err != nil {
 		return ipc.Status{}, fmt.Errorf("status: %w: %w", ipc.ErrStorage, err)
 	}
+	link := a.link.Stats()
 	status := ipc.Status{
-		Server:           a.endpoint,
+		Server:           link.Server,
 		QueuedDownstream: st.Held,
 		PendingUpstream:  st.Pending,
 		Apps:             st.Apps,
 	}
 	switch creds, err := a.store.Credentials(); {
-	case err == nil && creds.Server == a.endpoint:
+	case err == nil && a.ownsCredentials(creds):
 		status.DeviceID = creds.DeviceID
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		return ipc.Status{}, fmt.Errorf("status: %w: %w", ipc.ErrStorage, err)
@@ -373,11 +418,29 @@ func (a *Agent) Status(ctx context.Context) (ipc.Status, error) {
 		status.HeartbeatFailed = int(a.learner.known.Bad / time.Second)
 	}
 	a.condMu.Unlock()
-	link := a.link.Stats()
 	status.Heartbeat = int(link.Heartbeat / time.Second)
 	status.LastConnect, status.LastDisconnect = link.LastConnect, link.LastDisconnect
 	status.Reconnects, status.Heartbeats = link.Reconnects, link.Heartbeats
 	return status, nil
+}
+
+// credentialsServer is what stored credentials name as their server: the
+// endpoints configured when the device checked in, one per line (control
+// characters cannot be in a URL). The credentials belong to that cluster,
+// whichever node issued them.
+func (a *Agent) credentialsServer() string { return strings.Join(a.endpoints, "\n") }
+
+// ownsCredentials reports whether creds are for the configured servers:
+// whether a server they were issued for (one, in a store from before
+// clusters) is still among them. A wholly different list is another
+// server, where the device checks in anew.
+func (a *Agent) ownsCredentials(creds store.Credentials) bool {
+	for s := range strings.SplitSeq(creds.Server, "\n") {
+		if slices.Contains(a.endpoints, s) {
+			return true
+		}
+	}
+	return false
 }
 
 func (a *Agent) statusChanged() {

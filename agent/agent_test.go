@@ -100,7 +100,7 @@ func TestInsecureServerRefused(t *testing.T) {
 		{"ws://[::1]:8080", false, true},
 		{"ws://localhost:8080", false, true},
 	} {
-		_, err := New(Config{Store: st, ServerURL: tt.url, Insecure: tt.insecure})
+		_, err := New(Config{Store: st, Servers: []string{tt.url}, Insecure: tt.insecure})
 		if (err == nil) != tt.ok || (!tt.ok && !errors.Is(err, ErrInsecure)) {
 			t.Errorf("New(%q, insecure %v): %v; want ok %v", tt.url, tt.insecure, err, tt.ok)
 		}

@@ -149,7 +149,7 @@ func TestNewKeepsItsOwnClock(t *testing.T) {
 	if _, err := st.Sweep(mark); err != nil {
 		t.Fatal(err)
 	}
-	a, err := New(Config{Store: st, ServerURL: "ws://127.0.0.1:1"})
+	a, err := New(Config{Store: st, Servers: []string{"ws://127.0.0.1:1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func TestNewKeepsItsOwnClock(t *testing.T) {
 		t.Errorf("default clock reads %v, before the stored mark %v", now, mark)
 	}
 	fixed := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	a, err = New(Config{Store: st, ServerURL: "ws://127.0.0.1:1", Now: func() time.Time { return fixed }})
+	a, err = New(Config{Store: st, Servers: []string{"ws://127.0.0.1:1"}, Now: func() time.Time { return fixed }})
 	if err != nil {
 		t.Fatal(err)
 	}

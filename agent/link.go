@@ -50,8 +50,12 @@ type Handler interface {
 
 // LinkConfig configures a Link.
 type LinkConfig struct {
-	// URL is the full WebSocket URL of the server's device endpoint.
-	URL string
+	// URLs are the full WebSocket URLs of the device endpoint on each node
+	// of the connection server (one, or several of a cluster).
+	URLs []string
+	// Insecure allows a goaway to name a ws:// server off loopback, as it
+	// allowed such URLs in the configuration.
+	Insecure bool
 	// TLS configures wss:// connections; nil means the system roots.
 	TLS *tls.Config
 	// Heartbeat is the interval between pings; the server's welcome may
@@ -81,6 +85,14 @@ const ReasonHeartbeatTimeout = "heartbeat timeout"
 // idle the only timer that fires is the heartbeat, and while disconnected
 // only the backoff.
 //
+// With several URLs it starts at a random one, so that a fleet spreads
+// over the nodes, and moves to the next after a failed attempt or a lost
+// session; one attempt per backoff step, whichever the node, so that the
+// devices of a node that went away come back spread over time and over
+// the nodes left. A goaway may name a node to dial next, once. A host
+// name with several addresses is one URL whose addresses are tried in a
+// random order (hostDialer).
+//
 // Its controls are for whoever knows more about the network than the link
 // does (a battery or network monitor): Wake skips the backoff, Hold stops
 // dialling while there is no route, Suspend closes the connection before
@@ -89,6 +101,7 @@ type Link struct {
 	cfg    LinkConfig
 	log    *slog.Logger
 	dialer websocket.Dialer
+	hosts  *hostDialer // the dialer's, kept for tests to give it a resolver
 
 	kick chan struct{} // Wake: dial now
 
@@ -105,6 +118,13 @@ type Link struct {
 	dropReason string
 	// notBefore is when the server said it may be dialled again.
 	notBefore time.Time
+	// entry is the index in cfg.URLs of the next configured node to dial.
+	entry int
+	// redirect is the endpoint a goaway named, to dial next, once.
+	redirect string
+	// server is the endpoint of the current attempt or session, or of the
+	// last one, or the first to be dialled.
+	server string
 	// cause is why the next connection is dialled; stats what happened.
 	cause string
 	stats LinkStats
@@ -119,6 +139,8 @@ const (
 // LinkStats tells how the link has fared, for people diagnosing it.
 type LinkStats struct {
 	Connected bool
+	// Server is the endpoint connected to, being dialled, or last dialled.
+	Server string
 	// Heartbeat is the ping interval of the current or next connection.
 	Heartbeat time.Duration
 	// LastConnect is why the current or last connection was dialled:
@@ -137,7 +159,7 @@ type LinkStats struct {
 // NewLink checks cfg and returns a Link; Run starts it.
 func NewLink(cfg LinkConfig) (*Link, error) {
 	switch {
-	case cfg.URL == "":
+	case len(cfg.URLs) == 0:
 		return nil, errors.New("link: no server URL")
 	case cfg.Heartbeat <= 0 || cfg.PongWait <= 0:
 		return nil, errors.New("link: heartbeat and pong wait must be positive")
@@ -153,18 +175,23 @@ func NewLink(cfg LinkConfig) (*Link, error) {
 		// 15 s (Go's default) would keep a cellular radio awake.
 		KeepAlive: -1,
 	}
+	hosts := newHostDialer(netDialer)
+	entry := rand.IntN(len(cfg.URLs))
 	return &Link{
 		cfg: cfg,
 		log: cfg.Logger,
 		dialer: websocket.Dialer{
-			NetDialContext:   netDialer.DialContext,
+			NetDialContext:   hosts.DialContext,
 			TLSClientConfig:  cfg.TLS,
 			HandshakeTimeout: dialTimeout,
 			Subprotocols:     []string{wire.Subprotocol},
 		},
+		hosts:     hosts,
 		kick:      make(chan struct{}, 1),
 		heartbeat: cfg.Heartbeat,
 		cause:     CauseStart,
+		entry:     entry,
+		server:    cfg.URLs[entry],
 	}, nil
 }
 
@@ -174,6 +201,7 @@ func (l *Link) Stats() LinkStats {
 	defer l.mu.Unlock()
 	st := l.stats
 	st.Connected = l.session != nil
+	st.Server = l.server
 	st.Heartbeat = l.heartbeat
 	if l.session != nil {
 		st.Heartbeat = l.session.interval()
@@ -238,12 +266,24 @@ func (l *Link) Suspend(ctx context.Context) error {
 }
 
 // GoAway obeys a server that asked not to be dialled again for d: no
-// dial, whatever wakes the link, happens before then.
-func (l *Link) GoAway(d time.Duration) {
+// dial, whatever wakes the link, happens before then. When it names
+// another node (server, as wire.GoAway has it), that node is dialled next,
+// once, provided the agent would dial it as one of its own
+// (nextEndpoint); then the link goes on with its own list.
+func (l *Link) GoAway(d time.Duration, server string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.notBefore = time.Now().Add(d)
 	l.dropReason = "goaway"
+	if server == "" {
+		return
+	}
+	next, err := nextEndpoint(l.server, server, l.cfg.Insecure)
+	if err != nil {
+		l.log.Warn("not following the goaway to another server", "err", err)
+		return
+	}
+	l.redirect = next
 }
 
 // SetHeartbeat changes the ping interval, for the current session at once
@@ -277,7 +317,7 @@ func (l *Link) Run(ctx context.Context, h Handler) error {
 		case <-l.kick:
 		default:
 		}
-		lasted, err := l.connect(ctx, h)
+		lasted, err := l.connect(ctx, h, l.nextTarget())
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -323,6 +363,27 @@ func backoff(base, limit time.Duration, attempt int) time.Duration {
 	return rand.N(ceiling)
 }
 
+// target is the server of one attempt: a configured node, or one a goaway
+// named (entry -1).
+type target struct {
+	url   string
+	entry int
+}
+
+// nextTarget is the server to dial now: the one a goaway named, else the
+// next configured node.
+func (l *Link) nextTarget() target {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t := target{url: l.cfg.URLs[l.entry], entry: l.entry}
+	if l.redirect != "" {
+		t = target{url: l.redirect, entry: -1}
+		l.redirect = ""
+	}
+	l.server = t.url
+	return t
+}
+
 // waitGoAway waits out the delay a server asked for; false when ctx is
 // done.
 func (l *Link) waitGoAway(ctx context.Context) bool {
@@ -360,9 +421,10 @@ func (l *Link) waitRelease(ctx context.Context) bool {
 	}
 }
 
-// connect runs one attempt: dial, hello, welcome, session. It returns how
-// long the session lasted (zero if none was established) and why it ended.
-func (l *Link) connect(ctx context.Context, h Handler) (time.Duration, error) {
+// connect runs one attempt at t: dial, hello, welcome, session. It returns
+// how long the session lasted (zero if none was established) and why it
+// ended.
+func (l *Link) connect(ctx context.Context, h Handler, t target) (time.Duration, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	l.mu.Lock()
@@ -376,6 +438,12 @@ func (l *Link) connect(ctx context.Context, h Handler) (time.Duration, error) {
 	defer func() {
 		l.mu.Lock()
 		l.cancel, l.attemptDone = nil, nil
+		// A failed attempt or a lost session moves on to the next node.
+		// One the link ended itself (Wake, Suspend) was not the node's
+		// fault: the same node is dialled again.
+		if t.entry >= 0 && ctx.Err() == nil {
+			l.entry = (t.entry + 1) % len(l.cfg.URLs)
+		}
 		l.mu.Unlock()
 		close(done)
 	}()
@@ -391,23 +459,23 @@ func (l *Link) connect(ctx context.Context, h Handler) (time.Duration, error) {
 		return 0, err
 	}
 
-	conn, resp, err := l.dialer.DialContext(ctx, l.cfg.URL, nil)
+	conn, resp, err := l.dialer.DialContext(ctx, t.url, nil)
 	if err != nil {
 		if resp != nil {
-			return 0, fmt.Errorf("dial %s: %w (HTTP %s)", l.cfg.URL, err, resp.Status)
+			return 0, fmt.Errorf("dial %s: %w (HTTP %s)", t.url, err, resp.Status)
 		}
-		return 0, fmt.Errorf("dial %s: %w", l.cfg.URL, err)
+		return 0, fmt.Errorf("dial %s: %w", t.url, err)
 	}
 	if conn.Subprotocol() != wire.Subprotocol {
 		conn.Close()
-		return 0, fmt.Errorf("dial %s: server speaks subprotocol %q, want %q", l.cfg.URL, conn.Subprotocol(), wire.Subprotocol)
+		return 0, fmt.Errorf("dial %s: server speaks subprotocol %q, want %q", t.url, conn.Subprotocol(), wire.Subprotocol)
 	}
 	conn.SetReadLimit(wire.MaxFrameSize)
 	welcome, err := exchangeHello(ctx, conn, helloFrame)
 	if err != nil {
 		conn.Close()
 		if ga, ok := errors.AsType[*goAwayError](err); ok {
-			l.GoAway(ga.after)
+			l.GoAway(ga.after, ga.server)
 		}
 		return 0, err
 	}
@@ -421,7 +489,7 @@ func (l *Link) connect(ctx context.Context, h Handler) (time.Duration, error) {
 	}
 	l.stats.LastConnect, l.stats.LastConnectAt = cause, started
 	l.mu.Unlock()
-	l.log.Debug("session up", "cause", cause)
+	l.log.Debug("session up", "cause", cause, "server", t.url)
 	s.start()
 	h.Serve(ctx, s)
 	err = s.shutdown()
@@ -458,13 +526,18 @@ func disconnectReason(ctx context.Context, dropReason string, err error) string 
 }
 
 // goAwayError is a server's refusal of a session with a delay to wait
-// before dialling again (overloaded, store trouble).
+// before dialling again (overloaded, store trouble), and maybe another
+// node to dial.
 type goAwayError struct {
 	after  time.Duration
 	reason string
+	server string
 }
 
 func (e *goAwayError) Error() string {
+	if e.server != "" {
+		return fmt.Sprintf("server asked to come back in %v, to %s: %s", e.after, e.server, e.reason)
+	}
 	return fmt.Sprintf("server asked to come back in %v: %s", e.after, e.reason)
 }
 
@@ -492,7 +565,7 @@ func exchangeHello(ctx context.Context, conn *websocket.Conn, hello []byte) (wir
 		if err := f.Decode(&g); err != nil {
 			return wire.Welcome{}, fmt.Errorf("read welcome: %w", err)
 		}
-		return wire.Welcome{}, &goAwayError{after: time.Duration(g.RetryAfter) * time.Second, reason: g.Reason}
+		return wire.Welcome{}, &goAwayError{after: time.Duration(g.RetryAfter) * time.Second, reason: g.Reason, server: g.Server}
 	}
 	if f.Type == wire.TypeError {
 		var e wire.Error

@@ -17,7 +17,7 @@ func TestLinkDialsWithoutKeepalive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	l, err := NewLink(LinkConfig{URL: "ws://" + ln.Addr().String(), Heartbeat: time.Minute, PongWait: time.Minute, MinBackoff: time.Second, MaxBackoff: time.Minute})
+	l, err := NewLink(LinkConfig{URLs: []string{"ws://" + ln.Addr().String()}, Heartbeat: time.Minute, PongWait: time.Minute, MinBackoff: time.Second, MaxBackoff: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -61,7 +61,7 @@ func (r *sessionRun) deletedMessages(ctx context.Context, f wire.Frame) {
 }
 
 // goAway obeys a server that is about to close the session and asked not
-// to be dialled again for a while.
+// to be dialled again for a while, maybe naming another node to dial.
 func (r *sessionRun) goAway(f wire.Frame) {
 	var g wire.GoAway
 	if err := f.Decode(&g); err != nil {
@@ -69,6 +69,10 @@ func (r *sessionRun) goAway(f wire.Frame) {
 		return
 	}
 	d := time.Duration(g.RetryAfter) * time.Second
-	r.a.log.Info("server going away", "retry_after", d, "reason", g.Reason)
-	r.a.link.GoAway(d)
+	log := r.a.log
+	if g.Server != "" {
+		log = log.With("next_server", g.Server)
+	}
+	log.Info("server going away", "retry_after", d, "reason", g.Reason)
+	r.a.link.GoAway(d, g.Server)
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,10 +27,12 @@ const waitLimit = 15 * time.Second
 
 // peer is a small connection server speaking the wire protocol: it checks
 // devices in, answers registrations, and lets the test see every frame the
-// agent sends and send any frame it likes.
+// agent sends and send any frame it likes. It may listen on several
+// addresses (addNode), the nodes of one cluster: they share the devices.
 type peer struct {
 	t   *testing.T
-	srv *httptest.Server
+	mux *http.ServeMux
+	srv *httptest.Server // the first node
 	url string
 
 	conns chan *peerConn
@@ -46,18 +50,34 @@ type peer struct {
 	deaf bool
 	// probes counts the probe connections.
 	probes int
-	// goAway, when set, answers hellos instead of a welcome.
+	// goAway, when set, answers hellos instead of a welcome, on every node
+	// but the one it names.
 	goAway *wire.GoAway
 }
 
 func newPeer(t *testing.T) *peer {
-	p := &peer{t: t, conns: make(chan *peerConn, 16), devices: map[string]string{}, welcomeHeartbeat: 600}
-	mux := http.NewServeMux()
-	mux.HandleFunc(wire.Path, p.serve)
-	p.srv = httptest.NewServer(mux)
+	p := &peer{t: t, mux: http.NewServeMux(), conns: make(chan *peerConn, 16), devices: map[string]string{}, welcomeHeartbeat: 600}
+	p.mux.HandleFunc(wire.Path, p.serve)
+	p.srv = p.addNode(nil, false)
 	p.url = p.srv.URL // http://, which the agent turns into ws://
-	t.Cleanup(p.srv.Close)
 	return p
+}
+
+// addNode serves the peer on ln as well (a new listener on 127.0.0.1
+// when nil), over TLS if asked; its URL is http:// or https://.
+func (p *peer) addNode(ln net.Listener, tls bool) *httptest.Server {
+	srv := httptest.NewUnstartedServer(p.mux)
+	if ln != nil {
+		srv.Listener.Close()
+		srv.Listener = ln
+	}
+	if tls {
+		srv.StartTLS()
+	} else {
+		srv.Start()
+	}
+	p.t.Cleanup(srv.Close)
+	return srv
 }
 
 func (p *peer) set(f func(p *peer)) {
@@ -74,7 +94,9 @@ func (p *peer) checkinCount() int {
 
 // peerConn is one agent connection as the peer sees it.
 type peerConn struct {
-	ws     *websocket.Conn
+	ws *websocket.Conn
+	// node is the address the agent reached, host:port.
+	node   string
 	hello  wire.Hello
 	frames chan wire.Frame // every frame the agent sent after hello
 	out    chan []byte
@@ -90,6 +112,7 @@ func (p *peer) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer ws.Close()
+	node := ws.LocalAddr().String()
 	_, data, err := ws.ReadMessage()
 	if err != nil {
 		return
@@ -122,7 +145,7 @@ func (p *peer) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	gate, deaf, goAway := p.gate, p.deaf, p.goAway
 	p.mu.Unlock()
-	if goAway != nil {
+	if goAway != nil && !strings.HasSuffix(goAway.Server, "//"+node) {
 		frame, _ := wire.Encode("", *goAway)
 		ws.WriteMessage(websocket.TextMessage, frame)
 		return
@@ -145,7 +168,7 @@ func (p *peer) serve(w http.ResponseWriter, r *http.Request) {
 	}
 
 	pc := &peerConn{
-		ws: ws, hello: hello,
+		ws: ws, node: node, hello: hello,
 		frames: make(chan wire.Frame, 1024),
 		out:    make(chan []byte, 1024),
 		pings:  make(chan struct{}, 64),
@@ -379,7 +402,7 @@ func newDevice(t *testing.T, path, server string, clk *clock, tweak ...func(*Con
 	}
 	cfg := Config{
 		Store:      st,
-		ServerURL:  server,
+		Servers:    []string{server},
 		Heartbeat:  time.Minute,
 		MinBackoff: 5 * time.Millisecond,
 		MaxBackoff: 50 * time.Millisecond,

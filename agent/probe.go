@@ -26,7 +26,10 @@ func (l *Link) Probe(ctx context.Context, hello wire.Hello, d time.Duration) (he
 	if err != nil {
 		return false, err
 	}
-	conn, _, err := l.dialer.DialContext(ctx, l.cfg.URL, nil)
+	l.mu.Lock()
+	server := l.server // the session's node: the prober runs while connected
+	l.mu.Unlock()
+	conn, _, err := l.dialer.DialContext(ctx, server, nil)
 	if err != nil {
 		return false, fmt.Errorf("probe: dial: %w", err)
 	}

@@ -41,14 +41,14 @@ type requestResult struct {
 // Serve part of the Agent's API.
 type linkHandler struct{ a *Agent }
 
-// Hello presents the stored credentials when they belong to this server,
-// else asks for a check-in.
+// Hello presents the stored credentials when they belong to the
+// configured servers, else asks for a check-in.
 func (h linkHandler) Hello() (wire.Hello, error) {
 	a := h.a
 	hello := wire.Hello{Agent: a.name, Mode: a.currentPowerMode()}
 	creds, err := a.store.Credentials()
 	switch {
-	case err == nil && creds.Server == a.endpoint:
+	case err == nil && a.ownsCredentials(creds):
 		hello.DeviceID, hello.DeviceSecret = creds.DeviceID, creds.Secret
 	case err == nil:
 		a.log.Warn("stored credentials are for another server; checking in anew", "stored_server", creds.Server)
@@ -79,7 +79,7 @@ func (h linkHandler) Serve(ctx context.Context, s *Session) {
 	a.statusChanged()
 	a.wakeProber()
 	defer a.endSession()
-	a.log.Info("connected", "device", w.DeviceID, "heartbeat", s.interval())
+	a.log.Info("connected", "server", a.link.Stats().Server, "device", w.DeviceID, "heartbeat", s.interval())
 
 	r := &sessionRun{a: a, s: s, retry: map[outboxKey]bool{}, retryDelay: upstreamRetryMin}
 	r.retryTimer = time.NewTimer(time.Hour)
@@ -124,7 +124,7 @@ func (h linkHandler) Serve(ctx context.Context, s *Session) {
 // credentials.
 func (a *Agent) adopt(w wire.Welcome) error {
 	if w.DeviceSecret != "" {
-		err := a.store.SetCredentials(store.Credentials{Server: a.endpoint, DeviceID: w.DeviceID, Secret: w.DeviceSecret})
+		err := a.store.SetCredentials(store.Credentials{Server: a.credentialsServer(), DeviceID: w.DeviceID, Secret: w.DeviceSecret})
 		if err != nil {
 			return err
 		}
@@ -135,7 +135,7 @@ func (a *Agent) adopt(w wire.Welcome) error {
 	if err != nil {
 		return fmt.Errorf("welcome without credentials: %w", err)
 	}
-	if creds.Server != a.endpoint || creds.DeviceID != w.DeviceID {
+	if !a.ownsCredentials(creds) || creds.DeviceID != w.DeviceID {
 		return fmt.Errorf("welcome for device %q without credentials; this is device %q", w.DeviceID, creds.DeviceID)
 	}
 	return nil

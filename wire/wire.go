@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -232,6 +233,9 @@ func (s State) Validate() error {
 type GoAway struct {
 	RetryAfter int    `json:"retry_after"`
 	Reason     string `json:"reason,omitempty"`
+	// Server, when set, is the public URL of another node of the same
+	// cluster for the agent to try next, in the form ParseServerURL takes.
+	Server string `json:"server,omitempty"`
 }
 
 func (GoAway) FrameType() Type { return TypeGoAway }
@@ -240,7 +244,35 @@ func (g GoAway) Validate() error {
 	if g.RetryAfter < 0 || g.RetryAfter > 24*3600 {
 		return fmt.Errorf("%w: retry_after %d s out of range 0..86400", ErrBadFrame, g.RetryAfter)
 	}
-	return checkName("reason", g.Reason, false)
+	if err := firstErr(checkName("reason", g.Reason, false), checkName("server", g.Server, false)); err != nil {
+		return err
+	}
+	if g.Server != "" {
+		if _, err := ParseServerURL(g.Server); err != nil {
+			return fmt.Errorf("%w: server: %w", ErrBadFrame, err)
+		}
+	}
+	return nil
+}
+
+// ParseServerURL parses the URL of a connection server as a device is
+// given it, in its configuration or in a GoAway: ws://, wss://, or
+// http(s):// meaning ws(s)://, with a host and optionally a path prefix,
+// and no user, query or fragment.
+func ParseServerURL(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case u.Scheme != "ws" && u.Scheme != "wss" && u.Scheme != "http" && u.Scheme != "https":
+		return nil, errors.New("scheme must be ws, wss, http or https")
+	case u.Host == "":
+		return nil, errors.New("no host")
+	case u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		return nil, errors.New("no user, query or fragment allowed")
+	}
+	return u, nil
 }
 
 func checkHeartbeat(seconds int) error {

@@ -34,6 +34,7 @@ func TestRoundTrip(t *testing.T) {
 		{"s2", &Unsubscribed{App: "a", Sender: "1", Topic: "alerts"}, &Unsubscribed{}},
 		{"tr:1", &TokenRefresh{ID: "tr:1", App: "a", Sender: "1", Token: "new"}, &TokenRefresh{}},
 		{"dm:1", &DeletedMessages{ID: "dm:1", App: "a", Count: 100}, &DeletedMessages{}},
+		{"", &GoAway{RetryAfter: 5, Reason: "draining", Server: "wss://node-2.push.example:8443/tether"}, &GoAway{}},
 	}
 	for _, tc := range bodies {
 		t.Run(string(tc.body.FrameType()), func(t *testing.T) {
@@ -115,6 +116,15 @@ func TestBodyValidation(t *testing.T) {
 		{"token refresh no id", TokenRefresh{App: "a", Sender: "1", Token: "t"}, "id is missing"},
 		{"deleted messages zero", DeletedMessages{ID: "i", App: "a"}, "count 0"},
 		{"deleted messages no app", DeletedMessages{ID: "i", Count: 1}, "app is missing"},
+		{"goaway negative wait", GoAway{RetryAfter: -1}, "retry_after"},
+		{"goaway server scheme", GoAway{Server: "ftp://node-2"}, "server: scheme must be ws, wss, http or https"},
+		{"goaway server without host", GoAway{Server: "wss:///device"}, "server: no host"},
+		{"goaway server relative", GoAway{Server: "node-2:8443"}, "server"},
+		{"goaway server with user", GoAway{Server: "wss://u:p@node-2"}, "server: no user, query or fragment"},
+		{"goaway server with query", GoAway{Server: "wss://node-2/?x=1"}, "server: no user, query or fragment"},
+		{"goaway server with fragment", GoAway{Server: "wss://node-2#f"}, "server: no user, query or fragment"},
+		{"goaway server too long", GoAway{Server: "wss://node-2/" + strings.Repeat("p", maxNameLen)}, "server is 1037 bytes, limit 1024"},
+		{"goaway server with control", GoAway{Server: "wss://node-2/\n"}, "server has a control character"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -204,6 +214,7 @@ func FuzzDecode(f *testing.F) {
 		`{"type":"deleted_messages","ref":"dm:1","body":{"id":"dm:1","app":"a","count":3}}`,
 		`{"type":"state","body":{"mode":"battery","heartbeat":600}}`,
 		`{"type":"goaway","body":{"retry_after":30,"reason":"draining"}}`,
+		`{"type":"goaway","body":{"retry_after":0,"server":"wss://node-2:8443"}}`,
 		`{"type":"ack","body":null}`,
 		`{}`,
 		`null`,

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -36,11 +37,12 @@ type options struct {
 	config string
 	// clockOffset is the TETHER_CLOCK_OFFSET test knob (package clockknob).
 	clockOffset time.Duration
-	server      string
-	caFile      string
-	insecure    bool
-	serverPins  [][sha256.Size]byte
-	enrollKey   string
+	// servers are the connection server's nodes, in the order given.
+	servers    []string
+	caFile     string
+	insecure   bool
+	serverPins [][sha256.Size]byte
+	enrollKey  string
 	// enrollKeyFile holds the enrollment key, kept out of ps.
 	enrollKeyFile string
 	data          string
@@ -84,12 +86,47 @@ func defaults() options {
 // it; their errors say what is wrong with the value, and the caller says
 // where it came from.
 
-func (o *options) setServer(s string) error {
-	if _, err := agent.Endpoint(s); err != nil {
+// setServers checks the servers' URLs, naming a bad one by its position;
+// whether ws:// may leave the machine is agent.New's to say, once
+// --insecure is known.
+func (o *options) setServers(list []string) error {
+	if _, err := agent.Endpoints(list, true); err != nil {
 		return err
 	}
-	o.server = s
+	o.servers = list
 	return nil
+}
+
+// addServers reads --server URL[,URL...], adding to the servers of earlier
+// --server flags.
+func (o *options) addServers(s string) error {
+	list := strings.Split(s, ",")
+	for i := range list {
+		list[i] = strings.TrimSpace(list[i])
+	}
+	return o.setServers(append(o.servers, list...))
+}
+
+// applyServers takes the file's server as a string or an array of them.
+func applyServers(o *options, v any) error {
+	switch v := v.(type) {
+	case string:
+		return o.setServers([]string{v})
+	case []any:
+		if len(v) == 0 {
+			return errors.New("want at least one server URL")
+		}
+		list := make([]string, len(v))
+		for i, e := range v {
+			s, ok := e.(string)
+			if !ok {
+				return fmt.Errorf("want an array of strings, it holds %s", tomlType(e))
+			}
+			list[i] = s
+		}
+		return o.setServers(list)
+	}
+	return fmt.Errorf("want a string or an array of strings, got %s", tomlType(v))
 }
 
 func setPath(dst *string) func(string) error {
@@ -232,15 +269,16 @@ func (o *options) bindAppFlag(s string) error {
 
 // check reports what is missing or contradicts once every source is read.
 func (o *options) check() error {
+	plain := slices.IndexFunc(o.servers, func(s string) bool { return !strings.HasPrefix(s, "wss:") && !strings.HasPrefix(s, "https:") })
 	switch {
-	case o.server == "" && o.config == "":
+	case len(o.servers) == 0 && o.config == "":
 		return errors.New("no server: give --server")
-	case o.server == "":
+	case len(o.servers) == 0:
 		return fmt.Errorf("no server: set server in %s or give --server", o.config)
 	case o.enrollKey != "" && o.enrollKeyFile != "":
 		return errors.New("give --enroll-key or --enroll-key-file, not both")
-	case len(o.serverPins) > 0 && !strings.HasPrefix(o.server, "wss:") && !strings.HasPrefix(o.server, "https:"):
-		return fmt.Errorf("server pins need a wss:// or https:// server, not %s", o.server)
+	case len(o.serverPins) > 0 && plain >= 0:
+		return fmt.Errorf("server pins need wss:// or https:// servers, not %s", o.servers[plain])
 	case o.maxBackoff < o.minBackoff:
 		return fmt.Errorf("reconnect.max_backoff %s is under reconnect.min_backoff %s", o.maxBackoff, o.minBackoff)
 	}
@@ -279,7 +317,8 @@ func daemonFlags(o *options, out io.Writer) *flag.FlagSet {
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.config, "config", defaultConfig, "settings `file` (TOML, docs/config.md); if the default is missing, or with \"\", the defaults apply")
-	fs.Func("server", "connection server `URL` (ws://, wss://, http:// or https://)", o.setServer)
+	fs.Var(&listFlag{reset: func() { o.servers = nil }, add: o.addServers}, "server",
+		"connection server `URL` (ws://, wss://, http:// or https://); several, comma-separated or repeated, are nodes of one server")
 	fs.Func("ca-file", "PEM `file` of the CA certificates to trust for wss:// (default: the system's)", setPath(&o.caFile))
 	fs.BoolVar(&o.insecure, "insecure", o.insecure, "allow a ws:// server that is not on loopback: the device secret and every message cross the network in the clear")
 	fs.Var(&listFlag{reset: func() { o.serverPins = nil }, add: o.addServerPin}, "server-pin",
@@ -369,7 +408,7 @@ type fileSetting struct {
 
 func (f *fileConfig) settings() []fileSetting {
 	s := []fileSetting{
-		{[]string{"server"}, f.Server, text((*options).setServer)},
+		{[]string{"server"}, f.Server, applyServers},
 		{[]string{"ca_file"}, f.CAFile, text(func(o *options, s string) error { return setPath(&o.caFile)(s) })},
 		{[]string{"insecure"}, f.Insecure, func(o *options, v any) error {
 			b, ok := v.(bool)

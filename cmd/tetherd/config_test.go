@@ -67,7 +67,7 @@ max_backoff = "10m"
 		{"file only", nil, func(o *options) {}},
 		{"flags win", []string{"--server", "wss://flag:1", "--socket-mode", "0600", "--heartbeat", "30s", "--dbus", "off",
 			"--app", "com.example.x=0", "--app", "com.example.y=7", "--enroll-key", "k"}, func(o *options) {
-			o.server = "wss://flag:1"
+			o.servers = []string{"wss://flag:1"}
 			o.socketMode = 0o600
 			o.heartbeat = 30 * time.Second
 			o.dbus = "off"
@@ -79,7 +79,7 @@ max_backoff = "10m"
 		t.Run(tt.name, func(t *testing.T) {
 			want := options{
 				config:        path,
-				server:        "wss://push.example.com:8443",
+				servers:       []string{"wss://push.example.com:8443"},
 				caFile:        "/etc/tether/ca.pem",
 				serverPins:    [][sha256.Size]byte{{}},
 				enrollKeyFile: "/etc/tether/enroll-key",
@@ -108,6 +108,67 @@ max_backoff = "10m"
 	}
 }
 
+// TestServers: the file's server is a string or a list; --server takes
+// several, comma-separated or repeated, and replaces the file's.
+func TestServers(t *testing.T) {
+	one := writeConfig(t, "server = \"wss://a:8443\"\n")
+	two := writeConfig(t, "server = [\"wss://a:8443\", \"wss://b:8443\"]\n")
+	tests := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"a string", []string{"--config", one}, []string{"wss://a:8443"}},
+		{"a list", []string{"--config", two}, []string{"wss://a:8443", "wss://b:8443"}},
+		{"a flag replaces the list", []string{"--config", two, "--server", "wss://c"}, []string{"wss://c"}},
+		{"comma-separated", []string{"--config", one, "--server", "wss://c, wss://d/tether"}, []string{"wss://c", "wss://d/tether"}},
+		{"repeated", []string{"--config", "", "--server", "wss://c,wss://d", "--server", "https://e"}, []string{"wss://c", "wss://d", "https://e"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parseArgs(tt.args, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(o.servers, tt.want) {
+				t.Errorf("servers %q, want %q", o.servers, tt.want)
+			}
+		})
+	}
+
+	errs := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"bad entry", []string{"--server", "wss://a,ftp://b"}, `invalid value "wss://a,ftp://b" for flag -server: entry 2: server URL "ftp://b": scheme must be ws, wss, http or https`},
+		{"bad entry in a later flag", []string{"--server", "wss://a", "--server", "wss://b?x"}, `invalid value "wss://b?x" for flag -server: entry 2: server URL "wss://b?x": no user, query or fragment allowed`},
+		{"empty entry", []string{"--server", "wss://a,"}, `entry 2: server URL "": scheme must be`},
+		{"pins and a ws:// node", []string{"--server", "wss://a,ws://127.0.0.1:8080", "--server-pin", "sha256//" + strings.Repeat("A", 43) + "="},
+			"server pins need wss:// or https:// servers, not ws://127.0.0.1:8080"},
+	}
+	for _, tt := range errs {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			code := run(context.Background(), append([]string{"config", "check", "--config="}, tt.args...), environ{stdout: io.Discard, stderr: &stderr, getenv: noEnv})
+			if code != 2 || !strings.Contains(stderr.String(), tt.want) {
+				t.Errorf("exit %d, stderr:\n%s\nwant exit 2 and %q", code, stderr.String(), tt.want)
+			}
+		})
+	}
+
+	// ws:// off the machine is refused as tetherd starts, for each node.
+	t.Run("a ws:// node without --insecure", func(t *testing.T) {
+		dir := t.TempDir()
+		var stderr bytes.Buffer
+		code := run(context.Background(), []string{"run", "--config=", "--server", "wss://a,ws://192.0.2.1:8080", "--dbus", "off",
+			"--data", dir, "--socket", filepath.Join(dir, "s.sock")}, environ{stdout: io.Discard, stderr: &stderr, getenv: noEnv})
+		if want := `entry 2: server URL \"ws://192.0.2.1:8080\": ws:// would send`; code != 1 || !strings.Contains(stderr.String(), want) {
+			t.Errorf("exit %d, stderr:\n%s\nwant exit 1 and %s", code, stderr.String(), want)
+		}
+	})
+}
+
 func TestConfigMissing(t *testing.T) {
 	// An explicit file must exist; "" reads none.
 	missing := filepath.Join(t.TempDir(), "agent.toml")
@@ -121,7 +182,7 @@ func TestConfigMissing(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := defaults()
-	want.config, want.server = "", "ws://h"
+	want.config, want.servers = "", []string{"ws://h"}
 	if !reflect.DeepEqual(o, want) {
 		t.Errorf("with --config \"\": %+v, want the defaults %+v", o, want)
 	}
@@ -141,7 +202,10 @@ func TestConfigCheckNamesKeyAndLine(t *testing.T) {
 			`6: power.sysfs: unknown key`,
 			`3: socket.mode: socket mode "rwx": want an octal mode like 0660`,
 		}},
-		{"type", "server = 3\n", []string{`1: server: want a string, got the integer 3`}},
+		{"type", "server = 3\n", []string{`1: server: want a string or an array of strings, got the integer 3`}},
+		{"empty server list", "server = []\n", []string{`1: server: want at least one server URL`}},
+		{"server list type", "server = [\"wss://a\", 3]\n", []string{`1: server: want an array of strings, it holds the integer 3`}},
+		{"bad URL in a list", "server = [\n  \"wss://a\",\n  \"ftp://h\",\n]\n", []string{`1: server: entry 2: server URL "ftp://h": scheme must be ws, wss, http or https`}},
 		{"insecure as a number", "server = \"ws://h\"\ninsecure = 1\n", []string{`2: insecure: want true or false, got the integer 1`}},
 		{"table as a value", "server = \"ws://h\"\nsocket = 3\n", []string{`2: socket: want a table`}},
 		{"bad URL", "\n\nserver = \"ftp://h\"\n", []string{`3: server: server URL "ftp://h": scheme must be ws, wss, http or https`}},
@@ -243,7 +307,7 @@ func TestShippedConfigs(t *testing.T) {
 			t.Fatalf("%s: %v", name, err)
 		}
 		want := defaults()
-		want.config, want.server = o.config, "wss://push.example.com"
+		want.config, want.servers = o.config, []string{"wss://push.example.com"}
 		if !reflect.DeepEqual(o, want) {
 			t.Errorf("%s: %+v, want the defaults %+v", name, o, want)
 		}

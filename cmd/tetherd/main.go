@@ -367,7 +367,7 @@ func serve(ctx context.Context, o options, log *slog.Logger, notify *service.Not
 	var dbusDoor *ipc.DBusServer // set before the agent runs
 	cfg := agent.Config{
 		Store:       st,
-		ServerURL:   o.server,
+		Servers:     o.servers,
 		TLS:         tlsConfig,
 		Insecure:    o.insecure,
 		EnrollKey:   enrollKey,
@@ -445,7 +445,7 @@ func serve(ctx context.Context, o options, log *slog.Logger, notify *service.Not
 			return err
 		}, func(err error) { log.Warn("watchdog", "err", err) })
 	}()
-	log.Info("ready", "version", version, "server", o.server, "socket", o.socket, "data", o.data)
+	log.Info("ready", "version", version, "servers", o.servers, "socket", o.socket, "data", o.data)
 	if err := notify.Ready("serving apps on " + o.socket); err != nil {
 		log.Warn("not notifying systemd", "err", err)
 	}
