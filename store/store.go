@@ -128,7 +128,8 @@ func (s *Store) Credentials() (Credentials, error) {
 // SetCredentials stores the credentials of a check-in. Registration tokens
 // belong to the device and server that issued them: when the device ID or
 // the server changes, every registration is dropped in the same transaction
-// (app owners, held and pending messages stay).
+// (app owners, held and pending messages stay). SetServer is for the same
+// device at a server known by other URLs.
 func (s *Store) SetCredentials(c Credentials) error {
 	if c.Server == "" || c.DeviceID == "" || c.Secret == "" {
 		return fmt.Errorf("store credentials: server, device ID and secret are required")
@@ -149,6 +150,29 @@ func (s *Store) SetCredentials(c Credentials) error {
 	})
 	if err != nil {
 		return fmt.Errorf("store credentials: %w", err)
+	}
+	return nil
+}
+
+// SetServer replaces the server of device deviceID's stored credentials,
+// keeping its secret, its registrations and every message: the device is
+// the same at a server now known by other URLs, such as a cluster whose
+// list of nodes changed (SetCredentials would take that for another server
+// and drop the registrations). It fails with ErrNotFound when the store
+// holds no credentials, or another device's.
+func (s *Store) SetServer(deviceID, server string) error {
+	if server == "" {
+		return fmt.Errorf("store server of device %q: server is required", deviceID)
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDevice)
+		if id := b.Get(keyDeviceID); id == nil || string(id) != deviceID {
+			return ErrNotFound
+		}
+		return b.Put(keyServer, []byte(server))
+	})
+	if err != nil {
+		return fmt.Errorf("store server of device %q: %w", deviceID, err)
 	}
 	return nil
 }

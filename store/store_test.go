@@ -183,6 +183,63 @@ func TestCredentials(t *testing.T) {
 	}
 }
 
+// SetServer moves the device to other server URLs and keeps everything
+// else: the secret, the registrations, held, seen and pending messages.
+func TestSetServerKeepsTheDevice(t *testing.T) {
+	s, path := openTemp(t)
+	if err := s.SetServer("dev1", "ws://b/device/v1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("SetServer before any check-in: %v, want ErrNotFound", err)
+	}
+	creds := Credentials{Server: "ws://a/device/v1\nws://b/device/v1", DeviceID: "dev1", Secret: "x"}
+	if err := s.SetCredentials(creds); err != nil {
+		t.Fatal(err)
+	}
+	mustRegister(t, s, "app", "1", "tok", 1000)
+	if _, err := s.AddMessages([]Message{msg("m1", "app", "1", "tok", time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AddUpstream(Upstream{App: "app", To: "1", ID: "u1", TTL: 60, Created: t0, Expires: t0.Add(time.Minute)}, 20); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tt := range []struct {
+		name, deviceID, server string
+		err                    error // nil: any error
+	}{
+		{"another device", "dev2", "ws://c/device/v1", ErrNotFound},
+		{"no server", "dev1", "", nil},
+	} {
+		err := s.SetServer(tt.deviceID, tt.server)
+		if err == nil || (tt.err != nil && !errors.Is(err, tt.err)) {
+			t.Errorf("%s: SetServer(%q, %q) = %v, want an error (%v)", tt.name, tt.deviceID, tt.server, err, tt.err)
+		}
+		if got, err := s.Credentials(); err != nil || got != creds {
+			t.Errorf("%s: credentials %+v, %v; want them unchanged", tt.name, got, err)
+		}
+	}
+
+	moved := Credentials{Server: "ws://c/device/v1\nws://d/device/v1", DeviceID: "dev1", Secret: "x"}
+	if err := s.SetServer("dev1", moved.Server); err != nil {
+		t.Fatal(err)
+	}
+	s = reopen(t, s, path)
+	if got, err := s.Credentials(); err != nil || got != moved {
+		t.Errorf("credentials after SetServer and reopen: %+v, %v; want %+v", got, err, moved)
+	}
+	if tok, err := s.Token("app", "1"); err != nil || tok != "tok" {
+		t.Errorf("token after SetServer: %q, %v", tok, err)
+	}
+	if ids := inboxIDs(t, s, "app", 0, 10, t0); !slices.Equal(ids, []string{"m1"}) {
+		t.Errorf("inbox after SetServer: %v", ids)
+	}
+	if out, err := s.Outbox(); err != nil || len(out) != 1 || out[0].ID != "u1" {
+		t.Errorf("outbox after SetServer: %+v, %v", out, err)
+	}
+	if oc, err := s.AddMessages([]Message{msg("m1", "app", "1", "tok", time.Hour)}); err != nil || oc[0] != Duplicate {
+		t.Errorf("redelivery after SetServer: %v, %v; want a duplicate", oc, err)
+	}
+}
+
 func TestRegisterOwner(t *testing.T) {
 	s, _ := openTemp(t)
 	if _, err := s.Owner("app"); !errors.Is(err, ErrNotFound) {
