@@ -425,15 +425,16 @@ func (a *Agent) Status(ctx context.Context) (ipc.Status, error) {
 }
 
 // credentialsServer is what stored credentials name as their server: the
-// endpoints configured when the device checked in, one per line (control
-// characters cannot be in a URL). The credentials belong to that cluster,
-// whichever node issued them.
+// configured endpoints, one per line (control characters cannot be in a
+// URL), stored at check-in and again when a session is welcomed with
+// another list (adopt). The credentials belong to that cluster, whichever
+// node issued them.
 func (a *Agent) credentialsServer() string { return strings.Join(a.endpoints, "\n") }
 
 // ownsCredentials reports whether creds are for the configured servers:
-// whether a server they were issued for (one, in a store from before
-// clusters) is still among them. A wholly different list is another
-// server, where the device checks in anew.
+// whether a server stored with them (one, in a store from before clusters)
+// is still among them. A wholly different list is another server, where
+// the device checks in anew.
 func (a *Agent) ownsCredentials(creds store.Credentials) bool {
 	for s := range strings.SplitSeq(creds.Server, "\n") {
 		if slices.Contains(a.endpoints, s) {

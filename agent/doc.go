@@ -6,8 +6,9 @@
 // moving between the nodes it is given, link.go) and one store.Store. It
 // implements ipc.Backend, so every door in package ipc reaches it the same
 // way; it knows nothing of sockets or D-Bus. The device's credentials
-// belong to the servers it checked in with, and stay good while the
-// configured servers still name one of them.
+// belong to the servers stored with them (those of the check-in, then of
+// each session on another list), and stay good while the configured
+// servers still name one of them.
 //
 // Downstream: the frames that arrive together (one, plus whatever the
 // reader has already queued) are stored in one transaction and acknowledged

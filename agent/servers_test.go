@@ -246,10 +246,10 @@ func TestEndpointsNameTheEntry(t *testing.T) {
 	}
 }
 
-// Credentials belong to the list of servers the device checked in with:
-// they stay while the configured list still names one of them (a store
-// from before lists names one), and a wholly different list is another
-// server, where the device checks in anew.
+// Credentials belong to the list of servers stored with them: they stay
+// while the configured list still names one of them (a store from before
+// lists names one), and a wholly different list is another server, where
+// the device checks in anew.
 func TestCredentialsBelongToTheCluster(t *testing.T) {
 	a := &Agent{endpoints: []string{"wss://b/device/v1", "wss://c/device/v1"}}
 	for _, tt := range []struct {
@@ -295,6 +295,46 @@ func TestCredentialsBelongToTheCluster(t *testing.T) {
 	}
 	if n := p.checkinCount(); n != 1 {
 		t.Errorf("%d check-ins on the first cluster, want 1", n)
+	}
+}
+
+// The servers stored with the credentials follow the configured list once
+// a node of it has taken them, so that a fleet can move to wholly new
+// nodes a step at a time: [a,b], then [b,c], then [c,d] is one device,
+// and its registrations stay.
+func TestCredentialsFollowTheServers(t *testing.T) {
+	p, nodes := newCluster(t, 4)
+	path := ""
+	for i, list := range [][]*httptest.Server{nodes[0:2], nodes[1:3], nodes[2:4]} {
+		d := newDevice(t, path, "", nil, withServers(urlsOf(list)...)).start()
+		path = d.path
+		pc := p.nextConn(t)
+		if nodeOf(list, pc) < 0 || (i > 0 && pc.hello.DeviceID != "dev-1") {
+			t.Fatalf("list %d: the agent reached %s as %q, want a listed node as dev-1", i, pc.node, pc.hello.DeviceID)
+		}
+		d.waitConnected(t) // the welcome is adopted
+		if i == 0 {
+			if _, err := d.agent.Register(bg, alice, app, sender); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want := make([]string, len(list))
+		for j, n := range list {
+			want[j] = mustEndpoint(t, n.URL)
+		}
+		if creds, err := d.store.Credentials(); err != nil || creds.DeviceID != "dev-1" || creds.Server != strings.Join(want, "\n") {
+			t.Errorf("list %d: credentials %+v, %v; want dev-1 for %q", i, creds, err, want)
+		}
+		if tok, err := d.store.Token(app, sender); err != nil || tok != peerToken(app, sender) {
+			t.Errorf("list %d: token %q, %v; want the registration kept", i, tok, err)
+		}
+		if st, err := d.agent.Status(bg); err != nil || st.DeviceID != "dev-1" {
+			t.Errorf("list %d: status %+v, %v; want device dev-1", i, st, err)
+		}
+		d.stop()
+	}
+	if n := p.checkinCount(); n != 1 {
+		t.Errorf("%d check-ins over three lists, want 1", n)
 	}
 }
 

@@ -121,7 +121,7 @@ func (h linkHandler) Serve(ctx context.Context, s *Session) {
 }
 
 // adopt checks the welcome against what the agent knows and persists new
-// credentials.
+// credentials, or the configured servers with the credentials it presented.
 func (a *Agent) adopt(w wire.Welcome) error {
 	if w.DeviceSecret != "" {
 		err := a.store.SetCredentials(store.Credentials{Server: a.credentialsServer(), DeviceID: w.DeviceID, Secret: w.DeviceSecret})
@@ -137,6 +137,17 @@ func (a *Agent) adopt(w wire.Welcome) error {
 	}
 	if !a.ownsCredentials(creds) || creds.DeviceID != w.DeviceID {
 		return fmt.Errorf("welcome for device %q without credentials; this is device %q", w.DeviceID, creds.DeviceID)
+	}
+	// The cluster took the credentials: they now belong to the configured
+	// list, so that a later list need only share a node with this one, not
+	// with the list of the check-in.
+	if servers := a.credentialsServer(); creds.Server != servers {
+		// The session is good without it; the next welcome tries again.
+		if err := a.store.SetServer(creds.DeviceID, servers); err != nil {
+			a.log.Warn("the credentials stay with the servers of before", "err", err)
+			return nil
+		}
+		a.log.Info("credentials now for the configured servers", "device", creds.DeviceID, "servers", a.endpoints)
 	}
 	return nil
 }
