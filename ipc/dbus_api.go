@@ -149,7 +149,9 @@ var pushInterface = dbusInterface{
 		{name: "Connected", typ: "b", get: func(st Status) any { return st.Connected }},
 		{name: "DeviceID", typ: "s", get: func(st Status) any { return st.DeviceID }},
 		{name: "PowerMode", typ: "s", get: func(st Status) any { return st.PowerMode }},
-		{name: "Server", typ: "s", changes: "const", get: func(st Status) any { return st.Server }},
+		// The node connected to or being dialled: the agent moves between
+		// the nodes of a cluster.
+		{name: "Server", typ: "s", get: func(st Status) any { return st.Server }},
 		{name: "Apps", typ: "u", changes: "false", get: func(st Status) any { return clampUint32(int64(st.Apps)) }},
 		{name: "QueuedDownstream", typ: "u", changes: "false", get: func(st Status) any { return clampUint32(int64(st.QueuedDownstream)) }},
 		{name: "PendingUpstream", typ: "u", changes: "false", get: func(st Status) any { return clampUint32(int64(st.PendingUpstream)) }},

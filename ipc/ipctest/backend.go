@@ -45,10 +45,11 @@ type pendingSend struct {
 // Backend is an in-memory ipc.Backend. The zero value is not usable; call
 // New.
 type Backend struct {
-	server, deviceID string
+	deviceID string
 
 	mu        sync.Mutex
 	connected bool
+	server    string
 	owners    map[string]uint32
 	tokens    map[registration]string
 	queued    map[string][]ipc.Message // per app, unacked, in arrival order
@@ -85,7 +86,8 @@ func New(server, deviceID string) *Backend {
 }
 
 // OnStatusChange sets a function called, outside the backend's lock,
-// after each change that SetConnected or SetPowerMode makes to the status.
+// after each change that SetConnected, SetServer or SetPowerMode makes to
+// the status.
 func (b *Backend) OnStatusChange(f func()) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -93,9 +95,17 @@ func (b *Backend) OnStatusChange(f func()) {
 }
 
 // SetPowerMode sets the power mode the status reports.
-func (b *Backend) SetPowerMode(mode string) {
+func (b *Backend) SetPowerMode(mode string) { b.changeStatus(func() { b.powerMode = mode }) }
+
+// SetServer sets the server the status reports, as an agent moving to
+// another node of a cluster does.
+func (b *Backend) SetServer(server string) { b.changeStatus(func() { b.server = server }) }
+
+// changeStatus runs change under the backend's lock, then tells the
+// OnStatusChange function outside it.
+func (b *Backend) changeStatus(change func()) {
 	b.mu.Lock()
-	b.powerMode = mode
+	change()
 	f := b.onStatus
 	b.mu.Unlock()
 	if f != nil {
@@ -124,15 +134,7 @@ func (b *Backend) Topics(app, sender string) []string {
 
 // SetConnected sets whether the backend claims to be connected to the
 // server.
-func (b *Backend) SetConnected(connected bool) {
-	b.mu.Lock()
-	b.connected = connected
-	f := b.onStatus
-	b.mu.Unlock()
-	if f != nil {
-		f()
-	}
-}
+func (b *Backend) SetConnected(connected bool) { b.changeStatus(func() { b.connected = connected }) }
 
 // SetOwner makes uid the owner of app, as if that user had registered it.
 func (b *Backend) SetOwner(app string, uid uint32) {
