@@ -216,14 +216,17 @@ func New(cfg Config) (*Agent, error) {
 	var a *Agent
 	link, err := NewLink(LinkConfig{
 		OnSessionEnd: func(reason string, heartbeat time.Duration) { a.sessionEnded(reason, heartbeat) },
-		URLs:         endpoints,
-		Insecure:     cfg.Insecure,
-		TLS:          cfg.TLS,
-		Heartbeat:    cfg.Heartbeat,
-		PongWait:     cfg.PongWait,
-		MinBackoff:   cfg.MinBackoff,
-		MaxBackoff:   cfg.MaxBackoff,
-		Logger:       cfg.Logger.With("part", "link"),
+		// Status reports the server being dialled: it changes with each
+		// attempt at another node, with or without a session there.
+		OnServerChange: func() { a.statusChanged() },
+		URLs:           endpoints,
+		Insecure:       cfg.Insecure,
+		TLS:            cfg.TLS,
+		Heartbeat:      cfg.Heartbeat,
+		PongWait:       cfg.PongWait,
+		MinBackoff:     cfg.MinBackoff,
+		MaxBackoff:     cfg.MaxBackoff,
+		Logger:         cfg.Logger.With("part", "link"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)

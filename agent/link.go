@@ -72,7 +72,11 @@ type LinkConfig struct {
 	// OnSessionEnd, when set, is told why each session ended and the
 	// heartbeat it had, so that a silent death can be learned from.
 	OnSessionEnd func(reason string, heartbeat time.Duration)
-	Logger       *slog.Logger
+	// OnServerChange, when set, is called when the link is about to dial
+	// another server than it last did (LinkStats.Server), so that whoever
+	// shows where the device is learns of it without polling.
+	OnServerChange func()
+	Logger         *slog.Logger
 }
 
 // ReasonHeartbeatTimeout is the disconnect reason of a connection that
@@ -374,13 +378,17 @@ type target struct {
 // next configured node.
 func (l *Link) nextTarget() target {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	t := target{url: l.cfg.URLs[l.entry], entry: l.entry}
 	if l.redirect != "" {
 		t = target{url: l.redirect, entry: -1}
 		l.redirect = ""
 	}
+	changed := t.url != l.server
 	l.server = t.url
+	l.mu.Unlock()
+	if changed && l.cfg.OnServerChange != nil {
+		l.cfg.OnServerChange()
+	}
 	return t
 }
 

@@ -7,10 +7,15 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/godbus/dbus/v5"
+
+	"tether/internal/dbustest"
+	"tether/ipc"
 	"tether/store"
 	"tether/wire"
 )
@@ -413,5 +418,81 @@ func TestWakeRedialsTheSameServer(t *testing.T) {
 			t.Fatalf("after a wake the agent reached %s, want %s again", next.node, pc.node)
 		}
 		d.waitConnected(t)
+	}
+}
+
+// A D-Bus client watching the properties sees the agent move to another
+// node as soon as it dials there, before any session: Server changes
+// while Connected is still false.
+func TestDBusAnnouncesTheServer(t *testing.T) {
+	bus := dbustest.Start(t)
+	p, nodes := newCluster(t, 2)
+	var door *ipc.DBusServer // set before the agent runs, as tetherd does
+	d := newDevice(t, "", "", nil, withServers(urlsOf(nodes)...), func(c *Config) {
+		c.OnStatusChange = func() { door.StatusChanged() }
+	})
+	door, err := ipc.NewDBusServer(ipc.DBusConfig{Bus: bus.Address, Backend: d.agent, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- door.Serve(bg) }()
+	t.Cleanup(func() {
+		if err := door.Close(); err != nil {
+			t.Errorf("close the door: %v", err)
+		}
+		if err := <-served; err != nil {
+			t.Errorf("serve the door: %v", err)
+		}
+	})
+
+	client, err := dbus.Connect(bus.Address, dbus.WithSignalHandler(dbus.NewSequentialSignalHandler()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	if err := client.AddMatchSignal(dbus.WithMatchObjectPath(ipc.DBusPath), dbus.WithMatchInterface("org.freedesktop.DBus.Properties"), dbus.WithMatchMember("PropertiesChanged")); err != nil {
+		t.Fatal(err)
+	}
+	signals := make(chan *dbus.Signal, 64)
+	client.Signal(signals)
+	// changed waits for the PropertiesChanged that sets name to value and
+	// returns everything it announces.
+	changed := func(name string, value any) map[string]dbus.Variant {
+		t.Helper()
+		for {
+			select {
+			case s := <-signals:
+				props, ok := s.Body[1].(map[string]dbus.Variant)
+				if v, found := props[name]; ok && found && v.Value() == value {
+					return props
+				}
+			case <-time.After(waitLimit):
+				t.Fatalf("no PropertiesChanged setting %s to %v", name, value)
+			}
+		}
+	}
+
+	d.start()
+	pc := p.nextConn(t)
+	d.waitConnected(t)
+	gate := make(chan struct{})
+	release := sync.OnceFunc(func() { close(gate) })
+	t.Cleanup(release) // a held handler would keep its node from closing
+	p.set(func(p *peer) { p.gate = gate })
+	pc.drop()
+	next := p.nextConn(t) // held before its welcome
+	if nodeOf(nodes, next) != 1-nodeOf(nodes, pc) {
+		t.Fatalf("after losing %s the agent reached %s, want the other node", pc.node, next.node)
+	}
+	server := mustEndpoint(t, nodes[nodeOf(nodes, next)].URL)
+	if props := changed("Server", server); props["Connected"].Value() == true {
+		t.Errorf("Server announced with %v, want it before the session", props)
+	}
+	release()
+	changed("Connected", true)
+	var got string
+	if err := client.Object(ipc.DBusName, ipc.DBusPath).StoreProperty(ipc.DBusInterface+".Server", &got); err != nil || got != server {
+		t.Errorf("Server = %q, %v; want %q", got, err, server)
 	}
 }
