@@ -1,0 +1,60 @@
+package natsstore
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"strconv"
+	"time"
+)
+
+// The records' keys, after a shard's prefix (prefix.N.) or the meta
+// stream's (prefix.meta.). Parts that come from outside (device IDs,
+// tokens, sender IDs) are checked with validToken before they make a
+// subject; app IDs, topics and message IDs are hashed or encoded.
+//
+//	meta:  schema                        the layout (meta)
+//	       snd.SENDER                    store.Sender
+//	       sndkey.HASH                   sender ID of a server key's hash
+//	shard: dev.DEVICE                    store.Device
+//	       q.DEVICE                      the device's queue (device)
+//	       m.DEVICE.SEQ                  a queued message's body (store.Message)
+//	       tok.TOKEN                     store.Registration
+//	       tt.TOKEN                      the token's topics
+//	       sub.SENDER.TOPIC.TOKEN        a subscription, for fan-out
+//	       seen.DEVICE.HASH              an upstream message ID seen lately
+//	       up.DEVICE.HASH.RECEIVED       a queued upstream message
+//	       tm.SEQ                        a topic message waiting for fan-out
+
+func devKey(device string) string   { return "dev." + device }
+func queueKey(device string) string { return "q." + device }
+func bodyKey(device string, seq uint64) string {
+	return "m." + device + "." + strconv.FormatUint(seq, 10)
+}
+func bodiesOf(device string) string { return "m." + device + ".>" }
+func tokKey(token string) string    { return "tok." + token }
+func topicsKey(token string) string { return "tt." + token }
+func subKey(sender, topic, token string) string {
+	return "sub." + sender + "." + topicToken(topic) + "." + token
+}
+func subsOf(sender, topic string) string { return "sub." + sender + "." + topicToken(topic) + ".>" }
+func seenKey(device, app, id string) string {
+	return "seen." + device + "." + idHash(app, id)
+}
+func upKey(device, app, id string, received time.Time) string {
+	return "up." + device + "." + idHash(app, id) + "." + strconv.FormatInt(received.UnixNano(), 10)
+}
+func topicMsgKey(seq uint64) string { return "tm." + strconv.FormatUint(seq, 10) }
+
+func senderKey(id string) string       { return "snd." + id }
+func senderKeyHash(hash []byte) string { return "sndkey." + hex.EncodeToString(hash) }
+
+// topicToken encodes a topic name, whose characters ('.', '~', '%') may
+// not stand in a subject, as one subject token.
+func topicToken(topic string) string { return base64.RawURLEncoding.EncodeToString([]byte(topic)) }
+
+// idHash names an app's message ID within a device's subjects.
+func idHash(app, id string) string {
+	h := sha256.Sum256([]byte(app + "\x00" + id))
+	return hex.EncodeToString(h[:16])
+}
