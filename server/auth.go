@@ -24,7 +24,7 @@ var (
 // sender's. Failures count against remote: past Config.AuthFailureLimit a
 // minute, its attempts are refused unchecked until its budget refills.
 func (s *Server) checkKey(ctx context.Context, remote, senderID, key string) (store.Sender, error) {
-	if s.authFailures.exhausted(remote) {
+	if s.authFailures.exhausted(ctx, remote) {
 		return store.Sender{}, errAuthThrottled
 	}
 	hash := hashSecret(key)
@@ -42,7 +42,7 @@ func (s *Server) checkKey(ctx context.Context, remote, senderID, key string) (st
 	case snd.KeyValid(hash, s.now()):
 		return snd, nil
 	}
-	s.authFailures.allow(remote)
+	s.authFailures.allow(ctx, remote)
 	s.log.Info("app server refused: unknown server key", "remote", remote, "sender", senderID)
 	return store.Sender{}, errUnknownKey
 }

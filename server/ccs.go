@@ -136,6 +136,12 @@ func (c *ccs) open(xc *xmpp.Conn) xmpp.Handler {
 	c.wg.Go(cc.answerLoop)
 	c.mu.Unlock()
 	cc.log.Info("xmpp connection open", "jid", xc.JID())
+	if n := c.srv.node; n != nil {
+		// Every node's waiting messages of the sender come here now.
+		if err := n.senders.Serve(cc.sender); err != nil {
+			cc.log.Error("xmpp connection not announced to the cluster", "err", err)
+		}
+	}
 	c.srv.up.routeAppeared(cc.sender)
 	return cc
 }
@@ -268,6 +274,9 @@ func (c *ccs) closed(cc *ccsConn) {
 	}
 	if len(conns) == 0 {
 		delete(c.conns, cc.sender)
+		if n := c.srv.node; n != nil {
+			n.senders.Stop(cc.sender)
+		}
 	} else {
 		c.conns[cc.sender] = conns
 	}

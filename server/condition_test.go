@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -104,30 +105,30 @@ func TestRateLimiter(t *testing.T) {
 	clock := &testClock{}
 	l := newRateLimiter(60, clock.Now)
 	for i := range 60 {
-		if !l.allow("a") {
+		if !l.allow(context.Background(), "a") {
 			t.Fatalf("event %d of a burst of 60 refused", i)
 		}
 	}
-	if l.allow("a") {
+	if l.allow(context.Background(), "a") {
 		t.Fatal("61st event in a minute allowed")
 	}
-	if !l.allow("b") {
+	if !l.allow(context.Background(), "b") {
 		t.Fatal("another key refused")
 	}
 	clock.Advance(time.Second)
-	if !l.allow("a") || l.allow("a") {
+	if !l.allow(context.Background(), "a") || l.allow(context.Background(), "a") {
 		t.Fatal("a second should give exactly one more event")
 	}
-	if newRateLimiter(0, clock.Now) != nil || !(*rateLimiter)(nil).allow("x") {
+	if newRateLimiter(0, clock.Now) != nil || !(*rateLimiter)(nil).allow(context.Background(), "x") {
 		t.Fatal("no limit must allow everything")
 	}
 
 	// Idle keys are forgotten once the map has grown.
 	for i := range 2 * minPrune {
-		l.allow(string(rune(i)))
+		l.allow(context.Background(), string(rune(i)))
 	}
 	clock.Advance(2 * time.Minute)
-	l.allow("new")
+	l.allow(context.Background(), "new")
 	l.mu.Lock()
 	n := len(l.buckets)
 	l.mu.Unlock()

@@ -66,7 +66,7 @@ func (f *fanout) run(ctx context.Context) {
 func (f *fanout) drain(ctx context.Context) bool {
 	s := f.srv
 	for ctx.Err() == nil {
-		tms, err := s.store.TopicMessages(ctx, 0, topicReadAhead)
+		tms, err := f.waiting(ctx)
 		if err != nil {
 			s.log.Error("read topic messages", "err", err)
 			return false
@@ -81,6 +81,24 @@ func (f *fanout) drain(ctx context.Context) bool {
 		}
 	}
 	return true
+}
+
+// waiting reads the first topic messages waiting for fan-out; on a
+// cluster, those of the partitions this node holds.
+func (f *fanout) waiting(ctx context.Context) ([]store.TopicMessage, error) {
+	s := f.srv
+	if s.node == nil {
+		return s.store.TopicMessages(ctx, 0, topicReadAhead)
+	}
+	var all []store.TopicMessage
+	for _, p := range s.node.leases.Held() {
+		tms, err := s.node.st.TopicMessagesIn(ctx, p, 0, topicReadAhead)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, tms...)
+	}
+	return all, nil
 }
 
 // fanOut runs the steps of one topic message until it is done; false means

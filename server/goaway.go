@@ -45,8 +45,13 @@ func (s *Server) reconnectGoAway() *wire.GoAway {
 // shutdownGoAway is the goaway of a device whose session ends because the
 // server shuts down: a random wait up to Config.ShutdownSpread, so that
 // the fleet reconnects over that time rather than in one instant.
+// On a cluster it names another node to come back to.
 func (s *Server) shutdownGoAway() wire.GoAway {
-	return wire.GoAway{RetryAfter: mathrand.IntN(retrySeconds(s.cfg.ShutdownSpread) + 1), Reason: "server shutting down"}
+	g := wire.GoAway{RetryAfter: mathrand.IntN(retrySeconds(s.cfg.ShutdownSpread) + 1), Reason: "server shutting down"}
+	if s.node != nil {
+		g.Server = s.node.cl.OtherPublicURL()
+	}
+	return g
 }
 
 // goAwayConn sends a goaway and a close frame on a connection that has no

@@ -2,12 +2,15 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -68,6 +71,11 @@ func startServerIn(t testing.TB, dir string, mod func(*Config)) *testServer {
 		Now:      clock.Now,
 		RetryMin: 10 * time.Millisecond,
 		RetryMax: 100 * time.Millisecond,
+	}
+	if os.Getenv(onClusterEnv) != "" {
+		// The state of the data directory is a prefix on the shared
+		// cluster: a restart on the same directory finds it again.
+		cfg.NATS = clusterConfig(t, "d"+fmt.Sprintf("%x", sha256.Sum256([]byte(dir)))[:12])
 	}
 	if mod != nil {
 		mod(&cfg)

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"sync"
 	"time"
 
@@ -12,13 +13,30 @@ import (
 )
 
 // hub knows the one live session and the one probe of each device, and
-// owns their goroutines: shutdown closes them all and waits for them.
+// owns their goroutines: shutdown closes them all and waits for them. On a
+// cluster it reaches the sessions of the other nodes through bus.
 type hub struct {
+	// bus, on a cluster, carries what concerns a device to the node that
+	// holds its session, this one or another; nil on a single machine.
+	bus deviceBus
+
 	mu       sync.Mutex
 	sessions map[string]*session // by device ID
 	probes   map[string]*probe   // by device ID
 	closing  bool
 	wg       sync.WaitGroup
+}
+
+// deviceBus reaches a device's session wherever it is (cluster.Devices).
+type deviceBus interface {
+	// Watch takes, on this node, what is published for device until
+	// unwatch is called.
+	Watch(device string) (unwatch func(), err error)
+	Kick(device string)
+	Live(device string, payload []byte)
+	// Takeover ends, on every other node, the sessions of device older
+	// than the one named key.
+	Takeover(device, key string)
 }
 
 func newHub() *hub {
@@ -39,12 +57,33 @@ func (h *hub) enter() bool {
 
 func (h *hub) leave() { h.wg.Done() }
 
-// attach makes ss its device's live session, closing the one it replaces.
-// It is false when the hub is shutting down.
-func (h *hub) attach(ss *session) bool { return attachTo(h, h.sessions, ss.device, ss) }
+// attach makes ss its device's live session, closing the one it replaces,
+// here or, on a cluster, on another node. It is false when the hub is
+// shutting down, or when the cluster cannot be told.
+func (h *hub) attach(ss *session) bool {
+	if h.bus != nil {
+		unwatch, err := h.bus.Watch(ss.device)
+		if err != nil {
+			ss.log.Error("session not announced to the cluster", "err", err)
+			return false
+		}
+		ss.unwatch = unwatch
+	}
+	if !attachTo(h, h.sessions, ss.device, ss) {
+		ss.stopWatching()
+		return false
+	}
+	if h.bus != nil {
+		h.bus.Takeover(ss.device, ss.key)
+	}
+	return true
+}
 
 // detach forgets ss unless a newer session has replaced it already.
-func (h *hub) detach(ss *session) { detachFrom(h, h.sessions, ss.device, ss) }
+func (h *hub) detach(ss *session) {
+	detachFrom(h, h.sessions, ss.device, ss)
+	ss.stopWatching()
+}
 
 // attachProbe makes p its device's probe, closing the older probe it
 // replaces; the device's session is left alone. It is false when the hub
@@ -94,15 +133,39 @@ func (h *hub) session(device string) *session {
 
 // notify tells the device's session, if any, that its queue has grown.
 func (h *hub) notify(device string) {
+	if h.bus != nil {
+		h.bus.Kick(device)
+		return
+	}
 	if ss := h.session(device); ss != nil {
+		ss.notify()
+	}
+}
+
+// notifyAll has every session here look at its queue.
+func (h *hub) notifyAll() {
+	h.mu.Lock()
+	live := make([]*session, 0, len(h.sessions))
+	for _, ss := range h.sessions {
+		live = append(live, ss)
+	}
+	h.mu.Unlock()
+	for _, ss := range live {
 		ss.notify()
 	}
 }
 
 // deliverNow hands m to the device's session without storing it; it is
 // false when the device is not connected, its power mode holds m back, or
-// its session is backed up.
+// its session is backed up. On a cluster it goes to whichever node holds
+// the session, and is reported true.
 func (h *hub) deliverNow(m store.Message) bool {
+	if h.bus != nil {
+		if b, err := json.Marshal(m); err == nil {
+			h.bus.Live(m.Device, b)
+		}
+		return true
+	}
 	ss := h.session(m.Device)
 	return ss != nil && ss.deliverNow(m)
 }

@@ -1,9 +1,20 @@
 package server
 
 import (
+	"context"
 	"sync"
 	"time"
 )
+
+// limiter counts events per key against a rate: rateLimiter on one
+// process, clusterLimiter across the nodes of a cluster.
+type limiter interface {
+	// allow takes one event for key, or reports that key is over its rate.
+	allow(ctx context.Context, key string) bool
+	// exhausted reports, without taking an event, whether key is over
+	// its rate.
+	exhausted(ctx context.Context, key string) bool
+}
 
 // rateLimiter allows each key perMinute events a minute, in bursts of up
 // to perMinute: a token bucket per key, refilled continuously. A nil
@@ -33,7 +44,7 @@ func newRateLimiter(perMinute int, now func() time.Time) *rateLimiter {
 }
 
 // allow takes one event for key, or reports that key is over its rate.
-func (l *rateLimiter) allow(key string) bool {
+func (l *rateLimiter) allow(_ context.Context, key string) bool {
 	if l == nil {
 		return true
 	}
@@ -56,7 +67,7 @@ func (l *rateLimiter) allow(key string) bool {
 
 // exhausted reports, without taking an event, whether key is over its
 // rate.
-func (l *rateLimiter) exhausted(key string) bool {
+func (l *rateLimiter) exhausted(_ context.Context, key string) bool {
 	if l == nil {
 		return false
 	}

@@ -530,7 +530,7 @@ func (s *Server) sendAll(ctx context.Context, snd store.Sender, reqs []sendReque
 			case req.restricted != "" && req.restricted != reg.App:
 				result.Error = errInvalidPackageName
 				continue
-			case !req.dryRun && !s.deviceRate.allow(reg.Device):
+			case !req.dryRun && !s.deviceRate.allow(ctx, reg.Device):
 				result.Error = errDeviceRate
 				continue
 			}
@@ -601,7 +601,7 @@ func (s *Server) sendTopic(ctx context.Context, snd store.Sender, req sendReques
 	} else {
 		tm.Topics = []string{req.topic}
 	}
-	if !req.dryRun && !s.topicRate.allow(rateKey) {
+	if !req.dryRun && !s.topicRate.allow(ctx, rateKey) {
 		return topicResponse{Error: errTopicsRate}, http.StatusOK
 	}
 	id, _ := strconv.ParseInt(tm.ID, 10, 64)
@@ -621,7 +621,11 @@ func (s *Server) sendTopic(ctx context.Context, snd store.Sender, req sendReques
 		return topicResponse{Error: code}, status
 	}
 	s.log.Debug("topic message stored", "sender", snd.ID, "message_id", tm.ID, "topics", len(tm.Topics))
-	s.fan.wakeUp()
+	if s.node != nil {
+		s.node.topicQueued(snd.ID)
+	} else {
+		s.fan.wakeUp()
+	}
 	return topicResponse{MessageID: id}, http.StatusOK
 }
 

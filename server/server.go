@@ -30,8 +30,12 @@ const (
 // counts take the defaults named on each field.
 type Config struct {
 	// DataDir holds the store and the admin socket; it is created with
-	// mode 0700.
+	// mode 0700. With NATS set it holds only this node's files.
 	DataDir string
+	// NATS, when set, makes the server one node of a cluster whose state
+	// is in NATS JetStream (docs/scaling.md); without it the state is a
+	// bbolt file in DataDir.
+	NATS *NATSConfig
 	// Listen is the TCP address for app servers and devices; default
 	// "127.0.0.1:8080". Port 0 picks a free port (see Addr).
 	Listen string
@@ -206,11 +210,14 @@ type Server struct {
 	fan   *fanout
 	ccs   *ccs // nil without XMPPListen
 
-	deviceRate *rateLimiter
-	topicRate  *rateLimiter
-	reconnects *rateLimiter // sessions and probes opened per device
-	// authFailures counts failed app server authentications by address.
-	authFailures *rateLimiter
+	node *node // nil on a single machine
+
+	deviceRate limiter
+	topicRate  limiter
+	reconnects limiter // sessions and probes opened per device
+	// authFailures counts failed app server authentications by address,
+	// on this process.
+	authFailures limiter
 
 	upgrader *websocket.Upgrader
 
@@ -221,8 +228,9 @@ type Server struct {
 	served  bool
 }
 
-// New prepares the data directory and opens the store. It fails fast when
-// another process holds the store.
+// New prepares the data directory and opens the store: the bbolt file in
+// it, or with Config.NATS the cluster's state. It fails fast when another
+// process holds the data directory.
 func New(cfg Config) (*Server, error) {
 	cfg.setDefaults()
 	if cfg.DataDir == "" {
@@ -245,25 +253,55 @@ func New(cfg Config) (*Server, error) {
 	if err := prepareDataDir(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("new server: %w", err)
 	}
-	st, err := store.Open(filepath.Join(cfg.DataDir, storeFile), store.Options{MaxSize: cfg.MaxStoreSize})
-	if err != nil {
+	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, tls: tlsConfig, upgrader: newUpgrader()}
+	s.hub = newHub()
+	s.fan = newFanout(s)
+	if err := s.openState(); err != nil {
 		return nil, fmt.Errorf("new server: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, store: st, tls: tlsConfig, upgrader: newUpgrader()}
-	s.hub = newHub()
-	s.up = newDispatcher(s)
-	s.fan = newFanout(s)
-	s.deviceRate = newRateLimiter(cfg.DeviceRateLimit, cfg.Now)
-	s.topicRate = newRateLimiter(cfg.TopicRateLimit, cfg.Now)
-	s.reconnects = newRateLimiter(cfg.ReconnectLimit, cfg.Now)
 	s.authFailures = newRateLimiter(cfg.AuthFailureLimit, time.Now)
+	var err error
+	for _, l := range []struct {
+		dst       *limiter
+		name      string
+		perMinute int
+	}{{&s.deviceRate, "device", cfg.DeviceRateLimit}, {&s.topicRate, "topic", cfg.TopicRateLimit}, {&s.reconnects, "reconnect", cfg.ReconnectLimit}} {
+		if *l.dst, err = s.limiterFor(l.name, l.perMinute, cfg.Now); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("new server: %w", err)
+		}
+	}
 	if cfg.XMPPListen != "" {
 		if s.ccs, err = newCCS(s); err != nil {
-			st.Close()
+			s.Close()
 			return nil, fmt.Errorf("new server: %w", err)
 		}
 	}
 	return s, nil
+}
+
+// openState opens the bbolt file, or joins the cluster.
+func (s *Server) openState() error {
+	if s.cfg.NATS == nil {
+		st, err := store.Open(filepath.Join(s.cfg.DataDir, storeFile), store.Options{MaxSize: s.cfg.MaxStoreSize})
+		if err != nil {
+			return err
+		}
+		s.store = st
+		s.up = newDispatcher(s)
+		return nil
+	}
+	// The dispatcher comes first: the node hands it work as soon as it
+	// joins.
+	s.up = newDispatcher(s)
+	n, err := joinCluster(s, *s.cfg.NATS)
+	if err != nil {
+		return err
+	}
+	s.node, s.store = n, n.st
+	s.hub.bus = n.devices
+	s.up.store, s.up.cluster = n.st, n
+	return nil
 }
 
 // prepareDataDir creates dir with mode 0700, or narrows an existing one.
@@ -392,6 +430,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	wg.Go(func() { s.up.run(ctx) })
 	wg.Go(func() { s.fan.run(ctx) })
+	if s.node != nil {
+		s.node.run(ctx, &wg)
+	}
 	// The XMPP endpoint outlives ctx: it drains its connections first.
 	xmppCtx, stopXMPP := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopXMPP()
@@ -441,6 +482,13 @@ func (s *Server) Close() error {
 		}
 	}
 	s.mu.Unlock()
+	if s.node != nil {
+		s.node.close()
+		return nil
+	}
+	if s.store == nil {
+		return nil
+	}
 	return s.store.Close()
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"slices"
@@ -25,6 +26,11 @@ const closeReplaced = 4000
 // remembered, so that even a TTL-0 message resent after a lost ack is not
 // delivered twice.
 const minUpstreamDedupe = time.Hour
+
+// clusterRecheck is when, after a session opens on a cluster, it looks
+// at its queue once more. Its subscription reaches the other NATS servers
+// within milliseconds on a LAN.
+const clusterRecheck = 2 * time.Second
 
 // directQueue bounds time-to-live-0 messages waiting for a session's
 // writer; beyond it they are dropped, as their sender asked.
@@ -122,6 +128,11 @@ func (s *Server) openSession(conn *websocket.Conn, acc accepted) (*session, bool
 		ss.log.Debug("write failed", "err", err)
 		ss.close(0, "")
 	}
+	if s.node != nil {
+		// A kick published before every NATS server knew of the
+		// session's subscription is lost: one more look catches it.
+		time.AfterFunc(clusterRecheck, ss.notify)
+	}
 	return ss, true
 }
 
@@ -214,7 +225,7 @@ func (s *Server) handshake(ctx context.Context, conn *websocket.Conn, log *slog.
 	} else {
 		// Counted once the credentials are right, so that nobody else can
 		// use up a device's connections.
-		if !s.reconnects.allow(hello.DeviceID) {
+		if !s.reconnects.allow(ctx, hello.DeviceID) {
 			return accepted{}, s.refuse(conn, refusal{wire.CodeUnavailable, fmt.Sprintf("device %s opens more than %d connections a minute", hello.DeviceID, s.cfg.ReconnectLimit),
 				websocket.CloseTryAgainLater, s.reconnectGoAway()})
 		}
@@ -299,6 +310,12 @@ type session struct {
 	conn   *websocket.Conn
 	device string
 	log    *slog.Logger
+	// key names the session in a cluster: of two sessions of one device,
+	// the later has the greater key (hub.attach).
+	key string
+	// unwatch ends this node's subscription to the device, on a cluster.
+	unwatch     func()
+	unwatchOnce sync.Once
 	// timeout is the silence after which the session is closed: the
 	// agent's heartbeat plus the grace. Reader goroutine only.
 	timeout time.Duration
@@ -346,7 +363,7 @@ type finalFrame struct {
 
 func newSession(s *Server, conn *websocket.Conn, device string, timeout time.Duration, mode string, log *slog.Logger) *session {
 	ss := &session{
-		srv: s, ctx: context.Background(), conn: conn, device: device, log: log, timeout: timeout, mode: mode,
+		srv: s, ctx: context.Background(), conn: conn, key: sessionKey(), device: device, log: log, timeout: timeout, mode: mode,
 		replies:      make(chan []byte, 16),
 		direct:       make(chan *store.Message, directQueue),
 		kick:         make(chan struct{}, 1),
@@ -364,6 +381,20 @@ func newSession(s *Server, conn *websocket.Conn, device string, timeout time.Dur
 		return answer(data)
 	})
 	return ss
+}
+
+// sessionKey orders sessions by when they began, ties broken at random.
+func sessionKey() string {
+	return fmt.Sprintf("%019d-%016x", time.Now().UnixNano(), mathrand.Uint64())
+}
+
+// stopWatching ends the session's subscription to its device, if any.
+func (ss *session) stopWatching() {
+	ss.unwatchOnce.Do(func() {
+		if ss.unwatch != nil {
+			ss.unwatch()
+		}
+	})
 }
 
 // replaced closes the session that a newer one of its device replaced.

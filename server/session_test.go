@@ -219,11 +219,26 @@ func TestTTLExpiry(t *testing.T) {
 	}
 	marker(t, ts, d, snd.ServerKey, token)
 
-	// The sweep removes what expired, and only that.
-	if _, n, err := ts.store.(store.Sweeper).SweepExpired(context.Background(), ts.now()); err != nil || n != 1 {
-		t.Errorf("sweep removed %d, %v; want 1", n, err)
+	// The sweep removes what expired, and only that. A store that expires
+	// records by itself (JetStream) drops them at the queue's next change,
+	// and Pending may show them until then: the session skips them.
+	sw, sweeps := ts.store.(store.Sweeper)
+	if sweeps {
+		if _, n, err := sw.SweepExpired(context.Background(), ts.now()); err != nil || n != 1 {
+			t.Errorf("sweep removed %d, %v; want 1", n, err)
+		}
 	}
-	if left, _ := ts.store.Pending(context.Background(), d.id, 0, 0); len(left) != 1 || left[0].ID != long {
+	left, err := ts.store.Pending(context.Background(), d.id, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var live []string
+	for _, m := range left {
+		if m.Expiry.After(ts.now()) {
+			live = append(live, m.ID)
+		}
+	}
+	if !slices.Equal(live, []string{long}) || sweeps && len(left) != 1 {
 		t.Errorf("left %v", left)
 	}
 }

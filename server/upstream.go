@@ -12,6 +12,7 @@ import (
 	mathrand "math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"sync"
 	"time"
 
@@ -84,12 +85,18 @@ type dispatcher struct {
 	retryMin time.Duration
 	retryMax time.Duration
 
+	// cluster, on a cluster, holds the partitions whose messages this
+	// node delivers; nil on a single machine, which delivers them all.
+	cluster *node
+
 	mu       sync.Mutex
 	incoming []*upEntry
 	// appeared holds senders that gained a route: their waiting
 	// messages are due at once.
 	appeared map[string]bool
-	wake     chan struct{}
+	// dropped holds partitions this node no longer delivers.
+	dropped []int
+	wake    chan struct{}
 }
 
 func newDispatcher(s *Server) *dispatcher {
@@ -114,7 +121,16 @@ func newDispatcher(s *Server) *dispatcher {
 			switch {
 			case s.ccs != nil && s.ccs.connected(sender):
 				return ccsRoute{s.ccs}, nil
-			case snd.Webhook == "":
+			case s.node != nil:
+				has, err := s.node.senders.Has(ctx, sender)
+				if err != nil {
+					return nil, err
+				}
+				if has {
+					return peerRoute{s.node}, nil
+				}
+			}
+			if snd.Webhook == "" {
 				return nil, nil
 			}
 			return webhook{client: client, url: snd.Webhook}, nil
@@ -147,28 +163,56 @@ func newUpEntry(u store.Upstream) *upEntry {
 	return &upEntry{seq: u.Seq, sender: u.Sender, app: u.App, id: u.ID, expiry: u.Expiry, next: time.Now()}
 }
 
-// add schedules a newly queued message. It never blocks.
+// add schedules a newly queued message, on a cluster with the node that
+// delivers its partition. It never blocks.
 func (d *dispatcher) add(u store.Upstream) {
+	if d.cluster != nil {
+		d.cluster.upstreamQueued(u)
+		return
+	}
+	d.schedule(u, false)
+}
+
+// schedule takes a message to deliver; tried says it had its chance
+// before (a restart, another node). It never blocks.
+func (d *dispatcher) schedule(u store.Upstream, tried bool) {
+	e := newUpEntry(u)
+	e.tried = tried
 	d.mu.Lock()
-	d.incoming = append(d.incoming, newUpEntry(u))
+	d.incoming = append(d.incoming, e)
 	d.mu.Unlock()
 	d.poke()
 }
+
+// dropPartition stops delivering the messages of partition p, which
+// another node delivers from now on. It never blocks.
+func (d *dispatcher) dropPartition(p int) {
+	d.mu.Lock()
+	d.dropped = append(d.dropped, p)
+	d.mu.Unlock()
+	d.poke()
+}
+
+// mine reports whether this node delivers message seq.
+func (d *dispatcher) mine(seq uint64) bool { return d.cluster == nil || d.cluster.holds(seq) }
 
 func (d *dispatcher) run(ctx context.Context) {
 	var queue upHeap
 	// scheduled holds the seq of every entry in the queue or in a worker:
 	// a message queued while the store was being loaded arrives twice.
 	scheduled := make(map[uint64]bool)
-	err := d.store.EachUpstream(ctx, func(u store.Upstream) error {
-		e := newUpEntry(u)
-		e.tried = true // it had its chance before the restart
-		queue = append(queue, e)
-		scheduled[e.seq] = true
-		return nil
-	})
-	if err != nil {
-		d.log.Error("load upstream queue; messages wait for the next restart", "err", err)
+	if d.cluster == nil {
+		// On a cluster the partitions' loads come as they are taken.
+		err := d.store.EachUpstream(ctx, func(u store.Upstream) error {
+			e := newUpEntry(u)
+			e.tried = true // it had its chance before the restart
+			queue = append(queue, e)
+			scheduled[e.seq] = true
+			return nil
+		})
+		if err != nil {
+			d.log.Error("load upstream queue; messages wait for the next restart", "err", err)
+		}
 	}
 	heap.Init(&queue)
 
@@ -223,7 +267,7 @@ func (d *dispatcher) run(ctx context.Context) {
 		case <-d.wake:
 			d.mu.Lock()
 			for _, e := range d.incoming {
-				if !scheduled[e.seq] {
+				if !scheduled[e.seq] && d.mine(e.seq) {
 					scheduled[e.seq] = true
 					heap.Push(&queue, e)
 				}
@@ -231,7 +275,12 @@ func (d *dispatcher) run(ctx context.Context) {
 			d.incoming = nil
 			appeared := d.appeared
 			d.appeared = nil
+			dropped := d.dropped
+			d.dropped = nil
 			d.mu.Unlock()
+			if len(dropped) > 0 {
+				queue = d.forget(queue, parked, scheduled)
+			}
 			if len(appeared) > 0 {
 				for _, e := range queue {
 					if appeared[e.sender] {
@@ -250,7 +299,7 @@ func (d *dispatcher) run(ctx context.Context) {
 				heap.Push(&queue, e)
 			}
 			delete(parked, sender)
-			if d.settle(ctx, r) {
+			if d.settle(ctx, r) && d.mine(r.e.seq) {
 				heap.Push(&queue, r.e)
 			} else {
 				delete(scheduled, r.e.seq)
@@ -258,6 +307,24 @@ func (d *dispatcher) run(ctx context.Context) {
 		case <-timer.C:
 		}
 	}
+}
+
+// forget takes the entries of partitions no longer this node's out of the
+// queue and the parked lists; the attempts in progress end on their own.
+func (d *dispatcher) forget(queue upHeap, parked map[string][]*upEntry, scheduled map[uint64]bool) upHeap {
+	keep := func(e *upEntry) bool {
+		if d.mine(e.seq) {
+			return true
+		}
+		delete(scheduled, e.seq)
+		return false
+	}
+	queue = slices.DeleteFunc(queue, func(e *upEntry) bool { return !keep(e) })
+	heap.Init(&queue)
+	for sender, es := range parked {
+		parked[sender] = slices.DeleteFunc(es, func(e *upEntry) bool { return !keep(e) })
+	}
+	return queue
 }
 
 // dispatch picks the route for a due entry. Without one, a zero e.next
