@@ -35,6 +35,10 @@ var (
 	// ErrNoXMPP is returned when draining a server that has no XMPP
 	// endpoint.
 	ErrNoXMPP = errors.New("the server has no XMPP endpoint")
+	// ErrPerNode is returned for what one node does for itself, such as
+	// draining its XMPP connections, when asked of a whole cluster: name
+	// the node's data directory instead.
+	ErrPerNode = errors.New("this is done node by node: give the data directory of the node")
 	// errBadSender marks a name or webhook that is not acceptable.
 	errBadSender = errors.New("bad sender")
 	// errBadGrace marks a grace period out of range.
@@ -289,6 +293,10 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // AdminConfig configures OpenAdmin.
 type AdminConfig struct {
 	DataDir string
+	// NATS, in place of DataDir, manages a cluster's state: no node needs
+	// to run, and what concerns a device reaches its session on whichever
+	// node holds it.
+	NATS *NATSConfig
 	// Create makes the data directory and the store when there are none,
 	// so that senders can be added before the server first runs.
 	Create bool
@@ -297,11 +305,15 @@ type AdminConfig struct {
 }
 
 // Admin manages the senders of a data directory: through the admin socket
-// of the server running on it, or in its store directly when none runs.
+// of the server running on it, or in its store directly when none runs; or
+// those of a cluster, in its state.
 type Admin struct {
 	client *http.Client  // through the socket, or nil
 	store  store.Backend // directly, or nil
-	now    func() time.Time
+	// cluster, with NATS, tells the node holding a device's session of a
+	// change, and closes the connection with Close.
+	cluster *adminCluster
+	now     func() time.Time
 }
 
 // OpenAdmin connects to the server running on cfg.DataDir or, when its
@@ -310,6 +322,13 @@ type Admin struct {
 func OpenAdmin(ctx context.Context, cfg AdminConfig) (*Admin, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.NATS != nil {
+		c, err := openAdminCluster(ctx, *cfg.NATS)
+		if err != nil {
+			return nil, fmt.Errorf("open admin: %w", err)
+		}
+		return &Admin{store: c.st, cluster: c, now: cfg.Now}, nil
 	}
 	sock := filepath.Join(cfg.DataDir, adminSocketFile)
 	var dialer net.Dialer
@@ -340,6 +359,10 @@ func OpenAdmin(ctx context.Context, cfg AdminConfig) (*Admin, error) {
 
 // Close releases the store or the socket connections.
 func (a *Admin) Close() error {
+	if a.cluster != nil {
+		a.cluster.close()
+		return nil
+	}
 	if a.store != nil {
 		return a.store.Close()
 	}
@@ -349,6 +372,10 @@ func (a *Admin) Close() error {
 
 // ViaSocket reports whether a running server handles the requests.
 func (a *Admin) ViaSocket() bool { return a.client != nil }
+
+// ReachesSessions reports whether a change to a device reaches its live
+// session at once: through a running server, or through a cluster.
+func (a *Admin) ReachesSessions() bool { return a.client != nil || a.cluster != nil }
 
 // AddSender creates a sender with a new ID and server key. webhook may be
 // empty.
@@ -400,7 +427,10 @@ func (a *Admin) RemoveSender(ctx context.Context, id string) error {
 // token is not an active registration.
 func (a *Admin) RotateToken(ctx context.Context, token string, grace time.Duration) (RotatedToken, error) {
 	if a.store != nil {
-		_, rotated, err := rotateToken(ctx, a.store, token, grace, a.now())
+		reg, rotated, err := rotateToken(ctx, a.store, token, grace, a.now())
+		if err == nil && a.cluster != nil {
+			a.cluster.devices.Kick(reg.Device)
+		}
 		return rotated, err
 	}
 	body, _ := json.Marshal(map[string]any{"token": token, "grace_seconds": int64(grace / time.Second)})
@@ -431,6 +461,9 @@ func (a *Admin) RotateSenderKey(ctx context.Context, id string, grace time.Durat
 // has answered what is outstanding on it. App servers reconnect; the
 // endpoint keeps taking new connections.
 func (a *Admin) DrainXMPP(ctx context.Context) (DrainResult, error) {
+	if a.cluster != nil {
+		return DrainResult{}, fmt.Errorf("drain xmpp connections: %w", ErrPerNode)
+	}
 	if a.store != nil {
 		return DrainResult{}, fmt.Errorf("drain xmpp connections: %w", ErrNotServing)
 	}

@@ -351,3 +351,34 @@ func (s *Server) limiterFor(name string, perMinute int, now func() time.Time) (l
 	}
 	return clusterLimiter{r: r, srv: s}, nil
 }
+
+// adminCluster is what an Admin needs of a cluster: its state, and a way
+// to reach a device's session.
+type adminCluster struct {
+	nc      *nats.Conn
+	st      *natsstore.Store
+	devices *cluster.Devices
+}
+
+func openAdminCluster(ctx context.Context, cfg NATSConfig) (*adminCluster, error) {
+	if cfg.SetUpTimeout <= 0 {
+		cfg.SetUpTimeout = 30 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.SetUpTimeout)
+	defer cancel()
+	nc, err := cluster.Connect(ctx, cluster.ConnConfig{URLs: cfg.URLs, Creds: cfg.Creds, CA: cfg.CA, Name: "tether-server admin"})
+	if err != nil {
+		return nil, err
+	}
+	st, err := natsstore.Open(ctx, natsstore.Config{Conn: nc, Prefix: cfg.Prefix, Shards: cfg.Shards})
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return &adminCluster{nc: nc, st: st, devices: cluster.DevicePublisher(nc, st.Prefix())}, nil
+}
+
+func (c *adminCluster) close() {
+	c.nc.FlushTimeout(time.Second)
+	c.nc.Close()
+}

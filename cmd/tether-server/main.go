@@ -1,16 +1,18 @@
 // Command tether-server runs Tether's connection server and manages its
 // senders (docs/server-api.md).
 //
-//	tether-server serve --listen 127.0.0.1:8080 --data DIR [--tls-cert F --tls-key F] [--enroll-key K] [--log-level L]
+//	tether-server serve --listen 127.0.0.1:8080 --data DIR [--nats URLS [--public-url URL] [--shards N]]
+//	                    [--tls-cert F --tls-key F] [--enroll-key K] [--log-level L]
 //	                    [--device-rate-limit N] [--topic-rate-limit N] [--max-store-size BYTES]
 //	                    [--battery-max-delay D] [--store-retry-after D] [--shutdown-spread D] [--reconnect-limit N]
 //	                    [--auth-failure-limit N] [--xmpp-listen ADDR [--xmpp-plaintext] [--xmpp-domain DOMAIN]]
-//	tether-server sender add --data DIR --name NAME [--webhook URL] [--json]
-//	tether-server sender list --data DIR [--json]
-//	tether-server sender remove --data DIR --id ID
-//	tether-server sender rotate-key --data DIR --id ID [--grace DURATION] [--json]
-//	tether-server token rotate --data DIR --token TOKEN|- [--grace DURATION] [--json]
+//	tether-server sender add --data DIR | --nats URLS --name NAME [--webhook URL] [--json]
+//	tether-server sender list --data DIR | --nats URLS [--json]
+//	tether-server sender remove --data DIR | --nats URLS --id ID
+//	tether-server sender rotate-key --data DIR | --nats URLS --id ID [--grace DURATION] [--json]
+//	tether-server token rotate --data DIR | --nats URLS --token TOKEN|- [--grace DURATION] [--json]
 //	tether-server xmpp drain --data DIR
+//	tether-server migrate --data DIR --nats URLS [--shards N] [--json]
 //	tether-server version
 //
 // Exit status: 0 on success, 1 on an error, 2 on a usage error.
@@ -35,22 +37,28 @@ import (
 
 	"tether/internal/clockknob"
 	"tether/server"
+	"tether/server/natsstore"
+	"tether/wire"
 )
 
 const usage = `usage:
-  tether-server serve --data DIR [--listen ADDR] [--tls-cert FILE --tls-key FILE]
+  tether-server serve --data DIR [--nats URL[,URL...] [--nats-creds FILE] [--nats-ca FILE] [--public-url URL] [--shards N]]
+                      [--listen ADDR] [--tls-cert FILE --tls-key FILE]
                       [--enroll-key KEY | --enroll-key-file FILE] [--log-level debug|info|warn|error]
                       [--device-rate-limit N] [--topic-rate-limit N] [--max-store-size BYTES]
                       [--battery-max-delay DURATION] [--store-retry-after DURATION]
                       [--shutdown-spread DURATION] [--reconnect-limit N]
                       [--auth-failure-limit N] [--xmpp-listen ADDR [--xmpp-plaintext] [--xmpp-domain DOMAIN]]
-  tether-server sender add --data DIR --name NAME [--webhook URL] [--json]
-  tether-server sender list --data DIR [--json]
-  tether-server sender remove --data DIR --id ID
-  tether-server sender rotate-key --data DIR --id ID [--grace DURATION] [--json]
-  tether-server token rotate --data DIR --token TOKEN|- [--grace DURATION] [--json]
+  tether-server sender add --data DIR | --nats URL --name NAME [--webhook URL] [--json]
+  tether-server sender list --data DIR | --nats URL [--json]
+  tether-server sender remove --data DIR | --nats URL --id ID
+  tether-server sender rotate-key --data DIR | --nats URL --id ID [--grace DURATION] [--json]
+  tether-server token rotate --data DIR | --nats URL --token TOKEN|- [--grace DURATION] [--json]
   tether-server xmpp drain --data DIR
+  tether-server migrate --data DIR --nats URL[,URL...] [--shards N] [--json]
   tether-server version
+
+--nats takes --nats-creds FILE, --nats-ca FILE and --nats-prefix NAME beside it.
 `
 
 // version is set at build time (make build stamps it from git).
@@ -106,6 +114,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return tokenRotate(ctx, args[2:], os.Stdin, stdout, stderr)
 	case len(args) >= 2 && args[0] == "xmpp" && args[1] == "drain":
 		return xmppDrain(ctx, args[2:], stdout, stderr)
+	case len(args) >= 1 && args[0] == "migrate":
+		return migrate(ctx, args[1:], stdout, stderr)
 	case len(args) == 1 && (args[0] == "version" || args[0] == "--version"):
 		fmt.Fprintln(stdout, "tether-server", version)
 		return nil
@@ -165,8 +175,30 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	xmppListen := fs.String("xmpp-listen", "", "TCP `address` of the XMPP (CCS) endpoint for app servers, e.g. :5235; TLS with --tls-cert (off when empty)")
 	xmppPlain := fs.Bool("xmpp-plaintext", false, "serve XMPP without TLS, for a proxy in front that terminates TLS")
 	xmppDomain := fs.String("xmpp-domain", "", "`domain` accepted in SENDER_ID@DOMAIN besides gcm.googleapis.com and fcm.googleapis.com")
+	var nats natsFlags
+	nats.add(fs)
+	publicURL := fs.String("public-url", "", "this node's `URL` for devices (wss://host:port), named to them by other nodes when one shuts down; with --nats")
+	shards := fs.Int("shards", 0, "streams a new cluster state spreads devices over, fixed at creation; with --nats (0: 8)")
 	if err := parse(fs, args, "data"); err != nil {
 		return err
+	}
+	if nats.urls == "" && (*publicURL != "" || *shards != 0) {
+		fmt.Fprintln(stderr, "tether-server serve: --public-url and --shards go with --nats")
+		return errUsage
+	}
+	if nats.urls != "" && *maxStore != 0 {
+		fmt.Fprintln(stderr, "tether-server serve: --max-store-size caps the bbolt file; a cluster's storage is capped by its JetStream limits (docs/scaling.md)")
+		return errUsage
+	}
+	if *publicURL != "" {
+		if _, err := wire.ParseServerURL(*publicURL); err != nil {
+			fmt.Fprintf(stderr, "tether-server serve: --public-url: %v\n", err)
+			return errUsage
+		}
+	}
+	if *shards < 0 || *shards > natsstore.MaxShards {
+		fmt.Fprintf(stderr, "tether-server serve: --shards %d out of range 1 to %d\n", *shards, natsstore.MaxShards)
+		return errUsage
 	}
 	if *deviceRate < 0 || *topicRate < 0 || *maxStore < 0 || *reconnectLimit < 0 || *authLimit < 0 {
 		fmt.Fprintln(stderr, "tether-server serve: --device-rate-limit, --topic-rate-limit, --max-store-size, --reconnect-limit and --auth-failure-limit cannot be negative")
@@ -226,6 +258,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		ShutdownSpread: *shutdownSpread, ReconnectLimit: *reconnectLimit,
 		AuthFailureLimit: *authLimit,
 		XMPPListen:       *xmppListen, XMPPPlaintext: *xmppPlain, XMPPDomain: *xmppDomain,
+		NATS: nats.config(),
+	}
+	if cfg.NATS != nil {
+		cfg.NATS.PublicURL, cfg.NATS.Shards = *publicURL, *shards
 	}
 	if offset != 0 {
 		cfg.Now = func() time.Time { return time.Now().Add(offset) }
@@ -248,13 +284,37 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	return srv.Serve(ctx)
 }
 
+func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("migrate", stderr)
+	data := fs.String("data", "", "data `directory` of the single-node server to move (stopped)")
+	var nats natsFlags
+	nats.add(fs)
+	shards := fs.Int("shards", 0, "streams a new cluster state spreads devices over (0: 8)")
+	asJSON := fs.Bool("json", false, "print the counts as a JSON object")
+	if err := parse(fs, args, "data", "nats"); err != nil {
+		return err
+	}
+	cfg := nats.config()
+	cfg.Shards = *shards
+	n, err := server.Migrate(ctx, server.MigrateConfig{DataDir: *data, NATS: *cfg})
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(n)
+	}
+	fmt.Fprintf(stdout, "moved %d senders, %d devices, %d registrations, %d queued messages, %d upstream messages, %d upstream IDs seen, %d topic messages\n",
+		n.Senders, n.Devices, n.Registrations, n.Messages, n.Upstream, n.Seen, n.TopicMessages)
+	return nil
+}
+
 func xmppDrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("xmpp drain", stderr)
 	data := fs.String("data", "", "data `directory` of the running server")
 	if err := parse(fs, args, "data"); err != nil {
 		return err
 	}
-	a, err := openAdmin(ctx, *data, false)
+	a, err := server.OpenAdmin(ctx, server.AdminConfig{DataDir: *data})
 	if err != nil {
 		return err
 	}
@@ -267,20 +327,74 @@ func xmppDrain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return nil
 }
 
-func openAdmin(ctx context.Context, data string, create bool) (*server.Admin, error) {
-	return server.OpenAdmin(ctx, server.AdminConfig{DataDir: data, Create: create})
+// natsFlags say how to reach a cluster's NATS servers.
+type natsFlags struct {
+	urls, creds, ca, prefix string
+}
+
+func (n *natsFlags) add(fs *flag.FlagSet) {
+	fs.StringVar(&n.urls, "nats", "", "`URLs` of the cluster's NATS servers, comma-separated: the state is in JetStream there (docs/scaling.md)")
+	fs.StringVar(&n.creds, "nats-creds", "", "NATS credentials `file`")
+	fs.StringVar(&n.ca, "nats-ca", "", "PEM `file` of the CAs of the NATS servers' certificates (tls:// URLs)")
+	fs.StringVar(&n.prefix, "nats-prefix", "tether", "`name` of the cluster's streams and subjects, for several clusters on one NATS")
+}
+
+// config is the cluster configuration the flags give, or nil without
+// --nats.
+func (n *natsFlags) config() *server.NATSConfig {
+	if n.urls == "" {
+		return nil
+	}
+	var urls []string
+	for _, u := range strings.Split(n.urls, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			urls = append(urls, u)
+		}
+	}
+	return &server.NATSConfig{URLs: urls, Creds: n.creds, CA: n.ca, Prefix: n.prefix}
+}
+
+// target is where an admin command works: a data directory (of a running
+// server or a stopped one), or a cluster's NATS servers.
+type target struct {
+	data string
+	nats natsFlags
+}
+
+// targetFlags adds --data and the NATS flags to fs.
+func targetFlags(fs *flag.FlagSet) *target {
+	t := &target{}
+	fs.StringVar(&t.data, "data", "", "data `directory` of the server")
+	t.nats.add(fs)
+	return t
+}
+
+// check says which of --data and --nats is missing or too many.
+func (t *target) check(fs *flag.FlagSet) error {
+	if (t.data == "") == (t.nats.urls == "") {
+		fmt.Fprintf(fs.Output(), "%s: give --data DIR, or --nats URL for a cluster\n", fs.Name())
+		return errUsage
+	}
+	return nil
+}
+
+func openAdmin(ctx context.Context, t *target, create bool) (*server.Admin, error) {
+	return server.OpenAdmin(ctx, server.AdminConfig{DataDir: t.data, NATS: t.nats.config(), Create: create})
 }
 
 func senderAdd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("sender add", stderr)
-	data := fs.String("data", "", "data `directory` of the server")
+	tgt := targetFlags(fs)
 	name := fs.String("name", "", "`name` of the app server, for people")
 	webhook := fs.String("webhook", "", "`URL` that upstream messages are POSTed to")
 	asJSON := fs.Bool("json", false, `print {"sender_id": ..., "server_key": ...}`)
-	if err := parse(fs, args, "data", "name"); err != nil {
+	if err := parse(fs, args, "name"); err != nil {
 		return err
 	}
-	admin, err := openAdmin(ctx, *data, true)
+	if err := tgt.check(fs); err != nil {
+		return err
+	}
+	admin, err := openAdmin(ctx, tgt, true)
 	if err != nil {
 		return err
 	}
@@ -307,12 +421,15 @@ func printKey(snd server.NewSender, asJSON bool, stdout, stderr io.Writer) error
 
 func senderList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("sender list", stderr)
-	data := fs.String("data", "", "data `directory` of the server")
+	tgt := targetFlags(fs)
 	asJSON := fs.Bool("json", false, "print a JSON array")
-	if err := parse(fs, args, "data"); err != nil {
+	if err := parse(fs, args); err != nil {
 		return err
 	}
-	admin, err := openAdmin(ctx, *data, false)
+	if err := tgt.check(fs); err != nil {
+		return err
+	}
+	admin, err := openAdmin(ctx, tgt, false)
 	if err != nil {
 		return err
 	}
@@ -341,12 +458,15 @@ func senderList(ctx context.Context, args []string, stdout, stderr io.Writer) er
 
 func senderRemove(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("sender remove", stderr)
-	data := fs.String("data", "", "data `directory` of the server")
+	tgt := targetFlags(fs)
 	id := fs.String("id", "", "sender `ID` to remove")
-	if err := parse(fs, args, "data", "id"); err != nil {
+	if err := parse(fs, args, "id"); err != nil {
 		return err
 	}
-	admin, err := openAdmin(ctx, *data, false)
+	if err := tgt.check(fs); err != nil {
+		return err
+	}
+	admin, err := openAdmin(ctx, tgt, false)
 	if err != nil {
 		return err
 	}
@@ -360,14 +480,17 @@ func senderRemove(ctx context.Context, args []string, stdout, stderr io.Writer) 
 
 func senderRotateKey(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("sender rotate-key", stderr)
-	data := fs.String("data", "", "data `directory` of the server")
+	tgt := targetFlags(fs)
 	id := fs.String("id", "", "sender `ID` whose server key to replace")
 	grace := fs.Duration("grace", 24*time.Hour, "how long the old key keeps working (`duration`, 0 to stop it at once)")
 	asJSON := fs.Bool("json", false, `print {"sender_id": ..., "server_key": ..., "old_key_until": ...}`)
-	if err := parse(fs, args, "data", "id"); err != nil {
+	if err := parse(fs, args, "id"); err != nil {
 		return err
 	}
-	admin, err := openAdmin(ctx, *data, false)
+	if err := tgt.check(fs); err != nil {
+		return err
+	}
+	admin, err := openAdmin(ctx, tgt, false)
 	if err != nil {
 		return err
 	}
@@ -381,11 +504,14 @@ func senderRotateKey(ctx context.Context, args []string, stdout, stderr io.Write
 
 func tokenRotate(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flags("token rotate", stderr)
-	data := fs.String("data", "", "data `directory` of the server")
+	tgt := targetFlags(fs)
 	token := fs.String("token", "", "registration `token` to replace; - reads it from standard input (keeps it out of ps)")
 	grace := fs.Duration("grace", server.DefaultTokenGrace, "how long the old token keeps working (`duration`)")
 	asJSON := fs.Bool("json", false, `print {"token": ..., "grace_until": ...}`)
-	if err := parse(fs, args, "data", "token"); err != nil {
+	if err := parse(fs, args, "token"); err != nil {
+		return err
+	}
+	if err := tgt.check(fs); err != nil {
 		return err
 	}
 	if *token == "-" {
@@ -397,7 +523,7 @@ func tokenRotate(ctx context.Context, args []string, stdin io.Reader, stdout, st
 			return errors.New("read token: standard input is empty")
 		}
 	}
-	admin, err := openAdmin(ctx, *data, false)
+	admin, err := openAdmin(ctx, tgt, false)
 	if err != nil {
 		return err
 	}
@@ -406,7 +532,7 @@ func tokenRotate(ctx context.Context, args []string, stdin io.Reader, stdout, st
 	if err != nil {
 		return err
 	}
-	if !admin.ViaSocket() {
+	if !admin.ReachesSessions() {
 		fmt.Fprintln(stderr, "The device learns the new token when it next connects to the server.")
 	}
 	if *asJSON {

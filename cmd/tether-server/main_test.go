@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -12,12 +13,16 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+	natsgo "github.com/nats-io/nats.go"
 
+	"tether/internal/natstest"
+	"tether/server/natsstore"
 	"tether/server/store"
 	"tether/wire"
 )
@@ -73,6 +78,15 @@ func TestUsage(t *testing.T) {
 		{"token", "rotate", "--data", dir},
 		{"token", "rotate", "--token", "t"},
 		{"token", "rotate", "--data", dir, "--token", "t", "--grace", "soon"},
+		{"token", "rotate", "--data", dir, "--nats", "nats://127.0.0.1:1", "--token", "t"},
+		{"sender", "list", "--nats", "nats://127.0.0.1:1", "--data", dir},
+		{"serve", "--data", dir, "--public-url", "wss://a.example"},
+		{"serve", "--data", dir, "--shards", "4"},
+		{"serve", "--data", dir, "--nats", "nats://127.0.0.1:1", "--max-store-size", "1000"},
+		{"serve", "--data", dir, "--nats", "nats://127.0.0.1:1", "--public-url", "ftp://a.example"},
+		{"serve", "--data", dir, "--nats", "nats://127.0.0.1:1", "--shards", "300"},
+		{"migrate", "--data", dir},
+		{"migrate", "--nats", "nats://127.0.0.1:1"},
 	} {
 		if code, _, stderr := runCmd(t, args...); code != 2 || stderr == "" {
 			t.Errorf("%q: exit %d, stderr %q; want 2 with a message", args, code, stderr)
@@ -83,12 +97,45 @@ func TestUsage(t *testing.T) {
 	}
 }
 
-func TestSenderCommandsWithoutServer(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "data")
-	if code, _, stderr := runCmd(t, "sender", "list", "--data", dir); code != 1 || !strings.HasPrefix(stderr, "tether-server: ") {
-		t.Errorf("list without a store: %d %q", code, stderr)
+// targets are the two places admin commands work without a running
+// server: a data directory, and a cluster's NATS servers.
+func targets(t *testing.T) []struct {
+	name string
+	args func() []string
+} {
+	nats := natstest.Start(t, natstest.Config{Servers: 1})
+	return []struct {
+		name string
+		args func() []string
+	}{
+		{"data", func() []string { return []string{"--data", filepath.Join(t.TempDir(), "data")} }},
+		{"nats", func() []string {
+			return []string{"--nats", nats.URL(), "--nats-prefix", fmt.Sprintf("cmd%d", prefixes.Add(1))}
+		}},
 	}
-	code, stdout, stderr := runCmd(t, "sender", "add", "--data", dir, "--name", "thermo", "--webhook", "https://b.example/up", "--json")
+}
+
+var prefixes atomic.Int64
+
+func TestSenderCommandsWithoutServer(t *testing.T) {
+	for _, tgt := range targets(t) {
+		t.Run(tgt.name, func(t *testing.T) { testSenderCommands(t, tgt.args()) })
+	}
+}
+
+// testSenderCommands manages senders where at says, with no server
+// running there.
+func testSenderCommands(t *testing.T, at []string) {
+	cmd := func(args ...string) (int, string, string) {
+		t.Helper()
+		return runCmd(t, append(args, at...)...)
+	}
+	if at[0] == "--data" {
+		if code, _, stderr := cmd("sender", "list"); code != 1 || !strings.HasPrefix(stderr, "tether-server: ") {
+			t.Errorf("list without a store: %d %q", code, stderr)
+		}
+	}
+	code, stdout, stderr := cmd("sender", "add", "--name", "thermo", "--webhook", "https://b.example/up", "--json")
 	if code != 0 {
 		t.Fatalf("add: %d %s", code, stderr)
 	}
@@ -99,27 +146,32 @@ func TestSenderCommandsWithoutServer(t *testing.T) {
 	if len(snd) != 2 || !regexp.MustCompile(`^[1-9]\d{11}$`).MatchString(snd["sender_id"]) || len(snd["server_key"]) < 40 {
 		t.Fatalf("add --json printed %v", snd)
 	}
-	code, stdout, _ = runCmd(t, "sender", "add", "--data", dir, "--name", "plain")
+	code, stdout, _ = cmd("sender", "add", "--name", "plain")
 	if code != 0 || !regexp.MustCompile(`(?m)^sender_id +\d{12}\nserver_key +\S{40,}$`).MatchString(stdout) {
 		t.Errorf("add: %d %q", code, stdout)
 	}
 
-	code, stdout, _ = runCmd(t, "sender", "list", "--data", dir, "--json")
+	code, stdout, _ = cmd("sender", "list", "--json")
 	var list []map[string]any
 	if err := json.Unmarshal([]byte(stdout), &list); code != 0 || err != nil || len(list) != 2 {
 		t.Fatalf("list --json: %d %q %v", code, stdout, err)
 	}
-	code, stdout, _ = runCmd(t, "sender", "list", "--data", dir)
+	code, stdout, _ = cmd("sender", "list")
 	if code != 0 || !strings.Contains(stdout, snd["sender_id"]) || !strings.Contains(stdout, "https://b.example/up") || strings.Contains(stdout, snd["server_key"]) {
 		t.Errorf("list: %d %q", code, stdout)
 	}
-	if code, _, _ := runCmd(t, "sender", "remove", "--data", dir, "--id", snd["sender_id"]); code != 0 {
+	code, stdout, _ = cmd("sender", "rotate-key", "--id", snd["sender_id"], "--grace", "1h", "--json")
+	var rotated map[string]any
+	if err := json.Unmarshal([]byte(stdout), &rotated); code != 0 || err != nil || rotated["server_key"] == snd["server_key"] || rotated["old_key_until"] == nil {
+		t.Errorf("rotate-key --json: %d %q %v", code, stdout, err)
+	}
+	if code, _, _ := cmd("sender", "remove", "--id", snd["sender_id"]); code != 0 {
 		t.Errorf("remove: %d", code)
 	}
-	if code, _, stderr := runCmd(t, "sender", "remove", "--data", dir, "--id", snd["sender_id"]); code != 1 || !strings.Contains(stderr, "no such sender") {
+	if code, _, stderr := cmd("sender", "remove", "--id", snd["sender_id"]); code != 1 || !strings.Contains(stderr, "no such sender") {
 		t.Errorf("second remove: %d %q", code, stderr)
 	}
-	if code, _, stderr := runCmd(t, "sender", "add", "--data", dir, "--name", "x", "--webhook", "not a url"); code != 1 || stderr == "" {
+	if code, _, stderr := cmd("sender", "add", "--name", "x", "--webhook", "not a url"); code != 1 || stderr == "" {
 		t.Errorf("bad webhook: %d %q", code, stderr)
 	}
 }
@@ -288,5 +340,51 @@ func TestTokenRotateCommand(t *testing.T) {
 	out, err := cmd.Output()
 	if err != nil || !regexp.MustCompile(`(?m)^token +\S{64}\ngrace_until +\d{4}-`).Match(out) {
 		t.Errorf("token rotate --token -: %v %q", err, out)
+	}
+}
+
+// TestTokenRotateOnCluster: a token rotated in a cluster's state, with no
+// node running, answers as on a data directory and says the device is told
+// at once by whichever node holds its session.
+func TestTokenRotateOnCluster(t *testing.T) {
+	nats := natstest.Start(t, natstest.Config{Servers: 1})
+	prefix := fmt.Sprintf("cmd%d", prefixes.Add(1))
+	at := []string{"--nats", nats.URL(), "--nats-prefix", prefix}
+	if code, _, stderr := runCmd(t, append([]string{"sender", "add", "--name", "x"}, at...)...); code != 0 {
+		t.Fatalf("sender add: %s", stderr)
+	}
+	nc, err := natsgo.Connect(nats.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	st, err := natsstore.Open(context.Background(), natsstore.Config{Conn: nc, Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	senders, err := st.Senders(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := st.AddDevice(context.Background(), []byte("secret hash"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := st.Register(context.Background(), dev.ID, "com.example.app", senders[0].ID, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runCmd(t, append([]string{"token", "rotate", "--token", reg.Token, "--json"}, at...)...)
+	var rotated struct {
+		Token string `json:"token"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &rotated); code != 0 || err != nil || rotated.Token == "" || rotated.Token == reg.Token {
+		t.Fatalf("token rotate --json: %d %q %q %v", code, stdout, stderr, err)
+	}
+	if strings.Contains(stderr, "when it next connects") {
+		t.Errorf("on a cluster, stderr %q says the device learns it later", stderr)
+	}
+	if code, _, stderr := runCmd(t, append([]string{"xmpp", "drain"}, at...)...); code != 2 || stderr == "" {
+		t.Errorf("xmpp drain on a cluster: %d %q; want a usage error", code, stderr)
 	}
 }

@@ -50,6 +50,12 @@ func NewDevices(n *Node, h DeviceHandler) *Devices {
 	return &Devices{nc: n.nc, prefix: n.cfg.Prefix, handler: h, in: make(chan *nats.Msg, deviceBacklog)}
 }
 
+// DevicePublisher publishes to devices' sessions and receives nothing:
+// for a process that is not a node, such as an admin command.
+func DevicePublisher(nc *nats.Conn, prefix string) *Devices {
+	return &Devices{nc: nc, prefix: prefix}
+}
+
 func (d *Devices) subject(device, kind string) string {
 	return d.prefix + ".dev." + device + "." + kind
 }

@@ -482,6 +482,7 @@ func (s *Store) Ack(ctx context.Context, dev string, ids []string, now time.Time
 	}
 	shard := s.ShardOf(dev)
 	last, err := s.updateDevice(ctx, dev, func(d *device, ch *change) ([]write, error) {
+		d.prune(now)
 		before, _ := d.notices()
 		removed := d.ack(ids, ch)
 		after, _ := d.notices()
