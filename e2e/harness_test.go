@@ -19,10 +19,16 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"tether/internal/natstest"
 )
 
 // binDir holds the binaries built once by TestMain.
 var binDir string
+
+// natsBin is nats-server, built once by TestMain from the module Tether
+// requires, for the cluster tests.
+var natsBin string
 
 func TestMain(m *testing.M) {
 	if os.Getenv(chaosAppEnv) != "" {
@@ -40,6 +46,10 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
+	if natsBin, err = natstest.Build(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

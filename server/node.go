@@ -65,6 +65,8 @@ type node struct {
 
 	mu   sync.Mutex
 	work map[int]*nats.Subscription // of the partitions held
+	// switched is when the node last left its NATS server for another.
+	switched time.Time
 }
 
 // nodeLockFile keeps a second node off a data directory in use: its admin
@@ -91,7 +93,7 @@ func joinCluster(s *Server, cfg NATSConfig) (*node, error) {
 		n.close()
 		return nil, err
 	}
-	if n.st, err = natsstore.Open(ctx, natsstore.Config{Conn: n.nc, Prefix: cfg.Prefix, Shards: cfg.Shards, Logger: s.log}); err != nil {
+	if n.st, err = natsstore.Open(ctx, natsstore.Config{Conn: n.nc, Prefix: cfg.Prefix, Shards: cfg.Shards, Logger: s.log, OnUnavailable: n.unavailable}); err != nil {
 		n.close()
 		return nil, err
 	}
@@ -158,6 +160,26 @@ func (n *node) close() {
 	}
 	if n.lock != nil {
 		n.lock.Close()
+	}
+}
+
+// switchAfter is the least time between two moves to another NATS server.
+const switchAfter = 10 * time.Second
+
+// unavailable moves the node to another NATS server when JetStream did not
+// answer through this one for a whole call: a server cut off from the
+// rest of its cluster keeps its clients but cannot serve them.
+func (n *node) unavailable() {
+	n.mu.Lock()
+	if time.Since(n.switched) < switchAfter {
+		n.mu.Unlock()
+		return
+	}
+	n.switched = time.Now()
+	n.mu.Unlock()
+	n.srv.log.Warn("JetStream does not answer through this NATS server; trying another", "server", n.nc.ConnectedUrlRedacted())
+	if err := n.nc.ForceReconnect(); err != nil {
+		n.srv.log.Error("move to another NATS server", "err", err)
 	}
 }
 

@@ -37,7 +37,11 @@ type Config struct {
 	Replicas int
 	// Timeout bounds a call whose context has no deadline; default 10 s.
 	Timeout time.Duration
-	Logger  *slog.Logger
+	// OnUnavailable, when set, is called after a call failed for want of
+	// JetStream for its whole timeout: the NATS server this process is
+	// connected to may be cut off from the others.
+	OnUnavailable func()
+	Logger        *slog.Logger
 }
 
 // Store is the state of a Tether cluster in JetStream. Its methods are safe
@@ -50,6 +54,8 @@ type Store struct {
 	replicas int
 	timeout  time.Duration
 	log      *slog.Logger
+	// unavailable is Config.OnUnavailable, or nothing.
+	unavailable func()
 }
 
 // SchemaVersion is written into a new state; Open refuses another.
@@ -94,7 +100,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open state in JetStream: %w", err)
 	}
-	s := &Store{nc: cfg.Conn, js: js, prefix: cfg.Prefix, replicas: cfg.Replicas, timeout: cfg.Timeout, log: cfg.Logger}
+	s := &Store{nc: cfg.Conn, js: js, prefix: cfg.Prefix, replicas: cfg.Replicas, timeout: cfg.Timeout, log: cfg.Logger, unavailable: cfg.OnUnavailable}
+	if s.unavailable == nil {
+		s.unavailable = func() {}
+	}
 	if err := s.setUp(ctx, cfg.Shards); err != nil {
 		return nil, fmt.Errorf("open state in JetStream: %w", err)
 	}
@@ -314,13 +323,14 @@ func (s *Store) retry(ctx context.Context, attempt func(ctx context.Context) err
 		if err == nil || !errors.Is(err, errConflict) && !errors.Is(err, errTransient) {
 			return err
 		}
-		if ctx.Err() != nil {
-			return err
+		if ctx.Err() == nil && sleep(ctx, wait/2+mathrand.N(wait)) {
+			wait = min(2*wait, 100*time.Millisecond)
+			continue
 		}
-		if !sleep(ctx, wait/2+mathrand.N(wait)) {
-			return err
+		if errors.Is(err, errTransient) {
+			s.unavailable()
 		}
-		wait = min(2*wait, 100*time.Millisecond)
+		return err
 	}
 }
 
