@@ -21,6 +21,7 @@ import (
 	tetheragent "tether/agent"
 	"tether/internal/clockknob"
 	"tether/internal/faultproxy"
+	"tether/internal/natstest"
 )
 
 // Knobs of the chaos run, from the environment.
@@ -34,8 +35,6 @@ const (
 	// to as JSON.
 	chaosReportEnv = "TETHER_CHAOS_REPORT"
 
-	// defaultChaosCycles makes a run of one fault of each kind.
-	defaultChaosCycles = len(faultKinds)
 	// chaosHeartbeat is tetherd's fixed heartbeat: a blackhole is found
 	// out within it and the agent's pong wait.
 	chaosHeartbeat = 2 * time.Second
@@ -61,20 +60,28 @@ const (
 	faultBlackhole  faultKind = "blackhole"
 	faultSlow       faultKind = "slow"
 	faultClockJump  faultKind = "clock-jump"
+	// On a cluster: a nats-server killed, or cut off from the others.
+	faultKillNATS      faultKind = "kill-nats-server"
+	faultNATSBlackhole faultKind = "nats-blackhole"
 )
 
 var faultKinds = [...]faultKind{faultKillAgent, faultKillServer, faultKillApp, faultReset, faultBlackhole, faultSlow, faultClockJump}
 
+// clusterFaultKinds are the faults of a run on a cluster, where a
+// tether-server fault hits one node.
+var clusterFaultKinds = append(slices.Clone(faultKinds[:]), faultKillNATS, faultNATSBlackhole)
+
 // faultDeck deals faults from shuffled decks of every kind: a run of
-// len(faultKinds) cycles has one of each, a longer one stays even.
+// len(kinds) cycles has one of each, a longer one stays even.
 type faultDeck struct {
-	rng  *rand.Rand
-	left []faultKind
+	rng   *rand.Rand
+	kinds []faultKind
+	left  []faultKind
 }
 
 func (d *faultDeck) deal() faultKind {
 	if len(d.left) == 0 {
-		d.left = slices.Clone(faultKinds[:])
+		d.left = slices.Clone(d.kinds)
 		d.rng.Shuffle(len(d.left), func(i, j int) { d.left[i], d.left[j] = d.left[j], d.left[i] })
 	}
 	k := d.left[0]
@@ -110,7 +117,7 @@ type chaosReport struct {
 
 func (r chaosReport) summary() string {
 	kinds := make([]string, 0, len(r.Faults))
-	for _, k := range faultKinds {
+	for _, k := range clusterFaultKinds {
 		if n := r.Faults[k]; n > 0 {
 			kinds = append(kinds, fmt.Sprintf("%s=%d", k, n))
 		}
@@ -136,8 +143,29 @@ func (r chaosReport) summary() string {
 // consistency check after every stop. TETHER_CHAOS_SEED reruns a run,
 // TETHER_CHAOS_CYCLES sets its length (one fault of each kind by default),
 // TETHER_CHAOS_REPORT writes its figures as JSON.
-func TestChaos(t *testing.T) {
-	seed, cycles := chaosKnobs(t)
+func TestChaos(t *testing.T) { runChaos(t, false) }
+
+// TestChaosCluster is TestChaos on a cluster (make chaos-cluster): three
+// tether-server nodes on three nats-server processes, the agent given every
+// node; the faults also kill a node, kill a nats-server (R3 keeps quorum),
+// and cut a nats-server off from the others until the partition heals.
+// It runs when TETHER_CHAOS_CLUSTER is set, with TestChaos's knobs.
+func TestChaosCluster(t *testing.T) {
+	if os.Getenv(chaosClusterEnv) == "" {
+		t.Skipf("a long run of its own: make chaos-cluster (%s=1)", chaosClusterEnv)
+	}
+	runChaos(t, true)
+}
+
+// chaosClusterEnv runs TestChaosCluster.
+const chaosClusterEnv = "TETHER_CHAOS_CLUSTER"
+
+func runChaos(t *testing.T, clustered bool) {
+	kinds := faultKinds[:]
+	if clustered {
+		kinds = clusterFaultKinds
+	}
+	seed, cycles := chaosKnobs(t, len(kinds))
 	t.Logf("%s=%d %s=%d", chaosSeedEnv, seed, chaosCyclesEnv, cycles)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -145,8 +173,8 @@ func TestChaos(t *testing.T) {
 		}
 	})
 	rng := rand.New(rand.NewPCG(seed, 0))
-	deck := faultDeck{rng: rng}
-	r := newChaosRig(t)
+	deck := faultDeck{rng: rng, kinds: kinds}
+	r := newChaosRig(t, clustered)
 	report := chaosReport{Seed: seed, Cycles: cycles, Faults: map[faultKind]int{}}
 
 	ctx, stopSending := context.WithCancel(context.Background())
@@ -227,7 +255,7 @@ func TestChaos(t *testing.T) {
 	}
 }
 
-func chaosKnobs(t *testing.T) (seed uint64, cycles int) {
+func chaosKnobs(t *testing.T, kinds int) (seed uint64, cycles int) {
 	t.Helper()
 	seed = uint64(time.Now().UnixNano())
 	if s := os.Getenv(chaosSeedEnv); s != "" {
@@ -236,7 +264,7 @@ func chaosKnobs(t *testing.T) (seed uint64, cycles int) {
 			t.Fatalf("%s=%q: want an unsigned integer", chaosSeedEnv, s)
 		}
 	}
-	cycles = defaultChaosCycles
+	cycles = kinds
 	if s := os.Getenv(chaosCyclesEnv); s != "" {
 		var err error
 		if cycles, err = strconv.Atoi(s); err != nil || cycles < 0 {
@@ -251,18 +279,21 @@ func sleepBetween(rng *rand.Rand, lo, hi time.Duration) {
 	time.Sleep(lo + time.Duration(rng.Int64N(int64(hi-lo))))
 }
 
-// chaosRig is the run's processes, the proxy between tetherd and
+// chaosRig is the run's processes, the proxies between tetherd and
 // tether-server, and the ledger of what was sent.
 type chaosRig struct {
-	t      *testing.T
-	began  time.Time
-	srv    *server
-	agent  *agent
-	proxy  *faultproxy.Proxy
-	hook   *webhook
-	sender string
-	key    string
-	token  string
+	t     *testing.T
+	began time.Time
+	// srvs are tether-server: one, or the nodes of a cluster on nats.
+	srvs  []*server
+	nats  *natstest.Processes
+	agent *agent
+	// proxies stand between tetherd and each tether-server.
+	proxies []*faultproxy.Proxy
+	hook    *webhook
+	sender  string
+	key     string
+	token   string
 	// app is the running instance of the local app, records the files of
 	// every instance, in the order they ran.
 	app     *proc
@@ -285,7 +316,7 @@ type chaosRig struct {
 	storeChecks int
 }
 
-func newChaosRig(t *testing.T) *chaosRig {
+func newChaosRig(t *testing.T, clustered bool) *chaosRig {
 	t.Helper()
 	r := &chaosRig{
 		t: t, began: time.Now(), hook: startWebhook(t), offsets: map[string]time.Duration{},
@@ -293,27 +324,43 @@ func newChaosRig(t *testing.T) *chaosRig {
 	}
 	// No reconnection limit: the faults make tetherd reconnect far more
 	// often than any device should, and that limit is tested elsewhere.
-	r.srv = newServer(t, "--reconnect-limit", "0", "--shutdown-spread", "1s")
-	r.srv.start()
-	r.sender, r.key = r.srv.addSender("chaos-backend", r.hook.url())
-
-	proxy, err := faultproxy.New(faultproxy.Config{Upstream: r.srv.addr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.proxy = proxy
-	served := make(chan error, 1)
-	go func() { served <- proxy.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		proxy.Close()
-		if err := <-served; err != nil {
-			t.Errorf("fault proxy: %v", err)
+	flags := []string{"--reconnect-limit", "0", "--shutdown-spread", "1s"}
+	if !clustered {
+		r.srvs = []*server{newServer(t, flags...)}
+	} else {
+		r.nats = natstest.StartProcesses(t, natstest.ProcConfig{Bin: natsBin, Dir: t.TempDir()})
+		for range 3 {
+			s := newServer(t, append(flags, "--nats", r.nats.URL(), "--shards", "4")...)
+			s.args = append(s.args, "--public-url", "ws://"+s.addr)
+			r.srvs = append(r.srvs, s)
 		}
-	})
+	}
+	for _, s := range r.srvs {
+		s.start()
+	}
+	r.sender, r.key = r.srvs[0].addSender("chaos-backend", r.hook.url())
+
+	var urls []string
+	for _, s := range r.srvs {
+		proxy, err := faultproxy.New(faultproxy.Config{Upstream: s.addr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.proxies = append(r.proxies, proxy)
+		urls = append(urls, "ws://"+proxy.Addr())
+		served := make(chan error, 1)
+		go func() { served <- proxy.Serve(context.Background()) }()
+		t.Cleanup(func() {
+			proxy.Close()
+			if err := <-served; err != nil {
+				t.Errorf("fault proxy: %v", err)
+			}
+		})
+	}
 
 	// Reconnections come fast, so that the run spends its time on faults
 	// rather than on backoff.
-	r.agent = newAgent(t, "ws://"+proxy.Addr(), "--heartbeat", chaosHeartbeat.String(), "--min-backoff", "1s", "--max-backoff", "3s")
+	r.agent = newAgent(t, strings.Join(urls, ","), "--heartbeat", chaosHeartbeat.String(), "--min-backoff", "1s", "--max-backoff", "3s")
 	r.agent.start()
 	r.token = r.agent.register(app, r.sender)
 	t.Cleanup(func() { checkNoSecretsLogged(t, r.key, r.token) })
@@ -419,9 +466,20 @@ func (r *chaosRig) quietEnds() {
 
 func (r *chaosRig) setFaults(f faultproxy.Faults) {
 	r.t.Helper()
-	if err := r.proxy.Set(f); err != nil {
-		r.t.Fatal(err)
+	for _, p := range r.proxies {
+		if err := p.Set(f); err != nil {
+			r.t.Fatal(err)
+		}
 	}
+}
+
+// resetAll resets every connection through the proxies.
+func (r *chaosRig) resetAll() int {
+	n := 0
+	for _, p := range r.proxies {
+		n += p.Reset()
+	}
+	return n
 }
 
 // inject makes one fault happen and end.
@@ -436,9 +494,11 @@ func (r *chaosRig) inject(kind faultKind, rng *rand.Rand) {
 		down()
 		r.agent.start()
 	case faultKillServer:
-		r.stopServer(true)
+		s := r.srvs[rng.IntN(len(r.srvs))]
+		r.logf("kill tether-server on %s", s.addr)
+		r.stopServer(s, true)
 		down()
-		r.srv.start()
+		s.start()
 	case faultKillApp:
 		r.app.kill()
 		down()
@@ -448,7 +508,7 @@ func (r *chaosRig) inject(kind faultKind, rng *rand.Rand) {
 			if i > 0 {
 				sleepBetween(rng, 0, 700*time.Millisecond)
 			}
-			r.logf("reset %d connections", r.proxy.Reset())
+			r.logf("reset %d connections", r.resetAll())
 		}
 	case faultBlackhole:
 		r.blackhole(rng)
@@ -463,26 +523,69 @@ func (r *chaosRig) inject(kind faultKind, rng *rand.Rand) {
 		r.setFaults(faultproxy.Faults{})
 	case faultClockJump:
 		r.clockJump(rng)
+	case faultKillNATS:
+		i := rng.IntN(3)
+		r.logf("kill nats-server %d", i+1)
+		r.nats.Kill(i)
+		r.natsFault()
+		down()
+		if err := r.nats.Start(i); err != nil {
+			t.Fatal(err)
+		}
+		r.waitNATS()
+	case faultNATSBlackhole:
+		i := rng.IntN(3)
+		r.logf("cut nats-server %d off from the others", i+1)
+		if err := r.nats.Blackhole(i, true); err != nil {
+			t.Fatal(err)
+		}
+		r.natsFault()
+		sleepBetween(rng, 2*time.Second, 8*time.Second)
+		if err := r.nats.Blackhole(i, false); err != nil {
+			t.Fatal(err)
+		}
+		r.logf("nats-server %d back", i+1)
+		r.waitNATS()
 	default:
 		t.Fatalf("no fault %q", kind)
 	}
 }
 
-// stopServer kills tether-server, or stops it gracefully (the test fails
+// natsFault notes a NATS fault as a kill of tether-server for the
+// webhook's accounts: the nodes on a nats-server killed or cut off may
+// lose their partitions, and the node that takes one over posts again
+// what the other had in flight.
+func (r *chaosRig) natsFault() {
+	r.mu.Lock()
+	r.serverStops = append(r.serverStops, serverStop{at: time.Now(), killed: true})
+	r.mu.Unlock()
+}
+
+// waitNATS waits until JetStream answers through every nats-server again.
+func (r *chaosRig) waitNATS() {
+	r.t.Helper()
+	if err := r.nats.WaitReady(time.Minute); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// stopServer kills a tether-server, or stops it gracefully (the test fails
 // unless it exits 0), notes when for the webhook's accounts, and checks its
-// store.
-func (r *chaosRig) stopServer(kill bool) {
+// store: a single server's bbolt file.
+func (r *chaosRig) stopServer(s *server, kill bool) {
 	r.t.Helper()
 	if kill {
-		r.srv.p.kill()
+		s.p.kill()
 	} else {
-		r.srv.p.stop()
+		s.p.stop()
 	}
 	// Once it is gone: a post it made while stopping comes before.
 	r.mu.Lock()
 	r.serverStops = append(r.serverStops, serverStop{at: time.Now(), killed: kill})
 	r.mu.Unlock()
-	r.checkStores(r.srv.data)
+	if r.nats == nil {
+		r.checkStores(s.data)
+	}
 }
 
 // blackhole stops all traffic between tetherd and tether-server until
@@ -544,9 +647,10 @@ func (r *chaosRig) clockJump(rng *rand.Rand) {
 		r.agent.start()
 		return
 	}
-	r.stopServer(false)
-	r.srv.env = env
-	r.srv.start()
+	s := r.srvs[rng.IntN(len(r.srvs))]
+	r.stopServer(s, false)
+	s.env = env
+	s.start()
 }
 
 // checkStores checks every bbolt file in dir, whose process has stopped.
@@ -625,9 +729,10 @@ func (r *chaosRig) sendDown(ctx context.Context, rng *rand.Rand) {
 		r.mu.Lock()
 		r.run.attempted = seq
 		r.mu.Unlock()
-		for {
+		for try := 0; ; try++ {
 			asked := time.Now()
-			res, err := r.srv.send(r.key, msg)
+			// Any node takes a send; one that is down, the next.
+			res, err := r.srvs[(seq+try)%len(r.srvs)].send(r.key, msg)
 			if err == nil && len(res.Results) == 1 && res.Results[0].MessageID != "" {
 				r.mu.Lock()
 				r.run.sent[res.Results[0].MessageID] = downSend{seq: seq, kind: downKindOf(seq), ttl: ttl, asked: asked, at: time.Now()}
@@ -749,5 +854,7 @@ func (r *chaosRig) shutdown() {
 	r.app.kill()
 	r.agent.p.stop()
 	r.checkStores(r.agent.data)
-	r.stopServer(false)
+	for _, s := range r.srvs {
+		r.stopServer(s, false)
+	}
 }

@@ -243,7 +243,10 @@ func (n *node) load(p int) {
 	n.srv.fan.wakeUp()
 }
 
-// lose stops this node's work on partition p.
+// lose stops this node's work on partition p, and waits a little for the
+// deliveries in progress to end: the node that takes p next would post
+// them again. The wait is bounded, so that it does not hold up the
+// renewal of the other partitions.
 func (n *node) lose(p int) {
 	n.mu.Lock()
 	if sub := n.work[p]; sub != nil {
@@ -251,7 +254,11 @@ func (n *node) lose(p int) {
 	}
 	delete(n.work, p)
 	n.mu.Unlock()
-	n.srv.up.dropPartition(p)
+	select {
+	case <-n.srv.up.dropPartition(p):
+	case <-time.After(n.cl.LeaseTTL() / 3):
+		n.srv.log.Warn("partition given up with deliveries still in progress; they may be posted again", "partition", p)
+	}
 }
 
 // holds reports whether this node does the work of the partition that

@@ -94,8 +94,11 @@ type dispatcher struct {
 	// appeared holds senders that gained a route: their waiting
 	// messages are due at once.
 	appeared map[string]bool
-	// dropped holds partitions this node no longer delivers.
-	dropped []int
+	// dropped holds partitions this node no longer delivers, each with a
+	// channel to close once none of its attempts is in progress.
+	dropped []dropRequest
+	// stopped is set once run has returned: nothing is in progress.
+	stopped bool
 	wake    chan struct{}
 }
 
@@ -184,14 +187,30 @@ func (d *dispatcher) schedule(u store.Upstream, tried bool) {
 	d.poke()
 }
 
+type dropRequest struct {
+	partition int
+	done      chan struct{}
+}
+
 // dropPartition stops delivering the messages of partition p, which
-// another node delivers from now on. It never blocks.
-func (d *dispatcher) dropPartition(p int) {
+// another node delivers from now on. It never blocks; the channel it
+// returns closes once no attempt of p is in progress, so that the next
+// node does not post what this one is posting.
+func (d *dispatcher) dropPartition(p int) <-chan struct{} {
+	done := make(chan struct{})
 	d.mu.Lock()
-	d.dropped = append(d.dropped, p)
+	if d.stopped {
+		close(done)
+	} else {
+		d.dropped = append(d.dropped, dropRequest{p, done})
+	}
 	d.mu.Unlock()
 	d.poke()
+	return done
 }
+
+// partition is the partition of message seq, on a cluster.
+func partition(seq uint64) int { return int(seq & 0xff) }
 
 // mine reports whether this node delivers message seq.
 func (d *dispatcher) mine(seq uint64) bool { return d.cluster == nil || d.cluster.holds(seq) }
@@ -226,6 +245,23 @@ func (d *dispatcher) run(ctx context.Context) {
 			}
 		})
 	}
+	// Partitions dropped while attempts of theirs were in progress, with
+	// whoever waits for the attempts to end.
+	draining := make(map[int][]chan struct{})
+	defer func() {
+		d.mu.Lock()
+		d.stopped = true
+		for _, req := range d.dropped {
+			close(req.done)
+		}
+		d.dropped = nil
+		d.mu.Unlock()
+		for _, waiting := range draining {
+			for _, done := range waiting {
+				close(done)
+			}
+		}
+	}()
 	defer workers.Wait()
 	defer close(jobs)
 
@@ -233,6 +269,7 @@ func (d *dispatcher) run(ctx context.Context) {
 	defer timer.Stop()
 	busy := 0
 	attempting := make(map[string]int)    // attempts in progress by sender
+	inflight := make(map[int]int)         // attempts in progress by partition
 	parked := make(map[string][]*upEntry) // due entries of senders at their limit
 	for {
 		now := time.Now()
@@ -248,6 +285,7 @@ func (d *dispatcher) run(ctx context.Context) {
 			case r != nil:
 				busy++
 				attempting[e.sender]++
+				inflight[partition(e.seq)]++
 				jobs <- job{e, r}
 			case e.next.IsZero():
 				delete(scheduled, e.seq)
@@ -281,6 +319,13 @@ func (d *dispatcher) run(ctx context.Context) {
 			if len(dropped) > 0 {
 				queue = d.forget(queue, parked, scheduled)
 			}
+			for _, req := range dropped {
+				if inflight[req.partition] == 0 {
+					close(req.done)
+				} else {
+					draining[req.partition] = append(draining[req.partition], req.done)
+				}
+			}
 			if len(appeared) > 0 {
 				for _, e := range queue {
 					if appeared[e.sender] {
@@ -291,6 +336,15 @@ func (d *dispatcher) run(ctx context.Context) {
 			}
 		case r := <-results:
 			busy--
+			if p := partition(r.e.seq); inflight[p] > 1 {
+				inflight[p]--
+			} else {
+				delete(inflight, p)
+				for _, done := range draining[p] {
+					close(done)
+				}
+				delete(draining, p)
+			}
 			sender := r.e.sender
 			if attempting[sender]--; attempting[sender] == 0 {
 				delete(attempting, sender)

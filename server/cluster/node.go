@@ -188,6 +188,9 @@ func NewNode(ctx context.Context, cfg Config) (*Node, error) {
 	return n, nil
 }
 
+// LeaseTTL is how long a partition outlives its node's last renewal.
+func (n *Node) LeaseTTL() time.Duration { return n.cfg.LeaseTTL }
+
 // ID is this node's, random for each run of the process.
 func (n *Node) ID() string { return n.id }
 
