@@ -27,44 +27,200 @@ var errUnchanged = errors.New("unchanged")
 // may add writes of its own, all written as one atomic batch only if the
 // record is still the one read; otherwise fn runs again on a fresh read.
 // fn returning errUnchanged ends it without a write. last is the sequence
-// of the batch's last write.
+// of the last of fn's own writes (of the batch's last when fn adds none).
+//
+// The changes of one device that this process makes at once are written
+// together, one read and one batch for all of them (as bbolt's Batch
+// shares a commit): concurrent sends and acks of a busy device do not
+// fail each other's writes.
 func (s *Store) updateDevice(ctx context.Context, dev string, fn func(d *device, ch *change) ([]write, error)) (last uint64, err error) {
+	op := &deviceOp{fn: fn, done: make(chan struct{})}
+	s.devMu.Lock()
+	s.devPending[dev] = append(s.devPending[dev], op)
+	lead := !s.devWriting[dev]
+	s.devWriting[dev] = true
+	s.devMu.Unlock()
+	if lead {
+		s.writeDevice(dev, op)
+	}
+	select {
+	case <-op.done:
+		return op.last, op.err
+	case <-ctx.Done():
+		return 0, fmt.Errorf("change of device %s: %w", dev, ctx.Err())
+	}
+}
+
+// deviceOp is one change waiting for a device's writer.
+type deviceOp struct {
+	fn   func(d *device, ch *change) ([]write, error)
+	done chan struct{}
+	last uint64
+	err  error
+}
+
+// writeDevice writes what waits for dev until mine is done, then hands
+// what is left to a goroutine of the store, so that the caller that
+// happened to lead is not kept waiting for others.
+func (s *Store) writeDevice(dev string, mine *deviceOp) {
+	for {
+		s.devMu.Lock()
+		ops := s.devPending[dev]
+		delete(s.devPending, dev)
+		if len(ops) == 0 {
+			delete(s.devWriting, dev)
+			s.devMu.Unlock()
+			return
+		}
+		s.devMu.Unlock()
+		s.applyDeviceOps(dev, ops)
+		select {
+		case <-mine.done:
+			s.writers.Go(func() { s.writeDevice(dev, &deviceOp{done: closedChan}) })
+			return
+		default:
+		}
+	}
+}
+
+// closedChan is a done channel of nothing to wait for.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// batchBudget is what the writes of one device's changes may take of an
+// atomic batch, leaving room for a change that needs more.
+const batchBudget = maxBatch - 100
+
+// applyDeviceOps writes ops, in as few batches as they fit in, each
+// applied to the record as the ones before it left it.
+func (s *Store) applyDeviceOps(dev string, ops []*deviceOp) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
 	shard := s.ShardOf(dev)
 	stream := s.shardStream(shard)
-	err = s.retry(ctx, func(ctx context.Context) error {
-		raw, seq, err := s.get(ctx, stream, s.shardSubject(shard, queueKey(dev)))
-		if err != nil {
-			return err
-		}
-		var d device
-		if raw != nil {
-			if d, err = decode[device](raw, "queue of device "+dev); err != nil {
+	for len(ops) > 0 {
+		var taken int
+		var results []deviceOp // of ops[:taken], set when a batch goes through
+		err := s.retry(ctx, func(ctx context.Context) error {
+			raw, seq, err := s.get(ctx, stream, s.shardSubject(shard, queueKey(dev)))
+			if err != nil {
 				return err
 			}
+			var d device
+			if raw != nil {
+				if d, err = decode[device](raw, "queue of device "+dev); err != nil {
+					return err
+				}
+			}
+			var ch change
+			var extras []write
+			ends := make([]int, 0, len(ops)) // where each op's writes end in extras
+			used := map[string]bool{}
+			results = results[:0]
+			taken = 0
+			changed := false
+		ops:
+			for _, op := range ops {
+				trial := d.clone()
+				var tch change
+				extra, err := op.fn(&trial, &tch)
+				switch {
+				case errors.Is(err, errUnchanged):
+					results = append(results, deviceOp{})
+					ends = append(ends, len(extras))
+					taken++
+					continue
+				case errors.Is(err, errConflict), errors.Is(err, errTransient):
+					return err
+				case err != nil:
+					results = append(results, deviceOp{err: err})
+					ends = append(ends, len(extras))
+					taken++
+					continue
+				}
+				size := 1 + len(ch.put) + len(tch.put) + len(ch.dropped) + len(tch.dropped) + len(extras) + len(extra)
+				for _, w := range extra {
+					if used[w.subject] {
+						break ops // two changes of one record: the next batch
+					}
+				}
+				if taken > 0 && size > batchBudget {
+					break
+				}
+				for _, w := range extra {
+					used[w.subject] = true
+				}
+				d, changed = trial, true
+				ch.put = append(ch.put, tch.put...)
+				ch.dropped = append(ch.dropped, tch.dropped...)
+				extras = append(extras, extra...)
+				results = append(results, deviceOp{})
+				ends = append(ends, len(extras))
+				taken++
+			}
+			if !changed {
+				return nil
+			}
+			ws := s.deviceWrites(shard, dev, d, seq, ch, extras)
+			if len(ws) > maxBatch {
+				return fmt.Errorf("change of device %s: %d writes, more than one batch takes", dev, len(ws))
+			}
+			last, err := s.commit(ctx, stream, ws)
+			if err != nil {
+				return err
+			}
+			start := len(ws) - len(extras) // where extras begin in ws
+			for i := range results {
+				if results[i].err == nil {
+					results[i].last = last
+					if ends[i] > 0 {
+						results[i].last = last - uint64(len(ws)-1-(start+ends[i]-1))
+					}
+				}
+			}
+			return nil
+		})
+		for i, op := range ops[:taken] {
+			op.last, op.err = results[i].last, results[i].err
+			if err != nil {
+				op.last, op.err = 0, err
+			}
+			close(op.done)
 		}
-		var ch change
-		extra, err := fn(&d, &ch)
 		if err != nil {
-			return err
+			for _, op := range ops[taken:] {
+				op.err = err
+				close(op.done)
+			}
+			return
 		}
-		ws := []write{{subject: s.shardSubject(shard, queueKey(dev)), data: encode(d), expect: ptr(seq)}}
-		for _, m := range ch.put {
+		ops = ops[taken:]
+	}
+}
+
+// deviceWrites are the writes of a change of dev's record, read at seq:
+// the record, the bodies added and those dropped (a body added and dropped
+// in the same change is neither), then extras.
+func (s *Store) deviceWrites(shard int, dev string, d device, seq uint64, ch change, extras []write) []write {
+	added := map[uint64]bool{}
+	for _, m := range ch.put {
+		added[m.Seq] = true
+	}
+	gone := map[uint64]bool{}
+	for _, e := range ch.dropped {
+		gone[e.Seq] = true
+	}
+	ws := []write{{subject: s.shardSubject(shard, queueKey(dev)), data: encode(d), expect: ptr(seq)}}
+	for _, m := range ch.put {
+		if !gone[m.Seq] {
 			ws = append(ws, write{subject: s.shardSubject(shard, bodyKey(dev, m.Seq)), data: encode(m), ttl: max(m.Expiry.Sub(m.Sent), 0) + bodyTTLMargin})
 		}
-		for _, e := range ch.dropped {
+	}
+	for _, e := range ch.dropped {
+		if !added[e.Seq] {
 			ws = append(ws, write{subject: s.shardSubject(shard, bodyKey(dev, e.Seq)), purge: true})
 		}
-		ws = append(ws, extra...)
-		if len(ws) > maxBatch {
-			return fmt.Errorf("change of device %s: %d writes, more than one batch takes", dev, len(ws))
-		}
-		last, err = s.commit(ctx, stream, ws)
-		return err
-	})
-	if errors.Is(err, errUnchanged) {
-		return 0, nil
 	}
-	return last, err
+	return append(ws, extras...)
 }
 
 // readDevice reads device's queue record as it is now.

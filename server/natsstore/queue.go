@@ -3,6 +3,7 @@ package natsstore
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -80,6 +81,16 @@ func newNoticeID(prefix string) string {
 type change struct {
 	put     []store.Message // bodies of new entries
 	dropped []entry         // entries removed, whose bodies go
+}
+
+// clone is a copy of d that shares nothing with it.
+func (d device) clone() device {
+	c := d
+	c.Queue = slices.Clone(d.Queue)
+	c.Regs = maps.Clone(d.Regs)
+	c.Refresh = maps.Clone(d.Refresh)
+	c.Deleted = maps.Clone(d.Deleted)
+	return c
 }
 
 // prune drops the entries expired by now: their bodies expire by

@@ -10,6 +10,7 @@ import (
 	mathrand "math/rand/v2"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -56,6 +57,13 @@ type Store struct {
 	log      *slog.Logger
 	// unavailable is Config.OnUnavailable, or nothing.
 	unavailable func()
+
+	// The changes of each device waiting to be written together
+	// (updateDevice), and the devices being written.
+	devMu      sync.Mutex
+	devPending map[string][]*deviceOp
+	devWriting map[string]bool
+	writers    sync.WaitGroup
 }
 
 // SchemaVersion is written into a new state; Open refuses another.
@@ -100,7 +108,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open state in JetStream: %w", err)
 	}
-	s := &Store{nc: cfg.Conn, js: js, prefix: cfg.Prefix, replicas: cfg.Replicas, timeout: cfg.Timeout, log: cfg.Logger, unavailable: cfg.OnUnavailable}
+	s := &Store{nc: cfg.Conn, js: js, prefix: cfg.Prefix, replicas: cfg.Replicas, timeout: cfg.Timeout, log: cfg.Logger, unavailable: cfg.OnUnavailable,
+		devPending: map[string][]*deviceOp{}, devWriting: map[string]bool{}}
 	if s.unavailable == nil {
 		s.unavailable = func() {}
 	}
@@ -212,8 +221,12 @@ func (s *Store) ensureStream(ctx context.Context, name, subject string) error {
 // replicas as asked.
 const errCodeNoPeers jetstream.ErrorCode = 10005
 
-// Close releases nothing: the connection belongs to the caller.
-func (s *Store) Close() error { return nil }
+// Close waits for the changes being written; the connection belongs to
+// the caller.
+func (s *Store) Close() error {
+	s.writers.Wait()
+	return nil
+}
 
 // Shards is the number of streams devices are spread over.
 func (s *Store) Shards() int { return s.shards }
@@ -317,14 +330,14 @@ const (
 func (s *Store) retry(ctx context.Context, attempt func(ctx context.Context) error) error {
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
-	wait := time.Millisecond
+	wait := 500 * time.Microsecond
 	for {
 		err := attempt(ctx)
 		if err == nil || !errors.Is(err, errConflict) && !errors.Is(err, errTransient) {
 			return err
 		}
 		if ctx.Err() == nil && sleep(ctx, wait/2+mathrand.N(wait)) {
-			wait = min(2*wait, 100*time.Millisecond)
+			wait = min(2*wait, 20*time.Millisecond)
 			continue
 		}
 		if errors.Is(err, errTransient) {
