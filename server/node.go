@@ -155,8 +155,7 @@ func (n *node) close() {
 		n.watch.Stop()
 	}
 	if n.nc != nil {
-		n.nc.FlushTimeout(time.Second)
-		n.nc.Close()
+		cluster.Close(n.nc)
 	}
 	if n.lock != nil {
 		n.lock.Close()
@@ -407,7 +406,4 @@ func openAdminCluster(ctx context.Context, cfg NATSConfig) (*adminCluster, error
 	return &adminCluster{nc: nc, st: st, devices: cluster.DevicePublisher(nc, st.Prefix())}, nil
 }
 
-func (c *adminCluster) close() {
-	c.nc.FlushTimeout(time.Second)
-	c.nc.Close()
-}
+func (c *adminCluster) close() { cluster.Close(c.nc) }

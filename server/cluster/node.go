@@ -115,6 +115,19 @@ func Connect(ctx context.Context, cfg ConnConfig) (*nats.Conn, error) {
 	}
 }
 
+// Close closes a connection made by Connect and waits until its
+// callbacks have run: none of them runs after Close returns.
+func Close(nc *nats.Conn) {
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	nc.FlushTimeout(time.Second)
+	nc.Close()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+	}
+}
+
 // Config configures a Node.
 type Config struct {
 	Conn *nats.Conn
