@@ -19,6 +19,18 @@ build:
 demo: build
 	BIN=$(abspath $(BIN)) ./scripts/demo.sh
 
+# nats-server, from the module Tether requires, for a cluster
+# (docs/scaling.md) and for demo-cluster.
+.PHONY: nats-server demo-cluster
+nats-server:
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ github.com/nats-io/nats-server/v2
+
+# Three NATS servers and three tether-server nodes on loopback, with the
+# commands README gives: a message down and up, a node killed.
+demo-cluster: build nats-server
+	BIN=$(abspath $(BIN)) ./scripts/cluster-demo.sh
+
 vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: the files above need formatting"; exit 1; }
@@ -94,9 +106,22 @@ bench-server:
 # slow links and clock jumps, every message accounted for
 # (docs/reliability.md). make test runs a short version of it.
 CHAOS_CYCLES ?= 50
-.PHONY: chaos
+.PHONY: chaos chaos-cluster
 chaos:
 	TETHER_CHAOS_CYCLES=$(CHAOS_CYCLES) $(GO) test -race -count=1 -timeout 60m -run '^TestChaos$$' -v ./e2e/
+
+# The same on a cluster: three tether-server nodes on three nats-server
+# processes, nodes and nats-servers killed, a nats-server cut off from the
+# others (docs/scaling.md).
+chaos-cluster:
+	TETHER_CHAOS_CLUSTER=1 TETHER_CHAOS_CYCLES=$(CHAOS_CYCLES) $(GO) test -race -count=1 -timeout 90m -run '^TestChaosCluster$$' -v ./e2e/
+
+# Sends, deliveries and latency on the bbolt default, one cluster node and
+# three, on a three-server JetStream cluster in the process
+# (docs/scaling.md has figures).
+.PHONY: bench-cluster
+bench-cluster:
+	$(GO) test -run '^$$' -bench 'Cluster' -benchtime 3000x -timeout 30m ./server/
 
 # Tether beside Mosquitto on this machine: latency, throughput, idle cost,
 # sizes, with ratios (docs/benchmarks.md). Needs Debian's mosquitto and

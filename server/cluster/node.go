@@ -36,6 +36,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"tether/server/internal/jsstream"
 )
 
 // ConnConfig says how to reach the NATS cluster.
@@ -192,10 +194,7 @@ func NewNode(ctx context.Context, cfg Config) (*Node, error) {
 		stream: strings.ToUpper(cfg.Prefix) + "_NODES", members: map[string]member{},
 	}
 	n.log = cfg.Logger.With("node", n.id)
-	if err := n.ensureStream(ctx); err != nil {
-		return nil, fmt.Errorf("join cluster: %w", err)
-	}
-	if n.bucket, err = js.Stream(ctx, n.stream); err != nil {
+	if n.bucket, err = n.ensureStream(ctx); err != nil {
 		return nil, fmt.Errorf("join cluster: %w", err)
 	}
 	return n, nil
@@ -217,43 +216,18 @@ func (n *Node) subject(parts ...string) string {
 // ensureStream creates the bucket of members and leases: records that
 // expire unless renewed, and leave a marker when they do, so that watchers
 // learn at once that a node is gone.
-func (n *Node) ensureStream(ctx context.Context) error {
-	replicas := n.cfg.Replicas
-	if replicas == 0 {
-		replicas = 3
-	}
-	for {
-		if _, err := n.js.Stream(ctx, n.stream); err == nil {
-			return nil
-		}
-		_, err := n.js.CreateStream(ctx, jetstream.StreamConfig{
-			Name:                   n.stream,
-			Description:            "Tether connection server nodes and their leases (docs/scaling.md)",
-			Subjects:               []string{n.subject("nodes", ">")},
-			Storage:                jetstream.FileStorage,
-			Replicas:               replicas,
-			MaxMsgsPerSubject:      1,
-			AllowDirect:            true,
-			AllowMsgTTL:            true,
-			SubjectDeleteMarkerTTL: time.Second,
-		})
-		var apiErr *jetstream.APIError
-		switch {
-		case err == nil, errors.Is(err, jetstream.ErrStreamNameAlreadyInUse):
-			return nil
-		case errors.As(err, &apiErr) && n.cfg.Replicas == 0 && replicas > 1 && (apiErr.ErrorCode == 10074 || apiErr.ErrorCode == 10005):
-			replicas = 1
-			continue
-		}
-		if ctx.Err() != nil {
-			return fmt.Errorf("create stream %s: %w", n.stream, err)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("create stream %s: %w", n.stream, err)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+func (n *Node) ensureStream(ctx context.Context) (jetstream.Stream, error) {
+	return jsstream.Ensure(ctx, n.js, jetstream.StreamConfig{
+		Name:                   n.stream,
+		Description:            "Tether connection server nodes and their leases (docs/scaling.md)",
+		Subjects:               []string{n.subject("nodes", ">")},
+		Storage:                jetstream.FileStorage,
+		Replicas:               n.cfg.Replicas,
+		MaxMsgsPerSubject:      1,
+		AllowDirect:            true,
+		AllowMsgTTL:            true,
+		SubjectDeleteMarkerTTL: time.Second,
+	}, n.log)
 }
 
 // Run keeps the node's membership and leases until ctx ends, then gives

@@ -13,6 +13,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"tether/server/internal/jsstream"
 )
 
 // Rates is a rate limit that holds across the nodes: perMinute events a
@@ -37,32 +39,11 @@ type bucket struct {
 // NewRates prepares the limit named name (a subject token), in the
 // cluster's stream of rates.
 func NewRates(ctx context.Context, n *Node, name string, perMinute int, now func() time.Time) (*Rates, error) {
-	streamName := strings.ToUpper(n.cfg.Prefix) + "_RATES"
-	replicas := n.cfg.Replicas
-	if replicas == 0 {
-		replicas = 3
-	}
-	var st jetstream.Stream
-	var err error
-	for {
-		st, err = n.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-			Name: streamName, Description: "Tether connection server rate limits (docs/scaling.md)",
-			Subjects: []string{n.cfg.Prefix + ".rates.>"}, Storage: jetstream.FileStorage, Replicas: replicas,
-			MaxMsgsPerSubject: 1, AllowDirect: true, AllowMsgTTL: true,
-		})
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && n.cfg.Replicas == 0 && replicas > 1 && (apiErr.ErrorCode == 10074 || apiErr.ErrorCode == 10005) {
-			replicas = 1
-			continue
-		}
-		if err == nil || ctx.Err() != nil {
-			break
-		}
-		if st, err = n.js.Stream(ctx, streamName); err == nil {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	st, err := jsstream.Ensure(ctx, n.js, jetstream.StreamConfig{
+		Name: strings.ToUpper(n.cfg.Prefix) + "_RATES", Description: "Tether connection server rate limits (docs/scaling.md)",
+		Subjects: []string{n.cfg.Prefix + ".rates.>"}, Storage: jetstream.FileStorage, Replicas: n.cfg.Replicas,
+		MaxMsgsPerSubject: 1, AllowDirect: true, AllowMsgTTL: true,
+	}, n.log)
 	if err != nil {
 		return nil, fmt.Errorf("rate limit %s: %w", name, err)
 	}

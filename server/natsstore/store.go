@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/synadia-io/orbit.go/jetstreamext"
 
+	"tether/server/internal/jsstream"
 	"tether/server/store"
 )
 
@@ -178,48 +179,13 @@ func (s *Store) streamConfig(name, subject string, replicas int) jetstream.Strea
 	}
 }
 
-// ensureStream creates a stream unless it exists. With no replication
-// configured it asks for three replicas and settles for one on a cluster
-// that cannot place three.
+// ensureStream creates a stream unless it exists.
 func (s *Store) ensureStream(ctx context.Context, name, subject string) error {
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
-	replicas := s.replicas
-	if replicas == 0 {
-		replicas = 3
-	}
-	for {
-		if _, err := s.js.Stream(ctx, name); err == nil {
-			return nil
-		}
-		_, err := s.js.CreateStream(ctx, s.streamConfig(name, subject, replicas))
-		var apiErr *jetstream.APIError
-		switch {
-		case err == nil:
-			s.log.Info("stream created", "stream", name, "replicas", replicas)
-			return nil
-		case errors.As(err, &apiErr) && s.replicas == 0 && replicas > 1 &&
-			(apiErr.ErrorCode == errCodeReplicasNotSupported || apiErr.ErrorCode == errCodeNoPeers):
-			s.log.Warn("fewer than three JetStream servers: the state is not replicated", "stream", name)
-			replicas = 1
-			continue
-		case errors.Is(err, jetstream.ErrStreamNameAlreadyInUse):
-			return nil
-		}
-		// A cluster that has just started may have no meta leader yet.
-		if ctx.Err() != nil {
-			return fmt.Errorf("create stream %s: %w", name, err)
-		}
-		s.log.Debug("stream not created yet; retrying", "stream", name, "err", err)
-		if !sleep(ctx, 200*time.Millisecond) {
-			return fmt.Errorf("create stream %s: %w", name, err)
-		}
-	}
+	_, err := jsstream.Ensure(ctx, s.js, s.streamConfig(name, subject, s.replicas), s.log)
+	return err
 }
-
-// errCodeNoPeers is JetStream's answer when it cannot place as many
-// replicas as asked.
-const errCodeNoPeers jetstream.ErrorCode = 10005
 
 // Close waits for the changes being written; the connection belongs to
 // the caller.
@@ -332,7 +298,14 @@ func (s *Store) retry(ctx context.Context, attempt func(ctx context.Context) err
 	defer cancel()
 	wait := 500 * time.Microsecond
 	for {
-		err := attempt(ctx)
+		// Each try has a few seconds: a stream whose leader is being
+		// elected lets a request wait for nothing.
+		try, cancelTry := context.WithTimeout(ctx, tryTimeout)
+		err := attempt(try)
+		cancelTry()
+		if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w: %w", errTransient, err)
+		}
 		if err == nil || !errors.Is(err, errConflict) && !errors.Is(err, errTransient) {
 			return err
 		}
@@ -346,6 +319,9 @@ func (s *Store) retry(ctx context.Context, attempt func(ctx context.Context) err
 		return err
 	}
 }
+
+// tryTimeout bounds one request to JetStream within a call.
+const tryTimeout = 4 * time.Second
 
 // write is one message of a commit.
 type write struct {
@@ -456,10 +432,14 @@ func (s *Store) getMsg(ctx context.Context, stream string, req map[string]any) (
 	defer cancel()
 	body, _ := json.Marshal(req)
 	for {
-		reply, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+stream, body)
+		try, cancelTry := context.WithTimeout(ctx, tryTimeout)
+		reply, err := s.nc.RequestWithContext(try, "$JS.API.STREAM.MSG.GET."+stream, body)
+		cancelTry()
 		if err != nil {
-			if errors.Is(err, nats.ErrNoResponders) && sleep(ctx, 50*time.Millisecond) {
-				continue // a leader being elected
+			// No leader, or one being elected: ask again.
+			again := errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil
+			if again && sleep(ctx, 50*time.Millisecond) {
+				continue
 			}
 			return nil, fmt.Errorf("read from stream %s: %w", stream, classify(err))
 		}
