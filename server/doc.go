@@ -10,8 +10,9 @@
 //     package wire (docs/protocol.md): check-in, registrations, downstream
 //     messages with acks, upstream messages.
 //
-// Every accepted message is in the store (package server/store) before it is
-// acknowledged to whoever sent it: the HTTP answer for downstream, the
+// Every accepted message is in the store (store.Backend: the bbolt file of
+// package server/store, or a cluster's JetStream state, package
+// server/natsstore) before it is acknowledged to whoever sent it: the HTTP answer for downstream, the
 // upstream_ack frame for upstream. A downstream message stays queued until
 // the device acks it or its time to live runs out, and every session of the
 // device gets the unacked ones again. An upstream message stays queued until
@@ -47,6 +48,12 @@
 // messages and receipts go out on one of its connections until the app
 // server acks them. A message takes one route: the sender's XMPP
 // connections while it has any, else its webhook.
+//
+// With Config.NATS the server is one node of a cluster (docs/scaling.md):
+// the nodes share their state in NATS JetStream, reach the node holding a
+// device's session over NATS (package server/cluster), take turns at the
+// work one node must do at a time (upstream delivery, fan-out) by leased
+// partitions, and hold limits across the cluster.
 //
 // The package has no device groups.
 package server
