@@ -748,7 +748,7 @@ func (s *Store) RotateToken(ctx context.Context, token string, grace time.Durati
 	}
 	// The new token's index first: until the rotation below, its
 	// registration is not active, and fan-out skips it.
-	rec := encode(subscriber{Device: fresh.Device, App: fresh.App})
+	rec := encode(subscriber{Token: fresh.Token, Device: fresh.Device, App: fresh.App})
 	if err := s.writeSubscriptions(ctx, shard, fresh.Sender, fresh.Token, topics, rec); err != nil {
 		return store.Registration{}, fmt.Errorf("rotate token: %w", err)
 	}

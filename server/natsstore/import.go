@@ -113,7 +113,7 @@ func (s *Store) importRegistration(ctx context.Context, reg store.Registration, 
 	if !reg.Active() {
 		return nil
 	}
-	rec := encode(subscriber{Device: reg.Device, App: reg.App})
+	rec := encode(subscriber{Token: reg.Token, Device: reg.Device, App: reg.App})
 	if err := s.writeSubscriptions(ctx, shard, reg.Sender, reg.Token, topics, rec); err != nil {
 		return fmt.Errorf("import registration of device %s: %w", reg.Device, err)
 	}

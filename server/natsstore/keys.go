@@ -9,9 +9,9 @@ import (
 )
 
 // The records' keys, after a shard's prefix (prefix.N.) or the meta
-// stream's (prefix.meta.). Parts that come from outside (device IDs,
-// tokens, sender IDs) are checked with validToken before they make a
-// subject; app IDs, topics and message IDs are hashed or encoded.
+// stream's (prefix.meta.). Parts that come from outside (device IDs, sender
+// IDs) are checked with validToken before they make a subject; tokens, app
+// IDs and message IDs are hashed, topics encoded.
 //
 //	meta:  schema                        the layout (meta)
 //	       snd.SENDER                    store.Sender
@@ -19,9 +19,9 @@ import (
 //	shard: dev.DEVICE                    store.Device
 //	       q.DEVICE                      the device's queue (device)
 //	       m.DEVICE.SEQ                  a queued message's body (store.Message)
-//	       tok.TOKEN                     store.Registration
-//	       tt.TOKEN                      the token's topics
-//	       sub.SENDER.TOPIC.TOKEN        a subscription, for fan-out
+//	       tok.HASH                      store.Registration, by its token's hash
+//	       tt.HASH                       the token's topics
+//	       sub.SENDER.TOPIC.HASH         a subscription, for fan-out
 //	       seen.DEVICE.HASH              an upstream message ID seen lately
 //	       up.DEVICE.HASH.RECEIVED       a queued upstream message
 //	       tm.SEQ                        a topic message waiting for fan-out
@@ -32,10 +32,17 @@ func bodyKey(device string, seq uint64) string {
 	return "m." + device + "." + strconv.FormatUint(seq, 10)
 }
 func bodiesOf(device string) string { return "m." + device + ".>" }
-func tokKey(token string) string    { return "tok." + token }
-func topicsKey(token string) string { return "tt." + token }
+func tokKey(token string) string    { return "tok." + secretHash(token) }
+func topicsKey(token string) string { return "tt." + secretHash(token) }
 func subKey(sender, topic, token string) string {
-	return "sub." + sender + "." + topicToken(topic) + "." + token
+	return "sub." + sender + "." + topicToken(topic) + "." + secretHash(token)
+}
+
+// secretHash names a token in subjects: a token is a secret, and subjects
+// show in NATS's monitoring and tools.
+func secretHash(token string) string {
+	h := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(h[:16])
 }
 func subsOf(sender, topic string) string { return "sub." + sender + "." + topicToken(topic) + ".>" }
 func seenKey(device, app, id string) string {

@@ -20,6 +20,7 @@ import (
 // subscriber is the value of a subscription record: what fan-out needs
 // without reading the registration.
 type subscriber struct {
+	Token  string `json:"token"`
 	Device string `json:"device"`
 	App    string `json:"app"`
 }
@@ -77,7 +78,7 @@ func (s *Store) changeTopic(ctx context.Context, shard int, token, topic string,
 			return store.ErrTooManyTopics
 		case subscribing:
 			topics = slices.Insert(topics, i, topic)
-			sub.data = encode(subscriber{Device: reg.Device, App: reg.App})
+			sub.data = encode(subscriber{Token: token, Device: reg.Device, App: reg.App})
 		default:
 			topics = slices.Delete(topics, i, i+1)
 			sub.purge = true
@@ -354,21 +355,19 @@ func (s *Store) fanOut(ctx context.Context, shard int, seq uint64, step store.Fa
 // until the step's limit; finished means the shard has no more.
 func (s *Store) fanOutShard(ctx context.Context, tm *store.TopicMessage, topic string, pos *fanOutPosition, step store.FanOutStep, considered *int, res *store.FanOutResult, copies map[string][]store.Message) (finished bool, err error) {
 	stream := s.shardStream(pos.shard)
-	prefix := s.shardSubject(pos.shard, subsOf(tm.Sender, topic))
-	prefix = prefix[:len(prefix)-1] // the subject less ">"
 	finished = true
-	err = s.scanFrom(ctx, stream, prefix+">", pos.after+1, func(m *jetstream.RawStreamMsg) (bool, error) {
+	err = s.scanFrom(ctx, stream, s.shardSubject(pos.shard, subsOf(tm.Sender, topic)), pos.after+1, func(m *jetstream.RawStreamMsg) (bool, error) {
 		if *considered >= step.Limit {
 			finished = false
 			return false, nil
 		}
 		*considered++
 		pos.after = m.Sequence
-		token := strings.TrimPrefix(m.Subject, prefix)
 		sub, err := decode[subscriber](m.Data, "subscription")
-		if err != nil {
+		if err != nil || !strings.HasSuffix(m.Subject, "."+secretHash(sub.Token)) {
 			return true, nil // one damaged subscription must not hold up the rest
 		}
+		token := sub.Token
 		if tm.RestrictedPackage != "" && sub.App != tm.RestrictedPackage {
 			return true, nil
 		}
