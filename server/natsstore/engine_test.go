@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -253,5 +254,53 @@ func TestTwoProcessesOneDevice(t *testing.T) {
 	}
 	if len(seen) != 2*each {
 		t.Errorf("%d queued, want %d", len(seen), 2*each)
+	}
+}
+
+// TestTokensNotInSubjects: subjects show in NATS's monitoring and tools;
+// no registration token is in one, however it got there.
+func TestTokensNotInSubjects(t *testing.T) {
+	s, _ := open(t, 2)
+	ctx := context.Background()
+	now := time.Now()
+	snd, err := s.AddSender(ctx, "s", "", []byte("key hash"), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := s.AddDevice(ctx, []byte("secret hash"), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := s.Register(ctx, dev.ID, "com.example.app", snd.ID, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Subscribe(ctx, dev.ID, reg.App, snd.ID, "news"); err != nil {
+		t.Fatal(err)
+	}
+	rotated, err := s.RotateToken(ctx, reg.Token, time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(connect(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for shard := range s.Shards() {
+		st, err := js.Stream(ctx, fmt.Sprintf("%s_%d", strings.ToUpper(s.Prefix()), shard))
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := st.Info(ctx, jetstream.WithSubjectFilter(">"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for subject := range info.State.Subjects {
+			for _, token := range []string{reg.Token, rotated.Token} {
+				if strings.Contains(subject, token) {
+					t.Errorf("subject %s names a token", subject)
+				}
+			}
+		}
 	}
 }
