@@ -137,6 +137,9 @@ func TestRunEndToEnd(t *testing.T) {
 			p.CheckIn.Done, p.Register.Done, p.CheckIn.Failed, p.Register.Failed, want)
 	}
 
+	if rep.Scheme != "ws" || fixed.TLS != "" {
+		t.Errorf("a run without -tls went over %s:// (TLS %q)", rep.Scheme, fixed.TLS)
+	}
 	t.Run("fixed phase", func(t *testing.T) {
 		checkPhase(t, fixed, 20)
 		if fixed.Held != 20 || fixed.Connect.Failed != 0 || fixed.Dropped != 0 {
@@ -172,6 +175,28 @@ func TestRunEndToEnd(t *testing.T) {
 		} else if !strings.Contains(out.String(), "every message accounted for") {
 			t.Errorf("the text report does not say every message was accounted for:\n%s", out.String())
 		}
+	}
+}
+
+// TestRunTLS runs a short phase over wss://: the server serves the run's
+// test certificate, and the devices and the sender trust its CA.
+func TestRunTLS(t *testing.T) {
+	tmp := isolate(t)
+	rep, err := run(context.Background(), parse(t, append(tinyArgs("10"), "-tls")), io.Discard)
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	checkCleanedUp(t, tmp)
+	if len(rep.Problems) > 0 {
+		t.Fatalf("problems: %q", rep.Problems)
+	}
+	if rep.Scheme != "wss" || len(rep.Phases) != 1 {
+		t.Fatalf("%d phases over %s://, want 1 over wss://", len(rep.Phases), rep.Scheme)
+	}
+	ph := rep.Phases[0]
+	checkPhase(t, ph, 10)
+	if !strings.HasPrefix(ph.TLS, "TLS 1.3, ") {
+		t.Errorf("the sessions negotiated %q, want TLS 1.3", ph.TLS)
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -15,6 +16,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"tether/internal/testpki"
 )
 
 // fleet is the run's devices, by index, and the sender that messages
@@ -84,6 +87,8 @@ type runner struct {
 	data      string // the server's data directory
 	fleet     *fleet
 	progress  io.Writer
+	// pki, with -tls, is the server's certificate and the CA that signed it.
+	pki *testpki.Files
 	// passes counts the dialling passes so far: each dials from its own
 	// loopback addresses, clear of the ports that earlier passes' closed
 	// connections still hold.
@@ -97,7 +102,7 @@ func (r *runner) say(format string, args ...any) {
 func (r *runner) startServer(ctx context.Context, name string) (*server, error) {
 	return startServer(ctx, serverConfig{
 		bin: r.serverBin, data: r.data, logPath: filepath.Join(r.work, name+"-server.log"),
-		logLevel: r.cfg.logLevel, fdCap: r.cfg.serverFDs,
+		logLevel: r.cfg.logLevel, fdCap: r.cfg.serverFDs, pki: r.pki,
 	})
 }
 
@@ -109,10 +114,14 @@ func (r *runner) sources() func(i int) string {
 }
 
 func (r *runner) job(srv *server) job {
-	return job{
+	j := job{
 		URL: srv.url(), Sender: r.fleet.Sender.ID, Heartbeat: r.cfg.heartbeat,
 		Concurrency: r.cfg.concurrency, HandshakeTimeout: r.cfg.handshakeTimeout,
 	}
+	if r.pki != nil {
+		j.CAFile = r.pki.CA
+	}
+	return j
 }
 
 // passStats sums the workers' answers to one pass.
@@ -226,6 +235,8 @@ type phaseReport struct {
 	Held    int    `json:"held"`
 	// Connect is the hellos with credentials answered with a welcome.
 	Connect passStats `json:"connect"`
+	// TLS is what the sessions negotiated over wss://, as one reports it.
+	TLS string `json:"tls,omitempty"`
 	// StoppedBy says what bounded a phase that looked for the maximum.
 	StoppedBy string `json:"stopped_by,omitempty"`
 	// Before is the fresh server, AtHold with every session held and
@@ -305,6 +316,9 @@ func (r *runner) phase(ctx context.Context, spec phaseSpec, n int) (pr phaseRepo
 	}
 	pr.Held = len(held)
 	pr.WorkersRSSKiB = rssKiB(answers)
+	for _, a := range answers {
+		pr.TLS = cmp.Or(pr.TLS, a.TLS)
+	}
 	if err := sleep(ctx, r.cfg.settle); err != nil {
 		return pr, err
 	}
@@ -341,10 +355,14 @@ func (r *runner) phase(ctx context.Context, spec phaseSpec, n int) (pr phaseRepo
 		tokens[i] = r.fleet.Devices[d].Token
 	}
 	r.say("phase %s: sending one message to each of %d devices", pr.Name, len(targets))
-	sent, st, sendStart, err := sendRound(ctx, sendConfig{
+	sc := sendConfig{
 		base: srv.base(), key: r.fleet.Sender.ServerKey,
 		batch: r.cfg.batch, parallel: r.cfg.senders, payload: r.cfg.payload,
-	}, tokens, round)
+	}
+	if r.pki != nil {
+		sc.roots = r.pki.Pool
+	}
+	sent, st, sendStart, err := sendRound(ctx, sc, tokens, round)
 	pr.Send = st
 	if err != nil {
 		return pr, err

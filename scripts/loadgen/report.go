@@ -10,6 +10,8 @@ import (
 
 // report is what a run measured.
 type report struct {
+	// Scheme is the devices' URL scheme: ws, or wss with -tls.
+	Scheme     string           `json:"scheme"`
 	Command    string           `json:"command"`
 	Machine    machine          `json:"machine"`
 	Server     string           `json:"server"`
@@ -88,13 +90,22 @@ func project(phases []phaseReport) *projection {
 	pj.Assumes = []string{
 		"idle sessions cost the same each, however many: the server's RSS grows linearly at the figure measured here",
 		"the figure is RSS a few seconds after the sessions connected, garbage of their handshakes not yet collected included; a burst of messages leaves the server bigger (the RSS after delivery)",
-		"ws:// on loopback: TLS adds its own state to every connection (crypto/tls buffers and keys)",
+		transportAssumed(basis.TLS),
 		"the server's RSS only: the kernel's memory for each socket is apart (the kernel column, from this machine's slab growth; other work moves it)",
 		"one file descriptor per session beside the server's own: the open-file limit, and for 1,000,000 fs.nr_open, must be above the total",
 		"one server process, and a store that holds every device: it grows with the devices registered, not connected, and is memory-mapped",
 		"the rates are not projected: they were measured with the simulated devices on the same CPUs as the server",
 	}
 	return pj
+}
+
+// transportAssumed says what the connections were: tls is what they
+// negotiated, empty without TLS.
+func transportAssumed(tls string) string {
+	if tls == "" {
+		return "ws:// on loopback: TLS adds its own state to every connection (crypto/tls buffers and keys)"
+	}
+	return "wss:// on loopback, with what these devices negotiated (" + tls + "): another cipher suite or key exchange keeps keys of other sizes"
 }
 
 func (r *report) write(w io.Writer, asJSON bool) error {
@@ -105,7 +116,7 @@ func (r *report) write(w io.Writer, asJSON bool) error {
 	}
 	p := &printer{w: w}
 	m := r.Machine
-	p.f("tether-server under load: %s, %d CPUs, %s memory, Linux %s, %s", r.Server, m.CPUs, mib(m.MemTotalMiB*1024), m.Kernel, m.Go)
+	p.f("tether-server under load over %s://: %s, %d CPUs, %s memory, Linux %s, %s", r.Scheme, r.Server, m.CPUs, mib(m.MemTotalMiB*1024), m.Kernel, m.Go)
 	p.f("server open-file limit %d, %d open when it starts", m.ServerFDLimit, m.ServerFDs)
 	p.f("command: %s", r.Command)
 	if pr := r.Provision; pr != nil {
@@ -168,6 +179,9 @@ func (p *printer) phase(ph phaseReport) {
 	p.f("")
 	p.f("phase %s: %d of %d sessions held, from %d worker processes", ph.Name, ph.Held, ph.Devices, ph.Workers)
 	p.pass("connect", "hello with credentials → welcome", ph.Connect)
+	if ph.TLS != "" {
+		p.f("  TLS           %s, a full handshake each", ph.TLS)
+	}
 	if ph.StoppedBy != "" {
 		p.f("  stopped by %s", ph.StoppedBy)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"tether/internal/testpki"
 	"tether/wire"
 )
 
@@ -31,6 +32,8 @@ type serverConfig struct {
 	logLevel string
 	// fdCap, when above 0, lowers the server's open-file limit to it.
 	fdCap int
+	// pki, when set, has the server serve TLS with its certificate.
+	pki *testpki.Files
 }
 
 // server is a running tether-server. Its stderr goes to a log file and is
@@ -39,6 +42,7 @@ type serverConfig struct {
 type server struct {
 	cmd  *exec.Cmd
 	addr string
+	tls  bool
 	done chan struct{} // closed once it has exited and its output is read
 
 	mu   sync.Mutex
@@ -55,10 +59,14 @@ func startServer(ctx context.Context, c serverConfig) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(c.bin, "serve", "--listen", "127.0.0.1:0", "--data", c.data, "--log-level", c.logLevel,
+	args := []string{"serve", "--listen", "127.0.0.1:0", "--data", c.data, "--log-level", c.logLevel,
 		// No limits but the machine's: every device connects several
 		// times a minute while provisioned, and a message goes to each.
-		"--reconnect-limit", "0", "--device-rate-limit", "0")
+		"--reconnect-limit", "0", "--device-rate-limit", "0"}
+	if c.pki != nil {
+		args = append(args, "--tls-cert", c.pki.Cert, "--tls-key", c.pki.Key)
+	}
+	cmd := exec.Command(c.bin, args...)
 	cmd.Env = append(os.Environ(),
 		"GODEBUG="+strings.TrimPrefix(os.Getenv("GODEBUG")+",gctrace=1", ","),
 		// SIGQUIT then dumps every goroutine.
@@ -77,7 +85,7 @@ func startServer(ctx context.Context, c serverConfig) (*server, error) {
 		logFile.Close()
 		return nil, fmt.Errorf("start tether-server: %w", err)
 	}
-	s := &server{cmd: cmd, done: make(chan struct{})}
+	s := &server{cmd: cmd, tls: c.pki != nil, done: make(chan struct{})}
 	addrs := make(chan string, 1)
 	go func() {
 		defer close(s.done)
@@ -135,8 +143,19 @@ func (s *server) readOutput(r io.Reader, log io.Writer, addrs chan<- string) {
 func (s *server) pid() int { return s.cmd.Process.Pid }
 
 // url is the device endpoint; base the app-server API's root.
-func (s *server) url() string  { return "ws://" + s.addr + wire.Path }
-func (s *server) base() string { return "http://" + s.addr }
+func (s *server) url() string {
+	if s.tls {
+		return "wss://" + s.addr + wire.Path
+	}
+	return "ws://" + s.addr + wire.Path
+}
+
+func (s *server) base() string {
+	if s.tls {
+		return "https://" + s.addr
+	}
+	return "http://" + s.addr
+}
 
 func (s *server) stats() (procStats, error) { return readProcStats(s.pid()) }
 
