@@ -54,6 +54,18 @@
 // as one whose session ticket has expired does. Without it the server
 // listens on ws://, without TLS's cost per connection.
 //
+// With -memprobe, and a tether-server built with -tags memprobe, each
+// phase's server collects garbage and reports what its Go runtime holds
+// (cmd/tether-server/memprobe.go) three times: fresh, with the sessions
+// held (after its RSS is read) and after delivery. The report splits the
+// growth per session into live heap, goroutine stacks, free heap and the
+// runtime's own, and each probe leaves a heap profile beside the logs
+// (-keep keeps them):
+//
+//	go build -tags memprobe -o /tmp/probe/ ./cmd/tether-server
+//	bin/loadgen -bin /tmp/probe -memprobe -tls -keep -phases 10000
+//	go tool pprof -sample_index=inuse_space /tmp/probe/tether-server DIR/phase-10000-heap.2
+//
 // It is not a soak test: sessions are held for seconds, so the devices'
 // heartbeat (an hour by default) seldom fires.
 package main
@@ -102,6 +114,7 @@ type config struct {
 	jsonFile         string
 	goroutines       bool
 	tls              bool
+	memprobe         bool
 }
 
 // phaseSpec is one phase: a number of sessions, or the most the server
@@ -224,6 +237,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.jsonFile, "json-file", "", "also write the report as JSON to `file`")
 	fs.BoolVar(&c.goroutines, "goroutines", true, "end each phase's server with SIGQUIT and count the goroutines in its dump")
 	fs.BoolVar(&c.tls, "tls", false, "serve and connect over TLS (wss:// and https://), with a test certificate authority the devices and the sender trust")
+	fs.BoolVar(&c.memprobe, "memprobe", false, "have each phase's server, built with -tags memprobe, collect garbage and report its live heap and stacks: fresh, with the sessions held and after delivery")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -275,6 +289,15 @@ func run(ctx context.Context, c config, progress io.Writer) (*report, error) {
 	}
 	if _, err := os.Stat(serverBin); err != nil {
 		return nil, fmt.Errorf("%w (make build first, or give -bin)", err)
+	}
+	if c.memprobe {
+		ok, err := builtWithTag(serverBin, "memprobe")
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, fmt.Errorf("-memprobe: %s was not built with -tags memprobe", serverBin)
+		}
 	}
 	exe, err := os.Executable()
 	if err != nil {

@@ -103,7 +103,16 @@ func (r *runner) startServer(ctx context.Context, name string) (*server, error) 
 	return startServer(ctx, serverConfig{
 		bin: r.serverBin, data: r.data, logPath: filepath.Join(r.work, name+"-server.log"),
 		logLevel: r.cfg.logLevel, fdCap: r.cfg.serverFDs, pki: r.pki,
+		heapProfile: filepath.Join(r.work, name+"-heap"),
 	})
+}
+
+// memprobe probes srv with -memprobe, and does nothing without.
+func (r *runner) memprobe(srv *server) (*memProbe, error) {
+	if !r.cfg.memprobe {
+		return nil, nil
+	}
+	return srv.memprobe(time.Minute)
 }
 
 // sources gives each worker of the next pass its loopback address.
@@ -248,6 +257,11 @@ type phaseReport struct {
 	// PerConnAnonKiB the same of anonymous memory (heap and stacks).
 	PerConnKiB     float64 `json:"rss_per_conn_kib"`
 	PerConnAnonKiB float64 `json:"anon_per_conn_kib"`
+	// Probe* are, with -memprobe, what the server's runtime held after a
+	// forced collection: fresh, once AtHold was read, and once After was.
+	ProbeFresh *memProbe `json:"probe_fresh,omitempty"`
+	ProbeHeld  *memProbe `json:"probe_held,omitempty"`
+	ProbeAfter *memProbe `json:"probe_after,omitempty"`
 	// GC is the last garbage collection before AtHold was read, GCAfter
 	// the last before After.
 	GC      *gcReport `json:"gc,omitempty"`
@@ -295,6 +309,9 @@ func (r *runner) phase(ctx context.Context, spec phaseSpec, n int) (pr phaseRepo
 	if pr.Before, err = srv.stats(); err != nil {
 		return pr, err
 	}
+	if pr.ProbeFresh, err = r.memprobe(srv); err != nil {
+		return pr, err
+	}
 	slabBefore := slabKiB()
 	c, err := startCrew(r.exe, r.job(srv), r.fleet.Devices[:n], 0, r.cfg.workers, r.work, name)
 	if err != nil {
@@ -329,6 +346,9 @@ func (r *runner) phase(ctx context.Context, spec phaseSpec, n int) (pr phaseRepo
 	pr.ConnectCPUSeconds = pr.AtHold.CPUSeconds - pr.Before.CPUSeconds
 	if pr.GC = srv.lastGC(); pr.GC != nil {
 		pr.GC.Early = pr.GC.at.Before(lastEnd(answers))
+	}
+	if pr.ProbeHeld, err = r.memprobe(srv); err != nil {
+		return pr, err
 	}
 	if pr.Held > 0 {
 		pr.PerConnKiB = (float64(pr.AtHold.RSSKiB) - float64(pr.Before.RSSKiB)) / float64(pr.Held)
@@ -384,6 +404,9 @@ func (r *runner) phase(ctx context.Context, spec phaseSpec, n int) (pr phaseRepo
 	}
 	if pr.GCAfter = srv.lastGC(); pr.GCAfter != nil {
 		pr.GCAfter.Early = pr.GCAfter.at.Before(lastEnd(answers))
+	}
+	if pr.ProbeAfter, err = r.memprobe(srv); err != nil {
+		return pr, err
 	}
 	pr.SendCPU = pr.After.CPUSeconds - pr.AtHold.CPUSeconds
 	if fi, err := os.Stat(filepath.Join(r.data, "server.db")); err == nil {

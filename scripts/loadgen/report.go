@@ -189,6 +189,9 @@ func (p *printer) phase(ph phaseReport) {
 	p.f("  server RSS    %s fresh → %s held (anon %s → %s, file %s → %s); %s after delivery, peak %s",
 		mib(b.RSSKiB), mib(h.RSSKiB), mib(b.AnonKiB), mib(h.AnonKiB), mib(b.FileKiB), mib(h.FileKiB), mib(a.RSSKiB), mib(a.HWMKiB))
 	p.f("  per session   %.1f KiB of RSS (%.1f KiB anonymous)", ph.PerConnKiB, ph.PerConnAnonKiB)
+	if ph.ProbeFresh != nil && ph.ProbeHeld != nil && ph.Held > 0 {
+		p.f("  memprobe      per session, after a forced GC: %s", ph.ProbeHeld.perSession(*ph.ProbeFresh, ph.Held))
+	}
 	switch g := ph.GC; {
 	case g == nil || ph.Held == 0:
 	case g.Early:
@@ -223,7 +226,17 @@ func (p *printer) phase(ph phaseReport) {
 		p.f("  Go runtime    after delivery: last GC %.0f s before, live heap %d MiB (%.1f KiB per session), stacks in use %d MiB, next GC at %d MiB",
 			g.SecondsBefore, g.LiveMB, float64(g.LiveMB)*1024/float64(ph.Held), g.StacksMB, g.GoalMB)
 	}
+	if ph.ProbeFresh != nil && ph.ProbeAfter != nil {
+		p.f("  memprobe      after delivery, per session, after a forced GC: %s", ph.ProbeAfter.perSession(*ph.ProbeFresh, ph.Held))
+	}
 	p.f("  store         %s on disk", mib(uint64(ph.StoreBytes)/1024))
+}
+
+// perSession says what p holds beyond fresh, per session.
+func (p memProbe) perSession(fresh memProbe, sessions int) string {
+	kib := func(now, then uint64) float64 { return (float64(now) - float64(then)) / 1024 / float64(sessions) }
+	return fmt.Sprintf("live heap %.1f KiB, stacks %.1f KiB, free heap %.1f KiB, runtime %.1f KiB; %d goroutines",
+		kib(p.Live, fresh.Live), kib(p.Stacks, fresh.Stacks), kib(p.Free, fresh.Free), kib(p.Other, fresh.Other), p.Goroutines)
 }
 
 func mib(kib uint64) string { return fmt.Sprintf("%.1f MiB", float64(kib)/1024) }
