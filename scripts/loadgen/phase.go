@@ -100,11 +100,14 @@ func (r *runner) say(format string, args ...any) {
 }
 
 func (r *runner) startServer(ctx context.Context, name string) (*server, error) {
-	return startServer(ctx, serverConfig{
+	c := serverConfig{
 		bin: r.serverBin, data: r.data, logPath: filepath.Join(r.work, name+"-server.log"),
 		logLevel: r.cfg.logLevel, fdCap: r.cfg.serverFDs, pki: r.pki,
-		heapProfile: filepath.Join(r.work, name+"-heap"),
-	})
+	}
+	if r.cfg.memprobe {
+		c.heapProfile = filepath.Join(r.work, name+"-heap")
+	}
+	return startServer(ctx, c)
 }
 
 // memprobe probes srv with -memprobe, and does nothing without.

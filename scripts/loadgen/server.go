@@ -36,7 +36,7 @@ type serverConfig struct {
 	// pki, when set, has the server serve TLS with its certificate.
 	pki *testpki.Files
 	// heapProfile, for a server built with -tags memprobe, is where its
-	// probes write heap profiles, numbered.
+	// probes write heap profiles, numbered; "" for none.
 	heapProfile string
 }
 
@@ -77,8 +77,10 @@ func startServer(ctx context.Context, c serverConfig) (*server, error) {
 	cmd.Env = append(os.Environ(),
 		"GODEBUG="+strings.TrimPrefix(os.Getenv("GODEBUG")+",gctrace=1", ","),
 		// SIGQUIT then dumps every goroutine.
-		"GOTRACEBACK=all",
-		"TETHER_HEAPPROFILE="+c.heapProfile)
+		"GOTRACEBACK=all")
+	if c.heapProfile != "" {
+		cmd.Env = append(cmd.Env, "TETHER_HEAPPROFILE="+c.heapProfile)
+	}
 	cmd.Stdout = logFile
 	// Its own process group keeps a Ctrl-C at the terminal from reaching
 	// it before the tool stops it in order; Pdeathsig ends it should the
