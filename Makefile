@@ -135,12 +135,15 @@ bench: build
 
 # The connection server under load: 10,000 idle device sessions, then as
 # many as its open-file limit allows, a message to each; memory per
-# session, connect and delivery rates (docs/benchmarks.md has figures).
+# session, connect and delivery rates, over ws:// and then over wss://
+# (docs/benchmarks.md has figures). LOAD_TLS=false or LOAD_TLS=true runs
+# one of them.
 LOAD_FLAGS ?=
+LOAD_TLS ?= false true
 .PHONY: load
 load: build
 	$(GO) build -o $(BIN)/loadgen ./scripts/loadgen
-	$(BIN)/loadgen -bin $(BIN) $(LOAD_FLAGS)
+	set -e; for tls in $(LOAD_TLS); do $(BIN)/loadgen -bin $(BIN) -tls=$$tls $(LOAD_FLAGS); done
 
 # What an idle tetherd costs: wake-ups, heartbeats and bytes each way over
 # 5 minutes, on loopback (docs/power.md has figures). IDLE_FLAGS passes

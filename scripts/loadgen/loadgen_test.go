@@ -32,7 +32,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	build := exec.Command("go", "build", "-o", dir+"/", "tether/cmd/tether-server")
+	// With the memprobe probe built in, for -memprobe: without it, the
+	// server is the same.
+	build := exec.Command("go", "build", "-tags", "memprobe", "-o", dir+"/", "tether/cmd/tether-server")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build tether-server:", err)
@@ -137,6 +139,9 @@ func TestRunEndToEnd(t *testing.T) {
 			p.CheckIn.Done, p.Register.Done, p.CheckIn.Failed, p.Register.Failed, want)
 	}
 
+	if rep.Scheme != "ws" || fixed.TLS != "" {
+		t.Errorf("a run without -tls went over %s:// (TLS %q)", rep.Scheme, fixed.TLS)
+	}
 	t.Run("fixed phase", func(t *testing.T) {
 		checkPhase(t, fixed, 20)
 		if fixed.Held != 20 || fixed.Connect.Failed != 0 || fixed.Dropped != 0 {
@@ -172,6 +177,78 @@ func TestRunEndToEnd(t *testing.T) {
 		} else if !strings.Contains(out.String(), "every message accounted for") {
 			t.Errorf("the text report does not say every message was accounted for:\n%s", out.String())
 		}
+	}
+}
+
+// TestRunTLS runs a short phase over wss://: the server serves the run's
+// test certificate, and the devices and the sender trust its CA. Its
+// server reports its memory, as -memprobe asks.
+func TestRunTLS(t *testing.T) {
+	tmp := isolate(t)
+	rep, err := run(context.Background(), parse(t, append(tinyArgs("10"), "-tls", "-memprobe")), io.Discard)
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	checkCleanedUp(t, tmp)
+	if len(rep.Problems) > 0 {
+		t.Fatalf("problems: %q", rep.Problems)
+	}
+	if rep.Scheme != "wss" || len(rep.Phases) != 1 {
+		t.Fatalf("%d phases over %s://, want 1 over wss://", len(rep.Phases), rep.Scheme)
+	}
+	ph := rep.Phases[0]
+	checkPhase(t, ph, 10)
+	if !strings.HasPrefix(ph.TLS, "TLS 1.3, ") {
+		t.Errorf("the sessions negotiated %q, want TLS 1.3", ph.TLS)
+	}
+	fresh, held, after := ph.ProbeFresh, ph.ProbeHeld, ph.ProbeAfter
+	if fresh == nil || held == nil || after == nil {
+		t.Fatalf("memprobe: fresh %v, held %v, after %v; want all three", fresh, held, after)
+	}
+	// A session has at least its reader goroutine, a stack and a connection.
+	if held.Goroutines < fresh.Goroutines+ph.Held || held.Stacks <= fresh.Stacks || held.Live <= fresh.Live {
+		t.Errorf("memprobe: fresh %+v, held %+v for %d sessions", *fresh, *held, ph.Held)
+	}
+	var out bytes.Buffer
+	if err := rep.write(&out, false); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "per session, after a forced GC: live heap ") {
+		t.Errorf("the report does not split the memory per session:\n%s", out.String())
+	}
+}
+
+// TestMemprobeNeedsItsBuild checks that -memprobe refuses a server built
+// without the probe, which SIGUSR1 would kill, before it starts any.
+func TestMemprobeNeedsItsBuild(t *testing.T) {
+	plain := t.TempDir()
+	test, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The test binary stands for a tether-server built without the tag.
+	if err := os.Symlink(test, filepath.Join(plain, "tether-server")); err != nil {
+		t.Fatal(err)
+	}
+	_, err = run(context.Background(), parse(t, []string{"-bin", plain, "-memprobe"}), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "not built with -tags memprobe") {
+		t.Errorf("run with -memprobe on a plain build: %v", err)
+	}
+}
+
+func TestParseMemProbe(t *testing.T) {
+	want := memProbe{Live: 118489304, Stacks: 82608128, Free: 78464616, Other: 14209651, Goroutines: 20083}
+	for _, line := range []string{
+		"memprobe n=2 live=118489304 stacks=82608128 free=78464616 other=14209651 goroutines=20083",
+		// Written while the runtime wrote the trace of the probe's collection.
+		"gc 4 @1.057s 0%: 0.032+0.63+0.003 ms clock, 0.065+0/0.20memprobe n=2 live=118489304 stacks=82608128 free=78464616 other=14209651 goroutines=20083",
+	} {
+		if got, ok := parseMemProbe(line); !ok || got != want {
+			t.Errorf("parseMemProbe(%q) = %+v, %v; want %+v", line, got, ok, want)
+		}
+	}
+	if _, ok := parseMemProbe("memprobe 2: write heap profile: permission denied"); ok {
+		t.Error("parseMemProbe took an error line")
 	}
 }
 

@@ -42,14 +42,32 @@
 //	bin/loadgen -bin bin                             # 10,000 sessions, then the most the server can hold
 //	bin/loadgen -bin bin -phases 2000 -json          # a quick look, as JSON
 //	bin/loadgen -bin bin -data /tmp/lg -phases max   # keep the devices for the next run
+//	bin/loadgen -bin bin -tls                        # the same over wss://
 //
 // Everything is on loopback and bounded: -conns caps the sessions of any
 // phase and -timeout the whole run. Everything it starts is stopped, and
 // its temporary directory removed, when it ends, on Ctrl-C too.
 //
+// With -tls the server serves wss:// and https:// with a certificate of a
+// certificate authority made for the run (internal/testpki), which the
+// workers and the sender trust; every device makes a full TLS handshake,
+// as one whose session ticket has expired does. Without it the server
+// listens on ws://, without TLS's cost per connection.
+//
+// With -memprobe, and a tether-server built with -tags memprobe, each
+// phase's server collects garbage and reports what its Go runtime holds
+// (cmd/tether-server/memprobe.go) three times: fresh, with the sessions
+// held (after its RSS is read) and after delivery. The report splits the
+// growth per session into live heap, goroutine stacks, free heap and the
+// runtime's own, and each probe leaves a heap profile beside the logs
+// (-keep keeps them):
+//
+//	go build -tags memprobe -o /tmp/probe/ ./cmd/tether-server
+//	bin/loadgen -bin /tmp/probe -memprobe -tls -keep -phases 10000
+//	go tool pprof -sample_index=inuse_space /tmp/probe/tether-server DIR/phase-10000-heap.2
+//
 // It is not a soak test: sessions are held for seconds, so the devices'
-// heartbeat (an hour by default) seldom fires. Nor does it measure TLS:
-// the server listens on ws://, and TLS adds its own cost per connection.
+// heartbeat (an hour by default) seldom fires.
 package main
 
 import (
@@ -69,6 +87,7 @@ import (
 	"time"
 
 	"tether/internal/procfs"
+	"tether/internal/testpki"
 )
 
 // config is the command line.
@@ -94,6 +113,8 @@ type config struct {
 	json             bool
 	jsonFile         string
 	goroutines       bool
+	tls              bool
+	memprobe         bool
 }
 
 // phaseSpec is one phase: a number of sessions, or the most the server
@@ -215,6 +236,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.json, "json", false, "print the report as JSON")
 	fs.StringVar(&c.jsonFile, "json-file", "", "also write the report as JSON to `file`")
 	fs.BoolVar(&c.goroutines, "goroutines", true, "end each phase's server with SIGQUIT and count the goroutines in its dump")
+	fs.BoolVar(&c.tls, "tls", false, "serve and connect over TLS (wss:// and https://), with a test certificate authority the devices and the sender trust")
+	fs.BoolVar(&c.memprobe, "memprobe", false, "have each phase's server, built with -tags memprobe, collect garbage and report its live heap and stacks: fresh, with the sessions held and after delivery")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -267,6 +290,15 @@ func run(ctx context.Context, c config, progress io.Writer) (*report, error) {
 	if _, err := os.Stat(serverBin); err != nil {
 		return nil, fmt.Errorf("%w (make build first, or give -bin)", err)
 	}
+	if c.memprobe {
+		ok, err := builtWithTag(serverBin, "memprobe")
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, fmt.Errorf("-memprobe: %s was not built with -tags memprobe", serverBin)
+		}
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find this binary, to start the workers: %w", err)
@@ -288,6 +320,15 @@ func run(ctx context.Context, c config, progress io.Writer) (*report, error) {
 		stateDir = c.data
 	}
 	r := &runner{cfg: c, exe: exe, serverBin: serverBin, work: work, data: filepath.Join(stateDir, "server"), progress: progress}
+	if c.tls {
+		// Made afresh for every run: it lasts a day, and it keeps no secret
+		// the next run needs.
+		pki, err := testpki.Write(work)
+		if err != nil {
+			return nil, fmt.Errorf("make the server's test certificate: %w", err)
+		}
+		r.pki = &pki
+	}
 	if r.fleet, err = loadFleet(filepath.Join(stateDir, "state.json")); err != nil {
 		return nil, err
 	}
@@ -299,7 +340,10 @@ func run(ctx context.Context, c config, progress io.Writer) (*report, error) {
 			return nil, err
 		}
 	}
-	rep := &report{Command: commandLine(), Machine: readMachine(), Server: serverVersion(ctx, serverBin)}
+	rep := &report{Scheme: "ws", Command: commandLine(), Machine: readMachine(), Server: serverVersion(ctx, serverBin)}
+	if c.tls {
+		rep.Scheme = "wss"
+	}
 
 	// A first server says how many sessions its open files allow, and
 	// checks in and registers the devices the phases need.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -15,6 +16,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"tether/internal/testpki"
 )
 
 // fleet is the run's devices, by index, and the sender that messages
@@ -84,6 +87,8 @@ type runner struct {
 	data      string // the server's data directory
 	fleet     *fleet
 	progress  io.Writer
+	// pki, with -tls, is the server's certificate and the CA that signed it.
+	pki *testpki.Files
 	// passes counts the dialling passes so far: each dials from its own
 	// loopback addresses, clear of the ports that earlier passes' closed
 	// connections still hold.
@@ -95,10 +100,22 @@ func (r *runner) say(format string, args ...any) {
 }
 
 func (r *runner) startServer(ctx context.Context, name string) (*server, error) {
-	return startServer(ctx, serverConfig{
+	c := serverConfig{
 		bin: r.serverBin, data: r.data, logPath: filepath.Join(r.work, name+"-server.log"),
-		logLevel: r.cfg.logLevel, fdCap: r.cfg.serverFDs,
-	})
+		logLevel: r.cfg.logLevel, fdCap: r.cfg.serverFDs, pki: r.pki,
+	}
+	if r.cfg.memprobe {
+		c.heapProfile = filepath.Join(r.work, name+"-heap")
+	}
+	return startServer(ctx, c)
+}
+
+// memprobe probes srv with -memprobe, and does nothing without.
+func (r *runner) memprobe(srv *server) (*memProbe, error) {
+	if !r.cfg.memprobe {
+		return nil, nil
+	}
+	return srv.memprobe(time.Minute)
 }
 
 // sources gives each worker of the next pass its loopback address.
@@ -109,10 +126,14 @@ func (r *runner) sources() func(i int) string {
 }
 
 func (r *runner) job(srv *server) job {
-	return job{
+	j := job{
 		URL: srv.url(), Sender: r.fleet.Sender.ID, Heartbeat: r.cfg.heartbeat,
 		Concurrency: r.cfg.concurrency, HandshakeTimeout: r.cfg.handshakeTimeout,
 	}
+	if r.pki != nil {
+		j.CAFile = r.pki.CA
+	}
+	return j
 }
 
 // passStats sums the workers' answers to one pass.
@@ -226,6 +247,8 @@ type phaseReport struct {
 	Held    int    `json:"held"`
 	// Connect is the hellos with credentials answered with a welcome.
 	Connect passStats `json:"connect"`
+	// TLS is what the sessions negotiated over wss://, as one reports it.
+	TLS string `json:"tls,omitempty"`
 	// StoppedBy says what bounded a phase that looked for the maximum.
 	StoppedBy string `json:"stopped_by,omitempty"`
 	// Before is the fresh server, AtHold with every session held and
@@ -237,6 +260,11 @@ type phaseReport struct {
 	// PerConnAnonKiB the same of anonymous memory (heap and stacks).
 	PerConnKiB     float64 `json:"rss_per_conn_kib"`
 	PerConnAnonKiB float64 `json:"anon_per_conn_kib"`
+	// Probe* are, with -memprobe, what the server's runtime held after a
+	// forced collection: fresh, once AtHold was read, and once After was.
+	ProbeFresh *memProbe `json:"probe_fresh,omitempty"`
+	ProbeHeld  *memProbe `json:"probe_held,omitempty"`
+	ProbeAfter *memProbe `json:"probe_after,omitempty"`
 	// GC is the last garbage collection before AtHold was read, GCAfter
 	// the last before After.
 	GC      *gcReport `json:"gc,omitempty"`
@@ -284,6 +312,9 @@ func (r *runner) phase(ctx context.Context, spec phaseSpec, n int) (pr phaseRepo
 	if pr.Before, err = srv.stats(); err != nil {
 		return pr, err
 	}
+	if pr.ProbeFresh, err = r.memprobe(srv); err != nil {
+		return pr, err
+	}
 	slabBefore := slabKiB()
 	c, err := startCrew(r.exe, r.job(srv), r.fleet.Devices[:n], 0, r.cfg.workers, r.work, name)
 	if err != nil {
@@ -305,6 +336,9 @@ func (r *runner) phase(ctx context.Context, spec phaseSpec, n int) (pr phaseRepo
 	}
 	pr.Held = len(held)
 	pr.WorkersRSSKiB = rssKiB(answers)
+	for _, a := range answers {
+		pr.TLS = cmp.Or(pr.TLS, a.TLS)
+	}
 	if err := sleep(ctx, r.cfg.settle); err != nil {
 		return pr, err
 	}
@@ -315,6 +349,9 @@ func (r *runner) phase(ctx context.Context, spec phaseSpec, n int) (pr phaseRepo
 	pr.ConnectCPUSeconds = pr.AtHold.CPUSeconds - pr.Before.CPUSeconds
 	if pr.GC = srv.lastGC(); pr.GC != nil {
 		pr.GC.Early = pr.GC.at.Before(lastEnd(answers))
+	}
+	if pr.ProbeHeld, err = r.memprobe(srv); err != nil {
+		return pr, err
 	}
 	if pr.Held > 0 {
 		pr.PerConnKiB = (float64(pr.AtHold.RSSKiB) - float64(pr.Before.RSSKiB)) / float64(pr.Held)
@@ -341,10 +378,14 @@ func (r *runner) phase(ctx context.Context, spec phaseSpec, n int) (pr phaseRepo
 		tokens[i] = r.fleet.Devices[d].Token
 	}
 	r.say("phase %s: sending one message to each of %d devices", pr.Name, len(targets))
-	sent, st, sendStart, err := sendRound(ctx, sendConfig{
+	sc := sendConfig{
 		base: srv.base(), key: r.fleet.Sender.ServerKey,
 		batch: r.cfg.batch, parallel: r.cfg.senders, payload: r.cfg.payload,
-	}, tokens, round)
+	}
+	if r.pki != nil {
+		sc.roots = r.pki.Pool
+	}
+	sent, st, sendStart, err := sendRound(ctx, sc, tokens, round)
 	pr.Send = st
 	if err != nil {
 		return pr, err
@@ -366,6 +407,9 @@ func (r *runner) phase(ctx context.Context, spec phaseSpec, n int) (pr phaseRepo
 	}
 	if pr.GCAfter = srv.lastGC(); pr.GCAfter != nil {
 		pr.GCAfter.Early = pr.GCAfter.at.Before(lastEnd(answers))
+	}
+	if pr.ProbeAfter, err = r.memprobe(srv); err != nil {
+		return pr, err
 	}
 	pr.SendCPU = pr.After.CPUSeconds - pr.AtHold.CPUSeconds
 	if fi, err := os.Stat(filepath.Join(r.data, "server.db")); err == nil {

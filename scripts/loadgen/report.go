@@ -10,6 +10,8 @@ import (
 
 // report is what a run measured.
 type report struct {
+	// Scheme is the devices' URL scheme: ws, or wss with -tls.
+	Scheme     string           `json:"scheme"`
 	Command    string           `json:"command"`
 	Machine    machine          `json:"machine"`
 	Server     string           `json:"server"`
@@ -88,13 +90,22 @@ func project(phases []phaseReport) *projection {
 	pj.Assumes = []string{
 		"idle sessions cost the same each, however many: the server's RSS grows linearly at the figure measured here",
 		"the figure is RSS a few seconds after the sessions connected, garbage of their handshakes not yet collected included; a burst of messages leaves the server bigger (the RSS after delivery)",
-		"ws:// on loopback: TLS adds its own state to every connection (crypto/tls buffers and keys)",
+		transportAssumed(basis.TLS),
 		"the server's RSS only: the kernel's memory for each socket is apart (the kernel column, from this machine's slab growth; other work moves it)",
 		"one file descriptor per session beside the server's own: the open-file limit, and for 1,000,000 fs.nr_open, must be above the total",
 		"one server process, and a store that holds every device: it grows with the devices registered, not connected, and is memory-mapped",
 		"the rates are not projected: they were measured with the simulated devices on the same CPUs as the server",
 	}
 	return pj
+}
+
+// transportAssumed says what the connections were: tls is what they
+// negotiated, empty without TLS.
+func transportAssumed(tls string) string {
+	if tls == "" {
+		return "ws:// on loopback: TLS adds its own state to every connection (crypto/tls buffers and keys)"
+	}
+	return "wss:// on loopback, with what these devices negotiated (" + tls + "): another cipher suite or key exchange keeps keys of other sizes"
 }
 
 func (r *report) write(w io.Writer, asJSON bool) error {
@@ -105,7 +116,7 @@ func (r *report) write(w io.Writer, asJSON bool) error {
 	}
 	p := &printer{w: w}
 	m := r.Machine
-	p.f("tether-server under load: %s, %d CPUs, %s memory, Linux %s, %s", r.Server, m.CPUs, mib(m.MemTotalMiB*1024), m.Kernel, m.Go)
+	p.f("tether-server under load over %s://: %s, %d CPUs, %s memory, Linux %s, %s", r.Scheme, r.Server, m.CPUs, mib(m.MemTotalMiB*1024), m.Kernel, m.Go)
 	p.f("server open-file limit %d, %d open when it starts", m.ServerFDLimit, m.ServerFDs)
 	p.f("command: %s", r.Command)
 	if pr := r.Provision; pr != nil {
@@ -168,6 +179,9 @@ func (p *printer) phase(ph phaseReport) {
 	p.f("")
 	p.f("phase %s: %d of %d sessions held, from %d worker processes", ph.Name, ph.Held, ph.Devices, ph.Workers)
 	p.pass("connect", "hello with credentials → welcome", ph.Connect)
+	if ph.TLS != "" {
+		p.f("  TLS           %s, a full handshake each", ph.TLS)
+	}
 	if ph.StoppedBy != "" {
 		p.f("  stopped by %s", ph.StoppedBy)
 	}
@@ -175,6 +189,9 @@ func (p *printer) phase(ph phaseReport) {
 	p.f("  server RSS    %s fresh → %s held (anon %s → %s, file %s → %s); %s after delivery, peak %s",
 		mib(b.RSSKiB), mib(h.RSSKiB), mib(b.AnonKiB), mib(h.AnonKiB), mib(b.FileKiB), mib(h.FileKiB), mib(a.RSSKiB), mib(a.HWMKiB))
 	p.f("  per session   %.1f KiB of RSS (%.1f KiB anonymous)", ph.PerConnKiB, ph.PerConnAnonKiB)
+	if ph.ProbeFresh != nil && ph.ProbeHeld != nil && ph.Held > 0 {
+		p.f("  memprobe      per session, after a forced GC: %s", ph.ProbeHeld.perSession(*ph.ProbeFresh, ph.Held))
+	}
 	switch g := ph.GC; {
 	case g == nil || ph.Held == 0:
 	case g.Early:
@@ -209,7 +226,17 @@ func (p *printer) phase(ph phaseReport) {
 		p.f("  Go runtime    after delivery: last GC %.0f s before, live heap %d MiB (%.1f KiB per session), stacks in use %d MiB, next GC at %d MiB",
 			g.SecondsBefore, g.LiveMB, float64(g.LiveMB)*1024/float64(ph.Held), g.StacksMB, g.GoalMB)
 	}
+	if ph.ProbeFresh != nil && ph.ProbeAfter != nil {
+		p.f("  memprobe      after delivery, per session, after a forced GC: %s", ph.ProbeAfter.perSession(*ph.ProbeFresh, ph.Held))
+	}
 	p.f("  store         %s on disk", mib(uint64(ph.StoreBytes)/1024))
+}
+
+// perSession says what p holds beyond fresh, per session.
+func (p memProbe) perSession(fresh memProbe, sessions int) string {
+	kib := func(now, then uint64) float64 { return (float64(now) - float64(then)) / 1024 / float64(sessions) }
+	return fmt.Sprintf("live heap %.1f KiB, stacks %.1f KiB, free heap %.1f KiB, runtime %.1f KiB; %d goroutines",
+		kib(p.Live, fresh.Live), kib(p.Stacks, fresh.Stacks), kib(p.Free, fresh.Free), kib(p.Other, fresh.Other), p.Goroutines)
 }
 
 func mib(kib uint64) string { return fmt.Sprintf("%.1f MiB", float64(kib)/1024) }

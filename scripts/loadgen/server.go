@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"debug/buildinfo"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"tether/internal/testpki"
 	"tether/wire"
 )
 
@@ -31,6 +33,11 @@ type serverConfig struct {
 	logLevel string
 	// fdCap, when above 0, lowers the server's open-file limit to it.
 	fdCap int
+	// pki, when set, has the server serve TLS with its certificate.
+	pki *testpki.Files
+	// heapProfile, for a server built with -tags memprobe, is where its
+	// probes write heap profiles, numbered; "" for none.
+	heapProfile string
 }
 
 // server is a running tether-server. Its stderr goes to a log file and is
@@ -39,7 +46,11 @@ type serverConfig struct {
 type server struct {
 	cmd  *exec.Cmd
 	addr string
+	tls  bool
 	done chan struct{} // closed once it has exited and its output is read
+
+	// probes has the lines of a -tags memprobe build, as they come.
+	probes chan memProbe
 
 	mu   sync.Mutex
 	gc   gcLine      // the last garbage collection's trace
@@ -55,14 +66,21 @@ func startServer(ctx context.Context, c serverConfig) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(c.bin, "serve", "--listen", "127.0.0.1:0", "--data", c.data, "--log-level", c.logLevel,
+	args := []string{"serve", "--listen", "127.0.0.1:0", "--data", c.data, "--log-level", c.logLevel,
 		// No limits but the machine's: every device connects several
 		// times a minute while provisioned, and a message goes to each.
-		"--reconnect-limit", "0", "--device-rate-limit", "0")
+		"--reconnect-limit", "0", "--device-rate-limit", "0"}
+	if c.pki != nil {
+		args = append(args, "--tls-cert", c.pki.Cert, "--tls-key", c.pki.Key)
+	}
+	cmd := exec.Command(c.bin, args...)
 	cmd.Env = append(os.Environ(),
 		"GODEBUG="+strings.TrimPrefix(os.Getenv("GODEBUG")+",gctrace=1", ","),
 		// SIGQUIT then dumps every goroutine.
 		"GOTRACEBACK=all")
+	if c.heapProfile != "" {
+		cmd.Env = append(cmd.Env, "TETHER_HEAPPROFILE="+c.heapProfile)
+	}
 	cmd.Stdout = logFile
 	// Its own process group keeps a Ctrl-C at the terminal from reaching
 	// it before the tool stops it in order; Pdeathsig ends it should the
@@ -77,7 +95,7 @@ func startServer(ctx context.Context, c serverConfig) (*server, error) {
 		logFile.Close()
 		return nil, fmt.Errorf("start tether-server: %w", err)
 	}
-	s := &server{cmd: cmd, done: make(chan struct{})}
+	s := &server{cmd: cmd, tls: c.pki != nil, done: make(chan struct{}), probes: make(chan memProbe, 1)}
 	addrs := make(chan string, 1)
 	go func() {
 		defer close(s.done)
@@ -118,6 +136,12 @@ func (s *server) readOutput(r io.Reader, log io.Writer, addrs chan<- string) {
 			default:
 			}
 		}
+		if p, ok := parseMemProbe(line); ok {
+			select {
+			case s.probes <- p:
+			default: // nobody asked for it
+			}
+		}
 		s.mu.Lock()
 		if g, ok := parseGCLine(line); ok {
 			g.at = time.Now()
@@ -135,8 +159,19 @@ func (s *server) readOutput(r io.Reader, log io.Writer, addrs chan<- string) {
 func (s *server) pid() int { return s.cmd.Process.Pid }
 
 // url is the device endpoint; base the app-server API's root.
-func (s *server) url() string  { return "ws://" + s.addr + wire.Path }
-func (s *server) base() string { return "http://" + s.addr }
+func (s *server) url() string {
+	if s.tls {
+		return "wss://" + s.addr + wire.Path
+	}
+	return "ws://" + s.addr + wire.Path
+}
+
+func (s *server) base() string {
+	if s.tls {
+		return "https://" + s.addr
+	}
+	return "http://" + s.addr
+}
 
 func (s *server) stats() (procStats, error) { return readProcStats(s.pid()) }
 
@@ -197,6 +232,65 @@ func (s *server) dumpGoroutines(wait time.Duration) (goroutines, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return p.result(), nil
+}
+
+// memprobe has a server built with -tags memprobe collect garbage and
+// report what its runtime holds (cmd/tether-server/memprobe.go). Any other
+// build would die of the signal: the caller checks the build first.
+func (s *server) memprobe(wait time.Duration) (*memProbe, error) {
+	s.cmd.Process.Signal(syscall.SIGUSR1)
+	select {
+	case p := <-s.probes:
+		return &p, nil
+	case <-s.done:
+		return nil, errors.New("tether-server exited on SIGUSR1: not a -tags memprobe build")
+	case <-time.After(wait):
+		return nil, fmt.Errorf("tether-server did not answer SIGUSR1 within %v", wait)
+	}
+}
+
+// memProbe is the line a -tags memprobe server writes on SIGUSR1, after
+// a forced collection; memory in bytes:
+//
+//	memprobe n=2 live=118489304 stacks=82608128 free=78464616 other=14209651 goroutines=20083
+//
+// The runtime may be writing that collection's trace line meanwhile, so
+// the probe's may come in the middle of it.
+type memProbe struct {
+	// Live is the heap's objects; Stacks the memory of goroutine stacks
+	// (the GC trace counts only the part in use); Free the heap the
+	// process holds without objects in it; Other the runtime's own.
+	Live       uint64 `json:"live"`
+	Stacks     uint64 `json:"stacks"`
+	Free       uint64 `json:"free"`
+	Other      uint64 `json:"other"`
+	Goroutines int    `json:"goroutines"`
+}
+
+var memProbePattern = regexp.MustCompile(`memprobe n=\d+ live=(\d+) stacks=(\d+) free=(\d+) other=(\d+) goroutines=(\d+)$`)
+
+func parseMemProbe(line string) (memProbe, bool) {
+	m := memProbePattern.FindStringSubmatch(line)
+	if m == nil {
+		return memProbe{}, false
+	}
+	n := func(i int) uint64 { v, _ := strconv.ParseUint(m[i], 10, 64); return v }
+	return memProbe{Live: n(1), Stacks: n(2), Free: n(3), Other: n(4), Goroutines: int(n(5))}, true
+}
+
+// builtWithTag says whether the Go binary at path was built with -tags
+// including tag.
+func builtWithTag(path, tag string) (bool, error) {
+	info, err := buildinfo.ReadFile(path)
+	if err != nil {
+		return false, fmt.Errorf("read the build of %s: %w", path, err)
+	}
+	for _, s := range info.Settings {
+		if s.Key == "-tags" && slices.Contains(strings.Split(s.Value, ","), tag) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // gcLine is one line of GODEBUG=gctrace=1:

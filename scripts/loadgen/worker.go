@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -65,6 +67,9 @@ type job struct {
 	// First is the fleet index of Devices[0].
 	First   int      `json:"first"`
 	Devices []device `json:"devices"`
+	// CAFile, for a wss:// URL, is the PEM file of the certificate
+	// authority to trust.
+	CAFile string `json:"ca_file,omitempty"`
 }
 
 // Worker operations, one per command.
@@ -116,6 +121,8 @@ type answer struct {
 	Lost   []lostSession `json:"lost,omitempty"`
 	RSSKiB uint64        `json:"rss_kib"`
 	Err    string        `json:"err,omitempty"`
+	// TLS is what connect's first session over TLS negotiated.
+	TLS string `json:"tls,omitempty"`
 }
 
 // receipt is a message a device acked.
@@ -140,7 +147,11 @@ func workerMain(in io.Reader, out io.Writer, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "loadgen worker: read job:", err)
 		return 1
 	}
-	w := newWorker(j)
+	w, err := newWorker(j)
+	if err != nil {
+		fmt.Fprintln(stderr, "loadgen worker:", err)
+		return 1
+	}
 	defer w.closeAll()
 	enc := json.NewEncoder(out)
 	for {
@@ -168,6 +179,8 @@ func workerMain(in io.Reader, out io.Writer, stderr io.Writer) int {
 type worker struct {
 	job  job
 	pool *sync.Pool // write buffers, shared by all its connections
+	// tls, for wss://, trusts the job's CA alone.
+	tls *tls.Config
 	// readers are the held sessions' reader goroutines.
 	readers sync.WaitGroup
 	// changed is signalled when a device acks a message, a pong comes or a
@@ -178,6 +191,8 @@ type worker struct {
 	sims    []*sim // by position in job.Devices; nil until connected
 	closing bool
 	syncs   int // sync operations so far
+	// tlsInfo is what the first session over TLS negotiated.
+	tlsInfo string
 }
 
 // sim is a device's held session.
@@ -199,13 +214,25 @@ type roundReceipt struct {
 	at        time.Time
 }
 
-func newWorker(j job) *worker {
-	return &worker{
+func newWorker(j job) (*worker, error) {
+	w := &worker{
 		job:     j,
 		pool:    &sync.Pool{},
 		changed: make(chan struct{}, 1),
 		sims:    make([]*sim, len(j.Devices)),
 	}
+	if j.CAFile != "" {
+		pem, err := os.ReadFile(j.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("read the server's CA: %w", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("read the server's CA: no certificate in %s", j.CAFile)
+		}
+		w.tls = &tls.Config{RootCAs: roots}
+	}
+	return w, nil
 }
 
 func (w *worker) do(c command) answer {
@@ -226,6 +253,7 @@ func (w *worker) do(c command) answer {
 				a.Held = append(a.Held, s.index)
 			}
 		}
+		a.TLS = w.tlsInfo
 		w.mu.Unlock()
 		return a
 	case opDrop:
@@ -303,6 +331,7 @@ func (w *worker) dialer(source string) (*websocket.Dialer, error) {
 		ReadBufferSize:   bufferSize,
 		WriteBufferSize:  bufferSize,
 		WriteBufferPool:  w.pool,
+		TLSClientConfig:  w.tls,
 	}, nil
 }
 
@@ -508,6 +537,10 @@ func (w *worker) connect(d *websocket.Dialer, pos int) error {
 		return fail("connect", errors.New("worker closing"))
 	}
 	w.sims[pos] = s
+	if tc, ok := conn.NetConn().(*tls.Conn); ok && w.tlsInfo == "" {
+		st := tc.ConnectionState()
+		w.tlsInfo = fmt.Sprintf("%s, %s, %s", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite), st.CurveID)
+	}
 	w.mu.Unlock()
 	w.heard(s)
 	conn.SetPongHandler(func(data string) error {
