@@ -140,10 +140,14 @@ func (s *Server) openSession(conn *websocket.Conn, acc accepted) (*session, bool
 }
 
 // serveSession serves a device's session: the reader loop in this
-// goroutine, the writer in another.
+// goroutine, the writer in another while it has something to write.
 func (s *Server) serveSession(ss *session) {
-	var writer sync.WaitGroup
-	writer.Go(ss.writeLoop)
+	// The handler goroutine wrote while the session opened; whatever came
+	// in meanwhile is the writer's now.
+	ss.mu.Lock()
+	ss.writing = false
+	ss.mu.Unlock()
+	ss.wake()
 	err := ss.readLoop()
 	ss.ackers.Wait() // an ack read is committed, even with the connection gone
 	s.hub.detach(ss)
@@ -155,7 +159,8 @@ func (s *Server) serveSession(ss *session) {
 	default:
 	}
 	ss.close(0, "")
-	writer.Wait()
+	ss.writers.Wait()
+	ss.stopHoldTimer() // no writer runs now to own it
 	ss.log.Info("session closed", "why", err)
 }
 
@@ -300,8 +305,8 @@ func (s *Server) readHello(ctx context.Context, conn *websocket.Conn) (wire.Hell
 	return hello, nil
 }
 
-// session is one device's live connection. The reader goroutine (the HTTP
-// handler's) handles incoming frames; writeLoop is the only goroutine that
+// session is one device's live connection. The reader goroutine handles
+// incoming frames; writeLoop, while it runs, is the only goroutine that
 // writes data frames. Control frames (pong, close) go through WriteControl,
 // which gorilla allows beside one writer.
 type session struct {
@@ -336,8 +341,14 @@ type session struct {
 
 	// ackers runs the goroutine that commits acks, while there are any.
 	ackers sync.WaitGroup
+	// writers runs the writer goroutine (writeLoop), while there is
+	// something to write: an idle session holds the reader's goroutine
+	// alone, and its stack.
+	writers sync.WaitGroup
 
 	mu sync.Mutex
+	// writing says the writer runs; wake starts it when it does not.
+	writing bool
 	// acks are the acked IDs read and not yet committed, and acking says
 	// an acker runs: the reader goes on reading while one commits, and
 	// what it reads meanwhile shares the next commit.
@@ -367,7 +378,9 @@ type finalFrame struct {
 
 func newSession(s *Server, conn *websocket.Conn, device string, timeout time.Duration, mode string, log *slog.Logger) *session {
 	ss := &session{
-		srv: s, ctx: context.Background(), conn: conn, key: sessionKey(), device: device, log: log, timeout: timeout, mode: mode,
+		// The handler goroutine writes until serveSession hands over.
+		writing: true,
+		srv:     s, ctx: context.Background(), conn: conn, key: sessionKey(), device: device, log: log, timeout: timeout, mode: mode,
 		replies:      make(chan []byte, 16),
 		direct:       make(chan *store.Message, directQueue),
 		kick:         make(chan struct{}, 1),
@@ -412,7 +425,11 @@ func (ss *session) replaced() {
 func (ss *session) close(code int, text string) {
 	ss.once.Do(func() {
 		ss.reason = text
+		// Under the lock that wake takes: no writer starts once the
+		// session is over, so waiting for the writers ends.
+		ss.mu.Lock()
 		close(ss.done)
+		ss.mu.Unlock()
 		if code != 0 {
 			ss.srv.closeConn(ss.conn, code, text)
 		}
@@ -431,6 +448,7 @@ func (ss *session) goAway(g wire.GoAway, code int, text string) {
 	}
 	select {
 	case ss.final <- finalFrame{frame, code, text}:
+		ss.wake()
 	default: // one is on its way already
 	}
 }
@@ -438,8 +456,31 @@ func (ss *session) goAway(g wire.GoAway, code int, text string) {
 func (ss *session) notify() {
 	select {
 	case ss.kick <- struct{}{}:
+		ss.wake()
+	default: // the writer looks at the queue already
+	}
+}
+
+// wake starts the writer unless it runs, or the session is over. Whoever
+// hands the writer something calls it after: the writer, before it ends,
+// looks at its channels under the lock that wake takes.
+func (ss *session) wake() {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	select {
+	case <-ss.done:
+		return
 	default:
 	}
+	if !ss.writing {
+		ss.writing = true
+		ss.writers.Go(ss.writeLoop)
+	}
+}
+
+// idle reports, under ss.mu, whether the writer has nothing to do.
+func (ss *session) idle() bool {
+	return len(ss.final) == 0 && len(ss.replies) == 0 && len(ss.direct) == 0 && len(ss.kick) == 0
 }
 
 func (ss *session) deliverNow(m store.Message) bool {
@@ -454,6 +495,7 @@ func (ss *session) deliverNow(m store.Message) bool {
 	}
 	select {
 	case ss.direct <- &m:
+		ss.wake()
 		return true
 	default:
 		return false
@@ -469,6 +511,7 @@ func (ss *session) reply(ref string, b wire.Body) {
 	}
 	select {
 	case ss.replies <- frame:
+		ss.wake()
 	case <-ss.done:
 	}
 }
@@ -739,14 +782,17 @@ func (ss *session) upstream(f wire.Frame) {
 	ss.reply(f.Ref, ack)
 }
 
-// writeLoop is the session's only data writer.
+// writeLoop is the session's only data writer, run by wake while there is
+// something to write; it ends when there is nothing.
 func (ss *session) writeLoop() {
-	defer ss.stopHoldTimer()
 	for {
 		var err error
 		select {
 		case <-ss.done:
 			return
+		default:
+		}
+		select {
 		case f := <-ss.final:
 			if err := ss.write(f.frame); err != nil {
 				ss.log.Debug("write last frame", "err", err)
@@ -759,6 +805,14 @@ func (ss *session) writeLoop() {
 			err = ss.writeDirect(*m)
 		case <-ss.kick:
 			err = ss.fill()
+		default:
+			ss.mu.Lock()
+			if ss.idle() {
+				ss.writing = false
+				ss.mu.Unlock()
+				return
+			}
+			ss.mu.Unlock()
 		}
 		if err != nil {
 			ss.log.Debug("write failed", "err", err)
