@@ -36,6 +36,10 @@ const clusterRecheck = 2 * time.Second
 // writer; beyond it they are dropped, as their sender asked.
 const directQueue = 64
 
+// replyQueue bounds the answers the reader has for the writer before it
+// waits: the writer takes them as fast as the connection does.
+const replyQueue = 4
+
 // maxLiveReceipts bounds the time-to-live-0 messages a session remembers
 // for their delivery receipts until the device acks them.
 const maxLiveReceipts = 1000
@@ -330,9 +334,9 @@ type session struct {
 	timeout time.Duration
 
 	replies chan []byte // encoded frames from the reader
-	// direct carries time-to-live-0 messages, never stored; pointers, so
-	// that the buffer every session holds is small.
-	direct chan *store.Message
+	// direct holds time-to-live-0 messages, never stored, for the
+	// writer, under mu; nil, and no memory, while there are none.
+	direct []store.Message
 	kick   chan struct{}   // the device's queue may have something to send
 	final  chan finalFrame // a last frame for the writer, then the close
 	done   chan struct{}   // closed by close
@@ -381,13 +385,10 @@ func newSession(s *Server, conn *websocket.Conn, device string, timeout time.Dur
 		// The handler goroutine writes until serveSession hands over.
 		writing: true,
 		srv:     s, ctx: context.Background(), conn: conn, key: sessionKey(), device: device, log: log, timeout: timeout, mode: mode,
-		replies:      make(chan []byte, 16),
-		direct:       make(chan *store.Message, directQueue),
-		kick:         make(chan struct{}, 1),
-		final:        make(chan finalFrame, 1),
-		done:         make(chan struct{}),
-		inflight:     make(map[string]bool),
-		liveReceipts: make(map[string]store.Message),
+		replies: make(chan []byte, replyQueue),
+		kick:    make(chan struct{}, 1),
+		final:   make(chan finalFrame, 1),
+		done:    make(chan struct{}),
 	}
 	s.answerPings(conn, func() time.Duration { return ss.timeout })
 	// A pong answers only after the acks read before its ping are
@@ -480,7 +481,7 @@ func (ss *session) wake() {
 
 // idle reports, under ss.mu, whether the writer has nothing to do.
 func (ss *session) idle() bool {
-	return len(ss.final) == 0 && len(ss.replies) == 0 && len(ss.direct) == 0 && len(ss.kick) == 0
+	return len(ss.final) == 0 && len(ss.replies) == 0 && len(ss.kick) == 0
 }
 
 func (ss *session) deliverNow(m store.Message) bool {
@@ -493,13 +494,27 @@ func (ss *session) deliverNow(m store.Message) bool {
 		ss.log.Debug("time-to-live 0 message dropped: the device is idle", "mode", mode, "message_id", m.ID)
 		return false
 	}
-	select {
-	case ss.direct <- &m:
-		ss.wake()
-		return true
-	default:
+	ss.mu.Lock()
+	full := len(ss.direct) >= directQueue
+	if !full {
+		ss.direct = append(ss.direct, m)
+	}
+	ss.mu.Unlock()
+	if full {
 		return false
 	}
+	ss.wake()
+	return true
+}
+
+// markInflight notes id as sent and not acked; under mu. The set is
+// made at the first message: an idle session that never had one holds
+// none.
+func (ss *session) markInflight(id string) {
+	if ss.inflight == nil {
+		ss.inflight = make(map[string]bool)
+	}
+	ss.inflight[id] = true
 }
 
 // reply queues a frame for the writer.
@@ -801,18 +816,28 @@ func (ss *session) writeLoop() {
 			return
 		case frame := <-ss.replies:
 			err = ss.write(frame)
-		case m := <-ss.direct:
-			err = ss.writeDirect(*m)
 		case <-ss.kick:
 			err = ss.fill()
 		default:
 			ss.mu.Lock()
-			if ss.idle() {
+			if len(ss.direct) == 0 && ss.idle() {
 				ss.writing = false
 				ss.mu.Unlock()
 				return
 			}
+			var m store.Message
+			direct := len(ss.direct) > 0
+			if direct {
+				m = ss.direct[0]
+				ss.direct = slices.Delete(ss.direct, 0, 1)
+				if len(ss.direct) == 0 {
+					ss.direct = nil
+				}
+			}
 			ss.mu.Unlock()
+			if direct {
+				err = ss.writeDirect(m)
+			}
 		}
 		if err != nil {
 			ss.log.Debug("write failed", "err", err)
@@ -836,6 +861,9 @@ func (ss *session) writeDirect(m store.Message) error {
 	}
 	if m.Receipt {
 		ss.mu.Lock()
+		if ss.liveReceipts == nil {
+			ss.liveReceipts = make(map[string]store.Message)
+		}
 		if len(ss.liveReceipts) < maxLiveReceipts {
 			ss.liveReceipts[m.ID] = m
 		}
@@ -916,7 +944,7 @@ func (ss *session) fill() error {
 			// In flight before the write: the ack may come back before
 			// the write returns.
 			ss.mu.Lock()
-			ss.inflight[m.ID] = true
+			ss.markInflight(m.ID)
 			ss.mu.Unlock()
 			if err := ss.write(frame); err != nil {
 				return err
@@ -954,7 +982,7 @@ func (ss *session) sendNotices() error {
 	for _, n := range notices {
 		ss.mu.Lock()
 		sent := ss.inflight[n.ID]
-		ss.inflight[n.ID] = true
+		ss.markInflight(n.ID)
 		ss.mu.Unlock()
 		if sent {
 			continue
