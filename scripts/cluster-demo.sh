@@ -17,15 +17,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-fail() { echo "cluster demo: $*" >&2; for f in "$work"/*.log; do echo "--- $f" >&2; tail -20 "$f" >&2; done; exit 1; }
-# wait_for DESCRIPTION COMMAND...: runs COMMAND until it succeeds, for up to 60 s.
-wait_for() {
-  local what=$1; shift
-  for _ in $(seq 600); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  fail "timed out waiting for $what"
-}
-json_field() { sed -n "s/.*\"$1\": *\"\([^\"]*\)\".*/\1/p"; }
+WAIT_TENTHS=600 # a cluster elects its leaders first
+. "$(dirname "$0")/demo-lib.sh"
 
 step "Start three NATS JetStream servers (examples/cluster)"
 rm -rf /tmp/tether-cluster

@@ -13,15 +13,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-fail() { echo "demo: $*" >&2; for f in "$work"/*.log; do echo "--- $f" >&2; tail -20 "$f" >&2; done; exit 1; }
-# wait_for DESCRIPTION COMMAND...: runs COMMAND until it succeeds, for up to 20 s.
-wait_for() {
-  local what=$1; shift
-  for _ in $(seq 200); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  fail "timed out waiting for $what"
-}
-json_field() { sed -n "s/.*\"$1\": *\"\([^\"]*\)\".*/\1/p"; }
+. "$(dirname "$0")/demo-lib.sh"
 
 step "Start an app server's webhook (it prints what reaches it)"
 "$BIN/webhook-sink" --addr-file "$work/hook.addr" >"$work/webhook.log" 2>&1 & pids+=($!)

@@ -815,35 +815,19 @@ func (s *Store) ResolveTokens(ctx context.Context, tokens []string, now time.Tim
 	return out, nil
 }
 
-// maxReplacements bounds how many replaced tokens a lookup follows.
-const maxReplacements = 16
-
 func (s *Store) resolve(ctx context.Context, token string, now time.Time) (store.Resolution, error) {
-	given, _, _, err := s.findRegistration(ctx, token)
-	if err != nil || given.Token == "" {
-		return store.Resolution{}, err
-	}
-	r := store.Resolution{Given: given}
-	if given.Active() {
-		r.Reg = given
-		return r, nil
-	}
-	if given.ReplacedBy == "" || !now.Before(given.GraceUntil) {
-		return r, nil
-	}
-	next := given
-	shard := s.ShardOf(given.Device)
-	for range maxReplacements {
-		if next, _, err = s.registration(ctx, shard, next.ReplacedBy); err != nil || next.Token == "" {
-			return r, err
+	// The first lookup finds the token's shard; a replacement is in the
+	// same one, its device's.
+	shard := -1
+	return store.Resolve(token, now, func(t string) (store.Registration, error) {
+		if shard < 0 {
+			reg, _, _, err := s.findRegistration(ctx, t)
+			if reg.Token != "" {
+				shard = s.ShardOf(reg.Device)
+			}
+			return reg, err
 		}
-		if next.Active() {
-			r.Reg = next
-			return r, nil
-		}
-		if next.ReplacedBy == "" {
-			break
-		}
-	}
-	return r, nil
+		reg, _, err := s.registration(ctx, shard, t)
+		return reg, err
+	})
 }

@@ -376,23 +376,12 @@ func (s *Store) fanOutShard(ctx context.Context, tm *store.TopicMessage, topic s
 			if err != nil {
 				return false, err
 			}
-			subscribed := func(t string) bool { _, ok := slices.BinarySearch(topics, t); return ok }
-			// One subscribed to an earlier topic of the condition was
-			// considered there already.
-			if slices.ContainsFunc(tm.Topics[:tm.Next], subscribed) || !step.Match(subscribed) {
+			if !tm.Matches(step.Match, func(t string) bool { _, ok := slices.BinarySearch(topics, t); return ok }) {
 				return true, nil
 			}
 		}
-		c := store.Message{
-			ID: copyID(tm, token), Device: sub.Device, Token: token, App: sub.App, Sender: tm.Sender,
-			CollapseKey: tm.CollapseKey, Priority: tm.Priority, DelayWhileIdle: tm.DelayWhileIdle,
-			Data: tm.Data, Notification: tm.Notification, Topic: tm.Topic, Receipt: tm.Receipt, OriginID: tm.OriginID,
-			Sent: tm.Sent, Expiry: tm.Expiry,
-		}
+		c := tm.CopyFor(copyID(tm, token), store.Registration{Token: token, Device: sub.Device, App: sub.App})
 		if tm.Live {
-			// Its Expiry is the window of its fan-out; the copy itself
-			// has no time to live left.
-			c.Expiry = tm.Sent
 			res.Live = append(res.Live, c)
 			res.Copies++
 			return true, nil

@@ -113,20 +113,11 @@ func exportQueues(tx *bolt.Tx, fn func(Record) error) error {
 		if q.Messages, err = queuedMessages(tx, q.Device); err != nil {
 			return err
 		}
-		prefix := join(q.Device, "")
-		c := tx.Bucket(bucketRefresh).Cursor()
-		for k, v := c.Seek(prefix); bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			r, err := decode[refreshNotice](v)
-			if err != nil {
-				return err
-			}
-			parts := bytes.Split(k[len(prefix):], []byte{sep})
-			if len(parts) != 2 {
-				return fmt.Errorf("token refresh key: %w", ErrCorrupt)
-			}
-			q.Refresh = append(q.Refresh, Notice{ID: r.ID, Kind: NoticeTokenRefresh, App: string(parts[0]), Sender: string(parts[1]), Token: r.Token})
+		if q.Refresh, err = refreshNotices(tx, q.Device); err != nil {
+			return err
 		}
-		c = tx.Bucket(bucketDeleted).Cursor()
+		prefix := join(q.Device, "")
+		c := tx.Bucket(bucketDeleted).Cursor()
 		for k, v := c.Seek(prefix); bytes.HasPrefix(k, prefix); k, v = c.Next() {
 			d, err := decode[deletedNotice](v)
 			if err != nil {

@@ -99,19 +99,11 @@ func (s *Store) readNotices(device string) (out []Notice, unsealed bool, err err
 	err = s.db.View(func(tx *bolt.Tx) error {
 		out, unsealed = nil, false
 		prefix := join(device, "")
-		c := tx.Bucket(bucketRefresh).Cursor()
-		for k, v := c.Seek(prefix); bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			r, err := decode[refreshNotice](v)
-			if err != nil {
-				return err
-			}
-			parts := bytes.Split(k[len(prefix):], []byte{sep})
-			if len(parts) != 2 {
-				return fmt.Errorf("token refresh key: %w", ErrCorrupt)
-			}
-			out = append(out, Notice{ID: r.ID, Kind: NoticeTokenRefresh, App: string(parts[0]), Sender: string(parts[1]), Token: r.Token})
+		var err error
+		if out, err = refreshNotices(tx, device); err != nil {
+			return err
 		}
-		c = tx.Bucket(bucketDeleted).Cursor()
+		c := tx.Bucket(bucketDeleted).Cursor()
 		for k, v := c.Seek(prefix); bytes.HasPrefix(k, prefix); k, v = c.Next() {
 			d, err := decode[deletedNotice](v)
 			if err != nil {
@@ -126,6 +118,25 @@ func (s *Store) readNotices(device string) (out []Notice, unsealed bool, err err
 		return nil
 	})
 	return out, unsealed, err
+}
+
+// refreshNotices lists the device's token refreshes not yet acked.
+func refreshNotices(tx *bolt.Tx, device string) ([]Notice, error) {
+	var out []Notice
+	prefix := join(device, "")
+	c := tx.Bucket(bucketRefresh).Cursor()
+	for k, v := c.Seek(prefix); bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		r, err := decode[refreshNotice](v)
+		if err != nil {
+			return nil, err
+		}
+		parts := bytes.Split(k[len(prefix):], []byte{sep})
+		if len(parts) != 2 {
+			return nil, fmt.Errorf("token refresh key: %w", ErrCorrupt)
+		}
+		out = append(out, Notice{ID: r.ID, Kind: NoticeTokenRefresh, App: string(parts[0]), Sender: string(parts[1]), Token: r.Token})
+	}
+	return out, nil
 }
 
 func sealDeleted(tx *bolt.Tx, device string) error {

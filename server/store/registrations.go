@@ -189,8 +189,19 @@ func (s *Store) ResolveTokens(ctx context.Context, tokens []string, now time.Tim
 }
 
 func resolve(regs *bolt.Bucket, token string, now time.Time) (Resolution, error) {
-	given, ok, err := get[Registration](regs, []byte(token))
-	if err != nil || !ok {
+	return Resolve(token, now, func(t string) (Registration, error) {
+		reg, _, err := get[Registration](regs, []byte(t))
+		return reg, err
+	})
+}
+
+// Resolve finds what a send to token reaches as of now, reading
+// registrations by token with lookup (a zero Registration for none): the
+// token's own, or, within its grace period, the one that replaced it,
+// following at most maxReplacements replacements.
+func Resolve(token string, now time.Time, lookup func(token string) (Registration, error)) (Resolution, error) {
+	given, err := lookup(token)
+	if err != nil || given.Token == "" {
 		return Resolution{}, err
 	}
 	r := Resolution{Given: given}
@@ -203,8 +214,7 @@ func resolve(regs *bolt.Bucket, token string, now time.Time) (Resolution, error)
 	}
 	next := given
 	for range maxReplacements {
-		next, ok, err = get[Registration](regs, []byte(next.ReplacedBy))
-		if err != nil || !ok {
+		if next, err = lookup(next.ReplacedBy); err != nil || next.Token == "" {
 			return r, err
 		}
 		if next.Active() {

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -290,6 +291,30 @@ func (s *Store) DeleteTopicMessage(ctx context.Context, seq uint64) error {
 	return nil
 }
 
+// Matches reports whether a registration with the subscriptions that
+// subscribed reports gets a copy of tm, to a condition, in the fan-out of
+// tm.Topics[tm.Next]: match says so, unless it is subscribed to an
+// earlier topic of the condition, whose fan-out considered it already.
+func (tm *TopicMessage) Matches(match func(subscribed func(topic string) bool) bool, subscribed func(topic string) bool) bool {
+	return !slices.ContainsFunc(tm.Topics[:tm.Next], subscribed) && match(subscribed)
+}
+
+// CopyFor is tm's copy for the registration reg, with message ID id. A
+// time-to-live-0 message's copy has no time to live left: the message's
+// Expiry is the window of its fan-out.
+func (tm *TopicMessage) CopyFor(id string, reg Registration) Message {
+	m := Message{
+		ID: id, Device: reg.Device, Token: reg.Token, App: reg.App, Sender: tm.Sender,
+		CollapseKey: tm.CollapseKey, Priority: tm.Priority, DelayWhileIdle: tm.DelayWhileIdle,
+		Data: tm.Data, Notification: tm.Notification, Topic: tm.Topic, Receipt: tm.Receipt, OriginID: tm.OriginID,
+		Sent: tm.Sent, Expiry: tm.Expiry,
+	}
+	if tm.Live {
+		m.Expiry = tm.Sent
+	}
+	return m
+}
+
 // FanOutStep says how FanOut makes one step.
 type FanOutStep struct {
 	// Limit bounds the subscribers considered in the step.
@@ -400,31 +425,11 @@ func fanOutTopic(tx *bolt.Tx, tm *TopicMessage, step FanOutStep, res *FanOutResu
 		if !ok || !reg.Active() || tm.RestrictedPackage != "" && reg.App != tm.RestrictedPackage {
 			continue
 		}
-		if step.Match != nil {
-			subscribed := func(t string) bool { return tt.Get(tokenTopicKey(token, t)) != nil }
-			// A registration subscribed to an earlier topic of the
-			// condition was considered there already.
-			earlier := false
-			for _, t := range tm.Topics[:tm.Next] {
-				if subscribed(t) {
-					earlier = true
-					break
-				}
-			}
-			if earlier || !step.Match(subscribed) {
-				continue
-			}
+		if step.Match != nil && !tm.Matches(step.Match, func(t string) bool { return tt.Get(tokenTopicKey(token, t)) != nil }) {
+			continue
 		}
-		m := Message{
-			ID: step.NewID(), Device: reg.Device, Token: reg.Token, App: reg.App, Sender: tm.Sender,
-			CollapseKey: tm.CollapseKey, Priority: tm.Priority, DelayWhileIdle: tm.DelayWhileIdle,
-			Data: tm.Data, Notification: tm.Notification, Topic: tm.Topic, Receipt: tm.Receipt, OriginID: tm.OriginID,
-			Sent: tm.Sent, Expiry: tm.Expiry,
-		}
+		m := tm.CopyFor(step.NewID(), reg)
 		if tm.Live {
-			// Its Expiry is the window of its fan-out; the copy itself
-			// has no time to live left.
-			m.Expiry = tm.Sent
 			res.Live = append(res.Live, m)
 			res.Copies++
 			continue
