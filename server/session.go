@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"slices"
@@ -97,7 +96,7 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 	// calls of the welcome, the log line and the first read of the queue
 	// would grow the stacks of its long-lived goroutines, which keep that
 	// size while idle until collections shrink them.
-	ss, ok := s.openSession(conn, acc)
+	ss, ok := s.openSession(r.Context(), conn, acc)
 	if !ok {
 		conn.Close()
 		s.hub.leave()
@@ -113,8 +112,21 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 // openSession attaches a device's session to the hub and sends its
 // welcome, then the first window of what is queued for it. False means
 // there is no session to serve.
-func (s *Server) openSession(conn *websocket.Conn, acc accepted) (*session, bool) {
+func (s *Server) openSession(ctx context.Context, conn *websocket.Conn, acc accepted) (*session, bool) {
 	ss := newSession(s, conn, acc.device, acc.timeout, powerMode(acc.hello.Mode), acc.log)
+	if s.node != nil {
+		// On a cluster the session's place in the order of the device's
+		// sessions comes from the state, not from this node's clock:
+		// of two sessions, the one opened later ends the other, however
+		// the nodes' clocks disagree.
+		seq, err := s.node.st.OpenSession(ctx, acc.device)
+		if err != nil {
+			ss.log.Error("session not opened in the cluster's state", "err", err)
+			s.goAwayConn(conn, *s.storeGoAway(), websocket.CloseTryAgainLater, "store unavailable")
+			return nil, false
+		}
+		ss.key = fmt.Sprintf("%020d", seq)
+	}
 	// Attached before the welcome goes out: once the agent has its
 	// welcome, the device counts as connected for time-to-live-0 sends.
 	// What arrives meanwhile waits in the session's channels.
@@ -323,7 +335,7 @@ type session struct {
 	device string
 	log    *slog.Logger
 	// key names the session in a cluster: of two sessions of one device,
-	// the later has the greater key (hub.attach).
+	// the later has the greater key (openSession, hub.attach).
 	key string
 	// unwatch ends this node's subscription to the device, on a cluster.
 	unwatch     func()
@@ -384,7 +396,7 @@ func newSession(s *Server, conn *websocket.Conn, device string, timeout time.Dur
 	ss := &session{
 		// The handler goroutine writes until serveSession hands over.
 		writing: true,
-		srv:     s, ctx: context.Background(), conn: conn, key: sessionKey(), device: device, log: log, timeout: timeout, mode: mode,
+		srv:     s, ctx: context.Background(), conn: conn, device: device, log: log, timeout: timeout, mode: mode,
 		replies: make(chan []byte, replyQueue),
 		kick:    make(chan struct{}, 1),
 		final:   make(chan finalFrame, 1),
@@ -399,11 +411,6 @@ func newSession(s *Server, conn *websocket.Conn, device string, timeout time.Dur
 		return answer(data)
 	})
 	return ss
-}
-
-// sessionKey orders sessions by when they began, ties broken at random.
-func sessionKey() string {
-	return fmt.Sprintf("%019d-%016x", time.Now().UnixNano(), mathrand.Uint64())
 }
 
 // stopWatching ends the session's subscription to its device, if any.

@@ -266,6 +266,26 @@ func (s *Store) Device(ctx context.Context, id string) (store.Device, error) {
 	return decode[store.Device](raw, "device "+id)
 }
 
+// OpenSession records that a session of dev opened, and returns its place
+// in the order of every session the state has seen opened: of two
+// sessions of one device, on any processes, the later has the greater.
+func (s *Store) OpenSession(ctx context.Context, dev string) (uint64, error) {
+	if !validToken(dev) {
+		return 0, fmt.Errorf("open session of device %.40q: %w", dev, store.ErrNotFound)
+	}
+	shard := s.ShardOf(dev)
+	var seq uint64
+	err := s.retry(ctx, func(ctx context.Context) error {
+		var err error
+		seq, err = s.commit(ctx, s.shardStream(shard), []write{{subject: s.shardSubject(shard, sessionKey(dev)), data: []byte("{}")}})
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("open session of device %s: %w", dev, err)
+	}
+	return seq, nil
+}
+
 // tokRecord is a registration's record. A token made by another store
 // (moved here by tether-server migrate) does not hash to its device's
 // shard: its own shard then holds a pointer, Moved, and the registration

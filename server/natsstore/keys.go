@@ -18,6 +18,7 @@ import (
 //	       sndkey.HASH                   sender ID of a server key's hash
 //	shard: dev.DEVICE                    store.Device
 //	       q.DEVICE                      the device's queue (device)
+//	       sess.DEVICE                   its latest session, whose sequence orders them
 //	       m.DEVICE.SEQ                  a queued message's body (store.Message)
 //	       tok.HASH                      store.Registration, by its token's hash
 //	       tt.HASH                       the token's topics
@@ -26,8 +27,9 @@ import (
 //	       up.DEVICE.HASH.RECEIVED       a queued upstream message
 //	       tm.SEQ                        a topic message waiting for fan-out
 
-func devKey(device string) string   { return "dev." + device }
-func queueKey(device string) string { return "q." + device }
+func devKey(device string) string     { return "dev." + device }
+func queueKey(device string) string   { return "q." + device }
+func sessionKey(device string) string { return "sess." + device }
 func bodyKey(device string, seq uint64) string {
 	return "m." + device + "." + strconv.FormatUint(seq, 10)
 }
