@@ -154,6 +154,9 @@ func (n *node) close() {
 	if n.watch != nil {
 		n.watch.Stop()
 	}
+	if n.st != nil {
+		n.st.Close() // waits for the changes being written
+	}
 	if n.nc != nil {
 		cluster.Close(n.nc)
 	}
