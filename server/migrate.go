@@ -30,10 +30,12 @@ type Migrated struct {
 	Upstream      int `json:"upstream"`
 	Seen          int `json:"upstream_ids_seen"`
 	TopicMessages int `json:"topic_messages"`
+	EnrollKeys    int `json:"enrollment_keys"`
+	Certificates  int `json:"certificates"`
 }
 
 // Migrate moves a single-node store into a cluster's state: senders,
-// devices, registrations with their topics, queued messages and notices,
+// devices with their certificate bindings, enrollment keys, registrations with their topics, queued messages and notices,
 // upstream messages and the IDs seen lately, and topic messages, each with
 // the time it has left. It changes nothing in the store, and can run again
 // after a crash halfway: what is in the cluster already stays.
@@ -79,6 +81,10 @@ func Migrate(ctx context.Context, cfg MigrateConfig) (Migrated, error) {
 			n.Seen++
 		case r.TopicMessage != nil:
 			n.TopicMessages++
+		case r.EnrollKey != nil:
+			n.EnrollKeys++
+		case r.Cert != nil:
+			n.Certificates++
 		}
 		return nil
 	})

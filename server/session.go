@@ -239,7 +239,7 @@ func (s *Server) handshake(ctx context.Context, conn *websocket.Conn, log *slog.
 	}
 	if hello.DeviceID == "" {
 		secret := newSecret(32)
-		dev, err := s.store.AddDevice(ctx, hashSecret(secret), s.now())
+		dev, err := s.store.AddDevice(ctx, store.Device{SecretHash: hashSecret(secret), Created: s.now(), Agent: hello.Agent})
 		if err != nil {
 			s.log.Error("check in device", "err", err)
 			return accepted{}, s.refuse(conn, refusal{wire.CodeUnavailable, "cannot store a new device now; try again later", websocket.CloseTryAgainLater, s.storeGoAway()})

@@ -263,7 +263,7 @@ func TestTopicFanOutResumesAfterCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, err := st.AddDevice(context.Background(), hashSecret("secret"), now)
+	dev, err := st.AddDevice(context.Background(), store.Device{SecretHash: hashSecret("secret"), Created: now})
 	if err != nil {
 		t.Fatal(err)
 	}

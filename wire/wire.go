@@ -77,6 +77,7 @@ const (
 	CodeBadFrame      = "bad_frame"      // undecodable envelope or body
 	CodeUnknownType   = "unknown_type"   // a frame type the receiver does not know
 	CodeUnauthorized  = "unauthorized"   // bad device credentials or enrollment key
+	CodeRevoked       = "revoked"        // the device or its certificate was revoked
 	CodeInvalid       = "invalid"        // a well-formed frame that is wrong at this point
 	CodeNotRegistered = "not_registered" // no such registration
 	CodeUnavailable   = "unavailable"    // the server cannot take it now; retry later

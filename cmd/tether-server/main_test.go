@@ -366,7 +366,7 @@ func TestTokenRotateOnCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, err := st.AddDevice(context.Background(), []byte("secret hash"), time.Now())
+	dev, err := st.AddDevice(context.Background(), store.Device{SecretHash: []byte("secret hash"), Created: time.Now()})
 	if err != nil {
 		t.Fatal(err)
 	}

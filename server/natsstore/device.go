@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -233,39 +232,6 @@ func (s *Store) readDevice(ctx context.Context, dev string) (device, error) {
 	return decode[device](raw, "queue of device "+dev)
 }
 
-// AddDevice stores a new device with a fresh ID.
-func (s *Store) AddDevice(ctx context.Context, secretHash []byte, now time.Time) (store.Device, error) {
-	dev := store.Device{SecretHash: slices.Clone(secretHash), Created: now.UTC()}
-	err := s.retry(ctx, func(ctx context.Context) error {
-		b := make([]byte, 8)
-		rand.Read(b)
-		dev.ID = hex.EncodeToString(b)
-		shard := s.ShardOf(dev.ID)
-		_, err := s.commit(ctx, s.shardStream(shard), []write{{subject: s.shardSubject(shard, devKey(dev.ID)), data: encode(dev), expect: ptr(0)}})
-		return err
-	})
-	if err != nil {
-		return store.Device{}, fmt.Errorf("add device: %w", err)
-	}
-	return dev, nil
-}
-
-// Device returns the device with this ID.
-func (s *Store) Device(ctx context.Context, id string) (store.Device, error) {
-	if !validToken(id) {
-		return store.Device{}, fmt.Errorf("device %.40q: %w", id, store.ErrNotFound)
-	}
-	shard := s.ShardOf(id)
-	raw, _, err := s.get(ctx, s.shardStream(shard), s.shardSubject(shard, devKey(id)))
-	if err == nil && raw == nil {
-		err = store.ErrNotFound
-	}
-	if err != nil {
-		return store.Device{}, fmt.Errorf("device %s: %w", id, err)
-	}
-	return decode[store.Device](raw, "device "+id)
-}
-
 // OpenSession records that a session of dev opened, and returns its place
 // in the order of every session the state has seen opened: of two
 // sessions of one device, on any processes, the later has the greater.
@@ -334,14 +300,54 @@ func (s *Store) Register(ctx context.Context, dev, app, sender string, now time.
 		d.Regs[regKey(app, sender)] = reg.Token
 		return []write{{subject: s.shardSubject(shard, tokKey(reg.Token)), data: encode(tokRecord{Registration: reg}), expect: ptr(0)}}, nil
 	})
-	if err == nil && reg.Device == "" {
+	switch {
+	case err == nil && reg.Device == "":
 		// Registered before: read its record.
 		reg, _, err = s.registration(ctx, shard, reg.Token)
+	case err == nil:
+		err = s.inherit(ctx, dev, app, sender, reg.Token, now)
 	}
 	if err != nil {
 		return store.Registration{}, fmt.Errorf("register app %q for sender %s: %w", app, sender, err)
 	}
 	return reg, nil
+}
+
+// inherit leads the token that (app, sender) had on the device dev
+// replaced, if any, to token, for store.InheritGrace: app servers that
+// send to it get token as its canonical registration_id. The old token's
+// record changes first, so that a crash before the device's record
+// forgets it only leaves that to be done again by the next register.
+func (s *Store) inherit(ctx context.Context, dev, app, sender, token string, now time.Time) error {
+	d, err := s.Device(ctx, dev)
+	if err != nil {
+		return err
+	}
+	old, ok := d.Inherited[regKey(app, sender)]
+	if !ok {
+		return nil
+	}
+	err = s.retry(ctx, func(ctx context.Context) error {
+		prev, shard, seq, err := s.findRegistration(ctx, old)
+		if err != nil || prev.Token == "" {
+			return err
+		}
+		prev.ReplacedBy, prev.GraceUntil = token, now.Add(store.InheritGrace).UTC()
+		_, err = s.commit(ctx, s.shardStream(shard), []write{{subject: s.shardSubject(shard, tokKey(old)), data: encode(tokRecord{Registration: prev}), expect: ptr(seq)}})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("lead the replaced device's token to the new one: %w", err)
+	}
+	shard := s.ShardOf(dev)
+	_, err = modify(ctx, s, s.shardStream(shard), s.shardSubject(shard, devKey(dev)), "device "+dev, func(d *store.Device, found bool) error {
+		if !found {
+			return errUnchanged
+		}
+		delete(d.Inherited, regKey(app, sender))
+		return nil
+	})
+	return err
 }
 
 // registration reads the record of token in shard; seq is 0 when there is
@@ -836,18 +842,10 @@ func (s *Store) ResolveTokens(ctx context.Context, tokens []string, now time.Tim
 }
 
 func (s *Store) resolve(ctx context.Context, token string, now time.Time) (store.Resolution, error) {
-	// The first lookup finds the token's shard; a replacement is in the
-	// same one, its device's.
-	shard := -1
+	// A replacement may be in another shard: that of a device which
+	// replaced the token's after a factory reset.
 	return store.Resolve(token, now, func(t string) (store.Registration, error) {
-		if shard < 0 {
-			reg, _, _, err := s.findRegistration(ctx, t)
-			if reg.Token != "" {
-				shard = s.ShardOf(reg.Device)
-			}
-			return reg, err
-		}
-		reg, _, err := s.registration(ctx, shard, t)
+		reg, _, _, err := s.findRegistration(ctx, t)
 		return reg, err
 	})
 }

@@ -215,7 +215,7 @@ func TestTwoProcessesOneDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, err := a.AddDevice(ctx, []byte("secret hash"), now)
+	dev, err := a.AddDevice(ctx, store.Device{SecretHash: []byte("secret hash"), Created: now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +267,7 @@ func TestTokensNotInSubjects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, err := s.AddDevice(ctx, []byte("secret hash"), now)
+	dev, err := s.AddDevice(ctx, store.Device{SecretHash: []byte("secret hash"), Created: now})
 	if err != nil {
 		t.Fatal(err)
 	}

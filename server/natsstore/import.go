@@ -36,6 +36,10 @@ func (s *Store) Import(ctx context.Context, r store.Record, now time.Time) error
 		err = s.importSeen(ctx, *r.Seen, now)
 	case r.TopicMessage != nil:
 		err = s.importTopicMessage(ctx, *r.TopicMessage)
+	case r.EnrollKey != nil:
+		err = s.importEnrollKey(ctx, *r.EnrollKey)
+	case r.Cert != nil:
+		err = s.create(ctx, s.metaStream(), []write{{subject: s.metaKey(certKey(r.Cert.CertID)), data: encode(*r.Cert)}})
 	}
 	return err
 }
@@ -243,6 +247,20 @@ func (s *Store) importTopicMessage(ctx context.Context, tm store.TopicMessage) e
 	w := write{subject: s.shardSubject(shard, topicMsgKey(tm.Seq)), data: encode(tm), ttl: max(tm.Expiry.Sub(tm.Sent), 0) + bodyTTLMargin}
 	if err := s.create(ctx, s.shardStream(shard), []write{w}); err != nil {
 		return fmt.Errorf("import topic message %s: %w", tm.ID, err)
+	}
+	return nil
+}
+
+func (s *Store) importEnrollKey(ctx context.Context, k store.EnrollKey) error {
+	if !validToken(k.ID) {
+		return fmt.Errorf("import enrollment key %.40q: not a key ID", k.ID)
+	}
+	err := s.create(ctx, s.metaStream(), []write{
+		{subject: s.metaKey(enrollKey(k.ID)), data: encode(k)},
+		{subject: s.metaKey(enrollHashKey(k.Hash)), data: []byte(k.ID)},
+	})
+	if err != nil {
+		return fmt.Errorf("import enrollment key %s: %w", k.ID, err)
 	}
 	return nil
 }

@@ -16,6 +16,9 @@ import (
 //	meta:  schema                        the layout (meta)
 //	       snd.SENDER                    store.Sender
 //	       sndkey.HASH                   sender ID of a server key's hash
+//	       cert.HASH                     store.CertBinding, by its identity's hash
+//	       ek.ID                         store.EnrollKey
+//	       ekhash.HASH                   enrollment key ID of a key's hash
 //	shard: dev.DEVICE                    store.Device
 //	       q.DEVICE                      the device's queue (device)
 //	       sess.DEVICE                   its latest session, whose sequence orders them
@@ -57,6 +60,9 @@ func topicMsgKey(seq uint64) string { return "tm." + strconv.FormatUint(seq, 10)
 
 func senderKey(id string) string       { return "snd." + id }
 func senderKeyHash(hash []byte) string { return "sndkey." + hex.EncodeToString(hash) }
+func certKey(certID string) string     { return "cert." + secretHash(certID) }
+func enrollKey(id string) string       { return "ek." + id }
+func enrollHashKey(hash []byte) string { return "ekhash." + hex.EncodeToString(hash) }
 
 // topicToken encodes a topic name, whose characters ('.', '~', '%') may
 // not stand in a subject, as one subject token.

@@ -24,8 +24,20 @@ type Backend interface {
 	Senders(ctx context.Context) ([]Sender, error)
 	RemoveSender(ctx context.Context, id string) error
 
-	AddDevice(ctx context.Context, secretHash []byte, now time.Time) (Device, error)
+	AddDevice(ctx context.Context, dev Device) (Device, error)
 	Device(ctx context.Context, id string) (Device, error)
+	Devices(ctx context.Context) ([]DeviceInfo, error)
+	SeenDevice(ctx context.Context, id string, at time.Time, agent, mode string) error
+	RevokeDevice(ctx context.Context, id string, now time.Time) (Device, error)
+	RemoveDevice(ctx context.Context, id string, now time.Time) (Device, error)
+	ExpireDevices(ctx context.Context, before, now time.Time) ([]string, error)
+	CertRevoked(ctx context.Context, certID string) (bool, error)
+
+	AddEnrollKey(ctx context.Context, k EnrollKey) (EnrollKey, error)
+	EnrollKeys(ctx context.Context) ([]EnrollKey, error)
+	RevokeEnrollKey(ctx context.Context, id string, now time.Time) error
+	SpendEnrollKey(ctx context.Context, hash []byte, now time.Time) (EnrollKey, error)
+	RefundEnrollKey(ctx context.Context, id string) error
 
 	Register(ctx context.Context, device, app, sender string, now time.Time) (Registration, error)
 	Unregister(ctx context.Context, device, app, sender string, now time.Time) (dropped int, err error)

@@ -22,6 +22,8 @@ type Record struct {
 	Upstream     *Upstream
 	Seen         *Seen
 	TopicMessage *TopicMessage
+	EnrollKey    *EnrollKey
+	Cert         *CertBinding
 }
 
 // Queue is what waits for one device: its messages in order, and what it
@@ -53,7 +55,8 @@ type Seen struct {
 }
 
 // Export calls fn for everything the store holds, in one read transaction:
-// senders, devices, registrations, the queue of each device, upstream
+// senders, devices and their certificate bindings, enrollment keys,
+// registrations, the queue of each device, upstream
 // messages, upstream IDs seen, and topic messages not yet fanned out. It
 // is how tether-server migrate moves a store into a cluster.
 func (s *Store) Export(ctx context.Context, fn func(Record) error) error {
@@ -61,6 +64,8 @@ func (s *Store) Export(ctx context.Context, fn func(Record) error) error {
 		for _, step := range []func(*bolt.Tx, func(Record) error) error{
 			exportEach[Sender](bucketSenders, func(v *Sender) Record { return Record{Sender: v} }),
 			exportEach[Device](bucketDevices, func(v *Device) Record { return Record{Device: v} }),
+			exportEach[CertBinding](bucketCerts, func(v *CertBinding) Record { return Record{Cert: v} }),
+			exportEach[EnrollKey](bucketEnrollKeys, func(v *EnrollKey) Record { return Record{EnrollKey: v} }),
 			exportRegistrations, exportQueues,
 			exportEach[Upstream](bucketUpstream, func(v *Upstream) Record { return Record{Upstream: v} }),
 			exportSeen,

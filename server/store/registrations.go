@@ -85,6 +85,9 @@ func (s *Store) Register(ctx context.Context, device, app, sender string, now ti
 		if err := put(regs, []byte(reg.Token), reg); err != nil {
 			return err
 		}
+		if err := inherit(tx, device, app, sender, reg.Token, now); err != nil {
+			return err
+		}
 		return index.Put(key, []byte(reg.Token))
 	})
 	switch {
@@ -96,6 +99,32 @@ func (s *Store) Register(ctx context.Context, device, app, sender string, now ti
 	return reg, nil
 }
 
+// inherit leads the token that (app, sender) had on the device this one
+// replaced, if any, to token, for InheritGrace: app servers that send to
+// it get token as its canonical registration_id.
+func inherit(tx *bolt.Tx, device, app, sender, token string, now time.Time) error {
+	devices := tx.Bucket(bucketDevices)
+	dev, ok, err := get[Device](devices, []byte(device))
+	if err != nil || !ok {
+		return err
+	}
+	old, ok := dev.Inherited[regKey(app, sender)]
+	if !ok {
+		return nil
+	}
+	delete(dev.Inherited, regKey(app, sender))
+	if err := put(devices, []byte(device), dev); err != nil {
+		return err
+	}
+	regs := tx.Bucket(bucketRegs)
+	prev, ok, err := get[Registration](regs, []byte(old))
+	if err != nil || !ok {
+		return err
+	}
+	prev.ReplacedBy, prev.GraceUntil = token, now.Add(InheritGrace).UTC()
+	return put(regs, []byte(old), prev)
+}
+
 // Unregister ends the active registration of (device, app, sender) and
 // drops the messages queued for its token. It returns ErrNotFound when
 // there is no active registration.
@@ -103,44 +132,13 @@ func (s *Store) Unregister(ctx context.Context, device, app, sender string, now 
 	var found bool
 	err = s.db.Batch(func(tx *bolt.Tx) error {
 		dropped, found = 0, false
-		regs, index := tx.Bucket(bucketRegs), tx.Bucket(bucketRegIndex)
-		key := join(device, app, sender)
-		token := index.Get(key)
+		token := tx.Bucket(bucketRegIndex).Get(join(device, app, sender))
 		if token == nil {
 			return nil
 		}
 		found = true
-		reg, _, err := get[Registration](regs, token)
-		if err != nil {
-			return err
-		}
-		reg.Unregistered = now.UTC()
-		if err := put(regs, []byte(reg.Token), reg); err != nil {
-			return err
-		}
-		if err := index.Delete(key); err != nil {
-			return err
-		}
-		if err := unsubscribeAll(tx, reg); err != nil {
-			return err
-		}
-		if err := tx.Bucket(bucketRefresh).Delete(key); err != nil {
-			return err
-		}
-		queued, err := queuedMessages(tx, device)
-		if err != nil {
-			return err
-		}
-		for _, m := range queued {
-			if m.Token != reg.Token {
-				continue
-			}
-			if err := deleteMessage(tx, m); err != nil {
-				return err
-			}
-			dropped++
-		}
-		return nil
+		dropped, err = endRegistration(tx, string(token), now)
+		return err
 	})
 	switch {
 	case err != nil:
@@ -149,6 +147,56 @@ func (s *Store) Unregister(ctx context.Context, device, app, sender string, now 
 		return 0, fmt.Errorf("unregister app %q for sender %s: %w", app, sender, ErrNotFound)
 	}
 	return dropped, nil
+}
+
+// endRegistration ends the active registration of token: it answers
+// NotRegistered from now on, loses its subscriptions and its token
+// refresh, and its queued messages are dropped; it returns how many.
+func endRegistration(tx *bolt.Tx, token string, now time.Time) (dropped int, err error) {
+	regs := tx.Bucket(bucketRegs)
+	reg, _, err := get[Registration](regs, []byte(token))
+	if err != nil {
+		return 0, err
+	}
+	key := join(reg.Device, reg.App, reg.Sender)
+	reg.Unregistered = now.UTC()
+	if err := put(regs, []byte(reg.Token), reg); err != nil {
+		return 0, err
+	}
+	if err := tx.Bucket(bucketRegIndex).Delete(key); err != nil {
+		return 0, err
+	}
+	if err := unsubscribeAll(tx, reg); err != nil {
+		return 0, err
+	}
+	if err := tx.Bucket(bucketRefresh).Delete(key); err != nil {
+		return 0, err
+	}
+	queued, err := queuedMessages(tx, reg.Device)
+	if err != nil {
+		return 0, err
+	}
+	for _, m := range queued {
+		if m.Token != reg.Token {
+			continue
+		}
+		if err := deleteMessage(tx, m); err != nil {
+			return 0, err
+		}
+		dropped++
+	}
+	return dropped, nil
+}
+
+// activeTokens lists the tokens of the device's active registrations.
+func activeTokens(tx *bolt.Tx, device string) [][]byte {
+	var out [][]byte
+	prefix := join(device, "")
+	c := tx.Bucket(bucketRegIndex).Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		out = append(out, bytes.Clone(v))
+	}
+	return out
 }
 
 // Resolution is what a send to one token reaches.

@@ -3,9 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/subtle"
-	"encoding/hex"
 	"fmt"
 	mathrand "math/rand/v2"
 	"strconv"
@@ -40,24 +38,10 @@ func (snd Sender) KeyValid(keyHash []byte, now time.Time) bool {
 	return current || old
 }
 
-// Device is an agent that has checked in.
-type Device struct {
-	ID string `json:"id"`
-	// SecretHash is the SHA-256 of the device secret.
-	SecretHash []byte    `json:"secret_hash"`
-	Created    time.Time `json:"created"`
-}
-
 // newSenderID returns 12 decimal digits. Sender IDs are public, so a
 // non-cryptographic source is enough; uniqueness is checked by the caller.
 func newSenderID() string {
 	return strconv.FormatUint(100_000_000_000+mathrand.Uint64N(900_000_000_000), 10)
-}
-
-func newDeviceID() string {
-	b := make([]byte, 8)
-	rand.Read(b)
-	return hex.EncodeToString(b)
 }
 
 // AddSender stores a new sender with a fresh ID.
@@ -196,28 +180,4 @@ func (s *Store) RemoveSender(ctx context.Context, id string) error {
 		return fmt.Errorf("remove sender %s: %w", id, err)
 	}
 	return nil
-}
-
-// AddDevice stores a new device with a fresh ID.
-func (s *Store) AddDevice(ctx context.Context, secretHash []byte, now time.Time) (Device, error) {
-	dev := Device{SecretHash: bytes.Clone(secretHash), Created: now.UTC()}
-	err := s.db.Batch(func(tx *bolt.Tx) error {
-		devices := tx.Bucket(bucketDevices)
-		for dev.ID = newDeviceID(); devices.Get([]byte(dev.ID)) != nil; dev.ID = newDeviceID() {
-		}
-		return put(devices, []byte(dev.ID), dev)
-	})
-	if err != nil {
-		return Device{}, fmt.Errorf("add device: %w", err)
-	}
-	return dev, nil
-}
-
-// Device returns the device with this ID.
-func (s *Store) Device(ctx context.Context, id string) (Device, error) {
-	dev, err := lookup[Device](s.db, bucketDevices, []byte(id))
-	if err != nil {
-		return Device{}, fmt.Errorf("device %s: %w", id, err)
-	}
-	return dev, nil
 }

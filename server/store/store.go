@@ -28,8 +28,9 @@ var (
 	ErrFull = errors.New("store is full")
 )
 
-// schemaVersion is written into a new file; Open refuses files of another.
-const schemaVersion = 1
+// schemaVersion is written into a new file; Open moves a file of an
+// earlier version up (migrate) and refuses one of a later.
+const schemaVersion = 2
 
 // Buckets. Keys joined with sep never contain sep themselves: IDs, tokens
 // and app IDs are free of control characters.
@@ -52,6 +53,10 @@ var (
 	bucketTopicSubs  = []byte("topic_subs")    // sender sep topic sep token → present
 	bucketTokenTopic = []byte("token_topics")  // token sep topic → present
 	bucketTopicMsgs  = []byte("topic_msgs")    // seq → TopicMessage, until fanned out
+	// Since version 2.
+	bucketCerts        = []byte("certs")         // certificate identity → CertBinding
+	bucketEnrollKeys   = []byte("enroll_keys")   // enrollment key ID → EnrollKey
+	bucketEnrollHashes = []byte("enroll_hashes") // hash of an enrollment key → its ID
 )
 
 const sep = 0
@@ -115,7 +120,8 @@ func Open(path string, opt Options) (*Store, error) {
 		countPending := tx.Bucket(bucketAppPending) == nil
 		for _, name := range [][]byte{bucketMeta, bucketSenders, bucketSenderKeys, bucketDevices, bucketRegs,
 			bucketRegIndex, bucketMsgs, bucketQueue, bucketCollapse, bucketExpiry, bucketUpstream, bucketSeen,
-			bucketAppPending, bucketDeleted, bucketRefresh, bucketTopicSubs, bucketTokenTopic, bucketTopicMsgs} {
+			bucketAppPending, bucketDeleted, bucketRefresh, bucketTopicSubs, bucketTokenTopic, bucketTopicMsgs,
+			bucketCerts, bucketEnrollKeys, bucketEnrollHashes} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -130,10 +136,14 @@ func Open(path string, opt Options) (*Store, error) {
 		if v == nil {
 			return meta.Put([]byte("version"), be64(schemaVersion))
 		}
-		if got := binary.BigEndian.Uint64(v); got != schemaVersion {
-			return fmt.Errorf("schema version %d, this server reads %d", got, schemaVersion)
+		got := binary.BigEndian.Uint64(v)
+		if got > schemaVersion {
+			return fmt.Errorf("schema version %d, this server reads %d and earlier", got, schemaVersion)
 		}
-		return nil
+		if err := migrate(tx, got); err != nil {
+			return fmt.Errorf("move the store from schema version %d to %d: %w", got, schemaVersion, err)
+		}
+		return meta.Put([]byte("version"), be64(schemaVersion))
 	})
 	if err != nil {
 		db.Close()
@@ -144,6 +154,38 @@ func Open(path string, opt Options) (*Store, error) {
 		st.reserve = min(max(st.maxSize/8, 128<<10), st.maxSize/2)
 	}
 	return st, nil
+}
+
+// migrate moves a store of schema version from up to schemaVersion, in the
+// transaction that opens it; the buckets of the later version exist by
+// then.
+func migrate(tx *bolt.Tx, from uint64) error {
+	if from < 2 {
+		// Version 2 knows when a device was last seen, and removes the
+		// devices not seen for a while: a device of version 1 counts as
+		// seen when the store moved, not when it was created, so that
+		// none is removed for having been quiet before it was watched.
+		now := time.Now().UTC()
+		devices := tx.Bucket(bucketDevices)
+		var moved []Device
+		err := devices.ForEach(func(_, v []byte) error {
+			dev, err := decode[Device](v)
+			if err == nil && dev.LastSeen.IsZero() {
+				dev.LastSeen = now
+				moved = append(moved, dev)
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		for _, dev := range moved {
+			if err := put(devices, []byte(dev.ID), dev); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // room is the number of bytes a write transaction may still use for new

@@ -43,7 +43,7 @@ func newFixture(t *testing.T, s *Store) fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, err := s.AddDevice(ctx, hash("secret"), t0)
+	dev, err := s.AddDevice(ctx, Device{SecretHash: hash("secret"), Created: t0})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -130,7 +130,7 @@ func TestServerStoreFullDisk(t *testing.T) {
 	var regs []serverstore.Registration
 	for d := range 40 {
 		secret := [32]byte{byte(d)}
-		dev, err := s.AddDevice(ctx, secret[:], t0)
+		dev, err := s.AddDevice(ctx, serverstore.Device{SecretHash: secret[:], Created: t0})
 		if err != nil {
 			t.Fatal(err)
 		}

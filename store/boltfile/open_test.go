@@ -415,7 +415,7 @@ func makeServerStore(t testing.TB, path string, n int) {
 	var acks [][]string
 	for d := 0; len(msgs) < n; d++ {
 		secret := sha256.Sum256(fmt.Append(nil, d))
-		dev, err := s.AddDevice(ctx, secret[:], storeTime)
+		dev, err := s.AddDevice(ctx, serverstore.Device{SecretHash: secret[:], Created: storeTime})
 		check(err)
 		var acked []string
 		for a := range apps {

@@ -70,6 +70,13 @@ var tests = []struct {
 	{"RotateToken", testRotateToken},
 	{"RotateTokenChain", testRotateTokenChain},
 	{"ConcurrentWritesToOneDevice", testConcurrentWritesToOneDevice},
+	{"DeviceListAndSeen", testDeviceListAndSeen},
+	{"RevokeDevice", testRevokeDevice},
+	{"RemoveDevice", testRemoveDevice},
+	{"ExpireDevices", testExpireDevices},
+	{"CertificateReplacesDevice", testCertificateReplacesDevice},
+	{"RevokedCertificate", testRevokedCertificate},
+	{"EnrollKeys", testEnrollKeys},
 }
 
 // T0 is the clock of the suite: a time unlike the machine's, so that a
@@ -100,7 +107,7 @@ func newFixture(t *testing.T, s store.Backend) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, err := s.AddDevice(ctx(t), Hash("secret"), T0)
+	dev, err := s.AddDevice(ctx(t), store.Device{SecretHash: Hash("secret"), Created: T0})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,11 +292,11 @@ func testSenderKeyRotation(t *testing.T, h Harness) {
 
 func testDevices(t *testing.T, h Harness) {
 	s := h.Open(t)
-	a, err := s.AddDevice(ctx(t), Hash("sa"), T0)
+	a, err := s.AddDevice(ctx(t), store.Device{SecretHash: Hash("sa"), Created: T0})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := s.AddDevice(ctx(t), Hash("sb"), T0)
+	b, err := s.AddDevice(ctx(t), store.Device{SecretHash: Hash("sb"), Created: T0})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -374,7 +381,7 @@ func testRegistrationsPerDeviceBounded(t *testing.T, h Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, err := s.AddDevice(ctx(t), Hash("secret"), T0)
+	dev, err := s.AddDevice(ctx(t), store.Device{SecretHash: Hash("secret"), Created: T0})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,7 +396,7 @@ func testRegistrationsPerDeviceBounded(t *testing.T, h Harness) {
 	if _, err := s.Register(ctx(t), dev.ID, "app.0", snd.ID, T0); err != nil {
 		t.Errorf("re-registering an app at the limit: %v", err)
 	}
-	other, err := s.AddDevice(ctx(t), Hash("other"), T0)
+	other, err := s.AddDevice(ctx(t), store.Device{SecretHash: Hash("other"), Created: T0})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -449,7 +456,7 @@ func testPendingAfterAndLimit(t *testing.T, h Harness) {
 		t.Errorf("Pending after %d = %+v, %v", rest[0].Seq, later, err)
 	}
 	// Another device's queue is separate.
-	dev2, err := s.AddDevice(ctx(t), Hash("s2"), T0)
+	dev2, err := s.AddDevice(ctx(t), store.Device{SecretHash: Hash("s2"), Created: T0})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -463,7 +470,7 @@ func testPendingAfterAndLimit(t *testing.T, h Harness) {
 func testEnqueueChecksTheRegistration(t *testing.T, h Harness) {
 	s := h.Open(t)
 	f := newFixture(t, s)
-	dev2, err := s.AddDevice(ctx(t), Hash("s2"), T0)
+	dev2, err := s.AddDevice(ctx(t), store.Device{SecretHash: Hash("s2"), Created: T0})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1078,7 +1085,7 @@ func testFanOutRestrictedAndLive(t *testing.T, h Harness) {
 	s := h.Open(t)
 	f := newFixture(t, s)
 	second := f.register(t, "com.example.second")
-	dev2, err := s.AddDevice(ctx(t), Hash("s2"), T0)
+	dev2, err := s.AddDevice(ctx(t), store.Device{SecretHash: Hash("s2"), Created: T0})
 	if err != nil {
 		t.Fatal(err)
 	}
