@@ -64,7 +64,7 @@ func TestEmulatedDevice(t *testing.T) {
 				t.Fatalf("%s/tetherctl runs natively: not a %s binary", dev.bin, e.target)
 			}
 
-			dev.start(srv.url)
+			dev.start(srv.url, srv.enrollKey)
 			app := "com.example." + strings.ReplaceAll(e.target, "-", "")
 			token, err := dev.ctl("register", "--app", app, "--sender", srv.sender)
 			if err != nil {
@@ -130,6 +130,8 @@ type server struct {
 	url, http string
 	sender    string
 	key       string
+	// enrollKey enrolls the emulated devices, one key for the batch.
+	enrollKey string
 	upstream  chan map[string]any
 }
 
@@ -165,6 +167,17 @@ func startServer(t *testing.T, bin string) *server {
 		t.Fatalf("sender add printed %q: %v", out, err)
 	}
 	s.sender, s.key = sender.SenderID, sender.ServerKey
+	out, err = exec.Command(bin, "enroll", "create", "--data", data, "--uses", "16", "--json").Output()
+	if err != nil {
+		t.Fatalf("enroll create: %v", err)
+	}
+	var key struct {
+		Key string `json:"key"`
+	}
+	if err := json.Unmarshal(out, &key); err != nil || key.Key == "" {
+		t.Fatalf("enroll create printed %q: %v", out, err)
+	}
+	s.enrollKey = key.Key
 	cmd := exec.Command(bin, "serve", "--listen", addr, "--data", data)
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
@@ -240,7 +253,7 @@ func (d *device) ctl(args ...string) (string, error) {
 	return string(out), nil
 }
 
-func (d *device) start(server string) {
+func (d *device) start(server, enrollKey string) {
 	d.t.Helper()
 	dir := d.t.TempDir()
 	d.logPath = filepath.Join(dir, "tetherd.log")
@@ -249,7 +262,7 @@ func (d *device) start(server string) {
 		d.t.Fatal(err)
 	}
 	d.cmd = exec.Command(d.qemu, filepath.Join(d.bin, "tetherd"), "run", "--config=", "--server", server,
-		"--data", filepath.Join(dir, "data"), "--socket", d.sock, "--log-level", "debug")
+		"--data", filepath.Join(dir, "data"), "--socket", d.sock, "--log-level", "debug", "--enroll-key", enrollKey)
 	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)

@@ -239,9 +239,28 @@ func startServer(t *testing.T, extra ...string) *server {
 	return s
 }
 
+// e2eEnrollKey is the fleet enrollment key of the servers and agents of
+// the tests that give none of their own.
+const e2eEnrollKey = "e2e-fleet-enrollment-key-0123456789"
+
+// enrollment is the way to enroll a test gave in args, or else the fleet
+// key of the tests: a server needs one, and an agent one that its server
+// takes.
+func enrollment(args []string, flags ...string) []string {
+	for _, a := range args {
+		for _, f := range flags {
+			if a == f || strings.HasPrefix(a, f+"=") {
+				return nil
+			}
+		}
+	}
+	return []string{"--enroll-key", e2eEnrollKey}
+}
+
 // launch starts the process without waiting for it.
 func (s *server) launch() {
 	args := append([]string{"serve", "--listen", s.addr, "--data", s.data, "--log-level", "debug"}, s.args...)
+	args = append(args, enrollment(s.args, "--enroll-key", "--enroll-key-file", "--open-enrollment", "--device-ca")...)
 	s.p = startProcIn(s.t, s.netns, s.env, "tether-server", nil, args...)
 }
 
@@ -394,6 +413,7 @@ func startAgent(t *testing.T, serverURL string, extra ...string) *agent {
 func (a *agent) launch() {
 	a.t.Helper()
 	args := append([]string{"--server", a.server, "--data", a.data, "--socket", a.sock, "--log-level", "debug"}, a.args...)
+	args = append(args, enrollment(a.args, "--enroll-key", "--enroll-key-file", "--cert", "--config")...)
 	a.p = startProcIn(a.t, a.netns, a.env, "tetherd", nil, args...)
 	waitFor(a.t, "tetherd's socket", 30*time.Second, func() error {
 		if a.p.exited() {

@@ -19,7 +19,7 @@ import (
 // password on the XMPP endpoint and a webhook URL with a token in its
 // query. It also checks that the files holding secrets are 0600.
 func TestNoSecretInAnyLog(t *testing.T) {
-	const enrollKey = "enroll-7c1f4e0a9b2d"
+	const enrollKey = "enroll-7c1f4e0a9b2d-5a6b7c8d9e"
 	keyFile := filepath.Join(t.TempDir(), "enroll-key")
 	if err := os.WriteFile(keyFile, []byte(enrollKey+"\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -77,7 +77,7 @@ func (d *rawDevice) expectError(what, code string) {
 func TestBadInputOnWire(t *testing.T) {
 	f := newFleet(t)
 	d := dialRaw(t, f.srv)
-	d.send("", wire.Hello{Version: 1, Agent: "e2e-raw"})
+	d.send("", wire.Hello{Version: 1, Agent: "e2e-raw", EnrollKey: e2eEnrollKey})
 	fr, err := d.read()
 	if err != nil {
 		t.Fatal(err)
@@ -136,13 +136,14 @@ func TestBadInputOnWire(t *testing.T) {
 }
 
 func TestEnrollKeyGuardsCheckIn(t *testing.T) {
-	srv := startServer(t, "--enroll-key", "let-me-in")
+	const key = "let-me-in-with-this-long-key"
+	srv := startServer(t, "--enroll-key", key)
 	d := dialRaw(t, srv)
 	d.send("", wire.Hello{Version: 1})
 	d.expectError("a check-in without the enrollment key", wire.CodeUnauthorized)
 
 	d = dialRaw(t, srv)
-	d.send("", wire.Hello{Version: 1, EnrollKey: "let-me-in"})
+	d.send("", wire.Hello{Version: 1, EnrollKey: key})
 	fr, err := d.read()
 	if err != nil {
 		t.Fatal(err)
@@ -154,7 +155,7 @@ func TestEnrollKeyGuardsCheckIn(t *testing.T) {
 	// tetherd checks in with the key (read from a file, out of ps), and
 	// after a restart reuses its credentials instead of checking in again.
 	keyFile := filepath.Join(t.TempDir(), "enroll-key")
-	if err := os.WriteFile(keyFile, []byte("let-me-in\n"), 0o600); err != nil {
+	if err := os.WriteFile(keyFile, []byte(key+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	a := startAgent(t, srv.url(), "--enroll-key-file", keyFile)

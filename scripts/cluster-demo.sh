@@ -28,6 +28,11 @@ done
 NATS=nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224
 echo "NATS=$NATS"
 
+step "Make an enrollment key in the cluster's state, for the device"
+enroll_json=$("$BIN/tether-server" enroll create --nats "$NATS" --json)
+(umask 077 && json_field key <<<"$enroll_json" >"$work/enroll.key")
+echo "enrollment key $(json_field id <<<"$enroll_json")"
+
 step "Start three tether-server nodes on them"
 "$BIN/webhook-sink" --addr-file "$work/hook.addr" >"$work/webhook.log" 2>&1 & pids+=($!)
 wait_for "the webhook" test -s "$work/hook.addr"
@@ -51,7 +56,8 @@ echo "sender ID $sender"
 step "Start a device agent that knows every node"
 sock="$work/tetherd.sock"
 "$BIN/tetherd" --server ws://127.0.0.1:8081,ws://127.0.0.1:8082,ws://127.0.0.1:8083 \
-  --data "$work/agent" --socket "$sock" --min-backoff 1s --max-backoff 3s >"$work/agent.log" 2>&1 & pids+=($!)
+  --data "$work/agent" --socket "$sock" --enroll-key-file "$work/enroll.key" \
+  --min-backoff 1s --max-backoff 3s >"$work/agent.log" 2>&1 & pids+=($!)
 ctl() { "$BIN/tetherctl" --socket "$sock" "$@"; }
 connected() { ctl status --json | grep -q '"connected": *true'; }
 wait_for "the agent to connect" connected

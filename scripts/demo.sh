@@ -21,6 +21,11 @@ wait_for "the webhook" test -s "$work/hook.addr"
 hook=$(cat "$work/hook.addr")
 echo "webhook at http://$hook/upstream"
 
+step "Make an enrollment key for the device (the server takes no device without one)"
+enroll_json=$("$BIN/tether-server" enroll create --data "$work/server" --json)
+(umask 077 && json_field key <<<"$enroll_json" >"$work/enroll.key")
+echo "enrollment key $(json_field id <<<"$enroll_json"), for one device, in a file of mode 0600"
+
 step "Start the connection server"
 "$BIN/tether-server" serve --listen 127.0.0.1:0 --data "$work/server" >"$work/server.log" 2>&1 & pids+=($!)
 wait_for "the server to listen" grep -q 'addr=' "$work/server.log"
@@ -36,10 +41,13 @@ echo "sender ID $sender (its server key stays with the app server)"
 
 step "Start the device agent"
 sock="$work/tetherd.sock"
-"$BIN/tetherd" --server "ws://$addr" --data "$work/agent" --socket "$sock" >"$work/agent.log" 2>&1 & pids+=($!)
+"$BIN/tetherd" --server "ws://$addr" --data "$work/agent" --socket "$sock" --enroll-key-file "$work/enroll.key" \
+  >"$work/agent.log" 2>&1 & pids+=($!)
 ctl() { "$BIN/tetherctl" --socket "$sock" "$@"; }
 wait_for "the agent to connect" sh -c "'$BIN/tetherctl' --socket '$sock' status --json | grep -q '\"connected\": *true'"
 ctl status
+echo "the server's list of devices:"
+"$BIN/tether-server" device list --data "$work/server"
 
 step "Register a local app"
 app=com.example.demo

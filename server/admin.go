@@ -250,6 +250,7 @@ func (s *Server) adminHandler() http.Handler {
 		s.log.Info("xmpp connections drained", "count", n)
 		writeJSON(w, http.StatusOK, DrainResult{Drained: n})
 	})
+	s.adminDeviceRoutes(mux)
 	return mux
 }
 
@@ -269,9 +270,9 @@ func decodeAdminRequest(w http.ResponseWriter, r *http.Request, v any) bool {
 func (s *Server) failAdmin(w http.ResponseWriter, what string, err error, attrs ...any) {
 	status := http.StatusInternalServerError
 	switch {
-	case errors.Is(err, ErrNoSender), errors.Is(err, ErrNoToken):
+	case errors.Is(err, ErrNoSender), errors.Is(err, ErrNoToken), errors.Is(err, ErrNoDevice), errors.Is(err, ErrNoEnrollKey):
 		status = http.StatusNotFound
-	case errors.Is(err, errBadSender), errors.Is(err, errBadGrace):
+	case errors.Is(err, errBadSender), errors.Is(err, errBadGrace), errors.Is(err, errBadEnrollKey):
 		status = http.StatusBadRequest
 	default:
 		s.log.Error("admin: "+what, append(attrs, "err", err)...)
@@ -474,6 +475,12 @@ func (a *Admin) DrainXMPP(ctx context.Context) (DrainResult, error) {
 	return res, nil
 }
 
+// notFound is what a 404 of the admin socket means, by the path asked.
+var notFound = []struct {
+	path string
+	err  error
+}{{"/senders/", ErrNoSender}, {"/tokens/rotate", ErrNoToken}, {"/devices/", ErrNoDevice}, {"/enroll-keys/", ErrNoEnrollKey}}
+
 // call makes one request on the admin socket.
 func (a *Admin) call(ctx context.Context, method, path string, body []byte, want int, out any) error {
 	req, err := http.NewRequestWithContext(ctx, method, "http://tether-server"+path, bytes.NewReader(body))
@@ -489,12 +496,14 @@ func (a *Admin) call(ctx context.Context, method, path string, body []byte, want
 	if resp.StatusCode != want {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 		text := strings.TrimSpace(string(msg))
-		switch {
-		case resp.StatusCode == http.StatusNotFound && (method == http.MethodDelete || strings.HasPrefix(path, "/senders/")):
-			return ErrNoSender
-		case resp.StatusCode == http.StatusNotFound && path == "/tokens/rotate":
-			return ErrNoToken
-		case resp.StatusCode == http.StatusConflict && path == "/xmpp/drain":
+		if resp.StatusCode == http.StatusNotFound {
+			for _, nf := range notFound {
+				if strings.HasPrefix(path, nf.path) {
+					return nf.err
+				}
+			}
+		}
+		if resp.StatusCode == http.StatusConflict && path == "/xmpp/drain" {
 			return ErrNoXMPP
 		}
 		return fmt.Errorf("server answered %s: %s", resp.Status, text)

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
+	"time"
 
 	"tether/server/store"
 )
@@ -14,19 +16,22 @@ import (
 // Why an app server's credentials were refused.
 var (
 	errUnknownKey = errors.New("unknown server key")
-	// errAuthThrottled refuses an address that failed too often lately,
-	// without looking at its key.
+	// errAuthThrottled refuses a wrong key from an address that failed
+	// too often lately.
 	errAuthThrottled = errors.New("too many failed authentications from this address; retry in a minute")
 )
 
+// throttledFailureDelay is how long the answer to a failure waits, from an
+// address over its budget of failures.
+const throttledFailureDelay = time.Second
+
 // checkKey authenticates an app server's server key, sent from the IP
 // address remote. With senderID set (XMPP's SASL user) the key must be that
-// sender's. Failures count against remote: past Config.AuthFailureLimit a
-// minute, its attempts are refused unchecked until its budget refills.
+// sender's. A right key is always taken: app servers behind one proxy
+// share its address, and one of them guessing must not lock out the rest.
+// Failures count against remote; past Config.AuthFailureLimit a minute its
+// failures are slowed and answered errAuthThrottled.
 func (s *Server) checkKey(ctx context.Context, remote, senderID, key string) (store.Sender, error) {
-	if s.authFailures.exhausted(ctx, remote) {
-		return store.Sender{}, errAuthThrottled
-	}
 	hash := hashSecret(key)
 	var snd store.Sender
 	var err error
@@ -42,9 +47,18 @@ func (s *Server) checkKey(ctx context.Context, remote, senderID, key string) (st
 	case snd.KeyValid(hash, s.now()):
 		return snd, nil
 	}
-	s.authFailures.allow(ctx, remote)
-	s.log.Info("app server refused: unknown server key", "remote", remote, "sender", senderID)
-	return store.Sender{}, errUnknownKey
+	throttled := !s.authFailures.allow(ctx, remote)
+	s.refusals.refused(remote, "app server refused: unknown server key", "sender", senderID, "throttled", throttled)
+	if !throttled {
+		return store.Sender{}, errUnknownKey
+	}
+	t := time.NewTimer(throttledFailureDelay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return store.Sender{}, errAuthThrottled
 }
 
 // authenticate finds the sender of the request's server key. A status
@@ -66,6 +80,15 @@ func (s *Server) authenticate(r *http.Request) (snd store.Sender, status int, pr
 		return snd, http.StatusServiceUnavailable, "Unavailable: cannot read the sender store"
 	}
 	return snd, 0, ""
+}
+
+// clientAddr is the address a request comes from.
+func (s *Server) clientAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
 }
 
 // remoteIP is the address part of a host:port.

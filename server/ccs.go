@@ -81,7 +81,7 @@ func newCCS(s *Server) (*ccs, error) {
 		srv: s, log: s.log.With("part", "xmpp"), ackTimeout: s.cfg.XMPPAckTimeout,
 		conns: make(map[string][]*ccsConn), waiting: make(map[ccsKey][]*upWait),
 	}
-	var tlsConfig = s.tls
+	var tlsConfig = s.xmppTLS
 	if s.cfg.XMPPPlaintext {
 		tlsConfig = nil
 	}
@@ -103,8 +103,11 @@ func newCCS(s *Server) (*ccs, error) {
 // authenticate checks a sender ID and server key, as the HTTP API does.
 func (c *ccs) authenticate(ctx context.Context, remote net.Addr, user, _, password string) error {
 	_, err := c.srv.checkKey(ctx, remoteIP(remote.String()), user, password)
-	if errors.Is(err, errUnknownKey) {
+	switch {
+	case errors.Is(err, errUnknownKey):
 		return xmpp.ErrNotAuthorized
+	case errors.Is(err, errAuthThrottled):
+		return xmpp.ErrTryLater
 	}
 	return err
 }

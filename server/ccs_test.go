@@ -443,7 +443,8 @@ func waitUpstreamCount(t *testing.T, ts *testServer, want int) {
 }
 
 // TestCCSFailedLoginsAreLimited: XMPP logins count against the address
-// like HTTP requests; past the limit even the right key is refused.
+// like HTTP requests; past the limit a wrong key is answered
+// temporary-auth-failure, and the right key still logs in.
 func TestCCSFailedLoginsAreLimited(t *testing.T) {
 	ts := startCCS(t, func(c *Config) { c.AuthFailureLimit = 2 })
 	snd := ts.addSender("")
@@ -459,10 +460,16 @@ func TestCCSFailedLoginsAreLimited(t *testing.T) {
 			t.Fatalf("wrong key: %v, want not-authorized", err)
 		}
 	}
-	if err := login(snd.ServerKey); err == nil || !strings.Contains(err.Error(), "temporary-auth-failure") {
-		t.Fatalf("over the limit: %v, want temporary-auth-failure", err)
+	if err := login("wrong"); err == nil || !strings.Contains(err.Error(), "temporary-auth-failure") {
+		t.Fatalf("wrong key over the limit: %v, want temporary-auth-failure", err)
 	}
-	if a := ts.post("/gcm/send", snd.ServerKey, "application/json", `{"to": "x"}`); a.status != 429 {
-		t.Errorf("HTTP from the same address over the limit: %d, want 429", a.status)
+	if err := login(snd.ServerKey); err != nil {
+		t.Fatalf("right key over the limit: %v", err)
+	}
+	if a := ts.post("/gcm/send", "wrong", "application/json", `{"to": "x"}`); a.status != 429 {
+		t.Errorf("HTTP failure from the same address over the limit: %d, want 429", a.status)
+	}
+	if a := ts.post("/gcm/send", snd.ServerKey, "application/json", `{"to": "x"}`); a.status != 200 {
+		t.Errorf("HTTP with the right key from the same address: %d, want 200", a.status)
 	}
 }

@@ -95,7 +95,7 @@ func TestStoreTroubleSendsGoAway(t *testing.T) {
 		name  string
 		hello wire.Hello
 	}{
-		{"check-in", wire.Hello{Version: 1}},
+		{"check-in", wire.Hello{Version: 1, EnrollKey: testEnrollKey}},
 		{"session", wire.Hello{Version: 1, DeviceID: known.id, DeviceSecret: known.secret}},
 		{"probe", wire.Hello{Version: 1, DeviceID: known.id, DeviceSecret: known.secret, Probe: true}},
 	} {

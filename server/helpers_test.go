@@ -49,9 +49,14 @@ type testServer struct {
 	cfg   Config
 	clock *testClock
 	base  string // http://host:port
-	logs  *logtest.Buffer
-	stop  func()
+	// client, when set, is the HTTP client of post: for a server over TLS.
+	client *http.Client
+	logs   *logtest.Buffer
+	stop   func()
 }
+
+// testEnrollKey is the fleet enrollment key of the test servers.
+const testEnrollKey = "test-fleet-enrollment-key-0123456789"
 
 // startServer runs a server on 127.0.0.1:0 in a fresh data directory until
 // the test ends; mod may change its Config.
@@ -65,12 +70,13 @@ func startServerIn(t testing.TB, dir string, mod func(*Config)) *testServer {
 	logs := &logtest.Buffer{}
 	clock := &testClock{}
 	cfg := Config{
-		DataDir:  dir,
-		Listen:   "127.0.0.1:0",
-		Logger:   slog.New(slog.NewTextHandler(io.MultiWriter(logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Now:      clock.Now,
-		RetryMin: 10 * time.Millisecond,
-		RetryMax: 100 * time.Millisecond,
+		DataDir:   dir,
+		Listen:    "127.0.0.1:0",
+		EnrollKey: testEnrollKey,
+		Logger:    slog.New(slog.NewTextHandler(io.MultiWriter(logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Now:       clock.Now,
+		RetryMin:  10 * time.Millisecond,
+		RetryMax:  100 * time.Millisecond,
 	}
 	if os.Getenv(onClusterEnv) != "" {
 		// The state of the data directory is a prefix on the shared
@@ -134,7 +140,11 @@ func (ts *testServer) post(path, key, contentType, body string) httpAnswer {
 		req.Header.Set("Authorization", "key="+key)
 	}
 	req.Header.Set("Content-Type", contentType)
-	resp, err := http.DefaultClient.Do(req)
+	client := ts.client
+	if client == nil {
+		client = http.DefaultClient
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		ts.t.Fatal(err)
 	}
@@ -207,6 +217,9 @@ func (ts *testServer) hello(h wire.Hello) *device {
 	d := &device{t: ts.t, conn: ts.dial()}
 	if h.Version == 0 {
 		h.Version = wire.Version
+	}
+	if h.DeviceID == "" && h.EnrollKey == "" {
+		h.EnrollKey = ts.cfg.EnrollKey
 	}
 	d.send("", h)
 	d.expect(wire.TypeWelcome, "", &d.welcome)

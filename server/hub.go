@@ -33,6 +33,8 @@ type deviceBus interface {
 	// unwatch is called.
 	Watch(device string) (unwatch func(), err error)
 	Kick(device string)
+	// End closes the device's session: it was revoked or removed.
+	End(device string)
 	Live(device string, payload []byte)
 	// Takeover ends, on every other node, the sessions of device older
 	// than the one named key.
@@ -142,6 +144,31 @@ func (h *hub) notify(device string) {
 	}
 }
 
+// end closes the device's session and probe, here or on whichever node
+// holds them, with a revoked error: the device was revoked or removed.
+func (h *hub) end(device string) {
+	if h.bus != nil {
+		h.bus.End(device)
+	}
+	// A probe is not on the bus; it is here or it times out.
+	h.endHere(device)
+}
+
+// endHere closes the device's session and probe on this node.
+func (h *hub) endHere(device string) {
+	h.mu.Lock()
+	ss, p := h.sessions[device], h.probes[device]
+	h.mu.Unlock()
+	const why = "device revoked"
+	if ss != nil {
+		ss.log.Info("session ended: the device was revoked or removed")
+		ss.finish(wire.Error{Code: wire.CodeRevoked, Message: "the device was revoked or removed"}, websocket.ClosePolicyViolation, why)
+	}
+	if p != nil {
+		p.close(websocket.ClosePolicyViolation, why)
+	}
+}
+
 // notifyAll has every session here look at its queue.
 func (h *hub) notifyAll() {
 	h.mu.Lock()
@@ -191,7 +218,7 @@ func (h *hub) shutdown(goAway func() wire.GoAway, wait time.Duration) {
 		p.close(websocket.CloseGoingAway, why)
 	}
 	for _, ss := range live {
-		ss.goAway(goAway(), websocket.CloseGoingAway, why)
+		ss.finish(goAway(), websocket.CloseGoingAway, why)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()

@@ -326,6 +326,8 @@ func (b busHandler) Kick(device string) {
 	}
 }
 
+func (b busHandler) End(device string) { b.h.endHere(device) }
+
 func (b busHandler) Live(device string, payload []byte) {
 	ss := b.h.session(device)
 	if ss == nil {

@@ -44,7 +44,7 @@ func (p *probe) close(code int, text string) {
 // runProbe serves an accepted probe until it ends, in the handler's
 // goroutine, which is also its only writer.
 func (s *Server) runProbe(conn *websocket.Conn, acc accepted) {
-	p := &probe{srv: s, conn: conn, device: acc.device, log: acc.log.With("probe", true)}
+	p := &probe{srv: s, conn: conn, device: acc.device.ID, log: acc.log.With("probe", true)}
 	if !s.hub.attachProbe(p) {
 		s.closeConn(conn, websocket.CloseGoingAway, "server shutting down")
 		return

@@ -42,9 +42,28 @@ type Config struct {
 	// TLSCert and TLSKey are PEM files; with both set the listener speaks
 	// HTTPS and WSS.
 	TLSCert, TLSKey string
-	// EnrollKey, when set, must come in the hello of every check-in.
+	// EnrollKey, when set, is the fleet-wide enrollment key: a device that
+	// presents it in its check-in enrolls. At least MinEnrollKeyLen
+	// characters. Devices also enroll with per-device keys (Admin's
+	// AddEnrollKey), whatever is set here.
 	EnrollKey string
-	Logger    *slog.Logger
+	// DeviceCA is a PEM file of the CAs whose client certificates let a
+	// device enroll without a key, its identity bound to the certificate.
+	// It needs TLSCert: TLS must end at this server.
+	DeviceCA string
+	// OpenEnrollment lets a device enroll with no key or certificate. New
+	// refuses a server that no device could enroll with (ErrNoEnrollment)
+	// unless it is set.
+	OpenEnrollment bool
+	// DeviceExpiry removes the devices not seen for this long, with their
+	// registrations, whose tokens then answer NotRegistered; default 270
+	// days, as FCM treats stale tokens, negative for never.
+	DeviceExpiry time.Duration
+	// SeenInterval is how often at most a device's last seen time is
+	// written, while its sessions come and go or stay open; default 10
+	// minutes.
+	SeenInterval time.Duration
+	Logger       *slog.Logger
 	// Now is the clock for message times and expiry; default time.Now.
 	Now func() time.Time
 	// MaxStoreSize caps the store file in bytes; once full, sends answer
@@ -57,6 +76,10 @@ type Config struct {
 	// HeartbeatGrace is added to a session's heartbeat before it is
 	// closed for silence; default 90 seconds.
 	HeartbeatGrace time.Duration
+	// MaxHeartbeat caps the heartbeat a device may announce; the welcome
+	// tells it the cap. Default 30 minutes: the agent's longest learned
+	// heartbeat, 28 minutes, and a grace.
+	MaxHeartbeat time.Duration
 	// HeaderTimeout bounds reading a request's headers, so that a client
 	// that sends them slowly cannot hold a connection; default 10 s.
 	HeaderTimeout time.Duration
@@ -88,9 +111,21 @@ type Config struct {
 
 	// AuthFailureLimit bounds the failed authentications of app servers
 	// per minute from one IP address, in bursts of as many; beyond it the
-	// address's attempts are refused unchecked (HTTP 429, or a SASL
-	// failure) until the budget refills. Default 20, negative for none.
+	// address's failures are slowed and answered HTTP 429 or a SASL
+	// temporary-auth-failure until the budget refills. A right key is
+	// never refused. Default 20, negative for none.
 	AuthFailureLimit int
+	// CheckInLimit bounds the devices that enroll from one IP address per
+	// minute, in bursts of as many; beyond it a check-in gets a goaway.
+	// Default 30, negative for none: a factory that enrolls its devices
+	// from behind one address raises it.
+	CheckInLimit int
+	// EnrollFailureLimit bounds the refused device credentials (enrollment
+	// keys, device secrets, revoked devices) from one IP address per
+	// minute; beyond it each refusal is a goaway that asks for a minute's
+	// wait. Right credentials are never refused. Default 10, negative for
+	// none.
+	EnrollFailureLimit int
 
 	// BatteryMaxDelay is the longest a normal-priority message waits for
 	// a device on battery before it is pushed anyway, counted from when
@@ -189,8 +224,18 @@ func (c *Config) setDefaults() {
 	if c.ReconnectLimit == 0 {
 		c.ReconnectLimit = 30
 	}
-	if c.AuthFailureLimit == 0 {
-		c.AuthFailureLimit = 20
+	set(&c.MaxHeartbeat, 30*time.Minute)
+	set(&c.SeenInterval, 10*time.Minute)
+	if c.DeviceExpiry == 0 {
+		c.DeviceExpiry = 270 * 24 * time.Hour
+	}
+	for _, l := range []struct {
+		v   *int
+		def int
+	}{{&c.AuthFailureLimit, 20}, {&c.CheckInLimit, 30}, {&c.EnrollFailureLimit, 10}} {
+		if *l.v == 0 {
+			*l.v = l.def
+		}
 	}
 	if c.afterFunc == nil {
 		c.afterFunc = func(d time.Duration, f func()) stopper { return time.AfterFunc(d, f) }
@@ -204,7 +249,9 @@ type Server struct {
 	log   *slog.Logger
 	now   func() time.Time
 	store store.Backend
-	tls   *tls.Config
+	// tls is the HTTPS listener's, which asks devices for certificates
+	// with a device CA; xmppTLS the XMPP endpoint's.
+	tls, xmppTLS *tls.Config
 	hub   *hub
 	up    *dispatcher
 	fan   *fanout
@@ -216,8 +263,12 @@ type Server struct {
 	topicRate  limiter
 	reconnects limiter // sessions and probes opened per device
 	// authFailures counts failed app server authentications by address,
-	// on this process.
-	authFailures limiter
+	// and enrollFailures refused device credentials, on this process.
+	authFailures, enrollFailures limiter
+	// checkIns counts the devices enrolled by address.
+	checkIns limiter
+	// refusals logs what is refused, quietly.
+	refusals *quietLog
 
 	upgrader *websocket.Upgrader
 
@@ -239,33 +290,56 @@ func New(cfg Config) (*Server, error) {
 	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
 		return nil, errors.New("new server: TLS needs both a certificate and a key")
 	}
-	var tlsConfig *tls.Config
+	var tlsConfig, xmppTLS *tls.Config
 	if cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
 		if err != nil {
 			return nil, fmt.Errorf("new server: load TLS certificate: %w", err)
 		}
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		xmppTLS = tlsConfig
 	}
 	if cfg.XMPPListen != "" && tlsConfig == nil && !cfg.XMPPPlaintext {
 		return nil, errors.New("new server: the XMPP endpoint needs a TLS certificate and key, or plaintext behind a proxy that terminates TLS")
 	}
+	if cfg.DeviceCA != "" {
+		if tlsConfig == nil {
+			return nil, errors.New("new server: a device CA needs TLS to end here: give a TLS certificate and key")
+		}
+		pool, err := loadDeviceCA(cfg.DeviceCA)
+		if err != nil {
+			return nil, fmt.Errorf("new server: %w", err)
+		}
+		// Asked of devices on the HTTPS listener only; app servers send
+		// none, and the XMPP endpoint asks for none.
+		tlsConfig = tlsConfig.Clone()
+		tlsConfig.ClientAuth, tlsConfig.ClientCAs = tls.VerifyClientCertIfGiven, pool
+	}
 	if err := prepareDataDir(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("new server: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, tls: tlsConfig, upgrader: newUpgrader()}
+	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, tls: tlsConfig, xmppTLS: xmppTLS, upgrader: newUpgrader()}
 	s.hub = newHub()
 	s.fan = newFanout(s)
 	if err := s.openState(); err != nil {
 		return nil, fmt.Errorf("new server: %w", err)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	err := s.checkEnrollment(ctx)
+	cancel()
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("new server: %w", err)
+	}
 	s.authFailures = newRateLimiter(cfg.AuthFailureLimit, time.Now)
-	var err error
+	s.enrollFailures = newRateLimiter(cfg.EnrollFailureLimit, time.Now)
+	s.refusals = newQuietLog(s.log, refusalLogInterval, time.Now)
 	for _, l := range []struct {
 		dst       *limiter
 		name      string
 		perMinute int
-	}{{&s.deviceRate, "device", cfg.DeviceRateLimit}, {&s.topicRate, "topic", cfg.TopicRateLimit}, {&s.reconnects, "reconnect", cfg.ReconnectLimit}} {
+	}{{&s.deviceRate, "device", cfg.DeviceRateLimit}, {&s.topicRate, "topic", cfg.TopicRateLimit}, {&s.reconnects, "reconnect", cfg.ReconnectLimit},
+		{&s.checkIns, "checkin", cfg.CheckInLimit}} {
 		if *l.dst, err = s.limiterFor(l.name, l.perMinute, cfg.Now); err != nil {
 			s.Close()
 			return nil, fmt.Errorf("new server: %w", err)
@@ -406,7 +480,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	// Said before anything is served, so that whoever reads the log sees
 	// it before any answer: the listeners are open already.
 	s.log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme,
-		"admin_socket", adminLn.Addr().String(), "enroll_key", s.cfg.EnrollKey != "")
+		"admin_socket", adminLn.Addr().String(), "fleet_enroll_key", s.cfg.EnrollKey != "", "device_ca", s.cfg.DeviceCA != "")
+	if s.cfg.OpenEnrollment {
+		s.log.Warn("open enrollment: any device that reaches this server can check in; on a public address use enrollment keys or a device CA (docs/security.md)")
+	}
 	if s.ccs != nil {
 		s.log.Info("listening for XMPP", "addr", xmppLn.Addr().String(), "tls", !s.cfg.XMPPPlaintext)
 	}
@@ -427,6 +504,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	if sw, ok := s.store.(store.Sweeper); ok {
 		wg.Go(func() { s.sweepLoop(ctx, sw) })
+	}
+	if s.cfg.DeviceExpiry > 0 {
+		wg.Go(func() { s.expireLoop(ctx) })
 	}
 	wg.Go(func() { s.up.run(ctx) })
 	wg.Go(func() { s.fan.run(ctx) })
@@ -535,6 +615,39 @@ func (s *Server) sweepLoop(ctx context.Context, sw store.Sweeper) {
 			s.log.Debug("swept expired entries", "count", n)
 		}
 		timer.Reset(wait)
+	}
+}
+
+// expiryEvery is how often the devices not seen for Config.DeviceExpiry
+// are looked for.
+const expiryEvery = 6 * time.Hour
+
+// expireLoop removes the devices not seen for Config.DeviceExpiry, at
+// start and then every expiryEvery; on a cluster, the node that holds the
+// first partition does.
+func (s *Server) expireLoop(ctx context.Context) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		if s.node == nil || s.node.leases.Holds(0) {
+			now := s.now()
+			gone, err := s.store.ExpireDevices(ctx, now.Add(-s.cfg.DeviceExpiry), now)
+			if err != nil && ctx.Err() == nil {
+				s.log.Error("remove stale devices", "err", err)
+			}
+			for _, id := range gone {
+				s.hub.end(id)
+			}
+			if len(gone) > 0 {
+				s.log.Info("stale devices removed", "count", len(gone), "not_seen_for", s.cfg.DeviceExpiry)
+			}
+		}
+		timer.Reset(expiryEvery)
 	}
 }
 

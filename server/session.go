@@ -73,10 +73,11 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	conn.SetReadLimit(wire.MaxFrameSize)
-	log := s.log.With("remote", r.RemoteAddr)
-	acc, err := s.handshake(r.Context(), conn, log)
+	p := s.peerOf(r)
+	log := s.log.With("remote", p.addr.String())
+	acc, err := s.handshake(r.Context(), conn, p, log)
 	if err != nil {
-		log.Info("device refused", "err", err)
+		s.refusals.refused(p.addr.String(), "device refused", "err", err)
 		conn.Close()
 		s.hub.leave()
 		return
@@ -113,13 +114,13 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 // welcome, then the first window of what is queued for it. False means
 // there is no session to serve.
 func (s *Server) openSession(ctx context.Context, conn *websocket.Conn, acc accepted) (*session, bool) {
-	ss := newSession(s, conn, acc.device, acc.timeout, powerMode(acc.hello.Mode), acc.log)
+	ss := newSession(s, conn, acc.device.ID, acc.timeout, powerMode(acc.hello.Mode), acc.log)
 	if s.node != nil {
 		// On a cluster the session's place in the order of the device's
 		// sessions comes from the state, not from this node's clock:
 		// of two sessions, the one opened later ends the other, however
 		// the nodes' clocks disagree.
-		seq, err := s.node.st.OpenSession(ctx, acc.device)
+		seq, err := s.node.st.OpenSession(ctx, acc.device.ID)
 		if err != nil {
 			ss.log.Error("session not opened in the cluster's state", "err", err)
 			s.goAwayConn(conn, *s.storeGoAway(), websocket.CloseTryAgainLater, "store unavailable")
@@ -141,6 +142,11 @@ func (s *Server) openSession(ctx context.Context, conn *websocket.Conn, acc acce
 		return nil, false
 	}
 	ss.log.Info("session open", "heartbeat", ss.timeout-s.cfg.HeartbeatGrace, "mode", powerMode(acc.hello.Mode))
+	ss.agent, ss.seen = acc.hello.Agent, acc.device.LastSeen
+	if acc.device.Agent != ss.agent || acc.device.PowerMode != ss.mode {
+		ss.seen = time.Time{} // what the device says of itself changed
+	}
+	ss.noteSeen()
 	// The writer is not running yet, so this goroutine may write. A
 	// failure closes the connection, and serveSession ends the session.
 	if err := ss.fill(); err != nil {
@@ -215,7 +221,7 @@ func (r refusal) Error() string { return r.code + ": " + r.message }
 // accepted is a device whose hello the server took.
 type accepted struct {
 	hello   wire.Hello
-	device  string
+	device  store.Device
 	welcome []byte // the encoded welcome to send
 	// timeout is the silence after which the server closes the connection.
 	timeout time.Duration
@@ -224,46 +230,57 @@ type accepted struct {
 
 // handshake reads the hello and authenticates or checks in the device. On
 // a refusal it has sent an error frame (or a goaway) and a close frame.
-func (s *Server) handshake(ctx context.Context, conn *websocket.Conn, log *slog.Logger) (accepted, error) {
-	hello, err := s.readHello(ctx, conn)
+func (s *Server) handshake(ctx context.Context, conn *websocket.Conn, p peer, log *slog.Logger) (accepted, error) {
+	hello, err := s.readHello(conn)
 	if ref := (refusal{}); errors.As(err, &ref) {
 		return accepted{}, s.refuse(conn, ref)
 	}
 	if err != nil {
 		return accepted{}, err
 	}
-
-	welcome := wire.Welcome{Version: wire.Version, Heartbeat: hello.Heartbeat}
-	if welcome.Heartbeat == 0 {
-		welcome.Heartbeat = int(s.cfg.Heartbeat / time.Second)
-	}
+	welcome := wire.Welcome{Version: wire.Version, Heartbeat: s.heartbeatFor(hello.Heartbeat)}
+	var dev store.Device
 	if hello.DeviceID == "" {
-		secret := newSecret(32)
-		dev, err := s.store.AddDevice(ctx, store.Device{SecretHash: hashSecret(secret), Created: s.now(), Agent: hello.Agent})
-		if err != nil {
-			s.log.Error("check in device", "err", err)
-			return accepted{}, s.refuse(conn, refusal{wire.CodeUnavailable, "cannot store a new device now; try again later", websocket.CloseTryAgainLater, s.storeGoAway()})
+		dev, welcome.DeviceSecret, err = s.checkIn(ctx, hello, p)
+		if err == nil {
+			log.Info("device checked in", "device", dev.ID, "agent", hello.Agent, "enrolled_by", dev.EnrolledBy, "replaced", dev.Replaced)
 		}
-		welcome.DeviceID, welcome.DeviceSecret = dev.ID, secret
-		log.Info("device checked in", "device", dev.ID, "agent", hello.Agent)
 	} else {
+		dev, err = s.authenticateDevice(ctx, hello, p)
 		// Counted once the credentials are right, so that nobody else can
 		// use up a device's connections.
-		if !s.reconnects.allow(ctx, hello.DeviceID) {
-			return accepted{}, s.refuse(conn, refusal{wire.CodeUnavailable, fmt.Sprintf("device %s opens more than %d connections a minute", hello.DeviceID, s.cfg.ReconnectLimit),
-				websocket.CloseTryAgainLater, s.reconnectGoAway()})
+		if err == nil && !s.reconnects.allow(ctx, hello.DeviceID) {
+			err = refusal{wire.CodeUnavailable, fmt.Sprintf("device %s opens more than %d connections a minute", hello.DeviceID, s.cfg.ReconnectLimit),
+				websocket.CloseTryAgainLater, s.reconnectGoAway()}
 		}
-		welcome.DeviceID = hello.DeviceID
 	}
+	if ref := (refusal{}); errors.As(err, &ref) {
+		return accepted{}, s.refuse(conn, s.throttle(ctx, p, ref))
+	}
+	if err != nil {
+		return accepted{}, err
+	}
+	welcome.DeviceID = dev.ID
 	frame, err := wire.Encode("", welcome)
 	if err != nil {
 		return accepted{}, fmt.Errorf("encode welcome: %w", err)
 	}
 	return accepted{
-		hello: hello, device: welcome.DeviceID, welcome: frame,
+		hello: hello, device: dev, welcome: frame,
 		timeout: secondsDuration(int64(welcome.Heartbeat)) + s.cfg.HeartbeatGrace,
-		log:     log.With("device", welcome.DeviceID, "agent", hello.Agent),
+		log:     log.With("device", dev.ID, "agent", hello.Agent),
 	}, nil
+}
+
+// heartbeatFor is the heartbeat a session keeps to when the agent asks
+// for asked seconds: the server's default for 0, and at most
+// Config.MaxHeartbeat, so that nobody holds a connection open for a day
+// with one ping.
+func (s *Server) heartbeatFor(asked int) int {
+	if asked == 0 {
+		asked = int(s.cfg.Heartbeat / time.Second)
+	}
+	return min(asked, int(s.cfg.MaxHeartbeat/time.Second))
 }
 
 // refuse sends r's error frame (or goaway) and close frame and returns r.
@@ -282,7 +299,7 @@ func (s *Server) refuse(conn *websocket.Conn, r refusal) error {
 
 // readHello reads and checks the first frame. Failures the device should
 // hear about are refusals.
-func (s *Server) readHello(ctx context.Context, conn *websocket.Conn) (wire.Hello, error) {
+func (s *Server) readHello(conn *websocket.Conn) (wire.Hello, error) {
 	var hello wire.Hello
 	conn.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
 	_, data, err := conn.ReadMessage()
@@ -298,25 +315,6 @@ func (s *Server) readHello(ctx context.Context, conn *websocket.Conn) (wire.Hell
 	}
 	if err := f.Decode(&hello); err != nil {
 		return hello, refusal{code: wire.CodeBadFrame, message: err.Error(), closeCode: websocket.CloseProtocolError}
-	}
-	unauthorized := func(message string) refusal {
-		return refusal{code: wire.CodeUnauthorized, message: message, closeCode: websocket.ClosePolicyViolation}
-	}
-	if hello.DeviceID == "" {
-		if s.cfg.EnrollKey != "" && !sameSecret(hello.EnrollKey, s.cfg.EnrollKey) {
-			return hello, unauthorized("check-in needs the server's enrollment key")
-		}
-		return hello, nil
-	}
-	dev, err := s.store.Device(ctx, hello.DeviceID)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return hello, unauthorized("unknown device or wrong secret")
-	case err != nil:
-		s.log.Error("read device", "device", hello.DeviceID, "err", err)
-		return hello, refusal{wire.CodeUnavailable, "cannot read the device store now; try again later", websocket.CloseTryAgainLater, s.storeGoAway()}
-	case !sameHash(dev.SecretHash, hashSecret(hello.DeviceSecret)):
-		return hello, unauthorized("unknown device or wrong secret")
 	}
 	return hello, nil
 }
@@ -383,6 +381,11 @@ type session struct {
 
 	cursor uint64    // Seq of the last queued message looked at; writer only
 	hold   holdState // writer only
+
+	// agent is what the device's hello said it runs, and seen when the
+	// store last noted the device seen (noteSeen); reader only.
+	agent string
+	seen  time.Time
 }
 
 // finalFrame is the last frame of a session and the close that follows it.
@@ -408,9 +411,26 @@ func newSession(s *Server, conn *websocket.Conn, device string, timeout time.Dur
 	answer := conn.PingHandler()
 	conn.SetPingHandler(func(data string) error {
 		ss.ackers.Wait()
+		ss.noteSeen()
 		return answer(data)
 	})
 	return ss
+}
+
+// noteSeen notes in the store that the device was seen, at most once every
+// Config.SeenInterval: a heartbeat is not worth a write.
+func (ss *session) noteSeen() {
+	now := ss.srv.now()
+	if now.Sub(ss.seen) < ss.srv.cfg.SeenInterval {
+		return
+	}
+	ss.seen = now
+	ss.mu.Lock()
+	mode := ss.mode
+	ss.mu.Unlock()
+	if err := ss.srv.store.SeenDevice(ss.ctx, ss.device, now, ss.agent, mode); err != nil {
+		ss.log.Warn("note device seen", "err", err)
+	}
 }
 
 // stopWatching ends the session's subscription to its device, if any.
@@ -445,12 +465,13 @@ func (ss *session) close(code int, text string) {
 	})
 }
 
-// goAway has the writer send g, the session's last data frame, and then
-// close the session with code: data frames go through the writer only.
-func (ss *session) goAway(g wire.GoAway, code int, text string) {
-	frame, err := wire.Encode("", g)
+// finish has the writer send b (a goaway, an error), the session's last
+// data frame, and then close the session with code: data frames go
+// through the writer only.
+func (ss *session) finish(b wire.Body, code int, text string) {
+	frame, err := wire.Encode("", b)
 	if err != nil {
-		ss.log.Error("encode goaway", "err", err)
+		ss.log.Error("encode last frame", "type", b.FrameType(), "err", err)
 		ss.close(code, text)
 		return
 	}

@@ -48,53 +48,6 @@ func TestHealthz(t *testing.T) {
 	}
 }
 
-func TestCheckIn(t *testing.T) {
-	tests := []struct {
-		name      string
-		enrollKey string // the server's
-		hello     wire.Hello
-		ok        bool
-	}{
-		{name: "open server", hello: wire.Hello{Version: 1}, ok: true},
-		{name: "open server ignores a key", hello: wire.Hello{Version: 1, EnrollKey: "whatever"}, ok: true},
-		{name: "enroll key given", enrollKey: "s3cret-enrol", hello: wire.Hello{Version: 1, EnrollKey: "s3cret-enrol"}, ok: true},
-		{name: "enroll key missing", enrollKey: "s3cret-enrol", hello: wire.Hello{Version: 1}},
-		{name: "enroll key wrong", enrollKey: "s3cret-enrol", hello: wire.Hello{Version: 1, EnrollKey: "s3cret-enroL"}},
-		{name: "enroll key prefix", enrollKey: "s3cret-enrol", hello: wire.Hello{Version: 1, EnrollKey: "s3cret"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ts := startServer(t, func(c *Config) { c.EnrollKey = tt.enrollKey })
-			d := &device{t: t, conn: ts.dial()}
-			d.send("", tt.hello)
-			if !tt.ok {
-				d.expectError("", wire.CodeUnauthorized)
-				if code := d.expectClosed(); code != websocket.ClosePolicyViolation {
-					t.Errorf("close code %d", code)
-				}
-				return
-			}
-			var w wire.Welcome
-			d.expect(wire.TypeWelcome, "", &w)
-			if w.DeviceID == "" || len(w.DeviceSecret) < 40 || w.Version != wire.Version || w.Heartbeat != 300 {
-				t.Fatalf("welcome %+v", w)
-			}
-			d.id, d.secret = w.DeviceID, w.DeviceSecret
-			d.conn.Close()
-
-			// The credentials open later sessions; the secret is not sent again.
-			again := ts.reconnect(d)
-			if again.welcome.DeviceID != d.id || again.welcome.DeviceSecret != "" {
-				t.Errorf("second welcome %+v", again.welcome)
-			}
-			dev, err := ts.store.Device(context.Background(), d.id)
-			if err != nil || string(dev.SecretHash) == d.secret || !sameHash(dev.SecretHash, hashSecret(d.secret)) {
-				t.Errorf("stored device %+v, %v: want only the hash of the secret", dev, err)
-			}
-		})
-	}
-}
-
 func TestBadCredentials(t *testing.T) {
 	ts := startServer(t, nil)
 	good := ts.checkIn()

@@ -44,7 +44,7 @@ func TestTLSServesHTTPSAndWSS(t *testing.T) {
 	}
 	d := &device{t: t, conn: conn}
 	defer conn.Close()
-	d.send("", wire.Hello{Version: wire.Version})
+	d.send("", wire.Hello{Version: wire.Version, EnrollKey: testEnrollKey})
 	var w wire.Welcome
 	d.expect(wire.TypeWelcome, "", &w)
 	if w.DeviceSecret == "" {

@@ -29,9 +29,16 @@ const (
 	// MaxDataSize is GCM's limit on a message's data, counting keys and
 	// values as delivered.
 	MaxDataSize = 4096
+	// MaxHeartbeat is the longest heartbeat a frame carries, in seconds; a
+	// server caps what it keeps to lower (welcome).
+	MaxHeartbeat = 24 * 3600
 	// MaxTopicLen is GCM's longest topic name.
 	MaxTopicLen = 900
-	// maxNameLen bounds app IDs, sender IDs, message IDs, tokens and other
+	// MaxAppIDLen bounds app IDs, as Android bounds package names and D-Bus
+	// bounds names: an app ID is a name, not a place for data, and each
+	// registration keeps one on the device and the server.
+	MaxAppIDLen = 255
+	// maxNameLen bounds sender IDs, message IDs, tokens and other
 	// identifiers.
 	maxNameLen = 1024
 )
@@ -277,8 +284,8 @@ func ParseServerURL(s string) (*url.URL, error) {
 }
 
 func checkHeartbeat(seconds int) error {
-	if seconds < 0 || seconds > 24*3600 {
-		return fmt.Errorf("%w: heartbeat %d s out of range 0..86400", ErrBadFrame, seconds)
+	if seconds < 0 || seconds > MaxHeartbeat {
+		return fmt.Errorf("%w: heartbeat %d s out of range 0..%d", ErrBadFrame, seconds, MaxHeartbeat)
 	}
 	return nil
 }
@@ -464,7 +471,7 @@ type UpstreamAck struct {
 func (UpstreamAck) FrameType() Type { return TypeUpstreamAck }
 
 func (u UpstreamAck) Validate() error {
-	return firstErr(checkName("app", u.App, true), checkName("id", u.ID, true))
+	return firstErr(checkApp(u.App), checkName("id", u.ID, true))
 }
 
 // Error reports a problem with the frame named by the envelope's Ref, or
@@ -565,7 +572,7 @@ func (d DeletedMessages) Validate() error {
 	if d.Count < 1 {
 		return fmt.Errorf("%w: deleted_messages count %d, want at least 1", ErrBadFrame, d.Count)
 	}
-	return firstErr(checkName("id", d.ID, true), checkName("app", d.App, true))
+	return firstErr(checkName("id", d.ID, true), checkApp(d.App))
 }
 
 // ValidTopic reports whether name is a topic name as GCM defines them:
@@ -596,7 +603,7 @@ func validSubscription(app, sender, topic string) error {
 }
 
 func validAppSender(app, sender string) error {
-	if err := checkName("app", app, true); err != nil {
+	if err := checkApp(app); err != nil {
 		return err
 	}
 	if err := checkName("sender", sender, true); err != nil {
@@ -622,6 +629,13 @@ func checkName(field, v string, required bool) error {
 		return fmt.Errorf("%w: %s has a control character", ErrBadFrame, field)
 	}
 	return nil
+}
+
+func checkApp(app string) error {
+	if len(app) > MaxAppIDLen {
+		return fmt.Errorf("%w: app is %d bytes, limit %d", ErrBadFrame, len(app), MaxAppIDLen)
+	}
+	return checkName("app", app, true)
 }
 
 func checkPriority(p string) error {

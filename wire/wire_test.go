@@ -124,6 +124,8 @@ func TestBodyValidation(t *testing.T) {
 		{"goaway server with query", GoAway{Server: "wss://node-2/?x=1"}, "server: no user, query or fragment"},
 		{"goaway server with fragment", GoAway{Server: "wss://node-2#f"}, "server: no user, query or fragment"},
 		{"goaway server too long", GoAway{Server: "wss://node-2/" + strings.Repeat("p", maxNameLen)}, "server is 1037 bytes, limit 1024"},
+		{"register app id too long", Register{App: strings.Repeat("a", MaxAppIDLen+1), Sender: "1"}, "app is 256 bytes, limit 255"},
+		{"upstream app id too long", Upstream{App: strings.Repeat("a", MaxAppIDLen+1), To: "1", ID: "x"}, "app is 256 bytes, limit 255"},
 		{"goaway server with control", GoAway{Server: "wss://node-2/\n"}, "server has a control character"},
 	}
 	for _, tc := range cases {

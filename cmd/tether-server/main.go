@@ -2,7 +2,7 @@
 // senders (docs/server-api.md).
 //
 //	tether-server serve --listen 127.0.0.1:8080 --data DIR [--nats URLS [--public-url URL] [--shards N]]
-//	                    [--tls-cert F --tls-key F] [--enroll-key K] [--log-level L]
+//	                    [--tls-cert F --tls-key F] [--enroll-key K] [--device-ca F] [--open-enrollment] [--log-level L]
 //	                    [--device-rate-limit N] [--topic-rate-limit N] [--max-store-size BYTES]
 //	                    [--battery-max-delay D] [--store-retry-after D] [--shutdown-spread D] [--reconnect-limit N]
 //	                    [--auth-failure-limit N] [--xmpp-listen ADDR [--xmpp-plaintext] [--xmpp-domain DOMAIN]]
@@ -11,6 +11,13 @@
 //	tether-server sender remove --data DIR | --nats URLS --id ID
 //	tether-server sender rotate-key --data DIR | --nats URLS --id ID [--grace DURATION] [--json]
 //	tether-server token rotate --data DIR | --nats URLS --token TOKEN|- [--grace DURATION] [--json]
+//	tether-server enroll create --data DIR | --nats URLS [--uses N] [--expires DURATION] [--json]
+//	tether-server enroll list --data DIR | --nats URLS [--json]
+//	tether-server enroll revoke --data DIR | --nats URLS --id ID
+//	tether-server device list --data DIR | --nats URLS [--json]
+//	tether-server device show --data DIR | --nats URLS --id ID [--json]
+//	tether-server device revoke --data DIR | --nats URLS --id ID
+//	tether-server device remove --data DIR | --nats URLS --id ID
 //	tether-server xmpp drain --data DIR
 //	tether-server migrate --data DIR --nats URLS [--shards N] [--json]
 //	tether-server version
@@ -44,16 +51,25 @@ import (
 const usage = `usage:
   tether-server serve --data DIR [--nats URL[,URL...] [--nats-creds FILE] [--nats-ca FILE] [--public-url URL] [--shards N]]
                       [--listen ADDR] [--tls-cert FILE --tls-key FILE]
-                      [--enroll-key KEY | --enroll-key-file FILE] [--log-level debug|info|warn|error]
+                      [--enroll-key KEY | --enroll-key-file FILE] [--device-ca FILE] [--open-enrollment]
+                      [--device-expiry DURATION] [--max-heartbeat DURATION] [--log-level debug|info|warn|error]
                       [--device-rate-limit N] [--topic-rate-limit N] [--max-store-size BYTES]
                       [--battery-max-delay DURATION] [--store-retry-after DURATION]
                       [--shutdown-spread DURATION] [--reconnect-limit N]
-                      [--auth-failure-limit N] [--xmpp-listen ADDR [--xmpp-plaintext] [--xmpp-domain DOMAIN]]
+                      [--auth-failure-limit N] [--checkin-limit N] [--enroll-failure-limit N]
+                      [--xmpp-listen ADDR [--xmpp-plaintext] [--xmpp-domain DOMAIN]]
   tether-server sender add --data DIR | --nats URL --name NAME [--webhook URL] [--json]
   tether-server sender list --data DIR | --nats URL [--json]
   tether-server sender remove --data DIR | --nats URL --id ID
   tether-server sender rotate-key --data DIR | --nats URL --id ID [--grace DURATION] [--json]
   tether-server token rotate --data DIR | --nats URL --token TOKEN|- [--grace DURATION] [--json]
+  tether-server enroll create --data DIR | --nats URL [--uses N] [--expires DURATION] [--json]
+  tether-server enroll list --data DIR | --nats URL [--json]
+  tether-server enroll revoke --data DIR | --nats URL --id ID
+  tether-server device list --data DIR | --nats URL [--json]
+  tether-server device show --data DIR | --nats URL --id ID [--json]
+  tether-server device revoke --data DIR | --nats URL --id ID
+  tether-server device remove --data DIR | --nats URL --id ID
   tether-server xmpp drain --data DIR
   tether-server migrate --data DIR --nats URL[,URL...] [--shards N] [--json]
   tether-server version
@@ -113,6 +129,18 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return senderRotateKey(ctx, args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "token" && args[1] == "rotate":
 		return tokenRotate(ctx, args[2:], os.Stdin, stdout, stderr)
+	case len(args) >= 2 && args[0] == "enroll" && args[1] == "create":
+		return enrollCreate(ctx, args[2:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "enroll" && args[1] == "list":
+		return enrollList(ctx, args[2:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "enroll" && args[1] == "revoke":
+		return enrollRevoke(ctx, args[2:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "device" && args[1] == "list":
+		return deviceList(ctx, args[2:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "device" && args[1] == "show":
+		return deviceShow(ctx, args[2:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "device" && (args[1] == "revoke" || args[1] == "remove"):
+		return deviceEnd(ctx, args[1], args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "xmpp" && args[1] == "drain":
 		return xmppDrain(ctx, args[2:], stdout, stderr)
 	case len(args) >= 1 && args[0] == "migrate":
@@ -162,8 +190,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	data := fs.String("data", "", "data `directory` (created with mode 0700)")
 	cert := fs.String("tls-cert", "", "TLS certificate `file` (PEM); serve HTTPS and WSS")
 	key := fs.String("tls-key", "", "TLS private key `file` (PEM)")
-	enrollKey := fs.String("enroll-key", "", "`key` that devices must present to check in")
-	enrollKeyFile := fs.String("enroll-key-file", "", "`file` holding the enrollment key (keeps it out of ps)")
+	enrollKey := fs.String("enroll-key", "", "fleet-wide enrollment `key` that devices may present to check in, at least 22 characters")
+	enrollKeyFile := fs.String("enroll-key-file", "", "`file` holding the fleet-wide enrollment key (mode 0600; keeps it out of ps)")
+	deviceCA := fs.String("device-ca", "", "PEM `file` of the CAs whose client certificates let devices check in without a key (needs --tls-cert)")
+	openEnrollment := fs.Bool("open-enrollment", false, "let any device check in with no key or certificate (not on a public address)")
+	deviceExpiry := fs.Duration("device-expiry", 270*24*time.Hour, "remove devices not seen for this `duration` (0: never)")
+	maxHeartbeat := fs.Duration("max-heartbeat", 30*time.Minute, "longest heartbeat a device may announce (`duration`)")
+	checkInLimit := fs.Int("checkin-limit", 30, "most devices that may check in per `minute` from one IP address (0: no limit)")
+	enrollFailureLimit := fs.Int("enroll-failure-limit", 10, "most refused device credentials per `minute` from one IP address before its devices are told to wait (0: no limit)")
 	level := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
 	deviceRate := fs.Int("device-rate-limit", 0, "most messages accepted per device per `minute` (0: no limit)")
 	topicRate := fs.Int("topic-rate-limit", 0, "most messages accepted per topic of a sender per `minute` (0: no limit)")
@@ -201,8 +235,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "tether-server serve: --shards %d out of range 1 to %d\n", *shards, natsstore.MaxShards)
 		return errUsage
 	}
-	if *deviceRate < 0 || *topicRate < 0 || *maxStore < 0 || *reconnectLimit < 0 || *authLimit < 0 {
-		fmt.Fprintln(stderr, "tether-server serve: --device-rate-limit, --topic-rate-limit, --max-store-size, --reconnect-limit and --auth-failure-limit cannot be negative")
+	if *deviceRate < 0 || *topicRate < 0 || *maxStore < 0 || *reconnectLimit < 0 || *authLimit < 0 || *checkInLimit < 0 || *enrollFailureLimit < 0 {
+		fmt.Fprintln(stderr, "tether-server serve: --device-rate-limit, --topic-rate-limit, --max-store-size, --reconnect-limit, --auth-failure-limit, --checkin-limit and --enroll-failure-limit cannot be negative")
+		return errUsage
+	}
+	if *deviceExpiry < 0 || *maxHeartbeat < time.Minute || *maxHeartbeat > time.Duration(wire.MaxHeartbeat)*time.Second {
+		fmt.Fprintf(stderr, "tether-server serve: --device-expiry cannot be negative, and --max-heartbeat is 1m to %v\n", time.Duration(wire.MaxHeartbeat)*time.Second)
+		return errUsage
+	}
+	if *deviceCA != "" && *cert == "" {
+		fmt.Fprintln(stderr, "tether-server serve: --device-ca needs --tls-cert and --tls-key: client certificates need TLS to end at tether-server (docs/security.md)")
 		return errUsage
 	}
 	const maxWait = 24 * time.Hour // the longest wait the wire carries
@@ -238,13 +280,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return errUsage
 	}
 	if *enrollKeyFile != "" {
-		b, err := os.ReadFile(*enrollKeyFile)
+		key, err := readSecretFile(*enrollKeyFile)
 		if err != nil {
 			return fmt.Errorf("read enrollment key: %w", err)
 		}
-		if *enrollKey = strings.TrimSpace(string(b)); *enrollKey == "" {
-			return fmt.Errorf("read enrollment key: %s is empty", *enrollKeyFile)
-		}
+		*enrollKey = key
 	}
 	offset, err := clockknob.FromEnv(os.Getenv)
 	if err != nil {
@@ -253,7 +293,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
 	cfg := server.Config{
-		DataDir: *data, Listen: *listen, TLSCert: *cert, TLSKey: *key, EnrollKey: *enrollKey, Logger: log,
+		DataDir: *data, Listen: *listen, TLSCert: *cert, TLSKey: *key, Logger: log,
+		EnrollKey: *enrollKey, DeviceCA: *deviceCA, OpenEnrollment: *openEnrollment,
+		DeviceExpiry: *deviceExpiry, MaxHeartbeat: *maxHeartbeat,
+		CheckInLimit: *checkInLimit, EnrollFailureLimit: *enrollFailureLimit,
 		DeviceRateLimit: *deviceRate, TopicRateLimit: *topicRate, MaxStoreSize: *maxStore,
 		BatteryMaxDelay: *batteryDelay, StoreRetryAfter: *storeRetry,
 		ShutdownSpread: *shutdownSpread, ReconnectLimit: *reconnectLimit,
@@ -274,8 +317,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if cfg.ReconnectLimit == 0 {
 		cfg.ReconnectLimit = -1
 	}
-	if cfg.AuthFailureLimit == 0 {
-		cfg.AuthFailureLimit = -1
+	for _, v := range []*int{&cfg.AuthFailureLimit, &cfg.CheckInLimit, &cfg.EnrollFailureLimit} {
+		if *v == 0 {
+			*v = -1
+		}
+	}
+	if cfg.DeviceExpiry == 0 {
+		cfg.DeviceExpiry = -1
 	}
 	srv, err := server.New(cfg)
 	if err != nil {
@@ -448,11 +496,7 @@ func senderList(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SENDER ID\tNAME\tWEBHOOK\tCREATED")
 	for _, snd := range list {
-		webhook := snd.Webhook
-		if webhook == "" {
-			webhook = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", snd.ID, snd.Name, webhook, snd.Created.Local().Format(time.DateTime))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", snd.ID, snd.Name, dashIfEmpty(snd.Webhook), snd.Created.Local().Format(time.DateTime))
 	}
 	return tw.Flush()
 }

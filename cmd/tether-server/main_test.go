@@ -74,6 +74,21 @@ func TestUsage(t *testing.T) {
 		{"serve", "--data", dir, "--store-retry-after", "soon"},
 		{"serve", "--data", dir, "--shutdown-spread", "-1s"},
 		{"serve", "--data", dir, "--reconnect-limit", "-1"},
+		{"serve", "--data", dir, "--checkin-limit", "-1"},
+		{"serve", "--data", dir, "--enroll-failure-limit", "-2"},
+		{"serve", "--data", dir, "--max-heartbeat", "10s"},
+		{"serve", "--data", dir, "--max-heartbeat", "25h"},
+		{"serve", "--data", dir, "--device-expiry", "-1h"},
+		{"serve", "--data", dir, "--device-ca", "ca.pem"},
+		{"enroll"},
+		{"enroll", "create"},
+		{"enroll", "create", "--data", dir, "--uses", "0"},
+		{"enroll", "create", "--data", dir, "--expires", "-1h"},
+		{"enroll", "revoke", "--data", dir},
+		{"device", "show", "--data", dir},
+		{"device", "revoke", "--data", dir},
+		{"device", "remove", "--id", "x"},
+		{"device", "list", "--data", dir, "--nats", "nats://127.0.0.1:1"},
 		{"token"},
 		{"token", "rotate", "--data", dir},
 		{"token", "rotate", "--token", "t"},
@@ -181,7 +196,7 @@ func testSenderCommands(t *testing.T, at []string) {
 func TestServeProcess(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
 	keyFile := filepath.Join(t.TempDir(), "enroll")
-	if err := os.WriteFile(keyFile, []byte("enrol-key\n"), 0o600); err != nil {
+	if err := os.WriteFile(keyFile, []byte("enrol-key-of-the-serve-process-test\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	srv := command("serve", "--listen", "127.0.0.1:0", "--data", dir, "--enroll-key-file", keyFile, "--log-level", "debug",
@@ -265,11 +280,41 @@ func TestServeProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	hello, _ := wire.Encode("", wire.Hello{Version: 1, EnrollKey: "enrol-key", Mode: wire.ModeBattery})
+	hello, _ := wire.Encode("", wire.Hello{Version: 1, EnrollKey: "enrol-key-of-the-serve-process-test", Mode: wire.ModeBattery})
 	conn.WriteMessage(websocket.TextMessage, hello)
 	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, data, err := conn.ReadMessage(); err != nil || !strings.Contains(string(data), `"welcome"`) {
 		t.Fatalf("hello answered %q, %v", data, err)
+	}
+
+	// Devices are managed while the server runs: a revoked device's live
+	// session ends at once.
+	doomed, _, err := dialer.Dial("ws://"+addr+wire.Path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer doomed.Close()
+	hello, _ = wire.Encode("", wire.Hello{Version: 1, EnrollKey: "enrol-key-of-the-serve-process-test", Agent: "doomed/1"})
+	doomed.WriteMessage(websocket.TextMessage, hello)
+	doomed.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var w wire.Welcome
+	if _, data, err := doomed.ReadMessage(); err != nil || json.Unmarshal(data, &struct {
+		Body *wire.Welcome `json:"body"`
+	}{&w}) != nil || w.DeviceID == "" {
+		t.Fatalf("hello answered %q, %v", data, err)
+	}
+	out, err = command("device", "list", "--data", dir, "--json").Output()
+	if err != nil || !strings.Contains(string(out), `"agent":"doomed/1"`) || !strings.Contains(string(out), `"power_mode":"battery"`) {
+		t.Errorf("device list while serving: %v %s", err, out)
+	}
+	if out, err := command("device", "revoke", "--data", dir, "--id", w.DeviceID).CombinedOutput(); err != nil {
+		t.Fatalf("device revoke while serving: %v %s", err, out)
+	}
+	if _, data, err := doomed.ReadMessage(); err != nil || !strings.Contains(string(data), wire.CodeRevoked) {
+		t.Errorf("revoked session read %q, %v; want a revoked error", data, err)
+	}
+	if _, _, err := doomed.ReadMessage(); !websocket.IsCloseError(err, websocket.ClosePolicyViolation) {
+		t.Errorf("revoked session ended with %v, want close 1008", err)
 	}
 
 	srv.Process.Signal(syscall.SIGTERM)
@@ -289,7 +334,7 @@ func TestServeProcess(t *testing.T) {
 		t.Fatal("serve did not stop on SIGTERM")
 	}
 	rest := <-logs
-	if strings.Contains(rest, snd.ServerKey) || strings.Contains(rest, "enrol-key") {
+	if strings.Contains(rest, snd.ServerKey) || strings.Contains(rest, "enrol-key-of-the-serve-process-test") {
 		t.Error("a secret is in the server's log")
 	}
 	if _, err := os.Stat(filepath.Join(dir, "admin.sock")); !os.IsNotExist(err) {

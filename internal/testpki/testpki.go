@@ -1,7 +1,8 @@
 // Package testpki makes a private certificate authority and a server
-// certificate for 127.0.0.1 signed by it, as PEM files, for tests that run
-// Tether over TLS. It is for tests only: keys are made fresh each time and
-// the certificates last a day.
+// certificate for 127.0.0.1 signed by it, as PEM files, and client
+// certificates for devices, for tests that run Tether over TLS. It is for
+// tests only: keys are made fresh each time and the certificates last a
+// day.
 package testpki
 
 import (
@@ -25,6 +26,52 @@ type Files struct {
 	Cert string // the server certificate, as --tls-cert
 	Key  string // the server key, as --tls-key
 	Pool *x509.CertPool
+
+	ca    *x509.Certificate
+	caKey *ecdsa.PrivateKey
+	dir   string
+	// serial numbers the certificates Client makes.
+	serial int64
+}
+
+// Client makes a client certificate signed by the CA, with name as its
+// subject's common name (none when empty), and writes it and its key as
+// PEM files named after file in the directory of the CA.
+func (f *Files) Client(name, file string) (cert, key string, err error) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", "", fmt.Errorf("test client key: %w", err)
+	}
+	f.serial++
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(100 + f.serial),
+		Subject:      pkix.Name{CommonName: name},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, f.ca, &k.PublicKey, f.caKey)
+	if err != nil {
+		return "", "", fmt.Errorf("test client certificate: %w", err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		return "", "", fmt.Errorf("test client key: %w", err)
+	}
+	cert, key = filepath.Join(f.dir, file+".pem"), filepath.Join(f.dir, file+".key")
+	if err := writePEM(cert, "CERTIFICATE", der); err != nil {
+		return "", "", err
+	}
+	return cert, key, writePEM(key, "EC PRIVATE KEY", keyDER)
+}
+
+func writePEM(path, typ string, der []byte) error {
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }
 
 // Write creates a CA and a server certificate for 127.0.0.1 in dir.
@@ -72,14 +119,15 @@ func Write(dir string) (Files, error) {
 	if err != nil {
 		return Files{}, fmt.Errorf("test server key: %w", err)
 	}
-	f := Files{CA: filepath.Join(dir, "ca.pem"), Cert: filepath.Join(dir, "server.pem"), Key: filepath.Join(dir, "server.key"), Pool: x509.NewCertPool()}
+	f := Files{CA: filepath.Join(dir, "ca.pem"), Cert: filepath.Join(dir, "server.pem"), Key: filepath.Join(dir, "server.key"), Pool: x509.NewCertPool(),
+		ca: ca, caKey: caKey, dir: dir}
 	f.Pool.AddCert(ca)
 	for _, w := range []struct {
 		path, typ string
 		der       []byte
 	}{{f.CA, "CERTIFICATE", caDER}, {f.Cert, "CERTIFICATE", srvDER}, {f.Key, "EC PRIVATE KEY", keyDER}} {
-		if err := os.WriteFile(w.path, pem.EncodeToMemory(&pem.Block{Type: w.typ, Bytes: w.der}), 0o600); err != nil {
-			return Files{}, fmt.Errorf("write %s: %w", w.path, err)
+		if err := writePEM(w.path, w.typ, w.der); err != nil {
+			return Files{}, err
 		}
 	}
 	return f, nil

@@ -54,6 +54,10 @@ func (f *failure) watch(p *process, stopping <-chan struct{}) {
 	}()
 }
 
+// benchEnrollKey is the fleet enrollment key of the benchmark's server
+// and agent, on loopback.
+const benchEnrollKey = "bench-fleet-enrollment-key-0123456789"
+
 // tetherSide is Tether on loopback: tether-server, tetherd connected
 // through a counting proxy, the tool's app listening on tetherd's socket,
 // and an HTTP client for the app server's sends.
@@ -100,7 +104,7 @@ func startTether(ctx context.Context, c config, bins binaries, work string) (t *
 	addrs := make(chan string, 1)
 	t.server, err = start(procSpec{
 		name: "tether-server", path: bins.server, logPath: filepath.Join(work, "tether-server.log"),
-		args: []string{"serve", "--listen", "127.0.0.1:0", "--data", data},
+		args: []string{"serve", "--listen", "127.0.0.1:0", "--data", data, "--enroll-key", benchEnrollKey},
 		onLine: func(line string) {
 			if m := listenAddr.FindStringSubmatch(line); m != nil {
 				select {
@@ -143,7 +147,7 @@ func startTether(ctx context.Context, c config, bins binaries, work string) (t *
 		args: []string{
 			"run", "--config", "", "--server", "ws://" + t.proxy.addr(),
 			"--data", filepath.Join(work, "agent"), "--socket", sock, "--dbus", "off",
-			"--heartbeat", c.heartbeat.String(),
+			"--heartbeat", c.heartbeat.String(), "--enroll-key", benchEnrollKey,
 		},
 	})
 	if err != nil {

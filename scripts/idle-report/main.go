@@ -150,8 +150,9 @@ func run(ctx context.Context, c config, stdout, stderr io.Writer) (err error) {
 		}
 	}()
 
-	// The connection server.
-	serverArgs := []string{"serve", "--listen", "127.0.0.1:0", "--data", filepath.Join(work, "server")}
+	// The connection server, and the fleet key of its one device.
+	const enrollKey = "idle-report-enrollment-key-0123456789"
+	serverArgs := []string{"serve", "--listen", "127.0.0.1:0", "--data", filepath.Join(work, "server"), "--enroll-key", enrollKey}
 	var caFile string
 	if c.tls {
 		cert, key, err := writeCertificate(work)
@@ -199,7 +200,7 @@ func run(ctx context.Context, c config, stdout, stderr io.Writer) (err error) {
 	sock := filepath.Join(work, "tetherd.sock")
 	agentArgs := []string{
 		"run", "--config", "", "--server", scheme + "://" + px.addr(),
-		"--data", filepath.Join(work, "agent"), "--socket", sock, "--dbus", "off",
+		"--data", filepath.Join(work, "agent"), "--socket", sock, "--dbus", "off", "--enroll-key", enrollKey,
 	}
 	if c.heartbeat != "learned" {
 		agentArgs = append(agentArgs, "--heartbeat", c.heartbeat)

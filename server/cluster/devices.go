@@ -13,6 +13,8 @@ import (
 type DeviceHandler interface {
 	// Kick: the device's queue or notices changed.
 	Kick(device string)
+	// End: the device was revoked or removed; its session ends.
+	End(device string)
 	// Live: a message with no time to live, for the session only; payload
 	// is as the publisher encoded it.
 	Live(device string, payload []byte)
@@ -41,6 +43,7 @@ const deviceBacklog = 1 << 16
 // Kinds of device messages, the last token of their subjects.
 const (
 	kindKick     = "kick"
+	kindEnd      = "end"
 	kindLive     = "live"
 	kindTakeover = "takeover"
 )
@@ -76,6 +79,9 @@ func (d *Devices) Watch(device string) (unwatch func(), err error) {
 // Kick tells the node holding device's session to look at its queue.
 func (d *Devices) Kick(device string) { d.publish(device, kindKick, nil) }
 
+// End ends device's session, wherever it is.
+func (d *Devices) End(device string) { d.publish(device, kindEnd, nil) }
+
 // Live hands payload to device's session, if it has one anywhere.
 func (d *Devices) Live(device string, payload []byte) { d.publish(device, kindLive, payload) }
 
@@ -107,6 +113,8 @@ func (d *Devices) Run(ctx context.Context) {
 			switch kind {
 			case kindKick:
 				d.handler.Kick(device)
+			case kindEnd:
+				d.handler.End(device)
 			case kindLive:
 				d.handler.Live(device, msg.Data)
 			case kindTakeover:

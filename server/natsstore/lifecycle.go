@@ -120,6 +120,20 @@ func (s *Store) Device(ctx context.Context, id string) (store.Device, error) {
 	return decode[store.Device](raw, "device "+id)
 }
 
+// DeviceInfo returns the device with this ID and its count of active
+// registrations.
+func (s *Store) DeviceInfo(ctx context.Context, id string) (store.DeviceInfo, error) {
+	dev, err := s.Device(ctx, id)
+	if err != nil {
+		return store.DeviceInfo{}, err
+	}
+	d, err := s.readDevice(ctx, id)
+	if err != nil {
+		return store.DeviceInfo{}, fmt.Errorf("device %s: %w", id, err)
+	}
+	return store.DeviceInfo{Device: dev, Registrations: len(d.Regs)}, nil
+}
+
 // Devices lists every device, ordered by ID, with its count of active
 // registrations. It reads the shards' replicas, so a device changed a
 // moment ago may show as it was.

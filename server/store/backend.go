@@ -26,6 +26,7 @@ type Backend interface {
 
 	AddDevice(ctx context.Context, dev Device) (Device, error)
 	Device(ctx context.Context, id string) (Device, error)
+	DeviceInfo(ctx context.Context, id string) (DeviceInfo, error)
 	Devices(ctx context.Context) ([]DeviceInfo, error)
 	SeenDevice(ctx context.Context, id string, at time.Time, agent, mode string) error
 	RevokeDevice(ctx context.Context, id string, now time.Time) (Device, error)

@@ -177,6 +177,27 @@ func (s *Store) Device(ctx context.Context, id string) (Device, error) {
 	return dev, nil
 }
 
+// DeviceInfo returns the device with this ID and its count of active
+// registrations.
+func (s *Store) DeviceInfo(ctx context.Context, id string) (DeviceInfo, error) {
+	var info DeviceInfo
+	err := s.db.View(func(tx *bolt.Tx) error {
+		dev, ok, err := get[Device](tx.Bucket(bucketDevices), []byte(id))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return ErrNotFound
+		}
+		info = DeviceInfo{Device: dev, Registrations: len(activeTokens(tx, id))}
+		return nil
+	})
+	if err != nil {
+		return DeviceInfo{}, fmt.Errorf("device %.40s: %w", id, err)
+	}
+	return info, nil
+}
+
 // Devices lists every device, ordered by ID, with its count of active
 // registrations.
 func (s *Store) Devices(ctx context.Context) ([]DeviceInfo, error) {
@@ -439,6 +460,16 @@ func (s *Store) RevokeEnrollKey(ctx context.Context, id string, now time.Time) e
 // SpendEnrollKey takes one use of the usable key whose hash is hash, or
 // wraps ErrNotFound: no such key, or it is spent, expired or revoked.
 func (s *Store) SpendEnrollKey(ctx context.Context, hash []byte, now time.Time) (EnrollKey, error) {
+	// A wrong key costs a read, not a commit: guesses come by the
+	// thousand.
+	var known bool
+	s.db.View(func(tx *bolt.Tx) error {
+		known = tx.Bucket(bucketEnrollHashes).Get(hash) != nil
+		return nil
+	})
+	if !known {
+		return EnrollKey{}, fmt.Errorf("spend enrollment key: %w", ErrNotFound)
+	}
 	var k EnrollKey
 	err := s.db.Batch(func(tx *bolt.Tx) error {
 		id := tx.Bucket(bucketEnrollHashes).Get(hash)

@@ -95,8 +95,14 @@ const (
 	DefaultSendQueue        = 100
 )
 
-// ErrNotAuthorized is what Config.Authenticate returns for wrong credentials.
-var ErrNotAuthorized = errors.New("xmpp: not authorized")
+// What Config.Authenticate returns for wrong credentials (not-authorized),
+// and for wrong credentials from a client that should slow down
+// (temporary-auth-failure). The caller logs them: an attacker's attempts
+// come by the thousand, and it knows how to log them quietly.
+var (
+	ErrNotAuthorized = errors.New("xmpp: not authorized")
+	ErrTryLater      = errors.New("xmpp: too many failures; try later")
+)
 
 // Server accepts XMPP client streams. Its zero value is not usable; make it
 // with New.

@@ -232,7 +232,7 @@ func (st *stream) auth(el *element) (string, error) {
 	}
 	p, err := parsePlain(data)
 	if err != nil {
-		st.log.Info("xmpp: malformed SASL PLAIN", "err", err)
+		st.log.Debug("xmpp: malformed SASL PLAIN", "err", err)
 		return "malformed-request", nil
 	}
 	user, domain := p.authcid, st.domain
@@ -240,7 +240,7 @@ func (st *stream) auth(el *element) (string, error) {
 		user = p.authcid[:at]
 		var ok bool
 		if domain, ok = st.c.srv.domain(p.authcid[at+1:]); !ok {
-			st.log.Info("xmpp: authentication for an unknown domain", "user", user)
+			st.log.Debug("xmpp: authentication for an unknown domain", "user", user)
 			return "not-authorized", nil
 		}
 	}
@@ -248,7 +248,7 @@ func (st *stream) auth(el *element) (string, error) {
 		return "malformed-request", nil
 	}
 	if p.authzid != "" && p.authzid != p.authcid && !strings.EqualFold(p.authzid, user+"@"+domain) {
-		st.log.Info("xmpp: authentication with another authorization identity", "user", user, "domain", domain)
+		st.log.Debug("xmpp: authentication with another authorization identity", "user", user, "domain", domain)
 		return "invalid-authzid", nil
 	}
 	ctx, cancel := context.WithDeadline(st.ctx, st.handshakeBy)
@@ -258,8 +258,11 @@ func (st *stream) auth(el *element) (string, error) {
 		st.c.user, st.c.domain = user, domain
 		return "", nil
 	case errors.Is(err, ErrNotAuthorized):
-		st.log.Info("xmpp: authentication failed", "user", user, "domain", domain)
+		st.log.Debug("xmpp: authentication failed", "user", user, "domain", domain)
 		return "not-authorized", nil
+	case errors.Is(err, ErrTryLater):
+		st.log.Debug("xmpp: authentication failed, slowed", "user", user, "domain", domain)
+		return "temporary-auth-failure", nil
 	default:
 		st.log.Warn("xmpp: authentication could not be checked", "user", user, "domain", domain, "err", err)
 		return "temporary-auth-failure", nil

@@ -62,6 +62,12 @@ func testDeviceListAndSeen(t *testing.T, h Harness) {
 	if d.Registrations != 2 || !d.LastSeen.Equal(seen) || d.Agent != "tetherd/1.2 linux/arm" || d.PowerMode != "battery" || !d.SeenAt().Equal(seen) {
 		t.Errorf("seen device listed as %+v", d)
 	}
+	if one, err := s.DeviceInfo(ctx(t), f.device.ID); err != nil || one.Registrations != 2 || !one.LastSeen.Equal(seen) {
+		t.Errorf("DeviceInfo = %+v, %v", one, err)
+	}
+	if _, err := s.DeviceInfo(ctx(t), "0123456789abcdef"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("DeviceInfo of an unknown device: %v", err)
+	}
 	b := byID[bare.ID]
 	if b.Registrations != 0 || !b.LastSeen.IsZero() || !b.SeenAt().Equal(T0) || b.EnrolledBy != "fleet" {
 		t.Errorf("device never seen listed as %+v", b)
