@@ -252,10 +252,10 @@ type Server struct {
 	// tls is the HTTPS listener's, which asks devices for certificates
 	// with a device CA; xmppTLS the XMPP endpoint's.
 	tls, xmppTLS *tls.Config
-	hub   *hub
-	up    *dispatcher
-	fan   *fanout
-	ccs   *ccs // nil without XMPPListen
+	hub          *hub
+	up           *dispatcher
+	fan          *fanout
+	ccs          *ccs // nil without XMPPListen
 
 	node *node // nil on a single machine
 
