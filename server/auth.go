@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
+		"net/http"
 	"net/netip"
 	"strings"
 	"time"
 
+	"tether/server/internal/clientip"
 	"tether/server/store"
 )
 
@@ -69,7 +69,7 @@ func (s *Server) authenticate(r *http.Request) (snd store.Sender, status int, pr
 	if !ok || key == "" {
 		return snd, http.StatusUnauthorized, "Unauthorized: send the server key in an Authorization: key=SERVER_KEY header"
 	}
-	snd, err := s.checkKey(r.Context(), remoteIP(r.RemoteAddr), "", key)
+	snd, err := s.checkKey(r.Context(), clientip.Key(s.clientAddr(r)).String(), "", key)
 	switch {
 	case errors.Is(err, errUnknownKey):
 		return snd, http.StatusUnauthorized, "Unauthorized: unknown server key"
@@ -82,20 +82,15 @@ func (s *Server) authenticate(r *http.Request) (snd store.Sender, status int, pr
 	return snd, 0, ""
 }
 
-// clientAddr is the address a request comes from.
-func (s *Server) clientAddr(r *http.Request) netip.Addr {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		return netip.Addr{}
-	}
-	return ap.Addr().Unmap()
+// ParseTrustedProxies reads networks (CIDR) or single addresses for
+// Config.TrustedProxies.
+func ParseTrustedProxies(cidrs []string) ([]netip.Prefix, error) {
+	return clientip.ParseTrusted(cidrs)
 }
 
-// remoteIP is the address part of a host:port.
-func remoteIP(addr string) string {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr
-	}
-	return host
+// clientAddr is the address a request comes from: its peer's, or behind
+// a trusted proxy the client's.
+func (s *Server) clientAddr(r *http.Request) netip.Addr {
+	return clientip.FromRequest(r, s.cfg.TrustedProxies)
 }
+

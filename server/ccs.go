@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"tether/server/internal/clientip"
 	"tether/server/store"
 	"tether/server/xmpp"
 )
@@ -102,7 +103,7 @@ func newCCS(s *Server) (*ccs, error) {
 
 // authenticate checks a sender ID and server key, as the HTTP API does.
 func (c *ccs) authenticate(ctx context.Context, remote net.Addr, user, _, password string) error {
-	_, err := c.srv.checkKey(ctx, remoteIP(remote.String()), user, password)
+	_, err := c.srv.checkKey(ctx, clientip.Key(clientip.Addr(remote)).String(), user, password)
 	switch {
 	case errors.Is(err, errUnknownKey):
 		return xmpp.ErrNotAuthorized

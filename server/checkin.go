@@ -14,6 +14,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"tether/server/internal/clientip"
 	"tether/server/store"
 	"tether/wire"
 )
@@ -45,6 +46,9 @@ type peer struct {
 	// cert is the client certificate, verified against Config.DeviceCA.
 	cert *x509.Certificate
 }
+
+// key names the peer's client in the per-address limits.
+func (p peer) key() string { return clientip.Key(p.addr).String() }
 
 func (s *Server) peerOf(r *http.Request) peer {
 	p := peer{addr: s.clientAddr(r)}
@@ -130,7 +134,7 @@ func (s *Server) checkIn(ctx context.Context, hello wire.Hello, p peer) (store.D
 	case hello.EnrollKey == "":
 		return store.Device{}, "", unauthorized("check-in needs an enrollment key or a device certificate")
 	}
-	if s.checkIns.exhausted(ctx, p.addr.String()) {
+	if s.checkIns.exhausted(ctx, p.key()) {
 		return store.Device{}, "", refusal{wire.CodeUnavailable, "too many check-ins from this address", websocket.CloseTryAgainLater, checkInGoAway()}
 	}
 	var key store.EnrollKey
@@ -146,7 +150,7 @@ func (s *Server) checkIn(ctx context.Context, hello wire.Hello, p peer) (store.D
 		}
 		dev.EnrolledBy = enrolledByKey + key.ID
 	}
-	s.checkIns.allow(ctx, p.addr.String())
+	s.checkIns.allow(ctx, p.key())
 	secret := newSecret(32)
 	dev.SecretHash = hashSecret(secret)
 	added, err := s.store.AddDevice(ctx, dev)
@@ -195,7 +199,7 @@ func (s *Server) throttle(ctx context.Context, p peer, ref refusal) refusal {
 	if ref.code != wire.CodeUnauthorized && ref.code != wire.CodeRevoked {
 		return ref
 	}
-	if !s.enrollFailures.allow(ctx, p.addr.String()) {
+	if !s.enrollFailures.allow(ctx, p.key()) {
 		ref.goAway = &wire.GoAway{RetryAfter: spreadSeconds(time.Minute), Reason: "too many refused attempts from this address"}
 		ref.closeCode = websocket.CloseTryAgainLater
 	}

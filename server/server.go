@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"tether/server/internal/clientip"
 	"tether/server/store"
 	"tether/wire"
 )
@@ -115,6 +117,21 @@ type Config struct {
 	// temporary-auth-failure until the budget refills. A right key is
 	// never refused. Default 20, negative for none.
 	AuthFailureLimit int
+	// TrustedProxies are the networks of the proxies and load balancers in
+	// front: a request from one is taken to come from the address its
+	// X-Forwarded-For names, and a connection from one from the address
+	// its PROXY protocol header (v1 or v2) names, on the HTTP and XMPP
+	// listeners. The per-address limits count that address.
+	TrustedProxies []netip.Prefix
+	// ConnsPerIP caps the connections one client address (an IPv6 /64)
+	// holds open on the HTTP listener, device sessions apart, and on the
+	// XMPP listener; default 64, negative for none.
+	ConnsPerIP int
+	// SessionsPerIP caps the device connections (sessions, probes and
+	// hellos under way) of one client address; beyond it a device gets a
+	// goaway. Default 1024, negative for none: devices behind a large NAT
+	// share its address.
+	SessionsPerIP int
 	// CheckInLimit bounds the devices that enroll from one IP address per
 	// minute, in bursts of as many; beyond it a check-in gets a goaway.
 	// Default 30, negative for none: a factory that enrolls its devices
@@ -232,7 +249,7 @@ func (c *Config) setDefaults() {
 	for _, l := range []struct {
 		v   *int
 		def int
-	}{{&c.AuthFailureLimit, 20}, {&c.CheckInLimit, 30}, {&c.EnrollFailureLimit, 10}} {
+	}{{&c.AuthFailureLimit, 20}, {&c.CheckInLimit, 30}, {&c.EnrollFailureLimit, 10}, {&c.ConnsPerIP, 64}, {&c.SessionsPerIP, 1024}} {
 		if *l.v == 0 {
 			*l.v = l.def
 		}
@@ -269,6 +286,9 @@ type Server struct {
 	checkIns limiter
 	// refusals logs what is refused, quietly.
 	refusals *quietLog
+	// conns and xmppConns count the connections of each client address on
+	// the HTTP and XMPP listeners, sessions those of devices.
+	conns, xmppConns, sessions *clientip.Counter
 
 	upgrader *websocket.Upgrader
 
@@ -334,6 +354,7 @@ func New(cfg Config) (*Server, error) {
 	s.authFailures = newRateLimiter(cfg.AuthFailureLimit, time.Now)
 	s.enrollFailures = newRateLimiter(cfg.EnrollFailureLimit, time.Now)
 	s.refusals = newQuietLog(s.log, refusalLogInterval, time.Now)
+	s.conns, s.xmppConns, s.sessions = clientip.NewCounter(cfg.ConnsPerIP), clientip.NewCounter(cfg.ConnsPerIP), clientip.NewCounter(cfg.SessionsPerIP)
 	for _, l := range []struct {
 		dst       *limiter
 		name      string
@@ -401,12 +422,14 @@ func (s *Server) Listen() error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	ln = s.clientListener(ln, s.conns)
 	var xmppLn net.Listener
 	if s.cfg.XMPPListen != "" {
 		if xmppLn, err = listenTCP(s.cfg.XMPPListen); err != nil {
 			ln.Close()
 			return fmt.Errorf("listen for XMPP: %w", err)
 		}
+		xmppLn = s.clientListener(xmppLn, s.xmppConns)
 	}
 	adminLn, err := listenAdmin(filepath.Join(s.cfg.DataDir, adminSocketFile))
 	if err != nil {
@@ -649,6 +672,18 @@ func (s *Server) expireLoop(ctx context.Context) {
 		}
 		timer.Reset(expiryEvery)
 	}
+}
+
+// clientListener wraps a TCP listener, under its TLS: it learns the
+// address of a client behind a trusted proxy, and caps the connections of
+// each client with conns.
+func (s *Server) clientListener(ln net.Listener, conns *clientip.Counter) net.Listener {
+	return clientip.NewListener(ln, clientip.Config{
+		Trusted: s.cfg.TrustedProxies, Conns: conns, Logger: s.log,
+		Refused: func(client netip.Addr, err error) {
+			s.refusals.refused(clientip.Key(client).String(), "connection refused", "err", err)
+		},
+	})
 }
 
 // listenTCP listens with TCP keepalive off. Go turns it on for every

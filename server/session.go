@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -63,23 +64,39 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "offer the WebSocket subprotocol "+wire.Subprotocol, http.StatusBadRequest)
 		return
 	}
+	p := s.peerOf(r)
+	release, allowed := s.sessions.Acquire(p.addr)
 	conn, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
+		release()
 		return // Upgrade has answered the request.
 	}
+	// The connection is a device's now, which the session cap counts, not
+	// the cap on HTTP connections.
+	releaseConn(conn.NetConn())
+	if !allowed {
+		s.refusals.refused(p.key(), "device refused", "err", fmt.Sprintf("more than %d device connections from this address", s.cfg.SessionsPerIP))
+		s.goAwayConn(conn, wire.GoAway{RetryAfter: spreadSeconds(time.Minute), Reason: "too many connections from this address"}, websocket.CloseTryAgainLater, "too many connections")
+		conn.Close()
+		return
+	}
 	if !s.hub.enter() {
+		release()
 		s.goAwayConn(conn, s.shutdownGoAway(), websocket.CloseGoingAway, "server shutting down")
 		conn.Close()
 		return
 	}
+	leave := func() {
+		conn.Close()
+		release()
+		s.hub.leave()
+	}
 	conn.SetReadLimit(wire.MaxFrameSize)
-	p := s.peerOf(r)
 	log := s.log.With("remote", p.addr.String())
 	acc, err := s.handshake(r.Context(), conn, p, log)
 	if err != nil {
-		s.refusals.refused(p.addr.String(), "device refused", "err", err)
-		conn.Close()
-		s.hub.leave()
+		s.refusals.refused(p.key(), "device refused", "err", err)
+		leave()
 		return
 	}
 	// The handler returns and the hub owns the rest (enter and leave):
@@ -87,8 +104,7 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 	// request and its buffers, which an idle session would hold for hours.
 	if acc.hello.Probe {
 		go func() {
-			defer s.hub.leave()
-			defer conn.Close()
+			defer leave()
 			s.runProbe(conn, acc)
 		}()
 		return
@@ -99,15 +115,24 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 	// size while idle until collections shrink them.
 	ss, ok := s.openSession(r.Context(), conn, acc)
 	if !ok {
-		conn.Close()
-		s.hub.leave()
+		leave()
 		return
 	}
 	go func() {
-		defer s.hub.leave()
-		defer conn.Close()
+		defer leave()
 		s.serveSession(ss)
 	}()
+}
+
+// releaseConn gives back the place of a connection, under its TLS, in the
+// cap on each client's HTTP connections.
+func releaseConn(nc net.Conn) {
+	if t, ok := nc.(*tls.Conn); ok {
+		nc = t.NetConn()
+	}
+	if c, ok := nc.(interface{ Release() }); ok {
+		c.Release()
+	}
 }
 
 // openSession attaches a device's session to the hub and sends its

@@ -34,6 +34,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -57,6 +58,7 @@ const usage = `usage:
                       [--battery-max-delay DURATION] [--store-retry-after DURATION]
                       [--shutdown-spread DURATION] [--reconnect-limit N]
                       [--auth-failure-limit N] [--checkin-limit N] [--enroll-failure-limit N]
+                      [--conns-per-ip N] [--sessions-per-ip N] [--trusted-proxy CIDR]...
                       [--xmpp-listen ADDR [--xmpp-plaintext] [--xmpp-domain DOMAIN]]
   tether-server sender add --data DIR | --nats URL --name NAME [--webhook URL] [--json]
   tether-server sender list --data DIR | --nats URL [--json]
@@ -198,6 +200,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	maxHeartbeat := fs.Duration("max-heartbeat", 30*time.Minute, "longest heartbeat a device may announce (`duration`)")
 	checkInLimit := fs.Int("checkin-limit", 30, "most devices that may check in per `minute` from one IP address (0: no limit)")
 	enrollFailureLimit := fs.Int("enroll-failure-limit", 10, "most refused device credentials per `minute` from one IP address before its devices are told to wait (0: no limit)")
+	connsPerIP := fs.Int("conns-per-ip", 64, "most HTTP connections, device sessions apart, and XMPP connections one IP `address` (an IPv6 /64) holds open (0: no limit)")
+	sessionsPerIP := fs.Int("sessions-per-ip", 1024, "most device connections from one IP `address` (an IPv6 /64); raise it for devices behind a large NAT (0: no limit)")
+	var trusted cidrList
+	fs.Var(&trusted, "trusted-proxy", "`CIDR` (or address) of a proxy or load balancer in front, whose X-Forwarded-For or PROXY protocol header names the client; repeat for several")
 	level := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
 	deviceRate := fs.Int("device-rate-limit", 0, "most messages accepted per device per `minute` (0: no limit)")
 	topicRate := fs.Int("topic-rate-limit", 0, "most messages accepted per topic of a sender per `minute` (0: no limit)")
@@ -235,8 +241,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "tether-server serve: --shards %d out of range 1 to %d\n", *shards, natsstore.MaxShards)
 		return errUsage
 	}
-	if *deviceRate < 0 || *topicRate < 0 || *maxStore < 0 || *reconnectLimit < 0 || *authLimit < 0 || *checkInLimit < 0 || *enrollFailureLimit < 0 {
-		fmt.Fprintln(stderr, "tether-server serve: --device-rate-limit, --topic-rate-limit, --max-store-size, --reconnect-limit, --auth-failure-limit, --checkin-limit and --enroll-failure-limit cannot be negative")
+	if *deviceRate < 0 || *topicRate < 0 || *maxStore < 0 || *reconnectLimit < 0 || *authLimit < 0 || *checkInLimit < 0 || *enrollFailureLimit < 0 ||
+		*connsPerIP < 0 || *sessionsPerIP < 0 {
+		fmt.Fprintln(stderr, "tether-server serve: --device-rate-limit, --topic-rate-limit, --max-store-size, --reconnect-limit, --auth-failure-limit, --checkin-limit, --enroll-failure-limit, --conns-per-ip and --sessions-per-ip cannot be negative")
 		return errUsage
 	}
 	if *deviceExpiry < 0 || *maxHeartbeat < time.Minute || *maxHeartbeat > time.Duration(wire.MaxHeartbeat)*time.Second {
@@ -297,6 +304,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		EnrollKey: *enrollKey, DeviceCA: *deviceCA, OpenEnrollment: *openEnrollment,
 		DeviceExpiry: *deviceExpiry, MaxHeartbeat: *maxHeartbeat,
 		CheckInLimit: *checkInLimit, EnrollFailureLimit: *enrollFailureLimit,
+		TrustedProxies: trusted.prefixes, ConnsPerIP: *connsPerIP, SessionsPerIP: *sessionsPerIP,
 		DeviceRateLimit: *deviceRate, TopicRateLimit: *topicRate, MaxStoreSize: *maxStore,
 		BatteryMaxDelay: *batteryDelay, StoreRetryAfter: *storeRetry,
 		ShutdownSpread: *shutdownSpread, ReconnectLimit: *reconnectLimit,
@@ -317,7 +325,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if cfg.ReconnectLimit == 0 {
 		cfg.ReconnectLimit = -1
 	}
-	for _, v := range []*int{&cfg.AuthFailureLimit, &cfg.CheckInLimit, &cfg.EnrollFailureLimit} {
+	for _, v := range []*int{&cfg.AuthFailureLimit, &cfg.CheckInLimit, &cfg.EnrollFailureLimit, &cfg.ConnsPerIP, &cfg.SessionsPerIP} {
 		if *v == 0 {
 			*v = -1
 		}
@@ -373,6 +381,28 @@ func xmppDrain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	fmt.Fprintf(stdout, "drained %d XMPP connections\n", res.Drained)
+	return nil
+}
+
+// cidrList is a repeated flag of networks, or single addresses.
+type cidrList struct {
+	prefixes []netip.Prefix
+}
+
+func (c *cidrList) String() string {
+	parts := make([]string, len(c.prefixes))
+	for i, p := range c.prefixes {
+		parts[i] = p.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+func (c *cidrList) Set(v string) error {
+	p, err := server.ParseTrustedProxies([]string{v})
+	if err != nil {
+		return err
+	}
+	c.prefixes = append(c.prefixes, p...)
 	return nil
 }
 

@@ -41,6 +41,10 @@ type Config struct {
 	// Logger, when set, gets refused connections and failed headers, at
 	// Debug level: the connection's own error says the same to its user.
 	Logger *slog.Logger
+	// Refused, when set, is called with the client and the error of each
+	// connection refused over the cap or for a bad header, so that the
+	// caller can tell the operator, who may need to raise the cap.
+	Refused func(client netip.Addr, err error)
 }
 
 // Listener accepts connections from a net.Listener and gives those from
@@ -53,6 +57,7 @@ type Listener struct {
 	timeout time.Duration
 	conns   *Counter
 	log     *slog.Logger
+	refused func(netip.Addr, error)
 }
 
 // NewListener returns a Listener accepting from ln under cfg. Closing it
@@ -64,6 +69,7 @@ func NewListener(ln net.Listener, cfg Config) *Listener {
 		timeout: cfg.HeaderTimeout,
 		conns:   cfg.Conns,
 		log:     cfg.Logger,
+		refused: cfg.Refused,
 	}
 	if l.timeout <= 0 {
 		l.timeout = DefaultHeaderTimeout
@@ -71,6 +77,7 @@ func NewListener(ln net.Listener, cfg Config) *Listener {
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
+
 	return l
 }
 
@@ -95,12 +102,20 @@ func (l *Listener) Accept() (net.Conn, error) {
 		release, ok := l.conns.Acquire(peer)
 		if !ok {
 			l.log.Debug("clientip: connection refused", "remote", addrString(nc.RemoteAddr()), "err", ErrTooManyConns)
+			l.refuse(peer, ErrTooManyConns)
 			nc.Close()
 			continue
 		}
 		c := &Conn{raw: nc, l: l, remote: nc.RemoteAddr(), release: release}
 		c.once.Do(func() {})
 		return c, nil
+	}
+}
+
+// refuse tells Config.Refused, if set, of a refused connection.
+func (l *Listener) refuse(client netip.Addr, err error) {
+	if l.refused != nil {
+		l.refused(client, err)
 	}
 }
 
@@ -171,6 +186,11 @@ func (c *Conn) resolve() {
 		c.failed.Store(true)
 		c.raw.Close()
 		c.l.log.Debug("clientip: connection refused", "remote", addrString(c.remote), "err", err)
+		who := Addr(c.remote)
+		if named {
+			who = client.Addr()
+		}
+		c.l.refuse(who, err)
 		return
 	}
 	if named {
@@ -217,13 +237,22 @@ func (c *Conn) Write(b []byte) (int, error) {
 func (c *Conn) Close() error {
 	c.mu.Lock()
 	c.closed = true
+	c.mu.Unlock()
+	c.Release()
+	return c.raw.Close()
+}
+
+// Release gives back the connection's place in Config.Conns while it stays
+// open: for a connection that becomes something a cap of its own counts,
+// such as an HTTP connection taken over by a WebSocket session.
+func (c *Conn) Release() {
+	c.mu.Lock()
 	release := c.release
 	c.release = nil
 	c.mu.Unlock()
 	if release != nil {
 		release()
 	}
-	return c.raw.Close()
 }
 
 // CloseWrite shuts down the writing side, if the underlying connection can

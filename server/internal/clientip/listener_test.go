@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -631,7 +632,15 @@ func TestListenerHTTPServerDoesNotWait(t *testing.T) {
 // own address, a proxied one by the client its header names.
 func TestListenerConns(t *testing.T) {
 	conns := NewCounter(2)
-	l := listen(t, Config{Trusted: []netip.Prefix{proxyOnly}, Conns: conns})
+	var mu sync.Mutex
+	var refused []netip.Addr
+	l := listen(t, Config{Trusted: []netip.Prefix{proxyOnly}, Conns: conns, Refused: func(a netip.Addr, err error) {
+		if errors.Is(err, ErrTooManyConns) {
+			mu.Lock()
+			refused = append(refused, a)
+			mu.Unlock()
+		}
+	}})
 	ch := acceptor(t, l)
 
 	t.Run("untrusted peer", func(t *testing.T) {
@@ -652,6 +661,17 @@ func TestListenerConns(t *testing.T) {
 		}
 		if n := conns.Count(netip.MustParseAddr("127.0.0.1")); n != 2 {
 			t.Errorf("Count = %d, want 2", n)
+		}
+		// A connection released (a WebSocket session now) stays open and
+		// makes room for another; released twice, or closed after, it
+		// gives back nothing more.
+		s.(*Conn).Release()
+		s.(*Conn).Release()
+		dial(t, l, "127.0.0.1")
+		next(t, ch)
+		s.Close()
+		if n := conns.Count(netip.MustParseAddr("127.0.0.1")); n != 2 {
+			t.Errorf("Count after a release = %d, want 2", n)
 		}
 	})
 
@@ -696,6 +716,11 @@ func TestListenerConns(t *testing.T) {
 		}
 		if n := conns.Count(netip.MustParseAddr("192.0.2.7")); n != 0 {
 			t.Errorf("Count after Close = %d, want 0", n)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !slices.Equal(refused, []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("192.0.2.7")}) {
+			t.Errorf("Refused was told of %v, want 127.0.0.1 then 192.0.2.7", refused)
 		}
 	})
 }

@@ -31,6 +31,9 @@ type Config struct {
 	Password string // the server key
 	// Timeout bounds the handshake and each Send; default 10 s.
 	Timeout time.Duration
+	// Preamble, when set, is written first on the TCP connection: a
+	// PROXY protocol header, as a load balancer in front sends.
+	Preamble []byte
 }
 
 // ErrAuth is returned by Dial when the server refuses the credentials;
@@ -60,6 +63,10 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", cfg.Addr)
 	if err != nil {
+		return nil, err
+	}
+	if _, err := conn.Write(cfg.Preamble); err != nil {
+		conn.Close()
 		return nil, err
 	}
 	if cfg.TLS != nil {
