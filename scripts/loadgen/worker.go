@@ -206,7 +206,7 @@ type sim struct {
 	ended    bool
 	dropped  bool
 	why      string
-	synced   string // the payload of the last pong
+	synced   string // the payload of the last sync's pong
 }
 
 type roundReceipt struct {
@@ -545,6 +545,12 @@ func (w *worker) connect(d *websocket.Dialer, pos int) error {
 	w.heard(s)
 	conn.SetPongHandler(func(data string) error {
 		w.heard(s)
+		// A heartbeat's pong, without payload, must not hide a sync's that
+		// came before it: a server whose acks take a while to store (a
+		// cluster's) answers the two close together.
+		if data == "" {
+			return nil
+		}
 		w.mu.Lock()
 		s.synced = data
 		w.mu.Unlock()
