@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -33,30 +34,85 @@ type natsCluster struct {
 	pids  []int // of the servers n1, n2, n3
 	nc    *nats.Conn
 	js    jetstream.JetStream
+	// start is each server as it first started, with startDevices
+	// registered in its store: what later restarts load beyond it is the
+	// devices registered since.
+	start        []procStats
+	startDevices int
 }
 
 // startNATS starts the nats-server processes, with their configurations,
-// stores and logs in dir, and connects to them.
-func startNATS(bin, dir string) (*natsCluster, error) {
+// stores and logs in dir, where devices are registered already, and
+// connects to them.
+func startNATS(bin, dir string, devices int) (*natsCluster, error) {
 	p, err := natstest.StartProcessCluster(natstest.ProcConfig{Bin: bin, Dir: dir, Servers: natsServers})
-	c := &natsCluster{procs: p, dir: dir}
+	c := &natsCluster{procs: p, dir: dir, startDevices: devices}
 	if err != nil {
 		c.stop()
 		return nil, fmt.Errorf("start %d nats-servers: %w", natsServers, err)
 	}
-	if c.pids, err = natsPIDs(dir, natsServers); err != nil {
+	if err := c.connect(); err != nil {
 		c.stop()
 		return nil, err
 	}
-	if c.nc, err = nats.Connect(p.URL(), nats.Name("loadgen")); err != nil {
-		c.stop()
-		return nil, fmt.Errorf("connect to the nats-servers: %w", err)
-	}
-	if c.js, err = jetstream.New(c.nc); err != nil {
-		c.stop()
-		return nil, fmt.Errorf("connect to JetStream: %w", err)
+	for _, pid := range c.pids {
+		st, err := readProcStats(pid)
+		if err != nil {
+			c.stop()
+			return nil, fmt.Errorf("read a nats-server's memory: %w", err)
+		}
+		c.start = append(c.start, st)
 	}
 	return c, nil
+}
+
+// connect finds the servers' processes and connects to them.
+func (c *natsCluster) connect() error {
+	var err error
+	if c.pids, err = natsPIDs(c.dir, natsServers); err != nil {
+		return err
+	}
+	if c.nc, err = nats.Connect(c.url(), nats.Name("loadgen")); err != nil {
+		return fmt.Errorf("connect to the nats-servers: %w", err)
+	}
+	if c.js, err = jetstream.New(c.nc); err != nil {
+		return fmt.Errorf("connect to JetStream: %w", err)
+	}
+	return nil
+}
+
+// restart stops every server and starts it again on its store, so that a
+// phase reads their memory fresh, as it does the nodes': a server keeps
+// what the bursts of writes before allocated until its runtime gives it
+// back to the system, and that swamps what the sessions cost it. The
+// nodes must be stopped: they would move from server to server meanwhile.
+func (c *natsCluster) restart() error {
+	c.nc.Close()
+	for i, pid := range c.pids {
+		// As an operator stops it: it flushes its store first.
+		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("stop nats-server n%d: %w", i+1, err)
+		}
+	}
+	for i, pid := range c.pids {
+		// natstest reaps it; Kill then only waits for that, or kills a
+		// server that has not stopped within its bound.
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if syscall.Kill(pid, 0) != nil {
+				break
+			}
+		}
+		c.procs.Kill(i)
+	}
+	for i := range natsServers {
+		if err := c.procs.Start(i); err != nil {
+			return fmt.Errorf("restart nats-server n%d: %w", i+1, err)
+		}
+	}
+	if err := c.procs.WaitReady(time.Minute); err != nil {
+		return fmt.Errorf("restart the nats-servers: %w", err)
+	}
+	return c.connect()
 }
 
 // url is every server's URL, as --nats takes them.
@@ -201,8 +257,10 @@ func (c *natsCluster) subscriptions(ctx context.Context) ([]int, error) {
 // natsServerReport is what one NATS server held over a phase.
 type natsServerReport struct {
 	Name string `json:"name"`
-	// Before is with the nodes fresh, AtHold with every session held,
-	// After once every message was acked.
+	// Start is the server as it first started in the run, Before with
+	// the nodes fresh, AtHold with every session held, After once every
+	// message was acked.
+	Start  procStats `json:"start"`
 	Before procStats `json:"before"`
 	AtHold procStats `json:"held"`
 	After  procStats `json:"after"`
@@ -214,23 +272,32 @@ type natsServerReport struct {
 	SubsBefore  int     `json:"subs_before"`
 	SubsHeld    int     `json:"subs_held"`
 	SubsPerConn float64 `json:"subs_per_conn"`
+	// PerDeviceKiB is, when the servers were restarted before the phase,
+	// the growth of their RSS from Start to Before per device registered
+	// since Start: what a server loads of each device's state when it
+	// starts, before any session. 0 when unknown.
+	PerDeviceKiB float64 `json:"rss_per_device_kib,omitempty"`
 }
 
-// natsReports sets the samples of a phase side by side, server by server.
-func natsReports(before, held, after *natsSample, sessions int) []natsServerReport {
+// reports sets the samples of a phase side by side, server by server. With fresh, the servers were restarted before the phase, and
+// devices are registered in their store.
+func (c *natsCluster) reports(before, held, after *natsSample, sessions, devices int, fresh bool) []natsServerReport {
 	if before == nil || held == nil || after == nil {
 		return nil
 	}
 	out := make([]natsServerReport, len(before.stats))
 	for i := range out {
 		r := natsServerReport{
-			Name:   fmt.Sprintf("n%d", i+1),
-			Before: before.stats[i], AtHold: held.stats[i], After: after.stats[i],
+			Name:  fmt.Sprintf("n%d", i+1),
+			Start: c.start[i], Before: before.stats[i], AtHold: held.stats[i], After: after.stats[i],
 			SubsBefore: before.subs[i], SubsHeld: held.subs[i],
 		}
 		if sessions > 0 {
 			r.PerConnKiB = (float64(r.AtHold.RSSKiB) - float64(r.Before.RSSKiB)) / float64(sessions)
 			r.SubsPerConn = float64(r.SubsHeld-r.SubsBefore) / float64(sessions)
+		}
+		if added := devices - c.startDevices; fresh && added > 0 {
+			r.PerDeviceKiB = (float64(r.Before.RSSKiB) - float64(r.Start.RSSKiB)) / float64(added)
 		}
 		out[i] = r
 	}

@@ -70,8 +70,8 @@
 // nats-server processes (from -bin, where make nats-server puts it;
 // started as internal/natstest starts them, routes through its proxies)
 // and N tether-server nodes on them, each with a data directory of its
-// own, all restarted for each phase but the nats-servers, which keep the
-// state. The devices are spread over the nodes device by device, and each
+// own. Each phase restarts the nats-servers (on their stores) and then the
+// nodes, so that the memory of both is read fresh. The devices are spread over the nodes device by device, and each
 // step of a device goes to another node: it checks in through one,
 // registers through the next and holds its session on a third, each
 // finding what another wrote. The sends go to the nodes in turn, so that
@@ -139,6 +139,7 @@ type config struct {
 	tls              bool
 	memprobe         bool
 	cluster          int
+	freshNATS        bool
 }
 
 // phaseSpec is one phase: a number of sessions, or the most the server
@@ -266,6 +267,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.tls, "tls", false, "serve and connect over TLS (wss:// and https://), with a test certificate authority the devices and the sender trust")
 	fs.BoolVar(&c.memprobe, "memprobe", false, "have each phase's server, built with -tags memprobe, collect garbage and report its live heap and stacks: fresh, with the sessions held and after delivery")
 	fs.IntVar(&c.cluster, "cluster", 0, "run `N` tether-server nodes on three nats-server processes (-bin holds nats-server too), the devices spread over them; 0: one server with its own store")
+	fs.BoolVar(&c.freshNATS, "fresh-nats", true, "with -cluster, restart the nats-servers before each phase, as the nodes are, so that their memory is read fresh; false saves the leader elections' seconds, and their memory then carries what the writes before left")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -355,13 +357,16 @@ func run(ctx context.Context, c config, progress io.Writer) (*report, error) {
 		return nil, err
 	}
 	r := &runner{cfg: c, exe: exe, serverBin: serverBin, work: work, data: filepath.Join(stateDir, "server"), progress: progress}
+	if r.fleet, err = loadFleet(filepath.Join(stateDir, "state.json")); err != nil {
+		return nil, err
+	}
 	if c.cluster > 0 {
 		natsBin := filepath.Join(filepath.Dir(serverBin), "nats-server")
 		if _, err := os.Stat(natsBin); err != nil {
 			return nil, fmt.Errorf("%w (make nats-server first)", err)
 		}
 		r.say("starting %d nats-servers", natsServers)
-		if r.nats, err = startNATS(natsBin, filepath.Join(stateDir, "nats")); err != nil {
+		if r.nats, err = startNATS(natsBin, filepath.Join(stateDir, "nats"), r.fleet.registered()); err != nil {
 			return nil, err
 		}
 		defer r.nats.stop()
@@ -374,9 +379,6 @@ func run(ctx context.Context, c config, progress io.Writer) (*report, error) {
 			return nil, fmt.Errorf("make the server's test certificate: %w", err)
 		}
 		r.pki = &pki
-	}
-	if r.fleet, err = loadFleet(filepath.Join(stateDir, "state.json")); err != nil {
-		return nil, err
 	}
 	if r.fleet.Sender.ID == "" {
 		if r.fleet.Sender, err = addSender(ctx, serverBin, r.store()); err != nil {

@@ -446,6 +446,12 @@ type gcReport struct {
 func (r *runner) phase(ctx context.Context, spec phaseSpec, n int) (pr phaseReport, err error) {
 	pr = phaseReport{Name: spec.String(), Devices: n}
 	name := "phase-" + pr.Name
+	if r.nats != nil && r.cfg.freshNATS {
+		r.say("phase %s: restarting the nats-servers", pr.Name)
+		if err := r.nats.restart(); err != nil {
+			return pr, err
+		}
+	}
 	ns, err := r.startNodes(ctx, name)
 	if err != nil {
 		return pr, err
@@ -616,7 +622,7 @@ func (r *runner) phase(ctx context.Context, spec phaseSpec, n int) (pr phaseRepo
 	if err != nil {
 		return pr, err
 	}
-	pr.NATS = natsReports(natsBefore, natsHeld, natsAfter, pr.Held)
+	pr.NATS = r.nats.reports(natsBefore, natsHeld, natsAfter, pr.Held, r.fleet.registered(), r.cfg.freshNATS)
 	if pr.JetStream, err = r.nats.jetStream(ctx, r.fleet.registered()); err != nil {
 		return pr, err
 	}

@@ -56,12 +56,15 @@ type projection struct {
 	// NodeSessions is the sessions a node may hold: its open-file limit
 	// less the files a fresh node has open.
 	NodeSessions int `json:"node_sessions,omitempty"`
-	// NATS* are a NATS server's, the servers' mean: its RSS fresh and its
-	// growth per session, its subscriptions fresh and per session.
-	NATSBaseRSSKiB  uint64  `json:"nats_base_rss_kib,omitempty"`
-	NATSPerConnKiB  float64 `json:"nats_rss_per_conn_kib,omitempty"`
-	NATSBaseSubs    int     `json:"nats_base_subs,omitempty"`
-	NATSSubsPerConn float64 `json:"nats_subs_per_conn,omitempty"`
+	// NATS* are a NATS server's, the servers' mean: its RSS fresh, what
+	// it grows per device registered (when known; the fresh RSS is then
+	// the run's first, with the devices registered before it) and per
+	// session, its subscriptions fresh and per session.
+	NATSBaseRSSKiB   uint64  `json:"nats_base_rss_kib,omitempty"`
+	NATSPerDeviceKiB float64 `json:"nats_rss_per_device_kib,omitempty"`
+	NATSPerConnKiB   float64 `json:"nats_rss_per_conn_kib,omitempty"`
+	NATSBaseSubs     int     `json:"nats_base_subs,omitempty"`
+	NATSSubsPerConn  float64 `json:"nats_subs_per_conn,omitempty"`
 	// StoreBytesPerDevice is what JetStream stores per device registered,
 	// in one replica of Replicas.
 	StoreBytesPerDevice float64         `json:"store_bytes_per_device,omitempty"`
@@ -110,7 +113,12 @@ func project(phases []phaseReport, m machine) *projection {
 		g = basis.Nodes[0].Goroutines
 		pj.NodeSessions = m.ServerFDLimit - m.ServerFDs
 		for _, ns := range basis.NATS {
-			pj.NATSBaseRSSKiB += ns.Before.RSSKiB / uint64(len(basis.NATS))
+			base := ns.Before
+			if ns.PerDeviceKiB > 0 {
+				base = ns.Start
+			}
+			pj.NATSBaseRSSKiB += base.RSSKiB / uint64(len(basis.NATS))
+			pj.NATSPerDeviceKiB += ns.PerDeviceKiB / float64(len(basis.NATS))
 			pj.NATSPerConnKiB += ns.PerConnKiB / float64(len(basis.NATS))
 			pj.NATSBaseSubs += ns.SubsBefore / len(basis.NATS)
 			pj.NATSSubsPerConn += ns.SubsPerConn / float64(len(basis.NATS))
@@ -132,7 +140,8 @@ func project(phases []phaseReport, m machine) *projection {
 			row.Nodes = ceilDiv(n, pj.NodeSessions)
 			each = ceilDiv(n, row.Nodes)
 			row.NATSSubs = pj.NATSBaseSubs + int(math.Round(float64(n)*pj.NATSSubsPerConn))
-			row.NATSRSSMiB = (float64(pj.NATSBaseRSSKiB) + float64(n)*pj.NATSPerConnKiB) / 1024
+			// Each device registered holds a session.
+			row.NATSRSSMiB = (float64(pj.NATSBaseRSSKiB) + float64(n)*(pj.NATSPerDeviceKiB+pj.NATSPerConnKiB)) / 1024
 			row.StoreMiB = float64(n) * pj.StoreBytesPerDevice * float64(pj.Replicas) / (1 << 20)
 		}
 		row.RSSMiB = (float64(pj.BaseRSSKiB) + float64(each)*pj.PerConnKiB) / 1024
@@ -155,7 +164,7 @@ func project(phases []phaseReport, m machine) *projection {
 	} else {
 		pj.Assumes = append(pj.Assumes,
 			fmt.Sprintf("as many nodes as this machine's open-file limit asks for, %d sessions each, the devices spread evenly; a node with a higher limit holds more, up to its memory", pj.NodeSessions),
-			"every NATS server holds every session's subscription, whichever node holds the session (the routes carry the interest), and grows per session as measured here; more nodes add only their own connections",
+			"every NATS server holds every session's subscription, whichever node holds the session (the routes carry the interest), and every device's JetStream state (three replicas on three servers), and grows per session and per device as measured here; more nodes add only their own connections",
 			"JetStream stores what these devices left in it: one app registered each, no message waiting, no topic subscription, no upstream message; each message waiting adds its body until it is acked or expires",
 		)
 	}
@@ -233,11 +242,12 @@ func (p *printer) projection(pj *projection) {
 		for _, row := range pj.Rows {
 			p.f("  %-10d %6d | %12s %14s %12d %12d | %14d %12s | %14s", row.Sessions, row.Nodes,
 				mib(uint64(row.RSSMiB*1024)), mib(uint64(row.KernelMiB*1024)), row.FDs, row.Goroutines,
-				row.NATSSubs, mib(uint64(row.NATSRSSMiB*1024)), mib(uint64(row.StoreMiB*1024)))
+				row.NATSSubs, fmt.Sprintf("%.1f MiB", row.NATSRSSMiB), mib(uint64(row.StoreMiB*1024)))
 		}
 		p.f("  each node (at most %d sessions) = %s + %.1f KiB per session; %s; kernel %.1f KiB per socket",
 			pj.NodeSessions, mib(pj.BaseRSSKiB), pj.PerConnKiB, goroutines, pj.KernelPerConnKiB)
-		p.f("  each nats-server = %s + %.2f KiB per session; %d subscriptions + %.2f per session", mib(pj.NATSBaseRSSKiB), pj.NATSPerConnKiB, pj.NATSBaseSubs, pj.NATSSubsPerConn)
+		p.f("  each nats-server = %s + %.2f KiB per device registered + %.2f KiB per session; %d subscriptions + %.2f per session",
+			mib(pj.NATSBaseRSSKiB), pj.NATSPerDeviceKiB, pj.NATSPerConnKiB, pj.NATSBaseSubs, pj.NATSSubsPerConn)
 		p.f("  JetStream = %.0f bytes per device registered, in each of %d replicas", pj.StoreBytesPerDevice, pj.Replicas)
 	}
 	p.f("  assumes:")
@@ -327,8 +337,12 @@ func (p *printer) phase(ph phaseReport) {
 		p.node(n)
 	}
 	for _, n := range ph.NATS {
-		p.f("  nats-server %s RSS %s fresh → %s held (%.2f KiB per session); %s after delivery; subscriptions %d → %d (%.2f per session)",
-			n.Name, mib(n.Before.RSSKiB), mib(n.AtHold.RSSKiB), n.PerConnKiB, mib(n.After.RSSKiB), n.SubsBefore, n.SubsHeld, n.SubsPerConn)
+		perDevice := ""
+		if n.PerDeviceKiB > 0 {
+			perDevice = fmt.Sprintf(", %.2f KiB per device registered over its %s at the run's start", n.PerDeviceKiB, mib(n.Start.RSSKiB))
+		}
+		p.f("  nats-server %s RSS %s fresh%s → %s held (%.2f KiB per session); %s after delivery; subscriptions %d → %d (%.2f per session)",
+			n.Name, mib(n.Before.RSSKiB), perDevice, mib(n.AtHold.RSSKiB), n.PerConnKiB, mib(n.After.RSSKiB), n.SubsBefore, n.SubsHeld, n.SubsPerConn)
 	}
 	if js := ph.JetStream; js != nil {
 		p.f("  JetStream     %d streams, one replica: %d messages, %s, %d subjects; per device registered (%d): %.2f subjects, %.0f bytes; stores %s on disk (every replica, indexes, Raft logs)",
