@@ -193,7 +193,7 @@ func (r *report) write(w io.Writer, asJSON bool) error {
 	m := r.Machine
 	what, whose := "tether-server", "server"
 	if r.Nodes > 0 {
-		what = fmt.Sprintf("%d tether-server nodes on %d nats-servers", r.Nodes, r.NATSServers)
+		what = fmt.Sprintf("%s on %d nats-servers", plural(r.Nodes, "tether-server node"), r.NATSServers)
 		whose = "each node's"
 	}
 	p.f("%s under load over %s://: %s, %d CPUs, %s memory, Linux %s, %s", what, r.Scheme, r.Server, m.CPUs, mib(m.MemTotalMiB*1024), m.Kernel, m.Go)
