@@ -137,13 +137,24 @@ bench: build
 # many as its open-file limit allows, a message to each; memory per
 # session, connect and delivery rates, over ws:// and then over wss://
 # (docs/benchmarks.md has figures). LOAD_TLS=false or LOAD_TLS=true runs
-# one of them.
+# one of them; LOAD_FLAGS passes flags on, to load-cluster too.
 LOAD_FLAGS ?=
 LOAD_TLS ?= false true
-.PHONY: load
-load: build
+# loadgen-each runs loadgen with the flags $(1), once for each of LOAD_TLS.
+loadgen-each = set -e; for tls in $(LOAD_TLS); do $(BIN)/loadgen -bin $(BIN) -tls=$$tls $(1) $(LOAD_FLAGS); done
+.PHONY: load load-cluster loadgen
+loadgen: build
 	$(GO) build -o $(BIN)/loadgen ./scripts/loadgen
-	set -e; for tls in $(LOAD_TLS); do $(BIN)/loadgen -bin $(BIN) -tls=$$tls $(LOAD_FLAGS); done
+load: loadgen
+	$(call loadgen-each,)
+
+# The same on a cluster: three tether-server nodes on three nats-server
+# processes hold 10,000 sessions, then 30,000, more than one process may
+# open here; each node's and each nats-server's memory, NATS
+# subscriptions and JetStream's bytes per device (docs/scaling.md has
+# figures).
+load-cluster: loadgen nats-server
+	$(call loadgen-each,-cluster 3 -conns 30000)
 
 # What an idle tetherd costs: wake-ups, heartbeats and bytes each way over
 # 5 minutes, on loopback (docs/power.md has figures). IDLE_FLAGS passes

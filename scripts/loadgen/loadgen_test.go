@@ -16,9 +16,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"tether/internal/natstest"
 )
 
-// binDir holds the tether-server built once by TestMain.
+// binDir holds the tether-server and the nats-server built once by
+// TestMain.
 var binDir string
 
 func TestMain(m *testing.M) {
@@ -38,6 +41,10 @@ func TestMain(m *testing.M) {
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build tether-server:", err)
+		os.Exit(1)
+	}
+	if _, err := natstest.Build(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	binDir = dir
@@ -277,9 +284,97 @@ func checkPhase(t *testing.T, pr phaseReport, devices int) {
 	if pr.AtHold.FDs < pr.Before.FDs+pr.Held {
 		t.Errorf("the server had %d files open with %d sessions held, %d before", pr.AtHold.FDs, pr.Held, pr.Before.FDs)
 	}
-	// A session needs at least its reader goroutine.
-	if g := pr.Goroutines; g == nil || g.PerSession < 1 || g.Total != g.Own+g.PerSession*messaged {
-		t.Errorf("goroutines %+v for %d sessions", g, messaged)
+	// A session needs at least its reader goroutine: on each node of a
+	// cluster, for the sessions it held at the end.
+	if len(pr.Nodes) == 0 {
+		checkGoroutines(t, "the server", pr.Goroutines, messaged)
+	}
+	for _, n := range pr.Nodes {
+		checkGoroutines(t, fmt.Sprintf("node %d", n.Node), n.Goroutines, n.Delivery.Expected)
+	}
+}
+
+func checkGoroutines(t *testing.T, who string, g *goroutines, sessions int) {
+	t.Helper()
+	if g == nil || g.PerSession < 1 || g.Total != g.Own+g.PerSession*sessions {
+		t.Errorf("%s: goroutines %+v for %d sessions", who, g, sessions)
+	}
+}
+
+// TestRunCluster runs the max phase on three nodes, each capped at
+// serverFDs open files, on three nats-server processes: they hold more
+// sessions than one of them may, every node checks devices in, registers
+// them, holds sessions and takes sends, every message is accounted for,
+// and every nats-server holds a subscription per session. The
+// nats-servers are not restarted before the phase: their leader
+// elections would triple the test's time.
+func TestRunCluster(t *testing.T) {
+	tmp := isolate(t)
+	rep, err := run(context.Background(), parse(t, append(tinyArgs("max"), "-cluster", "3", "-batch", "10", "-fresh-nats=false")), io.Discard)
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	checkCleanedUp(t, tmp)
+	if len(rep.Problems) > 0 {
+		t.Fatalf("problems: %q", rep.Problems)
+	}
+	if rep.Nodes != 3 || rep.NATSServers != 3 || len(rep.Phases) != 1 {
+		t.Fatalf("%d nodes on %d nats-servers, %d phases; want 3 on 3, one phase", rep.Nodes, rep.NATSServers, len(rep.Phases))
+	}
+	ph := rep.Phases[0]
+	budget := rep.Machine.ServerFDLimit - rep.Machine.ServerFDs
+	checkPhase(t, ph, 3*budget+6)
+	if ph.Held <= budget+6 || ph.Held >= ph.Devices {
+		t.Errorf("held %d of %d sessions with %d descriptors free on each node: the nodes' limit was not found", ph.Held, ph.Devices, budget)
+	}
+	if !strings.Contains(ph.StoppedBy, "the nodes' open-file limits") {
+		t.Errorf("stopped by %q, want the nodes' open-file limits", ph.StoppedBy)
+	}
+	if p := rep.Provision; p == nil || p.CheckIn.Done != ph.Devices || p.Register.Done != ph.Devices {
+		t.Errorf("provisioned %+v, want %d check-ins and registrations", p, ph.Devices)
+	}
+	if len(ph.Nodes) != 3 {
+		t.Fatalf("%d nodes reported, want 3", len(ph.Nodes))
+	}
+	held, delivered := 0, 0
+	for _, n := range ph.Nodes {
+		held += n.Held
+		delivered += n.Delivery.Delivered
+		if n.Held < budget-6 || n.Send.Accepted == 0 || n.Delivery.Delivered != n.Delivery.Expected || n.PerConnKiB <= 0 {
+			t.Errorf("node %d: %d sessions held, %d sends accepted, %d of %d delivered, %.1f KiB per session",
+				n.Node, n.Held, n.Send.Accepted, n.Delivery.Delivered, n.Delivery.Expected, n.PerConnKiB)
+		}
+	}
+	if held != ph.Held || delivered != ph.Delivery.Delivered {
+		t.Errorf("the nodes held %d and delivered %d, the phase %d and %d", held, delivered, ph.Held, ph.Delivery.Delivered)
+	}
+	if len(ph.NATS) != 3 {
+		t.Fatalf("%d nats-servers reported, want 3", len(ph.NATS))
+	}
+	for _, n := range ph.NATS {
+		// One per session, wherever it is held, give or take what the
+		// nodes subscribe to and end meanwhile as they take partitions.
+		if d := n.SubsHeld - n.SubsBefore - ph.Held; d < -5 || d > 20 || n.AtHold.RSSKiB == 0 {
+			t.Errorf("nats-server %s: subscriptions %d → %d for %d sessions, RSS %d KiB", n.Name, n.SubsBefore, n.SubsHeld, ph.Held, n.AtHold.RSSKiB)
+		}
+	}
+	// Each device has its credentials, its token and the token's reverse
+	// record, and a queue record once a message was sent to it.
+	if js := ph.JetStream; js == nil || js.Devices != ph.Devices || js.Subjects < uint64(3*js.Devices+ph.Delivery.Delivered) || js.DiskBytes == 0 || ph.StoreBytes != js.DiskBytes {
+		t.Errorf("JetStream: %+v; store %d bytes", js, ph.StoreBytes)
+	}
+	pj := rep.Projection
+	if pj == nil || pj.NodeSessions != budget || len(pj.Rows) != 2 || pj.Rows[1].Nodes != ceilDiv(1_000_000, budget) || pj.Rows[1].NATSSubs < 950_000 {
+		t.Errorf("projection %+v", pj)
+	}
+	var out bytes.Buffer
+	if err := rep.write(&out, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"3 tether-server nodes on 3 nats-servers", "node 3 ", "nats-server n3 ", "JetStream ", "every message accounted for"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("the text report lacks %q:\n%s", want, out.String())
+		}
 	}
 }
 
@@ -385,6 +480,9 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"-phases", strings.Repeat("1,", maxPhases) + "1"}, false},
 		{[]string{"-workers", "0"}, false},
 		{[]string{"-workers", "251"}, false},
+		{[]string{"-cluster", "3", "-phases", "30000", "-conns", "30000"}, true},
+		{[]string{"-cluster", "-1"}, false},
+		{[]string{"-cluster", "10"}, false},
 		{[]string{"-batch", "1001"}, false},
 		{[]string{"-heartbeat", "1500ms"}, false},
 		{[]string{"-heartbeat", "25h"}, false},

@@ -2,10 +2,10 @@
 // and measures what they cost it, on the machine it runs on.
 //
 // It starts one tether-server itself (from -bin) on loopback with a
-// temporary data directory and a sender, and plays the devices in worker
-// processes (this binary, started again in worker mode, each holding a
-// share of the sessions), so that the server has its open-file limit to
-// itself. Each simulated device speaks the device protocol (package wire)
+// temporary data directory and a sender, or with -cluster several (below),
+// and plays the devices in worker processes (this binary, started again in
+// worker mode, each holding a share of the sessions), so that the server
+// has its open-file limit to itself. Each simulated device speaks the device protocol (package wire)
 // as tetherd does: it checks in (a hello without credentials, answered
 // with a device ID and secret), registers one app with the sender for a
 // token, and then holds its session idle with a long announced heartbeat,
@@ -66,6 +66,29 @@
 //	bin/loadgen -bin /tmp/probe -memprobe -tls -keep -phases 10000
 //	go tool pprof -sample_index=inuse_space /tmp/probe/tether-server DIR/phase-10000-heap.2
 //
+// With -cluster N it runs the same on a cluster (docs/scaling.md): three
+// nats-server processes (from -bin, where make nats-server puts it;
+// started as internal/natstest starts them, routes through its proxies)
+// and N tether-server nodes on them, each with a data directory of its
+// own. Each phase restarts the nats-servers (on their stores) and then the
+// nodes, so that the memory of both is read fresh. The devices are spread over the nodes device by device, and each
+// step of a device goes to another node: it checks in through one,
+// registers through the next and holds its session on a third, each
+// finding what another wrote. The sends go to the nodes in turn, so that
+// most messages reach their device through a node other than the one that
+// took them. A max phase connects as many sessions as the nodes' open
+// files leave room for together, bounded by -conns: more than one process
+// may hold. The report gives each node's sessions, memory, sends and
+// deliveries beside their sums; each nats-server's RSS and subscriptions,
+// which any client may ask of every server ($SYS.REQ.ACCOUNT.PING.STATZ);
+// and what JetStream stores per device, from the streams' state and the
+// size of the stores on disk. Its projection says how many nodes, and
+// what each node, each nats-server and JetStream need, for 100,000 and
+// 1,000,000 devices:
+//
+//	make build nats-server
+//	bin/loadgen -bin bin -cluster 3 -conns 30000 -tls   # make load-cluster, over wss://
+//
 // It is not a soak test: sessions are held for seconds, so the devices'
 // heartbeat (an hour by default) seldom fires.
 package main
@@ -115,6 +138,8 @@ type config struct {
 	goroutines       bool
 	tls              bool
 	memprobe         bool
+	cluster          int
+	freshNATS        bool
 }
 
 // phaseSpec is one phase: a number of sessions, or the most the server
@@ -156,6 +181,9 @@ const (
 	// (127.0.PASS.WORKER) valid.
 	maxPhases  = 20
 	maxWorkers = 250
+	// maxNodes bounds -cluster: more nodes than this machine has cores
+	// many times over would measure the scheduler.
+	maxNodes = 9
 )
 
 func main() {
@@ -238,6 +266,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.goroutines, "goroutines", true, "end each phase's server with SIGQUIT and count the goroutines in its dump")
 	fs.BoolVar(&c.tls, "tls", false, "serve and connect over TLS (wss:// and https://), with a test certificate authority the devices and the sender trust")
 	fs.BoolVar(&c.memprobe, "memprobe", false, "have each phase's server, built with -tags memprobe, collect garbage and report its live heap and stacks: fresh, with the sessions held and after delivery")
+	fs.IntVar(&c.cluster, "cluster", 0, "run `N` tether-server nodes on three nats-server processes (-bin holds nats-server too), the devices spread over them; 0: one server with its own store")
+	fs.BoolVar(&c.freshNATS, "fresh-nats", true, "with -cluster, restart the nats-servers before each phase, as the nodes are, so that their memory is read fresh; false saves the leader elections' seconds, and their memory then carries what the writes before left")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -270,6 +300,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return bad("-dial-concurrency and -senders must be at least 1, -overshoot and -server-fds not negative")
 	case c.batch < 1 || c.batch > 1000:
 		return bad("-batch must be 1 to 1000")
+	case c.cluster < 0 || c.cluster > maxNodes:
+		return bad("-cluster must be 0 to %d", maxNodes)
 	}
 	if _, err := payloadData(strings.Repeat("x", 40), c.payload); err != nil {
 		return bad("-payload: %v", err)
@@ -314,12 +346,31 @@ func run(ctx context.Context, c config, progress io.Writer) (*report, error) {
 	}
 	stateDir := work
 	if c.data != "" {
-		if err := os.MkdirAll(c.data, 0o700); err != nil {
-			return nil, err
-		}
 		stateDir = c.data
 	}
+	if c.cluster > 0 {
+		// A cluster's devices are in its JetStream store, not in the
+		// single server's: they have a state file of their own.
+		stateDir = filepath.Join(stateDir, "cluster")
+	}
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, err
+	}
 	r := &runner{cfg: c, exe: exe, serverBin: serverBin, work: work, data: filepath.Join(stateDir, "server"), progress: progress}
+	if r.fleet, err = loadFleet(filepath.Join(stateDir, "state.json")); err != nil {
+		return nil, err
+	}
+	if c.cluster > 0 {
+		natsBin := filepath.Join(filepath.Dir(serverBin), "nats-server")
+		if _, err := os.Stat(natsBin); err != nil {
+			return nil, fmt.Errorf("%w (make nats-server first)", err)
+		}
+		r.say("starting %d nats-servers", natsServers)
+		if r.nats, err = startNATS(natsBin, filepath.Join(stateDir, "nats"), r.fleet.registered()); err != nil {
+			return nil, err
+		}
+		defer r.nats.stop()
+	}
 	if c.tls {
 		// Made afresh for every run: it lasts a day, and it keeps no secret
 		// the next run needs.
@@ -329,11 +380,8 @@ func run(ctx context.Context, c config, progress io.Writer) (*report, error) {
 		}
 		r.pki = &pki
 	}
-	if r.fleet, err = loadFleet(filepath.Join(stateDir, "state.json")); err != nil {
-		return nil, err
-	}
 	if r.fleet.Sender.ID == "" {
-		if r.fleet.Sender, err = addSender(ctx, serverBin, r.data); err != nil {
+		if r.fleet.Sender, err = addSender(ctx, serverBin, r.store()); err != nil {
 			return nil, err
 		}
 		if err := r.fleet.save(); err != nil {
@@ -344,29 +392,37 @@ func run(ctx context.Context, c config, progress io.Writer) (*report, error) {
 	if c.tls {
 		rep.Scheme = "wss"
 	}
+	if c.cluster > 0 {
+		rep.Nodes, rep.NATSServers = c.cluster, natsServers
+	}
 
-	// A first server says how many sessions its open files allow, and
-	// checks in and registers the devices the phases need.
-	srv, err := r.startServer(ctx, "provision")
+	// A first server, or set of nodes, says how many sessions their open
+	// files allow, and checks in and registers the devices the phases
+	// need.
+	ns, err := r.startNodes(ctx, "provision")
 	if err != nil {
 		return rep, err
 	}
-	fresh, err := srv.stats()
+	fresh, err := ns.stats()
 	if err != nil {
-		srv.stop()
+		ns.stop()
 		return rep, err
 	}
-	rep.Machine.ServerFDLimit = fresh.FDLimit
-	rep.Machine.ServerFDs = fresh.FDs
+	rep.Machine.ServerFDLimit = fresh[0].FDLimit
+	rep.Machine.ServerFDs = fresh[0].FDs
+	room := c.overshoot
+	for _, st := range fresh {
+		room += st.FDLimit - st.FDs
+	}
 	sizes := make([]int, len(c.phases))
 	for i, p := range c.phases {
 		sizes[i] = p.n
 		if p.max {
-			sizes[i] = min(c.conns, fresh.FDLimit-fresh.FDs+c.overshoot)
+			sizes[i] = min(c.conns, room)
 		}
 	}
-	rep.Provision, err = r.provision(ctx, srv, maxOf(sizes))
-	srv.stop()
+	rep.Provision, err = r.provision(ctx, ns, maxOf(sizes))
+	ns.stop()
 	if err != nil {
 		return rep, err
 	}
@@ -389,7 +445,7 @@ func run(ctx context.Context, c config, progress io.Writer) (*report, error) {
 			return rep, fmt.Errorf("phase %s: %w", p, err)
 		}
 	}
-	rep.Projection = project(rep.Phases)
+	rep.Projection = project(rep.Phases, rep.Machine)
 	return rep, nil
 }
 

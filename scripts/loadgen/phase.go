@@ -15,6 +15,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"tether/internal/testpki"
@@ -61,6 +62,17 @@ func (f *fleet) save() error {
 	return nil
 }
 
+// registered counts the devices with a registration.
+func (f *fleet) registered() int {
+	n := 0
+	for _, d := range f.Devices {
+		if d.Token != "" {
+			n++
+		}
+	}
+	return n
+}
+
 // grow makes sure the fleet has n devices; the new ones have no identity
 // yet.
 func (f *fleet) grow(n int) {
@@ -84,9 +96,12 @@ type runner struct {
 	exe       string // this binary, re-executed as the workers
 	serverBin string
 	work      string // logs
-	data      string // the server's data directory
-	fleet     *fleet
-	progress  io.Writer
+	// data is the server's data directory; a cluster node's is in it.
+	data string
+	// nats, with -cluster, holds the nodes' state; nil without.
+	nats     *natsCluster
+	fleet    *fleet
+	progress io.Writer
 	// pki, with -tls, is the server's certificate and the CA that signed it.
 	pki *testpki.Files
 	// passes counts the dialling passes so far: each dials from its own
@@ -99,15 +114,80 @@ func (r *runner) say(format string, args ...any) {
 	fmt.Fprintf(r.progress, "loadgen: "+format+"\n", args...)
 }
 
-func (r *runner) startServer(ctx context.Context, name string) (*server, error) {
-	c := serverConfig{
-		bin: r.serverBin, data: r.data, logPath: filepath.Join(r.work, name+"-server.log"),
-		logLevel: r.cfg.logLevel, fdCap: r.cfg.serverFDs, pki: r.pki,
+// nodes are the servers of a step: the one server, or the nodes of a
+// cluster.
+type nodes []*server
+
+// startNodes starts the server, or each node of the cluster in turn: the
+// first to start creates the cluster's streams, if the sender's creation
+// has not, and the others find them.
+func (r *runner) startNodes(ctx context.Context, name string) (nodes, error) {
+	var ns nodes
+	for i := range max(r.cfg.cluster, 1) {
+		c := serverConfig{
+			bin: r.serverBin, data: r.data, logPath: filepath.Join(r.work, name+"-server.log"),
+			logLevel: r.cfg.logLevel, fdCap: r.cfg.serverFDs, pki: r.pki,
+		}
+		heap := name + "-heap"
+		if r.nats != nil {
+			node := fmt.Sprintf("node%d", i+1)
+			c.data = filepath.Join(r.data, node)
+			c.nats = r.nats.url()
+			c.logPath = filepath.Join(r.work, name+"-"+node+".log")
+			heap = name + "-" + node + "-heap"
+		}
+		if r.cfg.memprobe {
+			c.heapProfile = filepath.Join(r.work, heap)
+		}
+		s, err := startServer(ctx, c)
+		if err != nil {
+			ns.stop()
+			if r.nats != nil {
+				return nil, fmt.Errorf("node %d: %w", i+1, err)
+			}
+			return nil, err
+		}
+		ns = append(ns, s)
 	}
-	if r.cfg.memprobe {
-		c.heapProfile = filepath.Join(r.work, name+"-heap")
+	return ns, nil
+}
+
+// stop stops every node at once: each says goodbye to its sessions.
+func (ns nodes) stop() {
+	var wg sync.WaitGroup
+	for _, s := range ns {
+		wg.Go(s.stop)
 	}
-	return startServer(ctx, c)
+	wg.Wait()
+}
+
+func (ns nodes) stats() ([]procStats, error) {
+	out := make([]procStats, len(ns))
+	for i, s := range ns {
+		var err error
+		if out[i], err = s.stats(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// onNode names node i in progress lines of a cluster; one server needs
+// no name.
+func (r *runner) onNode(i int) string {
+	if r.nats == nil {
+		return ""
+	}
+	return fmt.Sprintf(" on node %d", i+1)
+}
+
+// store names the state for admin commands: the server's data directory,
+// or the cluster's NATS servers.
+func (r *runner) store() []string {
+	if r.nats != nil {
+		return []string{"--nats", r.nats.url()}
+	}
+	return []string{"--data", r.data}
 }
 
 // memprobe probes srv with -memprobe, and does nothing without.
@@ -125,10 +205,13 @@ func (r *runner) sources() func(i int) string {
 	return func(i int) string { return fmt.Sprintf("127.0.%d.%d", 10+pass, 1+i) }
 }
 
-func (r *runner) job(srv *server) job {
+func (r *runner) job(ns nodes) job {
 	j := job{
-		URL: srv.url(), Sender: r.fleet.Sender.ID, Heartbeat: r.cfg.heartbeat,
+		Sender: r.fleet.Sender.ID, Heartbeat: r.cfg.heartbeat,
 		Concurrency: r.cfg.concurrency, HandshakeTimeout: r.cfg.handshakeTimeout,
+	}
+	for _, s := range ns {
+		j.URLs = append(j.URLs, s.url())
 	}
 	if r.pki != nil {
 		j.CAFile = r.pki.CA
@@ -184,7 +267,12 @@ func lastEnd(answers []answer) time.Time {
 
 func (st passStats) failureText() string {
 	keys := slices.Collect(maps.Keys(st.Failures))
-	sort.Slice(keys, func(i, j int) bool { return st.Failures[keys[i]] > st.Failures[keys[j]] })
+	sort.Slice(keys, func(i, j int) bool {
+		if st.Failures[keys[i]] != st.Failures[keys[j]] {
+			return st.Failures[keys[i]] > st.Failures[keys[j]]
+		}
+		return keys[i] < keys[j] // a cluster's nodes in order
+	})
 	parts := make([]string, 0, len(keys))
 	for _, k := range keys {
 		parts = append(parts, fmt.Sprintf("%s ×%d", k, st.Failures[k]))
@@ -201,8 +289,8 @@ type provisionReport struct {
 }
 
 // provision checks in and registers the first n devices of the fleet
-// that lack either, against srv, and keeps them in the state file.
-func (r *runner) provision(ctx context.Context, srv *server, n int) (*provisionReport, error) {
+// that lack either, through ns, and keeps them in the state file.
+func (r *runner) provision(ctx context.Context, ns nodes, n int) (*provisionReport, error) {
 	r.fleet.grow(n)
 	devs := r.fleet.Devices[:n]
 	missing := 0
@@ -215,18 +303,19 @@ func (r *runner) provision(ctx context.Context, srv *server, n int) (*provisionR
 		return nil, nil
 	}
 	r.say("provisioning %d devices: check-in, then registration", missing)
-	c, err := startCrew(r.exe, r.job(srv), devs, 0, r.cfg.workers, r.work, "provision")
+	c, err := startCrew(r.exe, r.job(ns), devs, 0, r.cfg.workers, r.work, "provision")
 	if err != nil {
 		return nil, err
 	}
 	defer c.stop()
 	var rep provisionReport
 	for _, step := range []struct {
-		op  string
-		out *passStats
-	}{{opCheckIn, &rep.CheckIn}, {opRegister, &rep.Register}} {
+		op   string
+		turn int
+		out  *passStats
+	}{{opCheckIn, turnCheckIn, &rep.CheckIn}, {opRegister, turnRegister, &rep.Register}} {
 		source := r.sources()
-		answers, err := c.all(ctx, func(i int) command { return command{Op: step.op, Source: source(i)} })
+		answers, err := c.all(ctx, func(i int) command { return command{Op: step.op, Source: source(i), Turn: step.turn} })
 		if err != nil {
 			return nil, err
 		}
@@ -251,6 +340,35 @@ type phaseReport struct {
 	TLS string `json:"tls,omitempty"`
 	// StoppedBy says what bounded a phase that looked for the maximum.
 	StoppedBy string `json:"stopped_by,omitempty"`
+	// serverReport is the server's; on a cluster, the nodes' together:
+	// their sums, and their growth over all their sessions. The Go
+	// runtime's figures (GC, goroutines, memprobe) are then each node's,
+	// in Nodes.
+	serverReport
+	// SlabGrowthKiB is the machine's kernel slab growth over the
+	// connections (both ends are on this machine).
+	SlabGrowthKiB int64 `json:"slab_growth_kib"`
+	// Dropped is the sessions closed to leave the sender file descriptors.
+	Dropped  int           `json:"dropped,omitempty"`
+	Send     sendStats     `json:"send"`
+	Delivery deliveryStats `json:"delivery"`
+	// Unsynced is the live sessions that did not answer a ping after the
+	// acks: the server may not have stored their acks.
+	Unsynced int `json:"unsynced,omitempty"`
+	// WorkersRSSKiB is the workers' RSS with every session held.
+	WorkersRSSKiB uint64 `json:"workers_rss_kib"`
+	// StoreBytes is the server's store file at the end; on a cluster, the
+	// NATS servers' JetStream stores, every replica.
+	StoreBytes int64 `json:"store_bytes"`
+	// On a cluster: each node's figures, each NATS server's, and what
+	// JetStream holds once every message was acked.
+	Nodes     []nodeReport       `json:"nodes,omitempty"`
+	NATS      []natsServerReport `json:"nats,omitempty"`
+	JetStream *jetStreamReport   `json:"jetstream,omitempty"`
+}
+
+// serverReport is what one tether-server process measured in a phase.
+type serverReport struct {
 	// Before is the fresh server, AtHold with every session held and
 	// settled, After once every message was acked.
 	Before procStats `json:"server_before"`
@@ -267,25 +385,49 @@ type phaseReport struct {
 	ProbeAfter *memProbe `json:"probe_after,omitempty"`
 	// GC is the last garbage collection before AtHold was read, GCAfter
 	// the last before After.
-	GC      *gcReport `json:"gc,omitempty"`
-	GCAfter *gcReport `json:"gc_after,omitempty"`
-	// SlabGrowthKiB is the machine's kernel slab growth over the
-	// connections (both ends are on this machine).
-	SlabGrowthKiB     int64       `json:"slab_growth_kib"`
+	GC                *gcReport   `json:"gc,omitempty"`
+	GCAfter           *gcReport   `json:"gc_after,omitempty"`
 	Goroutines        *goroutines `json:"goroutines,omitempty"`
 	ConnectCPUSeconds float64     `json:"connect_cpu_seconds"`
-	// Dropped is the sessions closed to leave the sender file descriptors.
-	Dropped  int           `json:"dropped,omitempty"`
+	SendCPU           float64     `json:"send_cpu_seconds"`
+}
+
+// perSession sets the growth per session of the held sessions.
+func (sr *serverReport) perSession(held int) {
+	if held > 0 {
+		sr.PerConnKiB = (float64(sr.AtHold.RSSKiB) - float64(sr.Before.RSSKiB)) / float64(held)
+		sr.PerConnAnonKiB = (float64(sr.AtHold.AnonKiB) - float64(sr.Before.AnonKiB)) / float64(held)
+	}
+}
+
+// nodeReport is one node's part of a phase on a cluster.
+type nodeReport struct {
+	Node    int `json:"node"`    // from 1
+	Devices int `json:"devices"` // sessions tried on it
+	Held    int `json:"held"`
+	serverReport
+	// Send is the requests made to it; Delivery the messages to the
+	// devices whose sessions it held, whichever node took their sends.
 	Send     sendStats     `json:"send"`
-	SendCPU  float64       `json:"send_cpu_seconds"`
 	Delivery deliveryStats `json:"delivery"`
-	// Unsynced is the live sessions that did not answer a ping after the
-	// acks: the server may not have stored their acks.
-	Unsynced int `json:"unsynced,omitempty"`
-	// WorkersRSSKiB is the workers' RSS with every session held.
-	WorkersRSSKiB uint64 `json:"workers_rss_kib"`
-	// StoreBytes is the server's store file at the end.
-	StoreBytes int64 `json:"store_bytes"`
+}
+
+// together is the phase's server figures: the one server's own, or the
+// sums of a cluster's nodes.
+func together(ns []nodeReport, held int) serverReport {
+	if len(ns) == 1 {
+		return ns[0].serverReport
+	}
+	var t serverReport
+	for _, n := range ns {
+		t.Before = t.Before.plus(n.Before)
+		t.AtHold = t.AtHold.plus(n.AtHold)
+		t.After = t.After.plus(n.After)
+		t.ConnectCPUSeconds += n.ConnectCPUSeconds
+		t.SendCPU += n.SendCPU
+	}
+	t.perSession(held)
+	return t
 }
 
 type gcReport struct {
@@ -298,34 +440,62 @@ type gcReport struct {
 	Early bool `json:"early,omitempty"`
 }
 
-// phase holds n sessions on a fresh server process (the same data
-// directory), measures it, sends every device a message and accounts for
-// each one.
+// phase holds n sessions on fresh server processes (on the same data
+// directory, or the same cluster), measures them, sends every device a
+// message and accounts for each one.
 func (r *runner) phase(ctx context.Context, spec phaseSpec, n int) (pr phaseReport, err error) {
 	pr = phaseReport{Name: spec.String(), Devices: n}
 	name := "phase-" + pr.Name
-	srv, err := r.startServer(ctx, name)
+	if r.nats != nil && r.cfg.freshNATS {
+		r.say("phase %s: restarting the nats-servers", pr.Name)
+		if err := r.nats.restart(); err != nil {
+			return pr, err
+		}
+	}
+	ns, err := r.startNodes(ctx, name)
 	if err != nil {
 		return pr, err
 	}
-	defer srv.stop()
-	if pr.Before, err = srv.stats(); err != nil {
+	defer ns.stop()
+	nodes := make([]nodeReport, len(ns))
+	for i := range nodes {
+		nodes[i].Node = i + 1
+	}
+	for d := range n {
+		nodes[nodeOf(d, turnConnect, len(ns))].Devices++
+	}
+	// However the phase ends, the report has what it measured.
+	defer func() {
+		pr.serverReport = together(nodes, pr.Held)
+		if r.nats != nil {
+			pr.Nodes = nodes
+		}
+	}()
+	befores, err := ns.stats()
+	if err != nil {
 		return pr, err
 	}
-	if pr.ProbeFresh, err = r.memprobe(srv); err != nil {
+	for i, s := range ns {
+		nodes[i].Before = befores[i]
+		if nodes[i].ProbeFresh, err = r.memprobe(s); err != nil {
+			return pr, err
+		}
+	}
+	natsBefore, err := r.nats.sample(ctx)
+	if err != nil {
 		return pr, err
 	}
 	slabBefore := slabKiB()
-	c, err := startCrew(r.exe, r.job(srv), r.fleet.Devices[:n], 0, r.cfg.workers, r.work, name)
+	c, err := startCrew(r.exe, r.job(ns), r.fleet.Devices[:n], 0, r.cfg.workers, r.work, name)
 	if err != nil {
 		return pr, err
 	}
 	defer c.stop()
 	pr.Workers = len(c)
 
-	r.say("phase %s: connecting %d devices from %d workers", pr.Name, n, len(c))
+	r.say("phase %s: connecting %d devices from %d workers%s", pr.Name, n, len(c), r.spread(len(ns)))
 	source := r.sources()
-	answers, err := c.all(ctx, func(i int) command { return command{Op: opConnect, Source: source(i)} })
+	answers, err := c.all(ctx, func(i int) command { return command{Op: opConnect, Source: source(i), Turn: turnConnect} })
 	if err != nil {
 		return pr, err
 	}
@@ -335,6 +505,9 @@ func (r *runner) phase(ctx context.Context, spec phaseSpec, n int) (pr phaseRepo
 		held = append(held, a.Held...)
 	}
 	pr.Held = len(held)
+	for _, d := range held {
+		nodes[nodeOf(d, turnConnect, len(ns))].Held++
+	}
 	pr.WorkersRSSKiB = rssKiB(answers)
 	for _, a := range answers {
 		pr.TLS = cmp.Or(pr.TLS, a.TLS)
@@ -342,30 +515,45 @@ func (r *runner) phase(ctx context.Context, spec phaseSpec, n int) (pr phaseRepo
 	if err := sleep(ctx, r.cfg.settle); err != nil {
 		return pr, err
 	}
-	if pr.AtHold, err = srv.stats(); err != nil {
+	atHold, err := ns.stats()
+	if err != nil {
 		return pr, err
 	}
 	pr.SlabGrowthKiB = int64(slabKiB()) - int64(slabBefore)
-	pr.ConnectCPUSeconds = pr.AtHold.CPUSeconds - pr.Before.CPUSeconds
-	if pr.GC = srv.lastGC(); pr.GC != nil {
-		pr.GC.Early = pr.GC.at.Before(lastEnd(answers))
-	}
-	if pr.ProbeHeld, err = r.memprobe(srv); err != nil {
+	natsHeld, err := r.nats.sample(ctx)
+	if err != nil {
 		return pr, err
 	}
-	if pr.Held > 0 {
-		pr.PerConnKiB = (float64(pr.AtHold.RSSKiB) - float64(pr.Before.RSSKiB)) / float64(pr.Held)
-		pr.PerConnAnonKiB = (float64(pr.AtHold.AnonKiB) - float64(pr.Before.AnonKiB)) / float64(pr.Held)
+	var rss uint64
+	for i, s := range ns {
+		nd := &nodes[i]
+		nd.AtHold = atHold[i]
+		nd.ConnectCPUSeconds = nd.AtHold.CPUSeconds - nd.Before.CPUSeconds
+		if nd.GC = s.lastGC(); nd.GC != nil {
+			nd.GC.Early = nd.GC.at.Before(lastEnd(answers))
+		}
+		nd.perSession(nd.Held)
+		rss += nd.AtHold.RSSKiB
+	}
+	// Each probe collects garbage: after every node's RSS is read.
+	for i, s := range ns {
+		if nodes[i].ProbeHeld, err = r.memprobe(s); err != nil {
+			return pr, err
+		}
 	}
 	if spec.max {
-		pr.StoppedBy = stoppedBy(n, r.cfg.conns, pr.Connect, pr.Before, pr.AtHold)
+		pr.StoppedBy = stoppedBy(n, r.cfg.conns, pr.Connect, befores, atHold)
 	}
-	r.say("phase %s: %d sessions held (%.0f/s); server RSS %.1f MiB", pr.Name, pr.Held, pr.Connect.PerSecond, float64(pr.AtHold.RSSKiB)/1024)
+	rssOf := "server"
+	if r.nats != nil {
+		rssOf = "the nodes'"
+	}
+	r.say("phase %s: %d sessions held (%.0f/s); %s RSS %.1f MiB", pr.Name, pr.Held, pr.Connect.PerSecond, rssOf, float64(rss)/1024)
 	if pr.Held == 0 {
 		return pr, nil
 	}
 
-	dropped, err := r.makeRoom(ctx, srv, c, pr.AtHold)
+	dropped, err := r.makeRoom(ctx, ns, c, atHold)
 	if err != nil {
 		return pr, err
 	}
@@ -377,16 +565,21 @@ func (r *runner) phase(ctx context.Context, spec phaseSpec, n int) (pr phaseRepo
 	for i, d := range targets {
 		tokens[i] = r.fleet.Devices[d].Token
 	}
-	r.say("phase %s: sending one message to each of %d devices", pr.Name, len(targets))
+	r.say("phase %s: sending one message to each of %d devices%s", pr.Name, len(targets), r.spread(len(ns)))
 	sc := sendConfig{
-		base: srv.base(), key: r.fleet.Sender.ServerKey,
-		batch: r.cfg.batch, parallel: r.cfg.senders, payload: r.cfg.payload,
+		key: r.fleet.Sender.ServerKey, batch: r.cfg.batch, parallel: r.cfg.senders, payload: r.cfg.payload,
+	}
+	for _, s := range ns {
+		sc.bases = append(sc.bases, s.base())
 	}
 	if r.pki != nil {
 		sc.roots = r.pki.Pool
 	}
-	sent, st, sendStart, err := sendRound(ctx, sc, tokens, round)
-	pr.Send = st
+	sent, sendOn, sendStart, err := sendRound(ctx, sc, tokens, round)
+	pr.Send = mergeSends(sendOn)
+	for i := range nodes {
+		nodes[i].Send = sendOn[i]
+	}
 	if err != nil {
 		return pr, err
 	}
@@ -395,6 +588,12 @@ func (r *runner) phase(ctx context.Context, spec phaseSpec, n int) (pr phaseRepo
 		return pr, err
 	}
 	pr.Delivery = account(targets, sent, sendStart, answers)
+	targetsOn := make([]int, len(ns))
+	for i := range nodes {
+		t, s, a := onNode(i, len(ns), targets, sent, answers)
+		nodes[i].Delivery = account(t, s, sendStart, a)
+		targetsOn[i] = len(t)
+	}
 	// Every ack stored before the server is read, and before SIGQUIT ends
 	// it: an ack it had not stored would bring the message back next phase.
 	answers, err = c.all(ctx, func(int) command { return command{Op: opSync, Wait: r.cfg.deliverWait} })
@@ -402,86 +601,188 @@ func (r *runner) phase(ctx context.Context, spec phaseSpec, n int) (pr phaseRepo
 		return pr, err
 	}
 	pr.Unsynced = sumPass(answers).Failed
-	if pr.After, err = srv.stats(); err != nil {
+	after, err := ns.stats()
+	if err != nil {
 		return pr, err
 	}
-	if pr.GCAfter = srv.lastGC(); pr.GCAfter != nil {
-		pr.GCAfter.Early = pr.GCAfter.at.Before(lastEnd(answers))
+	for i, s := range ns {
+		nd := &nodes[i]
+		nd.After = after[i]
+		nd.SendCPU = nd.After.CPUSeconds - nd.AtHold.CPUSeconds
+		if nd.GCAfter = s.lastGC(); nd.GCAfter != nil {
+			nd.GCAfter.Early = nd.GCAfter.at.Before(lastEnd(answers))
+		}
 	}
-	if pr.ProbeAfter, err = r.memprobe(srv); err != nil {
+	for i, s := range ns {
+		if nodes[i].ProbeAfter, err = r.memprobe(s); err != nil {
+			return pr, err
+		}
+	}
+	natsAfter, err := r.nats.sample(ctx)
+	if err != nil {
 		return pr, err
 	}
-	pr.SendCPU = pr.After.CPUSeconds - pr.AtHold.CPUSeconds
-	if fi, err := os.Stat(filepath.Join(r.data, "server.db")); err == nil {
+	pr.NATS = r.nats.reports(natsBefore, natsHeld, natsAfter, pr.Held, r.fleet.registered(), r.cfg.freshNATS)
+	if pr.JetStream, err = r.nats.jetStream(ctx, r.fleet.registered()); err != nil {
+		return pr, err
+	}
+	if pr.JetStream != nil {
+		pr.StoreBytes = pr.JetStream.DiskBytes
+	} else if fi, err := os.Stat(filepath.Join(r.data, "server.db")); err == nil {
 		pr.StoreBytes = fi.Size()
 	}
 	r.say("phase %s: %d of %d messages acked", pr.Name, pr.Delivery.Delivered, pr.Delivery.Expected)
 	if r.cfg.goroutines {
-		g, err := srv.dumpGoroutines(2 * time.Minute)
-		if err != nil {
-			return pr, err
+		for i, s := range ns {
+			g, err := s.dumpGoroutines(2 * time.Minute)
+			if err != nil {
+				return pr, err
+			}
+			g.split(targetsOn[i])
+			nodes[i].Goroutines = &g
 		}
-		g.split(len(targets))
-		pr.Goroutines = &g
 	}
 	return pr, nil
 }
 
-// makeRoom closes sessions until the server has a file descriptor for
+// spread says, in progress lines, that the devices are spread over a
+// cluster's nodes.
+func (r *runner) spread(nodes int) string {
+	if r.nats == nil {
+		return ""
+	}
+	return fmt.Sprintf(" over %d nodes", nodes)
+}
+
+// who names node i in messages: the server, or node i of a cluster.
+func (r *runner) who(i int) string {
+	if r.nats == nil {
+		return "the server"
+	}
+	return fmt.Sprintf("node %d", i+1)
+}
+
+// onNode keeps, of a round's targets, what was sent to them and the
+// workers' answers, those of the devices whose sessions node holds.
+func onNode(node, nodes int, targets []int, sent []sentMessage, answers []answer) ([]int, []sentMessage, []answer) {
+	mine := func(d int) bool { return nodeOf(d, turnConnect, nodes) == node }
+	var t []int
+	var s []sentMessage
+	for i, d := range targets {
+		if mine(d) {
+			t = append(t, d)
+			s = append(s, sent[i])
+		}
+	}
+	var a answer
+	for _, ans := range answers {
+		for _, rc := range ans.Receipts {
+			if mine(rc.Device) {
+				a.Receipts = append(a.Receipts, rc)
+			}
+		}
+		for _, l := range ans.Lost {
+			if mine(l.Device) {
+				a.Lost = append(a.Lost, l)
+			}
+		}
+	}
+	return t, s, []answer{a}
+}
+
+// makeRoom closes sessions until each server has a file descriptor for
 // each of the sender's connections and one to spare, and waits until it
 // has them. It returns the devices whose sessions it closed.
-func (r *runner) makeRoom(ctx context.Context, srv *server, c crew, st procStats) ([]int, error) {
+func (r *runner) makeRoom(ctx context.Context, ns nodes, c crew, held []procStats) ([]int, error) {
 	need := r.cfg.senders + 1
-	short := need - (st.FDLimit - st.FDs)
-	if short <= 0 {
-		return nil, nil
-	}
 	var dropped []int
-	for i := len(c) - 1; i >= 0 && len(dropped) < short; i-- {
-		a, err := c[i].do(ctx, command{Op: opDrop, N: short - len(dropped)})
-		if err != nil {
+	for node, st := range held {
+		short := need - (st.FDLimit - st.FDs)
+		if short <= 0 {
+			continue
+		}
+		var closed []int
+		for i := len(c) - 1; i >= 0 && len(closed) < short; i-- {
+			a, err := c[i].do(ctx, command{Op: opDrop, Node: node, N: short - len(closed)})
+			if err != nil {
+				return append(dropped, closed...), err
+			}
+			closed = append(closed, a.Dropped...)
+		}
+		dropped = append(dropped, closed...)
+		r.say("closed %d sessions%s to leave the sender %d file descriptors", len(closed), r.onNode(node), need)
+		if err := r.awaitRoom(ctx, ns[node], node, need, len(closed)); err != nil {
 			return dropped, err
 		}
-		dropped = append(dropped, a.Dropped...)
 	}
-	r.say("closed %d sessions to leave the sender %d file descriptors", len(dropped), need)
-	// The server frees them once it has read the close, and accepts the
-	// handshakes it left waiting, which their dialers have given up.
+	return dropped, nil
+}
+
+// awaitRoom waits until s, node of ns, has need file descriptors free
+// once closed sessions were closed. It frees them once it has read the
+// closes, and accepts the handshakes it left waiting, which their dialers
+// have given up.
+func (r *runner) awaitRoom(ctx context.Context, s *server, node, need, closed int) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		now, err := srv.stats()
+		now, err := s.stats()
 		if err != nil {
-			return dropped, err
+			return err
 		}
 		if now.FDLimit-now.FDs >= need {
-			return dropped, nil
+			return nil
 		}
 		if time.Now().After(deadline) {
-			return dropped, fmt.Errorf("the server still has %d of %d file descriptors open 30 s after %d sessions closed", now.FDs, now.FDLimit, len(dropped))
+			return fmt.Errorf("%s still has %d of %d file descriptors open 30 s after %d sessions closed", r.who(node), now.FDs, now.FDLimit, closed)
 		}
 		if err := sleep(ctx, 100*time.Millisecond); err != nil {
-			return dropped, err
+			return err
 		}
 	}
 }
 
-// stoppedBy says what bounded the search for the most sessions.
-func stoppedBy(tried, conns int, connect passStats, before, held procStats) string {
+// stoppedBy says what bounded the search for the most sessions, on the
+// server or a cluster's nodes.
+func stoppedBy(tried, conns int, connect passStats, before, held []procStats) string {
 	if connect.Failed == 0 {
 		if tried >= conns {
-			return fmt.Sprintf("the -conns bound of %d: every session connected, with %d of the server's %d file descriptors open",
-				conns, held.FDs, held.FDLimit)
+			return fmt.Sprintf("the -conns bound of %d: every session connected, with %s", conns, filesOpen(held))
 		}
-		return fmt.Sprintf("nothing: all %d sessions tried connected, with %d of the server's %d file descriptors open",
-			tried, held.FDs, held.FDLimit)
+		return fmt.Sprintf("nothing: all %d sessions tried connected, with %s", tried, filesOpen(held))
 	}
-	if held.FDs >= held.FDLimit-1 {
-		return fmt.Sprintf("the server's open-file limit: it had %d of %d file descriptors open (%d of them before any device connected), "+
-			"and the %d handshakes beyond failed: %s. An accept that finds no free descriptor leaves the connection in the listen queue, and the device's handshake times out",
-			held.FDs, held.FDLimit, before.FDs, connect.Failed, connect.failureText())
+	var full []string
+	for i, h := range held {
+		if h.FDs < h.FDLimit-1 {
+			continue
+		}
+		who := "it"
+		if len(held) > 1 {
+			who = fmt.Sprintf("node %d", i+1)
+		}
+		full = append(full, fmt.Sprintf("%s had %d of %d file descriptors open (%d of them before any device connected)", who, h.FDs, h.FDLimit, before[i].FDs))
 	}
-	return fmt.Sprintf("%d handshakes failed (%s) with %d of the server's %d file descriptors open",
-		connect.Failed, connect.failureText(), held.FDs, held.FDLimit)
+	if len(full) > 0 {
+		limit := "the server's open-file limit"
+		if len(held) > 1 {
+			limit = "the nodes' open-file limits"
+		}
+		return fmt.Sprintf("%s: %s, and the %d handshakes beyond failed: %s. An accept that finds no free descriptor leaves the connection in the listen queue, and the device's handshake times out",
+			limit, strings.Join(full, "; "), connect.Failed, connect.failureText())
+	}
+	return fmt.Sprintf("%d handshakes failed (%s) with %s", connect.Failed, connect.failureText(), filesOpen(held))
+}
+
+// filesOpen says how many file descriptors the server, or each node, had
+// open.
+func filesOpen(held []procStats) string {
+	if len(held) == 1 {
+		return fmt.Sprintf("%d of the server's %d file descriptors open", held[0].FDs, held[0].FDLimit)
+	}
+	parts := make([]string, len(held))
+	for i, h := range held {
+		parts[i] = fmt.Sprintf("node %d %d of %d", i+1, h.FDs, h.FDLimit)
+	}
+	return "file descriptors open on the nodes: " + strings.Join(parts, ", ")
 }
 
 func without(all, drop []int) []int {

@@ -21,6 +21,14 @@ type procStats struct {
 	CPUSeconds float64 `json:"cpu_seconds"`
 }
 
+// plus adds o's figures to s's: the footprint of two processes.
+func (s procStats) plus(o procStats) procStats {
+	return procStats{
+		RSSKiB: s.RSSKiB + o.RSSKiB, HWMKiB: s.HWMKiB + o.HWMKiB, AnonKiB: s.AnonKiB + o.AnonKiB, FileKiB: s.FileKiB + o.FileKiB,
+		Threads: s.Threads + o.Threads, FDs: s.FDs + o.FDs, FDLimit: s.FDLimit + o.FDLimit, CPUSeconds: s.CPUSeconds + o.CPUSeconds,
+	}
+}
+
 func readProcStats(pid int) (procStats, error) {
 	st, err := procfs.Status(pid)
 	if err != nil {

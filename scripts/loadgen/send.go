@@ -19,7 +19,9 @@ import (
 // sendConfig says how a round of messages is sent: GCM's HTTP API,
 // multicast in batches, a few requests at a time.
 type sendConfig struct {
-	base     string // the server's http:// root
+	// bases are the servers' http:// roots: a cluster's nodes take the
+	// batches in turn.
+	bases    []string
 	key      string // the sender's server key
 	batch    int    // registration_ids per request, at most 1000
 	parallel int    // requests in flight
@@ -70,10 +72,37 @@ type gcmAnswer struct {
 	} `json:"results"`
 }
 
+// mergeSends sums the servers' stats of one round, which began at once.
+func mergeSends(per []sendStats) sendStats {
+	st := sendStats{Errors: map[string]int{}}
+	for _, p := range per {
+		st.Messages += p.Messages
+		st.Requests += p.Requests
+		st.Accepted += p.Accepted
+		st.Failed += p.Failed
+		for k, v := range p.Errors {
+			st.Errors[k] += v
+		}
+		st.Seconds = max(st.Seconds, p.Seconds)
+	}
+	if st.Seconds > 0 {
+		st.PerSecond = float64(st.Accepted) / st.Seconds
+	}
+	return st
+}
+
 // sendRound sends one message of round to every token and returns, in the
-// tokens' order, what became of each, and when the first request went out.
-func sendRound(ctx context.Context, c sendConfig, tokens []string, round string) ([]sentMessage, sendStats, time.Time, error) {
-	st := sendStats{Messages: len(tokens), Errors: map[string]int{}}
+// tokens' order, what became of each, what each server took (timed from
+// the round's first request), and when the first request went out.
+func sendRound(ctx context.Context, c sendConfig, tokens []string, round string) ([]sentMessage, []sendStats, time.Time, error) {
+	st := make([]sendStats, len(c.bases))
+	for i := range st {
+		st[i].Errors = map[string]int{}
+	}
+	// Batch b goes to server b mod the servers.
+	for b, lo := 0, 0; lo < len(tokens); b, lo = b+1, lo+c.batch {
+		st[b%len(st)].Messages += min(c.batch, len(tokens)-lo)
+	}
 	data, err := payloadData(round, c.payload)
 	if err != nil {
 		return nil, st, time.Time{}, err
@@ -91,29 +120,31 @@ func sendRound(ctx context.Context, c sendConfig, tokens []string, round string)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	start := time.Now()
-	var last time.Time
+	last := make([]time.Time, len(st))
 	for range max(c.parallel, 1) {
 		wg.Go(func() {
 			for lo := range batches {
 				hi := min(lo+c.batch, len(tokens))
+				server := lo / c.batch % len(st)
 				at := time.Now()
-				ids, err := sendBatch(ctx, client, c, tokens[lo:hi], data)
+				ids, err := sendBatch(ctx, client, c.bases[server], c.key, tokens[lo:hi], data)
 				done := time.Now()
 				mu.Lock()
-				st.Requests++
-				if done.After(last) {
-					last = done
+				s := &st[server]
+				s.Requests++
+				if done.After(last[server]) {
+					last[server] = done
 				}
 				for i := lo; i < hi; i++ {
 					out[i].at = at
 					switch {
 					case err != nil:
-						st.Errors[err.Error()]++
+						s.Errors[err.Error()]++
 					case ids[i-lo].err != "":
-						st.Errors[ids[i-lo].err]++
+						s.Errors[ids[i-lo].err]++
 					default:
 						out[i].id = ids[i-lo].id
-						st.Accepted++
+						s.Accepted++
 					}
 				}
 				mu.Unlock()
@@ -128,27 +159,30 @@ func sendRound(ctx context.Context, c sendConfig, tokens []string, round string)
 	}
 	close(batches)
 	wg.Wait()
-	st.Failed = st.Messages - st.Accepted
-	if d := last.Sub(start); d > 0 {
-		st.Seconds = d.Seconds()
-		st.PerSecond = float64(st.Accepted) / d.Seconds()
+	for i := range st {
+		st[i].Failed = st[i].Messages - st[i].Accepted
+		if d := last[i].Sub(start); d > 0 {
+			st[i].Seconds = d.Seconds()
+			st[i].PerSecond = float64(st[i].Accepted) / d.Seconds()
+		}
 	}
 	return out, st, start, ctx.Err()
 }
 
 type tokenResult struct{ id, err string }
 
-// sendBatch posts one multicast; an error is the request's as a whole.
-func sendBatch(ctx context.Context, client *http.Client, c sendConfig, tokens []string, data map[string]string) ([]tokenResult, error) {
+// sendBatch posts one multicast to the server at base, with the sender's
+// key; an error is the request's as a whole.
+func sendBatch(ctx context.Context, client *http.Client, base, key string, tokens []string, data map[string]string) ([]tokenResult, error) {
 	body, err := json.Marshal(map[string]any{"registration_ids": tokens, "data": data})
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/gcm/send", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/gcm/send", bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Authorization", "key="+c.key)
+	req.Header.Set("Authorization", "key="+key)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {

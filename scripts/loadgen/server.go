@@ -27,8 +27,11 @@ import (
 
 // serverConfig says how to start tether-server.
 type serverConfig struct {
-	bin      string // the tether-server binary
-	data     string // its data directory
+	bin  string // the tether-server binary
+	data string // its data directory
+	// nats, for a node of a cluster, is the NATS servers' URLs,
+	// comma-separated; empty for a server with its own store in data.
+	nats     string
 	logPath  string
 	logLevel string
 	// fdCap, when above 0, lowers the server's open-file limit to it.
@@ -72,6 +75,9 @@ func startServer(ctx context.Context, c serverConfig) (*server, error) {
 		"--reconnect-limit", "0", "--device-rate-limit", "0"}
 	if c.pki != nil {
 		args = append(args, "--tls-cert", c.pki.Cert, "--tls-key", c.pki.Key)
+	}
+	if c.nats != "" {
+		args = append(args, "--nats", c.nats)
 	}
 	cmd := exec.Command(c.bin, args...)
 	cmd.Env = append(os.Environ(),
@@ -424,11 +430,13 @@ type newSender struct {
 	ServerKey string `json:"server_key"`
 }
 
-// addSender creates the app server that sends the messages, in the data
-// directory of a server that is not running.
-func addSender(ctx context.Context, bin, data string) (newSender, error) {
+// addSender creates the app server that sends the messages in the store
+// that store names (--data DIR of a server that is not running, or
+// --nats URLS of a cluster).
+func addSender(ctx context.Context, bin string, store []string) (newSender, error) {
 	var out, errOut bytes.Buffer
-	cmd := exec.CommandContext(ctx, bin, "sender", "add", "--data", data, "--name", "loadgen", "--json")
+	args := append([]string{"sender", "add", "--name", "loadgen", "--json"}, store...)
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Run(); err != nil {
 		return newSender{}, fmt.Errorf("tether-server sender add: %w: %s", err, bytes.TrimSpace(errOut.Bytes()))

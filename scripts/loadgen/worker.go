@@ -45,6 +45,21 @@ const (
 
 func isWorker() bool { return os.Getenv(workerEnv) == "1" }
 
+// Turns of the steps of a device's life: on a cluster each goes to
+// another node (when there are three or more), so that a device checks in
+// through one node, registers through the next and holds its session on a
+// third, through the state they share.
+const (
+	turnConnect  = 0
+	turnCheckIn  = 1
+	turnRegister = 2
+)
+
+// nodeOf is the node, of nodes, that the device at fleet index d dials on
+// a step of turn: the devices are spread evenly, device by device, so
+// that every worker loads every node.
+func nodeOf(d, turn, nodes int) int { return (d + turn) % nodes }
+
 // device is one simulated device's identity, as the state file keeps it.
 // Secret and Token are secrets: they go to the state file (mode 0600) and
 // between the tool's own processes, never to a log or the report.
@@ -57,8 +72,10 @@ type device struct {
 // job is a worker's first line of input: the server and the devices it
 // plays.
 type job struct {
-	URL    string `json:"url"`
-	Sender string `json:"sender"`
+	// URLs are the servers' device endpoints: one, or a cluster's nodes,
+	// over which the devices are spread (nodeOf).
+	URLs   []string `json:"urls"`
+	Sender string   `json:"sender"`
 	// Heartbeat is announced in every hello and is the interval of the
 	// devices' pings.
 	Heartbeat        time.Duration `json:"heartbeat"`
@@ -77,7 +94,7 @@ const (
 	opCheckIn  = "checkin"  // check in the devices without an ID, then disconnect
 	opRegister = "register" // register the app on the devices without a token, then disconnect
 	opConnect  = "connect"  // open every device's session and hold it
-	opDrop     = "drop"     // close N held sessions
+	opDrop     = "drop"     // close N held sessions on node Node
 	opAwait    = "await"    // wait until every held device has a message of Round
 	// opSync pings every held session and waits for the pongs. The server
 	// answers a ping after it has handled every frame before it, so then
@@ -89,10 +106,14 @@ const (
 type command struct {
 	Op string `json:"op"`
 	// Source is the local address a pass dials from.
-	Source string        `json:"source,omitempty"`
-	N      int           `json:"n,omitempty"`
-	Round  string        `json:"round,omitempty"`
-	Wait   time.Duration `json:"wait,omitempty"`
+	Source string `json:"source,omitempty"`
+	// Turn picks the node each device of a pass dials (nodeOf).
+	Turn int `json:"turn,omitempty"`
+	// Node is the index in URLs of the node whose sessions drop closes.
+	Node  int           `json:"node,omitempty"`
+	N     int           `json:"n,omitempty"`
+	Round string        `json:"round,omitempty"`
+	Wait  time.Duration `json:"wait,omitempty"`
 }
 
 // answer is a worker's reply to one command.
@@ -198,6 +219,7 @@ type worker struct {
 // sim is a device's held session.
 type sim struct {
 	index int
+	node  int // the index in job.URLs of the server holding it
 	conn  *websocket.Conn
 
 	// Guarded by worker.mu.
@@ -206,7 +228,7 @@ type sim struct {
 	ended    bool
 	dropped  bool
 	why      string
-	synced   string // the payload of the last pong
+	synced   string // the payload of the last sync's pong
 }
 
 type roundReceipt struct {
@@ -238,15 +260,15 @@ func newWorker(j job) (*worker, error) {
 func (w *worker) do(c command) answer {
 	switch c.Op {
 	case opCheckIn:
-		a := w.pass(w.positions(func(d device) bool { return d.ID == "" }), c.Source, w.checkIn)
+		a := w.pass(w.positions(func(d device) bool { return d.ID == "" }), c, w.checkIn)
 		a.Devices = w.job.Devices
 		return a
 	case opRegister:
-		a := w.pass(w.positions(func(d device) bool { return d.ID != "" && d.Token == "" }), c.Source, w.register)
+		a := w.pass(w.positions(func(d device) bool { return d.ID != "" && d.Token == "" }), c, w.register)
 		a.Devices = w.job.Devices
 		return a
 	case opConnect:
-		a := w.pass(w.positions(func(device) bool { return true }), c.Source, w.connect)
+		a := w.pass(w.positions(func(device) bool { return true }), c, w.connect)
 		w.mu.Lock()
 		for _, s := range w.sims {
 			if s != nil {
@@ -257,7 +279,7 @@ func (w *worker) do(c command) answer {
 		w.mu.Unlock()
 		return a
 	case opDrop:
-		return answer{Dropped: w.drop(c.N)}
+		return answer{Dropped: w.drop(c.Node, c.N)}
 	case opAwait:
 		return w.await(c.Round, c.Wait)
 	case opSync:
@@ -277,14 +299,16 @@ func (w *worker) positions(want func(device) bool) []int {
 }
 
 // pass runs fn for the devices at positions todo, Concurrency at a time,
-// all dialling from source.
-func (w *worker) pass(todo []int, source string, fn func(d *websocket.Dialer, pos int) error) answer {
+// all dialling from c.Source, each the node its turn gives it. On a
+// cluster a failure is counted under its node.
+func (w *worker) pass(todo []int, c command, fn func(d *websocket.Dialer, node, pos int) error) answer {
 	a := answer{Failures: map[string]int{}, Start: time.Now()}
-	d, err := w.dialer(source)
+	d, err := w.dialer(c.Source)
 	if err != nil {
 		a.Err = err.Error()
 		return a
 	}
+	nodes := len(w.job.URLs)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, max(w.job.Concurrency, 1))
@@ -292,13 +316,18 @@ func (w *worker) pass(todo []int, source string, fn func(d *websocket.Dialer, po
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			err := fn(d, pos)
+			node := nodeOf(w.job.First+pos, c.Turn, nodes)
+			err := fn(d, node, pos)
 			now := time.Now()
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
+				why := describe(err)
+				if nodes > 1 {
+					why = fmt.Sprintf("node %d: %s", node+1, why)
+				}
 				a.Failed++
-				a.Failures[describe(err)]++
+				a.Failures[why]++
 				return
 			}
 			a.Done++
@@ -381,8 +410,9 @@ type refusedError struct{ what string }
 
 func (e *refusedError) Error() string { return "refused: " + e.what }
 
-// open dials the server and exchanges hello and welcome, as tetherd does.
-func (w *worker) open(d *websocket.Dialer, hello wire.Hello) (*websocket.Conn, wire.Welcome, error) {
+// open dials the server at the node's URL and exchanges hello and
+// welcome, as tetherd does.
+func (w *worker) open(d *websocket.Dialer, node int, hello wire.Hello) (*websocket.Conn, wire.Welcome, error) {
 	hello.Version = wire.Version
 	hello.Heartbeat = int(w.job.Heartbeat / time.Second)
 	hello.Agent = "loadgen"
@@ -392,7 +422,7 @@ func (w *worker) open(d *websocket.Dialer, hello wire.Hello) (*websocket.Conn, w
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), w.job.HandshakeTimeout)
 	defer cancel()
-	conn, resp, err := d.DialContext(ctx, w.job.URL, nil)
+	conn, resp, err := d.DialContext(ctx, w.job.URLs[node], nil)
 	if err != nil {
 		if resp != nil {
 			return nil, wire.Welcome{}, fail("dial", fmt.Errorf("HTTP %s: %w", resp.Status, err))
@@ -460,8 +490,8 @@ func leave(conn *websocket.Conn) {
 
 // checkIn checks the device at pos in: a hello without credentials, which
 // the server answers with a new device ID and secret.
-func (w *worker) checkIn(d *websocket.Dialer, pos int) error {
-	conn, welcome, err := w.open(d, wire.Hello{})
+func (w *worker) checkIn(d *websocket.Dialer, node, pos int) error {
+	conn, welcome, err := w.open(d, node, wire.Hello{})
 	if err != nil {
 		return err
 	}
@@ -474,9 +504,9 @@ func (w *worker) checkIn(d *websocket.Dialer, pos int) error {
 }
 
 // register registers the app of the device at pos with the sender.
-func (w *worker) register(d *websocket.Dialer, pos int) error {
+func (w *worker) register(d *websocket.Dialer, node, pos int) error {
 	dev := w.job.Devices[pos]
-	conn, _, err := w.open(d, wire.Hello{DeviceID: dev.ID, DeviceSecret: dev.Secret})
+	conn, _, err := w.open(d, node, wire.Hello{DeviceID: dev.ID, DeviceSecret: dev.Secret})
 	if err != nil {
 		return err
 	}
@@ -520,16 +550,16 @@ func (w *worker) register(d *websocket.Dialer, pos int) error {
 
 // connect opens the session of the device at pos and holds it: a reader
 // goroutine acks what comes, and a timer pings every heartbeat.
-func (w *worker) connect(d *websocket.Dialer, pos int) error {
+func (w *worker) connect(d *websocket.Dialer, node, pos int) error {
 	dev := w.job.Devices[pos]
 	if dev.Token == "" {
 		return fail("connect", errors.New("device has no registration"))
 	}
-	conn, _, err := w.open(d, wire.Hello{DeviceID: dev.ID, DeviceSecret: dev.Secret})
+	conn, _, err := w.open(d, node, wire.Hello{DeviceID: dev.ID, DeviceSecret: dev.Secret})
 	if err != nil {
 		return err
 	}
-	s := &sim{index: w.job.First + pos, conn: conn}
+	s := &sim{index: w.job.First + pos, node: node, conn: conn}
 	w.mu.Lock()
 	if w.closing {
 		w.mu.Unlock()
@@ -545,6 +575,12 @@ func (w *worker) connect(d *websocket.Dialer, pos int) error {
 	w.heard(s)
 	conn.SetPongHandler(func(data string) error {
 		w.heard(s)
+		// A heartbeat's pong, without payload, must not hide a sync's that
+		// came before it: a server whose acks take a while to store (a
+		// cluster's) answers the two close together.
+		if data == "" {
+			return nil
+		}
 		w.mu.Lock()
 		s.synced = data
 		w.mu.Unlock()
@@ -674,13 +710,13 @@ func (w *worker) end(s *sim, err error) {
 	w.signal()
 }
 
-// drop closes up to n held sessions, the last ones first, and returns
-// their devices.
-func (w *worker) drop(n int) []int {
+// drop closes up to n held sessions on node, the last ones first, and
+// returns their devices.
+func (w *worker) drop(node, n int) []int {
 	var out []*sim
 	w.mu.Lock()
 	for i := len(w.sims) - 1; i >= 0 && len(out) < n; i-- {
-		if s := w.sims[i]; s != nil && !s.ended && !s.dropped {
+		if s := w.sims[i]; s != nil && s.node == node && !s.ended && !s.dropped {
 			s.dropped = true
 			out = append(out, s)
 		}
