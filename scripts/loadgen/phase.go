@@ -207,7 +207,7 @@ func (r *runner) sources() func(i int) string {
 
 func (r *runner) job(ns nodes) job {
 	j := job{
-		Sender: r.fleet.Sender.ID, Heartbeat: r.cfg.heartbeat,
+		Sender: r.fleet.Sender.ID, Heartbeat: r.cfg.heartbeat, EnrollKey: enrollKey,
 		Concurrency: r.cfg.concurrency, HandshakeTimeout: r.cfg.handshakeTimeout,
 	}
 	for _, s := range ns {

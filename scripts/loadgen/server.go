@@ -61,6 +61,22 @@ type server struct {
 	dump *dumpParser // set once SIGQUIT is sent
 }
 
+// enrollKey is the fleet enrollment key of the servers the tool runs, and
+// maxHeartbeat their cap on the heartbeat a device announces (their
+// default).
+const (
+	enrollKey    = "loadgen-fleet-enrollment-key-0123456789"
+	maxHeartbeat = 30 * time.Minute
+)
+
+// perAddressLimits reports whether the tether-server at bin has the limits
+// on one client address (--sessions-per-ip and the rest): a build from
+// before them is measured as it is.
+func perAddressLimits(bin string) bool {
+	out, _ := exec.Command(bin, "serve", "--help").CombinedOutput()
+	return bytes.Contains(out, []byte("-sessions-per-ip"))
+}
+
 // listenLine finds the address in tether-server's "listening" log line.
 var listenLine = regexp.MustCompile(`msg=listening addr=(\S+)`)
 
@@ -69,10 +85,15 @@ func startServer(ctx context.Context, c serverConfig) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	args := []string{"serve", "--listen", "127.0.0.1:0", "--data", c.data, "--log-level", c.logLevel,
+	args := []string{"serve", "--listen", "127.0.0.1:0", "--data", c.data, "--log-level", c.logLevel, "--enroll-key", enrollKey,
 		// No limits but the machine's: every device connects several
 		// times a minute while provisioned, and a message goes to each.
 		"--reconnect-limit", "0", "--device-rate-limit", "0"}
+	// Every device comes from 127.0.0.1, as no fleet does: the limits on
+	// one address, in the builds that have them, are off.
+	if perAddressLimits(c.bin) {
+		args = append(args, "--checkin-limit", "0", "--enroll-failure-limit", "0", "--sessions-per-ip", "0", "--conns-per-ip", "0")
+	}
 	if c.pki != nil {
 		args = append(args, "--tls-cert", c.pki.Cert, "--tls-key", c.pki.Key)
 	}

@@ -87,6 +87,8 @@ type job struct {
 	// CAFile, for a wss:// URL, is the PEM file of the certificate
 	// authority to trust.
 	CAFile string `json:"ca_file,omitempty"`
+	// EnrollKey is the servers' fleet enrollment key.
+	EnrollKey string `json:"enroll_key"`
 }
 
 // Worker operations, one per command.
@@ -491,7 +493,7 @@ func leave(conn *websocket.Conn) {
 // checkIn checks the device at pos in: a hello without credentials, which
 // the server answers with a new device ID and secret.
 func (w *worker) checkIn(d *websocket.Dialer, node, pos int) error {
-	conn, welcome, err := w.open(d, node, wire.Hello{})
+	conn, welcome, err := w.open(d, node, wire.Hello{EnrollKey: w.job.EnrollKey})
 	if err != nil {
 		return err
 	}
