@@ -1,7 +1,7 @@
 // Package testpki makes a private certificate authority and a server
-// certificate for 127.0.0.1 signed by it, as PEM files, for tests that run
-// Tether over TLS. It is for tests only: keys are made fresh each time and
-// the certificates last a day.
+// certificate for 127.0.0.1 signed by it, and client certificates, as PEM
+// files, for tests that run Tether over TLS. It is for tests only: keys
+// are made fresh each time and the certificates last a day.
 package testpki
 
 import (
@@ -74,13 +74,53 @@ func Write(dir string) (Files, error) {
 	}
 	f := Files{CA: filepath.Join(dir, "ca.pem"), Cert: filepath.Join(dir, "server.pem"), Key: filepath.Join(dir, "server.key"), Pool: x509.NewCertPool()}
 	f.Pool.AddCert(ca)
-	for _, w := range []struct {
-		path, typ string
-		der       []byte
-	}{{f.CA, "CERTIFICATE", caDER}, {f.Cert, "CERTIFICATE", srvDER}, {f.Key, "EC PRIVATE KEY", keyDER}} {
-		if err := os.WriteFile(w.path, pem.EncodeToMemory(&pem.Block{Type: w.typ, Bytes: w.der}), 0o600); err != nil {
-			return Files{}, fmt.Errorf("write %s: %w", w.path, err)
-		}
+	if err := writePEM(f.CA, "CERTIFICATE", caDER); err != nil {
+		return Files{}, err
 	}
-	return f, nil
+	if err := writePEM(f.Cert, "CERTIFICATE", srvDER); err != nil {
+		return Files{}, err
+	}
+	return f, writePEM(f.Key, "EC PRIVATE KEY", keyDER)
+}
+
+// WriteClient creates a self-signed client certificate with common name
+// cn, and its key, in dir as cn.pem and cn.key: what a device presents
+// for mutual TLS, to a server that trusts the certificate itself or asks
+// for any.
+func WriteClient(dir, cn string) (cert, key string, err error) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", "", fmt.Errorf("test client key: %w", err)
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(3),
+		Subject:               pkix.Name{CommonName: cn},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		return "", "", fmt.Errorf("test client certificate: %w", err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		return "", "", fmt.Errorf("test client key: %w", err)
+	}
+	cert, key = filepath.Join(dir, cn+".pem"), filepath.Join(dir, cn+".key")
+	if err := writePEM(cert, "CERTIFICATE", der); err != nil {
+		return "", "", err
+	}
+	return cert, key, writePEM(key, "EC PRIVATE KEY", keyDER)
+}
+
+func writePEM(path, typ string, der []byte) error {
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }
