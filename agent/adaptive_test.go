@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"tether/store"
+	"tether/wire"
 )
 
 // blackholeProxy forwards TCP connections to a target and, like a NAT box
@@ -142,4 +143,76 @@ func TestAdaptiveHeartbeatSettlesUnderTheIdleTimeout(t *testing.T) {
 		kept, err := d.store.Heartbeat(unknownNetwork)
 		return err == nil && kept == learned
 	})
+}
+
+// The server's welcome may keep a session for less than the agent asks:
+// the agent pings within the welcome's heartbeat, whether its heartbeat
+// is fixed, set later, or learned, and probes no longer intervals.
+func TestHeartbeatWithinTheWelcome(t *testing.T) {
+	const allowed = 2 * time.Second
+	tests := []struct {
+		name  string
+		tweak func(c *Config)
+		// then runs on the connected agent.
+		then func(d *device)
+	}{
+		{"fixed, longer", func(c *Config) { c.Heartbeat = time.Hour }, func(*device) {}},
+		{"set longer later", func(c *Config) { c.Heartbeat = time.Second }, func(d *device) {
+			d.agent.Link().SetHeartbeat(time.Hour)
+			d.agent.announce()
+		}},
+		{"learned", func(c *Config) {
+			c.HeartbeatPolicy = &HeartbeatPolicy{Min: time.Second, Max: 28 * time.Minute, Start: time.Second, Growth: 2, Precision: 500 * time.Millisecond}
+		}, func(d *device) {
+			waitUntil(t, "the heartbeat search to end", func() bool {
+				_, _, probing := d.agent.nextProbe()
+				d.agent.condMu.Lock()
+				defer d.agent.condMu.Unlock()
+				return d.agent.learner.known.Good == allowed && !probing
+			})
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			p := newPeer(t)
+			p.set(func(p *peer) { p.welcomeHeartbeat = int(allowed / time.Second) })
+			d := newDevice(t, "", p.url, nil, tt.tweak).start()
+			pc := p.nextConn(t)
+			d.waitConnected(t)
+			tt.then(d)
+			if st := d.agent.Link().Stats(); st.Heartbeat > allowed {
+				t.Errorf("heartbeat %v, over the welcome's %v", st.Heartbeat, allowed)
+			}
+			last := time.Now()
+			for range 3 {
+				select {
+				case <-pc.pings:
+				case <-time.After(allowed + time.Second):
+					t.Fatalf("no ping within %v of the last", allowed+time.Second)
+				}
+				if gap := time.Since(last); gap > allowed+500*time.Millisecond {
+					t.Errorf("pings %v apart, over the welcome's %v", gap, allowed)
+				}
+				last = time.Now()
+			}
+			for _, h := range p.helloLog() {
+				if h.hello.Probe && h.hello.Heartbeat > int(allowed/time.Second) {
+					t.Errorf("a probe of %d s, over the welcome's %v", h.hello.Heartbeat, allowed)
+				}
+			}
+			for {
+				select {
+				case f := <-pc.frames:
+					var st wire.State
+					if f.Type == wire.TypeState && (f.Decode(&st) != nil || st.Heartbeat > int(allowed/time.Second)) {
+						t.Errorf("state frame %+v announces more than the welcome's %v", st, allowed)
+					}
+					continue
+				default:
+				}
+				break
+			}
+		})
+	}
 }

@@ -49,7 +49,19 @@ const (
 	// sweepGap is the least time between two sweeps of expired entries, so
 	// that messages expiring one after another cost one wake-up.
 	sweepGap = 10 * time.Second
+
+	// DefaultUserRegistrations is how many registrations one Unix user may
+	// hold when Config leaves it zero: plenty for the apps of one vendor,
+	// and a user who registers app IDs by the hundred leaves room for the
+	// others (the server allows a device 100).
+	DefaultUserRegistrations = 20
 )
+
+// DefaultQuota bounds the downstream messages the agent holds for apps
+// when Config leaves a bound zero: one app what GCM's server would hold
+// for it (100 messages, of up to 4 KiB of data each), all apps together
+// four times that, so that the store stays a few MiB on flash.
+var DefaultQuota = store.Quota{AppMessages: 100, AppBytes: 512 << 10, Bytes: 2 << 20}
 
 // Config configures an Agent.
 type Config struct {
@@ -59,13 +71,19 @@ type Config struct {
 	// optionally with a path prefix. The agent appends wire.Path. It dials
 	// them in turn from a random one (Link).
 	Servers []string
-	// TLS configures wss:// connections; nil means the system roots.
+	// TLS configures wss:// connections; nil means the system roots. A
+	// client certificate in it (Certificates or GetClientCertificate)
+	// identifies the device on every wss:// connection, and lets it check
+	// in without EnrollKey, anew too when the server no longer knows it.
 	TLS *tls.Config
 	// Insecure allows a ws:// server that is not on loopback. Over ws://
 	// the device secret, every token and every message cross the network
 	// in the clear, so New refuses such a server without it.
 	Insecure bool
-	// EnrollKey is sent at check-in when the server requires one.
+	// EnrollKey is sent at check-in when the server requires one. With it,
+	// or with a client certificate (TLS), a device whose credentials the
+	// server refuses, as when it lost the device's record, checks in anew
+	// and registers its apps again.
 	EnrollKey string
 	// Heartbeat is the ping interval (DefaultHeartbeat when zero), used
 	// until the first NetworkChanged when HeartbeatPolicy is set, and
@@ -80,6 +98,15 @@ type Config struct {
 	// only Unix user who may register them (root registers them for that
 	// user). Other app IDs belong to whoever registers them first.
 	AppOwners map[string]uint32
+	// UserRegistrations is how many registrations one Unix user may hold
+	// (DefaultUserRegistrations when zero), so that one user cannot take
+	// the device's share at the server from the others. Root and the apps
+	// of AppOwners are not counted.
+	UserRegistrations int
+	// Quota bounds the downstream messages held for apps (DefaultQuota's
+	// bound where one is zero); past it, an app's oldest messages go, and
+	// the app is told how many (deleted_messages).
+	Quota store.Quota
 	// PongWait (DefaultPongWait when zero).
 	PongWait time.Duration
 	// MinBackoff and MaxBackoff bound the reconnection delay (the defaults
@@ -119,6 +146,14 @@ type Agent struct {
 	onStatus  func()
 	policy    *HeartbeatPolicy // nil: fixed heartbeat
 	appOwners map[string]uint32
+	userRegs  int
+	quota     store.Quota
+	// canEnroll says that the device can check in without credentials:
+	// it has an enrollment key or a client certificate.
+	canEnroll bool
+	// refusals is what the link's goroutine, alone, keeps of the server's
+	// refusals of hello.
+	refusals refusals
 
 	// condMu guards what the platform watchers tell the agent.
 	condMu    sync.Mutex
@@ -137,6 +172,13 @@ type Agent struct {
 	// sooner than it planned for.
 	expiryChanged chan struct{}
 
+	// regMu makes counting a user's registrations and claiming one more
+	// one step (claimRegistration).
+	regMu sync.Mutex
+	// registering counts, by Unix user, the new registrations waiting for
+	// the server, which count against the user's limit.
+	registering map[uint32]int
+
 	// inboxMu makes reading held messages and handing them to a listener
 	// one step, and storing an app's ack and freeing its window another,
 	// so that an ack cannot fall between a read and its delivery (which
@@ -153,10 +195,13 @@ type Agent struct {
 	// deferred holds the normal-priority upstream messages kept back in
 	// low power mode.
 	deferred map[outboxKey]bool
-	subs     map[string]*subscription // by app
-	running  bool
-	stopped  bool
-	subsDone sync.WaitGroup
+	// restoring is set while the session registers the apps again after a
+	// new check-in: upstream messages wait for it (restore).
+	restoring bool
+	subs      map[string]*subscription // by app
+	running   bool
+	stopped   bool
+	subsDone  sync.WaitGroup
 }
 
 var _ ipc.Backend = (*Agent)(nil)
@@ -213,6 +258,16 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Name == "" {
 		cfg.Name = "tetherd"
 	}
+	if cfg.UserRegistrations < 0 {
+		return nil, fmt.Errorf("agent: %d registrations per user: want at least 1", cfg.UserRegistrations)
+	}
+	if cfg.UserRegistrations == 0 {
+		cfg.UserRegistrations = DefaultUserRegistrations
+	}
+	cfg.Quota = withDefaults(cfg.Quota)
+	if err := cfg.Quota.Check(); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 	var a *Agent
 	link, err := NewLink(LinkConfig{
 		OnSessionEnd: func(reason string, heartbeat time.Duration) { a.sessionEnded(reason, heartbeat) },
@@ -242,6 +297,10 @@ func New(cfg Config) (*Agent, error) {
 		onStatus:      cfg.OnStatusChange,
 		policy:        cfg.HeartbeatPolicy,
 		appOwners:     cfg.AppOwners,
+		userRegs:      cfg.UserRegistrations,
+		quota:         cfg.Quota,
+		canEnroll:     cfg.EnrollKey != "" || hasClientCert(cfg.TLS),
+		registering:   map[uint32]int{},
 		routeUp:       true,
 		network:       unknownNetwork,
 		powerMode:     cfg.PowerMode,
@@ -258,6 +317,25 @@ func New(cfg Config) (*Agent, error) {
 		a.useNetwork(unknownNetwork)
 	}
 	return a, nil
+}
+
+// withDefaults is q with DefaultQuota's bound where q has none.
+func withDefaults(q store.Quota) store.Quota {
+	if q.AppMessages == 0 {
+		q.AppMessages = DefaultQuota.AppMessages
+	}
+	if q.AppBytes == 0 {
+		q.AppBytes = DefaultQuota.AppBytes
+	}
+	if q.Bytes == 0 {
+		q.Bytes = max(DefaultQuota.Bytes, q.AppBytes)
+	}
+	return q
+}
+
+// hasClientCert reports whether c presents a client certificate.
+func hasClientCert(c *tls.Config) bool {
+	return c != nil && (len(c.Certificates) > 0 || c.GetClientCertificate != nil)
 }
 
 // Endpoint turns a server URL as a user gives it into the WebSocket URL of

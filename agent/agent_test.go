@@ -324,8 +324,8 @@ func TestMessageForNoRegistrationAckedNotKept(t *testing.T) {
 }
 
 func TestListenWindowAndRedelivery(t *testing.T) {
-	_, d, pc := onlineWithApp(t, nil)
 	const total = Window + 50
+	_, d, pc := onlineWithApp(t, nil, func(c *Config) { c.Quota.AppMessages = total })
 	var ids []string
 	for i := range total {
 		ids = append(ids, fmt.Sprintf("m%03d", i))

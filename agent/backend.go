@@ -24,9 +24,10 @@ func (a *Agent) Register(ctx context.Context, c ipc.Caller, app, sender string) 
 		return "", invalid("register", err)
 	}
 	owner := c.UID
+	reserved, isReserved := a.appOwners[app]
 	switch bound, err := a.store.Owner(app); {
 	case errors.Is(err, store.ErrNotFound):
-		if reserved, ok := a.appOwners[app]; ok {
+		if isReserved {
 			if reserved != c.UID && !c.IsRoot() {
 				return "", fmt.Errorf("register: app %q is reserved for another user: %w", app, ipc.ErrPermission)
 			}
@@ -45,12 +46,51 @@ func (a *Agent) Register(ctx context.Context, c ipc.Caller, app, sender string) 
 	case !errors.Is(err, store.ErrNotFound):
 		return "", fmt.Errorf("register: %w: %w", ipc.ErrStorage, err)
 	}
+	if !c.IsRoot() && !isReserved {
+		release, err := a.claimRegistration(owner)
+		if err != nil {
+			return "", fmt.Errorf("register app %q sender %q: %w", app, sender, err)
+		}
+		defer release()
+	}
 	req := &request{kind: wire.TypeRegister, reg: store.Registration{App: app, Sender: sender, Owner: owner}}
 	res := a.roundTrip(ctx, req, wire.Register{App: app, Sender: sender})
 	if res.err != nil {
 		return "", fmt.Errorf("register app %q sender %q: %w", app, sender, res.err)
 	}
 	return res.token, nil
+}
+
+// claimRegistration counts one more registration for Unix user uid, or
+// fails with ipc.ErrTooManyRegistrations when the user already has the
+// most allowed one user: those in the store (apps reserved in AppOwners
+// aside, as their users are chosen) and those on their way to the server.
+// The claim lasts until release, by when a registration the server
+// granted is in the store.
+func (a *Agent) claimRegistration(uid uint32) (release func(), err error) {
+	a.regMu.Lock()
+	defer a.regMu.Unlock()
+	regs, err := a.store.Registrations()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ipc.ErrStorage, err)
+	}
+	held := a.registering[uid]
+	for _, reg := range regs {
+		if _, reserved := a.appOwners[reg.App]; reg.Owner == uid && !reserved {
+			held++
+		}
+	}
+	if held >= a.userRegs {
+		return nil, fmt.Errorf("user %d has %d registrations, the most one user may have: %w", uid, held, ipc.ErrTooManyRegistrations)
+	}
+	a.registering[uid]++
+	return func() {
+		a.regMu.Lock()
+		defer a.regMu.Unlock()
+		if a.registering[uid]--; a.registering[uid] == 0 {
+			delete(a.registering, uid)
+		}
+	}, nil
 }
 
 // Unregister drops the registration of (app, sender) on the server and then
@@ -123,7 +163,7 @@ func (a *Agent) Listen(ctx context.Context, c ipc.Caller, app string, l ipc.List
 		wakeup:       make(chan struct{}, 1),
 		stop:         make(chan struct{}),
 		inflight:     map[string]bool{},
-		checkDropped: true,
+		checkNotices: true,
 	}
 	a.mu.Lock()
 	if a.stopped {

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -24,9 +26,11 @@ type subscription struct {
 	// Window of them.
 	inflight map[string]bool
 	// cursor is the inbox sequence number of the last message delivered.
-	cursor       uint64
-	results      []ipc.SendResult
-	checkDropped bool
+	cursor  uint64
+	results []ipc.SendResult
+	// checkNotices asks the loop to look for what the store keeps for
+	// the app to be told: new tokens, and counts of messages dropped.
+	checkNotices bool
 }
 
 func (s *subscription) wake() {
@@ -67,25 +71,41 @@ func (a *Agent) deliverLoop(s *subscription) {
 	}
 }
 
-// deliver hands the listener its upstream results, the count of messages
-// that expired unread, and held messages up to the window.
+// deliver hands the listener its upstream results, its new tokens, the
+// count of messages dropped unread, and held messages up to the window.
+// The notices are kept in the store until the loop takes them, so that an
+// app that is not listening when they happen hears of them when it
+// listens again.
 func (a *Agent) deliver(s *subscription) {
 	s.mu.Lock()
-	results, checkDropped := s.results, s.checkDropped
-	s.results, s.checkDropped = nil, false
+	results, checkNotices := s.results, s.checkNotices
+	s.results, s.checkNotices = nil, false
 	s.mu.Unlock()
 	for _, r := range results {
 		s.l.SendResult(r)
 	}
-	if checkDropped {
-		switch n, err := a.store.TakeDropped(s.app); {
-		case err != nil:
-			a.log.Error("read count of expired messages", "app", s.app, "err", err)
-		case n > 0:
-			s.l.DeletedMessages(n)
-		}
+	if checkNotices {
+		a.deliverNotices(s)
 	}
 	for a.deliverHeld(s) {
+	}
+}
+
+// deliverNotices tells the listener of its app's new tokens, sender by
+// sender, then how many messages were dropped before it had them.
+func (a *Agent) deliverNotices(s *subscription) {
+	tokens, err := a.store.TakeRefreshed(s.app)
+	if err != nil {
+		a.log.Error("read refreshed tokens", "app", s.app, "err", err)
+	}
+	for _, sender := range slices.Sorted(maps.Keys(tokens)) {
+		s.l.TokenRefreshed(sender, tokens[sender])
+	}
+	switch n, err := a.store.TakeDropped(s.app); {
+	case err != nil:
+		a.log.Error("read count of dropped messages", "app", s.app, "err", err)
+	case n > 0:
+		s.l.DeletedMessages(n)
 	}
 }
 
@@ -139,9 +159,10 @@ func (a *Agent) wake(app string) {
 }
 
 // forget frees the window room of messages that are no longer held
-// (acknowledged, expired or dropped); expired ones are counted for the
-// app's next DeletedMessages.
-func (a *Agent) forget(app string, ids []string, expired bool) {
+// (acknowledged, expired or dropped), and wakes the app's listener; with
+// notices, the store has something for the app to be told (messages
+// dropped unread, a new token).
+func (a *Agent) forget(app string, ids []string, notices bool) {
 	a.mu.Lock()
 	s := a.subs[app]
 	a.mu.Unlock()
@@ -152,8 +173,8 @@ func (a *Agent) forget(app string, ids []string, expired bool) {
 	for _, id := range ids {
 		delete(s.inflight, id)
 	}
-	if expired {
-		s.checkDropped = true
+	if notices {
+		s.checkNotices = true
 	}
 	s.mu.Unlock()
 	s.wake()

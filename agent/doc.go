@@ -20,7 +20,10 @@
 // to live runs out (then the app is told how many it missed, as GCM's
 // deleted_messages). Every message is held at least a few seconds after
 // receipt, so a "now or never" message (TTL 0) still reaches an app that
-// is listening.
+// is listening. What the store holds is bounded per app and in all
+// (Config.Quota): past it an app's oldest messages go, in the transaction
+// that stores the new ones, and the app is told how many, so that no app
+// fills the store for the others and no session ends for want of room.
 //
 // Upstream: Send stores the message first (at most MaxPending per app),
 // sends it while connected, and sends it again after every reconnection
@@ -29,9 +32,17 @@
 //
 // Registrations: a known (app, sender) is answered from the store, offline
 // included. An app ID belongs to the Unix user who registered it first;
-// only that user and root may act for it. Unregister drops the token and
-// the held messages from that sender; the app stays bound to its user, and
-// its messages from other senders stay.
+// only that user and root may act for it, and one user may hold at most
+// Config.UserRegistrations. Unregister drops the token and the held
+// messages from that sender; the app stays bound to its user, and its
+// messages from other senders stay.
+//
+// A server that refuses the device's credentials twice in a row no longer
+// knows the device (enroll.go). With an enrollment key or a client
+// certificate the agent checks in anew, registers every app again before
+// it sends upstream, and tells each app its new tokens; without, or when
+// the device was revoked, it says so once and dials only about every
+// longest backoff.
 //
 // The agent drives heartbeats (WebSocket pings), so that a device on a
 // metered or battery-powered link decides how often its radio wakes up;

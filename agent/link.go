@@ -46,6 +46,13 @@ type Handler interface {
 	// once s.Frames is closed (the connection is gone) or ctx is done (the
 	// link is closing the session).
 	Serve(ctx context.Context, s *Session)
+	// Refused is told that the server answered hello with an error frame
+	// (unauthorized, revoked) in place of the welcome. It returns true when
+	// the next hello will be another (the handler changed what it
+	// presents), and the link dials after its usual backoff; false holds
+	// the link off for about its longest backoff, whatever wakes it, since
+	// the same hello would be refused the same way.
+	Refused(hello wire.Hello, e wire.Error) bool
 }
 
 // LinkConfig configures a Link.
@@ -290,6 +297,18 @@ func (l *Link) GoAway(d time.Duration, server string) {
 	l.redirect = next
 }
 
+// holdOff keeps the link from dialling for about its longest backoff (a
+// random time between half of it and all of it, so that a fleet refused
+// together comes back apart), for a server that would refuse the same
+// hello again: a hammering device helps nobody, and an operator has to
+// act first.
+func (l *Link) holdOff() {
+	limit := l.cfg.MaxBackoff
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.notBefore = time.Now().Add(limit/2 + rand.N(limit/2+1))
+}
+
 // SetHeartbeat changes the ping interval, for the current session at once
 // and for later ones. The caller tells the server (a state frame), whose
 // idle timeout must follow.
@@ -314,7 +333,7 @@ func (l *Link) Run(ctx context.Context, h Handler) error {
 		if !l.waitRelease(ctx) {
 			return nil
 		}
-		if !l.waitGoAway(ctx) {
+		if !l.waitNotBefore(ctx) {
 			return nil
 		}
 		select { // a kick from before this attempt is served by it
@@ -392,16 +411,16 @@ func (l *Link) nextTarget() target {
 	return t
 }
 
-// waitGoAway waits out the delay a server asked for; false when ctx is
-// done.
-func (l *Link) waitGoAway(ctx context.Context) bool {
+// waitNotBefore waits out the delay a server asked for (GoAway) or a
+// refusal calls for (holdOff); false when ctx is done.
+func (l *Link) waitNotBefore(ctx context.Context) bool {
 	l.mu.Lock()
 	wait := time.Until(l.notBefore)
 	l.mu.Unlock()
 	if wait <= 0 {
 		return true
 	}
-	l.log.Info("server asked to wait before dialling", "wait", wait.Round(time.Second))
+	l.log.Info("waiting before dialling again", "wait", wait.Round(time.Second))
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
@@ -485,6 +504,9 @@ func (l *Link) connect(ctx context.Context, h Handler, t target) (time.Duration,
 		if ga, ok := errors.AsType[*goAwayError](err); ok {
 			l.GoAway(ga.after, ga.server)
 		}
+		if r, ok := errors.AsType[*refusedError](err); ok && !h.Refused(hello, r.e) {
+			l.holdOff()
+		}
 		return 0, err
 	}
 
@@ -549,6 +571,11 @@ func (e *goAwayError) Error() string {
 	return fmt.Sprintf("server asked to come back in %v: %s", e.after, e.reason)
 }
 
+// refusedError is the server's error frame in place of a welcome.
+type refusedError struct{ e wire.Error }
+
+func (e *refusedError) Error() string { return "server refused hello: " + e.e.String() }
+
 // exchangeHello writes hello and reads the welcome, both under deadlines
 // that ctx can cut short.
 func exchangeHello(ctx context.Context, conn *websocket.Conn, hello []byte) (wire.Welcome, error) {
@@ -580,7 +607,7 @@ func exchangeHello(ctx context.Context, conn *websocket.Conn, hello []byte) (wir
 		if err := f.Decode(&e); err != nil {
 			return wire.Welcome{}, fmt.Errorf("read welcome: %w", err)
 		}
-		return wire.Welcome{}, fmt.Errorf("server refused hello: %s", e)
+		return wire.Welcome{}, &refusedError{e}
 	}
 	var w wire.Welcome
 	if err := f.Decode(&w); err != nil {
@@ -601,6 +628,9 @@ type Session struct {
 	pongWait  time.Duration
 	pings     *atomic.Uint64 // the link's count of heartbeats sent
 	heartbeat atomic.Int64   // time.Duration
+	// allowed is the longest heartbeat the server keeps the session for
+	// (the welcome's), zero when it set none.
+	allowed time.Duration
 	// awaiting is set while the read deadline of a ping is armed: a
 	// later ping must not push it back, or a heartbeat shorter than the
 	// pong wait would keep a dead connection forever.
@@ -630,13 +660,21 @@ func newSession(conn *websocket.Conn, w wire.Welcome, heartbeat, pongWait time.D
 		stopping:  make(chan struct{}),
 		readDone:  make(chan struct{}),
 		writeDone: make(chan struct{}),
+		allowed:   time.Duration(w.Heartbeat) * time.Second,
 	}
-	// The server's welcome may hold the session for less than asked.
-	if allowed := time.Duration(w.Heartbeat) * time.Second; allowed > 0 && heartbeat > allowed {
-		heartbeat = allowed
-	}
-	s.heartbeat.Store(int64(heartbeat))
+	s.heartbeat.Store(int64(s.capped(heartbeat)))
 	return s
+}
+
+// capped is heartbeat d as the session may use it: the server's welcome
+// may hold the session for less than the agent asks, in hello or later
+// (a learned heartbeat, a state frame), and a ping after that would come
+// to a session the server has closed.
+func (s *Session) capped(d time.Duration) time.Duration {
+	if s.allowed > 0 && d > s.allowed {
+		return s.allowed
+	}
+	return d
 }
 
 // Welcome is the server's answer to hello.
@@ -672,7 +710,7 @@ func (s *Session) Send(ctx context.Context, frame []byte) error {
 func (s *Session) interval() time.Duration { return time.Duration(s.heartbeat.Load()) }
 
 func (s *Session) setHeartbeat(d time.Duration) {
-	s.heartbeat.Store(int64(d))
+	s.heartbeat.Store(int64(s.capped(d)))
 	select {
 	case s.hbChanged <- struct{}{}:
 	default:

@@ -12,8 +12,8 @@ import (
 // server repeats it in the next sessions, which come well within this.
 const noticeMemory = 7 * 24 * time.Hour
 
-// tokenRefreshed stores a token the server rotated, tells the app's
-// listener, and acks the notice.
+// tokenRefreshed stores a token the server rotated, for the app's listener
+// to be told, and acks the notice.
 func (r *sessionRun) tokenRefreshed(ctx context.Context, f wire.Frame) {
 	a := r.a
 	var n wire.TokenRefresh
@@ -27,16 +27,11 @@ func (r *sessionRun) tokenRefreshed(ctx context.Context, f wire.Frame) {
 		a.log.Error("token refresh not stored", "app", n.App, "sender", n.Sender, "err", err)
 		return
 	}
+	r.send(ctx, "", wire.Ack{IDs: []string{n.ID}})
 	if changed {
 		a.log.Info("token refreshed", "app", n.App, "sender", n.Sender)
-		a.mu.Lock()
-		sub := a.subs[n.App]
-		a.mu.Unlock()
-		if sub != nil {
-			sub.l.TokenRefreshed(n.Sender, n.Token)
-		}
+		a.forget(n.App, nil, true) // the listener tells the app
 	}
-	r.send(ctx, "", wire.Ack{IDs: []string{n.ID}})
 }
 
 // deletedMessages counts messages the server dropped for an app, acks the

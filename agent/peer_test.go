@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -53,6 +55,35 @@ type peer struct {
 	// goAway, when set, answers hellos instead of a welcome, on every node
 	// but the one it names.
 	goAway *wire.GoAway
+	// enrollKey, when set, is required for a check-in without a client
+	// certificate.
+	enrollKey string
+	// clientAuth is asked of the agent by the TLS nodes added from then on.
+	clientAuth tls.ClientAuthType
+	// revoked devices are refused with CodeRevoked.
+	revoked map[string]bool
+	// tokens gives the token of a registration; peerToken's when nil.
+	tokens func(device, app, sender string) string
+	// registerGate, when set, holds each answer to a register until it
+	// is closed; the peer reads on meanwhile.
+	registerGate chan struct{}
+	// hellos records every hello, probes and refused ones included, and
+	// when it came.
+	hellos []peerHello
+}
+
+// peerHello is one hello as the peer received it.
+type peerHello struct {
+	hello wire.Hello
+	at    time.Time
+	// cert is the common name of the client certificate, if any.
+	cert string
+}
+
+func (p *peer) helloLog() []peerHello {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.hellos)
 }
 
 func newPeer(t *testing.T) *peer {
@@ -65,13 +96,14 @@ func newPeer(t *testing.T) *peer {
 
 // addNode serves the peer on ln as well (a new listener on 127.0.0.1
 // when nil), over TLS if asked; its URL is http:// or https://.
-func (p *peer) addNode(ln net.Listener, tls bool) *httptest.Server {
+func (p *peer) addNode(ln net.Listener, useTLS bool) *httptest.Server {
 	srv := httptest.NewUnstartedServer(p.mux)
 	if ln != nil {
 		srv.Listener.Close()
 		srv.Listener = ln
 	}
-	if tls {
+	if useTLS {
+		srv.TLS = &tls.Config{ClientAuth: p.clientAuth}
 		srv.StartTLS()
 	} else {
 		srv.Start()
@@ -96,7 +128,9 @@ func (p *peer) checkinCount() int {
 type peerConn struct {
 	ws *websocket.Conn
 	// node is the address the agent reached, host:port.
-	node   string
+	node string
+	// device is the ID the peer welcomed the connection as.
+	device string
 	hello  wire.Hello
 	frames chan wire.Frame // every frame the agent sent after hello
 	out    chan []byte
@@ -128,20 +162,33 @@ func (p *peer) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	welcome := wire.Welcome{Version: wire.Version}
 	p.mu.Lock()
+	ph := peerHello{hello: hello, at: time.Now()}
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		ph.cert = r.TLS.PeerCertificates[0].Subject.CommonName
+	}
+	p.hellos = append(p.hellos, ph)
 	welcome.Heartbeat = p.welcomeHeartbeat
-	if hello.DeviceID == "" {
+	var refusal *wire.Error
+	switch {
+	case hello.DeviceID == "" && p.enrollKey != "" && hello.EnrollKey != p.enrollKey && ph.cert == "":
+		refusal = &wire.Error{Code: wire.CodeUnauthorized, Message: "check-in needs the enrollment key"}
+	case hello.DeviceID == "":
 		p.checkins++
 		welcome.DeviceID = fmt.Sprintf("dev-%d", p.checkins)
 		welcome.DeviceSecret = fmt.Sprintf("secret-%d", p.checkins)
 		p.devices[welcome.DeviceID] = welcome.DeviceSecret
-	} else {
+	case p.revoked[hello.DeviceID]:
+		refusal = &wire.Error{Code: wire.CodeRevoked, Message: "the device was revoked"}
+	case p.devices[hello.DeviceID] != hello.DeviceSecret:
+		refusal = &wire.Error{Code: wire.CodeUnauthorized, Message: "unknown device"}
+	default:
 		welcome.DeviceID = hello.DeviceID
-		if p.devices[hello.DeviceID] != hello.DeviceSecret {
-			p.mu.Unlock()
-			frame, _ := wire.Encode("", wire.Error{Code: wire.CodeUnauthorized, Message: "unknown device"})
-			ws.WriteMessage(websocket.TextMessage, frame)
-			return
-		}
+	}
+	if refusal != nil {
+		p.mu.Unlock()
+		frame, _ := wire.Encode("", *refusal)
+		ws.WriteMessage(websocket.TextMessage, frame)
+		return
 	}
 	gate, deaf, goAway := p.gate, p.deaf, p.goAway
 	p.mu.Unlock()
@@ -168,7 +215,7 @@ func (p *peer) serve(w http.ResponseWriter, r *http.Request) {
 	}
 
 	pc := &peerConn{
-		ws: ws, node: node, hello: hello,
+		ws: ws, node: node, device: welcome.DeviceID, hello: hello,
 		frames: make(chan wire.Frame, 1024),
 		out:    make(chan []byte, 1024),
 		pings:  make(chan struct{}, 64),
@@ -229,7 +276,25 @@ func (p *peer) answer(pc *peerConn, f wire.Frame) {
 			p.t.Errorf("peer: bad register: %v", err)
 			return
 		}
-		pc.send(f.Ref, wire.Registered{App: r.App, Sender: r.Sender, Token: peerToken(r.App, r.Sender)})
+		token := peerToken(r.App, r.Sender)
+		p.mu.Lock()
+		if p.tokens != nil {
+			token = p.tokens(pc.device, r.App, r.Sender)
+		}
+		gate := p.registerGate
+		p.mu.Unlock()
+		answer := func() { pc.send(f.Ref, wire.Registered{App: r.App, Sender: r.Sender, Token: token}) }
+		if gate == nil {
+			answer()
+			return
+		}
+		go func() {
+			select {
+			case <-gate:
+				answer()
+			case <-pc.done:
+			}
+		}()
 	case wire.TypeUnregister:
 		var u wire.Unregister
 		if err := f.Decode(&u); err != nil {

@@ -35,8 +35,12 @@ func (l *Link) Probe(ctx context.Context, hello wire.Hello, d time.Duration) (he
 	}
 	defer conn.Close()
 	conn.SetReadLimit(wire.MaxFrameSize)
-	if _, err := exchangeHello(ctx, conn, frame); err != nil {
+	w, err := exchangeHello(ctx, conn, frame)
+	if err != nil {
 		return false, fmt.Errorf("probe: %w", err)
+	}
+	if allowed := time.Duration(w.Heartbeat) * time.Second; allowed > 0 && d > allowed {
+		return false, fmt.Errorf("probe: the server keeps a connection idle for at most %v, not %v", allowed, d)
 	}
 
 	pong := make(chan struct{}, 1)
@@ -138,15 +142,21 @@ func (a *Agent) probeLoop(ctx context.Context) {
 	}
 }
 
-// nextProbe is the interval to probe on the current network, if any.
+// nextProbe is the interval to probe on the current network, if any. The
+// server's bound on the heartbeat (its welcome's) bounds the search: a
+// probe idle for longer would be closed by the server and tell nothing
+// about the network.
 func (a *Agent) nextProbe() (time.Duration, string, bool) {
-	connected := a.currentSession() != nil
+	s := a.currentSession()
 	a.condMu.Lock()
 	defer a.condMu.Unlock()
-	if a.learner == nil || a.probeBlocked || a.powerMode == PowerLow || !a.routeUp || !connected {
+	if a.learner == nil || a.probeBlocked || a.powerMode == PowerLow || !a.routeUp || s == nil {
 		return 0, "", false
 	}
 	d, ok := a.learner.next()
+	if ok && s.allowed > 0 && d > s.allowed {
+		d, ok = s.allowed, a.learner.interval() < s.allowed
+	}
 	return d, a.network, ok
 }
 

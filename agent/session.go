@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"tether/ipc"
@@ -63,8 +64,9 @@ func (h linkHandler) Hello() (wire.Hello, error) {
 }
 
 // Serve runs one session: it adopts the welcome (persisting check-in
-// credentials before anything else), resends pending upstream messages
-// and handles frames until the connection ends.
+// credentials before anything else), registers the apps again after a new
+// check-in (restore), resends pending upstream messages and handles frames
+// until the connection ends.
 func (h linkHandler) Serve(ctx context.Context, s *Session) {
 	a := h.a
 	w := s.Welcome()
@@ -72,12 +74,15 @@ func (h linkHandler) Serve(ctx context.Context, s *Session) {
 		a.log.Error("cannot use session", "err", err)
 		return
 	}
+	a.refusals = refusals{}
 	a.sweep() // the seen IDs of acked messages expire without a timer
 	a.mu.Lock()
 	a.session = s
 	a.mu.Unlock()
 	a.statusChanged()
 	a.wakeProber()
+	var restoring sync.WaitGroup
+	defer restoring.Wait() // after endSession, which ends its requests
 	defer a.endSession()
 	a.log.Info("connected", "server", a.link.Stats().Server, "device", w.DeviceID, "heartbeat", s.interval())
 
@@ -86,7 +91,10 @@ func (h linkHandler) Serve(ctx context.Context, s *Session) {
 	r.retryTimer.Stop()
 	defer r.retryTimer.Stop()
 
-	r.resendOutbox(ctx, nil, true)
+	restored := a.restore(ctx, &restoring)
+	if restored == nil {
+		r.resendOutbox(ctx, nil, true)
+	}
 	for {
 		select {
 		case data, ok := <-s.Frames():
@@ -100,6 +108,17 @@ func (h linkHandler) Serve(ctx context.Context, s *Session) {
 				a.log.Warn("ending the session", "err", err)
 				return
 			}
+		case err := <-restored:
+			restored = nil
+			if err != nil {
+				a.log.Warn("ending the session", "err", err)
+				return
+			}
+			a.mu.Lock()
+			a.restoring = false
+			a.mu.Unlock()
+			a.log.Info("apps registered again")
+			r.resendOutbox(ctx, nil, true)
 		case <-r.retryTimer.C:
 			keys := r.retry
 			r.retry = map[outboxKey]bool{}
@@ -157,6 +176,7 @@ func (a *Agent) adopt(w wire.Welcome) error {
 func (a *Agent) endSession() {
 	a.mu.Lock()
 	a.session = nil
+	a.restoring = false
 	for ref, req := range a.requests {
 		req.done <- requestResult{err: fmt.Errorf("connection lost: %w", ipc.ErrOffline)}
 		delete(a.requests, ref)
@@ -271,7 +291,7 @@ func (r *sessionRun) storeMessages(ctx context.Context, msgs []wire.Message) err
 			Received: now, Expires: now.Add(max(time.Duration(m.TTL)*time.Second, minHold)),
 		}
 	}
-	outcomes, err := a.store.AddMessages(recs)
+	outcomes, dropped, err := a.store.AddMessages(recs, a.quota)
 	if err != nil {
 		return fmt.Errorf("%d downstream messages not stored, not acknowledged: %w", len(msgs), err)
 	}
@@ -306,6 +326,10 @@ func (r *sessionRun) storeMessages(ctx context.Context, msgs []wire.Message) err
 	}
 	for app := range woken {
 		a.wake(app)
+	}
+	for app, ids := range dropped {
+		a.log.Warn("an app holds more than its quota: its oldest messages were dropped", "app", app, "count", len(ids))
+		a.forget(app, ids, true) // the listener reports the count
 	}
 	return nil
 }
@@ -536,9 +560,9 @@ func (a *Agent) sendUpstream(ctx context.Context, s *Session, u store.Upstream, 
 		return
 	}
 	a.mu.Lock()
-	if a.session != s {
+	if a.session != s || a.restoring {
 		a.mu.Unlock()
-		a.log.Debug("upstream message not sent: its session ended; the next resends it", "app", u.App, "id", u.ID)
+		a.log.Debug("upstream message not sent now: its session ended, or registers the apps again; that resends it", "app", u.App, "id", u.ID)
 		return
 	}
 	a.upstreamRefs[ref] = key

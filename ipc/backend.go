@@ -19,6 +19,9 @@ var (
 	// ErrTooManyMessages: the app already has the maximum of pending
 	// upstream messages (GCM's TOO_MANY_MESSAGES).
 	ErrTooManyMessages = errors.New("too many pending messages")
+	// ErrTooManyRegistrations: the caller's Unix user already has the most
+	// registrations the device allows one user.
+	ErrTooManyRegistrations = errors.New("too many registrations")
 	// ErrInvalidArgument: a field of the request is missing or malformed.
 	ErrInvalidArgument = errors.New("invalid argument")
 	// ErrOffline: the request needs the connection server and the device

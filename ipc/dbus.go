@@ -42,6 +42,9 @@ const (
 	// DBusErrorTooManyMessages: the app already has the maximum of
 	// upstream messages pending.
 	DBusErrorTooManyMessages = DBusInterface + ".Error.TooManyMessages"
+	// DBusErrorTooManyRegistrations: the caller's Unix user already has
+	// the most registrations the device allows one user.
+	DBusErrorTooManyRegistrations = DBusInterface + ".Error.TooManyRegistrations"
 	// DBusErrorRefused: the connection server refused the request.
 	DBusErrorRefused = DBusInterface + ".Error.Refused"
 	// DBusErrorNotSupported: the agent or its server does not offer the

@@ -508,6 +508,7 @@ var dbusErrorNames = []struct {
 	{ErrUnknownApp, DBusErrorNotRegistered},
 	{ErrNotRegistered, DBusErrorNotRegistered},
 	{ErrTooManyMessages, DBusErrorTooManyMessages},
+	{ErrTooManyRegistrations, DBusErrorTooManyRegistrations},
 	{ErrInvalidArgument, DBusErrorInvalidArgument},
 	{ErrOffline, DBusErrorUnavailable},
 	{ErrRefused, DBusErrorRefused},

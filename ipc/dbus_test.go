@@ -428,6 +428,7 @@ func TestDBusErrors(t *testing.T) {
 			{fmt.Errorf("register: %w: disk full", ipc.ErrStorage), ipc.DBusErrorUnavailable},
 			{fmt.Errorf("register: %w: bad sender", ipc.ErrRefused), ipc.DBusErrorRefused},
 			{fmt.Errorf("register: %w", ipc.ErrUnsupported), ipc.DBusErrorNotSupported},
+			{fmt.Errorf("register: user 1000 has 20 registrations: %w", ipc.ErrTooManyRegistrations), ipc.DBusErrorTooManyRegistrations},
 			{errors.New("register: something else"), "org.freedesktop.DBus.Error.Failed"},
 		} {
 			f := serveDBus(t, dbustest.Start(t).Address, failingBackend{ipctest.New("s", "d"), tt.err})

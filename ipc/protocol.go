@@ -82,16 +82,17 @@ const (
 // Error codes on the socket. The first group mirrors the Backend's sentinel
 // errors, the second is the door's own.
 const (
-	CodePermissionDenied   = "PermissionDenied"
-	CodeUnknownApp         = "UnknownApp"
-	CodeNotRegistered      = "NotRegistered"
-	CodeTooManyMessages    = "TooManyMessages"
-	CodeInvalidArgument    = "InvalidArgument"
-	CodeOffline            = "Offline"
-	CodeRefused            = "Refused"
-	CodeStorageUnavailable = "StorageUnavailable"
-	CodeMessageTooBig      = "MessageTooBig"
-	CodeUnsupported        = "Unsupported"
+	CodePermissionDenied     = "PermissionDenied"
+	CodeUnknownApp           = "UnknownApp"
+	CodeNotRegistered        = "NotRegistered"
+	CodeTooManyMessages      = "TooManyMessages"
+	CodeTooManyRegistrations = "TooManyRegistrations"
+	CodeInvalidArgument      = "InvalidArgument"
+	CodeOffline              = "Offline"
+	CodeRefused              = "Refused"
+	CodeStorageUnavailable   = "StorageUnavailable"
+	CodeMessageTooBig        = "MessageTooBig"
+	CodeUnsupported          = "Unsupported"
 
 	CodeBadRequest  = "BadRequest"
 	CodeUnknownOp   = "UnknownOp"
@@ -112,6 +113,7 @@ var sentinelCodes = []struct {
 	{ErrUnknownApp, CodeUnknownApp},
 	{ErrNotRegistered, CodeNotRegistered},
 	{ErrTooManyMessages, CodeTooManyMessages},
+	{ErrTooManyRegistrations, CodeTooManyRegistrations},
 	{ErrInvalidArgument, CodeInvalidArgument},
 	{ErrOffline, CodeOffline},
 	{ErrRefused, CodeRefused},

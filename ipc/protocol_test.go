@@ -85,6 +85,7 @@ func TestBackendError(t *testing.T) {
 		{ErrUnknownApp, CodeUnknownApp},
 		{ErrNotRegistered, CodeNotRegistered},
 		{ErrTooManyMessages, CodeTooManyMessages},
+		{ErrTooManyRegistrations, CodeTooManyRegistrations},
 		{ErrInvalidArgument, CodeInvalidArgument},
 		{ErrOffline, CodeOffline},
 		{ErrRefused, CodeRefused},

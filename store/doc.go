@@ -23,13 +23,26 @@
 // the latest instant a write carried (TimeMark), so that the agent can
 // resume its clock from it when the system clock went back or was never set.
 //
+// What the store holds for apps is bounded by the Quota the caller passes
+// to AddMessages: past it, the oldest held messages are dropped in the
+// transaction that stores the new ones, and counted for the app. A device
+// whose server no longer knows it forgets its credentials and keeps its
+// registrations, marked stale, until they are made again
+// (ForgetCredentials); the tokens that changed wait for their app
+// (TakeRefreshed).
+//
 // Layout, for the curious: bucket "device" holds the credentials and the
 // time mark; bucket
 // "apps" holds one bucket per app ID with its owner, its registrations
-// ("senders": sender ID → token), its inbox and outbox (keyed by a per-app
-// sequence number, so iteration is arrival order) and the count of messages
-// that expired before the app acknowledged them; bucket "seen" maps each
-// downstream message ID to its expiry, app and inbox sequence number;
-// bucket "expiry" indexes "seen" by expiry, so a sweep reads only what is
-// due; and bucket "held" indexes the held messages the same way.
+// ("senders": sender ID → token; "stale": sender → the token the device
+// had before it checked in anew, until it is registered again;
+// "refreshed": sender → the new token the app has not been told of), its
+// inbox and outbox (keyed by a per-app
+// sequence number, so iteration is arrival order), how many messages its
+// inbox holds and their bytes ("usage", counted afresh at Open), and the
+// count of messages dropped before the app acknowledged them; bucket
+// "seen" maps each downstream message ID to its expiry, app and inbox
+// sequence number; bucket "expiry" indexes "seen" by expiry, so a sweep
+// reads only what is due; and bucket "held" indexes the held messages the
+// same way.
 package store

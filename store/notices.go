@@ -28,9 +28,10 @@ func (s *Store) AddDeleted(app, id string, count int, expires time.Time) (bool, 
 	return added, nil
 }
 
-// RefreshToken replaces the token of (app, sender), once per notice id.
-// It reports whether the notice was new and changed a registration; a
-// notice for a registration the device no longer has is only marked seen.
+// RefreshToken replaces the token of (app, sender), once per notice id,
+// and keeps the new token for the app to be told (TakeRefreshed). It
+// reports whether the notice was new and changed a registration; a notice
+// for a registration the device no longer has is only marked seen.
 func (s *Store) RefreshToken(app, sender, token, id string, expires time.Time) (bool, error) {
 	changed := false
 	_, err := s.applyNotice(id, app, expires, func(tx *bolt.Tx) error {
@@ -39,12 +40,51 @@ func (s *Store) RefreshToken(app, sender, token, id string, expires time.Time) (
 			return nil
 		}
 		changed = true
-		return b.Bucket(bucketSenders).Put([]byte(sender), []byte(token))
+		return firstErr(b.Bucket(bucketSenders).Put([]byte(sender), []byte(token)), noteRefreshed(b, []byte(sender), []byte(token)))
 	})
 	if err != nil {
 		return false, fmt.Errorf("refresh token of app %q sender %q: %w", app, sender, err)
 	}
 	return changed, nil
+}
+
+// noteRefreshed keeps a new token of the app's registration with sender
+// until the app is told of it.
+func noteRefreshed(app *bolt.Bucket, sender, token []byte) error {
+	refreshed, err := app.CreateBucketIfNotExists(bucketRefreshed)
+	if err != nil {
+		return err
+	}
+	return refreshed.Put(sender, token)
+}
+
+// TakeRefreshed returns the tokens of the app's registrations that changed
+// since the last call (a token refresh, a registration made again after a
+// new check-in), by sender, and forgets them. A token that is no longer
+// the registration's (unregistered, or changed again since) is left out:
+// only the current one is news.
+func (s *Store) TakeRefreshed(app string) (map[string]string, error) {
+	out := map[string]string{}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := appBucket(tx, app)
+		if b == nil || b.Bucket(bucketRefreshed) == nil {
+			return nil
+		}
+		err := b.Bucket(bucketRefreshed).ForEach(func(sender, token []byte) error {
+			if current := senderToken(tx, app, string(sender)); current != nil && string(current) == string(token) {
+				out[string(sender)] = string(token)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return b.DeleteBucket(bucketRefreshed)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("take refreshed tokens of app %q: %w", app, err)
+	}
+	return out, nil
 }
 
 // applyNotice runs apply in a transaction that also marks id seen, unless

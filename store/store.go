@@ -43,9 +43,16 @@ var (
 	// Inside an app's bucket.
 	keyOwner      = []byte("owner")
 	keyDropped    = []byte("dropped")
+	keyUsage      = []byte("usage")
 	bucketSenders = []byte("senders")
-	bucketInbox   = []byte("inbox")
-	bucketOutbox  = []byte("outbox")
+	// bucketStale marks the senders whose token was the device's before
+	// it checked in anew (ForgetCredentials), with that token.
+	bucketStale = []byte("stale")
+	// bucketRefreshed holds the tokens that changed (sender → token) and
+	// that the app has not been told of yet (TakeRefreshed).
+	bucketRefreshed = []byte("refreshed")
+	bucketInbox     = []byte("inbox")
+	bucketOutbox    = []byte("outbox")
 )
 
 // lockTimeout bounds the wait for the file lock: a second agent on the same
@@ -79,7 +86,7 @@ func Open(path string) (*Store, error) {
 				return err
 			}
 		}
-		return nil
+		return recount(tx)
 	})
 	if err != nil {
 		db.Close()
@@ -129,7 +136,8 @@ func (s *Store) Credentials() (Credentials, error) {
 // belong to the device and server that issued them: when the device ID or
 // the server changes, every registration is dropped in the same transaction
 // (app owners, held and pending messages stay). SetServer is for the same
-// device at a server known by other URLs.
+// device at a server known by other URLs. After ForgetCredentials there
+// are no credentials to change: the registrations stay, stale.
 func (s *Store) SetCredentials(c Credentials) error {
 	if c.Server == "" || c.DeviceID == "" || c.Secret == "" {
 		return fmt.Errorf("store credentials: server, device ID and secret are required")
@@ -177,14 +185,64 @@ func (s *Store) SetServer(deviceID, server string) error {
 	return nil
 }
 
+// ForgetCredentials drops the credentials of device deviceID, which the
+// server no longer knows, so that the device checks in anew, and marks
+// every registration stale in the same transaction: its token was that
+// device's. The registrations, their owners and every message stay; the
+// next SetCredentials keeps them, and the agent registers each stale one
+// again (Register clears the mark). It fails with ErrNotFound when the
+// store holds no credentials, or another device's.
+func (s *Store) ForgetCredentials(deviceID string) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDevice)
+		if id := b.Get(keyDeviceID); id == nil || string(id) != deviceID {
+			return ErrNotFound
+		}
+		if err := firstErr(b.Delete(keyServer), b.Delete(keyDeviceID), b.Delete(keySecret)); err != nil {
+			return err
+		}
+		return eachRegistered(tx, func(_ []byte, b, senders *bolt.Bucket) error {
+			stale, err := b.CreateBucketIfNotExists(bucketStale)
+			if err != nil {
+				return err
+			}
+			return senders.ForEach(func(sender, token []byte) error { return stale.Put(bytes.Clone(sender), bytes.Clone(token)) })
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("forget credentials of device %q: %w", deviceID, err)
+	}
+	return nil
+}
+
+// eachRegistered calls fn for each app that has registrations, with the
+// app's bucket and its senders.
+func eachRegistered(tx *bolt.Tx, fn func(app []byte, b, senders *bolt.Bucket) error) error {
+	apps := tx.Bucket(bucketApps)
+	return apps.ForEachBucket(func(app []byte) error {
+		b := apps.Bucket(app)
+		if senders := b.Bucket(bucketSenders); senders != nil {
+			return fn(app, b, senders)
+		}
+		return nil
+	})
+}
+
+// dropRegistrations drops every app's registrations, with what is kept
+// about them (stale marks, refreshed tokens not told yet).
 func dropRegistrations(tx *bolt.Tx) error {
 	apps := tx.Bucket(bucketApps)
 	return apps.ForEachBucket(func(app []byte) error {
 		b := apps.Bucket(app)
-		if b.Bucket(bucketSenders) == nil {
-			return nil
+		for _, name := range [][]byte{bucketSenders, bucketStale, bucketRefreshed} {
+			if b.Bucket(name) == nil {
+				continue
+			}
+			if err := b.DeleteBucket(name); err != nil {
+				return err
+			}
 		}
-		return b.DeleteBucket(bucketSenders)
+		return nil
 	})
 }
 
@@ -195,11 +253,17 @@ type Registration struct {
 	Token  string
 	// Owner is the Unix UID the app is bound to.
 	Owner uint32
+	// Stale marks a token the device had before it checked in anew
+	// (ForgetCredentials); the agent registers it again. Register ignores
+	// it.
+	Stale bool
 }
 
 // Register stores a registration. The first registration of an app binds
 // the app to r.Owner; a later one must name the same owner, else ErrOwned
-// and nothing changes.
+// and nothing changes. Registering a stale registration again clears its
+// mark and, when the token changed, keeps the new one for the app to be
+// told (TakeRefreshed), in the same transaction.
 func (s *Store) Register(r Registration) error {
 	if r.App == "" || r.Sender == "" || r.Token == "" {
 		return fmt.Errorf("register app %q sender %q: app, sender and token are required", r.App, r.Sender)
@@ -220,7 +284,18 @@ func (s *Store) Register(r Registration) error {
 		if err != nil {
 			return err
 		}
-		return senders.Put([]byte(r.Sender), []byte(r.Token))
+		sender := []byte(r.Sender)
+		if stale := b.Bucket(bucketStale); stale != nil && stale.Get(sender) != nil {
+			if err := stale.Delete(sender); err != nil {
+				return err
+			}
+			if old := senders.Get(sender); string(old) != r.Token {
+				if err := noteRefreshed(b, sender, []byte(r.Token)); err != nil {
+					return err
+				}
+			}
+		}
+		return senders.Put(sender, []byte(r.Token))
 	})
 	if err != nil {
 		return fmt.Errorf("register app %q sender %q: %w", r.App, r.Sender, err)
@@ -244,6 +319,29 @@ func (s *Store) Owner(app string) (uint32, error) {
 		return 0, fmt.Errorf("owner of app %q: %w", app, err)
 	}
 	return uid, nil
+}
+
+// Registrations returns every registration, app by app, with its owner
+// and whether it is stale.
+func (s *Store) Registrations() ([]Registration, error) {
+	var out []Registration
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return eachRegistered(tx, func(app []byte, b, senders *bolt.Bucket) error {
+			stale := b.Bucket(bucketStale)
+			owner := decodeUint32(b.Get(keyOwner))
+			return senders.ForEach(func(sender, token []byte) error {
+				out = append(out, Registration{
+					App: string(app), Sender: string(sender), Token: string(token), Owner: owner,
+					Stale: stale != nil && stale.Get(sender) != nil,
+				})
+				return nil
+			})
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read registrations: %w", err)
+	}
+	return out, nil
 }
 
 // Token returns the registration token of (app, sender), or ErrNotFound.
@@ -273,8 +371,12 @@ func (s *Store) Unregister(app, sender string) ([]string, error) {
 		if senderToken(tx, app, sender) == nil {
 			return ErrNotFound
 		}
-		if err := b.Bucket(bucketSenders).Delete([]byte(sender)); err != nil {
-			return err
+		for _, name := range [][]byte{bucketSenders, bucketStale, bucketRefreshed} {
+			if kept := b.Bucket(name); kept != nil {
+				if err := kept.Delete([]byte(sender)); err != nil {
+					return err
+				}
+			}
 		}
 		inbox := b.Bucket(bucketInbox)
 		if inbox == nil {
@@ -296,7 +398,12 @@ func (s *Store) Unregister(app, sender string) ([]string, error) {
 		if err != nil {
 			return err
 		}
-		return deleteKeys(inbox, keys)
+		for _, k := range keys {
+			if _, err := unhold(b, k); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("unregister app %q sender %q: %w", app, sender, err)
@@ -360,11 +467,22 @@ func (o Outcome) String() string {
 // reports one outcome per message, in order. A message whose ID was seen
 // before, earlier in the batch included, is a Duplicate. Stored messages
 // get their Seq set in msgs.
-func (s *Store) AddMessages(msgs []Message) ([]Outcome, error) {
+//
+// Within q, making room for a message drops older held messages in the
+// same transaction (Quota), and AddMessages returns their IDs by app; each
+// app's count of messages dropped unread grows by its share (TakeDropped).
+// A message of the batch may be among them.
+func (s *Store) AddMessages(msgs []Message, q Quota) ([]Outcome, Swept, error) {
 	outcomes := make([]Outcome, len(msgs))
+	var dropped Swept
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		seen := tx.Bucket(bucketSeen)
 		index := tx.Bucket(bucketExpiry)
+		quota, err := newQuotaRun(tx, q)
+		if err != nil {
+			return err
+		}
+		dropped = quota.dropped
 		var latest time.Time
 		for i := range msgs {
 			m := &msgs[i]
@@ -382,7 +500,8 @@ func (s *Store) AddMessages(msgs []Message) ([]Outcome, error) {
 			if tok := senderToken(tx, m.App, m.From); tok == nil || string(tok) != m.Token {
 				outcomes[i] = NoRegistration
 			} else {
-				inbox, err := appBucket(tx, m.App).CreateBucketIfNotExists(bucketInbox)
+				app := appBucket(tx, m.App)
+				inbox, err := app.CreateBucketIfNotExists(bucketInbox)
 				if err != nil {
 					return err
 				}
@@ -393,7 +512,7 @@ func (s *Store) AddMessages(msgs []Message) ([]Outcome, error) {
 				if err != nil {
 					return fmt.Errorf("encode message %q: %w", m.ID, err)
 				}
-				if err := inbox.Put(encodeUint64(seq), v); err != nil {
+				if err := quota.hold(app, m.App, encodeUint64(seq), v); err != nil {
 					return err
 				}
 				if err := tx.Bucket(bucketHeld).Put(expiryKey(m.Expires, m.ID), nil); err != nil {
@@ -413,9 +532,9 @@ func (s *Store) AddMessages(msgs []Message) ([]Outcome, error) {
 		return advanceTimeMark(tx, latest)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("store %d downstream messages: %w", len(msgs), err)
+		return nil, nil, fmt.Errorf("store %d downstream messages: %w", len(msgs), err)
 	}
-	return outcomes, nil
+	return outcomes, dropped, nil
 }
 
 // Inbox returns up to limit messages held for app with Seq above after, in
@@ -457,7 +576,6 @@ func (s *Store) Ack(app string, ids []string) (int, error) {
 		if b == nil || b.Bucket(bucketInbox) == nil {
 			return nil
 		}
-		inbox := b.Bucket(bucketInbox)
 		seen := tx.Bucket(bucketSeen)
 		for _, id := range ids {
 			v := seen.Get([]byte(id))
@@ -471,12 +589,11 @@ func (s *Store) Ack(app string, ids []string) (int, error) {
 			if e.app != app || e.seq == 0 {
 				continue
 			}
-			key := encodeUint64(e.seq)
-			if inbox.Get(key) == nil {
-				continue
-			}
-			if err := inbox.Delete(key); err != nil {
+			switch removed, err := unhold(b, encodeUint64(e.seq)); {
+			case err != nil:
 				return err
+			case !removed:
+				continue
 			}
 			if err := tx.Bucket(bucketHeld).Delete(expiryKey(e.expires, id)); err != nil {
 				return err
@@ -491,8 +608,9 @@ func (s *Store) Ack(app string, ids []string) (int, error) {
 	return n, nil
 }
 
-// Swept is what Sweep removed: for each app, the IDs of held messages that
-// expired before the app acknowledged them.
+// Swept is, for each app, the IDs of held messages removed before the app
+// acknowledged them: those that expired (Sweep), or that a Quota dropped
+// (AddMessages).
 type Swept map[string][]string
 
 // Sweep removes, in one transaction, the seen entries expired at now and
@@ -555,15 +673,10 @@ func removeHeld(tx *bolt.Tx, e seenEntry) (bool, error) {
 		return false, nil
 	}
 	b := appBucket(tx, e.app)
-	if b == nil || b.Bucket(bucketInbox) == nil {
+	if b == nil {
 		return false, nil
 	}
-	inbox := b.Bucket(bucketInbox)
-	key := encodeUint64(e.seq)
-	if inbox.Get(key) == nil {
-		return false, nil
-	}
-	return true, inbox.Delete(key)
+	return unhold(b, encodeUint64(e.seq))
 }
 
 // NextExpiry returns when the earliest held message expires; false when no
@@ -844,15 +957,6 @@ func senderToken(tx *bolt.Tx, app, sender string) []byte {
 		return nil
 	}
 	return b.Bucket(bucketSenders).Get([]byte(sender))
-}
-
-func deleteKeys(b *bolt.Bucket, keys [][]byte) error {
-	for _, k := range keys {
-		if err := b.Delete(k); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // seenEntry is the value of a seen message ID: when it expires, and where

@@ -103,7 +103,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustRegister(t, s, "org.example.app", "111", "tok-a", 1000)
-	if _, err := s.AddMessages([]Message{msg("m1", "org.example.app", "111", "tok-a", time.Hour)}); err != nil {
+	if _, _, err := s.AddMessages([]Message{msg("m1", "org.example.app", "111", "tok-a", time.Hour)}, Quota{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.AddUpstream(Upstream{App: "org.example.app", To: "111", ID: "u1", TTL: 60, Created: t0, Expires: t0.Add(time.Minute)}, 20); err != nil {
@@ -130,7 +130,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 		t.Errorf("outbox after reopen: %+v, %v", out, err)
 	}
 	// The seen set survives too: a redelivery is a duplicate.
-	oc, err := s.AddMessages([]Message{msg("m1", "org.example.app", "111", "tok-a", time.Hour)})
+	oc, _, err := s.AddMessages([]Message{msg("m1", "org.example.app", "111", "tok-a", time.Hour)}, Quota{})
 	if err != nil || oc[0] != Duplicate {
 		t.Errorf("redelivery after reopen: %v, %v", oc, err)
 	}
@@ -195,7 +195,7 @@ func TestSetServerKeepsTheDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustRegister(t, s, "app", "1", "tok", 1000)
-	if _, err := s.AddMessages([]Message{msg("m1", "app", "1", "tok", time.Hour)}); err != nil {
+	if _, _, err := s.AddMessages([]Message{msg("m1", "app", "1", "tok", time.Hour)}, Quota{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.AddUpstream(Upstream{App: "app", To: "1", ID: "u1", TTL: 60, Created: t0, Expires: t0.Add(time.Minute)}, 20); err != nil {
@@ -235,7 +235,7 @@ func TestSetServerKeepsTheDevice(t *testing.T) {
 	if out, err := s.Outbox(); err != nil || len(out) != 1 || out[0].ID != "u1" {
 		t.Errorf("outbox after SetServer: %+v, %v", out, err)
 	}
-	if oc, err := s.AddMessages([]Message{msg("m1", "app", "1", "tok", time.Hour)}); err != nil || oc[0] != Duplicate {
+	if oc, _, err := s.AddMessages([]Message{msg("m1", "app", "1", "tok", time.Hour)}, Quota{}); err != nil || oc[0] != Duplicate {
 		t.Errorf("redelivery after SetServer: %v, %v; want a duplicate", oc, err)
 	}
 }
@@ -269,7 +269,7 @@ func TestAddMessagesOutcomes(t *testing.T) {
 		msg("d", "unknown", "1", "tok", time.Hour), // unknown app
 		msg("e", "app", "1", "tok", 2*time.Hour),
 	}
-	got, err := s.AddMessages(batch)
+	got, _, err := s.AddMessages(batch, Quota{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,7 +281,7 @@ func TestAddMessagesOutcomes(t *testing.T) {
 		t.Errorf("sequence numbers %d, %d", batch[0].Seq, batch[5].Seq)
 	}
 	// Every ID is now seen, held or not.
-	again, err := s.AddMessages([]Message{msg("b", "app", "1", "tok", time.Hour), msg("e", "app", "1", "tok", time.Hour)})
+	again, _, err := s.AddMessages([]Message{msg("b", "app", "1", "tok", time.Hour), msg("e", "app", "1", "tok", time.Hour)}, Quota{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,7 +304,7 @@ func TestInboxCursorLimitExpiry(t *testing.T) {
 	for i, ttl := range []time.Duration{time.Hour, time.Minute, time.Hour, time.Hour} {
 		batch = append(batch, msg(string(rune('a'+i)), "app", "1", "tok", ttl))
 	}
-	if _, err := s.AddMessages(batch); err != nil {
+	if _, _, err := s.AddMessages(batch, Quota{}); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -334,11 +334,11 @@ func TestAck(t *testing.T) {
 	s, path := openTemp(t)
 	mustRegister(t, s, "app", "1", "tok", 1000)
 	mustRegister(t, s, "other", "1", "tok2", 1001)
-	if _, err := s.AddMessages([]Message{
+	if _, _, err := s.AddMessages([]Message{
 		msg("a", "app", "1", "tok", time.Hour),
 		msg("b", "app", "1", "tok", time.Hour),
 		msg("x", "other", "1", "tok2", time.Hour),
-	}); err != nil {
+	}, Quota{}); err != nil {
 		t.Fatal(err)
 	}
 	// Another app's ID and unknown IDs are skipped.
@@ -357,7 +357,7 @@ func TestAck(t *testing.T) {
 		t.Errorf("inbox of other: %v", ids)
 	}
 	// An acked message is still seen.
-	if oc, _ := s.AddMessages([]Message{msg("a", "app", "1", "tok", time.Hour)}); oc[0] != Duplicate {
+	if oc, _, _ := s.AddMessages([]Message{msg("a", "app", "1", "tok", time.Hour)}, Quota{}); oc[0] != Duplicate {
 		t.Errorf("redelivery of acked message: %v", oc[0])
 	}
 }
@@ -365,11 +365,11 @@ func TestAck(t *testing.T) {
 func TestSweep(t *testing.T) {
 	s, _ := openTemp(t)
 	mustRegister(t, s, "app", "1", "tok", 1000)
-	if _, err := s.AddMessages([]Message{
+	if _, _, err := s.AddMessages([]Message{
 		msg("short", "app", "1", "tok", time.Minute),
 		msg("acked", "app", "1", "tok", time.Minute),
 		msg("long", "app", "1", "tok", time.Hour),
-	}); err != nil {
+	}, Quota{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Ack("app", []string{"acked"}); err != nil {
@@ -401,7 +401,7 @@ func TestSweep(t *testing.T) {
 		t.Errorf("next expiry after sweep %v %v", next, ok)
 	}
 	// The expired IDs are forgotten: a (late) redelivery is new again.
-	if oc, _ := s.AddMessages([]Message{msg("acked", "app", "1", "tok", time.Hour)}); oc[0] != Stored {
+	if oc, _, _ := s.AddMessages([]Message{msg("acked", "app", "1", "tok", time.Hour)}, Quota{}); oc[0] != Stored {
 		t.Errorf("message after its seen entry expired: %v", oc[0])
 	}
 	st, err := s.Stats()
@@ -415,7 +415,7 @@ func TestSweep(t *testing.T) {
 	if next, ok, err := s.NextExpiry(); ok || err != nil {
 		t.Errorf("next expiry with nothing held: %v %v %v", next, ok, err)
 	}
-	if oc, _ := s.AddMessages([]Message{msg("long", "app", "1", "tok", time.Hour)}); oc[0] != Duplicate {
+	if oc, _, _ := s.AddMessages([]Message{msg("long", "app", "1", "tok", time.Hour)}, Quota{}); oc[0] != Duplicate {
 		t.Errorf("acked message redelivered: %v", oc[0])
 	}
 }
@@ -424,11 +424,11 @@ func TestUnregisterDropsSendersMessages(t *testing.T) {
 	s, _ := openTemp(t)
 	mustRegister(t, s, "app", "1", "tok1", 1000)
 	mustRegister(t, s, "app", "2", "tok2", 1000)
-	if _, err := s.AddMessages([]Message{
+	if _, _, err := s.AddMessages([]Message{
 		msg("a", "app", "1", "tok1", time.Hour),
 		msg("b", "app", "2", "tok2", 2*time.Hour),
 		msg("c", "app", "1", "tok1", time.Hour),
-	}); err != nil {
+	}, Quota{}); err != nil {
 		t.Fatal(err)
 	}
 	dropped, err := s.Unregister("app", "1")
@@ -447,7 +447,7 @@ func TestUnregisterDropsSendersMessages(t *testing.T) {
 	if _, err := s.Owner("app"); err != nil {
 		t.Errorf("owner after unregister: %v", err)
 	}
-	if oc, _ := s.AddMessages([]Message{msg("a", "app", "1", "tok1", time.Hour), msg("d", "app", "1", "tok1", time.Hour)}); !slices.Equal(oc, []Outcome{Duplicate, NoRegistration}) {
+	if oc, _, _ := s.AddMessages([]Message{msg("a", "app", "1", "tok1", time.Hour), msg("d", "app", "1", "tok1", time.Hour)}, Quota{}); !slices.Equal(oc, []Outcome{Duplicate, NoRegistration}) {
 		t.Errorf("after unregister: %v", oc)
 	}
 }
@@ -523,20 +523,20 @@ func TestTimeMark(t *testing.T) {
 		wantErr bool
 	}{
 		{"batch marks its latest receipt", func(s *Store) error {
-			_, err := s.AddMessages([]Message{received("a", t0.Add(2*time.Second)), received("b", t0.Add(time.Second))})
+			_, _, err := s.AddMessages([]Message{received("a", t0.Add(2*time.Second)), received("b", t0.Add(time.Second))}, Quota{})
 			return err
 		}, t0.Add(2 * time.Second), false},
 		{"sweep", func(s *Store) error { _, err := s.Sweep(t0.Add(time.Minute)); return err }, t0.Add(time.Minute), false},
 		{"upstream", func(s *Store) error { _, err := s.AddUpstream(upstream("u1", t0.Add(2*time.Minute)), 1); return err }, t0.Add(2 * time.Minute), false},
 		{"refused upstream changes nothing", func(s *Store) error { _, err := s.AddUpstream(upstream("u2", t0.Add(time.Hour)), 1); return err }, t0.Add(2 * time.Minute), true},
 		{"refused batch changes nothing", func(s *Store) error {
-			_, err := s.AddMessages([]Message{received("c", t0.Add(time.Hour)), {App: "app", Received: t0.Add(time.Hour)}})
+			_, _, err := s.AddMessages([]Message{received("c", t0.Add(time.Hour)), {App: "app", Received: t0.Add(time.Hour)}}, Quota{})
 			return err
 		}, t0.Add(2 * time.Minute), true},
 		{"upstream expiry", func(s *Store) error { _, err := s.ExpireUpstream(t0.Add(3 * time.Minute)); return err }, t0.Add(3 * time.Minute), false},
 		{"an earlier clock does not lower it", func(s *Store) error { _, err := s.Sweep(t0.Add(-time.Hour)); return err }, t0.Add(3 * time.Minute), false},
 		{"a duplicate still marks its receipt", func(s *Store) error {
-			_, err := s.AddMessages([]Message{received("a", t0.Add(4*time.Minute))})
+			_, _, err := s.AddMessages([]Message{received("a", t0.Add(4*time.Minute))}, Quota{})
 			return err
 		}, t0.Add(4 * time.Minute), false},
 		{"a clock in 1970 does not lower it", func(s *Store) error {

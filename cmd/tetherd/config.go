@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
 	"os/user"
 	"slices"
@@ -23,6 +24,7 @@ import (
 
 	"tether/agent"
 	"tether/ipc"
+	"tether/store"
 )
 
 // defaultConfig is the file tetherd reads when --config does not name one.
@@ -45,9 +47,12 @@ type options struct {
 	enrollKey  string
 	// enrollKeyFile holds the enrollment key, kept out of ps.
 	enrollKeyFile string
-	data          string
-	socket        string
-	socketMode    os.FileMode
+	// certFile and keyFile are the client certificate and its private
+	// key, presented on wss:// connections.
+	certFile, keyFile string
+	data              string
+	socket            string
+	socketMode        os.FileMode
 	// dbus is the bus the D-Bus door joins: "system", "session", a bus
 	// address, or "off".
 	dbus string
@@ -62,7 +67,11 @@ type options struct {
 	lowBattery             int
 	minBackoff, maxBackoff time.Duration
 	// apps binds app IDs to the Unix user allowed to register them.
-	apps     map[string]uint32
+	apps map[string]uint32
+	// userRegistrations bounds the registrations of one Unix user.
+	userRegistrations int
+	// quota bounds the downstream messages held for apps.
+	quota    store.Quota
 	logLevel slog.Level
 }
 
@@ -79,6 +88,9 @@ func defaults() options {
 		minBackoff: agent.DefaultMinBackoff,
 		maxBackoff: agent.DefaultMaxBackoff,
 		logLevel:   slog.LevelInfo,
+
+		userRegistrations: agent.DefaultUserRegistrations,
+		quota:             agent.DefaultQuota,
 	}
 }
 
@@ -220,6 +232,36 @@ func (o *options) setLowBattery(s string) error {
 	return nil
 }
 
+// setCount sets a count of at least 1.
+func setCount(dst *int, name string) func(string) error {
+	return func(s string) error {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return fmt.Errorf("%s %q: want a whole number of at least 1", name, s)
+		}
+		*dst = n
+		return nil
+	}
+}
+
+// setSize sets a number of bytes, written as a number or with KiB or MiB.
+func setSize(dst *int64, name string) func(string) error {
+	return func(s string) error {
+		unit, digits := int64(1), s
+		for suffix, n := range map[string]int64{"KiB": 1 << 10, "MiB": 1 << 20} {
+			if d, ok := strings.CutSuffix(s, suffix); ok {
+				unit, digits = n, d
+			}
+		}
+		n, err := strconv.ParseInt(digits, 10, 64)
+		if err != nil || n < 1 || n > math.MaxInt64/unit {
+			return fmt.Errorf("%s %q: want a size in bytes such as 524288, 512KiB or 2MiB", name, s)
+		}
+		*dst = n * unit
+		return nil
+	}
+}
+
 func (o *options) setLogLevel(s string) error {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(s)); err != nil {
@@ -279,6 +321,10 @@ func (o *options) check() error {
 		return errors.New("give --enroll-key or --enroll-key-file, not both")
 	case len(o.serverPins) > 0 && plain >= 0:
 		return fmt.Errorf("server pins need wss:// or https:// servers, not %s", o.servers[plain])
+	case (o.certFile == "") != (o.keyFile == ""):
+		return errors.New("a client certificate needs both cert and key (--cert and --key)")
+	case o.certFile != "" && plain >= 0:
+		return fmt.Errorf("a client certificate needs wss:// or https:// servers, not %s, where it would never be presented", o.servers[plain])
 	case o.maxBackoff < o.minBackoff:
 		return fmt.Errorf("reconnect.max_backoff %s is under reconnect.min_backoff %s", o.maxBackoff, o.minBackoff)
 	}
@@ -286,6 +332,9 @@ func (o *options) check() error {
 		if err := o.policy.Check(); err != nil {
 			return fmt.Errorf("adaptive heartbeat: %w", err)
 		}
+	}
+	if err := o.quota.Check(); err != nil {
+		return fmt.Errorf("quota.app_bytes and quota.total_bytes: %w", err)
 	}
 	return nil
 }
@@ -327,10 +376,12 @@ func daemonFlags(o *options, out io.Writer) *flag.FlagSet {
 		o.enrollKey, o.enrollKeyFile = s, ""
 		return nil
 	})
-	fs.Func("enroll-key-file", "`file` holding the enrollment key (keeps it out of ps)", func(s string) error {
+	fs.Func("enroll-key-file", "`file` holding the enrollment key (keeps it out of ps); mode 0600", func(s string) error {
 		o.enrollKey = ""
 		return setPath(&o.enrollKeyFile)(s)
 	})
+	fs.Func("cert", "PEM `file` of the client certificate to present on wss:// connections (with --key)", setPath(&o.certFile))
+	fs.Func("key", "PEM `file` of the client certificate's private key; mode 0600", setPath(&o.keyFile))
 	fs.Func("data", "`directory` of the agent's store (default /var/lib/tether)", setPath(&o.data))
 	fs.Func("socket", "`path` of the apps' Unix socket (default /run/tether/tetherd.sock)", setPath(&o.socket))
 	fs.Func("socket-mode", "permissions of the socket, an octal `mode` (default 0666)", o.setSocketMode)
@@ -345,6 +396,14 @@ func daemonFlags(o *options, out io.Writer) *flag.FlagSet {
 	fs.Func("max-backoff", "largest reconnection `delay` (default 5m0s)", setDuration(&o.maxBackoff, "max backoff"))
 	fs.Var(&listFlag{reset: func() { o.apps = nil }, add: o.bindAppFlag}, "app",
 		"bind an app ID to the only user who may register it, as `APP=USER` or APP=UID (repeatable)")
+	fs.Func("user-registrations", "most registrations one Unix user may hold; root and --app apps are not counted (default 20)",
+		setCount(&o.userRegistrations, "user registrations"))
+	fs.Func("app-messages", "most downstream messages held for one app; older ones are dropped (default 100)",
+		setCount(&o.quota.AppMessages, "app messages"))
+	fs.Func("app-bytes", "most `bytes` of downstream messages held for one app, as 524288, 512KiB or 2MiB (default 512KiB)",
+		setSize(&o.quota.AppBytes, "app bytes"))
+	fs.Func("total-bytes", "most `bytes` of downstream messages held for all apps together (default 2MiB)",
+		setSize(&o.quota.Bytes, "total bytes"))
 	fs.Func("log-level", "log `level`: debug, info, warn or error (default info)", o.setLogLevel)
 	return fs
 }
@@ -375,6 +434,8 @@ type fileConfig struct {
 	Insecure      any `toml:"insecure"`
 	ServerPins    any `toml:"server_pins"`
 	EnrollKeyFile any `toml:"enroll_key_file"`
+	Cert          any `toml:"cert"`
+	Key           any `toml:"key"`
 	DataDir       any `toml:"data_dir"`
 	DBus          any `toml:"dbus"`
 	LogLevel      any `toml:"log_level"`
@@ -396,6 +457,12 @@ type fileConfig struct {
 		MinBackoff any `toml:"min_backoff"`
 		MaxBackoff any `toml:"max_backoff"`
 	} `toml:"reconnect"`
+	Quota struct {
+		UserRegistrations any `toml:"user_registrations"`
+		AppMessages       any `toml:"app_messages"`
+		AppBytes          any `toml:"app_bytes"`
+		TotalBytes        any `toml:"total_bytes"`
+	} `toml:"quota"`
 	Apps map[string]any `toml:"apps"`
 }
 
@@ -420,6 +487,8 @@ func (f *fileConfig) settings() []fileSetting {
 		}},
 		{[]string{"server_pins"}, f.ServerPins, textList((*options).addServerPin)},
 		{[]string{"enroll_key_file"}, f.EnrollKeyFile, text(func(o *options, s string) error { return setPath(&o.enrollKeyFile)(s) })},
+		{[]string{"cert"}, f.Cert, text(func(o *options, s string) error { return setPath(&o.certFile)(s) })},
+		{[]string{"key"}, f.Key, text(func(o *options, s string) error { return setPath(&o.keyFile)(s) })},
 		{[]string{"data_dir"}, f.DataDir, text(func(o *options, s string) error { return setPath(&o.data)(s) })},
 		{[]string{"dbus"}, f.DBus, text((*options).setDBus)},
 		{[]string{"log_level"}, f.LogLevel, text((*options).setLogLevel)},
@@ -430,15 +499,17 @@ func (f *fileConfig) settings() []fileSetting {
 		{[]string{"heartbeat", "max"}, f.Heartbeat.Max, duration(func(o *options) *time.Duration { return &o.policy.Max }, "heartbeat max")},
 		{[]string{"heartbeat", "start"}, f.Heartbeat.Start, duration(func(o *options) *time.Duration { return &o.policy.Start }, "heartbeat start")},
 		{[]string{"power", "sysfs_root"}, f.Power.SysfsRoot, text(func(o *options, s string) error { return setPath(&o.sysfsRoot)(s) })},
-		{[]string{"power", "low_battery"}, f.Power.LowBattery, func(o *options, v any) error {
-			n, ok := v.(int64)
-			if !ok {
-				return fmt.Errorf("want a percentage, got %s", tomlType(v))
-			}
-			return o.setLowBattery(strconv.FormatInt(n, 10))
-		}},
+		{[]string{"power", "low_battery"}, f.Power.LowBattery, integer("a percentage", (*options).setLowBattery)},
 		{[]string{"reconnect", "min_backoff"}, f.Reconnect.MinBackoff, duration(func(o *options) *time.Duration { return &o.minBackoff }, "min backoff")},
 		{[]string{"reconnect", "max_backoff"}, f.Reconnect.MaxBackoff, duration(func(o *options) *time.Duration { return &o.maxBackoff }, "max backoff")},
+		{[]string{"quota", "user_registrations"}, f.Quota.UserRegistrations, integer("a number", func(o *options, s string) error {
+			return setCount(&o.userRegistrations, "user registrations")(s)
+		})},
+		{[]string{"quota", "app_messages"}, f.Quota.AppMessages, integer("a number", func(o *options, s string) error {
+			return setCount(&o.quota.AppMessages, "app messages")(s)
+		})},
+		{[]string{"quota", "app_bytes"}, f.Quota.AppBytes, size(func(o *options) *int64 { return &o.quota.AppBytes }, "app bytes")},
+		{[]string{"quota", "total_bytes"}, f.Quota.TotalBytes, size(func(o *options) *int64 { return &o.quota.Bytes }, "total bytes")},
 	}
 	for app, owner := range f.Apps {
 		s = append(s, fileSetting{[]string{"apps", app}, owner, func(o *options, v any) error {
@@ -459,6 +530,30 @@ func (f *fileConfig) settings() []fileSetting {
 
 func duration(field func(*options) *time.Duration, name string) func(*options, any) error {
 	return text(func(o *options, s string) error { return setDuration(field(o), name)(s) })
+}
+
+// integer takes a TOML integer, what, and sets it as set takes it written.
+func integer(what string, set func(*options, string) error) func(*options, any) error {
+	return func(o *options, v any) error {
+		n, ok := v.(int64)
+		if !ok {
+			return fmt.Errorf("want %s, got %s", what, tomlType(v))
+		}
+		return set(o, strconv.FormatInt(n, 10))
+	}
+}
+
+// size takes a number of bytes as a TOML integer or a string ("512KiB").
+func size(field func(*options) *int64, name string) func(*options, any) error {
+	return func(o *options, v any) error {
+		switch v := v.(type) {
+		case int64:
+			return setSize(field(o), name)(strconv.FormatInt(v, 10))
+		case string:
+			return setSize(field(o), name)(v)
+		}
+		return fmt.Errorf("want a size such as 524288 or \"512KiB\", got %s", tomlType(v))
+	}
 }
 
 func text(set func(*options, string) error) func(*options, any) error {

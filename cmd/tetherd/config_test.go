@@ -10,11 +10,13 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"tether/agent"
+	"tether/store"
 )
 
 func writeConfig(t *testing.T, doc string) string {
@@ -33,6 +35,8 @@ server = "wss://push.example.com:8443"
 ca_file = "/etc/tether/ca.pem"
 server_pins = ["sha256//`+pin+`"]
 enroll_key_file = "/etc/tether/enroll-key"
+cert = "/etc/tether/device.pem"
+key = "/etc/tether/device.key"
 data_dir = "/data/tether"
 dbus = "unix:path=/run/dbus/system_bus_socket"
 log_level = "debug"
@@ -55,6 +59,12 @@ low_battery = 20
 min_backoff = "2s"
 max_backoff = "10m"
 
+[quota]
+user_registrations = 5
+app_messages = 50
+app_bytes = "256KiB"
+total_bytes = 1048576
+
 [apps]
 "com.example.thermo" = "root"
 "com.example.meter" = 1001
@@ -66,7 +76,9 @@ max_backoff = "10m"
 	}{
 		{"file only", nil, func(o *options) {}},
 		{"flags win", []string{"--server", "wss://flag:1", "--socket-mode", "0600", "--heartbeat", "30s", "--dbus", "off",
-			"--app", "com.example.x=0", "--app", "com.example.y=7", "--enroll-key", "k"}, func(o *options) {
+			"--app", "com.example.x=0", "--app", "com.example.y=7", "--enroll-key", "k", "--app-bytes", "64KiB", "--user-registrations", "7"}, func(o *options) {
+			o.quota.AppBytes = 64 << 10
+			o.userRegistrations = 7
 			o.servers = []string{"wss://flag:1"}
 			o.socketMode = 0o600
 			o.heartbeat = 30 * time.Second
@@ -83,6 +95,8 @@ max_backoff = "10m"
 				caFile:        "/etc/tether/ca.pem",
 				serverPins:    [][sha256.Size]byte{{}},
 				enrollKeyFile: "/etc/tether/enroll-key",
+				certFile:      "/etc/tether/device.pem",
+				keyFile:       "/etc/tether/device.key",
 				data:          "/data/tether",
 				socket:        "/run/t/t.sock",
 				socketMode:    0o660,
@@ -95,6 +109,9 @@ max_backoff = "10m"
 				maxBackoff:    10 * time.Minute,
 				apps:          map[string]uint32{"com.example.thermo": 0, "com.example.meter": 1001},
 				logLevel:      slog.LevelDebug,
+
+				userRegistrations: 5,
+				quota:             store.Quota{AppMessages: 50, AppBytes: 256 << 10, Bytes: 1 << 20},
 			}
 			tt.want(&want)
 			got, err := parseArgs(append([]string{"--config", path}, tt.flags...), io.Discard)
@@ -221,6 +238,16 @@ func TestConfigCheckNamesKeyAndLine(t *testing.T) {
 		}},
 		{"app ID", "server = \"ws://h\"\napps.\"a b\" = 0\n", []string{`2: apps."a b": app ID "a b" has a space or control character`}},
 		{"bad level", "server = \"ws://h\"\nlog_level = \"loud\"\n", []string{`2: log_level: log level "loud": want debug, info, warn or error`}},
+		{"quotas", "server = \"ws://h\"\n[quota]\nuser_registrations = 0\napp_messages = \"5\"\napp_bytes = \"1GB\"\ntotal_bytes = -1\n", []string{
+			`3: quota.user_registrations: user registrations "0": want a whole number of at least 1`,
+			`4: quota.app_messages: want a number, got the string "5"`,
+			`5: quota.app_bytes: app bytes "1GB": want a size in bytes such as 524288, 512KiB or 2MiB`,
+			`6: quota.total_bytes: total bytes "-1": want a size in bytes such as 524288, 512KiB or 2MiB`,
+		}},
+		{"certificate path", "server = \"wss://h\"\ncert = 1\nkey = \"\"\n", []string{
+			`2: cert: want a string, got the integer 1`,
+			`3: key: empty path`,
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -293,7 +320,8 @@ func TestShippedConfigs(t *testing.T) {
 		t.Fatal(err)
 	}
 	shown := map[string]bool{"data_dir": true, "log_level": true, "dbus": true, "path": true, "mode": true, "min": true, "max": true, "start": true,
-		"sysfs_root": true, "low_battery": true, "min_backoff": true, "max_backoff": true}
+		"sysfs_root": true, "low_battery": true, "min_backoff": true, "max_backoff": true,
+		"user_registrations": true, "app_messages": true, "app_bytes": true, "total_bytes": true}
 	var uncommented []string
 	for _, line := range strings.Split(string(doc), "\n") {
 		if key, _, ok := strings.Cut(strings.TrimPrefix(line, "#"), " = "); ok && shown[key] {
@@ -326,11 +354,30 @@ func FuzzConfig(f *testing.F) {
 	f.Add("server = \"ws://h\"\n[socket]\nmode = \"0660\"\n[apps]\n\"a.b\" = 0\n")
 	f.Add("socket = { mode = 0o640, path = 5 }\n[[x]]\ny = 1\n")
 	f.Add("a.b.c = [1, {d = 2}]\n")
+	f.Add("cert = \"/c.pem\"\nkey = \"/k.pem\"\n[quota]\napp_bytes = \"512KiB\"\ntotal_bytes = 9007199254740993\nuser_registrations = 1\n")
 	f.Fuzz(func(t *testing.T, doc string) {
 		o := defaults()
 		err := applyConfig(&o, "agent.toml", []byte(doc))
 		if err != nil && !strings.HasPrefix(err.Error(), "agent.toml:") {
 			t.Errorf("error %q does not start with the file", err)
+		}
+	})
+}
+
+// A size is a number of bytes, bare or in KiB or MiB, of at least one
+// byte; whatever it is written as, the bytes it sets read back the same.
+func FuzzSize(f *testing.F) {
+	for _, s := range []string{"1", "512KiB", "2MiB", "0", "-1KiB", "9223372036854775807", "8796093022208MiB", "KiB", " 1", "1kib"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		var n int64
+		if err := setSize(&n, "size")(s); err != nil {
+			return
+		}
+		var again int64
+		if n < 1 || setSize(&again, "size")(strconv.FormatInt(n, 10)) != nil || again != n {
+			t.Errorf("%q set %d, which does not read back", s, n)
 		}
 	})
 }

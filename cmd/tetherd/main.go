@@ -121,12 +121,20 @@ func run(ctx context.Context, args []string, env environ) int {
 		fmt.Fprintln(env.stderr, "tetherd:", err)
 		return 2
 	}
+	// What the settings point to is part of them: a file that cannot be
+	// read, or that others can read, is refused as config check refuses
+	// it.
+	tlsConfig, enrollKey, err := prepare(o)
+	if err != nil {
+		fmt.Fprintln(env.stderr, "tetherd:", err)
+		return 2
+	}
 	log := newLogger(o.logLevel, env)
 	notify, err := service.NewNotifier(env.getenv, os.Getpid())
 	if err != nil {
 		log.Warn("not notifying systemd", "err", err)
 	}
-	if err := serve(ctx, o, log, notify); err != nil {
+	if err := serve(ctx, o, tlsConfig, enrollKey, log, notify); err != nil {
 		log.Error("tetherd failed", "err", err)
 		return 1
 	}
@@ -309,11 +317,12 @@ func (r recorder) Set(s string) error {
 	return r.Value.Set(s)
 }
 
-// prepare reads what the settings point to: the CA file and the
-// enrollment key.
+// prepare reads what the settings point to: the CA file, the client
+// certificate and the enrollment key. The files of secrets must be the
+// owner's alone (checkPrivate).
 func prepare(o options) (*tls.Config, string, error) {
 	var tlsConfig *tls.Config
-	if o.caFile != "" || len(o.serverPins) > 0 {
+	if o.caFile != "" || len(o.serverPins) > 0 || o.certFile != "" {
 		tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
 	if o.caFile != "" {
@@ -340,8 +349,23 @@ func prepare(o options) (*tls.Config, string, error) {
 		}
 	}
 
+	if o.certFile != "" {
+		if _, err := loadClientCert(o.certFile, o.keyFile); err != nil {
+			return nil, "", err
+		}
+		// Read at each handshake, so that a renewed certificate is used
+		// from the next connection on, without a restart.
+		tlsConfig.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			cert, err := loadClientCert(o.certFile, o.keyFile)
+			return &cert, err
+		}
+	}
+
 	enrollKey := o.enrollKey
 	if o.enrollKeyFile != "" {
+		if err := checkPrivate("enrollment key file", o.enrollKeyFile); err != nil {
+			return nil, "", err
+		}
 		b, err := os.ReadFile(o.enrollKeyFile)
 		if err != nil {
 			return nil, "", fmt.Errorf("read enrollment key: %w", err)
@@ -353,11 +377,35 @@ func prepare(o options) (*tls.Config, string, error) {
 	return tlsConfig, enrollKey, nil
 }
 
-func serve(ctx context.Context, o options, log *slog.Logger, notify *service.Notifier) error {
-	tlsConfig, enrollKey, err := prepare(o)
-	if err != nil {
-		return err
+// loadClientCert reads the client certificate and its private key, which
+// must be private.
+func loadClientCert(certFile, keyFile string) (tls.Certificate, error) {
+	if err := checkPrivate("client key file", keyFile); err != nil {
+		return tls.Certificate{}, err
 	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("read client certificate %s and key %s: %w", certFile, keyFile, err)
+	}
+	return cert, nil
+}
+
+// checkPrivate refuses a file of secrets that its group or others may
+// read or change, as ssh and Mosquitto refuse a private key that others
+// can read: whoever reads an enrollment key can enroll devices, and
+// whoever reads a device's key can be the device.
+func checkPrivate(what, path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", what, err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("%s %s has mode %04o, which gives its group or others access: make it the owner's alone with chmod 600 %s", what, path, perm, path)
+	}
+	return nil
+}
+
+func serve(ctx context.Context, o options, tlsConfig *tls.Config, enrollKey string, log *slog.Logger, notify *service.Notifier) error {
 	st, err := store.Open(filepath.Join(o.data, "agent.db"))
 	if err != nil {
 		return err
@@ -376,8 +424,11 @@ func serve(ctx context.Context, o options, log *slog.Logger, notify *service.Not
 		MaxBackoff:  o.maxBackoff,
 		AppOwners:   o.apps,
 		ClockOffset: o.clockOffset,
-		Name:        "tetherd/" + version,
-		Logger:      log.With("part", "agent"),
+
+		UserRegistrations: o.userRegistrations,
+		Quota:             o.quota,
+		Name:              "tetherd/" + version,
+		Logger:            log.With("part", "agent"),
 		OnStatusChange: func() {
 			if dbusDoor != nil {
 				dbusDoor.StatusChanged()

@@ -351,9 +351,11 @@ func TestJournalLogging(t *testing.T) {
 	}
 }
 
-// TestServerPin connects to a TLS server with pins: the right key passes,
-// any other fails the handshake.
-func TestServerPin(t *testing.T) {
+// tlsServer listens for TLS on loopback with a certificate of a test CA,
+// asking clients for what clientAuth says, and calls serve with each
+// connection, which it closes then.
+func tlsServer(t *testing.T, clientAuth tls.ClientAuthType, serve func(*tls.Conn)) (net.Listener, testpki.Files, tls.Certificate) {
+	t.Helper()
 	files, err := testpki.Write(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -362,21 +364,44 @@ func TestServerPin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: clientAuth})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			c.(*tls.Conn).Handshake()
+			serve(c.(*tls.Conn))
 			c.Close()
 		}
 	}()
+	return ln, files, cert
+}
+
+// clientConfig is the TLS configuration tetherd makes of args, for a
+// server on 127.0.0.1.
+func clientConfig(t *testing.T, args ...string) *tls.Config {
+	t.Helper()
+	o, err := parseArgs(append([]string{"--config=", "--server", "wss://127.0.0.1"}, args...), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, err := prepare(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ServerName = "127.0.0.1"
+	return cfg
+}
+
+// TestServerPin connects to a TLS server with pins: the right key passes,
+// any other fails the handshake.
+func TestServerPin(t *testing.T) {
+	ln, files, cert := tlsServer(t, tls.NoClientCert, func(c *tls.Conn) { c.Handshake() })
 	leaf, err := x509.ParseCertificate(cert.Certificate[0])
 	if err != nil {
 		t.Fatal(err)
@@ -394,20 +419,11 @@ func TestServerPin(t *testing.T) {
 		{nil, true},
 	}
 	for _, tt := range tests {
-		args := []string{"--config=", "--server", "wss://127.0.0.1", "--ca-file", files.CA}
+		args := []string{"--ca-file", files.CA}
 		for _, p := range tt.pins {
 			args = append(args, "--server-pin", p)
 		}
-		o, err := parseArgs(args, io.Discard)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg, _, err := prepare(o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.ServerName = "127.0.0.1"
-		c, err := tls.Dial("tcp", ln.Addr().String(), cfg)
+		c, err := tls.Dial("tcp", ln.Addr().String(), clientConfig(t, args...))
 		if err == nil {
 			c.Close()
 		}

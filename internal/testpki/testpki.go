@@ -38,33 +38,58 @@ type Files struct {
 // subject's common name (none when empty), and writes it and its key as
 // PEM files named after file in the directory of the CA.
 func (f *Files) Client(name, file string) (cert, key string, err error) {
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return "", "", fmt.Errorf("test client key: %w", err)
-	}
 	f.serial++
+	cert, key = filepath.Join(f.dir, file+".pem"), filepath.Join(f.dir, file+".key")
+	return cert, key, issue(clientTemplate(name, 100+f.serial), f.ca, f.caKey, cert, key)
+}
+
+// WriteClient creates a self-signed client certificate with common name
+// cn, and its key, in dir as cn.pem and cn.key: what a device presents
+// for mutual TLS, to a server that trusts the certificate itself or asks
+// for any.
+func WriteClient(dir, cn string) (cert, key string, err error) {
+	tmpl := clientTemplate(cn, 3)
+	tmpl.KeyUsage |= x509.KeyUsageCertSign
+	tmpl.BasicConstraintsValid, tmpl.IsCA = true, true
+	cert, key = filepath.Join(dir, cn+".pem"), filepath.Join(dir, cn+".key")
+	return cert, key, issue(tmpl, nil, nil, cert, key)
+}
+
+func clientTemplate(cn string, serial int64) *x509.Certificate {
 	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(100 + f.serial),
-		Subject:      pkix.Name{CommonName: name},
+	return &x509.Certificate{
+		SerialNumber: big.NewInt(serial),
+		Subject:      pkix.Name{CommonName: cn},
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, f.ca, &k.PublicKey, f.caKey)
+}
+
+// issue makes a key and a certificate of tmpl for it, signed by parent
+// with parentKey, or by itself when parent is nil, and writes them as PEM
+// files cert and key.
+func issue(tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, cert, key string) error {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return "", "", fmt.Errorf("test client certificate: %w", err)
+		return fmt.Errorf("test key: %w", err)
+	}
+	if parent == nil {
+		parent, parentKey = tmpl, k
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &k.PublicKey, parentKey)
+	if err != nil {
+		return fmt.Errorf("test certificate: %w", err)
 	}
 	keyDER, err := x509.MarshalECPrivateKey(k)
 	if err != nil {
-		return "", "", fmt.Errorf("test client key: %w", err)
+		return fmt.Errorf("test key: %w", err)
 	}
-	cert, key = filepath.Join(f.dir, file+".pem"), filepath.Join(f.dir, file+".key")
 	if err := writePEM(cert, "CERTIFICATE", der); err != nil {
-		return "", "", err
+		return err
 	}
-	return cert, key, writePEM(key, "EC PRIVATE KEY", keyDER)
+	return writePEM(key, "EC PRIVATE KEY", keyDER)
 }
 
 func writePEM(path, typ string, der []byte) error {

@@ -41,13 +41,13 @@ func TestAgentStoreFullDisk(t *testing.T) {
 		}
 		return msgs
 	}
-	if _, err := s.AddMessages(batch(0)); err != nil {
+	if _, _, err := s.AddMessages(batch(0), store.Quota{}); err != nil {
 		t.Fatal(err)
 	}
 	filler := disktest.Fill(t, dir)
 
 	failed := batch(untilRefused(t, 1000, func(n int) error {
-		_, err := s.AddMessages(batch(n))
+		_, _, err := s.AddMessages(batch(n), store.Quota{})
 		return err
 	}))
 	held := inbox(t, s, app)
@@ -61,7 +61,7 @@ func TestAgentStoreFullDisk(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	outcomes, err := s.AddMessages(failed)
+	outcomes, _, err := s.AddMessages(failed, store.Quota{})
 	if err != nil {
 		t.Fatalf("with room again: %v", err)
 	}

@@ -382,7 +382,7 @@ func makeAgentStore(t testing.TB, path string, n int) {
 			acked[app] = append(acked[app], id)
 		}
 	}
-	_, err = s.AddMessages(msgs)
+	_, _, err = s.AddMessages(msgs, store.Quota{})
 	check(err)
 	for app, ids := range acked {
 		_, err := s.Ack(app, ids)
