@@ -48,7 +48,7 @@ func (h linkHandler) Refused(hello wire.Hello, e wire.Error) bool {
 	case e.Code == wire.CodeRevoked:
 		// Revocation sticks: the device does not check in anew, whatever
 		// key or certificate it holds.
-		r.once(a.log, e.Code, "the server revoked this device or its certificate: it stays offline until an operator lifts the revocation at the server",
+		r.once(a.log, e.Code, "the server revoked this device or its certificate: it stays offline, and does not check in anew",
 			"device", hello.DeviceID, "reason", e.Message)
 		return false
 	case e.Code != wire.CodeUnauthorized:

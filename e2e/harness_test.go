@@ -221,6 +221,9 @@ type server struct {
 	data   string
 	args   []string
 	scheme string // http or https
+	// keysOnly enrolls devices with the enrollment keys in the store
+	// alone, no fleet key.
+	keysOnly bool
 	client *http.Client
 	p      *proc
 }
@@ -260,7 +263,9 @@ func enrollment(args []string, flags ...string) []string {
 // launch starts the process without waiting for it.
 func (s *server) launch() {
 	args := append([]string{"serve", "--listen", s.addr, "--data", s.data, "--log-level", "debug"}, s.args...)
-	args = append(args, enrollment(s.args, "--enroll-key", "--enroll-key-file", "--open-enrollment", "--device-ca")...)
+	if !s.keysOnly {
+		args = append(args, enrollment(s.args, "--enroll-key", "--enroll-key-file", "--open-enrollment", "--device-ca")...)
+	}
 	s.p = startProcIn(s.t, s.netns, s.env, "tether-server", nil, args...)
 }
 

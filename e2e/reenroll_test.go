@@ -14,10 +14,6 @@ import (
 	"tether/store"
 )
 
-// fleetKey is the enrollment key of the servers these tests start: the
-// server requires one of at least 22 characters.
-const fleetKey = "fleet-key-2f8c41d9a07e6b35"
-
 // copyTree copies the regular files under from to to.
 func copyTree(t *testing.T, from, to string) {
 	t.Helper()
@@ -62,11 +58,11 @@ func copyTree(t *testing.T, from, to string) {
 func TestReenrollAfterTheServerLostTheDevice(t *testing.T) {
 	const meter = "com.example.meter"
 	keyFile := filepath.Join(t.TempDir(), "enroll-key")
-	if err := os.WriteFile(keyFile, []byte(fleetKey+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(keyFile, []byte(e2eEnrollKey+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	hook := startWebhook(t)
-	srv := startServer(t, "--enroll-key", fleetKey)
+	srv := startServer(t, "--enroll-key", e2eEnrollKey)
 	sender, key := srv.addSender("thermo-backend", hook.url())
 	srv.p.stop()
 	backup := filepath.Join(t.TempDir(), "backup")
@@ -141,7 +137,7 @@ func TestReenrollAfterTheServerLostTheDevice(t *testing.T) {
 			t.Errorf("registration %s/%s still stale", r.App, r.Sender)
 		}
 	}
-	checkNoSecretsLogged(t, fleetKey, key, creds.Secret, oldToken, oldMeter, refreshed.Token, meterRefreshed.Token)
+	checkNoSecretsLogged(t, e2eEnrollKey, key, creds.Secret, oldToken, oldMeter, refreshed.Token, meterRefreshed.Token)
 }
 
 // queued reports whether the agent holds n messages for apps.
