@@ -17,6 +17,7 @@ import (
 	"github.com/gorilla/websocket"
 	"golang.org/x/sys/unix"
 
+	"tether/internal/disktest"
 	"tether/server/xmpp/xmpptest"
 	"tether/wire"
 )
@@ -326,4 +327,81 @@ func TestAttackSlowClients(t *testing.T) {
 		}
 	}
 	f.stillServed(t, msgs, "the slow clients")
+}
+
+// TestAttackRegistrationSquatting: a local user who is not root registers
+// app IDs until its cap; root, and everyone else, can still register.
+func TestAttackRegistrationSquatting(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run an app as another user")
+	}
+	const nobody = 65534
+	f := newFleet(t)
+	for _, dir := range []string{binDir, filepath.Dir(f.agent.sock), filepath.Dir(filepath.Dir(f.agent.sock))} {
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	registered, refused := 0, 0
+	for i := range 97 {
+		out, err := f.agent.ctlAs(nobody, "register", "--app", fmt.Sprintf("com.example.squat%02d", i), "--sender", f.sender)
+		switch {
+		case err == nil:
+			registered++
+		case strings.Contains(out, "TooManyRegistrations"):
+			refused++
+		default:
+			t.Fatalf("registration %d as nobody: %v %s", i, err, out)
+		}
+	}
+	if registered != 20 || refused != 77 {
+		t.Errorf("nobody registered %d app IDs and was refused %d, want 20 and 77", registered, refused)
+	}
+	for i := range 3 {
+		f.agent.register(fmt.Sprintf("com.example.root%d", i), f.sender)
+	}
+}
+
+// TestAttackOneAppFillsTheDevice: one sender floods an app that does not
+// listen on a device with a small disk. Past its quota the app's oldest
+// messages go, with a deleted_messages notice; another vendor's app on the
+// device gets every message, and the agent keeps its session.
+func TestAttackOneAppFillsTheDevice(t *testing.T) {
+	disk := disktest.Small(t, "4m")
+	hook := startWebhook(t)
+	srv := startServer(t)
+	flooder, floodKey := srv.addSender("flooder", hook.url())
+	vendor, vendorKey := srv.addSender("vendor", hook.url())
+	a := newAgent(t, srv.url())
+	a.data = filepath.Join(disk, "agent")
+	a.start()
+	const victim, other = "com.example.flooded", "com.example.other"
+	floodToken := a.register(victim, flooder)
+	otherToken := a.register(other, vendor)
+	msgs, _ := a.listen(other)
+
+	pad := strings.Repeat("f", 3900)
+	var want []string
+	for i := range 300 {
+		srv.mustSend(floodKey, map[string]any{"to": floodToken, "data": map[string]string{"n": fmt.Sprint(i), "pad": pad}})
+		if i%30 == 0 {
+			id := srv.mustSend(vendorKey, map[string]any{"to": otherToken, "data": map[string]string{"n": fmt.Sprint(i)}})
+			want = append(want, id)
+		}
+	}
+	if got := collectDistinct(t, msgs, len(want)); !sameIDs(got, want) {
+		t.Errorf("the other app got %v, want %v", got, want)
+	}
+	flooded, _ := a.listen(victim)
+	notice := nextEvent(t, flooded, "deleted_messages")
+	if notice.Count < 150 {
+		t.Errorf("deleted_messages counts %d, want the messages over the quota", notice.Count)
+	}
+	kept := collectDistinct(t, flooded, 300-notice.Count)
+	if len(kept) == 0 {
+		t.Error("the flooded app kept none of its newest messages")
+	}
+	if log := a.p.log(); strings.Contains(log, "no space left") || strings.Contains(log, "session closed") && strings.Contains(log, "store") {
+		t.Errorf("the agent ran out of room:\n%s", log)
+	}
 }
