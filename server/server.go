@@ -82,6 +82,14 @@ type Config struct {
 	// sender's topic (or condition); beyond it topic sends answer
 	// TopicsMessageRateExceeded. Zero means no limit.
 	TopicRateLimit int
+	// UpstreamRateLimit bounds the upstream messages one device may store
+	// per minute, in bursts of up to as many; beyond it its upstream
+	// frames are answered unavailable, and the agent sends them again
+	// later. Repeats and refusals do not count. It holds per node: a
+	// device's session is on one node, and the device moves only by
+	// reconnecting, which ReconnectLimit bounds. Default 60, negative
+	// for no limit.
+	UpstreamRateLimit int
 	// FanOutBatch is the number of topic subscribers copied per store
 	// transaction; default 1000.
 	FanOutBatch int
@@ -192,6 +200,9 @@ func (c *Config) setDefaults() {
 	if c.AuthFailureLimit == 0 {
 		c.AuthFailureLimit = 20
 	}
+	if c.UpstreamRateLimit == 0 {
+		c.UpstreamRateLimit = 60
+	}
 	if c.afterFunc == nil {
 		c.afterFunc = func(d time.Duration, f func()) stopper { return time.AfterFunc(d, f) }
 	}
@@ -215,6 +226,9 @@ type Server struct {
 	deviceRate limiter
 	topicRate  limiter
 	reconnects limiter // sessions and probes opened per device
+	// upstreamRate counts the upstream messages each device stores, on
+	// this process.
+	upstreamRate limiter
 	// authFailures counts failed app server authentications by address,
 	// on this process.
 	authFailures limiter
@@ -260,6 +274,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("new server: %w", err)
 	}
 	s.authFailures = newRateLimiter(cfg.AuthFailureLimit, time.Now)
+	s.upstreamRate = newRateLimiter(cfg.UpstreamRateLimit, cfg.Now)
 	var err error
 	for _, l := range []struct {
 		dst       *limiter

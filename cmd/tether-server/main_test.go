@@ -74,6 +74,7 @@ func TestUsage(t *testing.T) {
 		{"serve", "--data", dir, "--store-retry-after", "soon"},
 		{"serve", "--data", dir, "--shutdown-spread", "-1s"},
 		{"serve", "--data", dir, "--reconnect-limit", "-1"},
+		{"serve", "--data", dir, "--upstream-rate-limit", "-1"},
 		{"token"},
 		{"token", "rotate", "--data", dir},
 		{"token", "rotate", "--token", "t"},
