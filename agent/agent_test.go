@@ -453,13 +453,8 @@ func TestUpstreamRetriedAfterReconnect(t *testing.T) {
 		t.Fatalf("resent upstream %+v, %v", again, err)
 	}
 	pc2.send("", wire.UpstreamAck{App: app, ID: id})
-	select {
-	case r := <-result:
-		if r != (ipc.SendResult{App: app, ID: id}) {
-			t.Errorf("result %+v", r)
-		}
-	case <-time.After(waitLimit):
-		t.Fatal("no result")
+	if r := waitResult(t, result); r != (ipc.SendResult{App: app, ID: id}) {
+		t.Errorf("result %+v", r)
 	}
 	if e := l.next(t); e != (ipc.SendResult{App: app, ID: id}) {
 		t.Errorf("listener got %#v", e)
@@ -585,6 +580,81 @@ func TestUpstreamRefusedAndRetried(t *testing.T) {
 	}
 }
 
+// TestUpstreamServerLimits: the server's answers to an upstream message
+// over its limits reach the app as GCM's client reported them. The app's
+// 20 waiting at the server is a send_error TooManyMessages, and the message
+// is given up; the device's rate is a wait: the message stays pending and
+// goes again.
+func TestUpstreamServerLimits(t *testing.T) {
+	tests := []struct {
+		name   string
+		answer func(pc *peerConn, ref string)
+		// result is what the app is told; "" for a message kept.
+		result string
+	}{
+		{"too many waiting for the app", func(pc *peerConn, ref string) {
+			pc.send(ref, wire.UpstreamAck{App: app, ID: "a", Error: wire.UpstreamTooManyMessages})
+		}, ipc.CodeTooManyMessages},
+		{"over the device's rate", func(pc *peerConn, ref string) {
+			pc.send(ref, wire.Error{Code: wire.CodeUnavailable, Message: "over the device's upstream rate; try again later"})
+		}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p, d, pc := onlineWithApp(t, nil)
+			d.waitConnected(t)
+			l, _ := listen(t, d.agent, alice, app)
+			_, result, err := d.agent.Send(bg, alice, ipc.SendRequest{App: app, To: sender, ID: "a"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.answer(pc, pc.waitFor(t, wire.TypeUpstream).Ref)
+			// A message acked behind the answer: once the app has its
+			// outcome, the agent has handled the answer too.
+			if _, _, err := d.agent.Send(bg, alice, ipc.SendRequest{App: app, To: sender, ID: "marker"}); err != nil {
+				t.Fatal(err)
+			}
+			var up wire.Upstream
+			if err := pc.waitFor(t, wire.TypeUpstream).Decode(&up); err != nil || up.ID != "marker" {
+				t.Fatalf("upstream frame %+v, %v; want the marker", up, err)
+			}
+			pc.send("", wire.UpstreamAck{App: app, ID: "marker"})
+			var events []any
+			for e := l.next(t); e != (ipc.SendResult{App: app, ID: "marker"}); e = l.next(t) {
+				events = append(events, e)
+			}
+
+			if tc.result != "" {
+				if want := []any{ipc.SendResult{App: app, ID: "a", Err: tc.result}}; !slices.Equal(events, want) {
+					t.Errorf("the listener got %v, want %v", events, want)
+				}
+				if r := waitResult(t, result); r.Err != tc.result {
+					t.Errorf("result %+v", r)
+				}
+				if st, _ := d.agent.Status(bg); st.PendingUpstream != 0 {
+					t.Errorf("%d pending after the refusal", st.PendingUpstream)
+				}
+				return
+			}
+			if len(events) != 0 {
+				t.Errorf("the listener got %v before the marker's outcome, want nothing", events)
+			}
+			if st, _ := d.agent.Status(bg); st.PendingUpstream != 1 {
+				t.Errorf("%d pending after the wait, want 1", st.PendingUpstream)
+			}
+			pc.drop()
+			pc2 := p.nextConn(t)
+			if err := pc2.waitFor(t, wire.TypeUpstream).Decode(&up); err != nil || up.ID != "a" {
+				t.Fatalf("upstream frame %+v, %v; want \"a\" again", up, err)
+			}
+			pc2.send("", wire.UpstreamAck{App: app, ID: "a"})
+			if r := waitResult(t, result); r.Err != "" {
+				t.Errorf("result %+v", r)
+			}
+		})
+	}
+}
+
 func TestUpstreamTTLExceeded(t *testing.T) {
 	clk := newClock()
 	_, d, pc := onlineWithApp(t, clk)
@@ -597,13 +667,20 @@ func TestUpstreamTTLExceeded(t *testing.T) {
 	pc.waitFor(t, wire.TypeUpstream)
 	clk.Advance(31 * time.Second)
 	pc.drop()
+	if r := waitResult(t, result); r != (ipc.SendResult{App: app, ID: id, Err: ResultTTLExceeded}) {
+		t.Errorf("result %+v", r)
+	}
+}
+
+// waitResult returns the outcome of an upstream message that Send gave.
+func waitResult(t *testing.T, result <-chan ipc.SendResult) ipc.SendResult {
+	t.Helper()
 	select {
 	case r := <-result:
-		if r != (ipc.SendResult{App: app, ID: id, Err: ResultTTLExceeded}) {
-			t.Errorf("result %+v", r)
-		}
+		return r
 	case <-time.After(waitLimit):
-		t.Fatal("no result")
+		t.Fatal("no outcome of the upstream message")
+		return ipc.SendResult{}
 	}
 }
 

@@ -28,7 +28,11 @@
 // Upstream: Send stores the message first (at most MaxPending per app),
 // sends it while connected, and sends it again after every reconnection
 // until the server acknowledges it; the server drops repeats. The app learns
-// the outcome once, on its listener and on the channel Send returns.
+// the outcome once, on its listener and on the channel Send returns. The
+// server keeps its own MaxPending per app, of those not yet delivered to
+// the app server: one more is refused for good (TooManyMessages, the
+// app's outcome). Over the device's upstream rate the server asks for the
+// message later (unavailable): it stays pending and goes again.
 //
 // Registrations: a known (app, sender) is answered from the store, offline
 // included. An app ID belongs to the Unix user who registered it first;

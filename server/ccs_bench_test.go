@@ -21,6 +21,8 @@ func benchCCS(b *testing.B) (*testServer, NewSender, *xmpptest.Client) {
 	ts := startServer(b, func(c *Config) {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 		c.XMPPListen, c.XMPPPlaintext = "127.0.0.1:0", true
+		// Sixteen devices at full speed are far over a device's rate.
+		c.UpstreamRateLimit = -1
 	})
 	snd := ts.addSender("")
 	c, err := xmpptest.Dial(context.Background(), xmpptest.Config{Addr: ts.XMPPAddr().String(), User: snd.ID, Password: snd.ServerKey})
@@ -111,8 +113,13 @@ func BenchmarkXMPPUpstream(b *testing.B) {
 					b.Error(err)
 					return
 				}
-				if f, err := d.read(); err != nil || f.Type != wire.TypeUpstreamAck {
-					b.Errorf("upstream ack: %v %v", f.Type, err)
+				f, err := d.read()
+				var ack wire.UpstreamAck
+				if err == nil {
+					err = f.Decode(&ack)
+				}
+				if err != nil || f.Type != wire.TypeUpstreamAck || ack.Error != "" {
+					b.Errorf("upstream ack: %v %s %v", f.Type, f.Body, err)
 					return
 				}
 			}

@@ -234,6 +234,11 @@ func (n *node) gain(p int) {
 
 // load reads the upstream messages waiting in p and wakes the fan-out.
 func (n *node) load(p int) {
+	if moved, err := n.st.MoveLegacyUpstream(n.ctx, p); err != nil {
+		n.srv.log.Error("move upstream messages of an earlier version; those left wait for the next take of the partition", "partition", p, "err", err)
+	} else if moved > 0 {
+		n.srv.log.Info("upstream messages of an earlier version moved to their lanes", "partition", p, "moved", moved)
+	}
 	err := n.st.EachUpstreamIn(n.ctx, p, func(u store.Upstream) error {
 		// It had its chance with the node that held p before.
 		n.srv.up.schedule(u, true)

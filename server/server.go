@@ -107,6 +107,14 @@ type Config struct {
 	// sender's topic (or condition); beyond it topic sends answer
 	// TopicsMessageRateExceeded. Zero means no limit.
 	TopicRateLimit int
+	// UpstreamRateLimit bounds the upstream messages one device may store
+	// per minute, in bursts of up to as many; beyond it its upstream
+	// frames are answered unavailable, and the agent sends them again
+	// later. Repeats and refusals do not count. It holds per node: a
+	// device's session is on one node, and the device moves only by
+	// reconnecting, which ReconnectLimit bounds. Default 60, negative
+	// for no limit.
+	UpstreamRateLimit int
 	// FanOutBatch is the number of topic subscribers copied per store
 	// transaction; default 1000.
 	FanOutBatch int
@@ -249,7 +257,7 @@ func (c *Config) setDefaults() {
 	for _, l := range []struct {
 		v   *int
 		def int
-	}{{&c.AuthFailureLimit, 20}, {&c.CheckInLimit, 30}, {&c.EnrollFailureLimit, 10}, {&c.ConnsPerIP, 64}, {&c.SessionsPerIP, 1024}} {
+	}{{&c.AuthFailureLimit, 20}, {&c.UpstreamRateLimit, 60}, {&c.CheckInLimit, 30}, {&c.EnrollFailureLimit, 10}, {&c.ConnsPerIP, 64}, {&c.SessionsPerIP, 1024}} {
 		if *l.v == 0 {
 			*l.v = l.def
 		}
@@ -279,6 +287,9 @@ type Server struct {
 	deviceRate limiter
 	topicRate  limiter
 	reconnects limiter // sessions and probes opened per device
+	// upstreamRate counts the upstream messages each device stores, on
+	// this process.
+	upstreamRate limiter
 	// authFailures counts failed app server authentications by address,
 	// and enrollFailures refused device credentials, on this process.
 	authFailures, enrollFailures limiter
@@ -353,6 +364,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.authFailures = newRateLimiter(cfg.AuthFailureLimit, time.Now)
 	s.enrollFailures = newRateLimiter(cfg.EnrollFailureLimit, time.Now)
+	s.upstreamRate = newRateLimiter(cfg.UpstreamRateLimit, cfg.Now)
 	s.refusals = newQuietLog(s.log, refusalLogInterval, time.Now)
 	s.conns, s.xmppConns, s.sessions = clientip.NewCounter(cfg.ConnsPerIP), clientip.NewCounter(cfg.ConnsPerIP), clientip.NewCounter(cfg.SessionsPerIP)
 	for _, l := range []struct {

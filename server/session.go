@@ -825,6 +825,15 @@ func (ss *session) upstream(f wire.Frame) {
 	if !ss.decode(f, &req) {
 		return
 	}
+	// The rate counts the messages stored: repeats and refusals are
+	// answered without taking from it. A session handles its frames one
+	// at a time, so nothing takes from the device's rate between the look
+	// and the take.
+	if ss.srv.upstreamRate.exhausted(ss.ctx, ss.device) {
+		ss.log.Debug("upstream message refused for now: over the device's upstream rate", "app", req.App, "message_id", req.ID)
+		ss.replyError(f.Ref, wire.CodeUnavailable, "over the device's upstream rate; try again later")
+		return
+	}
 	now := ss.srv.now()
 	ttl := secondsDuration(req.TTL)
 	u := store.Upstream{
@@ -839,12 +848,16 @@ func (ss *session) upstream(f wire.Frame) {
 		ss.replyError(f.Ref, wire.CodeUnavailable, "cannot store the message now; try again later")
 		return
 	case outcome == store.UpstreamNotRegistered:
-		ack.Error = errNotRegistered
+		ack.Error = wire.UpstreamNotRegistered
 		ss.log.Info("upstream message refused: not registered", "app", req.App, "sender", req.To, "message_id", req.ID)
+	case outcome == store.UpstreamTooManyMessages:
+		ack.Error = wire.UpstreamTooManyMessages
+		ss.log.Info("upstream message refused: the app has the most waiting for its app server", "app", req.App, "sender", req.To, "message_id", req.ID)
 	case outcome == store.UpstreamDuplicate:
 		ss.log.Debug("upstream message repeated", "app", req.App, "message_id", req.ID)
 	default:
 		ss.log.Debug("upstream message queued", "app", req.App, "sender", req.To, "message_id", req.ID)
+		ss.srv.upstreamRate.allow(ss.ctx, ss.device)
 		ss.srv.up.add(u)
 	}
 	ss.reply(f.Ref, ack)

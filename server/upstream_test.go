@@ -3,9 +3,12 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -250,5 +253,265 @@ func TestDeliveryReceipts(t *testing.T) {
 	sendUpstream(t, d, wire.Upstream{App: app, To: snd.ID, ID: "u1", TTL: 60})
 	if u := hook.next(t); u.MessageType != "" || u.MessageID != "u1" || u.From != token {
 		t.Errorf("upstream after the receipts: %+v", u)
+	}
+}
+
+// upstreamAnswer sends u and returns the server's answer: "" for an ack,
+// the ack's error, or "error " and the code of an error frame.
+func (d *device) upstreamAnswer(u wire.Upstream) string {
+	t := d.t
+	t.Helper()
+	d.send(u.ID, u)
+	f, err := d.read()
+	if err != nil {
+		t.Fatalf("waiting for the answer to upstream %s: %v", u.ID, err)
+	}
+	switch {
+	case f.Type == wire.TypeUpstreamAck && f.Ref == u.ID:
+		var ack wire.UpstreamAck
+		if err := f.Decode(&ack); err != nil || ack.ID != u.ID || ack.App != u.App {
+			t.Fatalf("upstream ack %s for %s: %v", f.Body, u.ID, err)
+		}
+		return ack.Error
+	case f.Type == wire.TypeError && f.Ref == u.ID:
+		var e wire.Error
+		if err := f.Decode(&e); err != nil {
+			t.Fatal(err)
+		}
+		return "error " + e.Code
+	}
+	t.Fatalf("got %s frame ref %q (%s) for upstream %s", f.Type, f.Ref, f.Body, u.ID)
+	return ""
+}
+
+// TestUpstreamTooManyMessages: an app has at most 20 upstream messages
+// waiting at the server, whatever the agent says; the next is refused for
+// good with TooManyMessages, a repeat of a queued one is still acked, and
+// a delivery makes room again.
+func TestUpstreamTooManyMessages(t *testing.T) {
+	hook := newWebhook(t, -1) // down: the messages wait
+	ts := startServer(t, nil)
+	snd := ts.addSender(hook.URL)
+	d := ts.checkIn()
+	d.register(app, snd.ID)
+	d.register("com.example.other", snd.ID)
+	for i := range store.MaxUpstreamPerApp {
+		if got := d.upstreamAnswer(wire.Upstream{App: app, To: snd.ID, ID: fmt.Sprint("m", i), TTL: 3600}); got != "" {
+			t.Fatalf("message %d: %q", i+1, got)
+		}
+	}
+	tests := []struct {
+		name string
+		u    wire.Upstream
+		want string
+	}{
+		{"one more", wire.Upstream{App: app, To: snd.ID, ID: "over", TTL: 3600}, wire.UpstreamTooManyMessages},
+		{"and again", wire.Upstream{App: app, To: snd.ID, ID: "over", TTL: 3600}, wire.UpstreamTooManyMessages},
+		{"a repeat of a queued one", wire.Upstream{App: app, To: snd.ID, ID: "m0", TTL: 3600}, ""},
+		{"another app", wire.Upstream{App: "com.example.other", To: snd.ID, ID: "over", TTL: 3600}, ""},
+	}
+	for _, tc := range tests {
+		if got := d.upstreamAnswer(tc.u); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
+	if n := upstreamCount(t, ts); n != store.MaxUpstreamPerApp+1 {
+		t.Errorf("%d queued, want %d", n, store.MaxUpstreamPerApp+1)
+	}
+
+	hook.setFailures(0)
+	waitFor(t, "the queue delivered", func() bool { return upstreamCount(t, ts) == 0 })
+	if got := d.upstreamAnswer(wire.Upstream{App: app, To: snd.ID, ID: "over", TTL: 3600}); got != "" {
+		t.Errorf("the refused message once the app server took the others: %q", got)
+	}
+}
+
+// TestUpstreamRateLimit: a device stores at most its rate of upstream
+// messages a minute; over it, a frame is answered unavailable, which the
+// agent sends again later, and repeats and refusals do not count.
+func TestUpstreamRateLimit(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.UpstreamRateLimit = 3 })
+	snd := ts.addSender("")
+	d := ts.checkIn()
+	d.register(app, snd.ID)
+	other := ts.checkIn()
+	other.register(app, snd.ID)
+	up := func(id string) wire.Upstream { return wire.Upstream{App: app, To: snd.ID, ID: id, TTL: 3600} }
+	steps := []struct {
+		name string
+		d    *device
+		u    wire.Upstream
+		want string
+	}{
+		{"first", d, up("a"), ""},
+		{"a repeat", d, up("a"), ""},
+		{"not registered", d, wire.Upstream{App: "com.example.none", To: snd.ID, ID: "x", TTL: 60}, wire.UpstreamNotRegistered},
+		{"second", d, up("b"), ""},
+		{"third", d, up("c"), ""},
+		{"fourth", d, up("d"), "error " + wire.CodeUnavailable},
+		{"a repeat over the rate", d, up("a"), "error " + wire.CodeUnavailable},
+		{"another device", other, up("d"), ""},
+	}
+	for _, s := range steps {
+		if got := s.d.upstreamAnswer(s.u); got != s.want {
+			t.Errorf("%s: %q, want %q", s.name, got, s.want)
+		}
+	}
+	ts.clock.Advance(20 * time.Second) // a third of a minute: one more
+	if got := d.upstreamAnswer(up("d")); got != "" {
+		t.Errorf("the fourth after 20 s: %q", got)
+	}
+	if got := d.upstreamAnswer(up("e")); got != "error "+wire.CodeUnavailable {
+		t.Errorf("a fifth after 20 s: %q", got)
+	}
+}
+
+// gatedWebhook is a slow webhook that records which device's messages
+// come, in the order they come, and holds each until the gate opens.
+type gatedWebhook struct {
+	*httptest.Server
+	gate chan struct{}
+	mu   sync.Mutex
+	from []string // the "from" token of each request, in order
+}
+
+func newGatedWebhook(t *testing.T, delay time.Duration) *gatedWebhook {
+	w := &gatedWebhook{gate: make(chan struct{})}
+	w.Server = httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		var b webhookBody
+		if err := json.NewDecoder(r.Body).Decode(&b); err != nil {
+			t.Errorf("webhook body: %v", err)
+		}
+		w.mu.Lock()
+		w.from = append(w.from, b.From)
+		w.mu.Unlock()
+		<-w.gate
+		time.Sleep(delay)
+		rw.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(w.Close)
+	t.Cleanup(w.open) // a failed test must not leave requests held
+	return w
+}
+
+func (w *gatedWebhook) open() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	select {
+	case <-w.gate:
+	default:
+		close(w.gate)
+	}
+}
+
+func (w *gatedWebhook) requests() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.from)
+}
+
+// TestUpstreamFairAcrossDevices: a device that queues all it may, over
+// many apps, and keeps sending what is refused, delays another device's
+// message to the same slow webhook by the attempts in progress and one
+// turn, not by its backlog.
+func TestUpstreamFairAcrossDevices(t *testing.T) {
+	hook := newGatedWebhook(t, 20*time.Millisecond)
+	// No rate: the cap alone lets one device queue this much.
+	ts := startServer(t, func(c *Config) { c.UpstreamRateLimit = -1 })
+	snd := ts.addSender(hook.URL)
+	flood := ts.checkIn()
+	const apps = 5
+	for a := range apps {
+		flood.register(fmt.Sprint("com.example.flood", a), snd.ID)
+	}
+	for i := range store.MaxUpstreamPerApp + 3 {
+		for a := range apps {
+			u := wire.Upstream{App: fmt.Sprint("com.example.flood", a), To: snd.ID, ID: fmt.Sprint("f", i), TTL: 3600, Data: map[string]string{"pad": strings.Repeat("x", 3000)}}
+			want := ""
+			if i >= store.MaxUpstreamPerApp {
+				want = wire.UpstreamTooManyMessages
+			}
+			if got := flood.upstreamAnswer(u); got != want {
+				t.Fatalf("flood %s of %s: %q, want %q", u.ID, u.App, got, want)
+			}
+		}
+	}
+	waitFor(t, "the flood's first attempts", func() bool { return len(hook.requests()) == (webhook{}).parallel() })
+
+	quiet := ts.checkIn()
+	token := quiet.register(app, snd.ID)
+	if got := quiet.upstreamAnswer(wire.Upstream{App: app, To: snd.ID, ID: "q", TTL: 3600}); got != "" {
+		t.Fatalf("the quiet device's message: %q", got)
+	}
+	before := len(hook.requests())
+	hook.open()
+	waitFor(t, "the quiet device's message at the webhook", func() bool { return slices.Contains(hook.requests(), token) })
+	got := hook.requests()
+	ahead := slices.Index(got, token) - before
+	// The attempts in progress end, and the flood has at most its turn.
+	if limit := (webhook{}).parallel() + 1; ahead > limit {
+		t.Errorf("%d of the flood's messages reached the webhook before the quiet device's, want at most %d", ahead, limit)
+	}
+	if n := upstreamCount(t, ts); n < apps*store.MaxUpstreamPerApp-10 {
+		t.Errorf("only %d of the flood left: it went first, the test shows nothing", n)
+	}
+}
+
+// TestUpstreamLaneWindow: of a device's many messages to a webhook that is
+// down, the dispatcher holds and retries only the first few; the rest
+// wait in the store, and all arrive when it is back.
+func TestUpstreamLaneWindow(t *testing.T) {
+	var mu sync.Mutex
+	down := true
+	tried := map[string]int{} // attempts of each message ID
+	hook := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		var b webhookBody
+		if err := json.NewDecoder(r.Body).Decode(&b); err != nil {
+			t.Errorf("webhook body: %v", err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		tried[b.Category+"/"+b.MessageID]++
+		if down {
+			http.Error(rw, "not now", http.StatusServiceUnavailable)
+		}
+	}))
+	defer hook.Close()
+	snapshot := func() map[string]int {
+		mu.Lock()
+		defer mu.Unlock()
+		return maps.Clone(tried)
+	}
+	ts := startServer(t, func(c *Config) { c.UpstreamRateLimit = -1 })
+	snd := ts.addSender(hook.URL)
+	d := ts.checkIn()
+	const apps = 2 // 40 messages in one lane
+	for a := range apps {
+		d.register(fmt.Sprint("com.example.app", a), snd.ID)
+	}
+	for i := range store.MaxUpstreamPerApp {
+		for a := range apps {
+			if got := d.upstreamAnswer(wire.Upstream{App: fmt.Sprint("com.example.app", a), To: snd.ID, ID: fmt.Sprint("m", i), TTL: 3600}); got != "" {
+				t.Fatalf("queue: %q", got)
+			}
+		}
+	}
+	waitFor(t, "retries", func() bool {
+		n := 0
+		for _, c := range snapshot() {
+			n += c
+		}
+		return n >= 4*laneWindow
+	})
+	if got := snapshot(); len(got) > laneWindow {
+		t.Errorf("%d messages of one lane attempted while the webhook was down, want at most %d", len(got), laneWindow)
+	}
+
+	mu.Lock()
+	down = false
+	mu.Unlock()
+	waitFor(t, "the lane delivered", func() bool { return upstreamCount(t, ts) == 0 })
+	if got := snapshot(); len(got) != apps*store.MaxUpstreamPerApp {
+		t.Errorf("%d messages reached the webhook, want %d", len(got), apps*store.MaxUpstreamPerApp)
 	}
 }

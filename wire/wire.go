@@ -468,6 +468,16 @@ type UpstreamAck struct {
 	Error string `json:"error,omitempty"`
 }
 
+// Errors of an UpstreamAck, GCM's names for them.
+const (
+	// UpstreamNotRegistered: the app has no registration for the sender,
+	// or there is no such sender.
+	UpstreamNotRegistered = "NotRegistered"
+	// UpstreamTooManyMessages: the app has 20 upstream messages waiting at
+	// the server for their app server already (GCM's TOO_MANY_MESSAGES).
+	UpstreamTooManyMessages = "TooManyMessages"
+)
+
 func (UpstreamAck) FrameType() Type { return TypeUpstreamAck }
 
 func (u UpstreamAck) Validate() error {

@@ -5,7 +5,8 @@
 //	                    [--tls-cert F --tls-key F] [--enroll-key K] [--device-ca F] [--open-enrollment] [--log-level L]
 //	                    [--device-rate-limit N] [--topic-rate-limit N] [--max-store-size BYTES]
 //	                    [--battery-max-delay D] [--store-retry-after D] [--shutdown-spread D] [--reconnect-limit N]
-//	                    [--auth-failure-limit N] [--xmpp-listen ADDR [--xmpp-plaintext] [--xmpp-domain DOMAIN]]
+//	                    [--auth-failure-limit N] [--upstream-rate-limit N]
+//	                    [--xmpp-listen ADDR [--xmpp-plaintext] [--xmpp-domain DOMAIN]]
 //	tether-server sender add --data DIR | --nats URLS --name NAME [--webhook URL] [--json]
 //	tether-server sender list --data DIR | --nats URLS [--json]
 //	tether-server sender remove --data DIR | --nats URLS --id ID
@@ -57,7 +58,7 @@ const usage = `usage:
                       [--device-rate-limit N] [--topic-rate-limit N] [--max-store-size BYTES]
                       [--battery-max-delay DURATION] [--store-retry-after DURATION]
                       [--shutdown-spread DURATION] [--reconnect-limit N]
-                      [--auth-failure-limit N] [--checkin-limit N] [--enroll-failure-limit N]
+                      [--auth-failure-limit N] [--upstream-rate-limit N] [--checkin-limit N] [--enroll-failure-limit N]
                       [--conns-per-ip N] [--sessions-per-ip N] [--trusted-proxy CIDR]...
                       [--xmpp-listen ADDR [--xmpp-plaintext] [--xmpp-domain DOMAIN]]
   tether-server sender add --data DIR | --nats URL --name NAME [--webhook URL] [--json]
@@ -213,6 +214,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	shutdownSpread := fs.Duration("shutdown-spread", 10*time.Second, "devices reconnect at random within this `duration` after a shutdown (0: at once)")
 	reconnectLimit := fs.Int("reconnect-limit", 30, "most connections one device may open per `minute`; beyond it it is told to wait (0: no limit)")
 	authLimit := fs.Int("auth-failure-limit", 20, "most failed app server authentications per `minute` from one IP address before its attempts are refused (0: no limit)")
+	upstreamRate := fs.Int("upstream-rate-limit", 60, "most upstream messages one device may store per `minute`; beyond it it is told to send them later (0: no limit)")
 	xmppListen := fs.String("xmpp-listen", "", "TCP `address` of the XMPP (CCS) endpoint for app servers, e.g. :5235; TLS with --tls-cert (off when empty)")
 	xmppPlain := fs.Bool("xmpp-plaintext", false, "serve XMPP without TLS, for a proxy in front that terminates TLS")
 	xmppDomain := fs.String("xmpp-domain", "", "`domain` accepted in SENDER_ID@DOMAIN besides gcm.googleapis.com and fcm.googleapis.com")
@@ -241,9 +243,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "tether-server serve: --shards %d out of range 1 to %d\n", *shards, natsstore.MaxShards)
 		return errUsage
 	}
-	if *deviceRate < 0 || *topicRate < 0 || *maxStore < 0 || *reconnectLimit < 0 || *authLimit < 0 || *checkInLimit < 0 || *enrollFailureLimit < 0 ||
+	if *deviceRate < 0 || *topicRate < 0 || *maxStore < 0 || *reconnectLimit < 0 || *authLimit < 0 || *upstreamRate < 0 || *checkInLimit < 0 || *enrollFailureLimit < 0 ||
 		*connsPerIP < 0 || *sessionsPerIP < 0 {
-		fmt.Fprintln(stderr, "tether-server serve: --device-rate-limit, --topic-rate-limit, --max-store-size, --reconnect-limit, --auth-failure-limit, --checkin-limit, --enroll-failure-limit, --conns-per-ip and --sessions-per-ip cannot be negative")
+		fmt.Fprintln(stderr, "tether-server serve: --device-rate-limit, --topic-rate-limit, --max-store-size, --reconnect-limit, --auth-failure-limit, --upstream-rate-limit, --checkin-limit, --enroll-failure-limit, --conns-per-ip and --sessions-per-ip cannot be negative")
 		return errUsage
 	}
 	if *deviceExpiry < 0 || *maxHeartbeat < time.Minute || *maxHeartbeat > time.Duration(wire.MaxHeartbeat)*time.Second {
@@ -307,7 +309,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		TrustedProxies: trusted.prefixes, ConnsPerIP: *connsPerIP, SessionsPerIP: *sessionsPerIP,
 		DeviceRateLimit: *deviceRate, TopicRateLimit: *topicRate, MaxStoreSize: *maxStore,
 		BatteryMaxDelay: *batteryDelay, StoreRetryAfter: *storeRetry,
-		ShutdownSpread: *shutdownSpread, ReconnectLimit: *reconnectLimit,
+		ShutdownSpread: *shutdownSpread, ReconnectLimit: *reconnectLimit, UpstreamRateLimit: *upstreamRate,
 		AuthFailureLimit: *authLimit,
 		XMPPListen:       *xmppListen, XMPPPlaintext: *xmppPlain, XMPPDomain: *xmppDomain,
 		NATS: nats.config(),
@@ -325,7 +327,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if cfg.ReconnectLimit == 0 {
 		cfg.ReconnectLimit = -1
 	}
-	for _, v := range []*int{&cfg.AuthFailureLimit, &cfg.CheckInLimit, &cfg.EnrollFailureLimit, &cfg.ConnsPerIP, &cfg.SessionsPerIP} {
+	for _, v := range []*int{&cfg.AuthFailureLimit, &cfg.UpstreamRateLimit, &cfg.CheckInLimit, &cfg.EnrollFailureLimit, &cfg.ConnsPerIP, &cfg.SessionsPerIP} {
 		if *v == 0 {
 			*v = -1
 		}

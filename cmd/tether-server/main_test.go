@@ -93,6 +93,7 @@ func TestUsage(t *testing.T) {
 		{"device", "revoke", "--data", dir},
 		{"device", "remove", "--id", "x"},
 		{"device", "list", "--data", dir, "--nats", "nats://127.0.0.1:1"},
+		{"serve", "--data", dir, "--upstream-rate-limit", "-1"},
 		{"token"},
 		{"token", "rotate", "--data", dir},
 		{"token", "rotate", "--token", "t"},

@@ -211,14 +211,7 @@ func TestTwoProcessesOneDevice(t *testing.T) {
 	}
 	ctx := context.Background()
 	now := time.Now()
-	snd, err := a.AddSender(ctx, "s", "", []byte("key hash"), now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev, err := a.AddDevice(ctx, store.Device{SecretHash: []byte("secret hash"), Created: now})
-	if err != nil {
-		t.Fatal(err)
-	}
+	snd, dev := senderAndDevice(t, a, now)
 	reg, err := b.Register(ctx, dev.ID, "com.example.app", snd.ID, now)
 	if err != nil {
 		t.Fatal(err)
@@ -263,14 +256,7 @@ func TestTokensNotInSubjects(t *testing.T) {
 	s, _ := open(t, 2)
 	ctx := context.Background()
 	now := time.Now()
-	snd, err := s.AddSender(ctx, "s", "", []byte("key hash"), now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev, err := s.AddDevice(ctx, store.Device{SecretHash: []byte("secret hash"), Created: now})
-	if err != nil {
-		t.Fatal(err)
-	}
+	snd, dev := senderAndDevice(t, s, now)
 	reg, err := s.Register(ctx, dev.ID, "com.example.app", snd.ID, now)
 	if err != nil {
 		t.Fatal(err)

@@ -5,7 +5,8 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"strconv"
-	"time"
+
+	"tether/server/store"
 )
 
 // The records' keys, after a shard's prefix (prefix.N.) or the meta
@@ -27,7 +28,12 @@ import (
 //	       tt.HASH                       the token's topics
 //	       sub.SENDER.TOPIC.HASH         a subscription, for fan-out
 //	       seen.DEVICE.HASH              an upstream message ID seen lately
-//	       up.DEVICE.HASH.RECEIVED       a queued upstream message
+//	       up.DEVICE.SENDER.app.HASH.N   an app's queued upstream message, in
+//	                                     the Nth of its store.MaxUpstreamPerApp
+//	                                     slots (HASH names the app)
+//	       up.DEVICE.SENDER.other.HASH.RECEIVED
+//	                                     a queued delivery receipt, or an
+//	                                     upstream message moved in (outside the cap)
 //	       tm.SEQ                        a topic message waiting for fan-out
 
 func devKey(device string) string     { return "dev." + device }
@@ -53,9 +59,27 @@ func subsOf(sender, topic string) string { return "sub." + sender + "." + topicT
 func seenKey(device, app, id string) string {
 	return "seen." + device + "." + idHash(app, id)
 }
-func upKey(device, app, id string, received time.Time) string {
-	return "up." + device + "." + idHash(app, id) + "." + strconv.FormatInt(received.UnixNano(), 10)
+
+// upSlotKey is the subject of one of app's slots on device, holding a
+// message for sender; "*" for sender or slot makes a filter. The app ID
+// is hashed as a token is: it may hold what a subject may not.
+func upSlotKey(device, sender, app, slot string) string {
+	return "up." + device + "." + sender + ".app." + secretHash(app) + "." + slot
 }
+
+// upKey is the subject of an upstream message outside its app's slots.
+func upKey(u store.Upstream) string {
+	return "up." + u.Device + "." + u.Sender + ".other." + idHash(u.App, u.ID) + "." + strconv.FormatInt(u.Received.UnixNano(), 10)
+}
+
+// upLane matches the upstream messages of device for sender: a lane of
+// the dispatcher.
+func upLane(device, sender string) string { return "up." + device + "." + sender + ".>" }
+
+// legacyUp matches upstream messages as servers before lanes stored
+// them, up.DEVICE.HASH.RECEIVED; no subject of today's has as few tokens.
+const legacyUp = "up.*.*.*"
+
 func topicMsgKey(seq uint64) string { return "tm." + strconv.FormatUint(seq, 10) }
 
 func senderKey(id string) string       { return "snd." + id }

@@ -330,6 +330,10 @@ type write struct {
 	// expect, when set, is the sequence subject must have now (0: none),
 	// or the commit fails with errConflict.
 	expect *uint64
+	// expectOf, with expect, is a filter whose last sequence is expected
+	// instead of subject's: 0 makes sure that no subject it matches has a
+	// record.
+	expectOf string
 	// ttl, when set, makes the engine delete the record after it.
 	ttl time.Duration
 	// purge deletes the record: a marker that expires a second later.
@@ -344,6 +348,9 @@ func (w write) msg() *nats.Msg {
 	m := &nats.Msg{Subject: w.subject, Data: w.data, Header: nats.Header{}}
 	if w.expect != nil {
 		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(*w.expect, 10))
+		if w.expectOf != "" {
+			m.Header.Set(jetstream.ExpectedLastSubjSeqSubjHeader, w.expectOf)
+		}
 	}
 	ttl := w.ttl
 	if w.purge {

@@ -9,8 +9,8 @@ import (
 // bbolt file of this package on a single machine, or the JetStream buckets
 // of package natsstore that several server processes share. Both keep the
 // same rules, which the suite in package storetest checks on each:
-// GCM's caps and collapse keys, times to live, upstream deduplication,
-// topic fan-out, receipts and token rotation.
+// GCM's caps and collapse keys, times to live, upstream deduplication and
+// cap, topic fan-out, receipts and token rotation.
 //
 // Every method that returns nil has made its change durable: on disk for
 // bbolt, on a quorum of JetStream servers for a cluster. Callers pass
@@ -59,6 +59,7 @@ type Backend interface {
 
 	PutUpstream(ctx context.Context, u *Upstream, seenUntil time.Time) (PutOutcome, error)
 	Upstream(ctx context.Context, seq uint64) (Upstream, error)
+	NextUpstream(ctx context.Context, device, sender string, after uint64, limit int) ([]Upstream, error)
 	EachUpstream(ctx context.Context, fn func(Upstream) error) error
 	DeleteUpstream(ctx context.Context, seq uint64) error
 

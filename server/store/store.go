@@ -57,6 +57,10 @@ var (
 	bucketCerts        = []byte("certs")         // certificate identity → CertBinding
 	bucketEnrollKeys   = []byte("enroll_keys")   // enrollment key ID → EnrollKey
 	bucketEnrollHashes = []byte("enroll_hashes") // hash of an enrollment key → its ID
+	// Built at Open from the upstream queue when missing: what the
+	// dispatcher reads a lane by, and what the cap on an app counts.
+	bucketUpLanes  = []byte("upstream_lanes")  // device sep sender sep seq → nil
+	bucketUpCounts = []byte("upstream_counts") // device sep app → the app's messages queued, receipts aside
 )
 
 const sep = 0
@@ -118,16 +122,22 @@ func Open(path string, opt Options) (*Store, error) {
 	err = db.Update(func(tx *bolt.Tx) error {
 		// A store from before the per-app caps has no counts yet.
 		countPending := tx.Bucket(bucketAppPending) == nil
+		indexUp := tx.Bucket(bucketUpLanes) == nil
 		for _, name := range [][]byte{bucketMeta, bucketSenders, bucketSenderKeys, bucketDevices, bucketRegs,
 			bucketRegIndex, bucketMsgs, bucketQueue, bucketCollapse, bucketExpiry, bucketUpstream, bucketSeen,
 			bucketAppPending, bucketDeleted, bucketRefresh, bucketTopicSubs, bucketTokenTopic, bucketTopicMsgs,
-			bucketCerts, bucketEnrollKeys, bucketEnrollHashes} {
+			bucketCerts, bucketEnrollKeys, bucketEnrollHashes, bucketUpLanes, bucketUpCounts} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
 		}
 		if countPending {
 			if err := recountPending(tx); err != nil {
+				return err
+			}
+		}
+		if indexUp {
+			if err := indexUpstream(tx); err != nil {
 				return err
 			}
 		}
