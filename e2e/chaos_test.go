@@ -325,8 +325,9 @@ func newChaosRig(t *testing.T, clustered bool) *chaosRig {
 	// No reconnection limit: the faults make tetherd reconnect far more
 	// often than any device should, and that limit is tested elsewhere.
 	// No limits on one address either: the agent, the app servers and the
-	// faults' reconnections all come from 127.0.0.1, as no fleet does.
-	flags := []string{"--reconnect-limit", "0", "--shutdown-spread", "1s",
+	// faults' reconnections all come from 127.0.0.1, as no fleet does. No
+	// upstream rate: the run sends upstream faster than a device should.
+	flags := []string{"--reconnect-limit", "0", "--shutdown-spread", "1s", "--upstream-rate-limit", "0",
 		"--checkin-limit", "0", "--enroll-failure-limit", "0", "--sessions-per-ip", "0", "--conns-per-ip", "0"}
 	if !clustered {
 		r.srvs = []*server{newServer(t, flags...)}
