@@ -3,9 +3,11 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -403,5 +405,100 @@ func TestAttackOneAppFillsTheDevice(t *testing.T) {
 	}
 	if log := a.p.log(); strings.Contains(log, "no space left") || strings.Contains(log, "session closed") && strings.Contains(log, "store") {
 		t.Errorf("the agent ran out of room:\n%s", log)
+	}
+}
+
+// TestAttackUpstreamFlood: a device enrolled with a leaked key floods a
+// public sender with upstream messages of 4 KB and four weeks to live. The
+// server keeps at most 20 of each of its apps and takes them at its rate;
+// behind them, the legitimate device's message reaches the app server's
+// slow webhook after a few of the flood's, not after all of them.
+func TestAttackUpstreamFlood(t *testing.T) {
+	var mu sync.Mutex
+	var arrivals []string // the "from" of each upstream message, in order
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			From string `json:"from"`
+		}
+		json.NewDecoder(r.Body).Decode(&body)
+		time.Sleep(50 * time.Millisecond) // an app server that takes its time
+		mu.Lock()
+		arrivals = append(arrivals, body.From)
+		mu.Unlock()
+	}))
+	t.Cleanup(hook.Close)
+	srv := startServer(t)
+	sender, _ := srv.addSender("public", hook.URL)
+	a := startAgent(t, srv.url())
+	token := a.register(app, sender)
+
+	flood := attacker{t, srv, "127.0.0.2"}
+	fr, c := flood.hello(wire.Hello{EnrollKey: e2eEnrollKey})
+	var w wire.Welcome
+	if fr.Decode(&w) != nil || w.DeviceID == "" {
+		t.Fatalf("the attacker's check-in answered %s", fr.Type)
+	}
+	d := &rawDevice{t: t, c: c}
+	const apps = 5
+	for i := range apps {
+		d.send(fmt.Sprint(i), wire.Register{App: fmt.Sprintf("com.example.flood%d", i), Sender: sender})
+		if fr, err := d.read(); err != nil || fr.Type != wire.TypeRegistered {
+			t.Fatalf("the attacker's register answered %s, %v", fr.Type, err)
+		}
+	}
+	pad := map[string]string{"pad": strings.Repeat("u", 4000)}
+	stored, refused, later := 0, 0, 0
+	for i := range 2000 {
+		d.send(fmt.Sprint(i), wire.Upstream{App: fmt.Sprintf("com.example.flood%d", i%apps), To: sender, ID: fmt.Sprint(i), TTL: wire.MaxTTL, Data: pad})
+		fr, err := d.read()
+		if err != nil {
+			t.Fatalf("upstream %d: %v", i, err)
+		}
+		var ack wire.UpstreamAck
+		switch {
+		case fr.Type == wire.TypeUpstreamAck && fr.Decode(&ack) == nil && ack.Error == "":
+			stored++
+		case ack.Error == wire.UpstreamTooManyMessages:
+			refused++
+		case fr.Type == wire.TypeError:
+			later++ // over the device's rate: the agent would try again later
+		default:
+			t.Fatalf("upstream %d answered %s %s", i, fr.Type, fr.Body)
+		}
+	}
+	if stored > apps*20 || refused+later < 2000-apps*20 {
+		t.Errorf("the flood stored %d, was refused %d for the cap and %d for the rate; want at most %d stored", stored, refused, later, apps*20)
+	}
+
+	// The webhook is busy with the flood; the legitimate message goes
+	// after at most the deliveries under way and one turn.
+	waitFor(t, "the flood to reach the webhook", 30*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(arrivals) == 0 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	mu.Lock()
+	before := len(arrivals)
+	mu.Unlock()
+	if _, err := a.ctl("send", "--app", app, "--to", sender, "k=v"); err != nil {
+		t.Fatal(err)
+	}
+	var ahead int
+	waitFor(t, "the legitimate message at the webhook", 60*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		for i, from := range arrivals[before:] {
+			if from == token {
+				ahead = i
+				return nil
+			}
+		}
+		return errors.New("not yet")
+	})
+	if ahead > 4 {
+		t.Errorf("%d of the flood's messages reached the webhook before the legitimate one, want at most 4", ahead)
 	}
 }
