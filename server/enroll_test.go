@@ -410,3 +410,39 @@ func TestLastSeen(t *testing.T) {
 		t.Errorf("a heartbeat after the interval did not note the device seen: %v, then %v", second, got)
 	}
 }
+
+// TestStaleDevicesRemoved: a device not seen for DeviceExpiry is removed
+// by the server itself, and its tokens answer NotRegistered; one seen
+// lately stays.
+func TestStaleDevicesRemoved(t *testing.T) {
+	dir := t.TempDir()
+	ts := startServerIn(t, dir, nil)
+	snd := ts.addSender("")
+	stale, fresh := ts.checkIn(), ts.checkIn()
+	token := stale.register(app, snd.ID)
+	stale.conn.Close()
+	ts.clock.Advance(100 * 24 * time.Hour)
+	fresh.conn.Close()
+	ts.reconnect(fresh).conn.Close() // seen 100 days after the stale one
+	ts.stop()
+
+	// Back 271 days after both checked in: the server looks at once.
+	later := startServerIn(t, dir, func(c *Config) {
+		offset := 271 * 24 * time.Hour
+		c.Now = func() time.Time { return time.Now().Add(offset) }
+	})
+	waitFor(t, "the stale device to go", func() bool {
+		_, err := later.store.Device(context.Background(), stale.id)
+		return errors.Is(err, store.ErrNotFound)
+	})
+	if _, err := later.store.Device(context.Background(), fresh.id); err != nil {
+		t.Errorf("the device seen lately: %v", err)
+	}
+	resp := later.send(snd.ServerKey, map[string]any{"to": token})
+	if resp.Results[0].Error != "NotRegistered" {
+		t.Errorf("send to the stale device's token: %+v, want NotRegistered", resp.Results[0])
+	}
+	if !strings.Contains(later.logs.String(), `msg="stale devices removed" count=1`) {
+		t.Error("no log line of the removal")
+	}
+}
