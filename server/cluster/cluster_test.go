@@ -175,6 +175,50 @@ func TestRatesHoldAcrossNodes(t *testing.T) {
 	}
 }
 
+// TestRatesRefillWhateverTheClocks: a node whose clock is an hour ahead
+// takes from a bucket; a node on time still sees it refill, instead of
+// waiting an hour.
+func TestRatesRefillWhateverTheClocks(t *testing.T) {
+	prefix := fmt.Sprintf("r%d", prefixes.Add(1))
+	var mu sync.Mutex
+	now := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
+	clocks := []func() time.Time{
+		func() time.Time { mu.Lock(); defer mu.Unlock(); return now.Add(time.Hour) },
+		func() time.Time { mu.Lock(); defer mu.Unlock(); return now },
+	}
+	var limits []*Rates
+	for _, clock := range clocks {
+		n, err := NewNode(context.Background(), Config{Conn: connect(t), Prefix: prefix, Partitions: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := NewRates(context.Background(), n, "device", 4, clock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		limits = append(limits, r)
+	}
+	for range 4 {
+		if ok, err := limits[0].Allow(context.Background(), "dev-1"); !ok || err != nil {
+			t.Fatalf("the node ahead: %v, %v", ok, err)
+		}
+	}
+	if ok, _ := limits[1].Allow(context.Background(), "dev-1"); ok {
+		t.Error("an exhausted bucket allowed an event")
+	}
+	mu.Lock()
+	now = now.Add(30 * time.Second) // half a minute: two more
+	mu.Unlock()
+	var got []bool
+	for range 3 {
+		ok, _ := limits[1].Allow(context.Background(), "dev-1")
+		got = append(got, ok)
+	}
+	if want := []bool{true, true, false}; !slices.Equal(got, want) {
+		t.Errorf("the node on time after 30 s: %v, want %v", got, want)
+	}
+}
+
 // TestSendersReachTheNodeWithAConnection: a node asks for a sender's XMPP
 // connection and the node that holds it delivers; with none anywhere, the
 // answer is that there is none.

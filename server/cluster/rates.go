@@ -21,7 +21,7 @@ import (
 // minute per key, in bursts of up to as many, a token bucket per key kept
 // in a JetStream stream and changed only if unchanged since it was read.
 // A bucket left alone refills within a minute; its record expires soon
-// after.
+// after. Nodes whose clocks disagree make it looser, never stuck.
 type Rates struct {
 	js        jetstream.JetStream
 	stream    jetstream.Stream
@@ -56,24 +56,37 @@ func (r *Rates) key(key string) string {
 }
 
 // read returns key's bucket, refilled to now, and its record's sequence.
-func (r *Rates) read(ctx context.Context, key string) (bucket, uint64, error) {
+// ahead says the record was written by a node whose clock is ahead of
+// this one's: the bucket refills from now on, on this node's clock, so
+// that clocks that disagree make the limit looser, never stop it
+// refilling; a refusal writes that down (Allow).
+func (r *Rates) read(ctx context.Context, key string) (b bucket, seq uint64, ahead bool, err error) {
 	now := r.now()
-	b := bucket{Tokens: r.perMinute, At: now}
+	b = bucket{Tokens: r.perMinute, At: now}
 	m, err := r.stream.GetLastMsgForSubject(ctx, r.key(key))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return b, 0, nil
+		return b, 0, false, nil
 	}
 	if err != nil {
-		return b, 0, err
+		return b, 0, false, err
 	}
 	if json.Unmarshal(m.Data, &b) != nil {
 		b = bucket{Tokens: r.perMinute, At: now}
 	}
-	if elapsed := now.Sub(b.At); elapsed > 0 {
-		b.Tokens = min(r.perMinute, b.Tokens+elapsed.Minutes()*r.perMinute)
-		b.At = now
-	}
-	return b, m.Sequence, nil
+	ahead = b.At.After(now)
+	b.Tokens = min(r.perMinute, b.Tokens+max(now.Sub(b.At), 0).Minutes()*r.perMinute)
+	b.At = now
+	return b, m.Sequence, ahead, nil
+}
+
+// write stores b as key's bucket if its record is still at seq.
+func (r *Rates) write(ctx context.Context, key string, b bucket, seq uint64) error {
+	msg := nats.NewMsg(r.key(key))
+	msg.Data = mustJSON(b)
+	msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(seq, 10))
+	msg.Header.Set(jetstream.MsgTTLHeader, "120s")
+	_, err := r.js.PublishMsg(ctx, msg)
+	return err
 }
 
 // Allow takes one event for key, or reports that key is over its rate.
@@ -81,19 +94,18 @@ func (r *Rates) Allow(ctx context.Context, key string) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	for {
-		b, seq, err := r.read(ctx, key)
+		b, seq, ahead, err := r.read(ctx, key)
 		if err != nil {
 			return true, fmt.Errorf("read rate of %s: %w", r.subject, err)
 		}
 		if b.Tokens < 1 {
+			if ahead {
+				r.write(ctx, key, b, seq) // a conflict means another node wrote: fine
+			}
 			return false, nil
 		}
 		b.Tokens--
-		msg := nats.NewMsg(r.key(key))
-		msg.Data = mustJSON(b)
-		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(seq, 10))
-		msg.Header.Set(jetstream.MsgTTLHeader, "120s")
-		_, err = r.js.PublishMsg(ctx, msg)
+		err = r.write(ctx, key, b, seq)
 		var apiErr *jetstream.APIError
 		switch {
 		case err == nil:
@@ -109,7 +121,7 @@ func (r *Rates) Allow(ctx context.Context, key string) (bool, error) {
 func (r *Rates) Exhausted(ctx context.Context, key string) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	b, _, err := r.read(ctx, key)
+	b, _, _, err := r.read(ctx, key)
 	if err != nil {
 		return false, fmt.Errorf("read rate of %s: %w", r.subject, err)
 	}
