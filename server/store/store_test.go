@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 var ctx = context.Background()
@@ -183,5 +186,65 @@ func TestMaxSize(t *testing.T) {
 	}
 	if _, err := s.Pending(ctx, f.device.ID, 0, 1); err != nil {
 		t.Errorf("read after full: %v", err)
+	}
+}
+
+// TestOpenMovesVersion1: a store of schema version 1, from before devices
+// were known to be seen, opens as version 2: each device counts as seen
+// when the store moved, so that none is removed as stale for having been
+// quiet before anyone watched, and what version 2 added is there.
+func TestOpenMovesVersion1(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "server.db")
+	s, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := s.AddDevice(ctx, Device{SecretHash: hash("old"), Created: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Back to what version 1 wrote: no last seen, no buckets of version 2,
+	// version 1 in meta.
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		dev.LastSeen = time.Time{}
+		if err := put(tx.Bucket(bucketDevices), []byte(dev.ID), dev); err != nil {
+			return err
+		}
+		for _, b := range [][]byte{bucketCerts, bucketEnrollKeys, bucketEnrollHashes} {
+			if err := tx.DeleteBucket(b); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketMeta).Put([]byte("version"), be64(1))
+	})
+	s.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now()
+	s, err = Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Device(ctx, dev.ID)
+	if err != nil || got.LastSeen.Before(before) {
+		t.Errorf("device after the move: %+v, %v; want seen when it moved", got, err)
+	}
+	if _, err := s.AddEnrollKey(ctx, EnrollKey{Hash: hash("k"), Uses: 1, Created: t0}); err != nil {
+		t.Errorf("an enrollment key in the moved store: %v", err)
+	}
+	var version uint64
+	s.db.View(func(tx *bolt.Tx) error {
+		version = binary.BigEndian.Uint64(tx.Bucket(bucketMeta).Get([]byte("version")))
+		return nil
+	})
+	if version != schemaVersion {
+		t.Errorf("schema version %d after the move, want %d", version, schemaVersion)
+	}
+	// A store of a later version is refused, not moved back.
+	s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put([]byte("version"), be64(schemaVersion+1)) })
+	s.Close()
+	if _, err := Open(path, Options{}); err == nil || !strings.Contains(err.Error(), "schema version 3") {
+		t.Errorf("Open of a later version: %v", err)
 	}
 }
