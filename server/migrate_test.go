@@ -36,6 +36,10 @@ func TestMigrate(t *testing.T) {
 		t.Fatal(err)
 	}
 	rotated, err := a.RotateToken(context.Background(), other, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enrollKey, err := a.CreateEnrollKey(context.Background(), 1, 0)
 	a.Close()
 	if err != nil {
 		t.Fatal(err)
@@ -51,13 +55,18 @@ func TestMigrate(t *testing.T) {
 		}
 		counts = append(counts, n)
 	}
-	want := Migrated{Senders: 1, Devices: 1, Registrations: 3, Messages: 4, Upstream: 1, Seen: 1}
+	want := Migrated{Senders: 1, Devices: 1, Registrations: 3, Messages: 4, Upstream: 1, Seen: 1, EnrollKeys: 1}
 	if counts[0] != want || counts[1] != want {
 		t.Errorf("migrated %+v then %+v, want %+v both times", counts[0], counts[1], want)
 	}
 
 	hook.setFailures(0)
 	node := startServer(t, func(c *Config) { c.NATS = nats })
+	// The enrollment key made before the move enrolls a device, once.
+	node.hello(wire.Hello{EnrollKey: enrollKey.Key}).conn.Close()
+	if code, _ := node.refusedHello(wire.Hello{EnrollKey: enrollKey.Key}); code != wire.CodeUnauthorized {
+		t.Errorf("the spent key enrolled again: %q", code)
+	}
 	if got := hook.next(t); got.MessageID != "up-1" || got.From != token {
 		t.Errorf("webhook got %+v, want up-1 from the device's token", got)
 	}
