@@ -224,8 +224,8 @@ type server struct {
 	// keysOnly enrolls devices with the enrollment keys in the store
 	// alone, no fleet key.
 	keysOnly bool
-	client *http.Client
-	p      *proc
+	client   *http.Client
+	p        *proc
 }
 
 func newServer(t *testing.T, extra ...string) *server {

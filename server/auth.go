@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-		"net/http"
+	"net/http"
 	"net/netip"
 	"strings"
 	"time"
@@ -93,4 +93,3 @@ func ParseTrustedProxies(cidrs []string) ([]netip.Prefix, error) {
 func (s *Server) clientAddr(r *http.Request) netip.Addr {
 	return clientip.FromRequest(r, s.cfg.TrustedProxies)
 }
-
