@@ -89,6 +89,10 @@ func TestEnrollmentKeysOfTheirOwn(t *testing.T) {
 	spent := newAgent(t, srv.url(), "--enroll-key-file", one, "--max-backoff", "2s")
 	spent.launch()
 	spent.waitLog("the server refused the check-in")
+	// Its refusals, one every --max-backoff, would use up the address's
+	// budget of failed credentials (--enroll-failure-limit) that the
+	// re-enrollment below needs: all these agents share 127.0.0.1.
+	spent.p.stop()
 
 	b := startAgent(t, srv.url(), "--enroll-key-file", batch, "--max-backoff", "2s")
 	bToken := b.register(app, sender)
@@ -100,6 +104,7 @@ func TestEnrollmentKeysOfTheirOwn(t *testing.T) {
 	// holds a key.
 	srv.deviceRun("revoke", deviceID(t, a))
 	a.waitLog("the server revoked this device")
+	a.p.stop()
 	srv.expectNotRegistered(key, aToken)
 	if n := len(srv.devices()); n != 2 {
 		t.Errorf("%d devices after a revocation, want 2: the revoked device enrolled again", n)

@@ -74,13 +74,7 @@ func enrollList(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs := flags("enroll list", stderr)
 	tgt := targetFlags(fs)
 	asJSON := fs.Bool("json", false, "print a JSON array")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := tgt.check(fs); err != nil {
-		return err
-	}
-	admin, err := openAdmin(ctx, tgt, false)
+	admin, err := tgt.open(ctx, fs, args, false)
 	if err != nil {
 		return err
 	}
@@ -111,13 +105,7 @@ func enrollRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs := flags("enroll revoke", stderr)
 	tgt := targetFlags(fs)
 	id := fs.String("id", "", "`ID` of the enrollment key to revoke")
-	if err := parse(fs, args, "id"); err != nil {
-		return err
-	}
-	if err := tgt.check(fs); err != nil {
-		return err
-	}
-	admin, err := openAdmin(ctx, tgt, false)
+	admin, err := tgt.open(ctx, fs, args, false, "id")
 	if err != nil {
 		return err
 	}
@@ -133,13 +121,7 @@ func deviceList(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs := flags("device list", stderr)
 	tgt := targetFlags(fs)
 	asJSON := fs.Bool("json", false, "print a JSON array")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := tgt.check(fs); err != nil {
-		return err
-	}
-	admin, err := openAdmin(ctx, tgt, false)
+	admin, err := tgt.open(ctx, fs, args, false)
 	if err != nil {
 		return err
 	}
@@ -174,13 +156,7 @@ func deviceShow(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	tgt := targetFlags(fs)
 	id := fs.String("id", "", "`ID` of the device")
 	asJSON := fs.Bool("json", false, "print a JSON object")
-	if err := parse(fs, args, "id"); err != nil {
-		return err
-	}
-	if err := tgt.check(fs); err != nil {
-		return err
-	}
-	admin, err := openAdmin(ctx, tgt, false)
+	admin, err := tgt.open(ctx, fs, args, false, "id")
 	if err != nil {
 		return err
 	}
@@ -208,13 +184,7 @@ func deviceEnd(ctx context.Context, verb string, args []string, stdout, stderr i
 	fs := flags("device "+verb, stderr)
 	tgt := targetFlags(fs)
 	id := fs.String("id", "", "`ID` of the device to "+verb)
-	if err := parse(fs, args, "id"); err != nil {
-		return err
-	}
-	if err := tgt.check(fs); err != nil {
-		return err
-	}
-	admin, err := openAdmin(ctx, tgt, false)
+	admin, err := tgt.open(ctx, fs, args, false, "id")
 	if err != nil {
 		return err
 	}

@@ -463,19 +463,25 @@ func openAdmin(ctx context.Context, t *target, create bool) (*server.Admin, erro
 	return server.OpenAdmin(ctx, server.AdminConfig{DataDir: t.data, NATS: t.nats.config(), Create: create})
 }
 
+// open parses an admin command's arguments, with the flags named in
+// required, and opens the server's store they point at.
+func (t *target) open(ctx context.Context, fs *flag.FlagSet, args []string, create bool, required ...string) (*server.Admin, error) {
+	if err := parse(fs, args, required...); err != nil {
+		return nil, err
+	}
+	if err := t.check(fs); err != nil {
+		return nil, err
+	}
+	return openAdmin(ctx, t, create)
+}
+
 func senderAdd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("sender add", stderr)
 	tgt := targetFlags(fs)
 	name := fs.String("name", "", "`name` of the app server, for people")
 	webhook := fs.String("webhook", "", "`URL` that upstream messages are POSTed to")
 	asJSON := fs.Bool("json", false, `print {"sender_id": ..., "server_key": ...}`)
-	if err := parse(fs, args, "name"); err != nil {
-		return err
-	}
-	if err := tgt.check(fs); err != nil {
-		return err
-	}
-	admin, err := openAdmin(ctx, tgt, true)
+	admin, err := tgt.open(ctx, fs, args, true, "name")
 	if err != nil {
 		return err
 	}
@@ -504,13 +510,7 @@ func senderList(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs := flags("sender list", stderr)
 	tgt := targetFlags(fs)
 	asJSON := fs.Bool("json", false, "print a JSON array")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := tgt.check(fs); err != nil {
-		return err
-	}
-	admin, err := openAdmin(ctx, tgt, false)
+	admin, err := tgt.open(ctx, fs, args, false)
 	if err != nil {
 		return err
 	}
@@ -537,13 +537,7 @@ func senderRemove(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs := flags("sender remove", stderr)
 	tgt := targetFlags(fs)
 	id := fs.String("id", "", "sender `ID` to remove")
-	if err := parse(fs, args, "id"); err != nil {
-		return err
-	}
-	if err := tgt.check(fs); err != nil {
-		return err
-	}
-	admin, err := openAdmin(ctx, tgt, false)
+	admin, err := tgt.open(ctx, fs, args, false, "id")
 	if err != nil {
 		return err
 	}
@@ -561,13 +555,7 @@ func senderRotateKey(ctx context.Context, args []string, stdout, stderr io.Write
 	id := fs.String("id", "", "sender `ID` whose server key to replace")
 	grace := fs.Duration("grace", 24*time.Hour, "how long the old key keeps working (`duration`, 0 to stop it at once)")
 	asJSON := fs.Bool("json", false, `print {"sender_id": ..., "server_key": ..., "old_key_until": ...}`)
-	if err := parse(fs, args, "id"); err != nil {
-		return err
-	}
-	if err := tgt.check(fs); err != nil {
-		return err
-	}
-	admin, err := openAdmin(ctx, tgt, false)
+	admin, err := tgt.open(ctx, fs, args, false, "id")
 	if err != nil {
 		return err
 	}

@@ -36,7 +36,12 @@ func TestProcessesKeepQuorum(t *testing.T) {
 	publish := func(what string) {
 		t.Helper()
 		for {
-			_, err := js.Publish(ctx, "s."+what, []byte(what))
+			// Each attempt has a timeout of its own: one sent while the
+			// stream elects a leader gets no answer at all; the message ID keeps
+			// one stored before its answer was lost from counting twice.
+			actx, acancel := context.WithTimeout(ctx, 2*time.Second)
+			_, err := js.Publish(actx, "s."+what, []byte(what), jetstream.WithMsgID(what))
+			acancel()
 			if err == nil {
 				return
 			}
@@ -51,6 +56,20 @@ func TestProcessesKeepQuorum(t *testing.T) {
 	publish("killed")
 	if err := p.Start(1); err != nil {
 		t.Fatal(err)
+	}
+	// Node 1 must have caught up before node 2 is cut off, or the stream
+	// has no quorum until it does.
+	for {
+		st, err := js.Stream(ctx, "S")
+		if err == nil {
+			if info, err := st.Info(ctx); err == nil && allCurrent(info.Cluster) {
+				break
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("node 1 did not catch up after its restart: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	if err := p.Blackhole(2, true); err != nil {
 		t.Fatal(err)
@@ -70,4 +89,18 @@ func TestProcessesKeepQuorum(t *testing.T) {
 	if err != nil || info.State.Msgs != 3 {
 		t.Fatalf("stream holds %v messages, %v; want 3", info.State.Msgs, err)
 	}
+}
+
+// allCurrent says whether every replica of a stream is online and
+// current with its leader.
+func allCurrent(c *jetstream.ClusterInfo) bool {
+	if c == nil || c.Leader == "" {
+		return false
+	}
+	for _, r := range c.Replicas {
+		if !r.Current || r.Offline {
+			return false
+		}
+	}
+	return true
 }

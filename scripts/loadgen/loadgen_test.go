@@ -212,8 +212,9 @@ func TestRunTLS(t *testing.T) {
 	if fresh == nil || held == nil || after == nil {
 		t.Fatalf("memprobe: fresh %v, held %v, after %v; want all three", fresh, held, after)
 	}
-	// A session has at least its reader goroutine, a stack and a connection.
-	if held.Goroutines < fresh.Goroutines+ph.Held || held.Stacks <= fresh.Stacks || held.Live <= fresh.Live {
+	// A session has at least its reader goroutine and a connection. (Its
+	// stack may come from stack memory that freed goroutines left.)
+	if held.Goroutines < fresh.Goroutines+ph.Held || held.Live <= fresh.Live {
 		t.Errorf("memprobe: fresh %+v, held %+v for %d sessions", *fresh, *held, ph.Held)
 	}
 	var out bytes.Buffer
