@@ -7,9 +7,11 @@ import (
 	"sync"
 )
 
-// Compact frame type codes: the first byte of a compact frame. A JSON
-// frame starts with '{' (0x7b), which no code takes.
+// Compact frame type codes: the first byte of a compact frame. Codes are
+// below maxCode; a frame that starts with any other byte is JSON, which
+// starts with '{' (0x7b).
 const (
+	maxCode          = 0x20
 	codeMessage byte = 0x01
 	codeAck     byte = 0x02
 )
@@ -92,9 +94,23 @@ func NewCodec(v int) (*Codec, error) {
 // Version is the protocol version the codec speaks.
 func (c *Codec) Version() int { return c.version }
 
-// Compact reports whether frame is a compact (binary) frame, which goes
-// in a WebSocket binary message; JSON frames go in text messages.
-func Compact(frame []byte) bool { return len(frame) > 0 && frame[0] != '{' }
+// WebSocket message types (RFC 6455 opcodes) that carry frames.
+const (
+	TextMessage   = 1
+	BinaryMessage = 2
+)
+
+// MessageType is the WebSocket message type that carries frame: a JSON
+// frame goes in a text message, a compact one in a binary message.
+func MessageType(frame []byte) int {
+	if compact(frame) {
+		return BinaryMessage
+	}
+	return TextMessage
+}
+
+// compact reports whether frame is a compact frame.
+func compact(frame []byte) bool { return len(frame) > 0 && frame[0] < maxCode }
 
 // Encode validates b and encodes it as one frame of the codec's version.
 // In version 2, message and ack frames, which carry no ref, are compact.
@@ -131,7 +147,7 @@ func (c *Codec) Encode(ref string, b Body) ([]byte, error) {
 // JSON frames and compact ones; a compact frame's body is decoded and
 // validated here already, and Frame.Decode hands it over.
 func (c *Codec) Decode(data []byte) (Frame, error) {
-	if c.version < 2 || !Compact(data) {
+	if c.version < 2 || !compact(data) {
 		return Decode(data)
 	}
 	if len(data) > MaxFrameSize {
@@ -305,7 +321,10 @@ func (c *Codec) decodeMessage(r *reader) (Frame, error) {
 // decodeAck decodes an ack's fields and turns its numbers back into the
 // IDs they stand for; under c.mu.
 func (c *Codec) decodeAck(r *reader) (Frame, error) {
+	// A number's place in a.IDs is kept until its ID is known, so that
+	// the IDs come in the order of the frame.
 	var numbers []uint64
+	var at []int
 	var a Ack
 	for !r.done() {
 		field, kind, err := r.key()
@@ -316,7 +335,8 @@ func (c *Codec) decodeAck(r *reader) (Frame, error) {
 		case field == ackNumber && kind == kindUint:
 			var n uint64
 			n, err = r.uint()
-			numbers = append(numbers, n)
+			numbers, at = append(numbers, n), append(at, len(a.IDs))
+			a.IDs = append(a.IDs, "")
 		case field == ackID && kind == kindBytes:
 			var id string
 			id, err = r.string()
@@ -329,18 +349,18 @@ func (c *Codec) decodeAck(r *reader) (Frame, error) {
 		if err != nil {
 			return Frame{}, err
 		}
-		if len(numbers)+len(a.IDs) > MaxAckIDs {
+		if len(a.IDs) > MaxAckIDs {
 			return Frame{}, fmt.Errorf("%w: ack of more than %d ids", ErrBadFrame, MaxAckIDs)
 		}
 	}
 	// Forgotten only once the whole frame is good; a number given twice
 	// is an ID given twice, which an ack allows.
-	for _, n := range numbers {
+	for i, n := range numbers {
 		id, ok := c.numbered[n]
 		if !ok {
 			return Frame{}, fmt.Errorf("%w: ack of message number %d, which the session has not sent or has had acked", ErrBadFrame, n)
 		}
-		a.IDs = append(a.IDs, id)
+		a.IDs[at[i]] = id
 	}
 	if err := a.Validate(); err != nil {
 		return Frame{}, fmt.Errorf("ack body: %w", err)
