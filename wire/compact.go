@@ -169,7 +169,9 @@ func (c *Codec) Decode(data []byte) (Frame, error) {
 // encodeMessage encodes m, which is valid; under c.mu. The first message
 // to a registration in the session binds a handle to its token, app and
 // sender, and later ones carry the handle alone; a number stands for the
-// ID in the ack.
+// ID in the ack. A valid message always fits in a frame (its fields'
+// limits keep it under 25 KB), so Encode never drops a frame whose
+// binding or number the codec has taken note of.
 func (c *Codec) encodeMessage(m Message) []byte {
 	w := make(writer, 0, 48+len(m.ID)+len(m.Token)+len(m.App)+len(m.From)+len(m.CollapseKey)+len(m.Topic)+
 		DataSize(m.Data)+DataSize(m.Notification)+8*(len(m.Data)+len(m.Notification)))

@@ -331,3 +331,26 @@ func FuzzCompactDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestCompactLargestMessageFits: the largest valid message fits in a
+// frame, so that a binding or number the codec noted always goes out.
+func TestCompactLargestMessageFits(t *testing.T) {
+	long := strings.Repeat("x", maxNameLen)
+	m := Message{
+		ID: long, Token: long, App: strings.Repeat("a", MaxAppIDLen), From: strings.Repeat("1", maxNameLen),
+		CollapseKey: long, Priority: "normal", TTL: MaxTTL, SentTime: 1 << 62, Topic: strings.Repeat("t", MaxTopicLen),
+		Data: map[string]string{},
+	}
+	// Short keys with empty values cost the most frame per byte counted.
+	for i := 0; DataSize(m.Data)+len(fmt.Sprint(i)) <= MaxDataSize; i++ {
+		m.Data[fmt.Sprint(i)] = ""
+	}
+	server, _ := session(t)
+	frame, err := server.Encode("", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(frame) > 25<<10 {
+		t.Fatalf("the largest message takes %d bytes", len(frame))
+	}
+}
