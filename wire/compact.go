@@ -370,6 +370,11 @@ func (c *Codec) decodeAck(r *reader) (Frame, error) {
 	for _, n := range numbers {
 		delete(c.numbered, n)
 	}
+	if len(c.numbered) == 0 {
+		// A map keeps the room it grew to: a server's idle sessions,
+		// all acked, hold none.
+		c.numbered = nil
+	}
 	return Frame{Type: TypeAck, decoded: a}, nil
 }
 

@@ -157,6 +157,16 @@ func TestCompactBounds(t *testing.T) {
 	if _, ok := server.numbered[1]; ok {
 		t.Fatal("an acked number is still remembered")
 	}
+	var ids []string
+	for i := 1; i < maxNumbered; i++ {
+		ids = append(ids, fmt.Sprint("id", i))
+	}
+	for chunk := range slices.Chunk(ids, MaxAckIDs) {
+		pass(t, agent, server, Ack{IDs: chunk}, &a)
+	}
+	if server.numbered != nil || len(agent.numbers) != 0 {
+		t.Fatalf("all acked, and the server keeps %d numbers, the agent %d", len(server.numbered), len(agent.numbers))
+	}
 }
 
 func TestCompactRejects(t *testing.T) {
