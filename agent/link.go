@@ -509,8 +509,13 @@ func (l *Link) connect(ctx context.Context, h Handler, t target) (time.Duration,
 		}
 		return 0, err
 	}
+	codec, err := wire.NewCodec(welcome.Version)
+	if err != nil {
+		conn.Close()
+		return 0, fmt.Errorf("welcome from %s: %w", t.url, err)
+	}
 
-	s := newSession(conn, welcome, heartbeat, l.cfg.PongWait, &l.heartbeats, l.log)
+	s := newSession(conn, welcome, codec, heartbeat, l.cfg.PongWait, &l.heartbeats, l.log)
 	started := time.Now()
 	l.mu.Lock()
 	l.session = s
@@ -613,9 +618,6 @@ func exchangeHello(ctx context.Context, conn *websocket.Conn, hello []byte) (wir
 	if err := f.Decode(&w); err != nil {
 		return wire.Welcome{}, fmt.Errorf("read welcome: %w", err)
 	}
-	if w.Version != wire.Version {
-		return wire.Welcome{}, fmt.Errorf("server answered with protocol version %d, want %d", w.Version, wire.Version)
-	}
 	return w, nil
 }
 
@@ -624,6 +626,7 @@ func exchangeHello(ctx context.Context, conn *websocket.Conn, hello []byte) (wir
 type Session struct {
 	conn      *websocket.Conn
 	welcome   wire.Welcome
+	codec     *wire.Codec
 	log       *slog.Logger
 	pongWait  time.Duration
 	pings     *atomic.Uint64 // the link's count of heartbeats sent
@@ -646,10 +649,11 @@ type Session struct {
 	readErr   error // set before readDone closes
 }
 
-func newSession(conn *websocket.Conn, w wire.Welcome, heartbeat, pongWait time.Duration, pings *atomic.Uint64, log *slog.Logger) *Session {
+func newSession(conn *websocket.Conn, w wire.Welcome, codec *wire.Codec, heartbeat, pongWait time.Duration, pings *atomic.Uint64, log *slog.Logger) *Session {
 	s := &Session{
 		conn:      conn,
 		welcome:   w,
+		codec:     codec,
 		log:       log,
 		pongWait:  pongWait,
 		pings:     pings,
@@ -679,6 +683,10 @@ func (s *Session) capped(d time.Duration) time.Duration {
 
 // Welcome is the server's answer to hello.
 func (s *Session) Welcome() wire.Welcome { return s.welcome }
+
+// Codec encodes and decodes the session's frames, in the version of its
+// welcome.
+func (s *Session) Codec() *wire.Codec { return s.codec }
 
 // Frames yields each frame the server sends; it is closed when the
 // connection is gone.
@@ -817,7 +825,7 @@ func (s *Session) goodbye() {
 
 func (s *Session) write(frame []byte) error {
 	s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-	return s.conn.WriteMessage(websocket.TextMessage, frame)
+	return s.conn.WriteMessage(wire.MessageType(frame), frame)
 }
 
 // shutdown closes the session with a close frame, waits briefly for the

@@ -70,6 +70,9 @@ type peer struct {
 	// hellos records every hello, probes and refused ones included, and
 	// when it came.
 	hellos []peerHello
+	// version is the highest protocol version the peer speaks;
+	// wire.Version when 0.
+	version int
 }
 
 // peerHello is one hello as the peer received it.
@@ -132,6 +135,7 @@ type peerConn struct {
 	// device is the ID the peer welcomed the connection as.
 	device string
 	hello  wire.Hello
+	codec  *wire.Codec     // of the welcome's version
 	frames chan wire.Frame // every frame the agent sent after hello
 	out    chan []byte
 	pings  chan struct{}
@@ -160,8 +164,11 @@ func (p *peer) serve(w http.ResponseWriter, r *http.Request) {
 		p.t.Errorf("peer: bad hello: %v", err)
 		return
 	}
-	welcome := wire.Welcome{Version: wire.Version}
 	p.mu.Lock()
+	welcome := wire.Welcome{Version: wire.Negotiate(hello.Version)}
+	if p.version != 0 {
+		welcome.Version = min(welcome.Version, p.version)
+	}
 	ph := peerHello{hello: hello, at: time.Now()}
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		ph.cert = r.TLS.PeerCertificates[0].Subject.CommonName
@@ -214,8 +221,13 @@ func (p *peer) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
+	codec, err := wire.NewCodec(welcome.Version)
+	if err != nil {
+		p.t.Errorf("peer: %v", err)
+		return
+	}
 	pc := &peerConn{
-		ws: ws, node: node, device: welcome.DeviceID, hello: hello,
+		ws: ws, node: node, device: welcome.DeviceID, hello: hello, codec: codec,
 		frames: make(chan wire.Frame, 1024),
 		out:    make(chan []byte, 1024),
 		pings:  make(chan struct{}, 64),
@@ -243,7 +255,7 @@ func (p *peer) serve(w http.ResponseWriter, r *http.Request) {
 		for {
 			select {
 			case data := <-pc.out:
-				if ws.WriteMessage(websocket.TextMessage, data) != nil {
+				if ws.WriteMessage(wire.MessageType(data), data) != nil {
 					return
 				}
 			case <-pc.done:
@@ -257,7 +269,7 @@ func (p *peer) serve(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return
 		}
-		f, err := wire.Decode(data)
+		f, err := pc.codec.Decode(data)
 		if err != nil {
 			p.t.Errorf("peer: agent sent a bad frame: %v", err)
 			return
@@ -346,7 +358,7 @@ func (p *peer) nextConn(t *testing.T) *peerConn {
 }
 
 func (pc *peerConn) send(ref string, b wire.Body) {
-	frame, err := wire.Encode(ref, b)
+	frame, err := pc.codec.Encode(ref, b)
 	if err != nil {
 		panic(err)
 	}

@@ -222,7 +222,7 @@ type sessionRun struct {
 func (r *sessionRun) handleBurst(ctx context.Context, burst [][]byte) error {
 	var msgs []wire.Message
 	for _, data := range burst {
-		f, err := wire.Decode(data)
+		f, err := r.s.Codec().Decode(data)
 		if err != nil {
 			r.reject(ctx, "", wire.CodeBadFrame, err)
 			continue
@@ -266,7 +266,7 @@ func (r *sessionRun) reject(ctx context.Context, ref, code string, problem error
 }
 
 func (r *sessionRun) send(ctx context.Context, ref string, b wire.Body) {
-	frame, err := wire.Encode(ref, b)
+	frame, err := r.s.Codec().Encode(ref, b)
 	if err == nil {
 		err = r.s.Send(ctx, frame)
 	}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -174,5 +175,84 @@ func TestEnrollKeyGuardsCheckIn(t *testing.T) {
 	}
 	if json.Unmarshal([]byte(before), &st1) != nil || json.Unmarshal([]byte(after), &st2) != nil || st1.DeviceID == "" || st1.DeviceID != st2.DeviceID {
 		t.Fatalf("device ID before restart %q, after %q: want the same, non-empty", before, after)
+	}
+}
+
+// TestVersion1DeviceBesideVersion2Agent: a device of protocol version 1,
+// as in the field (here spoken by hand), and tetherd, which speaks
+// version 2, share one server. Each gets messages down and sends
+// upstream, and the server's log names the version of each session.
+func TestVersion1DeviceBesideVersion2Agent(t *testing.T) {
+	f := newFleet(t)
+	msgs, _ := f.agent.listen(app)
+	old := dialRaw(t, f.srv)
+	old.send("", wire.Hello{Version: 1, Agent: "tetherd/1.0", EnrollKey: e2eEnrollKey})
+	fr, err := old.read()
+	var w wire.Welcome
+	if err == nil {
+		err = fr.Decode(&w)
+	}
+	if err != nil || w.Version != 1 {
+		t.Fatalf("a version 1 hello answered %s %+v, %v; want a welcome of version 1", fr.Type, w, err)
+	}
+	const oldApp = "com.example.legacy"
+	old.send("r1", wire.Register{App: oldApp, Sender: f.sender})
+	var reg wire.Registered
+	if fr, err = old.read(); err == nil {
+		err = fr.Decode(&reg)
+	}
+	if err != nil {
+		t.Fatalf("register: %v", err)
+	}
+
+	for round := range 3 {
+		data := map[string]any{"round": fmt.Sprint(round)}
+		id := f.sendData(data, nil)
+		oldID := f.srv.mustSend(f.key, map[string]any{"to": reg.Token, "data": data})
+		if got := next(t, msgs); got.MessageID != id || got.Data["round"] != data["round"] {
+			t.Fatalf("round %d: tetherd's app got %+v, want %s", round, got, id)
+		}
+		old.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		typ, raw, err := old.c.ReadMessage()
+		var m wire.Message
+		if err == nil {
+			if fr, err = wire.Decode(raw); err == nil {
+				err = fr.Decode(&m)
+			}
+		}
+		if err != nil || typ != websocket.TextMessage || m.ID != oldID || m.Token != reg.Token || m.Data["round"] != data["round"] {
+			t.Fatalf("round %d: the version 1 device got message type %d %q, %v; want the JSON frame of %s", round, typ, raw, err, oldID)
+		}
+		old.send("", wire.Ack{IDs: []string{m.ID}})
+
+		upID := fmt.Sprint("up-", round)
+		if _, err := f.agent.ctl("send", "--app", app, "--to", f.sender, "--id", upID, "--wait", "round="+fmt.Sprint(round)); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.hook.next(t); got["message_id"] != upID || got["from"] != f.token {
+			t.Fatalf("round %d: the webhook got %v from tetherd, want %s", round, got, upID)
+		}
+		old.send(upID, wire.Upstream{App: oldApp, To: f.sender, ID: upID, TTL: 60, Data: map[string]string{"round": fmt.Sprint(round)}})
+		var ack wire.UpstreamAck
+		if fr, err = old.read(); err == nil {
+			err = fr.Decode(&ack)
+		}
+		if err != nil || ack.ID != upID || ack.Error != "" {
+			t.Fatalf("round %d: upstream from the version 1 device answered %+v, %v", round, ack, err)
+		}
+		if got := f.hook.next(t); got["message_id"] != upID || got["from"] != reg.Token {
+			t.Fatalf("round %d: the webhook got %v from the version 1 device, want %s", round, got, upID)
+		}
+	}
+	versions := map[string]bool{}
+	for line := range strings.Lines(f.srv.p.log()) {
+		if strings.Contains(line, "session open") {
+			for _, v := range []string{"version=1", "version=2"} {
+				versions[v] = versions[v] || strings.Contains(line, v)
+			}
+		}
+	}
+	if !versions["version=1"] || !versions["version=2"] {
+		t.Fatalf("sessions of versions %v in the server's log, want 1 and 2", versions)
 	}
 }

@@ -195,6 +195,8 @@ type device struct {
 	id      string
 	secret  string
 	welcome wire.Welcome
+	// codec speaks the version of the session's welcome, once read.
+	codec *wire.Codec
 }
 
 func (ts *testServer) dial() *websocket.Conn {
@@ -243,7 +245,11 @@ func (ts *testServer) reconnect(d *device) *device {
 
 func (d *device) send(ref string, b wire.Body) {
 	d.t.Helper()
-	frame, err := wire.Encode(ref, b)
+	encode := wire.Encode
+	if d.codec != nil {
+		encode = d.codec.Encode
+	}
+	frame, err := encode(ref, b)
 	if err != nil {
 		d.t.Fatal(err)
 	}
@@ -253,7 +259,7 @@ func (d *device) send(ref string, b wire.Body) {
 func (d *device) sendRaw(frame []byte) {
 	d.t.Helper()
 	d.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	if err := d.conn.WriteMessage(websocket.TextMessage, frame); err != nil {
+	if err := d.conn.WriteMessage(wire.MessageType(frame), frame); err != nil {
 		d.t.Fatalf("write: %v", err)
 	}
 }
@@ -264,7 +270,15 @@ func (d *device) read() (wire.Frame, error) {
 	if err != nil {
 		return wire.Frame{}, err
 	}
-	return wire.Decode(data)
+	if d.codec != nil {
+		return d.codec.Decode(data)
+	}
+	f, err := wire.Decode(data)
+	var w wire.Welcome
+	if err == nil && f.Type == wire.TypeWelcome && f.Decode(&w) == nil {
+		d.codec, err = wire.NewCodec(w.Version)
+	}
+	return f, err
 }
 
 // expect reads the next frame, which must be of type typ with ref, and

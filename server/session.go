@@ -140,6 +140,7 @@ func releaseConn(nc net.Conn) {
 // there is no session to serve.
 func (s *Server) openSession(ctx context.Context, conn *websocket.Conn, acc accepted) (*session, bool) {
 	ss := newSession(s, conn, acc.device.ID, acc.timeout, powerMode(acc.hello.Mode), acc.log)
+	ss.codec = acc.codec
 	if s.node != nil {
 		// On a cluster the session's place in the order of the device's
 		// sessions comes from the state, not from this node's clock:
@@ -166,7 +167,7 @@ func (s *Server) openSession(ctx context.Context, conn *websocket.Conn, acc acce
 		ss.log.Info("write welcome", "err", err)
 		return nil, false
 	}
-	ss.log.Info("session open", "heartbeat", ss.timeout-s.cfg.HeartbeatGrace, "mode", powerMode(acc.hello.Mode))
+	ss.log.Info("session open", "heartbeat", ss.timeout-s.cfg.HeartbeatGrace, "mode", powerMode(acc.hello.Mode), "version", ss.codec.Version())
 	ss.agent, ss.seen = acc.hello.Agent, acc.device.LastSeen
 	if acc.device.Agent != ss.agent || acc.device.PowerMode != ss.mode {
 		ss.seen = time.Time{} // what the device says of itself changed
@@ -248,6 +249,8 @@ type accepted struct {
 	hello   wire.Hello
 	device  store.Device
 	welcome []byte // the encoded welcome to send
+	// codec speaks the version the welcome names.
+	codec *wire.Codec
 	// timeout is the silence after which the server closes the connection.
 	timeout time.Duration
 	log     *slog.Logger
@@ -263,7 +266,11 @@ func (s *Server) handshake(ctx context.Context, conn *websocket.Conn, p peer, lo
 	if err != nil {
 		return accepted{}, err
 	}
-	welcome := wire.Welcome{Version: wire.Version, Heartbeat: s.heartbeatFor(hello.Heartbeat)}
+	codec, err := wire.NewCodec(wire.Negotiate(hello.Version))
+	if err != nil {
+		return accepted{}, fmt.Errorf("choose protocol version: %w", err)
+	}
+	welcome := wire.Welcome{Version: codec.Version(), Heartbeat: s.heartbeatFor(hello.Heartbeat)}
 	var dev store.Device
 	if hello.DeviceID == "" {
 		dev, welcome.DeviceSecret, err = s.checkIn(ctx, hello, p)
@@ -291,7 +298,7 @@ func (s *Server) handshake(ctx context.Context, conn *websocket.Conn, p peer, lo
 		return accepted{}, fmt.Errorf("encode welcome: %w", err)
 	}
 	return accepted{
-		hello: hello, device: dev, welcome: frame,
+		hello: hello, device: dev, welcome: frame, codec: codec,
 		timeout: secondsDuration(int64(welcome.Heartbeat)) + s.cfg.HeartbeatGrace,
 		log:     log.With("device", dev.ID, "agent", hello.Agent),
 	}, nil
@@ -367,6 +374,9 @@ type session struct {
 	// agent's heartbeat plus the grace. Reader goroutine only, and the
 	// goroutine it handles a frame on.
 	timeout time.Duration
+	// codec encodes and decodes the session's frames in the version of
+	// its welcome.
+	codec *wire.Codec
 
 	replies chan []byte // encoded frames from the reader
 	// direct holds time-to-live-0 messages, never stored, for the
@@ -608,7 +618,7 @@ func (ss *session) readLoop() error {
 }
 
 func (ss *session) handle(data []byte) {
-	f, err := wire.Decode(data)
+	f, err := ss.codec.Decode(data)
 	if err != nil {
 		ss.log.Debug("bad frame", "err", err)
 		ss.replyError("", wire.CodeBadFrame, err.Error())
@@ -915,7 +925,7 @@ func (ss *session) writeLoop() {
 
 func (ss *session) write(frame []byte) error {
 	ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.WriteTimeout))
-	return ss.conn.WriteMessage(websocket.TextMessage, frame)
+	return ss.conn.WriteMessage(wire.MessageType(frame), frame)
 }
 
 // writeDirect sends a time-to-live-0 message. A high-priority one wakes
@@ -1087,7 +1097,7 @@ func (ss *session) encodeMessage(m store.Message, now time.Time) []byte {
 		// Round up: a message with half a second left is still alive.
 		ttl = int64((left + time.Second - 1) / time.Second)
 	}
-	frame, err := wire.Encode("", wire.Message{
+	frame, err := ss.codec.Encode("", wire.Message{
 		ID: m.ID, Token: m.Token, App: m.App, From: m.Sender, CollapseKey: m.CollapseKey,
 		Data: m.Data, Priority: m.Priority, TTL: min(ttl, wire.MaxTTL), SentTime: m.Sent.UnixMilli(),
 		Notification: m.Notification, Topic: m.Topic,

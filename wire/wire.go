@@ -12,9 +12,11 @@ import (
 )
 
 const (
-	// Version is the protocol version this package speaks; an agent sends
-	// it in Hello and the server answers with the version it will use.
-	Version = 1
+	// Version is the highest protocol version this package speaks; it
+	// speaks every version from 1 up to it. An agent sends it in Hello and
+	// the server answers in Welcome with the version the session uses
+	// (Negotiate).
+	Version = 2
 	// Path is the WebSocket endpoint on the connection server.
 	Path = "/device/v1"
 	// Subprotocol is the WebSocket subprotocol name both sides offer.
@@ -42,6 +44,10 @@ const (
 	// identifiers.
 	maxNameLen = 1024
 )
+
+// Negotiate is the version of a session whose agent's hello offers
+// offered: the highest both sides speak.
+func Negotiate(offered int) int { return min(offered, Version) }
 
 // Type names a frame.
 type Type string
@@ -112,6 +118,9 @@ type Frame struct {
 	// registered or error frame, an upstream's message ID on its ack.
 	Ref  string          `json:"ref,omitempty"`
 	Body json.RawMessage `json:"body,omitempty"`
+	// decoded is the body of a compact frame, decoded and validated with
+	// the frame (Codec.Decode).
+	decoded Body
 }
 
 // Encode validates b and encodes it as one frame.
@@ -156,6 +165,18 @@ func Decode(data []byte) (Frame, error) {
 func (f Frame) Decode(b Body) error {
 	if f.Type != b.FrameType() {
 		return fmt.Errorf("%w: %s frame decoded as %s", ErrBadFrame, f.Type, b.FrameType())
+	}
+	switch dst := b.(type) {
+	case *Message:
+		if m, ok := f.decoded.(Message); ok {
+			*dst = m
+			return nil
+		}
+	case *Ack:
+		if a, ok := f.decoded.(Ack); ok {
+			*dst = a
+			return nil
+		}
 	}
 	body := f.Body
 	if len(bytes.TrimSpace(body)) == 0 {

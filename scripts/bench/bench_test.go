@@ -445,3 +445,32 @@ func TestTakeAcks(t *testing.T) {
 		})
 	}
 }
+
+func TestStatCPU(t *testing.T) {
+	cases := []struct {
+		name, stat string
+		want       time.Duration
+	}{
+		{"tetherd", "4242 (tetherd) S 1 4242 4242 0 -1 4194560 1200 0 0 0 150 37 0 0 20 0 9 0 1234 1000 200", 1870 * time.Millisecond},
+		{"a name with spaces and parentheses", "7 (a b) c)) R 1 7 7 0 -1 0 0 0 0 0 3 4 0 0", 70 * time.Millisecond},
+		{"cut short", "7 (x) R 1 7 7 0 -1 0 0 0 0 0 3", 0},
+		{"not numbers", "7 (x) R 1 7 7 0 -1 0 0 0 0 0 a b 0 0", 0},
+		{"no name", "", 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := statCPU(tc.stat); got != tc.want {
+				t.Fatalf("statCPU(%q) = %v, want %v", tc.stat, got, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzStatCPU(f *testing.F) {
+	f.Add("4242 (tetherd) S 1 4242 4242 0 -1 4194560 1200 0 0 0 150 37 0 0 20 0 9 0 1234 1000 200")
+	f.Fuzz(func(t *testing.T, stat string) {
+		if statCPU(stat) < 0 {
+			t.Fatalf("negative CPU time from %q", stat)
+		}
+	})
+}

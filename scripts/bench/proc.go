@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -120,6 +121,48 @@ func start(s procSpec) (_ *process, err error) {
 }
 
 func (p *process) pid() int { return p.cmd.Process.Pid }
+
+// userHz is the unit of the CPU times in /proc/PID/stat: USER_HZ, which
+// Linux fixes at 100 for every architecture's user space.
+const userHz = 100
+
+// maxTicks bounds a time read, 20 years of CPU, far from overflowing a
+// time.Duration.
+const maxTicks = 20 * 365 * 24 * 3600 * userHz
+
+// cpuTime is the CPU time the process has used so far, user and system,
+// all its threads; zero once it cannot be read.
+func (p *process) cpuTime() time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid()))
+	if err != nil {
+		return 0
+	}
+	return statCPU(string(b))
+}
+
+// statCPU reads utime and stime from the text of /proc/PID/stat; zero
+// when it is not such a text.
+func statCPU(stat string) time.Duration {
+	// The command name, in parentheses, may hold spaces and parentheses:
+	// the fields counted from 3 (state) start after the last ')'.
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(stat[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	var ticks int64
+	for _, s := range f[11:13] { // fields 14 and 15: utime, stime
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < 0 || n > maxTicks {
+			return 0
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * (time.Second / userHz)
+}
 
 // exited reports whether the process has ended.
 func (p *process) exited() bool {

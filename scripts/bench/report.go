@@ -119,6 +119,7 @@ func (r *report) compare() {
 	maxMs := func(r runResult) float64 { return r.MaxMillis }
 	perSecond := func(r runResult) float64 { return r.PerSecond }
 	perMessage := func(r runResult) float64 { return r.BytesPerMessage }
+	cpu := func(r runResult) float64 { return r.AgentCPUMicros }
 	r.Figures = []figure{
 		runFigure("latency p50 ("+lat+")", "ms", "lower", t.Latency, m.Latency, p50),
 		runFigure("latency p99", "ms", "lower", t.Latency, m.Latency, p99),
@@ -156,7 +157,9 @@ func (r *report) compare() {
 		tl, ml := t.Throughput[n-1], m.Throughput[n-1]
 		r.Figures = append(r.Figures, runFigure(
 			fmt.Sprintf("bytes per message on the device link, %s messages at full speed", thousands(float64(tl.Messages))),
-			"bytes", "lower", tl, ml, perMessage))
+			"bytes", "lower", tl, ml, perMessage),
+			runFigure(fmt.Sprintf("agent CPU per message (tetherd, mosquitto_sub), %s messages at full speed", thousands(float64(tl.Messages))),
+				"µs", "lower", tl, ml, cpu))
 	}
 }
 
@@ -230,6 +233,7 @@ func (r *report) markdown(w io.Writer) {
 		fmt.Sprintf("Throughput: messages sent as fast as a window of %d messages sent and not yet received allows, timed from the first send until the subscriber has every message (and, for Tether, the agent has answered every ack). Tether's app server sends from %d concurrent connections, mosquitto_pub from its one. The window keeps the publishers from outrunning the queue limits: the connection server keeps at most 100 messages for one app on a device (GCM's rule), counting those sent to the device until it has committed their acks, and drops them all beyond; mosquitto queues at most 1000 for a client.", s.Window, s.TetherConns),
 		fmt.Sprintf("Idle: tetherd with `--heartbeat %ds`, measured by `scripts/idle-report` (its own server and proxy), and mosquitto_sub with `-k %d`, side by side for %g s after %g s to settle. Wake-ups are the context switches of all the process's threads (/proc/PID/task/*/status). VmRSS is read at the end: tetherd's counts the pages of its binary it has touched, mosquitto_sub's those of its shared libraries.", s.HeartbeatSeconds, s.HeartbeatSeconds, s.IdleSeconds, s.SettleSeconds),
 		"Bytes are TCP payload bytes on the device's link (tetherd to tether-server, mosquitto_sub to mosquitto), counted by a proxy that follows the WebSocket frames and MQTT packets: per heartbeat, every byte over the heartbeats; per message, the frames other than heartbeats over the messages.",
+		"Agent CPU per message: the user and system CPU time of tetherd's or mosquitto_sub's threads over the run (/proc/PID/stat, in 10 ms ticks), over the messages received.",
 	} {
 		fmt.Fprintf(w, "- %s\n", line)
 	}

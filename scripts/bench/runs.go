@@ -239,6 +239,9 @@ type system interface {
 	publish(ctx context.Context, payload []byte) error
 	// wire is what has crossed the device's link so far.
 	wire() wireCounts
+	// agentCPU is the CPU time the device's side (tetherd,
+	// mosquitto_sub) has used so far.
+	agentCPU() time.Duration
 	// failed is closed when a process of the system has died or the
 	// tool's link to it broke; err says why. A run that loses messages
 	// does not fail the system.
@@ -283,6 +286,9 @@ type runResult struct {
 	// BytesPerMessage its frames other than heartbeats per message.
 	Wire            wireCounts `json:"wire"`
 	BytesPerMessage float64    `json:"bytes_per_message"`
+	// AgentCPUMicros is the CPU time of the device's side per message,
+	// in microseconds, counted in /proc's 10 ms ticks.
+	AgentCPUMicros float64 `json:"agent_cpu_us_per_message"`
 }
 
 // drive runs one run on a system: it sends spec.n messages and waits
@@ -296,7 +302,7 @@ func drive(ctx context.Context, sys system, spec runSpec) (runResult, error) {
 	defer reg.finish(col)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	wireBefore := sys.wire()
+	wireBefore, cpuBefore := sys.wire(), sys.agentCPU()
 
 	var sent atomic.Int64
 	seqs := make(chan int)
@@ -368,6 +374,7 @@ func drive(ctx context.Context, sys system, spec runSpec) (runResult, error) {
 	}
 	r.P50Millis, r.P99Millis, r.MaxMillis, r.MeanMillis = latencyStats(col.latencies)
 	r.BytesPerMessage = float64(r.Wire.DataBytes) / float64(max(r.Received, 1))
+	r.AgentCPUMicros = float64((sys.agentCPU()-cpuBefore)/time.Microsecond) / float64(max(r.Received, 1))
 	return r, nil
 }
 

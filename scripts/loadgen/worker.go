@@ -223,6 +223,7 @@ type sim struct {
 	index int
 	node  int // the index in job.URLs of the server holding it
 	conn  *websocket.Conn
+	codec *wire.Codec
 
 	// Guarded by worker.mu.
 	ping     *time.Timer
@@ -413,47 +414,52 @@ type refusedError struct{ what string }
 func (e *refusedError) Error() string { return "refused: " + e.what }
 
 // open dials the server at the node's URL and exchanges hello and
-// welcome, as tetherd does.
-func (w *worker) open(d *websocket.Dialer, node int, hello wire.Hello) (*websocket.Conn, wire.Welcome, error) {
+// welcome, as tetherd does; the codec speaks the welcome's version.
+func (w *worker) open(d *websocket.Dialer, node int, hello wire.Hello) (*websocket.Conn, wire.Welcome, *wire.Codec, error) {
 	hello.Version = wire.Version
 	hello.Heartbeat = int(w.job.Heartbeat / time.Second)
 	hello.Agent = "loadgen"
 	frame, err := wire.Encode("", hello)
 	if err != nil {
-		return nil, wire.Welcome{}, fail("hello", err)
+		return nil, wire.Welcome{}, nil, fail("hello", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), w.job.HandshakeTimeout)
 	defer cancel()
 	conn, resp, err := d.DialContext(ctx, w.job.URLs[node], nil)
 	if err != nil {
 		if resp != nil {
-			return nil, wire.Welcome{}, fail("dial", fmt.Errorf("HTTP %s: %w", resp.Status, err))
+			return nil, wire.Welcome{}, nil, fail("dial", fmt.Errorf("HTTP %s: %w", resp.Status, err))
 		}
-		return nil, wire.Welcome{}, fail("dial", err)
+		return nil, wire.Welcome{}, nil, fail("dial", err)
 	}
 	if conn.Subprotocol() != wire.Subprotocol {
 		conn.Close()
-		return nil, wire.Welcome{}, fail("dial", fmt.Errorf("server speaks subprotocol %q", conn.Subprotocol()))
+		return nil, wire.Welcome{}, nil, fail("dial", fmt.Errorf("server speaks subprotocol %q", conn.Subprotocol()))
 	}
 	conn.SetReadLimit(wire.MaxFrameSize)
 	deadline := time.Now().Add(w.job.HandshakeTimeout)
 	conn.SetWriteDeadline(deadline)
 	if err := conn.WriteMessage(websocket.TextMessage, frame); err != nil {
 		conn.Close()
-		return nil, wire.Welcome{}, fail("hello", err)
+		return nil, wire.Welcome{}, nil, fail("hello", err)
 	}
 	conn.SetReadDeadline(deadline)
 	welcome, err := readWelcome(conn)
 	if err != nil {
 		conn.Close()
-		return nil, wire.Welcome{}, fail("welcome", err)
+		return nil, wire.Welcome{}, nil, fail("welcome", err)
 	}
-	return conn, welcome, nil
+	codec, err := wire.NewCodec(welcome.Version)
+	if err != nil {
+		conn.Close()
+		return nil, wire.Welcome{}, nil, fail("welcome", err)
+	}
+	return conn, welcome, codec, nil
 }
 
 func readWelcome(conn *websocket.Conn) (wire.Welcome, error) {
 	var welcome wire.Welcome
-	f, err := readFrame(conn)
+	f, err := readFrame(conn, nil)
 	if err != nil {
 		return welcome, err
 	}
@@ -476,12 +482,17 @@ func readWelcome(conn *websocket.Conn) (wire.Welcome, error) {
 	return welcome, fmt.Errorf("%w: %.40q frame in place of the welcome", wire.ErrBadFrame, f.Type)
 }
 
-func readFrame(conn *websocket.Conn) (wire.Frame, error) {
+// readFrame reads one frame, with the session's codec once there is
+// one (after the welcome).
+func readFrame(conn *websocket.Conn, codec *wire.Codec) (wire.Frame, error) {
 	_, data, err := conn.ReadMessage()
 	if err != nil {
 		return wire.Frame{}, err
 	}
-	return wire.Decode(data)
+	if codec == nil {
+		return wire.Decode(data)
+	}
+	return codec.Decode(data)
 }
 
 // leave sends a close frame and closes the connection.
@@ -493,7 +504,7 @@ func leave(conn *websocket.Conn) {
 // checkIn checks the device at pos in: a hello without credentials, which
 // the server answers with a new device ID and secret.
 func (w *worker) checkIn(d *websocket.Dialer, node, pos int) error {
-	conn, welcome, err := w.open(d, node, wire.Hello{EnrollKey: w.job.EnrollKey})
+	conn, welcome, _, err := w.open(d, node, wire.Hello{EnrollKey: w.job.EnrollKey})
 	if err != nil {
 		return err
 	}
@@ -508,7 +519,7 @@ func (w *worker) checkIn(d *websocket.Dialer, node, pos int) error {
 // register registers the app of the device at pos with the sender.
 func (w *worker) register(d *websocket.Dialer, node, pos int) error {
 	dev := w.job.Devices[pos]
-	conn, _, err := w.open(d, node, wire.Hello{DeviceID: dev.ID, DeviceSecret: dev.Secret})
+	conn, _, codec, err := w.open(d, node, wire.Hello{DeviceID: dev.ID, DeviceSecret: dev.Secret})
 	if err != nil {
 		return err
 	}
@@ -525,7 +536,7 @@ func (w *worker) register(d *websocket.Dialer, node, pos int) error {
 	}
 	conn.SetReadDeadline(deadline)
 	for {
-		f, err := readFrame(conn)
+		f, err := readFrame(conn, codec)
 		if err != nil {
 			return fail("registered", err)
 		}
@@ -557,11 +568,11 @@ func (w *worker) connect(d *websocket.Dialer, node, pos int) error {
 	if dev.Token == "" {
 		return fail("connect", errors.New("device has no registration"))
 	}
-	conn, _, err := w.open(d, node, wire.Hello{DeviceID: dev.ID, DeviceSecret: dev.Secret})
+	conn, _, codec, err := w.open(d, node, wire.Hello{DeviceID: dev.ID, DeviceSecret: dev.Secret})
 	if err != nil {
 		return err
 	}
-	s := &sim{index: w.job.First + pos, node: node, conn: conn}
+	s := &sim{index: w.job.First + pos, node: node, conn: conn, codec: codec}
 	w.mu.Lock()
 	if w.closing {
 		w.mu.Unlock()
@@ -633,7 +644,7 @@ func (w *worker) read(s *sim) {
 }
 
 func (w *worker) handle(s *sim, data []byte) error {
-	f, err := wire.Decode(data)
+	f, err := s.codec.Decode(data)
 	if err != nil {
 		return w.send(s, "", wire.Error{Code: wire.CodeBadFrame, Message: err.Error()})
 	}
@@ -678,12 +689,12 @@ func (w *worker) handle(s *sim, data []byte) error {
 }
 
 func (w *worker) send(s *sim, ref string, b wire.Body) error {
-	frame, err := wire.Encode(ref, b)
+	frame, err := s.codec.Encode(ref, b)
 	if err != nil {
 		return err
 	}
 	s.conn.SetWriteDeadline(time.Now().Add(writeWait))
-	return s.conn.WriteMessage(websocket.TextMessage, frame)
+	return s.conn.WriteMessage(wire.MessageType(frame), frame)
 }
 
 func (w *worker) signal() {
