@@ -99,7 +99,7 @@ clean:
 # (docs/server-api.md has figures).
 .PHONY: bench-server
 bench-server:
-	$(GO) test -run '^$$' -bench 'Send$$|Multicast$$|XMPP' -benchtime 2s ./server/
+	$(GO) test -run '^$$' -bench '^Benchmark(Send|Multicast|XMPP.*)$$' -benchtime 2s ./server/
 	$(GO) test -run '^$$' -bench 'TopicFanout' -benchtime 1x -timeout 30m ./server/
 
 # Fault injection: messages both ways through kills, resets, blackholes,

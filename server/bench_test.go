@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -45,7 +44,12 @@ func benchTokens(b *testing.B, st store.Backend, sender string, n int) []string 
 	for range 64 {
 		wg.Go(func() {
 			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
-				reg, err := st.Register(context.Background(), fmt.Sprintf("bench-device-%07d", i), "com.example.bench", sender, time.Now())
+				dev, err := st.AddDevice(context.Background(), store.Device{SecretHash: make([]byte, 32), Created: time.Now()})
+				if err != nil {
+					failed.Store(err)
+					return
+				}
+				reg, err := st.Register(context.Background(), dev.ID, "com.example.bench", sender, time.Now())
 				if err != nil {
 					failed.Store(err)
 					return
