@@ -20,7 +20,7 @@ import (
 
 	serverstore "tether/server/store"
 	"tether/store"
-	"tether/store/boltfile"
+	"tether/internal/boltfile"
 )
 
 // makeFile writes a bbolt file at path with what the stores' files have:
