@@ -20,7 +20,9 @@ import (
 
 	"tether/internal/dbustest"
 	"tether/ipc"
+	"tether/ipc/dbusdoor"
 	"tether/ipc/ipctest"
+	"tether/ipc/socketdoor"
 )
 
 const app = "com.example.app"
@@ -31,13 +33,13 @@ const app = "com.example.app"
 type env struct {
 	t      *testing.T
 	b      *ipctest.Backend
-	srv    *ipc.SocketServer
+	srv    *socketdoor.Server
 	socket string
 	me     ipc.Caller
 	// door is the door tetherctl uses: "socket", or "dbus" for --dbus bus.
 	door    string
 	bus     string
-	dbusSrv *ipc.DBusServer
+	dbusSrv *dbusdoor.Server
 }
 
 // doors are the values of env.door.
@@ -57,7 +59,7 @@ func newEnvOn(t *testing.T, door string) *env {
 func (e *env) startDBus() {
 	e.t.Helper()
 	e.bus = dbustest.Start(e.t).Address
-	srv, err := ipc.NewDBusServer(ipc.DBusConfig{
+	srv, err := dbusdoor.New(dbusdoor.Config{
 		Bus:     e.bus,
 		Backend: e.b,
 		Logger:  slog.New(slog.NewTextHandler(e.t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -78,7 +80,7 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	b := ipctest.New("push.example.test:443", "device-7")
 	socket := filepath.Join(t.TempDir(), "tetherd.sock")
-	srv, err := ipc.NewSocketServer(ipc.SocketConfig{
+	srv, err := socketdoor.New(socketdoor.Config{
 		Path:    socket,
 		Backend: b,
 		Logger:  slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),

@@ -23,7 +23,7 @@ import (
 	"github.com/pelletier/go-toml/v2/unstable"
 
 	"tether/agent"
-	"tether/ipc"
+	"tether/ipc/socketdoor"
 	"tether/store"
 )
 
@@ -80,7 +80,7 @@ func defaults() options {
 		config:     defaultConfig,
 		data:       "/var/lib/tether",
 		socket:     "/run/tether/tetherd.sock",
-		socketMode: ipc.DefaultSocketMode,
+		socketMode: socketdoor.DefaultMode,
 		dbus:       "system",
 		policy:     agent.DefaultHeartbeatPolicy,
 		sysfsRoot:  "/sys",

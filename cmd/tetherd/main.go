@@ -39,7 +39,8 @@ import (
 
 	"tether/agent"
 	"tether/internal/clockknob"
-	"tether/ipc"
+	"tether/ipc/dbusdoor"
+	"tether/ipc/socketdoor"
 	"tether/packaging/openwrt"
 	"tether/packaging/systemd"
 	"tether/platform/service"
@@ -412,7 +413,7 @@ func serve(ctx context.Context, o options, tlsConfig *tls.Config, enrollKey stri
 	}
 	defer st.Close()
 
-	var dbusDoor *ipc.DBusServer // set before the agent runs
+	var dbusDoor *dbusdoor.Server // set before the agent runs
 	cfg := agent.Config{
 		Store:       st,
 		Servers:     o.servers,
@@ -442,7 +443,7 @@ func serve(ctx context.Context, o options, tlsConfig *tls.Config, enrollKey stri
 	if err != nil {
 		return err
 	}
-	door, err := ipc.NewSocketServer(ipc.SocketConfig{
+	door, err := socketdoor.New(socketdoor.Config{
 		Path:    o.socket,
 		Mode:    o.socketMode,
 		Backend: a,

@@ -1,4 +1,4 @@
-package ipc
+package dbusdoor
 
 import (
 	"context"
@@ -6,112 +6,33 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/godbus/dbus/v5"
+
+	"tether/ipc"
 )
 
-// The door's place on the bus.
-const (
-	DBusName      = "org.tether.Push"
-	DBusPath      = "/org/tether/Push"
-	DBusInterface = "org.tether.Push1"
-)
-
-// Names of the D-Bus errors the door answers with. Anything not named here
-// is org.freedesktop.DBus.Error.Failed; a call with the wrong argument
-// types on one of the standard interfaces is
-// org.freedesktop.DBus.Error.InvalidArgs.
-const (
-	// DBusErrorPermissionDenied: the app ID belongs to another Unix user.
-	DBusErrorPermissionDenied = DBusInterface + ".Error.PermissionDenied"
-	// DBusErrorInvalidArgument: an argument is missing, malformed or of
-	// the wrong type; the message names it.
-	DBusErrorInvalidArgument = DBusInterface + ".Error.InvalidArgument"
-	// DBusErrorMessageTooBig: upstream data over 4096 bytes.
-	DBusErrorMessageTooBig = DBusInterface + ".Error.MessageTooBig"
-	// DBusErrorNotRegistered: the app was never registered on this device,
-	// or has no registration with that sender; the message says which.
-	DBusErrorNotRegistered = DBusInterface + ".Error.NotRegistered"
-	// DBusErrorUnavailable: the agent cannot serve the call now: it is not
-	// connected to the server and the call needs it, or its store failed.
-	DBusErrorUnavailable = DBusInterface + ".Error.Unavailable"
-	// DBusErrorTooManyMessages: the app already has the maximum of
-	// upstream messages pending.
-	DBusErrorTooManyMessages = DBusInterface + ".Error.TooManyMessages"
-	// DBusErrorTooManyRegistrations: the caller's Unix user already has
-	// the most registrations the device allows one user.
-	DBusErrorTooManyRegistrations = DBusInterface + ".Error.TooManyRegistrations"
-	// DBusErrorRefused: the connection server refused the request.
-	DBusErrorRefused = DBusInterface + ".Error.Refused"
-	// DBusErrorNotSupported: the agent or its server does not offer the
-	// request.
-	DBusErrorNotSupported = DBusInterface + ".Error.NotSupported"
-
-	dbusErrorFailed = "org.freedesktop.DBus.Error.Failed"
-)
-
-// Reasons given by the SubscriptionEnded signal.
-const (
-	// DBusEndReplaced: another subscriber for the app took over, on the
-	// bus or on the socket.
-	DBusEndReplaced = "replaced"
-	// DBusEndOverflow: more signals waited for the subscriber than the
-	// door keeps.
-	DBusEndOverflow = "overflow"
-)
-
-// DefaultSystemBusAddress is the system bus of the D-Bus specification,
-// used when DBUS_SYSTEM_BUS_ADDRESS is not set.
-const DefaultSystemBusAddress = "unix:path=/var/run/dbus/system_bus_socket"
+// dbusErrorFailed answers anything without a name of its own.
+const dbusErrorFailed = "org.freedesktop.DBus.Error.Failed"
 
 // statusTimeout bounds the status read that seeds the properties.
 const statusTimeout = 10 * time.Second
 
-// DBusAddress turns a bus setting into a bus address. "system" (or empty)
-// is $DBUS_SYSTEM_BUS_ADDRESS, else DefaultSystemBusAddress; "session" is
-// $DBUS_SESSION_BUS_ADDRESS, else the bus in $XDG_RUNTIME_DIR; anything else
-// must be a D-Bus address such as "unix:path=/run/dbus/system_bus_socket".
-// getenv is os.Getenv, or a stand-in for it.
-func DBusAddress(bus string, getenv func(string) string) (string, error) {
-	switch bus {
-	case "", "system":
-		if a := getenv("DBUS_SYSTEM_BUS_ADDRESS"); a != "" {
-			return a, nil
-		}
-		return DefaultSystemBusAddress, nil
-	case "session":
-		if a := getenv("DBUS_SESSION_BUS_ADDRESS"); a != "" {
-			return a, nil
-		}
-		if dir := getenv("XDG_RUNTIME_DIR"); dir != "" {
-			return "unix:path=" + filepath.Join(dir, "bus"), nil
-		}
-		return "", errors.New("no session bus: neither DBUS_SESSION_BUS_ADDRESS nor XDG_RUNTIME_DIR is set")
-	case "off":
-		return "", errors.New(`the bus is "off"`)
-	}
-	if !strings.Contains(bus, ":") {
-		return "", fmt.Errorf("bus %q is not system, session or a D-Bus address such as unix:path=/run/dbus/system_bus_socket", bus)
-	}
-	return bus, nil
-}
-
-// DBusConfig configures a DBusServer.
-type DBusConfig struct {
+// Config configures a Server.
+type Config struct {
 	// Bus is "system" (the default when empty), "session" or a bus
 	// address; see DBusAddress.
 	Bus string
 	// Backend serves the calls.
-	Backend Backend
+	Backend ipc.Backend
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
 
-// DBusServer is the D-Bus door: the service org.tether.Push, whose methods
+// Server is the D-Bus door: the service org.tether.Push, whose methods
 // a Backend answers and whose signals carry the backend's events, each to
 // the one connection that subscribed for the app. The interface is
 // described in docs/ipc.md.
@@ -119,8 +40,8 @@ type DBusConfig struct {
 // Who calls is asked of the bus daemon for every call (the Unix user and
 // process of the calling connection); nothing the caller says about itself
 // is trusted. The bus does not tell the caller's group: Caller.GID is 0.
-type DBusServer struct {
-	backend Backend
+type Server struct {
+	backend ipc.Backend
 	log     *slog.Logger
 	conn    *dbus.Conn
 	// signals gets the bus's signals to this connection, in order; the
@@ -150,7 +71,7 @@ type DBusServer struct {
 	// whose backend cancel must wait for the control goroutine.
 	toCancel []*dbusSub
 	// announced is the status the properties were last announced with.
-	announced Status
+	announced ipc.Status
 
 	calls     sync.WaitGroup // method calls in progress
 	loops     sync.WaitGroup // Serve's goroutines
@@ -167,13 +88,13 @@ type outSignal struct {
 	final bool
 }
 
-// NewDBusServer connects to the bus, serves the object and takes the
+// New connects to the bus, serves the object and takes the
 // name org.tether.Push, so that calls are answered from the moment the name
 // is visible. It fails when the bus cannot be reached, when the bus's
 // policy does not let this user own the name (the policy file
 // packaging/dbus/org.tether.Push.conf is not installed) or when another
 // connection owns it. Signals go out once Serve runs.
-func NewDBusServer(cfg DBusConfig) (*DBusServer, error) {
+func New(cfg Config) (*Server, error) {
 	if cfg.Backend == nil {
 		return nil, errors.New("dbus door: no backend")
 	}
@@ -181,12 +102,12 @@ func NewDBusServer(cfg DBusConfig) (*DBusServer, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	addr, err := DBusAddress(cfg.Bus, os.Getenv)
+	addr, err := ipc.DBusAddress(cfg.Bus, os.Getenv)
 	if err != nil {
 		return nil, fmt.Errorf("dbus door: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &DBusServer{
+	s := &Server{
 		backend:     cfg.Backend,
 		log:         log.With("door", "dbus"),
 		signals:     make(chan *dbus.Signal, 16),
@@ -208,7 +129,7 @@ func NewDBusServer(cfg DBusConfig) (*DBusServer, error) {
 // connect opens a private connection whose handler serves the object from
 // its first message, watches for connections leaving the bus, and then
 // takes the name.
-func (s *DBusServer) connect(addr string) error {
+func (s *Server) connect(addr string) error {
 	ctx, cancel := context.WithTimeout(s.ctx, statusTimeout)
 	st, err := s.backend.Status(ctx)
 	cancel()
@@ -245,13 +166,13 @@ func (s *DBusServer) connect(addr string) error {
 	if err != nil {
 		return fail("watch connections leaving the bus", err)
 	}
-	reply, err := conn.RequestName(DBusName, dbus.NameFlagDoNotQueue)
+	reply, err := conn.RequestName(ipc.DBusName, dbus.NameFlagDoNotQueue)
 	if err != nil {
-		return fail(fmt.Sprintf("take the name %s (is org.tether.Push.conf installed in the bus's policy directory?)", DBusName), err)
+		return fail(fmt.Sprintf("take the name %s (is org.tether.Push.conf installed in the bus's policy directory?)", ipc.DBusName), err)
 	}
 	if reply != dbus.RequestNameReplyPrimaryOwner {
 		conn.Close()
-		return fmt.Errorf("the name %s is owned by another connection on the bus; is another tetherd running?", DBusName)
+		return fmt.Errorf("the name %s is owned by another connection on the bus; is another tetherd running?", ipc.DBusName)
 	}
 	return nil
 }
@@ -260,7 +181,7 @@ func (s *DBusServer) connect(addr string) error {
 // leave, status changes) until ctx ends, Close is called or the connection
 // to the bus is lost. It then closes the server. Losing the bus is an
 // error; the other two are not.
-func (s *DBusServer) Serve(ctx context.Context) error {
+func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -298,7 +219,7 @@ func (s *DBusServer) Serve(ctx context.Context) error {
 
 // Close ends every subscription, leaves the bus (which releases the name)
 // and returns once the calls in progress and Serve's goroutines are done.
-func (s *DBusServer) Close() error {
+func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		s.closed = true
@@ -325,7 +246,7 @@ func (s *DBusServer) Close() error {
 	return s.closeErr
 }
 
-func (s *DBusServer) isClosed() bool {
+func (s *Server) isClosed() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.closed
@@ -334,7 +255,7 @@ func (s *DBusServer) isClosed() bool {
 // StatusChanged asks the door to read the backend's status again and to
 // announce the properties that changed (PropertiesChanged). It never
 // blocks; calls that come faster than the door reads are merged.
-func (s *DBusServer) StatusChanged() { wake(s.statusWake) }
+func (s *Server) StatusChanged() { wake(s.statusWake) }
 
 func wake(ch chan struct{}) {
 	select {
@@ -344,7 +265,7 @@ func wake(ch chan struct{}) {
 }
 
 // writeLoop is the one goroutine that writes the door's signals.
-func (s *DBusServer) writeLoop() {
+func (s *Server) writeLoop() {
 	stopped := s.conn.Context().Done()
 	for {
 		select {
@@ -368,7 +289,7 @@ func (s *DBusServer) writeLoop() {
 
 // nextSignal takes the next signal to write, skipping those of
 // subscriptions whose signals are discarded.
-func (s *DBusServer) nextSignal() *dbus.Message {
+func (s *Server) nextSignal() *dbus.Message {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for len(s.queue) > 0 {
@@ -390,7 +311,7 @@ func (s *DBusServer) nextSignal() *dbus.Message {
 // controlLoop follows the bus and the backend: it ends the subscriptions of
 // connections that left the bus, cancels subscriptions ended while the
 // backend was calling the door, and announces status changes.
-func (s *DBusServer) controlLoop() {
+func (s *Server) controlLoop() {
 	stopped := s.conn.Context().Done()
 	signals := s.signals
 	for {
@@ -413,7 +334,7 @@ func (s *DBusServer) controlLoop() {
 	}
 }
 
-func (s *DBusServer) handleBusSignal(sig *dbus.Signal) {
+func (s *Server) handleBusSignal(sig *dbus.Signal) {
 	if sig.Sender != "org.freedesktop.DBus" || sig.Name != "org.freedesktop.DBus.NameOwnerChanged" || len(sig.Body) != 3 {
 		return
 	}
@@ -426,7 +347,7 @@ func (s *DBusServer) handleBusSignal(sig *dbus.Signal) {
 
 // dropConnection ends the subscriptions of a connection that left the bus.
 // What they had not acked stays with the backend for the next subscriber.
-func (s *DBusServer) dropConnection(name string) {
+func (s *Server) dropConnection(name string) {
 	var cancels []func()
 	s.mu.Lock()
 	for u := range s.subs {
@@ -444,7 +365,7 @@ func (s *DBusServer) dropConnection(name string) {
 	}
 }
 
-func (s *DBusServer) runCancels() {
+func (s *Server) runCancels() {
 	s.mu.Lock()
 	var cancels []func()
 	for _, u := range s.toCancel {
@@ -460,7 +381,7 @@ func (s *DBusServer) runCancels() {
 }
 
 // enqueueLocked queues a signal for the writer. The caller holds s.mu.
-func (s *DBusServer) enqueueLocked(out outSignal) {
+func (s *Server) enqueueLocked(out outSignal) {
 	s.queue = append(s.queue, out)
 	wake(s.writerWake)
 }
@@ -470,7 +391,7 @@ func (s *DBusServer) enqueueLocked(out outSignal) {
 // subscriber as SubscriptionEnded, after whatever is still sent. The
 // caller holds s.mu and cancels the backend subscription itself unless the
 // backend ended it.
-func (s *DBusServer) endLocked(u *dbusSub, discard bool, reason string) {
+func (s *Server) endLocked(u *dbusSub, discard bool, reason string) {
 	u.ended, u.discard = true, discard
 	delete(s.subs, u)
 	if s.current[u.app] == u {
@@ -486,7 +407,7 @@ func (s *DBusServer) endLocked(u *dbusSub, discard bool, reason string) {
 // subscriber's connection, or end the subscription when it has too many
 // waiting.
 type dbusSub struct {
-	s    *DBusServer
+	s    *Server
 	dest string // the subscriber's unique connection name
 	app  string
 
@@ -513,7 +434,7 @@ func (u *dbusSub) takeCancelLocked() func() {
 // signal builds a signal of the door's interface addressed to the
 // subscriber's connection alone.
 func (u *dbusSub) signal(member string, body ...any) *dbus.Message {
-	msg := newSignal(DBusInterface, member, body...)
+	msg := newSignal(ipc.DBusInterface, member, body...)
 	msg.Headers[dbus.FieldDestination] = dbus.MakeVariant(u.dest)
 	return msg
 }
@@ -524,7 +445,7 @@ func newSignal(iface, member string, body ...any) *dbus.Message {
 	return &dbus.Message{
 		Type: dbus.TypeSignal,
 		Headers: map[dbus.HeaderField]dbus.Variant{
-			dbus.FieldPath:      dbus.MakeVariant(dbus.ObjectPath(DBusPath)),
+			dbus.FieldPath:      dbus.MakeVariant(dbus.ObjectPath(ipc.DBusPath)),
 			dbus.FieldInterface: dbus.MakeVariant(iface),
 			dbus.FieldMember:    dbus.MakeVariant(member),
 			dbus.FieldSignature: dbus.MakeVariant(dbus.SignatureOf(body...)),
@@ -540,9 +461,9 @@ func (u *dbusSub) push(msg *dbus.Message) {
 	if u.ended {
 		return
 	}
-	if u.queued >= outQueueSize {
+	if u.queued >= ipc.MaxQueuedEvents {
 		s.log.Warn("too many signals wait for the subscriber; ending its subscription", "app", u.app, "connection", u.dest)
-		s.endLocked(u, true, DBusEndOverflow)
+		s.endLocked(u, true, ipc.DBusEndOverflow)
 		// The backend may be calling from under its own locks; its
 		// cancel must come from elsewhere.
 		s.toCancel = append(s.toCancel, u)
@@ -554,7 +475,7 @@ func (u *dbusSub) push(msg *dbus.Message) {
 }
 
 // Deliver implements Listener.
-func (u *dbusSub) Deliver(m Message) {
+func (u *dbusSub) Deliver(m ipc.Message) {
 	extras := map[string]dbus.Variant{}
 	if m.Priority != "" {
 		extras["priority"] = dbus.MakeVariant(validUTF8(m.Priority))
@@ -573,7 +494,7 @@ func (u *dbusSub) Deliver(m Message) {
 }
 
 // SendResult implements Listener.
-func (u *dbusSub) SendResult(r SendResult) {
+func (u *dbusSub) SendResult(r ipc.SendResult) {
 	u.push(u.signal("SendResult", u.app, r.ID, validUTF8(r.Err)))
 }
 
@@ -598,7 +519,7 @@ func (u *dbusSub) Replaced() {
 		return
 	}
 	u.replaced = true
-	reason := DBusEndReplaced
+	reason := ipc.DBusEndReplaced
 	if cur := s.current[u.app]; cur != nil && cur != u && cur.dest == u.dest {
 		reason = ""
 	}
