@@ -1,0 +1,65 @@
+package deptest
+
+import "testing"
+
+// sizeCuts are what the device binaries left behind to fit the size
+// budgets of docs/firmware.md.
+var sizeCuts = map[string]string{
+	"net/http":                     "the HTTP client, HTTP/2, MIME and IDNA tables: about 750 KiB on ARMv7; internal/websocket dials without it",
+	"github.com/gorilla/websocket": "links net/http; the agent dials with internal/websocket",
+}
+
+// merge returns the union of maps.
+func merge(ms ...map[string]string) map[string]string {
+	out := map[string]string{}
+	for _, m := range ms {
+		for k, v := range m {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func TestTetherdDeps(t *testing.T) {
+	DepChecker{
+		Pkg: "tether/cmd/tetherd",
+		BadDeps: merge(sizeCuts, map[string]string{
+			"tether/server/...": "the connection server's code has no place on a device",
+		}),
+	}.Check(t)
+}
+
+func TestAgentDeps(t *testing.T) {
+	DepChecker{
+		Pkg: "tether/agent",
+		BadDeps: map[string]string{
+			"github.com/godbus/dbus/v5/...": "the agent serves D-Bus only through ipc/dbusdoor, which cmd/tetherd wires in",
+			"tether/ipc/socketdoor":         "the doors are wired in by cmd/tetherd",
+			"tether/ipc/dbusdoor":           "the doors are wired in by cmd/tetherd",
+		},
+	}.Check(t)
+}
+
+func TestIPCDeps(t *testing.T) {
+	DepChecker{
+		Pkg: "tether/ipc",
+		BadDeps: map[string]string{
+			"github.com/...": "ipc holds the types the doors and their clients share, with no third-party imports",
+			"golang.org/...": "ipc holds the types the doors and their clients share, with no third-party imports",
+			"go.etcd.io/...": "ipc holds the types the doors and their clients share, with no third-party imports",
+		},
+	}.Check(t)
+}
+
+func TestTetherctlDeps(t *testing.T) {
+	DepChecker{
+		Pkg: "tether/cmd/tetherctl",
+		BadDeps: merge(sizeCuts, map[string]string{
+			"tether/ipc/socketdoor": "tetherctl is a client of the doors, not a door",
+			"tether/ipc/dbusdoor":   "tetherctl is a client of the doors, not a door",
+			"tether/agent":          "tetherctl talks to the agent through a door",
+			"go.etcd.io/bbolt":      "tetherctl talks to the agent through a door, not to its store",
+			"crypto/tls":            "tetherctl talks only to the local agent",
+		}),
+	}.Check(t)
+}
