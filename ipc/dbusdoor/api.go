@@ -2,7 +2,6 @@ package dbusdoor
 
 import (
 	"context"
-	"encoding/xml"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,7 +11,6 @@ import (
 	"strings"
 
 	"github.com/godbus/dbus/v5"
-	"github.com/godbus/dbus/v5/introspect"
 
 	"tether/ipc"
 )
@@ -27,6 +25,11 @@ const (
 )
 
 type dbusArg struct{ name, typ string }
+
+type dbusSignal struct {
+	name string
+	args []dbusArg
+}
 
 // dbusCall is what a method learns about its call besides the arguments.
 type dbusCall struct {
@@ -58,7 +61,7 @@ type dbusProperty struct {
 type dbusInterface struct {
 	name       string
 	methods    []dbusMethod
-	signals    []introspect.Signal
+	signals    []dbusSignal
 	properties []dbusProperty
 }
 
@@ -137,15 +140,15 @@ var pushInterface = dbusInterface{
 			},
 		},
 	},
-	signals: []introspect.Signal{
-		{Name: "Message", Args: []introspect.Arg{
-			{Name: "app", Type: "s"}, {Name: "message_id", Type: "s"}, {Name: "from", Type: "s"},
-			{Name: "collapse_key", Type: "s"}, {Name: "data", Type: "a{ss}"}, {Name: "extras", Type: "a{sv}"},
+	signals: []dbusSignal{
+		{"Message", []dbusArg{
+			{"app", "s"}, {"message_id", "s"}, {"from", "s"},
+			{"collapse_key", "s"}, {"data", "a{ss}"}, {"extras", "a{sv}"},
 		}},
-		{Name: "SendResult", Args: []introspect.Arg{{Name: "app", Type: "s"}, {Name: "message_id", Type: "s"}, {Name: "error", Type: "s"}}},
-		{Name: "TokenRefreshed", Args: []introspect.Arg{{Name: "app", Type: "s"}, {Name: "sender", Type: "s"}, {Name: "token", Type: "s"}}},
-		{Name: "DeletedMessages", Args: []introspect.Arg{{Name: "app", Type: "s"}, {Name: "count", Type: "u"}}},
-		{Name: "SubscriptionEnded", Args: []introspect.Arg{{Name: "app", Type: "s"}, {Name: "reason", Type: "s"}}},
+		{"SendResult", []dbusArg{{"app", "s"}, {"message_id", "s"}, {"error", "s"}}},
+		{"TokenRefreshed", []dbusArg{{"app", "s"}, {"sender", "s"}, {"token", "s"}}},
+		{"DeletedMessages", []dbusArg{{"app", "s"}, {"count", "u"}}},
+		{"SubscriptionEnded", []dbusArg{{"app", "s"}, {"reason", "s"}}},
 	},
 	properties: []dbusProperty{
 		{name: "Connected", typ: "b", get: func(st ipc.Status) any { return st.Connected }},
@@ -210,9 +213,9 @@ var propertiesIface = dbusInterface{
 			},
 		},
 	},
-	signals: []introspect.Signal{
-		{Name: "PropertiesChanged", Args: []introspect.Arg{
-			{Name: "interface_name", Type: "s"}, {Name: "changed_properties", Type: "a{sv}"}, {Name: "invalidated_properties", Type: "as"},
+	signals: []dbusSignal{
+		{"PropertiesChanged", []dbusArg{
+			{"interface_name", "s"}, {"changed_properties", "a{sv}"}, {"invalidated_properties", "as"},
 		}},
 	},
 }
@@ -309,45 +312,63 @@ func childOf(path dbus.ObjectPath) string {
 	return child
 }
 
-func (i *dbusInterface) introspect() introspect.Interface {
-	out := introspect.Interface{Name: i.name, Signals: i.signals}
-	for _, m := range i.methods {
-		im := introspect.Method{Name: m.name}
-		for _, a := range m.in {
-			im.Args = append(im.Args, introspect.Arg{Name: a.name, Type: a.typ, Direction: "in"})
-		}
-		for _, a := range m.out {
-			im.Args = append(im.Args, introspect.Arg{Name: a.name, Type: a.typ, Direction: "out"})
-		}
-		out.Methods = append(out.Methods, im)
-	}
-	for _, p := range i.properties {
-		ip := introspect.Property{Name: p.name, Type: p.typ, Access: "read"}
-		if p.changes != "" {
-			ip.Annotations = []introspect.Annotation{{Name: emitsChangedAnnotation, Value: p.changes}}
-		}
-		out.Properties = append(out.Properties, ip)
-	}
-	return out
+// peerInterface is what the connection answers on every path; only its
+// introspection data is the door's.
+var peerInterface = dbusInterface{
+	name: "org.freedesktop.DBus.Peer",
+	methods: []dbusMethod{
+		{name: "Ping"},
+		{name: "GetMachineId", out: []dbusArg{{"machine_uuid", "s"}}},
+	},
 }
 
-// introspectXML is the introspection data of the object at path.
+// introspectDeclaration opens every introspection document.
+const introspectDeclaration = `<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">
+`
+
+// introspectXML is the introspection data of the object at path. The
+// names in the tables are D-Bus names and signatures, which hold nothing
+// XML would need escaped.
 func introspectXML(path dbus.ObjectPath) string {
-	var node introspect.Node
-	for _, i := range interfacesAt(path) {
-		node.Interfaces = append(node.Interfaces, i.introspect())
+	var b strings.Builder
+	b.WriteString(introspectDeclaration + "<node>\n")
+	for _, i := range append(interfacesAt(path), &peerInterface) {
+		i.writeXML(&b)
 	}
-	// The connection answers Peer on every path.
-	node.Interfaces = append(node.Interfaces, introspect.PeerData)
 	if child := childOf(path); child != "" {
-		node.Children = []introspect.Node{{Name: child}}
+		fmt.Fprintf(&b, "  <node name=%q></node>\n", child)
 	}
-	data, err := xml.MarshalIndent(node, "", "  ")
-	if err != nil {
-		// The tables are fixed; they always encode.
-		panic(fmt.Sprintf("encode introspection data: %v", err))
+	b.WriteString("</node>\n")
+	return b.String()
+}
+
+func (i *dbusInterface) writeXML(b *strings.Builder) {
+	fmt.Fprintf(b, "  <interface name=%q>\n", i.name)
+	writeArgs := func(args []dbusArg, direction string) {
+		for _, a := range args {
+			fmt.Fprintf(b, "      <arg name=%q type=%q%s></arg>\n", a.name, a.typ, direction)
+		}
 	}
-	return strings.TrimSpace(introspect.IntrospectDeclarationString) + "\n" + string(data) + "\n"
+	for _, m := range i.methods {
+		fmt.Fprintf(b, "    <method name=%q>\n", m.name)
+		writeArgs(m.in, ` direction="in"`)
+		writeArgs(m.out, ` direction="out"`)
+		b.WriteString("    </method>\n")
+	}
+	for _, s := range i.signals {
+		fmt.Fprintf(b, "    <signal name=%q>\n", s.name)
+		writeArgs(s.args, "")
+		b.WriteString("    </signal>\n")
+	}
+	for _, p := range i.properties {
+		fmt.Fprintf(b, "    <property name=%q type=%q access=\"read\">", p.name, p.typ)
+		if p.changes != "" {
+			fmt.Fprintf(b, "\n      <annotation name=%q value=%q></annotation>\n    ", emitsChangedAnnotation, p.changes)
+		}
+		b.WriteString("</property>\n")
+	}
+	b.WriteString("  </interface>\n")
 }
 
 // dbusHandler routes the connection's method calls to the tables.
