@@ -1,3 +1,5 @@
+//go:build !tether_nodbus
+
 package main
 
 import (
@@ -42,6 +44,29 @@ func dialBus(ctx context.Context, bus string, getenv func(string) string) (*busC
 }
 
 func (b *busConn) close() { b.conn.Close() }
+
+// callBus makes one request on a bus connection of its own.
+func callBus(ctx context.Context, bus string, getenv func(string) string, req ipc.Request) (ipc.Response, error) {
+	b, err := dialBus(ctx, bus, getenv)
+	if err != nil {
+		return ipc.Response{}, err
+	}
+	defer b.close()
+	return b.do(req)
+}
+
+// listenBus makes a new bus connection the app's subscriber.
+func listenBus(ctx context.Context, bus string, getenv func(string) string, app string) (listener, error) {
+	b, err := dialBus(ctx, bus, getenv)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.subscribe(app); err != nil {
+		b.close()
+		return nil, err
+	}
+	return &busListener{b: b, app: app}, nil
+}
 
 // callMethod calls a method of the agent's interface; a D-Bus error
 // comes back as an *ipc.ResponseError, its code the error's short name.

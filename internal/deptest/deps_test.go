@@ -1,6 +1,12 @@
 package deptest
 
-import "testing"
+import (
+	"errors"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
 
 // sizeCuts are what the device binaries left behind to fit the size
 // budgets of docs/firmware.md.
@@ -64,4 +70,59 @@ func TestTetherctlDeps(t *testing.T) {
 			"crypto/tls":            "tetherctl talks only to the local agent",
 		}),
 	}.Check(t)
+}
+
+// The smallest firmware's tags leave out optional parts (docs/firmware.md).
+const (
+	noInstall = "tether_noinstall"
+	noDBus    = "tether_nodbus"
+)
+
+func TestSmallestTetherdDeps(t *testing.T) {
+	DepChecker{
+		Pkg:  "tether/cmd/tetherd",
+		Tags: noInstall,
+		BadDeps: map[string]string{
+			"github.com/kardianos/service": noInstall + " leaves the service installer out",
+			"regexp":                       "kardianos/service compiles regular expressions at start; nothing else needs them",
+			"log/syslog":                   "only kardianos/service logs to syslog",
+		},
+	}.Check(t)
+}
+
+func TestSmallestTetherctlDeps(t *testing.T) {
+	DepChecker{
+		Pkg:     "tether/cmd/tetherctl",
+		Tags:    noDBus,
+		BadDeps: map[string]string{"github.com/godbus/dbus/v5/...": noDBus + " leaves D-Bus out of tetherctl"},
+	}.Check(t)
+}
+
+// TestSmallestBuildsRefuse builds the binaries with the smallest
+// firmware's tags and runs what they leave out: each is refused with exit
+// status 2 and a sentence that names the tag.
+func TestSmallestBuildsRefuse(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds two binaries; skipped in -short")
+	}
+	dir := t.TempDir()
+	tests := []struct {
+		pkg, tag string
+		args     []string
+	}{
+		{"tether/cmd/tetherd", noInstall, []string{"install", "--init", "systemd"}},
+		{"tether/cmd/tetherd", noInstall, []string{"status"}},
+		{"tether/cmd/tetherctl", noDBus, []string{"--dbus", "system", "status"}},
+	}
+	for _, tt := range tests {
+		bin := filepath.Join(dir, filepath.Base(tt.pkg))
+		if out, err := exec.Command("go", "build", "-tags", tt.tag, "-o", bin, tt.pkg).CombinedOutput(); err != nil {
+			t.Fatalf("go build -tags %s %s: %v\n%s", tt.tag, tt.pkg, err, out)
+		}
+		out, err := exec.Command(bin, tt.args...).CombinedOutput()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(string(out), "tag "+tt.tag) {
+			t.Errorf("%s %s: %v, want exit status 2 and a word of the tag:\n%s", bin, strings.Join(tt.args, " "), err, out)
+		}
+	}
 }
