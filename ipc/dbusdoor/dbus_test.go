@@ -1114,8 +1114,7 @@ func TestDBusCloseStopsEverything(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(context.Background()) }()
+	closeAndWait := ipctest.Serve(t, srv)
 	c := connectClient(t, bus.Address)
 	c.do("Register", app, "123")
 	c.do("Subscribe", app)
@@ -1123,17 +1122,7 @@ func TestDBusCloseStopsEverything(t *testing.T) {
 	c.signal()
 	srv.StatusChanged()
 
-	if err := srv.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
-	select {
-	case err := <-served:
-		if err != nil {
-			t.Fatalf("Serve: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Serve did not return after Close")
-	}
+	closeAndWait()
 	if b.Listening(app) {
 		t.Error("the subscription outlived the server")
 	}

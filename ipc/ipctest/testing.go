@@ -3,6 +3,7 @@ package ipctest
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 )
@@ -19,25 +20,31 @@ type Door interface {
 	Close() error
 }
 
-// Serve runs d and checks, when the test ends, that Close makes Serve
-// return without an error.
-func Serve(t testing.TB, d Door) {
+// Serve runs d and returns a function that closes it and checks that
+// Close makes Serve return without an error. The test's end calls it, if
+// the test has not.
+func Serve(t testing.TB, d Door) (closeAndWait func()) {
 	t.Helper()
 	served := make(chan error, 1)
 	go func() { served <- d.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		if err := d.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-		select {
-		case err := <-served:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
+	var once sync.Once
+	closeAndWait = func() {
+		once.Do(func() {
+			if err := d.Close(); err != nil {
+				t.Errorf("Close: %v", err)
 			}
-		case <-time.After(10 * time.Second):
-			t.Error("Serve did not return after Close")
-		}
-	})
+			select {
+			case err := <-served:
+				if err != nil {
+					t.Errorf("Serve: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Error("Serve did not return after Close")
+			}
+		})
+	}
+	t.Cleanup(closeAndWait)
+	return closeAndWait
 }
 
 // WaitFor polls cond until it holds, and fails the test if it does not

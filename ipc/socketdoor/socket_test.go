@@ -555,8 +555,7 @@ func TestCloseStopsEverything(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(context.Background()) }()
+	closeAndWait := ipctest.Serve(t, srv)
 
 	listener := dial(t, path)
 	wantOK(t, listener.do(`{"op":"register","app":"com.example.app","sender":"123"}`))
@@ -569,17 +568,7 @@ func TestCloseStopsEverything(t *testing.T) {
 	// closed; one answered request shows the door has it.
 	wantOK(t, idle.do(`{"op":"status"}`))
 
-	if err := srv.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
-	select {
-	case err := <-served:
-		if err != nil {
-			t.Fatalf("Serve: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Serve did not return after Close")
-	}
+	closeAndWait()
 	for _, c := range []*client{listener, waiter, idle} {
 		c.expectEOF()
 	}
