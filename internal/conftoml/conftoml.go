@@ -72,10 +72,27 @@ func Parse(doc []byte) (*Doc, error) {
 
 func keyID(path []string) string { return strings.Join(path, "\x00") }
 
+// maxDepth bounds the nesting of arrays and inline tables, and maxParts
+// the parts of a dotted key: the settings need two or three, and a file
+// that nests thousands deep would take the parser quadratic time.
+const (
+	maxDepth = 32
+	maxParts = 32
+)
+
 type parser struct {
-	s    string
-	i    int
-	line int
+	s     string
+	i     int
+	line  int
+	depth int // arrays and inline tables open
+}
+
+// nest enters an array or inline table; leave with p.depth--.
+func (p *parser) nest() error {
+	if p.depth++; p.depth > maxDepth {
+		return p.errorf("arrays and inline tables nested more than %d deep", maxDepth)
+	}
+	return nil
 }
 
 func (p *parser) eof() bool  { return p.i >= len(p.s) }
@@ -280,7 +297,9 @@ func (p *parser) key() ([]string, error) {
 			}
 			k = p.s[start:p.i]
 		}
-		path = append(path, k)
+		if path = append(path, k); len(path) > maxParts {
+			return nil, p.errorf("a key of more than %d parts", maxParts)
+		}
 		p.skipSpace()
 		if p.eof() || p.peek() != '.' {
 			return path, nil
@@ -417,6 +436,10 @@ func (p *parser) literalString() (string, error) {
 // array reads an array, which may span lines and end with a comma.
 func (p *parser) array(d *Doc, path []string) ([]any, error) {
 	p.i++ // [
+	defer func() { p.depth-- }()
+	if err := p.nest(); err != nil {
+		return nil, err
+	}
 	list := []any{}
 	for {
 		if err := p.skipBlank(); err != nil {
@@ -455,6 +478,10 @@ func (p *parser) array(d *Doc, path []string) ([]any, error) {
 // inlineTable reads { k = v, ... } on one line.
 func (p *parser) inlineTable(d *Doc, path []string) (map[string]any, error) {
 	p.i++ // {
+	defer func() { p.depth-- }()
+	if err := p.nest(); err != nil {
+		return nil, err
+	}
 	t := map[string]any{}
 	d.explicit[keyID(path)] = true
 	p.skipSpace()
@@ -497,20 +524,23 @@ func (p *parser) number(tok string) (any, error) {
 	case "nan", "+nan", "-nan":
 		return math.NaN(), nil
 	}
-	if !validUnderscores(tok) {
-		return nil, bad()
-	}
-	clean := strings.ReplaceAll(tok, "_", "")
-	if len(clean) > 2 && clean[0] == '0' {
-		base := map[byte]int{'x': 16, 'o': 8, 'b': 2}[clean[1]]
-		if base != 0 {
-			n, err := strconv.ParseInt(clean[2:], base, 64)
-			if err != nil || strings.ContainsAny(clean[2:], "+-") {
+	if len(tok) > 2 && tok[0] == '0' {
+		if base := map[byte]int{'x': 16, 'o': 8, 'b': 2}[tok[1]]; base != 0 {
+			digits := tok[2:]
+			if !validUnderscores(digits, base == 16) {
+				return nil, bad()
+			}
+			n, err := strconv.ParseInt(strings.ReplaceAll(digits, "_", ""), base, 64)
+			if err != nil || strings.ContainsAny(digits, "+-") {
 				return nil, bad()
 			}
 			return n, nil
 		}
 	}
+	if !validUnderscores(tok, false) {
+		return nil, bad()
+	}
+	clean := strings.ReplaceAll(tok, "_", "")
 	digits := strings.TrimLeft(clean, "+-")
 	if len(clean)-len(digits) > 1 || digits == "" {
 		return nil, bad()
@@ -549,11 +579,14 @@ func isDigits(s string) bool {
 	return s != ""
 }
 
-// validUnderscores: each underscore sits between two digits.
-func validUnderscores(tok string) bool {
-	isHex := func(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' }
+// validUnderscores: each underscore sits between two digits, hex ones
+// if hex.
+func validUnderscores(tok string, hex bool) bool {
+	isDigit := func(c byte) bool {
+		return '0' <= c && c <= '9' || hex && ('a' <= c && c <= 'f' || 'A' <= c && c <= 'F')
+	}
 	for i := 0; i < len(tok); i++ {
-		if tok[i] == '_' && (i == 0 || i == len(tok)-1 || !isHex(tok[i-1]) || !isHex(tok[i+1])) {
+		if tok[i] == '_' && (i == 0 || i == len(tok)-1 || !isDigit(tok[i-1]) || !isDigit(tok[i+1])) {
 			return false
 		}
 	}

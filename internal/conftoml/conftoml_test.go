@@ -101,6 +101,9 @@ func TestParseErrors(t *testing.T) {
 		{"control character", "a = \"\x01\"\n", 1, "control character"},
 		{"header without end", "[socket\n", 1, "expected ] to end the table header"},
 		{"not UTF-8", "a = \"\xff\"\n", 1, "not UTF-8"},
+		{"nested too deep", "a = " + strings.Repeat("[", 33) + strings.Repeat("]", 33) + "\n", 1, "nested more than 32 deep"},
+		{"inline tables nested too deep", "a = " + strings.Repeat("{b = ", 33) + "1" + strings.Repeat("}", 33) + "\n", 1, "nested more than 32 deep"},
+		{"a key of too many parts", strings.Repeat("a.", 32) + "b = 1\n", 1, "a key of more than 32 parts"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
