@@ -55,27 +55,26 @@ fuzz:
 # Static, stripped, reproducible binaries for the CPUs our devices have, in
 # $(CROSS)/TARGET/, with a size report in $(CROSS)/sizes.txt (docs/firmware.md).
 CROSS := $(BIN)/cross
-# tetherd's size budget in KiB, on every target (the largest is MIPS, soft
-# float): make size fails above it. Lower it when tetherd shrinks; raise it
-# only with a reason in the commit.
-TETHERD_MAX_KIB ?= 9200
+# The device binaries' size budgets in KiB on ARMv7, the CPU the budgets
+# are set for (docs/firmware.md): make size fails above them, and above
+# each other target's ceiling in cross/size-ceilings.txt. Lower them when
+# the binaries shrink; raise them only with a reason in the commit.
+TETHERD_MAX_KIB ?= 6000
+TETHERCTL_MAX_KIB ?= 2800
 NFPM_VERSION := v2.45.0
 NFPM := $(BIN)/tools/nfpm
 PACKAGES := $(BIN)/packages
 
 .PHONY: cross size package test-cross
 
+# cross prints the size report; make size is the check that fails over
+# budget, so that packages can still be built while a budget is a goal.
 cross:
 	VERSION=$(VERSION) ./cross/build.sh $(CROSS)
-	@$(MAKE) --no-print-directory size
+	@$(MAKE) --no-print-directory size || echo "cross: over a size budget (above); make size fails until it is met"
 
 size:
-	@test -n "$$(ls $(CROSS)/*/tetherd 2>/dev/null)" || { echo "size: no $(CROSS)/*/tetherd; run make cross"; exit 1; }
-	@for f in $(CROSS)/*/tetherd; do \
-	  kib=$$(( $$(stat -c %s $$f) / 1024 )); \
-	  if [ $$kib -gt $(TETHERD_MAX_KIB) ]; then echo "size: $$f is $$kib KiB, over the budget of $(TETHERD_MAX_KIB) KiB"; exit 1; fi; \
-	  echo "size: $$f $$kib KiB (budget $(TETHERD_MAX_KIB))"; \
-	done
+	@TETHERD_MAX_KIB=$(TETHERD_MAX_KIB) TETHERCTL_MAX_KIB=$(TETHERCTL_MAX_KIB) ./cross/size.sh $(CROSS)
 
 # .deb, .rpm, .apk and .ipk of tetherd for every target, in $(PACKAGES).
 package: cross $(NFPM)

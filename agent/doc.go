@@ -4,8 +4,8 @@
 //
 // An Agent owns one Link (a WebSocket connection that reconnects by itself,
 // moving between the nodes it is given, link.go) and one store.Store. It
-// implements ipc.Backend, so every door in package ipc reaches it the same
-// way; it knows nothing of sockets or D-Bus. The device's credentials
+// implements ipc.Backend, so every door (ipc/socketdoor, ipc/dbusdoor)
+// reaches it the same way; it knows nothing of sockets or D-Bus. The device's credentials
 // belong to the servers stored with them (those of the check-in, then of
 // each session on another list), and stay good while the configured
 // servers still name one of them.

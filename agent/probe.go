@@ -6,8 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/gorilla/websocket"
-
+	"tether/internal/websocket"
 	"tether/wire"
 )
 

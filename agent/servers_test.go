@@ -16,6 +16,7 @@ import (
 
 	"tether/internal/dbustest"
 	"tether/ipc"
+	"tether/ipc/dbusdoor"
 	"tether/store"
 	"tether/wire"
 )
@@ -427,11 +428,11 @@ func TestWakeRedialsTheSameServer(t *testing.T) {
 func TestDBusAnnouncesTheServer(t *testing.T) {
 	bus := dbustest.Start(t)
 	p, nodes := newCluster(t, 2)
-	var door *ipc.DBusServer // set before the agent runs, as tetherd does
+	var door *dbusdoor.Server // set before the agent runs, as tetherd does
 	d := newDevice(t, "", "", nil, withServers(urlsOf(nodes)...), func(c *Config) {
 		c.OnStatusChange = func() { door.StatusChanged() }
 	})
-	door, err := ipc.NewDBusServer(ipc.DBusConfig{Bus: bus.Address, Backend: d.agent, Logger: testLogger(t)})
+	door, err := dbusdoor.New(dbusdoor.Config{Bus: bus.Address, Backend: d.agent, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

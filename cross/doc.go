@@ -6,5 +6,6 @@
 //
 // The tests need $TETHER_CROSS (the binaries' directory) and
 // $TETHER_PACKAGES (the packages'); without them they are skipped, so that
-// `go test ./...` does not depend on a cross build. It has no non-test code.
+// `go test ./...` does not depend on a cross build; the test of
+// cross/size.sh's budgets needs neither. It has no non-test code.
 package cross

@@ -1,10 +1,11 @@
-// Package ipc holds the agent's front doors for local apps: the Unix socket
-// speaking newline-delimited JSON and the org.tether.Push service on D-Bus
-// (both in docs/ipc.md).
+// Package ipc holds what the agent's front doors for local apps share: the
+// Backend that serves them, the Listener that carries events back, the
+// sentinel errors, and the requests, responses, events and names that
+// appear on the wire (docs/ipc.md). The doors themselves are in
+// ipc/socketdoor (the Unix socket, newline-delimited JSON) and ipc/dbusdoor
+// (the org.tether.Push service on D-Bus).
 //
-// A door authenticates the peer with the kernel's credentials, turns requests
-// into calls on a Backend and pushes the backend's events back to the app.
-// It knows nothing of the agent, the store or the connection server: the
-// Backend interface below is all it needs, and permissions, persistence and
-// delivery windows are the backend's business.
+// The package imports nothing outside the standard library, so that the
+// agent and the clients of the doors (tetherctl) link no door they do not
+// serve.
 package ipc

@@ -3,7 +3,7 @@ package store
 import (
 	bolt "go.etcd.io/bbolt"
 
-	"tether/store/boltfile"
+	"tether/internal/boltfile"
 )
 
 // ErrDamaged is wrapped by Open's error when the file is damaged: bbolt

@@ -110,12 +110,7 @@ func (c *cli) call(ctx context.Context, req ipc.Request) (ipc.Response, error) {
 	var resp ipc.Response
 	var err error
 	if c.bus != "" {
-		var b *busConn
-		if b, err = dialBus(ctx, c.bus, c.getenv); err != nil {
-			return ipc.Response{}, err
-		}
-		defer b.close()
-		resp, err = b.do(req)
+		resp, err = callBus(ctx, c.bus, c.getenv, req)
 	} else {
 		var conn *conn
 		if conn, err = dial(ctx, c.socket); err != nil {
@@ -145,15 +140,7 @@ type listener interface {
 // listen makes a new connection the app's listener.
 func (c *cli) listen(ctx context.Context, app string) (listener, error) {
 	if c.bus != "" {
-		b, err := dialBus(ctx, c.bus, c.getenv)
-		if err != nil {
-			return nil, err
-		}
-		if err := b.subscribe(app); err != nil {
-			b.close()
-			return nil, err
-		}
-		return &busListener{b: b, app: app}, nil
+		return listenBus(ctx, c.bus, c.getenv, app)
 	}
 	conn, err := dial(ctx, c.socket)
 	if err != nil {

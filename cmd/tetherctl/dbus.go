@@ -8,17 +8,15 @@ import (
 	"strings"
 	"time"
 
-	"github.com/godbus/dbus/v5"
-
+	"tether/internal/busclient"
 	"tether/ipc"
 )
 
 // busConn is a connection to the agent over D-Bus (docs/ipc.md).
 type busConn struct {
-	ctx     context.Context
-	conn    *dbus.Conn
-	agent   dbus.BusObject
-	signals chan *dbus.Signal
+	ctx  context.Context
+	conn *busclient.Conn
+	stop func() bool // ends the closing of conn with ctx
 	// owner is the agent's unique connection name, once known: only its
 	// signals are the agent's.
 	owner string
@@ -32,36 +30,76 @@ func dialBus(ctx context.Context, bus string, getenv func(string) string) (*busC
 	if err != nil {
 		return nil, usagef("--dbus: %v", err)
 	}
-	conn, err := dbus.Connect(addr, dbus.WithContext(ctx), dbus.WithSignalHandler(dbus.NewSequentialSignalHandler()))
+	conn, err := busclient.Dial(ctx, addr)
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach the bus at %s: %w", addr, err)
 	}
-	b := &busConn{ctx: ctx, conn: conn, agent: conn.Object(ipc.DBusName, ipc.DBusPath), signals: make(chan *dbus.Signal, 16)}
-	conn.Signal(b.signals)
-	return b, nil
+	return &busConn{ctx: ctx, conn: conn, stop: context.AfterFunc(ctx, func() { conn.Close() })}, nil
 }
 
-func (b *busConn) close() { b.conn.Close() }
+func (b *busConn) close() {
+	b.stop()
+	b.conn.Close()
+}
+
+// callBus makes one request on a bus connection of its own.
+func callBus(ctx context.Context, bus string, getenv func(string) string, req ipc.Request) (ipc.Response, error) {
+	b, err := dialBus(ctx, bus, getenv)
+	if err != nil {
+		return ipc.Response{}, err
+	}
+	defer b.close()
+	return b.do(req)
+}
+
+// listenBus makes a new bus connection the app's subscriber.
+func listenBus(ctx context.Context, bus string, getenv func(string) string, app string) (listener, error) {
+	b, err := dialBus(ctx, bus, getenv)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.subscribe(app); err != nil {
+		b.close()
+		return nil, err
+	}
+	return &busListener{b: b, app: app}, nil
+}
 
 // callMethod calls a method of the agent's interface; a D-Bus error
 // comes back as an *ipc.ResponseError, its code the error's short name.
-func (b *busConn) callMethod(method string, args ...any) *dbus.Call {
-	call := b.agent.CallWithContext(b.ctx, ipc.DBusInterface+"."+method, 0, args...)
-	call.Err = busError(call.Err)
-	return call
+func (b *busConn) callMethod(method string, args ...any) ([]any, error) {
+	body, err := b.conn.Call(b.ctx, ipc.DBusName, ipc.DBusPath, ipc.DBusInterface, method, args...)
+	return body, busError(err)
+}
+
+// callString calls a method that answers one string.
+func (b *busConn) callString(method string, args ...any) (string, error) {
+	body, err := b.callMethod(method, args...)
+	if err != nil {
+		return "", err
+	}
+	if s, ok := firstString(body); ok {
+		return s, nil
+	}
+	return "", fmt.Errorf("the agent answered %s with %v, not a string", method, body)
+}
+
+func firstString(body []any) (string, bool) {
+	if len(body) == 0 {
+		return "", false
+	}
+	s, ok := body[0].(string)
+	return s, ok
 }
 
 const busErrorPrefix = ipc.DBusInterface + ".Error."
 
 func busError(err error) error {
-	var e dbus.Error
+	var e *busclient.Error
 	if !errors.As(err, &e) {
 		return err
 	}
-	var text string
-	if len(e.Body) > 0 {
-		text, _ = e.Body[0].(string)
-	}
+	text, _ := firstString(e.Body)
 	switch e.Name {
 	case "org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner":
 		return fmt.Errorf("cannot reach the agent on the bus: %s", text)
@@ -80,30 +118,38 @@ func busError(err error) error {
 // do makes one request of the socket protocol through the agent's
 // D-Bus methods, so that every command works the same through either door.
 func (b *busConn) do(req ipc.Request) (ipc.Response, error) {
+	var resp ipc.Response
+	var err error
 	switch req.Op {
 	case "register":
-		var resp ipc.Response
-		err := b.callMethod("Register", req.App, req.Sender).Store(&resp.Token)
-		return resp, err
+		resp.Token, err = b.callString("Register", req.App, req.Sender)
 	case "unregister":
-		return ipc.Response{}, b.callMethod("Unregister", req.App, req.Sender).Err
+		_, err = b.callMethod("Unregister", req.App, req.Sender)
 	case "subscribe_topic":
-		return ipc.Response{}, b.callMethod("SubscribeTopic", req.App, req.Sender, req.Topic).Err
+		_, err = b.callMethod("SubscribeTopic", req.App, req.Sender, req.Topic)
 	case "unsubscribe_topic":
-		return ipc.Response{}, b.callMethod("UnsubscribeTopic", req.App, req.Sender, req.Topic).Err
+		_, err = b.callMethod("UnsubscribeTopic", req.App, req.Sender, req.Topic)
 	case "status":
 		return b.status()
 	case "send":
 		return b.send(req)
+	default:
+		err = fmt.Errorf("op %q has no D-Bus method", req.Op)
 	}
-	return ipc.Response{}, fmt.Errorf("op %q has no D-Bus method", req.Op)
+	return resp, err
 }
 
 func (b *busConn) status() (ipc.Response, error) {
-	var props map[string]dbus.Variant
-	err := b.agent.CallWithContext(b.ctx, "org.freedesktop.DBus.Properties.GetAll", 0, ipc.DBusInterface).Store(&props)
+	body, err := b.conn.Call(b.ctx, ipc.DBusName, ipc.DBusPath, "org.freedesktop.DBus.Properties", "GetAll", ipc.DBusInterface)
 	if err != nil {
 		return ipc.Response{}, busError(err)
+	}
+	var props map[string]any
+	if len(body) == 1 {
+		props, _ = body[0].(map[string]any)
+	}
+	if props == nil {
+		return ipc.Response{}, fmt.Errorf("the agent answered GetAll with %v, not a{sv}", body)
 	}
 	var st ipc.Status
 	var apps, queued, pending uint32
@@ -118,7 +164,7 @@ func (b *busConn) status() (ipc.Response, error) {
 		if !ok {
 			return ipc.Response{}, fmt.Errorf("the agent has no property %s", p.name)
 		}
-		if err := v.Store(p.dst); err != nil {
+		if err := storeVariant(v, p.dst); err != nil {
 			return ipc.Response{}, fmt.Errorf("the agent's property %s: %w", p.name, err)
 		}
 	}
@@ -126,20 +172,76 @@ func (b *busConn) status() (ipc.Response, error) {
 	return ipc.Response{Status: &st}, nil
 }
 
+// storeVariant stores a variant's value in dst, a pointer to its Go type.
+func storeVariant(v any, dst any) error {
+	vv, ok := v.(busclient.Variant)
+	if !ok {
+		return fmt.Errorf("%v is not a variant", v)
+	}
+	return store(vv.Value, dst)
+}
+
+// storeAll stores a body's values in dsts, one each.
+func storeAll(body []any, dsts ...any) error {
+	if len(body) != len(dsts) {
+		return fmt.Errorf("%d values, want %d", len(body), len(dsts))
+	}
+	for i, v := range body {
+		if err := store(v, dsts[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// store stores a decoded value in dst, a pointer to the type it must
+// have.
+func store(v any, dst any) error {
+	ok := false
+	switch d := dst.(type) {
+	case *string:
+		*d, ok = v.(string)
+	case *bool:
+		*d, ok = v.(bool)
+	case *uint32:
+		*d, ok = v.(uint32)
+	case *int64:
+		*d, ok = v.(int64)
+	case *map[string]any:
+		*d, ok = v.(map[string]any)
+	case *map[string]string:
+		var m map[string]any
+		if m, ok = v.(map[string]any); ok {
+			*d = make(map[string]string, len(m))
+			for k, e := range m {
+				s, isString := e.(string)
+				if !isString {
+					return fmt.Errorf("value %v of key %q is not a string", e, k)
+				}
+				(*d)[k] = s
+			}
+		}
+	}
+	if !ok {
+		return fmt.Errorf("%v (a %T) does not fit a %T", v, v, dst)
+	}
+	return nil
+}
+
 // send sends an upstream message. With req.Wait it subscribes for the app
 // first, since the outcome is a signal to the app's subscriber, and waits
 // for it.
 func (b *busConn) send(req ipc.Request) (ipc.Response, error) {
-	options := map[string]dbus.Variant{}
+	options := map[string]busclient.Variant{}
 	if req.TTL != nil {
 		if ttl := *req.TTL; ttl >= 0 && ttl <= math.MaxUint32 {
-			options["ttl"] = dbus.MakeVariant(uint32(ttl))
+			options["ttl"] = busclient.Variant{Sig: "u", Value: uint32(ttl)}
 		} else {
-			options["ttl"] = dbus.MakeVariant(ttl) // for the agent to refuse
+			options["ttl"] = busclient.Variant{Sig: "x", Value: ttl} // for the agent to refuse
 		}
 	}
 	if req.Priority != "" {
-		options["priority"] = dbus.MakeVariant(req.Priority)
+		options["priority"] = busclient.Variant{Sig: "s", Value: req.Priority}
 	}
 	data := req.Data
 	if data == nil {
@@ -152,7 +254,8 @@ func (b *busConn) send(req ipc.Request) (ipc.Response, error) {
 		defer b.callMethod("Unsubscribe", req.App)
 	}
 	var resp ipc.Response
-	if err := b.callMethod("Send", req.App, req.To, req.MessageID, data, options).Store(&resp.MessageID); err != nil {
+	var err error
+	if resp.MessageID, err = b.callString("Send", req.App, req.To, req.MessageID, data, options); err != nil {
 		return ipc.Response{}, err
 	}
 	if !req.Wait {
@@ -182,23 +285,22 @@ func (b *busConn) send(req ipc.Request) (ipc.Response, error) {
 // agent's connection first, so that the agent's leaving and its signals
 // can be told from anyone else's.
 func (b *busConn) subscribe(app string) error {
-	err := b.conn.AddMatchSignal(
-		dbus.WithMatchSender("org.freedesktop.DBus"),
-		dbus.WithMatchMember("NameOwnerChanged"),
-		dbus.WithMatchArg(0, ipc.DBusName))
+	err := b.conn.AddMatch(b.ctx, "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='"+ipc.DBusName+"'")
 	if err != nil {
 		return fmt.Errorf("watch the agent on the bus: %w", err)
 	}
 	// Subscribe starts the agent if the bus can activate it.
-	if err := b.callMethod("Subscribe", app).Err; err != nil {
+	if _, err := b.callMethod("Subscribe", app); err != nil {
 		return err
 	}
-	if err := b.conn.BusObject().CallWithContext(b.ctx, "org.freedesktop.DBus.GetNameOwner", 0, ipc.DBusName).Store(&b.owner); err != nil {
+	body, err := b.conn.Call(b.ctx, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "GetNameOwner", ipc.DBusName)
+	if err != nil {
 		if b.ctx.Err() != nil {
 			return b.ctx.Err()
 		}
 		return errAgentLeft // it answered Subscribe, so it was there
 	}
+	b.owner, _ = firstString(body)
 	return nil
 }
 
@@ -208,14 +310,12 @@ var errAgentLeft = errors.New("the agent left the bus")
 // next waits for the next of the app's events from the agent.
 func (b *busConn) next(app string) (*ipc.Event, error) {
 	for {
-		var s *dbus.Signal
-		select {
-		case s = <-b.signals:
-		case <-b.ctx.Done():
-			return nil, b.ctx.Err()
-		}
-		if s == nil {
-			return nil, errors.New("the connection to the bus closed")
+		s, err := b.conn.NextSignal(b.ctx)
+		if err != nil {
+			if b.ctx.Err() != nil {
+				return nil, b.ctx.Err()
+			}
+			return nil, err
 		}
 		if s.Sender == "org.freedesktop.DBus" {
 			if s.Name == "org.freedesktop.DBus.NameOwnerChanged" && len(s.Body) == 3 && s.Body[0] == ipc.DBusName && s.Body[1] != "" {
@@ -251,20 +351,20 @@ func eventApp(ev *ipc.Event) string {
 // socket would have sent, or nil for a signal that is none of them. A
 // SubscriptionEnded for another reason than replacement is an event with
 // no kind, the reason in Error.
-func busEvent(s *dbus.Signal) (*ipc.Event, error) {
+func busEvent(s *busclient.Signal) (*ipc.Event, error) {
 	member, ok := strings.CutPrefix(s.Name, ipc.DBusInterface+".")
 	if !ok {
 		return nil, nil
 	}
 	bad := func(err error) error {
-		return fmt.Errorf("the agent sent a %s signal of signature %s: %w", member, dbus.SignatureOf(s.Body...), err)
+		return fmt.Errorf("the agent sent a %s signal of signature %s: %w", member, s.Sig, err)
 	}
 	var ev ipc.Event
 	switch member {
 	case "Message":
 		var m ipc.Message
-		var extras map[string]dbus.Variant
-		if err := dbus.Store(s.Body, &m.App, &m.ID, &m.From, &m.CollapseKey, &m.Data, &extras); err != nil {
+		var extras map[string]any
+		if err := storeAll(s.Body, &m.App, &m.ID, &m.From, &m.CollapseKey, &m.Data, &extras); err != nil {
 			return nil, bad(err)
 		}
 		if err := messageExtras(&m, extras); err != nil {
@@ -272,7 +372,7 @@ func busEvent(s *dbus.Signal) (*ipc.Event, error) {
 		}
 		ev = ipc.Event{Event: ipc.EventMessage, Message: &m}
 	case "SendResult":
-		if err := dbus.Store(s.Body, &ev.App, &ev.MessageID, &ev.Error); err != nil {
+		if err := storeAll(s.Body, &ev.App, &ev.MessageID, &ev.Error); err != nil {
 			return nil, bad(err)
 		}
 		ev.Event = ipc.EventSent
@@ -281,18 +381,18 @@ func busEvent(s *dbus.Signal) (*ipc.Event, error) {
 		}
 	case "DeletedMessages":
 		var count uint32
-		if err := dbus.Store(s.Body, &ev.App, &count); err != nil {
+		if err := storeAll(s.Body, &ev.App, &count); err != nil {
 			return nil, bad(err)
 		}
 		ev.Event, ev.Count = ipc.EventDeletedMessages, int(count)
 	case "TokenRefreshed":
-		if err := dbus.Store(s.Body, &ev.App, &ev.Sender, &ev.Token); err != nil {
+		if err := storeAll(s.Body, &ev.App, &ev.Sender, &ev.Token); err != nil {
 			return nil, bad(err)
 		}
 		ev.Event = ipc.EventTokenRefreshed
 	case "SubscriptionEnded":
 		var reason string
-		if err := dbus.Store(s.Body, &ev.App, &reason); err != nil {
+		if err := storeAll(s.Body, &ev.App, &reason); err != nil {
 			return nil, bad(err)
 		}
 		if reason == ipc.DBusEndReplaced {
@@ -308,27 +408,27 @@ func busEvent(s *dbus.Signal) (*ipc.Event, error) {
 
 // messageExtras reads the extras of a Message signal that the socket's
 // message has fields for; others are for later versions.
-func messageExtras(m *ipc.Message, extras map[string]dbus.Variant) error {
+func messageExtras(m *ipc.Message, extras map[string]any) error {
 	if v, ok := extras["priority"]; ok {
-		if err := v.Store(&m.Priority); err != nil {
+		if err := storeVariant(v, &m.Priority); err != nil {
 			return fmt.Errorf("priority: %w", err)
 		}
 	}
 	if v, ok := extras["sent_time"]; ok {
 		var ms int64
-		if err := v.Store(&ms); err != nil {
+		if err := storeVariant(v, &ms); err != nil {
 			return fmt.Errorf("sent_time: %w", err)
 		}
 		m.SentTime = time.UnixMilli(ms).UTC()
 	}
 	if v, ok := extras["notification"]; ok {
-		if err := v.Store(&m.Notification); err != nil {
+		if err := storeVariant(v, &m.Notification); err != nil {
 			return fmt.Errorf("notification: %w", err)
 		}
 	}
 	if v, ok := extras["ttl"]; ok {
 		var ttl uint32
-		if err := v.Store(&ttl); err != nil {
+		if err := storeVariant(v, &ttl); err != nil {
 			return fmt.Errorf("ttl: %w", err)
 		}
 		m.TTL = int64(ttl)
@@ -348,7 +448,7 @@ func (l *busListener) pendingAcks() int          { return 0 }
 func (l *busListener) close()                    { l.b.close() }
 
 func (l *busListener) ack(id string) error {
-	if err := l.b.callMethod("Ack", l.app, []string{id}).Err; err != nil {
+	if _, err := l.b.callMethod("Ack", l.app, []string{id}); err != nil {
 		return fmt.Errorf("ack %s: %w", id, err)
 	}
 	return nil

@@ -20,7 +20,9 @@ import (
 
 	"tether/internal/dbustest"
 	"tether/ipc"
+	"tether/ipc/dbusdoor"
 	"tether/ipc/ipctest"
+	"tether/ipc/socketdoor"
 )
 
 const app = "com.example.app"
@@ -31,13 +33,13 @@ const app = "com.example.app"
 type env struct {
 	t      *testing.T
 	b      *ipctest.Backend
-	srv    *ipc.SocketServer
+	srv    *socketdoor.Server
 	socket string
 	me     ipc.Caller
 	// door is the door tetherctl uses: "socket", or "dbus" for --dbus bus.
 	door    string
 	bus     string
-	dbusSrv *ipc.DBusServer
+	dbusSrv *dbusdoor.Server
 }
 
 // doors are the values of env.door.
@@ -57,7 +59,7 @@ func newEnvOn(t *testing.T, door string) *env {
 func (e *env) startDBus() {
 	e.t.Helper()
 	e.bus = dbustest.Start(e.t).Address
-	srv, err := ipc.NewDBusServer(ipc.DBusConfig{
+	srv, err := dbusdoor.New(dbusdoor.Config{
 		Bus:     e.bus,
 		Backend: e.b,
 		Logger:  slog.New(slog.NewTextHandler(e.t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -78,7 +80,7 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	b := ipctest.New("push.example.test:443", "device-7")
 	socket := filepath.Join(t.TempDir(), "tetherd.sock")
-	srv, err := ipc.NewSocketServer(ipc.SocketConfig{
+	srv, err := socketdoor.New(socketdoor.Config{
 		Path:    socket,
 		Backend: b,
 		Logger:  slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -140,17 +142,6 @@ func (e *env) register(app, sender string) string {
 		e.t.Fatal(err)
 	}
 	return token
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func TestCommands(t *testing.T) {
@@ -345,7 +336,7 @@ func TestSendWait(t *testing.T) {
 				e := newEnvOn(t, door)
 				e.register(app, "123")
 				wait := e.start(context.Background(), "send", "--wait", "--app", app, "--to", "123", "--id", "m1", "k=v")
-				waitFor(t, "the agent has the message", func() bool { return len(e.b.Sends(app)) == 1 })
+				ipctest.WaitFor(t, "the agent has the message", func() bool { return len(e.b.Sends(app)) == 1 })
 				// Another upstream message's outcome is not the one waited for.
 				if _, _, err := e.b.Send(context.Background(), e.me, ipc.SendRequest{App: app, To: "123", ID: "m0"}); err != nil {
 					t.Fatal(err)
@@ -361,7 +352,7 @@ func TestSendWait(t *testing.T) {
 					t.Errorf("got %+v, want status %d, stdout %q, stderr %q", r, tt.wantCode, tt.wantStdout, tt.wantStderr)
 				}
 				if door == "dbus" {
-					waitFor(t, "the waiting subscription ends", func() bool { return !e.b.Listening(app) })
+					ipctest.WaitFor(t, "the waiting subscription ends", func() bool { return !e.b.Listening(app) })
 				}
 			})
 		}
@@ -408,7 +399,7 @@ func testListenJSONWithEvents(t *testing.T, e *env) {
 	wait := e.start(context.Background(), "--json", "listen", "--app", app, "--count", "2")
 	sent := time.Date(2025, 5, 6, 7, 8, 9, 0, time.UTC)
 	e.b.Push(ipc.Message{ID: "m1", App: app, From: "123", CollapseKey: "ck", Data: map[string]string{"k": "v"}, Priority: "high", TTL: 60, SentTime: sent})
-	waitFor(t, "m1 is acked", func() bool { return len(e.b.Acked(app)) == 1 })
+	ipctest.WaitFor(t, "m1 is acked", func() bool { return len(e.b.Acked(app)) == 1 })
 	for _, id := range []string{"up1", "up2"} {
 		if _, _, err := e.b.Send(context.Background(), e.me, ipc.SendRequest{App: app, To: "123", ID: id}); err != nil {
 			t.Fatal(err)
@@ -520,7 +511,7 @@ func TestListenEnds(t *testing.T) {
 				ctx, cancel := context.WithCancel(context.Background())
 				defer cancel()
 				wait := e.start(ctx, "listen", "--app", app)
-				waitFor(t, "tetherctl listens", func() bool { return e.b.Listening(app) })
+				ipctest.WaitFor(t, "tetherctl listens", func() bool { return e.b.Listening(app) })
 				tt.end(e, cancel)
 				if r := wait(); r.code != tt.wantCode || r.stderr != tt.wantStderr || r.stdout != "" {
 					t.Errorf("got %+v, want status %d and stderr %q", r, tt.wantCode, tt.wantStderr)

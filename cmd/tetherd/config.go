@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
@@ -19,11 +18,9 @@ import (
 	"time"
 	"unicode"
 
-	toml "github.com/pelletier/go-toml/v2"
-	"github.com/pelletier/go-toml/v2/unstable"
-
 	"tether/agent"
-	"tether/ipc"
+	"tether/internal/conftoml"
+	"tether/ipc/socketdoor"
 	"tether/store"
 )
 
@@ -80,7 +77,7 @@ func defaults() options {
 		config:     defaultConfig,
 		data:       "/var/lib/tether",
 		socket:     "/run/tether/tetherd.sock",
-		socketMode: ipc.DefaultSocketMode,
+		socketMode: socketdoor.DefaultMode,
 		dbus:       "system",
 		policy:     agent.DefaultHeartbeatPolicy,
 		sysfsRoot:  "/sys",
@@ -425,46 +422,11 @@ func (e *configError) Error() string {
 
 func (e *configError) Unwrap() error { return e.err }
 
-// fileConfig is the config file's layout. Values are decoded as they are
-// written and checked by the same setters as the flags, so that a file and
-// a flag are held to the same rules.
-type fileConfig struct {
-	Server        any `toml:"server"`
-	CAFile        any `toml:"ca_file"`
-	Insecure      any `toml:"insecure"`
-	ServerPins    any `toml:"server_pins"`
-	EnrollKeyFile any `toml:"enroll_key_file"`
-	Cert          any `toml:"cert"`
-	Key           any `toml:"key"`
-	DataDir       any `toml:"data_dir"`
-	DBus          any `toml:"dbus"`
-	LogLevel      any `toml:"log_level"`
-	Socket        struct {
-		Path any `toml:"path"`
-		Mode any `toml:"mode"`
-	} `toml:"socket"`
-	Heartbeat struct {
-		Interval any `toml:"interval"`
-		Min      any `toml:"min"`
-		Max      any `toml:"max"`
-		Start    any `toml:"start"`
-	} `toml:"heartbeat"`
-	Power struct {
-		SysfsRoot  any `toml:"sysfs_root"`
-		LowBattery any `toml:"low_battery"`
-	} `toml:"power"`
-	Reconnect struct {
-		MinBackoff any `toml:"min_backoff"`
-		MaxBackoff any `toml:"max_backoff"`
-	} `toml:"reconnect"`
-	Quota struct {
-		UserRegistrations any `toml:"user_registrations"`
-		AppMessages       any `toml:"app_messages"`
-		AppBytes          any `toml:"app_bytes"`
-		TotalBytes        any `toml:"total_bytes"`
-	} `toml:"quota"`
-	Apps map[string]any `toml:"apps"`
-}
+// fileTables are the config file's tables; the keys in them and at the
+// top are those of settings. Values are read as they are written and
+// checked by the same setters as the flags, so that a file and a flag are
+// held to the same rules.
+var fileTables = []string{"socket", "heartbeat", "power", "reconnect", "quota", "apps"}
 
 // fileSetting is one key of the file with its value and how to apply it.
 type fileSetting struct {
@@ -473,11 +435,13 @@ type fileSetting struct {
 	apply func(o *options, v any) error
 }
 
-func (f *fileConfig) settings() []fileSetting {
+// settings lists the file's keys with their values in root (nil when
+// absent) and how to apply them.
+func settings(root map[string]any) []fileSetting {
 	s := []fileSetting{
-		{[]string{"server"}, f.Server, applyServers},
-		{[]string{"ca_file"}, f.CAFile, text(func(o *options, s string) error { return setPath(&o.caFile)(s) })},
-		{[]string{"insecure"}, f.Insecure, func(o *options, v any) error {
+		{[]string{"server"}, lookup(root, "server"), applyServers},
+		{[]string{"ca_file"}, lookup(root, "ca_file"), text(func(o *options, s string) error { return setPath(&o.caFile)(s) })},
+		{[]string{"insecure"}, lookup(root, "insecure"), func(o *options, v any) error {
 			b, ok := v.(bool)
 			if !ok {
 				return fmt.Errorf("want true or false, got %s", tomlType(v))
@@ -485,33 +449,34 @@ func (f *fileConfig) settings() []fileSetting {
 			o.insecure = b
 			return nil
 		}},
-		{[]string{"server_pins"}, f.ServerPins, textList((*options).addServerPin)},
-		{[]string{"enroll_key_file"}, f.EnrollKeyFile, text(func(o *options, s string) error { return setPath(&o.enrollKeyFile)(s) })},
-		{[]string{"cert"}, f.Cert, text(func(o *options, s string) error { return setPath(&o.certFile)(s) })},
-		{[]string{"key"}, f.Key, text(func(o *options, s string) error { return setPath(&o.keyFile)(s) })},
-		{[]string{"data_dir"}, f.DataDir, text(func(o *options, s string) error { return setPath(&o.data)(s) })},
-		{[]string{"dbus"}, f.DBus, text((*options).setDBus)},
-		{[]string{"log_level"}, f.LogLevel, text((*options).setLogLevel)},
-		{[]string{"socket", "path"}, f.Socket.Path, text(func(o *options, s string) error { return setPath(&o.socket)(s) })},
-		{[]string{"socket", "mode"}, f.Socket.Mode, applySocketMode},
-		{[]string{"heartbeat", "interval"}, f.Heartbeat.Interval, text((*options).setHeartbeat)},
-		{[]string{"heartbeat", "min"}, f.Heartbeat.Min, duration(func(o *options) *time.Duration { return &o.policy.Min }, "heartbeat min")},
-		{[]string{"heartbeat", "max"}, f.Heartbeat.Max, duration(func(o *options) *time.Duration { return &o.policy.Max }, "heartbeat max")},
-		{[]string{"heartbeat", "start"}, f.Heartbeat.Start, duration(func(o *options) *time.Duration { return &o.policy.Start }, "heartbeat start")},
-		{[]string{"power", "sysfs_root"}, f.Power.SysfsRoot, text(func(o *options, s string) error { return setPath(&o.sysfsRoot)(s) })},
-		{[]string{"power", "low_battery"}, f.Power.LowBattery, integer("a percentage", (*options).setLowBattery)},
-		{[]string{"reconnect", "min_backoff"}, f.Reconnect.MinBackoff, duration(func(o *options) *time.Duration { return &o.minBackoff }, "min backoff")},
-		{[]string{"reconnect", "max_backoff"}, f.Reconnect.MaxBackoff, duration(func(o *options) *time.Duration { return &o.maxBackoff }, "max backoff")},
-		{[]string{"quota", "user_registrations"}, f.Quota.UserRegistrations, integer("a number", func(o *options, s string) error {
+		{[]string{"server_pins"}, lookup(root, "server_pins"), textList((*options).addServerPin)},
+		{[]string{"enroll_key_file"}, lookup(root, "enroll_key_file"), text(func(o *options, s string) error { return setPath(&o.enrollKeyFile)(s) })},
+		{[]string{"cert"}, lookup(root, "cert"), text(func(o *options, s string) error { return setPath(&o.certFile)(s) })},
+		{[]string{"key"}, lookup(root, "key"), text(func(o *options, s string) error { return setPath(&o.keyFile)(s) })},
+		{[]string{"data_dir"}, lookup(root, "data_dir"), text(func(o *options, s string) error { return setPath(&o.data)(s) })},
+		{[]string{"dbus"}, lookup(root, "dbus"), text((*options).setDBus)},
+		{[]string{"log_level"}, lookup(root, "log_level"), text((*options).setLogLevel)},
+		{[]string{"socket", "path"}, lookup(root, "socket", "path"), text(func(o *options, s string) error { return setPath(&o.socket)(s) })},
+		{[]string{"socket", "mode"}, lookup(root, "socket", "mode"), applySocketMode},
+		{[]string{"heartbeat", "interval"}, lookup(root, "heartbeat", "interval"), text((*options).setHeartbeat)},
+		{[]string{"heartbeat", "min"}, lookup(root, "heartbeat", "min"), duration(func(o *options) *time.Duration { return &o.policy.Min }, "heartbeat min")},
+		{[]string{"heartbeat", "max"}, lookup(root, "heartbeat", "max"), duration(func(o *options) *time.Duration { return &o.policy.Max }, "heartbeat max")},
+		{[]string{"heartbeat", "start"}, lookup(root, "heartbeat", "start"), duration(func(o *options) *time.Duration { return &o.policy.Start }, "heartbeat start")},
+		{[]string{"power", "sysfs_root"}, lookup(root, "power", "sysfs_root"), text(func(o *options, s string) error { return setPath(&o.sysfsRoot)(s) })},
+		{[]string{"power", "low_battery"}, lookup(root, "power", "low_battery"), integer("a percentage", (*options).setLowBattery)},
+		{[]string{"reconnect", "min_backoff"}, lookup(root, "reconnect", "min_backoff"), duration(func(o *options) *time.Duration { return &o.minBackoff }, "min backoff")},
+		{[]string{"reconnect", "max_backoff"}, lookup(root, "reconnect", "max_backoff"), duration(func(o *options) *time.Duration { return &o.maxBackoff }, "max backoff")},
+		{[]string{"quota", "user_registrations"}, lookup(root, "quota", "user_registrations"), integer("a number", func(o *options, s string) error {
 			return setCount(&o.userRegistrations, "user registrations")(s)
 		})},
-		{[]string{"quota", "app_messages"}, f.Quota.AppMessages, integer("a number", func(o *options, s string) error {
+		{[]string{"quota", "app_messages"}, lookup(root, "quota", "app_messages"), integer("a number", func(o *options, s string) error {
 			return setCount(&o.quota.AppMessages, "app messages")(s)
 		})},
-		{[]string{"quota", "app_bytes"}, f.Quota.AppBytes, size(func(o *options) *int64 { return &o.quota.AppBytes }, "app bytes")},
-		{[]string{"quota", "total_bytes"}, f.Quota.TotalBytes, size(func(o *options) *int64 { return &o.quota.Bytes }, "total bytes")},
+		{[]string{"quota", "app_bytes"}, lookup(root, "quota", "app_bytes"), size(func(o *options) *int64 { return &o.quota.AppBytes }, "app bytes")},
+		{[]string{"quota", "total_bytes"}, lookup(root, "quota", "total_bytes"), size(func(o *options) *int64 { return &o.quota.Bytes }, "total bytes")},
 	}
-	for app, owner := range f.Apps {
+	apps, _ := root["apps"].(map[string]any)
+	for app, owner := range apps {
 		s = append(s, fileSetting{[]string{"apps", app}, owner, func(o *options, v any) error {
 			switch v := v.(type) {
 			case string:
@@ -613,10 +578,8 @@ func tomlType(v any) string {
 		return fmt.Sprintf("%v", v)
 	case []any:
 		return "an array"
-	case map[string]any:
-		return "a table"
 	}
-	return "a date or time"
+	return "a table"
 }
 
 // loadConfig applies the config file at path to o. A missing file is no
@@ -632,103 +595,70 @@ func loadConfig(o *options, path string, required bool) error {
 	return applyConfig(o, path, doc)
 }
 
-// applyConfig applies doc, the config file at path, to o.
+// applyConfig applies doc, the config file at path, to o. Every bad key
+// is reported, with its line: the unknown ones, the tables written as
+// something else, and the values their setters refuse.
 func applyConfig(o *options, path string, doc []byte) error {
-	var f fileConfig
-	dec := toml.NewDecoder(bytes.NewReader(doc))
-	dec.DisallowUnknownFields()
-	var errs []error
-	if err := dec.Decode(&f); err != nil {
-		// Unknown keys leave the rest of the file decoded: check it too.
-		var strict *toml.StrictMissingError
-		if !errors.As(err, &strict) {
-			return decodeErrors(path, err)
+	d, err := conftoml.Parse(doc)
+	if err != nil {
+		var se *conftoml.Error
+		if errors.As(err, &se) {
+			return &configError{file: path, line: se.Line, err: errors.New(se.Msg)}
 		}
-		errs = append(errs, decodeErrors(path, err))
+		return fmt.Errorf("%s: %w", path, err)
 	}
-	lines := keyLines(doc)
-	for _, s := range f.settings() {
+	var errs []error
+	bad := func(key []string, err error) {
+		errs = append(errs, &configError{file: path, line: d.Line(key...), key: keyName(key), err: err})
+	}
+	known := map[string]bool{}
+	list := settings(d.Root)
+	for _, s := range list {
+		known[strings.Join(s.key, ".")] = true
+	}
+	for k, v := range d.Root {
+		switch {
+		case slices.Contains(fileTables, k):
+			t, ok := v.(map[string]any)
+			if !ok {
+				bad([]string{k}, errors.New("want a table"))
+				continue
+			}
+			if k == "apps" {
+				continue // every key is an app ID
+			}
+			for sub := range t {
+				if !known[k+"."+sub] {
+					bad([]string{k, sub}, errors.New("unknown key"))
+				}
+			}
+		case !known[k]:
+			bad([]string{k}, errors.New("unknown key"))
+		}
+	}
+	for _, s := range list {
 		if s.value == nil {
 			continue
 		}
 		if err := s.apply(o, s.value); err != nil {
-			errs = append(errs, &configError{file: path, line: lines[keyID(s.key)], key: keyName(s.key), err: err})
+			bad(s.key, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// decodeErrors turns the TOML decoder's errors into configErrors: a syntax
-// or type error, or every key the file has and tetherd does not know.
-func decodeErrors(path string, err error) error {
-	var strict *toml.StrictMissingError
-	if errors.As(err, &strict) {
-		errs := make([]error, len(strict.Errors))
-		for i, e := range strict.Errors {
-			line, _ := e.Position()
-			errs[i] = &configError{file: path, line: line, key: keyName(e.Key()), err: errors.New("unknown key")}
+// lookup returns the value at path in root, nil if there is none.
+func lookup(root map[string]any, path ...string) any {
+	var v any = root
+	for _, k := range path {
+		t, ok := v.(map[string]any)
+		if !ok {
+			return nil
 		}
-		return errors.Join(errs...)
+		v = t[k]
 	}
-	var de *toml.DecodeError
-	if errors.As(err, &de) {
-		line, _ := de.Position()
-		msg := strings.TrimPrefix(de.Error(), "toml: ")
-		// Every key is decoded as it is written except the tables, so a
-		// type mismatch is a table written as something else.
-		if strings.HasPrefix(msg, "cannot decode TOML ") {
-			msg = "want a table"
-		}
-		return &configError{file: path, line: line, key: keyName(de.Key()), err: errors.New(msg)}
-	}
-	return fmt.Errorf("%s: %w", path, err)
+	return v
 }
-
-// keyLines maps every key of doc, a document the decoder accepted, to the
-// line it is written on.
-func keyLines(doc []byte) map[string]int {
-	lines := map[string]int{}
-	var p unstable.Parser
-	p.Reset(doc)
-	var table []string
-	var walk func(prefix []string, n *unstable.Node)
-	walk = func(prefix []string, n *unstable.Node) {
-		key := append([]string(nil), prefix...)
-		it := n.Key()
-		line := 0
-		for it.Next() {
-			k := it.Node()
-			key = append(key, string(k.Data))
-			if line == 0 {
-				line = p.Shape(k.Raw).Start.Line
-			}
-			lines[keyID(key)] = line
-		}
-		if v := n.Value(); n.Kind == unstable.KeyValue && v.Kind == unstable.InlineTable {
-			children := v.Children()
-			for children.Next() {
-				walk(key, children.Node())
-			}
-		}
-	}
-	for p.NextExpression() {
-		e := p.Expression()
-		switch e.Kind {
-		case unstable.Table, unstable.ArrayTable:
-			table = table[:0]
-			it := e.Key()
-			for it.Next() {
-				table = append(table, string(it.Node().Data))
-			}
-			walk(nil, e)
-		case unstable.KeyValue:
-			walk(table, e)
-		}
-	}
-	return lines
-}
-
-func keyID(key []string) string { return strings.Join(key, "\x00") }
 
 // keyName writes a key as TOML does, quoting the parts that need it
 // (app IDs with dots, for one).

@@ -12,6 +12,7 @@ import (
 
 	"tether/agent"
 	"tether/ipc"
+	"tether/ipc/dbusdoor"
 	"tether/platform/network"
 	"tether/platform/power"
 	"tether/platform/sleep"
@@ -21,7 +22,7 @@ import (
 // returns nil for "off". Many devices have no D-Bus at all: when the
 // system bus, the default, is not there (systemBus is nil) the agent goes
 // on with the socket alone; a bus asked for by name or address must work.
-func openDBusDoor(o options, systemBus *dbus.Conn, backend ipc.Backend, log *slog.Logger) (*ipc.DBusServer, error) {
+func openDBusDoor(o options, systemBus *dbus.Conn, backend ipc.Backend, log *slog.Logger) (*dbusdoor.Server, error) {
 	switch {
 	case o.dbus == "off":
 		return nil, nil
@@ -29,7 +30,7 @@ func openDBusDoor(o options, systemBus *dbus.Conn, backend ipc.Backend, log *slo
 		log.Info("no system bus: serving apps on the socket only")
 		return nil, nil
 	}
-	door, err := ipc.NewDBusServer(ipc.DBusConfig{Bus: o.dbus, Backend: backend, Logger: log})
+	door, err := dbusdoor.New(dbusdoor.Config{Bus: o.dbus, Backend: backend, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("D-Bus door: %w", err)
 	}

@@ -1,5 +1,6 @@
 // Package ipctest provides an in-memory ipc.Backend for testing the doors
-// in package ipc and their clients without the agent.
+// (ipc/socketdoor, ipc/dbusdoor) and their clients without the agent, and
+// the helpers their tests share.
 //
 // It keeps the agent's rules in miniature, so that a door's tests see real
 // answers: an app ID belongs to the Unix user that first registered it,

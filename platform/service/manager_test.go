@@ -1,3 +1,5 @@
+//go:build !tether_noinstall
+
 package service
 
 import (

@@ -1,8 +1,7 @@
-package ipc
+package dbusdoor
 
 import (
 	"context"
-	"encoding/xml"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,7 +11,8 @@ import (
 	"strings"
 
 	"github.com/godbus/dbus/v5"
-	"github.com/godbus/dbus/v5/introspect"
+
+	"tether/ipc"
 )
 
 // The door's interfaces are tables: calls are dispatched from them and
@@ -26,13 +26,18 @@ const (
 
 type dbusArg struct{ name, typ string }
 
+type dbusSignal struct {
+	name string
+	args []dbusArg
+}
+
 // dbusCall is what a method learns about its call besides the arguments.
 type dbusCall struct {
 	sender string
 	path   dbus.ObjectPath
 	// caller is the sender's Unix user and process, asked of the bus for
 	// methods that need it.
-	caller Caller
+	caller ipc.Caller
 }
 
 type dbusMethod struct {
@@ -41,7 +46,7 @@ type dbusMethod struct {
 	// needsCaller: ask the bus who the sender is before run.
 	needsCaller bool
 	// run gets arguments of the types in says.
-	run func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error)
+	run func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error)
 }
 
 type dbusProperty struct {
@@ -50,13 +55,13 @@ type dbusProperty struct {
 	// announced with PropertiesChanged, "false" for one read afresh on
 	// every Get, "const" for one that never changes.
 	changes string
-	get     func(Status) any
+	get     func(ipc.Status) any
 }
 
 type dbusInterface struct {
 	name       string
 	methods    []dbusMethod
-	signals    []introspect.Signal
+	signals    []dbusSignal
 	properties []dbusProperty
 }
 
@@ -71,36 +76,36 @@ func signature(args []dbusArg) string {
 func noResult(err error) ([]any, error) { return nil, err }
 
 var pushInterface = dbusInterface{
-	name: DBusInterface,
+	name: ipc.DBusInterface,
 	methods: []dbusMethod{
 		{
 			name: "Register", in: []dbusArg{{"app", "s"}, {"sender", "s"}}, out: []dbusArg{{"token", "s"}}, needsCaller: true,
-			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+			run: func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error) {
 				token, err := s.backend.Register(ctx, c.caller, args[0].(string), args[1].(string))
 				return []any{token}, err
 			},
 		},
 		{
 			name: "Unregister", in: []dbusArg{{"app", "s"}, {"sender", "s"}}, needsCaller: true,
-			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+			run: func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error) {
 				return noResult(s.backend.Unregister(ctx, c.caller, args[0].(string), args[1].(string)))
 			},
 		},
 		{
 			name: "Subscribe", in: []dbusArg{{"app", "s"}}, needsCaller: true,
-			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+			run: func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error) {
 				return noResult(s.subscribe(ctx, c, args[0].(string)))
 			},
 		},
 		{
 			name: "Unsubscribe", in: []dbusArg{{"app", "s"}},
-			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+			run: func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error) {
 				return noResult(s.unsubscribe(c.sender, args[0].(string)))
 			},
 		},
 		{
 			name: "Ack", in: []dbusArg{{"app", "s"}, {"message_ids", "as"}}, needsCaller: true,
-			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+			run: func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error) {
 				return noResult(s.backend.Ack(ctx, c.caller, args[0].(string), args[1].([]string)))
 			},
 		},
@@ -111,8 +116,8 @@ var pushInterface = dbusInterface{
 			},
 			out:         []dbusArg{{"message_id", "s"}},
 			needsCaller: true,
-			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
-				req := SendRequest{App: args[0].(string), To: args[1].(string), ID: args[2].(string), Data: args[3].(map[string]string)}
+			run: func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+				req := ipc.SendRequest{App: args[0].(string), To: args[1].(string), ID: args[2].(string), Data: args[3].(map[string]string)}
 				var err error
 				if req.TTL, req.Priority, err = sendOptions(args[4].(map[string]dbus.Variant)); err != nil {
 					return nil, fmt.Errorf("send for app %q: %w", req.App, err)
@@ -124,37 +129,37 @@ var pushInterface = dbusInterface{
 		},
 		{
 			name: "SubscribeTopic", in: []dbusArg{{"app", "s"}, {"sender", "s"}, {"topic", "s"}}, needsCaller: true,
-			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+			run: func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error) {
 				return noResult(s.backend.SubscribeTopic(ctx, c.caller, args[0].(string), args[1].(string), args[2].(string)))
 			},
 		},
 		{
 			name: "UnsubscribeTopic", in: []dbusArg{{"app", "s"}, {"sender", "s"}, {"topic", "s"}}, needsCaller: true,
-			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+			run: func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error) {
 				return noResult(s.backend.UnsubscribeTopic(ctx, c.caller, args[0].(string), args[1].(string), args[2].(string)))
 			},
 		},
 	},
-	signals: []introspect.Signal{
-		{Name: "Message", Args: []introspect.Arg{
-			{Name: "app", Type: "s"}, {Name: "message_id", Type: "s"}, {Name: "from", Type: "s"},
-			{Name: "collapse_key", Type: "s"}, {Name: "data", Type: "a{ss}"}, {Name: "extras", Type: "a{sv}"},
+	signals: []dbusSignal{
+		{"Message", []dbusArg{
+			{"app", "s"}, {"message_id", "s"}, {"from", "s"},
+			{"collapse_key", "s"}, {"data", "a{ss}"}, {"extras", "a{sv}"},
 		}},
-		{Name: "SendResult", Args: []introspect.Arg{{Name: "app", Type: "s"}, {Name: "message_id", Type: "s"}, {Name: "error", Type: "s"}}},
-		{Name: "TokenRefreshed", Args: []introspect.Arg{{Name: "app", Type: "s"}, {Name: "sender", Type: "s"}, {Name: "token", Type: "s"}}},
-		{Name: "DeletedMessages", Args: []introspect.Arg{{Name: "app", Type: "s"}, {Name: "count", Type: "u"}}},
-		{Name: "SubscriptionEnded", Args: []introspect.Arg{{Name: "app", Type: "s"}, {Name: "reason", Type: "s"}}},
+		{"SendResult", []dbusArg{{"app", "s"}, {"message_id", "s"}, {"error", "s"}}},
+		{"TokenRefreshed", []dbusArg{{"app", "s"}, {"sender", "s"}, {"token", "s"}}},
+		{"DeletedMessages", []dbusArg{{"app", "s"}, {"count", "u"}}},
+		{"SubscriptionEnded", []dbusArg{{"app", "s"}, {"reason", "s"}}},
 	},
 	properties: []dbusProperty{
-		{name: "Connected", typ: "b", get: func(st Status) any { return st.Connected }},
-		{name: "DeviceID", typ: "s", get: func(st Status) any { return st.DeviceID }},
-		{name: "PowerMode", typ: "s", get: func(st Status) any { return st.PowerMode }},
+		{name: "Connected", typ: "b", get: func(st ipc.Status) any { return st.Connected }},
+		{name: "DeviceID", typ: "s", get: func(st ipc.Status) any { return st.DeviceID }},
+		{name: "PowerMode", typ: "s", get: func(st ipc.Status) any { return st.PowerMode }},
 		// The node connected to or being dialled: the agent moves between
 		// the nodes of a cluster.
-		{name: "Server", typ: "s", get: func(st Status) any { return st.Server }},
-		{name: "Apps", typ: "u", changes: "false", get: func(st Status) any { return clampUint32(int64(st.Apps)) }},
-		{name: "QueuedDownstream", typ: "u", changes: "false", get: func(st Status) any { return clampUint32(int64(st.QueuedDownstream)) }},
-		{name: "PendingUpstream", typ: "u", changes: "false", get: func(st Status) any { return clampUint32(int64(st.PendingUpstream)) }},
+		{name: "Server", typ: "s", get: func(st ipc.Status) any { return st.Server }},
+		{name: "Apps", typ: "u", changes: "false", get: func(st ipc.Status) any { return clampUint32(int64(st.Apps)) }},
+		{name: "QueuedDownstream", typ: "u", changes: "false", get: func(st ipc.Status) any { return clampUint32(int64(st.QueuedDownstream)) }},
+		{name: "PendingUpstream", typ: "u", changes: "false", get: func(st ipc.Status) any { return clampUint32(int64(st.PendingUpstream)) }},
 	},
 }
 
@@ -163,7 +168,7 @@ var propertiesIface = dbusInterface{
 	methods: []dbusMethod{
 		{
 			name: "Get", in: []dbusArg{{"interface_name", "s"}, {"property_name", "s"}}, out: []dbusArg{{"value", "v"}},
-			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+			run: func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error) {
 				if err := checkPropertyInterface(args[0].(string)); err != nil {
 					return nil, err
 				}
@@ -180,7 +185,7 @@ var propertiesIface = dbusInterface{
 		},
 		{
 			name: "GetAll", in: []dbusArg{{"interface_name", "s"}}, out: []dbusArg{{"properties", "a{sv}"}},
-			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+			run: func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error) {
 				if err := checkPropertyInterface(args[0].(string)); err != nil {
 					return nil, err
 				}
@@ -197,7 +202,7 @@ var propertiesIface = dbusInterface{
 		},
 		{
 			name: "Set", in: []dbusArg{{"interface_name", "s"}, {"property_name", "s"}, {"value", "v"}},
-			run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+			run: func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error) {
 				if err := checkPropertyInterface(args[0].(string)); err != nil {
 					return nil, err
 				}
@@ -208,9 +213,9 @@ var propertiesIface = dbusInterface{
 			},
 		},
 	},
-	signals: []introspect.Signal{
-		{Name: "PropertiesChanged", Args: []introspect.Arg{
-			{Name: "interface_name", Type: "s"}, {Name: "changed_properties", Type: "a{sv}"}, {Name: "invalidated_properties", Type: "as"},
+	signals: []dbusSignal{
+		{"PropertiesChanged", []dbusArg{
+			{"interface_name", "s"}, {"changed_properties", "a{sv}"}, {"invalidated_properties", "as"},
 		}},
 	},
 }
@@ -225,7 +230,7 @@ func init() {
 		methods: []dbusMethod{
 			{
 				name: "Introspect", out: []dbusArg{{"xml_data", "s"}},
-				run: func(s *DBusServer, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+				run: func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error) {
 					return []any{introspectXML(c.path)}, nil
 				},
 			},
@@ -236,8 +241,8 @@ func init() {
 // checkPropertyInterface accepts the door's interface, or "" for all of
 // the object's properties (which are the door's).
 func checkPropertyInterface(name string) error {
-	if name != "" && name != DBusInterface {
-		return dbus.NewError("org.freedesktop.DBus.Error.UnknownInterface", []any{fmt.Sprintf("%s has no properties of interface %q; its properties are on %s", DBusPath, name, DBusInterface)})
+	if name != "" && name != ipc.DBusInterface {
+		return dbus.NewError("org.freedesktop.DBus.Error.UnknownInterface", []any{fmt.Sprintf("%s has no properties of interface %q; its properties are on %s", ipc.DBusPath, name, ipc.DBusInterface)})
 	}
 	return nil
 }
@@ -245,14 +250,14 @@ func checkPropertyInterface(name string) error {
 func findProperty(name string) (dbusProperty, error) {
 	i := slices.IndexFunc(pushInterface.properties, func(p dbusProperty) bool { return p.name == name })
 	if i < 0 {
-		return dbusProperty{}, dbus.NewError("org.freedesktop.DBus.Error.UnknownProperty", []any{fmt.Sprintf("%s has no property %q", DBusInterface, name)})
+		return dbusProperty{}, dbus.NewError("org.freedesktop.DBus.Error.UnknownProperty", []any{fmt.Sprintf("%s has no property %q", ipc.DBusInterface, name)})
 	}
 	return pushInterface.properties[i], nil
 }
 
 // propertiesChanged builds the PropertiesChanged signal for the door's
 // properties whose values differ between old and cur, or returns nil.
-func propertiesChanged(old, cur Status) *dbus.Message {
+func propertiesChanged(old, cur ipc.Status) *dbus.Message {
 	changed := map[string]dbus.Variant{}
 	for _, p := range pushInterface.properties {
 		if p.changes == "" && p.get(old) != p.get(cur) {
@@ -262,10 +267,10 @@ func propertiesChanged(old, cur Status) *dbus.Message {
 	if len(changed) == 0 {
 		return nil
 	}
-	return newSignal(propertiesInterface, "PropertiesChanged", DBusInterface, changed, []string{})
+	return newSignal(propertiesInterface, "PropertiesChanged", ipc.DBusInterface, changed, []string{})
 }
 
-func (s *DBusServer) announceStatus() {
+func (s *Server) announceStatus() {
 	st, err := s.backend.Status(s.ctx)
 	if err != nil {
 		s.log.Warn("read the status for the bus properties", "err", err)
@@ -283,7 +288,7 @@ func (s *DBusServer) announceStatus() {
 // object has all three, the nodes above it only introspection, so that
 // tools can walk down to it.
 func interfacesAt(path dbus.ObjectPath) []*dbusInterface {
-	if path == DBusPath {
+	if path == ipc.DBusPath {
 		return []*dbusInterface{&pushInterface, &propertiesIface, &introspectableIface}
 	}
 	if childOf(path) != "" {
@@ -299,7 +304,7 @@ func childOf(path dbus.ObjectPath) string {
 	if prefix != "/" {
 		prefix += "/"
 	}
-	rest, ok := strings.CutPrefix(DBusPath, prefix)
+	rest, ok := strings.CutPrefix(ipc.DBusPath, prefix)
 	if !ok || rest == "" {
 		return ""
 	}
@@ -307,49 +312,67 @@ func childOf(path dbus.ObjectPath) string {
 	return child
 }
 
-func (i *dbusInterface) introspect() introspect.Interface {
-	out := introspect.Interface{Name: i.name, Signals: i.signals}
-	for _, m := range i.methods {
-		im := introspect.Method{Name: m.name}
-		for _, a := range m.in {
-			im.Args = append(im.Args, introspect.Arg{Name: a.name, Type: a.typ, Direction: "in"})
-		}
-		for _, a := range m.out {
-			im.Args = append(im.Args, introspect.Arg{Name: a.name, Type: a.typ, Direction: "out"})
-		}
-		out.Methods = append(out.Methods, im)
-	}
-	for _, p := range i.properties {
-		ip := introspect.Property{Name: p.name, Type: p.typ, Access: "read"}
-		if p.changes != "" {
-			ip.Annotations = []introspect.Annotation{{Name: emitsChangedAnnotation, Value: p.changes}}
-		}
-		out.Properties = append(out.Properties, ip)
-	}
-	return out
+// peerInterface is what the connection answers on every path; only its
+// introspection data is the door's.
+var peerInterface = dbusInterface{
+	name: "org.freedesktop.DBus.Peer",
+	methods: []dbusMethod{
+		{name: "Ping"},
+		{name: "GetMachineId", out: []dbusArg{{"machine_uuid", "s"}}},
+	},
 }
 
-// introspectXML is the introspection data of the object at path.
+// introspectDeclaration opens every introspection document.
+const introspectDeclaration = `<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">
+`
+
+// introspectXML is the introspection data of the object at path. The
+// names in the tables are D-Bus names and signatures, which hold nothing
+// XML would need escaped.
 func introspectXML(path dbus.ObjectPath) string {
-	var node introspect.Node
-	for _, i := range interfacesAt(path) {
-		node.Interfaces = append(node.Interfaces, i.introspect())
+	var b strings.Builder
+	b.WriteString(introspectDeclaration + "<node>\n")
+	for _, i := range append(interfacesAt(path), &peerInterface) {
+		i.writeXML(&b)
 	}
-	// The connection answers Peer on every path.
-	node.Interfaces = append(node.Interfaces, introspect.PeerData)
 	if child := childOf(path); child != "" {
-		node.Children = []introspect.Node{{Name: child}}
+		fmt.Fprintf(&b, "  <node name=%q></node>\n", child)
 	}
-	data, err := xml.MarshalIndent(node, "", "  ")
-	if err != nil {
-		// The tables are fixed; they always encode.
-		panic(fmt.Sprintf("encode introspection data: %v", err))
+	b.WriteString("</node>\n")
+	return b.String()
+}
+
+func (i *dbusInterface) writeXML(b *strings.Builder) {
+	fmt.Fprintf(b, "  <interface name=%q>\n", i.name)
+	writeArgs := func(args []dbusArg, direction string) {
+		for _, a := range args {
+			fmt.Fprintf(b, "      <arg name=%q type=%q%s></arg>\n", a.name, a.typ, direction)
+		}
 	}
-	return strings.TrimSpace(introspect.IntrospectDeclarationString) + "\n" + string(data) + "\n"
+	for _, m := range i.methods {
+		fmt.Fprintf(b, "    <method name=%q>\n", m.name)
+		writeArgs(m.in, ` direction="in"`)
+		writeArgs(m.out, ` direction="out"`)
+		b.WriteString("    </method>\n")
+	}
+	for _, s := range i.signals {
+		fmt.Fprintf(b, "    <signal name=%q>\n", s.name)
+		writeArgs(s.args, "")
+		b.WriteString("    </signal>\n")
+	}
+	for _, p := range i.properties {
+		fmt.Fprintf(b, "    <property name=%q type=%q access=\"read\">", p.name, p.typ)
+		if p.changes != "" {
+			fmt.Fprintf(b, "\n      <annotation name=%q value=%q></annotation>\n    ", emitsChangedAnnotation, p.changes)
+		}
+		b.WriteString("</property>\n")
+	}
+	b.WriteString("  </interface>\n")
 }
 
 // dbusHandler routes the connection's method calls to the tables.
-type dbusHandler struct{ s *DBusServer }
+type dbusHandler struct{ s *Server }
 
 func (h dbusHandler) LookupObject(path dbus.ObjectPath) (dbus.ServerObject, bool) {
 	ifaces := interfacesAt(path)
@@ -357,7 +380,7 @@ func (h dbusHandler) LookupObject(path dbus.ObjectPath) (dbus.ServerObject, bool
 }
 
 type dbusObject struct {
-	s      *DBusServer
+	s      *Server
 	ifaces []*dbusInterface
 }
 
@@ -376,7 +399,7 @@ func (o dbusObject) LookupInterface(name string) (dbus.Interface, bool) {
 }
 
 type dbusLookup struct {
-	s      *DBusServer
+	s      *Server
 	ifaces []*dbusInterface
 }
 
@@ -394,7 +417,7 @@ func (l dbusLookup) LookupMethod(name string) (dbus.Method, bool) {
 // boundMethod is one method of the door as the connection calls it:
 // DecodeArguments checks the arguments' types, Call runs it.
 type boundMethod struct {
-	s     *DBusServer
+	s     *Server
 	iface *dbusInterface
 	m     *dbusMethod
 }
@@ -414,8 +437,8 @@ func (b boundMethod) DecodeArguments(conn *dbus.Conn, sender string, msg *dbus.M
 	}
 	if want := signature(b.m.in); got != want {
 		name := "org.freedesktop.DBus.Error.InvalidArgs"
-		if b.iface.name == DBusInterface {
-			name = DBusErrorInvalidArgument
+		if b.iface.name == ipc.DBusInterface {
+			name = ipc.DBusErrorInvalidArgument
 		}
 		return nil, dbus.NewError(name, []any{fmt.Sprintf("%s takes %s, signature %q; the call has signature %q",
 			b.m.name, describeArgs(b.m.in), want, got)})
@@ -439,7 +462,7 @@ func (b boundMethod) Call(args ...any) ([]any, error) {
 	d := args[0].(decodedCall)
 	s := b.s
 	if !s.enterCall() {
-		return nil, dbus.NewError(DBusErrorUnavailable, []any{"the agent is stopping"})
+		return nil, dbus.NewError(ipc.DBusErrorUnavailable, []any{"the agent is stopping"})
 	}
 	defer s.calls.Done()
 	ctx := s.ctx
@@ -468,7 +491,7 @@ func (b boundMethod) ArgumentValue(int) any { return nil }
 func (b boundMethod) ReturnValue(int) any   { return nil }
 
 // enterCall counts a method call in progress, unless the server is closed.
-func (s *DBusServer) enterCall() bool {
+func (s *Server) enterCall() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -480,9 +503,9 @@ func (s *DBusServer) enterCall() bool {
 
 // callerOf asks the bus which Unix user and process the connection named
 // sender belongs to.
-func (s *DBusServer) callerOf(ctx context.Context, sender string) (Caller, error) {
+func (s *Server) callerOf(ctx context.Context, sender string) (ipc.Caller, error) {
 	if sender == "" {
-		return Caller{}, errors.New("the call has no sender")
+		return ipc.Caller{}, errors.New("the call has no sender")
 	}
 	bus := s.conn.BusObject()
 	uidCall := bus.GoWithContext(ctx, "org.freedesktop.DBus.GetConnectionUnixUser", 0, make(chan *dbus.Call, 1), sender)
@@ -491,40 +514,40 @@ func (s *DBusServer) callerOf(ctx context.Context, sender string) (Caller, error
 	<-pidCall.Done
 	var uid, pid uint32
 	if err := uidCall.Store(&uid); err != nil {
-		return Caller{}, fmt.Errorf("ask the bus for the Unix user of %s: %w", sender, err)
+		return ipc.Caller{}, fmt.Errorf("ask the bus for the Unix user of %s: %w", sender, err)
 	}
 	if err := pidCall.Store(&pid); err != nil {
 		// Not every platform tells; the user is what decides.
 		pid = 0
 	}
-	return Caller{UID: uid, PID: int32(min(pid, math.MaxInt32))}, nil
+	return ipc.Caller{UID: uid, PID: int32(min(pid, math.MaxInt32))}, nil
 }
 
 var dbusErrorNames = []struct {
 	err  error
 	name string
 }{
-	{ErrPermission, DBusErrorPermissionDenied},
-	{ErrUnknownApp, DBusErrorNotRegistered},
-	{ErrNotRegistered, DBusErrorNotRegistered},
-	{ErrTooManyMessages, DBusErrorTooManyMessages},
-	{ErrTooManyRegistrations, DBusErrorTooManyRegistrations},
-	{ErrInvalidArgument, DBusErrorInvalidArgument},
-	{ErrOffline, DBusErrorUnavailable},
-	{ErrRefused, DBusErrorRefused},
-	{ErrStorage, DBusErrorUnavailable},
-	{ErrMessageTooBig, DBusErrorMessageTooBig},
-	{ErrUnsupported, DBusErrorNotSupported},
+	{ipc.ErrPermission, ipc.DBusErrorPermissionDenied},
+	{ipc.ErrUnknownApp, ipc.DBusErrorNotRegistered},
+	{ipc.ErrNotRegistered, ipc.DBusErrorNotRegistered},
+	{ipc.ErrTooManyMessages, ipc.DBusErrorTooManyMessages},
+	{ipc.ErrTooManyRegistrations, ipc.DBusErrorTooManyRegistrations},
+	{ipc.ErrInvalidArgument, ipc.DBusErrorInvalidArgument},
+	{ipc.ErrOffline, ipc.DBusErrorUnavailable},
+	{ipc.ErrRefused, ipc.DBusErrorRefused},
+	{ipc.ErrStorage, ipc.DBusErrorUnavailable},
+	{ipc.ErrMessageTooBig, ipc.DBusErrorMessageTooBig},
+	{ipc.ErrUnsupported, ipc.DBusErrorNotSupported},
 }
 
 // callError turns a method's error into the D-Bus error the caller gets.
-func (s *DBusServer) callError(b boundMethod, d decodedCall, err error) error {
+func (s *Server) callError(b boundMethod, d decodedCall, err error) error {
 	var dbusErr *dbus.Error
 	if errors.As(err, &dbusErr) {
 		return dbusErr
 	}
 	var app string
-	if b.iface.name == DBusInterface && len(d.args) > 0 {
+	if b.iface.name == ipc.DBusInterface && len(d.args) > 0 {
 		app, _ = d.args[0].(string)
 	}
 	for _, e := range dbusErrorNames {
@@ -548,20 +571,20 @@ func sendOptions(opts map[string]dbus.Variant) (ttl *int64, priority string, err
 		case "ttl":
 			n, ok := integer(v.Value())
 			if !ok {
-				return nil, "", fmt.Errorf("option \"ttl\" must be an unsigned integer of seconds (type u), not type %s: %w", v.Signature(), ErrInvalidArgument)
+				return nil, "", fmt.Errorf("option \"ttl\" must be an unsigned integer of seconds (type u), not type %s: %w", v.Signature(), ipc.ErrInvalidArgument)
 			}
 			if n < 0 {
-				return nil, "", fmt.Errorf("option \"ttl\" is %d; it must not be negative: %w", n, ErrInvalidArgument)
+				return nil, "", fmt.Errorf("option \"ttl\" is %d; it must not be negative: %w", n, ipc.ErrInvalidArgument)
 			}
 			ttl = &n
 		case "priority":
 			p, ok := v.Value().(string)
 			if !ok {
-				return nil, "", fmt.Errorf("option \"priority\" must be a string (type s), not type %s: %w", v.Signature(), ErrInvalidArgument)
+				return nil, "", fmt.Errorf("option \"priority\" must be a string (type s), not type %s: %w", v.Signature(), ipc.ErrInvalidArgument)
 			}
 			priority = p
 		default:
-			return nil, "", fmt.Errorf("unknown option %q; the options are ttl and priority: %w", key, ErrInvalidArgument)
+			return nil, "", fmt.Errorf("unknown option %q; the options are ttl and priority: %w", key, ipc.ErrInvalidArgument)
 		}
 	}
 	return ttl, priority, nil
@@ -590,7 +613,7 @@ func integer(v any) (int64, bool) {
 }
 
 // subscribe makes the calling connection the app's subscriber.
-func (s *DBusServer) subscribe(ctx context.Context, c dbusCall, app string) error {
+func (s *Server) subscribe(ctx context.Context, c dbusCall, app string) error {
 	u := &dbusSub{s: s, dest: c.sender, app: app}
 	s.mu.Lock()
 	prev := s.current[app]
@@ -647,9 +670,9 @@ func (s *DBusServer) subscribe(ctx context.Context, c dbusCall, app string) erro
 
 // unsubscribe ends the calling connection's subscription for app, if it
 // has one.
-func (s *DBusServer) unsubscribe(sender, app string) error {
+func (s *Server) unsubscribe(sender, app string) error {
 	if app == "" {
-		return fmt.Errorf("unsubscribe: no app ID: %w", ErrInvalidArgument)
+		return fmt.Errorf("unsubscribe: no app ID: %w", ipc.ErrInvalidArgument)
 	}
 	var cancels []func()
 	s.mu.Lock()

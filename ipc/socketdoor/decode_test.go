@@ -1,4 +1,4 @@
-package ipc
+package socketdoor
 
 import (
 	"bufio"
@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"tether/ipc"
 )
 
 func TestDecodeRequest(t *testing.T) {
@@ -17,7 +19,7 @@ func TestDecodeRequest(t *testing.T) {
 	tests := []struct {
 		name     string
 		line     string
-		want     Request
+		want     ipc.Request
 		wantCode string
 		wantMsg  string // substring of the error message
 		wantID   string // the ID the error response can echo
@@ -25,31 +27,31 @@ func TestDecodeRequest(t *testing.T) {
 		{
 			name: "send with every field",
 			line: `{"id":7,"op":"send","app":"a","to":"s","message_id":"m1","ttl":60,"priority":"high","data":{"k":"v","e":""},"wait":true}`,
-			want: Request{ID: json.RawMessage(`7`), Op: "send", App: "a", To: "s", MessageID: "m1", TTL: &ttl, Priority: "high", Data: map[string]string{"k": "v", "e": ""}, Wait: true},
+			want: ipc.Request{ID: json.RawMessage(`7`), Op: "send", App: "a", To: "s", MessageID: "m1", TTL: &ttl, Priority: "high", Data: map[string]string{"k": "v", "e": ""}, Wait: true},
 		},
 		{
 			name: "ack with object id and unknown field ignored",
 			line: ` {"id":{"n":[1]},"op":"ack","app":"a","ids":["x","y"],"future":1} `,
-			want: Request{ID: json.RawMessage(`{"n":[1]}`), Op: "ack", App: "a", IDs: []string{"x", "y"}},
+			want: ipc.Request{ID: json.RawMessage(`{"n":[1]}`), Op: "ack", App: "a", IDs: []string{"x", "y"}},
 		},
 		{
 			name: "escaped data value",
 			line: `{"op":"send","data":{"k":"a\nb \u00e9"}}`,
-			want: Request{Op: "send", Data: map[string]string{"k": "a\nb é"}},
+			want: ipc.Request{Op: "send", Data: map[string]string{"k": "a\nb é"}},
 		},
-		{name: "not JSON", line: `{"op":`, wantCode: CodeBadRequest, wantMsg: "invalid JSON: unexpected end of JSON input"},
-		{name: "two objects", line: `{"op":"status"} {"op":"status"}`, wantCode: CodeBadRequest, wantMsg: "after top-level value"},
-		{name: "array", line: `[1]`, wantCode: CodeBadRequest, wantMsg: "must be a JSON object, not array"},
-		{name: "no op", line: `{"id":"x","app":"a"}`, wantCode: CodeBadRequest, wantMsg: `no "op"`, wantID: `"x"`},
-		{name: "number data value", line: `{"id":1,"op":"send","data":{"a":"x","n":5}}`, wantCode: CodeInvalidArgument, wantMsg: `key "n" is a number`, wantID: `1`},
-		{name: "null data value", line: `{"op":"send","data":{"n":null}}`, wantCode: CodeInvalidArgument, wantMsg: `key "n" is null`},
-		{name: "object data value", line: `{"op":"send","data":{"o":{}}}`, wantCode: CodeInvalidArgument, wantMsg: `key "o" is an object`},
-		{name: "first bad key by order", line: `{"op":"send","data":{"z":1,"b":true}}`, wantCode: CodeInvalidArgument, wantMsg: `key "b" is a boolean`},
-		{name: "data not an object", line: `{"op":"send","data":"k=v"}`, wantCode: CodeInvalidArgument, wantMsg: `field "data" must be an object of string values, not string`},
-		{name: "ttl as string", line: `{"id":"t","op":"send","ttl":"60"}`, wantCode: CodeInvalidArgument, wantMsg: `field "ttl" must be an integer number of seconds, not string`, wantID: `"t"`},
-		{name: "fractional ttl", line: `{"op":"send","ttl":1.5}`, wantCode: CodeInvalidArgument, wantMsg: `field "ttl"`},
-		{name: "op as number", line: `{"op":3}`, wantCode: CodeInvalidArgument, wantMsg: `field "op" must be a string, not number`},
-		{name: "ids not strings", line: `{"op":"ack","ids":[1]}`, wantCode: CodeInvalidArgument, wantMsg: `field "ids" must be an array of strings`},
+		{name: "not JSON", line: `{"op":`, wantCode: ipc.CodeBadRequest, wantMsg: "invalid JSON: unexpected end of JSON input"},
+		{name: "two objects", line: `{"op":"status"} {"op":"status"}`, wantCode: ipc.CodeBadRequest, wantMsg: "after top-level value"},
+		{name: "array", line: `[1]`, wantCode: ipc.CodeBadRequest, wantMsg: "must be a JSON object, not array"},
+		{name: "no op", line: `{"id":"x","app":"a"}`, wantCode: ipc.CodeBadRequest, wantMsg: `no "op"`, wantID: `"x"`},
+		{name: "number data value", line: `{"id":1,"op":"send","data":{"a":"x","n":5}}`, wantCode: ipc.CodeInvalidArgument, wantMsg: `key "n" is a number`, wantID: `1`},
+		{name: "null data value", line: `{"op":"send","data":{"n":null}}`, wantCode: ipc.CodeInvalidArgument, wantMsg: `key "n" is null`},
+		{name: "object data value", line: `{"op":"send","data":{"o":{}}}`, wantCode: ipc.CodeInvalidArgument, wantMsg: `key "o" is an object`},
+		{name: "first bad key by order", line: `{"op":"send","data":{"z":1,"b":true}}`, wantCode: ipc.CodeInvalidArgument, wantMsg: `key "b" is a boolean`},
+		{name: "data not an object", line: `{"op":"send","data":"k=v"}`, wantCode: ipc.CodeInvalidArgument, wantMsg: `field "data" must be an object of string values, not string`},
+		{name: "ttl as string", line: `{"id":"t","op":"send","ttl":"60"}`, wantCode: ipc.CodeInvalidArgument, wantMsg: `field "ttl" must be an integer number of seconds, not string`, wantID: `"t"`},
+		{name: "fractional ttl", line: `{"op":"send","ttl":1.5}`, wantCode: ipc.CodeInvalidArgument, wantMsg: `field "ttl"`},
+		{name: "op as number", line: `{"op":3}`, wantCode: ipc.CodeInvalidArgument, wantMsg: `field "op" must be a string, not number`},
+		{name: "ids not strings", line: `{"op":"ack","ids":[1]}`, wantCode: ipc.CodeInvalidArgument, wantMsg: `field "ids" must be an array of strings`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -81,16 +83,16 @@ func TestBackendError(t *testing.T) {
 		err  error
 		code string
 	}{
-		{ErrPermission, CodePermissionDenied},
-		{ErrUnknownApp, CodeUnknownApp},
-		{ErrNotRegistered, CodeNotRegistered},
-		{ErrTooManyMessages, CodeTooManyMessages},
-		{ErrTooManyRegistrations, CodeTooManyRegistrations},
-		{ErrInvalidArgument, CodeInvalidArgument},
-		{ErrOffline, CodeOffline},
-		{ErrRefused, CodeRefused},
-		{ErrStorage, CodeStorageUnavailable},
-		{errors.New("disk on fire"), CodeInternal},
+		{ipc.ErrPermission, ipc.CodePermissionDenied},
+		{ipc.ErrUnknownApp, ipc.CodeUnknownApp},
+		{ipc.ErrNotRegistered, ipc.CodeNotRegistered},
+		{ipc.ErrTooManyMessages, ipc.CodeTooManyMessages},
+		{ipc.ErrTooManyRegistrations, ipc.CodeTooManyRegistrations},
+		{ipc.ErrInvalidArgument, ipc.CodeInvalidArgument},
+		{ipc.ErrOffline, ipc.CodeOffline},
+		{ipc.ErrRefused, ipc.CodeRefused},
+		{ipc.ErrStorage, ipc.CodeStorageUnavailable},
+		{errors.New("disk on fire"), ipc.CodeInternal},
 	}
 	for _, tt := range tests {
 		err := fmt.Errorf("register app %q: %w", "com.example", tt.err)
@@ -201,7 +203,7 @@ func FuzzDecodeRequest(f *testing.F) {
 }
 
 // normalize treats empty and nil collections alike: the encoder omits both.
-func normalize(r Request) Request {
+func normalize(r ipc.Request) ipc.Request {
 	if len(r.Data) == 0 {
 		r.Data = nil
 	}

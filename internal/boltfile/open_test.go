@@ -18,9 +18,9 @@ import (
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
+	"tether/internal/boltfile"
 	serverstore "tether/server/store"
 	"tether/store"
-	"tether/store/boltfile"
 )
 
 // makeFile writes a bbolt file at path with what the stores' files have:

@@ -1,4 +1,4 @@
-package ipc_test
+package socketdoor_test
 
 import (
 	"bufio"
@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -21,6 +20,7 @@ import (
 
 	"tether/ipc"
 	"tether/ipc/ipctest"
+	"tether/ipc/socketdoor"
 )
 
 const app = "com.example.app"
@@ -29,46 +29,28 @@ type harness struct {
 	t    *testing.T
 	path string
 	b    *ipctest.Backend
-	srv  *ipc.SocketServer
-}
-
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	srv  *socketdoor.Server
 }
 
 // start serves an ipctest backend on a socket in a fresh directory and
 // checks, when the test ends, that Close makes Serve return.
 func start(t *testing.T) *harness {
 	t.Helper()
-	return startWith(t, ipc.SocketConfig{})
+	return startWith(t, socketdoor.Config{})
 }
 
 // startWith is start with the settings cfg has beyond path, backend and
 // logger.
-func startWith(t *testing.T, cfg ipc.SocketConfig) *harness {
+func startWith(t *testing.T, cfg socketdoor.Config) *harness {
 	t.Helper()
 	b := ipctest.New("push.example.test:443", "device-1")
 	path := filepath.Join(t.TempDir(), "tetherd.sock")
-	cfg.Path, cfg.Backend, cfg.Logger = path, b, testLogger(t)
-	srv, err := ipc.NewSocketServer(cfg)
+	cfg.Path, cfg.Backend, cfg.Logger = path, b, ipctest.Logger(t)
+	srv, err := socketdoor.New(cfg)
 	if err != nil {
-		t.Fatalf("NewSocketServer: %v", err)
+		t.Fatalf("New: %v", err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		if err := srv.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-		select {
-		case err := <-served:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("Serve did not return after Close")
-		}
-	})
+	ipctest.Serve(t, srv)
 	return &harness{t: t, path: path, b: b, srv: srv}
 }
 
@@ -170,17 +152,6 @@ func wantError(t *testing.T, resp ipc.Response, code, text string) {
 
 // waitFor waits for a condition the door reaches on its own goroutines,
 // such as cancelling a subscription after a client has gone.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestEveryOp(t *testing.T) {
 	h := start(t)
 	c := h.dial()
@@ -396,7 +367,7 @@ func TestReplacedListener(t *testing.T) {
 		t.Fatalf("b got %+v, want m2", ev)
 	}
 	b.conn.Close()
-	waitFor(t, "the closed listener's subscription is cancelled", func() bool { return !h.b.Listening(app) })
+	ipctest.WaitFor(t, "the closed listener's subscription is cancelled", func() bool { return !h.b.Listening(app) })
 }
 
 func TestOneListenPerConnection(t *testing.T) {
@@ -490,7 +461,7 @@ func TestLineTooLong(t *testing.T) {
 // TestConnectionsPerUserBounded: one user's connection over the limit is
 // answered TooManyConnections and closed; closing one makes room.
 func TestConnectionsPerUserBounded(t *testing.T) {
-	h := startWith(t, ipc.SocketConfig{MaxConnsPerUser: 2})
+	h := startWith(t, socketdoor.Config{MaxConnsPerUser: 2})
 	first, second := h.dial(), h.dial()
 	wantOK(t, first.do(`{"op":"status"}`))
 	wantOK(t, second.do(`{"op":"status"}`))
@@ -498,7 +469,7 @@ func TestConnectionsPerUserBounded(t *testing.T) {
 	wantError(t, third.response(), ipc.CodeTooManyConnections, "2 connections")
 	third.expectEOF()
 	first.conn.Close()
-	waitFor(t, "room for another connection", func() bool {
+	ipctest.WaitFor(t, "room for another connection", func() bool {
 		c := h.dial()
 		defer c.conn.Close()
 		return c.do(`{"op":"status"}`).OK
@@ -537,7 +508,7 @@ func TestCallerFromKernel(t *testing.T) {
 func TestSlowListenerIsDropped(t *testing.T) {
 	// Writes never time out here: the app must be dropped for falling
 	// behind, not for being slow to read one line.
-	h := startWith(t, ipc.SocketConfig{WriteTimeout: time.Hour})
+	h := startWith(t, socketdoor.Config{WriteTimeout: time.Hour})
 	c := h.dial()
 	wantOK(t, c.do(`{"op":"register","app":"com.example.app","sender":"123"}`))
 	wantOK(t, c.do(`{"op":"listen","app":"com.example.app"}`))
@@ -556,7 +527,7 @@ func TestSlowListenerIsDropped(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("a Listener call blocked on an app that does not read")
 	}
-	waitFor(t, "the slow listener's subscription is cancelled", func() bool { return !h.b.Listening(app) })
+	ipctest.WaitFor(t, "the slow listener's subscription is cancelled", func() bool { return !h.b.Listening(app) })
 	n := 0
 	for {
 		line, err := c.readLine()
@@ -580,12 +551,11 @@ func TestCloseStopsEverything(t *testing.T) {
 	before := runtime.NumGoroutine()
 	b := ipctest.New("s", "d")
 	path := filepath.Join(t.TempDir(), "tetherd.sock")
-	srv, err := ipc.NewSocketServer(ipc.SocketConfig{Path: path, Backend: b, Logger: testLogger(t)})
+	srv, err := socketdoor.New(socketdoor.Config{Path: path, Backend: b, Logger: ipctest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(context.Background()) }()
+	closeAndWait := ipctest.Serve(t, srv)
 
 	listener := dial(t, path)
 	wantOK(t, listener.do(`{"op":"register","app":"com.example.app","sender":"123"}`))
@@ -598,17 +568,7 @@ func TestCloseStopsEverything(t *testing.T) {
 	// closed; one answered request shows the door has it.
 	wantOK(t, idle.do(`{"op":"status"}`))
 
-	if err := srv.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
-	select {
-	case err := <-served:
-		if err != nil {
-			t.Fatalf("Serve: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Serve did not return after Close")
-	}
+	closeAndWait()
 	for _, c := range []*client{listener, waiter, idle} {
 		c.expectEOF()
 	}
@@ -621,12 +581,12 @@ func TestCloseStopsEverything(t *testing.T) {
 	if err := srv.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
-	waitFor(t, "the server's goroutines are gone", func() bool { return runtime.NumGoroutine() <= before })
+	ipctest.WaitFor(t, "the server's goroutines are gone", func() bool { return runtime.NumGoroutine() <= before })
 }
 
 func TestServeEndsWithContext(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "tetherd.sock")
-	srv, err := ipc.NewSocketServer(ipc.SocketConfig{Path: path, Backend: ipctest.New("s", "d"), Logger: testLogger(t)})
+	srv, err := socketdoor.New(socketdoor.Config{Path: path, Backend: ipctest.New("s", "d"), Logger: ipctest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -688,18 +648,18 @@ func TestNewSocketServer(t *testing.T) {
 				}
 				tt.prepare(t, path)
 			}
-			srv, err := ipc.NewSocketServer(ipc.SocketConfig{Path: path, Mode: tt.mode, Backend: ipctest.New("s", "d"), Logger: testLogger(t)})
+			srv, err := socketdoor.New(socketdoor.Config{Path: path, Mode: tt.mode, Backend: ipctest.New("s", "d"), Logger: ipctest.Logger(t)})
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					if srv != nil {
 						srv.Close()
 					}
-					t.Fatalf("NewSocketServer = %v, want error with %q", err, tt.wantErr)
+					t.Fatalf("New = %v, want error with %q", err, tt.wantErr)
 				}
 				return
 			}
 			if err != nil {
-				t.Fatalf("NewSocketServer: %v", err)
+				t.Fatalf("New: %v", err)
 			}
 			defer srv.Close()
 			fi, err := os.Lstat(path)
@@ -708,7 +668,7 @@ func TestNewSocketServer(t *testing.T) {
 			}
 			wantMode := tt.mode
 			if wantMode == 0 {
-				wantMode = ipc.DefaultSocketMode
+				wantMode = socketdoor.DefaultMode
 			}
 			if fi.Mode().Type() != fs.ModeSocket || fi.Mode().Perm() != wantMode {
 				t.Errorf("socket file mode %v, want socket %v", fi.Mode(), wantMode)
@@ -727,10 +687,10 @@ func TestNewSocketServer(t *testing.T) {
 		})
 	}
 
-	for _, cfg := range []ipc.SocketConfig{{Backend: ipctest.New("s", "d")}, {Path: filepath.Join(t.TempDir(), "s.sock")}} {
-		if srv, err := ipc.NewSocketServer(cfg); err == nil {
+	for _, cfg := range []socketdoor.Config{{Backend: ipctest.New("s", "d")}, {Path: filepath.Join(t.TempDir(), "s.sock")}} {
+		if srv, err := socketdoor.New(cfg); err == nil {
 			srv.Close()
-			t.Errorf("NewSocketServer(%+v) succeeded, want an error", cfg)
+			t.Errorf("New(%+v) succeeded, want an error", cfg)
 		}
 	}
 }

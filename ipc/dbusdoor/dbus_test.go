@@ -1,10 +1,13 @@
-package ipc_test
+package dbusdoor_test
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"encoding/xml"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -22,10 +25,14 @@ import (
 
 	"tether/internal/dbustest"
 	"tether/ipc"
+	"tether/ipc/dbusdoor"
 	"tether/ipc/ipctest"
+	"tether/ipc/socketdoor"
 )
 
-const policyFile = "../packaging/dbus/org.tether.Push.conf"
+const app = "com.example.app"
+
+const policyFile = "../../packaging/dbus/org.tether.Push.conf"
 
 // daemonUser is the user the policy file lets own the name: the one
 // tetherd runs as.
@@ -38,7 +45,7 @@ type dbusHarness struct {
 	t    *testing.T
 	addr string
 	b    *ipctest.Backend
-	srv  *ipc.DBusServer
+	srv  *dbusdoor.Server
 }
 
 // startDBus serves an ipctest backend on a permissive private bus.
@@ -95,25 +102,11 @@ func absPath(t *testing.T, rel string) string {
 // ends, that Close makes Serve return without an error.
 func serveDBus(t *testing.T, addr string, b ipc.Backend) *dbusHarness {
 	t.Helper()
-	srv, err := ipc.NewDBusServer(ipc.DBusConfig{Bus: addr, Backend: b, Logger: testLogger(t)})
+	srv, err := dbusdoor.New(dbusdoor.Config{Bus: addr, Backend: b, Logger: ipctest.Logger(t)})
 	if err != nil {
-		t.Fatalf("NewDBusServer: %v", err)
+		t.Fatalf("New: %v", err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		if err := srv.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-		select {
-		case err := <-served:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("Serve did not return after Close")
-		}
-	})
+	ipctest.Serve(t, srv)
 	h := &dbusHarness{t: t, addr: addr, srv: srv}
 	if ib, ok := b.(*ipctest.Backend); ok {
 		h.b = ib
@@ -625,7 +618,7 @@ func TestDBusRedelivery(t *testing.T) {
 	// The subscriber leaves the bus: the door ends its subscription and
 	// the backend keeps what was not acked.
 	first.conn.Close()
-	waitFor(t, "the subscription of the closed connection ends", func() bool { return !h.b.Listening(app) })
+	ipctest.WaitFor(t, "the subscription of the closed connection ends", func() bool { return !h.b.Listening(app) })
 
 	second := h.client()
 	second.do("Subscribe", app)
@@ -659,18 +652,49 @@ func TestDBusRedelivery(t *testing.T) {
 // Both doors share one subscriber per app.
 func TestDBusReplacementAcrossDoors(t *testing.T) {
 	bus := dbustest.Start(t)
-	sock := start(t) // a socket door on its own backend
-	h := serveDBus(t, bus.Address, sock.b)
+	h := serveDBus(t, bus.Address, ipctest.New("push.example.test:443", "device-1"))
+	path := filepath.Join(t.TempDir(), "tetherd.sock")
+	sock, err := socketdoor.New(socketdoor.Config{Path: path, Backend: h.b, Logger: ipctest.Logger(t)})
+	if err != nil {
+		t.Fatalf("socketdoor.New: %v", err)
+	}
+	ipctest.Serve(t, sock)
 	c := h.client()
 	c.do("Register", app, "123")
 	c.do("Subscribe", app)
 
 	// A socket listener replaces the D-Bus subscriber, which is told.
-	l := sock.dial()
-	wantOK(t, l.do(`{"op":"listen","app":"com.example.app"}`))
+	nc, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	lines := bufio.NewScanner(nc)
+	// next reads the socket's next line into v; false means the door
+	// closed the connection.
+	next := func(v any) bool {
+		t.Helper()
+		nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if !lines.Scan() {
+			if err := lines.Err(); err != nil {
+				t.Fatalf("read from the socket: %v", err)
+			}
+			return false
+		}
+		if err := json.Unmarshal(lines.Bytes(), v); err != nil {
+			t.Fatalf("decode %s: %v", lines.Bytes(), err)
+		}
+		return true
+	}
+	fmt.Fprintf(nc, "{\"op\":\"listen\",\"app\":%q}\n", app)
+	var resp ipc.Response
+	if !next(&resp) || !resp.OK {
+		t.Fatalf("listen answered %+v", resp)
+	}
 	c.wantSignal("SubscriptionEnded", app, ipc.DBusEndReplaced)
 	h.b.Push(ipc.Message{ID: "m1", App: app, From: "123"})
-	if ev := l.event(); ev.Message == nil || ev.Message.ID != "m1" {
+	var ev ipc.Event
+	if !next(&ev) || ev.Message == nil || ev.Message.ID != "m1" {
 		t.Fatalf("socket listener got %+v, want m1", ev)
 	}
 	c.noSignal()
@@ -678,10 +702,13 @@ func TestDBusReplacementAcrossDoors(t *testing.T) {
 	// A D-Bus subscriber replaces the socket listener.
 	other := h.client()
 	other.do("Subscribe", app)
-	if ev := l.event(); ev != (ipc.Event{Event: ipc.EventReplaced, App: app}) {
+	ev = ipc.Event{}
+	if !next(&ev) || ev != (ipc.Event{Event: ipc.EventReplaced, App: app}) {
 		t.Fatalf("socket listener got %+v, want replaced", ev)
 	}
-	l.expectEOF()
+	if next(&ev) {
+		t.Fatalf("socket listener got %+v after replaced, want the door to close the connection", ev)
+	}
 	if s := other.signal(); s.Name != ipc.DBusInterface+".Message" || s.Body[1] != "m1" {
 		t.Fatalf("got %s %v, want m1 again", s.Name, s.Body)
 	}
@@ -949,11 +976,11 @@ func TestDBusPolicy(t *testing.T) {
 			t.Errorf("uid %d took the name: %v\n%s", nobody, err, out)
 		}
 		// Not even root: it is not the daemon's user.
-		if srv, err := ipc.NewDBusServer(ipc.DBusConfig{Bus: bus.Address, Backend: ipctest.New("s", "d"), Logger: testLogger(t)}); err == nil {
+		if srv, err := dbusdoor.New(dbusdoor.Config{Bus: bus.Address, Backend: ipctest.New("s", "d"), Logger: ipctest.Logger(t)}); err == nil {
 			srv.Close()
 			t.Error("root took the name")
 		} else if !strings.Contains(err.Error(), "not allowed to own") {
-			t.Errorf("root's NewDBusServer = %v, want the policy's refusal", err)
+			t.Errorf("root's New = %v, want the policy's refusal", err)
 		}
 		u, err := user.Lookup(daemonUser)
 		if err != nil {
@@ -967,10 +994,10 @@ func TestDBusPolicy(t *testing.T) {
 	})
 	t.Run("without the policy file", func(t *testing.T) {
 		bus := dbustest.StartSystemLike(t)
-		srv, err := ipc.NewDBusServer(ipc.DBusConfig{Bus: bus.Address, Backend: ipctest.New("s", "d"), Logger: testLogger(t)})
+		srv, err := dbusdoor.New(dbusdoor.Config{Bus: bus.Address, Backend: ipctest.New("s", "d"), Logger: ipctest.Logger(t)})
 		if err == nil {
 			srv.Close()
-			t.Fatal("NewDBusServer took the name without the policy file")
+			t.Fatal("New took the name without the policy file")
 		}
 		if want := "is org.tether.Push.conf installed"; !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "AccessDenied") && !strings.Contains(err.Error(), "not allowed to own") {
 			t.Errorf("error %q, want one with %q and the bus's refusal", err, want)
@@ -979,7 +1006,7 @@ func TestDBusPolicy(t *testing.T) {
 	t.Run("name taken", func(t *testing.T) {
 		bus := dbustest.Start(t)
 		serveDBus(t, bus.Address, ipctest.New("s", "d"))
-		srv, err := ipc.NewDBusServer(ipc.DBusConfig{Bus: bus.Address, Backend: ipctest.New("s", "d"), Logger: testLogger(t)})
+		srv, err := dbusdoor.New(dbusdoor.Config{Bus: bus.Address, Backend: ipctest.New("s", "d"), Logger: ipctest.Logger(t)})
 		if err == nil {
 			srv.Close()
 			t.Fatal("a second door took the name")
@@ -991,7 +1018,7 @@ func TestDBusPolicy(t *testing.T) {
 }
 
 func TestDBusActivationFile(t *testing.T) {
-	data, err := os.ReadFile("../packaging/dbus/org.tether.Push.service")
+	data, err := os.ReadFile("../../packaging/dbus/org.tether.Push.service")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1051,7 +1078,7 @@ func TestDBusOverflow(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("a Listener call blocked on a stalled bus")
 	}
-	waitFor(t, "the overflowing subscription is cancelled", func() bool { return !h.b.Listening(app) })
+	ipctest.WaitFor(t, "the overflowing subscription is cancelled", func() bool { return !h.b.Listening(app) })
 	resume()
 
 	n := 0
@@ -1083,12 +1110,11 @@ func TestDBusCloseStopsEverything(t *testing.T) {
 	watcher := connectClient(t, bus.Address)
 	before := runtime.NumGoroutine()
 	b := ipctest.New("s", "d")
-	srv, err := ipc.NewDBusServer(ipc.DBusConfig{Bus: bus.Address, Backend: b, Logger: testLogger(t)})
+	srv, err := dbusdoor.New(dbusdoor.Config{Bus: bus.Address, Backend: b, Logger: ipctest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(context.Background()) }()
+	closeAndWait := ipctest.Serve(t, srv)
 	c := connectClient(t, bus.Address)
 	c.do("Register", app, "123")
 	c.do("Subscribe", app)
@@ -1096,17 +1122,7 @@ func TestDBusCloseStopsEverything(t *testing.T) {
 	c.signal()
 	srv.StatusChanged()
 
-	if err := srv.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
-	select {
-	case err := <-served:
-		if err != nil {
-			t.Fatalf("Serve: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Serve did not return after Close")
-	}
+	closeAndWait()
 	if b.Listening(app) {
 		t.Error("the subscription outlived the server")
 	}
@@ -1118,13 +1134,13 @@ func TestDBusCloseStopsEverything(t *testing.T) {
 		t.Errorf("second Close: %v", err)
 	}
 	c.conn.Close()
-	waitFor(t, "the server's goroutines are gone", func() bool { return runtime.NumGoroutine() <= before })
+	ipctest.WaitFor(t, "the server's goroutines are gone", func() bool { return runtime.NumGoroutine() <= before })
 }
 
 func TestDBusServeEnds(t *testing.T) {
 	t.Run("with its context", func(t *testing.T) {
 		bus := dbustest.Start(t)
-		srv, err := ipc.NewDBusServer(ipc.DBusConfig{Bus: bus.Address, Backend: ipctest.New("s", "d"), Logger: testLogger(t)})
+		srv, err := dbusdoor.New(dbusdoor.Config{Bus: bus.Address, Backend: ipctest.New("s", "d"), Logger: ipctest.Logger(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1144,7 +1160,7 @@ func TestDBusServeEnds(t *testing.T) {
 	})
 	t.Run("when the bus goes away", func(t *testing.T) {
 		bus := dbustest.StartWith(t, dbustest.Options{})
-		srv, err := ipc.NewDBusServer(ipc.DBusConfig{Bus: bus.Address, Backend: ipctest.New("s", "d"), Logger: testLogger(t)})
+		srv, err := dbusdoor.New(dbusdoor.Config{Bus: bus.Address, Backend: ipctest.New("s", "d"), Logger: ipctest.Logger(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1168,20 +1184,20 @@ func TestDBusServeEnds(t *testing.T) {
 func TestNewDBusServer(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "bus")
 	for _, tt := range []struct {
-		cfg  ipc.DBusConfig
+		cfg  dbusdoor.Config
 		want string
 	}{
-		{ipc.DBusConfig{Bus: "unix:path=" + missing}, "no backend"},
-		{ipc.DBusConfig{Bus: "unix:path=" + missing, Backend: ipctest.New("s", "d")}, "connect to the bus at unix:path=" + missing},
-		{ipc.DBusConfig{Bus: "off", Backend: ipctest.New("s", "d")}, `the bus is "off"`},
-		{ipc.DBusConfig{Bus: "sytem", Backend: ipctest.New("s", "d")}, `bus "sytem" is not system, session or a D-Bus address`},
+		{dbusdoor.Config{Bus: "unix:path=" + missing}, "no backend"},
+		{dbusdoor.Config{Bus: "unix:path=" + missing, Backend: ipctest.New("s", "d")}, "connect to the bus at unix:path=" + missing},
+		{dbusdoor.Config{Bus: "off", Backend: ipctest.New("s", "d")}, `the bus is "off"`},
+		{dbusdoor.Config{Bus: "sytem", Backend: ipctest.New("s", "d")}, `bus "sytem" is not system, session or a D-Bus address`},
 	} {
-		srv, err := ipc.NewDBusServer(tt.cfg)
+		srv, err := dbusdoor.New(tt.cfg)
 		if err == nil {
 			srv.Close()
-			t.Errorf("NewDBusServer(%+v) succeeded, want an error with %q", tt.cfg, tt.want)
+			t.Errorf("New(%+v) succeeded, want an error with %q", tt.cfg, tt.want)
 		} else if !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("NewDBusServer(%+v) = %v, want an error with %q", tt.cfg, err, tt.want)
+			t.Errorf("New(%+v) = %v, want an error with %q", tt.cfg, err, tt.want)
 		}
 	}
 }
@@ -1291,7 +1307,7 @@ func testPythonExample(t *testing.T, python, how string) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	args := []string{"../examples/python/listen.py", "--app", app, "--count", "1", "--send-to", "123", "temp=21"}
+	args := []string{"../../examples/python/listen.py", "--app", app, "--count", "1", "--send-to", "123", "temp=21"}
 	env := os.Environ()
 	if how == "--bus" {
 		args = append(args, "--bus", h.addr)
@@ -1305,13 +1321,13 @@ func testPythonExample(t *testing.T, python, how string) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the example subscribes and sends", func() bool { return h.b.Listening(app) && len(h.b.Sends(app)) == 1 })
+	ipctest.WaitFor(t, "the example subscribes and sends", func() bool { return h.b.Listening(app) && len(h.b.Sends(app)) == 1 })
 	up := h.b.Sends(app)[0]
 	if want := map[string]string{"temp": "21"}; up.To != "123" || !reflect.DeepEqual(up.Data, want) || up.TTL == nil || *up.TTL != 3600 {
 		t.Errorf("the example sent %+v, want data %v to 123 with ttl 3600", up, want)
 	}
 	h.b.Push(ipc.Message{ID: "0:1%ab", App: app, From: "123", CollapseKey: "news", Data: map[string]string{"b": "2", "a": "1"}})
-	waitFor(t, "the example acks the message", func() bool { return len(h.b.Acked(app)) == 1 })
+	ipctest.WaitFor(t, "the example acks the message", func() bool { return len(h.b.Acked(app)) == 1 })
 	if err := h.b.Complete(app, up.ID, ""); err != nil {
 		t.Fatal(err)
 	}
@@ -1330,7 +1346,7 @@ func TestShellExample(t *testing.T) {
 	}
 	h := startDBus(t)
 	h.b.SetPowerMode("battery")
-	cmd := exec.Command("../examples/shell/tether-dbus.sh", app, "123", "temp=21", "note=a b=c")
+	cmd := exec.Command("../../examples/shell/tether-dbus.sh", app, "123", "temp=21", "note=a b=c")
 	cmd.Env = append(os.Environ(), "TETHER_DBUS="+h.addr)
 	out, err := cmd.CombinedOutput()
 	if err != nil {

@@ -1,4 +1,4 @@
-package ipc
+package dbusdoor
 
 import (
 	"errors"
@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/godbus/dbus/v5"
+
+	"tether/ipc"
 )
 
 // FuzzSendOptions feeds Send's options decoder one option of any name and
@@ -40,7 +42,7 @@ func FuzzSendOptions(f *testing.F) {
 		}
 		ttl, priority, err := sendOptions(map[string]dbus.Variant{key: dbus.MakeVariant(v)})
 		if err != nil {
-			if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), strconv.Quote(key)) {
+			if !errors.Is(err, ipc.ErrInvalidArgument) || !strings.Contains(err.Error(), strconv.Quote(key)) {
 				t.Fatalf("error %q does not name option %q as an invalid argument", err, key)
 			}
 		}

@@ -1,4 +1,4 @@
-package ipc
+package socketdoor
 
 import (
 	"bufio"
@@ -15,34 +15,31 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"tether/ipc"
 )
 
 const (
 	// DefaultWriteTimeout bounds every write to an app; one that does not
 	// read for this long is dropped.
 	DefaultWriteTimeout = 10 * time.Second
-	// outQueueSize is how many lines may wait for a slow app. It holds a
-	// full delivery window (100 messages) plus the results of the app's
-	// pending upstream messages (20) with room to spare; an app that lets
-	// it fill up is dropped rather than stall the backend.
-	outQueueSize = 256
-	// DefaultSocketMode lets every local user connect: who may do what is
+	// DefaultMode lets every local user connect: who may do what is
 	// decided per request from the caller's kernel credentials.
-	DefaultSocketMode os.FileMode = 0o666
+	DefaultMode os.FileMode = 0o666
 	// DefaultMaxConnsPerUser bounds the connections one Unix user holds at
 	// once, so that one user cannot take every file descriptor the agent
 	// has.
 	DefaultMaxConnsPerUser = 64
 )
 
-// SocketConfig configures a SocketServer.
-type SocketConfig struct {
+// Config configures a Server.
+type Config struct {
 	// Path of the socket file. Its directory is created (0755) if missing.
 	Path string
-	// Mode of the socket file; zero means DefaultSocketMode.
+	// Mode of the socket file; zero means DefaultMode.
 	Mode os.FileMode
 	// Backend serves the requests.
-	Backend Backend
+	Backend ipc.Backend
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 	// WriteTimeout bounds each write to an app; zero means
@@ -54,11 +51,11 @@ type SocketConfig struct {
 	MaxConnsPerUser int
 }
 
-// SocketServer is the Unix socket door: newline-delimited JSON requests
+// Server is the Unix socket door: newline-delimited JSON requests
 // from local apps, answered by a Backend, with the backend's events pushed
 // to listening connections. The protocol is described in docs/ipc.md.
-type SocketServer struct {
-	backend      Backend
+type Server struct {
+	backend      ipc.Backend
 	log          *slog.Logger
 	ln           *net.UnixListener
 	writeTimeout time.Duration
@@ -80,10 +77,10 @@ type SocketServer struct {
 	closeErr  error
 }
 
-// NewSocketServer creates the socket file and listens on it. A socket file
+// New creates the socket file and listens on it. A socket file
 // left over from an earlier run is removed; one that another process still
 // listens on, or a path that is not a socket, is an error.
-func NewSocketServer(cfg SocketConfig) (*SocketServer, error) {
+func New(cfg Config) (*Server, error) {
 	if cfg.Path == "" {
 		return nil, errors.New("socket door: no socket path")
 	}
@@ -92,7 +89,7 @@ func NewSocketServer(cfg SocketConfig) (*SocketServer, error) {
 	}
 	mode := cfg.Mode
 	if mode == 0 {
-		mode = DefaultSocketMode
+		mode = DefaultMode
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -121,7 +118,7 @@ func NewSocketServer(cfg SocketConfig) (*SocketServer, error) {
 		maxConns = DefaultMaxConnsPerUser
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &SocketServer{
+	return &Server{
 		maxConnsPerUser: maxConns,
 		byUID:           make(map[uint32]int),
 		writeTimeout:    writeTimeout,
@@ -157,7 +154,7 @@ func removeStaleSocket(path string) error {
 
 // Serve accepts connections until ctx ends or Close is called, then closes
 // the server and returns once every connection is gone.
-func (s *SocketServer) Serve(ctx context.Context) error {
+func (s *Server) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	defer stop()
 	defer s.Close()
@@ -186,13 +183,13 @@ func (s *SocketServer) Serve(ctx context.Context) error {
 	}
 }
 
-func (s *SocketServer) isClosed() bool {
+func (s *Server) isClosed() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.closed
 }
 
-func (s *SocketServer) start(nc *net.UnixConn) {
+func (s *Server) start(nc *net.UnixConn) {
 	caller, err := peerCaller(nc)
 	if err != nil {
 		s.log.Warn("refusing connection", "err", err)
@@ -208,7 +205,7 @@ func (s *SocketServer) start(nc *net.UnixConn) {
 		log:          s.log.With("uid", caller.UID, "pid", caller.PID),
 		ctx:          ctx,
 		cancel:       cancel,
-		out:          make(chan outLine, outQueueSize),
+		out:          make(chan outLine, ipc.MaxQueuedEvents),
 	}
 	s.mu.Lock()
 	if s.closed {
@@ -227,8 +224,8 @@ func (s *SocketServer) start(nc *net.UnixConn) {
 		defer s.wg.Done()
 		if over {
 			c.log.Warn("connection refused: the user has as many as it may", "max", s.maxConnsPerUser)
-			c.refuse(Response{Error: &ResponseError{
-				Code:    CodeTooManyConnections,
+			c.refuse(ipc.Response{Error: &ipc.ResponseError{
+				Code:    ipc.CodeTooManyConnections,
 				Message: fmt.Sprintf("uid %d has %d connections to the agent already, the most allowed; closing this one", caller.UID, s.maxConnsPerUser),
 			}})
 		} else {
@@ -246,7 +243,7 @@ func (s *SocketServer) start(nc *net.UnixConn) {
 // Close stops accepting, closes every connection (cancelling the backend
 // calls they are making) and waits until all of the server's goroutines
 // have returned. It removes the socket file.
-func (s *SocketServer) Close() error {
+func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		s.closed = true
@@ -279,9 +276,9 @@ type outLine struct {
 // requests one at a time; a writer goroutine owns all writes, fed by out.
 type socketConn struct {
 	writeTimeout time.Duration
-	backend      Backend
+	backend      ipc.Backend
 	nc           *net.UnixConn
-	caller       Caller
+	caller       ipc.Caller
 	log          *slog.Logger
 
 	// ctx ends when the connection does; its cancel is part of shutdown.
@@ -313,7 +310,7 @@ func (c *socketConn) run() {
 }
 
 // refuse answers resp and closes the connection without reading from it.
-func (c *socketConn) refuse(resp Response) {
+func (c *socketConn) refuse(resp ipc.Response) {
 	c.wg.Add(1)
 	go c.writeLoop()
 	c.respondThenClose(resp)
@@ -334,12 +331,12 @@ func (c *socketConn) shutdown() {
 func (c *socketConn) readLoop() {
 	r := bufio.NewReader(c.nc)
 	for {
-		line, err := readLine(r, MaxLineSize)
+		line, err := readLine(r, ipc.MaxLineSize)
 		if errors.Is(err, errLineTooLong) {
 			c.log.Debug("request line too long")
-			c.respondThenClose(Response{Error: &ResponseError{
-				Code:    CodeLineTooLong,
-				Message: fmt.Sprintf("request line is longer than %d bytes; closing the connection", MaxLineSize),
+			c.respondThenClose(ipc.Response{Error: &ipc.ResponseError{
+				Code:    ipc.CodeLineTooLong,
+				Message: fmt.Sprintf("request line is longer than %d bytes; closing the connection", ipc.MaxLineSize),
 			}})
 			return
 		}
@@ -436,35 +433,35 @@ func (c *socketConn) offer(l outLine) {
 	}
 }
 
-func (c *socketConn) respond(resp Response) {
+func (c *socketConn) respond(resp ipc.Response) {
 	c.enqueue(outLine{data: c.encodeResponse(resp)})
 }
 
-func (c *socketConn) respondThenClose(resp Response) {
+func (c *socketConn) respondThenClose(resp ipc.Response) {
 	c.enqueue(outLine{data: c.encodeResponse(resp), closeAfter: true})
 	<-c.ctx.Done()
 }
 
-func (c *socketConn) encodeResponse(resp Response) []byte {
+func (c *socketConn) encodeResponse(resp ipc.Response) []byte {
 	resp.OK = resp.Error == nil
 	data, err := json.Marshal(resp)
 	if err != nil {
 		// Say so rather than leave the app waiting. Without the id,
 		// since that may be what failed.
 		c.log.Error("encode response", "err", err)
-		data, _ = json.Marshal(Response{Error: &ResponseError{Code: CodeInternal, Message: "could not encode the response"}})
+		data, _ = json.Marshal(ipc.Response{Error: &ipc.ResponseError{Code: ipc.CodeInternal, Message: "could not encode the response"}})
 	}
 	return append(data, '\n')
 }
 
-func (c *socketConn) fail(req Request, err error) {
+func (c *socketConn) fail(req ipc.Request, err error) {
 	resp := backendError(err)
-	if resp.Code == CodeInternal {
+	if resp.Code == ipc.CodeInternal {
 		c.log.Warn("request failed", "op", req.Op, "app", req.App, "err", err)
 	} else {
 		c.log.Debug("request refused", "op", req.Op, "app", req.App, "code", resp.Code, "err", err)
 	}
-	c.respond(Response{ID: req.ID, Error: resp})
+	c.respond(ipc.Response{ID: req.ID, Error: resp})
 }
 
 // handle answers one request line; r holds the lines after it, of which
@@ -473,7 +470,7 @@ func (c *socketConn) handle(line []byte, r *bufio.Reader) {
 	req, rerr := decodeRequest(line)
 	if rerr != nil {
 		c.log.Debug("bad request", "code", rerr.Code, "err", rerr.Message)
-		c.respond(Response{ID: req.ID, Error: rerr})
+		c.respond(ipc.Response{ID: req.ID, Error: rerr})
 		return
 	}
 	c.log.Debug("request", "op", req.Op, "app", req.App)
@@ -484,29 +481,29 @@ func (c *socketConn) handle(line []byte, r *bufio.Reader) {
 			c.fail(req, err)
 			return
 		}
-		c.respond(Response{ID: req.ID, Token: token})
+		c.respond(ipc.Response{ID: req.ID, Token: token})
 	case "unregister":
 		if err := c.backend.Unregister(c.ctx, c.caller, req.App, req.Sender); err != nil {
 			c.fail(req, err)
 			return
 		}
-		c.respond(Response{ID: req.ID})
+		c.respond(ipc.Response{ID: req.ID})
 	case "subscribe_topic":
 		if err := c.backend.SubscribeTopic(c.ctx, c.caller, req.App, req.Sender, req.Topic); err != nil {
 			c.fail(req, err)
 			return
 		}
-		c.respond(Response{ID: req.ID})
+		c.respond(ipc.Response{ID: req.ID})
 	case "unsubscribe_topic":
 		if err := c.backend.UnsubscribeTopic(c.ctx, c.caller, req.App, req.Sender, req.Topic); err != nil {
 			c.fail(req, err)
 			return
 		}
-		c.respond(Response{ID: req.ID})
+		c.respond(ipc.Response{ID: req.ID})
 	case "listen":
 		c.listen(req)
 	case "ack":
-		reqs := append([]Request{req}, moreAcks(r, req.App, len(req.IDs))...)
+		reqs := append([]ipc.Request{req}, moreAcks(r, req.App, len(req.IDs))...)
 		ids := req.IDs
 		for _, more := range reqs[1:] {
 			ids = append(ids, more.IDs...)
@@ -516,7 +513,7 @@ func (c *socketConn) handle(line []byte, r *bufio.Reader) {
 			if err != nil {
 				c.fail(req, err)
 			} else {
-				c.respond(Response{ID: req.ID})
+				c.respond(ipc.Response{ID: req.ID})
 			}
 		}
 	case "send":
@@ -527,10 +524,10 @@ func (c *socketConn) handle(line []byte, r *bufio.Reader) {
 			c.fail(req, err)
 			return
 		}
-		c.respond(Response{ID: req.ID, Status: &st})
+		c.respond(ipc.Response{ID: req.ID, Status: &st})
 	default:
-		c.respond(Response{ID: req.ID, Error: &ResponseError{
-			Code:    CodeUnknownOp,
+		c.respond(ipc.Response{ID: req.ID, Error: &ipc.ResponseError{
+			Code:    ipc.CodeUnknownOp,
 			Message: fmt.Sprintf("unknown op %q; the ops are register, unregister, subscribe_topic, unsubscribe_topic, listen, ack, send and status", req.Op),
 		}})
 	}
@@ -545,8 +542,8 @@ const maxAckBurst = 1000
 // then costs a commit per burst rather than per message. It stops at the
 // first other line, which stays in r, and at maxAckBurst IDs in all
 // (taken counts those of the first ack); it never waits for input.
-func moreAcks(r *bufio.Reader, app string, taken int) []Request {
-	var more []Request
+func moreAcks(r *bufio.Reader, app string, taken int) []ipc.Request {
+	var more []ipc.Request
 	for taken < maxAckBurst {
 		buf, _ := r.Peek(r.Buffered())
 		end := bytes.IndexByte(buf, '\n')
@@ -564,10 +561,10 @@ func moreAcks(r *bufio.Reader, app string, taken int) []Request {
 	return more
 }
 
-func (c *socketConn) listen(req Request) {
+func (c *socketConn) listen(req ipc.Request) {
 	if c.listener != nil {
-		c.respond(Response{ID: req.ID, Error: &ResponseError{
-			Code:    CodeAlreadyListening,
+		c.respond(ipc.Response{ID: req.ID, Error: &ipc.ResponseError{
+			Code:    ipc.CodeAlreadyListening,
 			Message: fmt.Sprintf("this connection already listens for app %q; open another connection to listen again", c.listener.app),
 		}})
 		return
@@ -580,12 +577,12 @@ func (c *socketConn) listen(req Request) {
 		return
 	}
 	c.listener, c.cancelListen = l, cancel
-	c.respond(Response{ID: req.ID})
+	c.respond(ipc.Response{ID: req.ID})
 	l.release()
 }
 
-func (c *socketConn) send(req Request) {
-	id, result, err := c.backend.Send(c.ctx, c.caller, SendRequest{
+func (c *socketConn) send(req ipc.Request) {
+	id, result, err := c.backend.Send(c.ctx, c.caller, ipc.SendRequest{
 		App:      req.App,
 		To:       req.To,
 		ID:       req.MessageID,
@@ -598,7 +595,7 @@ func (c *socketConn) send(req Request) {
 		return
 	}
 	if !req.Wait {
-		c.respond(Response{ID: req.ID, MessageID: id})
+		c.respond(ipc.Response{ID: req.ID, MessageID: id})
 		return
 	}
 	// The answer waits for the outcome, which may take as long as the
@@ -610,14 +607,14 @@ func (c *socketConn) send(req Request) {
 		case r, ok := <-result:
 			switch {
 			case !ok:
-				c.respond(Response{ID: req.ID, MessageID: id, Error: &ResponseError{
-					Code:    CodeInternal,
+				c.respond(ipc.Response{ID: req.ID, MessageID: id, Error: &ipc.ResponseError{
+					Code:    ipc.CodeInternal,
 					Message: fmt.Sprintf("the agent gave no outcome for message %q", id),
 				}})
 			case r.Err != "":
-				c.respond(Response{ID: req.ID, MessageID: id, Error: &ResponseError{Code: CodeSendError, Message: r.Err}})
+				c.respond(ipc.Response{ID: req.ID, MessageID: id, Error: &ipc.ResponseError{Code: ipc.CodeSendError, Message: r.Err}})
 			default:
-				c.respond(Response{ID: req.ID, MessageID: id, Sent: true})
+				c.respond(ipc.Response{ID: req.ID, MessageID: id, Sent: true})
 			}
 		case <-c.ctx.Done():
 		}
@@ -640,31 +637,31 @@ type socketListener struct {
 	dead     bool
 }
 
-func (l *socketListener) Deliver(m Message) {
-	l.push(Event{Event: EventMessage, Message: &m}, false)
+func (l *socketListener) Deliver(m ipc.Message) {
+	l.push(ipc.Event{Event: ipc.EventMessage, Message: &m}, false)
 }
 
-func (l *socketListener) SendResult(r SendResult) {
+func (l *socketListener) SendResult(r ipc.SendResult) {
 	if r.Err == "" {
-		l.push(Event{Event: EventSent, App: r.App, MessageID: r.ID}, false)
+		l.push(ipc.Event{Event: ipc.EventSent, App: r.App, MessageID: r.ID}, false)
 		return
 	}
-	l.push(Event{Event: EventSendError, App: r.App, MessageID: r.ID, Error: r.Err}, false)
+	l.push(ipc.Event{Event: ipc.EventSendError, App: r.App, MessageID: r.ID, Error: r.Err}, false)
 }
 
 func (l *socketListener) DeletedMessages(count int) {
-	l.push(Event{Event: EventDeletedMessages, App: l.app, Count: count}, false)
+	l.push(ipc.Event{Event: ipc.EventDeletedMessages, App: l.app, Count: count}, false)
 }
 
 func (l *socketListener) TokenRefreshed(sender, token string) {
-	l.push(Event{Event: EventTokenRefreshed, App: l.app, Sender: sender, Token: token}, false)
+	l.push(ipc.Event{Event: ipc.EventTokenRefreshed, App: l.app, Sender: sender, Token: token}, false)
 }
 
 func (l *socketListener) Replaced() {
-	l.push(Event{Event: EventReplaced, App: l.app}, true)
+	l.push(ipc.Event{Event: ipc.EventReplaced, App: l.app}, true)
 }
 
-func (l *socketListener) push(ev Event, last bool) {
+func (l *socketListener) push(ev ipc.Event, last bool) {
 	data, err := json.Marshal(ev)
 	if err != nil {
 		l.conn.log.Error("encode event", "event", ev.Event, "err", err)
@@ -679,7 +676,7 @@ func (l *socketListener) push(ev Event, last bool) {
 	}
 	l.replaced = last
 	if l.holding {
-		if len(l.held) == outQueueSize {
+		if len(l.held) == ipc.MaxQueuedEvents {
 			l.conn.log.Warn("too many events before the listen response; dropping the app")
 			l.conn.shutdown()
 			l.dead = true

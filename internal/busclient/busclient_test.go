@@ -1,0 +1,162 @@
+package busclient
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"tether/internal/dbustest"
+)
+
+func TestEncodeDecode(t *testing.T) {
+	tests := []struct {
+		name string
+		args []any
+		sig  string
+		want []any
+	}{
+		{"strings", []any{"a", "", "é"}, "sss", []any{"a", "", "é"}},
+		{"numbers after a byte-long string", []any{"x", uint32(7), int64(-3), true}, "suxb", []any{"x", uint32(7), int64(-3), true}},
+		{"path", []any{ObjectPath("/org/tether/Push")}, "o", []any{ObjectPath("/org/tether/Push")}},
+		{"string array", []any{[]string{"a", "bc"}, []string{}}, "asas", []any{[]any{"a", "bc"}, []any{}}},
+		{"dicts", []any{"p", map[string]string{"k": "v"}, map[string]Variant{"ttl": {"u", uint32(60)}, "n": {"x", int64(-1)}}},
+			"sa{ss}a{sv}", []any{"p", map[string]any{"k": "v"}, map[string]any{"ttl": Variant{"u", uint32(60)}, "n": Variant{"x", int64(-1)}}}},
+		{"variant", []any{Variant{"s", "high"}}, "v", []any{Variant{"s", "high"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var sig strings.Builder
+			e := &encoder{}
+			for _, a := range tt.args {
+				s, err := signatureOf(a)
+				if err != nil {
+					t.Fatal(err)
+				}
+				sig.WriteString(s)
+				e.value(a)
+			}
+			if sig.String() != tt.sig {
+				t.Errorf("signature %q, want %q", sig.String(), tt.sig)
+			}
+			d := &decoder{b: e.b, order: binary.LittleEndian}
+			got, err := d.values(tt.sig, 0)
+			if err != nil || !reflect.DeepEqual(got, tt.want) || d.i != len(e.b) {
+				t.Errorf("decoded %#v, %v (%d of %d bytes); want %#v", got, err, d.i, len(e.b), tt.want)
+			}
+		})
+	}
+}
+
+func TestParseAddress(t *testing.T) {
+	tests := []struct {
+		addr, network, target string
+		wantErr               bool
+	}{
+		{addr: "unix:path=/run/dbus/system_bus_socket", network: "unix", target: "/run/dbus/system_bus_socket"},
+		{addr: "unix:path=/tmp/a%20b,guid=123", network: "unix", target: "/tmp/a b"},
+		{addr: "unix:abstract=/tmp/dbus-x,guid=1", network: "unix", target: "@/tmp/dbus-x"},
+		{addr: "tcp:host=h,port=1;unix:path=/s", network: "unix", target: "/s"},
+		{addr: "tcp:host=h,port=1", wantErr: true},
+		{addr: "unix:path=/a%2", wantErr: true},
+		{addr: "unix:path=/a%zz", wantErr: true},
+	}
+	for _, tt := range tests {
+		network, target, err := parseAddress(tt.addr)
+		if (err != nil) != tt.wantErr || network != tt.network || target != tt.target {
+			t.Errorf("parseAddress(%q) = %q, %q, %v", tt.addr, network, target, err)
+		}
+	}
+}
+
+// TestBus talks to a real dbus-daemon: calls, errors, signals, close.
+func TestBus(t *testing.T) {
+	bus := dbustest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, bus.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if !strings.HasPrefix(c.UniqueName(), ":") {
+		t.Errorf("unique name %q", c.UniqueName())
+	}
+	body, err := c.Call(ctx, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "GetNameOwner", "org.freedesktop.DBus")
+	if err != nil || len(body) != 1 || body[0] != "org.freedesktop.DBus" {
+		t.Errorf("GetNameOwner: %v, %v", body, err)
+	}
+	_, err = c.Call(ctx, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "NoSuchMethod")
+	var be *Error
+	if !errors.As(err, &be) || be.Name != "org.freedesktop.DBus.Error.UnknownMethod" {
+		t.Errorf("an unknown method: %v", err)
+	}
+
+	if err := c.AddMatch(ctx, "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged'"); err != nil {
+		t.Fatal(err)
+	}
+	other, err := Dial(ctx, bus.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.Close()
+	var seen []string
+	for len(seen) < 2 {
+		s, err := c.NextSignal(ctx)
+		if err != nil {
+			t.Fatalf("NextSignal: %v (saw %q)", err, seen)
+		}
+		if s.Name != "org.freedesktop.DBus.NameOwnerChanged" || s.Sig != "sss" || s.Body[0] != other.UniqueName() {
+			continue
+		}
+		seen = append(seen, s.Body[1].(string)+"→"+s.Body[2].(string))
+	}
+	if want := []string{"→" + other.UniqueName(), other.UniqueName() + "→"}; !reflect.DeepEqual(seen, want) {
+		t.Errorf("NameOwnerChanged of the other connection: %q, want %q", seen, want)
+	}
+
+	c.Close()
+	if _, err := c.NextSignal(ctx); !errors.Is(err, ErrClosed) {
+		t.Errorf("NextSignal after Close: %v", err)
+	}
+	if _, err := c.Call(ctx, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "GetId"); err == nil {
+		t.Error("a call after Close succeeded")
+	}
+}
+
+// FuzzReadMessage feeds arbitrary bytes to the message reader: it must not
+// panic, and what it reads must be whole.
+func FuzzReadMessage(f *testing.F) {
+	e := &encoder{b: []byte{'l', typeSignal, 0, 1}}
+	body := &encoder{}
+	body.value("app")
+	body.value(map[string]Variant{"ttl": {"u", uint32(1)}})
+	e.uint32(uint32(len(body.b)))
+	e.uint32(1)
+	e.array(true, func() {
+		e.align(8)
+		e.b = append(e.b, fieldMember)
+		e.value(Variant{"s", "Message"})
+		e.align(8)
+		e.b = append(e.b, fieldSignature)
+		e.signature("g")
+		e.signature("sa{sv}")
+	})
+	e.align(8)
+	f.Add(append(e.b, body.b...))
+	f.Add([]byte("l\x02\x00\x01\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00"))
+	f.Add([]byte("B\x04\x00\x01\x00\x00\x00\x04\x00\x00\x00\x01\x00\x00\x00\x08\x08\x01g\x00\x04a(v)\x00\x00"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := readMessage(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		if m.bodyErr == nil && m.sig == "" && len(m.body) != 0 {
+			t.Fatalf("a body of %d values without a signature", len(m.body))
+		}
+	})
+}

@@ -1,0 +1,430 @@
+package busclient
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// Message types.
+const (
+	typeMethodCall   = 1
+	typeMethodReturn = 2
+	typeError        = 3
+	typeSignal       = 4
+)
+
+// Header field codes.
+const (
+	fieldPath        = 1
+	fieldInterface   = 2
+	fieldMember      = 3
+	fieldErrorName   = 4
+	fieldReplySerial = 5
+	fieldDestination = 6
+	fieldSender      = 7
+	fieldSignature   = 8
+)
+
+// maxMessage bounds a message read from the bus; tetherctl's are a few
+// KiB, and the specification's bound is 128 MiB.
+const maxMessage = 16 << 20
+
+// Error is a D-Bus error reply.
+type Error struct {
+	Name string
+	Body []any
+}
+
+func (e *Error) Error() string {
+	if len(e.Body) > 0 {
+		if s, ok := e.Body[0].(string); ok {
+			return e.Name + ": " + s
+		}
+	}
+	return e.Name
+}
+
+// Signal is a signal the connection received.
+type Signal struct {
+	Sender string
+	Path   ObjectPath
+	// Name is the interface and the member, as "org.example.Iface.Member".
+	Name string
+	Sig  string
+	Body []any
+}
+
+// message is a message read from the bus.
+type message struct {
+	typ         byte
+	serial      uint32
+	replySerial uint32
+	path        ObjectPath
+	iface       string
+	member      string
+	errorName   string
+	sender      string
+	sig         string
+	body        []any
+	bodyErr     error // the body could not be read; the header could
+}
+
+// ErrClosed is returned once the connection to the bus is closed.
+var ErrClosed = errors.New("the connection to the bus closed")
+
+// Conn is a connection to a message bus.
+type Conn struct {
+	nc   net.Conn
+	name string
+
+	wmu    sync.Mutex // serializes writes and serial numbers
+	serial uint32
+
+	mu       sync.Mutex
+	calls    map[uint32]chan *message
+	signals  []*Signal
+	sigReady chan struct{} // a signal was queued, or the connection ended
+	err      error         // why the connection ended
+	done     chan struct{} // closed when the reader has returned
+}
+
+// Dial connects to the bus at addr (a D-Bus address such as
+// "unix:path=/run/dbus/system_bus_socket"), authenticates as this
+// process's user and says Hello. ctx bounds the whole.
+func Dial(ctx context.Context, addr string) (*Conn, error) {
+	network, target, err := parseAddress(addr)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := (&net.Dialer{}).DialContext(ctx, network, target)
+	if err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	defer stop()
+	r := bufio.NewReader(nc)
+	if err := auth(nc, r); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	c := &Conn{nc: nc, calls: map[uint32]chan *message{}, sigReady: make(chan struct{}, 1), done: make(chan struct{})}
+	go c.read(r)
+	body, err := c.Call(ctx, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "Hello")
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("hello to the bus: %w", err)
+	}
+	c.name, _ = body[0].(string)
+	return c, nil
+}
+
+// parseAddress takes the first unix transport of a D-Bus address.
+func parseAddress(addr string) (network, target string, err error) {
+	for a := range strings.SplitSeq(addr, ";") {
+		transport, params, ok := strings.Cut(a, ":")
+		if !ok || transport != "unix" {
+			continue
+		}
+		for kv := range strings.SplitSeq(params, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			v, err := unescape(v)
+			if err != nil {
+				return "", "", fmt.Errorf("bus address %q: %w", addr, err)
+			}
+			switch k {
+			case "path":
+				return "unix", v, nil
+			case "abstract":
+				return "unix", "@" + v, nil
+			}
+		}
+	}
+	return "", "", fmt.Errorf("bus address %q has no unix:path= or unix:abstract= transport", addr)
+}
+
+// unescape undoes an address value's %XX escapes.
+func unescape(v string) (string, error) {
+	var b strings.Builder
+	for i := 0; i < len(v); i++ {
+		if v[i] != '%' {
+			b.WriteByte(v[i])
+			continue
+		}
+		if i+2 >= len(v) {
+			return "", errors.New("a % escape cut short")
+		}
+		n, err := strconv.ParseUint(v[i+1:i+3], 16, 8)
+		if err != nil {
+			return "", fmt.Errorf("bad escape %q", v[i:i+3])
+		}
+		b.WriteByte(byte(n))
+		i += 2
+	}
+	return b.String(), nil
+}
+
+// auth runs the EXTERNAL mechanism: the bus knows the peer's uid from the
+// socket.
+func auth(w io.Writer, r *bufio.Reader) error {
+	uid := hex.EncodeToString([]byte(strconv.Itoa(os.Getuid())))
+	if _, err := io.WriteString(w, "\x00AUTH EXTERNAL "+uid+"\r\n"); err != nil {
+		return err
+	}
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("authenticate to the bus: %w", err)
+	}
+	if !strings.HasPrefix(line, "OK ") {
+		return fmt.Errorf("the bus refused to authenticate this user: %s", strings.TrimSpace(line))
+	}
+	_, err = io.WriteString(w, "BEGIN\r\n")
+	return err
+}
+
+// UniqueName is the connection's name on the bus.
+func (c *Conn) UniqueName() string { return c.name }
+
+// Close closes the connection; calls and NextSignal waiting on it return
+// ErrClosed.
+func (c *Conn) Close() error {
+	err := c.nc.Close()
+	<-c.done
+	return err
+}
+
+// Call calls a method and returns the reply's body; an error reply is an
+// *Error. ctx bounds the wait.
+func (c *Conn) Call(ctx context.Context, dest string, path ObjectPath, iface, member string, args ...any) ([]any, error) {
+	reply := make(chan *message, 1)
+	serial, err := c.send(typeMethodCall, dest, path, iface, member, args, func(serial uint32) error {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.err != nil {
+			return c.err
+		}
+		c.calls[serial] = reply
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case m := <-reply:
+		if m == nil {
+			return nil, c.closedErr()
+		}
+		if m.bodyErr != nil {
+			return nil, m.bodyErr
+		}
+		if m.typ == typeError {
+			return nil, &Error{Name: m.errorName, Body: m.body}
+		}
+		return m.body, nil
+	case <-ctx.Done():
+		c.mu.Lock()
+		delete(c.calls, serial)
+		c.mu.Unlock()
+		return nil, ctx.Err()
+	}
+}
+
+func (c *Conn) closedErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// send writes a message; register runs with its serial before it is
+// written, so that the reply cannot come first.
+func (c *Conn) send(typ byte, dest string, path ObjectPath, iface, member string, args []any, register func(uint32) error) (uint32, error) {
+	var sig strings.Builder
+	for _, a := range args {
+		s, err := signatureOf(a)
+		if err != nil {
+			return 0, err
+		}
+		sig.WriteString(s)
+	}
+	body := &encoder{}
+	for _, a := range args {
+		body.value(a)
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.serial++
+	serial := c.serial
+	e := &encoder{b: []byte{'l', typ, 0, 1}}
+	e.uint32(uint32(len(body.b)))
+	e.uint32(serial)
+	e.array(true, func() {
+		field := func(code byte, sig string, v any) {
+			e.align(8)
+			e.b = append(e.b, code)
+			e.value(Variant{Sig: sig, Value: v})
+		}
+		field(fieldPath, "o", path)
+		if iface != "" {
+			field(fieldInterface, "s", iface)
+		}
+		field(fieldMember, "s", member)
+		field(fieldDestination, "s", dest)
+		if sig.Len() > 0 {
+			e.align(8)
+			e.b = append(e.b, fieldSignature)
+			e.signature("g")
+			e.signature(sig.String())
+		}
+	})
+	e.align(8)
+	if err := register(serial); err != nil {
+		return 0, err
+	}
+	if _, err := c.nc.Write(append(e.b, body.b...)); err != nil {
+		return 0, err
+	}
+	return serial, nil
+}
+
+// read reads messages until the connection ends, handing replies to
+// their calls and queueing signals.
+func (c *Conn) read(r *bufio.Reader) {
+	defer close(c.done)
+	var err error
+	for {
+		var m *message
+		if m, err = readMessage(r); err != nil {
+			break
+		}
+		switch m.typ {
+		case typeMethodReturn, typeError:
+			c.mu.Lock()
+			reply, ok := c.calls[m.replySerial]
+			delete(c.calls, m.replySerial)
+			c.mu.Unlock()
+			if ok {
+				reply <- m
+			}
+		case typeSignal:
+			if m.bodyErr != nil {
+				continue // not a signal this client could use
+			}
+			c.mu.Lock()
+			c.signals = append(c.signals, &Signal{Sender: m.sender, Path: m.path, Name: m.iface + "." + m.member, Sig: m.sig, Body: m.body})
+			c.mu.Unlock()
+			wake(c.sigReady)
+		}
+	}
+	c.nc.Close()
+	c.mu.Lock()
+	c.err = fmt.Errorf("%w: %v", ErrClosed, err)
+	for serial, reply := range c.calls {
+		close(reply)
+		delete(c.calls, serial)
+	}
+	c.mu.Unlock()
+	wake(c.sigReady)
+}
+
+func wake(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// NextSignal returns the next signal the connection received, in order.
+func (c *Conn) NextSignal(ctx context.Context) (*Signal, error) {
+	for {
+		c.mu.Lock()
+		if len(c.signals) > 0 {
+			s := c.signals[0]
+			c.signals = c.signals[1:]
+			c.mu.Unlock()
+			return s, nil
+		}
+		err := c.err
+		c.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case <-c.sigReady:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// AddMatch asks the bus for the signals that match rule.
+func (c *Conn) AddMatch(ctx context.Context, rule string) error {
+	_, err := c.Call(ctx, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", rule)
+	return err
+}
+
+// readMessage reads one message. A body that cannot be read leaves the
+// message's bodyErr set: the header was whole, so the stream goes on.
+func readMessage(r io.Reader) (*message, error) {
+	var fixed [16]byte
+	if _, err := io.ReadFull(r, fixed[:]); err != nil {
+		return nil, err
+	}
+	var order binary.ByteOrder
+	switch fixed[0] {
+	case 'l':
+		order = binary.LittleEndian
+	case 'B':
+		order = binary.BigEndian
+	default:
+		return nil, fmt.Errorf("busclient: bad byte order %q", fixed[0])
+	}
+	bodyLen, fieldsLen := order.Uint32(fixed[4:]), order.Uint32(fixed[12:])
+	headerLen := (16 + uint64(fieldsLen) + 7) &^ 7
+	if headerLen+uint64(bodyLen) > maxMessage {
+		return nil, fmt.Errorf("busclient: a message of %d bytes", headerLen+uint64(bodyLen))
+	}
+	rest := make([]byte, headerLen-16+uint64(bodyLen))
+	if _, err := io.ReadFull(r, rest); err != nil {
+		return nil, err
+	}
+	m := &message{typ: fixed[1], serial: order.Uint32(fixed[8:])}
+	d := &decoder{b: append(fixed[12:16:16], rest[:fieldsLen]...), order: order, base: 12}
+	fields, err := d.value("a(yv)", 0)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range fields.([]any) {
+		f := f.([]any)
+		code, v := f[0].(byte), f[1].(Variant).Value
+		switch code {
+		case fieldPath:
+			m.path, _ = v.(ObjectPath)
+		case fieldInterface:
+			m.iface, _ = v.(string)
+		case fieldMember:
+			m.member, _ = v.(string)
+		case fieldErrorName:
+			m.errorName, _ = v.(string)
+		case fieldReplySerial:
+			m.replySerial, _ = v.(uint32)
+		case fieldSender:
+			m.sender, _ = v.(string)
+		case fieldSignature:
+			m.sig, _ = v.(string)
+		}
+	}
+	body := &decoder{b: rest[headerLen-16:], order: order}
+	if m.body, m.bodyErr = body.values(m.sig, 0); m.bodyErr == nil && body.i != len(body.b) {
+		m.bodyErr = errors.New("busclient: bytes after the body")
+	}
+	return m, nil
+}
