@@ -133,6 +133,16 @@ func (h *hub) session(device string) *session {
 	return h.sessions[device]
 }
 
+// flowing names, for store.Enqueue, what flows to the live sessions on
+// this node; on a cluster the sessions on other nodes are not known here,
+// and what flows to them counts as waiting.
+func (h *hub) flowing(device, app string) []string {
+	if ss := h.session(device); ss != nil {
+		return ss.flowing(app)
+	}
+	return nil
+}
+
 // notify tells the device's session, if any, that its queue has grown.
 func (h *hub) notify(device string) {
 	if h.bus != nil {

@@ -391,9 +391,12 @@ type session struct {
 	// acks are the acked IDs read and not yet committed, and acking says
 	// an acker runs: the reader goes on reading while one commits, and
 	// what it reads meanwhile shares the next commit.
-	acks     []string
-	acking   bool
-	inflight map[string]bool // IDs of messages and notices sent in this session and not acked
+	acks   []string
+	acking bool
+	// inflight holds the IDs of messages and notices sent in this
+	// session and not acked; for a non-collapsible message, the app it is
+	// for, which GCM's cap on waiting messages leaves out (flowing).
+	inflight map[string]string
 	// liveReceipts are time-to-live-0 messages sent in this session that
 	// asked for a delivery receipt, by ID, until the device acks them.
 	liveReceipts map[string]store.Message
@@ -560,14 +563,28 @@ func (ss *session) deliverNow(m store.Message) bool {
 	return true
 }
 
-// markInflight notes id as sent and not acked; under mu. The set is
-// made at the first message: an idle session that never had one holds
-// none.
-func (ss *session) markInflight(id string) {
+// markInflight notes id as sent and not acked, with plainApp the app of
+// a non-collapsible message (else empty); under mu. The set is made at the
+// first message: an idle session that never had one holds none.
+func (ss *session) markInflight(id, plainApp string) {
 	if ss.inflight == nil {
-		ss.inflight = make(map[string]bool)
+		ss.inflight = make(map[string]string)
 	}
-	ss.inflight[id] = true
+	ss.inflight[id] = plainApp
+}
+
+// flowing lists app's non-collapsible messages sent in this session and
+// not acked: they flow to a device that keeps up, and do not wait.
+func (ss *session) flowing(app string) []string {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	var ids []string
+	for id, a := range ss.inflight {
+		if a == app {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // reply queues a frame for the writer.
@@ -771,7 +788,7 @@ func (ss *session) commitAcks(ids []string) {
 // agent older than the notice's frame type): it would never ack it.
 func (ss *session) dropNotice(id string) {
 	ss.mu.Lock()
-	sent := ss.inflight[id]
+	_, sent := ss.inflight[id]
 	delete(ss.inflight, id)
 	ss.mu.Unlock()
 	if !sent {
@@ -994,7 +1011,7 @@ func (ss *session) fill() error {
 				continue
 			}
 			ss.mu.Lock()
-			sent := ss.inflight[m.ID] // looked at again after a rewind
+			_, sent := ss.inflight[m.ID] // looked at again after a rewind
 			ss.mu.Unlock()
 			if sent {
 				continue
@@ -1009,8 +1026,12 @@ func (ss *session) fill() error {
 			}
 			// In flight before the write: the ack may come back before
 			// the write returns.
+			plainApp := ""
+			if m.CollapseKey == "" {
+				plainApp = m.App
+			}
 			ss.mu.Lock()
-			ss.markInflight(m.ID)
+			ss.markInflight(m.ID, plainApp)
 			ss.mu.Unlock()
 			if err := ss.write(frame); err != nil {
 				return err
@@ -1047,8 +1068,8 @@ func (ss *session) sendNotices() error {
 	}
 	for _, n := range notices {
 		ss.mu.Lock()
-		sent := ss.inflight[n.ID]
-		ss.markInflight(n.ID)
+		_, sent := ss.inflight[n.ID]
+		ss.markInflight(n.ID, "")
 		ss.mu.Unlock()
 		if sent {
 			continue

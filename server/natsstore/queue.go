@@ -104,8 +104,9 @@ func (d *device) prune(now time.Time) {
 
 // enqueue stores m under the collapse rule and the caps, as the bbolt
 // store's enqueueOne does; false means m's token is not the active
-// registration of its app and sender on this device.
-func (d *device) enqueue(m *store.Message, ch *change) bool {
+// registration of its app and sender on this device. What flowing names
+// stays and is not counted.
+func (d *device) enqueue(m *store.Message, ch *change, flowing store.Flowing) bool {
 	if d.Regs[regKey(m.App, m.Sender)] != m.Token || m.Token == "" {
 		return false
 	}
@@ -116,9 +117,13 @@ func (d *device) enqueue(m *store.Message, ch *change) bool {
 		e.Receipt, e.Sent, e.OriginID = true, m.Sent, m.OriginID
 	}
 	if m.CollapseKey == "" {
-		if d.plain(m.App) >= store.MaxPendingPerApp {
-			n := d.remove(func(x entry) bool { return x.App == m.App && x.Collapse == "" }, ch)
-			d.addDeleted(m.App, n)
+		var flow []string
+		if flowing != nil {
+			flow = flowing(m.Device, m.App)
+		}
+		waiting := func(x entry) bool { return x.App == m.App && x.Collapse == "" && !slices.Contains(flow, x.ID) }
+		if d.count(waiting) >= store.MaxPendingPerApp {
+			d.addDeleted(m.App, d.remove(waiting, ch))
 		}
 	} else {
 		d.remove(func(x entry) bool { return x.Token == m.Token && x.Collapse == m.CollapseKey }, ch)
@@ -135,11 +140,11 @@ func (d *device) enqueue(m *store.Message, ch *change) bool {
 	return true
 }
 
-// plain counts app's non-collapsible messages.
-func (d *device) plain(app string) int {
+// count counts the entries that match.
+func (d *device) count(match func(entry) bool) int {
 	n := 0
 	for _, e := range d.Queue {
-		if e.App == app && e.Collapse == "" {
+		if match(e) {
 			n++
 		}
 	}

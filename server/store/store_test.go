@@ -64,7 +64,7 @@ func (f fixture) msg(id, collapse string, ttl time.Duration) Message {
 
 func enqueue(t *testing.T, s *Store, msgs ...Message) []bool {
 	t.Helper()
-	queued, err := s.Enqueue(ctx, msgs)
+	queued, err := s.Enqueue(ctx, msgs, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func TestMaxSize(t *testing.T) {
 	for i := 0; i < 1000 && full == nil; i++ {
 		m := f.msg(time.Duration(i).String(), "", time.Hour)
 		m.Data = map[string]string{"v": big}
-		_, full = s.Enqueue(ctx, []Message{m})
+		_, full = s.Enqueue(ctx, []Message{m}, nil)
 	}
 	if full == nil {
 		t.Fatal("a 256 KiB store took 4 MB of messages")

@@ -325,6 +325,9 @@ type FanOutStep struct {
 	// Match, for a condition, reports whether a registration with the
 	// subscriptions that subscribed reports gets a copy. Nil matches all.
 	Match func(subscribed func(topic string) bool) bool
+	// Flowing names what flows to the subscribers' live sessions, which
+	// the caps do not count (Enqueue).
+	Flowing Flowing
 }
 
 // FanOutResult is what one step of FanOut did.
@@ -434,7 +437,7 @@ func fanOutTopic(tx *bolt.Tx, tm *TopicMessage, step FanOutStep, res *FanOutResu
 			res.Copies++
 			continue
 		}
-		queued, err := enqueueOne(tx, &m)
+		queued, err := enqueueOne(tx, &m, step.Flowing)
 		if err != nil {
 			return false, err
 		}
