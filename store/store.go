@@ -537,6 +537,31 @@ func (s *Store) AddMessages(msgs []Message, q Quota) ([]Outcome, Swept, error) {
 	return outcomes, dropped, nil
 }
 
+// Fresh reports, message by message, which of msgs AddMessages would store
+// now: an ID not seen before, earlier in msgs included, and the token of
+// its app and sender. It reads and writes nothing else, so that a message
+// may be handed to its app while the transaction that stores it runs.
+func (s *Store) Fresh(msgs []Message) ([]bool, error) {
+	fresh := make([]bool, len(msgs))
+	err := s.db.View(func(tx *bolt.Tx) error {
+		seen := tx.Bucket(bucketSeen)
+		batch := make(map[string]bool, len(msgs))
+		for i, m := range msgs {
+			if batch[m.ID] || seen.Get([]byte(m.ID)) != nil {
+				continue
+			}
+			batch[m.ID] = true
+			tok := senderToken(tx, m.App, m.From)
+			fresh[i] = m.ID != "" && tok != nil && string(tok) == m.Token
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("look up %d downstream messages: %w", len(msgs), err)
+	}
+	return fresh, nil
+}
+
 // Inbox returns up to limit messages held for app with Seq above after, in
 // arrival order, skipping those expired at now.
 func (s *Store) Inbox(app string, after uint64, limit int, now time.Time) ([]Message, error) {

@@ -297,6 +297,48 @@ func TestAddMessagesOutcomes(t *testing.T) {
 	}
 }
 
+// Fresh says which messages AddMessages stores, before it runs: one per
+// message, in order, for batches that repeat IDs, miss registrations or
+// bring messages seen before.
+func TestFreshForetellsStored(t *testing.T) {
+	s, _ := openTemp(t)
+	mustRegister(t, s, "app", "1", "tok", 1000)
+	tests := []struct {
+		name  string
+		batch []Message
+	}{
+		{"new, repeated and unregistered", []Message{
+			msg("a", "app", "1", "tok", time.Hour),
+			msg("a", "app", "1", "tok", time.Hour),
+			msg("b", "app", "1", "other", time.Hour),
+			msg("c", "app", "2", "tok", time.Hour),
+			msg("d", "unknown", "1", "tok", time.Hour),
+			msg("e", "app", "1", "tok", 2*time.Hour),
+		}},
+		{"seen before, and new", []Message{
+			msg("a", "app", "1", "tok", time.Hour),
+			msg("b", "app", "1", "tok", time.Hour),
+			msg("f", "app", "1", "tok", time.Hour),
+		}},
+		{"empty", nil},
+	}
+	for _, tc := range tests {
+		fresh, err := s.Fresh(tc.batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		outcomes, _, err := s.AddMessages(tc.batch, Quota{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, o := range outcomes {
+			if fresh[i] != (o == Stored) {
+				t.Errorf("%s: message %d (%s): fresh %v, then %v", tc.name, i, tc.batch[i].ID, fresh[i], o)
+			}
+		}
+	}
+}
+
 func TestInboxCursorLimitExpiry(t *testing.T) {
 	s, _ := openTemp(t)
 	mustRegister(t, s, "app", "1", "tok", 1000)
