@@ -26,7 +26,14 @@ type subscription struct {
 	// Window of them.
 	inflight map[string]bool
 	// cursor is the inbox sequence number of the last message delivered.
-	cursor  uint64
+	cursor uint64
+	// caughtUp says the inbox holds nothing past cursor that is not in
+	// flight: a message arriving now may go to the listener ahead of its
+	// commit (early) without overtaking one stored before it.
+	caughtUp bool
+	// early holds messages handed over while their commit runs, in flight
+	// already, for the loop to deliver.
+	early   []store.Message
 	results []ipc.SendResult
 	// checkNotices asks the loop to look for what the store keeps for
 	// the app to be told: new tokens, and counts of messages dropped.
@@ -87,7 +94,63 @@ func (a *Agent) deliver(s *subscription) {
 	if checkNotices {
 		a.deliverNotices(s)
 	}
-	for a.deliverHeld(s) {
+	s.mu.Lock()
+	early, caughtUp := s.early, s.caughtUp
+	s.early = nil
+	s.mu.Unlock()
+	for _, m := range early {
+		s.l.Deliver(deliverable(m))
+	}
+	// A listener that is caught up has nothing held to read: the inbox
+	// is left alone while a commit of early messages holds it.
+	for !caughtUp && a.deliverHeld(s) {
+	}
+}
+
+// handEarly queues for their listeners, in flight, the messages of recs
+// that fresh says will be stored, where the listener has room in its
+// window and nothing stored ahead of them; the caller holds inboxMu
+// until they are committed, so that no ack of theirs comes before. The
+// others take their turn through the inbox once stored.
+func (a *Agent) handEarly(recs []store.Message, fresh []bool) []store.Message {
+	var early []store.Message
+	for i, m := range recs {
+		a.mu.Lock()
+		s := a.subs[m.App]
+		a.mu.Unlock()
+		if s == nil {
+			continue
+		}
+		s.mu.Lock()
+		ok := fresh[i] && s.caughtUp && len(s.inflight) < Window
+		if ok {
+			s.inflight[m.ID] = true
+			s.early = append(s.early, m)
+			early = append(early, m)
+		} else if fresh[i] {
+			s.caughtUp = false
+		}
+		s.mu.Unlock()
+		s.wake()
+	}
+	return early
+}
+
+// unhandEarly takes back the early messages whose commit failed: those
+// delivered already come again with the server's redelivery.
+func (a *Agent) unhandEarly(early []store.Message) {
+	for _, m := range early {
+		a.mu.Lock()
+		s := a.subs[m.App]
+		a.mu.Unlock()
+		if s == nil {
+			continue
+		}
+		s.mu.Lock()
+		delete(s.inflight, m.ID)
+		s.early = slices.DeleteFunc(s.early, func(e store.Message) bool { return e.ID == m.ID })
+		s.caughtUp = false
+		s.mu.Unlock()
 	}
 }
 
@@ -115,8 +178,13 @@ func (a *Agent) deliverHeld(s *subscription) bool {
 	a.inboxMu.Lock()
 	defer a.inboxMu.Unlock()
 	s.mu.Lock()
-	room, after := Window-len(s.inflight), s.cursor
+	room, after, early := Window-len(s.inflight), s.cursor, len(s.early) > 0
 	s.mu.Unlock()
+	if early {
+		// Handed over meanwhile: they go first, in the next round.
+		s.wake()
+		return false
+	}
 	if room <= 0 {
 		return false
 	}
@@ -128,11 +196,17 @@ func (a *Agent) deliverHeld(s *subscription) bool {
 	for _, m := range msgs {
 		// In flight before the listener has it: an ack can come at once.
 		s.mu.Lock()
+		early := s.inflight[m.ID] // handed over before its commit
 		s.inflight[m.ID] = true
 		s.cursor = m.Seq
 		s.mu.Unlock()
-		s.l.Deliver(deliverable(m))
+		if !early {
+			s.l.Deliver(deliverable(m))
+		}
 	}
+	s.mu.Lock()
+	s.caughtUp = len(msgs) < room
+	s.mu.Unlock()
 	return len(msgs) > 0
 }
 

@@ -291,7 +291,21 @@ func (r *sessionRun) storeMessages(ctx context.Context, msgs []wire.Message) err
 			Received: now, Expires: now.Add(max(time.Duration(m.TTL)*time.Second, minHold)),
 		}
 	}
+	// Listening apps have what is new while it is committed; the server
+	// has its ack only after the commit, and an app's ack waits for it
+	// (inboxMu). A failed commit costs a duplicate, never a loss.
+	a.inboxMu.Lock()
+	var early []store.Message
+	if fresh, err := a.store.Fresh(recs); err != nil {
+		a.log.Warn("messages wait for their commit", "err", err)
+	} else {
+		early = a.handEarly(recs, fresh)
+	}
 	outcomes, dropped, err := a.store.AddMessages(recs, a.quota)
+	if err != nil {
+		a.unhandEarly(early)
+	}
+	a.inboxMu.Unlock()
 	if err != nil {
 		return fmt.Errorf("%d downstream messages not stored, not acknowledged: %w", len(msgs), err)
 	}
