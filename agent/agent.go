@@ -313,6 +313,9 @@ func New(cfg Config) (*Agent, error) {
 		results:       map[outboxKey]chan ipc.SendResult{},
 		subs:          map[string]*subscription{},
 	}
+	// What a listening app has and has not acked is not waiting for it:
+	// a window of messages to an app that keeps up never trips the quota.
+	a.quota.Flowing = a.flowing
 	if a.policy != nil {
 		a.useNetwork(unknownNetwork)
 	}

@@ -222,6 +222,20 @@ func deliverable(m store.Message) ipc.Message {
 	return msg
 }
 
+// flowing lists the messages app's listener has, or is being handed, and
+// has not acked (store.Quota.Flowing).
+func (a *Agent) flowing(app string) []string {
+	a.mu.Lock()
+	s := a.subs[app]
+	a.mu.Unlock()
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Collect(maps.Keys(s.inflight))
+}
+
 // wake tells app's listener, if any, that there is something to deliver.
 func (a *Agent) wake(app string) {
 	a.mu.Lock()

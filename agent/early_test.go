@@ -65,3 +65,39 @@ func TestEarlyHandOffAheadOfItsCommit(t *testing.T) {
 	}
 	l.ack(t, d.agent, alice, app, failed)
 }
+
+// TestQuotaCountsWhatWaits: an app's listener holds a full window of
+// messages it has not acked yet, and as many again wait behind them, on a
+// quota of one window per app. Nothing is dropped: the quota bounds what
+// waits for an app, not what flows to one that keeps up. Past the bound
+// the oldest waiting message goes, never one the app has.
+func TestQuotaCountsWhatWaits(t *testing.T) {
+	_, d, pc := onlineWithApp(t, nil, func(c *Config) { c.Quota.AppMessages = Window })
+	l, _ := listen(t, d.agent, alice, app)
+	send := func(from, to int) {
+		for i := from; i < to; i++ {
+			pc.message(fmt.Sprintf("m%03d", i), app, sender, 3600)
+		}
+		pc.waitAcked(t, to-from)
+	}
+	send(0, Window) // the listener has them all
+	for i := range Window {
+		if m := l.nextMessage(t); m.ID != fmt.Sprintf("m%03d", i) {
+			t.Fatalf("delivery %d: %q", i, m.ID)
+		}
+	}
+	send(Window, 2*Window) // they wait behind the window
+	send(2*Window, 2*Window+1)
+	for i := range Window {
+		l.ack(t, d.agent, alice, app, fmt.Sprintf("m%03d", i))
+	}
+	// m100 went for m200; the app hears of it, then has the rest.
+	if e := l.next(t); e != deleted(1) {
+		t.Fatalf("after its window the app got %#v, want deleted_messages 1", e)
+	}
+	for i := Window + 1; i <= 2*Window; i++ {
+		if m := l.nextMessage(t); m.ID != fmt.Sprintf("m%03d", i) {
+			t.Fatalf("delivery %d: %q", i, m.ID)
+		}
+	}
+}
