@@ -393,10 +393,12 @@ type session struct {
 	// what it reads meanwhile shares the next commit.
 	acks   []string
 	acking bool
-	// inflight holds the IDs of messages and notices sent in this
-	// session and not acked; for a non-collapsible message, the app it is
-	// for, which GCM's cap on waiting messages leaves out (flowing).
-	inflight map[string]string
+	// inflight holds the messages and notices sent in this session, by
+	// ID, until their ack is committed; acked counts those whose ack the
+	// reader has read. The window bounds the others: the device's link
+	// carries more while the server commits what it acked.
+	inflight map[string]sentEntry
+	acked    int
 	// liveReceipts are time-to-live-0 messages sent in this session that
 	// asked for a delivery receipt, by ID, until the device acks them.
 	liveReceipts map[string]store.Message
@@ -563,24 +565,51 @@ func (ss *session) deliverNow(m store.Message) bool {
 	return true
 }
 
+// sentEntry is a message or notice in flight in a session.
+type sentEntry struct {
+	// plainApp is the app of a non-collapsible message, which GCM's cap
+	// on waiting messages leaves out (flowing); empty for the others.
+	plainApp string
+	// acked says the device's ack was read; its commit may still run.
+	acked bool
+}
+
 // markInflight notes id as sent and not acked, with plainApp the app of
 // a non-collapsible message (else empty); under mu. The set is made at the
 // first message: an idle session that never had one holds none.
 func (ss *session) markInflight(id, plainApp string) {
 	if ss.inflight == nil {
-		ss.inflight = make(map[string]string)
+		ss.inflight = make(map[string]sentEntry)
 	}
-	ss.inflight[id] = plainApp
+	ss.inflight[id] = sentEntry{plainApp: plainApp}
 }
 
-// flowing lists app's non-collapsible messages sent in this session and
-// not acked: they flow to a device that keeps up, and do not wait.
+// unmarkInflight forgets id, whose ack is committed or which the device
+// cannot take, and reports whether it was in flight; under mu.
+func (ss *session) unmarkInflight(id string) bool {
+	e, ok := ss.inflight[id]
+	if e.acked {
+		ss.acked--
+	}
+	delete(ss.inflight, id)
+	return ok
+}
+
+// windowFree is how many more messages the window lets the writer send;
+// under mu.
+func (ss *session) windowFree() int {
+	return ss.srv.cfg.Window - (len(ss.inflight) - ss.acked)
+}
+
+// flowing lists app's non-collapsible messages sent in this session whose
+// ack is not committed: they flow to a device that keeps up, and do not
+// wait.
 func (ss *session) flowing(app string) []string {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	var ids []string
-	for id, a := range ss.inflight {
-		if a == app {
+	for id, e := range ss.inflight {
+		if e.plainApp == app {
 			ids = append(ids, id)
 		}
 	}
@@ -728,9 +757,21 @@ func (ss *session) ack(f wire.Frame) {
 	ss.acks = append(ss.acks, req.IDs...)
 	start := !ss.acking
 	ss.acking = true
+	freed := false
+	for _, id := range req.IDs {
+		if e, ok := ss.inflight[id]; ok && !e.acked {
+			e.acked = true
+			ss.inflight[id] = e
+			ss.acked++
+			freed = true
+		}
+	}
 	ss.mu.Unlock()
 	if start {
 		ss.ackers.Go(ss.ackLoop)
+	}
+	if freed {
+		ss.notify() // the window has room while the acks commit
 	}
 }
 
@@ -764,7 +805,7 @@ func (ss *session) commitAcks(ids []string) {
 	var live []store.Message
 	ss.mu.Lock()
 	for _, id := range ids {
-		delete(ss.inflight, id)
+		ss.unmarkInflight(id)
 		if m, ok := ss.liveReceipts[id]; ok {
 			live = append(live, m)
 			delete(ss.liveReceipts, id)
@@ -788,8 +829,7 @@ func (ss *session) commitAcks(ids []string) {
 // agent older than the notice's frame type): it would never ack it.
 func (ss *session) dropNotice(id string) {
 	ss.mu.Lock()
-	_, sent := ss.inflight[id]
-	delete(ss.inflight, id)
+	sent := ss.unmarkInflight(id)
 	ss.mu.Unlock()
 	if !sent {
 		return
@@ -989,7 +1029,7 @@ func (ss *session) fill() error {
 	batch := ss.srv.cfg.Window
 	for {
 		ss.mu.Lock()
-		free := ss.srv.cfg.Window - len(ss.inflight)
+		free := ss.windowFree()
 		ss.mu.Unlock()
 		if free <= 0 {
 			return nil
