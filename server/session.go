@@ -372,11 +372,20 @@ type session struct {
 	// direct holds time-to-live-0 messages, never stored, for the
 	// writer, under mu; nil, and no memory, while there are none.
 	direct []store.Message
-	kick   chan struct{}   // the device's queue may have something to send
-	final  chan finalFrame // a last frame for the writer, then the close
-	done   chan struct{}   // closed by close
-	once   sync.Once
-	reason string // why the server closed the session; set before done closes
+	// early holds messages offered while their commit runs, in flight
+	// already, for the writer, under mu.
+	early []store.Message
+	// caughtUp says the writer has sent everything stored that it may
+	// send, so that an offered message overtakes none; offerMisses counts
+	// the offers refused, so that a fill that read the queue before one
+	// does not take it for caught up. Under mu.
+	caughtUp    bool
+	offerMisses uint64
+	kick        chan struct{}   // the device's queue may have something to send
+	final       chan finalFrame // a last frame for the writer, then the close
+	done        chan struct{}   // closed by close
+	once        sync.Once
+	reason      string // why the server closed the session; set before done closes
 
 	// ackers runs the goroutine that commits acks, while there are any.
 	ackers sync.WaitGroup
@@ -599,6 +608,48 @@ func (ss *session) unmarkInflight(id string) bool {
 // under mu.
 func (ss *session) windowFree() int {
 	return ss.srv.cfg.Window - (len(ss.inflight) - ss.acked)
+}
+
+// offer takes m, queued in a transaction whose commit runs, to send at
+// once when the device is on mains, the window has room and nothing
+// stored waits to go before it; else fill sends it after the commit.
+func (ss *session) offer(m store.Message) {
+	ss.mu.Lock()
+	_, sent := ss.inflight[m.ID]
+	take := !sent && ss.caughtUp && ss.mode == wire.ModeMains && ss.windowFree() > 0
+	switch {
+	case take:
+		plainApp := ""
+		if m.CollapseKey == "" {
+			plainApp = m.App
+		}
+		ss.markInflight(m.ID, plainApp)
+		ss.early = append(ss.early, m)
+	case !sent:
+		ss.caughtUp = false
+		ss.offerMisses++
+	}
+	ss.mu.Unlock()
+	if take {
+		ss.wake()
+	}
+}
+
+// writeEarly sends the offered messages; writer only.
+func (ss *session) writeEarly() error {
+	ss.mu.Lock()
+	early := ss.early
+	ss.early = nil
+	ss.mu.Unlock()
+	now := ss.srv.now()
+	for _, m := range early {
+		if frame := ss.encodeMessage(m, now); frame != nil {
+			if err := ss.write(frame); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // flowing lists app's non-collapsible messages sent in this session whose
@@ -943,10 +994,15 @@ func (ss *session) writeLoop() {
 			err = ss.fill()
 		default:
 			ss.mu.Lock()
-			if len(ss.direct) == 0 && ss.idle() {
+			if len(ss.direct) == 0 && len(ss.early) == 0 && ss.idle() {
 				ss.writing = false
 				ss.mu.Unlock()
 				return
+			}
+			if len(ss.early) > 0 {
+				ss.mu.Unlock()
+				err = ss.writeEarly()
+				break
 			}
 			var m store.Message
 			direct := len(ss.direct) > 0
@@ -1011,6 +1067,11 @@ func (ss *session) writeDirect(m store.Message) error {
 // is empty. Messages the power mode holds back are passed over and
 // remembered (holdState); a flush rewinds the cursor to the first of them.
 func (ss *session) fill() error {
+	// Offered messages go first: the queue may hold them by now, and
+	// what follows them there must not overtake them.
+	if err := ss.writeEarly(); err != nil {
+		return err
+	}
 	if err := ss.sendNotices(); err != nil {
 		return err
 	}
@@ -1029,7 +1090,10 @@ func (ss *session) fill() error {
 	batch := ss.srv.cfg.Window
 	for {
 		ss.mu.Lock()
-		free := ss.windowFree()
+		free, misses := ss.windowFree(), ss.offerMisses
+		if free <= 0 {
+			ss.caughtUp = false
+		}
 		ss.mu.Unlock()
 		if free <= 0 {
 			return nil
@@ -1044,6 +1108,9 @@ func (ss *session) fill() error {
 		rewound := false
 		for _, m := range msgs {
 			if free == 0 {
+				ss.mu.Lock()
+				ss.caughtUp = false
+				ss.mu.Unlock()
 				return nil
 			}
 			ss.cursor = m.Seq
@@ -1093,6 +1160,11 @@ func (ss *session) fill() error {
 		}
 		if len(msgs) < batch {
 			ss.hold.releasing = false // the flush reached the end of the queue
+			ss.mu.Lock()
+			// Held messages stay behind in the queue, but offers are
+			// taken on mains only, where nothing is held.
+			ss.caughtUp = ss.offerMisses == misses
+			ss.mu.Unlock()
 			return nil
 		}
 	}

@@ -104,9 +104,10 @@ func (d *device) prune(now time.Time) {
 
 // enqueue stores m under the collapse rule and the caps, as the bbolt
 // store's enqueueOne does; false means m's token is not the active
-// registration of its app and sender on this device. What flowing names
-// stays and is not counted.
-func (d *device) enqueue(m *store.Message, ch *change, flowing store.Flowing) bool {
+// registration of its app and sender on this device. What live names
+// flowing stays and is not counted. Nothing is offered to live: a change
+// may be tried again, and the session may be on another node.
+func (d *device) enqueue(m *store.Message, ch *change, live store.Live) bool {
 	if d.Regs[regKey(m.App, m.Sender)] != m.Token || m.Token == "" {
 		return false
 	}
@@ -118,8 +119,8 @@ func (d *device) enqueue(m *store.Message, ch *change, flowing store.Flowing) bo
 	}
 	if m.CollapseKey == "" {
 		var flow []string
-		if flowing != nil {
-			flow = flowing(m.Device, m.App)
+		if live != nil {
+			flow = live.Flowing(m.Device, m.App)
 		}
 		waiting := func(x entry) bool { return x.App == m.App && x.Collapse == "" && !slices.Contains(flow, x.ID) }
 		if d.count(waiting) >= store.MaxPendingPerApp {

@@ -48,7 +48,7 @@ type Message struct {
 const (
 	// MaxPendingPerApp bounds the non-collapsible messages waiting for one
 	// app on one device: stored and not in flight to the device's live
-	// session (Flowing). One more drops all of those (GCM's rule), and the
+	// session (Live.Flowing). One more drops all of those (GCM's rule), and the
 	// app is told how many it lost.
 	MaxPendingPerApp = 100
 	// MaxCollapseKeysPerApp bounds the distinct collapse keys stored for
@@ -56,12 +56,22 @@ const (
 	MaxCollapseKeysPerApp = 4
 )
 
-// Flowing names the messages of one app in flight to its device's live
-// session: sent and not yet acked. GCM's caps apply to what waits for a
-// device, never to what flows to a device that keeps up, so the stored
-// messages it names neither count towards MaxPendingPerApp nor are
-// dropped by it. A nil Flowing names none, as when the device is offline.
-type Flowing func(device, app string) []string
+// Live is what the store knows of, and tells, the devices' live sessions
+// while it queues messages for them. A nil Live knows of none.
+type Live interface {
+	// Flowing names the messages of one app in flight to its device's
+	// live session: sent, and their ack not committed. GCM's caps apply
+	// to what waits for a device, never to what flows to a device that
+	// keeps up, so the stored messages it names neither count towards
+	// MaxPendingPerApp nor are dropped by it.
+	Flowing(device, app string) []string
+	// Offer hands a live session m, queued in a transaction that has not
+	// committed yet, so that the device may have it while the commit
+	// runs. It must not block, and must not call the store. A session
+	// that sends it sends it again if the transaction fails: it may then
+	// have a message the app server was told was not accepted.
+	Offer(m Message)
+}
 
 // appPending counts what the caps apply to, for one app on one device.
 type appPending struct {
@@ -92,10 +102,11 @@ func expiryKey(t time.Time, kind byte, id []byte) []byte {
 // token and collapse key as an older one replaces it. The caps apply: a
 // message under a fifth collapse key of its app on its device evicts the
 // oldest, and a non-collapsible message beyond MaxPendingPerApp waiting
-// drops the app's waiting non-collapsible ones (those flowing stay); what
-// they drop is counted for a DeletedMessages notice. Calls from many
+// drops the app's waiting non-collapsible ones (those flowing to live
+// stay); what they drop is counted for a DeletedMessages notice. Each
+// queued message is offered to live before the commit. Calls from many
 // goroutines share one commit.
-func (s *Store) Enqueue(ctx context.Context, msgs []Message, flowing Flowing) (queued []bool, err error) {
+func (s *Store) Enqueue(ctx context.Context, msgs []Message, live Live) (queued []bool, err error) {
 	var need int64
 	for _, m := range msgs {
 		need += messageCost(payloadSize(m.Data, m.Notification))
@@ -107,7 +118,7 @@ func (s *Store) Enqueue(ctx context.Context, msgs []Message, flowing Flowing) (q
 		}
 		for i := range msgs {
 			var err error
-			if queued[i], err = enqueueOne(tx, &msgs[i], flowing); err != nil {
+			if queued[i], err = enqueueOne(tx, &msgs[i], live); err != nil {
 				return err
 			}
 		}
@@ -130,8 +141,17 @@ func payloadSize(maps ...map[string]string) int {
 	return n
 }
 
-// enqueueOne stores one message under the collapse rule and the caps.
-func enqueueOne(tx *bolt.Tx, m *Message, flowing Flowing) (bool, error) {
+// enqueueOne stores one message under the collapse rule and the caps, and
+// offers it to live.
+func enqueueOne(tx *bolt.Tx, m *Message, live Live) (bool, error) {
+	queued, err := queueOne(tx, m, live)
+	if queued && err == nil && live != nil {
+		live.Offer(*m)
+	}
+	return queued, err
+}
+
+func queueOne(tx *bolt.Tx, m *Message, live Live) (bool, error) {
 	reg, _, err := get[Registration](tx.Bucket(bucketRegs), []byte(m.Token))
 	if err != nil {
 		return false, err
@@ -151,7 +171,7 @@ func enqueueOne(tx *bolt.Tx, m *Message, flowing Flowing) (bool, error) {
 		if counts.Plain >= MaxPendingPerApp {
 			// Looked up only here, where the cap may bite: most sends
 			// find the app far below it.
-			flow := storedFlowing(tx, flowing, m.Device, m.App)
+			flow := storedFlowing(tx, live, m.Device, m.App)
 			if counts.Plain-len(flow) >= MaxPendingPerApp {
 				if err := dropPlain(tx, m.Device, m.App, flow); err != nil {
 					return false, err
@@ -184,15 +204,15 @@ func enqueueOne(tx *bolt.Tx, m *Message, flowing Flowing) (bool, error) {
 	return true, addDeleted(tx, m.Device, m.App, 1)
 }
 
-// storedFlowing is the set of app's messages on device that flowing names
-// and that are still stored: an ack may have deleted some already.
-func storedFlowing(tx *bolt.Tx, flowing Flowing, device, app string) map[string]bool {
-	if flowing == nil {
+// storedFlowing is the set of app's messages on device that live names
+// flowing and that are still stored: an ack may have deleted some already.
+func storedFlowing(tx *bolt.Tx, live Live, device, app string) map[string]bool {
+	if live == nil {
 		return nil
 	}
 	bmsgs := tx.Bucket(bucketMsgs)
 	set := map[string]bool{}
-	for _, id := range flowing(device, app) {
+	for _, id := range live.Flowing(device, app) {
 		if bmsgs.Get([]byte(id)) != nil {
 			set[id] = true
 		}

@@ -248,3 +248,46 @@ func TestOpenMovesVersion1(t *testing.T) {
 		t.Errorf("Open of a later version: %v", err)
 	}
 }
+
+// recordingLive is a Live whose Offer looks at what the store shows
+// others while the transaction that queues the offered message runs.
+type recordingLive struct {
+	t       *testing.T
+	s       *Store
+	offered []string
+	visible []bool
+}
+
+func (r *recordingLive) Flowing(device, app string) []string { return nil }
+
+func (r *recordingLive) Offer(m Message) {
+	msgs, err := r.s.Pending(ctx, m.Device, 0, 0)
+	if err != nil {
+		r.t.Error(err)
+	}
+	r.offered = append(r.offered, m.ID)
+	r.visible = append(r.visible, slices.ContainsFunc(msgs, func(p Message) bool { return p.ID == m.ID }))
+}
+
+// Enqueue offers each queued message, with its Seq, before its commit,
+// when readers do not see it yet; a message not queued is not offered.
+func TestEnqueueOffersBeforeCommit(t *testing.T) {
+	s, _ := openTemp(t)
+	f := newFixture(t, s)
+	live := &recordingLive{t: t, s: s}
+	stale := f.msg("stale", "", time.Hour)
+	stale.Token = "no-such-token"
+	queued, err := s.Enqueue(ctx, []Message{f.msg("a", "", time.Hour), stale, f.msg("b", "", time.Hour)}, live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(queued, []bool{true, false, true}) {
+		t.Fatalf("queued %v", queued)
+	}
+	if !slices.Equal(live.offered, []string{"a", "b"}) || slices.Contains(live.visible, true) {
+		t.Errorf("offered %v, visible to readers then %v; want a and b, before their commit", live.offered, live.visible)
+	}
+	if got := pendingIDs(t, s, f.device.ID); !slices.Equal(got, []string{"a", "b"}) {
+		t.Errorf("pending after the commit %v", got)
+	}
+}

@@ -325,9 +325,8 @@ type FanOutStep struct {
 	// Match, for a condition, reports whether a registration with the
 	// subscriptions that subscribed reports gets a copy. Nil matches all.
 	Match func(subscribed func(topic string) bool) bool
-	// Flowing names what flows to the subscribers' live sessions, which
-	// the caps do not count (Enqueue).
-	Flowing Flowing
+	// Live, when set, is the subscribers' live sessions, as for Enqueue.
+	Live Live
 }
 
 // FanOutResult is what one step of FanOut did.
@@ -437,7 +436,7 @@ func fanOutTopic(tx *bolt.Tx, tm *TopicMessage, step FanOutStep, res *FanOutResu
 			res.Copies++
 			continue
 		}
-		queued, err := enqueueOne(tx, &m, step.Flowing)
+		queued, err := enqueueOne(tx, &m, step.Live)
 		if err != nil {
 			return false, err
 		}

@@ -618,12 +618,12 @@ func testFlowingMessagesLeaveTheCap(t *testing.T, h Harness) {
 		msgs = append(msgs, f.msg(id, "", time.Hour))
 	}
 	enqueue(t, s, msgs...)
-	flowing := func(device, app string) []string {
+	flowing := flowingIDs(func(device, app string) []string {
 		if device != f.device.ID || app != f.reg.App {
 			return nil
 		}
 		return sent
-	}
+	})
 	msgs = msgs[:0]
 	for i := range store.MaxPendingPerApp {
 		msgs = append(msgs, f.msg(fmt.Sprint("w", i), "", time.Hour))
@@ -648,6 +648,12 @@ func testFlowingMessagesLeaveTheCap(t *testing.T, h Harness) {
 		t.Errorf("%d deleted, want %d", n, store.MaxPendingPerApp)
 	}
 }
+
+// flowingIDs is a store.Live that names what flows and takes no offers.
+type flowingIDs func(device, app string) []string
+
+func (f flowingIDs) Flowing(device, app string) []string { return f(device, app) }
+func (flowingIDs) Offer(store.Message)                   {}
 
 // testDeletedNoticeSealedUntilAcked: a deleted-messages notice keeps its ID
 // and count until the device acks it; drops in the meantime wait for the
