@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"tether/internal/procfs"
 )
 
 const (
@@ -19,9 +21,12 @@ const (
 	// for data keys and values together.
 	minPayload = 48
 	maxPayload = 4000
-	// maxWindow is the most messages the connection server keeps for one
-	// app on a device; one more drops them all.
-	maxWindow = 100
+	// maxWindow is the most messages in flight that a device keeping up
+	// takes without a loss: at each hop a window of 100 unacked messages
+	// (the connection server's to the device, the agent's to the app),
+	// and behind it at most 100 waiting for the app (GCM's rule on the
+	// server, the agent's quota), one more dropping them.
+	maxWindow = 200
 	// stallTimeout ends a run in which nothing arrives for this long.
 	stallTimeout = time.Minute
 )
@@ -239,6 +244,9 @@ type system interface {
 	publish(ctx context.Context, payload []byte) error
 	// wire is what has crossed the device's link so far.
 	wire() wireCounts
+	// agentPID is the process of the device's side: tetherd,
+	// mosquitto_sub.
+	agentPID() int
 	// failed is closed when a process of the system has died or the
 	// tool's link to it broke; err says why. A run that loses messages
 	// does not fail the system.
@@ -283,6 +291,9 @@ type runResult struct {
 	// BytesPerMessage its frames other than heartbeats per message.
 	Wire            wireCounts `json:"wire"`
 	BytesPerMessage float64    `json:"bytes_per_message"`
+	// PeakRSSKiB is the device side's VmHWM at the end of the run: the
+	// most resident memory it has had since it started.
+	PeakRSSKiB uint64 `json:"peak_rss_kib,omitempty"`
 }
 
 // drive runs one run on a system: it sends spec.n messages and waits
@@ -358,6 +369,9 @@ func drive(ctx context.Context, sys system, spec runSpec) (runResult, error) {
 	}
 	if err != nil {
 		return r, err
+	}
+	if st, err := procfs.Status(sys.agentPID()); err == nil {
+		r.PeakRSSKiB = st["VmHWM"]
 	}
 	if runErr != nil {
 		r.Error = runErr.Error()

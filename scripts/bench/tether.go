@@ -170,6 +170,7 @@ func (t *tetherSide) name() string            { return "Tether" }
 func (t *tetherSide) registry() *registry     { return &t.reg }
 func (t *tetherSide) needsAck() bool          { return true }
 func (t *tetherSide) wire() wireCounts        { return t.proxy.snapshot() }
+func (t *tetherSide) agentPID() int           { return t.agent.pid() }
 func (t *tetherSide) failed() <-chan struct{} { return t.fail.ch }
 func (t *tetherSide) err() error              { return t.fail.err }
 
