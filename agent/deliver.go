@@ -109,9 +109,10 @@ func (a *Agent) deliver(s *subscription) {
 
 // handEarly queues for their listeners, in flight, the messages of recs
 // that fresh says will be stored, where the listener has room in its
-// window and nothing stored ahead of them; the caller holds inboxMu
-// until they are committed, so that no ack of theirs comes before. The
-// others take their turn through the inbox once stored.
+// window and nothing stored ahead of them; the caller has submitted them
+// to the committer already, so that an ack of theirs commits after them,
+// and holds inboxMu until they are committed. The others take their turn
+// through the inbox once stored.
 func (a *Agent) handEarly(recs []store.Message, fresh []bool) []store.Message {
 	var early []store.Message
 	for i, m := range recs {
@@ -300,4 +301,5 @@ func (a *Agent) stopListeners() {
 		s.end(false)
 	}
 	a.subsDone.Wait()
+	a.commits.stop()
 }

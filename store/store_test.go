@@ -339,6 +339,52 @@ func TestFreshForetellsStored(t *testing.T) {
 	}
 }
 
+// Commit stores messages and then applies acks in one transaction: an ack
+// of a message stored in the same Commit removes it, one of a message held
+// before removes that, one of another app's message or of an unknown ID
+// changes nothing.
+func TestCommitStoresThenAcks(t *testing.T) {
+	tests := []struct {
+		name      string
+		held      []string // stored before, for "app"
+		messages  []string // stored by the Commit, for "app"
+		acks      map[string][]string
+		wantInbox []string
+	}{
+		{"acks of what it stores", nil, []string{"a", "b"}, map[string][]string{"app": {"a"}}, []string{"b"}},
+		{"acks of what was held", []string{"a"}, []string{"b"}, map[string][]string{"app": {"a"}}, []string{"b"}},
+		{"another app's ack", nil, []string{"a"}, map[string][]string{"other": {"a"}}, []string{"a"}},
+		{"unknown IDs", []string{"a"}, nil, map[string][]string{"app": {"x", "y"}}, []string{"a"}},
+		{"messages alone", nil, []string{"a"}, nil, []string{"a"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, _ := openTemp(t)
+			mustRegister(t, s, "app", "1", "tok", 1000)
+			mustRegister(t, s, "other", "1", "tok2", 1000)
+			for _, id := range tt.held {
+				if _, _, err := s.AddMessages([]Message{msg(id, "app", "1", "tok", time.Hour)}, Quota{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var msgs []Message
+			for _, id := range tt.messages {
+				msgs = append(msgs, msg(id, "app", "1", "tok", time.Hour))
+			}
+			outcomes, _, err := s.Commit(Writes{Messages: msgs, Acks: tt.acks})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := slices.Repeat([]Outcome{Stored}, len(msgs)); !slices.Equal(outcomes, want) {
+				t.Errorf("outcomes %v, want %v", outcomes, want)
+			}
+			if ids := inboxIDs(t, s, "app", 0, 10, t0); !slices.Equal(ids, tt.wantInbox) {
+				t.Errorf("inbox %v, want %v", ids, tt.wantInbox)
+			}
+		})
+	}
+}
+
 func TestInboxCursorLimitExpiry(t *testing.T) {
 	s, _ := openTemp(t)
 	mustRegister(t, s, "app", "1", "tok", 1000)
