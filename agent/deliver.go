@@ -116,9 +116,7 @@ func (a *Agent) deliver(s *subscription) {
 func (a *Agent) handEarly(recs []store.Message, fresh []bool) []store.Message {
 	var early []store.Message
 	for i, m := range recs {
-		a.mu.Lock()
-		s := a.subs[m.App]
-		a.mu.Unlock()
+		s := a.subscription(m.App)
 		if s == nil {
 			continue
 		}
@@ -141,9 +139,7 @@ func (a *Agent) handEarly(recs []store.Message, fresh []bool) []store.Message {
 // delivered already come again with the server's redelivery.
 func (a *Agent) unhandEarly(early []store.Message) {
 	for _, m := range early {
-		a.mu.Lock()
-		s := a.subs[m.App]
-		a.mu.Unlock()
+		s := a.subscription(m.App)
 		if s == nil {
 			continue
 		}
@@ -226,9 +222,7 @@ func deliverable(m store.Message) ipc.Message {
 // flowing lists the messages app's listener has, or is being handed, and
 // has not acked (store.Quota.Flowing).
 func (a *Agent) flowing(app string) []string {
-	a.mu.Lock()
-	s := a.subs[app]
-	a.mu.Unlock()
+	s := a.subscription(app)
 	if s == nil {
 		return nil
 	}
@@ -237,11 +231,16 @@ func (a *Agent) flowing(app string) []string {
 	return slices.Collect(maps.Keys(s.inflight))
 }
 
+// subscription is app's listener, or nil.
+func (a *Agent) subscription(app string) *subscription {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.subs[app]
+}
+
 // wake tells app's listener, if any, that there is something to deliver.
 func (a *Agent) wake(app string) {
-	a.mu.Lock()
-	s := a.subs[app]
-	a.mu.Unlock()
+	s := a.subscription(app)
 	if s != nil {
 		s.wake()
 	}
@@ -252,9 +251,7 @@ func (a *Agent) wake(app string) {
 // notices, the store has something for the app to be told (messages
 // dropped unread, a new token).
 func (a *Agent) forget(app string, ids []string, notices bool) {
-	a.mu.Lock()
-	s := a.subs[app]
-	a.mu.Unlock()
+	s := a.subscription(app)
 	if s == nil {
 		return
 	}
