@@ -593,6 +593,15 @@ func (ss *session) markInflight(id, plainApp string) {
 	ss.inflight[id] = sentEntry{plainApp: plainApp}
 }
 
+// plainApp is the app of m when GCM's cap on non-collapsible messages
+// counts it, else empty (markInflight).
+func plainApp(m store.Message) string {
+	if m.CollapseKey != "" {
+		return ""
+	}
+	return m.App
+}
+
 // unmarkInflight forgets id, whose ack is committed or which the device
 // cannot take, and reports whether it was in flight; under mu.
 func (ss *session) unmarkInflight(id string) bool {
@@ -619,11 +628,7 @@ func (ss *session) offer(m store.Message) {
 	take := !sent && ss.caughtUp && ss.mode == wire.ModeMains && ss.windowFree() > 0
 	switch {
 	case take:
-		plainApp := ""
-		if m.CollapseKey == "" {
-			plainApp = m.App
-		}
-		ss.markInflight(m.ID, plainApp)
+		ss.markInflight(m.ID, plainApp(m))
 		ss.early = append(ss.early, m)
 	case !sent:
 		ss.caughtUp = false
@@ -1133,12 +1138,8 @@ func (ss *session) fill() error {
 			}
 			// In flight before the write: the ack may come back before
 			// the write returns.
-			plainApp := ""
-			if m.CollapseKey == "" {
-				plainApp = m.App
-			}
 			ss.mu.Lock()
-			ss.markInflight(m.ID, plainApp)
+			ss.markInflight(m.ID, plainApp(m))
 			ss.mu.Unlock()
 			if err := ss.write(frame); err != nil {
 				return err
