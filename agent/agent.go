@@ -180,10 +180,13 @@ type Agent struct {
 	registering map[uint32]int
 
 	// inboxMu makes reading held messages and handing them to a listener
-	// one step, and storing an app's ack and freeing its window another,
-	// so that an ack cannot fall between a read and its delivery (which
-	// would deliver a message the app had acked).
+	// one step, and storing new messages (handing some over as they
+	// commit) another; an app's ack frees its window under it once
+	// committed, so that a delivery that read the message before the ack
+	// hands it over before the ack returns, never after.
 	inboxMu sync.Mutex
+	// commits writes downstream messages and app acks, together.
+	commits *committer
 
 	mu       sync.Mutex
 	session  *Session
@@ -313,6 +316,10 @@ func New(cfg Config) (*Agent, error) {
 		results:       map[outboxKey]chan ipc.SendResult{},
 		subs:          map[string]*subscription{},
 	}
+	// What a listening app has and has not acked is not waiting for it:
+	// a window of messages to an app that keeps up never trips the quota.
+	a.quota.Flowing = a.flowing
+	a.commits = &committer{store: a.store, quota: a.quota}
 	if a.policy != nil {
 		a.useNetwork(unknownNetwork)
 	}

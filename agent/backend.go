@@ -192,8 +192,8 @@ func (a *Agent) Listen(ctx context.Context, c ipc.Caller, app string, l ipc.List
 	return cancel, nil
 }
 
-// Ack removes acknowledged messages from the store, then frees their room
-// in the app's window.
+// Ack removes acknowledged messages from the store, in a transaction it
+// may share with others, then frees their room in the app's window.
 func (a *Agent) Ack(ctx context.Context, c ipc.Caller, app string, ids []string) error {
 	if err := a.authorize(c, app); err != nil {
 		return fmt.Errorf("ack: %w", err)
@@ -201,12 +201,16 @@ func (a *Agent) Ack(ctx context.Context, c ipc.Caller, app string, ids []string)
 	if len(ids) == 0 {
 		return fmt.Errorf("ack: %w: no message IDs", ipc.ErrInvalidArgument)
 	}
-	a.inboxMu.Lock()
-	defer a.inboxMu.Unlock()
-	if _, err := a.store.Ack(app, ids); err != nil {
-		return fmt.Errorf("ack: %w: %w", ipc.ErrStorage, err)
+	req := newCommitReq(nil, app, ids)
+	a.commits.submit(req)
+	if res := <-req.done; res.err != nil {
+		return fmt.Errorf("ack: %w: %w", ipc.ErrStorage, res.err)
 	}
+	// A delivery round that read these before the commit hands them over
+	// before this returns.
+	a.inboxMu.Lock()
 	a.forget(app, ids, false)
+	a.inboxMu.Unlock()
 	return nil
 }
 

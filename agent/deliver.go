@@ -26,7 +26,14 @@ type subscription struct {
 	// Window of them.
 	inflight map[string]bool
 	// cursor is the inbox sequence number of the last message delivered.
-	cursor  uint64
+	cursor uint64
+	// caughtUp says the inbox holds nothing past cursor that is not in
+	// flight: a message arriving now may go to the listener ahead of its
+	// commit (early) without overtaking one stored before it.
+	caughtUp bool
+	// early holds messages handed over while their commit runs, in flight
+	// already, for the loop to deliver.
+	early   []store.Message
 	results []ipc.SendResult
 	// checkNotices asks the loop to look for what the store keeps for
 	// the app to be told: new tokens, and counts of messages dropped.
@@ -87,7 +94,60 @@ func (a *Agent) deliver(s *subscription) {
 	if checkNotices {
 		a.deliverNotices(s)
 	}
-	for a.deliverHeld(s) {
+	s.mu.Lock()
+	early, caughtUp := s.early, s.caughtUp
+	s.early = nil
+	s.mu.Unlock()
+	for _, m := range early {
+		s.l.Deliver(deliverable(m))
+	}
+	// A listener that is caught up has nothing held to read: the inbox
+	// is left alone while a commit of early messages holds it.
+	for !caughtUp && a.deliverHeld(s) {
+	}
+}
+
+// handEarly queues for their listeners, in flight, the messages of recs
+// that fresh says will be stored, where the listener has room in its
+// window and nothing stored ahead of them; the caller has submitted them
+// to the committer already, so that an ack of theirs commits after them,
+// and holds inboxMu until they are committed. The others take their turn
+// through the inbox once stored.
+func (a *Agent) handEarly(recs []store.Message, fresh []bool) []store.Message {
+	var early []store.Message
+	for i, m := range recs {
+		s := a.subscription(m.App)
+		if s == nil {
+			continue
+		}
+		s.mu.Lock()
+		ok := fresh[i] && s.caughtUp && len(s.inflight) < Window
+		if ok {
+			s.inflight[m.ID] = true
+			s.early = append(s.early, m)
+			early = append(early, m)
+		} else if fresh[i] {
+			s.caughtUp = false
+		}
+		s.mu.Unlock()
+		s.wake()
+	}
+	return early
+}
+
+// unhandEarly takes back the early messages whose commit failed: those
+// delivered already come again with the server's redelivery.
+func (a *Agent) unhandEarly(early []store.Message) {
+	for _, m := range early {
+		s := a.subscription(m.App)
+		if s == nil {
+			continue
+		}
+		s.mu.Lock()
+		delete(s.inflight, m.ID)
+		s.early = slices.DeleteFunc(s.early, func(e store.Message) bool { return e.ID == m.ID })
+		s.caughtUp = false
+		s.mu.Unlock()
 	}
 }
 
@@ -115,8 +175,13 @@ func (a *Agent) deliverHeld(s *subscription) bool {
 	a.inboxMu.Lock()
 	defer a.inboxMu.Unlock()
 	s.mu.Lock()
-	room, after := Window-len(s.inflight), s.cursor
+	room, after, early := Window-len(s.inflight), s.cursor, len(s.early) > 0
 	s.mu.Unlock()
+	if early {
+		// Handed over meanwhile: they go first, in the next round.
+		s.wake()
+		return false
+	}
 	if room <= 0 {
 		return false
 	}
@@ -128,11 +193,17 @@ func (a *Agent) deliverHeld(s *subscription) bool {
 	for _, m := range msgs {
 		// In flight before the listener has it: an ack can come at once.
 		s.mu.Lock()
+		early := s.inflight[m.ID] // handed over before its commit
 		s.inflight[m.ID] = true
 		s.cursor = m.Seq
 		s.mu.Unlock()
-		s.l.Deliver(deliverable(m))
+		if !early {
+			s.l.Deliver(deliverable(m))
+		}
 	}
+	s.mu.Lock()
+	s.caughtUp = len(msgs) < room
+	s.mu.Unlock()
 	return len(msgs) > 0
 }
 
@@ -148,11 +219,28 @@ func deliverable(m store.Message) ipc.Message {
 	return msg
 }
 
+// flowing lists the messages app's listener has, or is being handed, and
+// has not acked (store.Quota.Flowing).
+func (a *Agent) flowing(app string) []string {
+	s := a.subscription(app)
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Collect(maps.Keys(s.inflight))
+}
+
+// subscription is app's listener, or nil.
+func (a *Agent) subscription(app string) *subscription {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.subs[app]
+}
+
 // wake tells app's listener, if any, that there is something to deliver.
 func (a *Agent) wake(app string) {
-	a.mu.Lock()
-	s := a.subs[app]
-	a.mu.Unlock()
+	s := a.subscription(app)
 	if s != nil {
 		s.wake()
 	}
@@ -163,9 +251,7 @@ func (a *Agent) wake(app string) {
 // notices, the store has something for the app to be told (messages
 // dropped unread, a new token).
 func (a *Agent) forget(app string, ids []string, notices bool) {
-	a.mu.Lock()
-	s := a.subs[app]
-	a.mu.Unlock()
+	s := a.subscription(app)
 	if s == nil {
 		return
 	}
@@ -212,4 +298,5 @@ func (a *Agent) stopListeners() {
 		s.end(false)
 	}
 	a.subsDone.Wait()
+	a.commits.stop()
 }

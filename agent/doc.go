@@ -10,20 +10,25 @@
 // each session on another list), and stay good while the configured
 // servers still name one of them.
 //
-// Downstream: the frames that arrive together (one, plus whatever the
-// reader has already queued) are stored in one transaction and acknowledged
-// to the server in one ack, duplicates included, and only then offered to
-// the app. Each app has at most one listener and at most Window messages
-// delivered and not yet acknowledged; what it does not acknowledge is
-// delivered again on its next Listen, and what it acknowledges never is.
-// A message waits in the store until its app acknowledges it or its time
-// to live runs out (then the app is told how many it missed, as GCM's
-// deleted_messages). Every message is held at least a few seconds after
-// receipt, so a "now or never" message (TTL 0) still reaches an app that
-// is listening. What the store holds is bounded per app and in all
-// (Config.Quota): past it an app's oldest messages go, in the transaction
-// that stores the new ones, and the app is told how many, so that no app
-// fills the store for the others and no session ends for want of room.
+// Downstream: the frames that arrive together (one, plus whatever the reader
+// has already queued) are stored in one transaction, shared with the apps'
+// acks that come meanwhile (commit.go), and acknowledged to the server in
+// one ack, duplicates included, once it commits. A listening app with room
+// in its window, and nothing stored for it ahead of them, has the new
+// messages while that transaction runs; a failed commit costs it a
+// duplicate, never a message. Each app has at most one listener and at most
+// Window messages delivered and not yet acknowledged; what it does not
+// acknowledge is delivered again on its next Listen, and what it
+// acknowledges never is. A message waits in the store until its app
+// acknowledges it or its time to live runs out (then the app is told how
+// many it missed, as GCM's deleted_messages). Every message is held at least
+// a few seconds after receipt, so a "now or never" message (TTL 0) still
+// reaches an app that is listening. What the store holds is bounded per app
+// and in all (Config.Quota), counting what waits for an app and not what its
+// listener has: past it an app's oldest waiting messages go, in the
+// transaction that stores the new ones, and the app is told how many, so
+// that no app fills the store for the others and no session ends for want of
+// room.
 //
 // Upstream: Send stores the message first (at most MaxPending per app),
 // sends it while connected, and sends it again after every reconnection

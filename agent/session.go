@@ -291,10 +291,30 @@ func (r *sessionRun) storeMessages(ctx context.Context, msgs []wire.Message) err
 			Received: now, Expires: now.Add(max(time.Duration(m.TTL)*time.Second, minHold)),
 		}
 	}
-	outcomes, dropped, err := a.store.AddMessages(recs, a.quota)
+	// Listening apps have what is new while it commits, with the acks
+	// of apps that come meanwhile; the server has its ack only after the
+	// commit. A failed commit costs a duplicate, never a loss. No
+	// delivery round reads the inbox until the commit is done (inboxMu):
+	// one that read it before would take itself for caught up.
+	a.inboxMu.Lock()
+	fresh, err := a.store.Fresh(recs)
+	req := newCommitReq(recs, "", nil)
+	a.commits.submit(req)
+	var early []store.Message
 	if err != nil {
-		return fmt.Errorf("%d downstream messages not stored, not acknowledged: %w", len(msgs), err)
+		a.log.Warn("messages wait for their commit", "err", err)
+	} else {
+		early = a.handEarly(recs, fresh)
 	}
+	res := <-req.done
+	if res.err != nil {
+		a.unhandEarly(early)
+	}
+	a.inboxMu.Unlock()
+	if res.err != nil {
+		return fmt.Errorf("%d downstream messages not stored, not acknowledged: %w", len(msgs), res.err)
+	}
+	outcomes, dropped := res.outcomes, res.dropped
 	ids := make([]string, 0, len(msgs))
 	acked := map[string]bool{}
 	woken := map[string]bool{}

@@ -124,6 +124,52 @@ func TestNonCollapsiblePerAppCapped(t *testing.T) {
 	marker(t, ts, d, snd.ServerKey, token)
 }
 
+// GCM's cap counts what waits for a device: a connected device with 150
+// messages in flight and 99 more waiting behind its window loses none;
+// one more waiting drops the waiting ones, never those in flight.
+func TestCapCountsWhatWaits(t *testing.T) {
+	const window = 150
+	ts := startServer(t, func(c *Config) { c.Window = window })
+	snd := ts.addSender("")
+	d := ts.checkIn()
+	token := d.register(app, snd.ID)
+	send := func(n int) []string {
+		tokens := slices.Repeat([]string{token}, n)
+		resp := ts.send(snd.ServerKey, map[string]any{"registration_ids": tokens})
+		if resp.Success != n {
+			t.Fatalf("%d sends: %+v", n, resp)
+		}
+		var ids []string
+		for _, r := range resp.Results {
+			ids = append(ids, r.MessageID)
+		}
+		return ids
+	}
+	// Sent as they come: a multicast of more than 100 would wait whole
+	// for its one commit, and lose its first 100 to the cap.
+	var flowing []string
+	for range window / 50 {
+		ids := send(50)
+		d.expectMessages(ids...)
+		flowing = append(flowing, ids...)
+	}
+	waiting := send(store.MaxPendingPerApp - 1)
+	marker(t, ts, d, snd.ServerKey, token)
+	d.ack(flowing[:10]...)
+	d.expectMessages(waiting[:10]...)
+
+	// 140 in flight, 89 waiting: 11 more make 100 waiting, and the
+	// one after them drops those 100.
+	more := send(store.MaxPendingPerApp - len(waiting) + 10 + 1)
+	last := more[len(more)-1]
+	d.ack(flowing[10:]...)
+	if n := d.expectDeleted(); n.Count != store.MaxPendingPerApp {
+		t.Fatalf("deleted_messages %+v, want %d", n, store.MaxPendingPerApp)
+	}
+	d.expectMessages(last)
+	marker(t, ts, d, snd.ServerKey, token)
+}
+
 func TestDeviceRateLimit(t *testing.T) {
 	ts := startServer(t, func(c *Config) { c.DeviceRateLimit = 3 })
 	f := &sendFixture{ts: ts, a: ts.addSender("")}

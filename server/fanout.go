@@ -106,7 +106,7 @@ func (f *fanout) waiting(ctx context.Context) ([]store.TopicMessage, error) {
 func (f *fanout) fanOut(ctx context.Context, tm store.TopicMessage) bool {
 	s := f.srv
 	log := s.log.With("sender", tm.Sender, "message_id", tm.ID)
-	step := store.FanOutStep{Limit: s.cfg.FanOutBatch}
+	step := store.FanOutStep{Limit: s.cfg.FanOutBatch, Live: s.hub}
 	if tm.Condition != "" {
 		c, err := parseCondition(tm.Condition)
 		if err != nil {

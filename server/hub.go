@@ -133,6 +133,24 @@ func (h *hub) session(device string) *session {
 	return h.sessions[device]
 }
 
+// Flowing names, for the store (store.Live), what flows to the live
+// sessions on this node; on a cluster the sessions on other nodes are not
+// known here, and what flows to them counts as waiting.
+func (h *hub) Flowing(device, app string) []string {
+	if ss := h.session(device); ss != nil {
+		return ss.flowing(app)
+	}
+	return nil
+}
+
+// Offer hands the device's live session on this node a message whose
+// commit runs (store.Live).
+func (h *hub) Offer(m store.Message) {
+	if ss := h.session(m.Device); ss != nil {
+		ss.offer(m)
+	}
+}
+
 // notify tells the device's session, if any, that its queue has grown.
 func (h *hub) notify(device string) {
 	if h.bus != nil {

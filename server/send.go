@@ -555,7 +555,7 @@ func (s *Server) sendAll(ctx context.Context, snd store.Sender, reqs []sendReque
 		}
 	}
 	if len(queue) > 0 {
-		queued, err := s.store.Enqueue(ctx, queue)
+		queued, err := s.store.Enqueue(ctx, queue, s.hub)
 		if err != nil {
 			s.log.Error("store downstream messages", "sender", snd.ID, "count", len(queue), "err", err)
 			code, status := storeFailure(err)

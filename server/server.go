@@ -89,8 +89,9 @@ type Config struct {
 	HelloTimeout time.Duration
 	// WriteTimeout bounds every write to a device; default 10 s.
 	WriteTimeout time.Duration
-	// Window is the most unacked messages in flight to one session;
-	// default 100.
+	// Window is the most messages in flight to one session whose ack the
+	// server has not read (it commits acks after it reads them); default
+	// 100.
 	Window int
 
 	// WebhookTimeout bounds one webhook request; default 30 s.

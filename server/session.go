@@ -382,11 +382,20 @@ type session struct {
 	// direct holds time-to-live-0 messages, never stored, for the
 	// writer, under mu; nil, and no memory, while there are none.
 	direct []store.Message
-	kick   chan struct{}   // the device's queue may have something to send
-	final  chan finalFrame // a last frame for the writer, then the close
-	done   chan struct{}   // closed by close
-	once   sync.Once
-	reason string // why the server closed the session; set before done closes
+	// early holds messages offered while their commit runs, in flight
+	// already, for the writer, under mu.
+	early []store.Message
+	// caughtUp says the writer has sent everything stored that it may
+	// send, so that an offered message overtakes none; offerMisses counts
+	// the offers refused, so that a fill that read the queue before one
+	// does not take it for caught up. Under mu.
+	caughtUp    bool
+	offerMisses uint64
+	kick        chan struct{}   // the device's queue may have something to send
+	final       chan finalFrame // a last frame for the writer, then the close
+	done        chan struct{}   // closed by close
+	once        sync.Once
+	reason      string // why the server closed the session; set before done closes
 
 	// ackers runs the goroutine that commits acks, while there are any.
 	ackers sync.WaitGroup
@@ -401,9 +410,14 @@ type session struct {
 	// acks are the acked IDs read and not yet committed, and acking says
 	// an acker runs: the reader goes on reading while one commits, and
 	// what it reads meanwhile shares the next commit.
-	acks     []string
-	acking   bool
-	inflight map[string]bool // IDs of messages and notices sent in this session and not acked
+	acks   []string
+	acking bool
+	// inflight holds the messages and notices sent in this session, by
+	// ID, until their ack is committed; acked counts those whose ack the
+	// reader has read. The window bounds the others: the device's link
+	// carries more while the server commits what it acked.
+	inflight map[string]sentEntry
+	acked    int
 	// liveReceipts are time-to-live-0 messages sent in this session that
 	// asked for a delivery receipt, by ID, until the device acks them.
 	liveReceipts map[string]store.Message
@@ -570,14 +584,102 @@ func (ss *session) deliverNow(m store.Message) bool {
 	return true
 }
 
-// markInflight notes id as sent and not acked; under mu. The set is
-// made at the first message: an idle session that never had one holds
-// none.
-func (ss *session) markInflight(id string) {
+// sentEntry is a message or notice in flight in a session.
+type sentEntry struct {
+	// plainApp is the app of a non-collapsible message, which GCM's cap
+	// on waiting messages leaves out (flowing); empty for the others.
+	plainApp string
+	// acked says the device's ack was read; its commit may still run.
+	acked bool
+}
+
+// markInflight notes id as sent and not acked, with plainApp the app of
+// a non-collapsible message (else empty); under mu. The set is made at the
+// first message: an idle session that never had one holds none.
+func (ss *session) markInflight(id, plainApp string) {
 	if ss.inflight == nil {
-		ss.inflight = make(map[string]bool)
+		ss.inflight = make(map[string]sentEntry)
 	}
-	ss.inflight[id] = true
+	ss.inflight[id] = sentEntry{plainApp: plainApp}
+}
+
+// plainApp is the app of m when GCM's cap on non-collapsible messages
+// counts it, else empty (markInflight).
+func plainApp(m store.Message) string {
+	if m.CollapseKey != "" {
+		return ""
+	}
+	return m.App
+}
+
+// unmarkInflight forgets id, whose ack is committed or which the device
+// cannot take, and reports whether it was in flight; under mu.
+func (ss *session) unmarkInflight(id string) bool {
+	e, ok := ss.inflight[id]
+	if e.acked {
+		ss.acked--
+	}
+	delete(ss.inflight, id)
+	return ok
+}
+
+// windowFree is how many more messages the window lets the writer send;
+// under mu.
+func (ss *session) windowFree() int {
+	return ss.srv.cfg.Window - (len(ss.inflight) - ss.acked)
+}
+
+// offer takes m, queued in a transaction whose commit runs, to send at
+// once when the device is on mains, the window has room and nothing
+// stored waits to go before it; else fill sends it after the commit.
+func (ss *session) offer(m store.Message) {
+	ss.mu.Lock()
+	_, sent := ss.inflight[m.ID]
+	take := !sent && ss.caughtUp && ss.mode == wire.ModeMains && ss.windowFree() > 0
+	switch {
+	case take:
+		ss.markInflight(m.ID, plainApp(m))
+		ss.early = append(ss.early, m)
+	case !sent:
+		ss.caughtUp = false
+		ss.offerMisses++
+	}
+	ss.mu.Unlock()
+	if take {
+		ss.wake()
+	}
+}
+
+// writeEarly sends the offered messages; writer only.
+func (ss *session) writeEarly() error {
+	ss.mu.Lock()
+	early := ss.early
+	ss.early = nil
+	ss.mu.Unlock()
+	now := ss.srv.now()
+	for _, m := range early {
+		if frame := ss.encodeMessage(m, now); frame != nil {
+			if err := ss.write(frame); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// flowing lists app's non-collapsible messages sent in this session whose
+// ack is not committed: they flow to a device that keeps up, and do not
+// wait.
+func (ss *session) flowing(app string) []string {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	var ids []string
+	for id, e := range ss.inflight {
+		if e.plainApp == app {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // reply queues a frame for the writer.
@@ -721,9 +823,21 @@ func (ss *session) ack(f wire.Frame) {
 	ss.acks = append(ss.acks, req.IDs...)
 	start := !ss.acking
 	ss.acking = true
+	freed := false
+	for _, id := range req.IDs {
+		if e, ok := ss.inflight[id]; ok && !e.acked {
+			e.acked = true
+			ss.inflight[id] = e
+			ss.acked++
+			freed = true
+		}
+	}
 	ss.mu.Unlock()
 	if start {
 		ss.ackers.Go(ss.ackLoop)
+	}
+	if freed {
+		ss.notify() // the window has room while the acks commit
 	}
 }
 
@@ -757,7 +871,7 @@ func (ss *session) commitAcks(ids []string) {
 	var live []store.Message
 	ss.mu.Lock()
 	for _, id := range ids {
-		delete(ss.inflight, id)
+		ss.unmarkInflight(id)
 		if m, ok := ss.liveReceipts[id]; ok {
 			live = append(live, m)
 			delete(ss.liveReceipts, id)
@@ -781,8 +895,7 @@ func (ss *session) commitAcks(ids []string) {
 // agent older than the notice's frame type): it would never ack it.
 func (ss *session) dropNotice(id string) {
 	ss.mu.Lock()
-	sent := ss.inflight[id]
-	delete(ss.inflight, id)
+	sent := ss.unmarkInflight(id)
 	ss.mu.Unlock()
 	if !sent {
 		return
@@ -896,10 +1009,15 @@ func (ss *session) writeLoop() {
 			err = ss.fill()
 		default:
 			ss.mu.Lock()
-			if len(ss.direct) == 0 && ss.idle() {
+			if len(ss.direct) == 0 && len(ss.early) == 0 && ss.idle() {
 				ss.writing = false
 				ss.mu.Unlock()
 				return
+			}
+			if len(ss.early) > 0 {
+				ss.mu.Unlock()
+				err = ss.writeEarly()
+				break
 			}
 			var m store.Message
 			direct := len(ss.direct) > 0
@@ -964,6 +1082,11 @@ func (ss *session) writeDirect(m store.Message) error {
 // is empty. Messages the power mode holds back are passed over and
 // remembered (holdState); a flush rewinds the cursor to the first of them.
 func (ss *session) fill() error {
+	// Offered messages go first: the queue may hold them by now, and
+	// what follows them there must not overtake them.
+	if err := ss.writeEarly(); err != nil {
+		return err
+	}
 	if err := ss.sendNotices(); err != nil {
 		return err
 	}
@@ -982,7 +1105,10 @@ func (ss *session) fill() error {
 	batch := ss.srv.cfg.Window
 	for {
 		ss.mu.Lock()
-		free := ss.srv.cfg.Window - len(ss.inflight)
+		free, misses := ss.windowFree(), ss.offerMisses
+		if free <= 0 {
+			ss.caughtUp = false
+		}
 		ss.mu.Unlock()
 		if free <= 0 {
 			return nil
@@ -997,6 +1123,9 @@ func (ss *session) fill() error {
 		rewound := false
 		for _, m := range msgs {
 			if free == 0 {
+				ss.mu.Lock()
+				ss.caughtUp = false
+				ss.mu.Unlock()
 				return nil
 			}
 			ss.cursor = m.Seq
@@ -1004,7 +1133,7 @@ func (ss *session) fill() error {
 				continue
 			}
 			ss.mu.Lock()
-			sent := ss.inflight[m.ID] // looked at again after a rewind
+			_, sent := ss.inflight[m.ID] // looked at again after a rewind
 			ss.mu.Unlock()
 			if sent {
 				continue
@@ -1020,7 +1149,7 @@ func (ss *session) fill() error {
 			// In flight before the write: the ack may come back before
 			// the write returns.
 			ss.mu.Lock()
-			ss.markInflight(m.ID)
+			ss.markInflight(m.ID, plainApp(m))
 			ss.mu.Unlock()
 			if err := ss.write(frame); err != nil {
 				return err
@@ -1042,6 +1171,11 @@ func (ss *session) fill() error {
 		}
 		if len(msgs) < batch {
 			ss.hold.releasing = false // the flush reached the end of the queue
+			ss.mu.Lock()
+			// Held messages stay behind in the queue, but offers are
+			// taken on mains only, where nothing is held.
+			ss.caughtUp = ss.offerMisses == misses
+			ss.mu.Unlock()
 			return nil
 		}
 	}
@@ -1057,8 +1191,8 @@ func (ss *session) sendNotices() error {
 	}
 	for _, n := range notices {
 		ss.mu.Lock()
-		sent := ss.inflight[n.ID]
-		ss.markInflight(n.ID)
+		_, sent := ss.inflight[n.ID]
+		ss.markInflight(n.ID, "")
 		ss.mu.Unlock()
 		if sent {
 			continue

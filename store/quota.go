@@ -20,6 +20,11 @@ type Quota struct {
 	AppBytes    int64
 	// Bytes bounds what all apps hold together.
 	Bytes int64
+	// Flowing, when set, names an app's held messages that its listener
+	// has and has not acked yet. The bounds of one app are on what waits
+	// for it, not on what flows to an app that keeps up: those do not
+	// count towards them, and no bound drops them.
+	Flowing func(app string) []string
 }
 
 // usage is what an app's inbox holds: how many messages, and their
@@ -149,16 +154,27 @@ func (r *quotaRun) makeRoom(app *bolt.Bucket, name string, size int64) error {
 	for {
 		u := usageOf(app)
 		over := r.q.AppMessages > 0 && u.n+1 > int64(r.q.AppMessages) || r.q.AppBytes > 0 && u.bytes+size > r.q.AppBytes
-		if !over || u.n == 0 {
+		if over {
+			// Looked up only here, where the quota may bite.
+			f := r.flowing(app, name)
+			u.n -= f.n
+			u.bytes -= f.bytes
+			over = r.q.AppMessages > 0 && u.n+1 > int64(r.q.AppMessages) || r.q.AppBytes > 0 && u.bytes+size > r.q.AppBytes
+		}
+		if !over || u.n <= 0 {
 			break
 		}
-		if err := r.dropOldest(app, name); err != nil {
+		if dropped, err := r.dropOldest(app, name); err != nil || !dropped {
 			return err
 		}
 	}
+	full := map[string]bool{} // apps with nothing left to drop
 	for r.q.Bytes > 0 && r.total+size > r.q.Bytes {
 		largest := ""
 		for n, u := range r.apps {
+			if full[n] {
+				continue
+			}
 			if largest == "" || u.bytes > r.apps[largest].bytes || u.bytes == r.apps[largest].bytes && n < largest {
 				largest = n
 			}
@@ -166,48 +182,90 @@ func (r *quotaRun) makeRoom(app *bolt.Bucket, name string, size int64) error {
 		if largest == "" {
 			break
 		}
-		if err := r.dropOldest(appBucket(r.tx, largest), largest); err != nil {
+		dropped, err := r.dropOldest(appBucket(r.tx, largest), largest)
+		if err != nil {
 			return err
 		}
+		full[largest] = !dropped
 	}
 	return nil
 }
 
-// dropOldest drops the app's oldest held message, counting it for the
-// app's next DeletedMessages (TakeDropped). Its ID stays seen, so that a
-// redelivery is still a duplicate.
-func (r *quotaRun) dropOldest(app *bolt.Bucket, name string) error {
-	var key, record []byte
-	if inbox := app.Bucket(bucketInbox); inbox != nil {
-		key, record = inbox.Cursor().First()
+// flowing is the usage of the app's held messages that Quota.Flowing names.
+func (r *quotaRun) flowing(app *bolt.Bucket, name string) usage {
+	var u usage
+	inbox := app.Bucket(bucketInbox)
+	if r.q.Flowing == nil || inbox == nil {
+		return u
 	}
-	if key == nil {
+	seen := r.tx.Bucket(bucketSeen)
+	for _, id := range r.q.Flowing(name) {
+		v := seen.Get([]byte(id))
+		if v == nil {
+			continue
+		}
+		e, err := decodeSeen(v)
+		if err != nil || e.app != name || e.seq == 0 {
+			continue
+		}
+		if record := inbox.Get(encodeUint64(e.seq)); record != nil {
+			u.n++
+			u.bytes += int64(len(record))
+		}
+	}
+	return u
+}
+
+// dropOldest drops the app's oldest held message that is not flowing to
+// its listener, counting it for the app's next DeletedMessages
+// (TakeDropped); false when there is none. Its ID stays seen, so that a
+// redelivery is still a duplicate.
+func (r *quotaRun) dropOldest(app *bolt.Bucket, name string) (bool, error) {
+	inbox := app.Bucket(bucketInbox)
+	if inbox == nil || func() bool { k, _ := inbox.Cursor().First(); return k == nil }() {
 		// Nothing to drop after all: the count was wrong. Right it, so
 		// that the quota does not look here again.
 		r.counted(name, usage{-usageOf(app).n, -usageOf(app).bytes})
-		return usage{}.put(app)
+		return false, usage{}.put(app)
+	}
+	var flow map[string]bool
+	if r.q.Flowing != nil {
+		flow = map[string]bool{}
+		for _, id := range r.q.Flowing(name) {
+			flow[id] = true
+		}
 	}
 	var m struct {
 		ID      string    `json:"id"`
 		Expires time.Time `json:"expires"`
 	}
-	if err := json.Unmarshal(record, &m); err != nil {
-		return fmt.Errorf("decode held message: %w", err)
+	var key, record []byte
+	c := inbox.Cursor()
+	for key, record = c.First(); key != nil; key, record = c.Next() {
+		if err := json.Unmarshal(record, &m); err != nil {
+			return false, fmt.Errorf("decode held message: %w", err)
+		}
+		if !flow[m.ID] {
+			break
+		}
+	}
+	if key == nil {
+		return false, nil // every one flows to the app's listener
 	}
 	size := int64(len(record))
 	if _, err := unhold(app, bytes.Clone(key)); err != nil {
-		return err
+		return false, err
 	}
 	err := firstErr(
 		r.tx.Bucket(bucketHeld).Delete(expiryKey(m.Expires, m.ID)),
 		app.Put(keyDropped, encodeUint64(decodeUint64(app.Get(keyDropped))+1)),
 	)
 	if err != nil {
-		return err
+		return false, err
 	}
 	r.dropped[name] = append(r.dropped[name], m.ID)
 	r.counted(name, usage{-1, -size})
-	return nil
+	return true, nil
 }
 
 // counted follows a change of the app's usage in the total.

@@ -46,6 +46,8 @@ func TestQuotaDropsOldest(t *testing.T) {
 		// held are the messages stored before, one batch each, as
 		// "app:id:size"; batch is stored last, in one call.
 		held, batch []string
+		// flowing are "app:id" of held messages the app's listener has.
+		flowing []string
 		// wantDropped is by app; wantInbox is what each app holds after.
 		wantDropped map[string][]string
 		wantInbox   map[string][]string
@@ -97,6 +99,33 @@ func TestQuotaDropsOldest(t *testing.T) {
 			wantInbox:   map[string][]string{"a": {"2", "3", "4"}, "b": {"1", "2"}, "c": {"1"}},
 		},
 		{
+			name:        "what flows to the listener does not count",
+			q:           Quota{AppMessages: 2},
+			flowing:     []string{"a:1", "a:2"},
+			held:        []string{"a:1:100", "a:2:100"},
+			batch:       []string{"a:3:100", "a:4:100"},
+			wantDropped: map[string][]string{},
+			wantInbox:   map[string][]string{"a": {"1", "2", "3", "4"}},
+		},
+		{
+			name:        "past the bound the oldest waiting goes, not what flows",
+			q:           Quota{AppMessages: 2},
+			flowing:     []string{"a:1"},
+			held:        []string{"a:1:100", "a:2:100"},
+			batch:       []string{"a:3:100", "a:4:100"},
+			wantDropped: map[string][]string{"a": {"2"}},
+			wantInbox:   map[string][]string{"a": {"1", "3", "4"}},
+		},
+		{
+			name:        "the total: an app whose every message flows gives none",
+			q:           Quota{Bytes: 3 * kb},
+			flowing:     []string{"a:1", "a:2"},
+			held:        []string{"a:1:1000", "a:2:1000", "b:1:500"},
+			batch:       []string{"b:2:1000"},
+			wantDropped: map[string][]string{"b": {"1"}},
+			wantInbox:   map[string][]string{"a": {"1", "2"}, "b": {"2"}},
+		},
+		{
 			name:        "the total: the app itself when it holds the most",
 			q:           Quota{Bytes: 3 * kb},
 			held:        []string{"a:1:1000", "a:2:1000", "b:1:900"},
@@ -110,6 +139,17 @@ func TestQuotaDropsOldest(t *testing.T) {
 			s, path := openTemp(t)
 			for _, app := range []string{"a", "b", "c"} {
 				mustRegister(t, s, app, "1", "tok-"+app, 1000)
+			}
+			if tt.flowing != nil {
+				tt.q.Flowing = func(app string) []string {
+					var ids []string
+					for _, f := range tt.flowing {
+						if a, id, _ := strings.Cut(f, ":"); a == app {
+							ids = append(ids, a+id)
+						}
+					}
+					return ids
+				}
 			}
 			parse := func(spec string) Message {
 				var app, id string

@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -473,68 +475,123 @@ func (o Outcome) String() string {
 // app's count of messages dropped unread grows by its share (TakeDropped).
 // A message of the batch may be among them.
 func (s *Store) AddMessages(msgs []Message, q Quota) ([]Outcome, Swept, error) {
-	outcomes := make([]Outcome, len(msgs))
+	return s.Commit(Writes{Messages: msgs, Quota: q})
+}
+
+// Writes are what Commit does in one transaction.
+type Writes struct {
+	// Messages are stored within Quota, as AddMessages does.
+	Messages []Message
+	Quota    Quota
+	// Acks are, by app, the IDs of held messages the app acknowledged,
+	// removed as Ack does, after Messages are stored.
+	Acks map[string][]string
+}
+
+// Commit stores w.Messages and then removes what w.Acks names in one
+// transaction, with one commit to disk for all of them. It reports what
+// AddMessages reports for w.Messages.
+func (s *Store) Commit(w Writes) ([]Outcome, Swept, error) {
+	outcomes := make([]Outcome, len(w.Messages))
 	var dropped Swept
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		seen := tx.Bucket(bucketSeen)
-		index := tx.Bucket(bucketExpiry)
-		quota, err := newQuotaRun(tx, q)
-		if err != nil {
+		var err error
+		if dropped, err = addMessages(tx, w.Messages, w.Quota, outcomes); err != nil {
 			return err
 		}
-		dropped = quota.dropped
-		var latest time.Time
-		for i := range msgs {
-			m := &msgs[i]
-			if m.ID == "" || m.App == "" {
-				return fmt.Errorf("message without ID or app")
-			}
-			if m.Received.After(latest) {
-				latest = m.Received
-			}
-			if seen.Get([]byte(m.ID)) != nil {
-				outcomes[i] = Duplicate
-				continue
-			}
-			var seq uint64
-			if tok := senderToken(tx, m.App, m.From); tok == nil || string(tok) != m.Token {
-				outcomes[i] = NoRegistration
-			} else {
-				app := appBucket(tx, m.App)
-				inbox, err := app.CreateBucketIfNotExists(bucketInbox)
-				if err != nil {
-					return err
-				}
-				if seq, err = inbox.NextSequence(); err != nil {
-					return err
-				}
-				v, err := json.Marshal(m)
-				if err != nil {
-					return fmt.Errorf("encode message %q: %w", m.ID, err)
-				}
-				if err := quota.hold(app, m.App, encodeUint64(seq), v); err != nil {
-					return err
-				}
-				if err := tx.Bucket(bucketHeld).Put(expiryKey(m.Expires, m.ID), nil); err != nil {
-					return err
-				}
-				m.Seq = seq
-				outcomes[i] = Stored
-			}
-			entry := seenEntry{expires: m.Expires, app: m.App, seq: seq}
-			if err := seen.Put([]byte(m.ID), entry.encode()); err != nil {
-				return err
-			}
-			if err := index.Put(expiryKey(m.Expires, m.ID), nil); err != nil {
+		for _, app := range slices.Sorted(maps.Keys(w.Acks)) {
+			if _, err := ackHeld(tx, app, w.Acks[app]); err != nil {
 				return err
 			}
 		}
-		return advanceTimeMark(tx, latest)
+		return nil
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("store %d downstream messages: %w", len(msgs), err)
+		return nil, nil, fmt.Errorf("store %d downstream messages and the acks of %d apps: %w", len(w.Messages), len(w.Acks), err)
 	}
 	return outcomes, dropped, nil
+}
+
+// addMessages is AddMessages inside tx; it fills in outcomes.
+func addMessages(tx *bolt.Tx, msgs []Message, q Quota, outcomes []Outcome) (Swept, error) {
+	seen := tx.Bucket(bucketSeen)
+	index := tx.Bucket(bucketExpiry)
+	quota, err := newQuotaRun(tx, q)
+	if err != nil {
+		return nil, err
+	}
+	var latest time.Time
+	for i := range msgs {
+		m := &msgs[i]
+		if m.ID == "" || m.App == "" {
+			return nil, fmt.Errorf("message without ID or app")
+		}
+		if m.Received.After(latest) {
+			latest = m.Received
+		}
+		if seen.Get([]byte(m.ID)) != nil {
+			outcomes[i] = Duplicate
+			continue
+		}
+		var seq uint64
+		if tok := senderToken(tx, m.App, m.From); tok == nil || string(tok) != m.Token {
+			outcomes[i] = NoRegistration
+		} else {
+			app := appBucket(tx, m.App)
+			inbox, err := app.CreateBucketIfNotExists(bucketInbox)
+			if err != nil {
+				return nil, err
+			}
+			if seq, err = inbox.NextSequence(); err != nil {
+				return nil, err
+			}
+			v, err := json.Marshal(m)
+			if err != nil {
+				return nil, fmt.Errorf("encode message %q: %w", m.ID, err)
+			}
+			if err := quota.hold(app, m.App, encodeUint64(seq), v); err != nil {
+				return nil, err
+			}
+			if err := tx.Bucket(bucketHeld).Put(expiryKey(m.Expires, m.ID), nil); err != nil {
+				return nil, err
+			}
+			m.Seq = seq
+			outcomes[i] = Stored
+		}
+		entry := seenEntry{expires: m.Expires, app: m.App, seq: seq}
+		if err := seen.Put([]byte(m.ID), entry.encode()); err != nil {
+			return nil, err
+		}
+		if err := index.Put(expiryKey(m.Expires, m.ID), nil); err != nil {
+			return nil, err
+		}
+	}
+	return quota.dropped, advanceTimeMark(tx, latest)
+}
+
+// Fresh reports, message by message, which of msgs AddMessages would store
+// now: an ID not seen before, earlier in msgs included, and the token of
+// its app and sender. It reads and writes nothing else, so that a message
+// may be handed to its app while the transaction that stores it runs.
+func (s *Store) Fresh(msgs []Message) ([]bool, error) {
+	fresh := make([]bool, len(msgs))
+	err := s.db.View(func(tx *bolt.Tx) error {
+		seen := tx.Bucket(bucketSeen)
+		batch := make(map[string]bool, len(msgs))
+		for i, m := range msgs {
+			if batch[m.ID] || seen.Get([]byte(m.ID)) != nil {
+				continue
+			}
+			batch[m.ID] = true
+			tok := senderToken(tx, m.App, m.From)
+			fresh[i] = m.ID != "" && tok != nil && string(tok) == m.Token
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("look up %d downstream messages: %w", len(msgs), err)
+	}
+	return fresh, nil
 }
 
 // Inbox returns up to limit messages held for app with Seq above after, in
@@ -572,38 +629,46 @@ func (s *Store) Inbox(app string, after uint64, limit int, now time.Time) ([]Mes
 func (s *Store) Ack(app string, ids []string) (int, error) {
 	n := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := appBucket(tx, app)
-		if b == nil || b.Bucket(bucketInbox) == nil {
-			return nil
-		}
-		seen := tx.Bucket(bucketSeen)
-		for _, id := range ids {
-			v := seen.Get([]byte(id))
-			if v == nil {
-				continue
-			}
-			e, err := decodeSeen(v)
-			if err != nil {
-				return err
-			}
-			if e.app != app || e.seq == 0 {
-				continue
-			}
-			switch removed, err := unhold(b, encodeUint64(e.seq)); {
-			case err != nil:
-				return err
-			case !removed:
-				continue
-			}
-			if err := tx.Bucket(bucketHeld).Delete(expiryKey(e.expires, id)); err != nil {
-				return err
-			}
-			n++
-		}
-		return nil
+		var err error
+		n, err = ackHeld(tx, app, ids)
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("ack %d messages of app %q: %w", len(ids), app, err)
+	}
+	return n, nil
+}
+
+// ackHeld is Ack inside tx.
+func ackHeld(tx *bolt.Tx, app string, ids []string) (int, error) {
+	b := appBucket(tx, app)
+	if b == nil || b.Bucket(bucketInbox) == nil {
+		return 0, nil
+	}
+	n := 0
+	seen := tx.Bucket(bucketSeen)
+	for _, id := range ids {
+		v := seen.Get([]byte(id))
+		if v == nil {
+			continue
+		}
+		e, err := decodeSeen(v)
+		if err != nil {
+			return n, err
+		}
+		if e.app != app || e.seq == 0 {
+			continue
+		}
+		switch removed, err := unhold(b, encodeUint64(e.seq)); {
+		case err != nil:
+			return n, err
+		case !removed:
+			continue
+		}
+		if err := tx.Bucket(bucketHeld).Delete(expiryKey(e.expires, id)); err != nil {
+			return n, err
+		}
+		n++
 	}
 	return n, nil
 }

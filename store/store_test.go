@@ -297,6 +297,94 @@ func TestAddMessagesOutcomes(t *testing.T) {
 	}
 }
 
+// Fresh says which messages AddMessages stores, before it runs: one per
+// message, in order, for batches that repeat IDs, miss registrations or
+// bring messages seen before.
+func TestFreshForetellsStored(t *testing.T) {
+	s, _ := openTemp(t)
+	mustRegister(t, s, "app", "1", "tok", 1000)
+	tests := []struct {
+		name  string
+		batch []Message
+	}{
+		{"new, repeated and unregistered", []Message{
+			msg("a", "app", "1", "tok", time.Hour),
+			msg("a", "app", "1", "tok", time.Hour),
+			msg("b", "app", "1", "other", time.Hour),
+			msg("c", "app", "2", "tok", time.Hour),
+			msg("d", "unknown", "1", "tok", time.Hour),
+			msg("e", "app", "1", "tok", 2*time.Hour),
+		}},
+		{"seen before, and new", []Message{
+			msg("a", "app", "1", "tok", time.Hour),
+			msg("b", "app", "1", "tok", time.Hour),
+			msg("f", "app", "1", "tok", time.Hour),
+		}},
+		{"empty", nil},
+	}
+	for _, tc := range tests {
+		fresh, err := s.Fresh(tc.batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		outcomes, _, err := s.AddMessages(tc.batch, Quota{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, o := range outcomes {
+			if fresh[i] != (o == Stored) {
+				t.Errorf("%s: message %d (%s): fresh %v, then %v", tc.name, i, tc.batch[i].ID, fresh[i], o)
+			}
+		}
+	}
+}
+
+// Commit stores messages and then applies acks in one transaction: an ack
+// of a message stored in the same Commit removes it, one of a message held
+// before removes that, one of another app's message or of an unknown ID
+// changes nothing.
+func TestCommitStoresThenAcks(t *testing.T) {
+	tests := []struct {
+		name      string
+		held      []string // stored before, for "app"
+		messages  []string // stored by the Commit, for "app"
+		acks      map[string][]string
+		wantInbox []string
+	}{
+		{"acks of what it stores", nil, []string{"a", "b"}, map[string][]string{"app": {"a"}}, []string{"b"}},
+		{"acks of what was held", []string{"a"}, []string{"b"}, map[string][]string{"app": {"a"}}, []string{"b"}},
+		{"another app's ack", nil, []string{"a"}, map[string][]string{"other": {"a"}}, []string{"a"}},
+		{"unknown IDs", []string{"a"}, nil, map[string][]string{"app": {"x", "y"}}, []string{"a"}},
+		{"messages alone", nil, []string{"a"}, nil, []string{"a"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, _ := openTemp(t)
+			mustRegister(t, s, "app", "1", "tok", 1000)
+			mustRegister(t, s, "other", "1", "tok2", 1000)
+			for _, id := range tt.held {
+				if _, _, err := s.AddMessages([]Message{msg(id, "app", "1", "tok", time.Hour)}, Quota{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var msgs []Message
+			for _, id := range tt.messages {
+				msgs = append(msgs, msg(id, "app", "1", "tok", time.Hour))
+			}
+			outcomes, _, err := s.Commit(Writes{Messages: msgs, Acks: tt.acks})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := slices.Repeat([]Outcome{Stored}, len(msgs)); !slices.Equal(outcomes, want) {
+				t.Errorf("outcomes %v, want %v", outcomes, want)
+			}
+			if ids := inboxIDs(t, s, "app", 0, 10, t0); !slices.Equal(ids, tt.wantInbox) {
+				t.Errorf("inbox %v, want %v", ids, tt.wantInbox)
+			}
+		})
+	}
+}
+
 func TestInboxCursorLimitExpiry(t *testing.T) {
 	s, _ := openTemp(t)
 	mustRegister(t, s, "app", "1", "tok", 1000)

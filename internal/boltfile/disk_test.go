@@ -152,13 +152,13 @@ func TestServerStoreFullDisk(t *testing.T) {
 		}
 		return msgs
 	}
-	if _, err := s.Enqueue(ctx, batch(0)); err != nil {
+	if _, err := s.Enqueue(ctx, batch(0), nil); err != nil {
 		t.Fatal(err)
 	}
 	filler := disktest.Fill(t, dir)
 
 	failed := batch(untilRefused(t, 300, func(n int) error {
-		_, err := s.Enqueue(ctx, batch(n))
+		_, err := s.Enqueue(ctx, batch(n), nil)
 		return err
 	}))
 	pending := func() []string {
@@ -182,7 +182,7 @@ func TestServerStoreFullDisk(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	if queued, err := s.Enqueue(ctx, failed); err != nil || !queued[0] {
+	if queued, err := s.Enqueue(ctx, failed, nil); err != nil || !queued[0] {
 		t.Fatalf("with room again: %v, %v", queued, err)
 	}
 	if err := s.Close(); err != nil {

@@ -432,7 +432,7 @@ func makeServerStore(t testing.TB, path string, n int) {
 		}
 		acks = append(acks, acked)
 	}
-	_, err = s.Enqueue(ctx, msgs[:n])
+	_, err = s.Enqueue(ctx, msgs[:n], nil)
 	check(err)
 	for d, acked := range acks {
 		_, _, err := s.Ack(ctx, msgs[d*apps*serverstore.MaxPendingPerApp].Device, acked, storeTime)

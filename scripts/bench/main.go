@@ -40,10 +40,13 @@
 //     allows, until the subscriber has every one (and, for Tether, has
 //     acked it): messages per second.
 //
-// The window exists because neither system queues without bound: the
-// connection server keeps at most 100 messages for one app on a device and
-// drops them all beyond (GCM's rule), and mosquitto queues at most 1000 for
-// a client. Both publishers keep the same window.
+// The window exists because neither system queues without bound: at each
+// of Tether's hops a window of 100 messages flows (the connection server's
+// to the device, unacked by the agent; the agent's to the app, unacked by
+// the app), and behind it at most 100 more wait for one app, one more
+// dropping them (GCM's rule on the server, the agent's quota); mosquitto
+// queues at most 1000 for a client. Both publishers keep the same window,
+// at most 200 (maxWindow).
 //
 // A run that loses messages (tetherd tells the app with deleted_messages)
 // or stalls for a minute is reported as failed, with what did arrive; the
@@ -155,7 +158,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.latencyN, "latency-n", 1000, "messages in the latency run")
 	fs.Float64Var(&c.rate, "rate", 200, "messages per `second` in the latency run")
 	fs.IntVar(&c.payload, "payload", 200, "payload `bytes` per message (Tether: one data value of this size)")
-	fs.IntVar(&c.window, "window", 50, "most messages sent and not yet received, in the throughput runs, on both sides (Tether's server keeps at most 100 per app on a device)")
+	fs.IntVar(&c.window, "window", 100, "most messages sent and not yet received, in the throughput runs, on both sides (at most 200: Tether keeps 100 in flight at each hop and at most 100 waiting behind them for an app)")
 	fs.IntVar(&c.conns, "conns", 16, "concurrent HTTP connections of Tether's app server in the throughput runs")
 	fs.BoolVar(&c.batchAcks, "batch-acks", false, "Tether's app acks in one request every message received since its last ack was answered, instead of one request per message")
 	fs.DurationVar(&c.heartbeat, "heartbeat", time.Minute, "tetherd's heartbeat and mosquitto_sub's keepalive, whole seconds, at least 5s")

@@ -235,6 +235,7 @@ func (m *mqttSide) registry() *registry     { return &m.reg }
 func (m *mqttSide) needsAck() bool          { return false }
 func (m *mqttSide) wire() wireCounts        { return m.sub.proxy.snapshot() }
 func (m *mqttSide) agentCPU() time.Duration { return m.sub.proc.cpuTime() }
+func (m *mqttSide) agentPID() int           { return m.sub.proc.pid() }
 func (m *mqttSide) failed() <-chan struct{} { return m.fail.ch }
 func (m *mqttSide) err() error              { return m.fail.err }
 

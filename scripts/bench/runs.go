@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"tether/internal/procfs"
 )
 
 const (
@@ -19,9 +21,12 @@ const (
 	// for data keys and values together.
 	minPayload = 48
 	maxPayload = 4000
-	// maxWindow is the most messages the connection server keeps for one
-	// app on a device; one more drops them all.
-	maxWindow = 100
+	// maxWindow is the most messages in flight that a device keeping up
+	// takes without a loss: at each hop a window of 100 unacked messages
+	// (the connection server's to the device, the agent's to the app),
+	// and behind it at most 100 waiting for the app (GCM's rule on the
+	// server, the agent's quota), one more dropping them.
+	maxWindow = 200
 	// stallTimeout ends a run in which nothing arrives for this long.
 	stallTimeout = time.Minute
 )
@@ -242,6 +247,9 @@ type system interface {
 	// agentCPU is the CPU time the device's side (tetherd,
 	// mosquitto_sub) has used so far.
 	agentCPU() time.Duration
+	// agentPID is the process of the device's side: tetherd,
+	// mosquitto_sub.
+	agentPID() int
 	// failed is closed when a process of the system has died or the
 	// tool's link to it broke; err says why. A run that loses messages
 	// does not fail the system.
@@ -289,6 +297,9 @@ type runResult struct {
 	// AgentCPUMicros is the CPU time of the device's side per message,
 	// in microseconds, counted in /proc's 10 ms ticks.
 	AgentCPUMicros float64 `json:"agent_cpu_us_per_message"`
+	// PeakRSSKiB is the device side's VmHWM at the end of the run: the
+	// most resident memory it has had since it started.
+	PeakRSSKiB uint64 `json:"peak_rss_kib,omitempty"`
 }
 
 // drive runs one run on a system: it sends spec.n messages and waits
@@ -364,6 +375,9 @@ func drive(ctx context.Context, sys system, spec runSpec) (runResult, error) {
 	}
 	if err != nil {
 		return r, err
+	}
+	if st, err := procfs.Status(sys.agentPID()); err == nil {
+		r.PeakRSSKiB = st["VmHWM"]
 	}
 	if runErr != nil {
 		r.Error = runErr.Error()

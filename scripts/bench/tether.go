@@ -171,6 +171,7 @@ func (t *tetherSide) registry() *registry     { return &t.reg }
 func (t *tetherSide) needsAck() bool          { return true }
 func (t *tetherSide) wire() wireCounts        { return t.proxy.snapshot() }
 func (t *tetherSide) agentCPU() time.Duration { return t.agent.cpuTime() }
+func (t *tetherSide) agentPID() int           { return t.agent.pid() }
 func (t *tetherSide) failed() <-chan struct{} { return t.fail.ch }
 func (t *tetherSide) err() error              { return t.fail.err }
 

@@ -504,7 +504,7 @@ func (s *Store) writeSubscriptions(ctx context.Context, shard int, sender, token
 // msgs[i] was stored: false when its token is not the active registration
 // of its device. On an error, queued (when not nil) still says which were
 // stored: those of the devices whose change went through.
-func (s *Store) Enqueue(ctx context.Context, msgs []store.Message) (queued []bool, err error) {
+func (s *Store) Enqueue(ctx context.Context, msgs []store.Message, live store.Live) (queued []bool, err error) {
 	queued = make([]bool, len(msgs))
 	byDevice := map[string][]int{}
 	for i, m := range msgs {
@@ -530,7 +530,7 @@ func (s *Store) Enqueue(ctx context.Context, msgs []store.Message) (queued []boo
 			changed := false
 			for k, i := range idx {
 				m := msgs[i]
-				ok[k] = d.enqueue(&m, ch)
+				ok[k] = d.enqueue(&m, ch, live)
 				changed = changed || ok[k]
 			}
 			if !changed {

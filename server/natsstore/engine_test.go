@@ -223,7 +223,7 @@ func TestTwoProcessesOneDevice(t *testing.T) {
 		wg.Go(func() {
 			for i := range each {
 				m := store.Message{ID: fmt.Sprintf("p%d-%d", w, i), Device: dev.ID, Token: reg.Token, App: reg.App, Sender: snd.ID, Sent: now, Expiry: now.Add(time.Hour)}
-				if q, err := s.Enqueue(ctx, []store.Message{m}); err != nil || !q[0] {
+				if q, err := s.Enqueue(ctx, []store.Message{m}, nil); err != nil || !q[0] {
 					errs <- fmt.Errorf("enqueue %s: %v %v", m.ID, q, err)
 				}
 			}

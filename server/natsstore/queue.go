@@ -104,8 +104,10 @@ func (d *device) prune(now time.Time) {
 
 // enqueue stores m under the collapse rule and the caps, as the bbolt
 // store's enqueueOne does; false means m's token is not the active
-// registration of its app and sender on this device.
-func (d *device) enqueue(m *store.Message, ch *change) bool {
+// registration of its app and sender on this device. What live names
+// flowing stays and is not counted. Nothing is offered to live: a change
+// may be tried again, and the session may be on another node.
+func (d *device) enqueue(m *store.Message, ch *change, live store.Live) bool {
 	if d.Regs[regKey(m.App, m.Sender)] != m.Token || m.Token == "" {
 		return false
 	}
@@ -116,9 +118,13 @@ func (d *device) enqueue(m *store.Message, ch *change) bool {
 		e.Receipt, e.Sent, e.OriginID = true, m.Sent, m.OriginID
 	}
 	if m.CollapseKey == "" {
-		if d.plain(m.App) >= store.MaxPendingPerApp {
-			n := d.remove(func(x entry) bool { return x.App == m.App && x.Collapse == "" }, ch)
-			d.addDeleted(m.App, n)
+		var flow []string
+		if live != nil {
+			flow = live.Flowing(m.Device, m.App)
+		}
+		waiting := func(x entry) bool { return x.App == m.App && x.Collapse == "" && !slices.Contains(flow, x.ID) }
+		if d.count(waiting) >= store.MaxPendingPerApp {
+			d.addDeleted(m.App, d.remove(waiting, ch))
 		}
 	} else {
 		d.remove(func(x entry) bool { return x.Token == m.Token && x.Collapse == m.CollapseKey }, ch)
@@ -135,11 +141,11 @@ func (d *device) enqueue(m *store.Message, ch *change) bool {
 	return true
 }
 
-// plain counts app's non-collapsible messages.
-func (d *device) plain(app string) int {
+// count counts the entries that match.
+func (d *device) count(match func(entry) bool) int {
 	n := 0
 	for _, e := range d.Queue {
-		if e.App == app && e.Collapse == "" {
+		if match(e) {
 			n++
 		}
 	}

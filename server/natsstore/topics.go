@@ -407,7 +407,9 @@ func (s *Store) enqueueCopies(ctx context.Context, copies map[string][]store.Mes
 				if slices.ContainsFunc(d.Queue, func(e entry) bool { return e.ID == c.ID }) {
 					continue // made by a step that did not save its position
 				}
-				if d.enqueue(&c, ch) {
+				// A node knows only its own sessions: the caps count
+				// what flows to the others as waiting.
+				if d.enqueue(&c, ch, nil) {
 					made[i]++
 				}
 			}

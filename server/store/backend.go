@@ -46,7 +46,7 @@ type Backend interface {
 	ResolveTokens(ctx context.Context, tokens []string, now time.Time) ([]Resolution, error)
 	RotateToken(ctx context.Context, token string, grace time.Duration, now time.Time) (Registration, error)
 
-	Enqueue(ctx context.Context, msgs []Message) (queued []bool, err error)
+	Enqueue(ctx context.Context, msgs []Message, live Live) (queued []bool, err error)
 	Pending(ctx context.Context, device string, after uint64, limit int) ([]Message, error)
 	Ack(ctx context.Context, device string, ids []string, now time.Time) (acked int, receipts []Upstream, err error)
 	AddReceipts(ctx context.Context, msgs []Message, now time.Time) ([]Upstream, error)

@@ -46,14 +46,32 @@ type Message struct {
 
 // GCM's caps on what one app on one device may have stored.
 const (
-	// MaxPendingPerApp bounds the non-collapsible messages stored for one
-	// app on one device. One more drops all of them (GCM's rule), and the
+	// MaxPendingPerApp bounds the non-collapsible messages waiting for one
+	// app on one device: stored and not in flight to the device's live
+	// session (Live.Flowing). One more drops all of those (GCM's rule), and the
 	// app is told how many it lost.
 	MaxPendingPerApp = 100
 	// MaxCollapseKeysPerApp bounds the distinct collapse keys stored for
 	// one app on one device; a message under one more evicts the oldest.
 	MaxCollapseKeysPerApp = 4
 )
+
+// Live is what the store knows of, and tells, the devices' live sessions
+// while it queues messages for them. A nil Live knows of none.
+type Live interface {
+	// Flowing names the messages of one app in flight to its device's
+	// live session: sent, and their ack not committed. GCM's caps apply
+	// to what waits for a device, never to what flows to a device that
+	// keeps up, so the stored messages it names neither count towards
+	// MaxPendingPerApp nor are dropped by it.
+	Flowing(device, app string) []string
+	// Offer hands a live session m, queued in a transaction that has not
+	// committed yet, so that the device may have it while the commit
+	// runs. It must not block, and must not call the store. A session
+	// that sends it sends it again if the transaction fails: it may then
+	// have a message the app server was told was not accepted.
+	Offer(m Message)
+}
 
 // appPending counts what the caps apply to, for one app on one device.
 type appPending struct {
@@ -83,10 +101,12 @@ func expiryKey(t time.Time, kind byte, id []byte) []byte {
 // stored: queued[i] reports which were. A queued message with the same
 // token and collapse key as an older one replaces it. The caps apply: a
 // message under a fifth collapse key of its app on its device evicts the
-// oldest, and a non-collapsible message beyond MaxPendingPerApp drops the
-// app's stored non-collapsible ones; what they drop is counted for a
-// DeletedMessages notice. Calls from many goroutines share one commit.
-func (s *Store) Enqueue(ctx context.Context, msgs []Message) (queued []bool, err error) {
+// oldest, and a non-collapsible message beyond MaxPendingPerApp waiting
+// drops the app's waiting non-collapsible ones (those flowing to live
+// stay); what they drop is counted for a DeletedMessages notice. Each
+// queued message is offered to live before the commit. Calls from many
+// goroutines share one commit.
+func (s *Store) Enqueue(ctx context.Context, msgs []Message, live Live) (queued []bool, err error) {
 	var need int64
 	for _, m := range msgs {
 		need += messageCost(payloadSize(m.Data, m.Notification))
@@ -98,7 +118,7 @@ func (s *Store) Enqueue(ctx context.Context, msgs []Message) (queued []bool, err
 		}
 		for i := range msgs {
 			var err error
-			if queued[i], err = enqueueOne(tx, &msgs[i]); err != nil {
+			if queued[i], err = enqueueOne(tx, &msgs[i], live); err != nil {
 				return err
 			}
 		}
@@ -121,8 +141,17 @@ func payloadSize(maps ...map[string]string) int {
 	return n
 }
 
-// enqueueOne stores one message under the collapse rule and the caps.
-func enqueueOne(tx *bolt.Tx, m *Message) (bool, error) {
+// enqueueOne stores one message under the collapse rule and the caps, and
+// offers it to live.
+func enqueueOne(tx *bolt.Tx, m *Message, live Live) (bool, error) {
+	queued, err := queueOne(tx, m, live)
+	if queued && err == nil && live != nil {
+		live.Offer(*m)
+	}
+	return queued, err
+}
+
+func queueOne(tx *bolt.Tx, m *Message, live Live) (bool, error) {
 	reg, _, err := get[Registration](tx.Bucket(bucketRegs), []byte(m.Token))
 	if err != nil {
 		return false, err
@@ -140,8 +169,13 @@ func enqueueOne(tx *bolt.Tx, m *Message) (bool, error) {
 			return false, err
 		}
 		if counts.Plain >= MaxPendingPerApp {
-			if err := dropPlain(tx, m.Device, m.App); err != nil {
-				return false, err
+			// Looked up only here, where the cap may bite: most sends
+			// find the app far below it.
+			flow := storedFlowing(tx, live, m.Device, m.App)
+			if counts.Plain-len(flow) >= MaxPendingPerApp {
+				if err := dropPlain(tx, m.Device, m.App, flow); err != nil {
+					return false, err
+				}
 			}
 		}
 		return true, putMessage(tx, *m)
@@ -170,16 +204,32 @@ func enqueueOne(tx *bolt.Tx, m *Message) (bool, error) {
 	return true, addDeleted(tx, m.Device, m.App, 1)
 }
 
-// dropPlain deletes every non-collapsible message stored for app on
-// device and counts them as deleted.
-func dropPlain(tx *bolt.Tx, device, app string) error {
+// storedFlowing is the set of app's messages on device that live names
+// flowing and that are still stored: an ack may have deleted some already.
+func storedFlowing(tx *bolt.Tx, live Live, device, app string) map[string]bool {
+	if live == nil {
+		return nil
+	}
+	bmsgs := tx.Bucket(bucketMsgs)
+	set := map[string]bool{}
+	for _, id := range live.Flowing(device, app) {
+		if bmsgs.Get([]byte(id)) != nil {
+			set[id] = true
+		}
+	}
+	return set
+}
+
+// dropPlain deletes the non-collapsible messages stored for app on device,
+// but those in flight (flow), and counts them as deleted.
+func dropPlain(tx *bolt.Tx, device, app string, flow map[string]bool) error {
 	queued, err := queuedMessages(tx, device)
 	if err != nil {
 		return err
 	}
 	n := 0
 	for _, m := range queued {
-		if m.App != app || m.CollapseKey != "" {
+		if m.App != app || m.CollapseKey != "" || flow[m.ID] {
 			continue
 		}
 		if err := deleteMessage(tx, m); err != nil {

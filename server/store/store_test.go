@@ -64,7 +64,7 @@ func (f fixture) msg(id, collapse string, ttl time.Duration) Message {
 
 func enqueue(t *testing.T, s *Store, msgs ...Message) []bool {
 	t.Helper()
-	queued, err := s.Enqueue(ctx, msgs)
+	queued, err := s.Enqueue(ctx, msgs, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func TestMaxSize(t *testing.T) {
 	for i := 0; i < 1000 && full == nil; i++ {
 		m := f.msg(time.Duration(i).String(), "", time.Hour)
 		m.Data = map[string]string{"v": big}
-		_, full = s.Enqueue(ctx, []Message{m})
+		_, full = s.Enqueue(ctx, []Message{m}, nil)
 	}
 	if full == nil {
 		t.Fatal("a 256 KiB store took 4 MB of messages")
@@ -246,5 +246,48 @@ func TestOpenMovesVersion1(t *testing.T) {
 	s.Close()
 	if _, err := Open(path, Options{}); err == nil || !strings.Contains(err.Error(), "schema version 3") {
 		t.Errorf("Open of a later version: %v", err)
+	}
+}
+
+// recordingLive is a Live whose Offer looks at what the store shows
+// others while the transaction that queues the offered message runs.
+type recordingLive struct {
+	t       *testing.T
+	s       *Store
+	offered []string
+	visible []bool
+}
+
+func (r *recordingLive) Flowing(device, app string) []string { return nil }
+
+func (r *recordingLive) Offer(m Message) {
+	msgs, err := r.s.Pending(ctx, m.Device, 0, 0)
+	if err != nil {
+		r.t.Error(err)
+	}
+	r.offered = append(r.offered, m.ID)
+	r.visible = append(r.visible, slices.ContainsFunc(msgs, func(p Message) bool { return p.ID == m.ID }))
+}
+
+// Enqueue offers each queued message, with its Seq, before its commit,
+// when readers do not see it yet; a message not queued is not offered.
+func TestEnqueueOffersBeforeCommit(t *testing.T) {
+	s, _ := openTemp(t)
+	f := newFixture(t, s)
+	live := &recordingLive{t: t, s: s}
+	stale := f.msg("stale", "", time.Hour)
+	stale.Token = "no-such-token"
+	queued, err := s.Enqueue(ctx, []Message{f.msg("a", "", time.Hour), stale, f.msg("b", "", time.Hour)}, live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(queued, []bool{true, false, true}) {
+		t.Fatalf("queued %v", queued)
+	}
+	if !slices.Equal(live.offered, []string{"a", "b"}) || slices.Contains(live.visible, true) {
+		t.Errorf("offered %v, visible to readers then %v; want a and b, before their commit", live.offered, live.visible)
+	}
+	if got := pendingIDs(t, s, f.device.ID); !slices.Equal(got, []string{"a", "b"}) {
+		t.Errorf("pending after the commit %v", got)
 	}
 }

@@ -325,6 +325,8 @@ type FanOutStep struct {
 	// Match, for a condition, reports whether a registration with the
 	// subscriptions that subscribed reports gets a copy. Nil matches all.
 	Match func(subscribed func(topic string) bool) bool
+	// Live, when set, is the subscribers' live sessions, as for Enqueue.
+	Live Live
 }
 
 // FanOutResult is what one step of FanOut did.
@@ -434,7 +436,7 @@ func fanOutTopic(tx *bolt.Tx, tm *TopicMessage, step FanOutStep, res *FanOutResu
 			res.Copies++
 			continue
 		}
-		queued, err := enqueueOne(tx, &m)
+		queued, err := enqueueOne(tx, &m, step.Live)
 		if err != nil {
 			return false, err
 		}

@@ -56,6 +56,7 @@ var tests = []struct {
 	{"Collapse", testCollapse},
 	{"CollapseKeysPerAppCapped", testCollapseKeysPerAppCapped},
 	{"PlainMessagesPerAppCapped", testPlainMessagesPerAppCapped},
+	{"FlowingMessagesLeaveTheCap", testFlowingMessagesLeaveTheCap},
 	{"DeletedNoticeSealedUntilAcked", testDeletedNoticeSealedUntilAcked},
 	{"ExpiredMessagesLeaveTheCaps", testExpiredMessagesLeaveTheCaps},
 	{"AckOnlyOwnMessages", testAckOnlyOwnMessages},
@@ -142,7 +143,7 @@ func (f *fixture) register(t *testing.T, app string) store.Registration {
 
 func enqueue(t *testing.T, s store.Backend, msgs ...store.Message) []bool {
 	t.Helper()
-	queued, err := s.Enqueue(ctx(t), msgs)
+	queued, err := s.Enqueue(ctx(t), msgs, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -602,6 +603,57 @@ func testPlainMessagesPerAppCapped(t *testing.T, h Harness) {
 		t.Errorf("other app: %d deleted, want %d", n, store.MaxPendingPerApp)
 	}
 }
+
+// testFlowingMessagesLeaveTheCap: messages in flight to the device's live
+// session neither count towards MaxPendingPerApp nor are dropped by it;
+// what waits behind them is capped as ever.
+func testFlowingMessagesLeaveTheCap(t *testing.T, h Harness) {
+	s := h.Open(t)
+	f := newFixture(t, s)
+	var sent []string
+	var msgs []store.Message
+	for i := range store.MaxPendingPerApp {
+		id := fmt.Sprint("f", i)
+		sent = append(sent, id)
+		msgs = append(msgs, f.msg(id, "", time.Hour))
+	}
+	enqueue(t, s, msgs...)
+	flowing := flowingIDs(func(device, app string) []string {
+		if device != f.device.ID || app != f.reg.App {
+			return nil
+		}
+		return sent
+	})
+	msgs = msgs[:0]
+	for i := range store.MaxPendingPerApp {
+		msgs = append(msgs, f.msg(fmt.Sprint("w", i), "", time.Hour))
+	}
+	if _, err := s.Enqueue(ctx(t), msgs, flowing); err != nil {
+		t.Fatal(err)
+	}
+	if got := pendingIDs(t, s, f.device.ID); len(got) != 2*store.MaxPendingPerApp {
+		t.Fatalf("%d pending, want the %d flowing and the %d waiting", len(got), store.MaxPendingPerApp, store.MaxPendingPerApp)
+	}
+	if n := deletedCount(t, s, f.device.ID, f.reg.App); n != 0 {
+		t.Errorf("%d deleted, want none", n)
+	}
+	// One more waiting drops the waiting ones, not those in flight.
+	if _, err := s.Enqueue(ctx(t), []store.Message{f.msg("last", "", time.Hour)}, flowing); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := pendingIDs(t, s, f.device.ID), append(slices.Clone(sent), "last"); !slices.Equal(got, want) {
+		t.Errorf("pending %v, want %v", got, want)
+	}
+	if n := deletedCount(t, s, f.device.ID, f.reg.App); n != store.MaxPendingPerApp {
+		t.Errorf("%d deleted, want %d", n, store.MaxPendingPerApp)
+	}
+}
+
+// flowingIDs is a store.Live that names what flows and takes no offers.
+type flowingIDs func(device, app string) []string
+
+func (f flowingIDs) Flowing(device, app string) []string { return f(device, app) }
+func (flowingIDs) Offer(store.Message)                   {}
 
 // testDeletedNoticeSealedUntilAcked: a deleted-messages notice keeps its ID
 // and count until the device acks it; drops in the meantime wait for the
@@ -1278,7 +1330,7 @@ func testConcurrentWritesToOneDevice(t *testing.T, h Harness) {
 		wg.Go(func() {
 			for i := range each {
 				m := f.msgFor(regs[w], fmt.Sprintf("w%d-%d", w, i), "", time.Hour)
-				if q, err := s.Enqueue(ctx(t), []store.Message{m}); err != nil || !q[0] {
+				if q, err := s.Enqueue(ctx(t), []store.Message{m}, nil); err != nil || !q[0] {
 					errs <- fmt.Errorf("enqueue %s: %v %v", m.ID, q, err)
 				}
 				if i%2 == 1 {
