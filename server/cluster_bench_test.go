@@ -27,7 +27,12 @@ import (
 // nodes of a cluster.
 func benchNodes(b *testing.B, shape string) []*testServer {
 	b.Helper()
-	quiet := func(c *Config) { c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil)) }
+	// Every client of a benchmark is on 127.0.0.1, so the limits per
+	// address are off, as make bench turns them off.
+	quiet := func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		c.ConnsPerIP, c.SessionsPerIP, c.CheckInLimit = -1, -1, -1
+	}
 	if shape == "bbolt" {
 		return []*testServer{startServer(b, quiet)}
 	}
