@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"tether/internal/testwait"
 	"tether/store"
 	"tether/wire"
 )
@@ -139,7 +140,7 @@ func TestAdaptiveHeartbeatSettlesUnderTheIdleTimeout(t *testing.T) {
 		t.Errorf("%d probe connections, want the search to have used several", probes)
 	}
 	// What was learned is kept, as soon as it is learned.
-	waitUntil(t, "the learned heartbeat to be kept", func() bool {
+	testwait.Until(t, "the learned heartbeat to be kept", waitLimit, func() bool {
 		kept, err := d.store.Heartbeat(unknownNetwork)
 		return err == nil && kept == learned
 	})
@@ -164,7 +165,7 @@ func TestHeartbeatWithinTheWelcome(t *testing.T) {
 		{"learned", func(c *Config) {
 			c.HeartbeatPolicy = &HeartbeatPolicy{Min: time.Second, Max: 28 * time.Minute, Start: time.Second, Growth: 2, Precision: 500 * time.Millisecond}
 		}, func(d *device) {
-			waitUntil(t, "the heartbeat search to end", func() bool {
+			testwait.Until(t, "the heartbeat search to end", waitLimit, func() bool {
 				_, _, probing := d.agent.nextProbe()
 				d.agent.condMu.Lock()
 				defer d.agent.condMu.Unlock()

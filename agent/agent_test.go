@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"tether/internal/logtest"
+	"tether/internal/testwait"
 	"tether/ipc"
 	"tether/store"
 	"tether/wire"
@@ -264,7 +265,7 @@ func TestBurstStoredOnceAckedOnce(t *testing.T) {
 		pc.message(id, app, sender, 3600)
 	}
 	pc.message("m00", app, sender, 3600) // a duplicate in the same burst
-	waitUntil(t, "burst queued", func() bool {
+	testwait.Until(t, "burst queued", waitLimit, func() bool {
 		d.agent.link.mu.Lock()
 		defer d.agent.link.mu.Unlock()
 		s := d.agent.link.session
@@ -992,7 +993,7 @@ func TestAckDuringDeliveryIsNeverFollowedByThatMessage(t *testing.T) {
 		ackedAt = <-acked
 	}
 	// The round read both before the ack, so it hands over both.
-	waitUntil(t, "the round to finish", func() bool {
+	testwait.Until(t, "the round to finish", waitLimit, func() bool {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		return len(h.delivered) == 2

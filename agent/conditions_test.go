@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"tether/internal/testwait"
 	"tether/ipc"
 	"tether/store"
 	"tether/wire"
@@ -21,7 +22,7 @@ func TestRouteDownHoldsRouteUpReconnects(t *testing.T) {
 
 	d.agent.NetworkChanged(false, "")
 	pc.drop() // the route is gone: the connection dies with it
-	waitUntil(t, "the agent sees the connection gone", func() bool {
+	testwait.Until(t, "the agent sees the connection gone", waitLimit, func() bool {
 		st, _ := d.agent.Status(bg)
 		return !st.Connected
 	})
@@ -151,7 +152,7 @@ func TestGoAwayObeyed(t *testing.T) {
 	d.waitConnected(t)
 	pc.send("", wire.GoAway{RetryAfter: 1, Reason: "draining"})
 	var notBefore time.Time
-	waitUntil(t, "the agent to take the go-away", func() bool {
+	testwait.Until(t, "the agent to take the go-away", waitLimit, func() bool {
 		d.agent.link.mu.Lock()
 		defer d.agent.link.mu.Unlock()
 		notBefore = d.agent.link.notBefore
@@ -174,7 +175,7 @@ func TestGoAwayInsteadOfWelcome(t *testing.T) {
 	d := newDevice(t, "", p.url, nil, func(c *Config) { c.MinBackoff, c.MaxBackoff = time.Millisecond, time.Millisecond })
 	d.start()
 	var notBefore time.Time
-	waitUntil(t, "the agent to take the go-away", func() bool {
+	testwait.Until(t, "the agent to take the go-away", waitLimit, func() bool {
 		d.agent.link.mu.Lock()
 		defer d.agent.link.mu.Unlock()
 		notBefore = d.agent.link.notBefore

@@ -12,6 +12,7 @@ import (
 
 	"tether/internal/logtest"
 	"tether/internal/testpki"
+	"tether/internal/testwait"
 	"tether/ipc"
 	"tether/store"
 	"tether/wire"
@@ -274,7 +275,7 @@ func TestRefusalHoldsOff(t *testing.T) {
 			}
 			start := time.Now()
 			const attempts = 4
-			waitUntil(t, "refused attempts", func() bool { return len(p.helloLog()) >= attempts+1 })
+			testwait.Until(t, "refused attempts", waitLimit, func() bool { return len(p.helloLog()) >= attempts+1 })
 			hellos := p.helloLog()
 			var gaps []time.Duration
 			for i := len(hellos) - attempts + 1; i < len(hellos); i++ {
@@ -328,7 +329,7 @@ func TestRefusalHoldOffOutlastsWake(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.start()
-	waitUntil(t, "the refusal to be taken", func() bool { return strings.Contains(logs.String(), "revoked this device") })
+	testwait.Until(t, "the refusal to be taken", waitLimit, func() bool { return strings.Contains(logs.String(), "revoked this device") })
 	for range 5 {
 		d.agent.NetworkChanged(false, "")
 		d.agent.NetworkChanged(true, "wlan0")

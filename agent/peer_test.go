@@ -18,6 +18,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"tether/internal/testwait"
 	"tether/ipc"
 	"tether/store"
 	"tether/wire"
@@ -530,21 +531,10 @@ func (d *device) stop() {
 // does once the welcome is adopted.
 func (d *device) waitConnected(t *testing.T) {
 	t.Helper()
-	waitUntil(t, "agent connected", func() bool {
+	testwait.Until(t, "agent connected", waitLimit, func() bool {
 		st, err := d.agent.Status(context.Background())
 		return err == nil && st.Connected
 	})
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitLimit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting: %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }
 
 // listener records what the agent hands an app, in order.

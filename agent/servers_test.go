@@ -15,6 +15,7 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"tether/internal/dbustest"
+	"tether/internal/testwait"
 	"tether/ipc"
 	"tether/ipc/dbusdoor"
 	"tether/store"
@@ -135,7 +136,7 @@ func TestGoAwayNamesNextServer(t *testing.T) {
 	from := nodeOf(listed, pc)
 	d.waitConnected(t)
 	pc.send("", wire.GoAway{Reason: "draining", Server: named.URL})
-	waitUntil(t, "the agent to take the goaway", func() bool {
+	testwait.Until(t, "the agent to take the goaway", waitLimit, func() bool {
 		d.agent.link.mu.Lock()
 		defer d.agent.link.mu.Unlock()
 		return d.agent.link.redirect != ""
@@ -191,7 +192,7 @@ func TestGoAwayToUnsafeServerNotFollowed(t *testing.T) {
 	d.waitConnected(t)
 	// A documentation address: were it dialled, nothing would answer.
 	pc.send("", wire.GoAway{Reason: "draining", Server: "ws://192.0.2.1:8080"})
-	waitUntil(t, "the agent to take the goaway", func() bool {
+	testwait.Until(t, "the agent to take the goaway", waitLimit, func() bool {
 		d.agent.link.mu.Lock()
 		defer d.agent.link.mu.Unlock()
 		return !d.agent.link.notBefore.IsZero()

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"tether/internal/testwait"
 )
 
 // waitLimit bounds each step; emulated binaries start slowly.
@@ -192,7 +194,7 @@ func startServer(t *testing.T, bin string) *server {
 		}
 	})
 	s.url, s.http = "ws://"+addr, "http://"+addr
-	waitFor(t, "tether-server", func() error {
+	testwait.For(t, "tether-server", waitLimit, func() error {
 		resp, err := http.Get(s.http + "/healthz")
 		if err != nil {
 			return err
@@ -275,7 +277,7 @@ func (d *device) start(server, enrollKey string) {
 			d.t.Logf("tetherd log:\n%s", d.log())
 		}
 	})
-	waitFor(d.t, "tetherd to check in", func() error {
+	testwait.For(d.t, "tetherd to check in", waitLimit, func() error {
 		out, err := d.ctl("--json", "status")
 		if err != nil {
 			return err
@@ -316,21 +318,4 @@ func (d *device) stop() {
 func (d *device) log() string {
 	b, _ := os.ReadFile(d.logPath)
 	return string(b)
-}
-
-// waitFor retries cond until it returns nil or waitLimit passes; it waits
-// for a state, it does not time one.
-func waitFor(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(waitLimit)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s: %v", what, err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"tether/internal/disktest"
+	"tether/internal/testwait"
 	"tether/server/xmpp/xmpptest"
 	"tether/wire"
 )
@@ -472,7 +473,7 @@ func TestAttackUpstreamFlood(t *testing.T) {
 
 	// The webhook is busy with the flood; the legitimate message goes
 	// after at most the deliveries under way and one turn.
-	waitFor(t, "the flood to reach the webhook", 30*time.Second, func() error {
+	testwait.For(t, "the flood to reach the webhook", 30*time.Second, func() error {
 		mu.Lock()
 		defer mu.Unlock()
 		if len(arrivals) == 0 {
@@ -487,7 +488,7 @@ func TestAttackUpstreamFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ahead int
-	waitFor(t, "the legitimate message at the webhook", 60*time.Second, func() error {
+	testwait.For(t, "the legitimate message at the webhook", 60*time.Second, func() error {
 		mu.Lock()
 		defer mu.Unlock()
 		for i, from := range arrivals[before:] {

@@ -15,6 +15,7 @@ import (
 
 	"tether/internal/natstest"
 	"tether/internal/testpki"
+	"tether/internal/testwait"
 )
 
 // cluster is three tether-server processes on a three-server NATS
@@ -169,7 +170,7 @@ func TestClusterEndToEnd(t *testing.T) {
 	msgs, _ := roaming.listen("com.example.roaming")
 	dead := c.connectedTo(roaming)
 	c.nodes[dead].p.kill()
-	waitFor(t, "the agent to reach another node", 30*time.Second, func() error {
+	testwait.For(t, "the agent to reach another node", 30*time.Second, func() error {
 		if c.connectedTo(roaming) == dead {
 			return errors.New("still on the dead node")
 		}

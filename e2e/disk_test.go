@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"tether/internal/disktest"
+	"tether/internal/testwait"
 )
 
 // diskPad is data that makes a message take a page or so of a store.
@@ -155,7 +156,7 @@ func TestDiskFullAgent(t *testing.T) {
 	for i := range 30 {
 		want = append(want, srv.mustSend(key, map[string]any{"to": token, "data": map[string]any{"n": fmt.Sprint(i), "pad": diskPad}}))
 	}
-	waitFor(t, "tetherd to fail to store a message", 30*time.Second, func() error {
+	testwait.For(t, "tetherd to fail to store a message", 30*time.Second, func() error {
 		if !strings.Contains(a.p.log(), "not stored, not acknowledged") {
 			return errors.New("not yet")
 		}

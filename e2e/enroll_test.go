@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"tether/internal/testpki"
+	"tether/internal/testwait"
 )
 
 // Enrollment with the real binaries: keys of one device or a batch, client
@@ -57,7 +58,7 @@ func (s *server) expectNotRegistered(key, token string) {
 // waitLog waits for text in the agent's log.
 func (a *agent) waitLog(text string) {
 	a.t.Helper()
-	waitFor(a.t, fmt.Sprintf("tetherd to log %q", text), 30*time.Second, func() error {
+	testwait.For(a.t, fmt.Sprintf("tetherd to log %q", text), 30*time.Second, func() error {
 		if strings.Contains(a.p.log(), text) {
 			return nil
 		}
@@ -133,7 +134,7 @@ func TestEnrollmentKeysOfTheirOwn(t *testing.T) {
 func deviceID(t *testing.T, a *agent) string {
 	t.Helper()
 	var id string
-	waitFor(t, "a device ID", 30*time.Second, func() error {
+	testwait.For(t, "a device ID", 30*time.Second, func() error {
 		out, err := a.ctl("status", "--json")
 		if err != nil {
 			return err

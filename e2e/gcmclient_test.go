@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"tether/internal/testwait"
 )
 
 // nodeGCMResult is node-gcm's view of one send.
@@ -297,7 +299,7 @@ func TestNodeGCMRetriesUnavailable(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "node-gcm's first attempt to be refused", 30*time.Second, func() error {
+	testwait.For(t, "node-gcm's first attempt to be refused", 30*time.Second, func() error {
 		if refusals() == before {
 			return fmt.Errorf("no refusal yet")
 		}

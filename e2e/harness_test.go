@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"tether/internal/natstest"
+	"tether/internal/testwait"
 )
 
 // binDir holds the binaries built once by TestMain.
@@ -53,23 +54,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// waitFor retries cond until it returns nil or the deadline passes; tests
-// use it to wait for processes to reach a state, never to time them.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s: %v", what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // proc is one running binary whose output goes to a log file.
@@ -272,7 +256,7 @@ func (s *server) launch() {
 func (s *server) start() {
 	s.t.Helper()
 	s.launch()
-	waitFor(s.t, "tether-server to answer /healthz", 30*time.Second, func() error {
+	testwait.For(s.t, "tether-server to answer /healthz", 30*time.Second, func() error {
 		if s.p.exited() {
 			s.t.Fatalf("tether-server exited: %v\n%s", s.p.err, s.p.log())
 		}
@@ -420,7 +404,7 @@ func (a *agent) launch() {
 	args := append([]string{"--server", a.server, "--data", a.data, "--socket", a.sock, "--log-level", "debug"}, a.args...)
 	args = append(args, enrollment(a.args, "--enroll-key", "--enroll-key-file", "--cert", "--config")...)
 	a.p = startProcIn(a.t, a.netns, a.env, "tetherd", nil, args...)
-	waitFor(a.t, "tetherd's socket", 30*time.Second, func() error {
+	testwait.For(a.t, "tetherd's socket", 30*time.Second, func() error {
 		if a.p.exited() {
 			a.t.Fatalf("tetherd exited: %v\n%s", a.p.err, a.p.log())
 		}
@@ -442,7 +426,7 @@ func (a *agent) start() {
 // waitConnected waits until the agent reports a live session.
 func (a *agent) waitConnected() {
 	a.t.Helper()
-	waitFor(a.t, "tetherd to connect", 30*time.Second, func() error {
+	testwait.For(a.t, "tetherd to connect", 30*time.Second, func() error {
 		if a.p.exited() {
 			a.t.Fatalf("tetherd exited: %v\n%s", a.p.err, a.p.log())
 		}

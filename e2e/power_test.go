@@ -13,6 +13,7 @@ import (
 	"github.com/godbus/dbus/v5/prop"
 
 	"tether/internal/dbustest"
+	"tether/internal/testwait"
 )
 
 // fakeUPower is UPower's two objects the agent reads, on a test bus.
@@ -53,7 +54,7 @@ func (u *fakeUPower) set(t *testing.T, onBattery bool, percent float64) {
 
 func (a *agent) waitPowerMode(mode string) {
 	a.t.Helper()
-	waitFor(a.t, "power mode "+mode, 30*time.Second, func() error {
+	testwait.For(a.t, "power mode "+mode, 30*time.Second, func() error {
 		st, err := a.status()
 		if err != nil {
 			return err
@@ -223,7 +224,7 @@ func TestSuspendAndResume(t *testing.T) {
 	}
 	defer lock.close()
 	pid := a.p.cmd.Process.Pid
-	waitFor(t, "the agent to hold the lock", 30*time.Second, func() error {
+	testwait.For(t, "the agent to hold the lock", 30*time.Second, func() error {
 		if !lock.heldBy(pid) {
 			return errors.New("not held")
 		}
@@ -231,7 +232,7 @@ func TestSuspendAndResume(t *testing.T) {
 	})
 
 	logind.prepareForSleep(t, true)
-	waitFor(t, "the agent to let go of the lock", 30*time.Second, func() error {
+	testwait.For(t, "the agent to let go of the lock", 30*time.Second, func() error {
 		if lock.heldBy(pid) {
 			return errors.New("still held")
 		}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"tether/internal/testwait"
 	"tether/store"
 )
 
@@ -78,7 +79,7 @@ func TestReenrollAfterTheServerLostTheDevice(t *testing.T) {
 		t.Fatalf("got %+v", got)
 	}
 	srv.mustSend(key, map[string]any{"to": oldMeter, "data": map[string]string{"kwh": "7"}})
-	waitFor(t, "the meter's message to be held", 30*time.Second, func() error { return queued(a, 1) })
+	testwait.For(t, "the meter's message to be held", 30*time.Second, func() error { return queued(a, 1) })
 
 	// The server goes away and comes back from the backup; meanwhile the
 	// app sends upstream.

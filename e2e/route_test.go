@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"tether/internal/netnstest"
+	"tether/internal/testwait"
 )
 
 // agentStatus is the part of `tetherctl status --json` these tests read.
@@ -71,14 +72,14 @@ func TestRouteUpReconnectsAtOnce(t *testing.T) {
 
 	devNS.IP(t, "route", "del", "default")
 	srv.p.kill()
-	waitFor(t, "the agent to see the connection gone", 30*time.Second, func() error {
+	testwait.For(t, "the agent to see the connection gone", 30*time.Second, func() error {
 		if st, err := a.status(); err != nil || st.Connected {
 			return fmt.Errorf("still connected (%v)", err)
 		}
 		return nil
 	})
 	srv.launch()
-	waitFor(t, "the server to listen again", 30*time.Second, func() error {
+	testwait.For(t, "the server to listen again", 30*time.Second, func() error {
 		if !strings.Contains(srv.p.log(), "msg=listening") {
 			return errors.New("not listening yet")
 		}

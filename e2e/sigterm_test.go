@@ -5,6 +5,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"tether/internal/testwait"
 )
 
 // TestSIGTERMDuringBurstLosesNothing stops the agent with SIGTERM, as
@@ -77,7 +79,7 @@ func TestSIGTERMDuringBurstLosesNothing(t *testing.T) {
 	}
 	// SIGTERM in the thick of it: deliveries, acks and upstream sends are
 	// being stored while the agent shuts down.
-	waitFor(t, "the burst to get going", 60*time.Second, func() error {
+	testwait.For(t, "the burst to get going", 60*time.Second, func() error {
 		if _, d, u := counts(); d < 50 || u < 3 {
 			return fmt.Errorf("%d delivered, %d sent upstream", d, u)
 		}
@@ -87,7 +89,7 @@ func TestSIGTERMDuringBurstLosesNothing(t *testing.T) {
 	f.agent.p.stop() // fails the test unless tetherd exits 0 within 20 s
 	a1, _, _ := counts()
 	f.agent.start()
-	waitFor(t, "more of the burst after the restart", 60*time.Second, func() error {
+	testwait.For(t, "more of the burst after the restart", 60*time.Second, func() error {
 		if a, d, u := counts(); a < a1+50 || d < d0+50 || u < u0+3 {
 			return fmt.Errorf("%d accepted, %d delivered, %d upstream", a, d, u)
 		}
@@ -96,7 +98,7 @@ func TestSIGTERMDuringBurstLosesNothing(t *testing.T) {
 	close(stopSend)
 	sending.Wait() // the ledger of what was accepted is final
 
-	waitFor(t, "every accepted message to reach the app", 90*time.Second, func() error {
+	testwait.For(t, "every accepted message to reach the app", 90*time.Second, func() error {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		for id, n := range l.accepted {
@@ -106,7 +108,7 @@ func TestSIGTERMDuringBurstLosesNothing(t *testing.T) {
 		}
 		return nil
 	})
-	waitFor(t, "every accepted upstream message to reach the webhook", 90*time.Second, func() error {
+	testwait.For(t, "every accepted upstream message to reach the webhook", 90*time.Second, func() error {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		f.hook.mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"tether/internal/testpki"
+	"tether/internal/testwait"
 )
 
 // tlsServer is a tether-server serving HTTPS and WSS with a certificate
@@ -52,7 +53,7 @@ func TestTLSRefusesUnknownCA(t *testing.T) {
 	srv, _ := tlsServer(t)
 	a := newAgent(t, "wss://"+srv.addr)
 	a.launch()
-	waitFor(t, "tetherd to report a certificate error", 30*time.Second, func() error {
+	testwait.For(t, "tetherd to report a certificate error", 30*time.Second, func() error {
 		if strings.Contains(a.p.log(), "certificate") {
 			return nil
 		}

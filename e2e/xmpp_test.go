@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"tether/internal/testwait"
 )
 
 // xmppAppServer is e2e/acceptance/xmpp-ccs.js: an app server on the CCS
@@ -164,7 +166,7 @@ func TestXMPPClientLibraryWorksUnchanged(t *testing.T) {
 		t.Errorf("upstream stanza %v", up)
 	}
 	x.next("the upstream message's ack", func(ev map[string]any) bool { return ev["event"] == "acked" && ev["message_id"] == "up-1" })
-	waitFor(t, "the server to settle up-1 on the app server's ack", 30*time.Second, func() error {
+	testwait.For(t, "the server to settle up-1 on the app server's ack", 30*time.Second, func() error {
 		if log := srv.p.log(); strings.Contains(log, "message_id=up-1 route=xmpp") {
 			return nil
 		}

@@ -12,6 +12,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"tether/internal/testwait"
 	"tether/server/store"
 	"tether/wire"
 )
@@ -255,7 +256,7 @@ func TestOldAgentDropsNotices(t *testing.T) {
 	d.send(n.ID, wire.Error{Code: wire.CodeUnknownType, Message: `unknown frame type "deleted_messages"`})
 	m := d.expectMessage()
 	d.ack(m.ID)
-	waitFor(t, "the notice dropped", func() bool {
+	testwait.Until(t, "the notice dropped", 10*time.Second, func() bool {
 		left, err := ts.store.Notices(context.Background(), d.id)
 		return err == nil && len(left) == 0
 	})

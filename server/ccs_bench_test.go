@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"tether/internal/testwait"
 	"tether/server/xmpp/xmpptest"
 	"tether/wire"
 )
@@ -127,6 +128,6 @@ func BenchmarkXMPPUpstream(b *testing.B) {
 	}
 	wg.Wait()
 	<-acked
-	waitFor(b, "the queue to empty", func() bool { return upstreamCount(b, ts) == 0 })
+	testwait.Until(b, "the queue to empty", 10*time.Second, func() bool { return upstreamCount(b, ts) == 0 })
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"tether/internal/testpki"
+	"tether/internal/testwait"
 	"tether/server/xmpp/xmpptest"
 	"tether/wire"
 )
@@ -287,7 +288,7 @@ func TestCCSUpstream(t *testing.T) {
 	// Without XMPP connections the webhook takes over.
 	second.Close()
 	third.Close()
-	waitFor(t, "the connections to close", func() bool { return !ts.ccs.connected(snd.ID) })
+	testwait.Until(t, "the connections to close", 10*time.Second, func() bool { return !ts.ccs.connected(snd.ID) })
 	sendUp(t, d, snd.ID, "up-2")
 	if h := hook.next(t); h.MessageID != "up-2" {
 		t.Errorf("webhook got %+v, want up-2", h)
@@ -439,7 +440,7 @@ func TestCCSDroppedWithAnswersUnread(t *testing.T) {
 
 func waitUpstreamCount(t *testing.T, ts *testServer, want int) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("%d upstream messages in the store", want), func() bool { return upstreamCount(t, ts) == want })
+	testwait.Until(t, fmt.Sprintf("%d upstream messages in the store", want), 10*time.Second, func() bool { return upstreamCount(t, ts) == want })
 }
 
 // TestCCSFailedLoginsAreLimited: XMPP logins count against the address

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"tether/internal/natstest"
+	"tether/internal/testwait"
 	"tether/wire"
 )
 
@@ -35,7 +36,7 @@ func startNodes(t *testing.T, n int, mod func(i int, c *Config)) []*testServer {
 		})
 	}
 	// Every partition has a node before the test begins.
-	waitFor(t, "every partition to have a node", func() bool {
+	testwait.Until(t, "every partition to have a node", 10*time.Second, func() bool {
 		held := 0
 		for _, ts := range nodes {
 			held += len(ts.node.leases.Held())
@@ -158,9 +159,9 @@ func TestClusterWorkMovesWithTheNodes(t *testing.T) {
 	for i := range 6 {
 		sendUp(t, d, snd.ID, fmt.Sprint("up-", i))
 	}
-	waitFor(t, "attempts", func() bool { return hook.attemptCount() >= 6 })
+	testwait.Until(t, "attempts", 10*time.Second, func() bool { return hook.attemptCount() >= 6 })
 	owner.stop()
-	waitFor(t, "the other node to take every partition", func() bool {
+	testwait.Until(t, "the other node to take every partition", 10*time.Second, func() bool {
 		return len(other.node.leases.Held()) == other.node.st.Shards()
 	})
 	hook.setFailures(0)
@@ -218,7 +219,7 @@ func TestClusterLimitsHoldAcrossNodes(t *testing.T) {
 // devices to another node.
 func TestClusterShutdownNamesAnotherNode(t *testing.T) {
 	nodes := startNodes(t, 2, nil)
-	waitFor(t, "the nodes to know each other", func() bool { return nodes[1].node.cl.Members() == 2 })
+	testwait.Until(t, "the nodes to know each other", 10*time.Second, func() bool { return nodes[1].node.cl.Members() == 2 })
 	d := nodes[1].checkIn()
 	go nodes[1].stop()
 	var g wire.GoAway

@@ -15,6 +15,7 @@ import (
 
 	"tether/internal/logtest"
 	"tether/internal/testpki"
+	"tether/internal/testwait"
 	"tether/server/store"
 	"tether/wire"
 )
@@ -431,7 +432,7 @@ func TestStaleDevicesRemoved(t *testing.T) {
 		offset := 271 * 24 * time.Hour
 		c.Now = func() time.Time { return time.Now().Add(offset) }
 	})
-	waitFor(t, "the stale device to go", func() bool {
+	testwait.Until(t, "the stale device to go", 10*time.Second, func() bool {
 		_, err := later.store.Device(context.Background(), stale.id)
 		return errors.Is(err, store.ErrNotFound)
 	})

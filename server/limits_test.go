@@ -12,6 +12,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"tether/internal/testwait"
 	"tether/server/xmpp/xmpptest"
 	"tether/wire"
 )
@@ -85,7 +86,7 @@ func TestSessionsPerAddress(t *testing.T) {
 		t.Errorf("third connection read %+v", e)
 	}
 	a.conn.Close()
-	waitFor(t, "the closed session's place", func() bool { return ts.sessions.Count(netip.MustParseAddr("127.0.0.1")) == 1 })
+	testwait.Until(t, "the closed session's place", 10*time.Second, func() bool { return ts.sessions.Count(netip.MustParseAddr("127.0.0.1")) == 1 })
 	ts.checkIn()
 }
 
@@ -114,7 +115,7 @@ func TestConnectionsPerAddress(t *testing.T) {
 		t.Errorf("third idle connection: read %d, %v; want it closed", n, err)
 	}
 	first.Close()
-	waitFor(t, "the closed connection's place", func() bool { return ts.conns.Count(netip.MustParseAddr("127.0.0.1")) == 1 })
+	testwait.Until(t, "the closed connection's place", 10*time.Second, func() bool { return ts.conns.Count(netip.MustParseAddr("127.0.0.1")) == 1 })
 	if resp, err := http.Get(ts.base + "/healthz"); err != nil || resp.StatusCode != 200 {
 		t.Errorf("a request after a place came back: %v", err)
 	} else {

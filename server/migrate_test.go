@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"tether/internal/testwait"
 	"tether/wire"
 )
 
@@ -24,7 +25,7 @@ func TestMigrate(t *testing.T) {
 	d.subscribe(app, snd.ID, "news")
 	other := d.register("com.example.other", snd.ID)
 	sendUp(t, d, snd.ID, "up-1")
-	waitFor(t, "a webhook attempt", func() bool { return hook.attemptCount() > 0 })
+	testwait.Until(t, "a webhook attempt", 10*time.Second, func() bool { return hook.attemptCount() > 0 })
 	d.conn.Close()
 	var sent []string
 	for i := range 3 {

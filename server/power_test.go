@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"tether/internal/testwait"
 	"tether/wire"
 )
 
@@ -161,7 +162,7 @@ func TestBatteryMaxDelay(t *testing.T) {
 	timer.fire()
 	d.expectMessages(n1)
 	highMarker(t, ts, d, snd.ServerKey, token)
-	waitFor(t, "the timer stopped once nothing is held", func() bool { return timer.stopped.Load() })
+	testwait.Until(t, "the timer stopped once nothing is held", 10*time.Second, func() bool { return timer.stopped.Load() })
 }
 
 // TestBatteryMaxDelayRealTimer runs the real timer with a short maximum

@@ -6,6 +6,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"tether/internal/testwait"
 	"tether/wire"
 )
 
@@ -47,7 +48,7 @@ func TestProbeWithoutSession(t *testing.T) {
 	d := ts.checkIn()
 	token := d.register(app, snd.ID)
 	d.conn.Close()
-	waitFor(t, "session gone", func() bool { return ts.hub.session(d.id) == nil })
+	testwait.Until(t, "session gone", 10*time.Second, func() bool { return ts.hub.session(d.id) == nil })
 
 	p := ts.probe(d, 0)
 	if p.welcome.Heartbeat != 300 {

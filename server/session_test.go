@@ -14,6 +14,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"tether/internal/testwait"
 	"tether/server/store"
 	"tether/wire"
 )
@@ -208,7 +209,7 @@ func TestTTLZeroIsNowOrNever(t *testing.T) {
 		t.Errorf("got %+v", m)
 	}
 	d.conn.Close()
-	waitFor(t, "session gone", func() bool { return ts.hub.session(d.id) == nil })
+	testwait.Until(t, "session gone", 10*time.Second, func() bool { return ts.hub.session(d.id) == nil })
 
 	// Offline: accepted as on GCM, but dropped rather than stored.
 	ts.sendOne(snd.ServerKey, token, map[string]any{"time_to_live": 0, "data": map[string]string{"x": "2"}})
@@ -485,23 +486,12 @@ func TestStoreFullAnswers503(t *testing.T) {
 	}
 }
 
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // waitPending waits until the device's queue holds n messages: acks have
 // no answer, so the store is where to see them handled.
 func waitPending(t *testing.T, ts *testServer, device string, n int) {
 	t.Helper()
 	var left []store.Message
-	waitFor(t, "acks", func() bool {
+	testwait.Until(t, "acks", 10*time.Second, func() bool {
 		var err error
 		left, err = ts.store.Pending(context.Background(), device, 0, 0)
 		return err == nil && len(left) == n

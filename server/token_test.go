@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"tether/internal/testwait"
 	"tether/wire"
 )
 
@@ -89,7 +90,7 @@ func TestTokenRotation(t *testing.T) {
 		t.Errorf("refresh resent as %+v, want %+v", again, refresh)
 	}
 	d.ack(refresh.ID)
-	waitFor(t, "refresh acked", func() bool {
+	testwait.Until(t, "refresh acked", 10*time.Second, func() bool {
 		n, err := ts.store.Notices(context.Background(), d.id)
 		return err == nil && len(n) == 0
 	})

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"tether/internal/testwait"
 	"tether/server/store"
 	"tether/wire"
 )
@@ -206,7 +207,7 @@ func TestTopicFanOut(t *testing.T) {
 func TestTopicTimeToLiveZero(t *testing.T) {
 	f := newTopicFleet(t, nil)
 	f.d2.conn.Close()
-	waitFor(t, "d2 gone", func() bool { return f.ts.hub.session(f.d2.id) == nil })
+	testwait.Until(t, "d2 gone", 10*time.Second, func() bool { return f.ts.hub.session(f.d2.id) == nil })
 	f.send(t, map[string]any{"to": "/topics/news", "time_to_live": 0, "data": map[string]string{"n": "live"}})
 	if m := f.d1.expectMessage(); m.Data["n"] != "live" || m.TTL != 0 {
 		t.Errorf("connected subscriber got %+v", m)

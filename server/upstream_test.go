@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"tether/internal/testwait"
 	"tether/server/store"
 	"tether/wire"
 )
@@ -109,7 +110,7 @@ func TestUpstreamWebhookRetryAndDedupe(t *testing.T) {
 	if n := hook.attemptCount(); n != 3 {
 		t.Errorf("%d attempts, want 2 failures and a success", n)
 	}
-	waitFor(t, "delivered message deleted", func() bool { return upstreamCount(t, ts) == 0 })
+	testwait.Until(t, "delivered message deleted", 10*time.Second, func() bool { return upstreamCount(t, ts) == 0 })
 
 	// A repeat is acked again but not delivered twice: the next delivery is
 	// the next message.
@@ -153,9 +154,9 @@ func TestUpstreamWithoutWebhookKeptUntilTTL(t *testing.T) {
 	// It expires by the server's clock and is dropped at the next look
 	// (RetryMax in tests is 100 ms).
 	ts.clock.Advance(2 * time.Hour)
-	waitFor(t, "expired upstream dropped", func() bool { return upstreamCount(t, ts) == 0 })
+	testwait.Until(t, "expired upstream dropped", 10*time.Second, func() bool { return upstreamCount(t, ts) == 0 })
 	// The drop is logged just after its commit.
-	waitFor(t, "the drop logged", func() bool { return strings.Contains(ts.logs.String(), "time to live ran out") })
+	testwait.Until(t, "the drop logged", 10*time.Second, func() bool { return strings.Contains(ts.logs.String(), "time to live ran out") })
 }
 
 func TestUpstreamDroppedWhenTTLRunsOut(t *testing.T) {
@@ -165,14 +166,14 @@ func TestUpstreamDroppedWhenTTLRunsOut(t *testing.T) {
 	d := ts.checkIn()
 	d.register(app, snd.ID)
 	sendUpstream(t, d, wire.Upstream{App: app, To: snd.ID, ID: "doomed", TTL: 60})
-	waitFor(t, "a few attempts", func() bool { return hook.attemptCount() >= 2 })
+	testwait.Until(t, "a few attempts", 10*time.Second, func() bool { return hook.attemptCount() >= 2 })
 	ts.clock.Advance(time.Minute)
-	waitFor(t, "expired upstream dropped", func() bool { return upstreamCount(t, ts) == 0 })
+	testwait.Until(t, "expired upstream dropped", 10*time.Second, func() bool { return upstreamCount(t, ts) == 0 })
 
 	// TTL 0: one attempt, then dropped.
 	before := hook.attemptCount()
 	sendUpstream(t, d, wire.Upstream{App: app, To: snd.ID, ID: "now-or-never", TTL: 0})
-	waitFor(t, "ttl-0 upstream dropped", func() bool { return upstreamCount(t, ts) == 0 && hook.attemptCount() > before })
+	testwait.Until(t, "ttl-0 upstream dropped", 10*time.Second, func() bool { return upstreamCount(t, ts) == 0 && hook.attemptCount() > before })
 	if n := hook.attemptCount() - before; n != 1 {
 		t.Errorf("%d attempts for a ttl-0 message", n)
 	}
@@ -186,7 +187,7 @@ func TestUpstreamSurvivesRestart(t *testing.T) {
 	d := ts.checkIn()
 	token := d.register(app, snd.ID)
 	sendUpstream(t, d, wire.Upstream{App: app, To: snd.ID, ID: "persist", TTL: 3600, Data: map[string]string{"a": "b"}})
-	waitFor(t, "first attempt", func() bool { return hook.attemptCount() >= 1 })
+	testwait.Until(t, "first attempt", 10*time.Second, func() bool { return hook.attemptCount() >= 1 })
 	ts.stop()
 
 	hook.setFailures(0)
@@ -320,7 +321,7 @@ func TestUpstreamTooManyMessages(t *testing.T) {
 	}
 
 	hook.setFailures(0)
-	waitFor(t, "the queue delivered", func() bool { return upstreamCount(t, ts) == 0 })
+	testwait.Until(t, "the queue delivered", 10*time.Second, func() bool { return upstreamCount(t, ts) == 0 })
 	if got := d.upstreamAnswer(wire.Upstream{App: app, To: snd.ID, ID: "over", TTL: 3600}); got != "" {
 		t.Errorf("the refused message once the app server took the others: %q", got)
 	}
@@ -436,7 +437,7 @@ func TestUpstreamFairAcrossDevices(t *testing.T) {
 			}
 		}
 	}
-	waitFor(t, "the flood's first attempts", func() bool { return len(hook.requests()) == (webhook{}).parallel() })
+	testwait.Until(t, "the flood's first attempts", 10*time.Second, func() bool { return len(hook.requests()) == (webhook{}).parallel() })
 
 	quiet := ts.checkIn()
 	token := quiet.register(app, snd.ID)
@@ -445,7 +446,7 @@ func TestUpstreamFairAcrossDevices(t *testing.T) {
 	}
 	before := len(hook.requests())
 	hook.open()
-	waitFor(t, "the quiet device's message at the webhook", func() bool { return slices.Contains(hook.requests(), token) })
+	testwait.Until(t, "the quiet device's message at the webhook", 10*time.Second, func() bool { return slices.Contains(hook.requests(), token) })
 	got := hook.requests()
 	ahead := slices.Index(got, token) - before
 	// The attempts in progress end, and the flood has at most its turn.
@@ -496,7 +497,7 @@ func TestUpstreamLaneWindow(t *testing.T) {
 			}
 		}
 	}
-	waitFor(t, "retries", func() bool {
+	testwait.Until(t, "retries", 10*time.Second, func() bool {
 		n := 0
 		for _, c := range snapshot() {
 			n += c
@@ -510,7 +511,7 @@ func TestUpstreamLaneWindow(t *testing.T) {
 	mu.Lock()
 	down = false
 	mu.Unlock()
-	waitFor(t, "the lane delivered", func() bool { return upstreamCount(t, ts) == 0 })
+	testwait.Until(t, "the lane delivered", 10*time.Second, func() bool { return upstreamCount(t, ts) == 0 })
 	if got := snapshot(); len(got) != apps*store.MaxUpstreamPerApp {
 		t.Errorf("%d messages reached the webhook, want %d", len(got), apps*store.MaxUpstreamPerApp)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"tether/internal/dbustest"
+	"tether/internal/testwait"
 	"tether/ipc"
 	"tether/ipc/dbusdoor"
 	"tether/ipc/ipctest"
@@ -336,7 +337,7 @@ func TestSendWait(t *testing.T) {
 				e := newEnvOn(t, door)
 				e.register(app, "123")
 				wait := e.start(context.Background(), "send", "--wait", "--app", app, "--to", "123", "--id", "m1", "k=v")
-				ipctest.WaitFor(t, "the agent has the message", func() bool { return len(e.b.Sends(app)) == 1 })
+				testwait.Until(t, "the agent has the message", 10*time.Second, func() bool { return len(e.b.Sends(app)) == 1 })
 				// Another upstream message's outcome is not the one waited for.
 				if _, _, err := e.b.Send(context.Background(), e.me, ipc.SendRequest{App: app, To: "123", ID: "m0"}); err != nil {
 					t.Fatal(err)
@@ -352,7 +353,7 @@ func TestSendWait(t *testing.T) {
 					t.Errorf("got %+v, want status %d, stdout %q, stderr %q", r, tt.wantCode, tt.wantStdout, tt.wantStderr)
 				}
 				if door == "dbus" {
-					ipctest.WaitFor(t, "the waiting subscription ends", func() bool { return !e.b.Listening(app) })
+					testwait.Until(t, "the waiting subscription ends", 10*time.Second, func() bool { return !e.b.Listening(app) })
 				}
 			})
 		}
@@ -399,7 +400,7 @@ func testListenJSONWithEvents(t *testing.T, e *env) {
 	wait := e.start(context.Background(), "--json", "listen", "--app", app, "--count", "2")
 	sent := time.Date(2025, 5, 6, 7, 8, 9, 0, time.UTC)
 	e.b.Push(ipc.Message{ID: "m1", App: app, From: "123", CollapseKey: "ck", Data: map[string]string{"k": "v"}, Priority: "high", TTL: 60, SentTime: sent})
-	ipctest.WaitFor(t, "m1 is acked", func() bool { return len(e.b.Acked(app)) == 1 })
+	testwait.Until(t, "m1 is acked", 10*time.Second, func() bool { return len(e.b.Acked(app)) == 1 })
 	for _, id := range []string{"up1", "up2"} {
 		if _, _, err := e.b.Send(context.Background(), e.me, ipc.SendRequest{App: app, To: "123", ID: id}); err != nil {
 			t.Fatal(err)
@@ -511,7 +512,7 @@ func TestListenEnds(t *testing.T) {
 				ctx, cancel := context.WithCancel(context.Background())
 				defer cancel()
 				wait := e.start(ctx, "listen", "--app", app)
-				ipctest.WaitFor(t, "tetherctl listens", func() bool { return e.b.Listening(app) })
+				testwait.Until(t, "tetherctl listens", 10*time.Second, func() bool { return e.b.Listening(app) })
 				tt.end(e, cancel)
 				if r := wait(); r.code != tt.wantCode || r.stderr != tt.wantStderr || r.stdout != "" {
 					t.Errorf("got %+v, want status %d and stderr %q", r, tt.wantCode, tt.wantStderr)

@@ -24,6 +24,7 @@ import (
 	"github.com/godbus/dbus/v5/introspect"
 
 	"tether/internal/dbustest"
+	"tether/internal/testwait"
 	"tether/ipc"
 	"tether/ipc/dbusdoor"
 	"tether/ipc/ipctest"
@@ -618,7 +619,7 @@ func TestDBusRedelivery(t *testing.T) {
 	// The subscriber leaves the bus: the door ends its subscription and
 	// the backend keeps what was not acked.
 	first.conn.Close()
-	ipctest.WaitFor(t, "the subscription of the closed connection ends", func() bool { return !h.b.Listening(app) })
+	testwait.Until(t, "the subscription of the closed connection ends", 10*time.Second, func() bool { return !h.b.Listening(app) })
 
 	second := h.client()
 	second.do("Subscribe", app)
@@ -1078,7 +1079,7 @@ func TestDBusOverflow(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("a Listener call blocked on a stalled bus")
 	}
-	ipctest.WaitFor(t, "the overflowing subscription is cancelled", func() bool { return !h.b.Listening(app) })
+	testwait.Until(t, "the overflowing subscription is cancelled", 10*time.Second, func() bool { return !h.b.Listening(app) })
 	resume()
 
 	n := 0
@@ -1134,7 +1135,7 @@ func TestDBusCloseStopsEverything(t *testing.T) {
 		t.Errorf("second Close: %v", err)
 	}
 	c.conn.Close()
-	ipctest.WaitFor(t, "the server's goroutines are gone", func() bool { return runtime.NumGoroutine() <= before })
+	testwait.Until(t, "the server's goroutines are gone", 10*time.Second, func() bool { return runtime.NumGoroutine() <= before })
 }
 
 func TestDBusServeEnds(t *testing.T) {
@@ -1321,13 +1322,13 @@ func testPythonExample(t *testing.T, python, how string) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	ipctest.WaitFor(t, "the example subscribes and sends", func() bool { return h.b.Listening(app) && len(h.b.Sends(app)) == 1 })
+	testwait.Until(t, "the example subscribes and sends", 10*time.Second, func() bool { return h.b.Listening(app) && len(h.b.Sends(app)) == 1 })
 	up := h.b.Sends(app)[0]
 	if want := map[string]string{"temp": "21"}; up.To != "123" || !reflect.DeepEqual(up.Data, want) || up.TTL == nil || *up.TTL != 3600 {
 		t.Errorf("the example sent %+v, want data %v to 123 with ttl 3600", up, want)
 	}
 	h.b.Push(ipc.Message{ID: "0:1%ab", App: app, From: "123", CollapseKey: "news", Data: map[string]string{"b": "2", "a": "1"}})
-	ipctest.WaitFor(t, "the example acks the message", func() bool { return len(h.b.Acked(app)) == 1 })
+	testwait.Until(t, "the example acks the message", 10*time.Second, func() bool { return len(h.b.Acked(app)) == 1 })
 	if err := h.b.Complete(app, up.ID, ""); err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"tether/internal/testwait"
 	"tether/ipc"
 	"tether/ipc/ipctest"
 	"tether/ipc/socketdoor"
@@ -367,7 +368,7 @@ func TestReplacedListener(t *testing.T) {
 		t.Fatalf("b got %+v, want m2", ev)
 	}
 	b.conn.Close()
-	ipctest.WaitFor(t, "the closed listener's subscription is cancelled", func() bool { return !h.b.Listening(app) })
+	testwait.Until(t, "the closed listener's subscription is cancelled", 10*time.Second, func() bool { return !h.b.Listening(app) })
 }
 
 func TestOneListenPerConnection(t *testing.T) {
@@ -469,7 +470,7 @@ func TestConnectionsPerUserBounded(t *testing.T) {
 	wantError(t, third.response(), ipc.CodeTooManyConnections, "2 connections")
 	third.expectEOF()
 	first.conn.Close()
-	ipctest.WaitFor(t, "room for another connection", func() bool {
+	testwait.Until(t, "room for another connection", 10*time.Second, func() bool {
 		c := h.dial()
 		defer c.conn.Close()
 		return c.do(`{"op":"status"}`).OK
@@ -527,7 +528,7 @@ func TestSlowListenerIsDropped(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("a Listener call blocked on an app that does not read")
 	}
-	ipctest.WaitFor(t, "the slow listener's subscription is cancelled", func() bool { return !h.b.Listening(app) })
+	testwait.Until(t, "the slow listener's subscription is cancelled", 10*time.Second, func() bool { return !h.b.Listening(app) })
 	n := 0
 	for {
 		line, err := c.readLine()
@@ -581,7 +582,7 @@ func TestCloseStopsEverything(t *testing.T) {
 	if err := srv.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
-	ipctest.WaitFor(t, "the server's goroutines are gone", func() bool { return runtime.NumGoroutine() <= before })
+	testwait.Until(t, "the server's goroutines are gone", 10*time.Second, func() bool { return runtime.NumGoroutine() <= before })
 }
 
 func TestServeEndsWithContext(t *testing.T) {

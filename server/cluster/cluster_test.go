@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"tether/internal/natstest"
+	"tether/internal/testwait"
 )
 
 var natsCluster *natstest.Cluster
@@ -80,17 +81,6 @@ func (r *running) count() int {
 	return len(r.held)
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestLeasesFollowTheNodes: the partitions spread over the nodes, each
 // held by one; a node that stops gives its partitions to the others; one
 // that joins gets its share.
@@ -117,16 +107,16 @@ func TestLeasesFollowTheNodes(t *testing.T) {
 			return total == parts
 		}
 	}
-	waitFor(t, "8 partitions over 3 nodes, at least 2 each", spread(nodes, 2))
+	testwait.Until(t, "8 partitions over 3 nodes, at least 2 each", 20*time.Second, spread(nodes, 2))
 
 	nodes[0].stop()
 	if nodes[0].count() != 0 {
 		t.Errorf("a stopped node holds %d partitions", nodes[0].count())
 	}
-	waitFor(t, "the other two to take every partition", spread(nodes[1:], 4))
+	testwait.Until(t, "the other two to take every partition", 20*time.Second, spread(nodes[1:], 4))
 
 	late := startNode(t, prefix, parts)
-	waitFor(t, "the new node to get its share", spread(append(nodes[1:], late), 2))
+	testwait.Until(t, "the new node to get its share", 20*time.Second, spread(append(nodes[1:], late), 2))
 }
 
 // TestRatesHoldAcrossNodes: one key's budget is shared by every node, and
@@ -262,7 +252,7 @@ func TestSendersReachTheNodeWithAConnection(t *testing.T) {
 	if err := here.Serve("123456789012"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the other node to hear of the connection", func() bool { return appeared.Load() == "123456789012" })
+	testwait.Until(t, "the other node to hear of the connection", 20*time.Second, func() bool { return appeared.Load() == "123456789012" })
 	if has, err := there.Has(ctx, "123456789012"); err != nil || !has {
 		t.Fatalf("with a connection: %v, %v", has, err)
 	}
@@ -276,7 +266,7 @@ func TestSendersReachTheNodeWithAConnection(t *testing.T) {
 		t.Errorf("a delivery that failed there: %v", err)
 	}
 	here.Stop("123456789012")
-	waitFor(t, "the connection to be gone", func() bool { has, _ := there.Has(ctx, "123456789012"); return !has })
+	testwait.Until(t, "the connection to be gone", 20*time.Second, func() bool { has, _ := there.Has(ctx, "123456789012"); return !has })
 	if err := here.Serve("not a sender"); err == nil {
 		t.Error("a sender ID that is not digits was taken")
 	}
