@@ -412,12 +412,20 @@ type session struct {
 	// what it reads meanwhile shares the next commit.
 	acks   []string
 	acking bool
+	// reading says the writer has begun a read of the store whose
+	// results it is still going through (ackedLately).
+	reading bool
 	// inflight holds the messages and notices sent in this session, by
 	// ID, until their ack is committed; acked counts those whose ack the
 	// reader has read. The window bounds the others: the device's link
 	// carries more while the server commits what it acked.
 	inflight map[string]sentEntry
 	acked    int
+	// ackedLately holds the IDs whose ack committed, and which left
+	// inflight, since the writer last began a read of the store: such a
+	// read may predate the ack's commit and still list them
+	// (readingStore, alreadySent).
+	ackedLately map[string]struct{}
 	// liveReceipts are time-to-live-0 messages sent in this session that
 	// asked for a delivery receipt, by ID, until the device acks them.
 	liveReceipts map[string]store.Message
@@ -627,6 +635,35 @@ func (ss *session) unmarkInflight(id string) bool {
 // under mu.
 func (ss *session) windowFree() int {
 	return ss.srv.cfg.Window - (len(ss.inflight) - ss.acked)
+}
+
+// readingStore is called by fill, on the writer, before each read of the
+// store for notices or messages to send.
+func (ss *session) readingStore() {
+	ss.mu.Lock()
+	ss.reading = true
+	clear(ss.ackedLately)
+	ss.mu.Unlock()
+}
+
+// doneReading ends what readingStore began, when fill is over.
+func (ss *session) doneReading() {
+	ss.mu.Lock()
+	ss.reading = false
+	ss.ackedLately = nil
+	ss.mu.Unlock()
+}
+
+// alreadySent reports whether the message or notice id, listed by the
+// read that readingStore began, went to the device in this session: it is
+// in flight, or its ack committed during the read, which was then stale;
+// under mu.
+func (ss *session) alreadySent(id string) bool {
+	if _, ok := ss.inflight[id]; ok {
+		return true
+	}
+	_, ok := ss.ackedLately[id]
+	return ok
 }
 
 // offer takes m, queued in a transaction whose commit runs, to send at
@@ -871,7 +908,12 @@ func (ss *session) commitAcks(ids []string) {
 	var live []store.Message
 	ss.mu.Lock()
 	for _, id := range ids {
-		ss.unmarkInflight(id)
+		if ss.unmarkInflight(id) && ss.reading {
+			if ss.ackedLately == nil {
+				ss.ackedLately = make(map[string]struct{})
+			}
+			ss.ackedLately[id] = struct{}{}
+		}
 		if m, ok := ss.liveReceipts[id]; ok {
 			live = append(live, m)
 			delete(ss.liveReceipts, id)
@@ -1082,6 +1124,7 @@ func (ss *session) writeDirect(m store.Message) error {
 // is empty. Messages the power mode holds back are passed over and
 // remembered (holdState); a flush rewinds the cursor to the first of them.
 func (ss *session) fill() error {
+	defer ss.doneReading()
 	// Offered messages go first: the queue may hold them by now, and
 	// what follows them there must not overtake them.
 	if err := ss.writeEarly(); err != nil {
@@ -1113,6 +1156,7 @@ func (ss *session) fill() error {
 		if free <= 0 {
 			return nil
 		}
+		ss.readingStore()
 		msgs, err := ss.srv.store.Pending(ss.ctx, ss.device, ss.cursor, batch)
 		if err != nil {
 			// The next ack or new message tries again.
@@ -1133,7 +1177,7 @@ func (ss *session) fill() error {
 				continue
 			}
 			ss.mu.Lock()
-			_, sent := ss.inflight[m.ID] // looked at again after a rewind
+			sent := ss.alreadySent(m.ID) // offered early, or looked at again after a rewind
 			ss.mu.Unlock()
 			if sent {
 				continue
@@ -1184,6 +1228,7 @@ func (ss *session) fill() error {
 // sendNotices sends the notices that are not in flight in this session.
 // They take places in the window like messages.
 func (ss *session) sendNotices() error {
+	ss.readingStore()
 	notices, err := ss.srv.store.Notices(ss.ctx, ss.device)
 	if err != nil {
 		ss.log.Error("read notices", "err", err)
@@ -1191,8 +1236,10 @@ func (ss *session) sendNotices() error {
 	}
 	for _, n := range notices {
 		ss.mu.Lock()
-		_, sent := ss.inflight[n.ID]
-		ss.markInflight(n.ID, "")
+		sent := ss.alreadySent(n.ID)
+		if !sent {
+			ss.markInflight(n.ID, "")
+		}
 		ss.mu.Unlock()
 		if sent {
 			continue
