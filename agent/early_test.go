@@ -12,11 +12,12 @@ import (
 	"tether/wire"
 )
 
-// TestEarlyHandOffAheadOfItsCommit: a listening app has a message while
-// the transaction that stores it runs. When that commit fails (a full
-// disk) the server has no ack, the session ends, and the message comes
-// again in the next session, stored this time: a duplicate for the app,
-// never a loss.
+// TestEarlyHandOffAheadOfItsCommit: a message goes to a listening app
+// while the transaction that stores it runs. When that commit fails (a
+// full disk) the server has no ack, the session ends, and the message
+// comes again in the next session, stored this time: the app has it once
+// or twice (a copy handed over early is taken back only if the listener
+// has not had it yet), never not at all.
 func TestEarlyHandOffAheadOfItsCommit(t *testing.T) {
 	dir := disktest.Small(t, "2m")
 	p := newPeer(t)
@@ -37,16 +38,16 @@ func TestEarlyHandOffAheadOfItsCommit(t *testing.T) {
 		}
 		id := fmt.Sprintf("m%04d", i)
 		pc.send("", wire.Message{ID: id, App: app, From: sender, Token: peerToken(app, sender), Data: map[string]string{"n": id, "pad": big}, TTL: 3600})
-		if m := l.nextMessage(t); m.ID != id {
-			t.Fatalf("the app got %q, want %q", m.ID, id)
-		}
 		select {
 		case f := <-pc.frames:
 			if f.Type != wire.TypeAck {
 				t.Fatalf("the agent sent %s, want an ack", f.Type)
 			}
+			if m := l.nextMessage(t); m.ID != id {
+				t.Fatalf("the app got %q, want %q", m.ID, id)
+			}
 		case <-pc.done:
-			failed = id // the app had it, the server had no ack
+			failed = id // the server had no ack
 		case <-time.After(waitLimit):
 			t.Fatalf("no ack of %s and the session stays open", id)
 		}
@@ -61,7 +62,7 @@ func TestEarlyHandOffAheadOfItsCommit(t *testing.T) {
 		t.Fatalf("acked %v, want %s", ids, failed)
 	}
 	if m := l.nextMessage(t); m.ID != failed {
-		t.Fatalf("after the failed commit the app got %q, want %s again", m.ID, failed)
+		t.Fatalf("after the failed commit the app got %q, want %s", m.ID, failed)
 	}
 	l.ack(t, d.agent, alice, app, failed)
 }
