@@ -157,9 +157,15 @@ func (r *report) compare() {
 		tl, ml := t.Throughput[n-1], m.Throughput[n-1]
 		r.Figures = append(r.Figures, runFigure(
 			fmt.Sprintf("bytes per message on the device link, %s messages at full speed", thousands(float64(tl.Messages))),
-			"bytes", "lower", tl, ml, perMessage),
-			runFigure(fmt.Sprintf("agent CPU per message (tetherd, mosquitto_sub), %s messages at full speed", thousands(float64(tl.Messages))),
-				"µs", "lower", tl, ml, cpu))
+			"bytes", "lower", tl, ml, perMessage))
+		cpuName := fmt.Sprintf("agent CPU per message (tetherd, mosquitto_sub), %s messages at full speed", thousands(float64(tl.Messages)))
+		if cpu(tl) > 0 && cpu(ml) > 0 {
+			r.Figures = append(r.Figures, runFigure(cpuName, "µs", "lower", tl, ml, cpu))
+		} else {
+			// /proc counts CPU time in 10 ms ticks: a short run may
+			// not last one of a side's.
+			r.Warnings = append(r.Warnings, fmt.Sprintf("%s: not shown, as a side used less CPU than /proc counts (10 ms); run more messages", cpuName))
+		}
 		r.Figures = append(r.Figures, runFigure("agent peak VmRSS (VmHWM) after the throughput runs", "MiB", "lower", tl, ml,
 			func(r runResult) float64 { return float64(r.PeakRSSKiB) / 1024 }))
 	}
