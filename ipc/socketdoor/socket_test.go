@@ -470,10 +470,16 @@ func TestConnectionsPerUserBounded(t *testing.T) {
 	wantError(t, third.response(), ipc.CodeTooManyConnections, "2 connections")
 	third.expectEOF()
 	first.conn.Close()
+	// Until the door has seen first go, a new connection is refused: its
+	// answer is the error, and the door may close it before the request
+	// is written.
 	testwait.Until(t, "room for another connection", 10*time.Second, func() bool {
 		c := h.dial()
 		defer c.conn.Close()
-		return c.do(`{"op":"status"}`).OK
+		c.conn.Write([]byte(`{"op":"status"}` + "\n"))
+		line, _ := c.readLine()
+		var resp ipc.Response
+		return json.Unmarshal(line, &resp) == nil && resp.OK
 	})
 }
 
