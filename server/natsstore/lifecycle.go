@@ -3,8 +3,6 @@ package natsstore
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -61,7 +59,7 @@ func modify[T any](ctx context.Context, s *Store, stream, subject, what string, 
 func (s *Store) AddDevice(ctx context.Context, dev store.Device) (store.Device, error) {
 	dev.SecretHash, dev.Created = slices.Clone(dev.SecretHash), dev.Created.UTC()
 	dev.Replaced, dev.Inherited = "", nil
-	dev.ID = newDeviceID()
+	dev.ID = store.NewDeviceID()
 	if dev.CertID != "" {
 		var old string
 		_, err := modify(ctx, s, s.metaStream(), s.metaKey(certKey(dev.CertID)), "certificate binding", func(b *store.CertBinding, _ bool) error {
@@ -96,12 +94,6 @@ func (s *Store) AddDevice(ctx context.Context, dev store.Device) (store.Device, 
 		return store.Device{}, fmt.Errorf("add device: %w", err)
 	}
 	return dev, nil
-}
-
-func newDeviceID() string {
-	b := make([]byte, 8)
-	rand.Read(b)
-	return hex.EncodeToString(b)
 }
 
 // Device returns the device with this ID.

@@ -88,7 +88,8 @@ func (k EnrollKey) Usable(now time.Time) bool {
 	return k.Revoked.IsZero() && k.Used < k.Uses && (k.Expires.IsZero() || now.Before(k.Expires))
 }
 
-func newDeviceID() string {
+// NewDeviceID is a fresh device ID; every backend makes its IDs so.
+func NewDeviceID() string {
 	b := make([]byte, 8)
 	rand.Read(b)
 	return hex.EncodeToString(b)
@@ -117,7 +118,7 @@ func (s *Store) AddDevice(ctx context.Context, dev Device) (Device, error) {
 	dev.SecretHash, dev.Created = bytes.Clone(dev.SecretHash), dev.Created.UTC()
 	err := s.db.Batch(func(tx *bolt.Tx) error {
 		devices, certs := tx.Bucket(bucketDevices), tx.Bucket(bucketCerts)
-		for dev.ID = newDeviceID(); devices.Get([]byte(dev.ID)) != nil; dev.ID = newDeviceID() {
+		for dev.ID = NewDeviceID(); devices.Get([]byte(dev.ID)) != nil; dev.ID = NewDeviceID() {
 		}
 		dev.Replaced, dev.Inherited = "", nil
 		if dev.CertID != "" {
