@@ -1,7 +1,7 @@
 # Tether: make demo runs the whole path on loopback; make test runs the tests.
 GO      ?= go
 BIN     ?= bin
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+VERSION ?= $(shell scripts/version.sh)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 CMDS    := tetherd tetherctl tether-server
 FUZZTIME ?= 30s

@@ -5,7 +5,7 @@
 #
 #   cross/build.sh [OUT [NAME...]]     default: bin/cross, every target
 #
-# VERSION (default: git describe) is stamped into the binaries. The same
+# VERSION (default: scripts/version.sh) is stamped into the binaries. The same
 # source, Go version and VERSION give the same bytes: paths are trimmed,
 # the build ID is fixed and no VCS state is embedded.
 set -euo pipefail
@@ -14,7 +14,7 @@ shift || true
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-version=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
+version=${VERSION:-$(scripts/version.sh)}
 
 # NAME GOARCH [extra environment]
 targets=(

@@ -5,7 +5,7 @@
 #
 #   cross/package.sh NFPM CROSS-DIR OUT [NAME...]   default: every target built
 #
-#   TETHER_VERSION     package version (default: from git describe)
+#   TETHER_VERSION     package version, semantic (default: scripts/version.sh)
 #   PACKAGE_FORMATS    default: deb rpm apk ipk
 #   IPK_ARCH           the OpenWrt architecture of the .ipk, for one target
 #                      (mipsel_24kc, aarch64_cortex-a53, ...); default:
@@ -19,20 +19,7 @@ out=$(realpath "$3")
 shift 3
 cd "$(dirname "$0")/.."
 
-if [[ -z ${TETHER_VERSION:-} ]]; then
-  # Digits and dots only, which every format accepts and orders: a tag
-  # v1.2.3 gives 1.2.3, four commits after it 1.2.3.4, and with no tag
-  # 0.0.0.N for the N-th commit.
-  if desc=$(git describe --tags --match 'v[0-9]*' --long 2>/dev/null); then
-    tag=${desc%-*-g*}
-    since=${desc%-g*}
-    since=${since##*-}
-    TETHER_VERSION=${tag#v}
-    if ((since > 0)); then TETHER_VERSION+=.$since; fi
-  else
-    TETHER_VERSION=0.0.0.$(git rev-list --count HEAD 2>/dev/null || echo 0)
-  fi
-fi
+TETHER_VERSION=${TETHER_VERSION:-$(scripts/version.sh --package)}
 export TETHER_VERSION
 export TETHER_MAINTAINER=${TETHER_MAINTAINER:-Tether maintainers <tether@example.org>}
 formats=(${PACKAGE_FORMATS:-deb rpm apk ipk})
