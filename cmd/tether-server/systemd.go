@@ -29,11 +29,15 @@ func serveNotifying(ctx context.Context, srv *server.Server, log *slog.Logger) e
 	if err := notify.Ready("listening on " + srv.Addr().String()); err != nil {
 		log.Warn("not notifying systemd", "err", err)
 	}
-	stop := context.AfterFunc(ctx, func() {
-		if err := notify.Stopping(); err != nil {
-			log.Warn("not notifying systemd", "err", err)
-		}
-	})
-	defer stop()
-	return srv.Serve(ctx)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	if err := notify.Stopping(); err != nil {
+		log.Warn("not notifying systemd", "err", err)
+	}
+	return <-served
 }
