@@ -76,7 +76,8 @@ cross:
 size:
 	@TETHERD_MAX_KIB=$(TETHERD_MAX_KIB) TETHERCTL_MAX_KIB=$(TETHERCTL_MAX_KIB) ./cross/size.sh $(CROSS)
 
-# .deb, .rpm, .apk and .ipk of tetherd for every target, in $(PACKAGES).
+# .deb, .rpm, .apk and .ipk of tetherd, and .deb and .rpm of tether-server,
+# for every target, in $(PACKAGES).
 package: cross $(NFPM)
 	./cross/package.sh $(NFPM) $(CROSS) $(PACKAGES)
 
@@ -84,13 +85,26 @@ $(NFPM):
 	GOBIN=$(abspath $(dir $(NFPM))) $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
 
 # The ARM and MIPS binaries under qemu-user against an amd64 server, and the
-# .deb installed and removed on this machine (as root).
+# .debs installed, run and removed on this machine (as root).
 test-cross: package
 	TETHER_CROSS=$(abspath $(CROSS)) TETHER_PACKAGES=$(abspath $(PACKAGES)) TETHER_BUILD_VERSION=$(VERSION) \
 	  $(GO) test -count=1 -timeout 10m -v ./cross/
 
 clean:
 	rm -rf $(BIN) $(ACCEPTANCE)/node_modules
+
+# tether-server's container image from the Dockerfile, with docker or
+# podman where one runs; elsewhere cross/container_test.go (in make test,
+# as root) builds the image's files and runs them with chroot.
+IMAGE ?= tether-server:$(VERSION)
+.PHONY: image
+image:
+	@engine=$$(command -v docker || command -v podman || true); \
+	if [ -z "$$engine" ] || ! "$$engine" info >/dev/null 2>&1; then \
+	  echo "image: no docker or podman that runs here: skipped"; exit 0; \
+	fi; \
+	echo "$$engine build -t $(IMAGE) ."; \
+	"$$engine" build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 # The connection server's throughput: accepted sends per second, single and
 # multicast, over HTTP and XMPP, upstream messages per second over XMPP, and

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Packages the binaries cross/build.sh made: .deb, .rpm, .apk and .ipk of
-# tetherd (with tetherctl) for each target, with nfpm and
-# packaging/nfpm.yaml, into OUT/NAME/.
+# tetherd (with tetherctl), with packaging/nfpm.yaml, and .deb and .rpm of
+# tether-server, with packaging/nfpm-server.yaml, for each target with
+# nfpm, into OUT/NAME/.
 #
 #   cross/package.sh NFPM CROSS-DIR OUT [NAME...]   default: every target built
 #
 #   TETHER_VERSION     package version, semantic (default: scripts/version.sh)
-#   PACKAGE_FORMATS    default: deb rpm apk ipk
+#   PACKAGE_FORMATS    default: deb rpm apk ipk (tether-server: deb and rpm
+#                      of these only)
 #   IPK_ARCH           the OpenWrt architecture of the .ipk, for one target
 #                      (mipsel_24kc, aarch64_cortex-a53, ...); default:
 #                      nfpm's generic name, which opkg may refuse
@@ -43,5 +45,8 @@ for name in "${names[@]}"; do
     if [[ $f == ipk && -n ${IPK_ARCH:-} ]]; then TETHER_ARCH=$IPK_ARCH; fi
     export TETHER_ARCH
     "$nfpm" package --config packaging/nfpm.yaml --packager "$f" --target "$out/$name/" | grep -v '^using '
+    if [[ $f == deb || $f == rpm ]]; then
+      "$nfpm" package --config packaging/nfpm-server.yaml --packager "$f" --target "$out/$name/" | grep -v '^using '
+    fi
   done
 done

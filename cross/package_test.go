@@ -70,20 +70,30 @@ func TestDebInstallRemove(t *testing.T) {
 		t.Errorf("config check of the installed file: %q", out)
 	}
 
-	run(t, "dpkg", "-r", "tetherd")
-	left := added(before, tetherPaths(t))
-	if want := []string{"/etc/tether", "/etc/tether/agent.toml"}; !slices.Equal(left, want) {
-		t.Errorf("after dpkg -r, left behind %q; want only the conffile %q", left, want)
+	removeThenPurge(t, "tetherd", "tether", tetherPaths, before, func(left []string) bool {
+		return slices.Equal(left, []string{"/etc/tether", "/etc/tether/agent.toml"})
+	})
+}
+
+// removeThenPurge removes the installed package pkg with dpkg -r and checks
+// that what it leaves of paths() beyond before passes kept, that it keeps
+// its configuration and its user, as Debian policy asks; then purges it and
+// checks that it leaves nothing.
+func removeThenPurge(t *testing.T, pkg, userName string, paths func(*testing.T) []string, before []string, kept func([]string) bool) {
+	t.Helper()
+	run(t, "dpkg", "-r", pkg)
+	if left := added(before, paths(t)); !kept(left) {
+		t.Errorf("after dpkg -r, left behind %q", left)
 	}
-	if out := run(t, "dpkg-query", "-W", "-f", "${Status}", "tetherd"); out != "deinstall ok config-files" {
+	if out := run(t, "dpkg-query", "-W", "-f", "${Status}", pkg); out != "deinstall ok config-files" {
 		t.Errorf("after dpkg -r, the package is %q", out)
 	}
-	if exec.Command("getent", "passwd", "tether").Run() != nil {
-		t.Error("dpkg -r removed the tether user; policy keeps it")
+	if exec.Command("getent", "passwd", userName).Run() != nil {
+		t.Errorf("dpkg -r removed the %s user; policy keeps it", userName)
 	}
 
-	run(t, "dpkg", "--purge", "tetherd")
-	if left := added(before, tetherPaths(t)); len(left) > 0 {
+	run(t, "dpkg", "--purge", pkg)
+	if left := added(before, paths(t)); len(left) > 0 {
 		t.Errorf("after a purge, left behind %q", left)
 	}
 }

@@ -21,6 +21,7 @@
 //	tether-server device remove --data DIR | --nats URLS --id ID
 //	tether-server xmpp drain --data DIR
 //	tether-server migrate --data DIR --nats URLS [--shards N] [--json]
+//	tether-server healthcheck [--url URL] [--timeout DURATION]
 //	tether-server version
 //
 // Exit status: 0 on success, 1 on an error, 2 on a usage error.
@@ -148,6 +149,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return xmppDrain(ctx, args[2:], stdout, stderr)
 	case len(args) >= 1 && args[0] == "migrate":
 		return migrate(ctx, args[1:], stdout, stderr)
+	case len(args) >= 1 && args[0] == "healthcheck":
+		return healthcheck(ctx, args[1:], stdout, stderr)
 	case len(args) == 1 && (args[0] == "version" || args[0] == "--version"):
 		fmt.Fprintln(stdout, "tether-server", version)
 		return nil
@@ -340,7 +343,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer srv.Close()
-	return srv.Serve(ctx)
+	return serveNotifying(ctx, srv, log)
 }
 
 func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {

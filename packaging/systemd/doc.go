@@ -1,6 +1,7 @@
-// Package systemd holds the systemd unit Tether ships for tetherd, embedded
-// so that `tetherd install` writes the same unit the packages install. The
-// unit file itself, tetherd.service, is the one source of both.
+// Package systemd holds the systemd units Tether ships: tetherd.service,
+// embedded so that `tetherd install` writes the same unit the packages
+// install (the unit file itself is the one source of both), and
+// tether-server.service, which only the server's packages install.
 package systemd
 
 import _ "embed"
