@@ -1,13 +1,13 @@
 package websocket
 
 import (
-	"bufio"
 	"context"
 	"encoding/base64"
 	"errors"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"strings"
@@ -21,77 +21,62 @@ import (
 type testProxy struct {
 	url *url.URL
 	// answer is what the proxy writes to a CONNECT with the right
-	// credentials in place of "200 Connection established" and the
-	// tunnel; "" for those, "silence" for nothing at all.
+	// credentials in place of "200 OK" and the tunnel; "" for those,
+	// "silence" for nothing at all.
 	answer string
 
 	mu       sync.Mutex
-	connects []string // CONNECT targets, as asked
+	connects []string // requests, as method and target
 }
 
 func startTestProxy(t *testing.T, user *url.Userinfo, answer string) *testProxy {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &testProxy{url: &url.URL{Scheme: "http", Host: l.Addr().String(), User: user}, answer: answer}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		l.Close()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() { p.serve(t, c) })
-		}
-	})
+	p := &testProxy{answer: answer}
+	srv := httptest.NewServer(http.HandlerFunc(p.serve))
+	t.Cleanup(srv.Close)
+	p.url = &url.URL{Scheme: "http", Host: srv.Listener.Addr().String(), User: user}
 	return p
 }
 
-func (p *testProxy) serve(t *testing.T, c net.Conn) {
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	br := bufio.NewReader(c)
-	req, err := http.ReadRequest(br)
-	if err != nil {
-		t.Errorf("proxy: read request: %v", err)
+func (p *testProxy) serve(w http.ResponseWriter, r *http.Request) {
+	p.mu.Lock()
+	p.connects = append(p.connects, r.Method+" "+r.RequestURI)
+	p.mu.Unlock()
+	if r.Method != http.MethodConnect {
+		http.Error(w, "CONNECT only", http.StatusMethodNotAllowed)
 		return
 	}
-	p.mu.Lock()
-	p.connects = append(p.connects, req.Method+" "+req.RequestURI)
-	p.mu.Unlock()
 	if p.url.User != nil {
 		pw, _ := p.url.User.Password()
-		want := "Basic " + base64.StdEncoding.EncodeToString([]byte(p.url.User.Username()+":"+pw))
-		if req.Header.Get("Proxy-Authorization") != want {
-			io.WriteString(c, "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n\r\n")
+		if r.Header.Get("Proxy-Authorization") != "Basic "+base64.StdEncoding.EncodeToString([]byte(p.url.User.Username()+":"+pw)) {
+			w.Header().Set("Proxy-Authenticate", `Basic realm="test"`)
+			w.WriteHeader(http.StatusProxyAuthRequired)
 			return
 		}
 	}
+	c, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer c.Close()
 	switch p.answer {
 	case "silence":
-		io.Copy(io.Discard, br) // until the client gives up
+		io.Copy(io.Discard, brw) // until the client gives up
 		return
 	case "":
 	default:
 		io.WriteString(c, p.answer)
 		return
 	}
-	up, err := net.Dial("tcp", req.RequestURI)
+	up, err := net.Dial("tcp", r.Host)
 	if err != nil {
 		io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\n\r\n")
 		return
 	}
 	defer up.Close()
-	io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
-	c.SetDeadline(time.Time{})
+	io.WriteString(c, "HTTP/1.1 200 OK\r\n\r\n")
 	go func() {
-		io.Copy(up, br)
+		io.Copy(up, brw)
 		up.Close()
 	}()
 	io.Copy(c, up)
