@@ -1,6 +1,8 @@
 package websocket
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -181,4 +183,45 @@ func TestDialProxyUnreachable(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "dial proxy http://bob:xxxxx@"+dead.Host) || strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("dial: %v, want an error naming the proxy without its password", err)
 	}
+}
+
+// FuzzTunnel feeds arbitrary bytes to tunnel as the proxy's answer to
+// CONNECT: it never panics, and takes the tunnel as open only after a 2xx
+// answer with nothing behind it.
+func FuzzTunnel(f *testing.F) {
+	f.Add([]byte("HTTP/1.1 200 Connection established\r\n\r\n"))
+	f.Add([]byte("HTTP/1.0 200 OK\r\nProxy-Agent: x\r\n\r\n"))
+	f.Add([]byte("HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\r\n"))
+	f.Add([]byte("HTTP/1.1 204 No Content\r\n\r\n\x16\x03\x01"))
+	f.Add([]byte("HTTP/1.1 200\r\n"))
+	proxy := &url.URL{Scheme: "http", Host: "proxy:3128", User: url.UserPassword("u", "pw")}
+	f.Fuzz(func(t *testing.T, answer []byte) {
+		client, server := net.Pipe()
+		defer client.Close()
+		go func() {
+			defer server.Close()
+			buf := make([]byte, 512)
+			for n := 0; !bytes.Contains(buf[:n], []byte("\r\n\r\n")); {
+				m, err := server.Read(buf[n:])
+				if err != nil {
+					return
+				}
+				n += m
+			}
+			server.Write(answer)
+		}()
+		err := tunnel(client, proxy, "push.example:443")
+		if err != nil {
+			// The answer is quoted when malformed: it may hold the
+			// password only if the proxy wrote it.
+			if strings.Contains(err.Error(), "pw") && !bytes.Contains(answer, []byte("pw")) {
+				t.Errorf("the error shows the password: %v", err)
+			}
+			return
+		}
+		resp, rerr := readResponse(bufio.NewReader(bytes.NewReader(answer)))
+		if rerr != nil || resp.StatusCode/100 != 2 {
+			t.Errorf("tunnel open after the answer %q", answer)
+		}
+	})
 }
