@@ -49,21 +49,21 @@ type options struct {
 	// certFile and keyFile are the client certificate and its private
 	// key, presented on wss:// connections.
 	certFile, keyFile string
+	data              string
+	socket            string
+	socketMode        os.FileMode
 	// proxyURL is the proxy setting, a URL or proxyDirect, winning over
-	// HTTPS_PROXY and HTTP_PROXY; "" leaves them the say. proxyInFile is
-	// set when the config file gave it, which must then be private if the
-	// URL holds a password.
-	proxyURL    string
-	proxyInFile bool
+	// HTTPS_PROXY and HTTP_PROXY; "" leaves them the say.
+	proxyURL string
+	// proxyPasswordInFile is set when the config file's proxy URL holds
+	// a password, which makes the file one of secrets.
+	proxyPasswordInFile bool
 	// noProxy, when set, wins over NO_PROXY.
 	noProxy *string
 	// proxyRules are the proxy settings in force, from proxyURL, noProxy
 	// and the environment (resolveProxy), and proxy applies them.
 	proxyRules proxyenv.Config
 	proxy      func(*url.URL) *url.URL
-	data       string
-	socket     string
-	socketMode os.FileMode
 	// dbus is the bus the D-Bus door joins: "system", "session", a bus
 	// address, or "off".
 	dbus string
@@ -188,7 +188,7 @@ func (o *options) setProxy(s string) error {
 			return err
 		}
 	}
-	o.proxyURL, o.proxyInFile = s, false
+	o.proxyURL, o.proxyPasswordInFile = s, false
 	return nil
 }
 
@@ -516,9 +516,12 @@ func settings(root map[string]any) []fileSetting {
 		{[]string{"cert"}, lookup(root, "cert"), text(func(o *options, s string) error { return setPath(&o.certFile)(s) })},
 		{[]string{"key"}, lookup(root, "key"), text(func(o *options, s string) error { return setPath(&o.keyFile)(s) })},
 		{[]string{"proxy"}, lookup(root, "proxy"), text(func(o *options, s string) error {
-			err := o.setProxy(s)
-			o.proxyInFile = err == nil
-			return err
+			if err := o.setProxy(s); err != nil {
+				return err
+			}
+			u, _ := proxyenv.ParseURL(s) // checked; "direct" has no user
+			_, o.proxyPasswordInFile = u.User.Password()
+			return nil
 		})},
 		{[]string{"no_proxy"}, lookup(root, "no_proxy"), text((*options).setNoProxy)},
 		{[]string{"data_dir"}, lookup(root, "data_dir"), text(func(o *options, s string) error { return setPath(&o.data)(s) })},

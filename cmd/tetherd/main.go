@@ -39,7 +39,6 @@ import (
 
 	"tether/agent"
 	"tether/internal/clockknob"
-	"tether/internal/proxyenv"
 	"tether/ipc/dbusdoor"
 	"tether/ipc/socketdoor"
 	"tether/platform/service"
@@ -288,13 +287,9 @@ func prepare(o options) (*tls.Config, string, error) {
 		}
 	}
 
-	if o.proxyInFile {
-		if u, err := proxyenv.ParseURL(o.proxyURL); err == nil {
-			if _, ok := u.User.Password(); ok {
-				if err := checkPrivate("config file holding the proxy's password,", o.config); err != nil {
-					return nil, "", err
-				}
-			}
+	if o.proxyPasswordInFile {
+		if err := checkPrivate("config file holding the proxy's password,", o.config); err != nil {
+			return nil, "", err
 		}
 	}
 
