@@ -80,6 +80,9 @@ type Config struct {
 	// the device secret, every token and every message cross the network
 	// in the clear, so New refuses such a server without it.
 	Insecure bool
+	// Proxy gives the HTTP proxy to reach a server's URL through (HTTP
+	// CONNECT), or nil to connect directly; nil means always directly.
+	Proxy func(*url.URL) *url.URL
 	// EnrollKey is sent at check-in when the server requires one. With it,
 	// or with a client certificate (TLS), a device whose credentials the
 	// server refuses, as when it lost the device's record, checks in anew
@@ -280,6 +283,7 @@ func New(cfg Config) (*Agent, error) {
 		URLs:           endpoints,
 		Insecure:       cfg.Insecure,
 		TLS:            cfg.TLS,
+		Proxy:          cfg.Proxy,
 		Heartbeat:      cfg.Heartbeat,
 		PongWait:       cfg.PongWait,
 		MinBackoff:     cfg.MinBackoff,

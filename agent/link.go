@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,6 +65,9 @@ type LinkConfig struct {
 	Insecure bool
 	// TLS configures wss:// connections; nil means the system roots.
 	TLS *tls.Config
+	// Proxy gives the HTTP proxy to reach a URL through, or nil to
+	// connect directly (websocket.Dialer.Proxy).
+	Proxy func(*url.URL) *url.URL
 	// Heartbeat is the interval between pings; the server's welcome may
 	// ask for a shorter one.
 	Heartbeat time.Duration
@@ -195,6 +199,7 @@ func NewLink(cfg LinkConfig) (*Link, error) {
 			TLSClientConfig:  cfg.TLS,
 			HandshakeTimeout: dialTimeout,
 			Subprotocols:     []string{wire.Subprotocol},
+			Proxy:            cfg.Proxy,
 		},
 		hosts:     hosts,
 		kick:      make(chan struct{}, 1),

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"math"
+	"net/url"
 	"os"
 	"os/user"
 	"slices"
@@ -20,6 +21,7 @@ import (
 
 	"tether/agent"
 	"tether/internal/conftoml"
+	"tether/internal/proxyenv"
 	"tether/ipc/socketdoor"
 	"tether/store"
 )
@@ -50,6 +52,18 @@ type options struct {
 	data              string
 	socket            string
 	socketMode        os.FileMode
+	// proxyURL is the proxy setting, a URL or proxyDirect, winning over
+	// HTTPS_PROXY and HTTP_PROXY; "" leaves them the say.
+	proxyURL string
+	// proxyPasswordInFile is set when the config file's proxy URL holds
+	// a password, which makes the file one of secrets.
+	proxyPasswordInFile bool
+	// noProxy, when set, wins over NO_PROXY.
+	noProxy *string
+	// proxyRules are the proxy settings in force, from proxyURL, noProxy
+	// and the environment (resolveProxy), and proxy applies them.
+	proxyRules proxyenv.Config
+	proxy      func(*url.URL) *url.URL
 	// dbus is the bus the D-Bus door joins: "system", "session", a bus
 	// address, or "off".
 	dbus string
@@ -158,6 +172,52 @@ func (o *options) addServerPin(s string) error {
 		return fmt.Errorf("pin %q: want %s followed by the base64 SHA-256 of a certificate's public key", s, pinPrefix)
 	}
 	o.serverPins = append(o.serverPins, [sha256.Size]byte(sum))
+	return nil
+}
+
+// proxyDirect is the proxy setting that connects directly, whatever the
+// environment says.
+const proxyDirect = "direct"
+
+func (o *options) setProxy(s string) error {
+	if s != proxyDirect {
+		if s == "" {
+			return fmt.Errorf("empty proxy: want an http:// URL, or %q for none", proxyDirect)
+		}
+		if _, err := proxyenv.ParseURL(s); err != nil {
+			return err
+		}
+	}
+	o.proxyURL, o.proxyPasswordInFile = s, false
+	return nil
+}
+
+func (o *options) setNoProxy(s string) error {
+	o.noProxy = &s
+	return nil
+}
+
+// resolveProxy sets the proxy rules from the settings and, for what they
+// leave unsaid, the environment's variables, which it checks.
+func (o *options) resolveProxy(getenv func(string) string) error {
+	rules := proxyenv.FromEnvironment(getenv)
+	switch o.proxyURL {
+	case "":
+	case proxyDirect:
+		rules.HTTPProxy, rules.HTTPSProxy = "", ""
+	default:
+		rules.HTTPProxy, rules.HTTPSProxy = o.proxyURL, o.proxyURL
+	}
+	if o.noProxy != nil {
+		rules.NoProxy = *o.noProxy
+	}
+	f, err := rules.Func()
+	if err != nil {
+		// The setting was checked as it was read: the environment's is
+		// at fault.
+		return fmt.Errorf("the environment's HTTPS_PROXY or HTTP_PROXY (proxy = %q in the config file ignores them): %w", proxyDirect, err)
+	}
+	o.proxyRules, o.proxy = rules, f
 	return nil
 }
 
@@ -379,6 +439,8 @@ func daemonFlags(o *options, out io.Writer) *flag.FlagSet {
 	})
 	fs.Func("cert", "PEM `file` of the client certificate to present on wss:// connections (with --key)", setPath(&o.certFile))
 	fs.Func("key", "PEM `file` of the client certificate's private key; mode 0600", setPath(&o.keyFile))
+	fs.Func("proxy", "HTTP proxy `URL` to reach the server through, http://[user:password@]host[:port], or \"direct\" for none (default: HTTPS_PROXY and HTTP_PROXY)", o.setProxy)
+	fs.Func("no-proxy", "hosts to reach directly, past the proxy, as NO_PROXY lists them (default: NO_PROXY)", o.setNoProxy)
 	fs.Func("data", "`directory` of the agent's store (default /var/lib/tether)", setPath(&o.data))
 	fs.Func("socket", "`path` of the apps' Unix socket (default /run/tether/tetherd.sock)", setPath(&o.socket))
 	fs.Func("socket-mode", "permissions of the socket, an octal `mode` (default 0666)", o.setSocketMode)
@@ -453,6 +515,15 @@ func settings(root map[string]any) []fileSetting {
 		{[]string{"enroll_key_file"}, lookup(root, "enroll_key_file"), text(func(o *options, s string) error { return setPath(&o.enrollKeyFile)(s) })},
 		{[]string{"cert"}, lookup(root, "cert"), text(func(o *options, s string) error { return setPath(&o.certFile)(s) })},
 		{[]string{"key"}, lookup(root, "key"), text(func(o *options, s string) error { return setPath(&o.keyFile)(s) })},
+		{[]string{"proxy"}, lookup(root, "proxy"), text(func(o *options, s string) error {
+			if err := o.setProxy(s); err != nil {
+				return err
+			}
+			u, _ := proxyenv.ParseURL(s) // checked; "direct" has no user
+			_, o.proxyPasswordInFile = u.User.Password()
+			return nil
+		})},
+		{[]string{"no_proxy"}, lookup(root, "no_proxy"), text((*options).setNoProxy)},
 		{[]string{"data_dir"}, lookup(root, "data_dir"), text(func(o *options, s string) error { return setPath(&o.data)(s) })},
 		{[]string{"dbus"}, lookup(root, "dbus"), text((*options).setDBus)},
 		{[]string{"log_level"}, lookup(root, "log_level"), text((*options).setLogLevel)},

@@ -354,6 +354,8 @@ func FuzzConfig(f *testing.F) {
 	f.Add("server = \"ws://h\"\n[socket]\nmode = \"0660\"\n[apps]\n\"a.b\" = 0\n")
 	f.Add("socket = { mode = 0o640, path = 5 }\n[[x]]\ny = 1\n")
 	f.Add("a.b.c = [1, {d = 2}]\n")
+	f.Add("proxy = \"http://u:p%40@proxy:3128\"\nno_proxy = \"10.0.0.0/8,.lan\"\n")
+	f.Add("proxy = \"direct\"\nno_proxy = 3\n")
 	f.Add("cert = \"/c.pem\"\nkey = \"/k.pem\"\n[quota]\napp_bytes = \"512KiB\"\ntotal_bytes = 9007199254740993\nuser_registrations = 1\n")
 	f.Fuzz(func(t *testing.T, doc string) {
 		o := defaults()

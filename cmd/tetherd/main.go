@@ -120,6 +120,10 @@ func run(ctx context.Context, args []string, env environ) int {
 		fmt.Fprintln(env.stderr, "tetherd:", err)
 		return 2
 	}
+	if err := o.resolveProxy(env.getenv); err != nil {
+		fmt.Fprintln(env.stderr, "tetherd:", err)
+		return 2
+	}
 	// What the settings point to is part of them: a file that cannot be
 	// read, or that others can read, is refused as config check refuses
 	// it.
@@ -220,6 +224,10 @@ func runConfig(args []string, env environ) int {
 	if code, done := exitFor(err, env.stderr); done {
 		return code
 	}
+	if err := o.resolveProxy(env.getenv); err != nil {
+		fmt.Fprintln(env.stderr, "tetherd:", err)
+		return 2
+	}
 	if _, _, err := prepare(o); err != nil {
 		fmt.Fprintln(env.stderr, "tetherd:", err)
 		return 2
@@ -276,6 +284,12 @@ func prepare(o options) (*tls.Config, string, error) {
 		tlsConfig.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			cert, err := loadClientCert(o.certFile, o.keyFile)
 			return &cert, err
+		}
+	}
+
+	if o.proxyPasswordInFile {
+		if err := checkPrivate("config file holding the proxy's password,", o.config); err != nil {
+			return nil, "", err
 		}
 	}
 
@@ -336,6 +350,7 @@ func serve(ctx context.Context, o options, tlsConfig *tls.Config, enrollKey stri
 		Servers:     o.servers,
 		TLS:         tlsConfig,
 		Insecure:    o.insecure,
+		Proxy:       o.proxy,
 		EnrollKey:   enrollKey,
 		Heartbeat:   o.heartbeat,
 		MinBackoff:  o.minBackoff,
@@ -414,7 +429,7 @@ func serve(ctx context.Context, o options, tlsConfig *tls.Config, enrollKey stri
 			return err
 		}, func(err error) { log.Warn("watchdog", "err", err) })
 	}()
-	log.Info("ready", "version", version, "servers", o.servers, "socket", o.socket, "data", o.data)
+	log.Info("ready", "version", version, "servers", o.servers, "proxy", o.proxyRules, "socket", o.socket, "data", o.data)
 	if err := notify.Ready("serving apps on " + o.socket); err != nil {
 		log.Warn("not notifying systemd", "err", err)
 	}

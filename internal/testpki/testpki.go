@@ -101,6 +101,12 @@ func writePEM(path, typ string, der []byte) error {
 
 // Write creates a CA and a server certificate for 127.0.0.1 in dir.
 func Write(dir string) (Files, error) {
+	return WriteFor(dir, net.IPv4(127, 0, 0, 1))
+}
+
+// WriteFor creates a CA and a server certificate for the addresses ips
+// (the first is its common name) in dir.
+func WriteFor(dir string, ips ...net.IP) (Files, error) {
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return Files{}, fmt.Errorf("test CA key: %w", err)
@@ -129,8 +135,8 @@ func Write(dir string) (Files, error) {
 	}
 	srvTmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "127.0.0.1"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		Subject:      pkix.Name{CommonName: ips[0].String()},
+		IPAddresses:  ips,
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,

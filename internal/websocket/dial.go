@@ -40,6 +40,12 @@ type Dialer struct {
 	HandshakeTimeout time.Duration
 	// Subprotocols are offered in Sec-WebSocket-Protocol, in order.
 	Subprotocols []string
+	// Proxy, when set, gives the HTTP proxy to reach a URL through, or
+	// nil to connect directly: the connection to the proxy is then a
+	// tunnel to the server (HTTP CONNECT), with Basic credentials when
+	// the proxy's URL has a user. HandshakeTimeout bounds the exchange
+	// with the proxy too.
+	Proxy func(*url.URL) *url.URL
 }
 
 // Response is the server's answer to the opening handshake, returned with
@@ -92,8 +98,15 @@ func (d *Dialer) DialContext(ctx context.Context, urlStr string, requestHeader m
 	if netDial == nil {
 		netDial = (&net.Dialer{}).DialContext
 	}
-	nc, err := netDial(ctx, "tcp", addr)
+	var proxy *url.URL
+	if d.Proxy != nil {
+		proxy = d.Proxy(u)
+	}
+	nc, err := netDial(ctx, "tcp", dialAddr(addr, proxy))
 	if err != nil {
+		if proxy != nil {
+			err = fmt.Errorf("websocket: dial proxy %s: %w", proxy.Redacted(), err)
+		}
 		return nil, nil, err
 	}
 	// The handshake's reads and writes end with ctx: a deadline for its
@@ -102,7 +115,7 @@ func (d *Dialer) DialContext(ctx context.Context, urlStr string, requestHeader m
 		nc.SetDeadline(deadline)
 	}
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
-	conn, resp, err := d.handshake(ctx, nc, u, secure)
+	conn, resp, err := d.handshake(ctx, nc, u, secure, proxy, addr)
 	if !stop() || err != nil {
 		nc.Close()
 		if err == nil || ctx.Err() != nil {
@@ -114,8 +127,14 @@ func (d *Dialer) DialContext(ctx context.Context, urlStr string, requestHeader m
 	return conn, resp, nil
 }
 
-// handshake runs TLS (for wss) and the opening handshake on nc.
-func (d *Dialer) handshake(ctx context.Context, nc net.Conn, u *url.URL, secure bool) (*Conn, *Response, error) {
+// handshake runs the tunnel through proxy to addr (when there is a
+// proxy), TLS (for wss) and the opening handshake on nc.
+func (d *Dialer) handshake(ctx context.Context, nc net.Conn, u *url.URL, secure bool, proxy *url.URL, addr string) (*Conn, *Response, error) {
+	if proxy != nil {
+		if err := tunnel(nc, proxy, addr); err != nil {
+			return nil, nil, err
+		}
+	}
 	if secure {
 		cfg := &tls.Config{}
 		if d.TLSClientConfig != nil {

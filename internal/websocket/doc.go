@@ -1,6 +1,8 @@
 // Package websocket is the client side of the WebSocket protocol (RFC 6455)
 // that the agent needs to reach its connection server, and nothing more:
-// no server, no proxies, no compression, no cookies.
+// no server, no compression, no cookies. It reaches a server through an
+// HTTP proxy with CONNECT (Dialer.Proxy), the one kind of proxy that
+// carries TLS end to end.
 //
 // It exists for the size of the device's binary. A client built on
 // net/http (as gorilla/websocket is) links the HTTP client, HTTP/2, MIME
