@@ -266,22 +266,21 @@ func TestCommands(t *testing.T) {
 			wantCode:   1,
 			wantStderr: "tetherctl: send: send for app \"com.example.app\" with ttl 0: not connected to the server (Offline)\n",
 		},
-		{name: "bad data pair", args: []string{"send", "--app", app, "--to", "1", "kv"}, wantCode: 2, wantStderr: "tetherctl: send: data must be KEY=VALUE, not \"kv\" (see tetherctl help)\n"},
-		{name: "empty data key", args: []string{"send", "--app", app, "--to", "1", "=v"}, wantCode: 2, wantStderr: "tetherctl: send: data must be KEY=VALUE, not \"=v\" (see tetherctl help)\n"},
-		{name: "duplicate data key", args: []string{"send", "--app", app, "--to", "1", "k=1", "k=2"}, wantCode: 2, wantStderr: "tetherctl: send: data key \"k\" given twice (see tetherctl help)\n"},
-		{name: "bad priority", args: []string{"send", "--app", app, "--to", "1", "--priority", "urgent"}, wantCode: 2, wantStderr: "tetherctl: send: --priority must be normal or high, not \"urgent\" (see tetherctl help)\n"},
-		{name: "bad ttl", args: []string{"send", "--app", app, "--to", "1", "--ttl", "1.5"}, wantCode: 2, wantStderr: "tetherctl: send: invalid value \"1.5\" for flag -ttl: \"1.5\" is not a whole number of seconds (see tetherctl help)\n"},
-		{name: "missing --to", args: []string{"send", "--app", app, "k=v"}, wantCode: 2, wantStderr: "tetherctl: send: --to is required (see tetherctl help)\n"},
-		{name: "missing --app", args: []string{"listen"}, wantCode: 2, wantStderr: "tetherctl: listen: --app is required (see tetherctl help)\n"},
-		{name: "negative count", args: []string{"listen", "--app", app, "--count", "-1"}, wantCode: 2, wantStderr: "tetherctl: listen: --count must not be negative (see tetherctl help)\n"},
-		{name: "unknown flag", args: []string{"status", "--verbose"}, wantCode: 2, wantStderr: "tetherctl: status: flag provided but not defined: -verbose (see tetherctl help)\n"},
-		{name: "stray argument", args: []string{"status", "now"}, wantCode: 2, wantStderr: "tetherctl: status: unexpected argument \"now\" (see tetherctl help)\n"},
+		{name: "bad data pair", args: []string{"send", "--app", app, "--to", "1", "kv"}, wantCode: 2, wantStderr: "tetherctl: send: data must be KEY=VALUE, not \"kv\" (see tetherctl send --help)\n"},
+		{name: "empty data key", args: []string{"send", "--app", app, "--to", "1", "=v"}, wantCode: 2, wantStderr: "tetherctl: send: data must be KEY=VALUE, not \"=v\" (see tetherctl send --help)\n"},
+		{name: "duplicate data key", args: []string{"send", "--app", app, "--to", "1", "k=1", "k=2"}, wantCode: 2, wantStderr: "tetherctl: send: data key \"k\" given twice (see tetherctl send --help)\n"},
+		{name: "bad priority", args: []string{"send", "--app", app, "--to", "1", "--priority", "urgent"}, wantCode: 2, wantStderr: "tetherctl: send: --priority must be normal or high, not \"urgent\" (see tetherctl send --help)\n"},
+		{name: "bad ttl", args: []string{"send", "--app", app, "--to", "1", "--ttl", "1.5"}, wantCode: 2, wantStderr: "tetherctl: send: invalid value \"1.5\" for flag -ttl: \"1.5\" is not a whole number of seconds (see tetherctl send --help)\n"},
+		{name: "missing --to", args: []string{"send", "--app", app, "k=v"}, wantCode: 2, wantStderr: "tetherctl: send: --to is required (see tetherctl send --help)\n"},
+		{name: "missing --app", args: []string{"listen"}, wantCode: 2, wantStderr: "tetherctl: listen: --app is required (see tetherctl listen --help)\n"},
+		{name: "negative count", args: []string{"listen", "--app", app, "--count", "-1"}, wantCode: 2, wantStderr: "tetherctl: listen: --count must not be negative (see tetherctl listen --help)\n"},
+		{name: "unknown flag", args: []string{"status", "--verbose"}, wantCode: 2, wantStderr: "tetherctl: status: flag provided but not defined: -verbose (see tetherctl status --help)\n"},
+		{name: "stray argument", args: []string{"status", "now"}, wantCode: 2, wantStderr: "tetherctl: status: unexpected argument \"now\" (see tetherctl status --help)\n"},
 		{name: "unknown command", args: []string{"frobnicate"}, wantCode: 2, wantStderr: "tetherctl: unknown command \"frobnicate\"\n\n" + usage},
 		{name: "no command", args: []string{"--json"}, wantCode: 2, wantStderr: "tetherctl: no command\n\n" + usage},
 		{name: "unknown global flag", args: []string{"--nope", "status"}, wantCode: 2, wantStderr: "tetherctl: flag provided but not defined: -nope\n\n" + usage},
 		{name: "help", args: []string{"help"}, wantStdout: usage},
 		{name: "-h", args: []string{"-h"}, wantStdout: usage},
-		{name: "--help after a command", args: []string{"send", "--help"}, wantStdout: usage},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -447,6 +446,7 @@ func TestListenEnds(t *testing.T) {
 	tests := []struct {
 		name       string
 		door       string // only this door; "" for both
+		once       bool   // listen --once
 		end        func(e *env, cancel context.CancelFunc)
 		wantCode   int
 		wantStderr string
@@ -464,21 +464,23 @@ func TestListenEnds(t *testing.T) {
 				fmt.Fprintf(conn, `{"op":"listen","app":%q}`+"\n", app)
 			},
 			wantCode:   1,
-			wantStderr: "tetherctl: listen: another listener for app \"com.example.app\" took over\n",
+			wantStderr: "tetherctl: listen: app \"com.example.app\": another listener took over\n",
 		},
 		{
-			name:       "agent goes away",
+			name:       "agent goes away with --once",
 			door:       "socket",
+			once:       true,
 			end:        func(e *env, _ context.CancelFunc) { e.srv.Close() },
 			wantCode:   1,
-			wantStderr: "tetherctl: listen: the agent closed the connection\n",
+			wantStderr: "tetherctl: listen: disconnected from the agent: it closed the connection\n",
 		},
 		{
-			name:       "agent goes away",
+			name:       "agent goes away with --once",
 			door:       "dbus",
+			once:       true,
 			end:        func(e *env, _ context.CancelFunc) { e.dbusSrv.Close() },
 			wantCode:   1,
-			wantStderr: "tetherctl: listen: the agent left the bus\n",
+			wantStderr: "tetherctl: listen: disconnected from the agent: it left the bus\n",
 		},
 		{
 			name: "subscriber replaced by another on the bus",
@@ -494,7 +496,7 @@ func TestListenEnds(t *testing.T) {
 				}
 			},
 			wantCode:   1,
-			wantStderr: "tetherctl: listen: another listener for app \"com.example.app\" took over\n",
+			wantStderr: "tetherctl: listen: app \"com.example.app\": another listener took over\n",
 		},
 		{
 			name: "interrupted",
@@ -511,7 +513,11 @@ func TestListenEnds(t *testing.T) {
 				e.register(app, "123")
 				ctx, cancel := context.WithCancel(context.Background())
 				defer cancel()
-				wait := e.start(ctx, "listen", "--app", app)
+				args := []string{"listen", "--app", app}
+				if tt.once {
+					args = append(args, "--once")
+				}
+				wait := e.start(ctx, args...)
 				testwait.Until(t, "tetherctl listens", 10*time.Second, func() bool { return e.b.Listening(app) })
 				tt.end(e, cancel)
 				if r := wait(); r.code != tt.wantCode || r.stderr != tt.wantStderr || r.stdout != "" {
@@ -547,7 +553,7 @@ func TestTopics(t *testing.T) {
 				t.Errorf("got %+v, want status 1 and stderr %q", r, want)
 			}
 			r = e.run(context.Background(), "unsubscribe", "--app", app, "--sender", "123")
-			if want := "tetherctl: unsubscribe: --topic is required (see tetherctl help)\n"; r.code != 2 || r.stderr != want {
+			if want := "tetherctl: unsubscribe: --topic is required (see tetherctl unsubscribe --help)\n"; r.code != 2 || r.stderr != want {
 				t.Errorf("got %+v, want status 2 and stderr %q", r, want)
 			}
 		})
@@ -672,13 +678,13 @@ func TestDBus(t *testing.T) {
 			name:       "bad --dbus",
 			args:       []string{"--dbus", "sytem", "status"},
 			wantCode:   2,
-			wantStderr: "tetherctl: status: --dbus: bus \"sytem\" is not system, session or a D-Bus address such as unix:path=/run/dbus/system_bus_socket (see tetherctl help)\n",
+			wantStderr: "tetherctl: status: --dbus: bus \"sytem\" is not system, session or a D-Bus address such as unix:path=/run/dbus/system_bus_socket (see tetherctl status --help)\n",
 		},
 		{
 			name:         "no bus",
 			args:         []string{"--dbus", missing, "status"},
 			wantCode:     1,
-			wantStderr:   "tetherctl: status: cannot reach the bus at " + missing + ": ",
+			wantStderr:   "tetherctl: status: cannot reach the agent: the bus at " + missing + ": dial unix ",
 			stderrPrefix: true,
 		},
 		{

@@ -8,11 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+
+	"tether/internal/unixconn"
 )
 
 // Message types.
@@ -84,7 +85,7 @@ var ErrClosed = errors.New("the connection to the bus closed")
 
 // Conn is a connection to a message bus.
 type Conn struct {
-	nc   net.Conn
+	nc   *os.File
 	name string
 
 	wmu    sync.Mutex // serializes writes and serial numbers
@@ -102,11 +103,11 @@ type Conn struct {
 // "unix:path=/run/dbus/system_bus_socket"), authenticates as this
 // process's user and says Hello. ctx bounds the whole.
 func Dial(ctx context.Context, addr string) (*Conn, error) {
-	network, target, err := parseAddress(addr)
+	path, err := parseAddress(addr)
 	if err != nil {
 		return nil, err
 	}
-	nc, err := (&net.Dialer{}).DialContext(ctx, network, target)
+	nc, err := unixconn.Dial(ctx, path)
 	if err != nil {
 		return nil, err
 	}
@@ -129,7 +130,7 @@ func Dial(ctx context.Context, addr string) (*Conn, error) {
 }
 
 // parseAddress takes the first unix transport of a D-Bus address.
-func parseAddress(addr string) (network, target string, err error) {
+func parseAddress(addr string) (path string, err error) {
 	for a := range strings.SplitSeq(addr, ";") {
 		transport, params, ok := strings.Cut(a, ":")
 		if !ok || transport != "unix" {
@@ -139,17 +140,17 @@ func parseAddress(addr string) (network, target string, err error) {
 			k, v, _ := strings.Cut(kv, "=")
 			v, err := unescape(v)
 			if err != nil {
-				return "", "", fmt.Errorf("bus address %q: %w", addr, err)
+				return "", fmt.Errorf("bus address %q: %w", addr, err)
 			}
 			switch k {
 			case "path":
-				return "unix", v, nil
+				return v, nil
 			case "abstract":
-				return "unix", "@" + v, nil
+				return "@" + v, nil
 			}
 		}
 	}
-	return "", "", fmt.Errorf("bus address %q has no unix:path= or unix:abstract= transport", addr)
+	return "", fmt.Errorf("bus address %q has no unix:path= or unix:abstract= transport", addr)
 }
 
 // unescape undoes an address value's %XX escapes.
