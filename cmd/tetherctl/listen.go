@@ -172,7 +172,7 @@ func (l *listenCmd) handle(ctx context.Context, m client.Message) (bool, error) 
 		}
 		d := wait.next()
 		if time.Now().Add(d).After(expires) {
-			l.warnf("%s for message %s: %v; given up after %d tries: its time to live runs out", l.program, m.ID, err, try)
+			l.warnf("%s for message %s: %v; gave up after try %d: its time to live runs out", l.program, m.ID, err, try)
 			return false, nil
 		}
 		l.warnf("%s for message %s: %v; trying again in %s", l.program, m.ID, err, d.Round(time.Millisecond))

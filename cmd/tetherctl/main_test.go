@@ -60,6 +60,13 @@ func newEnvOn(t *testing.T, door string) *env {
 func (e *env) startDBus() {
 	e.t.Helper()
 	e.bus = dbustest.Start(e.t).Address
+	e.startDBusDoor()
+}
+
+// startDBusDoor starts the D-Bus door on the env's bus, as an agent
+// (re)starting does.
+func (e *env) startDBusDoor() {
+	e.t.Helper()
 	srv, err := dbusdoor.New(dbusdoor.Config{
 		Bus:     e.bus,
 		Backend: e.b,
@@ -68,34 +75,47 @@ func (e *env) startDBus() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	serve(e.t, srv)
+	e.dbusSrv = srv
+}
+
+// serve serves a door until the test ends or it is closed.
+func serve(t *testing.T, door interface {
+	Serve(context.Context) error
+	Close() error
+}) {
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(context.Background()) }()
-	e.t.Cleanup(func() {
-		srv.Close()
+	go func() { served <- door.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		door.Close()
 		<-served
 	})
-	e.dbusSrv = srv
+}
+
+// startSocketDoor starts the socket door on the env's socket, as an agent
+// (re)starting does.
+func (e *env) startSocketDoor() {
+	e.t.Helper()
+	srv, err := socketdoor.New(socketdoor.Config{
+		Path:    e.socket,
+		Backend: e.b,
+		Logger:  slog.New(slog.NewTextHandler(e.t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	serve(e.t, srv)
+	e.srv = srv
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	b := ipctest.New("push.example.test:443", "device-7")
-	socket := filepath.Join(t.TempDir(), "tetherd.sock")
-	srv, err := socketdoor.New(socketdoor.Config{
-		Path:    socket,
-		Backend: b,
-		Logger:  slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
-	if err != nil {
-		t.Fatal(err)
+	e := &env{
+		t: t, b: ipctest.New("push.example.test:443", "device-7"), socket: filepath.Join(t.TempDir(), "tetherd.sock"),
+		me: ipc.Caller{UID: uint32(os.Getuid())}, door: "socket",
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		srv.Close()
-		<-served
-	})
-	return &env{t: t, b: b, srv: srv, socket: socket, me: ipc.Caller{UID: uint32(os.Getuid())}, door: "socket"}
+	e.startSocketDoor()
+	return e
 }
 
 type result struct {
@@ -106,30 +126,50 @@ type result struct {
 // run runs tetherctl with TETHER_SOCKET pointing at the env's socket and,
 // when the env's door is D-Bus, --dbus naming its bus.
 func (e *env) run(ctx context.Context, args ...string) result {
+	var stderr bytes.Buffer
+	r := e.runTo(ctx, &stderr, args...)
+	r.stderr = stderr.String()
+	return r
+}
+
+// runTo is run with stderr going to a writer of the caller's.
+func (e *env) runTo(ctx context.Context, stderr io.Writer, args ...string) result {
 	if e.door == "dbus" {
 		args = append([]string{"--dbus", e.bus}, args...)
 	}
-	var stdout, stderr bytes.Buffer
+	var stdout bytes.Buffer
 	getenv := func(key string) string {
 		if key == "TETHER_SOCKET" {
 			return e.socket
 		}
 		return ""
 	}
-	code := run(ctx, args, getenv, &stdout, &stderr)
-	return result{code, stdout.String(), stderr.String()}
+	code := run(ctx, args, getenv, &stdout, stderr)
+	return result{code: code, stdout: stdout.String()}
 }
 
 // start runs tetherctl in the background; wait returns its result.
 func (e *env) start(ctx context.Context, args ...string) (wait func() result) {
+	var stderr syncBuffer
+	finish := e.startTo(ctx, &stderr, args...)
+	return func() result {
+		e.t.Helper()
+		r := finish()
+		r.stderr = stderr.String()
+		return r
+	}
+}
+
+// startTo is start with stderr going to a writer of the caller's.
+func (e *env) startTo(ctx context.Context, stderr io.Writer, args ...string) (wait func() result) {
 	done := make(chan result, 1)
-	go func() { done <- e.run(ctx, args...) }()
+	go func() { done <- e.runTo(ctx, stderr, args...) }()
 	return func() result {
 		e.t.Helper()
 		select {
 		case r := <-done:
 			return r
-		case <-time.After(30 * time.Second):
+		case <-time.After(60 * time.Second):
 			e.t.Fatalf("tetherctl %q did not finish", args)
 			return result{}
 		}
