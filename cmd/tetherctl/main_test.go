@@ -75,21 +75,8 @@ func (e *env) startDBusDoor() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	serve(e.t, srv)
+	ipctest.Serve(e.t, srv)
 	e.dbusSrv = srv
-}
-
-// serve serves a door until the test ends or it is closed.
-func serve(t *testing.T, door interface {
-	Serve(context.Context) error
-	Close() error
-}) {
-	served := make(chan error, 1)
-	go func() { served <- door.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		door.Close()
-		<-served
-	})
 }
 
 // startSocketDoor starts the socket door on the env's socket, as an agent
@@ -104,7 +91,7 @@ func (e *env) startSocketDoor() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	serve(e.t, srv)
+	ipctest.Serve(e.t, srv)
 	e.srv = srv
 }
 
