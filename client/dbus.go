@@ -391,30 +391,25 @@ func busEvent(s *busclient.Signal) (*ipc.Event, error) {
 // messageExtras reads the extras of a Message signal that the socket's
 // message has fields for; others are for later versions.
 func messageExtras(m *ipc.Message, extras map[string]any) error {
-	if v, ok := extras["priority"]; ok {
-		if err := storeVariant(v, &m.Priority); err != nil {
-			return fmt.Errorf("priority: %w", err)
+	var sentTime int64
+	var ttl uint32
+	for _, x := range []struct {
+		key string
+		dst any
+	}{
+		{"priority", &m.Priority}, {"notification", &m.Notification}, {"topic", &m.Topic},
+		{"sent_time", &sentTime}, {"ttl", &ttl},
+	} {
+		if v, ok := extras[x.key]; ok {
+			if err := storeVariant(v, x.dst); err != nil {
+				return fmt.Errorf("%s: %w", x.key, err)
+			}
 		}
 	}
-	if v, ok := extras["sent_time"]; ok {
-		var ms int64
-		if err := storeVariant(v, &ms); err != nil {
-			return fmt.Errorf("sent_time: %w", err)
-		}
-		m.SentTime = time.UnixMilli(ms).UTC()
+	if _, ok := extras["sent_time"]; ok {
+		m.SentTime = time.UnixMilli(sentTime).UTC()
 	}
-	if v, ok := extras["notification"]; ok {
-		if err := storeVariant(v, &m.Notification); err != nil {
-			return fmt.Errorf("notification: %w", err)
-		}
-	}
-	if v, ok := extras["ttl"]; ok {
-		var ttl uint32
-		if err := storeVariant(v, &ttl); err != nil {
-			return fmt.Errorf("ttl: %w", err)
-		}
-		m.TTL = int64(ttl)
-	}
+	m.TTL = int64(ttl)
 	return nil
 }
 

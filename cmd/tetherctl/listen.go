@@ -259,12 +259,9 @@ func (b *backoff) reset() { b.step = 0 }
 
 // sleep waits d, or less when ctx ends; it reports whether it waited d.
 func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
 	select {
-	case <-t.C:
-		return true
+	case <-time.After(d):
 	case <-ctx.Done():
-		return false
 	}
+	return ctx.Err() == nil
 }

@@ -1,8 +1,7 @@
 package main
 
 import (
-	"bytes"
-	"context"
+		"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -12,10 +11,10 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"tether/internal/logtest"
 	"tether/internal/testwait"
 	"tether/ipc"
 )
@@ -95,7 +94,7 @@ func TestListenWaitsForTheAgent(t *testing.T) {
 	e.register(app, "123")
 	e.b.Push(ipc.Message{ID: "m1", App: app, From: "123"})
 	e.srv.Close()
-	stderr := &syncBuffer{}
+	stderr := &logtest.Buffer{}
 	wait := e.startTo(context.Background(), stderr, "listen", "--app", app, "--count", "1")
 	testwait.Until(t, "tetherctl to find no agent", 20*time.Second, func() bool {
 		return strings.Contains(stderr.String(), "cannot reach the agent: dial unix "+e.socket)
@@ -104,24 +103,6 @@ func TestListenWaitsForTheAgent(t *testing.T) {
 	if r, want := wait(), "message m1 from 123 collapse_key=- data: -\n"; r.code != 0 || r.stdout != want {
 		t.Errorf("got %+v, want status 0 and stdout %q", r, want)
 	}
-}
-
-// syncBuffer is stderr that a test reads while tetherctl writes it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestExec runs a program that fails twice, then succeeds: it gets the

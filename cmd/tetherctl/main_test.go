@@ -19,6 +19,7 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"tether/internal/dbustest"
+	"tether/internal/logtest"
 	"tether/internal/testwait"
 	"tether/ipc"
 	"tether/ipc/dbusdoor"
@@ -137,7 +138,7 @@ func (e *env) runTo(ctx context.Context, stderr io.Writer, args ...string) resul
 
 // start runs tetherctl in the background; wait returns its result.
 func (e *env) start(ctx context.Context, args ...string) (wait func() result) {
-	var stderr syncBuffer
+	var stderr logtest.Buffer
 	finish := e.startTo(ctx, &stderr, args...)
 	return func() result {
 		e.t.Helper()
@@ -436,7 +437,7 @@ func testListenJSONWithEvents(t *testing.T, e *env) {
 	e.b.Complete(app, "up2", "rejected")
 	e.b.DeleteMessages(app, 4)
 	e.b.RefreshToken(app, "123", "token-new")
-	e.b.Push(ipc.Message{ID: "m2", App: app, From: "123", Data: map[string]string{}, Notification: map[string]string{"title": "t"}})
+	e.b.Push(ipc.Message{ID: "m2", App: app, From: "123", Data: map[string]string{}, Notification: map[string]string{"title": "t"}, Topic: "alerts"})
 
 	r := wait()
 	if r.code != 0 || r.stderr != "" {
@@ -459,7 +460,7 @@ func testListenJSONWithEvents(t *testing.T, e *env) {
 		{"event": "send_error", "app": app, "message_id": "up2", "error": "rejected"},
 		{"event": "deleted_messages", "app": app, "count": 4.0},
 		{"event": "token_refreshed", "app": app, "sender": "123", "token": "token-new"},
-		{"event": "message", "message_id": "m2", "app": app, "from": "123", "collapse_key": "", "data": map[string]any{}, "ttl": 0.0, "notification": map[string]any{"title": "t"}},
+		{"event": "message", "message_id": "m2", "app": app, "from": "123", "collapse_key": "", "data": map[string]any{}, "ttl": 0.0, "notification": map[string]any{"title": "t"}, "topic": "alerts"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("printed\n%v\nwant\n%v", got, want)

@@ -34,13 +34,19 @@ func Dial(ctx context.Context, path string) (*os.File, error) {
 	}
 	for {
 		err = syscall.Connect(fd, &syscall.SockaddrUnix{Name: path})
-		if err != syscall.EINTR && err != syscall.EAGAIN {
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != syscall.EAGAIN {
 			break
 		}
-		if err == syscall.EAGAIN && !wait(ctx) {
-			err = ctx.Err()
-			break
+		select {
+		case <-time.After(busyWait): // the listener's backlog is full
+			continue
+		case <-ctx.Done():
 		}
+		err = ctx.Err()
+		break
 	}
 	if err != nil {
 		syscall.Close(fd)
@@ -50,15 +56,4 @@ func Dial(ctx context.Context, path string) (*os.File, error) {
 		return nil, fmt.Errorf("dial unix %s: %w", path, err)
 	}
 	return os.NewFile(uintptr(fd), path), nil
-}
-
-func wait(ctx context.Context) bool {
-	t := time.NewTimer(busyWait)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
