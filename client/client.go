@@ -27,9 +27,9 @@ type (
 	// SendRequest is an upstream message.
 	SendRequest = ipc.SendRequest
 	// AgentError is the agent's refusal of a request. Its Code is one of
-	// docs/ipc.md's error codes (ipc.CodeNotRegistered and the others),
-	// the same through the socket and D-Bus; Message is a sentence for
-	// people.
+	// the socket's error codes (ipc.CodeNotRegistered and the others) or,
+	// on D-Bus, the error's name without "org.tether.Push1.Error."
+	// (docs/ipc.md has both); Message is a sentence for people.
 	AgentError = ipc.ResponseError
 )
 
