@@ -132,11 +132,12 @@ func (l *listenCmd) session(ctx context.Context, again bool, wait *backoff) erro
 			}
 			continue
 		}
-		if handled, err := l.handle(ctx, *ev.Message); err != nil || !handled {
-			if err != nil {
-				return err
-			}
-			continue
+		handled, err := l.handle(ctx, *ev.Message)
+		if err != nil {
+			return err
+		}
+		if !handled {
+			continue // given up: the agent drops it
 		}
 		if err := l.do(ctx, func(ctx context.Context) error { return lis.Ack(ctx, ev.Message.ID) }); err != nil {
 			return err
