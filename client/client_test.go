@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -192,4 +194,42 @@ func FuzzRead(f *testing.F) {
 			}
 		}
 	})
+}
+
+// BenchmarkListenAck: messages taken and acked one at a time through the
+// socket door, as tetherctl listen does (the backend is in memory, so this
+// is the cost of the client and the door, not of the agent's disk).
+func BenchmarkListenAck(b *testing.B) {
+	d := &door{b: ipctest.New("push.example.test:443", "device-1"), socket: filepath.Join(b.TempDir(), "tetherd.sock")}
+	srv, err := socketdoor.New(socketdoor.Config{Path: d.socket, Backend: d.b, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ipctest.Serve(b, srv)
+	c, err := New(Config{Socket: d.socket})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := c.Register(ctx, app, "123"); err != nil {
+		b.Fatal(err)
+	}
+	l, err := c.Listen(ctx, app)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	for i := range b.N {
+		d.b.Push(ipc.Message{ID: strconv.Itoa(i), App: app, From: "123", Data: map[string]string{"temp": "21"}})
+	}
+	b.ResetTimer()
+	for range b.N {
+		ev, err := l.Next(ctx)
+		if err != nil || ev.Message == nil {
+			b.Fatalf("Next: %+v, %v", ev, err)
+		}
+		if err := l.Ack(ctx, ev.Message.ID); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
