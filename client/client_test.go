@@ -30,10 +30,15 @@ type door struct {
 	c      *Client
 }
 
-func startDoor(t *testing.T) *door {
+func startDoor(t testing.TB) *door {
+	t.Helper()
+	return startDoorLogging(t, ipctest.Logger(t))
+}
+
+func startDoorLogging(t testing.TB, logger *slog.Logger) *door {
 	t.Helper()
 	d := &door{b: ipctest.New("push.example.test:443", "device-1"), socket: filepath.Join(t.TempDir(), "tetherd.sock")}
-	srv, err := socketdoor.New(socketdoor.Config{Path: d.socket, Backend: d.b, Logger: ipctest.Logger(t)})
+	srv, err := socketdoor.New(socketdoor.Config{Path: d.socket, Backend: d.b, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,21 +205,9 @@ func FuzzRead(f *testing.F) {
 // socket door, as tetherctl listen does (the backend is in memory, so this
 // is the cost of the client and the door, not of the agent's disk).
 func BenchmarkListenAck(b *testing.B) {
-	d := &door{b: ipctest.New("push.example.test:443", "device-1"), socket: filepath.Join(b.TempDir(), "tetherd.sock")}
-	srv, err := socketdoor.New(socketdoor.Config{Path: d.socket, Backend: d.b, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ipctest.Serve(b, srv)
-	c, err := New(Config{Socket: d.socket})
-	if err != nil {
-		b.Fatal(err)
-	}
+	d := startDoorLogging(b, slog.New(slog.DiscardHandler))
 	ctx := context.Background()
-	if _, err := c.Register(ctx, app, "123"); err != nil {
-		b.Fatal(err)
-	}
-	l, err := c.Listen(ctx, app)
+	l, err := d.c.Listen(ctx, app)
 	if err != nil {
 		b.Fatal(err)
 	}
