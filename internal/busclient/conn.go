@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"tether/internal/unixconn"
 )
@@ -35,6 +36,10 @@ const (
 	fieldSender      = 7
 	fieldSignature   = 8
 )
+
+// writeTimeout bounds each write: the bus daemon reads promptly, and
+// disconnects a client it cannot keep up with.
+const writeTimeout = 10 * time.Second
 
 // maxMessage bounds a message read from the bus; tetherctl's are a few
 // KiB, and the specification's bound is 128 MiB.
@@ -290,6 +295,7 @@ func (c *Conn) send(typ byte, dest string, path ObjectPath, iface, member string
 	if err := register(serial); err != nil {
 		return 0, err
 	}
+	c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
 	if _, err := c.nc.Write(append(e.b, body.b...)); err != nil {
 		return 0, err
 	}
