@@ -301,6 +301,8 @@ func TestCommands(t *testing.T) {
 		{name: "bad ttl", args: []string{"send", "--app", app, "--to", "1", "--ttl", "1.5"}, wantCode: 2, wantStderr: "tetherctl: send: invalid value \"1.5\" for flag -ttl: \"1.5\" is not a whole number of seconds (see tetherctl send --help)\n"},
 		{name: "missing --to", args: []string{"send", "--app", app, "k=v"}, wantCode: 2, wantStderr: "tetherctl: send: --to is required (see tetherctl send --help)\n"},
 		{name: "missing --app", args: []string{"listen"}, wantCode: 2, wantStderr: "tetherctl: listen: --app is required (see tetherctl listen --help)\n"},
+		{name: "--exec of nothing", args: []string{"listen", "--app", app, "--exec", "/nonexistent/handler"}, wantCode: 2, wantStderr: "tetherctl: listen: --exec: exec: \"/nonexistent/handler\": stat /nonexistent/handler: no such file or directory (see tetherctl listen --help)\n"},
+		{name: "arguments without --exec", args: []string{"listen", "--app", app, "--", "x"}, wantCode: 2, wantStderr: "tetherctl: listen: unexpected argument \"x\" (arguments are for --exec's program) (see tetherctl listen --help)\n"},
 		{name: "negative count", args: []string{"listen", "--app", app, "--count", "-1"}, wantCode: 2, wantStderr: "tetherctl: listen: --count must not be negative (see tetherctl listen --help)\n"},
 		{name: "unknown flag", args: []string{"status", "--verbose"}, wantCode: 2, wantStderr: "tetherctl: status: flag provided but not defined: -verbose (see tetherctl status --help)\n"},
 		{name: "stray argument", args: []string{"status", "now"}, wantCode: 2, wantStderr: "tetherctl: status: unexpected argument \"now\" (see tetherctl status --help)\n"},
