@@ -494,12 +494,14 @@ type delivered struct {
 	Count  int    `json:"count"`
 }
 
-// listen runs `tetherctl listen --json` (with extra flags such as --count)
-// and returns its messages and events as they come.
+// listen runs `tetherctl listen --json --once` (with extra flags such as
+// --count) and returns its messages and events as they come. With --once
+// it ends when the agent goes, so that a test that restarts the agent
+// and listens anew has one listener.
 func (a *agent) listen(app string, extra ...string) (<-chan delivered, *proc) {
 	a.t.Helper()
 	r, w := io.Pipe()
-	p := startProc(a.t, "tetherctl", w, append([]string{"--socket", a.sock, "listen", "--app", app, "--json"}, extra...)...)
+	p := startProc(a.t, "tetherctl", w, append([]string{"--socket", a.sock, "listen", "--app", app, "--json", "--once"}, extra...)...)
 	ch := make(chan delivered, 1000)
 	go func() {
 		<-p.done

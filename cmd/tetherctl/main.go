@@ -1,8 +1,9 @@
 // Command tetherctl is the command line for the Tether agent (tetherd) on a
-// device: it registers apps, listens for their messages, sends upstream
-// messages and shows the agent's state, through the agent's Unix socket
-// or, with --dbus, its D-Bus service (docs/ipc.md). It is a small client of
-// those and holds no state of its own.
+// device: it registers apps, listens for their messages (printing them or
+// running a program for each), sends upstream messages and shows the
+// agent's state, through the agent's Unix socket or, with --dbus, its
+// D-Bus service (docs/ipc.md). It is a small program around the client
+// package and holds no state of its own.
 package main
 
 import (
@@ -19,47 +20,14 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
+	"tether/client"
 	"tether/ipc"
 )
 
-const defaultSocket = "/run/tether/tetherd.sock"
-
 // version is set at build time (make build stamps it from git).
 var version = "dev"
-
-const usage = `Usage: tetherctl [--socket PATH | --dbus BUS] [--json] COMMAND [FLAGS]
-
-Talks to the Tether agent (tetherd) on this device.
-
-Commands:
-  register    --app APP --sender SENDER   print the app's registration token
-  unregister  --app APP --sender SENDER   drop the registration
-  subscribe   --app APP --sender SENDER --topic TOPIC
-                                          subscribe the app's registration
-                                          to a topic of the sender
-  unsubscribe --app APP --sender SENDER --topic TOPIC
-                                          end that subscription
-  listen      --app APP [--count N]       print the app's messages, acking each
-                                          one once printed; with --count, exit
-                                          after N messages
-  send        --app APP --to SENDER [--id ID] [--ttl SECONDS]
-              [--priority normal|high] [--wait] KEY=VALUE...
-                                          send an upstream message and print
-                                          its ID; with --wait, wait until the
-                                          server has it (on D-Bus, --wait
-                                          subscribes for the app meanwhile,
-                                          taking over from its listener)
-  status                                  show the agent's state
-  version                                 print tetherctl's version
-  help                                    show this help
-
-Global flags, before or after the command:
-  --socket PATH   the agent's socket (default $TETHER_SOCKET, else ` + defaultSocket + `)
-  --dbus BUS      talk to the agent on D-Bus instead: system, session, or a
-                  bus address such as unix:path=/run/dbus/system_bus_socket
-  --json          print JSON, one object per line
-`
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -70,27 +38,98 @@ func main() {
 
 // cli is one invocation: where to print and the global flags.
 type cli struct {
-	stdout io.Writer
-	getenv func(string) string
-	socket string
+	stdout, stderr io.Writer
+	getenv         func(string) string
+	socket         string
 	// bus is the --dbus setting; empty means the socket.
-	bus  string
-	json bool
+	bus     string
+	json    bool
+	timeout time.Duration
+	// name is the command's, for messages on stderr.
+	name string
+	// agent is made from the global flags once they are all parsed.
+	agent *client.Client
 }
 
 type command struct {
 	name string
-	run  func(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error
+	// synopsis is the command's flags and arguments, summary a line of
+	// what it does, more what --help adds to that line.
+	synopsis, summary, more string
+	run                     func(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error
 }
 
 var commands = []command{
-	{"register", runRegister},
-	{"unregister", runUnregister},
-	{"subscribe", runTopic("subscribe_topic")},
-	{"unsubscribe", runTopic("unsubscribe_topic")},
-	{"listen", runListen},
-	{"send", runSend},
-	{"status", runStatus},
+	{
+		name: "register", synopsis: "--app APP --sender SENDER", summary: "print the app's registration token with the sender",
+		more: "Registering again prints the same token until the token changes. The first\nregistration of an app binds it to your Unix user.",
+		run:  runRegister,
+	},
+	{name: "unregister", synopsis: "--app APP --sender SENDER", summary: "drop the app's registration with the sender", run: runUnregister},
+	{name: "subscribe", synopsis: "--app APP --sender SENDER --topic TOPIC", summary: "subscribe the app's registration to a topic of the sender", run: runTopic(true)},
+	{name: "unsubscribe", synopsis: "--app APP --sender SENDER --topic TOPIC", summary: "end the app's subscription to a topic", run: runTopic(false)},
+	{
+		name: "listen", synopsis: "--app APP [--count N] [--once] [--exec PROGRAM [-- ARGS...]]",
+		summary: "print the app's messages, or run a program for each, acking each once handled",
+		more:    listenHelp,
+		run:     runListen,
+	},
+	{
+		name: "send", synopsis: "--app APP --to SENDER [--id ID] [--ttl SECONDS] [--priority normal|high] [--wait] KEY=VALUE...",
+		summary: "send an upstream message and print its ID",
+		more:    "With --wait, wait until the server has it and print \"sent ID\" (on D-Bus,\n--wait subscribes for the app meanwhile, taking over from its listener).",
+		run:     runSend,
+	},
+	{name: "status", summary: "show the agent's state", run: runStatus},
+}
+
+const globalHelp = `Global flags, before or after the command:
+  --socket PATH        the agent's socket (default $TETHER_SOCKET, else ` + client.DefaultSocket + `)
+  --dbus BUS           talk to the agent on D-Bus instead: system, session, or a
+                       bus address such as unix:path=/run/dbus/system_bus_socket
+  --json               print JSON, one object per line
+  --timeout DURATION   give up when the agent has not answered within DURATION
+                       (such as 10s; default: wait as long as it takes)
+`
+
+// usage is tetherctl's help.
+var usage = func() string {
+	var b strings.Builder
+	b.WriteString("Usage: tetherctl [GLOBAL FLAGS] COMMAND [FLAGS]\n\nTalks to the Tether agent (tetherd) on this device.\n\nCommands:\n")
+	for _, cmd := range commands {
+		fmt.Fprintf(&b, "  %-12s %s\n", cmd.name, cmd.summary)
+	}
+	fmt.Fprintf(&b, "  %-12s %s\n  %-12s %s\n\n", "version", "print tetherctl's version", "help", "show this help")
+	b.WriteString("Run tetherctl COMMAND --help for a command's flags.\n\n" + globalHelp)
+	return b.String()
+}()
+
+// commandHelp is a command's --help: what it does and its flags, which
+// it reads from fs once the command has defined them.
+func commandHelp(cmd command, fs *flag.FlagSet) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Usage: tetherctl %s %s\n\n", cmd.name, cmd.synopsis)
+	summary := strings.ToUpper(cmd.summary[:1]) + cmd.summary[1:] + "."
+	fmt.Fprintf(&b, "%s\n", summary)
+	if cmd.more != "" {
+		fmt.Fprintf(&b, "%s\n", cmd.more)
+	}
+	var flags strings.Builder
+	fs.VisitAll(func(f *flag.Flag) {
+		if slices.Contains(globalFlags, f.Name) {
+			return
+		}
+		name, text := flag.UnquoteUsage(f)
+		if _, isBool := f.Value.(interface{ IsBoolFlag() bool }); isBool {
+			name = ""
+		}
+		fmt.Fprintf(&flags, "  %-20s %s\n", strings.TrimSpace("--"+f.Name+" "+name), text)
+	})
+	if flags.Len() > 0 {
+		b.WriteString("\nFlags:\n" + flags.String())
+	}
+	b.WriteString("\n" + globalHelp)
+	return b.String()
 }
 
 // usageError is a mistake in the command line; it exits with status 2.
@@ -105,10 +144,7 @@ func usagef(format string, args ...any) error {
 // run is tetherctl without the process around it: it returns the exit
 // status.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	c := &cli{stdout: stdout, getenv: getenv, socket: defaultSocket}
-	if s := getenv("TETHER_SOCKET"); s != "" {
-		c.socket = s
-	}
+	c := &cli{stdout: stdout, stderr: stderr, getenv: getenv}
 	global := newFlagSet("tetherctl", c)
 	switch err := global.Parse(args); {
 	case errors.Is(err, flag.ErrHelp):
@@ -136,22 +172,27 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		fmt.Fprintf(stderr, "tetherctl: unknown command %q\n\n%s", name, usage)
 		return 2
 	}
-	err := commands[i].run(ctx, c, newFlagSet(name, c), rest)
+	c.name = name
+	fs := newFlagSet(name, c)
+	err := commands[i].run(ctx, c, fs, rest)
 	var ue usageError
 	switch {
 	case err == nil:
 		return 0
 	case errors.Is(err, flag.ErrHelp):
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, commandHelp(commands[i], fs))
 		return 0
 	case errors.As(err, &ue):
-		fmt.Fprintf(stderr, "tetherctl: %s: %v (see tetherctl help)\n", name, err)
+		fmt.Fprintf(stderr, "tetherctl: %s: %v (see tetherctl %s --help)\n", name, err, name)
 		return 2
 	default:
-		fmt.Fprintf(stderr, "tetherctl: %s: %v\n", name, err)
+		c.warnf("%v", err)
 		return 1
 	}
 }
+
+// globalFlags are the flags every flag set knows.
+var globalFlags = []string{"socket", "dbus", "json", "timeout"}
 
 // newFlagSet returns a flag set that knows the global flags, so that they
 // may come before or after the command.
@@ -161,12 +202,19 @@ func newFlagSet(name string, c *cli) *flag.FlagSet {
 	fs.StringVar(&c.socket, "socket", c.socket, "the agent's socket")
 	fs.StringVar(&c.bus, "dbus", c.bus, "the bus: system, session or an address")
 	fs.BoolVar(&c.json, "json", c.json, "print JSON")
+	fs.DurationVar(&c.timeout, "timeout", c.timeout, "how long to wait for the agent's answer")
 	return fs
 }
 
+// warnf writes a line to stderr, after the command's name.
+func (c *cli) warnf(format string, args ...any) {
+	fmt.Fprintf(c.stderr, "tetherctl: %s: %s\n", c.name, fmt.Sprintf(format, args...))
+}
+
 // parse parses flags and positional arguments in any order and returns the
-// positional ones; everything after "--" is positional.
-func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+// positional ones; everything after "--" is positional. Once every flag is
+// parsed it makes the client.
+func (c *cli) parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	var positional []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -177,19 +225,29 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 		}
 		rest := fs.Args()
 		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
-			return append(positional, rest...), nil
+			positional = append(positional, rest...)
+			break
 		}
 		if len(rest) == 0 {
-			return positional, nil
+			break
 		}
 		positional = append(positional, rest[0])
 		args = rest[1:]
 	}
+	if c.timeout < 0 {
+		return nil, usagef("--timeout must not be negative")
+	}
+	agent, err := client.New(client.Config{Socket: c.socket, Bus: c.bus, Getenv: c.getenv})
+	if err != nil {
+		return nil, usagef("--dbus: %v", err)
+	}
+	c.agent = agent
+	return positional, nil
 }
 
 // parseNoArgs parses flags and rejects positional arguments.
-func parseNoArgs(fs *flag.FlagSet, args []string) error {
-	rest, err := parse(fs, args)
+func (c *cli) parseNoArgs(fs *flag.FlagSet, args []string) error {
+	rest, err := c.parse(fs, args)
 	if err != nil {
 		return err
 	}
@@ -208,6 +266,38 @@ func require(flags ...[2]string) error {
 	return nil
 }
 
+// withTimeout bounds a wait for the agent by --timeout.
+func (c *cli) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if c.timeout == 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, c.timeout)
+}
+
+// errNoAnswer: the agent did not answer within --timeout.
+var errNoAnswer = errors.New("the agent did not answer")
+
+// explain rewords the end of a wait: ctx is the command's, ended by an
+// interrupt, and err came from a wait bounded by withTimeout.
+func (c *cli) explain(ctx context.Context, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return errors.New("interrupted")
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%w within %s", errNoAnswer, c.timeout)
+	}
+	return err
+}
+
+// do runs one request of the command, bounded by --timeout.
+func (c *cli) do(ctx context.Context, request func(ctx context.Context) error) error {
+	tctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	return c.explain(ctx, request(tctx))
+}
+
 // printJSON writes v as one line of JSON.
 func (c *cli) printJSON(v any) error {
 	line, err := json.Marshal(v)
@@ -220,141 +310,139 @@ func (c *cli) printJSON(v any) error {
 
 // parseAppSender parses the --app and --sender flags that register and
 // unregister both require.
-func parseAppSender(fs *flag.FlagSet, args []string) (app, sender string, err error) {
-	appFlag := fs.String("app", "", "the app ID")
-	senderFlag := fs.String("sender", "", "the sender ID")
-	if err := parseNoArgs(fs, args); err != nil {
+func (c *cli) parseAppSender(fs *flag.FlagSet, args []string) (app, sender string, err error) {
+	fs.StringVar(&app, "app", "", "the `APP` ID")
+	fs.StringVar(&sender, "sender", "", "the `SENDER` ID (the app server's)")
+	if err := c.parseNoArgs(fs, args); err != nil {
 		return "", "", err
 	}
-	if err := require([2]string{"app", *appFlag}, [2]string{"sender", *senderFlag}); err != nil {
-		return "", "", err
-	}
-	return *appFlag, *senderFlag, nil
+	return app, sender, require([2]string{"app", app}, [2]string{"sender", sender})
 }
 
 func runRegister(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
-	app, sender, err := parseAppSender(fs, args)
+	app, sender, err := c.parseAppSender(fs, args)
 	if err != nil {
 		return err
 	}
-	resp, err := c.call(ctx, ipc.Request{Op: "register", App: app, Sender: sender})
-	if err != nil {
+	var token string
+	if err := c.do(ctx, func(ctx context.Context) (err error) {
+		token, err = c.agent.Register(ctx, app, sender)
+		return err
+	}); err != nil {
 		return err
 	}
 	if c.json {
 		return c.printJSON(struct {
 			Token string `json:"token"`
-		}{resp.Token})
+		}{token})
 	}
-	_, err = fmt.Fprintln(c.stdout, resp.Token)
+	_, err = fmt.Fprintln(c.stdout, token)
 	return err
 }
 
 func runUnregister(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
-	app, sender, err := parseAppSender(fs, args)
+	app, sender, err := c.parseAppSender(fs, args)
 	if err != nil {
 		return err
 	}
-	_, err = c.call(ctx, ipc.Request{Op: "unregister", App: app, Sender: sender})
-	return err
+	return c.do(ctx, func(ctx context.Context) error { return c.agent.Unregister(ctx, app, sender) })
 }
 
-// parseTopic parses the flags of subscribe and unsubscribe.
-func parseTopic(fs *flag.FlagSet, args []string) (ipc.Request, error) {
-	var req ipc.Request
-	fs.StringVar(&req.App, "app", "", "the app ID")
-	fs.StringVar(&req.Sender, "sender", "", "the sender ID")
-	fs.StringVar(&req.Topic, "topic", "", "the topic")
-	if err := parseNoArgs(fs, args); err != nil {
-		return req, err
-	}
-	return req, require([2]string{"app", req.App}, [2]string{"sender", req.Sender}, [2]string{"topic", req.Topic})
-}
-
-// runTopic returns the command that makes the request op (subscribe_topic
-// or unsubscribe_topic) from the flags of subscribe and unsubscribe.
-func runTopic(op string) func(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
+// runTopic returns subscribe, or unsubscribe when subscribe is false.
+func runTopic(subscribe bool) func(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
 	return func(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
-		req, err := parseTopic(fs, args)
+		topic := fs.String("topic", "", "the `TOPIC`, without /topics/")
+		app, sender, err := c.parseAppSender(fs, args)
 		if err != nil {
 			return err
 		}
-		req.Op = op
-		_, err = c.call(ctx, req)
-		return err
+		if err := require([2]string{"topic", *topic}); err != nil {
+			return err
+		}
+		return c.do(ctx, func(ctx context.Context) error {
+			if subscribe {
+				return c.agent.SubscribeTopic(ctx, app, sender, *topic)
+			}
+			return c.agent.UnsubscribeTopic(ctx, app, sender, *topic)
+		})
 	}
 }
 
 func runSend(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
-	req := ipc.Request{Op: "send"}
-	fs.StringVar(&req.App, "app", "", "the app ID")
-	fs.StringVar(&req.To, "to", "", "the sender ID to send to")
-	fs.StringVar(&req.MessageID, "id", "", "the message ID (default: the agent makes one)")
-	fs.Func("ttl", "time to live in seconds", func(s string) error {
+	var m client.SendRequest
+	fs.StringVar(&m.App, "app", "", "the sending `APP`'s ID")
+	fs.StringVar(&m.To, "to", "", "the `SENDER` ID to send to")
+	fs.StringVar(&m.ID, "id", "", "the message `ID` (default: the agent makes one)")
+	fs.Func("ttl", "time to live in `SECONDS` (default 4 weeks; 0: now or never)", func(s string) error {
 		ttl, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
 			return fmt.Errorf("%q is not a whole number of seconds", s)
 		}
-		req.TTL = &ttl
+		m.TTL = &ttl
 		return nil
 	})
-	fs.StringVar(&req.Priority, "priority", "", "normal or high")
-	fs.BoolVar(&req.Wait, "wait", false, "wait for the outcome")
-	pairs, err := parse(fs, args)
+	fs.StringVar(&m.Priority, "priority", "", "`normal` or high")
+	wait := fs.Bool("wait", false, "wait until the server has the message")
+	pairs, err := c.parse(fs, args)
 	if err != nil {
 		return err
 	}
-	if err := require([2]string{"app", req.App}, [2]string{"to", req.To}); err != nil {
+	if err := require([2]string{"app", m.App}, [2]string{"to", m.To}); err != nil {
 		return err
 	}
-	if req.Priority != "" && req.Priority != "normal" && req.Priority != "high" {
-		return usagef("--priority must be normal or high, not %q", req.Priority)
+	if m.Priority != "" && m.Priority != "normal" && m.Priority != "high" {
+		return usagef("--priority must be normal or high, not %q", m.Priority)
 	}
-	req.Data = make(map[string]string, len(pairs))
+	m.Data = make(map[string]string, len(pairs))
 	for _, pair := range pairs {
 		key, value, ok := strings.Cut(pair, "=")
 		if !ok || key == "" {
 			return usagef("data must be KEY=VALUE, not %q", pair)
 		}
-		if _, dup := req.Data[key]; dup {
+		if _, dup := m.Data[key]; dup {
 			return usagef("data key %q given twice", key)
 		}
-		req.Data[key] = value
+		m.Data[key] = value
 	}
 
-	resp, err := c.call(ctx, req)
-	if err != nil {
-		if resp.MessageID != "" {
-			return fmt.Errorf("message %s: %w", resp.MessageID, err)
+	var id string
+	err = c.do(ctx, func(ctx context.Context) (err error) {
+		if *wait {
+			id, err = c.agent.SendWait(ctx, m)
+		} else {
+			id, err = c.agent.Send(ctx, m)
 		}
 		return err
-	}
+	})
 	switch {
+	case err != nil && id != "":
+		return fmt.Errorf("message %s: %w", id, err)
+	case err != nil:
+		return err
 	case c.json:
 		return c.printJSON(struct {
 			MessageID string `json:"message_id"`
 			Sent      bool   `json:"sent,omitempty"`
-		}{resp.MessageID, resp.Sent})
-	case resp.Sent:
-		_, err = fmt.Fprintf(c.stdout, "sent %s\n", resp.MessageID)
+		}{id, *wait})
+	case *wait:
+		_, err = fmt.Fprintf(c.stdout, "sent %s\n", id)
 	default:
-		_, err = fmt.Fprintln(c.stdout, resp.MessageID)
+		_, err = fmt.Fprintln(c.stdout, id)
 	}
 	return err
 }
 
 func runStatus(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
-	if err := parseNoArgs(fs, args); err != nil {
+	if err := c.parseNoArgs(fs, args); err != nil {
 		return err
 	}
-	resp, err := c.call(ctx, ipc.Request{Op: "status"})
-	if err != nil {
+	var st client.Status
+	if err := c.do(ctx, func(ctx context.Context) (err error) {
+		st, err = c.agent.Status(ctx)
+		return err
+	}); err != nil {
 		return err
 	}
-	if resp.Status == nil {
-		return errors.New("the agent sent no status")
-	}
-	st := *resp.Status
 	if c.json {
 		return c.printJSON(st)
 	}
@@ -393,74 +481,15 @@ func runStatus(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) err
 	for _, r := range rows {
 		fmt.Fprintf(&b, "%-18s %s\n", r[0]+":", r[1])
 	}
-	_, err = io.WriteString(c.stdout, b.String())
+	_, err := io.WriteString(c.stdout, b.String())
 	return err
 }
 
-func runListen(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
-	app := fs.String("app", "", "the app ID")
-	count := fs.Int("count", 0, "exit after this many messages (0: never)")
-	if err := parseNoArgs(fs, args); err != nil {
-		return err
-	}
-	if err := require([2]string{"app", *app}); err != nil {
-		return err
-	}
-	if *count < 0 {
-		return usagef("--count must not be negative")
-	}
-	l, err := c.listen(ctx, *app)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
-	}
-	defer l.close()
-
-	received := 0
-	for *count == 0 || received < *count || l.pendingAcks() > 0 {
-		ev, err := l.next()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil // interrupted: what was not acked comes again
-			}
-			return err
-		}
-		if ev == nil {
-			continue // an ack was answered
-		}
-		switch ev.Event {
-		case ipc.EventMessage:
-			if ev.Message == nil {
-				return errors.New("the agent sent a message event without a message")
-			}
-			if *count > 0 && received == *count {
-				continue // not acked, so it comes again to the next listener
-			}
-			if err := c.printMessage(*ev.Message); err != nil {
-				return err
-			}
-			received++
-			if err := l.ack(ev.Message.ID); err != nil {
-				return err
-			}
-		case ipc.EventReplaced:
-			return fmt.Errorf("another listener for app %q took over", *app)
-		default:
-			if err := c.printEvent(*ev); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-func (c *cli) printMessage(m ipc.Message) error {
+func (c *cli) printMessage(m client.Message) error {
 	if c.json {
 		return c.printJSON(struct {
 			Event string `json:"event"`
-			ipc.Message
+			client.Message
 		}{ipc.EventMessage, m})
 	}
 	var b strings.Builder
@@ -475,7 +504,7 @@ func (c *cli) printMessage(m ipc.Message) error {
 	return err
 }
 
-func (c *cli) printEvent(ev ipc.Event) error {
+func (c *cli) printEvent(ev client.Event) error {
 	if c.json {
 		return c.printJSON(ev)
 	}

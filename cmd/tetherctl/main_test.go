@@ -19,6 +19,7 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"tether/internal/dbustest"
+	"tether/internal/logtest"
 	"tether/internal/testwait"
 	"tether/ipc"
 	"tether/ipc/dbusdoor"
@@ -60,6 +61,13 @@ func newEnvOn(t *testing.T, door string) *env {
 func (e *env) startDBus() {
 	e.t.Helper()
 	e.bus = dbustest.Start(e.t).Address
+	e.startDBusDoor()
+}
+
+// startDBusDoor starts the D-Bus door on the env's bus, as an agent
+// (re)starting does.
+func (e *env) startDBusDoor() {
+	e.t.Helper()
 	srv, err := dbusdoor.New(dbusdoor.Config{
 		Bus:     e.bus,
 		Backend: e.b,
@@ -68,34 +76,34 @@ func (e *env) startDBus() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(context.Background()) }()
-	e.t.Cleanup(func() {
-		srv.Close()
-		<-served
-	})
+	ipctest.Serve(e.t, srv)
 	e.dbusSrv = srv
+}
+
+// startSocketDoor starts the socket door on the env's socket, as an agent
+// (re)starting does.
+func (e *env) startSocketDoor() {
+	e.t.Helper()
+	srv, err := socketdoor.New(socketdoor.Config{
+		Path:    e.socket,
+		Backend: e.b,
+		Logger:  slog.New(slog.NewTextHandler(e.t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ipctest.Serve(e.t, srv)
+	e.srv = srv
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	b := ipctest.New("push.example.test:443", "device-7")
-	socket := filepath.Join(t.TempDir(), "tetherd.sock")
-	srv, err := socketdoor.New(socketdoor.Config{
-		Path:    socket,
-		Backend: b,
-		Logger:  slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
-	if err != nil {
-		t.Fatal(err)
+	e := &env{
+		t: t, b: ipctest.New("push.example.test:443", "device-7"), socket: filepath.Join(t.TempDir(), "tetherd.sock"),
+		me: ipc.Caller{UID: uint32(os.Getuid())}, door: "socket",
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		srv.Close()
-		<-served
-	})
-	return &env{t: t, b: b, srv: srv, socket: socket, me: ipc.Caller{UID: uint32(os.Getuid())}, door: "socket"}
+	e.startSocketDoor()
+	return e
 }
 
 type result struct {
@@ -106,30 +114,50 @@ type result struct {
 // run runs tetherctl with TETHER_SOCKET pointing at the env's socket and,
 // when the env's door is D-Bus, --dbus naming its bus.
 func (e *env) run(ctx context.Context, args ...string) result {
+	var stderr bytes.Buffer
+	r := e.runTo(ctx, &stderr, args...)
+	r.stderr = stderr.String()
+	return r
+}
+
+// runTo is run with stderr going to a writer of the caller's.
+func (e *env) runTo(ctx context.Context, stderr io.Writer, args ...string) result {
 	if e.door == "dbus" {
 		args = append([]string{"--dbus", e.bus}, args...)
 	}
-	var stdout, stderr bytes.Buffer
+	var stdout bytes.Buffer
 	getenv := func(key string) string {
 		if key == "TETHER_SOCKET" {
 			return e.socket
 		}
 		return ""
 	}
-	code := run(ctx, args, getenv, &stdout, &stderr)
-	return result{code, stdout.String(), stderr.String()}
+	code := run(ctx, args, getenv, &stdout, stderr)
+	return result{code: code, stdout: stdout.String()}
 }
 
 // start runs tetherctl in the background; wait returns its result.
 func (e *env) start(ctx context.Context, args ...string) (wait func() result) {
+	var stderr logtest.Buffer
+	finish := e.startTo(ctx, &stderr, args...)
+	return func() result {
+		e.t.Helper()
+		r := finish()
+		r.stderr = stderr.String()
+		return r
+	}
+}
+
+// startTo is start with stderr going to a writer of the caller's.
+func (e *env) startTo(ctx context.Context, stderr io.Writer, args ...string) (wait func() result) {
 	done := make(chan result, 1)
-	go func() { done <- e.run(ctx, args...) }()
+	go func() { done <- e.runTo(ctx, stderr, args...) }()
 	return func() result {
 		e.t.Helper()
 		select {
 		case r := <-done:
 			return r
-		case <-time.After(30 * time.Second):
+		case <-time.After(60 * time.Second):
 			e.t.Fatalf("tetherctl %q did not finish", args)
 			return result{}
 		}
@@ -266,22 +294,23 @@ func TestCommands(t *testing.T) {
 			wantCode:   1,
 			wantStderr: "tetherctl: send: send for app \"com.example.app\" with ttl 0: not connected to the server (Offline)\n",
 		},
-		{name: "bad data pair", args: []string{"send", "--app", app, "--to", "1", "kv"}, wantCode: 2, wantStderr: "tetherctl: send: data must be KEY=VALUE, not \"kv\" (see tetherctl help)\n"},
-		{name: "empty data key", args: []string{"send", "--app", app, "--to", "1", "=v"}, wantCode: 2, wantStderr: "tetherctl: send: data must be KEY=VALUE, not \"=v\" (see tetherctl help)\n"},
-		{name: "duplicate data key", args: []string{"send", "--app", app, "--to", "1", "k=1", "k=2"}, wantCode: 2, wantStderr: "tetherctl: send: data key \"k\" given twice (see tetherctl help)\n"},
-		{name: "bad priority", args: []string{"send", "--app", app, "--to", "1", "--priority", "urgent"}, wantCode: 2, wantStderr: "tetherctl: send: --priority must be normal or high, not \"urgent\" (see tetherctl help)\n"},
-		{name: "bad ttl", args: []string{"send", "--app", app, "--to", "1", "--ttl", "1.5"}, wantCode: 2, wantStderr: "tetherctl: send: invalid value \"1.5\" for flag -ttl: \"1.5\" is not a whole number of seconds (see tetherctl help)\n"},
-		{name: "missing --to", args: []string{"send", "--app", app, "k=v"}, wantCode: 2, wantStderr: "tetherctl: send: --to is required (see tetherctl help)\n"},
-		{name: "missing --app", args: []string{"listen"}, wantCode: 2, wantStderr: "tetherctl: listen: --app is required (see tetherctl help)\n"},
-		{name: "negative count", args: []string{"listen", "--app", app, "--count", "-1"}, wantCode: 2, wantStderr: "tetherctl: listen: --count must not be negative (see tetherctl help)\n"},
-		{name: "unknown flag", args: []string{"status", "--verbose"}, wantCode: 2, wantStderr: "tetherctl: status: flag provided but not defined: -verbose (see tetherctl help)\n"},
-		{name: "stray argument", args: []string{"status", "now"}, wantCode: 2, wantStderr: "tetherctl: status: unexpected argument \"now\" (see tetherctl help)\n"},
+		{name: "bad data pair", args: []string{"send", "--app", app, "--to", "1", "kv"}, wantCode: 2, wantStderr: "tetherctl: send: data must be KEY=VALUE, not \"kv\" (see tetherctl send --help)\n"},
+		{name: "empty data key", args: []string{"send", "--app", app, "--to", "1", "=v"}, wantCode: 2, wantStderr: "tetherctl: send: data must be KEY=VALUE, not \"=v\" (see tetherctl send --help)\n"},
+		{name: "duplicate data key", args: []string{"send", "--app", app, "--to", "1", "k=1", "k=2"}, wantCode: 2, wantStderr: "tetherctl: send: data key \"k\" given twice (see tetherctl send --help)\n"},
+		{name: "bad priority", args: []string{"send", "--app", app, "--to", "1", "--priority", "urgent"}, wantCode: 2, wantStderr: "tetherctl: send: --priority must be normal or high, not \"urgent\" (see tetherctl send --help)\n"},
+		{name: "bad ttl", args: []string{"send", "--app", app, "--to", "1", "--ttl", "1.5"}, wantCode: 2, wantStderr: "tetherctl: send: invalid value \"1.5\" for flag -ttl: \"1.5\" is not a whole number of seconds (see tetherctl send --help)\n"},
+		{name: "missing --to", args: []string{"send", "--app", app, "k=v"}, wantCode: 2, wantStderr: "tetherctl: send: --to is required (see tetherctl send --help)\n"},
+		{name: "missing --app", args: []string{"listen"}, wantCode: 2, wantStderr: "tetherctl: listen: --app is required (see tetherctl listen --help)\n"},
+		{name: "--exec of nothing", args: []string{"listen", "--app", app, "--exec", "/nonexistent/handler"}, wantCode: 2, wantStderr: "tetherctl: listen: --exec: exec: \"/nonexistent/handler\": stat /nonexistent/handler: no such file or directory (see tetherctl listen --help)\n"},
+		{name: "arguments without --exec", args: []string{"listen", "--app", app, "--", "x"}, wantCode: 2, wantStderr: "tetherctl: listen: unexpected argument \"x\" (arguments are for --exec's program) (see tetherctl listen --help)\n"},
+		{name: "negative count", args: []string{"listen", "--app", app, "--count", "-1"}, wantCode: 2, wantStderr: "tetherctl: listen: --count must not be negative (see tetherctl listen --help)\n"},
+		{name: "unknown flag", args: []string{"status", "--verbose"}, wantCode: 2, wantStderr: "tetherctl: status: flag provided but not defined: -verbose (see tetherctl status --help)\n"},
+		{name: "stray argument", args: []string{"status", "now"}, wantCode: 2, wantStderr: "tetherctl: status: unexpected argument \"now\" (see tetherctl status --help)\n"},
 		{name: "unknown command", args: []string{"frobnicate"}, wantCode: 2, wantStderr: "tetherctl: unknown command \"frobnicate\"\n\n" + usage},
 		{name: "no command", args: []string{"--json"}, wantCode: 2, wantStderr: "tetherctl: no command\n\n" + usage},
 		{name: "unknown global flag", args: []string{"--nope", "status"}, wantCode: 2, wantStderr: "tetherctl: flag provided but not defined: -nope\n\n" + usage},
 		{name: "help", args: []string{"help"}, wantStdout: usage},
 		{name: "-h", args: []string{"-h"}, wantStdout: usage},
-		{name: "--help after a command", args: []string{"send", "--help"}, wantStdout: usage},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -410,7 +439,7 @@ func testListenJSONWithEvents(t *testing.T, e *env) {
 	e.b.Complete(app, "up2", "rejected")
 	e.b.DeleteMessages(app, 4)
 	e.b.RefreshToken(app, "123", "token-new")
-	e.b.Push(ipc.Message{ID: "m2", App: app, From: "123", Data: map[string]string{}, Notification: map[string]string{"title": "t"}})
+	e.b.Push(ipc.Message{ID: "m2", App: app, From: "123", Data: map[string]string{}, Notification: map[string]string{"title": "t"}, Topic: "alerts"})
 
 	r := wait()
 	if r.code != 0 || r.stderr != "" {
@@ -433,7 +462,7 @@ func testListenJSONWithEvents(t *testing.T, e *env) {
 		{"event": "send_error", "app": app, "message_id": "up2", "error": "rejected"},
 		{"event": "deleted_messages", "app": app, "count": 4.0},
 		{"event": "token_refreshed", "app": app, "sender": "123", "token": "token-new"},
-		{"event": "message", "message_id": "m2", "app": app, "from": "123", "collapse_key": "", "data": map[string]any{}, "ttl": 0.0, "notification": map[string]any{"title": "t"}},
+		{"event": "message", "message_id": "m2", "app": app, "from": "123", "collapse_key": "", "data": map[string]any{}, "ttl": 0.0, "notification": map[string]any{"title": "t"}, "topic": "alerts"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("printed\n%v\nwant\n%v", got, want)
@@ -447,6 +476,7 @@ func TestListenEnds(t *testing.T) {
 	tests := []struct {
 		name       string
 		door       string // only this door; "" for both
+		once       bool   // listen --once
 		end        func(e *env, cancel context.CancelFunc)
 		wantCode   int
 		wantStderr string
@@ -464,21 +494,23 @@ func TestListenEnds(t *testing.T) {
 				fmt.Fprintf(conn, `{"op":"listen","app":%q}`+"\n", app)
 			},
 			wantCode:   1,
-			wantStderr: "tetherctl: listen: another listener for app \"com.example.app\" took over\n",
+			wantStderr: "tetherctl: listen: app \"com.example.app\": another listener took over\n",
 		},
 		{
-			name:       "agent goes away",
+			name:       "agent goes away with --once",
 			door:       "socket",
+			once:       true,
 			end:        func(e *env, _ context.CancelFunc) { e.srv.Close() },
 			wantCode:   1,
-			wantStderr: "tetherctl: listen: the agent closed the connection\n",
+			wantStderr: "tetherctl: listen: disconnected from the agent: it closed the connection\n",
 		},
 		{
-			name:       "agent goes away",
+			name:       "agent goes away with --once",
 			door:       "dbus",
+			once:       true,
 			end:        func(e *env, _ context.CancelFunc) { e.dbusSrv.Close() },
 			wantCode:   1,
-			wantStderr: "tetherctl: listen: the agent left the bus\n",
+			wantStderr: "tetherctl: listen: disconnected from the agent: it left the bus\n",
 		},
 		{
 			name: "subscriber replaced by another on the bus",
@@ -494,7 +526,7 @@ func TestListenEnds(t *testing.T) {
 				}
 			},
 			wantCode:   1,
-			wantStderr: "tetherctl: listen: another listener for app \"com.example.app\" took over\n",
+			wantStderr: "tetherctl: listen: app \"com.example.app\": another listener took over\n",
 		},
 		{
 			name: "interrupted",
@@ -511,7 +543,11 @@ func TestListenEnds(t *testing.T) {
 				e.register(app, "123")
 				ctx, cancel := context.WithCancel(context.Background())
 				defer cancel()
-				wait := e.start(ctx, "listen", "--app", app)
+				args := []string{"listen", "--app", app}
+				if tt.once {
+					args = append(args, "--once")
+				}
+				wait := e.start(ctx, args...)
 				testwait.Until(t, "tetherctl listens", 10*time.Second, func() bool { return e.b.Listening(app) })
 				tt.end(e, cancel)
 				if r := wait(); r.code != tt.wantCode || r.stderr != tt.wantStderr || r.stdout != "" {
@@ -547,7 +583,7 @@ func TestTopics(t *testing.T) {
 				t.Errorf("got %+v, want status 1 and stderr %q", r, want)
 			}
 			r = e.run(context.Background(), "unsubscribe", "--app", app, "--sender", "123")
-			if want := "tetherctl: unsubscribe: --topic is required (see tetherctl help)\n"; r.code != 2 || r.stderr != want {
+			if want := "tetherctl: unsubscribe: --topic is required (see tetherctl unsubscribe --help)\n"; r.code != 2 || r.stderr != want {
 				t.Errorf("got %+v, want status 2 and stderr %q", r, want)
 			}
 		})
@@ -672,13 +708,13 @@ func TestDBus(t *testing.T) {
 			name:       "bad --dbus",
 			args:       []string{"--dbus", "sytem", "status"},
 			wantCode:   2,
-			wantStderr: "tetherctl: status: --dbus: bus \"sytem\" is not system, session or a D-Bus address such as unix:path=/run/dbus/system_bus_socket (see tetherctl help)\n",
+			wantStderr: "tetherctl: status: --dbus: bus \"sytem\" is not system, session or a D-Bus address such as unix:path=/run/dbus/system_bus_socket (see tetherctl status --help)\n",
 		},
 		{
 			name:         "no bus",
 			args:         []string{"--dbus", missing, "status"},
 			wantCode:     1,
-			wantStderr:   "tetherctl: status: cannot reach the bus at " + missing + ": ",
+			wantStderr:   "tetherctl: status: cannot reach the agent: the bus at " + missing + ": dial unix ",
 			stderrPrefix: true,
 		},
 		{

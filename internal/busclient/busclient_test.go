@@ -54,21 +54,21 @@ func TestEncodeDecode(t *testing.T) {
 
 func TestParseAddress(t *testing.T) {
 	tests := []struct {
-		addr, network, target string
-		wantErr               bool
+		addr, target string
+		wantErr      bool
 	}{
-		{addr: "unix:path=/run/dbus/system_bus_socket", network: "unix", target: "/run/dbus/system_bus_socket"},
-		{addr: "unix:path=/tmp/a%20b,guid=123", network: "unix", target: "/tmp/a b"},
-		{addr: "unix:abstract=/tmp/dbus-x,guid=1", network: "unix", target: "@/tmp/dbus-x"},
-		{addr: "tcp:host=h,port=1;unix:path=/s", network: "unix", target: "/s"},
+		{addr: "unix:path=/run/dbus/system_bus_socket", target: "/run/dbus/system_bus_socket"},
+		{addr: "unix:path=/tmp/a%20b,guid=123", target: "/tmp/a b"},
+		{addr: "unix:abstract=/tmp/dbus-x,guid=1", target: "@/tmp/dbus-x"},
+		{addr: "tcp:host=h,port=1;unix:path=/s", target: "/s"},
 		{addr: "tcp:host=h,port=1", wantErr: true},
 		{addr: "unix:path=/a%2", wantErr: true},
 		{addr: "unix:path=/a%zz", wantErr: true},
 	}
 	for _, tt := range tests {
-		network, target, err := parseAddress(tt.addr)
-		if (err != nil) != tt.wantErr || network != tt.network || target != tt.target {
-			t.Errorf("parseAddress(%q) = %q, %q, %v", tt.addr, network, target, err)
+		target, err := parseAddress(tt.addr)
+		if (err != nil) != tt.wantErr || target != tt.target {
+			t.Errorf("parseAddress(%q) = %q, %v", tt.addr, target, err)
 		}
 	}
 }

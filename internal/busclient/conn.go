@@ -8,11 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
+
+	"tether/internal/unixconn"
 )
 
 // Message types.
@@ -34,6 +36,10 @@ const (
 	fieldSender      = 7
 	fieldSignature   = 8
 )
+
+// writeTimeout bounds each write: the bus daemon reads promptly, and
+// disconnects a client it cannot keep up with.
+const writeTimeout = 10 * time.Second
 
 // maxMessage bounds a message read from the bus; tetherctl's are a few
 // KiB, and the specification's bound is 128 MiB.
@@ -84,7 +90,7 @@ var ErrClosed = errors.New("the connection to the bus closed")
 
 // Conn is a connection to a message bus.
 type Conn struct {
-	nc   net.Conn
+	nc   *os.File
 	name string
 
 	wmu    sync.Mutex // serializes writes and serial numbers
@@ -102,11 +108,11 @@ type Conn struct {
 // "unix:path=/run/dbus/system_bus_socket"), authenticates as this
 // process's user and says Hello. ctx bounds the whole.
 func Dial(ctx context.Context, addr string) (*Conn, error) {
-	network, target, err := parseAddress(addr)
+	path, err := parseAddress(addr)
 	if err != nil {
 		return nil, err
 	}
-	nc, err := (&net.Dialer{}).DialContext(ctx, network, target)
+	nc, err := unixconn.Dial(ctx, path)
 	if err != nil {
 		return nil, err
 	}
@@ -129,7 +135,7 @@ func Dial(ctx context.Context, addr string) (*Conn, error) {
 }
 
 // parseAddress takes the first unix transport of a D-Bus address.
-func parseAddress(addr string) (network, target string, err error) {
+func parseAddress(addr string) (path string, err error) {
 	for a := range strings.SplitSeq(addr, ";") {
 		transport, params, ok := strings.Cut(a, ":")
 		if !ok || transport != "unix" {
@@ -139,17 +145,17 @@ func parseAddress(addr string) (network, target string, err error) {
 			k, v, _ := strings.Cut(kv, "=")
 			v, err := unescape(v)
 			if err != nil {
-				return "", "", fmt.Errorf("bus address %q: %w", addr, err)
+				return "", fmt.Errorf("bus address %q: %w", addr, err)
 			}
 			switch k {
 			case "path":
-				return "unix", v, nil
+				return v, nil
 			case "abstract":
-				return "unix", "@" + v, nil
+				return "@" + v, nil
 			}
 		}
 	}
-	return "", "", fmt.Errorf("bus address %q has no unix:path= or unix:abstract= transport", addr)
+	return "", fmt.Errorf("bus address %q has no unix:path= or unix:abstract= transport", addr)
 }
 
 // unescape undoes an address value's %XX escapes.
@@ -289,6 +295,7 @@ func (c *Conn) send(typ byte, dest string, path ObjectPath, iface, member string
 	if err := register(serial); err != nil {
 		return 0, err
 	}
+	c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
 	if _, err := c.nc.Write(append(e.b, body.b...)); err != nil {
 		return 0, err
 	}

@@ -69,6 +69,7 @@ func TestTetherctlDeps(t *testing.T) {
 			"tether/agent":                  "tetherctl talks to the agent through a door",
 			"go.etcd.io/bbolt":              "tetherctl talks to the agent through a door, not to its store",
 			"crypto/tls":                    "tetherctl talks only to the local agent",
+			"net":                           "about 300 KiB on ARMv7 with its resolver; tetherctl dials Unix sockets with internal/unixconn",
 			"github.com/godbus/dbus/v5/...": "a complete D-Bus library, about 448 KiB on ARMv7; tetherctl calls the agent with internal/busclient",
 		}),
 	}.Check(t)

@@ -1,4 +1,4 @@
-package main
+package client
 
 import (
 	"context"
@@ -14,67 +14,46 @@ import (
 
 // busConn is a connection to the agent over D-Bus (docs/ipc.md).
 type busConn struct {
-	ctx  context.Context
 	conn *busclient.Conn
-	stop func() bool // ends the closing of conn with ctx
 	// owner is the agent's unique connection name, once known: only its
 	// signals are the agent's.
 	owner string
 }
 
-// dialBus connects to the bus that bus names (system, session or an
-// address). When ctx ends the connection is closed, which ends any call or
-// wait in progress.
-func dialBus(ctx context.Context, bus string, getenv func(string) string) (*busConn, error) {
-	addr, err := ipc.DBusAddress(bus, getenv)
-	if err != nil {
-		return nil, usagef("--dbus: %v", err)
-	}
+// dialBus connects to the bus at addr.
+func dialBus(ctx context.Context, addr string) (*busConn, error) {
 	conn, err := busclient.Dial(ctx, addr)
 	if err != nil {
-		return nil, fmt.Errorf("cannot reach the bus at %s: %w", addr, err)
+		return nil, fmt.Errorf("%w: the bus at %s: %w", ErrUnreachable, addr, err)
 	}
-	return &busConn{ctx: ctx, conn: conn, stop: context.AfterFunc(ctx, func() { conn.Close() })}, nil
+	return &busConn{conn: conn}, nil
 }
 
-func (b *busConn) close() {
-	b.stop()
-	b.conn.Close()
-}
-
-// callBus makes one request on a bus connection of its own.
-func callBus(ctx context.Context, bus string, getenv func(string) string, req ipc.Request) (ipc.Response, error) {
-	b, err := dialBus(ctx, bus, getenv)
-	if err != nil {
-		return ipc.Response{}, err
-	}
-	defer b.close()
-	return b.do(req)
-}
+func (b *busConn) close() { b.conn.Close() }
 
 // listenBus makes a new bus connection the app's subscriber.
-func listenBus(ctx context.Context, bus string, getenv func(string) string, app string) (listener, error) {
-	b, err := dialBus(ctx, bus, getenv)
+func listenBus(ctx context.Context, addr, app string) (*busStream, error) {
+	b, err := dialBus(ctx, addr)
 	if err != nil {
 		return nil, err
 	}
-	if err := b.subscribe(app); err != nil {
+	if err := b.subscribe(ctx, app); err != nil {
 		b.close()
 		return nil, err
 	}
-	return &busListener{b: b, app: app}, nil
+	return &busStream{b: b, app: app}, nil
 }
 
 // callMethod calls a method of the agent's interface; a D-Bus error
 // comes back as an *ipc.ResponseError, its code the error's short name.
-func (b *busConn) callMethod(method string, args ...any) ([]any, error) {
-	body, err := b.conn.Call(b.ctx, ipc.DBusName, ipc.DBusPath, ipc.DBusInterface, method, args...)
+func (b *busConn) callMethod(ctx context.Context, method string, args ...any) ([]any, error) {
+	body, err := b.conn.Call(ctx, ipc.DBusName, ipc.DBusPath, ipc.DBusInterface, method, args...)
 	return body, busError(err)
 }
 
 // callString calls a method that answers one string.
-func (b *busConn) callString(method string, args ...any) (string, error) {
-	body, err := b.callMethod(method, args...)
+func (b *busConn) callString(ctx context.Context, method string, args ...any) (string, error) {
+	body, err := b.callMethod(ctx, method, args...)
 	if err != nil {
 		return "", err
 	}
@@ -95,6 +74,9 @@ func firstString(body []any) (string, bool) {
 const busErrorPrefix = ipc.DBusInterface + ".Error."
 
 func busError(err error) error {
+	if errors.Is(err, busclient.ErrClosed) {
+		return fmt.Errorf("%w: %w", ErrDisconnected, err)
+	}
 	var e *busclient.Error
 	if !errors.As(err, &e) {
 		return err
@@ -102,7 +84,7 @@ func busError(err error) error {
 	text, _ := firstString(e.Body)
 	switch e.Name {
 	case "org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner":
-		return fmt.Errorf("cannot reach the agent on the bus: %s", text)
+		return fmt.Errorf("%w on the bus: %s", ErrUnreachable, text)
 	case "org.freedesktop.DBus.Error.NoReply":
 		if strings.Contains(text, "disconnected") {
 			return errAgentLeft // while it was answering
@@ -117,30 +99,30 @@ func busError(err error) error {
 
 // do makes one request of the socket protocol through the agent's
 // D-Bus methods, so that every command works the same through either door.
-func (b *busConn) do(req ipc.Request) (ipc.Response, error) {
+func (b *busConn) do(ctx context.Context, req ipc.Request) (ipc.Response, error) {
 	var resp ipc.Response
 	var err error
 	switch req.Op {
 	case "register":
-		resp.Token, err = b.callString("Register", req.App, req.Sender)
+		resp.Token, err = b.callString(ctx, "Register", req.App, req.Sender)
 	case "unregister":
-		_, err = b.callMethod("Unregister", req.App, req.Sender)
+		_, err = b.callMethod(ctx, "Unregister", req.App, req.Sender)
 	case "subscribe_topic":
-		_, err = b.callMethod("SubscribeTopic", req.App, req.Sender, req.Topic)
+		_, err = b.callMethod(ctx, "SubscribeTopic", req.App, req.Sender, req.Topic)
 	case "unsubscribe_topic":
-		_, err = b.callMethod("UnsubscribeTopic", req.App, req.Sender, req.Topic)
+		_, err = b.callMethod(ctx, "UnsubscribeTopic", req.App, req.Sender, req.Topic)
 	case "status":
-		return b.status()
+		return b.status(ctx)
 	case "send":
-		return b.send(req)
+		return b.send(ctx, req)
 	default:
 		err = fmt.Errorf("op %q has no D-Bus method", req.Op)
 	}
 	return resp, err
 }
 
-func (b *busConn) status() (ipc.Response, error) {
-	body, err := b.conn.Call(b.ctx, ipc.DBusName, ipc.DBusPath, "org.freedesktop.DBus.Properties", "GetAll", ipc.DBusInterface)
+func (b *busConn) status(ctx context.Context) (ipc.Response, error) {
+	body, err := b.conn.Call(ctx, ipc.DBusName, ipc.DBusPath, "org.freedesktop.DBus.Properties", "GetAll", ipc.DBusInterface)
 	if err != nil {
 		return ipc.Response{}, busError(err)
 	}
@@ -231,7 +213,7 @@ func store(v any, dst any) error {
 // send sends an upstream message. With req.Wait it subscribes for the app
 // first, since the outcome is a signal to the app's subscriber, and waits
 // for it.
-func (b *busConn) send(req ipc.Request) (ipc.Response, error) {
+func (b *busConn) send(ctx context.Context, req ipc.Request) (ipc.Response, error) {
 	options := map[string]busclient.Variant{}
 	if req.TTL != nil {
 		if ttl := *req.TTL; ttl >= 0 && ttl <= math.MaxUint32 {
@@ -248,21 +230,21 @@ func (b *busConn) send(req ipc.Request) (ipc.Response, error) {
 		data = map[string]string{}
 	}
 	if req.Wait {
-		if err := b.subscribe(req.App); err != nil {
+		if err := b.subscribe(ctx, req.App); err != nil {
 			return ipc.Response{}, err
 		}
-		defer b.callMethod("Unsubscribe", req.App)
+		defer b.callMethod(ctx, "Unsubscribe", req.App)
 	}
 	var resp ipc.Response
 	var err error
-	if resp.MessageID, err = b.callString("Send", req.App, req.To, req.MessageID, data, options); err != nil {
+	if resp.MessageID, err = b.callString(ctx, "Send", req.App, req.To, req.MessageID, data, options); err != nil {
 		return ipc.Response{}, err
 	}
 	if !req.Wait {
 		return resp, nil
 	}
 	for {
-		ev, err := b.next(req.App)
+		ev, err := b.next(ctx, req.App)
 		if err != nil {
 			return resp, err
 		}
@@ -284,19 +266,19 @@ func (b *busConn) send(req ipc.Request) (ipc.Response, error) {
 // subscribe makes this connection the app's subscriber. It learns the
 // agent's connection first, so that the agent's leaving and its signals
 // can be told from anyone else's.
-func (b *busConn) subscribe(app string) error {
-	err := b.conn.AddMatch(b.ctx, "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='"+ipc.DBusName+"'")
+func (b *busConn) subscribe(ctx context.Context, app string) error {
+	err := b.conn.AddMatch(ctx, "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='"+ipc.DBusName+"'")
 	if err != nil {
 		return fmt.Errorf("watch the agent on the bus: %w", err)
 	}
 	// Subscribe starts the agent if the bus can activate it.
-	if _, err := b.callMethod("Subscribe", app); err != nil {
+	if _, err := b.callMethod(ctx, "Subscribe", app); err != nil {
 		return err
 	}
-	body, err := b.conn.Call(b.ctx, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "GetNameOwner", ipc.DBusName)
+	body, err := b.conn.Call(ctx, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "GetNameOwner", ipc.DBusName)
 	if err != nil {
-		if b.ctx.Err() != nil {
-			return b.ctx.Err()
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
 		return errAgentLeft // it answered Subscribe, so it was there
 	}
@@ -305,17 +287,17 @@ func (b *busConn) subscribe(app string) error {
 }
 
 // errAgentLeft: the agent's connection left the bus.
-var errAgentLeft = errors.New("the agent left the bus")
+var errAgentLeft = fmt.Errorf("%w: it left the bus", ErrDisconnected)
 
 // next waits for the next of the app's events from the agent.
-func (b *busConn) next(app string) (*ipc.Event, error) {
+func (b *busConn) next(ctx context.Context, app string) (*ipc.Event, error) {
 	for {
-		s, err := b.conn.NextSignal(b.ctx)
+		s, err := b.conn.NextSignal(ctx)
 		if err != nil {
-			if b.ctx.Err() != nil {
-				return nil, b.ctx.Err()
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
 			}
-			return nil, err
+			return nil, fmt.Errorf("%w: %w", ErrDisconnected, err)
 		}
 		if s.Sender == "org.freedesktop.DBus" {
 			if s.Name == "org.freedesktop.DBus.NameOwnerChanged" && len(s.Body) == 3 && s.Body[0] == ipc.DBusName && s.Body[1] != "" {
@@ -334,7 +316,7 @@ func (b *busConn) next(app string) (*ipc.Event, error) {
 			continue
 		}
 		if ev.Event == "" {
-			return nil, fmt.Errorf("the agent ended the subscription for app %q: %s", app, ev.Error)
+			return nil, fmt.Errorf("%w: the agent ended the subscription for app %q: %s", ErrDisconnected, app, ev.Error)
 		}
 		return ev, nil
 	}
@@ -409,47 +391,38 @@ func busEvent(s *busclient.Signal) (*ipc.Event, error) {
 // messageExtras reads the extras of a Message signal that the socket's
 // message has fields for; others are for later versions.
 func messageExtras(m *ipc.Message, extras map[string]any) error {
-	if v, ok := extras["priority"]; ok {
-		if err := storeVariant(v, &m.Priority); err != nil {
-			return fmt.Errorf("priority: %w", err)
+	var sentTime int64
+	var ttl uint32
+	for _, x := range []struct {
+		key string
+		dst any
+	}{
+		{"priority", &m.Priority}, {"notification", &m.Notification}, {"topic", &m.Topic},
+		{"sent_time", &sentTime}, {"ttl", &ttl},
+	} {
+		if v, ok := extras[x.key]; ok {
+			if err := storeVariant(v, x.dst); err != nil {
+				return fmt.Errorf("%s: %w", x.key, err)
+			}
 		}
 	}
-	if v, ok := extras["sent_time"]; ok {
-		var ms int64
-		if err := storeVariant(v, &ms); err != nil {
-			return fmt.Errorf("sent_time: %w", err)
-		}
-		m.SentTime = time.UnixMilli(ms).UTC()
+	if _, ok := extras["sent_time"]; ok {
+		m.SentTime = time.UnixMilli(sentTime).UTC()
 	}
-	if v, ok := extras["notification"]; ok {
-		if err := storeVariant(v, &m.Notification); err != nil {
-			return fmt.Errorf("notification: %w", err)
-		}
-	}
-	if v, ok := extras["ttl"]; ok {
-		var ttl uint32
-		if err := storeVariant(v, &ttl); err != nil {
-			return fmt.Errorf("ttl: %w", err)
-		}
-		m.TTL = int64(ttl)
-	}
+	m.TTL = int64(ttl)
 	return nil
 }
 
-// busListener is a subscription on the bus. Acks are calls of their own,
-// answered before ack returns.
-type busListener struct {
+// busStream is a subscription on the bus. Acks are calls of their own.
+type busStream struct {
 	b   *busConn
 	app string
 }
 
-func (l *busListener) next() (*ipc.Event, error) { return l.b.next(l.app) }
-func (l *busListener) pendingAcks() int          { return 0 }
-func (l *busListener) close()                    { l.b.close() }
+func (l *busStream) next(ctx context.Context) (*ipc.Event, error) { return l.b.next(ctx, l.app) }
+func (l *busStream) close()                                       { l.b.close() }
 
-func (l *busListener) ack(id string) error {
-	if _, err := l.b.callMethod("Ack", l.app, []string{id}); err != nil {
-		return fmt.Errorf("ack %s: %w", id, err)
-	}
-	return nil
+func (l *busStream) ack(ctx context.Context, ids []string) error {
+	_, err := l.b.callMethod(ctx, "Ack", l.app, ids)
+	return err
 }
