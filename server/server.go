@@ -278,10 +278,13 @@ type Server struct {
 	// tls is the HTTPS listener's, which asks devices for certificates
 	// with a device CA; xmppTLS the XMPP endpoint's.
 	tls, xmppTLS *tls.Config
-	hub          *hub
-	up           *dispatcher
-	fan          *fanout
-	ccs          *ccs // nil without XMPPListen
+	// cert is the certificate from Config.TLSCert, which Reload reads
+	// again; nil without.
+	cert *certificate
+	hub  *hub
+	up   *dispatcher
+	fan  *fanout
+	ccs  *ccs // nil without XMPPListen
 
 	node *node // nil on a single machine
 
@@ -322,13 +325,18 @@ func New(cfg Config) (*Server, error) {
 	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
 		return nil, errors.New("new server: TLS needs both a certificate and a key")
 	}
-	var tlsConfig, xmppTLS *tls.Config
+	var (
+		tlsConfig, xmppTLS *tls.Config
+		cert               *certificate
+	)
 	if cfg.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
-		if err != nil {
-			return nil, fmt.Errorf("new server: load TLS certificate: %w", err)
+		var err error
+		if cert, err = loadCertificate(cfg.TLSCert, cfg.TLSKey); err != nil {
+			return nil, fmt.Errorf("new server: %w", err)
 		}
-		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		// Asked for at each handshake, so that a reload reaches new
+		// connections on both listeners.
+		tlsConfig = &tls.Config{GetCertificate: cert.get, MinVersion: tls.VersionTLS12}
 		xmppTLS = tlsConfig
 	}
 	if cfg.XMPPListen != "" && tlsConfig == nil && !cfg.XMPPPlaintext {
@@ -350,7 +358,7 @@ func New(cfg Config) (*Server, error) {
 	if err := prepareDataDir(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("new server: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, tls: tlsConfig, xmppTLS: xmppTLS, upgrader: newUpgrader()}
+	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, cert: cert, tls: tlsConfig, xmppTLS: xmppTLS, upgrader: newUpgrader()}
 	s.hub = newHub()
 	s.fan = newFanout(s)
 	if err := s.openState(); err != nil {
