@@ -52,8 +52,9 @@ type Reloadable struct {
 var ErrNotReloadable = errors.New("needs a restart")
 
 // Reload applies r to the running server. The certificate is read first:
-// when it cannot be, or when r would turn TLS on or off, or with
-// certificates from ACME, nothing changes and the error says why.
+// when it cannot be, or when r would turn TLS from files on or off,
+// nothing changes and the error says why. Certificates from ACME renew
+// themselves and need no reload.
 func (s *Server) Reload(r Reloadable) error {
 	switch {
 	case (r.TLSCert == "") != (s.cert == nil) || (r.TLSCert == "") != (r.TLSKey == ""):

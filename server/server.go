@@ -42,8 +42,11 @@ type Config struct {
 	// "127.0.0.1:8080". Port 0 picks a free port (see Addr).
 	Listen string
 	// TLSCert and TLSKey are PEM files; with both set the listener speaks
-	// HTTPS and WSS.
+	// HTTPS and WSS. Reload reads them again.
 	TLSCert, TLSKey string
+	// ACME, instead of TLSCert and TLSKey, has the listeners' certificate
+	// obtained and renewed from an ACME CA such as Let's Encrypt.
+	ACME *ACMEConfig
 	// EnrollKey, when set, is the fleet-wide enrollment key: a device that
 	// presents it in its check-in enrolls. At least MinEnrollKeyLen
 	// characters. Devices also enroll with per-device keys (Admin's
@@ -325,6 +328,9 @@ func New(cfg Config) (*Server, error) {
 	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
 		return nil, errors.New("new server: TLS needs both a certificate and a key")
 	}
+	if cfg.ACME != nil && cfg.TLSCert != "" {
+		return nil, errors.New("new server: the certificate comes from files or from ACME, not both")
+	}
 	var (
 		tlsConfig, xmppTLS *tls.Config
 		cert               *certificate
@@ -338,6 +344,16 @@ func New(cfg Config) (*Server, error) {
 		// connections on both listeners.
 		tlsConfig = &tls.Config{GetCertificate: cert.get, MinVersion: tls.VersionTLS12}
 		xmppTLS = tlsConfig
+	}
+	if cfg.ACME != nil {
+		var err error
+		if tlsConfig, err = acmeTLS(cfg); err != nil {
+			return nil, fmt.Errorf("new server: %w", err)
+		}
+		// XMPP clients name no ALPN protocol; the CA's challenge comes
+		// to the HTTPS listener.
+		xmppTLS = tlsConfig.Clone()
+		xmppTLS.NextProtos = nil
 	}
 	if cfg.XMPPListen != "" && tlsConfig == nil && !cfg.XMPPPlaintext {
 		return nil, errors.New("new server: the XMPP endpoint needs a TLS certificate and key, or plaintext behind a proxy that terminates TLS")

@@ -65,7 +65,7 @@ func parseWithConfig(fs *flag.FlagSet, args []string) (settingSource, error) {
 	}
 	doc, err := os.ReadFile(src.file)
 	if err != nil {
-		return src, fmt.Errorf("read config: %w", err)
+		return src, usagef("read config: %w", err)
 	}
 	if src.doc, err = applyConfig(fs, src.file, doc, src.given); err != nil {
 		return src, &usageError{err}

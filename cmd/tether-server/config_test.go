@@ -152,7 +152,7 @@ func TestConfigCheck(t *testing.T) {
 		{[]string{"config", "check", "--config", good, "--device-rate-limit", "5"}, 0, good + ": valid\n", ""},
 		{[]string{"config", "check", "--config", good, "--device-rate-limit", "-5"}, 2, "", "--device-rate-limit cannot be negative"},
 		{[]string{"config", "check", "--config", bad}, 2, "", bad + ":2: listen: want a string, got the integer 8443"},
-		{[]string{"config", "check", "--config", filepath.Join(t.TempDir(), "none.toml")}, 1, "", "no such file"},
+		{[]string{"config", "check", "--config", filepath.Join(t.TempDir(), "none.toml")}, 2, "", "no such file"},
 	} {
 		code, stdout, stderr := runCmd(t, tt.args...)
 		if code != tt.code || stdout != tt.stdout || !strings.Contains(stderr, tt.stderr) {

@@ -238,6 +238,10 @@ func loadSettings(args []string, config string, stderr io.Writer) (settings, err
 	data := fs.String("data", "", "data `directory` (created with mode 0700)")
 	cert := fs.String("tls-cert", "", "TLS certificate `file` (PEM); serve HTTPS and WSS")
 	key := fs.String("tls-key", "", "TLS private key `file` (PEM)")
+	acmeDomain := fs.String("acme-domain", "", "`names`, comma-separated, to obtain and renew the certificate for from an ACME CA (Let's Encrypt unless --acme-directory) instead of --tls-cert; the CA must reach --listen on port 443")
+	acmeCache := fs.String("acme-cache", "", "`directory` of the ACME account key and certificates (default acme in --data)")
+	acmeEmail := fs.String("acme-email", "", "contact `address` given to the ACME CA")
+	acmeDirectory := fs.String("acme-directory", "", "`URL` of the ACME CA's directory (default Let's Encrypt's)")
 	enrollKey := fs.String("enroll-key", "", "fleet-wide enrollment `key` that devices may present to check in, at least 22 characters")
 	enrollKeyFile := fs.String("enroll-key-file", "", "`file` holding the fleet-wide enrollment key (mode 0600; keeps it out of ps)")
 	deviceCA := fs.String("device-ca", "", "PEM `file` of the CAs whose client certificates let devices check in without a key (needs --tls-cert)")
@@ -282,12 +286,16 @@ func loadSettings(args []string, config string, stderr io.Writer) (settings, err
 		return settings{}, usagef("%s caps the bbolt file; a cluster's storage is capped by its JetStream limits (docs/scaling.md)", name("max-store-size"))
 	case *shards < 0 || *shards > natsstore.MaxShards:
 		return settings{}, usagef("%s %d out of range 1 to %d", name("shards"), *shards, natsstore.MaxShards)
-	case *deviceCA != "" && *cert == "":
-		return settings{}, usagef("--device-ca needs --tls-cert and --tls-key: client certificates need TLS to end at tether-server (docs/security.md)")
+	case *acmeDomain != "" && *cert != "":
+		return settings{}, usagef("give --tls-cert and --tls-key, or --acme-domain, not both")
+	case *acmeDomain == "" && (*acmeCache != "" || *acmeEmail != "" || *acmeDirectory != ""):
+		return settings{}, usagef("--acme-cache, --acme-email and --acme-directory go with --acme-domain")
+	case *deviceCA != "" && *cert == "" && *acmeDomain == "":
+		return settings{}, usagef("--device-ca needs --tls-cert and --tls-key, or --acme-domain: client certificates need TLS to end at tether-server (docs/security.md)")
 	case (*cert == "") != (*key == ""):
 		return settings{}, usagef("--tls-cert and --tls-key go together")
-	case *xmppListen != "" && *cert == "" && !*xmppPlain:
-		return settings{}, usagef("--xmpp-listen needs --tls-cert and --tls-key, or --xmpp-plaintext behind a proxy that terminates TLS")
+	case *xmppListen != "" && *cert == "" && *acmeDomain == "" && !*xmppPlain:
+		return settings{}, usagef("--xmpp-listen needs --tls-cert and --tls-key or --acme-domain, or --xmpp-plaintext behind a proxy that terminates TLS")
 	case *xmppListen == "" && (*xmppPlain || *xmppDomain != ""):
 		return settings{}, usagef("--xmpp-plaintext and --xmpp-domain go with --xmpp-listen")
 	case *enrollKey != "" && *enrollKeyFile != "":
@@ -348,6 +356,9 @@ func loadSettings(args []string, config string, stderr io.Writer) (settings, err
 	}
 	if cfg.NATS != nil {
 		cfg.NATS.PublicURL, cfg.NATS.Shards = *publicURL, *shards
+	}
+	if *acmeDomain != "" {
+		cfg.ACME = &server.ACMEConfig{Domains: splitList(*acmeDomain), CacheDir: *acmeCache, Email: *acmeEmail, DirectoryURL: *acmeDirectory}
 	}
 	// Zero means the default in Config, and none on the command line.
 	if cfg.ShutdownSpread == 0 {
@@ -539,13 +550,18 @@ func (n *natsFlags) config() *server.NATSConfig {
 	if n.urls == "" {
 		return nil
 	}
-	var urls []string
-	for _, u := range strings.Split(n.urls, ",") {
-		if u = strings.TrimSpace(u); u != "" {
-			urls = append(urls, u)
+	return &server.NATSConfig{URLs: splitList(n.urls), Creds: n.creds, CA: n.ca, Prefix: n.prefix}
+}
+
+// splitList splits a comma-separated flag, dropping empty entries.
+func splitList(s string) []string {
+	var list []string
+	for e := range strings.SplitSeq(s, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			list = append(list, e)
 		}
 	}
-	return &server.NATSConfig{URLs: urls, Creds: n.creds, CA: n.ca, Prefix: n.prefix}
+	return list
 }
 
 // target is where an admin command works: a data directory (of a running

@@ -35,7 +35,14 @@ type serverProcess struct {
 // line; it returns the address the line names.
 func startServer(t *testing.T, args ...string) (*serverProcess, string) {
 	t.Helper()
+	return startServerEnv(t, nil, args...)
+}
+
+// startServerEnv is startServer with env added to the environment.
+func startServerEnv(t *testing.T, env []string, args ...string) (*serverProcess, string) {
+	t.Helper()
 	p := &serverProcess{cmd: command(args...), lines: make(chan string, 1000)}
+	p.cmd.Env = append(p.cmd.Env, env...)
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
