@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -224,12 +225,17 @@ func stringList(v any) []string {
 }
 
 // configCheck is `tether-server config check`: it reads the settings
-// serve would, by default from defaultConfig, and says whether they are
-// valid, without serving.
+// serve would, by default from defaultConfig, and the certificate they
+// name, and says whether they are valid, without serving.
 func configCheck(args []string, stdout, stderr io.Writer) error {
 	st, err := loadSettings(args, defaultConfig, stderr)
 	if err != nil {
 		return err
+	}
+	if c := st.cfg; c.TLSCert != "" {
+		if _, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey); err != nil {
+			return usagef("%s and %s: %w", st.src.name("tls-cert"), st.src.name("tls-key"), err)
+		}
 	}
 	fmt.Fprintf(stdout, "%s: valid\n", st.src.file)
 	return nil

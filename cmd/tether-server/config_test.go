@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/netip"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"tether/internal/conftoml"
+	"tether/internal/testpki"
 )
 
 // writeConfig writes doc as a config file and returns its path.
@@ -143,6 +145,12 @@ func TestConfigKeysAreFlags(t *testing.T) {
 func TestConfigCheck(t *testing.T) {
 	good := writeConfig(t, "data = \"/var/lib/tether-server\"\nlisten = \"0.0.0.0:8443\"\n")
 	bad := writeConfig(t, "data = \"/d\"\nlisten = 8443\n")
+	pki, err := testpki.Write(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	withCert := writeConfig(t, fmt.Sprintf("data = \"/d\"\ntls_cert = %q\ntls_key = %q\n", pki.Cert, pki.Key))
+	wrongKey := writeConfig(t, fmt.Sprintf("data = \"/d\"\ntls_cert = %q\ntls_key = %q\n", pki.Cert, pki.CA))
 	for _, tt := range []struct {
 		args           []string
 		code           int
@@ -152,6 +160,8 @@ func TestConfigCheck(t *testing.T) {
 		{[]string{"config", "check", "--config", good, "--device-rate-limit", "5"}, 0, good + ": valid\n", ""},
 		{[]string{"config", "check", "--config", good, "--device-rate-limit", "-5"}, 2, "", "--device-rate-limit cannot be negative"},
 		{[]string{"config", "check", "--config", bad}, 2, "", bad + ":2: listen: want a string, got the integer 8443"},
+		{[]string{"config", "check", "--config", withCert}, 0, withCert + ": valid\n", ""},
+		{[]string{"config", "check", "--config", wrongKey}, 2, "", wrongKey + ":2: tls_cert and " + wrongKey + ":3: tls_key: "},
 		{[]string{"config", "check", "--config", filepath.Join(t.TempDir(), "none.toml")}, 2, "", "no such file"},
 	} {
 		code, stdout, stderr := runCmd(t, tt.args...)

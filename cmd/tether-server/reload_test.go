@@ -273,3 +273,39 @@ func TestReloadOnSIGHUP(t *testing.T) {
 
 	srv.stop(t)
 }
+
+// TestLogFormatJSON: with --log-format json each log line is one JSON
+// object with time, level and msg, and the line's attributes as fields.
+func TestLogFormatJSON(t *testing.T) {
+	srv := command("serve", "--data", filepath.Join(t.TempDir(), "data"), "--listen", "127.0.0.1:0", "--open-enrollment", "--log-format", "json")
+	stderr, err := srv.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Process.Kill()
+	lines := bufio.NewScanner(stderr)
+	var first struct {
+		Time  time.Time `json:"time"`
+		Level string    `json:"level"`
+		Msg   string    `json:"msg"`
+		Addr  string    `json:"addr"`
+	}
+	if !lines.Scan() {
+		t.Fatal("no log line")
+	}
+	if err := json.Unmarshal(lines.Bytes(), &first); err != nil || first.Time.IsZero() || first.Level != "INFO" || first.Msg != "listening" || first.Addr == "" {
+		t.Fatalf("first line %s: %+v, %v", lines.Bytes(), first, err)
+	}
+	srv.Process.Signal(syscall.SIGTERM)
+	for lines.Scan() {
+		if !json.Valid(lines.Bytes()) {
+			t.Errorf("not JSON: %s", lines.Bytes())
+		}
+	}
+	if err := srv.Wait(); err != nil {
+		t.Errorf("serve exited with %v", err)
+	}
+}
