@@ -36,38 +36,42 @@ func (c *certificate) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return c.cur.Load(), nil
 }
 
-// Reloadable are the settings that a running server takes without a
-// restart, and so without dropping a device session (Reload).
-type Reloadable struct {
-	// TLSCert and TLSKey are read again; new handshakes get the new
-	// certificate, on the HTTPS and the XMPP listener.
-	TLSCert, TLSKey string
-	// ConnsPerIP and SessionsPerIP are Config's. A client over a lowered
-	// cap keeps what it holds, and is refused more until it is under it.
-	ConnsPerIP, SessionsPerIP int
-}
-
 // ErrNotReloadable is returned by Reload for a change that needs a
 // restart.
 var ErrNotReloadable = errors.New("needs a restart")
 
-// Reload applies r to the running server. The certificate is read first:
-// when it cannot be, or when r would turn TLS from files on or off,
-// nothing changes and the error says why. Certificates from ACME renew
-// themselves and need no reload.
-func (s *Server) Reload(r Reloadable) error {
+// Reload applies to the running server the settings of cfg that can
+// change without dropping a device session or an XMPP connection:
+//
+//   - TLSCert and TLSKey are read again; new handshakes, on the HTTPS and
+//     the XMPP listener, get the new certificate, and connections already
+//     open keep theirs. Certificates from ACME renew themselves.
+//   - ConnsPerIP and SessionsPerIP: a client over a lowered cap keeps
+//     what it holds, and is refused more until it is under the cap.
+//   - The rate limits (DeviceRateLimit, TopicRateLimit, ReconnectLimit,
+//     CheckInLimit, UpstreamRateLimit, AuthFailureLimit,
+//     EnrollFailureLimit): a changed one starts counting anew on this
+//     node; on a cluster the counts of those shared by the nodes stay.
+//
+// The other fields of cfg are ignored. When the certificate cannot be
+// read, or cfg would turn TLS from files on or off, nothing changes and
+// the error says why.
+func (s *Server) Reload(cfg Config) error {
 	switch {
-	case (r.TLSCert == "") != (s.cert == nil) || (r.TLSCert == "") != (r.TLSKey == ""):
+	case (cfg.TLSCert == "") != (s.cert == nil) || (cfg.TLSCert == "") != (cfg.TLSKey == ""):
 		return fmt.Errorf("reload: turning TLS from files on or off %w", ErrNotReloadable)
 	case s.cert != nil:
-		if err := s.cert.load(r.TLSCert, r.TLSKey); err != nil {
+		if err := s.cert.load(cfg.TLSCert, cfg.TLSKey); err != nil {
 			return fmt.Errorf("reload: %w", err)
 		}
 	}
-	limits := Config{ConnsPerIP: r.ConnsPerIP, SessionsPerIP: r.SessionsPerIP}
-	limits.setDefaults()
-	s.conns.SetLimit(limits.ConnsPerIP)
-	s.xmppConns.SetLimit(limits.ConnsPerIP)
-	s.sessions.SetLimit(limits.SessionsPerIP)
+	cfg.Now = s.now // the clock is the server's
+	cfg.setDefaults()
+	if err := s.setLimits(cfg); err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	s.conns.SetLimit(cfg.ConnsPerIP)
+	s.xmppConns.SetLimit(cfg.ConnsPerIP)
+	s.sessions.SetLimit(cfg.SessionsPerIP)
 	return nil
 }

@@ -291,17 +291,18 @@ type Server struct {
 
 	node *node // nil on a single machine
 
-	deviceRate limiter
-	topicRate  limiter
-	reconnects limiter // sessions and probes opened per device
+	// The rate limits, which Reload may change (setLimits).
+	deviceRate swapLimiter
+	topicRate  swapLimiter
+	reconnects swapLimiter // sessions and probes opened per device
 	// upstreamRate counts the upstream messages each device stores, on
 	// this process.
-	upstreamRate limiter
+	upstreamRate swapLimiter
 	// authFailures counts failed app server authentications by address,
 	// and enrollFailures refused device credentials, on this process.
-	authFailures, enrollFailures limiter
+	authFailures, enrollFailures swapLimiter
 	// checkIns counts the devices enrolled by address.
-	checkIns limiter
+	checkIns swapLimiter
 	// refusals logs what is refused, quietly.
 	refusals *quietLog
 	// conns and xmppConns count the connections of each client address on
@@ -387,21 +388,11 @@ func New(cfg Config) (*Server, error) {
 		s.Close()
 		return nil, fmt.Errorf("new server: %w", err)
 	}
-	s.authFailures = newRateLimiter(cfg.AuthFailureLimit, time.Now)
-	s.enrollFailures = newRateLimiter(cfg.EnrollFailureLimit, time.Now)
-	s.upstreamRate = newRateLimiter(cfg.UpstreamRateLimit, cfg.Now)
 	s.refusals = newQuietLog(s.log, refusalLogInterval, time.Now)
 	s.conns, s.xmppConns, s.sessions = clientip.NewCounter(cfg.ConnsPerIP), clientip.NewCounter(cfg.ConnsPerIP), clientip.NewCounter(cfg.SessionsPerIP)
-	for _, l := range []struct {
-		dst       *limiter
-		name      string
-		perMinute int
-	}{{&s.deviceRate, "device", cfg.DeviceRateLimit}, {&s.topicRate, "topic", cfg.TopicRateLimit}, {&s.reconnects, "reconnect", cfg.ReconnectLimit},
-		{&s.checkIns, "checkin", cfg.CheckInLimit}} {
-		if *l.dst, err = s.limiterFor(l.name, l.perMinute, cfg.Now); err != nil {
-			s.Close()
-			return nil, fmt.Errorf("new server: %w", err)
-		}
+	if err := s.setLimits(cfg); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("new server: %w", err)
 	}
 	if cfg.XMPPListen != "" {
 		if s.ccs, err = newCCS(s); err != nil {

@@ -423,7 +423,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 // reloadable are the flags whose settings a reload applies to a running
 // server (docs/config.md); the others take a restart.
-var reloadable = []string{"tls-cert", "tls-key", "log-level", "conns-per-ip", "sessions-per-ip"}
+var reloadable = []string{"tls-cert", "tls-key", "log-level", "conns-per-ip", "sessions-per-ip",
+	"device-rate-limit", "topic-rate-limit", "reconnect-limit", "checkin-limit", "upstream-rate-limit", "auth-failure-limit", "enroll-failure-limit"}
 
 // reload reads the settings again, from the same flags and config file,
 // and applies those that can change while serving. A bad config file or
@@ -433,10 +434,7 @@ var reloadable = []string{"tls-cert", "tls-key", "log-level", "conns-per-ip", "s
 func reload(srv *server.Server, args []string, started settings, level *slog.LevelVar, log *slog.Logger) {
 	next, err := loadSettings(args, "", io.Discard)
 	if err == nil {
-		err = srv.Reload(server.Reloadable{
-			TLSCert: next.cfg.TLSCert, TLSKey: next.cfg.TLSKey,
-			ConnsPerIP: next.cfg.ConnsPerIP, SessionsPerIP: next.cfg.SessionsPerIP,
-		})
+		err = srv.Reload(next.cfg)
 	}
 	if err != nil {
 		log.Error("reload failed; the settings in use are kept", "err", err)

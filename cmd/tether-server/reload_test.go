@@ -222,12 +222,12 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		}
 	}
 
-	// The new certificate, a log level and a setting that takes a restart.
+	// The new certificate, a log level, a rate limit and a setting that takes a restart.
 	copyFile(t, newPKI.Cert, cert)
 	copyFile(t, newPKI.Key, key)
-	writeFile(base + "log_level = \"debug\"\ndevice_rate_limit = 5\n")
+	writeFile(base + "log_level = \"debug\"\ndevice_rate_limit = 5\nmax_store_size = 100000000\n")
 	srv.cmd.Process.Signal(syscall.SIGHUP)
-	srv.waitLog(t, `msg="reload: these settings changed and take effect at the next restart" keys=device_rate_limit`)
+	srv.waitLog(t, `msg="reload: these settings changed and take effect at the next restart" keys=max_store_size`)
 	srv.waitLog(t, `msg=reloaded .* log_level=DEBUG`)
 	for _, a := range []string{addr, xmppAddr} {
 		if got, err := peerCert(t, a, newPKI); err != nil || !bytes.Equal(got, certDER(t, newPKI.Cert)) {
