@@ -3,6 +3,7 @@ package server
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"slices"
@@ -30,20 +31,26 @@ type ACMEConfig struct {
 	DirectoryURL string
 }
 
-// errBadACMEDomain is returned by New for a name autocert cannot ask for.
-var errBadACMEDomain = errors.New("an ACME domain needs a dot and no port, such as push.example.com")
+// CheckACMEDomains reports a name that a certificate cannot be asked
+// for: autocert asks only for names with a dot.
+func CheckACMEDomains(names []string) error {
+	if len(names) == 0 {
+		return errors.New("ACME needs at least one domain")
+	}
+	for _, d := range names {
+		if !strings.Contains(strings.Trim(d, "."), ".") || strings.ContainsAny(d, ":/ ") {
+			return fmt.Errorf("ACME domain %q: want a name with a dot and no port, such as push.example.com", d)
+		}
+	}
+	return nil
+}
 
 // acmeTLS is the listeners' TLS configuration with certificates from
 // cfg.ACME.
 func acmeTLS(cfg Config) (*tls.Config, error) {
 	a := cfg.ACME
-	if len(a.Domains) == 0 {
-		return nil, errors.New("ACME needs at least one domain")
-	}
-	for _, d := range a.Domains {
-		if !strings.Contains(strings.Trim(d, "."), ".") || strings.ContainsAny(d, ":/ ") {
-			return nil, errBadACMEDomain
-		}
+	if err := CheckACMEDomains(a.Domains); err != nil {
+		return nil, err
 	}
 	dir := a.CacheDir
 	if dir == "" {

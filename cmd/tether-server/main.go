@@ -2,7 +2,8 @@
 // senders (docs/server-api.md).
 //
 //	tether-server serve [--config FILE] --listen 127.0.0.1:8080 --data DIR [--nats URLS [--public-url URL] [--shards N]]
-//	                    [--tls-cert F --tls-key F] [--enroll-key K] [--device-ca F] [--open-enrollment] [--log-level L] [--log-format F]
+//	                    [--tls-cert F --tls-key F | --acme-domain NAMES [--acme-email A] [--acme-cache DIR] [--acme-directory URL]]
+//	                    [--enroll-key K] [--device-ca F] [--open-enrollment] [--log-level L] [--log-format F]
 //	                    [--device-rate-limit N] [--topic-rate-limit N] [--max-store-size BYTES]
 //	                    [--battery-max-delay D] [--store-retry-after D] [--shutdown-spread D] [--reconnect-limit N]
 //	                    [--auth-failure-limit N] [--upstream-rate-limit N]
@@ -60,7 +61,8 @@ import (
 
 const usage = `usage:
   tether-server serve [--config FILE] --data DIR [--nats URL[,URL...] [--nats-creds FILE] [--nats-ca FILE] [--public-url URL] [--shards N]]
-                      [--listen ADDR] [--tls-cert FILE --tls-key FILE] [--log-format text|json]
+                      [--listen ADDR] [--tls-cert FILE --tls-key FILE | --acme-domain NAMES [--acme-email ADDR] [--acme-cache DIR] [--acme-directory URL]]
+                      [--log-format text|json]
                       [--enroll-key KEY | --enroll-key-file FILE] [--device-ca FILE] [--open-enrollment]
                       [--device-expiry DURATION] [--max-heartbeat DURATION] [--log-level debug|info|warn|error]
                       [--device-rate-limit N] [--topic-rate-limit N] [--max-store-size BYTES]
@@ -90,6 +92,7 @@ serve's settings come from the config file --config names (docs/config.md),
 then from its flags; SIGHUP reloads the TLS certificate and the settings
 that can change while it serves. config check reads /etc/tether/server.toml
 unless --config names another file.
+
 --nats takes --nats-creds FILE, --nats-ca FILE and --nats-prefix NAME beside it.
 `
 
@@ -359,6 +362,9 @@ func loadSettings(args []string, config string, stderr io.Writer) (settings, err
 	}
 	if *acmeDomain != "" {
 		cfg.ACME = &server.ACMEConfig{Domains: splitList(*acmeDomain), CacheDir: *acmeCache, Email: *acmeEmail, DirectoryURL: *acmeDirectory}
+		if err := server.CheckACMEDomains(cfg.ACME.Domains); err != nil {
+			return settings{}, usagef("%s: %v", name("acme-domain"), err)
+		}
 	}
 	// Zero means the default in Config, and none on the command line.
 	if cfg.ShutdownSpread == 0 {

@@ -86,6 +86,8 @@ func TestUsage(t *testing.T) {
 		{"serve", "--data", dir, "--device-ca", "ca.pem"},
 		{"serve", "--data", dir, "--acme-domain", "push.example.com", "--tls-cert", "c.pem", "--tls-key", "k.pem"},
 		{"serve", "--data", dir, "--acme-email", "ops@example.com"},
+		{"serve", "--data", dir, "--acme-domain", "localhost"},
+		{"serve", "--data", dir, "--acme-domain", "push.example.com:443"},
 		{"serve", "--data", dir, "--log-format", "xml"},
 		{"serve", "--data", dir, "--config", filepath.Join(dir, "none.toml")},
 		{"config"},
