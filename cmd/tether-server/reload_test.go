@@ -41,6 +41,15 @@ func startServer(t *testing.T, args ...string) (*serverProcess, string) {
 // startServerEnv is startServer with env added to the environment.
 func startServerEnv(t *testing.T, env []string, args ...string) (*serverProcess, string) {
 	t.Helper()
+	p := launch(t, env, args...)
+	m := p.waitLog(t, `msg=listening addr=(\S+)`)
+	return p, m[1]
+}
+
+// launch starts tether-server with args and env added to the
+// environment; its log lines come on p.lines.
+func launch(t *testing.T, env []string, args ...string) *serverProcess {
+	t.Helper()
 	p := &serverProcess{cmd: command(args...), lines: make(chan string, 1000)}
 	p.cmd.Env = append(p.cmd.Env, env...)
 	stderr, err := p.cmd.StderrPipe()
@@ -58,8 +67,7 @@ func startServerEnv(t *testing.T, env []string, args ...string) (*serverProcess,
 			p.lines <- sc.Text()
 		}
 	}()
-	m := p.waitLog(t, `msg=listening addr=(\S+)`)
-	return p, m[1]
+	return p
 }
 
 // waitLog reads the log until a line matches re, and returns its
@@ -277,35 +285,24 @@ func TestReloadOnSIGHUP(t *testing.T) {
 // TestLogFormatJSON: with --log-format json each log line is one JSON
 // object with time, level and msg, and the line's attributes as fields.
 func TestLogFormatJSON(t *testing.T) {
-	srv := command("serve", "--data", filepath.Join(t.TempDir(), "data"), "--listen", "127.0.0.1:0", "--open-enrollment", "--log-format", "json")
-	stderr, err := srv.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Process.Kill()
-	lines := bufio.NewScanner(stderr)
+	srv := launch(t, nil, "serve", "--data", filepath.Join(t.TempDir(), "data"), "--listen", "127.0.0.1:0", "--open-enrollment", "--log-format", "json")
 	var first struct {
 		Time  time.Time `json:"time"`
 		Level string    `json:"level"`
 		Msg   string    `json:"msg"`
 		Addr  string    `json:"addr"`
 	}
-	if !lines.Scan() {
-		t.Fatal("no log line")
+	line := <-srv.lines
+	if err := json.Unmarshal([]byte(line), &first); err != nil || first.Time.IsZero() || first.Level != "INFO" || first.Msg != "listening" || first.Addr == "" {
+		t.Fatalf("first line %s: %+v, %v", line, first, err)
 	}
-	if err := json.Unmarshal(lines.Bytes(), &first); err != nil || first.Time.IsZero() || first.Level != "INFO" || first.Msg != "listening" || first.Addr == "" {
-		t.Fatalf("first line %s: %+v, %v", lines.Bytes(), first, err)
-	}
-	srv.Process.Signal(syscall.SIGTERM)
-	for lines.Scan() {
-		if !json.Valid(lines.Bytes()) {
-			t.Errorf("not JSON: %s", lines.Bytes())
+	srv.cmd.Process.Signal(syscall.SIGTERM)
+	for line := range srv.lines {
+		if !json.Valid([]byte(line)) {
+			t.Errorf("not JSON: %s", line)
 		}
 	}
-	if err := srv.Wait(); err != nil {
+	if err := srv.cmd.Wait(); err != nil {
 		t.Errorf("serve exited with %v", err)
 	}
 }
