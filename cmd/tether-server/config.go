@@ -237,6 +237,10 @@ func configCheck(args []string, stdout, stderr io.Writer) error {
 			return usagef("%s and %s: %w", st.src.name("tls-cert"), st.src.name("tls-key"), err)
 		}
 	}
+	if st.src.file == "" {
+		fmt.Fprintln(stdout, "no config file; the flags are valid")
+		return nil
+	}
 	fmt.Fprintf(stdout, "%s: valid\n", st.src.file)
 	return nil
 }

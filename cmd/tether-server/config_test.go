@@ -161,6 +161,8 @@ func TestConfigCheck(t *testing.T) {
 		{[]string{"config", "check", "--config", good, "--device-rate-limit", "-5"}, 2, "", "--device-rate-limit cannot be negative"},
 		{[]string{"config", "check", "--config", bad}, 2, "", bad + ":2: listen: want a string, got the integer 8443"},
 		{[]string{"config", "check", "--config", withCert}, 0, withCert + ": valid\n", ""},
+		{[]string{"config", "check", "--config", "", "--data", "/d"}, 0, "no config file; the flags are valid\n", ""},
+		{[]string{"config", "check", "--config", ""}, 2, "", "--data is required"},
 		{[]string{"config", "check", "--config", wrongKey}, 2, "", wrongKey + ":2: tls_cert and " + wrongKey + ":3: tls_key: "},
 		{[]string{"config", "check", "--config", filepath.Join(t.TempDir(), "none.toml")}, 2, "", "no such file"},
 	} {
