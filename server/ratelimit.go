@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -14,6 +15,67 @@ type limiter interface {
 	// exhausted reports, without taking an event, whether key is over
 	// its rate.
 	exhausted(ctx context.Context, key string) bool
+}
+
+// swapLimiter is a limiter that Reload may replace with one of another
+// rate: each event is counted by the one in place when it comes.
+type swapLimiter struct {
+	cur atomic.Pointer[rate]
+}
+
+// rate is a limiter with the rate it was made for.
+type rate struct {
+	limiter
+	perMinute int
+}
+
+func (l *swapLimiter) allow(ctx context.Context, key string) bool {
+	return l.cur.Load().allow(ctx, key)
+}
+
+func (l *swapLimiter) exhausted(ctx context.Context, key string) bool {
+	return l.cur.Load().exhausted(ctx, key)
+}
+
+// perMinute is the rate of the limiter in place.
+func (l *swapLimiter) perMinute() int { return l.cur.Load().perMinute }
+
+// setLimits makes the rate limits of cfg, whose defaults are set, and puts
+// them in place of those whose rate changed: a limit left as it was keeps
+// its counts. Nothing changes if one cannot be made.
+func (s *Server) setLimits(cfg Config) error {
+	type change struct {
+		dst *swapLimiter
+		new *rate
+	}
+	var changes []change
+	for _, l := range []struct {
+		dst       *swapLimiter
+		name      string // of a limit that holds across a cluster; empty for one per node
+		perMinute int
+		now       func() time.Time
+	}{
+		{&s.deviceRate, "device", cfg.DeviceRateLimit, cfg.Now}, {&s.topicRate, "topic", cfg.TopicRateLimit, cfg.Now},
+		{&s.reconnects, "reconnect", cfg.ReconnectLimit, cfg.Now}, {&s.checkIns, "checkin", cfg.CheckInLimit, cfg.Now},
+		{&s.upstreamRate, "", cfg.UpstreamRateLimit, cfg.Now},
+		{&s.authFailures, "", cfg.AuthFailureLimit, time.Now}, {&s.enrollFailures, "", cfg.EnrollFailureLimit, time.Now},
+	} {
+		if cur := l.dst.cur.Load(); cur != nil && cur.perMinute == l.perMinute {
+			continue
+		}
+		var lim limiter = newRateLimiter(l.perMinute, l.now)
+		if l.name != "" {
+			var err error
+			if lim, err = s.limiterFor(l.name, l.perMinute, l.now); err != nil {
+				return err
+			}
+		}
+		changes = append(changes, change{l.dst, &rate{limiter: lim, perMinute: l.perMinute}})
+	}
+	for _, c := range changes {
+		c.dst.cur.Store(c.new)
+	}
+	return nil
 }
 
 // rateLimiter allows each key perMinute events a minute, in bursts of up

@@ -42,8 +42,11 @@ type Config struct {
 	// "127.0.0.1:8080". Port 0 picks a free port (see Addr).
 	Listen string
 	// TLSCert and TLSKey are PEM files; with both set the listener speaks
-	// HTTPS and WSS.
+	// HTTPS and WSS. Reload reads them again.
 	TLSCert, TLSKey string
+	// ACME, instead of TLSCert and TLSKey, has the listeners' certificate
+	// obtained and renewed from an ACME CA such as Let's Encrypt.
+	ACME *ACMEConfig
 	// EnrollKey, when set, is the fleet-wide enrollment key: a device that
 	// presents it in its check-in enrolls. At least MinEnrollKeyLen
 	// characters. Devices also enroll with per-device keys (Admin's
@@ -278,24 +281,28 @@ type Server struct {
 	// tls is the HTTPS listener's, which asks devices for certificates
 	// with a device CA; xmppTLS the XMPP endpoint's.
 	tls, xmppTLS *tls.Config
-	hub          *hub
-	up           *dispatcher
-	fan          *fanout
-	ccs          *ccs // nil without XMPPListen
+	// cert is the certificate from Config.TLSCert, which Reload reads
+	// again; nil without.
+	cert *certificate
+	hub  *hub
+	up   *dispatcher
+	fan  *fanout
+	ccs  *ccs // nil without XMPPListen
 
 	node *node // nil on a single machine
 
-	deviceRate limiter
-	topicRate  limiter
-	reconnects limiter // sessions and probes opened per device
+	// The rate limits, which Reload may change (setLimits).
+	deviceRate swapLimiter
+	topicRate  swapLimiter
+	reconnects swapLimiter // sessions and probes opened per device
 	// upstreamRate counts the upstream messages each device stores, on
 	// this process.
-	upstreamRate limiter
+	upstreamRate swapLimiter
 	// authFailures counts failed app server authentications by address,
 	// and enrollFailures refused device credentials, on this process.
-	authFailures, enrollFailures limiter
+	authFailures, enrollFailures swapLimiter
 	// checkIns counts the devices enrolled by address.
-	checkIns limiter
+	checkIns swapLimiter
 	// refusals logs what is refused, quietly.
 	refusals *quietLog
 	// conns and xmppConns count the connections of each client address on
@@ -322,14 +329,32 @@ func New(cfg Config) (*Server, error) {
 	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
 		return nil, errors.New("new server: TLS needs both a certificate and a key")
 	}
-	var tlsConfig, xmppTLS *tls.Config
+	if cfg.ACME != nil && cfg.TLSCert != "" {
+		return nil, errors.New("new server: the certificate comes from files or from ACME, not both")
+	}
+	var (
+		tlsConfig, xmppTLS *tls.Config
+		cert               *certificate
+	)
 	if cfg.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
-		if err != nil {
-			return nil, fmt.Errorf("new server: load TLS certificate: %w", err)
+		var err error
+		if cert, err = loadCertificate(cfg.TLSCert, cfg.TLSKey); err != nil {
+			return nil, fmt.Errorf("new server: %w", err)
 		}
-		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		// Asked for at each handshake, so that a reload reaches new
+		// connections on both listeners.
+		tlsConfig = &tls.Config{GetCertificate: cert.get, MinVersion: tls.VersionTLS12}
 		xmppTLS = tlsConfig
+	}
+	if cfg.ACME != nil {
+		var err error
+		if tlsConfig, err = acmeTLS(cfg); err != nil {
+			return nil, fmt.Errorf("new server: %w", err)
+		}
+		// XMPP clients name no ALPN protocol; the CA's challenge comes
+		// to the HTTPS listener.
+		xmppTLS = tlsConfig.Clone()
+		xmppTLS.NextProtos = nil
 	}
 	if cfg.XMPPListen != "" && tlsConfig == nil && !cfg.XMPPPlaintext {
 		return nil, errors.New("new server: the XMPP endpoint needs a TLS certificate and key, or plaintext behind a proxy that terminates TLS")
@@ -350,7 +375,7 @@ func New(cfg Config) (*Server, error) {
 	if err := prepareDataDir(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("new server: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, tls: tlsConfig, xmppTLS: xmppTLS, upgrader: newUpgrader()}
+	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, cert: cert, tls: tlsConfig, xmppTLS: xmppTLS, upgrader: newUpgrader()}
 	s.hub = newHub()
 	s.fan = newFanout(s)
 	if err := s.openState(); err != nil {
@@ -363,21 +388,11 @@ func New(cfg Config) (*Server, error) {
 		s.Close()
 		return nil, fmt.Errorf("new server: %w", err)
 	}
-	s.authFailures = newRateLimiter(cfg.AuthFailureLimit, time.Now)
-	s.enrollFailures = newRateLimiter(cfg.EnrollFailureLimit, time.Now)
-	s.upstreamRate = newRateLimiter(cfg.UpstreamRateLimit, cfg.Now)
 	s.refusals = newQuietLog(s.log, refusalLogInterval, time.Now)
 	s.conns, s.xmppConns, s.sessions = clientip.NewCounter(cfg.ConnsPerIP), clientip.NewCounter(cfg.ConnsPerIP), clientip.NewCounter(cfg.SessionsPerIP)
-	for _, l := range []struct {
-		dst       *limiter
-		name      string
-		perMinute int
-	}{{&s.deviceRate, "device", cfg.DeviceRateLimit}, {&s.topicRate, "topic", cfg.TopicRateLimit}, {&s.reconnects, "reconnect", cfg.ReconnectLimit},
-		{&s.checkIns, "checkin", cfg.CheckInLimit}} {
-		if *l.dst, err = s.limiterFor(l.name, l.perMinute, cfg.Now); err != nil {
-			s.Close()
-			return nil, fmt.Errorf("new server: %w", err)
-		}
+	if err := s.setLimits(cfg); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("new server: %w", err)
 	}
 	if cfg.XMPPListen != "" {
 		if s.ccs, err = newCCS(s); err != nil {

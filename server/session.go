@@ -75,7 +75,7 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 	// the cap on HTTP connections.
 	releaseConn(conn.NetConn())
 	if !allowed {
-		s.refusals.refused(p.key(), "device refused", "err", fmt.Sprintf("more than %d device connections from this address", s.cfg.SessionsPerIP))
+		s.refusals.refused(p.key(), "device refused", "err", fmt.Sprintf("more than %d device connections from this address", s.sessions.Limit()))
 		s.goAwayConn(conn, wire.GoAway{RetryAfter: spreadSeconds(time.Minute), Reason: "too many connections from this address"}, websocket.CloseTryAgainLater, "too many connections")
 		conn.Close()
 		return
@@ -282,7 +282,7 @@ func (s *Server) handshake(ctx context.Context, conn *websocket.Conn, p peer, lo
 		// Counted once the credentials are right, so that nobody else can
 		// use up a device's connections.
 		if err == nil && !s.reconnects.allow(ctx, hello.DeviceID) {
-			err = refusal{wire.CodeUnavailable, fmt.Sprintf("device %s opens more than %d connections a minute", hello.DeviceID, s.cfg.ReconnectLimit),
+			err = refusal{wire.CodeUnavailable, fmt.Sprintf("device %s opens more than %d connections a minute", hello.DeviceID, s.reconnects.perMinute()),
 				websocket.CloseTryAgainLater, s.reconnectGoAway()}
 		}
 	}

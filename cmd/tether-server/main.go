@@ -1,8 +1,9 @@
 // Command tether-server runs Tether's connection server and manages its
 // senders (docs/server-api.md).
 //
-//	tether-server serve --listen 127.0.0.1:8080 --data DIR [--nats URLS [--public-url URL] [--shards N]]
-//	                    [--tls-cert F --tls-key F] [--enroll-key K] [--device-ca F] [--open-enrollment] [--log-level L]
+//	tether-server serve [--config FILE] --listen 127.0.0.1:8080 --data DIR [--nats URLS [--public-url URL] [--shards N]]
+//	                    [--tls-cert F --tls-key F | --acme-domain NAMES [--acme-email A] [--acme-cache DIR] [--acme-directory URL]]
+//	                    [--enroll-key K] [--device-ca F] [--open-enrollment] [--log-level L] [--log-format F]
 //	                    [--device-rate-limit N] [--topic-rate-limit N] [--max-store-size BYTES]
 //	                    [--battery-max-delay D] [--store-retry-after D] [--shutdown-spread D] [--reconnect-limit N]
 //	                    [--auth-failure-limit N] [--upstream-rate-limit N]
@@ -22,7 +23,12 @@
 //	tether-server xmpp drain --data DIR
 //	tether-server migrate --data DIR --nats URLS [--shards N] [--json]
 //	tether-server healthcheck [--url URL] [--timeout DURATION]
+//	tether-server config check [--config FILE] [serve's flags]
 //	tether-server version
+//
+// serve reads its settings from the config file --config names, every
+// flag a key (docs/config.md), then from its flags; SIGHUP reloads the
+// certificate and the settings that can change while it serves.
 //
 // Exit status: 0 on success, 1 on an error, 2 on a usage error.
 package main
@@ -36,11 +42,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -52,8 +61,9 @@ import (
 )
 
 const usage = `usage:
-  tether-server serve --data DIR [--nats URL[,URL...] [--nats-creds FILE] [--nats-ca FILE] [--public-url URL] [--shards N]]
-                      [--listen ADDR] [--tls-cert FILE --tls-key FILE]
+  tether-server serve [--config FILE] --data DIR [--nats URL[,URL...] [--nats-creds FILE] [--nats-ca FILE] [--public-url URL] [--shards N]]
+                      [--listen ADDR] [--tls-cert FILE --tls-key FILE | --acme-domain NAMES [--acme-email ADDR] [--acme-cache DIR] [--acme-directory URL]]
+                      [--log-format text|json]
                       [--enroll-key KEY | --enroll-key-file FILE] [--device-ca FILE] [--open-enrollment]
                       [--device-expiry DURATION] [--max-heartbeat DURATION] [--log-level debug|info|warn|error]
                       [--device-rate-limit N] [--topic-rate-limit N] [--max-store-size BYTES]
@@ -76,7 +86,13 @@ const usage = `usage:
   tether-server device remove --data DIR | --nats URL --id ID
   tether-server xmpp drain --data DIR
   tether-server migrate --data DIR --nats URL[,URL...] [--shards N] [--json]
+  tether-server config check [--config FILE] [serve's flags]
   tether-server version
+
+serve's settings come from the config file --config names (docs/config.md),
+then from its flags; SIGHUP reloads the TLS certificate and the settings
+that can change while it serves. config check reads /etc/tether/server.toml
+unless --config names another file.
 
 --nats takes --nats-creds FILE, --nats-ca FILE and --nats-prefix NAME beside it.
 `
@@ -102,8 +118,19 @@ func main() {
 	os.Exit(code)
 }
 
-// errUsage marks a usage error, exit status 2; flag has printed why.
+// errUsage marks a usage error, exit status 2; flag has printed why, or
+// the error that wraps it (usagef) says why.
 var errUsage = errors.New("usage")
+
+// usageError is a usage error that says what is wrong.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string   { return e.err.Error() }
+func (e *usageError) Unwrap() []error { return []error{errUsage, e.err} }
+
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Errorf(format, args...)}
+}
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	err := dispatch(ctx, args, stdout, stderr)
@@ -113,6 +140,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.Is(err, errUsage):
+		if err != errUsage {
+			for line := range strings.SplitSeq(err.Error(), "\n") {
+				fmt.Fprintf(stderr, "tether-server: %s\n", line)
+			}
+		}
 		return 2
 	}
 	fmt.Fprintf(stderr, "tether-server: %v\n", err)
@@ -123,6 +155,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	switch {
 	case len(args) >= 1 && args[0] == "serve":
 		return serve(ctx, args[1:], stderr)
+	case len(args) >= 2 && args[0] == "config" && args[1] == "check":
+		return configCheck(args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "sender" && args[1] == "add":
 		return senderAdd(ctx, args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "sender" && args[1] == "list":
@@ -190,12 +224,30 @@ func parse(fs *flag.FlagSet, args []string, required ...string) error {
 	return nil
 }
 
-func serve(ctx context.Context, args []string, stderr io.Writer) error {
+// settings are what serve's flags and config file say.
+type settings struct {
+	cfg       server.Config
+	level     slog.Level
+	logFormat string
+	src       settingSource
+	// values are every flag's value as text, to tell on a reload which
+	// settings changed.
+	values map[string]string
+}
+
+// loadSettings reads serve's settings from args and the config file that
+// --config names, by default config. Usage errors are printed to stderr.
+func loadSettings(args []string, config string, stderr io.Writer) (settings, error) {
 	fs := flags("serve", stderr)
+	fs.String("config", config, "settings `file` (TOML, docs/config.md): each flag is a key, as tls_cert for --tls-cert; flags given here win")
 	listen := fs.String("listen", "127.0.0.1:8080", "TCP `address` for app servers and devices")
 	data := fs.String("data", "", "data `directory` (created with mode 0700)")
 	cert := fs.String("tls-cert", "", "TLS certificate `file` (PEM); serve HTTPS and WSS")
 	key := fs.String("tls-key", "", "TLS private key `file` (PEM)")
+	acmeDomain := fs.String("acme-domain", "", "`names`, comma-separated, to obtain and renew the certificate for from an ACME CA (Let's Encrypt unless --acme-directory) instead of --tls-cert; the CA must reach --listen on port 443")
+	acmeCache := fs.String("acme-cache", "", "`directory` of the ACME account key and certificates (default acme in --data)")
+	acmeEmail := fs.String("acme-email", "", "contact `address` given to the ACME CA")
+	acmeDirectory := fs.String("acme-directory", "", "`URL` of the ACME CA's directory (default Let's Encrypt's)")
 	enrollKey := fs.String("enroll-key", "", "fleet-wide enrollment `key` that devices may present to check in, at least 22 characters")
 	enrollKeyFile := fs.String("enroll-key-file", "", "`file` holding the fleet-wide enrollment key (mode 0600; keeps it out of ps)")
 	deviceCA := fs.String("device-ca", "", "PEM `file` of the CAs whose client certificates let devices check in without a key (needs --tls-cert)")
@@ -209,6 +261,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	var trusted cidrList
 	fs.Var(&trusted, "trusted-proxy", "`CIDR` (or address) of a proxy or load balancer in front, whose X-Forwarded-For or PROXY protocol header names the client; repeat for several")
 	level := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "log `format`: text (key=value) or json (one object a line)")
 	deviceRate := fs.Int("device-rate-limit", 0, "most messages accepted per device per `minute` (0: no limit)")
 	topicRate := fs.Int("topic-rate-limit", 0, "most messages accepted per topic of a sender per `minute` (0: no limit)")
 	maxStore := fs.Int("max-store-size", 0, "cap the store file at this many `bytes`; sends answer Unavailable when full (0: no cap)")
@@ -225,87 +278,77 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	nats.add(fs)
 	publicURL := fs.String("public-url", "", "this node's `URL` for devices (wss://host:port), named to them by other nodes when one shuts down; with --nats")
 	shards := fs.Int("shards", 0, "streams a new cluster state spreads devices over, fixed at creation; with --nats (0: 8)")
-	if err := parse(fs, args, "data"); err != nil {
-		return err
+	src, err := parseWithConfig(fs, args)
+	if err != nil {
+		return settings{}, err
 	}
-	if nats.urls == "" && (*publicURL != "" || *shards != 0) {
-		fmt.Fprintln(stderr, "tether-server serve: --public-url and --shards go with --nats")
-		return errUsage
-	}
-	if nats.urls != "" && *maxStore != 0 {
-		fmt.Fprintln(stderr, "tether-server serve: --max-store-size caps the bbolt file; a cluster's storage is capped by its JetStream limits (docs/scaling.md)")
-		return errUsage
+	name := src.name
+	switch {
+	case *data == "":
+		return settings{}, usagef("--data is required (or data in the config file)")
+	case nats.urls == "" && (*publicURL != "" || *shards != 0):
+		return settings{}, usagef("--public-url and --shards go with --nats")
+	case nats.urls != "" && *maxStore != 0:
+		return settings{}, usagef("%s caps the bbolt file; a cluster's storage is capped by its JetStream limits (docs/scaling.md)", name("max-store-size"))
+	case *shards < 0 || *shards > natsstore.MaxShards:
+		return settings{}, usagef("%s %d out of range 1 to %d", name("shards"), *shards, natsstore.MaxShards)
+	case *acmeDomain != "" && *cert != "":
+		return settings{}, usagef("give --tls-cert and --tls-key, or --acme-domain, not both")
+	case *acmeDomain == "" && (*acmeCache != "" || *acmeEmail != "" || *acmeDirectory != ""):
+		return settings{}, usagef("--acme-cache, --acme-email and --acme-directory go with --acme-domain")
+	case *deviceCA != "" && *cert == "" && *acmeDomain == "":
+		return settings{}, usagef("--device-ca needs --tls-cert and --tls-key, or --acme-domain: client certificates need TLS to end at tether-server (docs/security.md)")
+	case (*cert == "") != (*key == ""):
+		return settings{}, usagef("--tls-cert and --tls-key go together")
+	case *xmppListen != "" && *cert == "" && *acmeDomain == "" && !*xmppPlain:
+		return settings{}, usagef("--xmpp-listen needs --tls-cert and --tls-key or --acme-domain, or --xmpp-plaintext behind a proxy that terminates TLS")
+	case *xmppListen == "" && (*xmppPlain || *xmppDomain != ""):
+		return settings{}, usagef("--xmpp-plaintext and --xmpp-domain go with --xmpp-listen")
+	case *enrollKey != "" && *enrollKeyFile != "":
+		return settings{}, usagef("give --enroll-key or --enroll-key-file, not both")
+	case *logFormat != "text" && *logFormat != "json":
+		return settings{}, usagef("%s %q: want text or json", name("log-format"), *logFormat)
 	}
 	if *publicURL != "" {
 		if _, err := wire.ParseServerURL(*publicURL); err != nil {
-			fmt.Fprintf(stderr, "tether-server serve: --public-url: %v\n", err)
-			return errUsage
+			return settings{}, usagef("%s: %v", name("public-url"), err)
 		}
 	}
-	if *shards < 0 || *shards > natsstore.MaxShards {
-		fmt.Fprintf(stderr, "tether-server serve: --shards %d out of range 1 to %d\n", *shards, natsstore.MaxShards)
-		return errUsage
-	}
-	if *deviceRate < 0 || *topicRate < 0 || *maxStore < 0 || *reconnectLimit < 0 || *authLimit < 0 || *upstreamRate < 0 || *checkInLimit < 0 || *enrollFailureLimit < 0 ||
-		*connsPerIP < 0 || *sessionsPerIP < 0 {
-		fmt.Fprintln(stderr, "tether-server serve: --device-rate-limit, --topic-rate-limit, --max-store-size, --reconnect-limit, --auth-failure-limit, --upstream-rate-limit, --checkin-limit, --enroll-failure-limit, --conns-per-ip and --sessions-per-ip cannot be negative")
-		return errUsage
-	}
-	if *deviceExpiry < 0 || *maxHeartbeat < time.Minute || *maxHeartbeat > time.Duration(wire.MaxHeartbeat)*time.Second {
-		fmt.Fprintf(stderr, "tether-server serve: --device-expiry cannot be negative, and --max-heartbeat is 1m to %v\n", time.Duration(wire.MaxHeartbeat)*time.Second)
-		return errUsage
-	}
-	if *deviceCA != "" && *cert == "" {
-		fmt.Fprintln(stderr, "tether-server serve: --device-ca needs --tls-cert and --tls-key: client certificates need TLS to end at tether-server (docs/security.md)")
-		return errUsage
+	for _, n := range []struct {
+		flag string
+		v    int
+	}{{"device-rate-limit", *deviceRate}, {"topic-rate-limit", *topicRate}, {"max-store-size", *maxStore}, {"reconnect-limit", *reconnectLimit},
+		{"auth-failure-limit", *authLimit}, {"upstream-rate-limit", *upstreamRate}, {"checkin-limit", *checkInLimit},
+		{"enroll-failure-limit", *enrollFailureLimit}, {"conns-per-ip", *connsPerIP}, {"sessions-per-ip", *sessionsPerIP}} {
+		if n.v < 0 {
+			return settings{}, usagef("%s cannot be negative", name(n.flag))
+		}
 	}
 	const maxWait = 24 * time.Hour // the longest wait the wire carries
 	for _, d := range []struct {
-		name string
-		v    time.Duration
-		min  time.Duration
-	}{{"battery-max-delay", *batteryDelay, time.Second}, {"store-retry-after", *storeRetry, time.Second}, {"shutdown-spread", *shutdownSpread, 0}} {
-		if d.v < d.min || d.v > maxWait {
-			fmt.Fprintf(stderr, "tether-server serve: --%s %v is out of range %v to %v\n", d.name, d.v, d.min, maxWait)
-			return errUsage
+		flag     string
+		v        time.Duration
+		min, max time.Duration
+	}{{"battery-max-delay", *batteryDelay, time.Second, maxWait}, {"store-retry-after", *storeRetry, time.Second, maxWait},
+		{"shutdown-spread", *shutdownSpread, 0, maxWait}, {"max-heartbeat", *maxHeartbeat, time.Minute, time.Duration(wire.MaxHeartbeat) * time.Second},
+		{"device-expiry", *deviceExpiry, 0, time.Duration(math.MaxInt64)}} {
+		if d.v < d.min || d.v > d.max {
+			return settings{}, usagef("%s %v is out of range %v to %v", name(d.flag), d.v, d.min, d.max)
 		}
 	}
 	var logLevel slog.Level
 	if err := logLevel.UnmarshalText([]byte(*level)); err != nil {
-		fmt.Fprintf(stderr, "tether-server serve: bad --log-level %q\n", *level)
-		return errUsage
-	}
-	if (*cert == "") != (*key == "") {
-		fmt.Fprintln(stderr, "tether-server serve: --tls-cert and --tls-key go together")
-		return errUsage
-	}
-	if *xmppListen != "" && *cert == "" && !*xmppPlain {
-		fmt.Fprintln(stderr, "tether-server serve: --xmpp-listen needs --tls-cert and --tls-key, or --xmpp-plaintext behind a proxy that terminates TLS")
-		return errUsage
-	}
-	if *xmppListen == "" && (*xmppPlain || *xmppDomain != "") {
-		fmt.Fprintln(stderr, "tether-server serve: --xmpp-plaintext and --xmpp-domain go with --xmpp-listen")
-		return errUsage
-	}
-	if *enrollKey != "" && *enrollKeyFile != "" {
-		fmt.Fprintln(stderr, "tether-server serve: give --enroll-key or --enroll-key-file, not both")
-		return errUsage
+		return settings{}, usagef("%s %q: want debug, info, warn or error", name("log-level"), *level)
 	}
 	if *enrollKeyFile != "" {
 		key, err := readSecretFile(*enrollKeyFile)
 		if err != nil {
-			return fmt.Errorf("read enrollment key: %w", err)
+			return settings{}, fmt.Errorf("read enrollment key: %w", err)
 		}
 		*enrollKey = key
 	}
-	offset, err := clockknob.FromEnv(os.Getenv)
-	if err != nil {
-		fmt.Fprintln(stderr, "tether-server serve:", err)
-		return errUsage
-	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
 	cfg := server.Config{
-		DataDir: *data, Listen: *listen, TLSCert: *cert, TLSKey: *key, Logger: log,
+		DataDir: *data, Listen: *listen, TLSCert: *cert, TLSKey: *key,
 		EnrollKey: *enrollKey, DeviceCA: *deviceCA, OpenEnrollment: *openEnrollment,
 		DeviceExpiry: *deviceExpiry, MaxHeartbeat: *maxHeartbeat,
 		CheckInLimit: *checkInLimit, EnrollFailureLimit: *enrollFailureLimit,
@@ -320,17 +363,17 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if cfg.NATS != nil {
 		cfg.NATS.PublicURL, cfg.NATS.Shards = *publicURL, *shards
 	}
-	if offset != 0 {
-		cfg.Now = func() time.Time { return time.Now().Add(offset) }
+	if *acmeDomain != "" {
+		cfg.ACME = &server.ACMEConfig{Domains: splitList(*acmeDomain), CacheDir: *acmeCache, Email: *acmeEmail, DirectoryURL: *acmeDirectory}
+		if err := server.CheckACMEDomains(cfg.ACME.Domains); err != nil {
+			return settings{}, usagef("%s: %v", name("acme-domain"), err)
+		}
 	}
 	// Zero means the default in Config, and none on the command line.
 	if cfg.ShutdownSpread == 0 {
 		cfg.ShutdownSpread = -1
 	}
-	if cfg.ReconnectLimit == 0 {
-		cfg.ReconnectLimit = -1
-	}
-	for _, v := range []*int{&cfg.AuthFailureLimit, &cfg.UpstreamRateLimit, &cfg.CheckInLimit, &cfg.EnrollFailureLimit, &cfg.ConnsPerIP, &cfg.SessionsPerIP} {
+	for _, v := range []*int{&cfg.ReconnectLimit, &cfg.AuthFailureLimit, &cfg.UpstreamRateLimit, &cfg.CheckInLimit, &cfg.EnrollFailureLimit, &cfg.ConnsPerIP, &cfg.SessionsPerIP} {
 		if *v == 0 {
 			*v = -1
 		}
@@ -338,12 +381,95 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if cfg.DeviceExpiry == 0 {
 		cfg.DeviceExpiry = -1
 	}
+	st := settings{cfg: cfg, level: logLevel, logFormat: *logFormat, src: src, values: map[string]string{}}
+	fs.VisitAll(func(f *flag.Flag) { st.values[f.Name] = f.Value.String() })
+	return st, nil
+}
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	// SIGHUP would end the process; it reloads instead, once the server
+	// runs (one that comes while it starts waits).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	st, err := loadSettings(args, "", stderr)
+	if err != nil {
+		return err
+	}
+	offset, err := clockknob.FromEnv(os.Getenv)
+	if err != nil {
+		return usagef("%v", err)
+	}
+	var level slog.LevelVar
+	level.Set(st.level)
+	cfg := st.cfg
+	cfg.Logger = newLogger(st.logFormat, &level, stderr)
+	if offset != 0 {
+		cfg.Now = func() time.Time { return time.Now().Add(offset) }
+	}
 	srv, err := server.New(cfg)
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
-	return serveNotifying(ctx, srv, log)
+	reloadCtx, stopReloads := context.WithCancel(ctx)
+	var reloads sync.WaitGroup
+	reloads.Go(func() {
+		for {
+			select {
+			case <-reloadCtx.Done():
+				return
+			case <-hup:
+				reload(srv, args, st, &level, cfg.Logger)
+			}
+		}
+	})
+	err = serveNotifying(ctx, srv, cfg.Logger)
+	stopReloads()
+	reloads.Wait()
+	return err
+}
+
+// reloadable are the flags whose settings a reload applies to a running
+// server (docs/config.md); the others take a restart.
+var reloadable = []string{"tls-cert", "tls-key", "log-level", "conns-per-ip", "sessions-per-ip",
+	"device-rate-limit", "topic-rate-limit", "reconnect-limit", "checkin-limit", "upstream-rate-limit", "auth-failure-limit", "enroll-failure-limit"}
+
+// reload reads the settings again, from the same flags and config file,
+// and applies those that can change while serving. A bad config file or
+// certificate changes nothing: the error is logged and the server goes
+// on as it was. Settings that take a restart are named when they differ
+// from those the server started with.
+func reload(srv *server.Server, args []string, started settings, level *slog.LevelVar, log *slog.Logger) {
+	next, err := loadSettings(args, "", io.Discard)
+	if err == nil {
+		err = srv.Reload(next.cfg)
+	}
+	if err != nil {
+		log.Error("reload failed; the settings in use are kept", "err", err)
+		return
+	}
+	level.Set(next.level)
+	var restart []string
+	for name, v := range next.values {
+		if v != started.values[name] && !slices.Contains(reloadable, name) {
+			restart = append(restart, configKey(name))
+		}
+	}
+	slices.Sort(restart)
+	if len(restart) > 0 {
+		log.Warn("reload: these settings changed and take effect at the next restart", "keys", strings.Join(restart, ","))
+	}
+	log.Info("reloaded", "config", next.src.file, "tls_cert", next.cfg.TLSCert, "log_level", next.level.String())
+}
+
+// newLogger logs in format, "text" or "json", at level.
+func newLogger(format string, level slog.Leveler, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
 }
 
 func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -402,6 +528,8 @@ func (c *cidrList) String() string {
 	return strings.Join(parts, ",")
 }
 
+func (c *cidrList) repeatable() {}
+
 func (c *cidrList) Set(v string) error {
 	p, err := server.ParseTrustedProxies([]string{v})
 	if err != nil {
@@ -429,13 +557,18 @@ func (n *natsFlags) config() *server.NATSConfig {
 	if n.urls == "" {
 		return nil
 	}
-	var urls []string
-	for _, u := range strings.Split(n.urls, ",") {
-		if u = strings.TrimSpace(u); u != "" {
-			urls = append(urls, u)
+	return &server.NATSConfig{URLs: splitList(n.urls), Creds: n.creds, CA: n.ca, Prefix: n.prefix}
+}
+
+// splitList splits a comma-separated flag, dropping empty entries.
+func splitList(s string) []string {
+	var list []string
+	for e := range strings.SplitSeq(s, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			list = append(list, e)
 		}
 	}
-	return &server.NATSConfig{URLs: urls, Creds: n.creds, CA: n.ca, Prefix: n.prefix}
+	return list
 }
 
 // target is where an admin command works: a data directory (of a running

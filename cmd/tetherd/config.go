@@ -143,13 +143,13 @@ func applyServers(o *options, v any) error {
 		for i, e := range v {
 			s, ok := e.(string)
 			if !ok {
-				return fmt.Errorf("want an array of strings, it holds %s", tomlType(e))
+				return fmt.Errorf("want an array of strings, it holds %s", conftoml.TypeName(e))
 			}
 			list[i] = s
 		}
 		return o.setServers(list)
 	}
-	return fmt.Errorf("want a string or an array of strings, got %s", tomlType(v))
+	return fmt.Errorf("want a string or an array of strings, got %s", conftoml.TypeName(v))
 }
 
 func setPath(dst *string) func(string) error {
@@ -467,23 +467,6 @@ func daemonFlags(o *options, out io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// configError is a bad setting in the config file.
-type configError struct {
-	file string
-	line int
-	key  string // as written in TOML; empty for a syntax error
-	err  error
-}
-
-func (e *configError) Error() string {
-	if e.key == "" {
-		return fmt.Sprintf("%s:%d: %v", e.file, e.line, e.err)
-	}
-	return fmt.Sprintf("%s:%d: %s: %v", e.file, e.line, e.key, e.err)
-}
-
-func (e *configError) Unwrap() error { return e.err }
-
 // fileTables are the config file's tables; the keys in them and at the
 // top are those of settings. Values are read as they are written and
 // checked by the same setters as the flags, so that a file and a flag are
@@ -506,7 +489,7 @@ func settings(root map[string]any) []fileSetting {
 		{[]string{"insecure"}, lookup(root, "insecure"), func(o *options, v any) error {
 			b, ok := v.(bool)
 			if !ok {
-				return fmt.Errorf("want true or false, got %s", tomlType(v))
+				return fmt.Errorf("want true or false, got %s", conftoml.TypeName(v))
 			}
 			o.insecure = b
 			return nil
@@ -558,7 +541,7 @@ func settings(root map[string]any) []fileSetting {
 				}
 				return o.bindApp(app, strconv.FormatInt(v, 10))
 			}
-			return fmt.Errorf("want a user name or a uid, got %s", tomlType(v))
+			return fmt.Errorf("want a user name or a uid, got %s", conftoml.TypeName(v))
 		}})
 	}
 	return s
@@ -573,7 +556,7 @@ func integer(what string, set func(*options, string) error) func(*options, any) 
 	return func(o *options, v any) error {
 		n, ok := v.(int64)
 		if !ok {
-			return fmt.Errorf("want %s, got %s", what, tomlType(v))
+			return fmt.Errorf("want %s, got %s", what, conftoml.TypeName(v))
 		}
 		return set(o, strconv.FormatInt(n, 10))
 	}
@@ -588,7 +571,7 @@ func size(field func(*options) *int64, name string) func(*options, any) error {
 		case string:
 			return setSize(field(o), name)(v)
 		}
-		return fmt.Errorf("want a size such as 524288 or \"512KiB\", got %s", tomlType(v))
+		return fmt.Errorf("want a size such as 524288 or \"512KiB\", got %s", conftoml.TypeName(v))
 	}
 }
 
@@ -596,7 +579,7 @@ func text(set func(*options, string) error) func(*options, any) error {
 	return func(o *options, v any) error {
 		s, ok := v.(string)
 		if !ok {
-			return fmt.Errorf("want a string, got %s", tomlType(v))
+			return fmt.Errorf("want a string, got %s", conftoml.TypeName(v))
 		}
 		return set(o, s)
 	}
@@ -606,12 +589,12 @@ func textList(add func(*options, string) error) func(*options, any) error {
 	return func(o *options, v any) error {
 		list, ok := v.([]any)
 		if !ok {
-			return fmt.Errorf("want an array of strings, got %s", tomlType(v))
+			return fmt.Errorf("want an array of strings, got %s", conftoml.TypeName(v))
 		}
 		for _, e := range list {
 			s, ok := e.(string)
 			if !ok {
-				return fmt.Errorf("want an array of strings, it holds %s", tomlType(e))
+				return fmt.Errorf("want an array of strings, it holds %s", conftoml.TypeName(e))
 			}
 			if err := add(o, s); err != nil {
 				return err
@@ -634,23 +617,7 @@ func applySocketMode(o *options, v any) error {
 		o.socketMode = os.FileMode(v)
 		return nil
 	}
-	return fmt.Errorf("want an octal mode, got %s", tomlType(v))
-}
-
-func tomlType(v any) string {
-	switch v := v.(type) {
-	case string:
-		return fmt.Sprintf("the string %q", v)
-	case int64:
-		return fmt.Sprintf("the integer %d", v)
-	case float64:
-		return fmt.Sprintf("the float %v", v)
-	case bool:
-		return fmt.Sprintf("%v", v)
-	case []any:
-		return "an array"
-	}
-	return "a table"
+	return fmt.Errorf("want an octal mode, got %s", conftoml.TypeName(v))
 }
 
 // loadConfig applies the config file at path to o. A missing file is no
@@ -670,17 +637,13 @@ func loadConfig(o *options, path string, required bool) error {
 // is reported, with its line: the unknown ones, the tables written as
 // something else, and the values their setters refuse.
 func applyConfig(o *options, path string, doc []byte) error {
-	d, err := conftoml.Parse(doc)
+	d, err := conftoml.ParseFile(path, doc)
 	if err != nil {
-		var se *conftoml.Error
-		if errors.As(err, &se) {
-			return &configError{file: path, line: se.Line, err: errors.New(se.Msg)}
-		}
-		return fmt.Errorf("%s: %w", path, err)
+		return err
 	}
 	var errs []error
 	bad := func(key []string, err error) {
-		errs = append(errs, &configError{file: path, line: d.Line(key...), key: keyName(key), err: err})
+		errs = append(errs, &conftoml.KeyError{File: path, Line: d.Line(key...), Key: conftoml.KeyName(key), Err: err})
 	}
 	known := map[string]bool{}
 	list := settings(d.Root)
@@ -729,21 +692,4 @@ func lookup(root map[string]any, path ...string) any {
 		v = t[k]
 	}
 	return v
-}
-
-// keyName writes a key as TOML does, quoting the parts that need it
-// (app IDs with dots, for one).
-func keyName(key []string) string {
-	parts := make([]string, len(key))
-	for i, k := range key {
-		bare := k != "" && strings.IndexFunc(k, func(r rune) bool {
-			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-')
-		}) < 0
-		if bare {
-			parts[i] = k
-		} else {
-			parts[i] = strconv.Quote(k)
-		}
-	}
-	return strings.Join(parts, ".")
 }

@@ -1,5 +1,6 @@
 // Package conftoml reads the part of TOML (https://toml.io, version 1.0)
-// that tetherd's config file uses: comments, [tables], key = value lines
+// that Tether's config files, tetherd's agent.toml and tether-server's
+// server.toml, use: comments, [tables], key = value lines
 // with bare, quoted and dotted keys, one-line basic and literal strings,
 // integers (decimal, 0x, 0o, 0b, with underscores), floats, booleans,
 // arrays (over several lines too) and inline tables.

@@ -12,8 +12,8 @@ import (
 // so its size follows what is open. Its zero value counts without a cap.
 // It is safe for concurrent use.
 type Counter struct {
-	limit int
 	mu    sync.Mutex
+	limit int
 	n     map[netip.Prefix]int
 }
 
@@ -66,4 +66,16 @@ func (c *Counter) Clients() int {
 }
 
 // Limit is the cap; zero or negative means none.
-func (c *Counter) Limit() int { return c.limit }
+func (c *Counter) Limit() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.limit
+}
+
+// SetLimit changes the cap. A client that holds more than a lowered cap
+// keeps what it holds, and is refused until it is under the cap.
+func (c *Counter) SetLimit(limit int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.limit = limit
+}

@@ -124,3 +124,41 @@ func TestCounterConcurrent(t *testing.T) {
 		t.Errorf("Clients after all released = %d, want 0", n)
 	}
 }
+
+// TestCounterSetLimit changes the cap of a counter in use: a client over
+// a lowered cap keeps its places and is refused until it is under it.
+func TestCounterSetLimit(t *testing.T) {
+	a := netip.MustParseAddr("192.0.2.1")
+	for _, tt := range []struct {
+		name        string
+		from, to    int
+		held        int
+		wantAcquire bool
+	}{
+		{"raised", 2, 3, 2, true},
+		{"lowered under what is held", 3, 1, 2, false},
+		{"lowered to what is held", 3, 2, 2, false},
+		{"lowered above what is held", 4, 3, 2, true},
+		{"cap removed", 2, 0, 2, true},
+		{"cap set", 0, 2, 2, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := NewCounter(tt.from)
+			for range tt.held {
+				if _, ok := c.Acquire(a); !ok {
+					t.Fatal("refused under the first cap")
+				}
+			}
+			c.SetLimit(tt.to)
+			if c.Limit() != tt.to {
+				t.Errorf("Limit = %d, want %d", c.Limit(), tt.to)
+			}
+			if _, ok := c.Acquire(a); ok != tt.wantAcquire {
+				t.Errorf("Acquire after SetLimit(%d) with %d held: %v, want %v", tt.to, tt.held, ok, tt.wantAcquire)
+			}
+			if n := c.Count(a); n < tt.held {
+				t.Errorf("Count = %d: places held before were taken back", n)
+			}
+		})
+	}
+}
