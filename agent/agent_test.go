@@ -256,7 +256,7 @@ func TestBurstStoredOnceAckedOnce(t *testing.T) {
 	// Hold the agent between the welcome and its first frame, so that the
 	// whole burst is queued behind the reader when the agent looks.
 	const n = 40
-	d.agent.mu.Lock()
+	d.agent.outbox.mu.Lock()
 	close(gate)
 	var want []string
 	for i := range n {
@@ -271,7 +271,7 @@ func TestBurstStoredOnceAckedOnce(t *testing.T) {
 		s := d.agent.link.session
 		return s != nil && len(s.frames) == n+1
 	})
-	d.agent.mu.Unlock()
+	d.agent.outbox.mu.Unlock()
 
 	if ids := pc.waitAck(t); !slices.Equal(ids, want) {
 		t.Fatalf("first ack has %d IDs %v, want all %d once", len(ids), ids, n)

@@ -3,7 +3,12 @@
 // hands it to local apps, and carries apps' upstream messages to the server.
 //
 // An Agent owns one Link (a WebSocket connection that reconnects by itself,
-// moving between the nodes it is given, link.go) and one store.Store. It
+// moving between the nodes it is given, link.go) and one store.Store, and
+// coordinates two parts with locks of their own: the inbox (inbox.go: the
+// apps' listeners, their windows, and the commits of messages and app
+// acks) and the outbox (outbox.go: the current session, and what was sent
+// on it and waits for the server's answer: requests, upstream messages,
+// the outcomes Send promised, the sends held back in low power). It
 // implements ipc.Backend, so every door (ipc/socketdoor, ipc/dbusdoor)
 // reaches it the same way; it knows nothing of sockets or D-Bus. The device's credentials
 // belong to the servers stored with them (those of the check-in, then of
