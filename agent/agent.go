@@ -35,6 +35,13 @@ const (
 	// Window is how many messages an app may have delivered and not yet
 	// acknowledged.
 	Window = 100
+	// SeenIDs is how many IDs of messages it no longer holds the agent
+	// keeps to recognise a redelivery (store.Writes.SeenIDs): ten times
+	// the window of messages the server may have sent and not had the
+	// agent's ack for, which are all it ever delivers again. It bounds the
+	// store, and so the agent's memory, at any rate of messages; an ID
+	// redelivered after it is gone costs a duplicate, never a loss.
+	SeenIDs = 1000
 	// MaxPending is how many upstream messages an app may have waiting for
 	// the server (GCM's limit; the next gets ipc.ErrTooManyMessages).
 	MaxPending = 20

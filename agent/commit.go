@@ -87,7 +87,7 @@ func (c *committer) run() {
 // commit runs reqs in one transaction and tells each its outcome; a
 // failed transaction fails all of them.
 func (c *committer) commit(reqs []*commitReq) {
-	w := store.Writes{Quota: c.quota}
+	w := store.Writes{Quota: c.quota, SeenIDs: SeenIDs}
 	for _, r := range reqs {
 		w.Messages = append(w.Messages, r.msgs...)
 		if len(r.ids) > 0 {
