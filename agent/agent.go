@@ -35,13 +35,14 @@ const (
 	// Window is how many messages an app may have delivered and not yet
 	// acknowledged.
 	Window = 100
-	// SeenIDs is how many IDs of messages it no longer holds the agent
-	// keeps to recognise a redelivery (store.Writes.SeenIDs): ten times
+	// DefaultSeenIDs is how many IDs of messages it no longer holds the
+	// agent keeps to recognise a redelivery (store.Writes.SeenIDs) when
+	// Config leaves it zero: ten times
 	// the window of messages the server may have sent and not had the
 	// agent's ack for, which are all it ever delivers again. It bounds the
 	// store, and so the agent's memory, at any rate of messages; an ID
 	// redelivered after it is gone costs a duplicate, never a loss.
-	SeenIDs = 1000
+	DefaultSeenIDs = 1000
 	// MaxPending is how many upstream messages an app may have waiting for
 	// the server (GCM's limit; the next gets ipc.ErrTooManyMessages).
 	MaxPending = 20
@@ -115,6 +116,10 @@ type Config struct {
 	// bound where one is zero); past it, an app's oldest messages go, and
 	// the app is told how many (deleted_messages).
 	Quota store.Quota
+	// SeenIDs is how many IDs of messages it no longer holds the agent
+	// keeps, so that a redelivery is a duplicate the app does not get
+	// (DefaultSeenIDs when zero).
+	SeenIDs int
 	// PongWait (DefaultPongWait when zero).
 	PongWait time.Duration
 	// MinBackoff and MaxBackoff bound the reconnection delay (the defaults
@@ -251,6 +256,12 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.UserRegistrations == 0 {
 		cfg.UserRegistrations = DefaultUserRegistrations
 	}
+	if cfg.SeenIDs < 0 {
+		return nil, fmt.Errorf("agent: %d seen IDs: want at least 1", cfg.SeenIDs)
+	}
+	if cfg.SeenIDs == 0 {
+		cfg.SeenIDs = DefaultSeenIDs
+	}
 	cfg.Quota = withDefaults(cfg.Quota)
 	if err := cfg.Quota.Check(); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -293,7 +304,7 @@ func New(cfg Config) (*Agent, error) {
 		flushDeferred: make(chan struct{}, 1),
 		probeWake:     make(chan struct{}, 1),
 		expiryChanged: make(chan struct{}, 1),
-		inbox:         newInbox(cfg.Store, cfg.Quota, cfg.Now, cfg.Logger),
+		inbox:         newInbox(cfg.Store, cfg.Quota, cfg.SeenIDs, cfg.Now, cfg.Logger),
 		outbox:        newOutbox(),
 	}
 	if a.policy != nil {

@@ -24,9 +24,10 @@
 // duplicate, never a message. Each app has at most one listener and at most
 // Window messages delivered and not yet acknowledged; what it does not
 // acknowledge is delivered again on its next Listen, and what it
-// acknowledges is not, while the store keeps its ID (SeenIDs). A message waits in the store until its app
-// acknowledges it or its time to live runs out (then the app is told how
-// many it missed, as GCM's deleted_messages). Every message is held at least
+// acknowledges is not, while the store keeps its ID (Config.SeenIDs). A
+// message waits in the store until its app acknowledges it or its time to
+// live runs out (then the app is told how many it missed, as GCM's
+// deleted_messages). Every message is held at least
 // a few seconds after receipt, so a "now or never" message (TTL 0) still
 // reaches an app that is listening. What the store holds is bounded per app
 // and in all (Config.Quota), counting what waits for an app and not what its

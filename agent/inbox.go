@@ -37,13 +37,14 @@ type inbox struct {
 	done sync.WaitGroup
 }
 
-// newInbox returns the inbox of st. What a listening app has and has not
-// acked is not waiting for it: a window of messages to an app that keeps
-// up never trips the quota.
-func newInbox(st *store.Store, q store.Quota, now func() time.Time, log *slog.Logger) *inbox {
+// newInbox returns the inbox of st, whose commits keep to q and seenIDs
+// (store.Writes). What a listening app has and has not acked is not
+// waiting for it: a window of messages to an app that keeps up never trips
+// the quota.
+func newInbox(st *store.Store, q store.Quota, seenIDs int, now func() time.Time, log *slog.Logger) *inbox {
 	in := &inbox{store: st, log: log, now: now, subs: map[string]*subscription{}}
 	q.Flowing = in.flowing
-	in.commits = &committer{store: st, quota: q}
+	in.commits = &committer{store: st, quota: q, seenIDs: seenIDs}
 	return in
 }
 
