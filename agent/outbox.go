@@ -125,8 +125,8 @@ func (o *outbox) finish(key outboxKey) {
 	o.mu.Unlock()
 }
 
-// hold keeps key back until takeDeferred.
-func (o *outbox) hold(key outboxKey) {
+// keepBack keeps key back until takeDeferred.
+func (o *outbox) keepBack(key outboxKey) {
 	o.mu.Lock()
 	o.deferred[key] = true
 	o.mu.Unlock()

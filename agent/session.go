@@ -518,7 +518,7 @@ func (a *Agent) sendUpstream(ctx context.Context, s *Session, u store.Upstream, 
 	ref := upstreamRef(key)
 	high := u.Priority == "high"
 	if mayDefer && !high && a.currentPowerMode() == PowerLow {
-		a.outbox.hold(key)
+		a.outbox.keepBack(key)
 		a.log.Debug("upstream message deferred: low power", "app", u.App, "id", u.ID)
 		return
 	}
