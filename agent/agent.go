@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"tether/ipc"
@@ -34,6 +35,14 @@ const (
 	// Window is how many messages an app may have delivered and not yet
 	// acknowledged.
 	Window = 100
+	// DefaultSeenIDs is how many IDs of messages it no longer holds the
+	// agent keeps to recognise a redelivery (store.Writes.SeenIDs) when
+	// Config leaves it zero: ten times
+	// the window of messages the server may have sent and not had the
+	// agent's ack for, which are all it ever delivers again. It bounds the
+	// store, and so the agent's memory, at any rate of messages; an ID
+	// redelivered after it is gone costs a duplicate, never a loss.
+	DefaultSeenIDs = 1000
 	// MaxPending is how many upstream messages an app may have waiting for
 	// the server (GCM's limit; the next gets ipc.ErrTooManyMessages).
 	MaxPending = 20
@@ -110,6 +119,10 @@ type Config struct {
 	// bound where one is zero); past it, an app's oldest messages go, and
 	// the app is told how many (deleted_messages).
 	Quota store.Quota
+	// SeenIDs is how many IDs of messages it no longer holds the agent
+	// keeps, so that a redelivery is a duplicate the app does not get
+	// (DefaultSeenIDs when zero).
+	SeenIDs int
 	// PongWait (DefaultPongWait when zero).
 	PongWait time.Duration
 	// MinBackoff and MaxBackoff bound the reconnection delay (the defaults
@@ -150,7 +163,6 @@ type Agent struct {
 	policy    *HeartbeatPolicy // nil: fixed heartbeat
 	appOwners map[string]uint32
 	userRegs  int
-	quota     store.Quota
 	// canEnroll says that the device can check in without credentials:
 	// it has an enrollment key or a client certificate.
 	canEnroll bool
@@ -182,38 +194,15 @@ type Agent struct {
 	// the server, which count against the user's limit.
 	registering map[uint32]int
 
-	// inboxMu makes reading held messages and handing them to a listener
-	// one step, and storing new messages (handing some over as they
-	// commit) another; an app's ack frees its window under it once
-	// committed, so that a delivery that read the message before the ack
-	// hands it over before the ack returns, never after.
-	inboxMu sync.Mutex
-	// commits writes downstream messages and app acks, together.
-	commits *committer
-
-	mu       sync.Mutex
-	session  *Session
-	requests map[string]*request // by ref: register and unregister in flight
-	// upstreamRefs maps the ref of each upstream frame sent in this session
-	// to its message, so an error frame can be tied to it.
-	upstreamRefs map[string]outboxKey
-	results      map[outboxKey]chan ipc.SendResult
-	// deferred holds the normal-priority upstream messages kept back in
-	// low power mode.
-	deferred map[outboxKey]bool
-	// restoring is set while the session registers the apps again after a
-	// new check-in: upstream messages wait for it (restore).
-	restoring bool
-	subs      map[string]*subscription // by app
-	running   bool
-	stopped   bool
-	subsDone  sync.WaitGroup
+	// inbox hands held messages to the listening apps; outbox keeps what
+	// the current session sent and waits to hear of.
+	inbox  *inbox
+	outbox *outbox
+	// running is set by Run: an Agent runs once.
+	running atomic.Bool
 }
 
 var _ ipc.Backend = (*Agent)(nil)
-
-// outboxKey names one upstream message.
-type outboxKey struct{ app, id string }
 
 // New checks cfg and returns an Agent.
 func New(cfg Config) (*Agent, error) {
@@ -270,6 +259,12 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.UserRegistrations == 0 {
 		cfg.UserRegistrations = DefaultUserRegistrations
 	}
+	if cfg.SeenIDs < 0 {
+		return nil, fmt.Errorf("agent: %d seen IDs: want at least 1", cfg.SeenIDs)
+	}
+	if cfg.SeenIDs == 0 {
+		cfg.SeenIDs = DefaultSeenIDs
+	}
 	cfg.Quota = withDefaults(cfg.Quota)
 	if err := cfg.Quota.Check(); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -305,25 +300,17 @@ func New(cfg Config) (*Agent, error) {
 		policy:        cfg.HeartbeatPolicy,
 		appOwners:     cfg.AppOwners,
 		userRegs:      cfg.UserRegistrations,
-		quota:         cfg.Quota,
 		canEnroll:     cfg.EnrollKey != "" || hasClientCert(cfg.TLS),
 		registering:   map[uint32]int{},
 		routeUp:       true,
 		network:       unknownNetwork,
 		powerMode:     cfg.PowerMode,
-		deferred:      map[outboxKey]bool{},
 		flushDeferred: make(chan struct{}, 1),
 		probeWake:     make(chan struct{}, 1),
 		expiryChanged: make(chan struct{}, 1),
-		requests:      map[string]*request{},
-		upstreamRefs:  map[string]outboxKey{},
-		results:       map[outboxKey]chan ipc.SendResult{},
-		subs:          map[string]*subscription{},
+		inbox:         newInbox(cfg.Store, cfg.Quota, cfg.SeenIDs, cfg.Now, cfg.Logger),
+		outbox:        newOutbox(),
 	}
-	// What a listening app has and has not acked is not waiting for it:
-	// a window of messages to an app that keeps up never trips the quota.
-	a.quota.Flowing = a.flowing
-	a.commits = &committer{store: a.store, quota: a.quota}
 	if a.policy != nil {
 		a.useNetwork(unknownNetwork)
 	}
@@ -450,13 +437,9 @@ func (a *Agent) Link() *Link { return a.link }
 // connection with a close frame, ends every listener and returns once every
 // goroutine it or Listen started has stopped. An Agent runs once.
 func (a *Agent) Run(ctx context.Context) error {
-	a.mu.Lock()
-	if a.running || a.stopped {
-		a.mu.Unlock()
+	if !a.running.CompareAndSwap(false, true) {
 		return errors.New("agent: Run called twice")
 	}
-	a.running = true
-	a.mu.Unlock()
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -474,7 +457,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	err := a.link.Run(ctx, linkHandler{a})
 	cancel()
 	wg.Wait()
-	a.stopListeners()
+	a.inbox.stop()
 	return err
 }
 
@@ -497,9 +480,7 @@ func (a *Agent) Status(ctx context.Context) (ipc.Status, error) {
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		return ipc.Status{}, fmt.Errorf("status: %w: %w", ipc.ErrStorage, err)
 	}
-	a.mu.Lock()
-	status.Connected = a.session != nil
-	a.mu.Unlock()
+	status.Connected = a.outbox.current() != nil
 	a.condMu.Lock()
 	status.PowerMode = a.powerMode
 	if a.network != unknownNetwork {
@@ -543,10 +524,15 @@ func (a *Agent) statusChanged() {
 }
 
 // currentSession is the session to send on, or nil while offline.
-func (a *Agent) currentSession() *Session {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.session
+func (a *Agent) currentSession() *Session { return a.outbox.current() }
+
+// report gives the outcome of an upstream message to the channel Send
+// returned (if this process made it) and to the app's listener.
+func (a *Agent) report(r ipc.SendResult) {
+	if ch := a.outbox.takeResult(outboxKey{r.App, r.ID}); ch != nil {
+		ch <- r // buffered, written once
+	}
+	a.inbox.result(r)
 }
 
 func (a *Agent) signalExpiry() {

@@ -77,14 +77,42 @@ func TestEndpoint(t *testing.T) {
 	}
 }
 
-// TestInsecureServerRefused: ws:// off the machine needs Insecure, since
-// the device secret would cross the network in the clear.
-func TestInsecureServerRefused(t *testing.T) {
+// tempStore is a store in a file of the test's, closed at its end.
+func tempStore(t *testing.T) *store.Store {
+	t.Helper()
 	st, err := store.Open(filepath.Join(t.TempDir(), "agent.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// TestNewRefusesBadBounds: a bound below zero is an error naming it.
+func TestNewRefusesBadBounds(t *testing.T) {
+	st := tempStore(t)
+	for _, tt := range []struct {
+		tweak func(*Config)
+		want  string // in the error; "" for none
+	}{
+		{func(c *Config) {}, ""},
+		{func(c *Config) { c.SeenIDs = 5 }, ""},
+		{func(c *Config) { c.SeenIDs = -1 }, "-1 seen IDs"},
+		{func(c *Config) { c.UserRegistrations = -2 }, "-2 registrations per user"},
+	} {
+		cfg := Config{Store: st, Servers: []string{"ws://127.0.0.1:8080"}}
+		tt.tweak(&cfg)
+		_, err := New(cfg)
+		if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)) {
+			t.Errorf("New(%+v): %v; want an error with %q", cfg, err, tt.want)
+		}
+	}
+}
+
+// TestInsecureServerRefused: ws:// off the machine needs Insecure, since
+// the device secret would cross the network in the clear.
+func TestInsecureServerRefused(t *testing.T) {
+	st := tempStore(t)
 	for _, tt := range []struct {
 		url      string
 		insecure bool
@@ -256,7 +284,7 @@ func TestBurstStoredOnceAckedOnce(t *testing.T) {
 	// Hold the agent between the welcome and its first frame, so that the
 	// whole burst is queued behind the reader when the agent looks.
 	const n = 40
-	d.agent.mu.Lock()
+	d.agent.outbox.mu.Lock()
 	close(gate)
 	var want []string
 	for i := range n {
@@ -271,7 +299,7 @@ func TestBurstStoredOnceAckedOnce(t *testing.T) {
 		s := d.agent.link.session
 		return s != nil && len(s.frames) == n+1
 	})
-	d.agent.mu.Unlock()
+	d.agent.outbox.mu.Unlock()
 
 	if ids := pc.waitAck(t); !slices.Equal(ids, want) {
 		t.Fatalf("first ack has %d IDs %v, want all %d once", len(ids), ids, n)
@@ -392,6 +420,37 @@ func TestAckedNeverRedeliveredAfterRestart(t *testing.T) {
 	pc2.message("m3", app, sender, 3600)
 	if m := l2.nextMessage(t); m.ID != "m3" {
 		t.Errorf("after restart the app got %q, want m3 (m1 was acked)", m.ID)
+	}
+}
+
+func TestRedeliveryIsADuplicateWhileItsIDIsKept(t *testing.T) {
+	_, d, pc := onlineWithApp(t, nil, func(c *Config) { c.SeenIDs = 3 })
+	l, _ := listen(t, d.agent, alice, app)
+	// send sends id and checks that the agent acks it to the server.
+	send := func(id string) {
+		t.Helper()
+		pc.message(id, app, sender, 3600)
+		if ids := pc.waitAck(t); !slices.Equal(ids, []string{id}) {
+			t.Fatalf("ack of %s: %v", id, ids)
+		}
+	}
+	// deliver sends id and checks that the app gets it next, and acks it.
+	deliver := func(id string) {
+		t.Helper()
+		send(id)
+		if m := l.nextMessage(t); m.ID != id {
+			t.Fatalf("the app got %q, want %s", m.ID, id)
+		}
+		l.ack(t, d.agent, alice, app, id)
+	}
+	for _, id := range []string{"m1", "m2", "m3"} {
+		deliver(id)
+	}
+	send("m1")    // among the last three let go: a duplicate the app does not get
+	deliver("m4") // the app gets m4 next, not m1; m1's ID goes as m4 comes
+	send("m1")    // past the bound: stored anew
+	if m := l.nextMessage(t); m.ID != "m1" {
+		t.Errorf("the app got %q, want m1 again, a duplicate", m.ID)
 	}
 }
 

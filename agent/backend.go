@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"tether/ipc"
@@ -127,15 +126,11 @@ func (a *Agent) roundTrip(ctx context.Context, req *request, body wire.Body) req
 		return requestResult{err: invalid(string(body.FrameType()), err)}
 	}
 	req.done = make(chan requestResult, 1)
-	a.mu.Lock()
-	s := a.session
+	s := a.outbox.addRequest(ref, req)
 	if s == nil {
-		a.mu.Unlock()
 		return requestResult{err: ipc.ErrOffline}
 	}
-	a.requests[ref] = req
-	a.mu.Unlock()
-	defer a.takeRequest(ref)
+	defer a.outbox.takeRequest(ref)
 	if err := s.Send(ctx, frame); err != nil {
 		return requestResult{err: fmt.Errorf("%w: %w", ipc.ErrOffline, err)}
 	}
@@ -157,39 +152,7 @@ func (a *Agent) Listen(ctx context.Context, c ipc.Caller, app string, l ipc.List
 	}
 	// Expired messages go now, so that they are reported, not delivered.
 	a.sweep()
-	sub := &subscription{
-		app:          app,
-		l:            l,
-		wakeup:       make(chan struct{}, 1),
-		stop:         make(chan struct{}),
-		inflight:     map[string]bool{},
-		checkNotices: true,
-	}
-	a.mu.Lock()
-	if a.stopped {
-		a.mu.Unlock()
-		return nil, fmt.Errorf("listen for app %q: agent stopped: %w", app, ipc.ErrOffline)
-	}
-	old := a.subs[app]
-	a.subs[app] = sub
-	a.subsDone.Add(1)
-	a.mu.Unlock()
-	if old != nil {
-		old.end(true)
-	}
-	go a.deliverLoop(sub)
-	var once sync.Once
-	cancel := func() {
-		once.Do(func() {
-			a.mu.Lock()
-			if a.subs[app] == sub {
-				delete(a.subs, app)
-			}
-			a.mu.Unlock()
-			sub.end(false)
-		})
-	}
-	return cancel, nil
+	return a.inbox.listen(app, l)
 }
 
 // Ack removes acknowledged messages from the store, in a transaction it
@@ -201,16 +164,9 @@ func (a *Agent) Ack(ctx context.Context, c ipc.Caller, app string, ids []string)
 	if len(ids) == 0 {
 		return fmt.Errorf("ack: %w: no message IDs", ipc.ErrInvalidArgument)
 	}
-	req := newCommitReq(nil, app, ids)
-	a.commits.submit(req)
-	if res := <-req.done; res.err != nil {
-		return fmt.Errorf("ack: %w: %w", ipc.ErrStorage, res.err)
+	if err := a.inbox.ack(app, ids); err != nil {
+		return fmt.Errorf("ack: %w: %w", ipc.ErrStorage, err)
 	}
-	// A delivery round that read these before the commit hands them over
-	// before this returns.
-	a.inboxMu.Lock()
-	a.forget(app, ids, false)
-	a.inboxMu.Unlock()
 	return nil
 }
 
@@ -242,13 +198,9 @@ func (a *Agent) Send(ctx context.Context, c ipc.Caller, req ipc.SendRequest) (st
 
 	key := outboxKey{req.App, req.ID}
 	result := make(chan ipc.SendResult, 1)
-	a.mu.Lock()
-	if a.results[key] != nil {
-		a.mu.Unlock()
+	if !a.outbox.expect(key, result) { // before the message can be sent and acked
 		return "", nil, fmt.Errorf("send: %w: message %q of app %q is already pending", ipc.ErrInvalidArgument, req.ID, req.App)
 	}
-	a.results[key] = result // before the message can be sent and acked
-	a.mu.Unlock()
 
 	now := a.now()
 	u, err := a.store.AddUpstream(store.Upstream{
@@ -256,9 +208,7 @@ func (a *Agent) Send(ctx context.Context, c ipc.Caller, req ipc.SendRequest) (st
 		Created: now, Expires: now.Add(time.Duration(ttl) * time.Second),
 	}, MaxPending)
 	if err != nil {
-		a.mu.Lock()
-		delete(a.results, key)
-		a.mu.Unlock()
+		a.outbox.takeResult(key)
 		switch {
 		case errors.Is(err, store.ErrOutboxFull):
 			return "", nil, fmt.Errorf("send: app %q has %d pending: %w", req.App, MaxPending, ipc.ErrTooManyMessages)

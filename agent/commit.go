@@ -13,8 +13,9 @@ import (
 // submitted (a transaction stores its messages before it applies its
 // acks), so an ack submitted after the messages it names removes them.
 type committer struct {
-	store *store.Store
-	quota store.Quota
+	store   *store.Store
+	quota   store.Quota
+	seenIDs int
 
 	mu      sync.Mutex
 	queue   []*commitReq
@@ -87,7 +88,7 @@ func (c *committer) run() {
 // commit runs reqs in one transaction and tells each its outcome; a
 // failed transaction fails all of them.
 func (c *committer) commit(reqs []*commitReq) {
-	w := store.Writes{Quota: c.quota}
+	w := store.Writes{Quota: c.quota, SeenIDs: c.seenIDs}
 	for _, r := range reqs {
 		w.Messages = append(w.Messages, r.msgs...)
 		if len(r.ids) > 0 {

@@ -3,7 +3,12 @@
 // hands it to local apps, and carries apps' upstream messages to the server.
 //
 // An Agent owns one Link (a WebSocket connection that reconnects by itself,
-// moving between the nodes it is given, link.go) and one store.Store. It
+// moving between the nodes it is given, link.go) and one store.Store, and
+// coordinates two parts with locks of their own: the inbox (inbox.go: the
+// apps' listeners, their windows, and the commits of messages and app
+// acks) and the outbox (outbox.go: the current session, and what was sent
+// on it and waits for the server's answer: requests, upstream messages,
+// the outcomes Send promised, the sends held back in low power). It
 // implements ipc.Backend, so every door (ipc/socketdoor, ipc/dbusdoor)
 // reaches it the same way; it knows nothing of sockets or D-Bus. The device's credentials
 // belong to the servers stored with them (those of the check-in, then of
@@ -19,9 +24,10 @@
 // duplicate, never a message. Each app has at most one listener and at most
 // Window messages delivered and not yet acknowledged; what it does not
 // acknowledge is delivered again on its next Listen, and what it
-// acknowledges never is. A message waits in the store until its app
-// acknowledges it or its time to live runs out (then the app is told how
-// many it missed, as GCM's deleted_messages). Every message is held at least
+// acknowledges is not, while the store keeps its ID (Config.SeenIDs). A
+// message waits in the store until its app acknowledges it or its time to
+// live runs out (then the app is told how many it missed, as GCM's
+// deleted_messages). Every message is held at least
 // a few seconds after receipt, so a "now or never" message (TTL 0) still
 // reaches an app that is listening. What the store holds is bounded per app
 // and in all (Config.Quota), counting what waits for an app and not what its

@@ -102,9 +102,7 @@ func (a *Agent) restore(ctx context.Context, wg *sync.WaitGroup) <-chan error {
 	if len(stale) == 0 {
 		return nil
 	}
-	a.mu.Lock()
-	a.restoring = true
-	a.mu.Unlock()
+	a.outbox.setRestoring(true)
 	wg.Go(func() { done <- a.reregister(ctx, stale) })
 	return done
 }
@@ -122,7 +120,7 @@ func (a *Agent) reregister(ctx context.Context, regs []store.Registration) error
 		res := a.roundTrip(ctx, req, wire.Register{App: reg.App, Sender: reg.Sender})
 		switch {
 		case res.err == nil:
-			a.forget(reg.App, nil, true) // the new token, if it changed
+			a.inbox.forget(reg.App, nil, true) // the new token, if it changed
 		case errors.Is(res.err, ipc.ErrNotRegistered), errors.Is(res.err, ipc.ErrInvalidArgument):
 			a.log.Warn("the server refuses the registration; it stays as it was", "app", reg.App, "sender", reg.Sender, "err", res.err)
 		default:

@@ -71,7 +71,7 @@ func (a *Agent) sweep() {
 	}
 	for app, ids := range swept {
 		a.log.Info("messages expired before their app acknowledged them", "app", app, "count", len(ids))
-		a.forget(app, ids, true)
+		a.inbox.forget(app, ids, true)
 	}
 	if a.currentSession() != nil {
 		return

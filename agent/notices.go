@@ -30,7 +30,7 @@ func (r *sessionRun) tokenRefreshed(ctx context.Context, f wire.Frame) {
 	r.send(ctx, "", wire.Ack{IDs: []string{n.ID}})
 	if changed {
 		a.log.Info("token refreshed", "app", n.App, "sender", n.Sender)
-		a.forget(n.App, nil, true) // the listener tells the app
+		a.inbox.forget(n.App, nil, true) // the listener tells the app
 	}
 }
 
@@ -51,7 +51,7 @@ func (r *sessionRun) deletedMessages(ctx context.Context, f wire.Frame) {
 	r.send(ctx, "", wire.Ack{IDs: []string{n.ID}})
 	if added {
 		a.log.Info("server dropped messages", "app", n.App, "count", n.Count)
-		a.forget(n.App, nil, true) // the listener reports the count
+		a.inbox.forget(n.App, nil, true) // the listener reports the count
 	}
 }
 

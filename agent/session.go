@@ -76,9 +76,7 @@ func (h linkHandler) Serve(ctx context.Context, s *Session) {
 	}
 	a.refusals = refusals{}
 	a.sweep() // the seen IDs of acked messages expire without a timer
-	a.mu.Lock()
-	a.session = s
-	a.mu.Unlock()
+	a.outbox.begin(s)
 	a.statusChanged()
 	a.wakeProber()
 	var restoring sync.WaitGroup
@@ -114,9 +112,7 @@ func (h linkHandler) Serve(ctx context.Context, s *Session) {
 				a.log.Warn("ending the session", "err", err)
 				return
 			}
-			a.mu.Lock()
-			a.restoring = false
-			a.mu.Unlock()
+			a.outbox.setRestoring(false)
 			a.log.Info("apps registered again")
 			r.resendOutbox(ctx, nil, true)
 		case <-r.retryTimer.C:
@@ -125,10 +121,7 @@ func (h linkHandler) Serve(ctx context.Context, s *Session) {
 			r.retryDelay = min(2*r.retryDelay, upstreamRetryMax)
 			r.resendOutbox(ctx, keys, true)
 		case <-a.flushDeferred:
-			a.mu.Lock()
-			keys := a.deferred
-			a.deferred = map[outboxKey]bool{}
-			a.mu.Unlock()
+			keys := a.outbox.takeDeferred()
 			if len(keys) > 0 {
 				a.log.Debug("sending deferred upstream messages", "count", len(keys))
 				r.resendOutbox(ctx, keys, false)
@@ -174,16 +167,7 @@ func (a *Agent) adopt(w wire.Welcome) error {
 // endSession marks the agent offline and fails the requests that were
 // waiting for an answer on this session.
 func (a *Agent) endSession() {
-	a.mu.Lock()
-	a.session = nil
-	a.restoring = false
-	for ref, req := range a.requests {
-		req.done <- requestResult{err: fmt.Errorf("connection lost: %w", ipc.ErrOffline)}
-		delete(a.requests, ref)
-	}
-	clear(a.upstreamRefs)
-	clear(a.deferred) // the next session considers them again
-	a.mu.Unlock()
+	a.outbox.end()
 	a.signalExpiry() // pending upstream messages may expire while offline
 	a.statusChanged()
 }
@@ -291,26 +275,8 @@ func (r *sessionRun) storeMessages(ctx context.Context, msgs []wire.Message) err
 			Received: now, Expires: now.Add(max(time.Duration(m.TTL)*time.Second, minHold)),
 		}
 	}
-	// Listening apps have what is new while it commits, with the acks
-	// of apps that come meanwhile; the server has its ack only after the
-	// commit. A failed commit costs a duplicate, never a loss. No
-	// delivery round reads the inbox until the commit is done (inboxMu):
-	// one that read it before would take itself for caught up.
-	a.inboxMu.Lock()
-	fresh, err := a.store.Fresh(recs)
-	req := newCommitReq(recs, "", nil)
-	a.commits.submit(req)
-	var early []store.Message
-	if err != nil {
-		a.log.Warn("messages wait for their commit", "err", err)
-	} else {
-		early = a.handEarly(recs, fresh)
-	}
-	res := <-req.done
-	if res.err != nil {
-		a.unhandEarly(early)
-	}
-	a.inboxMu.Unlock()
+	// The server has its ack only after the commit.
+	res := a.inbox.add(recs)
 	if res.err != nil {
 		return fmt.Errorf("%d downstream messages not stored, not acknowledged: %w", len(msgs), res.err)
 	}
@@ -345,11 +311,11 @@ func (r *sessionRun) storeMessages(ctx context.Context, msgs []wire.Message) err
 		a.signalExpiry()
 	}
 	for app := range woken {
-		a.wake(app)
+		a.inbox.wake(app)
 	}
 	for app, ids := range dropped {
 		a.log.Warn("an app holds more than its quota: its oldest messages were dropped", "app", app, "count", len(ids))
-		a.forget(app, ids, true) // the listener reports the count
+		a.inbox.forget(app, ids, true) // the listener reports the count
 	}
 	return nil
 }
@@ -358,7 +324,7 @@ func (r *sessionRun) storeMessages(ctx context.Context, msgs []wire.Message) err
 // first.
 func (r *sessionRun) answer(ctx context.Context, f wire.Frame) {
 	a := r.a
-	req := a.takeRequest(f.Ref)
+	req := a.outbox.takeRequest(f.Ref)
 	if req == nil {
 		a.log.Warn("answer to no pending request", "type", f.Type, "ref", f.Ref)
 		return
@@ -420,7 +386,7 @@ func (a *Agent) complete(req *request, token string) requestResult {
 		case err != nil:
 			return requestResult{err: fmt.Errorf("%w: %w", ipc.ErrStorage, err)}
 		}
-		a.forget(app, dropped, false)
+		a.inbox.forget(app, dropped, false)
 		a.log.Info("unregistered", "app", app, "sender", sender, "dropped_messages", len(dropped))
 		return requestResult{}
 	}
@@ -434,14 +400,6 @@ func (a *Agent) complete(req *request, token string) requestResult {
 	}
 	a.log.Info("registered", "app", app, "sender", sender)
 	return requestResult{token: token}
-}
-
-func (a *Agent) takeRequest(ref string) *request {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	req := a.requests[ref]
-	delete(a.requests, ref)
-	return req
 }
 
 // serverError handles an error frame: the answer to a request, to an
@@ -458,7 +416,7 @@ func (r *sessionRun) serverError(f wire.Frame) {
 		a.log.Warn("server reports a problem", "code", e.Code, "message", e.Message)
 		return
 	}
-	if req := a.takeRequest(f.Ref); req != nil {
+	if req := a.outbox.takeRequest(f.Ref); req != nil {
 		if req.kind == wire.TypeUnregister && e.Code == wire.CodeNotRegistered {
 			req.done <- a.complete(req, "") // the server has no such registration either
 			return
@@ -466,9 +424,7 @@ func (r *sessionRun) serverError(f wire.Frame) {
 		req.done <- requestResult{err: refusal(e)}
 		return
 	}
-	a.mu.Lock()
-	key, ok := a.upstreamRefs[f.Ref]
-	a.mu.Unlock()
+	key, ok := a.outbox.upstream(f.Ref)
 	if !ok {
 		a.log.Warn("server reports a problem with an unknown frame", "ref", f.Ref, "code", e.Code, "message", e.Message)
 		return
@@ -512,10 +468,7 @@ func (r *sessionRun) upstreamAcked(ctx context.Context, f wire.Frame) {
 // finishUpstream removes a message from the outbox and tells its app.
 func (r *sessionRun) finishUpstream(key outboxKey, result string) {
 	a := r.a
-	a.mu.Lock()
-	delete(a.upstreamRefs, upstreamRef(key))
-	delete(a.deferred, key)
-	a.mu.Unlock()
+	a.outbox.finish(key)
 	delete(r.retry, key)
 	switch _, err := a.store.RemoveUpstream(key.app, key.id); {
 	case errors.Is(err, store.ErrNotFound):
@@ -565,9 +518,7 @@ func (a *Agent) sendUpstream(ctx context.Context, s *Session, u store.Upstream, 
 	ref := upstreamRef(key)
 	high := u.Priority == "high"
 	if mayDefer && !high && a.currentPowerMode() == PowerLow {
-		a.mu.Lock()
-		a.deferred[key] = true
-		a.mu.Unlock()
+		a.outbox.keepBack(key)
 		a.log.Debug("upstream message deferred: low power", "app", u.App, "id", u.ID)
 		return
 	}
@@ -579,14 +530,10 @@ func (a *Agent) sendUpstream(ctx context.Context, s *Session, u store.Upstream, 
 		a.log.Error("encode upstream message", "app", u.App, "id", u.ID, "err", err)
 		return
 	}
-	a.mu.Lock()
-	if a.session != s || a.restoring {
-		a.mu.Unlock()
+	if !a.outbox.sending(s, ref, key) {
 		a.log.Debug("upstream message not sent now: its session ended, or registers the apps again; that resends it", "app", u.App, "id", u.ID)
 		return
 	}
-	a.upstreamRefs[ref] = key
-	a.mu.Unlock()
 	if err := s.Send(ctx, frame); err != nil {
 		a.log.Debug("upstream message not sent; will resend", "app", u.App, "id", u.ID, "err", err)
 		return

@@ -156,7 +156,9 @@ type Backend interface {
 	// called or the listener is replaced.
 	Listen(ctx context.Context, c Caller, app string, l Listener) (cancel func(), err error)
 	// Ack marks messages as handled by the app. It returns once the acks
-	// are persisted: acked messages are never delivered again.
+	// are persisted: acked messages are not delivered again, unless the
+	// server delivers one again after the agent let go of its ID (a
+	// duplicate, docs/protocol.md).
 	Ack(ctx context.Context, c Caller, app string, ids []string) error
 	// Send persists an upstream message and returns its ID. The outcome
 	// goes to the app's listener and, once, to the returned channel

@@ -43,6 +43,8 @@
 // count of messages dropped before the app acknowledged them; bucket
 // "seen" maps each downstream message ID to its expiry, app and inbox
 // sequence number; bucket "expiry" indexes "seen" by expiry, so a sweep
-// reads only what is due; and bucket "held" indexes the held messages the
-// same way.
+// reads only what is due; bucket "held" indexes the held messages the
+// same way; and bucket "arrivals" lists the seen IDs in order of arrival
+// (a sequence number → ID), so that those of messages no longer held go
+// oldest first past Writes.SeenIDs.
 package store

@@ -36,6 +36,10 @@ var (
 	bucketSeen   = []byte("seen")
 	bucketExpiry = []byte("expiry")
 	bucketHeld   = []byte("held")
+	// bucketArrivals lists the seen IDs in the order they came (a
+	// sequence number → ID), so that those of messages no longer held can
+	// go oldest first (Writes.SeenIDs).
+	bucketArrivals = []byte("arrivals")
 
 	keyServer   = []byte("server")
 	keyDeviceID = []byte("device_id")
@@ -83,7 +87,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketDevice, bucketApps, bucketSeen, bucketExpiry, bucketHeld} {
+		for _, name := range [][]byte{bucketDevice, bucketApps, bucketSeen, bucketExpiry, bucketHeld, bucketArrivals} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -486,6 +490,16 @@ type Writes struct {
 	// Acks are, by app, the IDs of held messages the app acknowledged,
 	// removed as Ack does, after Messages are stored.
 	Acks map[string][]string
+	// SeenIDs, when above zero, bounds the IDs the store keeps of
+	// messages it no longer holds (acknowledged, dropped, or for no
+	// registration), with which it recognises a redelivery as a
+	// Duplicate: past it the oldest to arrive go before their time to
+	// live runs out. The server redelivers only what it has not had the
+	// agent's ack for, at most its window of the latest; a redelivery of
+	// an ID gone is stored and handed to its app again, a duplicate, never
+	// a loss. The IDs of held messages are always kept. At zero, every ID
+	// is kept until its time to live runs out.
+	SeenIDs int
 }
 
 // Commit stores w.Messages and then removes what w.Acks names in one
@@ -496,13 +510,16 @@ func (s *Store) Commit(w Writes) ([]Outcome, Swept, error) {
 	var dropped Swept
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		var err error
-		if dropped, err = addMessages(tx, w.Messages, w.Quota, outcomes); err != nil {
+		if dropped, err = addMessages(tx, w.Messages, w.Quota, w.SeenIDs > 0, outcomes); err != nil {
 			return err
 		}
 		for _, app := range slices.Sorted(maps.Keys(w.Acks)) {
 			if _, err := ackHeld(tx, app, w.Acks[app]); err != nil {
 				return err
 			}
+		}
+		if w.SeenIDs > 0 {
+			return trimSeen(tx, w.SeenIDs)
 		}
 		return nil
 	})
@@ -512,8 +529,9 @@ func (s *Store) Commit(w Writes) ([]Outcome, Swept, error) {
 	return outcomes, dropped, nil
 }
 
-// addMessages is AddMessages inside tx; it fills in outcomes.
-func addMessages(tx *bolt.Tx, msgs []Message, q Quota, outcomes []Outcome) (Swept, error) {
+// addMessages is AddMessages inside tx; it fills in outcomes. With
+// ordered, it lists the new seen IDs in order of arrival, for trimSeen.
+func addMessages(tx *bolt.Tx, msgs []Message, q Quota, ordered bool, outcomes []Outcome) (Swept, error) {
 	seen := tx.Bucket(bucketSeen)
 	index := tx.Bucket(bucketExpiry)
 	quota, err := newQuotaRun(tx, q)
@@ -564,6 +582,11 @@ func addMessages(tx *bolt.Tx, msgs []Message, q Quota, outcomes []Outcome) (Swep
 		}
 		if err := index.Put(expiryKey(m.Expires, m.ID), nil); err != nil {
 			return nil, err
+		}
+		if ordered {
+			if err := arrived(tx, m.ID); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return quota.dropped, advanceTimeMark(tx, latest)
@@ -731,6 +754,75 @@ func (s *Store) Sweep(now time.Time) (Swept, error) {
 		return nil, fmt.Errorf("sweep expired messages: %w", err)
 	}
 	return swept, nil
+}
+
+// arrived appends id to the seen IDs in order of arrival.
+func arrived(tx *bolt.Tx, id string) error {
+	arrivals := tx.Bucket(bucketArrivals)
+	n, err := arrivals.NextSequence()
+	if err != nil {
+		return err
+	}
+	return arrivals.Put(encodeUint64(n), []byte(id))
+}
+
+// trimSeen removes the oldest seen IDs of messages no longer held, so that
+// at most limit arrivals are listed beyond those of held messages. The
+// arrivals of held messages it meets go to the back of the list: they are
+// kept, and looked at again when newer ones have arrived. An arrival whose
+// seen entry a sweep removed just goes. Arrivals are only ever removed
+// from the front, so their sequence numbers run without a gap from the
+// first to the last, and their count needs no walk.
+func trimSeen(tx *bolt.Tx, limit int) error {
+	arrivals := tx.Bucket(bucketArrivals)
+	first, _ := arrivals.Cursor().First()
+	if first == nil {
+		return nil
+	}
+	over := int64(arrivals.Sequence()-decodeUint64(first)+1) - int64(limit)
+	seen := tx.Bucket(bucketSeen)
+	var held [][]byte
+	for ; over > 0; over-- {
+		k, id := arrivals.Cursor().First()
+		id = bytes.Clone(id)
+		if err := arrivals.Delete(k); err != nil {
+			return err
+		}
+		v := seen.Get(id)
+		if v == nil {
+			continue
+		}
+		e, err := decodeSeen(v)
+		if err != nil {
+			return err
+		}
+		if isHeld(tx, e) {
+			held = append(held, id)
+			continue
+		}
+		if err := firstErr(seen.Delete(id), tx.Bucket(bucketExpiry).Delete(expiryKey(e.expires, string(id)))); err != nil {
+			return err
+		}
+	}
+	for _, id := range held {
+		if err := arrived(tx, string(id)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// isHeld reports whether the message of a seen entry is in its app's
+// inbox.
+func isHeld(tx *bolt.Tx, e seenEntry) bool {
+	if e.seq == 0 {
+		return false
+	}
+	b := appBucket(tx, e.app)
+	if b == nil || b.Bucket(bucketInbox) == nil {
+		return false
+	}
+	return b.Bucket(bucketInbox).Get(encodeUint64(e.seq)) != nil
 }
 
 func removeHeld(tx *bolt.Tx, e seenEntry) (bool, error) {

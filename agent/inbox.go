@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"sync"
@@ -9,6 +11,120 @@ import (
 	"tether/ipc"
 	"tether/store"
 )
+
+// inbox hands held messages to the apps' listeners: it keeps one
+// subscription per listening app, with its window of messages delivered
+// and not yet acknowledged, and commits downstream messages and app acks
+// together (committer).
+type inbox struct {
+	store *store.Store
+	log   *slog.Logger
+	now   func() time.Time
+
+	// commitMu makes reading held messages and handing them to a listener
+	// one step, and storing new messages (handing some over as they
+	// commit) another; an app's ack frees its window under it once
+	// committed, so that a delivery that read the message before the ack
+	// hands it over before the ack returns, never after.
+	commitMu sync.Mutex
+	// commits writes downstream messages and app acks, together.
+	commits *committer
+
+	mu      sync.Mutex
+	subs    map[string]*subscription // by app
+	stopped bool
+	// done counts the subscriptions' goroutines (deliverLoop).
+	done sync.WaitGroup
+}
+
+// newInbox returns the inbox of st, whose commits keep to q and seenIDs
+// (store.Writes). What a listening app has and has not acked is not
+// waiting for it: a window of messages to an app that keeps up never trips
+// the quota.
+func newInbox(st *store.Store, q store.Quota, seenIDs int, now func() time.Time, log *slog.Logger) *inbox {
+	in := &inbox{store: st, log: log, now: now, subs: map[string]*subscription{}}
+	q.Flowing = in.flowing
+	in.commits = &committer{store: st, quota: q, seenIDs: seenIDs}
+	return in
+}
+
+// listen makes l the app's listener and starts delivering what is held.
+func (in *inbox) listen(app string, l ipc.Listener) (func(), error) {
+	sub := &subscription{
+		app:          app,
+		l:            l,
+		wakeup:       make(chan struct{}, 1),
+		stop:         make(chan struct{}),
+		inflight:     map[string]bool{},
+		checkNotices: true,
+	}
+	in.mu.Lock()
+	if in.stopped {
+		in.mu.Unlock()
+		return nil, fmt.Errorf("listen for app %q: agent stopped: %w", app, ipc.ErrOffline)
+	}
+	old := in.subs[app]
+	in.subs[app] = sub
+	in.done.Add(1)
+	in.mu.Unlock()
+	if old != nil {
+		old.end(true)
+	}
+	go in.deliverLoop(sub)
+	var once sync.Once
+	cancel := func() {
+		once.Do(func() {
+			in.mu.Lock()
+			if in.subs[app] == sub {
+				delete(in.subs, app)
+			}
+			in.mu.Unlock()
+			sub.end(false)
+		})
+	}
+	return cancel, nil
+}
+
+// ack removes acknowledged messages from the store, in a transaction it
+// may share with others, then frees their room in the app's window.
+func (in *inbox) ack(app string, ids []string) error {
+	req := newCommitReq(nil, app, ids)
+	in.commits.submit(req)
+	if res := <-req.done; res.err != nil {
+		return res.err
+	}
+	// A delivery round that read these before the commit hands them over
+	// before this returns.
+	in.commitMu.Lock()
+	in.forget(app, ids, false)
+	in.commitMu.Unlock()
+	return nil
+}
+
+// add stores downstream messages. Listening apps have what is new while
+// it commits, with the acks of apps that come meanwhile; the caller acks
+// the server only after the commit. A failed commit costs a duplicate,
+// never a loss. No delivery round reads the inbox until the commit is
+// done (commitMu): one that read it before would take itself for caught
+// up.
+func (in *inbox) add(recs []store.Message) commitResult {
+	in.commitMu.Lock()
+	defer in.commitMu.Unlock()
+	fresh, err := in.store.Fresh(recs)
+	req := newCommitReq(recs, "", nil)
+	in.commits.submit(req)
+	var early []store.Message
+	if err != nil {
+		in.log.Warn("messages wait for their commit", "err", err)
+	} else {
+		early = in.handEarly(recs, fresh)
+	}
+	res := <-req.done
+	if res.err != nil {
+		in.unhandEarly(early)
+	}
+	return res
+}
 
 // subscription is one app's listener. Its goroutine (deliverLoop) is the
 // only caller of the listener, so the listener sees events in order and
@@ -60,10 +176,10 @@ func (s *subscription) end(replaced bool) {
 
 // deliverLoop delivers until the subscription ends. Each round runs to
 // completion (a window at most), then the loop waits for a wake-up.
-func (a *Agent) deliverLoop(s *subscription) {
-	defer a.subsDone.Done()
+func (in *inbox) deliverLoop(s *subscription) {
+	defer in.done.Done()
 	for {
-		a.deliver(s)
+		in.deliver(s)
 		select {
 		case <-s.stop:
 			s.mu.Lock()
@@ -83,7 +199,7 @@ func (a *Agent) deliverLoop(s *subscription) {
 // The notices are kept in the store until the loop takes them, so that an
 // app that is not listening when they happen hears of them when it
 // listens again.
-func (a *Agent) deliver(s *subscription) {
+func (in *inbox) deliver(s *subscription) {
 	s.mu.Lock()
 	results, checkNotices := s.results, s.checkNotices
 	s.results, s.checkNotices = nil, false
@@ -92,7 +208,7 @@ func (a *Agent) deliver(s *subscription) {
 		s.l.SendResult(r)
 	}
 	if checkNotices {
-		a.deliverNotices(s)
+		in.deliverNotices(s)
 	}
 	s.mu.Lock()
 	early, caughtUp := s.early, s.caughtUp
@@ -103,20 +219,20 @@ func (a *Agent) deliver(s *subscription) {
 	}
 	// A listener that is caught up has nothing held to read: the inbox
 	// is left alone while a commit of early messages holds it.
-	for !caughtUp && a.deliverHeld(s) {
+	for !caughtUp && in.deliverHeld(s) {
 	}
 }
 
 // handEarly queues for their listeners, in flight, the messages of recs
 // that fresh says will be stored, where the listener has room in its
-// window and nothing stored ahead of them; the caller has submitted them
-// to the committer already, so that an ack of theirs commits after them,
-// and holds inboxMu until they are committed. The others take their turn
+// window and nothing stored ahead of them; add has submitted them to the
+// committer already, so that an ack of theirs commits after them, and
+// holds commitMu until they are committed. The others take their turn
 // through the inbox once stored.
-func (a *Agent) handEarly(recs []store.Message, fresh []bool) []store.Message {
+func (in *inbox) handEarly(recs []store.Message, fresh []bool) []store.Message {
 	var early []store.Message
 	for i, m := range recs {
-		s := a.subscription(m.App)
+		s := in.subscription(m.App)
 		if s == nil {
 			continue
 		}
@@ -137,9 +253,9 @@ func (a *Agent) handEarly(recs []store.Message, fresh []bool) []store.Message {
 
 // unhandEarly takes back the early messages whose commit failed: those
 // delivered already come again with the server's redelivery.
-func (a *Agent) unhandEarly(early []store.Message) {
+func (in *inbox) unhandEarly(early []store.Message) {
 	for _, m := range early {
-		s := a.subscription(m.App)
+		s := in.subscription(m.App)
 		if s == nil {
 			continue
 		}
@@ -153,17 +269,17 @@ func (a *Agent) unhandEarly(early []store.Message) {
 
 // deliverNotices tells the listener of its app's new tokens, sender by
 // sender, then how many messages were dropped before it had them.
-func (a *Agent) deliverNotices(s *subscription) {
-	tokens, err := a.store.TakeRefreshed(s.app)
+func (in *inbox) deliverNotices(s *subscription) {
+	tokens, err := in.store.TakeRefreshed(s.app)
 	if err != nil {
-		a.log.Error("read refreshed tokens", "app", s.app, "err", err)
+		in.log.Error("read refreshed tokens", "app", s.app, "err", err)
 	}
 	for _, sender := range slices.Sorted(maps.Keys(tokens)) {
 		s.l.TokenRefreshed(sender, tokens[sender])
 	}
-	switch n, err := a.store.TakeDropped(s.app); {
+	switch n, err := in.store.TakeDropped(s.app); {
 	case err != nil:
-		a.log.Error("read count of dropped messages", "app", s.app, "err", err)
+		in.log.Error("read count of dropped messages", "app", s.app, "err", err)
 	case n > 0:
 		s.l.DeletedMessages(n)
 	}
@@ -171,9 +287,9 @@ func (a *Agent) deliverNotices(s *subscription) {
 
 // deliverHeld hands the listener the held messages its window has room
 // for; false when there was nothing (more) to deliver.
-func (a *Agent) deliverHeld(s *subscription) bool {
-	a.inboxMu.Lock()
-	defer a.inboxMu.Unlock()
+func (in *inbox) deliverHeld(s *subscription) bool {
+	in.commitMu.Lock()
+	defer in.commitMu.Unlock()
 	s.mu.Lock()
 	room, after, early := Window-len(s.inflight), s.cursor, len(s.early) > 0
 	s.mu.Unlock()
@@ -185,9 +301,9 @@ func (a *Agent) deliverHeld(s *subscription) bool {
 	if room <= 0 {
 		return false
 	}
-	msgs, err := a.store.Inbox(s.app, after, room, a.now())
+	msgs, err := in.store.Inbox(s.app, after, room, in.now())
 	if err != nil {
-		a.log.Error("read inbox", "app", s.app, "err", err)
+		in.log.Error("read inbox", "app", s.app, "err", err)
 		return false
 	}
 	for _, m := range msgs {
@@ -221,8 +337,8 @@ func deliverable(m store.Message) ipc.Message {
 
 // flowing lists the messages app's listener has, or is being handed, and
 // has not acked (store.Quota.Flowing).
-func (a *Agent) flowing(app string) []string {
-	s := a.subscription(app)
+func (in *inbox) flowing(app string) []string {
+	s := in.subscription(app)
 	if s == nil {
 		return nil
 	}
@@ -232,15 +348,15 @@ func (a *Agent) flowing(app string) []string {
 }
 
 // subscription is app's listener, or nil.
-func (a *Agent) subscription(app string) *subscription {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.subs[app]
+func (in *inbox) subscription(app string) *subscription {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.subs[app]
 }
 
 // wake tells app's listener, if any, that there is something to deliver.
-func (a *Agent) wake(app string) {
-	s := a.subscription(app)
+func (in *inbox) wake(app string) {
+	s := in.subscription(app)
 	if s != nil {
 		s.wake()
 	}
@@ -250,8 +366,8 @@ func (a *Agent) wake(app string) {
 // (acknowledged, expired or dropped), and wakes the app's listener; with
 // notices, the store has something for the app to be told (messages
 // dropped unread, a new token).
-func (a *Agent) forget(app string, ids []string, notices bool) {
-	s := a.subscription(app)
+func (in *inbox) forget(app string, ids []string, notices bool) {
+	s := in.subscription(app)
 	if s == nil {
 		return
 	}
@@ -266,37 +382,30 @@ func (a *Agent) forget(app string, ids []string, notices bool) {
 	s.wake()
 }
 
-// report gives the outcome of an upstream message to the channel Send
-// returned (if this process made it) and to the app's listener.
-func (a *Agent) report(r ipc.SendResult) {
-	key := outboxKey{r.App, r.ID}
-	a.mu.Lock()
-	ch := a.results[key]
-	delete(a.results, key)
-	s := a.subs[r.App]
-	a.mu.Unlock()
-	if ch != nil {
-		ch <- r // buffered, written once
+// result queues the outcome of an upstream message for its app's
+// listener, if any.
+func (in *inbox) result(r ipc.SendResult) {
+	s := in.subscription(r.App)
+	if s == nil {
+		return
 	}
-	if s != nil {
-		s.mu.Lock()
-		s.results = append(s.results, r)
-		s.mu.Unlock()
-		s.wake()
-	}
+	s.mu.Lock()
+	s.results = append(s.results, r)
+	s.mu.Unlock()
+	s.wake()
 }
 
-// stopListeners ends every subscription for good and waits for their
-// goroutines.
-func (a *Agent) stopListeners() {
-	a.mu.Lock()
-	a.stopped = true
-	subs := a.subs
-	a.subs = map[string]*subscription{}
-	a.mu.Unlock()
+// stop ends every subscription for good, waits for their goroutines and
+// then for the commits under way.
+func (in *inbox) stop() {
+	in.mu.Lock()
+	in.stopped = true
+	subs := in.subs
+	in.subs = map[string]*subscription{}
+	in.mu.Unlock()
 	for _, s := range subs {
 		s.end(false)
 	}
-	a.subsDone.Wait()
-	a.commits.stop()
+	in.done.Wait()
+	in.commits.stop()
 }
