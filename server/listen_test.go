@@ -45,3 +45,25 @@ func TestListenTCPLeavesKeepaliveOff(t *testing.T) {
 		})
 	}
 }
+
+func TestPublicOrigin(t *testing.T) {
+	for _, tc := range []struct{ url, want string }{
+		{"", ""},
+		{"wss://push.example.com", "https://push.example.com"},
+		{"ws://127.0.0.1:8080", "http://127.0.0.1:8080"},
+		{"https://push.example.com:8443/", "https://push.example.com:8443"},
+		{"http://[2001:db8::1]:80", "http://[2001:db8::1]:80"},
+	} {
+		s, err := New(Config{DataDir: t.TempDir(), OpenEnrollment: true, PublicURL: tc.url})
+		if err != nil {
+			t.Fatalf("New with public URL %q: %v", tc.url, err)
+		}
+		if got := s.PublicOrigin(); got != tc.want {
+			t.Errorf("PublicOrigin of %q = %q, want %q", tc.url, got, tc.want)
+		}
+		s.Close()
+	}
+	if _, err := New(Config{DataDir: t.TempDir(), OpenEnrollment: true, PublicURL: "ftp://push.example.com"}); err == nil {
+		t.Error("New took an ftp:// public URL")
+	}
+}

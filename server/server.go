@@ -38,6 +38,13 @@ type Config struct {
 	// is in NATS JetStream (docs/scaling.md); without it the state is a
 	// bbolt file in DataDir.
 	NATS *NATSConfig
+	// PublicURL is the URL devices and app servers reach this server at,
+	// such as wss://push.example.com or https://push.example.com: one
+	// listener, whatever the scheme says. Other nodes of a cluster name it
+	// to devices when this one shuts down (unless NATS.PublicURL is set);
+	// app servers are given its origin (PublicOrigin) in the URLs the
+	// server hands out for them. Empty: none is known.
+	PublicURL string
 	// Listen is the TCP address for app servers and devices; default
 	// "127.0.0.1:8080". Port 0 picks a free port (see Addr).
 	Listen string
@@ -325,6 +332,16 @@ func New(cfg Config) (*Server, error) {
 	cfg.setDefaults()
 	if cfg.DataDir == "" {
 		return nil, errors.New("new server: no data directory")
+	}
+	if cfg.PublicURL != "" {
+		if _, err := wire.ParseServerURL(cfg.PublicURL); err != nil {
+			return nil, fmt.Errorf("new server: public URL %q: %w", cfg.PublicURL, err)
+		}
+		if cfg.NATS != nil && cfg.NATS.PublicURL == "" {
+			nats := *cfg.NATS
+			nats.PublicURL = cfg.PublicURL
+			cfg.NATS = &nats
+		}
 	}
 	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
 		return nil, errors.New("new server: TLS needs both a certificate and a key")
@@ -721,4 +738,21 @@ func (s *Server) clientListener(ln net.Listener, conns *clientip.Counter) net.Li
 func listenTCP(addr string) (net.Listener, error) {
 	lc := net.ListenConfig{KeepAlive: -1}
 	return lc.Listen(context.Background(), "tcp", addr)
+}
+
+// PublicOrigin is the origin app servers reach this server at, from
+// Config.PublicURL with ws and wss read as http and https
+// ("https://push.example.com"), or "" when no public URL is configured.
+func (s *Server) PublicOrigin() string {
+	u, err := wire.ParseServerURL(s.cfg.PublicURL)
+	if s.cfg.PublicURL == "" || err != nil {
+		return ""
+	}
+	switch u.Scheme {
+	case "ws":
+		u.Scheme = "http"
+	case "wss":
+		u.Scheme = "https"
+	}
+	return u.Scheme + "://" + u.Host
 }

@@ -276,7 +276,7 @@ func loadSettings(args []string, config string, stderr io.Writer) (settings, err
 	xmppDomain := fs.String("xmpp-domain", "", "`domain` accepted in SENDER_ID@DOMAIN besides gcm.googleapis.com and fcm.googleapis.com")
 	var nats natsFlags
 	nats.add(fs)
-	publicURL := fs.String("public-url", "", "this node's `URL` for devices (wss://host:port), named to them by other nodes when one shuts down; with --nats")
+	publicURL := fs.String("public-url", "", "the `URL` devices and app servers reach this server at (https://host[:port] or wss://host[:port]), for the URLs it hands out and, in a cluster, the goaway of other nodes")
 	shards := fs.Int("shards", 0, "streams a new cluster state spreads devices over, fixed at creation; with --nats (0: 8)")
 	src, err := parseWithConfig(fs, args)
 	if err != nil {
@@ -286,8 +286,8 @@ func loadSettings(args []string, config string, stderr io.Writer) (settings, err
 	switch {
 	case *data == "":
 		return settings{}, usagef("--data is required (or data in the config file)")
-	case nats.urls == "" && (*publicURL != "" || *shards != 0):
-		return settings{}, usagef("--public-url and --shards go with --nats")
+	case nats.urls == "" && *shards != 0:
+		return settings{}, usagef("--shards goes with --nats")
 	case nats.urls != "" && *maxStore != 0:
 		return settings{}, usagef("%s caps the bbolt file; a cluster's storage is capped by its JetStream limits (docs/scaling.md)", name("max-store-size"))
 	case *shards < 0 || *shards > natsstore.MaxShards:
@@ -358,10 +358,10 @@ func loadSettings(args []string, config string, stderr io.Writer) (settings, err
 		ShutdownSpread: *shutdownSpread, ReconnectLimit: *reconnectLimit, UpstreamRateLimit: *upstreamRate,
 		AuthFailureLimit: *authLimit,
 		XMPPListen:       *xmppListen, XMPPPlaintext: *xmppPlain, XMPPDomain: *xmppDomain,
-		NATS: nats.config(),
+		NATS: nats.config(), PublicURL: *publicURL,
 	}
 	if cfg.NATS != nil {
-		cfg.NATS.PublicURL, cfg.NATS.Shards = *publicURL, *shards
+		cfg.NATS.Shards = *shards
 	}
 	if *acmeDomain != "" {
 		cfg.ACME = &server.ACMEConfig{Domains: splitList(*acmeDomain), CacheDir: *acmeCache, Email: *acmeEmail, DirectoryURL: *acmeDirectory}

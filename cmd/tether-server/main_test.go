@@ -107,7 +107,7 @@ func TestUsage(t *testing.T) {
 		{"token", "rotate", "--data", dir, "--token", "t", "--grace", "soon"},
 		{"token", "rotate", "--data", dir, "--nats", "nats://127.0.0.1:1", "--token", "t"},
 		{"sender", "list", "--nats", "nats://127.0.0.1:1", "--data", dir},
-		{"serve", "--data", dir, "--public-url", "wss://a.example"},
+		{"serve", "--data", dir, "--public-url", "ftp://a.example"},
 		{"serve", "--data", dir, "--shards", "4"},
 		{"serve", "--data", dir, "--nats", "nats://127.0.0.1:1", "--max-store-size", "1000"},
 		{"serve", "--data", dir, "--nats", "nats://127.0.0.1:1", "--public-url", "ftp://a.example"},
