@@ -11,6 +11,8 @@
 //	tether-server sender list --data DIR | --nats URLS [--json]
 //	tether-server sender remove --data DIR | --nats URLS --id ID
 //	tether-server sender rotate-key --data DIR | --nats URLS --id ID [--grace DURATION] [--json]
+//	tether-server sender update --data DIR | --nats URLS --id ID --webhook URL [--json]
+//	tether-server sender rotate-webhook-secret --data DIR | --nats URLS --id ID [--grace DURATION] [--json]
 //	tether-server token rotate --data DIR | --nats URLS --token TOKEN|- [--grace DURATION] [--json]
 //	tether-server enroll create --data DIR | --nats URLS [--uses N] [--expires DURATION] [--json]
 //	tether-server enroll list --data DIR | --nats URLS [--json]
@@ -65,6 +67,8 @@ const usage = `usage:
   tether-server sender list --data DIR | --nats URL [--json]
   tether-server sender remove --data DIR | --nats URL --id ID
   tether-server sender rotate-key --data DIR | --nats URL --id ID [--grace DURATION] [--json]
+  tether-server sender update --data DIR | --nats URL --id ID --webhook URL [--json]
+  tether-server sender rotate-webhook-secret --data DIR | --nats URL --id ID [--grace DURATION] [--json]
   tether-server token rotate --data DIR | --nats URL --token TOKEN|- [--grace DURATION] [--json]
   tether-server enroll create --data DIR | --nats URL [--uses N] [--expires DURATION] [--json]
   tether-server enroll list --data DIR | --nats URL [--json]
@@ -130,6 +134,10 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return senderRemove(ctx, args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "sender" && args[1] == "rotate-key":
 		return senderRotateKey(ctx, args[2:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "sender" && args[1] == "update":
+		return senderUpdate(ctx, args[2:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "sender" && args[1] == "rotate-webhook-secret":
+		return senderRotateWebhookSecret(ctx, args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "token" && args[1] == "rotate":
 		return tokenRotate(ctx, args[2:], os.Stdin, stdout, stderr)
 	case len(args) >= 2 && args[0] == "enroll" && args[1] == "create":
@@ -480,7 +488,7 @@ func senderAdd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	tgt := targetFlags(fs)
 	name := fs.String("name", "", "`name` of the app server, for people")
 	webhook := fs.String("webhook", "", "`URL` that upstream messages are POSTed to")
-	asJSON := fs.Bool("json", false, `print {"sender_id": ..., "server_key": ...}`)
+	asJSON := fs.Bool("json", false, `print {"sender_id": ..., "server_key": ..., "webhook_secret": ...}`)
 	admin, err := tgt.open(ctx, fs, args, true, "name")
 	if err != nil {
 		return err
@@ -499,6 +507,10 @@ func printKey(snd server.NewSender, asJSON bool, stdout, stderr io.Writer) error
 		return json.NewEncoder(stdout).Encode(snd)
 	}
 	fmt.Fprintf(stdout, "sender_id  %s\nserver_key %s\n", snd.ID, snd.ServerKey)
+	if snd.WebhookSecret != "" {
+		// Shown once too; rotate-webhook-secret gives a new one.
+		fmt.Fprintf(stdout, "webhook_secret %s\n", snd.WebhookSecret)
+	}
 	if !snd.OldKeyUntil.IsZero() {
 		fmt.Fprintf(stdout, "old key works until %s\n", snd.OldKeyUntil.Local().Format(time.DateTime))
 	}
