@@ -237,6 +237,7 @@ func (s *Server) adminHandler() http.Handler {
 		writeJSON(w, http.StatusOK, snd)
 	})
 	s.adminWebhookRoutes(mux)
+	s.adminBackupRoutes(mux)
 	mux.HandleFunc("POST /tokens/rotate", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
 			Token        string `json:"token"`

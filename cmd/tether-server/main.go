@@ -23,6 +23,8 @@
 //	tether-server device remove --data DIR | --nats URLS --id ID
 //	tether-server xmpp drain --data DIR
 //	tether-server migrate --data DIR --nats URLS [--shards N] [--json]
+//	tether-server backup --data DIR --out FILE [--json]
+//	tether-server compact --data DIR [--json]
 //	tether-server version
 //
 // Exit status: 0 on success, 1 on an error, 2 on a usage error.
@@ -79,6 +81,8 @@ const usage = `usage:
   tether-server device remove --data DIR | --nats URL --id ID
   tether-server xmpp drain --data DIR
   tether-server migrate --data DIR --nats URL[,URL...] [--shards N] [--json]
+  tether-server backup --data DIR --out FILE [--json]
+  tether-server compact --data DIR [--json]
   tether-server version
 
 --nats takes --nats-creds FILE, --nats-ca FILE and --nats-prefix NAME beside it.
@@ -156,6 +160,10 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return xmppDrain(ctx, args[2:], stdout, stderr)
 	case len(args) >= 1 && args[0] == "migrate":
 		return migrate(ctx, args[1:], stdout, stderr)
+	case len(args) >= 1 && args[0] == "backup":
+		return backup(ctx, args[1:], stdout, stderr)
+	case len(args) >= 1 && args[0] == "compact":
+		return compact(ctx, args[1:], stdout, stderr)
 	case len(args) == 1 && (args[0] == "version" || args[0] == "--version"):
 		fmt.Fprintln(stdout, "tether-server", version)
 		return nil
