@@ -238,6 +238,7 @@ func (s *Server) adminHandler() http.Handler {
 	})
 	s.adminWebhookRoutes(mux)
 	s.adminBackupRoutes(mux)
+	s.adminDrainRoutes(mux)
 	mux.HandleFunc("POST /tokens/rotate", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
 			Token        string `json:"token"`

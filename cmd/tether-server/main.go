@@ -21,6 +21,7 @@
 //	tether-server device show --data DIR | --nats URLS --id ID [--json]
 //	tether-server device revoke --data DIR | --nats URLS --id ID
 //	tether-server device remove --data DIR | --nats URLS --id ID
+//	tether-server device drain --data DIR [--to URL] [--over DURATION] [--retry-after DURATION] [--json]
 //	tether-server xmpp drain --data DIR
 //	tether-server migrate --data DIR --nats URLS [--shards N] [--json]
 //	tether-server backup --data DIR --out FILE [--json]
@@ -79,6 +80,7 @@ const usage = `usage:
   tether-server device show --data DIR | --nats URL --id ID [--json]
   tether-server device revoke --data DIR | --nats URL --id ID
   tether-server device remove --data DIR | --nats URL --id ID
+  tether-server device drain --data DIR [--to URL] [--over DURATION] [--retry-after DURATION] [--json]
   tether-server xmpp drain --data DIR
   tether-server migrate --data DIR --nats URL[,URL...] [--shards N] [--json]
   tether-server backup --data DIR --out FILE [--json]
@@ -156,6 +158,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return deviceShow(ctx, args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "device" && (args[1] == "revoke" || args[1] == "remove"):
 		return deviceEnd(ctx, args[1], args[2:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "device" && args[1] == "drain":
+		return deviceDrain(ctx, args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "xmpp" && args[1] == "drain":
 		return xmppDrain(ctx, args[2:], stdout, stderr)
 	case len(args) >= 1 && args[0] == "migrate":
