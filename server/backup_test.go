@@ -46,6 +46,17 @@ func postSend(base, key string, req map[string]any) (string, error) {
 	return ans.Results[0].MessageID, nil
 }
 
+// offlineDevice checks in a device, registers the app for sender and
+// disconnects, so that what is sent to the token it returns waits in the
+// store.
+func offlineDevice(ts *testServer, sender string) (*device, string) {
+	ts.t.Helper()
+	d := ts.checkIn()
+	token := d.register(app, sender)
+	d.conn.Close()
+	return d, token
+}
+
 // TestBackupUnderLoad: a backup taken through the admin socket while
 // sends go on is a whole bbolt file (mode 0600) that passes bbolt's
 // check and holds every message acknowledged before it began; restored
@@ -58,14 +69,11 @@ func TestBackupUnderLoad(t *testing.T) {
 	var devs []*device
 	var tokens []string
 	for range devices {
-		d := ts.checkIn()
-		tokens = append(tokens, d.register(app, snd.ID))
-		d.conn.Close()
+		d, token := offlineDevice(ts, snd.ID)
+		tokens = append(tokens, token)
 		devs = append(devs, d)
 	}
-	loadDev := ts.checkIn()
-	loadToken := loadDev.register(app, snd.ID)
-	loadDev.conn.Close()
+	_, loadToken := offlineDevice(ts, snd.ID)
 
 	var mu sync.Mutex
 	acked := map[string]string{} // message ID → token, once answered 200
@@ -199,9 +207,7 @@ func checkBolt(t *testing.T, path string) {
 func TestBackupAndCompactStopped(t *testing.T) {
 	ts := startServer(t, func(c *Config) { c.NATS = nil })
 	snd := ts.addSender("")
-	d := ts.checkIn()
-	token := d.register(app, snd.ID)
-	d.conn.Close()
+	d, token := offlineDevice(ts, snd.ID)
 	big := strings.Repeat("x", 3000)
 	var ids []string
 	for range 60 {

@@ -11,18 +11,14 @@ import (
 
 func backup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("backup", stderr)
-	data := fs.String("data", "", "data `directory` of the server, running or stopped")
 	out := fs.String("out", "", "`file` to write the copy to (mode 0600), replaced atomically")
 	asJSON := fs.Bool("json", false, `print {"path": ..., "bytes": ..., "online": ...}`)
-	if err := parse(fs, args, "data", "out"); err != nil {
-		return err
-	}
-	a, err := server.OpenAdmin(ctx, server.AdminConfig{DataDir: *data})
+	a, data, err := openNode(ctx, fs, args, "data `directory` of the server, running or stopped", "out")
 	if err != nil {
 		return err
 	}
 	defer a.Close()
-	res, err := a.Backup(ctx, *data, *out)
+	res, err := a.Backup(ctx, data, *out)
 	if err != nil {
 		return err
 	}

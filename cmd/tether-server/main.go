@@ -389,11 +389,7 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 func xmppDrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("xmpp drain", stderr)
-	data := fs.String("data", "", "data `directory` of the running server")
-	if err := parse(fs, args, "data"); err != nil {
-		return err
-	}
-	a, err := server.OpenAdmin(ctx, server.AdminConfig{DataDir: *data})
+	a, _, err := openNode(ctx, fs, args, "data `directory` of the running server")
 	if err != nil {
 		return err
 	}

@@ -104,16 +104,10 @@ func (s *Store) SenderByKeyHash(ctx context.Context, keyHash []byte) (store.Send
 // had keeps working until now plus grace (not at all with grace 0); a key
 // replaced before stops at once.
 func (s *Store) RotateSenderKey(ctx context.Context, id string, keyHash []byte, grace time.Duration, now time.Time) (store.Sender, error) {
-	var snd store.Sender
-	err := s.retry(ctx, func(ctx context.Context) error {
-		var seq uint64
-		var err error
-		if snd, seq, err = s.sender(ctx, id); err != nil {
-			return err
-		}
+	snd, err := s.changeSender(ctx, id, func(ctx context.Context, snd *store.Sender) ([]write, error) {
 		keySeq, err := s.freeKey(ctx, keyHash)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		ws := []write{{subject: s.metaKey(senderKeyHash(keyHash)), data: []byte(id), expect: ptr(keySeq)}}
 		if snd.OldKeyHash != nil {
@@ -126,9 +120,7 @@ func (s *Store) RotateSenderKey(ctx context.Context, id string, keyHash []byte, 
 			ws = append(ws, write{subject: s.metaKey(senderKeyHash(snd.KeyHash)), purge: true})
 		}
 		snd.KeyHash = slices.Clone(keyHash)
-		ws = append(ws, write{subject: s.metaKey(senderKey(id)), data: encode(snd), expect: ptr(seq)})
-		_, err = s.commit(ctx, s.metaStream(), ws)
-		return err
+		return ws, nil
 	})
 	if err != nil {
 		return store.Sender{}, fmt.Errorf("rotate key of sender %s: %w", id, err)
@@ -139,6 +131,19 @@ func (s *Store) RotateSenderKey(ctx context.Context, id string, keyHash []byte, 
 // UpdateSender applies change to sender id and stores the result: its
 // webhook or webhook secrets, not its keys (RotateSenderKey).
 func (s *Store) UpdateSender(ctx context.Context, id string, change store.SenderChange) (store.Sender, error) {
+	snd, err := s.changeSender(ctx, id, func(_ context.Context, snd *store.Sender) ([]write, error) {
+		return nil, change(snd)
+	})
+	if err != nil {
+		return store.Sender{}, fmt.Errorf("update sender %.40s: %w", id, err)
+	}
+	return snd, nil
+}
+
+// changeSender reads sender id, lets change alter it and name other
+// writes, and commits them with the sender, unless the sender changed
+// meanwhile: then it starts again.
+func (s *Store) changeSender(ctx context.Context, id string, change func(context.Context, *store.Sender) ([]write, error)) (store.Sender, error) {
 	var snd store.Sender
 	err := s.retry(ctx, func(ctx context.Context) error {
 		var seq uint64
@@ -146,16 +151,15 @@ func (s *Store) UpdateSender(ctx context.Context, id string, change store.Sender
 		if snd, seq, err = s.sender(ctx, id); err != nil {
 			return err
 		}
-		if err := change(&snd); err != nil {
+		ws, err := change(ctx, &snd)
+		if err != nil {
 			return err
 		}
-		_, err = s.commit(ctx, s.metaStream(), []write{{subject: s.metaKey(senderKey(id)), data: encode(snd), expect: ptr(seq)}})
+		ws = append(ws, write{subject: s.metaKey(senderKey(id)), data: encode(snd), expect: ptr(seq)})
+		_, err = s.commit(ctx, s.metaStream(), ws)
 		return err
 	})
-	if err != nil {
-		return store.Sender{}, fmt.Errorf("update sender %.40s: %w", id, err)
-	}
-	return snd, nil
+	return snd, err
 }
 
 // giveWebhookSecrets gives each sender from before webhook signatures a

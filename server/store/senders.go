@@ -134,16 +134,8 @@ func (s *Store) SenderByKeyHash(ctx context.Context, keyHash []byte) (Sender, er
 // had keeps working until now plus grace (not at all with grace 0); a key
 // replaced before stops at once.
 func (s *Store) RotateSenderKey(ctx context.Context, id string, keyHash []byte, grace time.Duration, now time.Time) (Sender, error) {
-	var snd Sender
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		senders, keys := tx.Bucket(bucketSenders), tx.Bucket(bucketSenderKeys)
-		var ok bool
-		var err error
-		if snd, ok, err = get[Sender](senders, []byte(id)); err != nil {
-			return err
-		} else if !ok {
-			return ErrNotFound
-		}
+	snd, err := s.changeSender(id, func(tx *bolt.Tx, snd *Sender) error {
+		keys := tx.Bucket(bucketSenderKeys)
 		if keys.Get(keyHash) != nil {
 			return fmt.Errorf("server key already in use")
 		}
@@ -159,10 +151,7 @@ func (s *Store) RotateSenderKey(ctx context.Context, id string, keyHash []byte, 
 			return err
 		}
 		snd.KeyHash = bytes.Clone(keyHash)
-		if err := keys.Put(keyHash, []byte(id)); err != nil {
-			return err
-		}
-		return put(senders, []byte(id), snd)
+		return keys.Put(keyHash, []byte(id))
 	})
 	if err != nil {
 		return Sender{}, fmt.Errorf("rotate key of sender %s: %w", id, err)
@@ -173,6 +162,16 @@ func (s *Store) RotateSenderKey(ctx context.Context, id string, keyHash []byte, 
 // UpdateSender applies change to sender id and stores the result: its
 // webhook or webhook secrets, not its keys (RotateSenderKey).
 func (s *Store) UpdateSender(ctx context.Context, id string, change SenderChange) (Sender, error) {
+	snd, err := s.changeSender(id, func(_ *bolt.Tx, snd *Sender) error { return change(snd) })
+	if err != nil {
+		return Sender{}, fmt.Errorf("update sender %s: %w", id, err)
+	}
+	return snd, nil
+}
+
+// changeSender reads sender id, lets change alter it and what else tx
+// holds, and stores it, in one transaction.
+func (s *Store) changeSender(id string, change func(*bolt.Tx, *Sender) error) (Sender, error) {
 	var snd Sender
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		senders := tx.Bucket(bucketSenders)
@@ -183,15 +182,12 @@ func (s *Store) UpdateSender(ctx context.Context, id string, change SenderChange
 		} else if !ok {
 			return ErrNotFound
 		}
-		if err := change(&snd); err != nil {
+		if err := change(tx, &snd); err != nil {
 			return err
 		}
 		return put(senders, []byte(id), snd)
 	})
-	if err != nil {
-		return Sender{}, fmt.Errorf("update sender %s: %w", id, err)
-	}
-	return snd, nil
+	return snd, err
 }
 
 // Senders returns all senders ordered by ID.

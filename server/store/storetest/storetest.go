@@ -253,14 +253,15 @@ func testSenders(t *testing.T, h Harness) {
 
 func testUpdateSender(t *testing.T, h Harness) {
 	s := h.Open(t)
-	a, err := s.AddSender(ctx(t), "a", "https://a.example/up", Hash("ka"), T0)
-	if err != nil {
-		t.Fatal(err)
+	var added []store.Sender
+	for _, key := range []string{"ka", "kb"} {
+		snd, err := s.AddSender(ctx(t), key, "https://a.example/up", Hash(key), T0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		added = append(added, snd)
 	}
-	b, err := s.AddSender(ctx(t), "b", "", Hash("kb"), T0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b := added[0], added[1]
 	if a.WebhookSecret == "" || a.WebhookSecret == b.WebhookSecret {
 		t.Errorf("webhook secrets %q and %q, want one for each sender", a.WebhookSecret, b.WebhookSecret)
 	}
