@@ -120,9 +120,10 @@ func (s *Server) adminWebhookRoutes(mux *http.ServeMux) {
 
 // SetSenderWebhook changes where sender id's upstream messages are
 // POSTed, in place: its ID, key and registrations stay. An empty webhook
-// removes it. A running server posts the next attempt to the new URL;
-// the nodes of a cluster do from their next attempt, within a minute. It
-// wraps ErrNoSender when there is no such sender.
+// removes it. A running server on the data directory makes its next
+// attempt at once, to the new URL; the nodes of a cluster use it from
+// each message's next attempt, after the backoff it waits. It wraps
+// ErrNoSender when there is no such sender.
 func (a *Admin) SetSenderWebhook(ctx context.Context, id, webhook string) (SenderInfo, error) {
 	if a.store != nil {
 		return setSenderWebhook(ctx, a.store, id, webhook)
