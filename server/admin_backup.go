@@ -49,7 +49,7 @@ func (s *Server) adminBackupRoutes(mux *http.ServeMux) {
 			// The length lets the client tell a copy cut short.
 			w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
 			w.WriteHeader(http.StatusOK)
-			return w
+			return deadlineWriter{w, http.NewResponseController(w)}
 		})
 		if err != nil {
 			// The answer has begun: the client sees it end short.
@@ -58,6 +58,24 @@ func (s *Server) adminBackupRoutes(mux *http.ServeMux) {
 		}
 		s.log.Info("store backed up", "bytes", n, "took", time.Since(began).Round(time.Millisecond))
 	})
+}
+
+// backupWriteTimeout bounds each write of a backup to the admin socket: a
+// client that stops reading would otherwise hold the copy's read
+// transaction, and bbolt could not reuse the pages freed meanwhile.
+const backupWriteTimeout = 30 * time.Second
+
+// deadlineWriter gives each write its own deadline.
+type deadlineWriter struct {
+	w  io.Writer
+	rc *http.ResponseController
+}
+
+func (d deadlineWriter) Write(p []byte) (int, error) {
+	if err := d.rc.SetWriteDeadline(time.Now().Add(backupWriteTimeout)); err != nil {
+		return 0, err
+	}
+	return d.w.Write(p)
 }
 
 // Backup writes a consistent copy of the store to out, with mode 0600:
