@@ -43,7 +43,7 @@ type Sender struct {
 // wrong place is recognised.
 const webhookSecretPrefix = "whsec_"
 
-// NewWebhookSecret returns a new webhook signing secret: 256 random bits.
+// NewWebhookSecret returns a new webhook signing secret: 260 random bits.
 func NewWebhookSecret() string {
 	return webhookSecretPrefix + rand.Text() + rand.Text()
 }
