@@ -74,6 +74,9 @@ type SenderInfo struct {
 type NewSender struct {
 	ID        string `json:"sender_id"`
 	ServerKey string `json:"server_key"`
+	// WebhookSecret, for a sender just created, is the secret its webhook
+	// POSTs are signed with (Tether-Signature).
+	WebhookSecret string `json:"webhook_secret,omitempty"`
 	// OldKeyUntil is when the replaced key stops working, after a key
 	// rotation with a grace period.
 	OldKeyUntil time.Time `json:"old_key_until,omitzero"`
@@ -89,18 +92,27 @@ func addSender(ctx context.Context, st store.Backend, name, webhook string, now 
 	if name == "" || len(name) > maxSenderName || !utf8.ValidString(name) || strings.IndexFunc(name, unicode.IsControl) >= 0 {
 		return NewSender{}, fmt.Errorf("%w: the name must be 1 to %d bytes of text", errBadSender, maxSenderName)
 	}
-	if webhook != "" {
-		u, err := url.Parse(webhook)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return NewSender{}, fmt.Errorf("%w: the webhook must be an absolute http or https URL", errBadSender)
-		}
+	if err := checkWebhook(webhook); err != nil {
+		return NewSender{}, err
 	}
 	key := newSecret(32)
 	snd, err := st.AddSender(ctx, name, webhook, hashSecret(key), now)
 	if err != nil {
 		return NewSender{}, err
 	}
-	return NewSender{ID: snd.ID, ServerKey: key}, nil
+	return NewSender{ID: snd.ID, ServerKey: key, WebhookSecret: snd.WebhookSecret}, nil
+}
+
+// checkWebhook accepts an absolute http or https URL, or none.
+func checkWebhook(webhook string) error {
+	if webhook == "" {
+		return nil
+	}
+	u, err := url.Parse(webhook)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%w: the webhook must be an absolute http or https URL", errBadSender)
+	}
+	return nil
 }
 
 // rotateSenderKey gives sender id a new server key; the old one works for
@@ -224,6 +236,9 @@ func (s *Server) adminHandler() http.Handler {
 		s.log.Info("sender key rotated", "sender", id, "old_key_until", snd.OldKeyUntil)
 		writeJSON(w, http.StatusOK, snd)
 	})
+	s.adminWebhookRoutes(mux)
+	s.adminBackupRoutes(mux)
+	s.adminDrainRoutes(mux)
 	mux.HandleFunc("POST /tokens/rotate", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
 			Token        string `json:"token"`

@@ -187,15 +187,20 @@ func (h *hub) endHere(device string) {
 	}
 }
 
-// notifyAll has every session here look at its queue.
-func (h *hub) notifyAll() {
+// live returns the sessions here.
+func (h *hub) live() []*session {
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	live := make([]*session, 0, len(h.sessions))
 	for _, ss := range h.sessions {
 		live = append(live, ss)
 	}
-	h.mu.Unlock()
-	for _, ss := range live {
+	return live
+}
+
+// notifyAll has every session here look at its queue.
+func (h *hub) notifyAll() {
+	for _, ss := range h.live() {
 		ss.notify()
 	}
 }

@@ -317,6 +317,8 @@ type Server struct {
 	conns, xmppConns, sessions *clientip.Counter
 
 	upgrader *websocket.Upgrader
+	// drain, once asked for, sends the device sessions elsewhere.
+	drain drainer
 
 	mu      sync.Mutex
 	ln      net.Listener // the TCP listener, before TLS
@@ -577,6 +579,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		wg.Go(func() { s.expireLoop(ctx) })
 	}
 	wg.Go(func() { s.up.run(ctx) })
+	wg.Go(func() { s.drainLoop(ctx) })
 	wg.Go(func() { s.fan.run(ctx) })
 	if s.node != nil {
 		s.node.run(ctx, &wg)

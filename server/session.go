@@ -80,6 +80,11 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 		conn.Close()
 		return
 	}
+	if s.refuseWhileDraining(conn) {
+		release()
+		conn.Close()
+		return
+	}
 	if !s.hub.enter() {
 		release()
 		s.goAwayConn(conn, s.shutdownGoAway(), websocket.CloseGoingAway, "server shutting down")

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"container/heap"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +16,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -247,7 +251,7 @@ func newDispatcher(s *Server) *dispatcher {
 			if snd.Webhook == "" {
 				return nil, nil
 			}
-			return webhook{client: client, url: snd.Webhook}, nil
+			return webhook{client: client, url: snd.Webhook, secrets: snd.WebhookSecrets(s.now()), now: s.now}, nil
 		},
 	}
 }
@@ -805,10 +809,38 @@ func (d *dispatcher) backoff(attempts int) time.Duration {
 // servers written for GCM recognise them.
 const receiptFrom = "gcm.googleapis.com"
 
-// webhook POSTs upstream messages as JSON to a sender's URL.
+// webhook POSTs upstream messages as JSON to a sender's URL, signed with
+// the sender's webhook secrets.
 type webhook struct {
-	client *http.Client
-	url    string
+	client  *http.Client
+	url     string
+	secrets []string
+	now     func() time.Time
+}
+
+// Headers of a webhook POST (docs/server-api.md).
+const (
+	// SignatureHeader carries "t=UNIX_SECONDS,v1=HEX": HEX is the
+	// HMAC-SHA256, keyed with a webhook secret, of t, ".", and the body,
+	// as Stripe signs webhooks. During a secret's rotation both secrets
+	// sign, each in its own v1.
+	SignatureHeader = "Tether-Signature"
+	// IdempotencyHeader carries the message's ID: a POST retried after a
+	// lost answer carries the same, so that the app server takes it once.
+	IdempotencyHeader = "Idempotency-Key"
+)
+
+// webhookSignature is the Tether-Signature of body sent at t.
+func webhookSignature(secrets []string, t time.Time, body []byte) string {
+	ts := strconv.FormatInt(t.Unix(), 10)
+	sig := "t=" + ts
+	for _, secret := range secrets {
+		mac := hmac.New(sha256.New, []byte(secret))
+		mac.Write([]byte(ts + "."))
+		mac.Write(body)
+		sig += ",v1=" + hex.EncodeToString(mac.Sum(nil))
+	}
+	return sig
 }
 
 // webhookBody is what a webhook receives, in the shape of GCM's upstream
@@ -860,6 +892,8 @@ func (w webhook) deliver(ctx context.Context, u store.Upstream) error {
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "tether-server")
+	req.Header.Set(IdempotencyHeader, u.ID)
+	req.Header.Set(SignatureHeader, webhookSignature(w.secrets, w.now(), body))
 	resp, err := w.client.Do(req)
 	if err != nil {
 		// The URL may carry a secret in its query; keep it out of logs.

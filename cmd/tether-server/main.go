@@ -12,6 +12,8 @@
 //	tether-server sender list --data DIR | --nats URLS [--json]
 //	tether-server sender remove --data DIR | --nats URLS --id ID
 //	tether-server sender rotate-key --data DIR | --nats URLS --id ID [--grace DURATION] [--json]
+//	tether-server sender update --data DIR | --nats URLS --id ID --webhook URL [--json]
+//	tether-server sender rotate-webhook-secret --data DIR | --nats URLS --id ID [--grace DURATION] [--json]
 //	tether-server token rotate --data DIR | --nats URLS --token TOKEN|- [--grace DURATION] [--json]
 //	tether-server enroll create --data DIR | --nats URLS [--uses N] [--expires DURATION] [--json]
 //	tether-server enroll list --data DIR | --nats URLS [--json]
@@ -20,10 +22,13 @@
 //	tether-server device show --data DIR | --nats URLS --id ID [--json]
 //	tether-server device revoke --data DIR | --nats URLS --id ID
 //	tether-server device remove --data DIR | --nats URLS --id ID
+//	tether-server device drain --data DIR [--to URL] [--over DURATION] [--retry-after DURATION] [--json]
 //	tether-server xmpp drain --data DIR
 //	tether-server migrate --data DIR --nats URLS [--shards N] [--json]
 //	tether-server healthcheck [--url URL] [--timeout DURATION]
 //	tether-server config check [--config FILE] [serve's flags]
+//	tether-server backup --data DIR --out FILE [--json]
+//	tether-server compact --data DIR [--json]
 //	tether-server version
 //
 // serve reads its settings from the config file --config names, every
@@ -76,6 +81,8 @@ const usage = `usage:
   tether-server sender list --data DIR | --nats URL [--json]
   tether-server sender remove --data DIR | --nats URL --id ID
   tether-server sender rotate-key --data DIR | --nats URL --id ID [--grace DURATION] [--json]
+  tether-server sender update --data DIR | --nats URL --id ID --webhook URL [--json]
+  tether-server sender rotate-webhook-secret --data DIR | --nats URL --id ID [--grace DURATION] [--json]
   tether-server token rotate --data DIR | --nats URL --token TOKEN|- [--grace DURATION] [--json]
   tether-server enroll create --data DIR | --nats URL [--uses N] [--expires DURATION] [--json]
   tether-server enroll list --data DIR | --nats URL [--json]
@@ -84,9 +91,12 @@ const usage = `usage:
   tether-server device show --data DIR | --nats URL --id ID [--json]
   tether-server device revoke --data DIR | --nats URL --id ID
   tether-server device remove --data DIR | --nats URL --id ID
+  tether-server device drain --data DIR [--to URL] [--over DURATION] [--retry-after DURATION] [--json]
   tether-server xmpp drain --data DIR
   tether-server migrate --data DIR --nats URL[,URL...] [--shards N] [--json]
   tether-server config check [--config FILE] [serve's flags]
+  tether-server backup --data DIR --out FILE [--json]
+  tether-server compact --data DIR [--json]
   tether-server version
 
 serve's settings come from the config file --config names (docs/config.md),
@@ -165,6 +175,10 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return senderRemove(ctx, args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "sender" && args[1] == "rotate-key":
 		return senderRotateKey(ctx, args[2:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "sender" && args[1] == "update":
+		return senderUpdate(ctx, args[2:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "sender" && args[1] == "rotate-webhook-secret":
+		return senderRotateWebhookSecret(ctx, args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "token" && args[1] == "rotate":
 		return tokenRotate(ctx, args[2:], os.Stdin, stdout, stderr)
 	case len(args) >= 2 && args[0] == "enroll" && args[1] == "create":
@@ -179,12 +193,18 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return deviceShow(ctx, args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "device" && (args[1] == "revoke" || args[1] == "remove"):
 		return deviceEnd(ctx, args[1], args[2:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "device" && args[1] == "drain":
+		return deviceDrain(ctx, args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "xmpp" && args[1] == "drain":
 		return xmppDrain(ctx, args[2:], stdout, stderr)
 	case len(args) >= 1 && args[0] == "migrate":
 		return migrate(ctx, args[1:], stdout, stderr)
 	case len(args) >= 1 && args[0] == "healthcheck":
 		return healthcheck(ctx, args[1:], stdout, stderr)
+	case len(args) >= 1 && args[0] == "backup":
+		return backup(ctx, args[1:], stdout, stderr)
+	case len(args) >= 1 && args[0] == "compact":
+		return compact(ctx, args[1:], stdout, stderr)
 	case len(args) == 1 && (args[0] == "version" || args[0] == "--version"):
 		fmt.Fprintln(stdout, "tether-server", version)
 		return nil
@@ -498,11 +518,7 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 func xmppDrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("xmpp drain", stderr)
-	data := fs.String("data", "", "data `directory` of the running server")
-	if err := parse(fs, args, "data"); err != nil {
-		return err
-	}
-	a, err := server.OpenAdmin(ctx, server.AdminConfig{DataDir: *data})
+	a, _, err := openNode(ctx, fs, args, "data `directory` of the running server")
 	if err != nil {
 		return err
 	}
@@ -616,7 +632,7 @@ func senderAdd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	tgt := targetFlags(fs)
 	name := fs.String("name", "", "`name` of the app server, for people")
 	webhook := fs.String("webhook", "", "`URL` that upstream messages are POSTed to")
-	asJSON := fs.Bool("json", false, `print {"sender_id": ..., "server_key": ...}`)
+	asJSON := fs.Bool("json", false, `print {"sender_id": ..., "server_key": ..., "webhook_secret": ...}`)
 	admin, err := tgt.open(ctx, fs, args, true, "name")
 	if err != nil {
 		return err
@@ -635,6 +651,10 @@ func printKey(snd server.NewSender, asJSON bool, stdout, stderr io.Writer) error
 		return json.NewEncoder(stdout).Encode(snd)
 	}
 	fmt.Fprintf(stdout, "sender_id  %s\nserver_key %s\n", snd.ID, snd.ServerKey)
+	if snd.WebhookSecret != "" {
+		// Shown once too; rotate-webhook-secret gives a new one.
+		fmt.Fprintf(stdout, "webhook_secret %s\n", snd.WebhookSecret)
+	}
 	if !snd.OldKeyUntil.IsZero() {
 		fmt.Fprintf(stdout, "old key works until %s\n", snd.OldKeyUntil.Local().Format(time.DateTime))
 	}

@@ -170,7 +170,7 @@ func testSenderCommands(t *testing.T, at []string) {
 	if err := json.Unmarshal([]byte(stdout), &snd); err != nil {
 		t.Fatalf("add --json printed %q: %v", stdout, err)
 	}
-	if len(snd) != 2 || !regexp.MustCompile(`^[1-9]\d{11}$`).MatchString(snd["sender_id"]) || len(snd["server_key"]) < 40 {
+	if len(snd) != 3 || !regexp.MustCompile(`^[1-9]\d{11}$`).MatchString(snd["sender_id"]) || len(snd["server_key"]) < 40 || !strings.HasPrefix(snd["webhook_secret"], "whsec_") {
 		t.Fatalf("add --json printed %v", snd)
 	}
 	code, stdout, _ = cmd("sender", "add", "--name", "plain")
@@ -192,6 +192,7 @@ func testSenderCommands(t *testing.T, at []string) {
 	if err := json.Unmarshal([]byte(stdout), &rotated); code != 0 || err != nil || rotated["server_key"] == snd["server_key"] || rotated["old_key_until"] == nil {
 		t.Errorf("rotate-key --json: %d %q %v", code, stdout, err)
 	}
+	testWebhookCommands(t, cmd, snd["sender_id"], snd["webhook_secret"])
 	if code, _, _ := cmd("sender", "remove", "--id", snd["sender_id"]); code != 0 {
 		t.Errorf("remove: %d", code)
 	}

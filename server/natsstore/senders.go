@@ -21,7 +21,7 @@ var errKeyInUse = errors.New("server key already in use")
 
 // AddSender stores a new sender with a fresh ID.
 func (s *Store) AddSender(ctx context.Context, name, webhook string, keyHash []byte, now time.Time) (store.Sender, error) {
-	snd := store.Sender{Name: name, Webhook: webhook, KeyHash: slices.Clone(keyHash), Created: now.UTC()}
+	snd := store.Sender{Name: name, Webhook: webhook, KeyHash: slices.Clone(keyHash), Created: now.UTC(), WebhookSecret: store.NewWebhookSecret()}
 	err := s.retry(ctx, func(ctx context.Context) error {
 		keySeq, err := s.freeKey(ctx, keyHash)
 		if err != nil {
@@ -104,16 +104,10 @@ func (s *Store) SenderByKeyHash(ctx context.Context, keyHash []byte) (store.Send
 // had keeps working until now plus grace (not at all with grace 0); a key
 // replaced before stops at once.
 func (s *Store) RotateSenderKey(ctx context.Context, id string, keyHash []byte, grace time.Duration, now time.Time) (store.Sender, error) {
-	var snd store.Sender
-	err := s.retry(ctx, func(ctx context.Context) error {
-		var seq uint64
-		var err error
-		if snd, seq, err = s.sender(ctx, id); err != nil {
-			return err
-		}
+	snd, err := s.changeSender(ctx, id, func(ctx context.Context, snd *store.Sender) ([]write, error) {
 		keySeq, err := s.freeKey(ctx, keyHash)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		ws := []write{{subject: s.metaKey(senderKeyHash(keyHash)), data: []byte(id), expect: ptr(keySeq)}}
 		if snd.OldKeyHash != nil {
@@ -126,14 +120,73 @@ func (s *Store) RotateSenderKey(ctx context.Context, id string, keyHash []byte, 
 			ws = append(ws, write{subject: s.metaKey(senderKeyHash(snd.KeyHash)), purge: true})
 		}
 		snd.KeyHash = slices.Clone(keyHash)
-		ws = append(ws, write{subject: s.metaKey(senderKey(id)), data: encode(snd), expect: ptr(seq)})
-		_, err = s.commit(ctx, s.metaStream(), ws)
-		return err
+		return ws, nil
 	})
 	if err != nil {
 		return store.Sender{}, fmt.Errorf("rotate key of sender %s: %w", id, err)
 	}
 	return snd, nil
+}
+
+// UpdateSender applies change to sender id and stores the result: its
+// webhook or webhook secrets, not its keys (RotateSenderKey).
+func (s *Store) UpdateSender(ctx context.Context, id string, change store.SenderChange) (store.Sender, error) {
+	snd, err := s.changeSender(ctx, id, func(_ context.Context, snd *store.Sender) ([]write, error) {
+		return nil, change(snd)
+	})
+	if err != nil {
+		return store.Sender{}, fmt.Errorf("update sender %.40s: %w", id, err)
+	}
+	return snd, nil
+}
+
+// changeSender reads sender id, lets change alter it and name other
+// writes, and commits them with the sender, unless the sender changed
+// meanwhile: then it starts again.
+func (s *Store) changeSender(ctx context.Context, id string, change func(context.Context, *store.Sender) ([]write, error)) (store.Sender, error) {
+	var snd store.Sender
+	err := s.retry(ctx, func(ctx context.Context) error {
+		var seq uint64
+		var err error
+		if snd, seq, err = s.sender(ctx, id); err != nil {
+			return err
+		}
+		ws, err := change(ctx, &snd)
+		if err != nil {
+			return err
+		}
+		ws = append(ws, write{subject: s.metaKey(senderKey(id)), data: encode(snd), expect: ptr(seq)})
+		_, err = s.commit(ctx, s.metaStream(), ws)
+		return err
+	})
+	return snd, err
+}
+
+// giveWebhookSecrets gives each sender from before webhook signatures a
+// secret, which its operator learns by rotating it. Nodes that start
+// together may each do it; the first write wins, the others change
+// nothing.
+func (s *Store) giveWebhookSecrets(ctx context.Context) error {
+	senders, err := s.Senders(ctx)
+	if err != nil {
+		return err
+	}
+	for _, snd := range senders {
+		if snd.WebhookSecret != "" {
+			continue
+		}
+		secret := store.NewWebhookSecret()
+		_, err := s.UpdateSender(ctx, snd.ID, func(snd *store.Sender) error {
+			if snd.WebhookSecret == "" {
+				snd.WebhookSecret = secret
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("give sender %s a webhook secret: %w", snd.ID, err)
+		}
+	}
+	return nil
 }
 
 // Senders returns all senders ordered by ID.

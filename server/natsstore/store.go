@@ -159,7 +159,7 @@ func (s *Store) setUp(ctx context.Context, shards int) error {
 			return err
 		}
 	}
-	return nil
+	return s.giveWebhookSecrets(ctx)
 }
 
 // streamConfig is every stream's: the last message per subject, each

@@ -21,6 +21,7 @@ type Backend interface {
 	Sender(ctx context.Context, id string) (Sender, error)
 	SenderByKeyHash(ctx context.Context, keyHash []byte) (Sender, error)
 	RotateSenderKey(ctx context.Context, id string, keyHash []byte, grace time.Duration, now time.Time) (Sender, error)
+	UpdateSender(ctx context.Context, id string, change SenderChange) (Sender, error)
 	Senders(ctx context.Context) ([]Sender, error)
 	RemoveSender(ctx context.Context, id string) error
 

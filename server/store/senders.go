@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/subtle"
 	"fmt"
 	mathrand "math/rand/v2"
@@ -28,7 +29,39 @@ type Sender struct {
 	// to the new key without a gap.
 	OldKeyHash  []byte    `json:"old_key_hash,omitempty"`
 	OldKeyUntil time.Time `json:"old_key_until,omitzero"`
+	// WebhookSecret signs the webhook's POSTs. Unlike the server key it
+	// is kept as it is, since signing needs it; the store file is 0600.
+	WebhookSecret string `json:"webhook_secret,omitempty"`
+	// OldWebhookSecret is the secret a rotation replaced, which signs
+	// beside the new one until OldWebhookSecretUntil, so that app servers
+	// can move to the new one without refusing a POST.
+	OldWebhookSecret      string    `json:"old_webhook_secret,omitempty"`
+	OldWebhookSecretUntil time.Time `json:"old_webhook_secret_until,omitzero"`
 }
+
+// webhookSecretPrefix marks webhook secrets, so that one pasted in the
+// wrong place is recognised.
+const webhookSecretPrefix = "whsec_"
+
+// NewWebhookSecret returns a new webhook signing secret: 260 random bits.
+func NewWebhookSecret() string {
+	return webhookSecretPrefix + rand.Text() + rand.Text()
+}
+
+// WebhookSecrets are the secrets that sign the sender's webhook POSTs at
+// now: the current one, and the replaced one within its grace period.
+func (snd Sender) WebhookSecrets(now time.Time) []string {
+	secrets := []string{snd.WebhookSecret}
+	if snd.OldWebhookSecret != "" && now.Before(snd.OldWebhookSecretUntil) {
+		secrets = append(secrets, snd.OldWebhookSecret)
+	}
+	return secrets
+}
+
+// SenderChange changes a sender in UpdateSender. It may be called more
+// than once, each time on the sender as stored, and must not change its ID
+// or key hashes.
+type SenderChange func(*Sender) error
 
 // KeyValid reports whether keyHash is the sender's key, or its replaced
 // key within its grace period, comparing in constant time.
@@ -46,7 +79,7 @@ func newSenderID() string {
 
 // AddSender stores a new sender with a fresh ID.
 func (s *Store) AddSender(ctx context.Context, name, webhook string, keyHash []byte, now time.Time) (Sender, error) {
-	snd := Sender{Name: name, Webhook: webhook, KeyHash: bytes.Clone(keyHash), Created: now.UTC()}
+	snd := Sender{Name: name, Webhook: webhook, KeyHash: bytes.Clone(keyHash), Created: now.UTC(), WebhookSecret: NewWebhookSecret()}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		senders, keys := tx.Bucket(bucketSenders), tx.Bucket(bucketSenderKeys)
 		if keys.Get(keyHash) != nil {
@@ -101,16 +134,8 @@ func (s *Store) SenderByKeyHash(ctx context.Context, keyHash []byte) (Sender, er
 // had keeps working until now plus grace (not at all with grace 0); a key
 // replaced before stops at once.
 func (s *Store) RotateSenderKey(ctx context.Context, id string, keyHash []byte, grace time.Duration, now time.Time) (Sender, error) {
-	var snd Sender
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		senders, keys := tx.Bucket(bucketSenders), tx.Bucket(bucketSenderKeys)
-		var ok bool
-		var err error
-		if snd, ok, err = get[Sender](senders, []byte(id)); err != nil {
-			return err
-		} else if !ok {
-			return ErrNotFound
-		}
+	snd, err := s.changeSender(id, func(tx *bolt.Tx, snd *Sender) error {
+		keys := tx.Bucket(bucketSenderKeys)
 		if keys.Get(keyHash) != nil {
 			return fmt.Errorf("server key already in use")
 		}
@@ -126,15 +151,43 @@ func (s *Store) RotateSenderKey(ctx context.Context, id string, keyHash []byte, 
 			return err
 		}
 		snd.KeyHash = bytes.Clone(keyHash)
-		if err := keys.Put(keyHash, []byte(id)); err != nil {
-			return err
-		}
-		return put(senders, []byte(id), snd)
+		return keys.Put(keyHash, []byte(id))
 	})
 	if err != nil {
 		return Sender{}, fmt.Errorf("rotate key of sender %s: %w", id, err)
 	}
 	return snd, nil
+}
+
+// UpdateSender applies change to sender id and stores the result: its
+// webhook or webhook secrets, not its keys (RotateSenderKey).
+func (s *Store) UpdateSender(ctx context.Context, id string, change SenderChange) (Sender, error) {
+	snd, err := s.changeSender(id, func(_ *bolt.Tx, snd *Sender) error { return change(snd) })
+	if err != nil {
+		return Sender{}, fmt.Errorf("update sender %s: %w", id, err)
+	}
+	return snd, nil
+}
+
+// changeSender reads sender id, lets change alter it and what else tx
+// holds, and stores it, in one transaction.
+func (s *Store) changeSender(id string, change func(*bolt.Tx, *Sender) error) (Sender, error) {
+	var snd Sender
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		senders := tx.Bucket(bucketSenders)
+		var ok bool
+		var err error
+		if snd, ok, err = get[Sender](senders, []byte(id)); err != nil {
+			return err
+		} else if !ok {
+			return ErrNotFound
+		}
+		if err := change(tx, &snd); err != nil {
+			return err
+		}
+		return put(senders, []byte(id), snd)
+	})
+	return snd, err
 }
 
 // Senders returns all senders ordered by ID.

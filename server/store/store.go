@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -30,7 +31,7 @@ var (
 
 // schemaVersion is written into a new file; Open moves a file of an
 // earlier version up (migrate) and refuses one of a later.
-const schemaVersion = 2
+const schemaVersion = 3
 
 // Buckets. Keys joined with sep never contain sep themselves: IDs, tokens
 // and app IDs are free of control characters.
@@ -176,23 +177,56 @@ func migrate(tx *bolt.Tx, from uint64) error {
 		// seen when the store moved, not when it was created, so that
 		// none is removed for having been quiet before it was watched.
 		now := time.Now().UTC()
-		devices := tx.Bucket(bucketDevices)
-		var moved []Device
-		err := devices.ForEach(func(_, v []byte) error {
-			dev, err := decode[Device](v)
-			if err == nil && dev.LastSeen.IsZero() {
-				dev.LastSeen = now
-				moved = append(moved, dev)
+		err := rewrite(tx.Bucket(bucketDevices), func(dev *Device) bool {
+			if !dev.LastSeen.IsZero() {
+				return false
 			}
-			return err
+			dev.LastSeen = now
+			return true
 		})
 		if err != nil {
 			return err
 		}
-		for _, dev := range moved {
-			if err := put(devices, []byte(dev.ID), dev); err != nil {
-				return err
+	}
+	if from < 3 {
+		// Version 3 signs webhook POSTs with a secret of each sender:
+		// senders from before get one, which their operator learns by
+		// rotating it (docs/server-api.md).
+		err := rewrite(tx.Bucket(bucketSenders), func(snd *Sender) bool {
+			if snd.WebhookSecret != "" {
+				return false
 			}
+			snd.WebhookSecret = NewWebhookSecret()
+			return true
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rewrite stores anew each record of b that change changed (returned
+// true).
+func rewrite[T any](b *bolt.Bucket, change func(*T) bool) error {
+	type changed struct {
+		key []byte
+		v   T
+	}
+	var moved []changed
+	err := b.ForEach(func(k, raw []byte) error {
+		v, err := decode[T](raw)
+		if err == nil && change(&v) {
+			moved = append(moved, changed{bytes.Clone(k), v})
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	for _, m := range moved {
+		if err := put(b, m.key, m.v); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -190,9 +190,10 @@ func TestMaxSize(t *testing.T) {
 }
 
 // TestOpenMovesVersion1: a store of schema version 1, from before devices
-// were known to be seen, opens as version 2: each device counts as seen
-// when the store moved, so that none is removed as stale for having been
-// quiet before anyone watched, and what version 2 added is there.
+// were known to be seen, opens as the current version: each device counts
+// as seen when the store moved, so that none is removed as stale for
+// having been quiet before anyone watched, what version 2 added is there,
+// and each sender has a webhook secret of its own (version 3).
 func TestOpenMovesVersion1(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "server.db")
 	s, err := Open(path, Options{})
@@ -203,12 +204,26 @@ func TestOpenMovesVersion1(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var senders []Sender
+	for _, key := range []string{"k1", "k2"} {
+		snd, err := s.AddSender(ctx, "old "+key, "", hash(key), t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		senders = append(senders, snd)
+	}
 	// Back to what version 1 wrote: no last seen, no buckets of version 2,
-	// version 1 in meta.
+	// no webhook secrets, version 1 in meta.
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		dev.LastSeen = time.Time{}
 		if err := put(tx.Bucket(bucketDevices), []byte(dev.ID), dev); err != nil {
 			return err
+		}
+		for _, snd := range senders {
+			snd.WebhookSecret = ""
+			if err := put(tx.Bucket(bucketSenders), []byte(snd.ID), snd); err != nil {
+				return err
+			}
 		}
 		for _, b := range [][]byte{bucketCerts, bucketEnrollKeys, bucketEnrollHashes} {
 			if err := tx.DeleteBucket(b); err != nil {
@@ -233,6 +248,13 @@ func TestOpenMovesVersion1(t *testing.T) {
 	if _, err := s.AddEnrollKey(ctx, EnrollKey{Hash: hash("k"), Uses: 1, Created: t0}); err != nil {
 		t.Errorf("an enrollment key in the moved store: %v", err)
 	}
+	moved, err := s.Senders(ctx)
+	if err != nil || len(moved) != 2 {
+		t.Fatalf("senders after the move: %v, %v", moved, err)
+	}
+	if a, b := moved[0].WebhookSecret, moved[1].WebhookSecret; !strings.HasPrefix(a, webhookSecretPrefix) || !strings.HasPrefix(b, webhookSecretPrefix) || a == b {
+		t.Errorf("webhook secrets after the move: %q and %q, want two of their own", a, b)
+	}
 	var version uint64
 	s.db.View(func(tx *bolt.Tx) error {
 		version = binary.BigEndian.Uint64(tx.Bucket(bucketMeta).Get([]byte("version")))
@@ -244,7 +266,7 @@ func TestOpenMovesVersion1(t *testing.T) {
 	// A store of a later version is refused, not moved back.
 	s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put([]byte("version"), be64(schemaVersion+1)) })
 	s.Close()
-	if _, err := Open(path, Options{}); err == nil || !strings.Contains(err.Error(), "schema version 3") {
+	if _, err := Open(path, Options{}); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("schema version %d", schemaVersion+1)) {
 		t.Errorf("Open of a later version: %v", err)
 	}
 }

@@ -47,6 +47,7 @@ var tests = []struct {
 }{
 	{"Senders", testSenders},
 	{"SenderKeyRotation", testSenderKeyRotation},
+	{"UpdateSender", testUpdateSender},
 	{"Devices", testDevices},
 	{"RegisterUnregister", testRegisterUnregister},
 	{"RegistrationsPerDeviceBounded", testRegistrationsPerDeviceBounded},
@@ -247,6 +248,48 @@ func testSenders(t *testing.T, h Harness) {
 	// A removed sender's key may serve a new sender.
 	if _, err := s.AddSender(ctx(t), "a again", "", Hash("ka"), T0); err != nil {
 		t.Errorf("key of a removed sender: %v", err)
+	}
+}
+
+func testUpdateSender(t *testing.T, h Harness) {
+	s := h.Open(t)
+	var added []store.Sender
+	for _, key := range []string{"ka", "kb"} {
+		snd, err := s.AddSender(ctx(t), key, "https://a.example/up", Hash(key), T0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		added = append(added, snd)
+	}
+	a, b := added[0], added[1]
+	if a.WebhookSecret == "" || a.WebhookSecret == b.WebhookSecret {
+		t.Errorf("webhook secrets %q and %q, want one for each sender", a.WebhookSecret, b.WebhookSecret)
+	}
+	got, err := s.UpdateSender(ctx(t), a.ID, func(snd *store.Sender) error {
+		snd.Webhook = "https://b.example/up"
+		snd.OldWebhookSecret, snd.OldWebhookSecretUntil = snd.WebhookSecret, T0.Add(time.Hour)
+		snd.WebhookSecret = "whsec_new"
+		return nil
+	})
+	if err != nil || got.Webhook != "https://b.example/up" {
+		t.Fatalf("UpdateSender = %+v, %v", got, err)
+	}
+	stored, err := s.SenderByKeyHash(ctx(t), Hash("ka"))
+	if err != nil || stored.ID != a.ID || stored.Webhook != "https://b.example/up" || !stored.KeyValid(Hash("ka"), T0) {
+		t.Errorf("sender after the update: %+v, %v", stored, err)
+	}
+	if got := stored.WebhookSecrets(T0); !slices.Equal(got, []string{"whsec_new", a.WebhookSecret}) {
+		t.Errorf("secrets within the grace period: %q", got)
+	}
+	if got := stored.WebhookSecrets(T0.Add(time.Hour)); !slices.Equal(got, []string{"whsec_new"}) {
+		t.Errorf("secrets after the grace period: %q", got)
+	}
+	refused := errors.New("refused")
+	if _, err := s.UpdateSender(ctx(t), b.ID, func(*store.Sender) error { return refused }); !errors.Is(err, refused) {
+		t.Errorf("a change that fails: %v", err)
+	}
+	if _, err := s.UpdateSender(ctx(t), "999999999999", func(*store.Sender) error { return nil }); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("no such sender: %v", err)
 	}
 }
 
