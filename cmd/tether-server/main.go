@@ -218,6 +218,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	xmppListen := fs.String("xmpp-listen", "", "TCP `address` of the XMPP (CCS) endpoint for app servers, e.g. :5235; TLS with --tls-cert (off when empty)")
 	xmppPlain := fs.Bool("xmpp-plaintext", false, "serve XMPP without TLS, for a proxy in front that terminates TLS")
 	xmppDomain := fs.String("xmpp-domain", "", "`domain` accepted in SENDER_ID@DOMAIN besides gcm.googleapis.com and fcm.googleapis.com")
+	metricsListen := fs.String("metrics-listen", "", "TCP `address` serving Prometheus metrics at /metrics, apart from the public listener, e.g. 127.0.0.1:9464 (off when empty; docs/operations.md)")
 	var nats natsFlags
 	nats.add(fs)
 	publicURL := fs.String("public-url", "", "this node's `URL` for devices (wss://host:port), named to them by other nodes when one shuts down; with --nats")
@@ -312,7 +313,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		ShutdownSpread: *shutdownSpread, ReconnectLimit: *reconnectLimit, UpstreamRateLimit: *upstreamRate,
 		AuthFailureLimit: *authLimit,
 		XMPPListen:       *xmppListen, XMPPPlaintext: *xmppPlain, XMPPDomain: *xmppDomain,
-		NATS: nats.config(),
+		NATS: nats.config(), MetricsListen: *metricsListen,
 	}
 	if cfg.NATS != nil {
 		cfg.NATS.PublicURL, cfg.NATS.Shards = *publicURL, *shards

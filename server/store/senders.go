@@ -47,7 +47,7 @@ func newSenderID() string {
 // AddSender stores a new sender with a fresh ID.
 func (s *Store) AddSender(ctx context.Context, name, webhook string, keyHash []byte, now time.Time) (Sender, error) {
 	snd := Sender{Name: name, Webhook: webhook, KeyHash: bytes.Clone(keyHash), Created: now.UTC()}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		senders, keys := tx.Bucket(bucketSenders), tx.Bucket(bucketSenderKeys)
 		if keys.Get(keyHash) != nil {
 			return fmt.Errorf("server key already in use")
@@ -102,7 +102,7 @@ func (s *Store) SenderByKeyHash(ctx context.Context, keyHash []byte) (Sender, er
 // replaced before stops at once.
 func (s *Store) RotateSenderKey(ctx context.Context, id string, keyHash []byte, grace time.Duration, now time.Time) (Sender, error) {
 	var snd Sender
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		senders, keys := tx.Bucket(bucketSenders), tx.Bucket(bucketSenderKeys)
 		var ok bool
 		var err error
@@ -157,7 +157,7 @@ func (s *Store) Senders(ctx context.Context) ([]Sender, error) {
 // send. Registrations made for it stay, unusable, so its ID is never reused
 // by accident (IDs are random and checked for collisions).
 func (s *Store) RemoveSender(ctx context.Context, id string) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		senders := tx.Bucket(bucketSenders)
 		snd, ok, err := get[Sender](senders, []byte(id))
 		if err != nil {
