@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"tether/server/natsstore"
 	"tether/server/store"
 	"tether/wire"
 )
@@ -194,6 +195,11 @@ type stateCollector struct {
 type storeStats interface {
 	Stats(ctx context.Context) (store.Stats, error)
 }
+
+var (
+	_ storeStats = (*store.Store)(nil)
+	_ storeStats = (*natsstore.Store)(nil)
+)
 
 func newStateCollector(s *Server) *stateCollector {
 	return &stateCollector{
