@@ -270,7 +270,8 @@ func TestMetricsRefusedHellos(t *testing.T) {
 // show no secret.
 func TestMetricsListener(t *testing.T) {
 	ms := startMetricsServer(t, nil)
-	snd := ms.addSender("")
+	const hookSecret = "hook-secret-in-the-query"
+	snd := ms.addSender("http://127.0.0.1:9/hook?token=" + hookSecret)
 	d := ms.checkIn()
 	token := d.register("com.example.secrets", snd.ID)
 	ms.sendOne(snd.ServerKey, token, nil)
@@ -287,7 +288,7 @@ func TestMetricsListener(t *testing.T) {
 	s := scrapeMetrics(t, ms.url)
 	for name, secret := range map[string]string{
 		"server key": snd.ServerKey, "registration token": token, "device secret": d.secret,
-		"fleet enrollment key": testEnrollKey, "device ID": d.id,
+		"fleet enrollment key": testEnrollKey, "device ID": d.id, "webhook URL's query": hookSecret,
 	} {
 		if strings.Contains(s.text, secret) {
 			t.Errorf("the scrape shows the %s", name)
