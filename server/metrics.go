@@ -67,50 +67,34 @@ const storeScrapeTimeout = 5 * time.Second
 func newMetrics() *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
-		sends: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tether_sends_total",
-			Help: "Downstream messages app servers sent, one per registration token or topic message, by API (http, xmpp) and result: accepted, or the error answered (GCM's error names over HTTP, CCS nack codes over XMPP).",
-		}, []string{"api", "result"}),
-		deliveries: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tether_deliveries_total",
-			Help: "Downstream messages written to device sessions, sends again after a reconnection included.",
-		}),
-		acks: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tether_acks_total",
-			Help: "Queued downstream messages that devices acked and the store deleted.",
-		}),
-		drops: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tether_dropped_messages_total",
-			Help: "Downstream messages dropped undelivered, by reason: expiry (time to live ran out), collapse (replaced by a newer one with its collapse key), cap (GCM's caps per app on a device), ttl0 (time to live 0 and the device not reachable at once).",
-		}, []string{"reason"}),
-		upstreamQueued: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tether_upstream_queued_total",
-			Help: "Upstream messages devices sent that the server stored for their app servers, repeats left out.",
-		}),
-		upstreamDone: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tether_upstream_delivered_total",
-			Help: "Upstream messages and receipts delivered to app servers, by route (webhook, xmpp).",
-		}, []string{"route"}),
-		upstreamRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tether_upstream_retries_total",
-			Help: "Failed upstream delivery attempts that will be tried again, by route (webhook, xmpp).",
-		}, []string{"route"}),
-		upstreamDropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tether_upstream_dropped_total",
-			Help: "Upstream messages dropped undelivered: their time to live ran out, or their sender was removed.",
-		}),
-		webhookErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tether_webhook_errors_total",
-			Help: "Webhook requests that failed: no answer, or an answer other than 2xx.",
-		}),
-		enrollments: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tether_enrollments_total",
-			Help: "Devices enrolled, by method: key (an enrollment key), fleet (the fleet key), cert (a device certificate), open.",
-		}, []string{"method"}),
-		deviceRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tether_device_refusals_total",
-			Help: "Device hellos refused, by stage (checkin: a new device enrolling; session: a known device) and the error code sent (docs/protocol.md).",
-		}, []string{"stage", "code"}),
+		sends: counterVec("tether_sends_total",
+			"Downstream messages app servers sent, one per registration token or topic message, by API (http, xmpp) and result: accepted, or the error answered (GCM's error names over HTTP, CCS nack codes over XMPP).",
+			"api", "result"),
+		deliveries: counter("tether_deliveries_total",
+			"Downstream messages written to device sessions, sends again after a reconnection included."),
+		acks: counter("tether_acks_total",
+			"Queued downstream messages that devices acked and the store deleted."),
+		drops: counterVec("tether_dropped_messages_total",
+			"Downstream messages dropped undelivered, by reason: expiry (time to live ran out), collapse (replaced by a newer one with its collapse key), cap (GCM's caps per app on a device), ttl0 (time to live 0 and the device not reachable at once).",
+			"reason"),
+		upstreamQueued: counter("tether_upstream_queued_total",
+			"Upstream messages devices sent that the server stored for their app servers, repeats left out."),
+		upstreamDone: counterVec("tether_upstream_delivered_total",
+			"Upstream messages and receipts delivered to app servers, by route (webhook, xmpp).",
+			"route"),
+		upstreamRetries: counterVec("tether_upstream_retries_total",
+			"Failed upstream delivery attempts that will be tried again, by route (webhook, xmpp).",
+			"route"),
+		upstreamDropped: counter("tether_upstream_dropped_total",
+			"Upstream messages dropped undelivered: their time to live ran out, or their sender was removed."),
+		webhookErrors: counter("tether_webhook_errors_total",
+			"Webhook requests that failed: no answer, or an answer other than 2xx."),
+		enrollments: counterVec("tether_enrollments_total",
+			"Devices enrolled, by method: key (an enrollment key), fleet (the fleet key), cert (a device certificate), open.",
+			"method"),
+		deviceRefusals: counterVec("tether_device_refusals_total",
+			"Device hellos refused, by stage (checkin: a new device enrolling; session: a known device) and the error code sent (docs/protocol.md).",
+			"stage", "code"),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tether_store_commit_seconds",
 			Help: "Time a store write took to be durable: with bbolt from its start to the fsync of the commit it shared, with JetStream until a quorum stored it.",
@@ -118,10 +102,8 @@ func newMetrics() *metrics {
 			// that waits on a slow or busy disk or a JetStream election.
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
-		sessionsOpened: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tether_sessions_opened_total",
-			Help: "Device sessions opened.",
-		}),
+		sessionsOpened: counter("tether_sessions_opened_total",
+			"Device sessions opened."),
 		scrapeStoreError: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tether_store_scrape_error",
 			Help: "1 when the store could not be read for this scrape (its gauges are then missing), else 0.",
@@ -142,6 +124,16 @@ func newMetrics() *metrics {
 		m.upstreamRetries.WithLabelValues(r)
 	}
 	return m
+}
+
+// counter makes a counter.
+func counter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+}
+
+// counterVec makes a counter with labels.
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
 }
 
 // Committed is store.Observer's: the stores report each write's commit.
@@ -302,11 +294,4 @@ func (s *Server) serveMetrics(ctx context.Context, ln net.Listener) error {
 
 // MetricsAddr is the bound address of the metrics listener, or nil
 // without one or before Listen.
-func (s *Server) MetricsAddr() net.Addr {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.metricsLn == nil {
-		return nil
-	}
-	return s.metricsLn.Addr()
-}
+func (s *Server) MetricsAddr() net.Addr { return s.boundAddr(&s.metricsLn) }

@@ -478,24 +478,21 @@ func (s *Server) Listen() error {
 
 // XMPPAddr is the bound address of the CCS endpoint, or nil without one or
 // before Listen.
-func (s *Server) XMPPAddr() net.Addr {
+func (s *Server) XMPPAddr() net.Addr { return s.boundAddr(&s.xmppLn) }
+
+// boundAddr is the address of *ln, read under s.mu, or nil before Listen
+// or without that listener.
+func (s *Server) boundAddr(ln *net.Listener) net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.xmppLn == nil {
+	if *ln == nil {
 		return nil
 	}
-	return s.xmppLn.Addr()
+	return (*ln).Addr()
 }
 
 // Addr is the bound TCP address, or nil before Listen.
-func (s *Server) Addr() net.Addr {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ln == nil {
-		return nil
-	}
-	return s.ln.Addr()
-}
+func (s *Server) Addr() net.Addr { return s.boundAddr(&s.ln) }
 
 // Serve serves until ctx ends, then stops taking requests, closes every
 // device session with a close frame, waits for its goroutines and returns
