@@ -114,10 +114,13 @@ func newMetrics() *metrics {
 		m.scrapeStoreError,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	// Every reason and route shows from the start, at 0, so that rates
+	// Every reason, route and accepted count shows from the start, at 0, so that rates
 	// and alerts work before the first event.
 	for _, r := range []string{string(store.DropExpired), string(store.DropCollapsed), string(store.DropCap), dropTTL0} {
 		m.drops.WithLabelValues(r)
+	}
+	for _, api := range []string{apiHTTP, apiXMPP} {
+		m.sends.WithLabelValues(api, sendAccepted)
 	}
 	for _, r := range []string{routeWebhook, routeXMPP} {
 		m.upstreamDone.WithLabelValues(r)
