@@ -114,8 +114,8 @@ func newMetrics() *metrics {
 		m.scrapeStoreError,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	// Every reason, route and accepted count shows from the start, at 0, so that rates
-	// and alerts work before the first event.
+	// Every reason, route and accepted count shows from the start, at
+	// 0, so that rates and alerts work before the first event.
 	for _, r := range []string{string(store.DropExpired), string(store.DropCollapsed), string(store.DropCap), dropTTL0} {
 		m.drops.WithLabelValues(r)
 	}

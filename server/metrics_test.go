@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"tether/internal/testwait"
 	"tether/wire"
 )
 
@@ -101,22 +103,18 @@ func startMetricsServer(t *testing.T, mod func(*Config)) metricsServer {
 
 // waitFor scrapes until name with labels has the value want: what the
 // server counts after it answered (a delivery after the webhook's answer,
-// a session's end after the close) lands a moment later. It fails after
-// a generous while, with the last value seen.
+// a session's end after the close) lands a moment later.
 func (ms metricsServer) waitFor(t *testing.T, want float64, name string, labels ...string) scrape {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		s := scrapeMetrics(t, ms.url)
-		got, ok := s.value(name, labels...)
-		if ok && got == want {
-			return s
+	var s scrape
+	testwait.For(t, fmt.Sprintf("%s%v to be %v", name, labels, want), 30*time.Second, func() error {
+		s = scrapeMetrics(t, ms.url)
+		if got, ok := s.value(name, labels...); !ok || got != want {
+			return fmt.Errorf("%v (present: %v)", got, ok)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s%v = %v (present: %v), want %v", name, labels, got, ok, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
+	return s
 }
 
 // syncAcks returns once the acks d sent before are committed: the server
@@ -299,5 +297,43 @@ func TestMetricsListener(t *testing.T) {
 	plain := startServer(t, nil)
 	if plain.MetricsAddr() != nil {
 		t.Errorf("metrics listener at %v without MetricsListen", plain.MetricsAddr())
+	}
+}
+
+// TestMetricsXMPP: sends over XMPP are counted by their ack or nack code,
+// upstream messages delivered on a connection by the xmpp route, and the
+// connections open.
+func TestMetricsXMPP(t *testing.T) {
+	ms := startMetricsServer(t, func(c *Config) { c.XMPPListen, c.XMPPPlaintext = "127.0.0.1:0", true })
+	snd := ms.addSender("")
+	d := ms.checkIn()
+	token := d.register(app, snd.ID)
+	c := ms.dialCCS(snd)
+	for _, stanza := range []string{
+		`{"to": "` + token + `", "message_id": "m-1", "data": {"a": "1"}}`,
+		`{"to": "nope", "message_id": "m-2"}`,
+	} {
+		sendStanza(t, c, []byte(stanza))
+		nextStanza(t, c)
+	}
+	d.expectMessage()
+	sendUp(t, d, snd.ID, "up-1")
+	up := nextStanza(t, c)
+	sendStanza(t, c, map[string]string{"to": up.From, "message_id": up.MessageID, "message_type": "ack"})
+	s := ms.waitFor(t, 1, "tether_upstream_delivered_total", "route", routeXMPP)
+	for _, want := range []struct {
+		name   string
+		labels []string
+		value  float64
+	}{
+		{"tether_sends_total", []string{"api", "xmpp", "result", "accepted"}, 1},
+		{"tether_sends_total", []string{"api", "xmpp", "result", nackBadRegistration}, 1},
+		{"tether_sends_total", []string{"api", "http", "result", "accepted"}, 0},
+		{"tether_xmpp_connections", nil, 1},
+		{"tether_deliveries_total", nil, 1},
+	} {
+		if got, ok := s.value(want.name, want.labels...); !ok || got != want.value {
+			t.Errorf("%s%v = %v (present: %v), want %v", want.name, want.labels, got, ok, want.value)
+		}
 	}
 }
