@@ -28,16 +28,8 @@ func TestServeMetricsListen(t *testing.T) {
 		{"bad address", "127.0.0.1:not-a-port", "listen for metrics"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := command("serve", "--listen", "127.0.0.1:0", "--data", filepath.Join(t.TempDir(), "data"),
+			srv, stderr := startCommand(t, "serve", "--listen", "127.0.0.1:0", "--data", filepath.Join(t.TempDir(), "data"),
 				"--open-enrollment", "--metrics-listen", tc.metrics, "--shutdown-spread", "0")
-			stderr, err := srv.StderrPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := srv.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer srv.Process.Kill()
 			if tc.refused != "" {
 				out, _ := io.ReadAll(stderr)
 				if err := srv.Wait(); err == nil || !strings.Contains(string(out), tc.refused) {
