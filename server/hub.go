@@ -148,7 +148,7 @@ func (h *hub) modes() map[string]int {
 	n := make(map[string]int, 3)
 	for _, ss := range sessions {
 		ss.mu.Lock()
-		n[ss.mode]++
+		n[powerMode(ss.mode)]++
 		ss.mu.Unlock()
 	}
 	return n

@@ -182,6 +182,7 @@ type stateCollector struct {
 	queued   *prometheus.Desc
 	oldest   *prometheus.Desc
 	size     *prometheus.Desc
+	free     *prometheus.Desc
 	maxSize  *prometheus.Desc
 }
 
@@ -204,12 +205,13 @@ func newStateCollector(s *Server) *stateCollector {
 		queued:   prometheus.NewDesc("tether_messages_queued", "Downstream messages stored and not yet acked or expired, on every device; absent on a cluster node.", nil, nil),
 		oldest:   prometheus.NewDesc("tether_oldest_queued_message_age_seconds", "Age of the oldest downstream message still queued; 0 when none is.", nil, nil),
 		size:     prometheus.NewDesc("tether_store_size_bytes", "Space the store takes: the bbolt file's size, or the bytes of the cluster's JetStream streams.", nil, nil),
+		free:     prometheus.NewDesc("tether_store_free_bytes", "Part of tether_store_size_bytes that new records reuse before the file grows: bbolt's free pages; absent on a cluster node.", nil, nil),
 		maxSize:  prometheus.NewDesc("tether_store_max_size_bytes", "The store's cap (--max-store-size), past which sends are refused; absent without a cap.", nil, nil),
 	}
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.sessions, c.xmpp, c.queued, c.oldest, c.size, c.maxSize} {
+	for _, d := range []*prometheus.Desc{c.sessions, c.xmpp, c.queued, c.oldest, c.size, c.free, c.maxSize} {
 		ch <- d
 	}
 }
@@ -248,6 +250,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age)
 	ch <- prometheus.MustNewConstMetric(c.size, prometheus.GaugeValue, float64(st.Bytes))
+	if st.Free >= 0 {
+		ch <- prometheus.MustNewConstMetric(c.free, prometheus.GaugeValue, float64(st.Free))
+	}
 }
 
 // metricsPath is where the metrics listener serves; nothing else is

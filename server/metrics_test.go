@@ -149,6 +149,7 @@ func TestMetricsFollowTraffic(t *testing.T) {
 		{"tether_messages_queued", nil},
 		{"tether_oldest_queued_message_age_seconds", nil},
 		{"tether_store_size_bytes", nil},
+		{"tether_store_free_bytes", nil},
 		{"go_goroutines", nil},
 		{"process_resident_memory_bytes", nil},
 	} {

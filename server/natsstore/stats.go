@@ -14,9 +14,10 @@ const statsSkip = 16
 
 // Stats reads the bytes of every stream and the time the oldest queued
 // message was stored, a few requests per shard. JetStream has no cheap
-// count of the bodies among a stream's records, so Messages is -1.
+// count of the bodies among a stream's records, so Messages is -1, and
+// the space of deleted records is the engine's to reclaim: Free is -1.
 func (s *Store) Stats(ctx context.Context) (store.Stats, error) {
-	st := store.Stats{Messages: -1}
+	st := store.Stats{Messages: -1, Free: -1}
 	streams := []string{s.metaStream()}
 	for i := range s.shards {
 		streams = append(streams, s.shardStream(i))

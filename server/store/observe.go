@@ -36,6 +36,10 @@ type Stats struct {
 	Oldest time.Time
 	// Bytes is the space the backend takes.
 	Bytes int64
+	// Free is the part of Bytes that new records may reuse before the
+	// backend grows: bbolt's free pages; negative when the backend does
+	// not know it.
+	Free int64
 }
 
 // noObserver is the Observer of a backend given none.

@@ -249,12 +249,14 @@ func (s *Store) dropped(tx *bolt.Tx, reason DropReason, n int) {
 // Stats counts the queued messages (a walk of the message bucket's pages,
 // a few milliseconds for 100,000 messages: BenchmarkStats), finds the
 // oldest by its ID, which begins with the time it was made, and reads the
-// file's size.
+// file's size and its free pages.
 func (s *Store) Stats(ctx context.Context) (Stats, error) {
 	var st Stats
 	err := s.db.View(func(tx *bolt.Tx) error {
 		msgs := tx.Bucket(bucketMsgs)
 		st.Messages, st.Bytes = msgs.Stats().KeyN, tx.Size()
+		// As room counts it: after the last write transaction.
+		st.Free = int64(s.db.Stats().FreePageN) * s.pageSize
 		if _, v := msgs.Cursor().First(); v != nil {
 			m, err := decode[Message](v)
 			if err != nil {

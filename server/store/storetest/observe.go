@@ -122,8 +122,8 @@ func testStats(t *testing.T, h Harness) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.Bytes <= 0 {
-			t.Errorf("stats: %d bytes", st.Bytes)
+		if st.Bytes <= 0 || st.Free > st.Bytes {
+			t.Errorf("stats: %d bytes, %d of them free", st.Bytes, st.Free)
 		}
 		return st
 	}
