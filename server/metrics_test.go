@@ -303,7 +303,8 @@ func TestMetricsListener(t *testing.T) {
 
 // TestMetricsXMPP: sends over XMPP are counted by their ack or nack code,
 // upstream messages delivered on a connection by the xmpp route, and the
-// connections open.
+// connections open. It runs on a cluster node too (TestOnCluster), whose
+// store the scrape reads from JetStream.
 func TestMetricsXMPP(t *testing.T) {
 	ms := startMetricsServer(t, func(c *Config) { c.XMPPListen, c.XMPPPlaintext = "127.0.0.1:0", true })
 	snd := ms.addSender("")
@@ -332,6 +333,7 @@ func TestMetricsXMPP(t *testing.T) {
 		{"tether_sends_total", []string{"api", "http", "result", "accepted"}, 0},
 		{"tether_xmpp_connections", nil, 1},
 		{"tether_deliveries_total", nil, 1},
+		{"tether_store_scrape_error", nil, 0}, // on a cluster too
 	} {
 		if got, ok := s.value(want.name, want.labels...); !ok || got != want.value {
 			t.Errorf("%s%v = %v (present: %v), want %v", want.name, want.labels, got, ok, want.value)
