@@ -150,6 +150,17 @@ func (c *ccs) open(xc *xmpp.Conn) xmpp.Handler {
 	return cc
 }
 
+// connCount is the number of connections open, draining or not.
+func (c *ccs) connCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, conns := range c.conns {
+		n += len(conns)
+	}
+	return n
+}
+
 // connected reports whether sender has a connection that takes upstream
 // messages.
 func (c *ccs) connected(sender string) bool {
@@ -522,6 +533,7 @@ type ccsReply struct {
 }
 
 func (cc *ccsConn) answer(a ccsAnswer) {
+	cc.ccs.srv.metrics.sent(apiXMPP, a.code)
 	r := ccsReply{MessageType: "ack", From: a.from, MessageID: a.id, RegistrationID: a.canonical}
 	if a.code != "" {
 		r = ccsReply{MessageType: "nack", From: a.from, MessageID: a.id, Error: a.code, ErrorDescription: a.description}
@@ -609,7 +621,7 @@ func tokenNack(gcmError string) (code, description string) {
 // ccsRoute delivers a sender's upstream messages over its XMPP connections.
 type ccsRoute struct{ c *ccs }
 
-func (ccsRoute) name() string { return "xmpp" }
+func (ccsRoute) name() string { return routeXMPP }
 
 func (r ccsRoute) deliver(ctx context.Context, u store.Upstream) error { return r.c.deliver(ctx, u) }
 

@@ -82,6 +82,8 @@ func TestOnCluster(t *testing.T) {
 		{"UpstreamRateLimit", TestUpstreamRateLimit},
 		{"UpstreamFairAcrossDevices", TestUpstreamFairAcrossDevices},
 		{"UpstreamLaneWindow", TestUpstreamLaneWindow},
+		{"MetricsXMPP", TestMetricsXMPP},
+		{"MetricsRefusedHellos", TestMetricsRefusedHellos},
 		{"DeliveryReceipts", TestDeliveryReceipts},
 		{"TokenRotation", TestTokenRotation},
 		{"CCSDownstream", TestCCSDownstream},

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"tether/server/store"
 	"tether/wire"
@@ -19,6 +20,8 @@ type hub struct {
 	// bus, on a cluster, carries what concerns a device to the node that
 	// holds its session, this one or another; nil on a single machine.
 	bus deviceBus
+	// ttl0Drops counts the time-to-live-0 messages no session here took.
+	ttl0Drops prometheus.Counter
 
 	mu       sync.Mutex
 	sessions map[string]*session // by device ID
@@ -41,8 +44,8 @@ type deviceBus interface {
 	Takeover(device, key string)
 }
 
-func newHub() *hub {
-	return &hub{sessions: make(map[string]*session), probes: make(map[string]*probe)}
+func newHub(ttl0Drops prometheus.Counter) *hub {
+	return &hub{sessions: make(map[string]*session), probes: make(map[string]*probe), ttl0Drops: ttl0Drops}
 }
 
 // enter counts a new connection's goroutine in; it is false once the hub
@@ -133,6 +136,24 @@ func (h *hub) session(device string) *session {
 	return h.sessions[device]
 }
 
+// modes counts the sessions of this node by the power mode their device
+// announced.
+func (h *hub) modes() map[string]int {
+	h.mu.Lock()
+	sessions := make([]*session, 0, len(h.sessions))
+	for _, ss := range h.sessions {
+		sessions = append(sessions, ss)
+	}
+	h.mu.Unlock()
+	n := make(map[string]int, 3)
+	for _, ss := range sessions {
+		ss.mu.Lock()
+		n[powerMode(ss.mode)]++
+		ss.mu.Unlock()
+	}
+	return n
+}
+
 // Flowing names, for the store (store.Live), what flows to the live
 // sessions on this node; on a cluster the sessions on other nodes are not
 // known here, and what flows to them counts as waiting.
@@ -216,8 +237,18 @@ func (h *hub) deliverNow(m store.Message) bool {
 		}
 		return true
 	}
+	return h.deliverHere(m)
+}
+
+// deliverHere hands m to the device's session on this node, as
+// deliverNow, and counts it dropped when no session takes it.
+func (h *hub) deliverHere(m store.Message) bool {
 	ss := h.session(m.Device)
-	return ss != nil && ss.deliverNow(m)
+	if ss != nil && ss.deliverNow(m) {
+		return true
+	}
+	h.ttl0Drops.Inc()
+	return false
 }
 
 // shutdown sends every session a goaway made by goAway and then a close

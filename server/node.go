@@ -93,7 +93,7 @@ func joinCluster(s *Server, cfg NATSConfig) (*node, error) {
 		n.close()
 		return nil, err
 	}
-	if n.st, err = natsstore.Open(ctx, natsstore.Config{Conn: n.nc, Prefix: cfg.Prefix, Shards: cfg.Shards, Logger: s.log, OnUnavailable: n.unavailable}); err != nil {
+	if n.st, err = natsstore.Open(ctx, natsstore.Config{Conn: n.nc, Prefix: cfg.Prefix, Shards: cfg.Shards, Logger: s.log, OnUnavailable: n.unavailable, Observer: s.metrics}); err != nil {
 		n.close()
 		return nil, err
 	}
@@ -334,15 +334,11 @@ func (b busHandler) Kick(device string) {
 func (b busHandler) End(device string) { b.h.endHere(device) }
 
 func (b busHandler) Live(device string, payload []byte) {
-	ss := b.h.session(device)
-	if ss == nil {
-		return
-	}
 	var m store.Message
 	if err := json.Unmarshal(payload, &m); err != nil || m.Device != device {
 		return
 	}
-	ss.deliverNow(m)
+	b.h.deliverHere(m)
 }
 
 func (b busHandler) Takeover(device, key string) {

@@ -365,6 +365,7 @@ type topicResponse struct {
 func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 	snd, status, problem := s.authenticate(r)
 	if status != 0 {
+		s.metrics.sent(apiHTTP, requestRefusal(status))
 		if status == http.StatusServiceUnavailable {
 			w.Header().Set("Retry-After", retryAfter)
 		}
@@ -373,6 +374,7 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 	}
 	body, ok := readBody(w, r)
 	if !ok {
+		s.metrics.sent(apiHTTP, requestRefusal(http.StatusBadRequest))
 		return
 	}
 	decode := decodeJSONSend
@@ -382,15 +384,20 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 	req, err := decode(body)
 	if err != nil {
 		s.log.Debug("bad send request", "sender", snd.ID, "err", err)
+		s.metrics.sent(apiHTTP, requestRefusal(http.StatusBadRequest))
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	if req.toTopics() {
 		resp, status := s.sendTopic(r.Context(), snd, req)
+		s.metrics.sent(apiHTTP, resp.Error)
 		writeSendAnswer(w, status, resp)
 		return
 	}
 	results, status := s.send(r.Context(), snd, req)
+	for _, res := range results {
+		s.metrics.sent(apiHTTP, res.Error)
+	}
 	if req.plain {
 		res := results[0]
 		setRetryAfter(w, status)
@@ -418,6 +425,21 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeSendAnswer(w, status, resp)
+}
+
+// requestRefusal names, for the metrics, a send refused as a whole with an
+// HTTP status before any message was looked at.
+func requestRefusal(status int) string {
+	switch status {
+	case http.StatusUnauthorized:
+		return "Unauthorized"
+	case http.StatusTooManyRequests:
+		return "TooManyRequests"
+	case http.StatusServiceUnavailable:
+		return errUnavailable
+	default:
+		return "BadRequest"
+	}
 }
 
 // maxJSONSafeInt bounds numeric IDs so that JavaScript reads them exactly.

@@ -48,6 +48,11 @@ type Config struct {
 	// Listen is the TCP address for app servers and devices; default
 	// "127.0.0.1:8080". Port 0 picks a free port (see Addr).
 	Listen string
+	// MetricsListen, when set, is the TCP address where GET /metrics
+	// serves Prometheus metrics (docs/operations.md): a listener of its
+	// own, never the public one, since it needs no key and tells what the
+	// fleet does. Off by default.
+	MetricsListen string
 	// TLSCert and TLSKey are PEM files; with both set the listener speaks
 	// HTTPS and WSS. Reload reads them again.
 	TLSCert, TLSKey string
@@ -319,12 +324,15 @@ type Server struct {
 	upgrader *websocket.Upgrader
 	// drain, once asked for, sends the device sessions elsewhere.
 	drain drainer
+	metrics  *metrics
 
 	mu      sync.Mutex
 	ln      net.Listener // the TCP listener, before TLS
 	xmppLn  net.Listener // the CCS endpoint's, before TLS; nil without
 	adminLn net.Listener
-	served  bool
+	// metricsLn serves Config.MetricsListen; nil without.
+	metricsLn net.Listener
+	served    bool
 }
 
 // New prepares the data directory and opens the store: the bbolt file in
@@ -394,8 +402,9 @@ func New(cfg Config) (*Server, error) {
 	if err := prepareDataDir(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("new server: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, cert: cert, tls: tlsConfig, xmppTLS: xmppTLS, upgrader: newUpgrader()}
-	s.hub = newHub()
+	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, cert: cert, tls: tlsConfig, xmppTLS: xmppTLS, upgrader: newUpgrader(), metrics: newMetrics()}
+	s.metrics.reg.MustRegister(newStateCollector(s))
+	s.hub = newHub(s.metrics.drops.WithLabelValues(dropTTL0))
 	s.fan = newFanout(s)
 	if err := s.openState(); err != nil {
 		return nil, fmt.Errorf("new server: %w", err)
@@ -425,7 +434,7 @@ func New(cfg Config) (*Server, error) {
 // openState opens the bbolt file, or joins the cluster.
 func (s *Server) openState() error {
 	if s.cfg.NATS == nil {
-		st, err := store.Open(filepath.Join(s.cfg.DataDir, storeFile), store.Options{MaxSize: s.cfg.MaxStoreSize})
+		st, err := store.Open(filepath.Join(s.cfg.DataDir, storeFile), store.Options{MaxSize: s.cfg.MaxStoreSize, Observer: s.metrics})
 		if err != nil {
 			return err
 		}
@@ -478,7 +487,7 @@ func (s *Server) Listen() error {
 		}
 		xmppLn = s.clientListener(xmppLn, s.xmppConns)
 	}
-	adminLn, err := listenAdmin(filepath.Join(s.cfg.DataDir, adminSocketFile))
+	metricsLn, err := s.listenMetrics()
 	if err != nil {
 		ln.Close()
 		if xmppLn != nil {
@@ -486,30 +495,38 @@ func (s *Server) Listen() error {
 		}
 		return fmt.Errorf("listen: %w", err)
 	}
-	s.ln, s.xmppLn, s.adminLn = ln, xmppLn, adminLn
+	adminLn, err := listenAdmin(filepath.Join(s.cfg.DataDir, adminSocketFile))
+	if err != nil {
+		ln.Close()
+		if xmppLn != nil {
+			xmppLn.Close()
+		}
+		if metricsLn != nil {
+			metricsLn.Close()
+		}
+		return fmt.Errorf("listen: %w", err)
+	}
+	s.ln, s.xmppLn, s.adminLn, s.metricsLn = ln, xmppLn, adminLn, metricsLn
 	return nil
 }
 
 // XMPPAddr is the bound address of the CCS endpoint, or nil without one or
 // before Listen.
-func (s *Server) XMPPAddr() net.Addr {
+func (s *Server) XMPPAddr() net.Addr { return s.boundAddr(&s.xmppLn) }
+
+// boundAddr is the address of *ln, read under s.mu, or nil before Listen
+// or without that listener.
+func (s *Server) boundAddr(ln *net.Listener) net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.xmppLn == nil {
+	if *ln == nil {
 		return nil
 	}
-	return s.xmppLn.Addr()
+	return (*ln).Addr()
 }
 
 // Addr is the bound TCP address, or nil before Listen.
-func (s *Server) Addr() net.Addr {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ln == nil {
-		return nil
-	}
-	return s.ln.Addr()
-}
+func (s *Server) Addr() net.Addr { return s.boundAddr(&s.ln) }
 
 // Serve serves until ctx ends, then stops taking requests, closes every
 // device session with a close frame, waits for its goroutines and returns
@@ -526,7 +543,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		return errors.New("serve: already served")
 	}
 	s.served = true
-	ln, xmppLn, adminLn := s.ln, s.xmppLn, s.adminLn
+	ln, xmppLn, adminLn, metricsLn := s.ln, s.xmppLn, s.adminLn, s.metricsLn
 	s.mu.Unlock()
 
 	scheme := "http"
@@ -557,11 +574,14 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.ccs != nil {
 		s.log.Info("listening for XMPP", "addr", xmppLn.Addr().String(), "tls", !s.cfg.XMPPPlaintext)
 	}
+	if metricsLn != nil {
+		s.log.Info("serving metrics", "addr", metricsLn.Addr().String(), "path", metricsPath)
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	serveErr := make(chan error, 3)
+	serveErr := make(chan error, 4)
 	for _, srv := range []struct {
 		http *http.Server
 		ln   net.Listener
@@ -577,6 +597,13 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	if s.cfg.DeviceExpiry > 0 {
 		wg.Go(func() { s.expireLoop(ctx) })
+	}
+	if metricsLn != nil {
+		wg.Go(func() {
+			if err := s.serveMetrics(ctx, metricsLn); err != nil {
+				serveErr <- err
+			}
+		})
 	}
 	wg.Go(func() { s.up.run(ctx) })
 	wg.Go(func() { s.drainLoop(ctx) })
@@ -630,6 +657,9 @@ func (s *Server) Close() error {
 		s.adminLn.Close()
 		if s.xmppLn != nil {
 			s.xmppLn.Close()
+		}
+		if s.metricsLn != nil {
+			s.metricsLn.Close()
 		}
 	}
 	s.mu.Unlock()

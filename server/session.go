@@ -172,6 +172,7 @@ func (s *Server) openSession(ctx context.Context, conn *websocket.Conn, acc acce
 		ss.log.Info("write welcome", "err", err)
 		return nil, false
 	}
+	s.metrics.sessionsOpened.Inc()
 	ss.log.Info("session open", "heartbeat", ss.timeout-s.cfg.HeartbeatGrace, "mode", powerMode(acc.hello.Mode), "version", ss.codec.Version())
 	ss.agent, ss.seen = acc.hello.Agent, acc.device.LastSeen
 	if acc.device.Agent != ss.agent || acc.device.PowerMode != ss.mode {
@@ -281,6 +282,7 @@ func (s *Server) handshake(ctx context.Context, conn *websocket.Conn, p peer, lo
 		dev, welcome.DeviceSecret, err = s.checkIn(ctx, hello, p)
 		if err == nil {
 			log.Info("device checked in", "device", dev.ID, "agent", hello.Agent, "enrolled_by", dev.EnrolledBy, "replaced", dev.Replaced)
+			s.metrics.enrolled(dev.EnrolledBy)
 		}
 	} else {
 		dev, err = s.authenticateDevice(ctx, hello, p)
@@ -292,6 +294,7 @@ func (s *Server) handshake(ctx context.Context, conn *websocket.Conn, p peer, lo
 		}
 	}
 	if ref := (refusal{}); errors.As(err, &ref) {
+		s.metrics.refusedDevice(hello.DeviceID == "", ref.code)
 		return accepted{}, s.refuse(conn, s.throttle(ctx, p, ref))
 	}
 	if err != nil {
@@ -701,7 +704,7 @@ func (ss *session) writeEarly() error {
 	now := ss.srv.now()
 	for _, m := range early {
 		if frame := ss.encodeMessage(m, now); frame != nil {
-			if err := ss.write(frame); err != nil {
+			if err := ss.writeMessage(frame); err != nil {
 				return err
 			}
 		}
@@ -906,10 +909,11 @@ func (ss *session) commitAcks(ids []string) {
 	now := ss.srv.now()
 	// An ack that fails to commit only means a redelivery next session,
 	// which the agent drops as a duplicate.
-	_, receipts, err := ss.srv.store.Ack(ss.ctx, ss.device, ids, now)
+	acked, receipts, err := ss.srv.store.Ack(ss.ctx, ss.device, ids, now)
 	if err != nil {
 		ss.log.Error("ack", "count", len(ids), "err", err)
 	}
+	ss.srv.metrics.acks.Add(float64(acked))
 	var live []store.Message
 	ss.mu.Lock()
 	for _, id := range ids {
@@ -1027,6 +1031,7 @@ func (ss *session) upstream(f wire.Frame) {
 		ss.log.Debug("upstream message repeated", "app", req.App, "message_id", req.ID)
 	default:
 		ss.log.Debug("upstream message queued", "app", req.App, "sender", req.To, "message_id", req.ID)
+		ss.srv.metrics.upstreamQueued.Inc()
 		ss.srv.upstreamRate.allow(ss.ctx, ss.device)
 		ss.srv.up.add(u)
 	}
@@ -1093,6 +1098,16 @@ func (ss *session) write(frame []byte) error {
 	return ss.conn.WriteMessage(wire.MessageType(frame), frame)
 }
 
+// writeMessage writes the frame of a downstream message and counts it
+// delivered.
+func (ss *session) writeMessage(frame []byte) error {
+	if err := ss.write(frame); err != nil {
+		return err
+	}
+	ss.srv.metrics.deliveries.Inc()
+	return nil
+}
+
 // writeDirect sends a time-to-live-0 message. A high-priority one wakes
 // the radio of a device on battery, so the messages held for it follow.
 func (ss *session) writeDirect(m store.Message) error {
@@ -1110,7 +1125,7 @@ func (ss *session) writeDirect(m store.Message) error {
 		}
 		ss.mu.Unlock()
 	}
-	if err := ss.write(frame); err != nil {
+	if err := ss.writeMessage(frame); err != nil {
 		return err
 	}
 	ss.mu.Lock()
@@ -1200,7 +1215,7 @@ func (ss *session) fill() error {
 			ss.mu.Lock()
 			ss.markInflight(m.ID, plainApp(m))
 			ss.mu.Unlock()
-			if err := ss.write(frame); err != nil {
+			if err := ss.writeMessage(frame); err != nil {
 				return err
 			}
 			free--

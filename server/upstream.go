@@ -178,6 +178,7 @@ type dispatcher struct {
 	routeFor func(ctx context.Context, sender string) (route, error)
 	retryMin time.Duration
 	retryMax time.Duration
+	metrics  *metrics
 
 	// cluster, on a cluster, holds the partitions whose messages this
 	// node delivers; nil on a single machine, which delivers them all.
@@ -228,6 +229,7 @@ func newDispatcher(s *Server) *dispatcher {
 		now:      s.now,
 		retryMin: s.cfg.RetryMin,
 		retryMax: s.cfg.RetryMax,
+		metrics:  s.metrics,
 		wake:     make(chan struct{}, 1),
 		senders:  make(map[string]*senderLanes),
 		inflight: make(map[uint64]*upEntry),
@@ -771,7 +773,11 @@ func (d *dispatcher) settle(ctx context.Context, r attemptResult) bool {
 			d.log.Error("delete delivered upstream message; it will be delivered again after a restart", "sender", sender, "message_id", e.id, "err", r.deleteErr)
 		}
 		d.log.Info("upstream message delivered", "sender", sender, "app", e.app, "message_id", e.id, "route", r.route, "attempts", e.attempts+1)
+		d.metrics.upstreamDone.WithLabelValues(r.route).Inc()
 		return false
+	}
+	if r.route == routeWebhook {
+		d.metrics.webhookErrors.Inc()
 	}
 	e.attempts++
 	e.tried = true
@@ -781,6 +787,7 @@ func (d *dispatcher) settle(ctx context.Context, r attemptResult) bool {
 		return false
 	}
 	e.next = time.Now().Add(wait)
+	d.metrics.upstreamRetries.WithLabelValues(r.route).Inc()
 	d.log.Warn("upstream delivery failed; will retry", "sender", sender, "message_id", e.id, "route", r.route,
 		"attempts", e.attempts, "retry_in", wait.Round(time.Millisecond), "err", r.err)
 	return true
@@ -791,6 +798,7 @@ func (d *dispatcher) drop(ctx context.Context, e *upEntry, why string) {
 	if err := d.store.DeleteUpstream(ctx, e.seq); err != nil {
 		d.log.Error("delete dropped upstream message", "sender", sender, "message_id", e.id, "err", err)
 	}
+	d.metrics.upstreamDropped.Inc()
 	d.log.Warn("upstream message dropped", "sender", sender, "app", e.app, "message_id", e.id, "attempts", e.attempts, "why", why)
 }
 
@@ -858,7 +866,7 @@ type webhookBody struct {
 	SentTime    int64             `json:"sent_time"`
 }
 
-func (webhook) name() string { return "webhook" }
+func (webhook) name() string { return routeWebhook }
 
 // parallel keeps a slow or dead webhook from holding every worker.
 func (webhook) parallel() int { return 2 }

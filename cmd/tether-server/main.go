@@ -294,6 +294,7 @@ func loadSettings(args []string, config string, stderr io.Writer) (settings, err
 	xmppListen := fs.String("xmpp-listen", "", "TCP `address` of the XMPP (CCS) endpoint for app servers, e.g. :5235; TLS with --tls-cert (off when empty)")
 	xmppPlain := fs.Bool("xmpp-plaintext", false, "serve XMPP without TLS, for a proxy in front that terminates TLS")
 	xmppDomain := fs.String("xmpp-domain", "", "`domain` accepted in SENDER_ID@DOMAIN besides gcm.googleapis.com and fcm.googleapis.com")
+	metricsListen := fs.String("metrics-listen", "", "TCP `address` serving Prometheus metrics at /metrics, apart from the public listener, e.g. 127.0.0.1:9464 (off when empty; docs/operations.md)")
 	var nats natsFlags
 	nats.add(fs)
 	publicURL := fs.String("public-url", "", "the `URL` devices and app servers reach this server at (https://host[:port] or wss://host[:port]), for the URLs it hands out and, in a cluster, the goaway of other nodes")
@@ -378,7 +379,7 @@ func loadSettings(args []string, config string, stderr io.Writer) (settings, err
 		ShutdownSpread: *shutdownSpread, ReconnectLimit: *reconnectLimit, UpstreamRateLimit: *upstreamRate,
 		AuthFailureLimit: *authLimit,
 		XMPPListen:       *xmppListen, XMPPPlaintext: *xmppPlain, XMPPDomain: *xmppDomain,
-		NATS: nats.config(), PublicURL: *publicURL,
+		NATS: nats.config(), PublicURL: *publicURL, MetricsListen: *metricsListen,
 	}
 	if cfg.NATS != nil {
 		cfg.NATS.Shards = *shards

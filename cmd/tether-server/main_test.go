@@ -42,6 +42,22 @@ func command(args ...string) *exec.Cmd {
 	return cmd
 }
 
+// startCommand starts the command as a process, killed when the test
+// ends if it still runs, and returns it with its stderr.
+func startCommand(t *testing.T, args ...string) (*exec.Cmd, io.Reader) {
+	t.Helper()
+	cmd := command(args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	return cmd, stderr
+}
+
 // runCmd runs the command in this process.
 func runCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
@@ -212,16 +228,8 @@ func TestServeProcess(t *testing.T) {
 	if err := os.WriteFile(keyFile, []byte("enrol-key-of-the-serve-process-test\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	srv := command("serve", "--listen", "127.0.0.1:0", "--data", dir, "--enroll-key-file", keyFile, "--log-level", "debug",
+	srv, stderr := startCommand(t, "serve", "--listen", "127.0.0.1:0", "--data", dir, "--enroll-key-file", keyFile, "--log-level", "debug",
 		"--battery-max-delay", "5m", "--store-retry-after", "1m", "--shutdown-spread", "0", "--reconnect-limit", "0")
-	stderr, err := srv.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Process.Kill()
 	lines := bufio.NewScanner(stderr)
 	addr := ""
 	for addr == "" && lines.Scan() {

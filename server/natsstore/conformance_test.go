@@ -29,7 +29,14 @@ var prefixes atomic.Int64
 // of its servers.
 func open(t testing.TB, shards int) (*natsstore.Store, natsstore.Config) {
 	t.Helper()
-	cfg := natsstore.Config{Conn: connect(t), Prefix: fmt.Sprintf("t%d", prefixes.Add(1)), Shards: shards}
+	return openObserved(t, shards, nil)
+}
+
+// openObserved opens a fresh state as open does, which tells obs what it
+// does.
+func openObserved(t testing.TB, shards int, obs store.Observer) (*natsstore.Store, natsstore.Config) {
+	t.Helper()
+	cfg := natsstore.Config{Conn: connect(t), Prefix: fmt.Sprintf("t%d", prefixes.Add(1)), Shards: shards, Observer: obs}
 	s, err := natsstore.Open(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -63,6 +70,10 @@ func TestConformance(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			return s
+		},
+		OpenObserved: func(t *testing.T, obs store.Observer) store.Backend {
+			s, _ := openObserved(t, 3, obs)
 			return s
 		},
 	})

@@ -149,8 +149,7 @@ func (s *Store) applyDeviceOps(dev string, ops []*deviceOp) {
 					used[w.subject] = true
 				}
 				d, changed = trial, true
-				ch.put = append(ch.put, tch.put...)
-				ch.dropped = append(ch.dropped, tch.dropped...)
+				ch.merge(tch)
 				extras = append(extras, extra...)
 				results = append(results, deviceOp{})
 				ends = append(ends, len(extras))
@@ -166,6 +165,9 @@ func (s *Store) applyDeviceOps(dev string, ops []*deviceOp) {
 			last, err := s.commit(ctx, stream, ws)
 			if err != nil {
 				return err
+			}
+			for r, n := range ch.drops {
+				s.obs.Dropped(r, n)
 			}
 			start := len(ws) - len(extras) // where extras begin in ws
 			for i := range results {
@@ -526,7 +528,7 @@ func (s *Store) Enqueue(ctx context.Context, msgs []store.Message, live store.Li
 			for _, i := range idx {
 				latest = maxTime(latest, msgs[i].Sent)
 			}
-			d.prune(latest)
+			d.prune(latest, ch)
 			changed := false
 			for k, i := range idx {
 				m := msgs[i]
@@ -664,7 +666,7 @@ func (s *Store) Ack(ctx context.Context, dev string, ids []string, now time.Time
 	}
 	shard := s.ShardOf(dev)
 	last, err := s.updateDevice(ctx, dev, func(d *device, ch *change) ([]write, error) {
-		d.prune(now)
+		d.prune(now, ch)
 		before, _ := d.notices()
 		removed := d.ack(ids, ch)
 		after, _ := d.notices()

@@ -81,6 +81,29 @@ func newNoticeID(prefix string) string {
 type change struct {
 	put     []store.Message // bodies of new entries
 	dropped []entry         // entries removed, whose bodies go
+	// drops counts the entries the rules dropped undelivered, by reason,
+	// for the observer once the change is written.
+	drops map[store.DropReason]int
+}
+
+// drop counts n entries dropped for reason.
+func (ch *change) drop(reason store.DropReason, n int) {
+	if n <= 0 {
+		return
+	}
+	if ch.drops == nil {
+		ch.drops = map[store.DropReason]int{}
+	}
+	ch.drops[reason] += n
+}
+
+// merge adds what o did to ch.
+func (ch *change) merge(o change) {
+	ch.put = append(ch.put, o.put...)
+	ch.dropped = append(ch.dropped, o.dropped...)
+	for r, n := range o.drops {
+		ch.drop(r, n)
+	}
 }
 
 // clone is a copy of d that shares nothing with it.
@@ -93,13 +116,15 @@ func (d device) clone() device {
 	return c
 }
 
-// prune drops the entries expired by now: their bodies expire by
-// themselves.
-func (d *device) prune(now time.Time) {
+// prune drops the entries expired by now, counting them in ch: their
+// bodies expire by themselves.
+func (d *device) prune(now time.Time, ch *change) {
 	if now.IsZero() {
 		return
 	}
+	n := len(d.Queue)
 	d.Queue = slices.DeleteFunc(d.Queue, func(e entry) bool { return !e.Expiry.After(now) })
+	ch.drop(store.DropExpired, n-len(d.Queue))
 }
 
 // enqueue stores m under the collapse rule and the caps, as the bbolt
@@ -124,10 +149,12 @@ func (d *device) enqueue(m *store.Message, ch *change, live store.Live) bool {
 		}
 		waiting := func(x entry) bool { return x.App == m.App && x.Collapse == "" && !slices.Contains(flow, x.ID) }
 		if d.count(waiting) >= store.MaxPendingPerApp {
-			d.addDeleted(m.App, d.remove(waiting, ch))
+			n := d.remove(waiting, ch)
+			d.addDeleted(m.App, n)
+			ch.drop(store.DropCap, n)
 		}
 	} else {
-		d.remove(func(x entry) bool { return x.Token == m.Token && x.Collapse == m.CollapseKey }, ch)
+		ch.drop(store.DropCollapsed, d.remove(func(x entry) bool { return x.Token == m.Token && x.Collapse == m.CollapseKey }, ch))
 	}
 	d.Queue = append(d.Queue, e)
 	ch.put = append(ch.put, *m)
@@ -136,6 +163,7 @@ func (d *device) enqueue(m *store.Message, ch *change, live store.Live) bool {
 			oldest := keys[0]
 			d.remove(func(x entry) bool { return x.Seq == oldest.Seq }, ch)
 			d.addDeleted(m.App, 1)
+			ch.drop(store.DropCap, 1)
 		}
 	}
 	return true

@@ -44,6 +44,9 @@ type Config struct {
 	// connected to may be cut off from the others.
 	OnUnavailable func()
 	Logger        *slog.Logger
+	// Observer, when set, is told of each commit and of the messages the
+	// rules drop.
+	Observer store.Observer
 }
 
 // Store is the state of a Tether cluster in JetStream. Its methods are safe
@@ -58,6 +61,7 @@ type Store struct {
 	log      *slog.Logger
 	// unavailable is Config.OnUnavailable, or nothing.
 	unavailable func()
+	obs         store.Observer
 
 	// The changes of each device waiting to be written together
 	// (updateDevice), and the devices being written.
@@ -109,7 +113,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open state in JetStream: %w", err)
 	}
-	s := &Store{nc: cfg.Conn, js: js, prefix: cfg.Prefix, replicas: cfg.Replicas, timeout: cfg.Timeout, log: cfg.Logger, unavailable: cfg.OnUnavailable,
+	s := &Store{nc: cfg.Conn, js: js, prefix: cfg.Prefix, replicas: cfg.Replicas, timeout: cfg.Timeout, log: cfg.Logger, unavailable: cfg.OnUnavailable, obs: store.ObserverOrNone(cfg.Observer),
 		devPending: map[string][]*deviceOp{}, devWriting: map[string]bool{}}
 	if s.unavailable == nil {
 		s.unavailable = func() {}
@@ -375,6 +379,16 @@ const (
 // commit writes ws to one stream, all or nothing, and returns the
 // sequence of the last one; ws[i] has that sequence less len(ws)-1-i.
 func (s *Store) commit(ctx context.Context, stream string, ws []write) (uint64, error) {
+	start := time.Now()
+	seq, err := s.publish(ctx, stream, ws)
+	if err == nil && len(ws) > 0 {
+		s.obs.Committed(time.Since(start))
+	}
+	return seq, err
+}
+
+// publish writes ws to stream, atomically when there are several.
+func (s *Store) publish(ctx context.Context, stream string, ws []write) (uint64, error) {
 	switch len(ws) {
 	case 0:
 		return 0, nil

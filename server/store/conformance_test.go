@@ -12,24 +12,28 @@ import (
 func TestConformance(t *testing.T) {
 	storetest.Run(t, storetest.Harness{
 		Open: func(t *testing.T) store.Backend {
-			st, err := store.Open(filepath.Join(t.TempDir(), "server.db"), store.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { st.Close() })
-			return st
+			return openAt(t, filepath.Join(t.TempDir(), "server.db"), nil)
 		},
 		Reopen: func(t *testing.T, b store.Backend) store.Backend {
 			path := b.(*store.Store).Path()
 			if err := b.Close(); err != nil {
 				t.Fatal(err)
 			}
-			st, err := store.Open(path, store.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { st.Close() })
-			return st
+			return openAt(t, path, nil)
+		},
+		OpenObserved: func(t *testing.T, obs store.Observer) store.Backend {
+			return openAt(t, filepath.Join(t.TempDir(), "server.db"), obs)
 		},
 	})
+}
+
+// openAt opens the store at path, with obs, until the test ends.
+func openAt(t *testing.T, path string, obs store.Observer) *store.Store {
+	t.Helper()
+	st, err := store.Open(path, store.Options{Observer: obs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
 }

@@ -116,7 +116,7 @@ type CertBinding struct {
 // Inherited. It wraps ErrRevoked when the certificate was revoked.
 func (s *Store) AddDevice(ctx context.Context, dev Device) (Device, error) {
 	dev.SecretHash, dev.Created = bytes.Clone(dev.SecretHash), dev.Created.UTC()
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *bolt.Tx) error {
 		devices, certs := tx.Bucket(bucketDevices), tx.Bucket(bucketCerts)
 		for dev.ID = NewDeviceID(); devices.Get([]byte(dev.ID)) != nil; dev.ID = NewDeviceID() {
 		}
@@ -222,7 +222,7 @@ func (s *Store) Devices(ctx context.Context) ([]DeviceInfo, error) {
 // SeenDevice notes that the device was seen at, running agent in power
 // mode. The server calls it at most every few minutes for a device.
 func (s *Store) SeenDevice(ctx context.Context, id string, at time.Time, agent, mode string) error {
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *bolt.Tx) error {
 		devices := tx.Bucket(bucketDevices)
 		dev, ok, err := get[Device](devices, []byte(id))
 		if err != nil || !ok {
@@ -242,7 +242,7 @@ func (s *Store) SeenDevice(ctx context.Context, id string, at time.Time, agent, 
 // certificate with it, until it is removed.
 func (s *Store) RevokeDevice(ctx context.Context, id string, now time.Time) (Device, error) {
 	var dev Device
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		devices := tx.Bucket(bucketDevices)
 		var ok bool
 		var err error
@@ -275,7 +275,7 @@ func (s *Store) RevokeDevice(ctx context.Context, id string, now time.Time) (Dev
 // certificate stays revoked.
 func (s *Store) RemoveDevice(ctx context.Context, id string, now time.Time) (Device, error) {
 	var dev Device
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		var ok bool
 		var err error
 		if dev, ok, err = get[Device](tx.Bucket(bucketDevices), []byte(id)); err != nil {
@@ -295,7 +295,7 @@ func (s *Store) RemoveDevice(ctx context.Context, id string, now time.Time) (Dev
 // returns their IDs.
 func (s *Store) ExpireDevices(ctx context.Context, before, now time.Time) ([]string, error) {
 	var gone []string
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		var stale []Device
 		err := tx.Bucket(bucketDevices).ForEach(func(_, v []byte) error {
 			dev, err := decode[Device](v)
@@ -401,7 +401,7 @@ func deletePrefix(b *bolt.Bucket, prefix []byte) error {
 // Hash, Uses, Created and, if it ends, Expires.
 func (s *Store) AddEnrollKey(ctx context.Context, k EnrollKey) (EnrollKey, error) {
 	k.Hash, k.Used, k.Revoked = bytes.Clone(k.Hash), 0, time.Time{}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		keys, hashes := tx.Bucket(bucketEnrollKeys), tx.Bucket(bucketEnrollHashes)
 		if hashes.Get(k.Hash) != nil {
 			return errors.New("enrollment key already in use")
@@ -438,7 +438,7 @@ func (s *Store) EnrollKeys(ctx context.Context) ([]EnrollKey, error) {
 
 // RevokeEnrollKey ends an enrollment key; devices it enrolled stay.
 func (s *Store) RevokeEnrollKey(ctx context.Context, id string, now time.Time) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		keys := tx.Bucket(bucketEnrollKeys)
 		k, ok, err := get[EnrollKey](keys, []byte(id))
 		if err != nil {
@@ -472,7 +472,7 @@ func (s *Store) SpendEnrollKey(ctx context.Context, hash []byte, now time.Time) 
 		return EnrollKey{}, fmt.Errorf("spend enrollment key: %w", ErrNotFound)
 	}
 	var k EnrollKey
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *bolt.Tx) error {
 		id := tx.Bucket(bucketEnrollHashes).Get(hash)
 		if id == nil {
 			return ErrNotFound
@@ -498,7 +498,7 @@ func (s *Store) SpendEnrollKey(ctx context.Context, hash []byte, now time.Time) 
 // RefundEnrollKey gives back a use of key id, taken for a check-in that
 // then failed.
 func (s *Store) RefundEnrollKey(ctx context.Context, id string) error {
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *bolt.Tx) error {
 		keys := tx.Bucket(bucketEnrollKeys)
 		k, ok, err := get[EnrollKey](keys, []byte(id))
 		if err != nil || !ok || k.Used == 0 {

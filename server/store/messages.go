@@ -111,14 +111,14 @@ func (s *Store) Enqueue(ctx context.Context, msgs []Message, live Live) (queued 
 	for _, m := range msgs {
 		need += messageCost(payloadSize(m.Data, m.Notification))
 	}
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.batch(func(tx *bolt.Tx) error {
 		queued = make([]bool, len(msgs))
 		if s.room(tx) < need {
 			return ErrFull
 		}
 		for i := range msgs {
 			var err error
-			if queued[i], err = enqueueOne(tx, &msgs[i], live); err != nil {
+			if queued[i], err = s.enqueueOne(tx, &msgs[i], live); err != nil {
 				return err
 			}
 		}
@@ -143,15 +143,15 @@ func payloadSize(maps ...map[string]string) int {
 
 // enqueueOne stores one message under the collapse rule and the caps, and
 // offers it to live.
-func enqueueOne(tx *bolt.Tx, m *Message, live Live) (bool, error) {
-	queued, err := queueOne(tx, m, live)
+func (s *Store) enqueueOne(tx *bolt.Tx, m *Message, live Live) (bool, error) {
+	queued, err := s.queueOne(tx, m, live)
 	if queued && err == nil && live != nil {
 		live.Offer(*m)
 	}
 	return queued, err
 }
 
-func queueOne(tx *bolt.Tx, m *Message, live Live) (bool, error) {
+func (s *Store) queueOne(tx *bolt.Tx, m *Message, live Live) (bool, error) {
 	reg, _, err := get[Registration](tx.Bucket(bucketRegs), []byte(m.Token))
 	if err != nil {
 		return false, err
@@ -173,9 +173,11 @@ func queueOne(tx *bolt.Tx, m *Message, live Live) (bool, error) {
 			// find the app far below it.
 			flow := storedFlowing(tx, live, m.Device, m.App)
 			if counts.Plain-len(flow) >= MaxPendingPerApp {
-				if err := dropPlain(tx, m.Device, m.App, flow); err != nil {
+				n, err := dropPlain(tx, m.Device, m.App, flow)
+				if err != nil {
 					return false, err
 				}
+				s.dropped(tx, DropCap, n)
 			}
 		}
 		return true, putMessage(tx, *m)
@@ -184,6 +186,7 @@ func queueOne(tx *bolt.Tx, m *Message, live Live) (bool, error) {
 		if err := deleteMessageID(tx, old); err != nil {
 			return false, err
 		}
+		s.dropped(tx, DropCollapsed, 1)
 	}
 	if err := putMessage(tx, *m); err != nil {
 		return false, err
@@ -201,6 +204,7 @@ func queueOne(tx *bolt.Tx, m *Message, live Live) (bool, error) {
 	if err := deleteMessageID(tx, tx.Bucket(bucketCollapse).Get(join(oldest.Token, oldest.Key))); err != nil {
 		return false, err
 	}
+	s.dropped(tx, DropCap, 1)
 	return true, addDeleted(tx, m.Device, m.App, 1)
 }
 
@@ -221,11 +225,11 @@ func storedFlowing(tx *bolt.Tx, live Live, device, app string) map[string]bool {
 }
 
 // dropPlain deletes the non-collapsible messages stored for app on device,
-// but those in flight (flow), and counts them as deleted.
-func dropPlain(tx *bolt.Tx, device, app string, flow map[string]bool) error {
+// but those in flight (flow), counts them as deleted and returns how many.
+func dropPlain(tx *bolt.Tx, device, app string, flow map[string]bool) (int, error) {
 	queued, err := queuedMessages(tx, device)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	n := 0
 	for _, m := range queued {
@@ -233,11 +237,11 @@ func dropPlain(tx *bolt.Tx, device, app string, flow map[string]bool) error {
 			continue
 		}
 		if err := deleteMessage(tx, m); err != nil {
-			return err
+			return 0, err
 		}
 		n++
 	}
-	return addDeleted(tx, device, app, n)
+	return n, addDeleted(tx, device, app, n)
 }
 
 func pendingKey(device, app string) []byte { return join(device, app) }
@@ -385,7 +389,7 @@ func (s *Store) Pending(ctx context.Context, device string, after uint64, limit 
 // receipt for the sender, in the same transaction, and returns it for
 // delivery.
 func (s *Store) Ack(ctx context.Context, device string, ids []string, now time.Time) (acked int, receipts []Upstream, err error) {
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.batch(func(tx *bolt.Tx) error {
 		acked, receipts = 0, nil
 		bmsgs := tx.Bucket(bucketMsgs)
 		for _, id := range ids {
@@ -425,7 +429,7 @@ func (s *Store) Ack(ctx context.Context, device string, ids []string, now time.T
 // AddReceipts queues delivery receipts for messages the device acked that
 // were never stored (time to live 0), and returns them.
 func (s *Store) AddReceipts(ctx context.Context, msgs []Message, now time.Time) (receipts []Upstream, err error) {
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.batch(func(tx *bolt.Tx) error {
 		receipts = nil
 		for _, m := range msgs {
 			u, err := putReceipt(tx, m, now)
@@ -451,9 +455,9 @@ func (s *Store) SweepExpired(ctx context.Context, now time.Time) (next time.Time
 	for {
 		var n int
 		var more bool
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := s.update(func(tx *bolt.Tx) error {
 			var err error
-			n, more, next, err = sweep(tx, now)
+			n, more, next, err = s.sweep(tx, now)
 			return err
 		})
 		if err != nil {
@@ -466,13 +470,13 @@ func (s *Store) SweepExpired(ctx context.Context, now time.Time) (next time.Time
 	}
 }
 
-func sweep(tx *bolt.Tx, now time.Time) (removed int, more bool, next time.Time, err error) {
+func (s *Store) sweep(tx *bolt.Tx, now time.Time) (removed int, more bool, next time.Time, err error) {
 	expiry := tx.Bucket(bucketExpiry)
 	var due [][]byte
 	c := expiry.Cursor()
 	for k, _ := c.First(); k != nil; k, _ = c.Next() {
 		if len(due) == sweepBatch {
-			return len(due), true, time.Time{}, sweepKeys(tx, due)
+			return len(due), true, time.Time{}, s.sweepKeys(tx, due)
 		}
 		if t := time.Unix(0, int64(binary.BigEndian.Uint64(k))); t.After(now) {
 			next = t
@@ -480,10 +484,10 @@ func sweep(tx *bolt.Tx, now time.Time) (removed int, more bool, next time.Time, 
 		}
 		due = append(due, bytes.Clone(k))
 	}
-	return len(due), false, next, sweepKeys(tx, due)
+	return len(due), false, next, s.sweepKeys(tx, due)
 }
 
-func sweepKeys(tx *bolt.Tx, due [][]byte) error {
+func (s *Store) sweepKeys(tx *bolt.Tx, due [][]byte) error {
 	expiry, seen := tx.Bucket(bucketExpiry), tx.Bucket(bucketSeen)
 	for _, k := range due {
 		at, kind, id := k[:8], k[8], k[9:]
@@ -492,6 +496,7 @@ func sweepKeys(tx *bolt.Tx, due [][]byte) error {
 			if err := deleteMessageID(tx, id); err != nil {
 				return err
 			}
+			s.dropped(tx, DropExpired, 1)
 		case expirySeen:
 			// A later repeat may have renewed the entry under a new expiry.
 			if bytes.Equal(seen.Get(id), at) {

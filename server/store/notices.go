@@ -84,7 +84,7 @@ func addDeleted(tx *bolt.Tx, device, app string, n int) error {
 func (s *Store) Notices(ctx context.Context, device string) ([]Notice, error) {
 	out, unsealed, err := s.readNotices(device)
 	if err == nil && unsealed {
-		err = s.db.Batch(func(tx *bolt.Tx) error { return sealDeleted(tx, device) })
+		err = s.batch(func(tx *bolt.Tx) error { return sealDeleted(tx, device) })
 		if err == nil {
 			out, _, err = s.readNotices(device)
 		}

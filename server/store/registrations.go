@@ -59,7 +59,7 @@ var ErrTooManyRegistrations = errors.New("too many registrations on the device")
 func (s *Store) Register(ctx context.Context, device, app, sender string, now time.Time) (Registration, error) {
 	var reg Registration
 	var unknownSender bool
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *bolt.Tx) error {
 		reg, unknownSender = Registration{}, false
 		if tx.Bucket(bucketSenders).Get([]byte(sender)) == nil {
 			unknownSender = true
@@ -130,7 +130,7 @@ func inherit(tx *bolt.Tx, device, app, sender, token string, now time.Time) erro
 // there is no active registration.
 func (s *Store) Unregister(ctx context.Context, device, app, sender string, now time.Time) (dropped int, err error) {
 	var found bool
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.batch(func(tx *bolt.Tx) error {
 		dropped, found = 0, false
 		token := tx.Bucket(bucketRegIndex).Get(join(device, app, sender))
 		if token == nil {
@@ -284,7 +284,7 @@ func Resolve(token string, now time.Time, lookup func(token string) (Registratio
 // registration.
 func (s *Store) RotateToken(ctx context.Context, token string, grace time.Duration, now time.Time) (Registration, error) {
 	var fresh Registration
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		regs := tx.Bucket(bucketRegs)
 		old, ok, err := get[Registration](regs, []byte(token))
 		if err != nil {

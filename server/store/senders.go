@@ -80,7 +80,7 @@ func newSenderID() string {
 // AddSender stores a new sender with a fresh ID.
 func (s *Store) AddSender(ctx context.Context, name, webhook string, keyHash []byte, now time.Time) (Sender, error) {
 	snd := Sender{Name: name, Webhook: webhook, KeyHash: bytes.Clone(keyHash), Created: now.UTC(), WebhookSecret: NewWebhookSecret()}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		senders, keys := tx.Bucket(bucketSenders), tx.Bucket(bucketSenderKeys)
 		if keys.Get(keyHash) != nil {
 			return fmt.Errorf("server key already in use")
@@ -173,7 +173,7 @@ func (s *Store) UpdateSender(ctx context.Context, id string, change SenderChange
 // holds, and stores it, in one transaction.
 func (s *Store) changeSender(id string, change func(*bolt.Tx, *Sender) error) (Sender, error) {
 	var snd Sender
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		senders := tx.Bucket(bucketSenders)
 		var ok bool
 		var err error
@@ -210,7 +210,7 @@ func (s *Store) Senders(ctx context.Context) ([]Sender, error) {
 // send. Registrations made for it stay, unusable, so its ID is never reused
 // by accident (IDs are random and checked for collisions).
 func (s *Store) RemoveSender(ctx context.Context, id string) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		senders := tx.Bucket(bucketSenders)
 		snd, ok, err := get[Sender](senders, []byte(id))
 		if err != nil {

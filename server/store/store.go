@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -82,6 +83,9 @@ type Options struct {
 	// deletions that acks and expiry make.
 	// fail. Zero means no cap.
 	MaxSize int
+	// Observer, when set, is told of each commit and of the messages the
+	// rules drop.
+	Observer Observer
 }
 
 // Store is the server's bbolt file. Its methods are safe for concurrent use.
@@ -90,6 +94,7 @@ type Store struct {
 	maxSize  int64 // 0 for no cap
 	reserve  int64 // bytes kept back for deletions
 	pageSize int64
+	obs      Observer
 }
 
 // batchDelay is how long a write waits for others to share its commit.
@@ -160,7 +165,7 @@ func Open(path string, opt Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	st := &Store{db: db, maxSize: int64(opt.MaxSize), pageSize: int64(db.Info().PageSize)}
+	st := &Store{db: db, maxSize: int64(opt.MaxSize), pageSize: int64(db.Info().PageSize), obs: ObserverOrNone(opt.Observer)}
 	if st.maxSize > 0 {
 		st.reserve = min(max(st.maxSize/8, 128<<10), st.maxSize/2)
 	}
@@ -247,6 +252,59 @@ func (s *Store) room(tx *bolt.Tx) int64 {
 // messageCost estimates what storing a message of this payload takes,
 // with its index entries.
 func messageCost(payload int) int64 { return int64(payload) + 1024 }
+
+// update runs fn in a write transaction of its own.
+func (s *Store) update(fn func(*bolt.Tx) error) error { return s.timed(s.db.Update, fn) }
+
+// batch runs fn in a write transaction that other calls may share
+// (bolt.DB.Batch): many writes, one fsync.
+func (s *Store) batch(fn func(*bolt.Tx) error) error { return s.timed(s.db.Batch, fn) }
+
+// timed runs fn with write and tells the observer how long it took to be
+// durable, the wait for a shared commit included: that is what a send or
+// an ack waits.
+func (s *Store) timed(write func(func(*bolt.Tx) error) error, fn func(*bolt.Tx) error) error {
+	start := time.Now()
+	err := write(fn)
+	if err == nil {
+		s.obs.Committed(time.Since(start))
+	}
+	return err
+}
+
+// dropped tells the observer, once tx commits, of n messages dropped for
+// reason.
+func (s *Store) dropped(tx *bolt.Tx, reason DropReason, n int) {
+	if n > 0 {
+		tx.OnCommit(func() { s.obs.Dropped(reason, n) })
+	}
+}
+
+// Stats counts the queued messages (a walk of the message bucket's pages,
+// a few milliseconds for 100,000 messages: BenchmarkStats), finds the
+// oldest by its ID, which begins with the time it was made, and reads the
+// file's size and its free pages.
+func (s *Store) Stats(ctx context.Context) (Stats, error) {
+	var st Stats
+	err := s.db.View(func(tx *bolt.Tx) error {
+		msgs := tx.Bucket(bucketMsgs)
+		st.Messages, st.Bytes = msgs.Stats().KeyN, tx.Size()
+		// As room counts it: after the last write transaction.
+		st.Free = int64(s.db.Stats().FreePageN) * s.pageSize
+		if _, v := msgs.Cursor().First(); v != nil {
+			m, err := decode[Message](v)
+			if err != nil {
+				return err
+			}
+			st.Oldest = m.Sent
+		}
+		return ctx.Err()
+	})
+	if err != nil {
+		return Stats{}, fmt.Errorf("read store stats: %w", err)
+	}
+	return st, nil
+}
 
 // Close closes the file. It waits for transactions in progress.
 func (s *Store) Close() error { return s.db.Close() }

@@ -90,7 +90,7 @@ func moveSubscriptions(tx *bolt.Tx, old Registration, newToken string) error {
 // ErrTooManyTopics when it has too many subscriptions already.
 func (s *Store) Subscribe(ctx context.Context, device, app, sender, topic string) error {
 	var refused error
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *bolt.Tx) error {
 		refused = nil
 		token := tx.Bucket(bucketRegIndex).Get(join(device, app, sender))
 		if token == nil {
@@ -120,7 +120,7 @@ func (s *Store) Subscribe(ctx context.Context, device, app, sender, topic string
 // Unsubscribe ends the subscription of the active registration of (device,
 // app, sender) to topic. Ending one that does not exist is not an error.
 func (s *Store) Unsubscribe(ctx context.Context, device, app, sender, topic string) error {
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *bolt.Tx) error {
 		token := tx.Bucket(bucketRegIndex).Get(join(device, app, sender))
 		if token == nil {
 			return nil
@@ -164,7 +164,7 @@ const (
 // within its grace period stands for the registration that replaced it.
 func (s *Store) ChangeSubscriptions(ctx context.Context, sender, topic string, tokens []string, subscribing bool, now time.Time) ([]SubscriptionOutcome, error) {
 	var out []SubscriptionOutcome
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *bolt.Tx) error {
 		out = make([]SubscriptionOutcome, len(tokens))
 		regs := tx.Bucket(bucketRegs)
 		for i, t := range tokens {
@@ -242,7 +242,7 @@ type TopicMessage struct {
 // PutTopicMessage stores tm for fan-out and assigns its Seq.
 func (s *Store) PutTopicMessage(ctx context.Context, tm *TopicMessage) error {
 	need := messageCost(payloadSize(tm.Data, tm.Notification))
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *bolt.Tx) error {
 		if s.room(tx) < need {
 			return ErrFull
 		}
@@ -284,7 +284,7 @@ func (s *Store) TopicMessages(ctx context.Context, after uint64, limit int) ([]T
 
 // DeleteTopicMessage drops topic message seq, fanned out or not.
 func (s *Store) DeleteTopicMessage(ctx context.Context, seq uint64) error {
-	err := s.db.Batch(func(tx *bolt.Tx) error { return tx.Bucket(bucketTopicMsgs).Delete(be64(seq)) })
+	err := s.batch(func(tx *bolt.Tx) error { return tx.Bucket(bucketTopicMsgs).Delete(be64(seq)) })
 	if err != nil {
 		return fmt.Errorf("delete topic message %d: %w", seq, err)
 	}
@@ -349,7 +349,7 @@ type FanOutResult struct {
 // out a given message.
 func (s *Store) FanOut(ctx context.Context, seq uint64, step FanOutStep) (FanOutResult, error) {
 	var res FanOutResult
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		res = FanOutResult{}
 		msgs := tx.Bucket(bucketTopicMsgs)
 		tm, ok, err := get[TopicMessage](msgs, be64(seq))
@@ -374,7 +374,7 @@ func (s *Store) FanOut(ctx context.Context, seq uint64, step FanOutStep) (FanOut
 		devices := make(map[string]bool)
 		considered := 0
 		for tm.Next < len(tm.Topics) && considered < step.Limit {
-			done, err := fanOutTopic(tx, &tm, step, &res, devices, &considered)
+			done, err := s.fanOutTopic(tx, &tm, step, &res, devices, &considered)
 			if err != nil {
 				return err
 			}
@@ -400,7 +400,7 @@ func (s *Store) FanOut(ctx context.Context, seq uint64, step FanOutStep) (FanOut
 
 // fanOutTopic copies tm to the subscribers of tm.Topics[tm.Next] after
 // tm.After until the step's limit; done means that topic is finished.
-func fanOutTopic(tx *bolt.Tx, tm *TopicMessage, step FanOutStep, res *FanOutResult, devices map[string]bool, considered *int) (done bool, err error) {
+func (s *Store) fanOutTopic(tx *bolt.Tx, tm *TopicMessage, step FanOutStep, res *FanOutResult, devices map[string]bool, considered *int) (done bool, err error) {
 	topic := tm.Topics[tm.Next]
 	prefix := join(tm.Sender, topic, "")
 	regs, tt := tx.Bucket(bucketRegs), tx.Bucket(bucketTokenTopic)
@@ -436,7 +436,7 @@ func fanOutTopic(tx *bolt.Tx, tm *TopicMessage, step FanOutStep, res *FanOutResu
 			res.Copies++
 			continue
 		}
-		queued, err := enqueueOne(tx, &m, step.Live)
+		queued, err := s.enqueueOne(tx, &m, step.Live)
 		if err != nil {
 			return false, err
 		}

@@ -143,7 +143,7 @@ const (
 // when the app is at the cap. It fills in u's Token and Seq.
 func (s *Store) PutUpstream(ctx context.Context, u *Upstream, seenUntil time.Time) (outcome PutOutcome, err error) {
 	need := messageCost(payloadSize(u.Data))
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.batch(func(tx *bolt.Tx) error {
 		outcome = UpstreamNotRegistered
 		if s.room(tx) < need {
 			return ErrFull
@@ -240,7 +240,7 @@ func (s *Store) EachUpstream(ctx context.Context, fn func(Upstream) error) error
 // DeleteUpstream removes seq from the queue once it is delivered or
 // expired. Deleting a message that is gone is not an error.
 func (s *Store) DeleteUpstream(ctx context.Context, seq uint64) error {
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *bolt.Tx) error {
 		queue := tx.Bucket(bucketUpstream)
 		u, ok, err := get[Upstream](queue, be64(seq))
 		if !ok && err == nil {

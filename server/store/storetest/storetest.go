@@ -32,6 +32,9 @@ type Harness struct {
 	// Reopen closes b and opens the same state again, as a restart of the
 	// server process would.
 	Reopen func(t *testing.T, b store.Backend) store.Backend
+	// OpenObserved, when set, opens a new, empty backend that tells obs
+	// what it does; the tests of the observer skip without it.
+	OpenObserved func(t *testing.T, obs store.Observer) store.Backend
 }
 
 // Run runs the whole suite, each test in a subtest of its own.
@@ -82,6 +85,8 @@ var tests = []struct {
 	{"CertificateReplacesDevice", testCertificateReplacesDevice},
 	{"RevokedCertificate", testRevokedCertificate},
 	{"EnrollKeys", testEnrollKeys},
+	{"Observed", testObserved},
+	{"Stats", testStats},
 }
 
 // T0 is the clock of the suite: a time unlike the machine's, so that a
