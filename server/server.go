@@ -323,8 +323,8 @@ type Server struct {
 
 	upgrader *websocket.Upgrader
 	// drain, once asked for, sends the device sessions elsewhere.
-	drain drainer
-	metrics  *metrics
+	drain   drainer
+	metrics *metrics
 
 	mu      sync.Mutex
 	ln      net.Listener // the TCP listener, before TLS
