@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -87,8 +88,12 @@ func TestInstallWritesTheShippedUnit(t *testing.T) {
 	if string(got) != want {
 		t.Errorf("installed unit:\n%s\nwant the shipped one running this binary:\n%s", got, want)
 	}
-	if calls := h.systemctlCalls(); calls != "enable tetherd.service\ndaemon-reload\n" {
+	if calls := h.systemctlCalls(); calls != "daemon-reload\n" {
 		t.Errorf("systemctl calls:\n%s", calls)
+	}
+	wants := filepath.Join(h.units, "multi-user.target.wants", "tetherd.service")
+	if target, err := os.Readlink(wants); err != nil || target != "/etc/systemd/system/tetherd.service" {
+		t.Errorf("not enabled: %s -> %q, %v", wants, target, err)
 	}
 	if _, err := exec.LookPath("systemd-analyze"); err == nil {
 		if out, err := exec.Command("systemd-analyze", "verify", unitPath).CombinedOutput(); err != nil {
@@ -117,7 +122,10 @@ func TestInstallWritesTheShippedUnit(t *testing.T) {
 	if _, err := os.Stat(unitPath); !os.IsNotExist(err) {
 		t.Errorf("the unit is still there after uninstall: %v", err)
 	}
-	if calls := h.systemctlCalls(); calls != "disable tetherd.service\ndaemon-reload\n" {
+	if _, err := os.Lstat(wants); !os.IsNotExist(err) {
+		t.Errorf("still enabled after uninstall: %v", err)
+	}
+	if calls := h.systemctlCalls(); calls != "daemon-reload\n" {
 		t.Errorf("uninstall: systemctl calls:\n%s", calls)
 	}
 }
@@ -137,5 +145,54 @@ func TestInstallCarriesFlags(t *testing.T) {
 	want := "\nExecStart=" + os.Args[0] + ` run --server=wss://push.example.com "--data=/srv/tether data" --log-level=debug` + "\n"
 	if !strings.Contains(string(got), want) {
 		t.Errorf("unit:\n%s\nwant the line %q", got, want)
+	}
+}
+
+// TestInstallUnderRoot: `tetherd install --root` writes the shipped
+// script into a directory, as a firmware build would, running
+// /usr/bin/tetherd with the flags given, and needs neither root nor a
+// service manager.
+func TestInstallUnderRoot(t *testing.T) {
+	tests := []struct {
+		init, script, line string
+		mode               os.FileMode
+	}{
+		{"systemd", "/etc/systemd/system/tetherd.service", "\nExecStart=/usr/bin/tetherd run --log-level=debug\n", 0o644},
+		{"openrc", "/etc/init.d/tetherd", "\ncommand=/usr/bin/tetherd\ncommand_args='run --log-level=debug'\n", 0o755},
+		{"sysv", "/etc/init.d/tetherd", "\nDAEMON=/usr/bin/tetherd\nDAEMON_ARGS='run --log-level=debug'\n", 0o755},
+		{"procd", "/etc/init.d/tetherd", "\tprocd_set_param command /usr/bin/tetherd run --log-level=debug\n", 0o755},
+	}
+	for _, tt := range tests {
+		t.Run(tt.init, func(t *testing.T) {
+			root := t.TempDir()
+			var stdout, stderr strings.Builder
+			env := environ{stdout: &stdout, stderr: &stderr, getenv: func(string) string { return "" }}
+			if code := run(context.Background(), []string{"install", "--init", tt.init, "--root", root, "--log-level", "debug"}, env); code != 0 {
+				t.Fatalf("install: exit %d\n%s", code, stderr.String())
+			}
+			fi, err := os.Stat(root + tt.script)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode() != tt.mode {
+				t.Errorf("mode %v, want %v", fi.Mode(), tt.mode)
+			}
+			got, _ := os.ReadFile(root + tt.script)
+			if !strings.Contains(string(got), tt.line) {
+				t.Errorf("%s:\n%s\nwant the line %q", tt.script, got, tt.line)
+			}
+			if code := run(context.Background(), []string{"uninstall", "--init", tt.init, "--root", root}, env); code != 0 {
+				t.Fatalf("uninstall: exit %d\n%s", code, stderr.String())
+			}
+			if _, err := os.Stat(root + tt.script); !os.IsNotExist(err) {
+				t.Errorf("%s left after uninstall: %v", tt.script, err)
+			}
+		})
+	}
+
+	var stdout, stderr strings.Builder
+	env := environ{stdout: &stdout, stderr: &stderr, getenv: func(string) string { return "" }}
+	if code := run(context.Background(), []string{"install", "--root", t.TempDir()}, env); code != 1 || !strings.Contains(stderr.String(), "choose one") {
+		t.Errorf("install --root without --init: exit %d\n%s", code, stderr.String())
 	}
 }
