@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,7 +49,9 @@ func newServiceHost(t *testing.T) *serviceHost {
 			t.Fatal(err)
 		}
 	}
-	stub := "#!/bin/sh\necho \"$*\" >> " + h.calls + "\n"
+	// is-active exits with the status in the file active, 0 without it.
+	stub := "#!/bin/sh\necho \"$*\" >> " + h.calls + "\n" +
+		"[ \"$1\" != is-active ] || exit \"$(cat " + filepath.Join(dir, "active") + " 2>/dev/null || echo 0)\"\n"
 	if err := os.WriteFile(filepath.Join(h.bin, "systemctl"), []byte(stub), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -116,6 +119,23 @@ func TestInstallWritesTheShippedUnit(t *testing.T) {
 		}
 	}
 
+	for _, st := range []struct {
+		active string // is-active's exit status
+		out    string
+		code   int
+	}{{"0", "running (systemd)\n", 0}, {"3", "stopped (systemd)\n", 3}} {
+		if err := os.WriteFile(filepath.Join(filepath.Dir(h.calls), "active"), []byte(st.active), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err := h.tetherd("status", "--init", "systemd")
+		if code := exitCode(err); code != st.code || out != st.out {
+			t.Errorf("status with is-active exiting %s: exit %d, %q; want %d, %q", st.active, code, out, st.code, st.out)
+		}
+		if calls := h.systemctlCalls(); calls != "is-active tetherd.service\n" {
+			t.Errorf("status: systemctl calls:\n%s", calls)
+		}
+	}
+
 	if out, err := h.tetherd("uninstall", "--init", "systemd"); err != nil {
 		t.Fatalf("uninstall: %v\n%s", err, out)
 	}
@@ -127,6 +147,9 @@ func TestInstallWritesTheShippedUnit(t *testing.T) {
 	}
 	if calls := h.systemctlCalls(); calls != "daemon-reload\n" {
 		t.Errorf("uninstall: systemctl calls:\n%s", calls)
+	}
+	if out, err := h.tetherd("status", "--init", "systemd"); exitCode(err) != 4 || out != "not installed (systemd)\n" {
+		t.Errorf("status after uninstall: %v, %q", err, out)
 	}
 }
 
@@ -195,4 +218,17 @@ func TestInstallUnderRoot(t *testing.T) {
 	if code := run(context.Background(), []string{"install", "--root", t.TempDir()}, env); code != 1 || !strings.Contains(stderr.String(), "choose one") {
 		t.Errorf("install --root without --init: exit %d\n%s", code, stderr.String())
 	}
+}
+
+// exitCode is a command's exit status: 0 for no error, -1 for one that
+// is not an exit status.
+func exitCode(err error) int {
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &exit):
+		return exit.ExitCode()
+	}
+	return -1
 }
