@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -128,35 +129,42 @@ func TestConnectionsPerAddress(t *testing.T) {
 // HTTP and the XMPP listeners; from anyone else those are not believed.
 func TestTrustedProxy(t *testing.T) {
 	loopback := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
-	fail := func(ts *testServer, forwardedFor string) int {
+	// fail sends with a wrong key from the client forwardedFor names.
+	fail := func(t *testing.T, ts *testServer, forwardedFor string) int {
 		t.Helper()
 		req, _ := http.NewRequest(http.MethodPost, ts.base+"/gcm/send", strings.NewReader(`{"to": "x"}`))
 		req.Header.Set("Authorization", "key=wrong")
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("X-Forwarded-For", forwardedFor)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := ts.client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
 		return resp.StatusCode
 	}
+	// The HTTP cases run in synctest bubbles: the second each throttled
+	// failure waits passes on the bubble's clock.
 	t.Run("X-Forwarded-For", func(t *testing.T) {
-		ts := startServer(t, func(c *Config) { c.TrustedProxies, c.AuthFailureLimit = loopback, 1 })
-		for i, tc := range []struct {
-			client string
-			want   int
-		}{{"192.0.2.1", 401}, {"192.0.2.2", 401}, {"192.0.2.1", 429}, {"203.0.113.9, 192.0.2.3", 401}, {"192.0.2.3", 429}} {
-			if got := fail(ts, tc.client); got != tc.want {
-				t.Errorf("%d: failure for %s answered %d, want %d", i, tc.client, got, tc.want)
+		synctest.Test(t, func(t *testing.T) {
+			ts := startServerInBubble(t, func(c *Config) { c.TrustedProxies, c.AuthFailureLimit = loopback, 1 })
+			for i, tc := range []struct {
+				client string
+				want   int
+			}{{"192.0.2.1", 401}, {"192.0.2.2", 401}, {"192.0.2.1", 429}, {"203.0.113.9, 192.0.2.3", 401}, {"192.0.2.3", 429}} {
+				if got := fail(t, ts, tc.client); got != tc.want {
+					t.Errorf("%d: failure for %s answered %d, want %d", i, tc.client, got, tc.want)
+				}
 			}
-		}
+		})
 	})
 	t.Run("untrusted X-Forwarded-For", func(t *testing.T) {
-		ts := startServer(t, func(c *Config) { c.AuthFailureLimit = 1 })
-		if got := []int{fail(ts, "192.0.2.1"), fail(ts, "192.0.2.2")}; got[1] != 429 {
-			t.Errorf("failures naming two clients from one untrusted peer answered %v; want the second 429", got)
-		}
+		synctest.Test(t, func(t *testing.T) {
+			ts := startServerInBubble(t, func(c *Config) { c.AuthFailureLimit = 1 })
+			if got := []int{fail(t, ts, "192.0.2.1"), fail(t, ts, "192.0.2.2")}; got[1] != 429 {
+				t.Errorf("failures naming two clients from one untrusted peer answered %v; want the second 429", got)
+			}
+		})
 	})
 	t.Run("PROXY protocol", func(t *testing.T) {
 		ts := startCCS(t, func(c *Config) { c.TrustedProxies, c.SessionsPerIP, c.AuthFailureLimit = loopback, 1, 1 })
