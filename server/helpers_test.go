@@ -52,11 +52,12 @@ type testServer struct {
 	// client, when set, is the HTTP client of post: for a server over TLS
 	// or over pipes.
 	client *http.Client
-	// dialContext, when set, is how devices connect: for a server over
-	// pipes.
-	dialContext func(ctx context.Context, network, addr string) (net.Conn, error)
-	logs        *logtest.Buffer
-	stop        func()
+	// dialContext, when set, is how devices connect, and xmppDialContext
+	// how XMPP clients do: for a server over pipes.
+	dialContext     func(ctx context.Context, network, addr string) (net.Conn, error)
+	xmppDialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	logs            *logtest.Buffer
+	stop            func()
 }
 
 // testEnrollKey is the fleet enrollment key of the test servers.
@@ -107,6 +108,11 @@ func startTestServer(t testing.TB, dir string, mod func(*Config), pipes *pipeLis
 	} else {
 		srv.ln, srv.adminLn = srv.clientListener(pipes, srv.conns), newPipeListener()
 	}
+	var xmppPipes *pipeListener
+	if pipes != nil && cfg.XMPPListen != "" {
+		xmppPipes = newPipeListener()
+		srv.xmppLn = srv.clientListener(xmppPipes, srv.xmppConns)
+	}
 	if err != nil {
 		srv.Close()
 		t.Fatal(err)
@@ -119,6 +125,9 @@ func startTestServer(t testing.TB, dir string, mod func(*Config), pipes *pipeLis
 		transport := &http.Transport{DialContext: pipes.DialContext}
 		t.Cleanup(transport.CloseIdleConnections)
 		ts.client, ts.dialContext = &http.Client{Transport: transport}, pipes.DialContext
+	}
+	if xmppPipes != nil {
+		ts.xmppDialContext = xmppPipes.DialContext
 	}
 	var once sync.Once
 	ts.stop = func() {

@@ -143,7 +143,7 @@ func TestTrustedProxy(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	// The HTTP cases run in synctest bubbles: the second each throttled
+	// Each case runs in a synctest bubble: the second each throttled
 	// failure waits passes on the bubble's clock.
 	t.Run("X-Forwarded-For", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
@@ -167,51 +167,54 @@ func TestTrustedProxy(t *testing.T) {
 		})
 	})
 	t.Run("PROXY protocol", func(t *testing.T) {
-		ts := startCCS(t, func(c *Config) { c.TrustedProxies, c.SessionsPerIP, c.AuthFailureLimit = loopback, 1, 1 })
-		proxied := func(client string) *device {
-			t.Helper()
-			dialer := websocket.Dialer{Subprotocols: []string{wire.Subprotocol}, HandshakeTimeout: 5 * time.Second,
-				NetDial: func(network, addr string) (net.Conn, error) {
-					c, err := net.Dial(network, addr)
-					if err == nil {
-						_, err = fmt.Fprintf(c, "PROXY TCP4 %s 192.0.2.200 40000 443\r\n", client)
-					}
-					return c, err
-				}}
-			conn, _, err := dialer.Dial("ws://"+ts.Addr().String()+wire.Path, nil)
-			if err != nil {
-				t.Fatal(err)
+		synctest.Test(t, func(t *testing.T) {
+			ts := startCCSInBubble(t, func(c *Config) { c.TrustedProxies, c.SessionsPerIP, c.AuthFailureLimit = loopback, 1, 1 })
+			proxied := func(client string) *device {
+				t.Helper()
+				dialer := websocket.Dialer{Subprotocols: []string{wire.Subprotocol}, HandshakeTimeout: 5 * time.Second,
+					NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+						c, err := ts.dialContext(ctx, network, addr)
+						if err == nil {
+							_, err = fmt.Fprintf(c, "PROXY TCP4 %s 192.0.2.200 40000 443\r\n", client)
+						}
+						return c, err
+					}}
+				conn, _, err := dialer.Dial("ws://"+ts.Addr().String()+wire.Path, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { conn.Close() })
+				return &device{t: t, conn: conn}
 			}
-			t.Cleanup(func() { conn.Close() })
-			return &device{t: t, conn: conn}
-		}
-		// One session for each of two clients: the cap counts each.
-		for _, client := range []string{"198.51.100.7", "198.51.100.8"} {
-			d := proxied(client)
-			d.send("", wire.Hello{Version: wire.Version, EnrollKey: testEnrollKey})
-			var w wire.Welcome
-			d.expect(wire.TypeWelcome, "", &w)
-		}
-		if !strings.Contains(ts.logs.String(), "remote=198.51.100.7") {
-			t.Error("the session's log does not name the client of the PROXY header")
-		}
-		if e := <-readToEnd(proxied("198.51.100.7")); len(e.goAways) != 1 {
-			t.Errorf("a second session of 198.51.100.7 read %+v, want a goaway", e)
-		}
-		// XMPP: failures count against the client the header names.
-		login := func(client string) error {
-			snd := ts.addSender("")
-			c, err := xmpptest.Dial(context.Background(), xmpptest.Config{Addr: ts.XMPPAddr().String(), User: snd.ID, Password: "wrong",
-				Preamble: []byte("PROXY TCP4 " + client + " 192.0.2.200 40000 5235\r\n")})
-			if err == nil {
-				c.Close()
+			// One session for each of two clients: the cap counts each.
+			for _, client := range []string{"198.51.100.7", "198.51.100.8"} {
+				d := proxied(client)
+				d.send("", wire.Hello{Version: wire.Version, EnrollKey: testEnrollKey})
+				var w wire.Welcome
+				d.expect(wire.TypeWelcome, "", &w)
 			}
-			return err
-		}
-		for i, tc := range []struct{ client, want string }{{"198.51.100.7", "not-authorized"}, {"198.51.100.8", "not-authorized"}, {"198.51.100.7", "temporary-auth-failure"}} {
-			if err := login(tc.client); err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("%d: login from %s: %v, want %s", i, tc.client, err, tc.want)
+			if !strings.Contains(ts.logs.String(), "remote=198.51.100.7") {
+				t.Error("the session's log does not name the client of the PROXY header")
 			}
-		}
+			if e := <-readToEnd(proxied("198.51.100.7")); len(e.goAways) != 1 {
+				t.Errorf("a second session of 198.51.100.7 read %+v, want a goaway", e)
+			}
+			// XMPP: failures count against the client the header names.
+			login := func(client string) error {
+				snd := ts.addSender("")
+				cfg := ts.xmppConfig(snd.ID, "wrong")
+				cfg.Preamble = []byte("PROXY TCP4 " + client + " 192.0.2.200 40000 5235\r\n")
+				c, err := xmpptest.Dial(context.Background(), cfg)
+				if err == nil {
+					c.Close()
+				}
+				return err
+			}
+			for i, tc := range []struct{ client, want string }{{"198.51.100.7", "not-authorized"}, {"198.51.100.8", "not-authorized"}, {"198.51.100.7", "temporary-auth-failure"}} {
+				if err := login(tc.client); err == nil || !strings.Contains(err.Error(), tc.want) {
+					t.Errorf("%d: login from %s: %v, want %s", i, tc.client, err, tc.want)
+				}
+			}
+		})
 	})
 }
