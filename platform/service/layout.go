@@ -22,6 +22,9 @@ type layout struct {
 	// command lists the script's lines that carry the command line, by
 	// their start; install rewrites each (renderScript).
 	command []commandLine
+	// plainExe is set where the binary's path cannot be quoted: it must
+	// be a word the shell leaves as it is.
+	plainExe bool
 	// control is the command line that makes the manager start, stop,
 	// restart or report on the service.
 	control func(name, action string) []string
@@ -76,7 +79,9 @@ var layouts = map[Init]layout{
 			return []link{{"/etc/runlevels/default/" + name, initScript(name)}}
 		},
 		// openrc-run passes command_args through eval: it holds words
-		// quoted for the shell, itself quoted.
+		// quoted for the shell, itself quoted. It uses command unquoted,
+		// inside eval and out.
+		plainExe: true,
 		command: []commandLine{
 			{"command=", func(exe string, _ []string) string { return shellQuote(exe) }},
 			{"command_args=", func(_ string, args []string) string { return shellQuote(words(shellQuote, "", args)) }},

@@ -87,6 +87,9 @@ func New(cfg Config) (*Manager, error) {
 			return nil, fmt.Errorf("service: find this binary: %w", err)
 		}
 	}
+	if l.plainExe && shellQuote(exe) != exe {
+		return nil, fmt.Errorf("service: %s cannot run %q: put the binary under a path of letters, digits and -_./", kind, exe)
+	}
 	rendered, err := renderScript(l.command, script, exe, cfg.Arguments)
 	if err != nil {
 		return nil, fmt.Errorf("service: %s script: %w", kind, err)

@@ -25,22 +25,13 @@ var shipped = map[Init]string{
 	InitSysV:    sysv.InitScript,
 }
 
-// commandOf reads the command line back out of a rendered script, through
-// the shell or systemd's own quoting rules as the service manager would.
+// commandOf reads the command line back out of a rendered script, as the
+// shell would: nil for a systemd unit, whose quoting the table below pins
+// down instead.
 func commandOf(t *testing.T, kind Init, script string) []string {
 	t.Helper()
-	var prog string
-	switch kind {
-	case InitSystemd:
-		// systemd-analyze has no way to print a parsed ExecStart; undo the
-		// quoting systemdQuote does, which the table below pins down.
+	if kind == InitSystemd {
 		return nil
-	case InitProcd:
-		prog = `procd_set_param() { shift; printf '%s\n' "$@"; }` + "\n"
-	case InitOpenRC:
-		prog = `eval "set -- $command_args"; printf '%s\n' "$command" "$@"` + "\n"
-	case InitSysV:
-		prog = `eval "set -- $DAEMON_ARGS"; printf '%s\n' "$DAEMON" "$@"` + "\n"
 	}
 	var lines []string
 	for _, cl := range layouts[kind].command {
@@ -50,16 +41,56 @@ func commandOf(t *testing.T, kind Init, script string) []string {
 			}
 		}
 	}
-	if kind == InitProcd {
-		prog += strings.Join(lines, "\n") + "\n"
-	} else {
-		prog = strings.Join(lines, "\n") + "\n" + prog
+	return shellRead(t, kind, lines)
+}
+
+// shellRead runs a script's command lines in sh and returns the words
+// they give the daemon: procd_set_param's, or those of the variables
+// openrc-run and the SysV script eval.
+func shellRead(t *testing.T, kind Init, lines []string) []string {
+	t.Helper()
+	var prog string
+	switch kind {
+	case InitProcd:
+		prog = `procd_set_param() { shift; printf '%s\0' "$@"; }` + "\n" + strings.Join(lines, "\n") + "\n"
+	case InitOpenRC:
+		prog = strings.Join(lines, "\n") + "\n" + `eval "set -- $command_args"; printf '%s\0' "$command" "$@"` + "\n"
+	case InitSysV:
+		prog = strings.Join(lines, "\n") + "\n" + `eval "set -- $DAEMON_ARGS"; printf '%s\0' "$DAEMON" "$@"` + "\n"
 	}
 	out, err := exec.Command("sh", "-ec", prog).CombinedOutput()
 	if err != nil {
 		t.Fatalf("sh: %v\n%s\n%s", err, prog, out)
 	}
-	return strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+	return strings.Split(strings.TrimSuffix(string(out), "\x00"), "\x00")
+}
+
+// FuzzShellCommand: whatever the words of tetherd's command line, the
+// shell reads back the same ones from the lines install writes into the
+// procd, OpenRC and SysV scripts.
+func FuzzShellCommand(f *testing.F) {
+	for _, seed := range []string{"run", "", "a b", "it's", `"$HOME"`, "`id`", "\\", "50%", "line\nbreak", "-n", "*", "~", "a;b|c&d", "'", "\t"} {
+		f.Add("/usr/bin/tetherd", seed)
+	}
+	f.Fuzz(func(t *testing.T, exe, arg string) {
+		if exe == "" || strings.ContainsRune(exe+arg, 0) {
+			t.Skip("no empty binary, and no NUL in a command line")
+		}
+		args := []string{"run", arg}
+		for _, kind := range []Init{InitProcd, InitOpenRC, InitSysV} {
+			if layouts[kind].plainExe && shellQuote(exe) != exe {
+				continue // New refuses it
+			}
+			var lines []string
+			for _, cl := range layouts[kind].command {
+				lines = append(lines, cl.prefix+cl.value(exe, args))
+			}
+			got := shellRead(t, kind, lines)
+			if want := append([]string{exe}, args...); strings.Join(got, "\x00") != strings.Join(want, "\x00") {
+				t.Errorf("%s: the shell reads %q from %q, want %q", kind, got, lines, want)
+			}
+		}
+	})
 }
 
 func TestRenderScript(t *testing.T) {
@@ -140,6 +171,9 @@ func TestRenderScriptRefuses(t *testing.T) {
 	}
 	if _, err := New(Config{Name: "tetherd", Root: t.TempDir(), Scripts: shipped}); err == nil || !strings.Contains(err.Error(), "choose one") {
 		t.Errorf("New under a root without an init system: %v", err)
+	}
+	if _, err := New(Config{Name: "tetherd", Executable: "/opt/my bin/tetherd", Init: InitOpenRC, Scripts: shipped}); err == nil || !strings.Contains(err.Error(), "path of letters") {
+		t.Errorf("New for OpenRC with a path openrc-run would split: %v", err)
 	}
 }
 
