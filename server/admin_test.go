@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"tether/server/store"
@@ -299,18 +300,15 @@ func TestSenderKeyRotation(t *testing.T) {
 // TestFailedAuthenticationsAreLimited: past the limit an address's
 // failures are slowed and answered 429, but a valid key from it is still
 // served: app servers behind one proxy share its address. Other addresses
-// are not affected.
+// are not affected. It runs in a synctest bubble: the second each
+// throttled failure waits passes on the bubble's clock.
 func TestFailedAuthenticationsAreLimited(t *testing.T) {
-	ts := startServer(t, func(c *Config) { c.AuthFailureLimit = 3 })
-	admin, err := OpenAdmin(context.Background(), AdminConfig{DataDir: ts.dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	snd, err := admin.AddSender(context.Background(), "limited", "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	synctest.Test(t, testFailedAuthenticationsAreLimited)
+}
+
+func testFailedAuthenticationsAreLimited(t *testing.T) {
+	ts := startServerInBubble(t, func(c *Config) { c.AuthFailureLimit = 3 })
+	snd := ts.addSender("")
 	for i := range 3 {
 		if a := ts.post("/gcm/send", "wrong-key", "application/json", `{"to": "x"}`); a.status != http.StatusUnauthorized {
 			t.Fatalf("failure %d: status %d, want 401", i+1, a.status)

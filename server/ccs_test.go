@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"tether/internal/testpki"
@@ -21,19 +22,36 @@ import (
 // sets TLS.
 func startCCS(t *testing.T, mod func(*Config)) *testServer {
 	t.Helper()
-	return startServer(t, func(c *Config) {
+	return startServer(t, withCCS(mod))
+}
+
+// startCCSInBubble is startCCS over pipes, for a test inside
+// synctest.Test (startServerInBubble).
+func startCCSInBubble(t *testing.T, mod func(*Config)) *testServer {
+	t.Helper()
+	return startServerInBubble(t, withCCS(mod))
+}
+
+// withCCS adds a plain XMPP endpoint to the Config that mod makes.
+func withCCS(mod func(*Config)) func(*Config) {
+	return func(c *Config) {
 		c.XMPPListen, c.XMPPPlaintext = "127.0.0.1:0", true
 		c.XMPPAckTimeout = 5 * time.Second
 		c.XMPPDrainTimeout = 5 * time.Second
 		if mod != nil {
 			mod(c)
 		}
-	})
+	}
+}
+
+// xmppConfig is how an app server logs in to ts's XMPP endpoint.
+func (ts *testServer) xmppConfig(user, password string) xmpptest.Config {
+	return xmpptest.Config{Addr: ts.XMPPAddr().String(), User: user, Password: password, DialContext: ts.xmppDialContext}
 }
 
 func (ts *testServer) dialCCS(snd NewSender) *xmpptest.Client {
 	ts.t.Helper()
-	c, err := xmpptest.Dial(context.Background(), xmpptest.Config{Addr: ts.XMPPAddr().String(), User: snd.ID, Password: snd.ServerKey})
+	c, err := xmpptest.Dial(context.Background(), ts.xmppConfig(snd.ID, snd.ServerKey))
 	if err != nil {
 		ts.t.Fatalf("xmpp login as %s: %v", snd.ID, err)
 	}
@@ -445,12 +463,16 @@ func waitUpstreamCount(t *testing.T, ts *testServer, want int) {
 
 // TestCCSFailedLoginsAreLimited: XMPP logins count against the address
 // like HTTP requests; past the limit a wrong key is answered
-// temporary-auth-failure, and the right key still logs in.
-func TestCCSFailedLoginsAreLimited(t *testing.T) {
-	ts := startCCS(t, func(c *Config) { c.AuthFailureLimit = 2 })
+// temporary-auth-failure, and the right key still logs in. It runs in a
+// synctest bubble: the second each throttled failure waits passes on the
+// bubble's clock.
+func TestCCSFailedLoginsAreLimited(t *testing.T) { synctest.Test(t, testCCSFailedLoginsAreLimited) }
+
+func testCCSFailedLoginsAreLimited(t *testing.T) {
+	ts := startCCSInBubble(t, func(c *Config) { c.AuthFailureLimit = 2 })
 	snd := ts.addSender("")
 	login := func(key string) error {
-		c, err := xmpptest.Dial(context.Background(), xmpptest.Config{Addr: ts.XMPPAddr().String(), User: snd.ID, Password: key})
+		c, err := xmpptest.Dial(context.Background(), ts.xmppConfig(snd.ID, key))
 		if err == nil {
 			c.Close()
 		}

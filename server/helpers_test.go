@@ -49,10 +49,15 @@ type testServer struct {
 	cfg   Config
 	clock *testClock
 	base  string // http://host:port
-	// client, when set, is the HTTP client of post: for a server over TLS.
+	// client, when set, is the HTTP client of post: for a server over TLS
+	// or over pipes.
 	client *http.Client
-	logs   *logtest.Buffer
-	stop   func()
+	// dialContext, when set, is how devices connect, and xmppDialContext
+	// how XMPP clients do: for a server over pipes.
+	dialContext     func(ctx context.Context, network, addr string) (net.Conn, error)
+	xmppDialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	logs            *logtest.Buffer
+	stop            func()
 }
 
 // testEnrollKey is the fleet enrollment key of the test servers.
@@ -67,6 +72,14 @@ func startServer(t testing.TB, mod func(*Config)) *testServer {
 
 func startServerIn(t testing.TB, dir string, mod func(*Config)) *testServer {
 	t.Helper()
+	return startTestServer(t, dir, mod, nil)
+}
+
+// startTestServer runs a server in dir until the test ends: on
+// 127.0.0.1:0, or, with pipes, on pipes (and its admin socket on pipes of
+// its own), so that it runs inside a synctest bubble.
+func startTestServer(t testing.TB, dir string, mod func(*Config), pipes *pipeListener) *testServer {
+	t.Helper()
 	logs := &logtest.Buffer{}
 	clock := &testClock{}
 	cfg := Config{
@@ -78,7 +91,7 @@ func startServerIn(t testing.TB, dir string, mod func(*Config)) *testServer {
 		RetryMin:  10 * time.Millisecond,
 		RetryMax:  100 * time.Millisecond,
 	}
-	if os.Getenv(onClusterEnv) != "" {
+	if os.Getenv(onClusterEnv) != "" && pipes == nil {
 		// The state of the data directory is a prefix on the shared
 		// cluster: a restart on the same directory finds it again.
 		cfg.NATS = clusterConfig(t, "d"+fmt.Sprintf("%x", sha256.Sum256([]byte(dir)))[:12])
@@ -90,7 +103,17 @@ func startServerIn(t testing.TB, dir string, mod func(*Config)) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.Listen(); err != nil {
+	if pipes == nil {
+		err = srv.Listen()
+	} else {
+		srv.ln, srv.adminLn = srv.clientListener(pipes, srv.conns), newPipeListener()
+	}
+	var xmppPipes *pipeListener
+	if pipes != nil && cfg.XMPPListen != "" {
+		xmppPipes = newPipeListener()
+		srv.xmppLn = srv.clientListener(xmppPipes, srv.xmppConns)
+	}
+	if err != nil {
 		srv.Close()
 		t.Fatal(err)
 	}
@@ -98,6 +121,14 @@ func startServerIn(t testing.TB, dir string, mod func(*Config)) *testServer {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx) }()
 	ts := &testServer{Server: srv, t: t, dir: dir, cfg: cfg, clock: clock, base: "http://" + srv.Addr().String(), logs: logs}
+	if pipes != nil {
+		transport := &http.Transport{DialContext: pipes.DialContext}
+		t.Cleanup(transport.CloseIdleConnections)
+		ts.client, ts.dialContext = &http.Client{Transport: transport}, pipes.DialContext
+	}
+	if xmppPipes != nil {
+		ts.xmppDialContext = xmppPipes.DialContext
+	}
 	var once sync.Once
 	ts.stop = func() {
 		once.Do(func() {
@@ -201,7 +232,7 @@ type device struct {
 
 func (ts *testServer) dial() *websocket.Conn {
 	ts.t.Helper()
-	dialer := websocket.Dialer{Subprotocols: []string{wire.Subprotocol}, HandshakeTimeout: 5 * time.Second}
+	dialer := websocket.Dialer{Subprotocols: []string{wire.Subprotocol}, HandshakeTimeout: 5 * time.Second, NetDialContext: ts.dialContext}
 	conn, resp, err := dialer.Dial("ws://"+ts.Addr().String()+wire.Path, nil)
 	if err != nil {
 		ts.t.Fatalf("dial: %v", err)

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -128,82 +129,92 @@ func TestConnectionsPerAddress(t *testing.T) {
 // HTTP and the XMPP listeners; from anyone else those are not believed.
 func TestTrustedProxy(t *testing.T) {
 	loopback := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
-	fail := func(ts *testServer, forwardedFor string) int {
+	// fail sends with a wrong key from the client forwardedFor names.
+	fail := func(t *testing.T, ts *testServer, forwardedFor string) int {
 		t.Helper()
 		req, _ := http.NewRequest(http.MethodPost, ts.base+"/gcm/send", strings.NewReader(`{"to": "x"}`))
 		req.Header.Set("Authorization", "key=wrong")
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("X-Forwarded-For", forwardedFor)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := ts.client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
 		return resp.StatusCode
 	}
+	// Each case runs in a synctest bubble: the second each throttled
+	// failure waits passes on the bubble's clock.
 	t.Run("X-Forwarded-For", func(t *testing.T) {
-		ts := startServer(t, func(c *Config) { c.TrustedProxies, c.AuthFailureLimit = loopback, 1 })
-		for i, tc := range []struct {
-			client string
-			want   int
-		}{{"192.0.2.1", 401}, {"192.0.2.2", 401}, {"192.0.2.1", 429}, {"203.0.113.9, 192.0.2.3", 401}, {"192.0.2.3", 429}} {
-			if got := fail(ts, tc.client); got != tc.want {
-				t.Errorf("%d: failure for %s answered %d, want %d", i, tc.client, got, tc.want)
+		synctest.Test(t, func(t *testing.T) {
+			ts := startServerInBubble(t, func(c *Config) { c.TrustedProxies, c.AuthFailureLimit = loopback, 1 })
+			for i, tc := range []struct {
+				client string
+				want   int
+			}{{"192.0.2.1", 401}, {"192.0.2.2", 401}, {"192.0.2.1", 429}, {"203.0.113.9, 192.0.2.3", 401}, {"192.0.2.3", 429}} {
+				if got := fail(t, ts, tc.client); got != tc.want {
+					t.Errorf("%d: failure for %s answered %d, want %d", i, tc.client, got, tc.want)
+				}
 			}
-		}
+		})
 	})
 	t.Run("untrusted X-Forwarded-For", func(t *testing.T) {
-		ts := startServer(t, func(c *Config) { c.AuthFailureLimit = 1 })
-		if got := []int{fail(ts, "192.0.2.1"), fail(ts, "192.0.2.2")}; got[1] != 429 {
-			t.Errorf("failures naming two clients from one untrusted peer answered %v; want the second 429", got)
-		}
+		synctest.Test(t, func(t *testing.T) {
+			ts := startServerInBubble(t, func(c *Config) { c.AuthFailureLimit = 1 })
+			if got := []int{fail(t, ts, "192.0.2.1"), fail(t, ts, "192.0.2.2")}; got[1] != 429 {
+				t.Errorf("failures naming two clients from one untrusted peer answered %v; want the second 429", got)
+			}
+		})
 	})
 	t.Run("PROXY protocol", func(t *testing.T) {
-		ts := startCCS(t, func(c *Config) { c.TrustedProxies, c.SessionsPerIP, c.AuthFailureLimit = loopback, 1, 1 })
-		proxied := func(client string) *device {
-			t.Helper()
-			dialer := websocket.Dialer{Subprotocols: []string{wire.Subprotocol}, HandshakeTimeout: 5 * time.Second,
-				NetDial: func(network, addr string) (net.Conn, error) {
-					c, err := net.Dial(network, addr)
-					if err == nil {
-						_, err = fmt.Fprintf(c, "PROXY TCP4 %s 192.0.2.200 40000 443\r\n", client)
-					}
-					return c, err
-				}}
-			conn, _, err := dialer.Dial("ws://"+ts.Addr().String()+wire.Path, nil)
-			if err != nil {
-				t.Fatal(err)
+		synctest.Test(t, func(t *testing.T) {
+			ts := startCCSInBubble(t, func(c *Config) { c.TrustedProxies, c.SessionsPerIP, c.AuthFailureLimit = loopback, 1, 1 })
+			proxied := func(client string) *device {
+				t.Helper()
+				dialer := websocket.Dialer{Subprotocols: []string{wire.Subprotocol}, HandshakeTimeout: 5 * time.Second,
+					NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+						c, err := ts.dialContext(ctx, network, addr)
+						if err == nil {
+							_, err = fmt.Fprintf(c, "PROXY TCP4 %s 192.0.2.200 40000 443\r\n", client)
+						}
+						return c, err
+					}}
+				conn, _, err := dialer.Dial("ws://"+ts.Addr().String()+wire.Path, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { conn.Close() })
+				return &device{t: t, conn: conn}
 			}
-			t.Cleanup(func() { conn.Close() })
-			return &device{t: t, conn: conn}
-		}
-		// One session for each of two clients: the cap counts each.
-		for _, client := range []string{"198.51.100.7", "198.51.100.8"} {
-			d := proxied(client)
-			d.send("", wire.Hello{Version: wire.Version, EnrollKey: testEnrollKey})
-			var w wire.Welcome
-			d.expect(wire.TypeWelcome, "", &w)
-		}
-		if !strings.Contains(ts.logs.String(), "remote=198.51.100.7") {
-			t.Error("the session's log does not name the client of the PROXY header")
-		}
-		if e := <-readToEnd(proxied("198.51.100.7")); len(e.goAways) != 1 {
-			t.Errorf("a second session of 198.51.100.7 read %+v, want a goaway", e)
-		}
-		// XMPP: failures count against the client the header names.
-		login := func(client string) error {
-			snd := ts.addSender("")
-			c, err := xmpptest.Dial(context.Background(), xmpptest.Config{Addr: ts.XMPPAddr().String(), User: snd.ID, Password: "wrong",
-				Preamble: []byte("PROXY TCP4 " + client + " 192.0.2.200 40000 5235\r\n")})
-			if err == nil {
-				c.Close()
+			// One session for each of two clients: the cap counts each.
+			for _, client := range []string{"198.51.100.7", "198.51.100.8"} {
+				d := proxied(client)
+				d.send("", wire.Hello{Version: wire.Version, EnrollKey: testEnrollKey})
+				var w wire.Welcome
+				d.expect(wire.TypeWelcome, "", &w)
 			}
-			return err
-		}
-		for i, tc := range []struct{ client, want string }{{"198.51.100.7", "not-authorized"}, {"198.51.100.8", "not-authorized"}, {"198.51.100.7", "temporary-auth-failure"}} {
-			if err := login(tc.client); err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("%d: login from %s: %v, want %s", i, tc.client, err, tc.want)
+			if !strings.Contains(ts.logs.String(), "remote=198.51.100.7") {
+				t.Error("the session's log does not name the client of the PROXY header")
 			}
-		}
+			if e := <-readToEnd(proxied("198.51.100.7")); len(e.goAways) != 1 {
+				t.Errorf("a second session of 198.51.100.7 read %+v, want a goaway", e)
+			}
+			// XMPP: failures count against the client the header names.
+			login := func(client string) error {
+				snd := ts.addSender("")
+				cfg := ts.xmppConfig(snd.ID, "wrong")
+				cfg.Preamble = []byte("PROXY TCP4 " + client + " 192.0.2.200 40000 5235\r\n")
+				c, err := xmpptest.Dial(context.Background(), cfg)
+				if err == nil {
+					c.Close()
+				}
+				return err
+			}
+			for i, tc := range []struct{ client, want string }{{"198.51.100.7", "not-authorized"}, {"198.51.100.8", "not-authorized"}, {"198.51.100.7", "temporary-auth-failure"}} {
+				if err := login(tc.client); err == nil || !strings.Contains(err.Error(), tc.want) {
+					t.Errorf("%d: login from %s: %v, want %s", i, tc.client, err, tc.want)
+				}
+			}
+		})
 	})
 }

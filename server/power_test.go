@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"tether/internal/testwait"
@@ -277,7 +278,8 @@ func TestNoticesAreNotHeld(t *testing.T) {
 }
 
 // TestStateRearmsTimeout: the session's timeout follows the heartbeat of
-// the latest state frame at once; heartbeat 0 leaves it as it was.
+// the latest state frame at once; heartbeat 0 leaves it as it was. Each
+// case runs in a synctest bubble: the silences pass on the bubble's clock.
 func TestStateRearmsTimeout(t *testing.T) {
 	const silence = 2500 * time.Millisecond
 	tests := []struct {
@@ -289,20 +291,22 @@ func TestStateRearmsTimeout(t *testing.T) {
 		{name: "unchanged", hello: 1, state: 0, open: false},
 		{name: "shorter", hello: 4, state: 1, open: false},
 	}
-	ts := startServer(t, func(c *Config) { c.HeartbeatGrace = 300 * time.Millisecond })
-	snd := ts.addSender("")
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := ts.hello(wire.Hello{Heartbeat: tt.hello})
-			d.state(wire.ModeBattery, tt.state)
-			time.Sleep(silence)
-			if !tt.open {
+			synctest.Test(t, func(t *testing.T) {
+				ts := startServerInBubble(t, func(c *Config) { c.HeartbeatGrace = 300 * time.Millisecond })
+				snd := ts.addSender("")
+				d := ts.hello(wire.Hello{Heartbeat: tt.hello})
+				d.state(wire.ModeBattery, tt.state)
+				time.Sleep(silence)
+				if !tt.open {
+					d.expectServerClosed()
+					return
+				}
+				// Open after the hello's timeout, and closed after the new one.
+				d.register(app, snd.ID)
 				d.expectServerClosed()
-				return
-			}
-			// Open after the hello's timeout, and closed after the new one.
-			d.register(app, snd.ID)
-			d.expectServerClosed()
+			})
 		})
 	}
 }

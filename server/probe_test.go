@@ -2,6 +2,7 @@ package server
 
 import (
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -94,9 +95,12 @@ func TestNewerProbeReplacesOlder(t *testing.T) {
 }
 
 // TestProbeTimeout: a probe lives as long as its heartbeat plus the grace
-// allows, and pings keep it open.
-func TestProbeTimeout(t *testing.T) {
-	ts := startServer(t, func(c *Config) { c.HeartbeatGrace = 200 * time.Millisecond })
+// allows, and pings keep it open. It runs in a synctest bubble: the
+// probe's seconds pass on the bubble's clock.
+func TestProbeTimeout(t *testing.T) { synctest.Test(t, testProbeTimeout) }
+
+func testProbeTimeout(t *testing.T) {
+	ts := startServerInBubble(t, func(c *Config) { c.HeartbeatGrace = 200 * time.Millisecond })
 	d := ts.checkIn()
 
 	silent := ts.probe(d, 1)

@@ -3,6 +3,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,7 +49,9 @@ func newServiceHost(t *testing.T) *serviceHost {
 			t.Fatal(err)
 		}
 	}
-	stub := "#!/bin/sh\necho \"$*\" >> " + h.calls + "\n"
+	// is-active exits with the status in the file active, 0 without it.
+	stub := "#!/bin/sh\necho \"$*\" >> " + h.calls + "\n" +
+		"[ \"$1\" != is-active ] || exit \"$(cat " + filepath.Join(dir, "active") + " 2>/dev/null || echo 0)\"\n"
 	if err := os.WriteFile(filepath.Join(h.bin, "systemctl"), []byte(stub), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -87,8 +91,12 @@ func TestInstallWritesTheShippedUnit(t *testing.T) {
 	if string(got) != want {
 		t.Errorf("installed unit:\n%s\nwant the shipped one running this binary:\n%s", got, want)
 	}
-	if calls := h.systemctlCalls(); calls != "enable tetherd.service\ndaemon-reload\n" {
+	if calls := h.systemctlCalls(); calls != "daemon-reload\n" {
 		t.Errorf("systemctl calls:\n%s", calls)
+	}
+	wants := filepath.Join(h.units, "multi-user.target.wants", "tetherd.service")
+	if target, err := os.Readlink(wants); err != nil || target != "/etc/systemd/system/tetherd.service" {
+		t.Errorf("not enabled: %s -> %q, %v", wants, target, err)
 	}
 	if _, err := exec.LookPath("systemd-analyze"); err == nil {
 		if out, err := exec.Command("systemd-analyze", "verify", unitPath).CombinedOutput(); err != nil {
@@ -111,14 +119,37 @@ func TestInstallWritesTheShippedUnit(t *testing.T) {
 		}
 	}
 
+	for _, st := range []struct {
+		active string // is-active's exit status
+		out    string
+		code   int
+	}{{"0", "running (systemd)\n", 0}, {"3", "stopped (systemd)\n", 3}} {
+		if err := os.WriteFile(filepath.Join(filepath.Dir(h.calls), "active"), []byte(st.active), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err := h.tetherd("status", "--init", "systemd")
+		if code := exitCode(err); code != st.code || out != st.out {
+			t.Errorf("status with is-active exiting %s: exit %d, %q; want %d, %q", st.active, code, out, st.code, st.out)
+		}
+		if calls := h.systemctlCalls(); calls != "is-active tetherd.service\n" {
+			t.Errorf("status: systemctl calls:\n%s", calls)
+		}
+	}
+
 	if out, err := h.tetherd("uninstall", "--init", "systemd"); err != nil {
 		t.Fatalf("uninstall: %v\n%s", err, out)
 	}
 	if _, err := os.Stat(unitPath); !os.IsNotExist(err) {
 		t.Errorf("the unit is still there after uninstall: %v", err)
 	}
-	if calls := h.systemctlCalls(); calls != "disable tetherd.service\ndaemon-reload\n" {
+	if _, err := os.Lstat(wants); !os.IsNotExist(err) {
+		t.Errorf("still enabled after uninstall: %v", err)
+	}
+	if calls := h.systemctlCalls(); calls != "daemon-reload\n" {
 		t.Errorf("uninstall: systemctl calls:\n%s", calls)
+	}
+	if out, err := h.tetherd("status", "--init", "systemd"); exitCode(err) != 4 || out != "not installed (systemd)\n" {
+		t.Errorf("status after uninstall: %v, %q", err, out)
 	}
 }
 
@@ -138,4 +169,66 @@ func TestInstallCarriesFlags(t *testing.T) {
 	if !strings.Contains(string(got), want) {
 		t.Errorf("unit:\n%s\nwant the line %q", got, want)
 	}
+}
+
+// TestInstallUnderRoot: `tetherd install --root` writes the shipped
+// script into a directory, as a firmware build would, running
+// /usr/bin/tetherd with the flags given, and needs neither root nor a
+// service manager.
+func TestInstallUnderRoot(t *testing.T) {
+	tests := []struct {
+		init, script, line string
+		mode               os.FileMode
+	}{
+		{"systemd", "/etc/systemd/system/tetherd.service", "\nExecStart=/usr/bin/tetherd run --log-level=debug\n", 0o644},
+		{"openrc", "/etc/init.d/tetherd", "\ncommand=/usr/bin/tetherd\ncommand_args='run --log-level=debug'\n", 0o755},
+		{"sysv", "/etc/init.d/tetherd", "\nDAEMON=/usr/bin/tetherd\nDAEMON_ARGS='run --log-level=debug'\n", 0o755},
+		{"procd", "/etc/init.d/tetherd", "\tprocd_set_param command /usr/bin/tetherd run --log-level=debug\n", 0o755},
+	}
+	for _, tt := range tests {
+		t.Run(tt.init, func(t *testing.T) {
+			root := t.TempDir()
+			var stdout, stderr strings.Builder
+			env := environ{stdout: &stdout, stderr: &stderr, getenv: func(string) string { return "" }}
+			if code := run(context.Background(), []string{"install", "--init", tt.init, "--root", root, "--log-level", "debug"}, env); code != 0 {
+				t.Fatalf("install: exit %d\n%s", code, stderr.String())
+			}
+			fi, err := os.Stat(root + tt.script)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode() != tt.mode {
+				t.Errorf("mode %v, want %v", fi.Mode(), tt.mode)
+			}
+			got, _ := os.ReadFile(root + tt.script)
+			if !strings.Contains(string(got), tt.line) {
+				t.Errorf("%s:\n%s\nwant the line %q", tt.script, got, tt.line)
+			}
+			if code := run(context.Background(), []string{"uninstall", "--init", tt.init, "--root", root}, env); code != 0 {
+				t.Fatalf("uninstall: exit %d\n%s", code, stderr.String())
+			}
+			if _, err := os.Stat(root + tt.script); !os.IsNotExist(err) {
+				t.Errorf("%s left after uninstall: %v", tt.script, err)
+			}
+		})
+	}
+
+	var stdout, stderr strings.Builder
+	env := environ{stdout: &stdout, stderr: &stderr, getenv: func(string) string { return "" }}
+	if code := run(context.Background(), []string{"install", "--root", t.TempDir()}, env); code != 1 || !strings.Contains(stderr.String(), "choose one") {
+		t.Errorf("install --root without --init: exit %d\n%s", code, stderr.String())
+	}
+}
+
+// exitCode is a command's exit status: 0 for no error, -1 for one that
+// is not an exit status.
+func exitCode(err error) int {
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &exit):
+		return exit.ExitCode()
+	}
+	return -1
 }

@@ -3,8 +3,10 @@
 //
 //	tetherd [run] [--config FILE] [flags]        run the agent
 //	tetherd config check [--config FILE] [flags] check the settings
-//	tetherd install [--init SYSTEM] [flags]      install the service: tetherd run [flags]
-//	tetherd uninstall|start|stop|restart|status [--init SYSTEM]
+//	tetherd install [--init SYSTEM] [--root DIR] [--bin PATH] [flags]
+//	                                            install the service: tetherd run [flags]
+//	tetherd uninstall [--init SYSTEM] [--root DIR]
+//	tetherd start|stop|restart|status [--init SYSTEM]
 //	tetherd version
 //
 // Settings come from the config file (/etc/tether/agent.toml unless
@@ -80,12 +82,14 @@ type environ struct {
 
 const usage = `usage: tetherd [run] [flags]            run the agent; tetherd run --help lists the flags
        tetherd config check [flags]     check the config file and flags, and exit
-       tetherd install [--init SYSTEM] [flags]
+       tetherd install [--init SYSTEM] [--root DIR] [--bin PATH] [flags]
                                         install the service, running tetherd run [flags]
-       tetherd uninstall|start|stop|restart|status [--init SYSTEM]
+       tetherd uninstall [--init SYSTEM] [--root DIR]
+       tetherd start|stop|restart|status [--init SYSTEM]
        tetherd version
 
 SYSTEM is systemd, procd, openrc, sysv or auto (the default: the one running).
+DIR is the root of another system (a firmware image): files only, --init needed.
 `
 
 // errUsage marks a command line the user must fix; what is wrong has
@@ -108,7 +112,7 @@ func run(ctx context.Context, args []string, env environ) int {
 	case "config":
 		return runConfig(args[1:], env)
 	case "install", "uninstall", "start", "stop", "restart", "status":
-		return runService(cmd, args[1:], env)
+		return runService(ctx, cmd, args[1:], env)
 	case "run":
 		args = args[1:]
 	}

@@ -3,31 +3,44 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 
+	"tether/packaging/openrc"
 	"tether/packaging/openwrt"
 	"tether/packaging/systemd"
+	"tether/packaging/sysv"
 	"tether/platform/service"
 )
 
+// shippedBinary is where packages and firmware images put tetherd: what a
+// service installed under --root runs unless --bin says otherwise.
+const shippedBinary = systemd.Executable
+
 // runService installs or controls tetherd as a system service.
-func runService(action string, args []string, env environ) int {
+func runService(ctx context.Context, action string, args []string, env environ) int {
 	initName := "auto"
+	var root, bin string
 	var daemonArgs []string
 	fs := flag.NewFlagSet("tetherd "+action, flag.ContinueOnError)
 	fs.SetOutput(env.stderr)
 	if action == "install" {
-		// Every flag but --init is for the installed `tetherd run`: parsed
-		// now, so that a typo fails here and not at boot.
+		// Every flag but --init, --root and --bin is for the installed
+		// `tetherd run`: parsed now, so that a typo fails here and not at
+		// boot.
 		flagsOnly := defaults()
 		fs = daemonFlags(&flagsOnly, env.stderr)
 		fs.VisitAll(func(f *flag.Flag) { f.Value = recorder{Value: f.Value, name: f.Name, args: &daemonArgs} })
 		fs.Usage = func() {
-			fmt.Fprintf(env.stderr, "usage: tetherd install [--init SYSTEM] [flags of tetherd run]\n\nflags:\n")
+			fmt.Fprintf(env.stderr, "usage: tetherd install [--init SYSTEM] [--root DIR] [--bin PATH] [flags of tetherd run]\n\nflags:\n")
 			fs.PrintDefaults()
 		}
+		fs.StringVar(&bin, "bin", "", "`path` of the tetherd the service runs (default: this binary; "+shippedBinary+" under --root)")
+	}
+	if action == "install" || action == "uninstall" {
+		fs.StringVar(&root, "root", "", "root `directory` of the system to "+action+" into (a firmware image, a package's staging directory): files only, the service manager is not asked; needs --init")
 	}
 	fs.StringVar(&initName, "init", initName, "service `system`: systemd, procd, openrc, sysv or auto")
 	if err := fs.Parse(args); err != nil {
@@ -42,14 +55,20 @@ func runService(action string, args []string, env environ) int {
 		fmt.Fprintln(env.stderr, "tetherd:", err)
 		return 2
 	}
+	if bin == "" && root != "" {
+		bin = shippedBinary
+	}
 	m, err := service.New(service.Config{
-		Name:        "tetherd",
-		Description: "Tether push-messaging agent",
-		Arguments:   append([]string{"run"}, daemonArgs...),
-		Init:        kind,
+		Name:       "tetherd",
+		Executable: bin,
+		Arguments:  append([]string{"run"}, daemonArgs...),
+		Init:       kind,
+		Root:       root,
 		Scripts: map[service.Init]string{
 			service.InitSystemd: systemd.Unit,
 			service.InitProcd:   openwrt.InitScript,
+			service.InitOpenRC:  openrc.InitScript,
+			service.InitSysV:    sysv.InitScript,
 		},
 	})
 	if err != nil {
@@ -57,7 +76,7 @@ func runService(action string, args []string, env environ) int {
 		return 1
 	}
 	if action == "status" {
-		st, err := m.Status()
+		st, err := m.Status(ctx)
 		switch {
 		case errors.Is(err, service.ErrNotInstalled):
 			fmt.Fprintf(env.stdout, "not installed (%s)\n", m.System())
@@ -72,11 +91,11 @@ func runService(action string, args []string, env environ) int {
 		}
 		return 0
 	}
-	if err := m.Control(action); err != nil {
+	if err := m.Control(ctx, action); err != nil {
 		fmt.Fprintln(env.stderr, "tetherd:", err)
 		return 1
 	}
-	fmt.Fprintf(env.stdout, "%s: done (%s)\n", action, m.System())
+	fmt.Fprintf(env.stdout, "%s: done (%s, %s)\n", action, m.System(), m.Script())
 	return 0
 }
 

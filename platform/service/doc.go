@@ -1,9 +1,12 @@
 // Package service connects tetherd to the device's service manager.
 //
 // It installs and controls the daemon as a service of systemd, procd
-// (OpenWrt), OpenRC or SysV init through github.com/kardianos/service, with
-// the unit or init script that Tether ships instead of that library's
-// generic ones (Manager). It speaks systemd's notify protocol itself
+// (OpenWrt), OpenRC or SysV init (Manager): it writes the unit or init
+// script Tether ships, with the daemon's command line in it, makes the
+// links that the service manager's own enable command would make, on the
+// running system or under another root directory (a firmware image), and
+// asks systemctl, rc-service or service to start, stop and report. It
+// speaks systemd's notify protocol itself
 // (Notifier: readiness, watchdog pings, stopping) and writes log lines the
 // journal files under their level (JournalHandler).
 //

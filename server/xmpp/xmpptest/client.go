@@ -34,6 +34,9 @@ type Config struct {
 	// Preamble, when set, is written first on the TCP connection: a
 	// PROXY protocol header, as a load balancer in front sends.
 	Preamble []byte
+	// DialContext, when set, opens the connection instead of a TCP dial:
+	// to a server on in-memory pipes, for one.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // ErrAuth is returned by Dial when the server refuses the credentials;
@@ -60,14 +63,21 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 10 * time.Second
 	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", cfg.Addr)
+	dial := cfg.DialContext
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	conn, err := dial(ctx, "tcp", cfg.Addr)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := conn.Write(cfg.Preamble); err != nil {
-		conn.Close()
-		return nil, err
+	// Not even an empty write without a preamble: on a pipe it would wait
+	// for the server to read.
+	if len(cfg.Preamble) > 0 {
+		if _, err := conn.Write(cfg.Preamble); err != nil {
+			conn.Close()
+			return nil, err
+		}
 	}
 	if cfg.TLS != nil {
 		conn = tls.Client(conn, cfg.TLS)

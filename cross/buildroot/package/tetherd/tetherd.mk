@@ -36,8 +36,10 @@ define TETHERD_INSTALL_INIT_SYSTEMD
 		$(TARGET_DIR)/usr/lib/systemd/system/tetherd.service
 endef
 
+# The SysV script `tetherd install --init sysv` writes; BusyBox init runs
+# /etc/init.d/S??* in order.
 define TETHERD_INSTALL_INIT_SYSV
-	$(INSTALL) -D -m 0755 $(TETHERD_PKGDIR)/S95tetherd \
+	$(INSTALL) -D -m 0755 $(@D)/packaging/sysv/tetherd.init \
 		$(TARGET_DIR)/etc/init.d/S95tetherd
 endef
 
