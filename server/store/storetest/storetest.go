@@ -48,6 +48,7 @@ var tests = []struct {
 	{"Senders", testSenders},
 	{"SenderKeyRotation", testSenderKeyRotation},
 	{"UpdateSender", testUpdateSender},
+	{"ServiceKeys", testServiceKeys},
 	{"Devices", testDevices},
 	{"RegisterUnregister", testRegisterUnregister},
 	{"RegistrationsPerDeviceBounded", testRegistrationsPerDeviceBounded},
@@ -290,6 +291,45 @@ func testUpdateSender(t *testing.T, h Harness) {
 	}
 	if _, err := s.UpdateSender(ctx(t), "999999999999", func(*store.Sender) error { return nil }); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("no such sender: %v", err)
+	}
+}
+
+// testServiceKeys checks that a sender's service-account keys, added and
+// revoked through UpdateSender, survive a restart.
+func testServiceKeys(t *testing.T, h Harness) {
+	s := h.Open(t)
+	snd, err := s.AddSender(ctx(t), "a", "", Hash("k"), T0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := []store.ServiceKey{
+		{ID: "k1", Email: snd.ID + "@push.example", PublicKey: []byte{1, 2}, Created: T0, TokenSecret: []byte("s1")},
+		{ID: "k2", Email: snd.ID + "@push.example", PublicKey: []byte{3, 4}, Created: T0, TokenSecret: []byte("s2")},
+	}
+	for _, k := range keys {
+		if _, err := s.UpdateSender(ctx(t), snd.ID, func(snd *store.Sender) error {
+			snd.ServiceKeys = append(snd.ServiceKeys, k)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.UpdateSender(ctx(t), snd.ID, func(snd *store.Sender) error {
+		snd.ServiceKeys = slices.DeleteFunc(snd.ServiceKeys, func(k store.ServiceKey) bool { return k.ID == "k1" })
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s = h.Reopen(t, s)
+	got, err := s.Sender(ctx(t), snd.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := got.ServiceKey("k1"); ok {
+		t.Errorf("revoked key k1 is still there: %+v", got.ServiceKeys)
+	}
+	if k, ok := got.ServiceKey("k2"); !ok || !slices.Equal(k.PublicKey, keys[1].PublicKey) || string(k.TokenSecret) != "s2" || k.Email != keys[1].Email || !k.Created.Equal(T0) {
+		t.Errorf("key k2 after a restart: %+v, %v", k, ok)
 	}
 }
 
