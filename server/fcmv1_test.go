@@ -64,16 +64,22 @@ func (sa *serviceAccount) claims() map[string]any {
 
 // signJWT signs claims with key under header kid, RS256.
 func signJWT(t testing.TB, key *rsa.PrivateKey, kid string, claims map[string]any) string {
+	return signJWTWith(t, base64.RawURLEncoding, key, kid, claims)
+}
+
+// signJWTWith is signJWT with the parts in the encoding enc: padded, as
+// python3-google-auth 1.x pads them, with base64.URLEncoding.
+func signJWTWith(t testing.TB, enc *base64.Encoding, key *rsa.PrivateKey, kid string, claims map[string]any) string {
 	t.Helper()
 	h, _ := json.Marshal(map[string]string{"alg": "RS256", "typ": "JWT", "kid": kid})
 	c, _ := json.Marshal(claims)
-	signed := base64.RawURLEncoding.EncodeToString(h) + "." + base64.RawURLEncoding.EncodeToString(c)
+	signed := enc.EncodeToString(h) + "." + enc.EncodeToString(c)
 	digest := sha256.Sum256([]byte(signed))
 	sig, err := rsa.SignPKCS1v15(rand.Reader, key, crypto.SHA256, digest[:])
 	if err != nil {
 		t.Fatal(err)
 	}
-	return signed + "." + base64.RawURLEncoding.EncodeToString(sig)
+	return signed + "." + enc.EncodeToString(sig)
 }
 
 // grant posts a JWT bearer grant to /token.
@@ -178,6 +184,7 @@ func TestTokenGrant(t *testing.T) {
 	}{
 		{"google's claims", jwtBearerGrant, signJWT(t, sa.key, sa.account.PrivateKeyID, sa.claims()), ""},
 		{"no kid", jwtBearerGrant, signJWT(t, sa.key, "", sa.claims()), ""},
+		{"padded base64, as google-auth 1.x makes", jwtBearerGrant, signJWTWith(t, base64.URLEncoding, sa.key, sa.account.PrivateKeyID, sa.claims()), ""},
 		{"messaging scope alone", jwtBearerGrant, signJWT(t, sa.key, sa.account.PrivateKeyID, with("scope", "https://www.googleapis.com/auth/firebase.messaging")), ""},
 		{"another grant type", "client_credentials", signJWT(t, sa.key, sa.account.PrivateKeyID, sa.claims()), "unsupported_grant_type"},
 		{"no assertion", jwtBearerGrant, "", "invalid_grant"},

@@ -95,7 +95,7 @@ func parseJWT(s string) (jwt, error) {
 	if err := decodeJWTPart(parts[1], &t.claims); err != nil {
 		return jwt{}, fmt.Errorf("%w: claims: %w", errBadJWT, err)
 	}
-	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
+	sig, err := decodeBase64URL(parts[2])
 	if err != nil || len(sig) == 0 {
 		return jwt{}, fmt.Errorf("%w: signature is not base64url", errBadJWT)
 	}
@@ -105,7 +105,7 @@ func parseJWT(s string) (jwt, error) {
 
 // decodeJWTPart decodes one base64url JSON part of a JWT into v.
 func decodeJWTPart(part string, v any) error {
-	raw, err := base64.RawURLEncoding.DecodeString(part)
+	raw, err := decodeBase64URL(part)
 	if err != nil {
 		return errors.New("not base64url")
 	}
@@ -113,6 +113,13 @@ func decodeJWTPart(part string, v any) error {
 		return describeJSONError(err)
 	}
 	return nil
+}
+
+// decodeBase64URL decodes base64url with or without its padding: JWS
+// leaves it out, and older Google libraries (python3-google-auth 1.x)
+// keep it.
+func decodeBase64URL(s string) ([]byte, error) {
+	return base64.RawURLEncoding.DecodeString(strings.TrimRight(s, "="))
 }
 
 // oauthError is an error answer of RFC 6749, section 5.2.
