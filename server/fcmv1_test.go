@@ -166,16 +166,21 @@ func TestTokenGrant(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	with := func(k string, v any) map[string]any {
+	// with is sa.claims() with the claims of the pairs key, value set,
+	// or removed for a nil value.
+	with := func(kv ...any) map[string]any {
 		c := sa.claims()
-		if v == nil {
-			delete(c, k)
-		} else {
-			c[k] = v
+		for i := 0; i < len(kv); i += 2 {
+			if kv[i+1] == nil {
+				delete(c, kv[i].(string))
+			} else {
+				c[kv[i].(string)] = kv[i+1]
+			}
 		}
 		return c
 	}
-	now := ts.now().Unix()
+	// claims() sets exp an hour after iat: these change one of them.
+	now := sa.claims()["iat"].(int64)
 	for _, tc := range []struct {
 		name      string
 		grantType string
@@ -193,9 +198,10 @@ func TestTokenGrant(t *testing.T) {
 		{"unknown kid", jwtBearerGrant, signJWT(t, sa.key, "0123", sa.claims()), "invalid_grant"},
 		{"another issuer", jwtBearerGrant, signJWT(t, sa.key, sa.account.PrivateKeyID, with("iss", sa.snd.ID+"@elsewhere.example")), "invalid_grant"},
 		{"unknown sender", jwtBearerGrant, signJWT(t, sa.key, sa.account.PrivateKeyID, with("iss", "999999999999@push.example")), "invalid_grant"},
-		{"another audience", jwtBearerGrant, signJWT(t, sa.key, sa.account.PrivateKeyID, with("aud", "https://oauth2.googleapis.com/token")), "invalid_grant"},
-		{"expired", jwtBearerGrant, signJWT(t, sa.key, sa.account.PrivateKeyID, with("exp", now-1)), "invalid_grant"},
-		{"over an hour", jwtBearerGrant, signJWT(t, sa.key, sa.account.PrivateKeyID, with("exp", now+3601)), "invalid_grant"},
+		{"google's token endpoint", jwtBearerGrant, signJWT(t, sa.key, sa.account.PrivateKeyID, with("aud", "https://accounts.google.com/o/oauth2/token")), ""},
+		{"another audience", jwtBearerGrant, signJWT(t, sa.key, sa.account.PrivateKeyID, with("aud", "https://push.example:8443/other")), "invalid_grant"},
+		{"expired", jwtBearerGrant, signJWT(t, sa.key, sa.account.PrivateKeyID, with("iat", now-3600, "exp", now-1)), "invalid_grant"},
+		{"over an hour", jwtBearerGrant, signJWT(t, sa.key, sa.account.PrivateKeyID, with("iat", now-1)), "invalid_grant"},
 		{"no iat", jwtBearerGrant, signJWT(t, sa.key, sa.account.PrivateKeyID, with("iat", nil)), "invalid_grant"},
 		{"issued in the future", jwtBearerGrant, signJWT(t, sa.key, sa.account.PrivateKeyID, with("iat", now+3600)), "invalid_grant"},
 		{"iat a string", jwtBearerGrant, signJWT(t, sa.key, sa.account.PrivateKeyID, with("iat", "soon")), "invalid_grant"},
@@ -333,6 +339,12 @@ func TestSendV1(t *testing.T) {
 	d.expect(wire.TypeUnregistered, "unreg", &wire.Unregistered{})
 	if status, e, _ = sa.sendV1(t, access, sa.snd.ID, `{"message": {"token": "`+token+`"}}`); status != http.StatusNotFound || len(e.Details) != 1 || e.Details[0].ErrorCode != fcmUnregistered {
 		t.Fatalf("send to an unregistered token answered %d %+v", status, e)
+	}
+	pem := strings.Split(sa.account.PrivateKey, "\n")[1]
+	for _, secret := range []string{access, pem, token, foreign} {
+		if strings.Contains(ts.logs.String(), secret) {
+			t.Errorf("the server logged a secret (%.8s...)", secret)
+		}
 	}
 }
 

@@ -48,6 +48,12 @@ var sendScopes = []string{
 	"https://www.googleapis.com/auth/cloud-platform",
 }
 
+// googleTokenURIs are the token endpoints Google's libraries name as a
+// grant's audience when they fix it rather than read token_uri (Node's
+// firebase-admin): a grant for them is taken too, since only this
+// server's keys can sign one it takes.
+var googleTokenURIs = []string{"https://accounts.google.com/o/oauth2/token", "https://oauth2.googleapis.com/token"}
+
 // errBadJWT is wrapped by what parseJWT refuses.
 var errBadJWT = errors.New("malformed JWT")
 
@@ -164,7 +170,7 @@ func (s *Server) grantSender(ctx context.Context, assertion string, now time.Tim
 	key := snd.ServiceKeys[i]
 	iat, exp := time.Unix(c.Iat, 0), time.Unix(c.Exp, 0)
 	switch {
-	case c.Aud != key.TokenURI:
+	case c.Aud != key.TokenURI && !slices.Contains(googleTokenURIs, c.Aud):
 		return store.Sender{}, store.ServiceKey{}, invalidGrant("aud %.200q is not this token endpoint, %s", c.Aud, key.TokenURI)
 	case c.Iat == 0 || c.Exp == 0 || exp.Sub(iat) > maxAssertionLife || !exp.After(iat):
 		return store.Sender{}, store.ServiceKey{}, invalidGrant("invalid JWT: exp must follow iat by at most %v", maxAssertionLife)

@@ -654,7 +654,10 @@ func (s *Server) handler() http.Handler {
 	mux.HandleFunc("POST /iid/v1:batchAdd", s.handleBatchSubscriptions(true))
 	mux.HandleFunc("POST /iid/v1:batchRemove", s.handleBatchSubscriptions(false))
 	mux.HandleFunc("POST /iid/v1/{token}/rel/topics/{topic}", s.handleSubscribeOne)
+	mux.HandleFunc("GET /iid/info/{token}", s.handleInfo)
 	mux.HandleFunc("POST /token", s.handleToken)
+	// Where Node's firebase-admin asks for tokens, whatever its file says.
+	mux.HandleFunc("POST /o/oauth2/token", s.handleToken)
 	mux.HandleFunc("POST /v1/projects/{project}/messages:send", s.handleSendV1)
 	mux.HandleFunc("GET "+wire.Path, s.handleDevice)
 	return mux

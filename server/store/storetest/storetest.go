@@ -69,6 +69,7 @@ var tests = []struct {
 	{"UpstreamCapUnderConcurrency", testUpstreamCapUnderConcurrency},
 	{"UpstreamLanes", testUpstreamLanes},
 	{"Subscriptions", testSubscriptions},
+	{"SubscriptionDates", testSubscriptionDates},
 	{"ChangeSubscriptions", testChangeSubscriptions},
 	{"FanOutStepsAndResume", testFanOutStepsAndResume},
 	{"FanOutRestrictedAndLive", testFanOutRestrictedAndLive},
@@ -330,6 +331,54 @@ func testServiceKeys(t *testing.T, h Harness) {
 	}
 	if k, ok := got.ServiceKey("k2"); !ok || !slices.Equal(k.PublicKey, keys[1].PublicKey) || string(k.TokenSecret) != "s2" || k.Email != keys[1].Email || !k.Created.Equal(T0) {
 		t.Errorf("key k2 after a restart: %+v, %v", k, ok)
+	}
+}
+
+// testSubscriptionDates checks that subscriptions keep when they were
+// made, by the device or by the app server, through a token rotation and
+// a restart.
+func testSubscriptionDates(t *testing.T, h Harness) {
+	s := h.Open(t)
+	f := newFixture(t, s)
+	day := 24 * time.Hour
+	if err := s.Subscribe(ctx(t), f.device.ID, f.reg.App, f.sender.ID, "news", T0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ChangeSubscriptions(ctx(t), f.sender.ID, "alerts", []string{f.reg.Token}, true, T0.Add(day)); err != nil {
+		t.Fatal(err)
+	}
+	// Subscribing again keeps the first date.
+	if err := s.Subscribe(ctx(t), f.device.ID, f.reg.App, f.sender.ID, "news", T0.Add(2*day)); err != nil {
+		t.Fatal(err)
+	}
+	want := []store.Subscription{{Topic: "alerts", Added: T0.Add(day)}, {Topic: "news", Added: T0}}
+	check := func(what, token string) {
+		t.Helper()
+		got, err := s.Subscriptions(ctx(t), token)
+		if err != nil || len(got) != len(want) {
+			t.Fatalf("%s: subscriptions %+v, %v; want %+v", what, got, err, want)
+		}
+		for i := range want {
+			if got[i].Topic != want[i].Topic || !got[i].Added.Equal(want[i].Added.Truncate(time.Second)) {
+				t.Errorf("%s: subscription %+v, want %+v", what, got[i], want[i])
+			}
+		}
+	}
+	check("after subscribing", f.reg.Token)
+	rotated, err := s.RotateToken(ctx(t), f.reg.Token, time.Hour, T0.Add(3*day))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("after a token rotation", rotated.Token)
+	s = h.Reopen(t, s)
+	check("after a restart", rotated.Token)
+	if _, err := s.ChangeSubscriptions(ctx(t), f.sender.ID, "alerts", []string{rotated.Token}, false, T0.Add(4*day)); err != nil {
+		t.Fatal(err)
+	}
+	want = want[1:]
+	check("after unsubscribing", rotated.Token)
+	if got, err := s.Subscriptions(ctx(t), "no-such-token"); err != nil || len(got) != 0 {
+		t.Errorf("subscriptions of an unknown token: %+v, %v", got, err)
 	}
 }
 
@@ -1025,7 +1074,7 @@ func testSubscriptions(t *testing.T, h Harness) {
 	s := h.Open(t)
 	f := newFixture(t, s)
 	for _, topic := range []string{"weather", "news", "news", "a.b~c%20"} {
-		if err := s.Subscribe(ctx(t), f.device.ID, f.reg.App, f.sender.ID, topic); err != nil {
+		if err := s.Subscribe(ctx(t), f.device.ID, f.reg.App, f.sender.ID, topic, T0); err != nil {
 			t.Fatalf("subscribe %q: %v", topic, err)
 		}
 	}
@@ -1042,7 +1091,7 @@ func testSubscriptions(t *testing.T, h Harness) {
 	if topics, _ := s.Topics(ctx(t), f.reg.Token); !slices.Equal(topics, []string{"a.b~c%20", "weather"}) {
 		t.Errorf("after unsubscribe: %v", topics)
 	}
-	if err := s.Subscribe(ctx(t), f.device.ID, "unregistered", f.sender.ID, "t"); !errors.Is(err, store.ErrNotFound) {
+	if err := s.Subscribe(ctx(t), f.device.ID, "unregistered", f.sender.ID, "t", T0); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("subscription without a registration: %v", err)
 	}
 	// Unregistering ends the subscriptions: fan-out skips the token.
@@ -1301,7 +1350,7 @@ func testTopicMessagesInOrder(t *testing.T, h Harness) {
 func testRotateToken(t *testing.T, h Harness) {
 	s := h.Open(t)
 	f := newFixture(t, s)
-	if err := s.Subscribe(ctx(t), f.device.ID, f.reg.App, f.sender.ID, "news"); err != nil {
+	if err := s.Subscribe(ctx(t), f.device.ID, f.reg.App, f.sender.ID, "news", T0); err != nil {
 		t.Fatal(err)
 	}
 	enqueue(t, s, f.msg("before", "", time.Hour), f.msg("keyed", "k", time.Hour))
