@@ -80,12 +80,9 @@ type v1Options struct {
 // names are taken in snake_case or lowerCamelCase, as Google takes them.
 // Its errors name the problem and become the message of a 400.
 func decodeV1Send(body []byte) (sendRequest, error) {
-	if trimmed := bytes.TrimSpace(body); len(trimmed) == 0 || trimmed[0] != '{' {
-		return sendRequest{}, errors.New("the body must be a JSON object")
-	}
-	var generic any
-	if err := json.Unmarshal(body, &generic); err != nil {
-		return sendRequest{}, describeJSONError(err)
+	var generic map[string]any
+	if err := unmarshalObject(body, &generic); err != nil {
+		return sendRequest{}, err
 	}
 	snaked, _ := json.Marshal(snakeKeys(generic))
 	dec := json.NewDecoder(bytes.NewReader(snaked))

@@ -35,10 +35,8 @@ type iidResult struct {
 // their registrations to topics (or unsubscribe them), up to 1000 at a time.
 func (s *Server) handleBatchSubscriptions(subscribe bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		snd, status, problem := s.authenticate(r)
-		if status != 0 {
-			setRetryAfter(w, status)
-			http.Error(w, problem, status)
+		snd, ok := s.authenticateOrRefuse(w, r)
+		if !ok {
 			return
 		}
 		body, ok := readBody(w, r)
@@ -82,10 +80,8 @@ func (s *Server) handleBatchSubscriptions(subscribe bool) http.HandlerFunc {
 // handleSubscribeOne serves POST /iid/v1/TOKEN/rel/topics/TOPIC, which
 // subscribes one registration.
 func (s *Server) handleSubscribeOne(w http.ResponseWriter, r *http.Request) {
-	snd, status, problem := s.authenticate(r)
-	if status != 0 {
-		setRetryAfter(w, status)
-		http.Error(w, problem, status)
+	snd, ok := s.authenticateOrRefuse(w, r)
+	if !ok {
 		return
 	}
 	token, topic := r.PathValue("token"), r.PathValue("topic")
@@ -110,6 +106,18 @@ func (s *Server) handleSubscribeOne(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusBadRequest, iidResult{Error: iidError(o)})
 	}
+}
+
+// authenticateOrRefuse finds the sender of the request's server key, or
+// answers the request and returns false.
+func (s *Server) authenticateOrRefuse(w http.ResponseWriter, r *http.Request) (store.Sender, bool) {
+	snd, status, problem := s.authenticate(r)
+	if status != 0 {
+		setRetryAfter(w, status)
+		http.Error(w, problem, status)
+		return store.Sender{}, false
+	}
+	return snd, true
 }
 
 func iidError(o store.SubscriptionOutcome) string {
@@ -149,10 +157,8 @@ type iidTopic struct {
 // registrations are of Linux apps named as Android's are, so the platform
 // is ANDROID, which GCM's libraries know.
 func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
-	snd, status, problem := s.authenticate(r)
-	if status != 0 {
-		setRetryAfter(w, status)
-		http.Error(w, problem, status)
+	snd, ok := s.authenticateOrRefuse(w, r)
+	if !ok {
 		return
 	}
 	details := r.URL.Query().Get("details") == "true"
