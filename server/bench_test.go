@@ -66,8 +66,13 @@ func benchTokens(b *testing.B, st store.Backend, sender string, n int) []string 
 }
 
 func benchPost(b *testing.B, client *http.Client, url, key string, body []byte) []byte {
+	return benchPostAuth(b, client, url, "key="+key, body)
+}
+
+// benchPostAuth is benchPost with the Authorization header auth.
+func benchPostAuth(b *testing.B, client *http.Client, url, auth string, body []byte) []byte {
 	req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
-	req.Header.Set("Authorization", "key="+key)
+	req.Header.Set("Authorization", auth)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -11,9 +12,11 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"tether/wire"
@@ -30,7 +33,7 @@ type serviceAccount struct {
 	key     *rsa.PrivateKey
 }
 
-func newServiceAccount(t *testing.T, ts *testServer) *serviceAccount {
+func newServiceAccount(t testing.TB, ts *testServer) *serviceAccount {
 	t.Helper()
 	snd := ts.addSender("")
 	admin, err := OpenAdmin(context.Background(), AdminConfig{DataDir: ts.dir})
@@ -89,7 +92,7 @@ func (sa *serviceAccount) grant(grantType, assertion string) httpAnswer {
 }
 
 // token gets an access token.
-func (sa *serviceAccount) token(t *testing.T) string {
+func (sa *serviceAccount) token(t testing.TB) string {
 	t.Helper()
 	ans := sa.grant(jwtBearerGrant, signJWT(t, sa.key, sa.account.PrivateKeyID, sa.claims()))
 	var tok tokenResponse
@@ -447,4 +450,66 @@ func FuzzDecodeV1Send(f *testing.F) {
 			t.Fatalf("decoded %q as %+v", body, req)
 		}
 	})
+}
+
+// BenchmarkSendV1: BenchmarkSend's sends through the FCM v1 API, with an
+// access token, to compare what v1's form and token cost.
+func BenchmarkSendV1(b *testing.B) {
+	ts := benchServer(b, nil)
+	sa := newServiceAccount(b, ts)
+	tokens := benchTokens(b, ts.store, sa.snd.ID, 1000)
+	bodies := make([][]byte, len(tokens))
+	for i, tok := range tokens {
+		bodies[i], _ = json.Marshal(map[string]any{"message": map[string]any{"token": tok, "android": map[string]string{"ttl": "3600s"},
+			"data": map[string]string{"temperature": "21.5", "unit": "C", "room": "kitchen"}}})
+	}
+	auth := "Bearer " + sa.token(b)
+	url := ts.base + "/v1/projects/" + sa.snd.ID + "/messages:send"
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	var n atomic.Int64
+	b.SetParallelism(8)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			out := benchPostAuth(b, client, url, auth, bodies[int(n.Add(1))%len(bodies)])
+			if !bytes.Contains(out, []byte(`"name":"projects/`)) {
+				b.Errorf("send answered %s", out)
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkTokenGrant: access tokens granted per second, each for a new
+// JWT, as app servers ask for one an hour each.
+func BenchmarkTokenGrant(b *testing.B) {
+	ts := benchServer(b, nil)
+	sa := newServiceAccount(b, ts)
+	grants := make([]string, 64)
+	for i := range grants {
+		c := sa.claims()
+		c["jti"] = i
+		grants[i] = url.Values{"grant_type": {jwtBearerGrant}, "assertion": {signJWT(b, sa.key, sa.account.PrivateKeyID, c)}}.Encode()
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	var n atomic.Int64
+	b.SetParallelism(4)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			req, _ := http.NewRequest(http.MethodPost, ts.base+"/token", strings.NewReader(grants[int(n.Add(1))%len(grants)]))
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			resp, err := client.Do(req)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				b.Errorf("grant answered %d", resp.StatusCode)
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "grants/s")
 }
