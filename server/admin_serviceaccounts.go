@@ -52,7 +52,6 @@ type ServiceAccount struct {
 	PrivateKey   string `json:"private_key"`
 	ClientEmail  string `json:"client_email"`
 	ClientID     string `json:"client_id"`
-	AuthURI      string `json:"auth_uri"`
 	TokenURI     string `json:"token_uri"`
 }
 
@@ -209,7 +208,7 @@ func (a *Admin) AddServiceAccount(ctx context.Context, id, publicURL string) (Se
 	return ServiceAccount{
 		Type: "service_account", ProjectID: id, PrivateKeyID: k.ID,
 		PrivateKey:  string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8})),
-		ClientEmail: k.Email, ClientID: id, AuthURI: origin + "/token", TokenURI: k.TokenURI,
+		ClientEmail: k.Email, ClientID: id, TokenURI: k.TokenURI,
 	}, nil
 }
 

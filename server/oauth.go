@@ -224,8 +224,9 @@ var errBadAccessToken = errors.New("invalid or expired access token")
 // its errors wrap errBadAccessToken or errAuthThrottled, or are the
 // store's.
 func (s *Server) bearerSender(r *http.Request) (store.Sender, error) {
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	snd, err := s.checkAccessToken(r.Context(), strings.TrimSpace(token), ok)
+	// The scheme's name is case-insensitive (RFC 9110, 11.1).
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	snd, err := s.checkAccessToken(r.Context(), strings.TrimSpace(token), ok && strings.EqualFold(scheme, "Bearer"))
 	if !errors.Is(err, errBadAccessToken) {
 		return snd, err
 	}
