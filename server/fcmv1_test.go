@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -463,21 +462,7 @@ func BenchmarkSendV1(b *testing.B) {
 		bodies[i], _ = json.Marshal(map[string]any{"message": map[string]any{"token": tok, "android": map[string]string{"ttl": "3600s"},
 			"data": map[string]string{"temperature": "21.5", "unit": "C", "room": "kitchen"}}})
 	}
-	auth := "Bearer " + sa.token(b)
-	url := ts.base + "/v1/projects/" + sa.snd.ID + "/messages:send"
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	var n atomic.Int64
-	b.SetParallelism(8)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			out := benchPostAuth(b, client, url, auth, bodies[int(n.Add(1))%len(bodies)])
-			if !bytes.Contains(out, []byte(`"name":"projects/`)) {
-				b.Errorf("send answered %s", out)
-			}
-		}
-	})
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+	benchSends(b, ts.base+"/v1/projects/"+sa.snd.ID+"/messages:send", "Bearer "+sa.token(b), bodies, `"name":"projects/`)
 }
 
 // BenchmarkTokenGrant: access tokens granted per second, each for a new

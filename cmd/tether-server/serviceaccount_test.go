@@ -18,12 +18,7 @@ func testServiceAccountCommands(t *testing.T, cmd func(args ...string) (int, str
 	if err := os.WriteFile(exists, []byte("{}"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, tc := range []struct {
-		name     string
-		args     []string
-		code     int
-		contains string // in stdout, or stderr on failure
-	}{
+	for _, tc := range []cmdCase{
 		{"without --public-url", []string{"sender", "service-account", "--id", id, "--out", file}, 2, "public-url"},
 		{"without --out", []string{"sender", "service-account", "--id", id, "--public-url", "https://push.example"}, 2, "out"},
 		{"of no sender", []string{"sender", "service-account", "--id", "999999999999", "--public-url", "https://push.example", "--out", file}, 1, "no such sender"},
@@ -33,14 +28,7 @@ func testServiceAccountCommands(t *testing.T, cmd func(args ...string) (int, str
 		{"list", []string{"sender", "service-account", "list", "--id", id}, 0, id + "@push.example"},
 		{"revoke an unknown key", []string{"sender", "service-account", "revoke", "--id", id, "--key", "0123"}, 1, "no such service-account key"},
 	} {
-		code, stdout, stderr := cmd(tc.args...)
-		out := stdout
-		if code != 0 {
-			out = stderr
-		}
-		if code != tc.code || !strings.Contains(out, tc.contains) {
-			t.Errorf("%s: %d %q %q, want %d and %q", tc.name, code, stdout, stderr, tc.code, tc.contains)
-		}
+		code, _, _ := runCmdCase(t, cmd, tc)
 		if _, err := os.Stat(file); code != 0 && tc.args[2] == "--id" && err == nil {
 			t.Errorf("%s: left a file behind", tc.name)
 		}
