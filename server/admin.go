@@ -237,6 +237,7 @@ func (s *Server) adminHandler() http.Handler {
 		writeJSON(w, http.StatusOK, snd)
 	})
 	s.adminWebhookRoutes(mux)
+	s.adminServiceKeyRoutes(mux)
 	s.adminBackupRoutes(mux)
 	s.adminDrainRoutes(mux)
 	mux.HandleFunc("POST /tokens/rotate", func(w http.ResponseWriter, r *http.Request) {
@@ -285,9 +286,9 @@ func decodeAdminRequest(w http.ResponseWriter, r *http.Request, v any) bool {
 func (s *Server) failAdmin(w http.ResponseWriter, what string, err error, attrs ...any) {
 	status := http.StatusInternalServerError
 	switch {
-	case errors.Is(err, ErrNoSender), errors.Is(err, ErrNoToken), errors.Is(err, ErrNoDevice), errors.Is(err, ErrNoEnrollKey):
+	case errors.Is(err, ErrNoSender), errors.Is(err, ErrNoToken), errors.Is(err, ErrNoDevice), errors.Is(err, ErrNoEnrollKey), errors.Is(err, ErrNoServiceKey):
 		status = http.StatusNotFound
-	case errors.Is(err, errBadSender), errors.Is(err, errBadGrace), errors.Is(err, errBadEnrollKey):
+	case errors.Is(err, errBadSender), errors.Is(err, errBadGrace), errors.Is(err, errBadEnrollKey), errors.Is(err, errBadServiceKey):
 		status = http.StatusBadRequest
 	default:
 		s.log.Error("admin: "+what, append(attrs, "err", err)...)
@@ -512,6 +513,9 @@ func (a *Admin) call(ctx context.Context, method, path string, body []byte, want
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 		text := strings.TrimSpace(string(msg))
 		if resp.StatusCode == http.StatusNotFound {
+			if strings.Contains(text, ErrNoServiceKey.Error()) {
+				return ErrNoServiceKey
+			}
 			for _, nf := range notFound {
 				if strings.HasPrefix(path, nf.path) {
 					return nf.err

@@ -47,10 +47,21 @@ func (s *Server) checkKey(ctx context.Context, remote, senderID, key string) (st
 	case snd.KeyValid(hash, s.now()):
 		return snd, nil
 	}
-	throttled := !s.authFailures.allow(ctx, remote)
-	s.refusals.refused(remote, "app server refused: unknown server key", "sender", senderID, "throttled", throttled)
+	if s.authFailed(ctx, remote, "app server refused: unknown server key", "sender", senderID) {
+		return store.Sender{}, errAuthThrottled
+	}
+	return store.Sender{}, errUnknownKey
+}
+
+// authFailed counts a failed authentication of an app server from the
+// address remote, logged quietly as msg with attrs, and reports whether
+// remote is over Config.AuthFailureLimit: then it has waited
+// throttledFailureDelay, so that guessing is slow.
+func (s *Server) authFailed(ctx context.Context, remote, msg string, attrs ...any) (throttled bool) {
+	throttled = !s.authFailures.allow(ctx, remote)
+	s.refusals.refused(remote, msg, append(attrs, "throttled", throttled)...)
 	if !throttled {
-		return store.Sender{}, errUnknownKey
+		return false
 	}
 	t := time.NewTimer(throttledFailureDelay)
 	defer t.Stop()
@@ -58,7 +69,7 @@ func (s *Server) checkKey(ctx context.Context, remote, senderID, key string) (st
 	case <-t.C:
 	case <-ctx.Done():
 	}
-	return store.Sender{}, errAuthThrottled
+	return true
 }
 
 // authenticate finds the sender of the request's server key. A status

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"tether/server/store"
 	"tether/wire"
@@ -34,10 +35,8 @@ type iidResult struct {
 // their registrations to topics (or unsubscribe them), up to 1000 at a time.
 func (s *Server) handleBatchSubscriptions(subscribe bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		snd, status, problem := s.authenticate(r)
-		if status != 0 {
-			setRetryAfter(w, status)
-			http.Error(w, problem, status)
+		snd, ok := s.authenticateOrRefuse(w, r)
+		if !ok {
 			return
 		}
 		body, ok := readBody(w, r)
@@ -81,10 +80,8 @@ func (s *Server) handleBatchSubscriptions(subscribe bool) http.HandlerFunc {
 // handleSubscribeOne serves POST /iid/v1/TOKEN/rel/topics/TOPIC, which
 // subscribes one registration.
 func (s *Server) handleSubscribeOne(w http.ResponseWriter, r *http.Request) {
-	snd, status, problem := s.authenticate(r)
-	if status != 0 {
-		setRetryAfter(w, status)
-		http.Error(w, problem, status)
+	snd, ok := s.authenticateOrRefuse(w, r)
+	if !ok {
 		return
 	}
 	token, topic := r.PathValue("token"), r.PathValue("topic")
@@ -111,6 +108,18 @@ func (s *Server) handleSubscribeOne(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// authenticateOrRefuse finds the sender of the request's server key, or
+// answers the request and returns false.
+func (s *Server) authenticateOrRefuse(w http.ResponseWriter, r *http.Request) (store.Sender, bool) {
+	snd, status, problem := s.authenticate(r)
+	if status != 0 {
+		setRetryAfter(w, status)
+		http.Error(w, problem, status)
+		return store.Sender{}, false
+	}
+	return snd, true
+}
+
 func iidError(o store.SubscriptionOutcome) string {
 	switch o {
 	case store.SubscriptionNotFound:
@@ -121,4 +130,68 @@ func iidError(o store.SubscriptionOutcome) string {
 		return iidTooManyTopics
 	}
 	return ""
+}
+
+// iidNoInfo is Instance ID's answer for a token it does not know.
+const iidNoInfo = "No information found about this instance id."
+
+// iidInfo is Instance ID's answer to GET /iid/info/TOKEN.
+type iidInfo struct {
+	Application      string   `json:"application"`
+	AuthorizedEntity string   `json:"authorizedEntity"`
+	Platform         string   `json:"platform"`
+	Rel              *iidRels `json:"rel,omitempty"`
+}
+
+type iidRels struct {
+	Topics map[string]iidTopic `json:"topics"`
+}
+
+type iidTopic struct {
+	AddDate string `json:"addDate,omitempty"`
+}
+
+// handleInfo serves GET /iid/info/TOKEN[?details=true], Instance ID's
+// description of a registration: its app, its sender and, with details,
+// its topics and the day each subscription was made (UTC). Tether's
+// registrations are of Linux apps named as Android's are, so the platform
+// is ANDROID, which GCM's libraries know.
+func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
+	snd, ok := s.authenticateOrRefuse(w, r)
+	if !ok {
+		return
+	}
+	details := r.URL.Query().Get("details") == "true"
+	resolved, err := s.store.ResolveTokens(r.Context(), []string{r.PathValue("token")}, s.now())
+	var subs []store.Subscription
+	if err == nil && resolved[0].Reg.Token != "" && resolved[0].Given.Sender == snd.ID && details {
+		subs, err = s.store.Subscriptions(r.Context(), resolved[0].Reg.Token)
+	}
+	if err != nil {
+		s.log.Error("read instance info", "sender", snd.ID, "err", err)
+		_, status := storeFailure(err)
+		writeSendAnswer(w, status, iidResult{Error: iidInternal})
+		return
+	}
+	res := resolved[0]
+	switch {
+	case res.Reg.Token == "":
+		writeJSON(w, http.StatusNotFound, iidResult{Error: iidNoInfo})
+		return
+	case res.Given.Sender != snd.ID:
+		writeJSON(w, http.StatusForbidden, iidResult{Error: iidPermissionDenied})
+		return
+	}
+	info := iidInfo{Application: res.Reg.App, AuthorizedEntity: snd.ID, Platform: "ANDROID"}
+	if details {
+		info.Rel = &iidRels{Topics: make(map[string]iidTopic, len(subs))}
+		for _, sub := range subs {
+			var t iidTopic
+			if !sub.Added.IsZero() {
+				t.AddDate = sub.Added.UTC().Format(time.DateOnly)
+			}
+			info.Rel.Topics[sub.Topic] = t
+		}
+	}
+	writeJSON(w, http.StatusOK, info)
 }

@@ -105,4 +105,8 @@ func TestMigrate(t *testing.T) {
 	if m := d.expectMessage(); m.Data["k"] != "v" || m.Topic != "news" {
 		t.Errorf("topic copy %+v", m)
 	}
+	// A subscription keeps the day it was made.
+	if subs, err := node.store.Subscriptions(context.Background(), token); err != nil || len(subs) != 1 || subs[0].Topic != "news" || subs[0].Added.IsZero() {
+		t.Errorf("subscriptions after the move: %+v, %v; want news with its date", subs, err)
+	}
 }

@@ -104,12 +104,9 @@ type jsonSend struct {
 // decodeJSONSend decodes a JSON send request. Its errors name the problem
 // and become the text of a 400.
 func decodeJSONSend(body []byte) (sendRequest, error) {
-	if trimmed := bytes.TrimSpace(body); len(trimmed) == 0 || trimmed[0] != '{' {
-		return sendRequest{}, errors.New("the body must be a JSON object")
-	}
 	var js jsonSend
-	if err := json.Unmarshal(body, &js); err != nil {
-		return sendRequest{}, describeJSONError(err)
+	if err := unmarshalObject(body, &js); err != nil {
+		return sendRequest{}, err
 	}
 	req := sendRequest{
 		collapseKey: js.CollapseKey,
@@ -165,6 +162,18 @@ func decodeJSONSend(body []byte) (sendRequest, error) {
 		return sendRequest{}, err
 	}
 	return req, req.check()
+}
+
+// unmarshalObject decodes body, which must be a JSON object, into v. Its
+// errors name the problem and become the text of a 400.
+func unmarshalObject(body []byte, v any) error {
+	if trimmed := bytes.TrimSpace(body); len(trimmed) == 0 || trimmed[0] != '{' {
+		return errors.New("the body must be a JSON object")
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return describeJSONError(err)
+	}
+	return nil
 }
 
 // decodePayload decodes a data or notification object into string values

@@ -684,6 +684,11 @@ func (s *Server) handler() http.Handler {
 	mux.HandleFunc("POST /iid/v1:batchAdd", s.handleBatchSubscriptions(true))
 	mux.HandleFunc("POST /iid/v1:batchRemove", s.handleBatchSubscriptions(false))
 	mux.HandleFunc("POST /iid/v1/{token}/rel/topics/{topic}", s.handleSubscribeOne)
+	mux.HandleFunc("GET /iid/info/{token}", s.handleInfo)
+	mux.HandleFunc("POST /token", s.handleToken)
+	// Where Node's firebase-admin asks for tokens, whatever its file says.
+	mux.HandleFunc("POST /o/oauth2/token", s.handleToken)
+	mux.HandleFunc("POST /v1/projects/{project}/messages:send", s.handleSendV1)
 	mux.HandleFunc("GET "+wire.Path, s.handleDevice)
 	return mux
 }
@@ -776,9 +781,13 @@ func listenTCP(addr string) (net.Listener, error) {
 // PublicOrigin is the origin app servers reach this server at, from
 // Config.PublicURL with ws and wss read as http and https
 // ("https://push.example.com"), or "" when no public URL is configured.
-func (s *Server) PublicOrigin() string {
-	u, err := wire.ParseServerURL(s.cfg.PublicURL)
-	if s.cfg.PublicURL == "" || err != nil {
+func (s *Server) PublicOrigin() string { return publicOrigin(s.cfg.PublicURL) }
+
+// publicOrigin is the origin of a public URL as PublicOrigin gives it, or
+// "" for none or one that is not a server URL.
+func publicOrigin(publicURL string) string {
+	u, err := wire.ParseServerURL(publicURL)
+	if publicURL == "" || err != nil {
 		return ""
 	}
 	switch u.Scheme {

@@ -963,7 +963,7 @@ func (ss *session) subscribe(f wire.Frame) {
 	if !ss.decode(f, &req) {
 		return
 	}
-	err := ss.srv.store.Subscribe(ss.ctx, ss.device, req.App, req.Sender, req.Topic)
+	err := ss.srv.store.Subscribe(ss.ctx, ss.device, req.App, req.Sender, req.Topic, ss.srv.now())
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		ss.replyError(f.Ref, wire.CodeNotRegistered, fmt.Sprintf("app %q has no registration for sender %s", req.App, req.Sender))

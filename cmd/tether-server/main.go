@@ -14,6 +14,8 @@
 //	tether-server sender rotate-key --data DIR | --nats URLS --id ID [--grace DURATION] [--json]
 //	tether-server sender update --data DIR | --nats URLS --id ID --webhook URL [--json]
 //	tether-server sender rotate-webhook-secret --data DIR | --nats URLS --id ID [--grace DURATION] [--json]
+//	tether-server sender service-account --data DIR | --nats URLS --id ID --public-url URL --out FILE
+//	tether-server sender service-account list|revoke --data DIR | --nats URLS --id ID [--key KEY_ID] [--json]
 //	tether-server token rotate --data DIR | --nats URLS --token TOKEN|- [--grace DURATION] [--json]
 //	tether-server enroll create --data DIR | --nats URLS [--uses N] [--expires DURATION] [--json]
 //	tether-server enroll list --data DIR | --nats URLS [--json]
@@ -83,6 +85,9 @@ const usage = `usage:
   tether-server sender rotate-key --data DIR | --nats URL --id ID [--grace DURATION] [--json]
   tether-server sender update --data DIR | --nats URL --id ID --webhook URL [--json]
   tether-server sender rotate-webhook-secret --data DIR | --nats URL --id ID [--grace DURATION] [--json]
+  tether-server sender service-account --data DIR | --nats URL --id ID --public-url URL --out FILE
+  tether-server sender service-account list --data DIR | --nats URL --id ID [--json]
+  tether-server sender service-account revoke --data DIR | --nats URL --id ID --key KEY_ID
   tether-server token rotate --data DIR | --nats URL --token TOKEN|- [--grace DURATION] [--json]
   tether-server enroll create --data DIR | --nats URL [--uses N] [--expires DURATION] [--json]
   tether-server enroll list --data DIR | --nats URL [--json]
@@ -179,6 +184,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return senderUpdate(ctx, args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "sender" && args[1] == "rotate-webhook-secret":
 		return senderRotateWebhookSecret(ctx, args[2:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "sender" && args[1] == "service-account":
+		return senderServiceAccount(ctx, args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "token" && args[1] == "rotate":
 		return tokenRotate(ctx, args[2:], os.Stdin, stdout, stderr)
 	case len(args) >= 2 && args[0] == "enroll" && args[1] == "create":

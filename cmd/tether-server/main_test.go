@@ -209,6 +209,7 @@ func testSenderCommands(t *testing.T, at []string) {
 		t.Errorf("rotate-key --json: %d %q %v", code, stdout, err)
 	}
 	testWebhookCommands(t, cmd, snd["sender_id"], snd["webhook_secret"])
+	testServiceAccountCommands(t, cmd, snd["sender_id"])
 	if code, _, _ := cmd("sender", "remove", "--id", snd["sender_id"]); code != 0 {
 		t.Errorf("remove: %d", code)
 	}

@@ -415,6 +415,9 @@ func (s *Store) activeRegistration(ctx context.Context, dev, app, sender string)
 // topicList is a token's topics, in order.
 type topicList struct {
 	Topics []string `json:"topics"`
+	// Added are when the subscriptions were made, by topic; one made
+	// before the dates were kept has none.
+	Added map[string]time.Time `json:"added,omitempty"`
 }
 
 // Unregister ends the active registration of (device, app, sender), drops
@@ -467,12 +470,18 @@ func (s *Store) Unregister(ctx context.Context, dev, app, sender string, now tim
 // topics reads token's topics; seq is what a write that expects them
 // unchanged passes.
 func (s *Store) topics(ctx context.Context, shard int, token string) ([]string, uint64, error) {
+	tl, seq, err := s.topicList(ctx, shard, token)
+	return tl.Topics, seq, err
+}
+
+// topicList reads token's topics with the dates of their subscriptions.
+func (s *Store) topicList(ctx context.Context, shard int, token string) (topicList, uint64, error) {
 	raw, seq, err := s.get(ctx, s.shardStream(shard), s.shardSubject(shard, topicsKey(token)))
 	if err != nil || raw == nil {
-		return nil, seq, err
+		return topicList{}, seq, err
 	}
 	tl, err := decode[topicList](raw, "topics of a registration")
-	return tl.Topics, seq, err
+	return tl, seq, err
 }
 
 // subsPerBatch bounds the subscription records written in one batch.
@@ -789,10 +798,11 @@ func (s *Store) RotateToken(ctx context.Context, token string, grace time.Durati
 		if err != nil {
 			return nil, err
 		}
-		tt, ttSeq, err := s.topics(ctx, shard, token)
+		tl, ttSeq, err := s.topicList(ctx, shard, token)
 		if err != nil {
 			return nil, err
 		}
+		tt := tl.Topics
 		if added := missing(tt, topics); len(added) > 0 {
 			// Subscribed meanwhile: the new token's index gets those too.
 			if err := s.writeSubscriptions(ctx, shard, fresh.Sender, fresh.Token, added, rec); err != nil {
@@ -819,7 +829,7 @@ func (s *Store) RotateToken(ctx context.Context, token string, grace time.Durati
 			ws = append(ws, write{subject: s.shardSubject(shard, topicsKey(token)), purge: true, expect: ptr(ttSeq)})
 		}
 		if len(topics) > 0 {
-			ws = append(ws, write{subject: s.shardSubject(shard, topicsKey(fresh.Token)), data: encode(topicList{Topics: topics}), expect: ptr(0)})
+			ws = append(ws, write{subject: s.shardSubject(shard, topicsKey(fresh.Token)), data: encode(topicList{Topics: topics, Added: tl.Added}), expect: ptr(0)})
 		}
 		return ws, nil
 	})

@@ -261,7 +261,7 @@ func TestTokensNotInSubjects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Subscribe(ctx, dev.ID, reg.App, snd.ID, "news"); err != nil {
+	if err := s.Subscribe(ctx, dev.ID, reg.App, snd.ID, "news", now); err != nil {
 		t.Fatal(err)
 	}
 	rotated, err := s.RotateToken(ctx, reg.Token, time.Hour, now)

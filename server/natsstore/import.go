@@ -27,7 +27,7 @@ func (s *Store) Import(ctx context.Context, r store.Record, now time.Time) error
 	case r.Device != nil:
 		err = s.importDevice(ctx, *r.Device)
 	case r.Registration != nil:
-		err = s.importRegistration(ctx, *r.Registration, r.Topics)
+		err = s.importRegistration(ctx, *r.Registration, topicList{Topics: r.Topics, Added: r.TopicsAdded})
 	case r.Queue != nil:
 		err = s.importQueue(ctx, *r.Queue)
 	case r.Upstream != nil:
@@ -95,7 +95,8 @@ func (s *Store) importDevice(ctx context.Context, dev store.Device) error {
 // importRegistration writes a registration in its device's shard, with a
 // pointer in its token's when that is another; an active one joins its
 // device's record, with its subscriptions.
-func (s *Store) importRegistration(ctx context.Context, reg store.Registration, topics []string) error {
+func (s *Store) importRegistration(ctx context.Context, reg store.Registration, tl topicList) error {
+	topics := tl.Topics
 	if !validToken(reg.Device) || !validToken(reg.Token) {
 		return fmt.Errorf("import registration of device %.40q: not a device ID or token", reg.Device)
 	}
@@ -103,7 +104,7 @@ func (s *Store) importRegistration(ctx context.Context, reg store.Registration, 
 	ws := []write{{subject: s.shardSubject(shard, tokKey(reg.Token)), data: encode(tokRecord{Registration: reg})}}
 	if reg.Active() && len(topics) > 0 {
 		slices.Sort(topics)
-		ws = append(ws, write{subject: s.shardSubject(shard, topicsKey(reg.Token)), data: encode(topicList{Topics: topics})})
+		ws = append(ws, write{subject: s.shardSubject(shard, topicsKey(reg.Token)), data: encode(tl)})
 	}
 	if err := s.create(ctx, s.shardStream(shard), ws); err != nil {
 		return fmt.Errorf("import registration of device %s: %w", reg.Device, err)

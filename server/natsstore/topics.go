@@ -26,12 +26,13 @@ type subscriber struct {
 }
 
 // Subscribe subscribes the active registration of (device, app, sender)
-// to topic. It wraps ErrNotFound when there is no such registration and
-// ErrTooManyTopics when it has too many subscriptions already.
-func (s *Store) Subscribe(ctx context.Context, dev, app, sender, topic string) error {
+// to topic at now. It wraps ErrNotFound when there is no such
+// registration and ErrTooManyTopics when it has too many subscriptions
+// already.
+func (s *Store) Subscribe(ctx context.Context, dev, app, sender, topic string, now time.Time) error {
 	reg, err := s.activeRegistration(ctx, dev, app, sender)
 	if err == nil {
-		err = s.changeTopic(ctx, s.ShardOf(dev), reg.Token, topic, true)
+		err = s.changeTopic(ctx, s.ShardOf(dev), reg.Token, topic, true, now)
 	}
 	if err != nil {
 		return fmt.Errorf("subscribe app %q for sender %s to topic %q: %w", app, sender, topic, err)
@@ -44,7 +45,7 @@ func (s *Store) Subscribe(ctx context.Context, dev, app, sender, topic string) e
 func (s *Store) Unsubscribe(ctx context.Context, dev, app, sender, topic string) error {
 	reg, err := s.activeRegistration(ctx, dev, app, sender)
 	if err == nil {
-		err = s.changeTopic(ctx, s.ShardOf(dev), reg.Token, topic, false)
+		err = s.changeTopic(ctx, s.ShardOf(dev), reg.Token, topic, false, time.Time{})
 	}
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("unsubscribe app %q for sender %s from topic %q: %w", app, sender, topic, err)
@@ -53,10 +54,11 @@ func (s *Store) Unsubscribe(ctx context.Context, dev, app, sender, topic string)
 }
 
 // changeTopic subscribes token, whose registration is in shard, to topic
-// or unsubscribes it. The registration's record is written again in the
-// same batch, unchanged, so that an unregistration or rotation meanwhile
-// fails the batch: a subscription never outlives its registration.
-func (s *Store) changeTopic(ctx context.Context, shard int, token, topic string, subscribing bool) error {
+// at now, or unsubscribes it. The registration's record is written again
+// in the same batch, unchanged, so that an unregistration or rotation
+// meanwhile fails the batch: a subscription never outlives its
+// registration.
+func (s *Store) changeTopic(ctx context.Context, shard int, token, topic string, subscribing bool, now time.Time) error {
 	return s.retry(ctx, func(ctx context.Context) error {
 		reg, tokSeq, err := s.registration(ctx, shard, token)
 		if err != nil {
@@ -65,10 +67,11 @@ func (s *Store) changeTopic(ctx context.Context, shard int, token, topic string,
 		if reg.Token == "" || !reg.Active() {
 			return store.ErrNotFound
 		}
-		topics, ttSeq, err := s.topics(ctx, shard, token)
+		tl, ttSeq, err := s.topicList(ctx, shard, token)
 		if err != nil {
 			return err
 		}
+		topics := tl.Topics
 		i, found := slices.BinarySearch(topics, topic)
 		sub := write{subject: s.shardSubject(shard, subKey(reg.Sender, topic, token))}
 		switch {
@@ -78,12 +81,17 @@ func (s *Store) changeTopic(ctx context.Context, shard int, token, topic string,
 			return store.ErrTooManyTopics
 		case subscribing:
 			topics = slices.Insert(topics, i, topic)
+			if tl.Added == nil {
+				tl.Added = map[string]time.Time{}
+			}
+			tl.Added[topic] = now.UTC().Truncate(time.Second)
 			sub.data = encode(subscriber{Token: token, Device: reg.Device, App: reg.App})
 		default:
 			topics = slices.Delete(topics, i, i+1)
+			delete(tl.Added, topic)
 			sub.purge = true
 		}
-		list := write{subject: s.shardSubject(shard, topicsKey(token)), data: encode(topicList{Topics: topics}), expect: ptr(ttSeq)}
+		list := write{subject: s.shardSubject(shard, topicsKey(token)), data: encode(topicList{Topics: topics, Added: tl.Added}), expect: ptr(ttSeq)}
 		if len(topics) == 0 {
 			list.data, list.purge = nil, true
 		}
@@ -105,6 +113,21 @@ func (s *Store) Topics(ctx context.Context, token string) ([]string, error) {
 	return topics, err
 }
 
+// Subscriptions lists the subscriptions of token, in the order of their
+// topics.
+func (s *Store) Subscriptions(ctx context.Context, token string) ([]store.Subscription, error) {
+	reg, _, _, err := s.findRegistration(ctx, token)
+	if err != nil || reg.Token == "" {
+		return nil, err
+	}
+	tl, _, err := s.topicList(ctx, s.ShardOf(reg.Device), token)
+	out := make([]store.Subscription, 0, len(tl.Topics))
+	for _, t := range tl.Topics {
+		out = append(out, store.Subscription{Topic: t, Added: tl.Added[t]})
+	}
+	return out, err
+}
+
 // ChangeSubscriptions subscribes (or, with subscribing false, unsubscribes)
 // the registrations of tokens to topic on behalf of sender: the app
 // server's way to manage topics. A token replaced within its grace period
@@ -123,7 +146,7 @@ func (s *Store) ChangeSubscriptions(ctx context.Context, sender, topic string, t
 		case r.Reg.Token == "":
 			out[i] = store.SubscriptionNotFound
 		default:
-			err := s.changeTopic(ctx, s.ShardOf(r.Reg.Device), r.Reg.Token, topic, subscribing)
+			err := s.changeTopic(ctx, s.ShardOf(r.Reg.Device), r.Reg.Token, topic, subscribing, now)
 			switch {
 			case errors.Is(err, store.ErrTooManyTopics):
 				out[i] = store.SubscriptionTooManyTopics

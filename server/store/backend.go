@@ -53,9 +53,10 @@ type Backend interface {
 	AddReceipts(ctx context.Context, msgs []Message, now time.Time) ([]Upstream, error)
 	Notices(ctx context.Context, device string) ([]Notice, error)
 
-	Subscribe(ctx context.Context, device, app, sender, topic string) error
+	Subscribe(ctx context.Context, device, app, sender, topic string, now time.Time) error
 	Unsubscribe(ctx context.Context, device, app, sender, topic string) error
 	Topics(ctx context.Context, token string) ([]string, error)
+	Subscriptions(ctx context.Context, token string) ([]Subscription, error)
 	ChangeSubscriptions(ctx context.Context, sender, topic string, tokens []string, subscribing bool, now time.Time) ([]SubscriptionOutcome, error)
 
 	PutUpstream(ctx context.Context, u *Upstream, seenUntil time.Time) (PutOutcome, error)

@@ -18,6 +18,9 @@ type Record struct {
 	// answering NotRegistered), with the topics it is subscribed to.
 	Registration *Registration
 	Topics       []string
+	// TopicsAdded are when the registration's subscriptions were made,
+	// by topic; a subscription from before dates were kept has none.
+	TopicsAdded  map[string]time.Time
 	Queue        *Queue
 	Upstream     *Upstream
 	Seen         *Seen
@@ -105,7 +108,17 @@ func exportRegistrations(tx *bolt.Tx, fn func(Record) error) error {
 		if err != nil {
 			return err
 		}
-		return fn(Record{Registration: &reg, Topics: topicsOf(tx, reg.Token)})
+		rec := Record{Registration: &reg}
+		for _, sub := range subscriptionsOf(tx, reg.Token) {
+			rec.Topics = append(rec.Topics, sub.Topic)
+			if !sub.Added.IsZero() {
+				if rec.TopicsAdded == nil {
+					rec.TopicsAdded = map[string]time.Time{}
+				}
+				rec.TopicsAdded[sub.Topic] = sub.Added
+			}
+		}
+		return fn(rec)
 	})
 }
 

@@ -37,6 +37,39 @@ type Sender struct {
 	// can move to the new one without refusing a POST.
 	OldWebhookSecret      string    `json:"old_webhook_secret,omitempty"`
 	OldWebhookSecretUntil time.Time `json:"old_webhook_secret_until,omitzero"`
+	// ServiceKeys are the sender's service-account keys, with which app
+	// servers get access tokens for the FCM HTTP v1 API. A sender may
+	// have several, so that one can be replaced without a gap.
+	ServiceKeys []ServiceKey `json:"service_keys,omitempty"`
+}
+
+// ServiceKey is the public half of a service-account key: the private
+// key stays in the app server's service-account file.
+type ServiceKey struct {
+	// ID is the file's private_key_id, which the app server's JWTs name
+	// as their kid.
+	ID string `json:"id"`
+	// Email is the file's client_email, the JWTs' issuer.
+	Email string `json:"email"`
+	// TokenURI is the file's token_uri, the JWTs' audience.
+	TokenURI string `json:"token_uri"`
+	// PublicKey is the RSA public key, PKIX DER.
+	PublicKey []byte    `json:"public_key"`
+	Created   time.Time `json:"created"`
+	// TokenSecret signs the access tokens issued with this key, so that
+	// any server of a cluster can check them, and they stop working when
+	// the key is revoked. It is kept as it is, like the webhook secret.
+	TokenSecret []byte `json:"token_secret"`
+}
+
+// ServiceKey returns the sender's service-account key with this ID.
+func (snd Sender) ServiceKey(id string) (ServiceKey, bool) {
+	for _, k := range snd.ServiceKeys {
+		if k.ID == id {
+			return k, true
+		}
+	}
+	return ServiceKey{}, false
 }
 
 // webhookSecretPrefix marks webhook secrets, so that one pasted in the

@@ -21,15 +21,36 @@ const MaxTopicsPerRegistration = 2000
 var ErrTooManyTopics = errors.New("too many topic subscriptions")
 
 // present is the value of set-like buckets: bbolt's Get cannot tell a nil
-// value from a missing key.
+// value from a missing key. In token_topics it marks a subscription made
+// before their dates were kept, which have their Unix seconds instead.
 var present = []byte{1}
+
+// Subscription is a registration's subscription to a topic.
+type Subscription struct {
+	Topic string
+	// Added is when it was made, by the server's clock; zero for one made
+	// before Tether kept the date.
+	Added time.Time
+}
+
+// addedValue is the token_topics value of a subscription made at added.
+func addedValue(added time.Time) []byte { return be64(uint64(added.Unix())) }
+
+// addedTime reads a token_topics value.
+func addedTime(v []byte) time.Time {
+	if len(v) != 8 {
+		return time.Time{}
+	}
+	return time.Unix(int64(binary.BigEndian.Uint64(v)), 0).UTC()
+}
 
 func subKey(sender, topic, token string) []byte { return join(sender, topic, token) }
 
 func tokenTopicKey(token, topic string) []byte { return join(token, topic) }
 
-// subscribe subscribes the active registration reg to topic.
-func subscribe(tx *bolt.Tx, reg Registration, topic string) error {
+// subscribe subscribes the active registration reg to topic; added is
+// the token_topics value, which says when.
+func subscribe(tx *bolt.Tx, reg Registration, topic string, added []byte) error {
 	tt := tx.Bucket(bucketTokenTopic)
 	if tt.Get(tokenTopicKey(reg.Token, topic)) != nil {
 		return nil
@@ -37,7 +58,7 @@ func subscribe(tx *bolt.Tx, reg Registration, topic string) error {
 	if len(topicsOf(tx, reg.Token)) >= MaxTopicsPerRegistration {
 		return ErrTooManyTopics
 	}
-	if err := tt.Put(tokenTopicKey(reg.Token, topic), present); err != nil {
+	if err := tt.Put(tokenTopicKey(reg.Token, topic), added); err != nil {
 		return err
 	}
 	return tx.Bucket(bucketTopicSubs).Put(subKey(reg.Sender, topic, reg.Token), present)
@@ -53,10 +74,20 @@ func unsubscribe(tx *bolt.Tx, reg Registration, topic string) error {
 // topicsOf lists the topics token is subscribed to.
 func topicsOf(tx *bolt.Tx, token string) []string {
 	var out []string
+	for _, sub := range subscriptionsOf(tx, token) {
+		out = append(out, sub.Topic)
+	}
+	return out
+}
+
+// subscriptionsOf lists token's subscriptions in the order of their
+// topics.
+func subscriptionsOf(tx *bolt.Tx, token string) []Subscription {
+	var out []Subscription
 	prefix := join(token, "")
 	c := tx.Bucket(bucketTokenTopic).Cursor()
-	for k, _ := c.Seek(prefix); bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-		out = append(out, string(k[len(prefix):]))
+	for k, v := c.Seek(prefix); bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		out = append(out, Subscription{Topic: string(k[len(prefix):]), Added: addedTime(v)})
 	}
 	return out
 }
@@ -70,15 +101,17 @@ func unsubscribeAll(tx *bolt.Tx, reg Registration) error {
 	return nil
 }
 
-// moveSubscriptions gives the subscriptions of old to the token newToken.
+// moveSubscriptions gives the subscriptions of old to the token newToken,
+// with the dates they were made.
 func moveSubscriptions(tx *bolt.Tx, old Registration, newToken string) error {
 	fresh := old
 	fresh.Token = newToken
 	for _, topic := range topicsOf(tx, old.Token) {
+		added := bytes.Clone(tx.Bucket(bucketTokenTopic).Get(tokenTopicKey(old.Token, topic)))
 		if err := unsubscribe(tx, old, topic); err != nil {
 			return err
 		}
-		if err := subscribe(tx, fresh, topic); err != nil {
+		if err := subscribe(tx, fresh, topic, added); err != nil {
 			return err
 		}
 	}
@@ -86,9 +119,10 @@ func moveSubscriptions(tx *bolt.Tx, old Registration, newToken string) error {
 }
 
 // Subscribe subscribes the active registration of (device, app, sender)
-// to topic. It wraps ErrNotFound when there is no such registration and
-// ErrTooManyTopics when it has too many subscriptions already.
-func (s *Store) Subscribe(ctx context.Context, device, app, sender, topic string) error {
+// to topic at now. It wraps ErrNotFound when there is no such
+// registration and ErrTooManyTopics when it has too many subscriptions
+// already.
+func (s *Store) Subscribe(ctx context.Context, device, app, sender, topic string, now time.Time) error {
 	var refused error
 	err := s.batch(func(tx *bolt.Tx) error {
 		refused = nil
@@ -101,7 +135,7 @@ func (s *Store) Subscribe(ctx context.Context, device, app, sender, topic string
 		if err != nil {
 			return err
 		}
-		if err := subscribe(tx, reg, topic); errors.Is(err, ErrTooManyTopics) {
+		if err := subscribe(tx, reg, topic, addedValue(now)); errors.Is(err, ErrTooManyTopics) {
 			refused = err
 		} else if err != nil {
 			return err
@@ -147,6 +181,17 @@ func (s *Store) Topics(ctx context.Context, token string) ([]string, error) {
 	return out, err
 }
 
+// Subscriptions lists the subscriptions of token, in the order of their
+// topics.
+func (s *Store) Subscriptions(ctx context.Context, token string) ([]Subscription, error) {
+	var out []Subscription
+	err := s.db.View(func(tx *bolt.Tx) error {
+		out = subscriptionsOf(tx, token)
+		return nil
+	})
+	return out, err
+}
+
 // SubscriptionOutcome is what ChangeSubscriptions did for one token.
 type SubscriptionOutcome int
 
@@ -185,7 +230,7 @@ func (s *Store) ChangeSubscriptions(ctx context.Context, sender, topic string, t
 					return err
 				}
 			default:
-				err := subscribe(tx, r.Reg, topic)
+				err := subscribe(tx, r.Reg, topic, addedValue(now))
 				if errors.Is(err, ErrTooManyTopics) {
 					out[i] = SubscriptionTooManyTopics
 				} else if err != nil {

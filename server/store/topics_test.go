@@ -28,7 +28,7 @@ func TestSubscriptionLimit(t *testing.T) {
 	f := newFixture(t, s)
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		for i := range MaxTopicsPerRegistration {
-			if err := subscribe(tx, f.reg, fmt.Sprint("t", i)); err != nil {
+			if err := subscribe(tx, f.reg, fmt.Sprint("t", i), present); err != nil {
 				return err
 			}
 		}
@@ -37,13 +37,13 @@ func TestSubscriptionLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Subscribe(ctx, f.device.ID, f.reg.App, f.sender.ID, "one-more"); !errors.Is(err, ErrTooManyTopics) {
+	if err := s.Subscribe(ctx, f.device.ID, f.reg.App, f.sender.ID, "one-more", time.Now()); !errors.Is(err, ErrTooManyTopics) {
 		t.Errorf("subscription %d: %v", MaxTopicsPerRegistration+1, err)
 	}
-	if err := s.Subscribe(ctx, f.device.ID, f.reg.App, f.sender.ID, "t5"); err != nil {
+	if err := s.Subscribe(ctx, f.device.ID, f.reg.App, f.sender.ID, "t5", time.Now()); err != nil {
 		t.Errorf("subscribing again to a topic it has: %v", err)
 	}
-	if err := s.Subscribe(ctx, f.device.ID, "unregistered", f.sender.ID, "t"); !errors.Is(err, ErrNotFound) {
+	if err := s.Subscribe(ctx, f.device.ID, "unregistered", f.sender.ID, "t", time.Now()); !errors.Is(err, ErrNotFound) {
 		t.Errorf("subscription without a registration: %v", err)
 	}
 }
@@ -72,5 +72,20 @@ func TestPendingCountsRebuiltOnOpen(t *testing.T) {
 	}
 	if n, err := s.Notices(ctx, f.device.ID); err != nil || len(n) != 1 || n[0].Count != MaxPendingPerApp {
 		t.Errorf("notices %+v, %v", n, err)
+	}
+}
+
+// TestSubscriptionsFromBeforeDates reads a subscription stored before
+// their dates were kept: it has no date.
+func TestSubscriptionsFromBeforeDates(t *testing.T) {
+	s, _ := openTemp(t)
+	f := newFixture(t, s)
+	err := s.db.Update(func(tx *bolt.Tx) error { return subscribe(tx, f.reg, "old", present) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	subs, err := s.Subscriptions(ctx, f.reg.Token)
+	if err != nil || len(subs) != 1 || subs[0].Topic != "old" || !subs[0].Added.IsZero() {
+		t.Fatalf("subscriptions %+v, %v; want old without a date", subs, err)
 	}
 }

@@ -89,7 +89,7 @@ func testRevokeDevice(t *testing.T, h Harness) {
 	f := newFixture(t, s)
 	other := f.register(t, "com.example.lamp")
 	enqueue(t, s, f.msg("a", "", time.Hour), f.msgFor(other, "b", "k", time.Hour))
-	if err := s.Subscribe(ctx(t), f.device.ID, f.reg.App, f.sender.ID, "news"); err != nil {
+	if err := s.Subscribe(ctx(t), f.device.ID, f.reg.App, f.sender.ID, "news", T0); err != nil {
 		t.Fatal(err)
 	}
 	at := T0.Add(time.Minute)

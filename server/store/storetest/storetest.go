@@ -51,6 +51,7 @@ var tests = []struct {
 	{"Senders", testSenders},
 	{"SenderKeyRotation", testSenderKeyRotation},
 	{"UpdateSender", testUpdateSender},
+	{"ServiceKeys", testServiceKeys},
 	{"Devices", testDevices},
 	{"RegisterUnregister", testRegisterUnregister},
 	{"RegistrationsPerDeviceBounded", testRegistrationsPerDeviceBounded},
@@ -71,6 +72,7 @@ var tests = []struct {
 	{"UpstreamCapUnderConcurrency", testUpstreamCapUnderConcurrency},
 	{"UpstreamLanes", testUpstreamLanes},
 	{"Subscriptions", testSubscriptions},
+	{"SubscriptionDates", testSubscriptionDates},
 	{"ChangeSubscriptions", testChangeSubscriptions},
 	{"FanOutStepsAndResume", testFanOutStepsAndResume},
 	{"FanOutRestrictedAndLive", testFanOutRestrictedAndLive},
@@ -295,6 +297,93 @@ func testUpdateSender(t *testing.T, h Harness) {
 	}
 	if _, err := s.UpdateSender(ctx(t), "999999999999", func(*store.Sender) error { return nil }); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("no such sender: %v", err)
+	}
+}
+
+// testServiceKeys checks that a sender's service-account keys, added and
+// revoked through UpdateSender, survive a restart.
+func testServiceKeys(t *testing.T, h Harness) {
+	s := h.Open(t)
+	snd, err := s.AddSender(ctx(t), "a", "", Hash("k"), T0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := []store.ServiceKey{
+		{ID: "k1", Email: snd.ID + "@push.example", PublicKey: []byte{1, 2}, Created: T0, TokenSecret: []byte("s1")},
+		{ID: "k2", Email: snd.ID + "@push.example", PublicKey: []byte{3, 4}, Created: T0, TokenSecret: []byte("s2")},
+	}
+	for _, k := range keys {
+		if _, err := s.UpdateSender(ctx(t), snd.ID, func(snd *store.Sender) error {
+			snd.ServiceKeys = append(snd.ServiceKeys, k)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.UpdateSender(ctx(t), snd.ID, func(snd *store.Sender) error {
+		snd.ServiceKeys = slices.DeleteFunc(snd.ServiceKeys, func(k store.ServiceKey) bool { return k.ID == "k1" })
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s = h.Reopen(t, s)
+	got, err := s.Sender(ctx(t), snd.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := got.ServiceKey("k1"); ok {
+		t.Errorf("revoked key k1 is still there: %+v", got.ServiceKeys)
+	}
+	if k, ok := got.ServiceKey("k2"); !ok || !slices.Equal(k.PublicKey, keys[1].PublicKey) || string(k.TokenSecret) != "s2" || k.Email != keys[1].Email || !k.Created.Equal(T0) {
+		t.Errorf("key k2 after a restart: %+v, %v", k, ok)
+	}
+}
+
+// testSubscriptionDates checks that subscriptions keep when they were
+// made, by the device or by the app server, through a token rotation and
+// a restart.
+func testSubscriptionDates(t *testing.T, h Harness) {
+	s := h.Open(t)
+	f := newFixture(t, s)
+	day := 24 * time.Hour
+	if err := s.Subscribe(ctx(t), f.device.ID, f.reg.App, f.sender.ID, "news", T0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ChangeSubscriptions(ctx(t), f.sender.ID, "alerts", []string{f.reg.Token}, true, T0.Add(day)); err != nil {
+		t.Fatal(err)
+	}
+	// Subscribing again keeps the first date.
+	if err := s.Subscribe(ctx(t), f.device.ID, f.reg.App, f.sender.ID, "news", T0.Add(2*day)); err != nil {
+		t.Fatal(err)
+	}
+	want := []store.Subscription{{Topic: "alerts", Added: T0.Add(day)}, {Topic: "news", Added: T0}}
+	check := func(what, token string) {
+		t.Helper()
+		got, err := s.Subscriptions(ctx(t), token)
+		if err != nil || len(got) != len(want) {
+			t.Fatalf("%s: subscriptions %+v, %v; want %+v", what, got, err, want)
+		}
+		for i := range want {
+			if got[i].Topic != want[i].Topic || !got[i].Added.Equal(want[i].Added.Truncate(time.Second)) {
+				t.Errorf("%s: subscription %+v, want %+v", what, got[i], want[i])
+			}
+		}
+	}
+	check("after subscribing", f.reg.Token)
+	rotated, err := s.RotateToken(ctx(t), f.reg.Token, time.Hour, T0.Add(3*day))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("after a token rotation", rotated.Token)
+	s = h.Reopen(t, s)
+	check("after a restart", rotated.Token)
+	if _, err := s.ChangeSubscriptions(ctx(t), f.sender.ID, "alerts", []string{rotated.Token}, false, T0.Add(4*day)); err != nil {
+		t.Fatal(err)
+	}
+	want = want[1:]
+	check("after unsubscribing", rotated.Token)
+	if got, err := s.Subscriptions(ctx(t), "no-such-token"); err != nil || len(got) != 0 {
+		t.Errorf("subscriptions of an unknown token: %+v, %v", got, err)
 	}
 }
 
@@ -990,7 +1079,7 @@ func testSubscriptions(t *testing.T, h Harness) {
 	s := h.Open(t)
 	f := newFixture(t, s)
 	for _, topic := range []string{"weather", "news", "news", "a.b~c%20"} {
-		if err := s.Subscribe(ctx(t), f.device.ID, f.reg.App, f.sender.ID, topic); err != nil {
+		if err := s.Subscribe(ctx(t), f.device.ID, f.reg.App, f.sender.ID, topic, T0); err != nil {
 			t.Fatalf("subscribe %q: %v", topic, err)
 		}
 	}
@@ -1007,7 +1096,7 @@ func testSubscriptions(t *testing.T, h Harness) {
 	if topics, _ := s.Topics(ctx(t), f.reg.Token); !slices.Equal(topics, []string{"a.b~c%20", "weather"}) {
 		t.Errorf("after unsubscribe: %v", topics)
 	}
-	if err := s.Subscribe(ctx(t), f.device.ID, "unregistered", f.sender.ID, "t"); !errors.Is(err, store.ErrNotFound) {
+	if err := s.Subscribe(ctx(t), f.device.ID, "unregistered", f.sender.ID, "t", T0); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("subscription without a registration: %v", err)
 	}
 	// Unregistering ends the subscriptions: fan-out skips the token.
@@ -1266,7 +1355,7 @@ func testTopicMessagesInOrder(t *testing.T, h Harness) {
 func testRotateToken(t *testing.T, h Harness) {
 	s := h.Open(t)
 	f := newFixture(t, s)
-	if err := s.Subscribe(ctx(t), f.device.ID, f.reg.App, f.sender.ID, "news"); err != nil {
+	if err := s.Subscribe(ctx(t), f.device.ID, f.reg.App, f.sender.ID, "news", T0); err != nil {
 		t.Fatal(err)
 	}
 	enqueue(t, s, f.msg("before", "", time.Hour), f.msg("keyed", "k", time.Hour))
