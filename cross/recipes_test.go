@@ -8,6 +8,7 @@ import (
 	"debug/elf"
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -327,15 +328,21 @@ func installedBinary(t *testing.T, gopath, name string) string {
 	return filepath.Join(gopath, "bin", name)
 }
 
-func md5File(t *testing.T, path string) string {
+// fileSum is the hex digest of a file: md5 for BitBake's LIC_FILES_CHKSUM,
+// sha256 for SRC_URI and Buildroot's hash files.
+func fileSum(t *testing.T, h hash.Hash, path string) string {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum := md5.Sum(b)
-	return hex.EncodeToString(sum[:])
+	h.Write(b)
+	return hex.EncodeToString(h.Sum(nil))
 }
+
+func md5File(t *testing.T, path string) string { return fileSum(t, md5.New(), path) }
+
+func sha256File(t *testing.T, path string) string { return fileSum(t, sha256.New(), path) }
 
 // TestYoctoModules checks that tetherd-go-mods.inc and
 // tetherd-licenses.inc name exactly the modules, checksums and licence
@@ -467,19 +474,23 @@ func unescapeModule(m string) string {
 	return regexp.MustCompile(`!([a-z])`).ReplaceAllStringFunc(m, func(s string) string { return strings.ToUpper(s[1:]) })
 }
 
-func sha256File(t *testing.T, path string) string {
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// makeRecipe is the release's version and a file of a recipe that make
+// replays, or skips the test where there is no make.
+func makeRecipe(t *testing.T, path string) (string, []byte) {
 	t.Helper()
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("no make")
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
-}
-
-func exists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
+	return repoVersion(t), b
 }
 
 // buildrootHarness stands in for Buildroot around package/tetherd: the
@@ -531,14 +542,7 @@ replay:
 // TestBuildrootPackage replays pkg-golang's build of package/tetherd with
 // make, for the architectures Buildroot's Go builds for.
 func TestBuildrootPackage(t *testing.T) {
-	if _, err := exec.LookPath("make"); err != nil {
-		t.Skip("no make")
-	}
-	version := repoVersion(t)
-	cfg, err := os.ReadFile(filepath.Join(buildrootDir, "Config.in"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	version, cfg := makeRecipe(t, filepath.Join(buildrootDir, "Config.in"))
 	def := regexp.MustCompile(`(?m)config BR2_PACKAGE_TETHERD_VERSION\n(?:\t.*\n)*?\tdefault (".*")`).FindSubmatch(cfg)
 	if def == nil || string(def[1]) != `"v`+version+`"` {
 		t.Fatalf("Config.in: the default version is not the release tag v%s", version)
@@ -621,14 +625,7 @@ replay:
 // OpenWrt package with make, for a MIPS router and an ARM one, and checks
 // what keeps the store across sysupgrade.
 func TestOpenWrtPackage(t *testing.T) {
-	if _, err := exec.LookPath("make"); err != nil {
-		t.Skip("no make")
-	}
-	version := repoVersion(t)
-	mk, err := os.ReadFile(filepath.Join(openwrtDir, "Makefile"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	version, mk := makeRecipe(t, filepath.Join(openwrtDir, "Makefile"))
 	for _, want := range []string{"PKG_VERSION:=" + version + "\n", "/lib/upgrade/keep.d/tether", "/etc/config/tether"} {
 		if !bytes.Contains(mk, []byte(want)) {
 			t.Errorf("the OpenWrt Makefile lacks %q", want)
