@@ -295,11 +295,12 @@ func TestYoctoRecipe(t *testing.T) {
 			wantErr: "-buildmode=pie requires external (cgo) linking",
 		},
 	}
+	cache := yoctoModCache(t)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			line, env := yoctoCommand(tt.recipe, version, tt.target)
 			gopath := t.TempDir()
-			env = append(replayEnv(t), append(env, "GOPATH="+gopath)...)
+			env = append(replayEnv(t), append(env, "GOPATH="+gopath, "GOMODCACHE="+cache)...)
 			_, err := runReplay("..", env, line)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
@@ -315,6 +316,57 @@ func TestYoctoRecipe(t *testing.T) {
 			}
 		})
 	}
+}
+
+var gomodURI = regexp.MustCompile(`gomod://([^;]+);version=([^;]+)(;mod=1)?;sha256sum=([0-9a-f]+)`)
+
+// yoctoModCache is a module cache holding what tetherd-go-mods.inc's
+// gomod:// entries fetch and nothing else, as the gomod fetcher leaves it
+// for do_compile: each entry's file from the local cache, checked against
+// its sha256sum, served to go as a proxy once.
+func yoctoModCache(t *testing.T) string {
+	t.Helper()
+	inc, err := os.ReadFile(filepath.Join(yoctoDir, "tetherd-go-mods.inc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := replayEnv(t)
+	local := filepath.Join(strings.TrimPrefix(env[4], "GOMODCACHE="), "cache", "download")
+	proxy := t.TempDir()
+	for _, m := range gomodURI.FindAllStringSubmatch(string(inc), -1) {
+		dir := filepath.Join(escapeModule(m[1]), "@v")
+		// An entry is the module's zip, or with mod=1 only its go.mod;
+		// its sha256sum is that file's.
+		exts, summed := []string{".mod", ".info", ".zip"}, ".zip"
+		if m[3] != "" {
+			exts, summed = exts[:2], ".mod"
+		}
+		for _, ext := range exts {
+			b, err := os.ReadFile(filepath.Join(local, dir, m[2]+ext))
+			if err != nil {
+				t.Fatalf("%s@%s is not in the local module cache (go mod download): %v", m[1], m[2], err)
+			}
+			if ext == summed {
+				if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != m[4] {
+					t.Errorf("tetherd-go-mods.inc: the sha256sum of %s@%s%s is not %s", m[1], m[2], ext, m[4])
+				}
+			}
+			if err := os.MkdirAll(filepath.Join(proxy, dir), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(proxy, dir, m[2]+ext), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cache := t.TempDir()
+	cmd := exec.Command("go", "list", "-deps", "./cmd/tetherd", "./cmd/tetherctl")
+	cmd.Dir = ".."
+	cmd.Env = append(env, "GOMODCACHE="+cache, "GOFLAGS=-mod=mod -modcacherw", "GOPROXY=file://"+proxy, "GOSUMDB=off")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("the modules of tetherd-go-mods.inc do not build tetherd and tetherctl: %v\n%s", err, out)
+	}
+	return cache
 }
 
 // installedBinary finds what go install wrote into GOPATH/bin, or into
