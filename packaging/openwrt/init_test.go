@@ -26,8 +26,6 @@ chmod() { echo "chmod $*"; }
 start_service
 `
 	common := []string{
-		"mkdir -p /var/run/tether /etc/tether/data",
-		"chown tether:tether /var/run/tether /etc/tether/data",
 		"open",
 		"param command /usr/bin/tetherd run",
 		"param user tether",
@@ -41,7 +39,14 @@ start_service
 		want    []string
 		wantNot []string
 	}{
-		{name: "no UCI options", wantNot: []string{"append"}},
+		{
+			name: "no UCI options",
+			want: []string{
+				"mkdir -p /var/run/tether /etc/tether/data",
+				"chown tether:tether /var/run/tether /etc/tether/data",
+			},
+			wantNot: []string{"append"},
+		},
 		{
 			name: "servers, store and heartbeat",
 			uci:  []string{"UCI_server=wss://a.example:8443 wss://b.example:8443", "UCI_data_dir=/overlay/tether", "UCI_heartbeat=5m"},
@@ -50,6 +55,8 @@ start_service
 				"append command --server wss://b.example:8443",
 				"append command --data /overlay/tether",
 				"append command --heartbeat 5m",
+				"mkdir -p /var/run/tether /overlay/tether",
+				"chown tether:tether /var/run/tether /overlay/tether",
 			},
 		},
 		{
