@@ -84,11 +84,42 @@ package: cross $(NFPM)
 $(NFPM):
 	GOBIN=$(abspath $(dir $(NFPM))) $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
 
-# The ARM and MIPS binaries under qemu-user against an amd64 server, and the
-# .debs installed, run and removed on this machine (as root).
+# The ARM and MIPS binaries under qemu-user against an amd64 server, the
+# .debs installed, run and removed on this machine (as root), and make
+# release run twice for one target to the same bytes.
 test-cross: package
 	TETHER_CROSS=$(abspath $(CROSS)) TETHER_PACKAGES=$(abspath $(PACKAGES)) TETHER_BUILD_VERSION=$(VERSION) \
+	  TETHER_NFPM=$(abspath $(NFPM)) \
 	  $(GO) test -count=1 -timeout 10m -v ./cross/
+
+# Every artefact of a release in $(RELEASE), with SHA256SUMS: for each
+# target a tarball of its binaries with LICENSE and NOTICE and its packages,
+# and the source with its modules vendored, for builds without a network.
+# The same commit gives the same bytes: every timestamp is the commit's
+# (SOURCE_DATE_EPOCH, which nfpm honours too), owners and modes are fixed,
+# and files are in name order. RELEASE_TARGETS narrows it to some targets.
+RELEASE_TARGETS ?=
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+RELEASE = $(BIN)/release/$(VERSION)
+REPRO_TAR = tar --sort=name --mtime=@$(SOURCE_DATE_EPOCH) --owner=0 --group=0 --numeric-owner \
+	--mode=u+rwX,go+rX,go-w --format=gnu
+
+.PHONY: release
+release: $(NFPM)
+	rm -rf $(RELEASE) && mkdir -p $(RELEASE)/.work
+	VERSION=$(VERSION) ./cross/build.sh $(RELEASE)/.work/cross $(RELEASE_TARGETS)
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) ./cross/package.sh $(NFPM) $(RELEASE)/.work/cross $(RELEASE)/.work/packages $(RELEASE_TARGETS)
+	set -e; for d in $(RELEASE)/.work/cross/linux-*/; do \
+	  t=$$(basename $$d); cp LICENSE NOTICE $$d; \
+	  $(REPRO_TAR) -C $$d -cf - LICENSE NOTICE tetherd tetherctl tether-server | gzip -n9 >$(RELEASE)/tether-$(VERSION)-$$t.tar.gz; \
+	  cp $(RELEASE)/.work/packages/$$t/* $(RELEASE)/; \
+	done
+	set -e; src=$(RELEASE)/.work/tether-$(VERSION); mkdir -p $$src; \
+	  git archive HEAD | tar -x -C $$src; \
+	  (cd $$src && $(GO) mod vendor); \
+	  $(REPRO_TAR) -C $(RELEASE)/.work -cf - tether-$(VERSION) | gzip -n9 >$(RELEASE)/tether-$(VERSION)-src.tar.gz
+	rm -rf $(RELEASE)/.work
+	cd $(RELEASE) && sha256sum -- * >SHA256SUMS && cat SHA256SUMS
 
 clean:
 	rm -rf $(BIN) $(ACCEPTANCE)/node_modules

@@ -7,8 +7,11 @@
 //
 // The tests need $TETHER_CROSS (the binaries' directory) and
 // $TETHER_PACKAGES (the packages'); without them they are skipped, so that
-// `go test ./...` does not depend on a cross build. The test of
+// `go test ./...` does not depend on a cross build; the check that `make
+// release` gives the same bytes twice needs $TETHER_NFPM. The test of
 // cross/size.sh's budgets needs neither, nor does the test of the
 // container image's files (packaging/container/rootfs.sh), which builds
-// the server itself and needs only root. It has no non-test code.
+// the server itself and needs only root, nor do the replays of the Yocto,
+// Buildroot and OpenWrt recipes' builds, which need make and the module
+// cache. It has no non-test code.
 package cross

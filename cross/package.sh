@@ -9,9 +9,9 @@
 #   TETHER_VERSION     package version, semantic (default: scripts/version.sh)
 #   PACKAGE_FORMATS    default: deb rpm apk ipk (tether-server: deb and rpm
 #                      of these only)
-#   IPK_ARCH           the OpenWrt architecture of the .ipk, for one target
-#                      (mipsel_24kc, aarch64_cortex-a53, ...); default:
-#                      nfpm's generic name, which opkg may refuse
+#   IPK_ARCH           the OpenWrt architecture of the .ipk, for one target,
+#                      where the device's differs from the default below
+#                      (opkg -print-architecture on the device names it)
 #   TETHER_MAINTAINER  the packages' Maintainer field
 set -euo pipefail
 nfpm=$(realpath "$1")
@@ -31,6 +31,14 @@ declare -A arch=(
   [linux-amd64]=amd64 [linux-386]=386 [linux-arm64]=arm64 [linux-armv7]=arm7
   [linux-armv6]=arm6 [linux-mips]=mips [linux-mipsle]=mipsle [linux-riscv64]=riscv64
 )
+# The OpenWrt architecture each target's .ipk installs on by default: the
+# commonest OpenWrt target with that CPU (ramips mt7621 and mt76x8, ath79,
+# ipq40xx and sunxi, mediatek filogic and bcm2710, bcm2708, x86).
+declare -A ipk_arch=(
+  [linux-amd64]=x86_64 [linux-386]=i386_pentium4 [linux-arm64]=aarch64_cortex-a53
+  [linux-armv7]=arm_cortex-a7_neon-vfpv4 [linux-armv6]=arm_arm1176jzf-s_vfp
+  [linux-mips]=mips_24kc [linux-mipsle]=mipsel_24kc [linux-riscv64]=riscv64_riscv64
+)
 names=("$@")
 if ((${#names[@]} == 0)); then
   for d in "$cross"/linux-*/; do names+=("$(basename "$d")"); done
@@ -42,7 +50,7 @@ for name in "${names[@]}"; do
   mkdir -p "$out/$name"
   for f in "${formats[@]}"; do
     TETHER_ARCH=${arch[$name]}
-    if [[ $f == ipk && -n ${IPK_ARCH:-} ]]; then TETHER_ARCH=$IPK_ARCH; fi
+    if [[ $f == ipk ]]; then TETHER_ARCH=${IPK_ARCH:-${ipk_arch[$name]}}; fi
     export TETHER_ARCH
     "$nfpm" package --config packaging/nfpm.yaml --packager "$f" --target "$out/$name/" | grep -v '^using '
     if [[ $f == deb || $f == rpm ]]; then

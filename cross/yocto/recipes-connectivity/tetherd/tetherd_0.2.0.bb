@@ -2,29 +2,41 @@ SUMMARY = "Tether push-messaging agent"
 DESCRIPTION = "tetherd keeps the device connected to a Tether connection \
 server and hands stored messages to local apps over a Unix socket and \
 D-Bus; tetherctl is its command line."
-# Tether's source carries no license file yet: set LICENSE and
-# LIC_FILES_CHKSUM to its terms once it does.
-LICENSE ??= "CLOSED"
+HOMEPAGE = "https://example.org/tether"
+# Tether itself; tetherd-licenses.inc adds the modules linked into the
+# binaries.
+LICENSE = "Apache-2.0"
+LIC_FILES_CHKSUM = "file://src/${GO_IMPORT}/LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57"
 
-# Where your build fetches Tether from, and the commit to build: set both
-# (in this file, a .bbappend or local.conf). docs/firmware.md has the steps.
+# The release tag v${PV}. The recipe's file name carries the version
+# (tetherd_X.Y.Z.bb, the VERSION file of that release); set SRCREV to the
+# commit the tag names (git rev-parse vX.Y.Z^{commit}) in a .bbappend,
+# since a tag can move and a commit cannot.
 TETHER_GIT_URL ??= "git://example.org/tether.git;protocol=https;branch=main"
-SRC_URI = "${TETHER_GIT_URL}"
-SRCREV ??= "${AUTOREV}"
-PV = "0.0.0+git${SRCPV}"
+SRC_URI = "${TETHER_GIT_URL};tag=v${PV};destsuffix=${GO_SRCURI_DESTSUFFIX}"
+SRCREV ??= ""
 
 GO_IMPORT = "tether"
 GO_INSTALL = "${GO_IMPORT}/cmd/tetherd ${GO_IMPORT}/cmd/tetherctl"
 # Static, stripped and reproducible, as `make cross` builds them.
 export CGO_ENABLED = "0"
 GO_LINKSHARED = ""
-GOBUILDFLAGS:append = " -trimpath -buildvcs=false"
+GOBUILDFLAGS:append = " -buildvcs=false"
 GO_EXTRA_LDFLAGS:append = " -s -w -buildid= -X main.version=${PV}"
+# go.bbclass asks for a position-independent executable on arm, x86 and
+# riscv64, which Go builds only with cgo and the external linker. A static
+# binary has no loader to relocate it, so PIE would buy nothing.
+GOBUILDFLAGS:remove = "-buildmode=pie"
+# The modules come from SRC_URI (tetherd-go-mods.inc, gomod:// with their
+# checksums), so the build never reaches the network.
+export GOPROXY = "off"
 
-inherit go-mod systemd useradd
+inherit go-mod go-mod-update-modules systemd useradd
 
-# go-mod fetches the modules go.sum names during the build.
-do_compile[network] = "1"
+# `bitbake -c update_modules tetherd` writes both files again after
+# go.mod changes; `go test ./cross/` checks that they match go.sum.
+require ${BPN}-go-mods.inc
+require ${BPN}-licenses.inc
 
 USERADD_PACKAGES = "${PN}"
 USERADD_PARAM:${PN} = "--system --user-group --no-create-home --home-dir /var/lib/tether --shell /sbin/nologin tether"
@@ -38,8 +50,6 @@ do_install:append() {
     install -D -m 0644 $src/packaging/config/agent.toml ${D}${sysconfdir}/tether/agent.toml
     install -D -m 0644 $src/packaging/dbus/org.tether.Push.conf ${D}${datadir}/dbus-1/system.d/org.tether.Push.conf
     install -D -m 0644 $src/packaging/dbus/org.tether.Push.service ${D}${datadir}/dbus-1/system-services/org.tether.Push.service
-    # Only the device's binaries.
-    rm -f ${D}${bindir}/tether-server
 }
 
 FILES:${PN} += "${systemd_system_unitdir}/tetherd.service ${datadir}/dbus-1"
