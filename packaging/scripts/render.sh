@@ -1,0 +1,26 @@
+#!/bin/sh
+# Writes the maintainer scripts of one package, from the templates in
+# packaging/scripts/{deb,rpm,apk}/, into OUT/{deb,rpm,apk}/: one set of
+# scripts serves tetherd and tether-server, which differ only in the
+# names filled in here.
+#
+#   packaging/scripts/render.sh PACKAGE OUT     PACKAGE: tetherd or tether-server
+set -eu
+pkg=$1
+out=$2
+here=$(dirname "$0")
+case "$pkg" in
+tetherd) user=tether ;;
+tether-server) user=tether-server ;;
+*)
+	echo "render.sh: unknown package $pkg (tetherd or tether-server)" >&2
+	exit 2
+	;;
+esac
+for f in "$here"/deb/* "$here"/rpm/* "$here"/apk/*; do
+	dst=$out/$(basename "$(dirname "$f")")/$(basename "$f")
+	mkdir -p "$(dirname "$dst")"
+	sed -e "s|@PACKAGE@|$pkg|g; s|@UNIT@|$pkg.service|g; s|@USER@|$user|g; s|@STATE@|/var/lib/$user|g" \
+		-e "/^@FIRST_RUN@\$/{r $here/$pkg.first-run" -e 'd;}' "$f" >"$dst"
+	chmod 0755 "$dst"
+done
