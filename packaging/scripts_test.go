@@ -1,6 +1,7 @@
 package packaging
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,85 +61,212 @@ func TestInitScripts(t *testing.T) {
 	}
 }
 
-// TestMaintainerScripts runs the .rpm's and .apk's scripts, rendered for
-// each package, with the arguments rpm and apk give them, against stubs
-// of systemctl, rc-service and rc-update that record their calls: the
-// macros' behaviour on install, upgrade and erase, and Alpine's policy of
-// enabling nothing. (cross/package_test.go installs the .debs with dpkg.)
+// TestMaintainerScripts runs the .deb's, .rpm's and .apk's scripts,
+// rendered for each package, with the arguments dpkg, rpm and apk give
+// them, against stubs of systemctl, deb-systemd-helper,
+// deb-systemd-invoke, rc-service and rc-update that record their calls,
+// on a machine with systemd running or without: what dh_installsystemd's
+// and the %systemd_* macros' scripts do on install, upgrade and removal,
+// and Alpine's policy of enabling nothing. (cross/package_test.go installs
+// the .debs with dpkg.) Each runs in a mount namespace of its own, where
+// /run/systemd/system exists or not as the row says.
 func TestMaintainerScripts(t *testing.T) {
-	reload := []string{}
-	if _, err := os.Stat("/run/systemd/system"); err == nil {
-		reload = []string{"systemctl daemon-reload"}
-	}
+	bench := newScriptBench(t)
+	const (
+		dshUnmask   = "deb-systemd-helper unmask tetherd.service"
+		dshWas      = "deb-systemd-helper --quiet was-enabled tetherd.service"
+		dshEnable   = "deb-systemd-helper enable tetherd.service"
+		reload      = "systemctl daemon-reload"
+		debReload   = "systemctl --system daemon-reload"
+		debTryRes   = "deb-systemd-invoke try-restart tetherd.service"
+		debStop     = "deb-systemd-invoke stop tetherd.service"
+		debSettled  = "deb-systemd-helper update-state tetherd.service"
+		serverSends = "enroll create"
+		mkState     = "install -d -o tether -g tether -m 0700 /var/lib/tether"
+	)
 	tests := []struct {
 		pkg, script string
 		args        []string
+		systemd     bool // systemd runs: /run/systemd/system exists
+		disabled    bool // deb-systemd-helper was-enabled says no
 		calls       []string
 		says        string // in the output; "" for no output
 	}{
-		{"tetherd", "rpm/post", []string{"1"}, []string{"systemctl --no-reload preset tetherd.service"}, "set server in /etc/tether/agent.toml"},
-		{"tether-server", "rpm/post", []string{"1"}, []string{"systemctl --no-reload preset tether-server.service"}, "enroll create"},
-		{"tetherd", "rpm/post", []string{"2"}, nil, ""},
-		{"tetherd", "rpm/preun", []string{"0"}, []string{"systemctl --no-reload disable --now tetherd.service"}, ""},
-		{"tether-server", "rpm/preun", []string{"0"}, []string{"systemctl --no-reload disable --now tether-server.service"}, ""},
-		{"tetherd", "rpm/preun", []string{"1"}, nil, ""},
-		{"tetherd", "rpm/postun", []string{"0"}, reload, ""},
-		{"tetherd", "rpm/postun", []string{"1"}, append(reload, "systemctl try-restart tetherd.service"), ""},
-		{"tether-server", "rpm/postun", []string{"1"}, append(reload, "systemctl try-restart tether-server.service"), ""},
-		{"tetherd", "apk/post-install", []string{"0.2.0"}, nil, "rc-update add tetherd default"},
-		{"tetherd", "apk/post-install", []string{"0.2.1", "0.2.0"}, nil, ""},
-		{"tetherd", "apk/pre-deinstall", []string{"0.2.0"}, []string{
+		// .deb: enabled on a first install, never started; an upgrade
+		// keeps the admin's choice and restarts only what runs.
+		{"tetherd", "deb/postinst", []string{"configure"}, false, false, []string{mkState, dshUnmask, dshWas, dshEnable}, "set server in /etc/tether/agent.toml"},
+		{"tetherd", "deb/postinst", []string{"configure"}, true, false, []string{mkState, dshUnmask, dshWas, dshEnable, debReload}, "set server"},
+		{"tetherd", "deb/postinst", []string{"configure", "0.1.0"}, true, false, []string{mkState, dshUnmask, dshWas, dshEnable, debReload, debTryRes}, ""},
+		{"tetherd", "deb/postinst", []string{"configure", "0.1.0"}, true, true, []string{mkState, dshUnmask, dshWas, debSettled, debReload, debTryRes}, ""},
+		{"tetherd", "deb/postinst", []string{"configure", "0.1.0"}, false, true, []string{mkState, dshUnmask, dshWas, debSettled}, ""},
+		{"tether-server", "deb/postinst", []string{"configure"}, true, false, []string{
+			"install -d -o tether-server -g tether-server -m 0700 /var/lib/tether-server",
+			"deb-systemd-helper unmask tether-server.service", "deb-systemd-helper --quiet was-enabled tether-server.service",
+			"deb-systemd-helper enable tether-server.service", debReload,
+		}, serverSends},
+		{"tetherd", "deb/prerm", []string{"remove"}, true, false, []string{debStop}, ""},
+		{"tetherd", "deb/prerm", []string{"remove"}, false, false, nil, ""},
+		{"tetherd", "deb/prerm", []string{"upgrade", "0.2.0"}, true, false, nil, ""},
+		{"tetherd", "deb/postrm", []string{"remove"}, false, false, []string{"deb-systemd-helper mask tetherd.service"}, ""},
+		{"tetherd", "deb/postrm", []string{"purge"}, true, false, []string{"deb-systemd-helper purge tetherd.service", dshUnmask, debReload}, ""},
+		{"tetherd", "deb/postrm", []string{"upgrade", "0.2.0"}, true, false, []string{debReload}, ""},
+
+		// .rpm: the %systemd_* macros.
+		{"tetherd", "rpm/post", []string{"1"}, true, false, []string{mkState, "systemctl --no-reload preset tetherd.service"}, "set server in /etc/tether/agent.toml"},
+		{"tether-server", "rpm/post", []string{"1"}, true, false, []string{"install -d -o tether-server -g tether-server -m 0700 /var/lib/tether-server", "systemctl --no-reload preset tether-server.service"}, serverSends},
+		{"tetherd", "rpm/post", []string{"2"}, true, false, []string{mkState}, ""},
+		{"tetherd", "rpm/preun", []string{"0"}, true, false, []string{"systemctl --no-reload disable --now tetherd.service"}, ""},
+		{"tether-server", "rpm/preun", []string{"0"}, true, false, []string{"systemctl --no-reload disable --now tether-server.service"}, ""},
+		{"tetherd", "rpm/preun", []string{"1"}, true, false, nil, ""},
+		{"tetherd", "rpm/postun", []string{"0"}, true, false, []string{reload}, ""},
+		{"tetherd", "rpm/postun", []string{"1"}, true, false, []string{reload, "systemctl try-restart tetherd.service"}, ""},
+		{"tetherd", "rpm/postun", []string{"1"}, false, false, []string{"systemctl try-restart tetherd.service"}, ""},
+		{"tether-server", "rpm/postun", []string{"1"}, true, false, []string{reload, "systemctl try-restart tether-server.service"}, ""},
+
+		// .apk: Alpine enables and starts nothing itself.
+		{"tetherd", "apk/post-install", []string{"0.2.0"}, false, false, []string{mkState}, "rc-update add tetherd default"},
+		{"tetherd", "apk/post-install", []string{"0.2.1", "0.2.0"}, false, false, []string{mkState}, ""},
+		{"tetherd", "apk/pre-deinstall", []string{"0.2.0"}, false, false, []string{
 			"rc-service --exists tetherd", "rc-service --quiet tetherd status",
 			"rc-service tetherd stop", "rc-update --quiet --all del tetherd",
 		}, ""},
 	}
-	dir := t.TempDir()
-	stubs := filepath.Join(dir, "stubs")
-	if err := os.Mkdir(stubs, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	// The state directory exists or is made; either way install is a stub.
-	for _, name := range []string{"systemctl", "rc-service", "rc-update", "install"} {
-		stub := "#!/bin/sh\necho \"" + name + " $*\" >>\"$CALLS\"\n"
-		if err := os.WriteFile(filepath.Join(stubs, name), []byte(stub), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, pkg := range []string{"tetherd", "tether-server"} {
-		if out, err := exec.Command("sh", "scripts/render.sh", pkg, filepath.Join(dir, pkg)).CombinedOutput(); err != nil {
-			t.Fatalf("render.sh %s: %v\n%s", pkg, err, out)
-		}
-	}
 	for _, tt := range tests {
-		t.Run(tt.pkg+"/"+tt.script+"/"+strings.Join(tt.args, ","), func(t *testing.T) {
-			script := filepath.Join(dir, tt.pkg, tt.script)
-			b, err := os.ReadFile(script)
-			if err != nil {
-				t.Fatal(err)
+		name := fmt.Sprintf("%s/%s/%s/systemd=%v/disabled=%v", tt.pkg, tt.script, strings.Join(tt.args, ","), tt.systemd, tt.disabled)
+		t.Run(name, func(t *testing.T) {
+			var env []string
+			if tt.systemd {
+				env = append(env, "SYSTEMD=1")
 			}
-			if strings.Contains(string(b), "@") {
-				t.Errorf("a placeholder is left in %s", tt.script)
+			if tt.disabled {
+				env = append(env, "DISABLED=1")
 			}
-			calls := filepath.Join(t.TempDir(), "calls")
-			cmd := exec.Command("sh", append([]string{script}, tt.args...)...)
-			cmd.Env = append(os.Environ(), "PATH="+stubs+":/usr/bin:/bin", "CALLS="+calls)
-			out, err := cmd.CombinedOutput()
-			if err != nil {
-				t.Fatalf("%v\n%s", err, out)
-			}
-			if (tt.says == "") != (len(out) == 0) || !strings.Contains(string(out), tt.says) {
+			out, calls := bench.run(t, tt.pkg, tt.script, tt.args, env...)
+			if (tt.says == "") != (out == "") || !strings.Contains(out, tt.says) {
 				t.Errorf("output %q, want %q", out, tt.says)
 			}
-			recorded, _ := os.ReadFile(calls)
-			var got []string
-			for _, c := range strings.Split(strings.TrimSuffix(string(recorded), "\n"), "\n") {
-				if c != "" && !strings.HasPrefix(c, "install ") {
-					got = append(got, c)
-				}
-			}
-			if !slices.Equal(got, tt.calls) {
-				t.Errorf("calls %q, want %q", got, tt.calls)
+			if !slices.Equal(calls, tt.calls) {
+				t.Errorf("calls %q, want %q", calls, tt.calls)
 			}
 		})
 	}
+}
+
+// TestDebPolicyRC runs the .deb's scripts with the real deb-systemd-invoke
+// under a running systemd, and an /usr/sbin/policy-rc.d that allows (0)
+// or forbids (101) what they ask: nothing is restarted or stopped that
+// policy-rc.d forbids.
+func TestDebPolicyRC(t *testing.T) {
+	bench := newScriptBench(t)
+	if _, err := exec.LookPath("deb-systemd-invoke"); err != nil {
+		t.Skip("no deb-systemd-invoke (init-system-helpers)")
+	}
+	tests := []struct {
+		script string
+		args   []string
+		policy string
+		want   []string // the calls of policy-rc.d and systemctl
+	}{
+		{"deb/postinst", []string{"configure", "0.1.0"}, "0", []string{"policy-rc.d tetherd.service try-restart", "systemctl try-restart tetherd.service"}},
+		{"deb/postinst", []string{"configure", "0.1.0"}, "101", []string{"policy-rc.d tetherd.service try-restart"}},
+		{"deb/prerm", []string{"remove"}, "101", []string{"policy-rc.d tetherd.service stop"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.script+"/"+strings.Join(tt.args, ",")+"/policy="+tt.policy, func(t *testing.T) {
+			_, calls := bench.run(t, "tetherd", tt.script, tt.args, "SYSTEMD=1", "POLICY="+tt.policy)
+			calls = slices.DeleteFunc(calls, func(c string) bool {
+				return !strings.HasPrefix(c, "policy-rc.d ") && !strings.HasPrefix(c, "systemctl ") || c == "systemctl --system daemon-reload"
+			})
+			if !slices.Equal(calls, tt.want) {
+				t.Errorf("calls %q, want %q", calls, tt.want)
+			}
+		})
+	}
+}
+
+// scriptBench runs the maintainer scripts, rendered for both packages,
+// each in a mount namespace of its own, against stubs that record their
+// calls in order.
+type scriptBench struct {
+	dir string
+}
+
+// inNamespace sets up the namespace, then runs the script: /run and
+// /var/lib are fresh tmpfs, so that a purge deletes no store of this
+// machine's and the state directory is always made, with
+// /run/systemd/system when $SYSTEMD is set; an /etc/tether of this
+// machine's is covered too. With $POLICY, /usr/sbin holds only a
+// policy-rc.d that records its call and exits $POLICY.
+const inNamespace = `mount -t tmpfs run /run && mount -t tmpfs lib /var/lib &&
+{ [ ! -d /etc/tether ] || mount -t tmpfs etc /etc/tether; } &&
+{ [ -z "$SYSTEMD" ] || mkdir -p /run/systemd/system; } &&
+{ [ -z "$POLICY" ] || { mount -t tmpfs sbin /usr/sbin &&
+  printf '#!/bin/sh\necho "policy-rc.d $*" >>"$CALLS"\nexit %s\n' "$POLICY" >/usr/sbin/policy-rc.d &&
+  chmod 0755 /usr/sbin/policy-rc.d; }; } &&
+exec sh "$@"`
+
+// newScriptBench renders the scripts and writes the stubs: in stubs/ every
+// command the scripts call, in stubs-invoke/ all but deb-systemd-invoke,
+// for the real one. deb-systemd-helper's was-enabled fails when $DISABLED
+// is set. The test is skipped where it cannot make a mount namespace.
+func newScriptBench(t *testing.T) *scriptBench {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a mount namespace with /run of its own")
+	}
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("no unshare (util-linux)")
+	}
+	b := &scriptBench{dir: t.TempDir()}
+	for _, stubs := range []string{"stubs", "stubs-invoke"} {
+		if err := os.Mkdir(filepath.Join(b.dir, stubs), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range []string{"systemctl", "deb-systemd-helper", "deb-systemd-invoke", "rc-service", "rc-update", "install"} {
+			if stubs == "stubs-invoke" && name == "deb-systemd-invoke" {
+				continue
+			}
+			stub := "#!/bin/sh\necho \"" + name + " $*\" >>\"$CALLS\"\ncase \"$*\" in *was-enabled*) [ -z \"$DISABLED\" ] ;; esac\n"
+			if err := os.WriteFile(filepath.Join(b.dir, stubs, name), []byte(stub), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, pkg := range []string{"tetherd", "tether-server"} {
+		if out, err := exec.Command("sh", "scripts/render.sh", pkg, filepath.Join(b.dir, pkg)).CombinedOutput(); err != nil {
+			t.Fatalf("render.sh %s: %v\n%s", pkg, err, out)
+		}
+	}
+	return b
+}
+
+// run runs pkg's script with args and env (SYSTEMD=1, DISABLED=1,
+// POLICY=N) and returns its output and the stubs' calls.
+func (b *scriptBench) run(t *testing.T, pkg, script string, args []string, env ...string) (out string, calls []string) {
+	t.Helper()
+	path := filepath.Join(b.dir, pkg, script)
+	text, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(text), "@") {
+		t.Errorf("a placeholder is left in %s", script)
+	}
+	stubs := filepath.Join(b.dir, "stubs")
+	if slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, "POLICY=") }) {
+		stubs = filepath.Join(b.dir, "stubs-invoke")
+	}
+	record := filepath.Join(t.TempDir(), "calls")
+	cmd := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "sh", "-c", inNamespace, "sh", path}, args...)...)
+	cmd.Env = append(os.Environ(), "PATH="+stubs+":/usr/bin:/bin:/usr/sbin:/sbin", "CALLS="+record, "DPKG_ROOT=")
+	cmd.Env = append(cmd.Env, env...)
+	output, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", script, strings.Join(args, " "), err, output)
+	}
+	recorded, _ := os.ReadFile(record)
+	if len(recorded) > 0 {
+		calls = strings.Split(strings.TrimSuffix(string(recorded), "\n"), "\n")
+	}
+	return string(output), calls
 }
