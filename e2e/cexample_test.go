@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,10 +14,12 @@ import (
 // TestCExample builds examples/c/tether-listen.c with its Makefile, as an
 // app developer would, and runs it against the agent on a private bus: it
 // registers the app, receives the messages the app server sent and acks
-// each, so that none is left queued.
+// each, so that none is left queued; and it exits 1 when the agent leaves
+// the bus.
 func TestCExample(t *testing.T) {
 	out := t.TempDir()
-	build, err := exec.Command("make", "--no-print-directory", "-C", "../examples/c", "OUT="+out).CombinedOutput()
+	// -Werror: the example compiles without a warning.
+	build, err := exec.Command("make", "--no-print-directory", "-C", "../examples/c", "OUT="+out, "CFLAGS=-O2 -Wall -Wextra -Werror").CombinedOutput()
 	if err != nil {
 		t.Fatalf("make -C examples/c: %v\n%s", err, build)
 	}
@@ -66,5 +69,32 @@ func TestCExample(t *testing.T) {
 	// It acked both: nothing is left for the app.
 	if out, err := f.agent.ctl("--json", "status"); err != nil || !strings.Contains(out, `"queued_downstream":0`) {
 		t.Fatalf("status after tether-listen: %v: %s", err, out)
+	}
+
+	// Listening with no count, it ends when the agent goes.
+	cmd = exec.Command(listen, "--bus", bus, "--app", app, "--sender", f.sender)
+	if stdout, err = cmd.StdoutPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stderr.Reset()
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stop.Reset(time.Minute)
+	lines = bufio.NewScanner(stdout)
+	for lines.Scan() && !strings.HasPrefix(lines.Text(), "listening for ") {
+	}
+	if lines.Err() != nil || !strings.HasPrefix(lines.Text(), "listening for ") {
+		cmd.Wait()
+		t.Fatalf("the second tether-listen did not subscribe\n%s", stderr)
+	}
+	f.agent.p.stop()
+	for lines.Scan() {
+	}
+	err = cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(stderr.String(), "the agent left the bus") {
+		t.Fatalf("tether-listen after the agent stopped: %v\n%s", err, stderr)
 	}
 }

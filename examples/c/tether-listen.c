@@ -6,13 +6,13 @@
  *   tether-listen --app APP [--sender SENDER] [--count N] [--bus ADDRESS]
  *
  * With --sender it first registers the app for that sender ID and prints
- * "token TOKEN": hand the token to the app server. It then subscribes and
- * prints "message ID from FROM data: KEY=VALUE ..." for each message, and
- * acks it only after printing it: a message not acked comes again the
- * next time the app subscribes, so a crash between handling and acking
- * means a message handled twice, never one lost. With --count N it exits
- * after N messages; it exits 1 when the agent ends the subscription or
- * leaves the bus.
+ * "token TOKEN": hand the token to the app server. It then subscribes,
+ * prints "listening for APP", and for each message prints "message ID
+ * from FROM data: KEY=VALUE ..." and acks it only after printing it: a
+ * message not acked comes again the next time the app subscribes, so a
+ * crash between handling and acking means a message handled twice, never
+ * one lost. With --count N it exits after N messages; it exits 1 when the
+ * agent ends the subscription or leaves the bus.
  *
  * --bus is a bus address (unix:path=...); the default is the system bus.
  * The interface is /usr/share/dbus-1/interfaces/org.tether.Push1.xml.
@@ -126,7 +126,8 @@ static int on_owner(sd_bus_message *m, void *userdata, sd_bus_error *ret_error)
 	const char *name, *old_owner, *new_owner;
 
 	(void)ret_error;
-	if (sd_bus_message_read(m, "sss", &name, &old_owner, &new_owner) >= 0 && new_owner[0] == '\0') {
+	if (sd_bus_message_read(m, "sss", &name, &old_owner, &new_owner) >= 0 && strcmp(name, NAME) == 0 &&
+	    new_owner[0] == '\0') {
 		fprintf(stderr, "the agent left the bus\n");
 		st->exit_code = 1;
 	}
@@ -219,8 +220,10 @@ int main(int argc, char **argv)
 	if (r >= 0)
 		r = sd_bus_match_signal(bus, NULL, owner, PATH, IFACE, "SubscriptionEnded", on_ended, &st);
 	if (r >= 0)
-		r = sd_bus_match_signal(bus, NULL, "org.freedesktop.DBus", "/org/freedesktop/DBus",
-					"org.freedesktop.DBus", "NameOwnerChanged", on_owner, &st);
+		r = sd_bus_add_match(bus, NULL,
+				     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
+				     "member='NameOwnerChanged',arg0='" NAME "'",
+				     on_owner, &st);
 	if (r < 0)
 		return fail("add the signal matches", NULL, r), 1;
 	reply = sd_bus_message_unref(reply);
@@ -228,6 +231,8 @@ int main(int argc, char **argv)
 	r = sd_bus_call_method(bus, NAME, PATH, IFACE, "Subscribe", &error, NULL, "s", st.app);
 	if (r < 0)
 		return fail("subscribe", &error, r), 1;
+	printf("listening for %s\n", st.app);
+	fflush(stdout);
 
 	while (st.exit_code < 0) {
 		r = sd_bus_process(bus, NULL);
