@@ -33,6 +33,7 @@ for pkg in tetherd tether-server; do
   packaging/scripts/render.sh "$pkg" "bin/packaging/$pkg"
 done
 gzip -9n <CHANGELOG.md >bin/packaging/changelog.gz
+touch -d 2024-01-01T00:00:00Z bin/packaging/changelog.gz
 
 # cross/build.sh's target names and nfpm's architectures
 declare -A arch=(
