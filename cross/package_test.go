@@ -137,8 +137,9 @@ func systemdState(path string) bool {
 
 // TestDebAdminChoice takes each .deb through what an admin does: install
 // (the service is enabled), upgrade (still enabled), disable it, upgrade
-// again (it stays disabled), remove (masked, the store kept) and purge
-// (nothing left of the unit's state, nor the store).
+// again (it stays disabled), remove (masked, the store kept), install
+// again (unmasked, still disabled), remove and purge (nothing left of the
+// unit's state, nor the store).
 func TestDebAdminChoice(t *testing.T) {
 	for _, tt := range []struct{ pkg, user string }{
 		{"tetherd", "tether"},
@@ -189,6 +190,13 @@ func TestDebAdminChoice(t *testing.T) {
 			if _, err := os.Stat(state); err != nil {
 				t.Errorf("dpkg -r removed the store: %v", err)
 			}
+			// Installed again: unmasked, and still disabled.
+			install("an install after the removal", "90.0.3")
+			if _, err := os.Lstat("/etc/systemd/system/" + unit); err == nil {
+				t.Error("the unit is still masked after an install")
+			}
+			enabled("an install after the removal", false)
+			run(t, "dpkg", "-r", tt.pkg)
 			run(t, "dpkg", "--purge", tt.pkg)
 			for _, p := range []string{"/etc/systemd/system/" + unit, wants, state,
 				"/var/lib/systemd/deb-systemd-helper-enabled/" + unit + ".dsh-also",
