@@ -61,15 +61,15 @@ func TestInitScripts(t *testing.T) {
 	}
 }
 
-// TestMaintainerScripts runs the .deb's, .rpm's and .apk's scripts,
-// rendered for each package, with the arguments dpkg, rpm and apk give
+// TestMaintainerScripts runs every format's scripts, rendered for each
+// package, with the arguments and variables dpkg, rpm, apk and opkg give
 // them, against stubs of systemctl, deb-systemd-helper,
-// deb-systemd-invoke, rc-service and rc-update that record their calls,
-// on a machine with systemd running or without: what dh_installsystemd's
-// and the %systemd_* macros' scripts do on install, upgrade and removal,
-// and Alpine's policy of enabling nothing. (cross/package_test.go installs
-// the .debs with dpkg.) Each runs in a mount namespace of its own, where
-// /run/systemd/system exists or not as the row says.
+// deb-systemd-invoke, rc-service, rc-update and /etc/init.d/tetherd that
+// record their calls, on a machine with systemd running or without: what
+// dh_installsystemd's and the %systemd_* macros' scripts and OpenWrt's
+// default_postinst do on install, upgrade and removal, and Alpine's policy
+// of enabling nothing. (cross/package_test.go installs the .debs with
+// dpkg.)
 func TestMaintainerScripts(t *testing.T) {
 	bench := newScriptBench(t)
 	const (
@@ -84,64 +84,65 @@ func TestMaintainerScripts(t *testing.T) {
 		serverSends = "enroll create"
 		mkState     = "install -d -o tether -g tether -m 0700 /var/lib/tether"
 	)
+	sd, sdOff, off := []string{"SYSTEMD=1"}, []string{"SYSTEMD=1", "DISABLED=1"}, []string{"DISABLED=1"}
 	tests := []struct {
 		pkg, script string
 		args        []string
-		systemd     bool // systemd runs: /run/systemd/system exists
-		disabled    bool // deb-systemd-helper was-enabled says no
+		env         []string // SYSTEMD=1: systemd runs; DISABLED=1: was-enabled says no
 		calls       []string
 		says        string // in the output; "" for no output
 	}{
 		// .deb: enabled on a first install, never started; an upgrade
 		// keeps the admin's choice and restarts only what runs.
-		{"tetherd", "deb/postinst", []string{"configure"}, false, false, []string{mkState, dshUnmask, dshWas, dshEnable}, "set server in /etc/tether/agent.toml"},
-		{"tetherd", "deb/postinst", []string{"configure"}, true, false, []string{mkState, dshUnmask, dshWas, dshEnable, debReload}, "set server"},
-		{"tetherd", "deb/postinst", []string{"configure", "0.1.0"}, true, false, []string{mkState, dshUnmask, dshWas, dshEnable, debReload, debTryRes}, ""},
-		{"tetherd", "deb/postinst", []string{"configure", "0.1.0"}, true, true, []string{mkState, dshUnmask, dshWas, debSettled, debReload, debTryRes}, ""},
-		{"tetherd", "deb/postinst", []string{"configure", "0.1.0"}, false, true, []string{mkState, dshUnmask, dshWas, debSettled}, ""},
-		{"tether-server", "deb/postinst", []string{"configure"}, true, false, []string{
+		{"tetherd", "deb/postinst", []string{"configure"}, nil, []string{mkState, dshUnmask, dshWas, dshEnable}, "set server in /etc/tether/agent.toml"},
+		{"tetherd", "deb/postinst", []string{"configure"}, sd, []string{mkState, dshUnmask, dshWas, dshEnable, debReload}, "set server"},
+		{"tetherd", "deb/postinst", []string{"configure", "0.1.0"}, sd, []string{mkState, dshUnmask, dshWas, dshEnable, debReload, debTryRes}, ""},
+		{"tetherd", "deb/postinst", []string{"configure", "0.1.0"}, sdOff, []string{mkState, dshUnmask, dshWas, debSettled, debReload, debTryRes}, ""},
+		{"tetherd", "deb/postinst", []string{"configure", "0.1.0"}, off, []string{mkState, dshUnmask, dshWas, debSettled}, ""},
+		{"tether-server", "deb/postinst", []string{"configure"}, sd, []string{
 			"install -d -o tether-server -g tether-server -m 0700 /var/lib/tether-server",
 			"deb-systemd-helper unmask tether-server.service", "deb-systemd-helper --quiet was-enabled tether-server.service",
 			"deb-systemd-helper enable tether-server.service", debReload,
 		}, serverSends},
-		{"tetherd", "deb/prerm", []string{"remove"}, true, false, []string{debStop}, ""},
-		{"tetherd", "deb/prerm", []string{"remove"}, false, false, nil, ""},
-		{"tetherd", "deb/prerm", []string{"upgrade", "0.2.0"}, true, false, nil, ""},
-		{"tetherd", "deb/postrm", []string{"remove"}, false, false, []string{"deb-systemd-helper mask tetherd.service"}, ""},
-		{"tetherd", "deb/postrm", []string{"purge"}, true, false, []string{"deb-systemd-helper purge tetherd.service", dshUnmask, debReload}, ""},
-		{"tetherd", "deb/postrm", []string{"upgrade", "0.2.0"}, true, false, []string{debReload}, ""},
+		{"tetherd", "deb/prerm", []string{"remove"}, sd, []string{debStop}, ""},
+		{"tetherd", "deb/prerm", []string{"remove"}, nil, nil, ""},
+		{"tetherd", "deb/prerm", []string{"upgrade", "0.2.0"}, sd, nil, ""},
+		{"tetherd", "deb/postrm", []string{"remove"}, nil, []string{"deb-systemd-helper mask tetherd.service"}, ""},
+		{"tetherd", "deb/postrm", []string{"purge"}, sd, []string{"deb-systemd-helper purge tetherd.service", dshUnmask, debReload}, ""},
+		{"tetherd", "deb/postrm", []string{"upgrade", "0.2.0"}, sd, []string{debReload}, ""},
 
 		// .rpm: the %systemd_* macros.
-		{"tetherd", "rpm/post", []string{"1"}, true, false, []string{mkState, "systemctl --no-reload preset tetherd.service"}, "set server in /etc/tether/agent.toml"},
-		{"tether-server", "rpm/post", []string{"1"}, true, false, []string{"install -d -o tether-server -g tether-server -m 0700 /var/lib/tether-server", "systemctl --no-reload preset tether-server.service"}, serverSends},
-		{"tetherd", "rpm/post", []string{"2"}, true, false, []string{mkState}, ""},
-		{"tetherd", "rpm/preun", []string{"0"}, true, false, []string{"systemctl --no-reload disable --now tetherd.service"}, ""},
-		{"tether-server", "rpm/preun", []string{"0"}, true, false, []string{"systemctl --no-reload disable --now tether-server.service"}, ""},
-		{"tetherd", "rpm/preun", []string{"1"}, true, false, nil, ""},
-		{"tetherd", "rpm/postun", []string{"0"}, true, false, []string{reload}, ""},
-		{"tetherd", "rpm/postun", []string{"1"}, true, false, []string{reload, "systemctl try-restart tetherd.service"}, ""},
-		{"tetherd", "rpm/postun", []string{"1"}, false, false, []string{"systemctl try-restart tetherd.service"}, ""},
-		{"tether-server", "rpm/postun", []string{"1"}, true, false, []string{reload, "systemctl try-restart tether-server.service"}, ""},
+		{"tetherd", "rpm/post", []string{"1"}, sd, []string{mkState, "systemctl --no-reload preset tetherd.service"}, "set server in /etc/tether/agent.toml"},
+		{"tether-server", "rpm/post", []string{"1"}, sd, []string{"install -d -o tether-server -g tether-server -m 0700 /var/lib/tether-server", "systemctl --no-reload preset tether-server.service"}, serverSends},
+		{"tetherd", "rpm/post", []string{"2"}, sd, []string{mkState}, ""},
+		{"tetherd", "rpm/preun", []string{"0"}, sd, []string{"systemctl --no-reload disable --now tetherd.service"}, ""},
+		{"tether-server", "rpm/preun", []string{"0"}, sd, []string{"systemctl --no-reload disable --now tether-server.service"}, ""},
+		{"tetherd", "rpm/preun", []string{"1"}, sd, nil, ""},
+		{"tetherd", "rpm/postun", []string{"0"}, sd, []string{reload}, ""},
+		{"tetherd", "rpm/postun", []string{"1"}, sd, []string{reload, "systemctl try-restart tetherd.service"}, ""},
+		{"tetherd", "rpm/postun", []string{"1"}, nil, []string{"systemctl try-restart tetherd.service"}, ""},
+		{"tether-server", "rpm/postun", []string{"1"}, sd, []string{reload, "systemctl try-restart tether-server.service"}, ""},
 
 		// .apk: Alpine enables and starts nothing itself.
-		{"tetherd", "apk/post-install", []string{"0.2.0"}, false, false, []string{mkState}, "rc-update add tetherd default"},
-		{"tetherd", "apk/post-install", []string{"0.2.1", "0.2.0"}, false, false, []string{mkState}, ""},
-		{"tetherd", "apk/pre-deinstall", []string{"0.2.0"}, false, false, []string{
+		{"tetherd", "apk/post-install", []string{"0.2.0"}, nil, []string{mkState}, "rc-update add tetherd default"},
+		{"tetherd", "apk/post-install", []string{"0.2.1", "0.2.0"}, nil, []string{mkState}, ""},
+		{"tetherd", "apk/pre-deinstall", []string{"0.2.0"}, nil, []string{
 			"rc-service --exists tetherd", "rc-service --quiet tetherd status",
 			"rc-service tetherd stop", "rc-update --quiet --all del tetherd",
 		}, ""},
+
+		// .ipk: OpenWrt's way, with PKG_UPGRADE=1 on an upgrade.
+		{"tetherd", "ipk/postinst", nil, nil, []string{"/etc/init.d/tetherd enable"}, "set server in /etc/tether/agent.toml"},
+		{"tetherd", "ipk/postinst", nil, []string{"PKG_UPGRADE=1"}, []string{"/etc/init.d/tetherd enabled", "/etc/init.d/tetherd restart"}, ""},
+		{"tetherd", "ipk/postinst", nil, []string{"PKG_UPGRADE=1", "INITD_DISABLED=1"}, []string{"/etc/init.d/tetherd enabled"}, ""},
+		{"tetherd", "ipk/postinst", nil, []string{"IPKG_INSTROOT=/tmp/image"}, nil, ""},
+		{"tetherd", "ipk/prerm", nil, nil, []string{"/etc/init.d/tetherd stop", "/etc/init.d/tetherd disable"}, ""},
+		{"tetherd", "ipk/prerm", nil, []string{"PKG_UPGRADE=1"}, nil, ""},
 	}
 	for _, tt := range tests {
-		name := fmt.Sprintf("%s/%s/%s/systemd=%v/disabled=%v", tt.pkg, tt.script, strings.Join(tt.args, ","), tt.systemd, tt.disabled)
+		name := fmt.Sprintf("%s/%s/%s/%s", tt.pkg, tt.script, strings.Join(tt.args, ","), strings.Join(tt.env, ","))
 		t.Run(name, func(t *testing.T) {
-			var env []string
-			if tt.systemd {
-				env = append(env, "SYSTEMD=1")
-			}
-			if tt.disabled {
-				env = append(env, "DISABLED=1")
-			}
-			out, calls := bench.run(t, tt.pkg, tt.script, tt.args, env...)
+			out, calls := bench.run(t, tt.pkg, tt.script, tt.args, tt.env...)
 			if (tt.says == "") != (out == "") || !strings.Contains(out, tt.says) {
 				t.Errorf("output %q, want %q", out, tt.says)
 			}
@@ -195,10 +196,14 @@ type scriptBench struct {
 // /var/lib are fresh tmpfs, so that a purge deletes no store of this
 // machine's and the state directory is always made, with
 // /run/systemd/system when $SYSTEMD is set; an /etc/tether of this
-// machine's is covered too. With $POLICY, /usr/sbin holds only a
+// machine's is covered too, and /etc/init.d holds only a tetherd that
+// records its calls ("enabled" fails with $INITD_DISABLED). With $POLICY, /usr/sbin holds only a
 // policy-rc.d that records its call and exits $POLICY.
 const inNamespace = `mount -t tmpfs run /run && mount -t tmpfs lib /var/lib &&
 { [ ! -d /etc/tether ] || mount -t tmpfs etc /etc/tether; } &&
+mount -t tmpfs initd /etc/init.d &&
+printf '#!/bin/sh\necho "/etc/init.d/tetherd $*" >>"$CALLS"\n[ "$1" != enabled ] || [ -z "$INITD_DISABLED" ]\n' >/etc/init.d/tetherd &&
+chmod 0755 /etc/init.d/tetherd &&
 { [ -z "$SYSTEMD" ] || mkdir -p /run/systemd/system; } &&
 { [ -z "$POLICY" ] || { mount -t tmpfs sbin /usr/sbin &&
   printf '#!/bin/sh\necho "policy-rc.d $*" >>"$CALLS"\nexit %s\n' "$POLICY" >/usr/sbin/policy-rc.d &&
@@ -241,7 +246,7 @@ func newScriptBench(t *testing.T) *scriptBench {
 }
 
 // run runs pkg's script with args and env (SYSTEMD=1, DISABLED=1,
-// POLICY=N) and returns its output and the stubs' calls.
+// POLICY=N, INITD_DISABLED=1, and the package managers' own variables) and returns its output and the stubs' calls.
 func (b *scriptBench) run(t *testing.T, pkg, script string, args []string, env ...string) (out string, calls []string) {
 	t.Helper()
 	path := filepath.Join(b.dir, pkg, script)
