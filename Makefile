@@ -31,6 +31,13 @@ nats-server:
 demo-cluster: build nats-server
 	BIN=$(abspath $(BIN)) ./scripts/cluster-demo.sh
 
+# The C example, examples/c/tether-listen.c (sd-bus), into $(BIN)/ where
+# a C compiler and libsystemd-dev are installed; elsewhere it says so and
+# builds nothing (docs/ipc.md).
+.PHONY: examples
+examples:
+	@$(MAKE) --no-print-directory -C examples/c OUT=$(abspath $(BIN))
+
 vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: the files above need formatting"; exit 1; }

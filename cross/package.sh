@@ -26,6 +26,15 @@ export TETHER_VERSION
 export TETHER_MAINTAINER=${TETHER_MAINTAINER:-Tether maintainers <tether@example.org>}
 formats=(${PACKAGE_FORMATS:-deb rpm apk ipk})
 
+# What the nfpm descriptions take from bin/packaging/: each package's
+# maintainer scripts for each format, and the changelog the .debs carry.
+rm -rf bin/packaging
+for pkg in tetherd tether-server; do
+  packaging/scripts/render.sh "$pkg" "bin/packaging/$pkg"
+done
+gzip -9n <CHANGELOG.md >bin/packaging/changelog.gz
+touch -d 2024-01-01T00:00:00Z bin/packaging/changelog.gz
+
 # cross/build.sh's target names and nfpm's architectures
 declare -A arch=(
   [linux-amd64]=amd64 [linux-386]=386 [linux-arm64]=arm64 [linux-armv7]=arm7

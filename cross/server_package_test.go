@@ -14,10 +14,9 @@ import (
 	"testing"
 )
 
-// serverPackage is the tether-server package named by glob in
-// $TETHER_PACKAGES for this machine's CPU; the test is skipped without
-// them.
-func serverPackage(t *testing.T, glob string) string {
+// hostPackage is the package named by glob in $TETHER_PACKAGES for this
+// machine's CPU; the test is skipped without them.
+func hostPackage(t *testing.T, glob string) string {
 	t.Helper()
 	pkgs := os.Getenv("TETHER_PACKAGES")
 	if pkgs == "" {
@@ -38,18 +37,8 @@ func serverPackage(t *testing.T, glob string) string {
 // removes the package, which keeps the conffile and the store, and
 // purges it, which keeps only the user.
 func TestServerDebInstallRun(t *testing.T) {
-	deb := serverPackage(t, "tether-server_*.deb")
-	if os.Geteuid() != 0 {
-		t.Skip("dpkg -i needs root")
-	}
-	if _, err := exec.LookPath("dpkg"); err != nil {
-		t.Skip("no dpkg")
-	}
-	if exec.Command("dpkg", "-s", "tether-server").Run() == nil {
-		t.Fatal("a tether-server package is already installed here; remove it first")
-	}
+	deb := hostDeb(t, "tether-server")
 	before := serverPaths(t)
-	t.Cleanup(func() { exec.Command("dpkg", "--purge", "tether-server").Run() })
 
 	run(t, "dpkg", "-i", deb)
 
@@ -121,7 +110,7 @@ func TestServerDebInstallRun(t *testing.T) {
 	removeThenPurge(t, "tether-server", "tether-server", serverPaths, before, func(left []string) bool {
 		return slices.Contains(left, "/etc/tether/server.toml") && slices.Contains(left, "/var/lib/tether-server/server.db") &&
 			!slices.ContainsFunc(left, func(p string) bool {
-				return p != "/etc/tether/server.toml" && !strings.HasPrefix(p, "/var/lib/tether-server")
+				return p != "/etc/tether/server.toml" && !strings.HasPrefix(p, "/var/lib/tether-server") && !systemdState(p)
 			})
 	})
 }
@@ -162,7 +151,7 @@ func serverPaths(t *testing.T) []string {
 // installs, the config file marked as one, and the scripts that create
 // the user.
 func TestServerRPM(t *testing.T) {
-	pkg := serverPackage(t, "tether-server-*.rpm")
+	pkg := hostPackage(t, "tether-server-*.rpm")
 	if _, err := exec.LookPath("rpm"); err != nil {
 		t.Skip("no rpm")
 	}
@@ -178,7 +167,7 @@ func TestServerRPM(t *testing.T) {
 	if out := run(t, "rpm", "-qcp", pkg); out != "/etc/tether/server.toml\n" {
 		t.Errorf("config files of the .rpm: %q", out)
 	}
-	if out := run(t, "rpm", "-qp", "--scripts", pkg); !strings.Contains(out, "useradd --system") || !strings.Contains(out, "systemctl enable tether-server.service") {
+	if out := run(t, "rpm", "-qp", "--scripts", pkg); !strings.Contains(out, "useradd --system") || !strings.Contains(out, "systemctl --no-reload preset tether-server.service") {
 		t.Errorf("the .rpm's scripts do not create the user and enable the service:\n%s", out)
 	}
 	if out := run(t, "rpm", "-qp", "--queryformat", "[%{FILEMODES:perms} %{FILEUSERNAME}:%{FILEGROUPNAME} %{FILENAMES}\n]", pkg); !strings.Contains(out, "-rw-r----- root:tether-server /etc/tether/server.toml\n") {
