@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/base64"
 	"errors"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -53,16 +52,7 @@ func (ts *testServer) push(token string, headers map[string]string, body []byte)
 	for k, v := range headers {
 		req.Header.Set(k, v)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		ts.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		ts.t.Fatal(err)
-	}
-	return httpAnswer{resp.StatusCode, resp.Header, string(b)}
+	return ts.do(req)
 }
 
 // pushed pushes and expects 201; it returns the message ID.
