@@ -279,6 +279,30 @@ func TestWebPushRegister(t *testing.T) {
 	}
 }
 
+// TestWebPushTokenRotation: a rotated Web Push registration's token
+// refresh carries its new endpoint, and the old endpoint reaches the new
+// token during the grace period.
+func TestWebPushTokenRotation(t *testing.T) {
+	ts := startWebPushServer(t, nil)
+	d := ts.checkIn()
+	old := d.registerWebPush(app, "")
+	d.conn.Close()
+	rotated, err := ts.store.RotateToken(t.Context(), old, time.Hour, ts.now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d = ts.reconnect(d)
+	n := d.expectRefresh()
+	if n.Token != rotated.Token || n.Endpoint != testOrigin+"/up/"+rotated.Token {
+		t.Fatalf("token refresh %+v, want token %s and its endpoint", n, rotated.Token)
+	}
+	d.ack(n.ID)
+	ts.pushed(old, map[string]string{"TTL": "60"}, []byte("to the old endpoint"))
+	if m := d.expectMessage(); m.Token != rotated.Token || string(m.Raw) != "to the old endpoint" {
+		t.Fatalf("got %+v", m)
+	}
+}
+
 // TestWebPushUrgency: RFC 8030's urgency decides what goes at once in
 // each power mode: high always, normal on mains and battery, low and
 // very-low on mains only; held ones go behind the next message that goes
