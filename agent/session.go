@@ -47,7 +47,7 @@ type linkHandler struct{ a *Agent }
 // configured servers, else asks for a check-in.
 func (h linkHandler) Hello() (wire.Hello, error) {
 	a := h.a
-	hello := wire.Hello{Agent: a.name, Mode: a.currentPowerMode()}
+	hello := wire.Hello{Agent: a.name, Mode: a.currentPowerMode(), Link: a.currentLinkType()}
 	creds, err := a.store.Credentials()
 	switch {
 	case err == nil && a.ownsCredentials(creds):

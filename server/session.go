@@ -146,6 +146,7 @@ func releaseConn(nc net.Conn) {
 func (s *Server) openSession(ctx context.Context, conn *websocket.Conn, acc accepted) (*session, bool) {
 	ss := newSession(s, conn, acc.device.ID, acc.timeout, powerMode(acc.hello.Mode), acc.log)
 	ss.codec = acc.codec
+	ss.wifi = acc.hello.Link == wire.LinkWiFi
 	if s.node != nil {
 		// On a cluster the session's place in the order of the device's
 		// sessions comes from the state, not from this node's clock:
@@ -437,6 +438,9 @@ type session struct {
 	// mode is the device's power mode (wire.ModeMains, ModeBattery or
 	// ModeLow), from its hello and state frames.
 	mode string
+	// wifi is whether the device reaches the server over Wi-Fi, as its
+	// hello and state frames say (false when they do not).
+	wifi bool
 	// rescan asks the writer to look at held messages again (the mode
 	// changed); flushDue to push them (their maximum delay ran out).
 	rescan, flushDue bool
@@ -576,9 +580,9 @@ func (ss *session) idle() bool {
 
 func (ss *session) deliverNow(m store.Message) bool {
 	ss.mu.Lock()
-	mode := ss.mode
+	mode, wifi := ss.mode, ss.wifi
 	ss.mu.Unlock()
-	if holds(mode, m) {
+	if holds(mode, wifi, m) {
 		// GCM's rule: a normal-priority message with time to live 0 to
 		// an idle device cannot be delivered now, so never.
 		ss.log.Debug("time-to-live 0 message dropped: the device is idle", "mode", mode, "message_id", m.ID)
@@ -1132,9 +1136,9 @@ func (ss *session) writeDirect(m store.Message) error {
 		return err
 	}
 	ss.mu.Lock()
-	mode := ss.mode
+	mode, wifi := ss.mode, ss.wifi
 	ss.mu.Unlock()
-	if mode == wire.ModeBattery && !holds(mode, m) {
+	if mode == wire.ModeBattery && !holds(mode, wifi, m) {
 		// Queued messages the writer has not looked at yet go too.
 		ss.rewind(true)
 		return ss.fill()
@@ -1157,7 +1161,7 @@ func (ss *session) fill() error {
 		return err
 	}
 	ss.mu.Lock()
-	mode, rescan, flushDue := ss.mode, ss.rescan, ss.flushDue
+	mode, wifi, rescan, flushDue := ss.mode, ss.wifi, ss.rescan, ss.flushDue
 	ss.rescan, ss.flushDue = false, false
 	ss.mu.Unlock()
 	if rescan {
@@ -1205,7 +1209,7 @@ func (ss *session) fill() error {
 			if sent {
 				continue
 			}
-			if !ss.hold.releasing && holds(mode, m) {
+			if !ss.hold.releasing && holds(mode, wifi, m) {
 				ss.hold.add(m)
 				continue
 			}
@@ -1222,7 +1226,7 @@ func (ss *session) fill() error {
 				return err
 			}
 			free--
-			if mode == wire.ModeBattery && !holds(mode, m) && !ss.hold.releasing {
+			if mode == wire.ModeBattery && !holds(mode, wifi, m) && !ss.hold.releasing {
 				// A high-priority message woke the radio: the held
 				// messages go right behind it, and the rest of the
 				// queue with them.

@@ -304,33 +304,37 @@ func TestWebPushTokenRotation(t *testing.T) {
 }
 
 // TestWebPushUrgency: RFC 8030's urgency decides what goes at once in
-// each power mode: high always, normal on mains and battery, low and
-// very-low on mains only; held ones go behind the next message that goes
-// at once on battery, and on mains from low.
+// each power mode: high always, normal on mains and battery, low on mains
+// and on battery over Wi-Fi, very-low on mains only; held ones go behind
+// the next message that goes at once on battery, and on mains from low.
 func TestWebPushUrgency(t *testing.T) {
 	tests := []struct {
-		mode, urgency string
-		atOnce        bool
+		mode, link, urgency string
+		atOnce              bool
 	}{
-		{wire.ModeMains, urgencyVeryLow, true},
-		{wire.ModeMains, urgencyLow, true},
-		{wire.ModeMains, "", true},
-		{wire.ModeBattery, urgencyVeryLow, false},
-		{wire.ModeBattery, urgencyLow, false},
-		{wire.ModeBattery, urgencyNormal, true},
-		{wire.ModeBattery, "", true},
-		{wire.ModeBattery, urgencyHigh, true},
-		{wire.ModeLow, urgencyLow, false},
-		{wire.ModeLow, urgencyNormal, false},
-		{wire.ModeLow, urgencyHigh, true},
+		{wire.ModeMains, "", urgencyVeryLow, true},
+		{wire.ModeMains, "", urgencyLow, true},
+		{wire.ModeMains, "", "", true},
+		{wire.ModeBattery, "", urgencyVeryLow, false},
+		{wire.ModeBattery, wire.LinkWiFi, urgencyVeryLow, false},
+		{wire.ModeBattery, "", urgencyLow, false},
+		{wire.ModeBattery, wire.LinkOther, urgencyLow, false},
+		{wire.ModeBattery, wire.LinkWiFi, urgencyLow, true},
+		{wire.ModeBattery, "", urgencyNormal, true},
+		{wire.ModeBattery, "", "", true},
+		{wire.ModeBattery, "", urgencyHigh, true},
+		{wire.ModeLow, "", urgencyLow, false},
+		{wire.ModeLow, wire.LinkWiFi, urgencyLow, false},
+		{wire.ModeLow, "", urgencyNormal, false},
+		{wire.ModeLow, "", urgencyHigh, true},
 	}
 	ts := startWebPushServer(t, nil)
 	for _, tt := range tests {
-		t.Run(tt.mode+"/"+tt.urgency, func(t *testing.T) {
+		t.Run(tt.mode+"/"+tt.link+"/"+tt.urgency, func(t *testing.T) {
 			d := ts.checkIn()
 			token := d.registerWebPush(app, "")
 			d.conn.Close()
-			d = ts.helloMode(d, tt.mode)
+			d = ts.hello(wire.Hello{DeviceID: d.id, DeviceSecret: d.secret, Mode: tt.mode, Link: tt.link})
 			h := map[string]string{"TTL": "3600"}
 			if tt.urgency != "" {
 				h["Urgency"] = tt.urgency
@@ -357,6 +361,26 @@ func TestWebPushUrgency(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestWebPushWiFiReleases: low-urgency messages held on battery go once
+// the device reports Wi-Fi.
+func TestWebPushWiFiReleases(t *testing.T) {
+	ts := startWebPushServer(t, nil)
+	d := ts.checkIn()
+	token := d.registerWebPush(app, "")
+	d.conn.Close()
+	d = ts.hello(wire.Hello{DeviceID: d.id, DeviceSecret: d.secret, Mode: wire.ModeBattery, Link: wire.LinkOther})
+	id := ts.pushed(token, map[string]string{"TTL": "3600", "Urgency": urgencyLow}, []byte("low"))
+	mid := ts.pushed(token, map[string]string{"TTL": "0", "Urgency": urgencyNormal, "Topic": "marker"}, []byte("marker"))
+	if m := d.expectMessage(); m.ID != mid {
+		t.Fatalf("got %s %q, want the marker first", m.ID, m.Raw)
+	}
+	// The marker woke the radio on battery: the held message goes behind it.
+	d.expectMessages(id)
+	id = ts.pushed(token, map[string]string{"TTL": "3600", "Urgency": urgencyLow}, []byte("low again"))
+	d.send("", wire.State{Mode: wire.ModeBattery, Link: wire.LinkWiFi})
+	d.expectMessages(id)
 }
 
 // TestWebPushTTLZeroHeld: a push with TTL 0 that the device's power mode

@@ -88,6 +88,14 @@ const (
 	TypeGoAway Type = "goaway" // server → agent, before it closes: come back later
 )
 
+// Links a device reports in Hello and State: whether it reaches the
+// server over Wi-Fi, for the urgency of Web Push messages (RFC 8030).
+// Empty means the agent does not know.
+const (
+	LinkWiFi  = "wifi"
+	LinkOther = "other"
+)
+
 // Power modes a device reports in Hello and State.
 const (
 	ModeMains   = "mains"   // deliver everything at once
@@ -217,6 +225,8 @@ type Hello struct {
 	Agent string `json:"agent,omitempty"`
 	// Mode is the device's power mode; empty means ModeMains.
 	Mode string `json:"mode,omitempty"`
+	// Link is LinkWiFi or LinkOther when the agent knows its link.
+	Link string `json:"link,omitempty"`
 	// Probe marks a connection that only measures how long the network
 	// keeps an idle connection: it needs credentials, carries no frames
 	// after the welcome, and leaves the device's session alone.
@@ -238,6 +248,7 @@ func (h Hello) Validate() error {
 	return firstErr(
 		checkHeartbeat(h.Heartbeat),
 		checkMode(h.Mode),
+		checkLink(h.Link),
 		checkName("device_id", h.DeviceID, false),
 		checkName("device_secret", h.DeviceSecret, false),
 		checkName("enroll_key", h.EnrollKey, false),
@@ -253,6 +264,8 @@ type State struct {
 	// the server's timeout follows it at once. Zero leaves the timeout as
 	// it was.
 	Heartbeat int `json:"heartbeat"`
+	// Link is as in Hello.
+	Link string `json:"link,omitempty"`
 }
 
 func (State) FrameType() Type { return TypeState }
@@ -261,7 +274,7 @@ func (s State) Validate() error {
 	if s.Mode == "" {
 		return fmt.Errorf("%w: state without mode", ErrBadFrame)
 	}
-	return firstErr(checkMode(s.Mode), checkHeartbeat(s.Heartbeat))
+	return firstErr(checkMode(s.Mode), checkHeartbeat(s.Heartbeat), checkLink(s.Link))
 }
 
 // GoAway tells the agent that the server is about to close the session
@@ -319,6 +332,14 @@ func checkHeartbeat(seconds int) error {
 		return fmt.Errorf("%w: heartbeat %d s out of range 0..%d", ErrBadFrame, seconds, MaxHeartbeat)
 	}
 	return nil
+}
+
+func checkLink(link string) error {
+	switch link {
+	case "", LinkWiFi, LinkOther:
+		return nil
+	}
+	return fmt.Errorf("%w: link %.40q, want wifi or other", ErrBadFrame, link)
 }
 
 func checkMode(mode string) error {
