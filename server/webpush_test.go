@@ -46,6 +46,17 @@ func (d *device) registerWebPush(app, vapid string) string {
 	return r.Token
 }
 
+// webPushDeviceIn checks a device in, registers app with the Web Push
+// sender and opens its session anew in a power mode and on a link; it
+// returns the session and the token.
+func (ts *testServer) webPushDeviceIn(mode, link string) (*device, string) {
+	ts.t.Helper()
+	d := ts.checkIn()
+	token := d.registerWebPush(app, "")
+	d.conn.Close()
+	return ts.hello(wire.Hello{DeviceID: d.id, DeviceSecret: d.secret, Mode: mode, Link: link}), token
+}
+
 // push POSTs body to the endpoint of token with headers.
 func (ts *testServer) push(token string, headers map[string]string, body []byte) httpAnswer {
 	ts.t.Helper()
@@ -331,10 +342,7 @@ func TestWebPushUrgency(t *testing.T) {
 	ts := startWebPushServer(t, nil)
 	for _, tt := range tests {
 		t.Run(tt.mode+"/"+tt.link+"/"+tt.urgency, func(t *testing.T) {
-			d := ts.checkIn()
-			token := d.registerWebPush(app, "")
-			d.conn.Close()
-			d = ts.hello(wire.Hello{DeviceID: d.id, DeviceSecret: d.secret, Mode: tt.mode, Link: tt.link})
+			d, token := ts.webPushDeviceIn(tt.mode, tt.link)
 			h := map[string]string{"TTL": "3600"}
 			if tt.urgency != "" {
 				h["Urgency"] = tt.urgency
@@ -367,10 +375,7 @@ func TestWebPushUrgency(t *testing.T) {
 // the device reports Wi-Fi.
 func TestWebPushWiFiReleases(t *testing.T) {
 	ts := startWebPushServer(t, nil)
-	d := ts.checkIn()
-	token := d.registerWebPush(app, "")
-	d.conn.Close()
-	d = ts.hello(wire.Hello{DeviceID: d.id, DeviceSecret: d.secret, Mode: wire.ModeBattery, Link: wire.LinkOther})
+	d, token := ts.webPushDeviceIn(wire.ModeBattery, wire.LinkOther)
 	id := ts.pushed(token, map[string]string{"TTL": "3600", "Urgency": urgencyLow}, []byte("low"))
 	mid := ts.pushed(token, map[string]string{"TTL": "0", "Urgency": urgencyNormal, "Topic": "marker"}, []byte("marker"))
 	if m := d.expectMessage(); m.ID != mid {
@@ -387,10 +392,7 @@ func TestWebPushWiFiReleases(t *testing.T) {
 // holds is dropped, as GCM drops one for an idle device, and answered 201.
 func TestWebPushTTLZeroHeld(t *testing.T) {
 	ts := startWebPushServer(t, nil)
-	d := ts.checkIn()
-	token := d.registerWebPush(app, "")
-	d.conn.Close()
-	d = ts.helloMode(d, wire.ModeLow)
+	d, token := ts.webPushDeviceIn(wire.ModeLow, "")
 	ts.pushed(token, map[string]string{"TTL": "0"}, []byte("dropped"))
 	mid := ts.pushed(token, map[string]string{"TTL": "0", "Urgency": urgencyHigh}, []byte("marker"))
 	if m := d.expectMessage(); m.ID != mid {
