@@ -146,12 +146,12 @@ image:
 
 # The connection server's throughput: accepted sends per second, single and
 # multicast, over HTTP (the legacy API and FCM v1) and XMPP, FCM v1 access
-# tokens granted per second, upstream messages per second over XMPP, and
-# the time to fan a topic message out to 10,000 and 100,000 subscribers
-# (docs/server-api.md has figures).
+# tokens granted per second, Web Push pushes per second, upstream messages
+# per second over XMPP, and the time to fan a topic message out to 10,000
+# and 100,000 subscribers (docs/server-api.md has figures).
 .PHONY: bench-server
 bench-server:
-	$(GO) test -run '^$$' -bench '^Benchmark(Send|SendV1|TokenGrant|Multicast|XMPP.*)$$' -benchtime 2s ./server/
+	$(GO) test -run '^$$' -bench '^Benchmark(Send|SendV1|TokenGrant|Multicast|WebPush|XMPP.*)$$' -benchtime 2s ./server/
 	$(GO) test -run '^$$' -bench 'TopicFanout' -benchtime 1x -timeout 30m ./server/
 
 # Fault injection: messages both ways through kills, resets, blackholes,

@@ -175,7 +175,9 @@ type Agent struct {
 	routeUp   bool
 	network   string
 	powerMode string
-	learner   *learner // nil when the heartbeat is fixed
+	// linkType is wire.LinkWiFi or wire.LinkOther once SetWiFi told it.
+	linkType string
+	learner  *learner // nil when the heartbeat is fixed
 	// probeBlocked stops probing until conditions change (wakeProber).
 	probeBlocked bool
 	probeWake    chan struct{}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"tether/store"
+	"tether/wire"
 )
 
 // Power modes, as the agent's power source reports them and Status shows
@@ -105,6 +106,31 @@ func (a *Agent) SetPowerMode(mode string) error {
 	a.wakeProber()
 	a.statusChanged()
 	return nil
+}
+
+// SetWiFi tells the agent whether the device reaches the server over
+// Wi-Fi. The agent tells the server, which lets low-urgency Web Push
+// messages through to a device on battery only over Wi-Fi (RFC 8030,
+// docs/power.md).
+func (a *Agent) SetWiFi(wifi bool) {
+	link := wire.LinkOther
+	if wifi {
+		link = wire.LinkWiFi
+	}
+	a.condMu.Lock()
+	old := a.linkType
+	a.linkType = link
+	a.condMu.Unlock()
+	if old != link {
+		a.log.Info("link", "link", link)
+		a.announce()
+	}
+}
+
+func (a *Agent) currentLinkType() string {
+	a.condMu.Lock()
+	defer a.condMu.Unlock()
+	return a.linkType
 }
 
 func (a *Agent) currentPowerMode() string {

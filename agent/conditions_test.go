@@ -146,6 +146,33 @@ func TestPowerModeAndHeartbeatAnnounced(t *testing.T) {
 	}
 }
 
+// The server learns whether the device is on Wi-Fi from a state frame
+// when the platform tells, and from every hello after; the agent says
+// nothing of a link it was not told.
+func TestLinkAnnounced(t *testing.T) {
+	p, d, pc := onlineWithApp(t, nil)
+	d.waitConnected(t)
+	if pc.hello.Link != "" {
+		t.Fatalf("hello link %q before the platform told any", pc.hello.Link)
+	}
+	for _, tt := range []struct {
+		wifi bool
+		want string
+	}{{true, wire.LinkWiFi}, {false, wire.LinkOther}} {
+		d.agent.SetWiFi(tt.wifi)
+		var st wire.State
+		if err := pc.waitFor(t, wire.TypeState).Decode(&st); err != nil || st.Link != tt.want || st.Mode != PowerMains {
+			t.Fatalf("state frame %+v, %v; want link %s", st, err, tt.want)
+		}
+	}
+	d.agent.SetWiFi(true)
+	pc.waitFor(t, wire.TypeState)
+	pc.drop()
+	if pc = p.nextConn(t); pc.hello.Link != wire.LinkWiFi {
+		t.Fatalf("hello after a reconnection has link %q", pc.hello.Link)
+	}
+}
+
 // A server that goes away with a delay is not dialled again before it.
 func TestGoAwayObeyed(t *testing.T) {
 	p, d, pc := onlineWithApp(t, nil)

@@ -226,7 +226,7 @@ func (a *Agent) announce() {
 	if s == nil {
 		return
 	}
-	state := wire.State{Mode: a.currentPowerMode(), Heartbeat: int((s.interval() + time.Second - 1) / time.Second)}
+	state := wire.State{Mode: a.currentPowerMode(), Heartbeat: int((s.interval() + time.Second - 1) / time.Second), Link: a.currentLinkType()}
 	frame, err := wire.Encode("", state)
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)

@@ -87,26 +87,37 @@ func parseJWT(s string) (jwt, error) {
 	if len(s) > maxAssertion {
 		return jwt{}, fmt.Errorf("%w: over %d bytes", errBadJWT, maxAssertion)
 	}
-	parts := strings.Split(s, ".")
-	if len(parts) != 3 {
-		return jwt{}, fmt.Errorf("%w: %d parts, want header.payload.signature", errBadJWT, len(parts))
-	}
 	var t jwt
-	if err := decodeJWTPart(parts[0], &t.header); err != nil {
-		return jwt{}, fmt.Errorf("%w: header: %w", errBadJWT, err)
+	var err error
+	if t.header, t.signed, t.signature, err = decodeJWS(s, &t.claims); err != nil {
+		return jwt{}, fmt.Errorf("%w: %w", errBadJWT, err)
 	}
 	if t.header.Alg != "RS256" {
 		return jwt{}, fmt.Errorf("%w: algorithm %.20q, want RS256", errBadJWT, t.header.Alg)
 	}
-	if err := decodeJWTPart(parts[1], &t.claims); err != nil {
-		return jwt{}, fmt.Errorf("%w: claims: %w", errBadJWT, err)
-	}
-	sig, err := decodeBase64URL(parts[2])
-	if err != nil || len(sig) == 0 {
-		return jwt{}, fmt.Errorf("%w: signature is not base64url", errBadJWT)
-	}
-	t.signed, t.signature = parts[0]+"."+parts[1], sig
 	return t, nil
+}
+
+// decodeJWS splits a JWS in compact form (header.payload.signature, as a
+// JWT is sent) and decodes its header, its claims into claims and its
+// signature, which it leaves to the caller to check with the algorithm
+// the caller expects. signed is what the signature covers.
+func decodeJWS(s string, claims any) (header jwtHeader, signed string, signature []byte, err error) {
+	parts := strings.Split(s, ".")
+	if len(parts) != 3 {
+		return jwtHeader{}, "", nil, fmt.Errorf("%d parts, want header.payload.signature", len(parts))
+	}
+	if err := decodeJWTPart(parts[0], &header); err != nil {
+		return jwtHeader{}, "", nil, fmt.Errorf("header: %w", err)
+	}
+	if err := decodeJWTPart(parts[1], claims); err != nil {
+		return jwtHeader{}, "", nil, fmt.Errorf("claims: %w", err)
+	}
+	signature, err = decodeBase64URL(parts[2])
+	if err != nil || len(signature) == 0 {
+		return jwtHeader{}, "", nil, errors.New("signature is not base64url")
+	}
+	return header, parts[0] + "." + parts[1], signature, nil
 }
 
 // decodeJWTPart decodes one base64url JSON part of a JWT into v.

@@ -35,9 +35,23 @@ func deferrable(m store.Message) bool {
 	return m.Priority != "high" || m.DelayWhileIdle
 }
 
-// holds reports whether a device in mode gets m later rather than now.
-func holds(mode string, m store.Message) bool {
-	return mode != wire.ModeMains && deferrable(m)
+// holds reports whether a device in mode, on Wi-Fi or not, gets m later
+// rather than now. A Web Push message's urgency (RFC 8030, section 5.3)
+// decides in place of GCM's priority (docs/power.md): high goes in every
+// mode, normal on mains and battery, low on mains and on battery over
+// Wi-Fi, very-low on mains only.
+func holds(mode string, wifi bool, m store.Message) bool {
+	switch m.Urgency {
+	case "":
+		return mode != wire.ModeMains && deferrable(m)
+	case urgencyHigh:
+		return false
+	case urgencyNormal:
+		return mode == wire.ModeLow
+	case urgencyLow:
+		return mode == wire.ModeLow || mode == wire.ModeBattery && !wifi
+	}
+	return mode != wire.ModeMains
 }
 
 // holdState is what a session's writer knows of the messages it passed
@@ -112,15 +126,16 @@ func (ss *session) state(f wire.Frame) {
 		// readLoop arms the read deadline with it before the next read.
 		ss.timeout = secondsDuration(int64(st.Heartbeat)) + ss.srv.cfg.HeartbeatGrace
 	}
+	wifi := st.Link == wire.LinkWiFi
 	ss.mu.Lock()
-	changed := ss.mode != st.Mode
-	ss.mode = st.Mode
+	changed := ss.mode != st.Mode || ss.wifi != wifi
+	ss.mode, ss.wifi = st.Mode, wifi
 	ss.rescan = ss.rescan || changed
 	ss.mu.Unlock()
 	if !changed {
-		ss.log.Debug("device state", "mode", st.Mode, "heartbeat", st.Heartbeat)
+		ss.log.Debug("device state", "mode", st.Mode, "link", st.Link, "heartbeat", st.Heartbeat)
 		return
 	}
-	ss.log.Info("power mode changed", "mode", st.Mode, "heartbeat", st.Heartbeat)
+	ss.log.Info("power mode or link changed", "mode", st.Mode, "link", st.Link, "heartbeat", st.Heartbeat)
 	ss.notify()
 }

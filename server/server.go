@@ -689,6 +689,7 @@ func (s *Server) handler() http.Handler {
 	// Where Node's firebase-admin asks for tokens, whatever its file says.
 	mux.HandleFunc("POST /o/oauth2/token", s.handleToken)
 	mux.HandleFunc("POST /v1/projects/{project}/messages:send", s.handleSendV1)
+	mux.HandleFunc("POST "+webPushPath+"{token}", s.handleWebPush)
 	mux.HandleFunc("GET "+wire.Path, s.handleDevice)
 	return mux
 }

@@ -146,6 +146,7 @@ func releaseConn(nc net.Conn) {
 func (s *Server) openSession(ctx context.Context, conn *websocket.Conn, acc accepted) (*session, bool) {
 	ss := newSession(s, conn, acc.device.ID, acc.timeout, powerMode(acc.hello.Mode), acc.log)
 	ss.codec = acc.codec
+	ss.wifi = acc.hello.Link == wire.LinkWiFi
 	if s.node != nil {
 		// On a cluster the session's place in the order of the device's
 		// sessions comes from the state, not from this node's clock:
@@ -440,6 +441,9 @@ type session struct {
 	// mode is the device's power mode (wire.ModeMains, ModeBattery or
 	// ModeLow), from its hello and state frames.
 	mode string
+	// wifi is whether the device reaches the server over Wi-Fi, as its
+	// hello and state frames say (false when they do not).
+	wifi bool
 	// rescan asks the writer to look at held messages again (the mode
 	// changed); flushDue to push them (their maximum delay ran out).
 	rescan, flushDue bool
@@ -579,9 +583,9 @@ func (ss *session) idle() bool {
 
 func (ss *session) deliverNow(m store.Message) bool {
 	ss.mu.Lock()
-	mode := ss.mode
+	mode, wifi := ss.mode, ss.wifi
 	ss.mu.Unlock()
-	if holds(mode, m) {
+	if holds(mode, wifi, m) {
 		// GCM's rule: a normal-priority message with time to live 0 to
 		// an idle device cannot be delivered now, so never.
 		ss.log.Debug("time-to-live 0 message dropped: the device is idle", "mode", mode, "message_id", m.ID)
@@ -819,8 +823,22 @@ func (ss *session) register(f wire.Frame) {
 	if !ss.decode(f, &req) {
 		return
 	}
-	reg, err := ss.srv.store.Register(ss.ctx, ss.device, req.App, req.Sender, ss.srv.now())
+	origin := ss.srv.PublicOrigin()
+	if req.Sender == store.WebPushSender && origin == "" {
+		ss.replyError(f.Ref, wire.CodeInvalid, "this server takes no Web Push registrations: it has no public URL (tether-server serve --public-url)")
+		return
+	}
+	if req.VAPID != "" {
+		if _, err := decodeVAPIDKey(req.VAPID); err != nil {
+			ss.replyError(f.Ref, wire.CodeInvalid, "vapid: "+err.Error())
+			return
+		}
+	}
+	reg, err := ss.srv.store.Register(ss.ctx, ss.device, req.App, req.Sender, req.VAPID, ss.srv.now())
 	switch {
+	case err == nil && reg.VAPID != req.VAPID:
+		ss.replyError(f.Ref, wire.CodeInvalid, "the app is registered with another VAPID key; unregister it first")
+		return
 	case errors.Is(err, store.ErrNotFound):
 		ss.replyError(f.Ref, wire.CodeNotRegistered, fmt.Sprintf("no sender with ID %s", req.Sender))
 		return
@@ -833,7 +851,11 @@ func (ss *session) register(f wire.Frame) {
 		return
 	}
 	ss.log.Info("registered", "app", req.App, "sender", req.Sender)
-	ss.reply(f.Ref, wire.Registered{App: req.App, Sender: req.Sender, Token: reg.Token})
+	ans := wire.Registered{App: req.App, Sender: req.Sender, Token: reg.Token}
+	if req.Sender == store.WebPushSender {
+		ans.Endpoint = webPushEndpoint(origin, reg.Token)
+	}
+	ss.reply(f.Ref, ans)
 }
 
 func (ss *session) unregister(f wire.Frame) {
@@ -1129,9 +1151,9 @@ func (ss *session) writeDirect(m store.Message) error {
 		return err
 	}
 	ss.mu.Lock()
-	mode := ss.mode
+	mode, wifi := ss.mode, ss.wifi
 	ss.mu.Unlock()
-	if mode == wire.ModeBattery && !deferrable(m) {
+	if mode == wire.ModeBattery && !holds(mode, wifi, m) {
 		// Queued messages the writer has not looked at yet go too.
 		ss.rewind(true)
 		return ss.fill()
@@ -1154,7 +1176,7 @@ func (ss *session) fill() error {
 		return err
 	}
 	ss.mu.Lock()
-	mode, rescan, flushDue := ss.mode, ss.rescan, ss.flushDue
+	mode, wifi, rescan, flushDue := ss.mode, ss.wifi, ss.rescan, ss.flushDue
 	ss.rescan, ss.flushDue = false, false
 	ss.mu.Unlock()
 	if rescan {
@@ -1202,7 +1224,7 @@ func (ss *session) fill() error {
 			if sent {
 				continue
 			}
-			if !ss.hold.releasing && holds(mode, m) {
+			if !ss.hold.releasing && holds(mode, wifi, m) {
 				ss.hold.add(m)
 				continue
 			}
@@ -1219,7 +1241,7 @@ func (ss *session) fill() error {
 				return err
 			}
 			free--
-			if mode == wire.ModeBattery && !deferrable(m) && !ss.hold.releasing {
+			if mode == wire.ModeBattery && !holds(mode, wifi, m) && !ss.hold.releasing {
 				// A high-priority message woke the radio: the held
 				// messages go right behind it, and the rest of the
 				// queue with them.
@@ -1267,7 +1289,11 @@ func (ss *session) sendNotices() error {
 		var body wire.Body
 		switch n.Kind {
 		case store.NoticeTokenRefresh:
-			body = wire.TokenRefresh{ID: n.ID, App: n.App, Sender: n.Sender, Token: n.Token}
+			tr := wire.TokenRefresh{ID: n.ID, App: n.App, Sender: n.Sender, Token: n.Token}
+			if origin := ss.srv.PublicOrigin(); n.Sender == store.WebPushSender && origin != "" {
+				tr.Endpoint = webPushEndpoint(origin, n.Token)
+			}
+			body = tr
 		case store.NoticeDeleted:
 			body = wire.DeletedMessages{ID: n.ID, App: n.App, Count: n.Count}
 		default:
@@ -1301,7 +1327,7 @@ func (ss *session) encodeMessage(m store.Message, now time.Time) []byte {
 	frame, err := ss.codec.Encode("", wire.Message{
 		ID: m.ID, Token: m.Token, App: m.App, From: m.Sender, CollapseKey: m.CollapseKey,
 		Data: m.Data, Priority: m.Priority, TTL: min(ttl, wire.MaxTTL), SentTime: m.Sent.UnixMilli(),
-		Notification: m.Notification, Topic: m.Topic,
+		Notification: m.Notification, Topic: m.Topic, Raw: m.Raw,
 	})
 	if err != nil {
 		ss.log.Error("encode message", "message_id", m.ID, "err", err)

@@ -90,7 +90,10 @@ func watchPlatform(ctx context.Context, wg *sync.WaitGroup, bus *dbus.Conn, a *a
 		log.Warn("no network watcher", "err", err)
 	} else {
 		run("network", func() error {
-			return nw.Run(ctx, func(n network.Network) { a.NetworkChanged(n.DefaultRoute, n.ID) })
+			return nw.Run(ctx, func(n network.Network) {
+				a.SetWiFi(n.WiFi)
+				a.NetworkChanged(n.DefaultRoute, n.ID)
+			})
 		})
 	}
 

@@ -134,7 +134,7 @@ func TestServerStoreFullDisk(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		reg, err := s.Register(ctx, dev.ID, "com.example.app", snd.ID, t0)
+		reg, err := s.Register(ctx, dev.ID, "com.example.app", snd.ID, "", t0)
 		if err != nil {
 			t.Fatal(err)
 		}

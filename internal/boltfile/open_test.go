@@ -419,7 +419,7 @@ func makeServerStore(t testing.TB, path string, n int) {
 		check(err)
 		var acked []string
 		for a := range apps {
-			reg, err := s.Register(ctx, dev.ID, fmt.Sprintf("com.example.app%d", a), snd.ID, storeTime)
+			reg, err := s.Register(ctx, dev.ID, fmt.Sprintf("com.example.app%d", a), snd.ID, "", storeTime)
 			check(err)
 			for i := range serverstore.MaxPendingPerApp {
 				id := fmt.Sprintf("%s-%d-%d", dev.ID, a, i)

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 
 	"golang.org/x/sys/unix"
@@ -22,6 +24,8 @@ type Network struct {
 	// Gateway is its next hop; invalid for a point-to-point link (a
 	// cellular modem, a VPN) where the route names only the interface.
 	Gateway netip.Addr
+	// WiFi is whether Interface is a Wi-Fi (802.11) interface.
+	WiFi bool
 	// ID names the network for keeping what was learned about it:
 	// "eth0/192.0.2.1", or "wwan0" without a gateway; empty without a
 	// default route. Two sites that use the same gateway address on the
@@ -49,7 +53,10 @@ type Config struct {
 	// NetnsPath is a network namespace to watch instead of the
 	// process's own, such as /run/netns/NAME or /proc/PID/ns/net.
 	NetnsPath string
-	Logger    *slog.Logger
+	// Sysfs is where sysfs is mounted, which tells Wi-Fi interfaces from
+	// others; empty means /sys.
+	Sysfs  string
+	Logger *slog.Logger
 }
 
 // Watcher reports the default route as it changes.
@@ -62,6 +69,9 @@ type Watcher struct {
 func New(cfg Config) (*Watcher, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Sysfs == "" {
+		cfg.Sysfs = "/sys"
 	}
 	return &Watcher{cfg: cfg, log: cfg.Logger}, nil
 }
@@ -155,7 +165,21 @@ func (w *Watcher) read(ctx context.Context, c *rtnl) (Network, error) {
 	if err != nil {
 		return Network{}, fmt.Errorf("name interface %d: %w", best.ifindex, err)
 	}
-	return identify(name, best.gateway), nil
+	n := identify(name, best.gateway)
+	n.WiFi = wireless(w.cfg.Sysfs, name)
+	return n, nil
+}
+
+// wireless reports whether sysfs shows iface as a Wi-Fi interface: the
+// kernel gives those a phy80211 link (cfg80211 drivers) or a wireless
+// directory (the older wireless extensions).
+func wireless(sysfs, iface string) bool {
+	for _, name := range []string{"phy80211", "wireless"} {
+		if _, err := os.Stat(filepath.Join(sysfs, "class", "net", iface, name)); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // isDefault tells whether r is a usable default route in the main table.

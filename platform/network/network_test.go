@@ -3,6 +3,8 @@ package network
 import (
 	"context"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -167,5 +169,35 @@ func TestWatcherBadNamespace(t *testing.T) {
 	err = w.Run(t.Context(), func(Network) { t.Error("report without a namespace") })
 	if err == nil || !strings.Contains(err.Error(), "open network namespace") {
 		t.Fatalf("Run = %v, want a failure to open the namespace", err)
+	}
+}
+
+// TestWireless tells Wi-Fi interfaces from others by what a fake sysfs
+// holds for them, as the kernel's does.
+func TestWireless(t *testing.T) {
+	sysfs := t.TempDir()
+	for iface, entries := range map[string][]string{
+		"wlan0":  {"phy80211"},
+		"wlp2s0": {"wireless"},
+		"eth0":   {"statistics"},
+		"wwan0":  nil,
+	} {
+		dir := filepath.Join(sysfs, "class", "net", iface)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if err := os.Mkdir(filepath.Join(dir, e), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, tt := range []struct {
+		iface string
+		want  bool
+	}{{"wlan0", true}, {"wlp2s0", true}, {"eth0", false}, {"wwan0", false}, {"missing0", false}} {
+		if got := wireless(sysfs, tt.iface); got != tt.want {
+			t.Errorf("wireless(%s) = %v, want %v", tt.iface, got, tt.want)
+		}
 	}
 }
