@@ -194,24 +194,25 @@ func TestRegister(t *testing.T) {
 	pc := p.nextConn(t)
 	d.waitConnected(t)
 
-	token, err := d.agent.Register(bg, alice, app, sender)
+	reg, err := d.agent.Register(bg, alice, ipc.RegisterRequest{App: app, Sender: sender})
+	token := reg.Token
 	if err != nil || token != peerToken(app, sender) {
 		t.Fatalf("register: %q, %v", token, err)
 	}
 	pc.waitFor(t, wire.TypeRegister)
 	// Known: answered from the store. The next frame the peer sees is the
 	// second sender's register, not a repeat of the first.
-	if token, err := d.agent.Register(bg, alice, app, sender); err != nil || token != peerToken(app, sender) {
+	if reg, err := d.agent.Register(bg, alice, ipc.RegisterRequest{App: app, Sender: sender}); err != nil || reg.Token != peerToken(app, sender) {
 		t.Fatalf("second register: %q, %v", token, err)
 	}
-	if _, err := d.agent.Register(bg, alice, app, "777"); err != nil {
+	if _, err := d.agent.Register(bg, alice, ipc.RegisterRequest{App: app, Sender: "777"}); err != nil {
 		t.Fatal(err)
 	}
 	var r wire.Register
 	if err := pc.waitFor(t, wire.TypeRegister).Decode(&r); err != nil || r.Sender != "777" {
 		t.Errorf("next register frame: %+v, %v", r, err)
 	}
-	if _, err := d.agent.Register(bg, alice, app, "not-a-number"); !errors.Is(err, ipc.ErrInvalidArgument) {
+	if _, err := d.agent.Register(bg, alice, ipc.RegisterRequest{App: app, Sender: "not-a-number"}); !errors.Is(err, ipc.ErrInvalidArgument) {
 		t.Errorf("register with a bad sender: %v", err)
 	}
 	d.stop()
@@ -226,10 +227,10 @@ func TestRegister(t *testing.T) {
 
 	// Offline, a known registration still answers; an unknown one cannot.
 	off := newDevice(t, d.path, "ws://127.0.0.1:1", nil)
-	if token, err := off.agent.Register(bg, alice, app, sender); err != nil || token != peerToken(app, sender) {
+	if reg, err := off.agent.Register(bg, alice, ipc.RegisterRequest{App: app, Sender: sender}); err != nil || reg.Token != peerToken(app, sender) {
 		t.Errorf("offline register of a known pair: %q, %v", token, err)
 	}
-	if _, err := off.agent.Register(bg, alice, app, "999"); !errors.Is(err, ipc.ErrOffline) {
+	if _, err := off.agent.Register(bg, alice, ipc.RegisterRequest{App: app, Sender: "999"}); !errors.Is(err, ipc.ErrOffline) {
 		t.Errorf("offline register of an unknown pair: %v", err)
 	}
 	if st, _ := off.agent.Status(bg); st.Connected || st.Apps != 1 {
@@ -782,7 +783,7 @@ func TestPermissions(t *testing.T) {
 	nop := newListener()
 	ops := map[string]func(c ipc.Caller, app string) error{
 		"register": func(c ipc.Caller, app string) error {
-			_, err := d.agent.Register(bg, c, app, sender)
+			_, err := d.agent.Register(bg, c, ipc.RegisterRequest{App: app, Sender: sender})
 			return err
 		},
 		"unregister": func(c ipc.Caller, app string) error { return d.agent.Unregister(bg, c, app, sender) },
@@ -827,8 +828,8 @@ func TestPermissions(t *testing.T) {
 	if err := d.store.Register(store.Registration{App: app, Sender: "5", Token: "t5", Owner: alice.UID}); err != nil {
 		t.Fatal(err)
 	}
-	if tok, err := d.agent.Register(bg, root, app, "5"); err != nil || tok != "t5" {
-		t.Errorf("root register of a known pair: %q, %v", tok, err)
+	if reg, err := d.agent.Register(bg, root, ipc.RegisterRequest{App: app, Sender: "5"}); err != nil || reg.Token != "t5" {
+		t.Errorf("root register of a known pair: %q, %v", reg.Token, err)
 	}
 }
 
@@ -837,13 +838,13 @@ func TestRegisterRaceKeepsFirstOwner(t *testing.T) {
 	d := newDevice(t, "", p.url, nil).start()
 	p.nextConn(t)
 	d.waitConnected(t)
-	if _, err := d.agent.Register(bg, alice, app, sender); err != nil {
+	if _, err := d.agent.Register(bg, alice, ipc.RegisterRequest{App: app, Sender: sender}); err != nil {
 		t.Fatal(err)
 	}
 	// Bob's request was checked before alice's answer landed: the store
 	// refuses it when the answer comes.
 	req := &request{kind: wire.TypeRegister, reg: store.Registration{App: app, Sender: "77", Owner: bob.UID}}
-	if res := d.agent.complete(req, "tok"); !errors.Is(res.err, ipc.ErrPermission) {
+	if res := d.agent.complete(req, "tok", ""); !errors.Is(res.err, ipc.ErrPermission) {
 		t.Errorf("late registration by another user: %v", res.err)
 	}
 }

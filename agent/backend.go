@@ -16,11 +16,13 @@ import (
 // to the Unix user who registered it first, and root may act for any app.
 // Errors wrap the ipc sentinels and name the app, never a token.
 
-// Register returns the token of (app, sender): from the store when the
-// device has one (no round trip, works offline), else from the server.
-func (a *Agent) Register(ctx context.Context, c ipc.Caller, app, sender string) (string, error) {
-	if err := (wire.Register{App: app, Sender: sender}).Validate(); err != nil {
-		return "", invalid("register", err)
+// Register returns the registration of (req.App, req.Sender): from the
+// store when the device has one (no round trip, works offline), else from
+// the server.
+func (a *Agent) Register(ctx context.Context, c ipc.Caller, req ipc.RegisterRequest) (ipc.Registration, error) {
+	app, sender := req.App, req.Sender
+	if err := (wire.Register{App: app, Sender: sender, VAPID: req.VAPID}).Validate(); err != nil {
+		return ipc.Registration{}, invalid("register", err)
 	}
 	owner := c.UID
 	reserved, isReserved := a.appOwners[app]
@@ -28,36 +30,40 @@ func (a *Agent) Register(ctx context.Context, c ipc.Caller, app, sender string) 
 	case errors.Is(err, store.ErrNotFound):
 		if isReserved {
 			if reserved != c.UID && !c.IsRoot() {
-				return "", fmt.Errorf("register: app %q is reserved for another user: %w", app, ipc.ErrPermission)
+				return ipc.Registration{}, fmt.Errorf("register: app %q is reserved for another user: %w", app, ipc.ErrPermission)
 			}
 			owner = reserved
 		}
 	case err != nil:
-		return "", fmt.Errorf("register: %w: %w", ipc.ErrStorage, err)
+		return ipc.Registration{}, fmt.Errorf("register: %w: %w", ipc.ErrStorage, err)
 	case bound != c.UID && !c.IsRoot():
-		return "", fmt.Errorf("register: app %q belongs to another user: %w", app, ipc.ErrPermission)
+		return ipc.Registration{}, fmt.Errorf("register: app %q belongs to another user: %w", app, ipc.ErrPermission)
 	default:
 		owner = bound
 	}
-	switch token, err := a.store.Token(app, sender); {
+	switch reg, err := a.store.Registration(app, sender); {
+	case err == nil && reg.VAPID != req.VAPID:
+		// The endpoint is the app server's capability: another key would
+		// let another app server push to it.
+		return ipc.Registration{}, fmt.Errorf("register app %q: it is registered with another VAPID key; unregister first: %w", app, ipc.ErrInvalidArgument)
 	case err == nil:
-		return token, nil
+		return ipc.Registration{Token: reg.Token, Endpoint: reg.Endpoint}, nil
 	case !errors.Is(err, store.ErrNotFound):
-		return "", fmt.Errorf("register: %w: %w", ipc.ErrStorage, err)
+		return ipc.Registration{}, fmt.Errorf("register: %w: %w", ipc.ErrStorage, err)
 	}
 	if !c.IsRoot() && !isReserved {
 		release, err := a.claimRegistration(owner)
 		if err != nil {
-			return "", fmt.Errorf("register app %q sender %q: %w", app, sender, err)
+			return ipc.Registration{}, fmt.Errorf("register app %q sender %q: %w", app, sender, err)
 		}
 		defer release()
 	}
-	req := &request{kind: wire.TypeRegister, reg: store.Registration{App: app, Sender: sender, Owner: owner}}
-	res := a.roundTrip(ctx, req, wire.Register{App: app, Sender: sender})
+	r := &request{kind: wire.TypeRegister, reg: store.Registration{App: app, Sender: sender, Owner: owner, VAPID: req.VAPID}}
+	res := a.roundTrip(ctx, r, wire.Register{App: app, Sender: sender, VAPID: req.VAPID})
 	if res.err != nil {
-		return "", fmt.Errorf("register app %q sender %q: %w", app, sender, res.err)
+		return ipc.Registration{}, fmt.Errorf("register app %q sender %q: %w", app, sender, res.err)
 	}
-	return res.token, nil
+	return ipc.Registration{Token: res.token, Endpoint: res.endpoint}, nil
 }
 
 // claimRegistration counts one more registration for Unix user uid, or

@@ -116,8 +116,8 @@ func (a *Agent) restore(ctx context.Context, wg *sync.WaitGroup) <-chan error {
 func (a *Agent) reregister(ctx context.Context, regs []store.Registration) error {
 	a.log.Info("registering the apps again", "registrations", len(regs))
 	for _, reg := range regs {
-		req := &request{kind: wire.TypeRegister, reg: store.Registration{App: reg.App, Sender: reg.Sender, Owner: reg.Owner}}
-		res := a.roundTrip(ctx, req, wire.Register{App: reg.App, Sender: reg.Sender})
+		req := &request{kind: wire.TypeRegister, reg: store.Registration{App: reg.App, Sender: reg.Sender, Owner: reg.Owner, VAPID: reg.VAPID}}
+		res := a.roundTrip(ctx, req, wire.Register{App: reg.App, Sender: reg.Sender, VAPID: reg.VAPID})
 		switch {
 		case res.err == nil:
 			a.inbox.forget(reg.App, nil, true) // the new token, if it changed

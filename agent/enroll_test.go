@@ -75,7 +75,8 @@ func TestReenrollment(t *testing.T) {
 				c           ipc.Caller
 				app, sender string
 			}{{alice, app, sender}, {bob, meter, sender}, {bob, meter, "777"}} {
-				token, err := d.agent.Register(bg, r.c, r.app, r.sender)
+				reg, err := d.agent.Register(bg, r.c, ipc.RegisterRequest{App: r.app, Sender: r.sender})
+				token := reg.Token
 				if err != nil || token != deviceToken("dev-1", r.app, r.sender) {
 					t.Fatalf("register %s/%s: %q, %v", r.app, r.sender, token, err)
 				}
@@ -176,7 +177,7 @@ func enrolledWithApp(t *testing.T) (*peer, *device, *peerConn) {
 	d := newDevice(t, "", p.url, nil, func(c *Config) { c.EnrollKey = "k" }).start()
 	pc := p.nextConn(t)
 	d.waitConnected(t)
-	if _, err := d.agent.Register(bg, alice, app, sender); err != nil {
+	if _, err := d.agent.Register(bg, alice, ipc.RegisterRequest{App: app, Sender: sender}); err != nil {
 		t.Fatal(err)
 	}
 	return p, d, pc

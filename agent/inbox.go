@@ -327,7 +327,7 @@ func deliverable(m store.Message) ipc.Message {
 	msg := ipc.Message{
 		ID: m.ID, App: m.App, From: m.From, CollapseKey: m.CollapseKey,
 		Data: m.Data, Priority: m.Priority, TTL: m.TTL,
-		Notification: m.Notification, Topic: m.Topic,
+		Notification: m.Notification, Topic: m.Topic, Raw: m.Raw,
 	}
 	if m.SentTime > 0 {
 		msg.SentTime = time.UnixMilli(m.SentTime)

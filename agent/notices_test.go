@@ -89,14 +89,14 @@ func TestReservedAppOwner(t *testing.T) {
 	}).start()
 	p.nextConn(t)
 	d.waitConnected(t)
-	if _, err := d.agent.Register(bg, alice, app, sender); !errors.Is(err, ipc.ErrPermission) {
+	if _, err := d.agent.Register(bg, alice, ipc.RegisterRequest{App: app, Sender: sender}); !errors.Is(err, ipc.ErrPermission) {
 		t.Fatalf("another user registered a reserved app: %v", err)
 	}
-	if _, err := d.agent.Register(bg, bob, app, sender); err != nil {
+	if _, err := d.agent.Register(bg, bob, ipc.RegisterRequest{App: app, Sender: sender}); err != nil {
 		t.Fatalf("its user: %v", err)
 	}
 	root := ipc.Caller{UID: 0}
-	if _, err := d.agent.Register(bg, root, "org.example.kiosk", sender); err != nil {
+	if _, err := d.agent.Register(bg, root, ipc.RegisterRequest{App: "org.example.kiosk", Sender: sender}); err != nil {
 		t.Fatalf("root: %v", err)
 	}
 	if owner, err := d.store.Owner("org.example.kiosk"); err != nil || owner != bob.UID {

@@ -90,7 +90,7 @@ func TestRegistrationsPerUser(t *testing.T) {
 	d.waitConnected(t)
 
 	register := func(c ipc.Caller, app, sender string) error {
-		_, err := d.agent.Register(bg, c, app, sender)
+		_, err := d.agent.Register(bg, c, ipc.RegisterRequest{App: app, Sender: sender})
 		return err
 	}
 	for i := range 3 {

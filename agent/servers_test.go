@@ -321,7 +321,7 @@ func TestCredentialsFollowTheServers(t *testing.T) {
 		}
 		d.waitConnected(t) // the welcome is adopted
 		if i == 0 {
-			if _, err := d.agent.Register(bg, alice, app, sender); err != nil {
+			if _, err := d.agent.Register(bg, alice, ipc.RegisterRequest{App: app, Sender: sender}); err != nil {
 				t.Fatal(err)
 			}
 		}

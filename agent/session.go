@@ -34,8 +34,9 @@ type request struct {
 }
 
 type requestResult struct {
-	token string
-	err   error
+	token    string
+	endpoint string // of a Web Push registration
+	err      error
 }
 
 // linkHandler connects the Link to the Agent without making Hello and
@@ -271,7 +272,7 @@ func (r *sessionRun) storeMessages(ctx context.Context, msgs []wire.Message) err
 		recs[i] = store.Message{
 			ID: m.ID, App: m.App, From: m.From, Token: m.Token,
 			CollapseKey: m.CollapseKey, Data: m.Data, Priority: m.Priority,
-			SentTime: m.SentTime, TTL: m.TTL, Notification: m.Notification, Topic: m.Topic,
+			SentTime: m.SentTime, TTL: m.TTL, Notification: m.Notification, Topic: m.Topic, Raw: m.Raw,
 			Received: now, Expires: now.Add(max(time.Duration(m.TTL)*time.Second, minHold)),
 		}
 	}
@@ -329,13 +330,13 @@ func (r *sessionRun) answer(ctx context.Context, f wire.Frame) {
 		a.log.Warn("answer to no pending request", "type", f.Type, "ref", f.Ref)
 		return
 	}
-	var app, sender, token, topic string
+	var app, sender, token, endpoint, topic string
 	var err error
 	switch f.Type {
 	case wire.TypeRegistered:
 		var body wire.Registered
 		err = f.Decode(&body)
-		app, sender, token = body.App, body.Sender, body.Token
+		app, sender, token, endpoint = body.App, body.Sender, body.Token, body.Endpoint
 	case wire.TypeUnregistered:
 		var body wire.Unregistered
 		err = f.Decode(&body)
@@ -360,7 +361,7 @@ func (r *sessionRun) answer(ctx context.Context, f wire.Frame) {
 		req.done <- requestResult{err: fmt.Errorf("%w: mismatched answer from the server", ipc.ErrRefused)}
 		return
 	}
-	req.done <- a.complete(req, token)
+	req.done <- a.complete(req, token, endpoint)
 }
 
 // answerType is the frame that grants each request.
@@ -372,7 +373,7 @@ var answerType = map[wire.Type]wire.Type{
 }
 
 // complete persists the outcome of a request the server has granted.
-func (a *Agent) complete(req *request, token string) requestResult {
+func (a *Agent) complete(req *request, token, endpoint string) requestResult {
 	app, sender := req.reg.App, req.reg.Sender
 	switch req.kind {
 	case wire.TypeSubscribe, wire.TypeUnsubscribe, wire.TypeState:
@@ -391,7 +392,7 @@ func (a *Agent) complete(req *request, token string) requestResult {
 		return requestResult{}
 	}
 	reg := req.reg
-	reg.Token = token
+	reg.Token, reg.Endpoint = token, endpoint
 	switch err := a.store.Register(reg); {
 	case errors.Is(err, store.ErrOwned):
 		return requestResult{err: fmt.Errorf("app %q belongs to another user: %w", app, ipc.ErrPermission)}
@@ -399,7 +400,7 @@ func (a *Agent) complete(req *request, token string) requestResult {
 		return requestResult{err: fmt.Errorf("%w: %w", ipc.ErrStorage, err)}
 	}
 	a.log.Info("registered", "app", app, "sender", sender)
-	return requestResult{token: token}
+	return requestResult{token: token, endpoint: endpoint}
 }
 
 // serverError handles an error frame: the answer to a request, to an
@@ -418,7 +419,7 @@ func (r *sessionRun) serverError(f wire.Frame) {
 	}
 	if req := a.outbox.takeRequest(f.Ref); req != nil {
 		if req.kind == wire.TypeUnregister && e.Code == wire.CodeNotRegistered {
-			req.done <- a.complete(req, "") // the server has no such registration either
+			req.done <- a.complete(req, "", "") // the server has no such registration either
 			return
 		}
 		req.done <- requestResult{err: refusal(e)}

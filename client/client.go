@@ -124,8 +124,29 @@ func (c *Client) call(ctx context.Context, req ipc.Request) (ipc.Response, error
 // server's sender ID); the first registration of an app binds it to the
 // calling Unix user. Hand the token to the app server.
 func (c *Client) Register(ctx context.Context, app, sender string) (token string, err error) {
-	resp, err := c.call(ctx, ipc.Request{Op: "register", App: app, Sender: sender})
-	return resp.Token, err
+	reg, err := c.RegisterWith(ctx, app, sender, RegisterOptions{})
+	return reg.Token, err
+}
+
+// RegisterOptions are the options of RegisterWith.
+type RegisterOptions struct {
+	// VAPID is, with ipc.WebPushSender, the app server's VAPID public key
+	// (RFC 8292) as base64url of the uncompressed P-256 point: pushes to
+	// the endpoint must then be signed with it.
+	VAPID string
+}
+
+// Registration is what RegisterWith returns: the token and, for
+// ipc.WebPushSender, the endpoint URL that app servers POST Web Push
+// messages to. Messages pushed there come with the body in Message.Raw.
+type Registration = ipc.Registration
+
+// RegisterWith is Register with options; it returns the whole
+// registration. Registering with ipc.WebPushSender makes a Web Push
+// subscription: hand the Endpoint to the app server.
+func (c *Client) RegisterWith(ctx context.Context, app, sender string, opt RegisterOptions) (Registration, error) {
+	resp, err := c.call(ctx, ipc.Request{Op: "register", App: app, Sender: sender, VAPID: opt.VAPID})
+	return Registration{Token: resp.Token, Endpoint: resp.Endpoint}, err
 }
 
 // Unregister drops the app's registration with the sender.

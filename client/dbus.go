@@ -104,7 +104,7 @@ func (b *busConn) do(ctx context.Context, req ipc.Request) (ipc.Response, error)
 	var err error
 	switch req.Op {
 	case "register":
-		resp.Token, err = b.callString(ctx, "Register", req.App, req.Sender)
+		return b.register(ctx, req)
 	case "unregister":
 		_, err = b.callMethod(ctx, "Unregister", req.App, req.Sender)
 	case "subscribe_topic":
@@ -119,6 +119,29 @@ func (b *busConn) do(ctx context.Context, req ipc.Request) (ipc.Response, error)
 		err = fmt.Errorf("op %q has no D-Bus method", req.Op)
 	}
 	return resp, err
+}
+
+// register calls Register, or RegisterWithOptions when there are options
+// or the sender is the Web Push sender, whose answer has the endpoint.
+func (b *busConn) register(ctx context.Context, req ipc.Request) (ipc.Response, error) {
+	var resp ipc.Response
+	if req.VAPID == "" && req.Sender != ipc.WebPushSender {
+		var err error
+		resp.Token, err = b.callString(ctx, "Register", req.App, req.Sender)
+		return resp, err
+	}
+	options := map[string]busclient.Variant{}
+	if req.VAPID != "" {
+		options["vapid"] = busclient.Variant{Sig: "s", Value: req.VAPID}
+	}
+	body, err := b.callMethod(ctx, "RegisterWithOptions", req.App, req.Sender, options)
+	if err != nil {
+		return resp, err
+	}
+	if err := storeAll(body, &resp.Token, &resp.Endpoint); err != nil {
+		return resp, fmt.Errorf("the agent's answer to RegisterWithOptions: %w", err)
+	}
+	return resp, nil
 }
 
 func (b *busConn) status(ctx context.Context) (ipc.Response, error) {
@@ -189,6 +212,8 @@ func store(v any, dst any) error {
 		*d, ok = v.(uint32)
 	case *int64:
 		*d, ok = v.(int64)
+	case *[]byte:
+		*d, ok = v.([]byte)
 	case *map[string]any:
 		*d, ok = v.(map[string]any)
 	case *map[string]string:
@@ -398,7 +423,7 @@ func messageExtras(m *ipc.Message, extras map[string]any) error {
 		dst any
 	}{
 		{"priority", &m.Priority}, {"notification", &m.Notification}, {"topic", &m.Topic},
-		{"sent_time", &sentTime}, {"ttl", &ttl},
+		{"sent_time", &sentTime}, {"ttl", &ttl}, {"raw", &m.Raw},
 	} {
 		if v, ok := extras[x.key]; ok {
 			if err := storeVariant(v, x.dst); err != nil {

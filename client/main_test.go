@@ -29,7 +29,7 @@ func runWithDoor(m *testing.M) int {
 	b := ipctest.New("push.example.test:443", "device-example")
 	b.Push(ipc.Message{ID: "0:1%example", App: "com.example.weather", From: "123456", Data: map[string]string{"temp": "21"}})
 	b.Push(ipc.Message{ID: "0:2%example", App: "com.example.thermo", From: "123456", Data: map[string]string{"setpoint": "19"}})
-	if _, err := b.Register(context.Background(), ipc.Caller{UID: uint32(os.Getuid())}, "com.example.thermo", "123456"); err != nil {
+	if _, err := b.Register(context.Background(), ipc.Caller{UID: uint32(os.Getuid())}, ipc.RegisterRequest{App: "com.example.thermo", Sender: "123456"}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"tether/wire"
 )
 
 // Sentinel errors a Backend returns so that every door can name the problem
@@ -69,6 +71,33 @@ type Message struct {
 	Topic string `json:"topic,omitempty"`
 	// TTL is the time to live left when the agent stored the message.
 	TTL int64 `json:"ttl"`
+	// Raw is the binary payload, at most 4096 bytes: the body of a Web
+	// Push message, exactly as the app server posted it. JSON carries it
+	// in standard base64.
+	Raw []byte `json:"raw,omitempty"`
+}
+
+// WebPushSender is the sender ID of the connection server's built-in Web
+// Push sender. A registration with it has an endpoint URL, which app
+// servers POST Web Push messages to (RFC 8030); its messages come with
+// the body in Message.Raw and the Topic header as the collapse key.
+const WebPushSender = wire.WebPushSender
+
+// RegisterRequest asks for the registration of App with Sender.
+type RegisterRequest struct {
+	App    string
+	Sender string
+	// VAPID is, with WebPushSender only and optionally, the app server's
+	// VAPID public key (RFC 8292): base64url of the uncompressed P-256
+	// point. The server then takes only pushes signed with that key.
+	VAPID string
+}
+
+// Registration is the outcome of a register request.
+type Registration struct {
+	Token string `json:"token"`
+	// Endpoint is the URL app servers push to, for WebPushSender.
+	Endpoint string `json:"endpoint,omitempty"`
 }
 
 // SendRequest is an upstream message from a local app.
@@ -145,9 +174,9 @@ type Listener interface {
 // Backend is what a door needs from the agent. Every method checks that
 // the caller may act for the app before doing anything.
 type Backend interface {
-	// Register returns the registration token for (app, sender), from the
-	// store when known, else from the connection server.
-	Register(ctx context.Context, c Caller, app, sender string) (token string, err error)
+	// Register returns the registration of (req.App, req.Sender), from
+	// the store when known, else from the connection server.
+	Register(ctx context.Context, c Caller, req RegisterRequest) (Registration, error)
 	// Unregister drops the registration for (app, sender).
 	Unregister(ctx context.Context, c Caller, app, sender string) error
 	// Listen makes l the app's only listener (an earlier one is Replaced)

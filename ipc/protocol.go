@@ -27,18 +27,24 @@ type Request struct {
 	Data      map[string]string `json:"data,omitempty"`
 	Wait      bool              `json:"wait,omitempty"`
 	IDs       []string          `json:"ids,omitempty"`
+	// VAPID is the app server's VAPID public key of a register with
+	// WebPushSender (RegisterRequest.VAPID).
+	VAPID string `json:"vapid,omitempty"`
 }
 
 // Response answers one Request. OK tells success from failure; the other
 // fields are set by the ops that produce them.
 type Response struct {
-	ID        json.RawMessage `json:"id,omitempty"`
-	OK        bool            `json:"ok"`
-	Token     string          `json:"token,omitempty"`
-	MessageID string          `json:"message_id,omitempty"`
-	Sent      bool            `json:"sent,omitempty"`
-	Status    *Status         `json:"status,omitempty"`
-	Error     *ResponseError  `json:"error,omitempty"`
+	ID    json.RawMessage `json:"id,omitempty"`
+	OK    bool            `json:"ok"`
+	Token string          `json:"token,omitempty"`
+	// Endpoint answers a register with WebPushSender: the URL app servers
+	// POST Web Push messages to.
+	Endpoint  string         `json:"endpoint,omitempty"`
+	MessageID string         `json:"message_id,omitempty"`
+	Sent      bool           `json:"sent,omitempty"`
+	Status    *Status        `json:"status,omitempty"`
+	Error     *ResponseError `json:"error,omitempty"`
 }
 
 // ResponseError names why a request failed: Code is a stable CamelCase

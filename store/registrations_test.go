@@ -1,7 +1,9 @@
 package store
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"testing"
@@ -100,5 +102,52 @@ func TestTakeRefreshed(t *testing.T) {
 	}
 	if got, err := s.TakeRefreshed("unknown"); err != nil || len(got) != 0 {
 		t.Errorf("refreshed of an unknown app: %v, %v", got, err)
+	}
+}
+
+// TestWebPushRegistration: a Web Push registration keeps its endpoint and
+// VAPID key until it is unregistered, and a message keeps its raw bytes.
+func TestWebPushRegistration(t *testing.T) {
+	s, _ := openTemp(t)
+	reg := Registration{App: "org.example.chat", Sender: "webpush", Token: "tok", Owner: 1000,
+		Endpoint: "https://push.example/up/tok", VAPID: "BPk"}
+	if err := s.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		get  func() (Registration, error)
+	}{
+		{"Registration", func() (Registration, error) { return s.Registration(reg.App, reg.Sender) }},
+		{"Registrations", func() (Registration, error) {
+			all, err := s.Registrations()
+			if err != nil || len(all) != 1 {
+				return Registration{}, fmt.Errorf("%d registrations, %v", len(all), err)
+			}
+			return all[0], nil
+		}},
+	} {
+		got, err := tc.get()
+		if err != nil || got != reg {
+			t.Fatalf("%s = %+v, %v; want %+v", tc.name, got, err, reg)
+		}
+	}
+	raw := []byte{0, 0xff, 'x'}
+	at := time.Now()
+	if _, _, err := s.AddMessages([]Message{{ID: "m1", App: reg.App, From: reg.Sender, Token: reg.Token, Raw: raw, TTL: 60, Received: at, Expires: at.Add(time.Hour)}}, Quota{}); err != nil {
+		t.Fatal(err)
+	}
+	held, err := s.Inbox(reg.App, 0, 10, at)
+	if err != nil || len(held) != 1 || !bytes.Equal(held[0].Raw, raw) {
+		t.Fatalf("held %+v, %v; want raw %q", held, err, raw)
+	}
+	if _, err := s.Unregister(reg.App, reg.Sender); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Register(Registration{App: reg.App, Sender: reg.Sender, Token: "tok2", Owner: 1000}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Registration(reg.App, reg.Sender); err != nil || got.Endpoint != "" || got.VAPID != "" {
+		t.Fatalf("after unregistering, %+v, %v; want no endpoint or key", got, err)
 	}
 }

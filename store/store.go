@@ -57,7 +57,10 @@ var (
 	// bucketRefreshed holds the tokens that changed (sender → token) and
 	// that the app has not been told of yet (TakeRefreshed).
 	bucketRefreshed = []byte("refreshed")
-	bucketInbox     = []byte("inbox")
+	// bucketWebPush holds what a Web Push registration has besides its
+	// token (sender → webPushRecord).
+	bucketWebPush = []byte("webpush")
+	bucketInbox   = []byte("inbox")
 	bucketOutbox    = []byte("outbox")
 )
 
@@ -240,7 +243,7 @@ func dropRegistrations(tx *bolt.Tx) error {
 	apps := tx.Bucket(bucketApps)
 	return apps.ForEachBucket(func(app []byte) error {
 		b := apps.Bucket(app)
-		for _, name := range [][]byte{bucketSenders, bucketStale, bucketRefreshed} {
+		for _, name := range [][]byte{bucketSenders, bucketStale, bucketRefreshed, bucketWebPush} {
 			if b.Bucket(name) == nil {
 				continue
 			}
@@ -263,6 +266,17 @@ type Registration struct {
 	// (ForgetCredentials); the agent registers it again. Register ignores
 	// it.
 	Stale bool
+	// Endpoint is the URL app servers push to, for a registration with
+	// the server's Web Push sender; VAPID the app server's public key it
+	// was registered with, if any.
+	Endpoint string
+	VAPID    string
+}
+
+// webPushRecord is the value of a sender in bucketWebPush.
+type webPushRecord struct {
+	Endpoint string `json:"endpoint"`
+	VAPID    string `json:"vapid,omitempty"`
 }
 
 // Register stores a registration. The first registration of an app binds
@@ -301,12 +315,74 @@ func (s *Store) Register(r Registration) error {
 				}
 			}
 		}
+		if err := putWebPush(b, sender, r); err != nil {
+			return err
+		}
 		return senders.Put(sender, []byte(r.Token))
 	})
 	if err != nil {
 		return fmt.Errorf("register app %q sender %q: %w", r.App, r.Sender, err)
 	}
 	return nil
+}
+
+// putWebPush keeps r's endpoint and VAPID key in the app's bucket b, or
+// forgets those of an earlier registration when r has none.
+func putWebPush(b *bolt.Bucket, sender []byte, r Registration) error {
+	if r.Endpoint == "" {
+		if wp := b.Bucket(bucketWebPush); wp != nil {
+			return wp.Delete(sender)
+		}
+		return nil
+	}
+	wp, err := b.CreateBucketIfNotExists(bucketWebPush)
+	if err != nil {
+		return err
+	}
+	v, err := json.Marshal(webPushRecord{Endpoint: r.Endpoint, VAPID: r.VAPID})
+	if err != nil {
+		return err
+	}
+	return wp.Put(sender, v)
+}
+
+// webPush fills in reg's endpoint and VAPID key from the app's bucket b.
+func webPush(b *bolt.Bucket, reg *Registration) error {
+	wp := b.Bucket(bucketWebPush)
+	if wp == nil {
+		return nil
+	}
+	v := wp.Get([]byte(reg.Sender))
+	if v == nil {
+		return nil
+	}
+	var rec webPushRecord
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return fmt.Errorf("decode the web push record of app %q: %w", reg.App, err)
+	}
+	reg.Endpoint, reg.VAPID = rec.Endpoint, rec.VAPID
+	return nil
+}
+
+// Registration returns the registration of (app, sender), or ErrNotFound.
+func (s *Store) Registration(app, sender string) (Registration, error) {
+	var reg Registration
+	err := s.db.View(func(tx *bolt.Tx) error {
+		token := senderToken(tx, app, sender)
+		if token == nil {
+			return ErrNotFound
+		}
+		b := appBucket(tx, app)
+		reg = Registration{App: app, Sender: sender, Token: string(token), Owner: decodeUint32(b.Get(keyOwner))}
+		if stale := b.Bucket(bucketStale); stale != nil && stale.Get([]byte(sender)) != nil {
+			reg.Stale = true
+		}
+		return webPush(b, &reg)
+	})
+	if err != nil {
+		return Registration{}, fmt.Errorf("registration of app %q sender %q: %w", app, sender, err)
+	}
+	return reg, nil
 }
 
 // Owner returns the Unix UID the app is bound to, or ErrNotFound for an app
@@ -336,11 +412,12 @@ func (s *Store) Registrations() ([]Registration, error) {
 			stale := b.Bucket(bucketStale)
 			owner := decodeUint32(b.Get(keyOwner))
 			return senders.ForEach(func(sender, token []byte) error {
-				out = append(out, Registration{
+				reg := Registration{
 					App: string(app), Sender: string(sender), Token: string(token), Owner: owner,
 					Stale: stale != nil && stale.Get(sender) != nil,
-				})
-				return nil
+				}
+				out = append(out, reg)
+				return webPush(b, &out[len(out)-1])
 			})
 		})
 	})
@@ -377,7 +454,7 @@ func (s *Store) Unregister(app, sender string) ([]string, error) {
 		if senderToken(tx, app, sender) == nil {
 			return ErrNotFound
 		}
-		for _, name := range [][]byte{bucketSenders, bucketStale, bucketRefreshed} {
+		for _, name := range [][]byte{bucketSenders, bucketStale, bucketRefreshed, bucketWebPush} {
 			if kept := b.Bucket(name); kept != nil {
 				if err := kept.Delete([]byte(sender)); err != nil {
 					return err
@@ -436,6 +513,8 @@ type Message struct {
 	SentTime     int64             `json:"sent_time,omitempty"`
 	Notification map[string]string `json:"notification,omitempty"`
 	Topic        string            `json:"topic,omitempty"`
+	// Raw is the binary payload, a Web Push message's body.
+	Raw []byte `json:"raw,omitempty"`
 	// TTL is the time to live left at receipt, in seconds.
 	TTL      int64     `json:"ttl"`
 	Received time.Time `json:"received"`

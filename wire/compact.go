@@ -38,6 +38,7 @@ const (
 	msgSentTime     = 11
 	msgNotification = 12
 	msgTopic        = 13
+	msgRaw          = 14
 )
 
 // Field numbers of a compact ack frame.
@@ -170,11 +171,11 @@ func (c *Codec) Decode(data []byte) (Frame, error) {
 // to a registration in the session binds a handle to its token, app and
 // sender, and later ones carry the handle alone; a number stands for the
 // ID in the ack. A valid message always fits in a frame (its fields'
-// limits keep it under 25 KB), so Encode never drops a frame whose
+// limits keep it under 30 KB), so Encode never drops a frame whose
 // binding or number the codec has taken note of.
 func (c *Codec) encodeMessage(m Message) []byte {
 	w := make(writer, 0, 48+len(m.ID)+len(m.Token)+len(m.App)+len(m.From)+len(m.CollapseKey)+len(m.Topic)+
-		DataSize(m.Data)+DataSize(m.Notification)+8*(len(m.Data)+len(m.Notification)))
+		len(m.Raw)+DataSize(m.Data)+DataSize(m.Notification)+8*(len(m.Data)+len(m.Notification)))
 	w = append(w, codeMessage)
 	if len(c.numbered) < maxNumbered {
 		c.number++
@@ -208,6 +209,7 @@ func (c *Codec) encodeMessage(m Message) []byte {
 		w.pair(msgNotification, k, v)
 	}
 	w.bytes(msgTopic, m.Topic)
+	w.bytes(msgRaw, string(m.Raw))
 	return w
 }
 
@@ -249,7 +251,7 @@ func (c *Codec) decodeMessage(r *reader) (Frame, error) {
 		if err != nil {
 			return Frame{}, err
 		}
-		if kind != kindPair && field <= msgTopic {
+		if kind != kindPair && field <= msgRaw {
 			if seen&(1<<field) != 0 {
 				return Frame{}, fmt.Errorf("%w: message field %d given twice", ErrBadFrame, field)
 			}
@@ -278,11 +280,15 @@ func (c *Codec) decodeMessage(r *reader) (Frame, error) {
 			m.Priority, err = r.string()
 		case field == msgTopic && kind == kindBytes:
 			m.Topic, err = r.string()
+		case field == msgRaw && kind == kindBytes:
+			var raw string
+			raw, err = r.string()
+			m.Raw = []byte(raw)
 		case field == msgData && kind == kindPair:
 			m.Data, err = r.pair(m.Data)
 		case field == msgNotification && kind == kindPair:
 			m.Notification, err = r.pair(m.Notification)
-		case field == msgNumber || field == msgReg || field == msgTTL || field == msgSentTime || (field >= msgID && field <= msgTopic):
+		case field == msgNumber || field == msgReg || field == msgTTL || field == msgSentTime || (field >= msgID && field <= msgRaw):
 			return Frame{}, fmt.Errorf("%w: message field %d of kind %d, want another kind", ErrBadFrame, field, kind)
 		default:
 			err = r.skip(kind) // a field of a later version

@@ -40,6 +40,16 @@ const (
 	// bounds names: an app ID is a name, not a place for data, and each
 	// registration keeps one on the device and the server.
 	MaxAppIDLen = 255
+	// MaxRawSize bounds a message's raw payload: a Web Push body's limit
+	// (RFC 8030 push services take at least 4096 bytes).
+	MaxRawSize = 4096
+	// WebPushSender is the sender ID of the server's built-in Web Push
+	// sender: its registrations have an endpoint URL that app servers POST
+	// RFC 8030 pushes to, and no app server sends to them any other way.
+	WebPushSender = "webpush"
+	// MaxVAPIDKeyLen bounds a VAPID public key as a register frame
+	// carries it: base64url of a P-256 point is 87 characters.
+	MaxVAPIDKeyLen = 128
 	// maxNameLen bounds sender IDs, message IDs, tokens and other
 	// identifiers.
 	maxNameLen = 1024
@@ -347,21 +357,42 @@ func (w Welcome) Validate() error {
 type Register struct {
 	App    string `json:"app"`
 	Sender string `json:"sender"`
+	// VAPID is, for WebPushSender only and optionally, the app server's
+	// VAPID public key (RFC 8292): base64url of the uncompressed P-256
+	// point. The server then takes pushes signed with that key only.
+	VAPID string `json:"vapid,omitempty"`
 }
 
-func (Register) FrameType() Type   { return TypeRegister }
-func (r Register) Validate() error { return validAppSender(r.App, r.Sender) }
+func (Register) FrameType() Type { return TypeRegister }
+func (r Register) Validate() error {
+	if err := validAppSender(r.App, r.Sender); err != nil {
+		return err
+	}
+	if r.VAPID != "" && r.Sender != WebPushSender {
+		return fmt.Errorf("%w: vapid is for sender %s only", ErrBadFrame, WebPushSender)
+	}
+	if len(r.VAPID) > MaxVAPIDKeyLen {
+		return fmt.Errorf("%w: vapid is %d bytes, limit %d", ErrBadFrame, len(r.VAPID), MaxVAPIDKeyLen)
+	}
+	return checkName("vapid", r.VAPID, false)
+}
 
 // Registered answers Register with the token.
 type Registered struct {
 	App    string `json:"app"`
 	Sender string `json:"sender"`
 	Token  string `json:"token"`
+	// Endpoint is, for WebPushSender, the URL app servers POST Web Push
+	// messages to (RFC 8030).
+	Endpoint string `json:"endpoint,omitempty"`
 }
 
 func (Registered) FrameType() Type { return TypeRegistered }
 func (r Registered) Validate() error {
-	return firstErr(validAppSender(r.App, r.Sender), checkName("token", r.Token, true))
+	if r.Sender == WebPushSender && r.Endpoint == "" {
+		return fmt.Errorf("%w: a %s registration without endpoint", ErrBadFrame, WebPushSender)
+	}
+	return firstErr(validAppSender(r.App, r.Sender), checkName("token", r.Token, true), checkName("endpoint", r.Endpoint, false))
 }
 
 // Unregister drops the registration of (App, Sender); later sends to its
@@ -407,6 +438,10 @@ type Message struct {
 	// Topic names the topic the app server sent it to (without the
 	// "/topics/" prefix) when it was sent to one.
 	Topic string `json:"topic,omitempty"`
+	// Raw is a binary payload of at most MaxRawSize bytes, apart from
+	// Data: the body of a Web Push message. JSON carries it in standard
+	// base64.
+	Raw []byte `json:"raw,omitempty"`
 }
 
 func (Message) FrameType() Type { return TypeMessage }
@@ -430,6 +465,14 @@ func (m Message) Validate() error {
 	}
 	if m.Topic != "" && !ValidTopic(m.Topic) {
 		return fmt.Errorf("%w: topic %.40q is not a topic name", ErrBadFrame, m.Topic)
+	}
+	return CheckRaw(m.Raw)
+}
+
+// CheckRaw reports a raw payload over MaxRawSize, wrapping ErrDataTooBig.
+func CheckRaw(raw []byte) error {
+	if len(raw) > MaxRawSize {
+		return fmt.Errorf("%w: %w: raw is %d bytes, limit %d", ErrBadFrame, ErrDataTooBig, len(raw), MaxRawSize)
 	}
 	return nil
 }
@@ -640,9 +683,12 @@ func validAppSender(app, sender string) error {
 	if err := checkName("sender", sender, true); err != nil {
 		return err
 	}
+	if sender == WebPushSender {
+		return nil
+	}
 	for _, r := range sender {
 		if r < '0' || r > '9' {
-			return fmt.Errorf("%w: sender %q is not a numeric sender ID", ErrBadFrame, sender)
+			return fmt.Errorf("%w: sender %q is not a numeric sender ID or %s", ErrBadFrame, sender, WebPushSender)
 		}
 	}
 	return nil

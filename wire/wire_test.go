@@ -35,6 +35,9 @@ func TestRoundTrip(t *testing.T) {
 		{"tr:1", &TokenRefresh{ID: "tr:1", App: "a", Sender: "1", Token: "new"}, &TokenRefresh{}},
 		{"dm:1", &DeletedMessages{ID: "dm:1", App: "a", Count: 100}, &DeletedMessages{}},
 		{"", &GoAway{RetryAfter: 5, Reason: "draining", Server: "wss://node-2.push.example:8443/tether"}, &GoAway{}},
+		{"w1", &Register{App: "a", Sender: WebPushSender, VAPID: "BHx2_-k"}, &Register{}},
+		{"w1", &Registered{App: "a", Sender: WebPushSender, Token: "t", Endpoint: "https://push.example/up/t"}, &Registered{}},
+		{"", &Message{ID: "0:3%ef", Token: "t", App: "a", From: WebPushSender, TTL: 0, CollapseKey: "k", Raw: []byte{0, 1, 0xfe, 0xff}}, &Message{}},
 	}
 	for _, tc := range bodies {
 		t.Run(string(tc.body.FrameType()), func(t *testing.T) {
@@ -127,6 +130,11 @@ func TestBodyValidation(t *testing.T) {
 		{"register app id too long", Register{App: strings.Repeat("a", MaxAppIDLen+1), Sender: "1"}, "app is 256 bytes, limit 255"},
 		{"upstream app id too long", Upstream{App: strings.Repeat("a", MaxAppIDLen+1), To: "1", ID: "x"}, "app is 256 bytes, limit 255"},
 		{"goaway server with control", GoAway{Server: "wss://node-2/\n"}, "server has a control character"},
+		{"message raw too big", Message{ID: "i", Token: "t", App: "a", From: WebPushSender, Raw: make([]byte, MaxRawSize+1)}, "raw is 4097 bytes, limit 4096"},
+		{"register vapid for a numeric sender", Register{App: "a", Sender: "1", VAPID: "BHx2"}, "vapid is for sender webpush only"},
+		{"register vapid too long", Register{App: "a", Sender: WebPushSender, VAPID: strings.Repeat("B", MaxVAPIDKeyLen+1)}, "vapid is 129 bytes"},
+		{"registered webpush without endpoint", Registered{App: "a", Sender: WebPushSender, Token: "t"}, "without endpoint"},
+		{"register sender neither numeric nor webpush", Register{App: "a", Sender: "webpush2"}, "numeric sender ID or webpush"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -218,6 +226,9 @@ func FuzzDecode(f *testing.F) {
 		`{"type":"goaway","body":{"retry_after":30,"reason":"draining"}}`,
 		`{"type":"goaway","body":{"retry_after":0,"server":"wss://node-2:8443"}}`,
 		`{"type":"ack","body":null}`,
+		`{"type":"register","ref":"r","body":{"app":"a","sender":"webpush","vapid":"BAx_-"}}`,
+		`{"type":"registered","ref":"r","body":{"app":"a","sender":"webpush","token":"t","endpoint":"https://push.example/up/t"}}`,
+		`{"type":"message","body":{"id":"i","token":"t","app":"a","from":"webpush","ttl":0,"raw":"AAEC/w=="}}`,
 		`{}`,
 		`null`,
 	}

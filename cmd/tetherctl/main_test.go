@@ -166,7 +166,8 @@ func (e *env) startTo(ctx context.Context, stderr io.Writer, args ...string) (wa
 
 func (e *env) register(app, sender string) string {
 	e.t.Helper()
-	token, err := e.b.Register(context.Background(), e.me, app, sender)
+	reg, err := e.b.Register(context.Background(), e.me, ipc.RegisterRequest{App: app, Sender: sender})
+	token := reg.Token
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -81,8 +81,23 @@ var pushInterface = dbusInterface{
 		{
 			name: "Register", in: []dbusArg{{"app", "s"}, {"sender", "s"}}, out: []dbusArg{{"token", "s"}}, needsCaller: true,
 			run: func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error) {
-				token, err := s.backend.Register(ctx, c.caller, args[0].(string), args[1].(string))
-				return []any{token}, err
+				reg, err := s.backend.Register(ctx, c.caller, ipc.RegisterRequest{App: args[0].(string), Sender: args[1].(string)})
+				return []any{reg.Token}, err
+			},
+		},
+		{
+			// RegisterWithOptions is Register with options, for the Web
+			// Push sender's VAPID key, and its endpoint in the answer.
+			name: "RegisterWithOptions", in: []dbusArg{{"app", "s"}, {"sender", "s"}, {"options", "a{sv}"}},
+			out: []dbusArg{{"token", "s"}, {"endpoint", "s"}}, needsCaller: true,
+			run: func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+				req := ipc.RegisterRequest{App: args[0].(string), Sender: args[1].(string)}
+				var err error
+				if req.VAPID, err = registerOptions(args[2].(map[string]dbus.Variant)); err != nil {
+					return nil, fmt.Errorf("register app %q: %w", req.App, err)
+				}
+				reg, err := s.backend.Register(ctx, c.caller, req)
+				return []any{reg.Token, reg.Endpoint}, err
 			},
 		},
 		{
@@ -588,6 +603,24 @@ func sendOptions(opts map[string]dbus.Variant) (ttl *int64, priority string, err
 		}
 	}
 	return ttl, priority, nil
+}
+
+// registerOptions reads the options of RegisterWithOptions.
+func registerOptions(opts map[string]dbus.Variant) (vapid string, err error) {
+	for _, key := range slices.Sorted(maps.Keys(opts)) {
+		v := opts[key]
+		switch key {
+		case "vapid":
+			k, ok := v.Value().(string)
+			if !ok {
+				return "", fmt.Errorf("option \"vapid\" must be a string (type s), not type %s: %w", v.Signature(), ipc.ErrInvalidArgument)
+			}
+			vapid = k
+		default:
+			return "", fmt.Errorf("unknown option %q; the only option is vapid: %w", key, ipc.ErrInvalidArgument)
+		}
+	}
+	return vapid, nil
 }
 
 // integer returns the value of any D-Bus integer type; one beyond int64

@@ -489,6 +489,9 @@ func (u *dbusSub) Deliver(m ipc.Message) {
 	if m.Topic != "" {
 		extras["topic"] = dbus.MakeVariant(validUTF8(m.Topic))
 	}
+	if len(m.Raw) > 0 {
+		extras["raw"] = dbus.MakeVariant(m.Raw)
+	}
 	extras["ttl"] = dbus.MakeVariant(clampUint32(m.TTL))
 	u.push(u.signal("Message", u.app, validUTF8(m.ID), validUTF8(m.From), validUTF8(m.CollapseKey), validUTF8Map(m.Data), extras))
 }

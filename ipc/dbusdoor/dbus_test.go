@@ -340,8 +340,8 @@ type failingBackend struct {
 	err error
 }
 
-func (f failingBackend) Register(ctx context.Context, c ipc.Caller, app, sender string) (string, error) {
-	return "", f.err
+func (f failingBackend) Register(ctx context.Context, c ipc.Caller, req ipc.RegisterRequest) (ipc.Registration, error) {
+	return ipc.Registration{}, f.err
 }
 
 func TestDBusErrors(t *testing.T) {
@@ -377,6 +377,10 @@ func TestDBusErrors(t *testing.T) {
 			"Send", []any{app, "123", "", data, map[string]dbus.Variant{"priority": dbus.MakeVariant("urgent")}}},
 		{"unknown option", ipc.DBusErrorInvalidArgument, `unknown option "wait"; the options are ttl and priority`,
 			"Send", []any{app, "123", "", data, map[string]dbus.Variant{"wait": dbus.MakeVariant(true), "ttl": dbus.MakeVariant(uint32(1))}}},
+		{"vapid of the wrong type", ipc.DBusErrorInvalidArgument, `option "vapid" must be a string (type s), not type u`,
+			"RegisterWithOptions", []any{app, ipc.WebPushSender, map[string]dbus.Variant{"vapid": dbus.MakeVariant(uint32(1))}}},
+		{"unknown register option", ipc.DBusErrorInvalidArgument, `unknown option "ttl"; the only option is vapid`,
+			"RegisterWithOptions", []any{app, ipc.WebPushSender, map[string]dbus.Variant{"ttl": dbus.MakeVariant(uint32(1))}}},
 		{"data too big", ipc.DBusErrorMessageTooBig, "4097 bytes, limit 4096",
 			"Send", []any{app, "123", "", map[string]string{"k": strings.Repeat("v", 4096)}, noOptions}},
 		{"wrong argument types", ipc.DBusErrorInvalidArgument, `Send takes (s app, s to, s message_id, a{ss} data, a{sv} options), signature "sssa{ss}a{sv}"; the call has signature "ss"`,
@@ -548,26 +552,27 @@ func TestDBusIntrospection(t *testing.T) {
 	const p = "org.tether.Push1."
 	const emits = " org.freedesktop.DBus.Property.EmitsChangedSignal="
 	want := map[string]string{
-		p + "Register":          "method(in s app, in s sender, out s token)",
-		p + "Unregister":        "method(in s app, in s sender)",
-		p + "Subscribe":         "method(in s app)",
-		p + "Unsubscribe":       "method(in s app)",
-		p + "Ack":               "method(in s app, in as message_ids)",
-		p + "Send":              "method(in s app, in s to, in s message_id, in a{ss} data, in a{sv} options, out s message_id)",
-		p + "SubscribeTopic":    "method(in s app, in s sender, in s topic)",
-		p + "UnsubscribeTopic":  "method(in s app, in s sender, in s topic)",
-		p + "Message":           "signal(s app, s message_id, s from, s collapse_key, a{ss} data, a{sv} extras)",
-		p + "SendResult":        "signal(s app, s message_id, s error)",
-		p + "TokenRefreshed":    "signal(s app, s sender, s token)",
-		p + "DeletedMessages":   "signal(s app, u count)",
-		p + "SubscriptionEnded": "signal(s app, s reason)",
-		p + "Connected":         "property read b",
-		p + "DeviceID":          "property read s",
-		p + "PowerMode":         "property read s",
-		p + "Server":            "property read s",
-		p + "Apps":              "property read u" + emits + "false",
-		p + "QueuedDownstream":  "property read u" + emits + "false",
-		p + "PendingUpstream":   "property read u" + emits + "false",
+		p + "Register":            "method(in s app, in s sender, out s token)",
+		p + "RegisterWithOptions": "method(in s app, in s sender, in a{sv} options, out s token, out s endpoint)",
+		p + "Unregister":          "method(in s app, in s sender)",
+		p + "Subscribe":           "method(in s app)",
+		p + "Unsubscribe":         "method(in s app)",
+		p + "Ack":                 "method(in s app, in as message_ids)",
+		p + "Send":                "method(in s app, in s to, in s message_id, in a{ss} data, in a{sv} options, out s message_id)",
+		p + "SubscribeTopic":      "method(in s app, in s sender, in s topic)",
+		p + "UnsubscribeTopic":    "method(in s app, in s sender, in s topic)",
+		p + "Message":             "signal(s app, s message_id, s from, s collapse_key, a{ss} data, a{sv} extras)",
+		p + "SendResult":          "signal(s app, s message_id, s error)",
+		p + "TokenRefreshed":      "signal(s app, s sender, s token)",
+		p + "DeletedMessages":     "signal(s app, u count)",
+		p + "SubscriptionEnded":   "signal(s app, s reason)",
+		p + "Connected":           "property read b",
+		p + "DeviceID":            "property read s",
+		p + "PowerMode":           "property read s",
+		p + "Server":              "property read s",
+		p + "Apps":                "property read u" + emits + "false",
+		p + "QueuedDownstream":    "property read u" + emits + "false",
+		p + "PendingUpstream":     "property read u" + emits + "false",
 
 		"org.freedesktop.DBus.Properties.Get":               "method(in s interface_name, in s property_name, out v value)",
 		"org.freedesktop.DBus.Properties.GetAll":            "method(in s interface_name, out a{sv} properties)",
@@ -1357,7 +1362,8 @@ func TestShellExample(t *testing.T) {
 	if len(sends) != 1 {
 		t.Fatalf("the backend got %+v, want one message\n%s", sends, out)
 	}
-	token, err := h.b.Register(context.Background(), ipc.Caller{UID: uint32(os.Getuid())}, app, "123")
+	reg, err := h.b.Register(context.Background(), ipc.Caller{UID: uint32(os.Getuid())}, ipc.RegisterRequest{App: app, Sender: "123"})
+	token := reg.Token
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,6 +53,7 @@ type Backend struct {
 	server    string
 	owners    map[string]uint32
 	tokens    map[registration]string
+	vapid     map[registration]string
 	queued    map[string][]ipc.Message // per app, unacked, in arrival order
 	subs      map[string]*subscription
 	pending   map[string][]*pendingSend // per app, in send order
@@ -75,6 +76,7 @@ func New(server, deviceID string) *Backend {
 		connected: true,
 		powerMode: "mains",
 		topics:    make(map[registration][]string),
+		vapid:     make(map[registration]string),
 		owners:    make(map[string]uint32),
 		tokens:    make(map[registration]string),
 		queued:    make(map[string][]ipc.Message),
@@ -253,27 +255,45 @@ func (b *Backend) authorize(c ipc.Caller, op, app string) error {
 	return nil
 }
 
-// Register implements ipc.Backend.
-func (b *Backend) Register(ctx context.Context, c ipc.Caller, app, sender string) (string, error) {
+// Register implements ipc.Backend. A registration with
+// ipc.WebPushSender gets the endpoint https://SERVER/up/TOKEN; the VAPID
+// key is kept for VAPID.
+func (b *Backend) Register(ctx context.Context, c ipc.Caller, req ipc.RegisterRequest) (ipc.Registration, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	app, sender := req.App, req.Sender
 	if _, known := b.owners[app]; !known && app != "" {
 		b.owners[app] = c.UID
 	}
 	if err := b.authorize(c, "register", app); err != nil {
-		return "", err
+		return ipc.Registration{}, err
 	}
 	if sender == "" {
-		return "", fmt.Errorf("register app %q: no sender ID: %w", app, ipc.ErrInvalidArgument)
+		return ipc.Registration{}, fmt.Errorf("register app %q: no sender ID: %w", app, ipc.ErrInvalidArgument)
+	}
+	if req.VAPID != "" && sender != ipc.WebPushSender {
+		return ipc.Registration{}, fmt.Errorf("register app %q: a VAPID key is for sender %s only: %w", app, ipc.WebPushSender, ipc.ErrInvalidArgument)
 	}
 	key := registration{app, sender}
-	if token, ok := b.tokens[key]; ok {
-		return token, nil
+	token, ok := b.tokens[key]
+	if !ok {
+		b.nextID++
+		token = "token-" + strconv.Itoa(b.nextID)
+		b.tokens[key] = token
+		b.vapid[key] = req.VAPID
 	}
-	b.nextID++
-	token := "token-" + strconv.Itoa(b.nextID)
-	b.tokens[key] = token
-	return token, nil
+	reg := ipc.Registration{Token: token}
+	if sender == ipc.WebPushSender {
+		reg.Endpoint = "https://" + b.server + "/up/" + token
+	}
+	return reg, nil
+}
+
+// VAPID returns the VAPID key app registered with for sender.
+func (b *Backend) VAPID(app, sender string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.vapid[registration{app, sender}]
 }
 
 // Unregister implements ipc.Backend.

@@ -476,12 +476,12 @@ func (c *socketConn) handle(line []byte, r *bufio.Reader) {
 	c.log.Debug("request", "op", req.Op, "app", req.App)
 	switch req.Op {
 	case "register":
-		token, err := c.backend.Register(c.ctx, c.caller, req.App, req.Sender)
+		reg, err := c.backend.Register(c.ctx, c.caller, ipc.RegisterRequest{App: req.App, Sender: req.Sender, VAPID: req.VAPID})
 		if err != nil {
 			c.fail(req, err)
 			return
 		}
-		c.respond(ipc.Response{ID: req.ID, Token: token})
+		c.respond(ipc.Response{ID: req.ID, Token: reg.Token, Endpoint: reg.Endpoint})
 	case "unregister":
 		if err := c.backend.Unregister(c.ctx, c.caller, req.App, req.Sender); err != nil {
 			c.fail(req, err)
