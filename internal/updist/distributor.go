@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
 	"sync"
 	"time"
@@ -30,6 +29,29 @@ const (
 	reasonInternal = "INTERNAL_ERROR"
 	reasonNetwork  = "NETWORK"
 )
+
+// introspection describes the distributor's object, for the connector
+// libraries that introspect it before calling.
+const introspection = `<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">
+<node>
+  <interface name="org.freedesktop.DBus.Introspectable">
+    <method name="Introspect"><arg name="xml" type="s" direction="out"/></method>
+  </interface>
+  <interface name="org.unifiedpush.Distributor2">
+    <method name="Register"><arg name="args" type="a{sv}" direction="in"/><arg name="res" type="a{sv}" direction="out"/></method>
+    <method name="Unregister"><arg name="args" type="a{sv}" direction="in"/><arg name="res" type="a{sv}" direction="out"/></method>
+  </interface>
+  <interface name="org.unifiedpush.Distributor1">
+    <method name="Register">
+      <arg name="serviceName" type="s" direction="in"/><arg name="token" type="s" direction="in"/>
+      <arg name="description" type="s" direction="in"/>
+      <arg name="registrationResult" type="s" direction="out"/><arg name="registrationResultReason" type="s" direction="out"/>
+    </method>
+    <method name="Unregister"><arg name="token" type="s" direction="in"/></method>
+  </interface>
+</node>
+`
 
 // maxToken bounds a connector's token, as the specification does.
 const maxToken = 100
@@ -73,6 +95,14 @@ type Listener interface {
 // registration of its own.
 func AppID(token string) string { return "unifiedpush:" + token }
 
+// Logger is where the distributor reports what it did and what failed,
+// with key-value pairs after the message, as *slog.Logger takes them.
+type Logger interface {
+	Info(msg string, args ...any)
+	Warn(msg string, args ...any)
+	Error(msg string, args ...any)
+}
+
 // Config configures a Distributor.
 type Config struct {
 	// Bus is the connection to the session bus; the distributor owns
@@ -82,7 +112,7 @@ type Config struct {
 	Agent Agent
 	// StateFile keeps the registrations (DefaultStateFile).
 	StateFile string
-	Logger    *slog.Logger
+	Logger    Logger
 }
 
 // Distributor serves the UnifiedPush interfaces. Run it once.
@@ -90,7 +120,7 @@ type Distributor struct {
 	bus   *busclient.Conn
 	agent Agent
 	path  string
-	log   *slog.Logger
+	log   Logger
 
 	mu   sync.Mutex
 	regs map[string]*active // by token
@@ -105,14 +135,10 @@ type active struct {
 
 // New returns a distributor of the registrations in cfg.StateFile.
 func New(cfg Config) (*Distributor, error) {
-	if cfg.Bus == nil || cfg.Agent == nil || cfg.StateFile == "" {
-		return nil, errors.New("updist: a distributor needs a bus, an agent and a state file")
+	if cfg.Bus == nil || cfg.Agent == nil || cfg.StateFile == "" || cfg.Logger == nil {
+		return nil, errors.New("updist: a distributor needs a bus, an agent, a state file and a logger")
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.Default()
-	}
-	return &Distributor{bus: cfg.Bus, agent: cfg.Agent, path: cfg.StateFile, log: log, regs: map[string]*active{}}, nil
+	return &Distributor{bus: cfg.Bus, agent: cfg.Agent, path: cfg.StateFile, log: cfg.Logger, regs: map[string]*active{}}, nil
 }
 
 // Run owns the bus name, hands each known connector its endpoint again
@@ -156,6 +182,8 @@ func (d *Distributor) serve(ctx context.Context, call *busclient.MethodCall) err
 		return d.bus.ReplyError(call, busclient.ErrorUnknownMethod, "no object "+string(call.Path))
 	}
 	switch call.Iface + "." + call.Member + "(" + call.Sig + ")" {
+	case "org.freedesktop.DBus.Introspectable.Introspect()":
+		return d.bus.Reply(call, introspection)
 	case distributor2 + ".Register(a{sv})":
 		args := call.Body[0].(map[string]any)
 		r := registration{Service: str(args, "service"), Token: str(args, "token"), Description: str(args, "description"),
@@ -208,23 +236,22 @@ func checkRegistration(service, token string) error {
 // connector its endpoint. It returns a failure reason, or "" once the
 // registration is on disk.
 func (d *Distributor) register(ctx context.Context, sender string, r registration) string {
-	log := d.log.With("service", r.Service, "token", r.Token)
 	if err := checkRegistration(r.Service, r.Token); err != nil {
-		log.Warn("UnifiedPush registration refused", "caller", sender, "err", err)
+		d.log.Warn("UnifiedPush registration refused", "service", r.Service, "caller", sender, "err", err)
 		return reasonInternal
 	}
 	d.mu.Lock()
 	old, known := d.regs[r.Token]
 	d.mu.Unlock()
 	if known && old.Service != r.Service {
-		log.Warn("UnifiedPush registration refused: the token is another service's", "caller", sender, "owner", old.Service)
+		d.log.Warn("UnifiedPush registration refused: the token is another service's", "service", r.Service, "caller", sender, "owner", old.Service)
 		return reasonInternal
 	}
 	actx, cancel := context.WithTimeout(ctx, agentTimeout)
 	defer cancel()
 	endpoint, err := d.agent.Register(actx, AppID(r.Token), r.VAPID)
 	if err != nil {
-		log.Warn("UnifiedPush registration failed", "err", err)
+		d.log.Warn("UnifiedPush registration failed", "service", r.Service, "err", err)
 		return reasonNetwork
 	}
 	r.Endpoint = endpoint
@@ -242,14 +269,14 @@ func (d *Distributor) register(ctx context.Context, sender string, r registratio
 	err = save(d.path, regs)
 	d.mu.Unlock()
 	if err != nil {
-		log.Error("UnifiedPush registration not kept", "err", err)
+		d.log.Error("UnifiedPush registration not kept", "service", r.Service, "err", err)
 		return reasonInternal
 	}
 	if known {
 		d.stop(r.Token)
 	}
 	d.start(ctx, r)
-	log.Info("UnifiedPush app registered", "version", r.Version)
+	d.log.Info("UnifiedPush app registered", "service", r.Service, "version", r.Version)
 	d.newEndpoint(r)
 	return ""
 }
@@ -290,19 +317,18 @@ func (d *Distributor) unregister(ctx context.Context, token string) {
 	a, ok := d.regs[token]
 	d.mu.Unlock()
 	if !ok {
-		d.log.Warn("UnifiedPush unregistration of an unknown token", "token", token)
+		d.log.Warn("UnifiedPush unregistration of an unknown token")
 		return
 	}
-	log := d.log.With("service", a.Service, "token", token)
 	actx, cancel := context.WithTimeout(ctx, agentTimeout)
 	defer cancel()
 	if err := d.agent.Unregister(actx, AppID(token)); err != nil {
 		// The distributor forgets it anyway: its endpoint is the agent's to
 		// drop when the agent can, and nothing will listen for it.
-		log.Warn("the agent did not drop the registration", "err", err)
+		d.log.Warn("the agent did not drop a UnifiedPush registration", "service", a.Service, "err", err)
 	}
 	d.forget(a.registration)
-	log.Info("UnifiedPush app unregistered")
+	d.log.Info("UnifiedPush app unregistered", "service", a.Service)
 }
 
 // forget drops a registration from disk and tells its connector.
@@ -312,7 +338,7 @@ func (d *Distributor) forget(r registration) {
 	err := save(d.path, d.listLocked())
 	d.mu.Unlock()
 	if err != nil {
-		d.log.Error("UnifiedPush unregistration not kept", "token", r.Token, "err", err)
+		d.log.Error("UnifiedPush unregistration not kept", "service", r.Service, "err", err)
 	}
 	d.tell(r, "Unregistered", map[string]busclient.Variant{"token": {Sig: "s", Value: r.Token}}, r.Token)
 }
@@ -341,14 +367,13 @@ func (d *Distributor) tell(r registration, member string, args2 map[string]buscl
 // listen hands the registration's messages to its connector until ctx
 // ends, listening again when the agent goes away.
 func (d *Distributor) listen(ctx context.Context, r registration) {
-	log := d.log.With("service", r.Service, "token", r.Token)
 	wait := retryFirst
 	for ctx.Err() == nil {
 		err := d.session(ctx, r, func() { wait = retryFirst })
 		if ctx.Err() != nil {
 			return
 		}
-		log.Warn("UnifiedPush messages paused", "err", err, "retry", wait)
+		d.log.Warn("UnifiedPush messages paused", "service", r.Service, "err", err, "retry", wait)
 		select {
 		case <-ctx.Done():
 			return
