@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -68,10 +69,19 @@ type upAgent struct{ c *client.Client }
 
 func (a upAgent) Register(ctx context.Context, app, vapid string) (string, error) {
 	reg, err := a.c.RegisterWith(ctx, app, ipc.WebPushSender, client.RegisterOptions{VAPID: vapid})
-	if err == nil && reg.Endpoint == "" {
+	switch {
+	case err != nil && (agentAway(err) || isAgentError(err, ipc.CodeOffline)):
+		return "", fmt.Errorf("%w: %w", updist.ErrAgentUnavailable, err)
+	case err == nil && reg.Endpoint == "":
 		err = fmt.Errorf("the agent gave app %q no endpoint", app)
 	}
 	return reg.Endpoint, err
+}
+
+// isAgentError reports whether err is the agent's refusal with code.
+func isAgentError(err error, code string) bool {
+	var refused *client.AgentError
+	return errors.As(err, &refused) && refused.Code == code
 }
 
 func (a upAgent) Unregister(ctx context.Context, app string) error {

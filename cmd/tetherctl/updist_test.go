@@ -288,6 +288,20 @@ func TestUpDistributorRefuses(t *testing.T) {
 	if endpoint := u.register(c, ""); endpoint == "" {
 		t.Error("no endpoint after the refusals")
 	}
+	// The agent refuses a token whose app is another user's.
+	other := upConnectors[1]
+	u.b.SetOwner(updist.AppID(other.token), 4242)
+	args := []string{"register", "--name", other.name, "--token", other.token, "--dir", u.connectorDir(other)}
+	if _, err := u.python(args...); err == nil || !strings.Contains(err.Error(), "REGISTRATION_FAILED INTERNAL_ERROR") {
+		t.Errorf("registering another user's app: %v", err)
+	}
+	// An agent that is not there is a network failure, worth trying again.
+	away := newUpEnv(t)
+	away.socket = filepath.Join(away.dir, "no-agent.sock")
+	away.start()
+	if _, err := away.python(args...); err == nil || !strings.Contains(err.Error(), "REGISTRATION_FAILED NETWORK") {
+		t.Errorf("registering without an agent: %v", err)
+	}
 
 	for _, tt := range []struct {
 		name   string

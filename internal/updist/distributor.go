@@ -66,6 +66,11 @@ const (
 // Backoffs between attempts to listen or to deliver again.
 const retryFirst, retryMost = 500 * time.Millisecond, 30 * time.Second
 
+// ErrAgentUnavailable wraps an Agent's errors that say the agent could
+// not do it now (it is not running, or not connected to its server), as
+// opposed to refusing: a connector is told NETWORK, and may try again.
+var ErrAgentUnavailable = errors.New("the agent is unavailable")
+
 // Message is a message of the agent for a registration.
 type Message struct {
 	ID   string
@@ -252,7 +257,10 @@ func (d *Distributor) register(ctx context.Context, sender string, r registratio
 	endpoint, err := d.agent.Register(actx, AppID(r.Token), r.VAPID)
 	if err != nil {
 		d.log.Warn("UnifiedPush registration failed", "service", r.Service, "err", err)
-		return reasonNetwork
+		if errors.Is(err, ErrAgentUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+			return reasonNetwork
+		}
+		return reasonInternal
 	}
 	r.Endpoint = endpoint
 	d.mu.Lock()
