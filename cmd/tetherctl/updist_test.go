@@ -213,8 +213,12 @@ func TestUpDistributor(t *testing.T) {
 	}
 	deliver(t, "m1")
 
-	if r := stop(); r.code != 0 {
+	r := stop()
+	if r.code != 0 {
 		t.Fatalf("up-distributor stopped with %+v", r)
+	}
+	if strings.Contains(r.stderr, "/up/") || !strings.Contains(r.stderr, "UnifiedPush app registered") {
+		t.Errorf("the distributor's log has an endpoint, or not its registrations:\n%s", r.stderr)
 	}
 	endpoints := map[string]int{}
 	for _, c := range upConnectors {

@@ -53,6 +53,9 @@ func TestSaveLoad(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("state file mode %v, %v; want 0600", fi.Mode(), err)
 	}
+	if fi, err := os.Stat(filepath.Dir(path)); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("state directory mode %v, %v; want 0700", fi.Mode(), err)
+	}
 	if err := os.WriteFile(path, []byte(`{"registrations":[{"token":"","service":"org.example.A"}]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
