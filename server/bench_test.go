@@ -49,7 +49,7 @@ func benchTokens(b *testing.B, st store.Backend, sender string, n int) []string 
 					failed.Store(err)
 					return
 				}
-				reg, err := st.Register(context.Background(), dev.ID, "com.example.bench", sender, time.Now())
+				reg, err := st.Register(context.Background(), dev.ID, "com.example.bench", sender, "", time.Now())
 				if err != nil {
 					failed.Store(err)
 					return

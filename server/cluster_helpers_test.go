@@ -93,6 +93,10 @@ func TestOnCluster(t *testing.T) {
 		{"ConcurrentSendsAllStored", TestConcurrentSendsAllStored},
 		{"ProbeLeavesTheSessionAlone", TestProbeLeavesTheSessionAlone},
 		{"ReconnectLimit", TestReconnectLimit},
+		{"WebPushDelivers", TestWebPushDelivers},
+		{"WebPushRefusals", TestWebPushRefusals},
+		{"WebPushVAPID", TestWebPushVAPID},
+		{"WebPushUrgency", TestWebPushUrgency},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv(onClusterEnv, "1")

@@ -36,8 +36,19 @@ func deferrable(m store.Message) bool {
 }
 
 // holds reports whether a device in mode gets m later rather than now.
+// A Web Push message's urgency (RFC 8030, section 5.3) decides in place
+// of GCM's priority (docs/power.md): high goes in every mode, normal on
+// mains and battery, low and very-low on mains only.
 func holds(mode string, m store.Message) bool {
-	return mode != wire.ModeMains && deferrable(m)
+	switch m.Urgency {
+	case "":
+		return mode != wire.ModeMains && deferrable(m)
+	case urgencyHigh:
+		return false
+	case urgencyNormal:
+		return mode == wire.ModeLow
+	}
+	return mode != wire.ModeMains
 }
 
 // holdState is what a session's writer knows of the messages it passed

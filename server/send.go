@@ -37,6 +37,9 @@ const (
 	errInternal            = "InternalServerError"
 	errDeviceRate          = "DeviceMessageRateExceeded"
 	errTopicsRate          = "TopicsMessageRateExceeded"
+	// Refusals of a Web Push, which its answer's status tells.
+	errVAPIDMissing  = "VAPIDMissing"
+	errVAPIDMismatch = "VAPIDMismatch"
 )
 
 const (
@@ -77,6 +80,13 @@ type sendRequest struct {
 	originID string
 	dryRun   bool
 	plain    bool // a plain-text request, answered in plain text
+	// webPush marks a push to a Web Push endpoint (webpush.go): raw is
+	// its body, urgency its Urgency, vapidKey the key of its verified
+	// VAPID authorization (empty without one).
+	webPush  bool
+	raw      []byte
+	urgency  string
+	vapidKey []byte
 }
 
 // toTopics reports whether the request goes to a topic or a condition.
@@ -530,6 +540,12 @@ func (s *Server) sendAll(ctx context.Context, snd store.Sender, reqs []sendReque
 			case req.restricted != "" && req.restricted != reg.App:
 				result.Error = errInvalidPackageName
 				continue
+			case req.webPush && reg.VAPID != "" && req.vapidKey == nil:
+				result.Error = errVAPIDMissing
+				continue
+			case req.webPush && reg.VAPID != "" && !sameVAPIDKey(reg.VAPID, req.vapidKey):
+				result.Error = errVAPIDMismatch
+				continue
 			case !req.dryRun && !s.deviceRate.allow(ctx, reg.Device):
 				result.Error = errDeviceRate
 				continue
@@ -538,7 +554,7 @@ func (s *Server) sendAll(ctx context.Context, snd store.Sender, reqs []sendReque
 				ID: newMessageID(now), Device: reg.Device, Token: reg.Token, App: reg.App, Sender: snd.ID,
 				CollapseKey: req.collapseKey, Priority: req.priority, DelayWhileIdle: req.delayIdle,
 				Data: req.data, Notification: req.notification, Receipt: req.receipt, OriginID: req.originID,
-				Sent: now, Expiry: now.Add(secondsDuration(req.ttl)),
+				Raw: req.raw, Urgency: req.urgency, Sent: now, Expiry: now.Add(secondsDuration(req.ttl)),
 			}
 			result.MessageID = m.ID
 			if res.Canonical() {

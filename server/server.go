@@ -654,6 +654,7 @@ func (s *Server) handler() http.Handler {
 	mux.HandleFunc("POST /iid/v1:batchAdd", s.handleBatchSubscriptions(true))
 	mux.HandleFunc("POST /iid/v1:batchRemove", s.handleBatchSubscriptions(false))
 	mux.HandleFunc("POST /iid/v1/{token}/rel/topics/{topic}", s.handleSubscribeOne)
+	mux.HandleFunc("POST "+webPushPath+"{token}", s.handleWebPush)
 	mux.HandleFunc("GET "+wire.Path, s.handleDevice)
 	return mux
 }

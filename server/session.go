@@ -816,8 +816,22 @@ func (ss *session) register(f wire.Frame) {
 	if !ss.decode(f, &req) {
 		return
 	}
-	reg, err := ss.srv.store.Register(ss.ctx, ss.device, req.App, req.Sender, ss.srv.now())
+	origin := ss.srv.PublicOrigin()
+	if req.Sender == store.WebPushSender && origin == "" {
+		ss.replyError(f.Ref, wire.CodeInvalid, "this server takes no Web Push registrations: it has no public URL (tether-server serve --public-url)")
+		return
+	}
+	if req.VAPID != "" {
+		if _, err := decodeVAPIDKey(req.VAPID); err != nil {
+			ss.replyError(f.Ref, wire.CodeInvalid, "vapid: "+err.Error())
+			return
+		}
+	}
+	reg, err := ss.srv.store.Register(ss.ctx, ss.device, req.App, req.Sender, req.VAPID, ss.srv.now())
 	switch {
+	case err == nil && reg.VAPID != req.VAPID:
+		ss.replyError(f.Ref, wire.CodeInvalid, "the app is registered with another VAPID key; unregister it first")
+		return
 	case errors.Is(err, store.ErrNotFound):
 		ss.replyError(f.Ref, wire.CodeNotRegistered, fmt.Sprintf("no sender with ID %s", req.Sender))
 		return
@@ -830,7 +844,11 @@ func (ss *session) register(f wire.Frame) {
 		return
 	}
 	ss.log.Info("registered", "app", req.App, "sender", req.Sender)
-	ss.reply(f.Ref, wire.Registered{App: req.App, Sender: req.Sender, Token: reg.Token})
+	ans := wire.Registered{App: req.App, Sender: req.Sender, Token: reg.Token}
+	if req.Sender == store.WebPushSender {
+		ans.Endpoint = webPushEndpoint(origin, reg.Token)
+	}
+	ss.reply(f.Ref, ans)
 }
 
 func (ss *session) unregister(f wire.Frame) {
@@ -1116,7 +1134,7 @@ func (ss *session) writeDirect(m store.Message) error {
 	ss.mu.Lock()
 	mode := ss.mode
 	ss.mu.Unlock()
-	if mode == wire.ModeBattery && !deferrable(m) {
+	if mode == wire.ModeBattery && !holds(mode, m) {
 		// Queued messages the writer has not looked at yet go too.
 		ss.rewind(true)
 		return ss.fill()
@@ -1204,7 +1222,7 @@ func (ss *session) fill() error {
 				return err
 			}
 			free--
-			if mode == wire.ModeBattery && !deferrable(m) && !ss.hold.releasing {
+			if mode == wire.ModeBattery && !holds(mode, m) && !ss.hold.releasing {
 				// A high-priority message woke the radio: the held
 				// messages go right behind it, and the rest of the
 				// queue with them.
@@ -1286,7 +1304,7 @@ func (ss *session) encodeMessage(m store.Message, now time.Time) []byte {
 	frame, err := ss.codec.Encode("", wire.Message{
 		ID: m.ID, Token: m.Token, App: m.App, From: m.Sender, CollapseKey: m.CollapseKey,
 		Data: m.Data, Priority: m.Priority, TTL: min(ttl, wire.MaxTTL), SentTime: m.Sent.UnixMilli(),
-		Notification: m.Notification, Topic: m.Topic,
+		Notification: m.Notification, Topic: m.Topic, Raw: m.Raw,
 	})
 	if err != nil {
 		ss.log.Error("encode message", "message_id", m.ID, "err", err)

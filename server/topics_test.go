@@ -270,7 +270,7 @@ func TestTopicFanOutResumesAfterCrash(t *testing.T) {
 	}
 	const subscribers = 9
 	for i := range subscribers {
-		reg, err := st.Register(context.Background(), dev.ID, fmt.Sprintf("com.example.app%d", i), snd.ID, now)
+		reg, err := st.Register(context.Background(), dev.ID, fmt.Sprintf("com.example.app%d", i), snd.ID, "", now)
 		if err != nil {
 			t.Fatal(err)
 		}

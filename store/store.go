@@ -61,7 +61,7 @@ var (
 	// token (sender → webPushRecord).
 	bucketWebPush = []byte("webpush")
 	bucketInbox   = []byte("inbox")
-	bucketOutbox    = []byte("outbox")
+	bucketOutbox  = []byte("outbox")
 )
 
 // lockTimeout bounds the wait for the file lock: a second agent on the same

@@ -78,7 +78,7 @@ func TestDeviceCommandsOnStoppedStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ := st.AddDevice(ctx, store.Device{SecretHash: []byte("i"), Created: time.Now()})
-	reg, err := st.Register(ctx, a.ID, "com.example.app", senders[0].ID, time.Now())
+	reg, err := st.Register(ctx, a.ID, "com.example.app", senders[0].ID, "", time.Now())
 	st.Close()
 	if err != nil {
 		t.Fatal(err)

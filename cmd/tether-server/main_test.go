@@ -368,7 +368,7 @@ func TestTokenRotateCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg, err := st.Register(context.Background(), "device-1", "com.example.app", senders[0].ID, time.Now())
+	reg, err := st.Register(context.Background(), "device-1", "com.example.app", senders[0].ID, "", time.Now())
 	st.Close()
 	if err != nil {
 		t.Fatal(err)
@@ -428,7 +428,7 @@ func TestTokenRotateOnCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg, err := st.Register(context.Background(), dev.ID, "com.example.app", senders[0].ID, time.Now())
+	reg, err := st.Register(context.Background(), dev.ID, "com.example.app", senders[0].ID, "", time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -276,12 +276,14 @@ func (s *Store) newToken(shard int) string {
 
 // Register returns the active registration of (device, app, sender),
 // creating it with a new token if there is none. The sender must exist.
-func (s *Store) Register(ctx context.Context, dev, app, sender string, now time.Time) (store.Registration, error) {
+func (s *Store) Register(ctx context.Context, dev, app, sender, vapid string, now time.Time) (store.Registration, error) {
 	if !validToken(dev) {
 		return store.Registration{}, fmt.Errorf("register app %q: device %.40q: %w", app, dev, store.ErrNotFound)
 	}
-	if _, err := s.Sender(ctx, sender); err != nil {
-		return store.Registration{}, fmt.Errorf("register app %q: %w", app, err)
+	if sender != store.WebPushSender {
+		if _, err := s.Sender(ctx, sender); err != nil {
+			return store.Registration{}, fmt.Errorf("register app %q: %w", app, err)
+		}
 	}
 	shard := s.ShardOf(dev)
 	var reg store.Registration
@@ -293,7 +295,7 @@ func (s *Store) Register(ctx context.Context, dev, app, sender string, now time.
 		if len(d.Regs) >= store.MaxRegistrationsPerDevice {
 			return nil, store.ErrTooManyRegistrations
 		}
-		reg = store.Registration{Token: s.newToken(shard), Device: dev, App: app, Sender: sender, Created: now.UTC()}
+		reg = store.Registration{Token: s.newToken(shard), Device: dev, App: app, Sender: sender, Created: now.UTC(), VAPID: vapid}
 		if d.Regs == nil {
 			d.Regs = map[string]string{}
 		}

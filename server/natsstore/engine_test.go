@@ -212,7 +212,7 @@ func TestTwoProcessesOneDevice(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now()
 	snd, dev := senderAndDevice(t, a, now)
-	reg, err := b.Register(ctx, dev.ID, "com.example.app", snd.ID, now)
+	reg, err := b.Register(ctx, dev.ID, "com.example.app", snd.ID, "", now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +257,7 @@ func TestTokensNotInSubjects(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now()
 	snd, dev := senderAndDevice(t, s, now)
-	reg, err := s.Register(ctx, dev.ID, "com.example.app", snd.ID, now)
+	reg, err := s.Register(ctx, dev.ID, "com.example.app", snd.ID, "", now)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,7 +41,7 @@ type Backend interface {
 	SpendEnrollKey(ctx context.Context, hash []byte, now time.Time) (EnrollKey, error)
 	RefundEnrollKey(ctx context.Context, id string) error
 
-	Register(ctx context.Context, device, app, sender string, now time.Time) (Registration, error)
+	Register(ctx context.Context, device, app, sender, vapid string, now time.Time) (Registration, error)
 	Unregister(ctx context.Context, device, app, sender string, now time.Time) (dropped int, err error)
 	ActiveRegistration(ctx context.Context, device, app, sender string) (Registration, error)
 	ResolveTokens(ctx context.Context, tokens []string, now time.Time) ([]Resolution, error)

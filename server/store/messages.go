@@ -31,6 +31,11 @@ type Message struct {
 	Notification map[string]string `json:"notification,omitempty"`
 	// Topic is the topic it was sent to, for a copy of a topic message.
 	Topic string `json:"topic,omitempty"`
+	// Raw is the binary payload: a Web Push message's body.
+	Raw []byte `json:"raw,omitempty"`
+	// Urgency is a Web Push message's (RFC 8030): very-low, low, normal
+	// or high. It decides the holding in place of Priority.
+	Urgency string `json:"urgency,omitempty"`
 	// Receipt asks for a delivery receipt to the sender once the device
 	// has the message (Ack returns it).
 	Receipt bool `json:"receipt,omitempty"`

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"tether/wire"
 )
 
 // Registration ties a token to one app on one device and one sender.
@@ -26,7 +28,15 @@ type Registration struct {
 	// to this one reach it until GraceUntil.
 	ReplacedBy string    `json:"replaced_by,omitempty"`
 	GraceUntil time.Time `json:"grace_until,omitzero"`
+	// VAPID is the app server's VAPID public key (RFC 8292) a Web Push
+	// registration was made with, base64url; pushes to it must be signed
+	// with that key. Empty: any push is taken.
+	VAPID string `json:"vapid,omitempty"`
 }
+
+// WebPushSender is the sender ID of the built-in Web Push sender: it needs
+// no Sender record, and its registrations take pushes at their endpoint.
+const WebPushSender = wire.WebPushSender
 
 // Active reports whether the registration still takes messages under its
 // own token.
@@ -55,13 +65,15 @@ const MaxRegistrationsPerDevice = 100
 var ErrTooManyRegistrations = errors.New("too many registrations on the device")
 
 // Register returns the active registration of (device, app, sender),
-// creating it with a new token if there is none. The sender must exist.
-func (s *Store) Register(ctx context.Context, device, app, sender string, now time.Time) (Registration, error) {
+// creating it with a new token if there is none. The sender must exist, or
+// be WebPushSender; vapid is kept with a new registration (an existing
+// one keeps the key it was made with).
+func (s *Store) Register(ctx context.Context, device, app, sender, vapid string, now time.Time) (Registration, error) {
 	var reg Registration
 	var unknownSender bool
 	err := s.db.Batch(func(tx *bolt.Tx) error {
 		reg, unknownSender = Registration{}, false
-		if tx.Bucket(bucketSenders).Get([]byte(sender)) == nil {
+		if sender != WebPushSender && tx.Bucket(bucketSenders).Get([]byte(sender)) == nil {
 			unknownSender = true
 			return nil
 		}
@@ -79,7 +91,7 @@ func (s *Store) Register(ctx context.Context, device, app, sender string, now ti
 				return ErrTooManyRegistrations
 			}
 		}
-		reg = Registration{Device: device, App: app, Sender: sender, Created: now.UTC()}
+		reg = Registration{Device: device, App: app, Sender: sender, Created: now.UTC(), VAPID: vapid}
 		for reg.Token = newToken(); regs.Get([]byte(reg.Token)) != nil; reg.Token = newToken() {
 		}
 		if err := put(regs, []byte(reg.Token), reg); err != nil {

@@ -50,7 +50,7 @@ func newFixture(t *testing.T, s *Store) fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg, err := s.Register(ctx, dev.ID, "com.example.thermo", snd.ID, t0)
+	reg, err := s.Register(ctx, dev.ID, "com.example.thermo", snd.ID, "", t0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +144,7 @@ func TestSweepManyInBatches(t *testing.T) {
 		// Spread over apps: each app may keep MaxPendingPerApp.
 		if i > 0 && i%MaxPendingPerApp == 0 {
 			var err error
-			if reg, err = s.Register(ctx, f.device.ID, fmt.Sprintf("com.example.app%d", i), f.sender.ID, t0); err != nil {
+			if reg, err = s.Register(ctx, f.device.ID, fmt.Sprintf("com.example.app%d", i), f.sender.ID, "", t0); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -131,7 +131,7 @@ func testRemoveDevice(t *testing.T, h Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kept, err := s.Register(ctx(t), keep.ID, f.reg.App, f.sender.ID, T0)
+	kept, err := s.Register(ctx(t), keep.ID, f.reg.App, f.sender.ID, "", T0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,11 +198,11 @@ func testCertificateReplacesDevice(t *testing.T, h Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	thermo, err := s.Register(ctx(t), first.ID, "com.example.thermo", snd.ID, T0)
+	thermo, err := s.Register(ctx(t), first.ID, "com.example.thermo", snd.ID, "", T0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	lamp, err := s.Register(ctx(t), first.ID, "com.example.lamp", snd.ID, T0)
+	lamp, err := s.Register(ctx(t), first.ID, "com.example.lamp", snd.ID, "", T0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +226,7 @@ func testCertificateReplacesDevice(t *testing.T, h Harness) {
 		t.Errorf("before the new device registers, the old tokens reach %q, want nothing (NotRegistered)", got)
 	}
 	s = h.Reopen(t, s)
-	again, err := s.Register(ctx(t), second.ID, "com.example.thermo", snd.ID, at)
+	again, err := s.Register(ctx(t), second.ID, "com.example.thermo", snd.ID, "", at)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@
 package storetest
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -51,6 +52,7 @@ var tests = []struct {
 	{"Devices", testDevices},
 	{"RegisterUnregister", testRegisterUnregister},
 	{"RegistrationsPerDeviceBounded", testRegistrationsPerDeviceBounded},
+	{"WebPush", testWebPush},
 	{"QueueSurvivesReopen", testQueueSurvivesReopen},
 	{"PendingAfterAndLimit", testPendingAfterAndLimit},
 	{"EnqueueChecksTheRegistration", testEnqueueChecksTheRegistration},
@@ -116,7 +118,7 @@ func newFixture(t *testing.T, s store.Backend) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg, err := s.Register(ctx(t), dev.ID, "com.example.thermo", snd.ID, T0)
+	reg, err := s.Register(ctx(t), dev.ID, "com.example.thermo", snd.ID, "", T0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +137,7 @@ func (f *fixture) msgFor(reg store.Registration, id, collapse string, ttl time.D
 
 func (f *fixture) register(t *testing.T, app string) store.Registration {
 	t.Helper()
-	reg, err := f.s.Register(ctx(t), f.device.ID, app, f.sender.ID, T0)
+	reg, err := f.s.Register(ctx(t), f.device.ID, app, f.sender.ID, "", T0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -365,7 +367,7 @@ func testRegisterUnregister(t *testing.T, h Harness) {
 	if len(f.reg.Token) < 64 {
 		t.Errorf("token of %d characters", len(f.reg.Token))
 	}
-	again, err := s.Register(ctx(t), f.device.ID, f.reg.App, f.sender.ID, T0.Add(time.Hour))
+	again, err := s.Register(ctx(t), f.device.ID, f.reg.App, f.sender.ID, "", T0.Add(time.Hour))
 	if err != nil || again.Token != f.reg.Token {
 		t.Fatalf("second register gave %v, %v; want the same token", again.Token == f.reg.Token, err)
 	}
@@ -373,7 +375,7 @@ func testRegisterUnregister(t *testing.T, h Harness) {
 	if other.Token == f.reg.Token {
 		t.Fatal("other app: same token")
 	}
-	if _, err := s.Register(ctx(t), f.device.ID, f.reg.App, "999999999999", T0); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.Register(ctx(t), f.device.ID, f.reg.App, "999999999999", "", T0); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("unknown sender: %v", err)
 	}
 	if reg, err := s.ActiveRegistration(ctx(t), f.device.ID, other.App, f.sender.ID); err != nil || reg.Token != other.Token {
@@ -413,7 +415,7 @@ func testRegisterUnregister(t *testing.T, h Harness) {
 	if queued := enqueue(t, s, f.msg("m3", "", time.Hour)); queued[0] {
 		t.Error("message to an unregistered token was queued")
 	}
-	fresh, err := s.Register(ctx(t), f.device.ID, f.reg.App, f.sender.ID, T0)
+	fresh, err := s.Register(ctx(t), f.device.ID, f.reg.App, f.sender.ID, "", T0)
 	if err != nil || fresh.Token == f.reg.Token {
 		t.Errorf("register after unregister: same token or %v", err)
 	}
@@ -433,27 +435,27 @@ func testRegistrationsPerDeviceBounded(t *testing.T, h Harness) {
 		t.Fatal(err)
 	}
 	for i := range store.MaxRegistrationsPerDevice {
-		if _, err := s.Register(ctx(t), dev.ID, fmt.Sprint("app.", i), snd.ID, T0); err != nil {
+		if _, err := s.Register(ctx(t), dev.ID, fmt.Sprint("app.", i), snd.ID, "", T0); err != nil {
 			t.Fatalf("registration %d: %v", i+1, err)
 		}
 	}
-	if _, err := s.Register(ctx(t), dev.ID, "app.one-more", snd.ID, T0); !errors.Is(err, store.ErrTooManyRegistrations) {
+	if _, err := s.Register(ctx(t), dev.ID, "app.one-more", snd.ID, "", T0); !errors.Is(err, store.ErrTooManyRegistrations) {
 		t.Fatalf("registration over the limit: %v, want ErrTooManyRegistrations", err)
 	}
-	if _, err := s.Register(ctx(t), dev.ID, "app.0", snd.ID, T0); err != nil {
+	if _, err := s.Register(ctx(t), dev.ID, "app.0", snd.ID, "", T0); err != nil {
 		t.Errorf("re-registering an app at the limit: %v", err)
 	}
 	other, err := s.AddDevice(ctx(t), store.Device{SecretHash: Hash("other"), Created: T0})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Register(ctx(t), other.ID, "app.0", snd.ID, T0); err != nil {
+	if _, err := s.Register(ctx(t), other.ID, "app.0", snd.ID, "", T0); err != nil {
 		t.Errorf("another device: %v", err)
 	}
 	if _, err := s.Unregister(ctx(t), dev.ID, "app.7", snd.ID, T0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Register(ctx(t), dev.ID, "app.one-more", snd.ID, T0); err != nil {
+	if _, err := s.Register(ctx(t), dev.ID, "app.one-more", snd.ID, "", T0); err != nil {
 		t.Errorf("after an unregistration: %v", err)
 	}
 }
@@ -479,6 +481,39 @@ func testQueueSurvivesReopen(t *testing.T, h Harness) {
 	}
 	if reg, err := s.ActiveRegistration(ctx(t), f.device.ID, f.reg.App, f.sender.ID); err != nil || reg.Token != f.reg.Token {
 		t.Errorf("registration after reopen: %v", err)
+	}
+}
+
+// testWebPush: the Web Push sender needs no sender record; its
+// registrations keep the VAPID key they were made with, and its messages
+// their raw bytes and urgency.
+func testWebPush(t *testing.T, h Harness) {
+	s := h.Open(t)
+	f := newFixture(t, s)
+	reg, err := s.Register(ctx(t), f.device.ID, "org.example.chat", store.WebPushSender, "BKey", T0)
+	if err != nil || reg.VAPID != "BKey" || reg.Sender != store.WebPushSender {
+		t.Fatalf("Register = %+v, %v", reg, err)
+	}
+	again, err := s.Register(ctx(t), f.device.ID, "org.example.chat", store.WebPushSender, "", T0.Add(time.Minute))
+	if err != nil || again.Token != reg.Token || again.VAPID != "BKey" {
+		t.Fatalf("Register again = %+v, %v; want the same token and key", again, err)
+	}
+	if got, err := s.ActiveRegistration(ctx(t), f.device.ID, "org.example.chat", store.WebPushSender); err != nil || got.VAPID != "BKey" {
+		t.Fatalf("ActiveRegistration = %+v, %v", got, err)
+	}
+	m := f.msgFor(reg, "w1", "topic", time.Hour)
+	m.Data, m.Raw, m.Urgency = nil, []byte{0, 1, 0xff}, "very-low"
+	enqueue(t, s, m)
+	got, err := s.Pending(ctx(t), f.device.ID, 0, 0)
+	if err != nil || len(got) != 1 || !bytes.Equal(got[0].Raw, m.Raw) || got[0].Urgency != "very-low" {
+		t.Fatalf("Pending = %+v, %v; want raw %q, urgency very-low", got, err, m.Raw)
+	}
+	if _, err := s.Unregister(ctx(t), f.device.ID, "org.example.chat", store.WebPushSender, T0); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.ResolveTokens(ctx(t), []string{reg.Token}, T0)
+	if err != nil || len(res) != 1 || res[0].Reg.Token != "" || res[0].Given.Token != reg.Token {
+		t.Fatalf("ResolveTokens after Unregister = %+v, %v; want a known token with no registration", res, err)
 	}
 }
 
@@ -1025,7 +1060,7 @@ func testChangeSubscriptions(t *testing.T, h Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherReg, err := s.Register(ctx(t), f.device.ID, "com.example.x", other.ID, T0)
+	otherReg, err := s.Register(ctx(t), f.device.ID, "com.example.x", other.ID, "", T0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1101,7 +1136,7 @@ func testFanOutStepsAndResume(t *testing.T, h Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherReg, err := s.Register(ctx(t), f.device.ID, "other", other.ID, T0)
+	otherReg, err := s.Register(ctx(t), f.device.ID, "other", other.ID, "", T0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1187,7 +1222,7 @@ func testFanOutRestrictedAndLive(t *testing.T, h Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	third, err := s.Register(ctx(t), dev2.ID, f.reg.App, f.sender.ID, T0)
+	third, err := s.Register(ctx(t), dev2.ID, f.reg.App, f.sender.ID, "", T0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,7 +36,7 @@ func (f *fixture) secondSender(t *testing.T) store.Sender {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.s.Register(ctx(t), f.device.ID, f.reg.App, snd.ID, T0); err != nil {
+	if _, err := f.s.Register(ctx(t), f.device.ID, f.reg.App, snd.ID, "", T0); err != nil {
 		t.Fatal(err)
 	}
 	return snd
@@ -163,7 +163,7 @@ func testUpstreamLanes(t *testing.T, h Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Register(ctx(t), stranger.ID, f.reg.App, f.sender.ID, T0); err != nil {
+	if _, err := s.Register(ctx(t), stranger.ID, f.reg.App, f.sender.ID, "", T0); err != nil {
 		t.Fatal(err)
 	}
 
