@@ -49,6 +49,8 @@ func TestDebInstallRemove(t *testing.T) {
 		"/usr/bin/tetherd", "/usr/bin/tetherctl", "/etc/tether/agent.toml",
 		"/usr/share/dbus-1/system.d/org.tether.Push.conf",
 		"/usr/share/dbus-1/system-services/org.tether.Push.service",
+		"/usr/lib/systemd/user/tether-up-distributor.service",
+		"/usr/share/dbus-1/services/org.unifiedpush.Distributor.tether.service",
 	} {
 		if _, err := os.Stat(f); err != nil {
 			t.Errorf("not installed: %v", err)
