@@ -90,23 +90,29 @@ func (a upAgent) Unregister(ctx context.Context, app string) error {
 
 func (a upAgent) Listen(ctx context.Context, app string) (updist.Listener, error) {
 	l, err := a.c.Listen(ctx, app)
+	if isAgentError(err, ipc.CodeUnknownApp) || isAgentError(err, ipc.CodeNotRegistered) {
+		return nil, fmt.Errorf("%w: %w", updist.ErrRegistrationGone, err)
+	}
 	if err != nil {
 		return nil, err
 	}
 	return upListener{l}, nil
 }
 
-// upListener passes on the app's messages and nothing else of its events.
+// upListener passes on the app's messages and its Web Push token's
+// changes, and nothing else of its events.
 type upListener struct{ l *client.Listener }
 
 func (u upListener) Next(ctx context.Context) (updist.Message, error) {
 	for {
 		ev, err := u.l.Next(ctx)
-		if err != nil {
+		switch {
+		case err != nil:
 			return updist.Message{}, err
-		}
-		if ev.Event == ipc.EventMessage {
+		case ev.Event == ipc.EventMessage:
 			return updist.Message{ID: ev.Message.ID, Body: ev.Message.Raw}, nil
+		case ev.Event == ipc.EventTokenRefreshed && ev.Sender == ipc.WebPushSender:
+			return updist.Message{}, updist.ErrEndpointChanged
 		}
 	}
 }

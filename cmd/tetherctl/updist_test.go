@@ -213,6 +213,21 @@ func TestUpDistributor(t *testing.T) {
 	}
 	deliver(t, "m1")
 
+	// A new token in the agent is a new endpoint, handed to the connector
+	// and kept.
+	c := upConnectors[0]
+	u.b.RefreshToken(updist.AppID(c.token), ipc.WebPushSender, "token-rotated")
+	const rotated = "https://push.example.test:443/up/token-rotated"
+	testwait.For(t, c.name+" to be handed its new endpoint", 60*time.Second, func() error {
+		if !slices.ContainsFunc(u.records(c, "endpoints.jsonl"), func(m map[string]any) bool { return m["endpoint"] == rotated }) {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if b, err := os.ReadFile(u.state); err != nil || !strings.Contains(string(b), rotated) {
+		t.Errorf("the state file does not have the new endpoint: %s, %v", b, err)
+	}
+
 	r := stop()
 	if r.code != 0 {
 		t.Fatalf("up-distributor stopped with %+v", r)
@@ -250,6 +265,35 @@ func TestUpDistributor(t *testing.T) {
 	if err != nil || strings.Contains(string(b), upConnectors[0].token) || strings.Contains(string(b), upConnectors[1].token) {
 		t.Errorf("state file after unregistering: %s, %v", b, err)
 	}
+}
+
+// TestUpDistributorAgentForgot: a registration the agent no longer has
+// (its store was reset) is dropped, and its connector told.
+func TestUpDistributorAgentForgot(t *testing.T) {
+	u := newUpEnv(t)
+	c := upConnectors[0]
+	for _, dir := range []string{filepath.Dir(u.state), u.connectorDir(c)} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	state := fmt.Sprintf(`{"registrations":[{"token":%q,"service":%q,"endpoint":"https://push.example.test:443/up/gone","version":2}]}`, c.token, c.name)
+	if err := os.WriteFile(u.state, []byte(state), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	u.start()
+	testwait.For(t, c.name+" to be told it is unregistered", 60*time.Second, func() error {
+		if !slices.ContainsFunc(u.records(c, "unregistered.jsonl"), func(m map[string]any) bool { return m["token"] == c.token }) {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	testwait.For(t, "the registration to leave the state file", 30*time.Second, func() error {
+		if b, _ := os.ReadFile(u.state); strings.Contains(string(b), c.token) {
+			return errors.New("still there")
+		}
+		return nil
+	})
 }
 
 // TestUpDistributorRefuses: bad registrations are refused with a reason and

@@ -71,6 +71,16 @@ const retryFirst, retryMost = 500 * time.Millisecond, 30 * time.Second
 // opposed to refusing: a connector is told NETWORK, and may try again.
 var ErrAgentUnavailable = errors.New("the agent is unavailable")
 
+// Errors of a Listener that the distributor acts on.
+var (
+	// ErrEndpointChanged: the registration has a new token in the agent,
+	// so a new endpoint; the Listener goes on.
+	ErrEndpointChanged = errors.New("the registration's endpoint changed")
+	// ErrRegistrationGone: the agent no longer has the registration (its
+	// store was reset, say); the connector is told it is unregistered.
+	ErrRegistrationGone = errors.New("the agent no longer has the registration")
+)
+
 // Message is a message of the agent for a registration.
 type Message struct {
 	ID   string
@@ -377,8 +387,13 @@ func (d *Distributor) tell(r registration, member string, args2 map[string]buscl
 func (d *Distributor) listen(ctx context.Context, r registration) {
 	wait := retryFirst
 	for ctx.Err() == nil {
-		err := d.session(ctx, r, func() { wait = retryFirst })
+		err := d.session(ctx, &r, func() { wait = retryFirst })
 		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, ErrRegistrationGone) {
+			d.log.Warn("UnifiedPush registration gone from the agent", "service", r.Service, "err", err)
+			d.forget(r)
 			return
 		}
 		d.log.Warn("UnifiedPush messages paused", "service", r.Service, "err", err, "retry", wait)
@@ -392,8 +407,8 @@ func (d *Distributor) listen(ctx context.Context, r registration) {
 }
 
 // session listens once and delivers until something fails; reset is
-// called at each delivery.
-func (d *Distributor) session(ctx context.Context, r registration, reset func()) error {
+// called at each delivery. It keeps r's endpoint up to date.
+func (d *Distributor) session(ctx context.Context, r *registration, reset func()) error {
 	l, err := d.agent.Listen(ctx, AppID(r.Token))
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
@@ -401,10 +416,16 @@ func (d *Distributor) session(ctx context.Context, r registration, reset func())
 	defer l.Close()
 	for {
 		m, err := l.Next(ctx)
+		if errors.Is(err, ErrEndpointChanged) {
+			if err := d.refresh(ctx, r); err != nil {
+				return err
+			}
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("wait for a message: %w", err)
 		}
-		if err := d.deliver(ctx, r, m); err != nil {
+		if err := d.deliver(ctx, *r, m); err != nil {
 			return fmt.Errorf("deliver message %s to the connector: %w", m.ID, err)
 		}
 		if err := l.Ack(ctx, m.ID); err != nil {
@@ -412,6 +433,33 @@ func (d *Distributor) session(ctx context.Context, r registration, reset func())
 		}
 		reset()
 	}
+}
+
+// refresh asks the agent for the registration's new endpoint, keeps it
+// and hands it to the connector.
+func (d *Distributor) refresh(ctx context.Context, r *registration) error {
+	actx, cancel := context.WithTimeout(ctx, agentTimeout)
+	defer cancel()
+	endpoint, err := d.agent.Register(actx, AppID(r.Token), r.VAPID)
+	if err != nil {
+		return fmt.Errorf("ask for the new endpoint: %w", err)
+	}
+	if endpoint == r.Endpoint {
+		return nil
+	}
+	r.Endpoint = endpoint
+	d.mu.Lock()
+	if a, ok := d.regs[r.Token]; ok {
+		a.Endpoint = endpoint
+	}
+	err = save(d.path, d.listLocked())
+	d.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	d.log.Info("UnifiedPush endpoint changed", "service", r.Service)
+	d.newEndpoint(*r)
+	return nil
 }
 
 // errNotHandled: the connector answered Message without the message's ID.
