@@ -237,3 +237,39 @@ func FuzzReadMessage(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkMessageCall is the distributor's hop to a connector: a call
+// with a 4096-byte message in an a{sv}, through a real dbus-daemon, to a
+// connection that answers it with the message's ID, as Connector2.Message
+// does.
+func BenchmarkMessageCall(b *testing.B) {
+	bus := dbustest.Start(b)
+	ctx := context.Background()
+	server, err := Dial(ctx, bus.Address)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer server.Close()
+	caller, err := Dial(ctx, bus.Address)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer caller.Close()
+	go func() {
+		for {
+			call, err := server.NextCall(ctx)
+			if err != nil {
+				return
+			}
+			id := call.Body[0].(map[string]any)["id"].(Variant)
+			server.Reply(call, map[string]Variant{"id": id})
+		}
+	}()
+	args := map[string]Variant{"token": {"s", "t"}, "message": {"ay", make([]byte, 4096)}, "id": {"s", "0:1%1"}}
+	b.SetBytes(4096)
+	for b.Loop() {
+		if _, err := caller.Call(ctx, server.UniqueName(), "/org/unifiedpush/Connector", "org.unifiedpush.Connector2", "Message", args); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
