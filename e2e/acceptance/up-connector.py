@@ -28,7 +28,7 @@ from gi.repository import GLib
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 DISTRIBUTOR = "org.unifiedpush.Distributor.tether"
 DISTRIBUTOR_PATH = "/org/unifiedpush/Distributor"
