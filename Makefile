@@ -107,12 +107,13 @@ image:
 	"$$engine" build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 # The connection server's throughput: accepted sends per second, single and
-# multicast, over HTTP and XMPP, upstream messages per second over XMPP, and
-# the time to fan a topic message out to 10,000 and 100,000 subscribers
+# multicast, over HTTP and XMPP, Web Push pushes per second, upstream
+# messages per second over XMPP, and the time to fan a topic message out
+# to 10,000 and 100,000 subscribers
 # (docs/server-api.md has figures).
 .PHONY: bench-server
 bench-server:
-	$(GO) test -run '^$$' -bench '^Benchmark(Send|Multicast|XMPP.*)$$' -benchtime 2s ./server/
+	$(GO) test -run '^$$' -bench '^Benchmark(Send|Multicast|WebPush|XMPP.*)$$' -benchtime 2s ./server/
 	$(GO) test -run '^$$' -bench 'TopicFanout' -benchtime 1x -timeout 30m ./server/
 
 # Fault injection: messages both ways through kills, resets, blackholes,

@@ -185,6 +185,50 @@ func TestCheckInPersistedAndReused(t *testing.T) {
 	}
 }
 
+// TestRegisterWebPush: a Web Push registration sends its VAPID key to the
+// server, keeps the endpoint the server answers with, and answers from
+// the store after, offline too; another key is refused.
+func TestRegisterWebPush(t *testing.T) {
+	if ipc.WebPushSender != wire.WebPushSender {
+		t.Fatalf("ipc.WebPushSender %q is not wire.WebPushSender %q", ipc.WebPushSender, wire.WebPushSender)
+	}
+	p := newPeer(t)
+	d := newDevice(t, "", p.url, nil).start()
+	pc := p.nextConn(t)
+	d.waitConnected(t)
+	token := peerToken(app, wire.WebPushSender)
+	want := ipc.Registration{Token: token, Endpoint: peerEndpoint(token)}
+	req := ipc.RegisterRequest{App: app, Sender: ipc.WebPushSender, VAPID: "BKey"}
+	if reg, err := d.agent.Register(bg, alice, req); err != nil || reg != want {
+		t.Fatalf("register: %+v, %v; want %+v", reg, err, want)
+	}
+	var r wire.Register
+	if err := pc.waitFor(t, wire.TypeRegister).Decode(&r); err != nil || r.VAPID != "BKey" {
+		t.Fatalf("register frame %+v, %v; want the VAPID key", r, err)
+	}
+	for _, tt := range []struct {
+		name string
+		req  ipc.RegisterRequest
+		err  error
+	}{
+		{"again", req, nil},
+		{"another key", ipc.RegisterRequest{App: app, Sender: ipc.WebPushSender, VAPID: "BOther"}, ipc.ErrInvalidArgument},
+		{"a key with a numeric sender", ipc.RegisterRequest{App: app, Sender: sender, VAPID: "BKey"}, ipc.ErrInvalidArgument},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			reg, err := d.agent.Register(bg, alice, tt.req)
+			if !errors.Is(err, tt.err) || (tt.err == nil && reg != want) {
+				t.Fatalf("register: %+v, %v; want %+v, %v", reg, err, want, tt.err)
+			}
+		})
+	}
+	d.stop()
+	off := newDevice(t, d.path, "ws://127.0.0.1:1", nil)
+	if reg, err := off.agent.Register(bg, alice, req); err != nil || reg != want {
+		t.Fatalf("offline register: %+v, %v; want %+v", reg, err, want)
+	}
+}
+
 func TestRegister(t *testing.T) {
 	p := newPeer(t)
 	logs := &logtest.Buffer{}

@@ -21,7 +21,7 @@ func (r *sessionRun) tokenRefreshed(ctx context.Context, f wire.Frame) {
 		r.reject(ctx, f.Ref, wire.CodeBadFrame, err)
 		return
 	}
-	changed, err := a.store.RefreshToken(n.App, n.Sender, n.Token, n.ID, a.now().Add(noticeMemory))
+	changed, err := a.store.RefreshToken(n.App, n.Sender, n.Token, n.Endpoint, n.ID, a.now().Add(noticeMemory))
 	if err != nil {
 		// Not acked: the server sends it again in the next session.
 		a.log.Error("token refresh not stored", "app", n.App, "sender", n.Sender, "err", err)

@@ -296,7 +296,11 @@ func (p *peer) answer(pc *peerConn, f wire.Frame) {
 		}
 		gate := p.registerGate
 		p.mu.Unlock()
-		answer := func() { pc.send(f.Ref, wire.Registered{App: r.App, Sender: r.Sender, Token: token}) }
+		ans := wire.Registered{App: r.App, Sender: r.Sender, Token: token}
+		if r.Sender == wire.WebPushSender {
+			ans.Endpoint = peerEndpoint(token)
+		}
+		answer := func() { pc.send(f.Ref, ans) }
 		if gate == nil {
 			answer()
 			return
@@ -345,6 +349,9 @@ func (p *peer) answer(pc *peerConn, f wire.Frame) {
 }
 
 func peerToken(app, sender string) string { return "tok-" + app + "-" + sender }
+
+// peerEndpoint is the endpoint the peer gives a Web Push registration.
+func peerEndpoint(token string) string { return "https://push.example.test/up/" + token }
 
 // nextConn waits for the agent's next connection.
 func (p *peer) nextConn(t *testing.T) *peerConn {

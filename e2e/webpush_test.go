@@ -112,4 +112,11 @@ func TestWebPush(t *testing.T) {
 	if resp := push(key.Authorization(t, origin)); resp.StatusCode != http.StatusGone {
 		t.Fatalf("push after unregister: %s, want 410", resp.Status)
 	}
+	// The endpoint is the capability to push to the app: its token is in
+	// no log, at debug level.
+	for _, p := range []*proc{srv.p, a.p} {
+		if strings.Contains(p.log(), reg.Token) {
+			t.Errorf("%s's log holds the Web Push token", p.name)
+		}
+	}
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"time"
-
-	"tether/wire"
 )
 
 // Sentinel errors a Backend returns so that every door can name the problem
@@ -80,8 +78,10 @@ type Message struct {
 // WebPushSender is the sender ID of the connection server's built-in Web
 // Push sender. A registration with it has an endpoint URL, which app
 // servers POST Web Push messages to (RFC 8030); its messages come with
-// the body in Message.Raw and the Topic header as the collapse key.
-const WebPushSender = wire.WebPushSender
+// the body in Message.Raw and the Topic header as the collapse key. It is
+// wire.WebPushSender, spelled out so that apps do not link the wire
+// protocol.
+const WebPushSender = "webpush"
 
 // RegisterRequest asks for the registration of App with Sender.
 type RegisterRequest struct {

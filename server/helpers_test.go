@@ -140,6 +140,12 @@ func (ts *testServer) post(path, key, contentType, body string) httpAnswer {
 		req.Header.Set("Authorization", "key="+key)
 	}
 	req.Header.Set("Content-Type", contentType)
+	return ts.do(req)
+}
+
+// do makes a request of the server and reads the whole answer.
+func (ts *testServer) do(req *http.Request) httpAnswer {
+	ts.t.Helper()
 	client := ts.client
 	if client == nil {
 		client = http.DefaultClient

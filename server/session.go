@@ -1270,7 +1270,11 @@ func (ss *session) sendNotices() error {
 		var body wire.Body
 		switch n.Kind {
 		case store.NoticeTokenRefresh:
-			body = wire.TokenRefresh{ID: n.ID, App: n.App, Sender: n.Sender, Token: n.Token}
+			tr := wire.TokenRefresh{ID: n.ID, App: n.App, Sender: n.Sender, Token: n.Token}
+			if origin := ss.srv.PublicOrigin(); n.Sender == store.WebPushSender && origin != "" {
+				tr.Endpoint = webPushEndpoint(origin, n.Token)
+			}
+			body = tr
 		case store.NoticeDeleted:
 			body = wire.DeletedMessages{ID: n.ID, App: n.App, Count: n.Count}
 		default:

@@ -28,11 +28,12 @@ func (s *Store) AddDeleted(app, id string, count int, expires time.Time) (bool, 
 	return added, nil
 }
 
-// RefreshToken replaces the token of (app, sender), once per notice id,
-// and keeps the new token for the app to be told (TakeRefreshed). It
+// RefreshToken replaces the token of (app, sender), and a Web Push
+// registration's endpoint when endpoint is set, once per notice id, and
+// keeps the new token for the app to be told (TakeRefreshed). It
 // reports whether the notice was new and changed a registration; a notice
 // for a registration the device no longer has is only marked seen.
-func (s *Store) RefreshToken(app, sender, token, id string, expires time.Time) (bool, error) {
+func (s *Store) RefreshToken(app, sender, token, endpoint, id string, expires time.Time) (bool, error) {
 	changed := false
 	_, err := s.applyNotice(id, app, expires, func(tx *bolt.Tx) error {
 		b := appBucket(tx, app)
@@ -40,6 +41,16 @@ func (s *Store) RefreshToken(app, sender, token, id string, expires time.Time) (
 			return nil
 		}
 		changed = true
+		if endpoint != "" {
+			reg := Registration{App: app, Sender: sender}
+			if err := webPush(b, &reg); err != nil {
+				return err
+			}
+			reg.Endpoint = endpoint
+			if err := putWebPush(b, []byte(sender), reg); err != nil {
+				return err
+			}
+		}
 		return firstErr(b.Bucket(bucketSenders).Put([]byte(sender), []byte(token)), noteRefreshed(b, []byte(sender), []byte(token)))
 	})
 	if err != nil {

@@ -89,7 +89,7 @@ func TestTakeRefreshed(t *testing.T) {
 	mustRegister(t, s, "app", "2", "tok2", 1000)
 	exp := t0.Add(time.Hour)
 	for _, n := range []struct{ sender, token, id string }{{"1", "tok1-b", "n1"}, {"1", "tok1-c", "n2"}, {"2", "tok2-b", "n3"}, {"3", "tok9", "n4"}} {
-		if _, err := s.RefreshToken("app", n.sender, n.token, n.id, exp); err != nil {
+		if _, err := s.RefreshToken("app", n.sender, n.token, "", n.id, exp); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -140,6 +140,13 @@ func TestWebPushRegistration(t *testing.T) {
 	held, err := s.Inbox(reg.App, 0, 10, at)
 	if err != nil || len(held) != 1 || !bytes.Equal(held[0].Raw, raw) {
 		t.Fatalf("held %+v, %v; want raw %q", held, err, raw)
+	}
+	// A token refresh brings the new endpoint and keeps the key.
+	if _, err := s.RefreshToken(reg.App, reg.Sender, "tok3", "https://push.example/up/tok3", "tr:1", at.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Registration(reg.App, reg.Sender); err != nil || got.Token != "tok3" || got.Endpoint != "https://push.example/up/tok3" || got.VAPID != reg.VAPID {
+		t.Fatalf("after a token refresh, %+v, %v", got, err)
 	}
 	if _, err := s.Unregister(reg.App, reg.Sender); err != nil {
 		t.Fatal(err)

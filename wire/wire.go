@@ -621,12 +621,14 @@ type TokenRefresh struct {
 	App    string `json:"app"`
 	Sender string `json:"sender"`
 	Token  string `json:"token"`
+	// Endpoint is, for WebPushSender, the registration's new endpoint.
+	Endpoint string `json:"endpoint,omitempty"`
 }
 
 func (TokenRefresh) FrameType() Type { return TypeTokenRefresh }
 
 func (r TokenRefresh) Validate() error {
-	return firstErr(checkName("id", r.ID, true), validAppSender(r.App, r.Sender), checkName("token", r.Token, true))
+	return firstErr(checkName("id", r.ID, true), validAppSender(r.App, r.Sender), checkName("token", r.Token, true), checkName("endpoint", r.Endpoint, false))
 }
 
 // DeletedMessages tells the agent that the server dropped Count messages

@@ -36,6 +36,7 @@ func TestRoundTrip(t *testing.T) {
 		{"dm:1", &DeletedMessages{ID: "dm:1", App: "a", Count: 100}, &DeletedMessages{}},
 		{"", &GoAway{RetryAfter: 5, Reason: "draining", Server: "wss://node-2.push.example:8443/tether"}, &GoAway{}},
 		{"w1", &Register{App: "a", Sender: WebPushSender, VAPID: "BHx2_-k"}, &Register{}},
+		{"tr:2", &TokenRefresh{ID: "tr:2", App: "a", Sender: WebPushSender, Token: "new", Endpoint: "https://push.example/up/new"}, &TokenRefresh{}},
 		{"w1", &Registered{App: "a", Sender: WebPushSender, Token: "t", Endpoint: "https://push.example/up/t"}, &Registered{}},
 		{"", &Message{ID: "0:3%ef", Token: "t", App: "a", From: WebPushSender, TTL: 0, CollapseKey: "k", Raw: []byte{0, 1, 0xfe, 0xff}}, &Message{}},
 	}

@@ -61,8 +61,8 @@ type command struct {
 
 var commands = []command{
 	{
-		name: "register", synopsis: "--app APP --sender SENDER", summary: "print the app's registration token with the sender",
-		more: "Registering again prints the same token until the token changes. The first\nregistration of an app binds it to your Unix user.",
+		name: "register", synopsis: "--app APP --sender SENDER [--vapid KEY]", summary: "print the app's registration token with the sender",
+		more: "Registering again prints the same token until the token changes. The first\nregistration of an app binds it to your Unix user. With the sender webpush,\nthe endpoint URL for app servers follows on a second line; --vapid is then\nthe app server's VAPID public key, which pushes must be signed with.",
 		run:  runRegister,
 	},
 	{name: "unregister", synopsis: "--app APP --sender SENDER", summary: "drop the app's registration with the sender", run: runUnregister},
@@ -326,23 +326,26 @@ func (c *cli) parseAppSender(fs *flag.FlagSet, args []string) (app, sender strin
 }
 
 func runRegister(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) error {
+	var opt client.RegisterOptions
+	fs.StringVar(&opt.VAPID, "vapid", "", "with the sender webpush, the app server's VAPID public `KEY` (base64url)")
 	app, sender, err := c.parseAppSender(fs, args)
 	if err != nil {
 		return err
 	}
-	var token string
+	var reg client.Registration
 	if err := c.do(ctx, func(ctx context.Context) (err error) {
-		token, err = c.agent.Register(ctx, app, sender)
+		reg, err = c.agent.RegisterWith(ctx, app, sender, opt)
 		return err
 	}); err != nil {
 		return err
 	}
 	if c.json {
-		return c.printJSON(struct {
-			Token string `json:"token"`
-		}{token})
+		return c.printJSON(reg)
 	}
-	_, err = fmt.Fprintln(c.stdout, token)
+	if _, err = fmt.Fprintln(c.stdout, reg.Token); err != nil || reg.Endpoint == "" {
+		return err
+	}
+	_, err = fmt.Fprintln(c.stdout, reg.Endpoint)
 	return err
 }
 
@@ -505,6 +508,10 @@ func (c *cli) printMessage(m client.Message) error {
 	}
 	for _, k := range slices.Sorted(maps.Keys(m.Data)) {
 		fmt.Fprintf(&b, " %s=%s", quoteIfNeeded(k), quoteIfNeeded(m.Data[k]))
+	}
+	if len(m.Raw) > 0 {
+		// Bytes, often encrypted: --json has them, in base64.
+		fmt.Fprintf(&b, " raw=%d bytes", len(m.Raw))
 	}
 	_, err := fmt.Fprintln(c.stdout, b.String())
 	return err

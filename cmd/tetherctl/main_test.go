@@ -205,6 +205,29 @@ func TestCommands(t *testing.T) {
 			},
 		},
 		{
+			name: "register with webpush prints the token and the endpoint",
+			args: []string{"register", "--app", app, "--sender", "webpush", "--vapid", "BKey"},
+			check: func(t *testing.T, e *env, r result) {
+				token := e.register(app, "webpush")
+				if want := token + "\nhttps://push.example.test:443/up/" + token + "\n"; r.stdout != want {
+					t.Errorf("stdout %q, want %q", r.stdout, want)
+				}
+				if k := e.b.VAPID(app, "webpush"); k != "BKey" {
+					t.Errorf("the agent got VAPID key %q", k)
+				}
+			},
+		},
+		{
+			name: "register with webpush --json",
+			args: []string{"register", "--app", app, "--sender", "webpush", "--json"},
+			check: func(t *testing.T, e *env, r result) {
+				token := e.register(app, "webpush")
+				if want := fmt.Sprintf(`{"token":%q,"endpoint":"https://push.example.test:443/up/%s"}`+"\n", token, token); r.stdout != want {
+					t.Errorf("stdout %q, want %q", r.stdout, want)
+				}
+			},
+		},
+		{
 			name:       "global flags before the command override the environment",
 			setup:      func(e *env) { e.register(app, "123") },
 			args:       []string{"--json", "--socket", "SOCKET", "unregister", "--app", app, "--sender", "123"},
@@ -400,7 +423,7 @@ func testListenCount(t *testing.T, e *env) {
 	e.register(app, "123")
 	e.b.Push(ipc.Message{ID: "0:1%ab", App: app, From: "123", CollapseKey: "news", Data: map[string]string{"b": "two words", "a": "1"}})
 	e.b.Push(ipc.Message{ID: "0:2%ab", App: app, From: "123"})
-	e.b.Push(ipc.Message{ID: "0:3%ab", App: app, From: "123"})
+	e.b.Push(ipc.Message{ID: "0:3%ab", App: app, From: "123", Raw: []byte{0, 1, 2}})
 
 	r := e.run(context.Background(), "listen", "--app", app, "--count", "2")
 	want := "message 0:1%ab from 123 collapse_key=news data: a=1 b=\"two words\"\n" +
@@ -414,7 +437,7 @@ func testListenCount(t *testing.T, e *env) {
 		t.Errorf("acked %q, want the two printed messages", got)
 	}
 	r = e.run(context.Background(), "listen", "--app", app, "--count", "1")
-	if want := "message 0:3%ab from 123 collapse_key=- data: -\n"; r.stdout != want {
+	if want := "message 0:3%ab from 123 collapse_key=- data: - raw=3 bytes\n"; r.stdout != want {
 		t.Errorf("next listen printed %q, want %q", r.stdout, want)
 	}
 }

@@ -63,6 +63,32 @@ func FuzzSendOptions(f *testing.F) {
 	})
 }
 
+// FuzzRegisterOptions feeds RegisterWithOptions' options decoder one
+// option of any name, a string or a number: it takes a string vapid and
+// refuses everything else with an InvalidArgument that names the option.
+func FuzzRegisterOptions(f *testing.F) {
+	f.Add("vapid", true, "BKey", int64(0))
+	f.Add("vapid", false, "", int64(7))
+	f.Add("ttl", true, "1", int64(0))
+	f.Fuzz(func(t *testing.T, key string, isString bool, s string, n int64) {
+		var v any = n
+		if isString {
+			v = s
+		}
+		vapid, err := registerOptions(map[string]dbus.Variant{key: dbus.MakeVariant(v)})
+		switch {
+		case key == "vapid" && isString:
+			if err != nil || vapid != s {
+				t.Fatalf("vapid %q: got %q, %v", s, vapid, err)
+			}
+		case err == nil:
+			t.Fatalf("option %q = %#v was taken", key, v)
+		case !errors.Is(err, ipc.ErrInvalidArgument) || !strings.Contains(err.Error(), strconv.Quote(key)):
+			t.Fatalf("error %q does not name option %q as an invalid argument", err, key)
+		}
+	})
+}
+
 func TestInteger(t *testing.T) {
 	for _, tt := range []struct {
 		v    any
