@@ -8,6 +8,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"sync"
 
 	"tether/client"
 	"tether/internal/busclient"
@@ -55,7 +56,7 @@ func runUpDistributor(ctx context.Context, c *cli, fs *flag.FlagSet, args []stri
 		Bus:       conn,
 		Agent:     upAgent{c.agent},
 		StateFile: state,
-		Logger:    lineLogger{c.stderr},
+		Logger:    &lineLogger{w: c.stderr},
 	})
 	if err != nil {
 		return err
@@ -122,14 +123,18 @@ func (u upListener) Close() error                             { return u.l.Close
 
 // lineLogger writes a line per record to stderr (the journal, under
 // systemd) as key=value pairs, as slog's text handler does, without the
-// weight of log/slog in tetherctl.
-type lineLogger struct{ w io.Writer }
+// weight of log/slog in tetherctl. The distributor logs from several
+// goroutines: mu keeps their lines whole.
+type lineLogger struct {
+	mu sync.Mutex
+	w  io.Writer
+}
 
-func (l lineLogger) Info(msg string, args ...any)  { l.log("INFO", msg, args) }
-func (l lineLogger) Warn(msg string, args ...any)  { l.log("WARN", msg, args) }
-func (l lineLogger) Error(msg string, args ...any) { l.log("ERROR", msg, args) }
+func (l *lineLogger) Info(msg string, args ...any)  { l.log("INFO", msg, args) }
+func (l *lineLogger) Warn(msg string, args ...any)  { l.log("WARN", msg, args) }
+func (l *lineLogger) Error(msg string, args ...any) { l.log("ERROR", msg, args) }
 
-func (l lineLogger) log(level, msg string, args []any) {
+func (l *lineLogger) log(level, msg string, args []any) {
 	var b strings.Builder
 	b.WriteString("level=" + level + " msg=" + strconv.Quote(msg))
 	for i := 0; i+1 < len(args); i += 2 {
@@ -139,5 +144,7 @@ func (l lineLogger) log(level, msg string, args []any) {
 		}
 		fmt.Fprintf(&b, " %v=%s", args[i], v)
 	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	fmt.Fprintln(l.w, b.String())
 }

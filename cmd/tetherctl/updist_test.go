@@ -90,7 +90,7 @@ func (u *upEnv) start() (stop func() result) {
 			u.t.Fatalf("up-distributor exited: %+v", r)
 		default:
 		}
-		return u.hasOwner()
+		return u.hasOwner(updist.BusName)
 	})
 	var r *result
 	stopped := func() result {
@@ -105,9 +105,10 @@ func (u *upEnv) start() (stop func() result) {
 	return stopped
 }
 
-func (u *upEnv) hasOwner() error {
+// hasOwner is nil when a connection owns name.
+func (u *upEnv) hasOwner(name string) error {
 	out, err := exec.Command("dbus-send", "--bus="+u.bus, "--print-reply", "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus",
-		"org.freedesktop.DBus.NameHasOwner", "string:"+updist.BusName).CombinedOutput()
+		"org.freedesktop.DBus.NameHasOwner", "string:"+name).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "boolean true") {
 		return fmt.Errorf("not yet: %s %v", out, err)
 	}
@@ -264,6 +265,43 @@ func TestUpDistributor(t *testing.T) {
 	b, err := os.ReadFile(u.state)
 	if err != nil || strings.Contains(string(b), upConnectors[0].token) || strings.Contains(string(b), upConnectors[1].token) {
 		t.Errorf("state file after unregistering: %s, %v", b, err)
+	}
+}
+
+// TestUpDistributorWaitsForTheApp: a message for an app that is not
+// running and cannot be started stays with the agent, unacked, and reaches
+// the app once it runs.
+func TestUpDistributorWaitsForTheApp(t *testing.T) {
+	u := newUpEnv(t)
+	u.start()
+	later := upConnector{"org.example.Later", 2, "3d9e1f2a-5b6c-4d7e-8f90-a1b2c3d4e5f6"} // no service file
+	u.register(later, "")
+	testwait.For(t, "the registering app to leave the bus", 30*time.Second, func() error {
+		if u.hasOwner(later.name) == nil {
+			return errors.New("still there")
+		}
+		return nil
+	})
+	app := updist.AppID(later.token)
+	u.b.Push(ipc.Message{ID: "w1", App: app, From: ipc.WebPushSender, Raw: []byte("waited")})
+
+	serve := exec.Command(pythonWithDBus, connectorScript, "serve", "--name", later.name, "--dir", u.connectorDir(later), "--bus", u.bus)
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		serve.Process.Kill()
+		serve.Wait()
+	})
+	testwait.For(t, "the app, once running, to get the message and the agent its ack", 90*time.Second, func() error {
+		if !slices.Contains(u.b.Acked(app), "w1") {
+			return errors.New("not acked yet")
+		}
+		return nil
+	})
+	msgs := u.records(later, "messages.jsonl")
+	if len(msgs) != 1 || msgs[0]["body"] != base64.StdEncoding.EncodeToString([]byte("waited")) {
+		t.Errorf("the app recorded %v", msgs)
 	}
 }
 
