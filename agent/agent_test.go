@@ -222,6 +222,9 @@ func TestRegisterWebPush(t *testing.T) {
 			}
 		})
 	}
+	if _, _, err := d.agent.Send(bg, alice, ipc.SendRequest{App: app, To: ipc.WebPushSender, Data: map[string]string{"k": "v"}}); !errors.Is(err, ipc.ErrInvalidArgument) {
+		t.Errorf("upstream to the Web Push sender: %v, want InvalidArgument", err)
+	}
 	d.stop()
 	off := newDevice(t, d.path, "ws://127.0.0.1:1", nil)
 	if reg, err := off.agent.Register(bg, alice, req); err != nil || reg != want {

@@ -181,6 +181,9 @@ func (a *Agent) Send(ctx context.Context, c ipc.Caller, req ipc.SendRequest) (st
 	if err := a.authorize(c, req.App); err != nil {
 		return "", nil, fmt.Errorf("send: %w", err)
 	}
+	if req.To == wire.WebPushSender {
+		return "", nil, fmt.Errorf("send for app %q: Web Push has no upstream messages: %w", req.App, ipc.ErrInvalidArgument)
+	}
 	switch _, err := a.store.Token(req.App, req.To); {
 	case errors.Is(err, store.ErrNotFound):
 		return "", nil, fmt.Errorf("send: app %q sender %q: %w", req.App, req.To, ipc.ErrNotRegistered)

@@ -82,7 +82,7 @@ type sendRequest struct {
 	plain    bool // a plain-text request, answered in plain text
 	// webPush marks a push to a Web Push endpoint (webpush.go): raw is
 	// its body, urgency its Urgency, vapidKey the key of its verified
-	// VAPID authorization (empty without one).
+	// VAPID authorization (nil without one).
 	webPush  bool
 	raw      []byte
 	urgency  string
