@@ -37,6 +37,8 @@ func TestDebInstallRemove(t *testing.T) {
 		"/usr/share/dbus-1/interfaces/org.tether.Push1.xml",
 		"/usr/share/doc/tetherd/copyright", "/usr/share/doc/tetherd/NOTICE",
 		"/usr/share/lintian/overrides/tetherd",
+		"/usr/lib/systemd/user/tether-up-distributor.service",
+		"/usr/share/dbus-1/services/org.unifiedpush.Distributor.tether.service",
 	} {
 		if _, err := os.Stat(f); err != nil {
 			t.Errorf("not installed: %v", err)

@@ -16,6 +16,13 @@ import (
 // tlsServer is a tether-server serving HTTPS and WSS with a certificate
 // from a private CA, with extra flags, and a client that trusts that CA.
 func tlsServer(t *testing.T, extra ...string) (srv *server, caFile string) {
+	srv, caFile = newTLSServer(t, extra...)
+	srv.start()
+	return srv, caFile
+}
+
+// newTLSServer is tlsServer not yet started.
+func newTLSServer(t *testing.T, extra ...string) (srv *server, caFile string) {
 	pki, err := testpki.Write(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -23,7 +30,6 @@ func tlsServer(t *testing.T, extra ...string) (srv *server, caFile string) {
 	srv = newServer(t, append([]string{"--tls-cert", pki.Cert, "--tls-key", pki.Key}, extra...)...)
 	srv.scheme = "https"
 	srv.client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.Pool}}}
-	srv.start()
 	return srv, pki.CA
 }
 

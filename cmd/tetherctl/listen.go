@@ -100,10 +100,8 @@ func runListen(ctx context.Context, c *cli, fs *flag.FlagSet, args []string) err
 // agentAway reports whether err means that the agent is gone, restarting
 // or stuck, so that listening again later may work.
 func agentAway(err error) bool {
-	var refused *client.AgentError
 	return errors.Is(err, client.ErrUnreachable) || errors.Is(err, client.ErrDisconnected) ||
-		errors.Is(err, errNoAnswer) ||
-		errors.As(err, &refused) && refused.Code == ipc.CodeStorageUnavailable
+		errors.Is(err, errNoAnswer) || isAgentError(err, ipc.CodeStorageUnavailable)
 }
 
 // session listens once, until the count is reached or the listener ends.

@@ -305,6 +305,7 @@ func TestCommandHelp(t *testing.T) {
 		{"listen", []string{"--app APP", "--count N", "--once ", "--exec PROGRAM"}},
 		{"send", []string{"--app APP", "--to SENDER", "--id ID", "--ttl SECONDS", "--priority normal", "--wait "}},
 		{"status", nil},
+		{"up-distributor", []string{"--bus ADDRESS", "--state FILE"}},
 	}
 	e := newEnv(t)
 	for _, tt := range tests {

@@ -81,6 +81,12 @@ var commands = []command{
 		run:     runSend,
 	},
 	{name: "status", summary: "show the agent's state", run: runStatus},
+	{
+		name: "up-distributor", synopsis: "[--bus ADDRESS] [--state FILE]",
+		summary: "serve your apps as their UnifiedPush distributor on the session bus",
+		more:    upDistributorHelp,
+		run:     runUpDistributor,
+	},
 }
 
 const globalHelp = `Global flags, before or after the command:

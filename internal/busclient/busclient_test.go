@@ -27,6 +27,8 @@ func TestEncodeDecode(t *testing.T) {
 		{"dicts", []any{"p", map[string]string{"k": "v"}, map[string]Variant{"ttl": {"u", uint32(60)}, "n": {"x", int64(-1)}}},
 			"sa{ss}a{sv}", []any{"p", map[string]any{"k": "v"}, map[string]any{"ttl": Variant{"u", uint32(60)}, "n": Variant{"x", int64(-1)}}}},
 		{"variant", []any{Variant{"s", "high"}}, "v", []any{Variant{"s", "high"}}},
+		{"bytes", []any{"x", []byte{0, 1, 255}, []byte{}, map[string]Variant{"m": {"ay", []byte("hi")}}},
+			"sayaya{sv}", []any{"x", []byte{0, 1, 255}, []byte{}, map[string]any{"m": Variant{"ay", []byte("hi")}}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -128,6 +130,81 @@ func TestBus(t *testing.T) {
 	}
 }
 
+// TestServe owns a name on a real dbus-daemon and answers calls to it:
+// replies, errors, calls that want no reply, and a name already taken.
+func TestServe(t *testing.T) {
+	bus := dbustest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dial := func() *Conn {
+		c, err := Dial(ctx, bus.Address)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	server, caller := dial(), dial()
+	const name, path, iface = "org.example.Served", ObjectPath("/org/example/Served"), "org.example.Served"
+	if err := server.RequestName(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if err := server.RequestName(ctx, name); err != nil {
+		t.Errorf("requesting a name owned already: %v", err)
+	}
+	if err := caller.RequestName(ctx, name); !errors.Is(err, ErrNameTaken) {
+		t.Errorf("requesting another's name: %v, want ErrNameTaken", err)
+	}
+
+	served := make(chan error, 1)
+	go func() {
+		served <- func() error {
+			for range 3 {
+				call, err := server.NextCall(ctx)
+				if err != nil {
+					return err
+				}
+				switch call.Member {
+				case "Echo":
+					m := call.Body[0].(map[string]any)
+					err = server.Reply(call, map[string]Variant{"token": m["token"].(Variant)}, call.Body[1])
+				case "Note":
+					// Notify wants no reply: Reply sends none.
+					err = server.Reply(call, "unwanted")
+				default:
+					err = server.ReplyError(call, ErrorUnknownMethod, "no method "+call.Member)
+				}
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		}()
+	}()
+
+	args := map[string]Variant{"token": {"s", "t1"}, "message": {"ay", []byte{0, 0xff}}}
+	body, err := caller.Call(ctx, name, path, iface, "Echo", args, []byte("raw"))
+	want := []any{map[string]any{"token": Variant{"s", "t1"}}, []byte("raw")}
+	if err != nil || !reflect.DeepEqual(body, want) {
+		t.Errorf("Echo = %#v, %v; want %#v", body, err, want)
+	}
+	if err := caller.Notify(name, path, iface, "Note", "x"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = caller.Call(ctx, name, path, iface, "Nope")
+	var be *Error
+	if !errors.As(err, &be) || be.Name != ErrorUnknownMethod || be.Error() != ErrorUnknownMethod+": no method Nope" {
+		t.Errorf("an unknown method: %v", err)
+	}
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	server.Close()
+	if _, err := server.NextCall(ctx); !errors.Is(err, ErrClosed) {
+		t.Errorf("NextCall after Close: %v", err)
+	}
+}
+
 // FuzzReadMessage feeds arbitrary bytes to the message reader: it must not
 // panic, and what it reads must be whole.
 func FuzzReadMessage(f *testing.F) {
@@ -159,4 +236,40 @@ func FuzzReadMessage(f *testing.F) {
 			t.Fatalf("a body of %d values without a signature", len(m.body))
 		}
 	})
+}
+
+// BenchmarkMessageCall is the distributor's hop to a connector: a call
+// with a 4096-byte message in an a{sv}, through a real dbus-daemon, to a
+// connection that answers it with the message's ID, as Connector2.Message
+// does.
+func BenchmarkMessageCall(b *testing.B) {
+	bus := dbustest.Start(b)
+	ctx := context.Background()
+	server, err := Dial(ctx, bus.Address)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer server.Close()
+	caller, err := Dial(ctx, bus.Address)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer caller.Close()
+	go func() {
+		for {
+			call, err := server.NextCall(ctx)
+			if err != nil {
+				return
+			}
+			id := call.Body[0].(map[string]any)["id"].(Variant)
+			server.Reply(call, map[string]Variant{"id": id})
+		}
+	}()
+	args := map[string]Variant{"token": {"s", "t"}, "message": {"ay", make([]byte, 4096)}, "id": {"s", "0:1%1"}}
+	b.SetBytes(4096)
+	for b.Loop() {
+		if _, err := caller.Call(ctx, server.UniqueName(), "/org/unifiedpush/Connector", "org.unifiedpush.Connector2", "Message", args); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -25,6 +25,9 @@ const (
 	typeSignal       = 4
 )
 
+// flagNoReplyExpected marks a method call whose caller wants no reply.
+const flagNoReplyExpected = 1
+
 // Header field codes.
 const (
 	fieldPath        = 1
@@ -70,9 +73,24 @@ type Signal struct {
 	Body []any
 }
 
+// MethodCall is a method call to this connection, to be answered with
+// Reply or ReplyError.
+type MethodCall struct {
+	Sender string
+	Path   ObjectPath
+	Iface  string
+	Member string
+	Sig    string
+	Body   []any
+
+	serial  uint32
+	noReply bool
+}
+
 // message is a message read from the bus.
 type message struct {
 	typ         byte
+	flags       byte
 	serial      uint32
 	replySerial uint32
 	path        ObjectPath
@@ -96,12 +114,51 @@ type Conn struct {
 	wmu    sync.Mutex // serializes writes and serial numbers
 	serial uint32
 
-	mu       sync.Mutex
-	calls    map[uint32]chan *message
-	signals  []*Signal
-	sigReady chan struct{} // a signal was queued, or the connection ended
+	mu      sync.Mutex
+	calls   map[uint32]chan *message
+	signals inbox[*Signal]
+	// incoming holds method calls to this connection; a call whose body
+	// could not be read is queued as its message, for NextCall to refuse.
+	incoming inbox[*message]
 	err      error         // why the connection ended
 	done     chan struct{} // closed when the reader has returned
+}
+
+// inbox is a queue of what the connection received, guarded by Conn.mu.
+type inbox[T any] struct {
+	items []T
+	ready chan struct{} // an item was queued, or the connection ended
+}
+
+func newInbox[T any]() inbox[T] { return inbox[T]{ready: make(chan struct{}, 1)} }
+
+func (q *inbox[T]) push(v T) {
+	q.items = append(q.items, v)
+	wake(q.ready)
+}
+
+// next waits for the queue's next item.
+func next[T any](ctx context.Context, c *Conn, q *inbox[T]) (T, error) {
+	for {
+		c.mu.Lock()
+		if len(q.items) > 0 {
+			v := q.items[0]
+			q.items = q.items[1:]
+			c.mu.Unlock()
+			return v, nil
+		}
+		err := c.err
+		c.mu.Unlock()
+		var zero T
+		if err != nil {
+			return zero, err
+		}
+		select {
+		case <-q.ready:
+		case <-ctx.Done():
+			return zero, ctx.Err()
+		}
+	}
 }
 
 // Dial connects to the bus at addr (a D-Bus address such as
@@ -123,7 +180,7 @@ func Dial(ctx context.Context, addr string) (*Conn, error) {
 		nc.Close()
 		return nil, err
 	}
-	c := &Conn{nc: nc, calls: map[uint32]chan *message{}, sigReady: make(chan struct{}, 1), done: make(chan struct{})}
+	c := &Conn{nc: nc, calls: map[uint32]chan *message{}, signals: newInbox[*Signal](), incoming: newInbox[*message](), done: make(chan struct{})}
 	go c.read(r)
 	body, err := c.Call(ctx, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "Hello")
 	if err != nil {
@@ -212,7 +269,8 @@ func (c *Conn) Close() error {
 // *Error. ctx bounds the wait.
 func (c *Conn) Call(ctx context.Context, dest string, path ObjectPath, iface, member string, args ...any) ([]any, error) {
 	reply := make(chan *message, 1)
-	serial, err := c.send(typeMethodCall, dest, path, iface, member, args, func(serial uint32) error {
+	h := header{typ: typeMethodCall, dest: dest, path: path, iface: iface, member: member}
+	serial, err := c.send(h, args, func(serial uint32) error {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if c.err != nil {
@@ -250,9 +308,21 @@ func (c *Conn) closedErr() error {
 	return c.err
 }
 
-// send writes a message; register runs with its serial before it is
-// written, so that the reply cannot come first.
-func (c *Conn) send(typ byte, dest string, path ObjectPath, iface, member string, args []any, register func(uint32) error) (uint32, error) {
+// header is what a message says besides its body.
+type header struct {
+	typ         byte
+	flags       byte
+	dest        string
+	path        ObjectPath
+	iface       string
+	member      string
+	errorName   string
+	replySerial uint32
+}
+
+// send writes a message; register, when set, runs with its serial before
+// it is written, so that the reply cannot come first.
+func (c *Conn) send(h header, args []any, register func(uint32) error) (uint32, error) {
 	var sig strings.Builder
 	for _, a := range args {
 		s, err := signatureOf(a)
@@ -269,7 +339,7 @@ func (c *Conn) send(typ byte, dest string, path ObjectPath, iface, member string
 	defer c.wmu.Unlock()
 	c.serial++
 	serial := c.serial
-	e := &encoder{b: []byte{'l', typ, 0, 1}}
+	e := &encoder{b: []byte{'l', h.typ, h.flags, 1}}
 	e.uint32(uint32(len(body.b)))
 	e.uint32(serial)
 	e.array(true, func() {
@@ -278,12 +348,24 @@ func (c *Conn) send(typ byte, dest string, path ObjectPath, iface, member string
 			e.b = append(e.b, code)
 			e.value(Variant{Sig: sig, Value: v})
 		}
-		field(fieldPath, "o", path)
-		if iface != "" {
-			field(fieldInterface, "s", iface)
+		if h.path != "" {
+			field(fieldPath, "o", h.path)
 		}
-		field(fieldMember, "s", member)
-		field(fieldDestination, "s", dest)
+		if h.iface != "" {
+			field(fieldInterface, "s", h.iface)
+		}
+		if h.member != "" {
+			field(fieldMember, "s", h.member)
+		}
+		if h.errorName != "" {
+			field(fieldErrorName, "s", h.errorName)
+		}
+		if h.replySerial != 0 {
+			field(fieldReplySerial, "u", h.replySerial)
+		}
+		if h.dest != "" {
+			field(fieldDestination, "s", h.dest)
+		}
 		if sig.Len() > 0 {
 			e.align(8)
 			e.b = append(e.b, fieldSignature)
@@ -292,14 +374,88 @@ func (c *Conn) send(typ byte, dest string, path ObjectPath, iface, member string
 		}
 	})
 	e.align(8)
-	if err := register(serial); err != nil {
-		return 0, err
+	if register != nil {
+		if err := register(serial); err != nil {
+			return 0, err
+		}
 	}
 	c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
 	if _, err := c.nc.Write(append(e.b, body.b...)); err != nil {
 		return 0, err
 	}
 	return serial, nil
+}
+
+// Notify calls a method without waiting for, or wanting, a reply. The bus
+// starts dest by activation when it is not running and can be.
+func (c *Conn) Notify(dest string, path ObjectPath, iface, member string, args ...any) error {
+	h := header{typ: typeMethodCall, flags: flagNoReplyExpected, dest: dest, path: path, iface: iface, member: member}
+	_, err := c.send(h, args, nil)
+	return err
+}
+
+// NextCall waits for the next method call to this connection. Calls
+// whose arguments cannot be read are refused here with InvalidArgs.
+func (c *Conn) NextCall(ctx context.Context) (*MethodCall, error) {
+	for {
+		m, err := next(ctx, c, &c.incoming)
+		if err != nil {
+			return nil, err
+		}
+		call := &MethodCall{Sender: m.sender, Path: m.path, Iface: m.iface, Member: m.member, Sig: m.sig, Body: m.body,
+			serial: m.serial, noReply: m.flags&flagNoReplyExpected != 0}
+		if m.bodyErr == nil {
+			return call, nil
+		}
+		if err := c.ReplyError(call, ErrorInvalidArgs, m.bodyErr.Error()); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// Error names a server answers with.
+const (
+	ErrorInvalidArgs   = "org.freedesktop.DBus.Error.InvalidArgs"
+	ErrorUnknownMethod = "org.freedesktop.DBus.Error.UnknownMethod"
+	ErrorFailed        = "org.freedesktop.DBus.Error.Failed"
+)
+
+// Reply answers a method call with a return of args; a call that wanted
+// no reply gets none.
+func (c *Conn) Reply(call *MethodCall, args ...any) error {
+	if call.noReply {
+		return nil
+	}
+	_, err := c.send(header{typ: typeMethodReturn, dest: call.Sender, replySerial: call.serial}, args, nil)
+	return err
+}
+
+// ReplyError answers a method call with the error name and a message.
+func (c *Conn) ReplyError(call *MethodCall, name, text string) error {
+	if call.noReply {
+		return nil
+	}
+	_, err := c.send(header{typ: typeError, dest: call.Sender, errorName: name, replySerial: call.serial}, []any{text}, nil)
+	return err
+}
+
+// ErrNameTaken is RequestName's answer when another connection owns the
+// name.
+var ErrNameTaken = errors.New("the name is owned by another connection")
+
+// RequestName makes the connection the owner of a well-known name,
+// without queueing for it when another connection has it.
+func (c *Conn) RequestName(ctx context.Context, name string) error {
+	const doNotQueue = 4
+	const primaryOwner, alreadyOwner = 1, 4
+	body, err := c.Call(ctx, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "RequestName", name, uint32(doNotQueue))
+	if err != nil {
+		return fmt.Errorf("request the name %s: %w", name, err)
+	}
+	if r, _ := body[0].(uint32); r != primaryOwner && r != alreadyOwner {
+		return fmt.Errorf("request the name %s: %w", name, ErrNameTaken)
+	}
+	return nil
 }
 
 // read reads messages until the connection ends, handing replies to
@@ -326,9 +482,12 @@ func (c *Conn) read(r *bufio.Reader) {
 				continue // not a signal this client could use
 			}
 			c.mu.Lock()
-			c.signals = append(c.signals, &Signal{Sender: m.sender, Path: m.path, Name: m.iface + "." + m.member, Sig: m.sig, Body: m.body})
+			c.signals.push(&Signal{Sender: m.sender, Path: m.path, Name: m.iface + "." + m.member, Sig: m.sig, Body: m.body})
 			c.mu.Unlock()
-			wake(c.sigReady)
+		case typeMethodCall:
+			c.mu.Lock()
+			c.incoming.push(m)
+			c.mu.Unlock()
 		}
 	}
 	c.nc.Close()
@@ -339,7 +498,8 @@ func (c *Conn) read(r *bufio.Reader) {
 		delete(c.calls, serial)
 	}
 	c.mu.Unlock()
-	wake(c.sigReady)
+	wake(c.signals.ready)
+	wake(c.incoming.ready)
 }
 
 func wake(ch chan struct{}) {
@@ -351,25 +511,7 @@ func wake(ch chan struct{}) {
 
 // NextSignal returns the next signal the connection received, in order.
 func (c *Conn) NextSignal(ctx context.Context) (*Signal, error) {
-	for {
-		c.mu.Lock()
-		if len(c.signals) > 0 {
-			s := c.signals[0]
-			c.signals = c.signals[1:]
-			c.mu.Unlock()
-			return s, nil
-		}
-		err := c.err
-		c.mu.Unlock()
-		if err != nil {
-			return nil, err
-		}
-		select {
-		case <-c.sigReady:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
+	return next(ctx, c, &c.signals)
 }
 
 // AddMatch asks the bus for the signals that match rule.
@@ -403,7 +545,7 @@ func readMessage(r io.Reader) (*message, error) {
 	if _, err := io.ReadFull(r, rest); err != nil {
 		return nil, err
 	}
-	m := &message{typ: fixed[1], serial: order.Uint32(fixed[8:])}
+	m := &message{typ: fixed[1], flags: fixed[2], serial: order.Uint32(fixed[8:])}
 	d := &decoder{b: append(fixed[12:16:16], rest[:fieldsLen]...), order: order, base: 12}
 	fields, err := d.value("a(yv)", 0)
 	if err != nil {

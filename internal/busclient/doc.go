@@ -4,8 +4,11 @@
 //
 // It exists for the size of tetherctl: godbus, a complete D-Bus library,
 // is about 448 KiB on ARMv7, while tetherctl only calls the agent's
-// methods and reads its signals. Values are encoded from a few Go types
-// (string, ObjectPath, bool, uint32, int64, []string, map[string]string,
-// map[string]Variant, Variant) and decoded into generic ones (see
-// decoder.value). It is not a server and passes no file descriptors.
+// methods, reads its signals and, as a UnifiedPush distributor, owns a
+// name and answers a few methods. Values are encoded from a few Go types
+// (string, ObjectPath, bool, uint32, int64, []byte, []string,
+// map[string]string, map[string]Variant, Variant) and decoded into
+// generic ones (see decoder.value). A served call is answered by its
+// receiver (NextCall, then Reply or ReplyError): there are no object
+// tables, no introspection, and no file descriptors.
 package busclient

@@ -59,6 +59,8 @@ func signatureOf(v any) (string, error) {
 		return "x", nil
 	case []string:
 		return "as", nil
+	case []byte:
+		return "ay", nil
 	case map[string]string:
 		return "a{ss}", nil
 	case map[string]Variant:
@@ -94,6 +96,8 @@ func (e *encoder) value(v any) {
 				e.string(s)
 			}
 		})
+	case []byte:
+		e.array(false, func() { e.b = append(e.b, v...) })
 	case map[string]string:
 		e.array(true, func() {
 			for k, s := range v {
@@ -350,7 +354,7 @@ func (d *decoder) array(elem string, depth int) (any, error) {
 		return nil, err
 	}
 	if elem == "y" {
-		return append([]byte(nil), body...), nil
+		return append([]byte{}, body...), nil
 	}
 	sub := &decoder{b: body, order: d.order, base: d.base + d.i - len(body)}
 	if elem[0] == '{' {

@@ -57,6 +57,12 @@ type Options struct {
 	// after its own policy, as the system bus reads the files in
 	// /usr/share/dbus-1/system.d.
 	Include []string
+	// ServiceDirs lists directories of D-Bus service files (absolute
+	// paths): a call to a name that nobody owns starts the service whose
+	// file names it, as a session bus does with
+	// /usr/share/dbus-1/services. The bus gives the services it starts
+	// its address in DBUS_STARTER_ADDRESS.
+	ServiceDirs []string
 }
 
 // Daemon is a bus started by StartWith, with its process.
@@ -104,6 +110,12 @@ func StartWith(t testing.TB, opts Options) *Daemon {
 			t.Fatalf("policy file: %v", err)
 		}
 		fmt.Fprintf(&includes, "  <include>%s</include>\n", html.EscapeString(f))
+	}
+	for _, d := range opts.ServiceDirs {
+		if !filepath.IsAbs(d) {
+			t.Fatalf("service directory %q: the path must be absolute", d)
+		}
+		fmt.Fprintf(&includes, "  <servicedir>%s</servicedir>\n", html.EscapeString(d))
 	}
 	socket := filepath.Join(dir, "bus")
 	var conf string
