@@ -31,7 +31,7 @@ func BenchmarkStats(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		reg, err := st.Register(ctx, dev.ID, "com.example.bench", snd.ID, storetest.T0)
+		reg, err := st.Register(ctx, dev.ID, "com.example.bench", snd.ID, "", storetest.T0)
 		if err != nil {
 			b.Fatal(err)
 		}
