@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # tether-server's container image: the static binary on an empty base, run
 # as an unprivileged numeric user, the store on a volume. `make image`
 # builds it with docker or podman; docs/deploy.md shows how to run it.

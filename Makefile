@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Tether: make demo runs the whole path on loopback; make test runs the tests.
 GO      ?= go
 BIN     ?= bin

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package agent is the core of tetherd, the device agent: it keeps the
 // device connected to the connection server, stores what comes down and
 // hands it to local apps, and carries apps' upstream messages to the server.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package client is the Go client of the Tether agent (tetherd) for apps
 // on a device: it registers an app with its app server's sender ID,
 // listens for the app's messages and acknowledges them, sends upstream

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Builds static, stripped, reproducible binaries of the device side (tetherd,
 # tetherctl) and the server for the CPUs Tether's devices use, into
 # OUT/NAME/, and writes a size report to OUT/sizes.txt.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package cross holds the tests of what cross/build.sh and
 // cross/package.sh make, run by `make test-cross` once they have run:
 // the ARM and MIPS binaries under qemu-user against an amd64 server on

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Packages the binaries cross/build.sh made: .deb, .rpm, .apk and .ipk of
 # tetherd (with tetherctl), with packaging/nfpm.yaml, and .deb and .rpm of
 # tether-server, with packaging/nfpm-server.yaml, for each target with

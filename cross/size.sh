@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Checks the device binaries of a cross-build (cross/build.sh) against
 # their size budgets and prints a line for each; exits 1 if any is over.
 #

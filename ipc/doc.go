@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package ipc holds what the agent's front doors for local apps share: the
 // Backend that serves them, the Listener that carries events back, the
 // sentinel errors, and the requests, responses, events and names that

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package packaging holds what Tether's packages and firmware recipes
 // install beside the binaries: the systemd unit (systemd), the init
 // scripts for procd (openwrt), OpenRC (openrc) and SysV init (sysv), the

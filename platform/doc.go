@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package platform holds the watchers that tell the agent about the device
 // it runs on: platform/power (mains, battery, low battery),
 // platform/network (the default route and which network it leads to) and

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Tether as a cluster on one machine, with the commands README gives: three
 # NATS JetStream servers, three tether-server nodes on them, and an agent
 # that knows every node. A message goes down through one node to the device

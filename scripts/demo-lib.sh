@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Shell helpers of the demos (demo.sh, cluster-demo.sh), sourced by them:
 # each sets work, the directory whose logs fail prints, before using them.
 

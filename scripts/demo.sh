@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Tether end to end on loopback: an app server sends a message down to a
 # local app on the device, and the app sends one back up to the app server.
 set -euo pipefail

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # Prints Tether's version, from the VERSION file, refined by git where the
 # source is a git clone.
 #

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package server is Tether's connection server: the middle of app server →
 // connection server → device agent.
 //

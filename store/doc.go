@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package store keeps a device agent's durable state in one bbolt file:
 // the device's credentials, the apps' registrations and owners, the inbox
 // of downstream messages waiting for their app, the IDs of downstream

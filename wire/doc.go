@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package wire defines the protocol between a device agent and the
 // connection server: the frames, their fields, their limits and their
 // encoding (docs/protocol.md describes it for implementers).

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Command tether-server runs Tether's connection server and manages its
 // senders (docs/server-api.md).
 //

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 //go:build memprobe
 
 // This file is built only with -tags memprobe, to measure what the server

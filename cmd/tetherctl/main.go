@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Command tetherctl is the command line for the Tether agent (tetherd) on a
 // device: it registers apps, listens for their messages (printing them or
 // running a program for each), sends upstream messages and shows the

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Command tetherd is the Tether device agent: it keeps the device connected
 // to a Tether connection server and serves local apps on a Unix socket.
 //

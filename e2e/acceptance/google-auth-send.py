@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Sends one message through the FCM HTTP v1 API with Google's own auth
 library for Python (Debian's python3-google-auth), unchanged: it reads the
 service-account file, gets an access token from the file's token_uri and

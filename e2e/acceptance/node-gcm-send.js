@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Sends one message with node-gcm, the GCM library many Node app servers
 // use, to a Tether connection server, and prints node-gcm's own view of the
 // outcome as one JSON line: {"err": ..., "response": ...}.

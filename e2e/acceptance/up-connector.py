@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: Apache-2.0
 """A UnifiedPush connector as the D-Bus specification describes one, for
 the end-to-end tests: it owns its application's name, serves
 org.unifiedpush.Connector2 and Connector1 at /org/unifiedpush/Connector, and

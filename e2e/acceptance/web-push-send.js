@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // npm's web-push library, unchanged, for the end-to-end tests.
 //   node web-push-send.js keys
 //     prints a new VAPID key pair: {"publicKey", "privateKey"}

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // An app server on tether-server's XMPP (CCS) endpoint, written the way
 // GCM's CCS guides showed, with the unchanged @xmpp/client library.
 //

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: Apache-2.0
 """Receive an app's Tether messages over D-Bus, and send one upstream.
 
 Subscribes for the app, prints each message and acks it once printed, and,

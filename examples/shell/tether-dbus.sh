@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # Talk to the Tether agent over D-Bus from the shell, with busctl.
 #
 #   tether-dbus.sh APP SENDER [KEY=VALUE...]

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package boltfile opens a bbolt file only after making sure it is whole,
 // for the agent's store (package tether/store) and the server's (package
 // tether/server/store).

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package boltfile
 
 // The file layout, for tests that damage files on purpose.

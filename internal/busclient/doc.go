@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package busclient is a small D-Bus client: it connects to a bus over a
 // Unix socket, authenticates with EXTERNAL, calls methods and receives
 // signals, with the message format of the D-Bus specification.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package clockknob reads TETHER_CLOCK_OFFSET, the test knob that moves the
 // wall clock tetherd and tether-server read, so that fault-injection runs
 // can make a process's clock jump without touching the machine's clock.

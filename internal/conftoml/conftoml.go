@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package conftoml reads the part of TOML (https://toml.io, version 1.0)
 // that Tether's config files, tetherd's agent.toml and tether-server's
 // server.toml, use: comments, [tables], key = value lines

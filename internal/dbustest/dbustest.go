@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package dbustest runs a private D-Bus message bus for tests: a real
 // dbus-daemon, started from a generated configuration that lets every
 // connection own any name, send anything and receive anything, listening on a

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package deptest checks what a package links, in the manner of
 // tailscale's tstest/deptest: a test lists the packages a binary must not
 // depend on (because they were cut for size, or belong to another binary)

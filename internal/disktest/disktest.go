@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package disktest gives tests a disk of their own that they can fill:
 // a small tmpfs mounted on a temporary directory, and a filler file that
 // takes its last free block and gives the room back when removed. With it

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package faultproxy is a TCP proxy that injects network faults between two
 // programs under test, so that a test can show how they behave when the
 // network misbehaves. Its faults:

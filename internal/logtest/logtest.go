@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package logtest collects what a daemon logs during a test, so that the
 // test can look for a line (a dropped message, a refused login) or make
 // sure a secret never appears.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package natstest starts real NATS JetStream clusters on loopback for
 // tests: nats-server's own code, either inside the test process (fast, for
 // suites that need a cluster, not its failures) or as separate nats-server

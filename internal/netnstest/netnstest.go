@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package netnstest makes throwaway network namespaces for tests that need
 // real links, addresses and routes without touching the host's: each
 // namespace is created with ip(8) and deleted when the test ends.

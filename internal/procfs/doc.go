@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package procfs reads a process's footprint and wake-ups from Linux's
 // /proc: the numbers of its status file (VmRSS and the like), the context
 // switches of its threads, the CPU time it has used and its open-file

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package proxyenv chooses the HTTP proxy of a connection by the rules Go's
 // net/http follows for HTTPS_PROXY, HTTP_PROXY and NO_PROXY (those of
 // golang.org/x/net/http/httpproxy), so that the agent goes the way every

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package sockopt reads socket options off live connections, so that tests
 // can check what the kernel was told (for example that no TCP keepalive
 // probes will wake a device's radio). It changes nothing.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package testpki makes a private certificate authority and a server
 // certificate for 127.0.0.1 signed by it, as PEM files, and client
 // certificates for devices, for tests that run Tether over TLS. It is for

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package testwait waits, in tests, for a state that goroutines or
 // processes reach in their own time: a session opened, a file written, a
 // log line printed. It waits; it never times: a figure is a benchmark's

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package unixconn dials Unix stream sockets without the net package, for
 // the size of tetherctl: net, with its resolver and address types, is
 // about 300 KiB on ARMv7, while tetherctl and the client package only

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package updist is a UnifiedPush distributor on D-Bus: it owns
 // org.unifiedpush.Distributor.tether on a user's session bus, serves the
 // org.unifiedpush.Distributor2 and Distributor1 interfaces to the

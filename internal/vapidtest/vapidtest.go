@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package vapidtest plays an app server's side of VAPID (RFC 8292) in
 // tests: a P-256 key pair, and the ES256 JWTs and Authorization headers
 // it signs for a push service.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package websocket is the client side of the WebSocket protocol (RFC 6455)
 // that the agent needs to reach its connection server, and nothing more:
 // no server, no compression, no cookies. It reaches a server through an

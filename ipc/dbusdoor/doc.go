@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package dbusdoor is the agent's D-Bus door for local apps: the service
 // org.tether.Push (docs/ipc.md), whose methods an ipc.Backend answers and
 // whose signals carry the backend's events.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package ipctest provides an in-memory ipc.Backend for testing the doors
 // (ipc/socketdoor, ipc/dbusdoor) and their clients without the agent, and
 // the helpers their tests share.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package socketdoor is the agent's Unix socket door for local apps:
 // newline-delimited JSON requests (docs/ipc.md) answered by an ipc.Backend,
 // with the backend's events pushed to the connection that listens for an

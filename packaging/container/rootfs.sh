@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # Lays out every file of tether-server's container image under ROOT: the
 # static binary, the packaged config, the CA certificates for webhooks
 # and ACME, an /etc/passwd and /etc/group naming the unprivileged user,

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package openrc holds the OpenRC init script Tether ships for tetherd
 // (Alpine and other OpenRC systems), embedded so that `tetherd install
 // --init openrc` writes the same script a package installs as

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package openwrt holds the procd init script Tether ships for OpenWrt,
 // embedded so that `tetherd install --init procd` writes the same script
 // the .ipk installs as /etc/init.d/tetherd.

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # Creates the system user and group tetherd runs as, unless they exist.
 # Runs on Debian and RPM distributions (useradd), Alpine (BusyBox adduser)
 # and OpenWrt (/lib/functions.sh, also inside an image build, where

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # Writes the maintainer scripts of one package, from the templates in
 # packaging/scripts/{deb,rpm,apk}/, into OUT/{deb,rpm,apk}/: one set of
 # scripts serves tetherd and tether-server, which differ only in the

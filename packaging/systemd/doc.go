@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package systemd holds the systemd units Tether ships: tetherd.service,
 // embedded so that `tetherd install` writes the same unit the packages
 // install (the unit file itself is the one source of both), and

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package sysv holds the SysV init script Tether ships for tetherd (Debian's
 // sysvinit, BusyBox init), embedded so that `tetherd install --init sysv`
 // writes the same script firmware recipes install as /etc/init.d/tetherd.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package network watches the device's default route: whether there is
 // one, and which network it leads to. The agent uses it to stop dialling
 // while there is no route, to reconnect at once when one appears or

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package power watches how the device is powered: from the mains, from a
 // battery, or from a battery that is running low. The agent uses it to ping
 // less often on battery and to hold its connection when the battery is low.

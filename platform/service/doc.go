@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package service connects tetherd to the device's service manager.
 //
 // It installs and controls the daemon as a service of systemd, procd

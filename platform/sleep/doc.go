@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package sleep lets the agent prepare for system suspend and recover
 // after resume, where systemd-logind manages sleep. It holds a logind
 // "delay" inhibitor lock, so that when the system is about to sleep the

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Command bench measures Tether beside Mosquitto on one machine, in one
 // run, with the same message count and payload on both sides, and prints
 // each figure with its ratio (Tether / Mosquitto), as markdown for

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Command idle-report measures what an idle tetherd costs. It starts
 // tether-server on loopback and tetherd connected to it through a TCP
 // proxy that counts every byte and TCP segment each way and, on ws://, reads

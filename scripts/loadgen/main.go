@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Command loadgen loads tether-server with many idle simulated devices
 // and measures what they cost it, on the machine it runs on.
 //

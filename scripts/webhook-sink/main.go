@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Command webhook-sink is the app server in Tether's demo: it receives the
 // connection server's upstream webhook POSTs and prints each body on a line.
 package main

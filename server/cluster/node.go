@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package cluster is what makes several tether-server processes one
 // connection server: each process is a node, and the nodes reach each
 // other through NATS.

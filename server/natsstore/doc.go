@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package natsstore keeps the connection server's state in NATS JetStream,
 // so that several tether-server processes share it and a fleet survives
 // the loss of any one of them: JetStream replicates each write to a quorum

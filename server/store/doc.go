@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package store keeps the connection server's durable state in one bbolt
 // file: senders (app servers) and hashes of their keys, devices and hashes
 // of their secrets, registrations and their topic subscriptions, the

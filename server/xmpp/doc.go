@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package xmpp is the XMPP stream layer of Tether's endpoint for app servers
 // written for GCM's Cloud Connection Server (CCS): Smack, slixmpp,
 // @xmpp/client and the like connect to it unchanged.

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # Creates the system user and group tether-server runs as, unless they
 # exist, before the files are unpacked: the config file belongs to its
 # group.

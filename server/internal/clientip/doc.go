@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package clientip tells where a connection or an HTTP request really comes
 // from when tether-server runs behind proxies or load balancers that the
 // operator trusts (--trusted-proxy CIDR). Tether's per-client limits — the

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package jsstream creates the JetStream streams of a Tether cluster: on a
 // cluster that is still electing its leaders it tries again, and a stream
 // that asks for no replication in particular gets three replicas where the

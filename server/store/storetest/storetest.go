@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package storetest is the conformance suite of the connection server's
 // backends: every rule of GCM that the server's state keeps (per-app caps,
 // collapse keys, times to live, upstream deduplication, topic fan-out,

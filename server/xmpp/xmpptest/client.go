@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package xmpptest is a minimal CCS app server client for tests: it
 // connects to an XMPP endpoint, authenticates with SASL PLAIN, binds a
 // resource and then sends and receives the JSON of

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 SUMMARY = "Tether push-messaging agent"
 DESCRIPTION = "tetherd keeps the device connected to a Tether connection \
 server and hands stored messages to local apps over a Unix socket and \
