@@ -247,6 +247,7 @@ func TestAttackEnrollKeyGuessing(t *testing.T) {
 	srv := startServer(t)
 	guesser := attacker{t, srv, "127.0.0.2"}
 	answers := map[string]int{}
+	began := time.Now()
 	for i := range 3000 {
 		fr, c := guesser.hello(wire.Hello{EnrollKey: fmt.Sprintf("guess-%06d-of-the-fleet-key", i)})
 		switch fr.Type {
@@ -264,8 +265,11 @@ func TestAttackEnrollKeyGuessing(t *testing.T) {
 			c.Close()
 		}
 	}
-	if answers["error"] != 10 || answers["goaway"] != 2990 {
-		t.Errorf("answers to 3000 guesses: %v; want 10 errors, then goaways", answers)
+	// The limit is a bucket of 10 refused credentials a minute, which
+	// refills one every 6 s: a slow machine's guesses earn a few more.
+	refills := int(time.Since(began) / (time.Minute / 10))
+	if answers["error"] < 10 || answers["error"] > 10+refills || answers["error"]+answers["goaway"] != 3000 {
+		t.Errorf("answers to 3000 guesses in %v: %v; want 10 errors (up to %d more refilled), then goaways", time.Since(began).Round(time.Second), answers, refills)
 	}
 	if fr, _ := guesser.hello(wire.Hello{EnrollKey: e2eEnrollKey}); fr.Type != wire.TypeWelcome {
 		t.Errorf("the right key from the guessing address answered %s", fr.Type)

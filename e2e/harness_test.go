@@ -255,6 +255,23 @@ func (s *server) launch() {
 	s.p = startProcIn(s.t, s.netns, s.env, "tether-server", nil, args...)
 }
 
+// startListening starts the process and waits for it to say it listens:
+// for a server that /healthz from the test cannot reach, such as one in a
+// network namespace of its own.
+func (s *server) startListening() {
+	s.t.Helper()
+	s.launch()
+	testwait.For(s.t, "tether-server to listen", 30*time.Second, func() error {
+		if s.p.exited() {
+			s.t.Fatalf("tether-server exited: %v\n%s", s.p.err, s.p.log())
+		}
+		if !strings.Contains(s.p.log(), "msg=listening") {
+			return errors.New("not listening yet")
+		}
+		return nil
+	})
+}
+
 func (s *server) start() {
 	s.t.Helper()
 	s.launch()

@@ -55,16 +55,7 @@ func TestProxy(t *testing.T) {
 	}
 	srv := newServer(t, "--tls-cert", pki.Cert, "--tls-key", pki.Key)
 	srv.netns, srv.addr, srv.scheme = ns.Name, proxyServerAddr, "https"
-	srv.launch()
-	testwait.For(t, "tether-server to listen", 30*time.Second, func() error {
-		if srv.p.exited() {
-			t.Fatalf("tether-server exited: %v\n%s", srv.p.err, srv.p.log())
-		}
-		if !strings.Contains(srv.p.log(), "msg=listening") {
-			return errors.New("not listening yet")
-		}
-		return nil
-	})
+	srv.startListening()
 	sender, key := srv.addSender("proxied", "")
 	proxy := startTinyproxy(t, tinyproxy, ns.Name)
 	tunnels := func() int { return strings.Count(proxy.log(), "CONNECT "+proxyServerAddr) }

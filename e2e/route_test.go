@@ -4,9 +4,7 @@ package e2e
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -59,7 +57,7 @@ func TestRouteUpReconnectsAtOnce(t *testing.T) {
 
 	srv := newServer(t)
 	srv.netns, srv.addr = srvNS.Name, "10.78.0.1:8443"
-	srv.launch()
+	srv.startListening()
 	a := newAgent(t, "ws://"+srv.addr, "--insecure", "--min-backoff", "1m", "--max-backoff", "1m", "--heartbeat", "4m", "--dbus", "off")
 	a.netns = devNS.Name
 	a.launch()
@@ -80,13 +78,7 @@ func TestRouteUpReconnectsAtOnce(t *testing.T) {
 		}
 		return nil
 	})
-	srv.launch()
-	testwait.For(t, "the server to listen again", 30*time.Second, func() error {
-		if !strings.Contains(srv.p.log(), "msg=listening") {
-			return errors.New("not listening yet")
-		}
-		return nil
-	})
+	srv.startListening()
 	devNS.IP(t, "route", "add", "default", "via", "10.77.0.1")
 	a.waitConnected()
 	if st, err = a.status(); err != nil || st.LastConnect != "route-up" || st.Reconnects != 1 {
