@@ -5,10 +5,14 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/godbus/dbus/v5"
 
 	"tether/internal/dbustest"
 )
@@ -228,7 +232,10 @@ func FuzzReadMessage(f *testing.F) {
 	f.Add([]byte("l\x02\x00\x01\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00"))
 	f.Add([]byte("B\x04\x00\x01\x00\x00\x00\x04\x00\x00\x00\x01\x00\x00\x00\x08\x08\x01g\x00\x04a(v)\x00\x00"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		m, err := readMessage(bytes.NewReader(data))
+		m, err := readMessage(bytes.NewReader(data), func(n int) []*os.File {
+			// One descriptor is there for an h value to name.
+			return []*os.File{os.Stdin}[:min(n, 1)]
+		})
 		if err != nil {
 			return
 		}
@@ -271,5 +278,56 @@ func BenchmarkMessageCall(b *testing.B) {
 		if _, err := caller.Call(ctx, server.UniqueName(), "/org/unifiedpush/Connector", "org.unifiedpush.Connector2", "Message", args); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// descriptorPeer is a godbus service whose Pipe method returns the write
+// end of a pipe, as logind's Inhibit returns its lock.
+type descriptorPeer struct{ pipes chan [2]*os.File }
+
+func (p *descriptorPeer) Pipe() (dbus.UnixFD, *dbus.Error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return -1, dbus.MakeFailedError(err)
+	}
+	fd := dbus.UnixFD(w.Fd())
+	p.pipes <- [2]*os.File{r, w} // the write end stays open until the reply is sent
+	return fd, nil
+}
+
+// TestDescriptor receives a descriptor (type h) in a reply through a real
+// dbus-daemon: it is an *os.File of the caller's, open to the same pipe.
+func TestDescriptor(t *testing.T) {
+	bus := dbustest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	peer := &descriptorPeer{pipes: make(chan [2]*os.File, 1)}
+	server := bus.Conn(t)
+	if err := server.Export(peer, "/test", "org.example.Pipes"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Dial(ctx, bus.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	body, err := c.Call(ctx, server.Names()[0], "/test", "org.example.Pipes", "Pipe")
+	if err != nil {
+		t.Fatalf("Pipe: %v", err)
+	}
+	f, ok := body[0].(*os.File)
+	if len(body) != 1 || !ok {
+		t.Fatalf("Pipe returned %#v, want one *os.File", body)
+	}
+	pipe := <-peer.pipes
+	defer pipe[0].Close()
+	pipe[1].Close() // the caller's copy is the one left
+	if _, err := f.WriteString("held"); err != nil {
+		t.Fatalf("write to the received descriptor: %v", err)
+	}
+	f.Close()
+	got, err := io.ReadAll(pipe[0])
+	if err != nil || string(got) != "held" {
+		t.Errorf("the pipe read %q, %v; want \"held\" and its end once the descriptor closed", got, err)
 	}
 }

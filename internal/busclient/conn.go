@@ -38,6 +38,7 @@ const (
 	fieldDestination = 6
 	fieldSender      = 7
 	fieldSignature   = 8
+	fieldUnixFDs     = 9
 )
 
 // writeTimeout bounds each write: the bus daemon reads promptly, and
@@ -101,6 +102,9 @@ type message struct {
 	sig         string
 	body        []any
 	bodyErr     error // the body could not be read; the header could
+	// files are the descriptors the message carries; its h values are
+	// among them. Whoever takes the message closes those it does not keep.
+	files []*os.File
 }
 
 // ErrClosed is returned once the connection to the bus is closed.
@@ -175,13 +179,18 @@ func Dial(ctx context.Context, addr string) (*Conn, error) {
 	}
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	defer stop()
-	r := bufio.NewReader(nc)
+	sr, err := newSocketReader(nc)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	r := bufio.NewReader(sr)
 	if err := auth(nc, r); err != nil {
 		nc.Close()
 		return nil, err
 	}
 	c := &Conn{nc: nc, calls: map[uint32]chan *message{}, signals: newInbox[*Signal](), incoming: newInbox[*message](), done: make(chan struct{})}
-	go c.read(r)
+	go c.read(r, sr)
 	body, err := c.Call(ctx, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "Hello")
 	if err != nil {
 		c.Close()
@@ -236,8 +245,9 @@ func unescape(v string) (string, error) {
 	return b.String(), nil
 }
 
-// auth runs the EXTERNAL mechanism: the bus knows the peer's uid from the
-// socket.
+// auth runs the EXTERNAL mechanism (the bus knows the peer's uid from the
+// socket) and asks for descriptor passing, which a bus may refuse: then
+// no message carries descriptors.
 func auth(w io.Writer, r *bufio.Reader) error {
 	uid := hex.EncodeToString([]byte(strconv.Itoa(os.Getuid())))
 	if _, err := io.WriteString(w, "\x00AUTH EXTERNAL "+uid+"\r\n"); err != nil {
@@ -249,6 +259,12 @@ func auth(w io.Writer, r *bufio.Reader) error {
 	}
 	if !strings.HasPrefix(line, "OK ") {
 		return fmt.Errorf("the bus refused to authenticate this user: %s", strings.TrimSpace(line))
+	}
+	if _, err := io.WriteString(w, "NEGOTIATE_UNIX_FD\r\n"); err != nil {
+		return err
+	}
+	if _, err := r.ReadString('\n'); err != nil {
+		return fmt.Errorf("negotiate descriptor passing with the bus: %w", err)
 	}
 	_, err = io.WriteString(w, "BEGIN\r\n")
 	return err
@@ -266,7 +282,8 @@ func (c *Conn) Close() error {
 }
 
 // Call calls a method and returns the reply's body; an error reply is an
-// *Error. ctx bounds the wait.
+// *Error. ctx bounds the wait. A descriptor in the reply (type h) is an
+// *os.File that the caller closes.
 func (c *Conn) Call(ctx context.Context, dest string, path ObjectPath, iface, member string, args ...any) ([]any, error) {
 	reply := make(chan *message, 1)
 	h := header{typ: typeMethodCall, dest: dest, path: path, iface: iface, member: member}
@@ -287,6 +304,9 @@ func (c *Conn) Call(ctx context.Context, dest string, path ObjectPath, iface, me
 		if m == nil {
 			return nil, c.closedErr()
 		}
+		if m.bodyErr != nil || m.typ == typeError {
+			closeFiles(m.files)
+		}
 		if m.bodyErr != nil {
 			return nil, m.bodyErr
 		}
@@ -298,6 +318,13 @@ func (c *Conn) Call(ctx context.Context, dest string, path ObjectPath, iface, me
 		c.mu.Lock()
 		delete(c.calls, serial)
 		c.mu.Unlock()
+		select {
+		case m := <-reply: // came as the wait ended
+			if m != nil {
+				closeFiles(m.files)
+			}
+		default:
+		}
 		return nil, ctx.Err()
 	}
 }
@@ -459,14 +486,18 @@ func (c *Conn) RequestName(ctx context.Context, name string) error {
 }
 
 // read reads messages until the connection ends, handing replies to
-// their calls and queueing signals.
-func (c *Conn) read(r *bufio.Reader) {
+// their calls and queueing signals. Only replies keep their descriptors.
+func (c *Conn) read(r *bufio.Reader, sr *socketReader) {
 	defer close(c.done)
+	defer sr.close()
 	var err error
 	for {
 		var m *message
-		if m, err = readMessage(r); err != nil {
+		if m, err = readMessage(r, sr.take); err != nil {
 			break
+		}
+		if m.typ != typeMethodReturn && m.typ != typeError {
+			closeFiles(m.files)
 		}
 		switch m.typ {
 		case typeMethodReturn, typeError:
@@ -476,6 +507,8 @@ func (c *Conn) read(r *bufio.Reader) {
 			c.mu.Unlock()
 			if ok {
 				reply <- m
+			} else {
+				closeFiles(m.files)
 			}
 		case typeSignal:
 			if m.bodyErr != nil {
@@ -520,9 +553,16 @@ func (c *Conn) AddMatch(ctx context.Context, rule string) error {
 	return err
 }
 
-// readMessage reads one message. A body that cannot be read leaves the
-// message's bodyErr set: the header was whole, so the stream goes on.
-func readMessage(r io.Reader) (*message, error) {
+// RemoveMatch withdraws a rule AddMatch added.
+func (c *Conn) RemoveMatch(ctx context.Context, rule string) error {
+	_, err := c.Call(ctx, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "RemoveMatch", rule)
+	return err
+}
+
+// readMessage reads one message, taking the descriptors it carries with
+// take. A body that cannot be read leaves the message's bodyErr set: the
+// header was whole, so the stream goes on.
+func readMessage(r io.Reader, take func(n int) []*os.File) (*message, error) {
 	var fixed [16]byte
 	if _, err := io.ReadFull(r, fixed[:]); err != nil {
 		return nil, err
@@ -546,6 +586,7 @@ func readMessage(r io.Reader) (*message, error) {
 		return nil, err
 	}
 	m := &message{typ: fixed[1], flags: fixed[2], serial: order.Uint32(fixed[8:])}
+	var nfds uint32
 	d := &decoder{b: append(fixed[12:16:16], rest[:fieldsLen]...), order: order, base: 12}
 	fields, err := d.value("a(yv)", 0)
 	if err != nil {
@@ -569,9 +610,12 @@ func readMessage(r io.Reader) (*message, error) {
 			m.sender, _ = v.(string)
 		case fieldSignature:
 			m.sig, _ = v.(string)
+		case fieldUnixFDs:
+			nfds, _ = v.(uint32)
 		}
 	}
-	body := &decoder{b: rest[headerLen-16:], order: order}
+	m.files = take(int(min(nfds, maxFDs)))
+	body := &decoder{b: rest[headerLen-16:], order: order, files: m.files}
 	if m.body, m.bodyErr = body.values(m.sig, 0); m.bodyErr == nil && body.i != len(body.b) {
 		m.bodyErr = errors.New("busclient: bytes after the body")
 	}
