@@ -553,10 +553,31 @@ func (c *Conn) AddMatch(ctx context.Context, rule string) error {
 	return err
 }
 
-// RemoveMatch withdraws a rule AddMatch added.
-func (c *Conn) RemoveMatch(ctx context.Context, rule string) error {
-	_, err := c.Call(ctx, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "RemoveMatch", rule)
-	return err
+// unsubscribeTimeout bounds withdrawing a subscription, which happens
+// as its subscriber stops, often because its context ended.
+const unsubscribeTimeout = 10 * time.Second
+
+// Subscribe asks the bus for the signals that match each of rules, and
+// returns the function that withdraws them, for a subscriber that stops
+// before the connection closes.
+func (c *Conn) Subscribe(ctx context.Context, rules ...string) (unsubscribe func(), err error) {
+	var added []string
+	unsubscribe = func() {
+		ctx, cancel := context.WithTimeout(context.Background(), unsubscribeTimeout)
+		defer cancel()
+		for _, rule := range added {
+			// A connection that is closing has no rules left to withdraw.
+			c.Call(ctx, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "RemoveMatch", rule)
+		}
+	}
+	for _, rule := range rules {
+		if err := c.AddMatch(ctx, rule); err != nil {
+			unsubscribe()
+			return nil, fmt.Errorf("subscribe to %s: %w", rule, err)
+		}
+		added = append(added, rule)
+	}
+	return unsubscribe, nil
 }
 
 // readMessage reads one message, taking the descriptors it carries with
