@@ -331,3 +331,59 @@ func TestDescriptor(t *testing.T) {
 		t.Errorf("the pipe read %q, %v; want \"held\" and its end once the descriptor closed", got, err)
 	}
 }
+
+// TestEmit sends signals through a real dbus-daemon, to every connection
+// with a matching rule and to one connection, and sees Done close.
+func TestEmit(t *testing.T) {
+	bus := dbustest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dial := func() *Conn {
+		c, err := Dial(ctx, bus.Address)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	from, to := dial(), dial()
+	if err := to.AddMatch(ctx, "type='signal',interface='org.example.Signals'"); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		dest string
+		args []any
+		sig  string
+	}{
+		{"broadcast", "", []any{"org.example", map[string]Variant{"n": MakeVariant(uint32(7))}, []string{}}, "sa{sv}as"},
+		{"to one connection", to.UniqueName(), []any{[]byte{1, 2}, MakeVariant(int64(-1))}, "ayv"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := from.Emit(tt.dest, "/org/example", "org.example.Signals", "Changed", tt.args...); err != nil {
+				t.Fatal(err)
+			}
+			var s *Signal
+			for s == nil || s.Name == "org.freedesktop.DBus.NameAcquired" { // the bus tells every connection its name
+				var err error
+				if s, err = to.NextSignal(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if s.Sender != from.UniqueName() || s.Path != "/org/example" || s.Name != "org.example.Signals.Changed" || s.Sig != tt.sig {
+				t.Errorf("got %+v, want %s from %s with signature %s", s, "org.example.Signals.Changed", from.UniqueName(), tt.sig)
+			}
+		})
+	}
+	if err := from.Emit("", "/org/example", "org.example.Signals", "Bad", Variant{Value: 1.5}); err == nil {
+		t.Error("a variant of a type busclient cannot encode was sent")
+	}
+
+	from.Close()
+	select {
+	case <-from.Done():
+	default:
+		t.Error("Done is open after Close")
+	}
+}

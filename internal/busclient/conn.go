@@ -421,6 +421,18 @@ func (c *Conn) Notify(dest string, path ObjectPath, iface, member string, args .
 	return err
 }
 
+// Emit sends a signal from the object at path; dest, when set, is the one
+// connection it goes to, and otherwise it goes to every connection whose
+// match rules take it.
+func (c *Conn) Emit(dest string, path ObjectPath, iface, member string, args ...any) error {
+	_, err := c.send(header{typ: typeSignal, dest: dest, path: path, iface: iface, member: member}, args, nil)
+	return err
+}
+
+// Done is closed once the connection has ended, by Close or because the
+// bus went.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
 // NextCall waits for the next method call to this connection. Calls
 // whose arguments cannot be read are refused here with InvalidArgs.
 func (c *Conn) NextCall(ctx context.Context) (*MethodCall, error) {

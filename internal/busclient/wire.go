@@ -14,6 +14,13 @@ type Variant struct {
 	Value any
 }
 
+// MakeVariant wraps v, of one of the types this package encodes, in a
+// Variant of its signature.
+func MakeVariant(v any) Variant {
+	sig, _ := signatureOf(v)
+	return Variant{Sig: sig, Value: v}
+}
+
 // ObjectPath is a value of type o.
 type ObjectPath string
 
@@ -65,8 +72,16 @@ func signatureOf(v any) (string, error) {
 	case map[string]string:
 		return "a{ss}", nil
 	case map[string]Variant:
+		for k, x := range v {
+			if x.Sig == "" {
+				return "", fmt.Errorf("busclient: cannot encode %q, a %T", k, x.Value)
+			}
+		}
 		return "a{sv}", nil
 	case Variant:
+		if v.Sig == "" {
+			return "", fmt.Errorf("busclient: cannot encode a variant of a %T", v.Value)
+		}
 		return "v", nil
 	default:
 		return "", fmt.Errorf("busclient: cannot encode a %T", v)
