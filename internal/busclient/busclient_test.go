@@ -134,13 +134,13 @@ func TestBus(t *testing.T) {
 	}
 }
 
-// TestServe owns a name on a real dbus-daemon and answers calls to it:
-// replies, errors, calls that want no reply, and a name already taken.
-func TestServe(t *testing.T) {
+// startBus starts a dbus-daemon for the test, and returns a context that
+// bounds the test's calls and a function that connects to the bus.
+func startBus(t *testing.T) (context.Context, func() *Conn) {
 	bus := dbustest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	dial := func() *Conn {
+	t.Cleanup(cancel)
+	return ctx, func() *Conn {
 		c, err := Dial(ctx, bus.Address)
 		if err != nil {
 			t.Fatal(err)
@@ -148,6 +148,12 @@ func TestServe(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
+}
+
+// TestServe owns a name on a real dbus-daemon and answers calls to it:
+// replies, errors, calls that want no reply, and a name already taken.
+func TestServe(t *testing.T) {
+	ctx, dial := startBus(t)
 	server, caller := dial(), dial()
 	const name, path, iface = "org.example.Served", ObjectPath("/org/example/Served"), "org.example.Served"
 	if err := server.RequestName(ctx, name); err != nil {
@@ -335,17 +341,7 @@ func TestDescriptor(t *testing.T) {
 // TestEmit sends signals through a real dbus-daemon, to every connection
 // with a matching rule and to one connection, and sees Done close.
 func TestEmit(t *testing.T) {
-	bus := dbustest.Start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	dial := func() *Conn {
-		c, err := Dial(ctx, bus.Address)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
+	ctx, dial := startBus(t)
 	from, to := dial(), dial()
 	if err := to.AddMatch(ctx, "type='signal',interface='org.example.Signals'"); err != nil {
 		t.Fatal(err)
