@@ -236,6 +236,26 @@ func FuzzReadMessage(f *testing.F) {
 	e.align(8)
 	f.Add(append(e.b, body.b...))
 	f.Add([]byte("l\x02\x00\x01\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00"))
+	// A reply carrying a descriptor, as logind's Inhibit does.
+	fd := &encoder{b: []byte{'l', typeMethodReturn, 0, 1}}
+	fd.uint32(4)
+	fd.uint32(2)
+	fd.array(true, func() {
+		for _, h := range []struct {
+			code byte
+			v    Variant
+		}{{fieldReplySerial, Variant{"u", uint32(1)}}, {fieldUnixFDs, Variant{"u", uint32(1)}}} {
+			fd.align(8)
+			fd.b = append(fd.b, h.code)
+			fd.value(h.v)
+		}
+		fd.align(8)
+		fd.b = append(fd.b, fieldSignature)
+		fd.signature("g")
+		fd.signature("h")
+	})
+	fd.align(8)
+	f.Add(append(fd.b, 0, 0, 0, 0))
 	f.Add([]byte("B\x04\x00\x01\x00\x00\x00\x04\x00\x00\x00\x01\x00\x00\x00\x08\x08\x01g\x00\x04a(v)\x00\x00"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := readMessage(bytes.NewReader(data), func(n int) []*os.File {
@@ -244,6 +264,9 @@ func FuzzReadMessage(f *testing.F) {
 		})
 		if err != nil {
 			return
+		}
+		if m.bodyErr == nil && m.sig == "h" && m.body[0] != os.Stdin {
+			t.Fatalf("descriptor 0 decoded as %#v", m.body[0])
 		}
 		if m.bodyErr == nil && m.sig == "" && len(m.body) != 0 {
 			t.Fatalf("a body of %d values without a signature", len(m.body))
