@@ -543,18 +543,25 @@ func (s *Server) callerOf(ctx context.Context, sender string) (ipc.Caller, error
 	if sender == "" {
 		return ipc.Caller{}, errors.New("the call has no sender")
 	}
+	// Both questions are asked at once: the answer is on the path of
+	// every call.
+	pidc := make(chan uint32, 1)
+	go func() {
+		var pid uint32
+		// Not every platform tells; the user is what decides.
+		if body, err := s.busCall(ctx, "GetConnectionUnixProcessID", sender); err == nil {
+			pid, _ = body[0].(uint32)
+		}
+		pidc <- pid
+	}()
 	body, err := s.busCall(ctx, "GetConnectionUnixUser", sender)
+	pid := <-pidc
 	if err != nil {
 		return ipc.Caller{}, fmt.Errorf("ask the bus for the Unix user of %s: %w", sender, err)
 	}
 	uid, ok := body[0].(uint32)
 	if !ok {
 		return ipc.Caller{}, fmt.Errorf("ask the bus for the Unix user of %s: the answer %v is no uint32", sender, body)
-	}
-	var pid uint32
-	// Not every platform tells; the user is what decides.
-	if body, err := s.busCall(ctx, "GetConnectionUnixProcessID", sender); err == nil {
-		pid, _ = body[0].(uint32)
 	}
 	return ipc.Caller{UID: uid, PID: int32(min(pid, math.MaxInt32))}, nil
 }

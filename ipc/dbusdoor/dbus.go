@@ -21,6 +21,10 @@ const dbusErrorFailed = "org.freedesktop.DBus.Error.Failed"
 // statusTimeout bounds the status read that seeds the properties.
 const statusTimeout = 10 * time.Second
 
+// connectTimeout bounds connecting to the bus and taking the name, on a
+// bus daemon that may be busy.
+const connectTimeout = 10 * time.Second
+
 // Config configures a Server.
 type Config struct {
 	// Bus is "system" (the default when empty), "session" or a bus
@@ -141,7 +145,7 @@ func (s *Server) connect(addr string) error {
 	}
 	s.announced = st
 
-	ctx, cancel = context.WithTimeout(s.ctx, statusTimeout)
+	ctx, cancel = context.WithTimeout(s.ctx, connectTimeout)
 	defer cancel()
 	conn, err := busclient.Dial(ctx, addr)
 	if err != nil {
