@@ -405,4 +405,7 @@ func TestEmit(t *testing.T) {
 	default:
 		t.Error("Done is open after Close")
 	}
+	if err := from.Close(); err != nil {
+		t.Errorf("closing a closed connection: %v", err)
+	}
 }

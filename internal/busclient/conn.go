@@ -274,10 +274,13 @@ func auth(w io.Writer, r *bufio.Reader) error {
 func (c *Conn) UniqueName() string { return c.name }
 
 // Close closes the connection; calls and NextSignal waiting on it return
-// ErrClosed.
+// ErrClosed. Closing a connection the bus has ended is no error.
 func (c *Conn) Close() error {
 	err := c.nc.Close()
 	<-c.done
+	if errors.Is(err, os.ErrClosed) {
+		return nil
+	}
 	return err
 }
 
