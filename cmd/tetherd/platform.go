@@ -55,9 +55,11 @@ func connectSystemBus(ctx context.Context, log *slog.Logger) *systemBus {
 	}
 	ctx, cancel := context.WithTimeout(ctx, systemBusTimeout)
 	defer cancel()
-	var conns [2]*busclient.Conn
-	for i := range conns {
-		c, err := busclient.Dial(ctx, addr)
+	// Only logind passes a descriptor, the sleep watcher's lock.
+	dials := [...]func(context.Context, string) (*busclient.Conn, error){busclient.Dial, busclient.DialWithFDs}
+	var conns [len(dials)]*busclient.Conn
+	for i, dial := range dials {
+		c, err := dial(ctx, addr)
 		if err != nil {
 			for _, c := range conns[:i] {
 				c.Close()

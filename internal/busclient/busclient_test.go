@@ -335,7 +335,7 @@ func TestDescriptor(t *testing.T) {
 	if err := server.Export(peer, "/test", "org.example.Pipes"); err != nil {
 		t.Fatal(err)
 	}
-	c, err := Dial(ctx, bus.Address)
+	c, err := DialWithFDs(ctx, bus.Address)
 	if err != nil {
 		t.Fatal(err)
 	}

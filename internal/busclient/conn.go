@@ -167,8 +167,41 @@ func next[T any](ctx context.Context, c *Conn, q *inbox[T]) (T, error) {
 
 // Dial connects to the bus at addr (a D-Bus address such as
 // "unix:path=/run/dbus/system_bus_socket"), authenticates as this
-// process's user and says Hello. ctx bounds the whole.
+// process's user and says Hello. ctx bounds the whole. The connection
+// takes no descriptors: the bus refuses to send it a message that
+// carries one.
 func Dial(ctx context.Context, addr string) (*Conn, error) {
+	return dial(ctx, addr, func(f *os.File) (source, error) { return plainSource{f}, nil })
+}
+
+// DialWithFDs is Dial for a connection that receives descriptors passed
+// in replies (type h); it is apart so that a program that does not call
+// it does not link the code that receives them.
+func DialWithFDs(ctx context.Context, addr string) (*Conn, error) {
+	return dial(ctx, addr, func(f *os.File) (source, error) { return newSocketReader(f) })
+}
+
+// source is what the connection reads the bus from: the bytes, and the
+// descriptors passed with them.
+type source interface {
+	io.Reader
+	// take hands over the first n descriptors received.
+	take(n int) []*os.File
+	// close closes the descriptors no message claimed.
+	close()
+	// passesFDs tells whether the source receives descriptors.
+	passesFDs() bool
+}
+
+// plainSource reads bytes only; the bus sends it no descriptors.
+type plainSource struct{ f *os.File }
+
+func (p plainSource) Read(b []byte) (int, error) { return p.f.Read(b) }
+func (plainSource) take(int) []*os.File          { return nil }
+func (plainSource) close()                       {}
+func (plainSource) passesFDs() bool              { return false }
+
+func dial(ctx context.Context, addr string, newSource func(*os.File) (source, error)) (*Conn, error) {
 	path, err := parseAddress(addr)
 	if err != nil {
 		return nil, err
@@ -179,13 +212,13 @@ func Dial(ctx context.Context, addr string) (*Conn, error) {
 	}
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	defer stop()
-	sr, err := newSocketReader(nc)
+	sr, err := newSource(nc)
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
 	r := bufio.NewReader(sr)
-	if err := auth(nc, r); err != nil {
+	if err := auth(nc, r, sr.passesFDs()); err != nil {
 		nc.Close()
 		return nil, err
 	}
@@ -246,9 +279,9 @@ func unescape(v string) (string, error) {
 }
 
 // auth runs the EXTERNAL mechanism (the bus knows the peer's uid from the
-// socket) and asks for descriptor passing, which a bus may refuse: then
-// no message carries descriptors.
-func auth(w io.Writer, r *bufio.Reader) error {
+// socket) and, if fds is set, asks for descriptor passing, which a bus
+// may refuse: then no message carries descriptors.
+func auth(w io.Writer, r *bufio.Reader, fds bool) error {
 	uid := hex.EncodeToString([]byte(strconv.Itoa(os.Getuid())))
 	if _, err := io.WriteString(w, "\x00AUTH EXTERNAL "+uid+"\r\n"); err != nil {
 		return err
@@ -260,11 +293,13 @@ func auth(w io.Writer, r *bufio.Reader) error {
 	if !strings.HasPrefix(line, "OK ") {
 		return fmt.Errorf("the bus refused to authenticate this user: %s", strings.TrimSpace(line))
 	}
-	if _, err := io.WriteString(w, "NEGOTIATE_UNIX_FD\r\n"); err != nil {
-		return err
-	}
-	if _, err := r.ReadString('\n'); err != nil {
-		return fmt.Errorf("negotiate descriptor passing with the bus: %w", err)
+	if fds {
+		if _, err := io.WriteString(w, "NEGOTIATE_UNIX_FD\r\n"); err != nil {
+			return err
+		}
+		if _, err := r.ReadString('\n'); err != nil {
+			return fmt.Errorf("negotiate descriptor passing with the bus: %w", err)
+		}
 	}
 	_, err = io.WriteString(w, "BEGIN\r\n")
 	return err
@@ -502,7 +537,7 @@ func (c *Conn) RequestName(ctx context.Context, name string) error {
 
 // read reads messages until the connection ends, handing replies to
 // their calls and queueing signals. Only replies keep their descriptors.
-func (c *Conn) read(r *bufio.Reader, sr *socketReader) {
+func (c *Conn) read(r *bufio.Reader, sr source) {
 	defer close(c.done)
 	defer sr.close()
 	var err error

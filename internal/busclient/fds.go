@@ -79,6 +79,8 @@ func (s *socketReader) take(n int) []*os.File {
 	return files
 }
 
+func (s *socketReader) passesFDs() bool { return true }
+
 // close closes the descriptors no message claimed.
 func (s *socketReader) close() {
 	closeFiles(s.fds)

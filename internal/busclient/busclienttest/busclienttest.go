@@ -16,13 +16,13 @@ import (
 // dialTimeout bounds the connection and the Hello on a loaded machine.
 const dialTimeout = 10 * time.Second
 
-// Dial connects to the bus at addr; the connection is closed when the
-// test ends.
+// Dial connects to the bus at addr, taking descriptors passed in replies
+// (busclient.DialWithFDs); the connection is closed when the test ends.
 func Dial(t testing.TB, addr string) *busclient.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
 	defer cancel()
-	c, err := busclient.Dial(ctx, addr)
+	c, err := busclient.DialWithFDs(ctx, addr)
 	if err != nil {
 		t.Fatalf("connect to the bus %s: %v", addr, err)
 	}
