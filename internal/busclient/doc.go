@@ -10,11 +10,12 @@
 // and UPower. Values are encoded from a few Go types (string,
 // ObjectPath, bool, uint32, int64, []byte, []string, map[string]string,
 // map[string]Variant, Variant) and decoded into generic ones (see
-// decoder.value); a descriptor a reply carries (type h, such as logind's
-// inhibitor lock) is decoded as an *os.File for the caller to close. A
-// served call is answered by its receiver (NextCall, then Reply or
-// ReplyError), and signals are sent with Emit: there are no object
-// tables and no introspection, which a server writes for itself.
+// decoder.value); on a connection dialled with DialWithFDs, a descriptor
+// a reply carries (type h, such as logind's inhibitor lock) is decoded as
+// an *os.File for the caller to close. A served call is answered by its
+// receiver (NextCall, then Reply or ReplyError), and signals are sent
+// with Emit: there are no object tables and no introspection, which a
+// server writes for itself.
 //
 // A connection's signals come out of one queue (NextSignal): two parts of
 // a program that each follow signals need a connection each.
