@@ -391,7 +391,7 @@ func serve(ctx context.Context, o options, tlsConfig *tls.Config, enrollKey stri
 		return err
 	}
 	defer door.Close()
-	systemBus := connectSystemBus(log)
+	systemBus := connectSystemBus(ctx, log)
 	if systemBus != nil {
 		defer systemBus.Close() // after the watchers have stopped
 	}

@@ -9,10 +9,10 @@ import (
 	"log/slog"
 	"os"
 	"sync"
-
-	"github.com/godbus/dbus/v5"
+	"time"
 
 	"tether/agent"
+	"tether/internal/busclient"
 	"tether/ipc"
 	"tether/ipc/dbusdoor"
 	"tether/platform/network"
@@ -24,7 +24,7 @@ import (
 // returns nil for "off". Many devices have no D-Bus at all: when the
 // system bus, the default, is not there (systemBus is nil) the agent goes
 // on with the socket alone; a bus asked for by name or address must work.
-func openDBusDoor(o options, systemBus *dbus.Conn, backend ipc.Backend, log *slog.Logger) (*dbusdoor.Server, error) {
+func openDBusDoor(o options, systemBus *systemBus, backend ipc.Backend, log *slog.Logger) (*dbusdoor.Server, error) {
 	switch {
 	case o.dbus == "off":
 		return nil, nil
@@ -39,27 +39,52 @@ func openDBusDoor(o options, systemBus *dbus.Conn, backend ipc.Backend, log *slo
 	return door, nil
 }
 
-// connectSystemBus is the watchers' connection: UPower and logind live on
-// the system bus whatever bus the apps' door uses. It is nil where there
-// is none. The caller closes it once the watchers have stopped.
-func connectSystemBus(log *slog.Logger) *dbus.Conn {
+// systemBusTimeout bounds connecting to the system bus, which a busy
+// dbus-daemon may be slow to answer.
+const systemBusTimeout = 10 * time.Second
+
+// systemBus is the watchers' connections to the system bus: UPower and
+// logind live there whatever bus the apps' door uses. Each watcher reads
+// every signal its connection receives, so each has its own.
+type systemBus struct{ power, sleep *busclient.Conn }
+
+// connectSystemBus returns nil where there is no system bus. The caller
+// closes it once the watchers have stopped.
+func connectSystemBus(ctx context.Context, log *slog.Logger) *systemBus {
 	addr, err := ipc.DBusAddress("system", os.Getenv)
 	if err != nil {
 		return nil
 	}
-	conn, err := dbus.Connect(addr)
-	if err != nil {
-		log.Info("no system bus: power from sysfs only, no sleep handling", "err", err)
-		return nil
+	ctx, cancel := context.WithTimeout(ctx, systemBusTimeout)
+	defer cancel()
+	// Only logind passes a descriptor, the sleep watcher's lock.
+	dials := [...]func(context.Context, string) (*busclient.Conn, error){busclient.Dial, busclient.DialWithFDs}
+	var conns [len(dials)]*busclient.Conn
+	for i, dial := range dials {
+		c, err := dial(ctx, addr)
+		if err != nil {
+			for _, c := range conns[:i] {
+				c.Close()
+			}
+			log.Info("no system bus: power from sysfs only, no sleep handling", "err", err)
+			return nil
+		}
+		conns[i] = c
 	}
-	return conn
+	return &systemBus{power: conns[0], sleep: conns[1]}
+}
+
+// Close closes the watchers' connections.
+func (b *systemBus) Close() {
+	b.power.Close()
+	b.sleep.Close()
 }
 
 // watchPlatform runs the power, network and sleep watchers until ctx ends,
 // telling the agent what they see. A watcher that cannot run here (no
 // netlink, no logind) is logged and left out: the agent works without it,
 // only less thriftily.
-func watchPlatform(ctx context.Context, wg *sync.WaitGroup, bus *dbus.Conn, a *agent.Agent, o options, log *slog.Logger) {
+func watchPlatform(ctx context.Context, wg *sync.WaitGroup, bus *systemBus, a *agent.Agent, o options, log *slog.Logger) {
 	run := func(name string, f func() error) {
 		wg.Add(1)
 		go func() {
@@ -74,7 +99,11 @@ func watchPlatform(ctx context.Context, wg *sync.WaitGroup, bus *dbus.Conn, a *a
 	if low == 0 {
 		low = -1 // the watcher's "never low"; its zero is its default
 	}
-	pw, err := power.New(power.Config{SysfsRoot: o.sysfsRoot, Bus: bus, LowBattery: low, Logger: log.With("part", "power")})
+	var powerBus *busclient.Conn
+	if bus != nil {
+		powerBus = bus.power
+	}
+	pw, err := power.New(power.Config{SysfsRoot: o.sysfsRoot, Bus: powerBus, LowBattery: low, Logger: log.With("part", "power")})
 	if err != nil {
 		log.Warn("no power watcher", "err", err)
 	} else {
@@ -100,7 +129,7 @@ func watchPlatform(ctx context.Context, wg *sync.WaitGroup, bus *dbus.Conn, a *a
 	}
 
 	if bus != nil {
-		sw, err := sleep.New(sleep.Config{Bus: bus, Who: "tetherd", Why: "close the push connection cleanly", Logger: log.With("part", "sleep")})
+		sw, err := sleep.New(sleep.Config{Bus: bus.sleep, Who: "tetherd", Why: "close the push connection cleanly", Logger: log.With("part", "sleep")})
 		if err != nil {
 			log.Warn("no sleep watcher", "err", err)
 		} else {

@@ -7,10 +7,14 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/godbus/dbus/v5"
 
 	"tether/internal/dbustest"
 )
@@ -132,13 +136,13 @@ func TestBus(t *testing.T) {
 	}
 }
 
-// TestServe owns a name on a real dbus-daemon and answers calls to it:
-// replies, errors, calls that want no reply, and a name already taken.
-func TestServe(t *testing.T) {
+// startBus starts a dbus-daemon for the test, and returns a context that
+// bounds the test's calls and a function that connects to the bus.
+func startBus(t *testing.T) (context.Context, func() *Conn) {
 	bus := dbustest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	dial := func() *Conn {
+	t.Cleanup(cancel)
+	return ctx, func() *Conn {
 		c, err := Dial(ctx, bus.Address)
 		if err != nil {
 			t.Fatal(err)
@@ -146,6 +150,12 @@ func TestServe(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
+}
+
+// TestServe owns a name on a real dbus-daemon and answers calls to it:
+// replies, errors, calls that want no reply, and a name already taken.
+func TestServe(t *testing.T) {
+	ctx, dial := startBus(t)
 	server, caller := dial(), dial()
 	const name, path, iface = "org.example.Served", ObjectPath("/org/example/Served"), "org.example.Served"
 	if err := server.RequestName(ctx, name); err != nil {
@@ -228,11 +238,37 @@ func FuzzReadMessage(f *testing.F) {
 	e.align(8)
 	f.Add(append(e.b, body.b...))
 	f.Add([]byte("l\x02\x00\x01\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00"))
+	// A reply carrying a descriptor, as logind's Inhibit does.
+	fd := &encoder{b: []byte{'l', typeMethodReturn, 0, 1}}
+	fd.uint32(4)
+	fd.uint32(2)
+	fd.array(true, func() {
+		for _, h := range []struct {
+			code byte
+			v    Variant
+		}{{fieldReplySerial, Variant{"u", uint32(1)}}, {fieldUnixFDs, Variant{"u", uint32(1)}}} {
+			fd.align(8)
+			fd.b = append(fd.b, h.code)
+			fd.value(h.v)
+		}
+		fd.align(8)
+		fd.b = append(fd.b, fieldSignature)
+		fd.signature("g")
+		fd.signature("h")
+	})
+	fd.align(8)
+	f.Add(append(fd.b, 0, 0, 0, 0))
 	f.Add([]byte("B\x04\x00\x01\x00\x00\x00\x04\x00\x00\x00\x01\x00\x00\x00\x08\x08\x01g\x00\x04a(v)\x00\x00"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		m, err := readMessage(bytes.NewReader(data))
+		m, err := readMessage(bytes.NewReader(data), func(n int) []*os.File {
+			// One descriptor is there for an h value to name.
+			return []*os.File{os.Stdin}[:min(n, 1)]
+		})
 		if err != nil {
 			return
+		}
+		if m.bodyErr == nil && m.sig == "h" && m.body[0] != os.Stdin {
+			t.Fatalf("descriptor 0 decoded as %#v", m.body[0])
 		}
 		if m.bodyErr == nil && m.sig == "" && len(m.body) != 0 {
 			t.Fatalf("a body of %d values without a signature", len(m.body))
@@ -273,5 +309,105 @@ func BenchmarkMessageCall(b *testing.B) {
 		if _, err := caller.Call(ctx, server.UniqueName(), "/org/unifiedpush/Connector", "org.unifiedpush.Connector2", "Message", args); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// descriptorPeer is a godbus service whose Pipe method returns the write
+// end of a pipe, as logind's Inhibit returns its lock.
+type descriptorPeer struct{ pipes chan [2]*os.File }
+
+func (p *descriptorPeer) Pipe() (dbus.UnixFD, *dbus.Error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return -1, dbus.MakeFailedError(err)
+	}
+	fd := dbus.UnixFD(w.Fd())
+	p.pipes <- [2]*os.File{r, w} // the write end stays open until the reply is sent
+	return fd, nil
+}
+
+// TestDescriptor receives a descriptor (type h) in a reply through a real
+// dbus-daemon: it is an *os.File of the caller's, open to the same pipe.
+func TestDescriptor(t *testing.T) {
+	bus := dbustest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	peer := &descriptorPeer{pipes: make(chan [2]*os.File, 1)}
+	server := bus.Conn(t)
+	if err := server.Export(peer, "/test", "org.example.Pipes"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := DialWithFDs(ctx, bus.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	body, err := c.Call(ctx, server.Names()[0], "/test", "org.example.Pipes", "Pipe")
+	if err != nil {
+		t.Fatalf("Pipe: %v", err)
+	}
+	f, ok := body[0].(*os.File)
+	if len(body) != 1 || !ok {
+		t.Fatalf("Pipe returned %#v, want one *os.File", body)
+	}
+	pipe := <-peer.pipes
+	defer pipe[0].Close()
+	pipe[1].Close() // the caller's copy is the one left
+	if _, err := f.WriteString("held"); err != nil {
+		t.Fatalf("write to the received descriptor: %v", err)
+	}
+	f.Close()
+	got, err := io.ReadAll(pipe[0])
+	if err != nil || string(got) != "held" {
+		t.Errorf("the pipe read %q, %v; want \"held\" and its end once the descriptor closed", got, err)
+	}
+}
+
+// TestEmit sends signals through a real dbus-daemon, to every connection
+// with a matching rule and to one connection, and sees Done close.
+func TestEmit(t *testing.T) {
+	ctx, dial := startBus(t)
+	from, to := dial(), dial()
+	if err := to.AddMatch(ctx, "type='signal',interface='org.example.Signals'"); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		dest string
+		args []any
+		sig  string
+	}{
+		{"broadcast", "", []any{"org.example", map[string]Variant{"n": MakeVariant(uint32(7))}, []string{}}, "sa{sv}as"},
+		{"to one connection", to.UniqueName(), []any{[]byte{1, 2}, MakeVariant(int64(-1))}, "ayv"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := from.Emit(tt.dest, "/org/example", "org.example.Signals", "Changed", tt.args...); err != nil {
+				t.Fatal(err)
+			}
+			var s *Signal
+			for s == nil || s.Name == "org.freedesktop.DBus.NameAcquired" { // the bus tells every connection its name
+				var err error
+				if s, err = to.NextSignal(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if s.Sender != from.UniqueName() || s.Path != "/org/example" || s.Name != "org.example.Signals.Changed" || s.Sig != tt.sig {
+				t.Errorf("got %+v, want %s from %s with signature %s", s, "org.example.Signals.Changed", from.UniqueName(), tt.sig)
+			}
+		})
+	}
+	if err := from.Emit("", "/org/example", "org.example.Signals", "Bad", Variant{Value: 1.5}); err == nil {
+		t.Error("a variant of a type busclient cannot encode was sent")
+	}
+
+	from.Close()
+	select {
+	case <-from.Done():
+	default:
+		t.Error("Done is open after Close")
+	}
+	if err := from.Close(); err != nil {
+		t.Errorf("closing a closed connection: %v", err)
 	}
 }

@@ -40,6 +40,7 @@ const (
 	fieldDestination = 6
 	fieldSender      = 7
 	fieldSignature   = 8
+	fieldUnixFDs     = 9
 )
 
 // writeTimeout bounds each write: the bus daemon reads promptly, and
@@ -103,6 +104,9 @@ type message struct {
 	sig         string
 	body        []any
 	bodyErr     error // the body could not be read; the header could
+	// files are the descriptors the message carries; its h values are
+	// among them. Whoever takes the message closes those it does not keep.
+	files []*os.File
 }
 
 // ErrClosed is returned once the connection to the bus is closed.
@@ -165,8 +169,41 @@ func next[T any](ctx context.Context, c *Conn, q *inbox[T]) (T, error) {
 
 // Dial connects to the bus at addr (a D-Bus address such as
 // "unix:path=/run/dbus/system_bus_socket"), authenticates as this
-// process's user and says Hello. ctx bounds the whole.
+// process's user and says Hello. ctx bounds the whole. The connection
+// takes no descriptors: the bus refuses to send it a message that
+// carries one.
 func Dial(ctx context.Context, addr string) (*Conn, error) {
+	return dial(ctx, addr, func(f *os.File) (source, error) { return plainSource{f}, nil })
+}
+
+// DialWithFDs is Dial for a connection that receives descriptors passed
+// in replies (type h); it is apart so that a program that does not call
+// it does not link the code that receives them.
+func DialWithFDs(ctx context.Context, addr string) (*Conn, error) {
+	return dial(ctx, addr, func(f *os.File) (source, error) { return newSocketReader(f) })
+}
+
+// source is what the connection reads the bus from: the bytes, and the
+// descriptors passed with them.
+type source interface {
+	io.Reader
+	// take hands over the first n descriptors received.
+	take(n int) []*os.File
+	// close closes the descriptors no message claimed.
+	close()
+	// passesFDs tells whether the source receives descriptors.
+	passesFDs() bool
+}
+
+// plainSource reads bytes only; the bus sends it no descriptors.
+type plainSource struct{ f *os.File }
+
+func (p plainSource) Read(b []byte) (int, error) { return p.f.Read(b) }
+func (plainSource) take(int) []*os.File          { return nil }
+func (plainSource) close()                       {}
+func (plainSource) passesFDs() bool              { return false }
+
+func dial(ctx context.Context, addr string, newSource func(*os.File) (source, error)) (*Conn, error) {
 	path, err := parseAddress(addr)
 	if err != nil {
 		return nil, err
@@ -177,13 +214,18 @@ func Dial(ctx context.Context, addr string) (*Conn, error) {
 	}
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	defer stop()
-	r := bufio.NewReader(nc)
-	if err := auth(nc, r); err != nil {
+	sr, err := newSource(nc)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	r := bufio.NewReader(sr)
+	if err := auth(nc, r, sr.passesFDs()); err != nil {
 		nc.Close()
 		return nil, err
 	}
 	c := &Conn{nc: nc, calls: map[uint32]chan *message{}, signals: newInbox[*Signal](), incoming: newInbox[*message](), done: make(chan struct{})}
-	go c.read(r)
+	go c.read(r, sr)
 	body, err := c.Call(ctx, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "Hello")
 	if err != nil {
 		c.Close()
@@ -238,9 +280,10 @@ func unescape(v string) (string, error) {
 	return b.String(), nil
 }
 
-// auth runs the EXTERNAL mechanism: the bus knows the peer's uid from the
-// socket.
-func auth(w io.Writer, r *bufio.Reader) error {
+// auth runs the EXTERNAL mechanism (the bus knows the peer's uid from the
+// socket) and, if fds is set, asks for descriptor passing, which a bus
+// may refuse: then no message carries descriptors.
+func auth(w io.Writer, r *bufio.Reader, fds bool) error {
 	uid := hex.EncodeToString([]byte(strconv.Itoa(os.Getuid())))
 	if _, err := io.WriteString(w, "\x00AUTH EXTERNAL "+uid+"\r\n"); err != nil {
 		return err
@@ -252,6 +295,14 @@ func auth(w io.Writer, r *bufio.Reader) error {
 	if !strings.HasPrefix(line, "OK ") {
 		return fmt.Errorf("the bus refused to authenticate this user: %s", strings.TrimSpace(line))
 	}
+	if fds {
+		if _, err := io.WriteString(w, "NEGOTIATE_UNIX_FD\r\n"); err != nil {
+			return err
+		}
+		if _, err := r.ReadString('\n'); err != nil {
+			return fmt.Errorf("negotiate descriptor passing with the bus: %w", err)
+		}
+	}
 	_, err = io.WriteString(w, "BEGIN\r\n")
 	return err
 }
@@ -260,15 +311,19 @@ func auth(w io.Writer, r *bufio.Reader) error {
 func (c *Conn) UniqueName() string { return c.name }
 
 // Close closes the connection; calls and NextSignal waiting on it return
-// ErrClosed.
+// ErrClosed. Closing a connection the bus has ended is no error.
 func (c *Conn) Close() error {
 	err := c.nc.Close()
 	<-c.done
+	if errors.Is(err, os.ErrClosed) {
+		return nil
+	}
 	return err
 }
 
 // Call calls a method and returns the reply's body; an error reply is an
-// *Error. ctx bounds the wait.
+// *Error. ctx bounds the wait. A descriptor in the reply (type h) is an
+// *os.File that the caller closes.
 func (c *Conn) Call(ctx context.Context, dest string, path ObjectPath, iface, member string, args ...any) ([]any, error) {
 	reply := make(chan *message, 1)
 	h := header{typ: typeMethodCall, dest: dest, path: path, iface: iface, member: member}
@@ -289,6 +344,9 @@ func (c *Conn) Call(ctx context.Context, dest string, path ObjectPath, iface, me
 		if m == nil {
 			return nil, c.closedErr()
 		}
+		if m.bodyErr != nil || m.typ == typeError {
+			closeFiles(m.files)
+		}
 		if m.bodyErr != nil {
 			return nil, m.bodyErr
 		}
@@ -300,6 +358,13 @@ func (c *Conn) Call(ctx context.Context, dest string, path ObjectPath, iface, me
 		c.mu.Lock()
 		delete(c.calls, serial)
 		c.mu.Unlock()
+		select {
+		case m := <-reply: // came as the wait ended
+			if m != nil {
+				closeFiles(m.files)
+			}
+		default:
+		}
 		return nil, ctx.Err()
 	}
 }
@@ -396,6 +461,18 @@ func (c *Conn) Notify(dest string, path ObjectPath, iface, member string, args .
 	return err
 }
 
+// Emit sends a signal from the object at path; dest, when set, is the one
+// connection it goes to, and otherwise it goes to every connection whose
+// match rules take it.
+func (c *Conn) Emit(dest string, path ObjectPath, iface, member string, args ...any) error {
+	_, err := c.send(header{typ: typeSignal, dest: dest, path: path, iface: iface, member: member}, args, nil)
+	return err
+}
+
+// Done is closed once the connection has ended, by Close or because the
+// bus went.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
 // NextCall waits for the next method call to this connection. Calls
 // whose arguments cannot be read are refused here with InvalidArgs.
 func (c *Conn) NextCall(ctx context.Context) (*MethodCall, error) {
@@ -461,14 +538,18 @@ func (c *Conn) RequestName(ctx context.Context, name string) error {
 }
 
 // read reads messages until the connection ends, handing replies to
-// their calls and queueing signals.
-func (c *Conn) read(r *bufio.Reader) {
+// their calls and queueing signals. Only replies keep their descriptors.
+func (c *Conn) read(r *bufio.Reader, sr source) {
 	defer close(c.done)
+	defer sr.close()
 	var err error
 	for {
 		var m *message
-		if m, err = readMessage(r); err != nil {
+		if m, err = readMessage(r, sr.take); err != nil {
 			break
+		}
+		if m.typ != typeMethodReturn && m.typ != typeError {
+			closeFiles(m.files)
 		}
 		switch m.typ {
 		case typeMethodReturn, typeError:
@@ -478,6 +559,8 @@ func (c *Conn) read(r *bufio.Reader) {
 			c.mu.Unlock()
 			if ok {
 				reply <- m
+			} else {
+				closeFiles(m.files)
 			}
 		case typeSignal:
 			if m.bodyErr != nil {
@@ -522,9 +605,37 @@ func (c *Conn) AddMatch(ctx context.Context, rule string) error {
 	return err
 }
 
-// readMessage reads one message. A body that cannot be read leaves the
-// message's bodyErr set: the header was whole, so the stream goes on.
-func readMessage(r io.Reader) (*message, error) {
+// unsubscribeTimeout bounds withdrawing a subscription, which happens
+// as its subscriber stops, often because its context ended.
+const unsubscribeTimeout = 10 * time.Second
+
+// Subscribe asks the bus for the signals that match each of rules, and
+// returns the function that withdraws them, for a subscriber that stops
+// before the connection closes.
+func (c *Conn) Subscribe(ctx context.Context, rules ...string) (unsubscribe func(), err error) {
+	var added []string
+	unsubscribe = func() {
+		ctx, cancel := context.WithTimeout(context.Background(), unsubscribeTimeout)
+		defer cancel()
+		for _, rule := range added {
+			// A connection that is closing has no rules left to withdraw.
+			c.Call(ctx, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "RemoveMatch", rule)
+		}
+	}
+	for _, rule := range rules {
+		if err := c.AddMatch(ctx, rule); err != nil {
+			unsubscribe()
+			return nil, fmt.Errorf("subscribe to %s: %w", rule, err)
+		}
+		added = append(added, rule)
+	}
+	return unsubscribe, nil
+}
+
+// readMessage reads one message, taking the descriptors it carries with
+// take. A body that cannot be read leaves the message's bodyErr set: the
+// header was whole, so the stream goes on.
+func readMessage(r io.Reader, take func(n int) []*os.File) (*message, error) {
 	var fixed [16]byte
 	if _, err := io.ReadFull(r, fixed[:]); err != nil {
 		return nil, err
@@ -548,6 +659,7 @@ func readMessage(r io.Reader) (*message, error) {
 		return nil, err
 	}
 	m := &message{typ: fixed[1], flags: fixed[2], serial: order.Uint32(fixed[8:])}
+	var nfds uint32
 	d := &decoder{b: append(fixed[12:16:16], rest[:fieldsLen]...), order: order, base: 12}
 	fields, err := d.value("a(yv)", 0)
 	if err != nil {
@@ -571,9 +683,12 @@ func readMessage(r io.Reader) (*message, error) {
 			m.sender, _ = v.(string)
 		case fieldSignature:
 			m.sig, _ = v.(string)
+		case fieldUnixFDs:
+			nfds, _ = v.(uint32)
 		}
 	}
-	body := &decoder{b: rest[headerLen-16:], order: order}
+	m.files = take(int(min(nfds, maxFDs)))
+	body := &decoder{b: rest[headerLen-16:], order: order, files: m.files}
 	if m.body, m.bodyErr = body.values(m.sig, 0); m.bodyErr == nil && body.i != len(body.b) {
 		m.bodyErr = errors.New("busclient: bytes after the body")
 	}

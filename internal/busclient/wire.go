@@ -7,12 +7,20 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 )
 
 // Variant is a value of type v: its signature and the value.
 type Variant struct {
 	Sig   string
 	Value any
+}
+
+// MakeVariant wraps v, of one of the types this package encodes, in a
+// Variant of its signature.
+func MakeVariant(v any) Variant {
+	sig, _ := signatureOf(v)
+	return Variant{Sig: sig, Value: v}
 }
 
 // ObjectPath is a value of type o.
@@ -66,8 +74,16 @@ func signatureOf(v any) (string, error) {
 	case map[string]string:
 		return "a{ss}", nil
 	case map[string]Variant:
+		for k, x := range v {
+			if x.Sig == "" {
+				return "", fmt.Errorf("busclient: cannot encode %q, a %T", k, x.Value)
+			}
+		}
 		return "a{sv}", nil
 	case Variant:
+		if v.Sig == "" {
+			return "", fmt.Errorf("busclient: cannot encode a variant of a %T", v.Value)
+		}
 		return "v", nil
 	default:
 		return "", fmt.Errorf("busclient: cannot encode a %T", v)
@@ -142,6 +158,8 @@ type decoder struct {
 	order binary.ByteOrder
 	// base is the offset of b[0] in the message, for alignment.
 	base int
+	// files are the message's descriptors, which its h values index.
+	files []*os.File
 }
 
 var errShort = errors.New("busclient: message cut short")
@@ -297,8 +315,17 @@ func (d *decoder) value(t string, depth int) (any, error) {
 	case 'i':
 		v, err := d.uint32()
 		return int32(v), err
-	case 'u', 'h':
+	case 'u':
 		return d.uint32()
+	case 'h':
+		i, err := d.uint32()
+		if err != nil {
+			return nil, err
+		}
+		if uint64(i) >= uint64(len(d.files)) {
+			return nil, fmt.Errorf("busclient: descriptor %d of a message with %d", i, len(d.files))
+		}
+		return d.files[i], nil
 	case 'x', 't', 'd':
 		p, err := d.fixed(8)
 		if err != nil {
@@ -358,7 +385,7 @@ func (d *decoder) array(elem string, depth int) (any, error) {
 	if elem == "y" {
 		return append([]byte{}, body...), nil
 	}
-	sub := &decoder{b: body, order: d.order, base: d.base + d.i - len(body)}
+	sub := &decoder{b: body, order: d.order, base: d.base + d.i - len(body), files: d.files}
 	if elem[0] == '{' {
 		kt, vt, _ := nextType(elem[1 : len(elem)-1])
 		if kt != "s" && kt != "o" && kt != "g" {

@@ -9,10 +9,11 @@ import (
 	"log/slog"
 	"maps"
 	"math"
+	"os"
 	"slices"
 	"strings"
 
-	"github.com/godbus/dbus/v5"
+	"tether/internal/busclient"
 
 	"tether/ipc"
 )
@@ -36,7 +37,7 @@ type dbusSignal struct {
 // dbusCall is what a method learns about its call besides the arguments.
 type dbusCall struct {
 	sender string
-	path   dbus.ObjectPath
+	path   busclient.ObjectPath
 	// caller is the sender's Unix user and process, asked of the bus for
 	// methods that need it.
 	caller ipc.Caller
@@ -95,7 +96,7 @@ var pushInterface = dbusInterface{
 			run: func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error) {
 				req := ipc.RegisterRequest{App: args[0].(string), Sender: args[1].(string)}
 				var err error
-				if req.VAPID, err = registerOptions(args[2].(map[string]dbus.Variant)); err != nil {
+				if req.VAPID, err = registerOptions(variantMap(args[2])); err != nil {
 					return nil, fmt.Errorf("register app %q: %w", req.App, err)
 				}
 				reg, err := s.backend.Register(ctx, c.caller, req)
@@ -123,7 +124,7 @@ var pushInterface = dbusInterface{
 		{
 			name: "Ack", in: []dbusArg{{"app", "s"}, {"message_ids", "as"}}, needsCaller: true,
 			run: func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error) {
-				return noResult(s.backend.Ack(ctx, c.caller, args[0].(string), args[1].([]string)))
+				return noResult(s.backend.Ack(ctx, c.caller, args[0].(string), stringList(args[1])))
 			},
 		},
 		{
@@ -134,9 +135,9 @@ var pushInterface = dbusInterface{
 			out:         []dbusArg{{"message_id", "s"}},
 			needsCaller: true,
 			run: func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error) {
-				req := ipc.SendRequest{App: args[0].(string), To: args[1].(string), ID: args[2].(string), Data: args[3].(map[string]string)}
+				req := ipc.SendRequest{App: args[0].(string), To: args[1].(string), ID: args[2].(string), Data: stringMap(args[3])}
 				var err error
-				if req.TTL, req.Priority, err = sendOptions(args[4].(map[string]dbus.Variant)); err != nil {
+				if req.TTL, req.Priority, err = sendOptions(variantMap(args[4])); err != nil {
 					return nil, fmt.Errorf("send for app %q: %w", req.App, err)
 				}
 				// The outcome goes to the app's subscriber as SendResult.
@@ -197,7 +198,7 @@ var propertiesIface = dbusInterface{
 				if err != nil {
 					return nil, err
 				}
-				return []any{dbus.MakeVariant(p.get(st))}, nil
+				return []any{busclient.MakeVariant(p.get(st))}, nil
 			},
 		},
 		{
@@ -210,9 +211,9 @@ var propertiesIface = dbusInterface{
 				if err != nil {
 					return nil, err
 				}
-				all := make(map[string]dbus.Variant, len(pushInterface.properties))
+				all := make(map[string]busclient.Variant, len(pushInterface.properties))
 				for _, p := range pushInterface.properties {
-					all[p.name] = dbus.MakeVariant(p.get(st))
+					all[p.name] = busclient.MakeVariant(p.get(st))
 				}
 				return []any{all}, nil
 			},
@@ -226,7 +227,7 @@ var propertiesIface = dbusInterface{
 				if _, err := findProperty(args[1].(string)); err != nil {
 					return nil, err
 				}
-				return nil, dbus.NewError("org.freedesktop.DBus.Error.PropertyReadOnly", []any{fmt.Sprintf("property %s is read-only", args[1])})
+				return nil, busError("org.freedesktop.DBus.Error.PropertyReadOnly", fmt.Sprintf("property %s is read-only", args[1]))
 			},
 		},
 	},
@@ -259,7 +260,7 @@ func init() {
 // the object's properties (which are the door's).
 func checkPropertyInterface(name string) error {
 	if name != "" && name != ipc.DBusInterface {
-		return dbus.NewError("org.freedesktop.DBus.Error.UnknownInterface", []any{fmt.Sprintf("%s has no properties of interface %q; its properties are on %s", ipc.DBusPath, name, ipc.DBusInterface)})
+		return busError("org.freedesktop.DBus.Error.UnknownInterface", fmt.Sprintf("%s has no properties of interface %q; its properties are on %s", ipc.DBusPath, name, ipc.DBusInterface))
 	}
 	return nil
 }
@@ -267,24 +268,24 @@ func checkPropertyInterface(name string) error {
 func findProperty(name string) (dbusProperty, error) {
 	i := slices.IndexFunc(pushInterface.properties, func(p dbusProperty) bool { return p.name == name })
 	if i < 0 {
-		return dbusProperty{}, dbus.NewError("org.freedesktop.DBus.Error.UnknownProperty", []any{fmt.Sprintf("%s has no property %q", ipc.DBusInterface, name)})
+		return dbusProperty{}, busError("org.freedesktop.DBus.Error.UnknownProperty", fmt.Sprintf("%s has no property %q", ipc.DBusInterface, name))
 	}
 	return pushInterface.properties[i], nil
 }
 
 // propertiesChanged builds the PropertiesChanged signal for the door's
 // properties whose values differ between old and cur, or returns nil.
-func propertiesChanged(old, cur ipc.Status) *dbus.Message {
-	changed := map[string]dbus.Variant{}
+func propertiesChanged(old, cur ipc.Status) *signalMsg {
+	changed := map[string]busclient.Variant{}
 	for _, p := range pushInterface.properties {
 		if p.changes == "" && p.get(old) != p.get(cur) {
-			changed[p.name] = dbus.MakeVariant(p.get(cur))
+			changed[p.name] = busclient.MakeVariant(p.get(cur))
 		}
 	}
 	if len(changed) == 0 {
 		return nil
 	}
-	return newSignal(propertiesInterface, "PropertiesChanged", ipc.DBusInterface, changed, []string{})
+	return &signalMsg{iface: propertiesInterface, member: "PropertiesChanged", body: []any{ipc.DBusInterface, changed, []string{}}}
 }
 
 func (s *Server) announceStatus() {
@@ -304,7 +305,7 @@ func (s *Server) announceStatus() {
 // interfacesAt lists the interfaces of the object at path: the door's
 // object has all three, the nodes above it only introspection, so that
 // tools can walk down to it.
-func interfacesAt(path dbus.ObjectPath) []*dbusInterface {
+func interfacesAt(path busclient.ObjectPath) []*dbusInterface {
 	if path == ipc.DBusPath {
 		return []*dbusInterface{&pushInterface, &propertiesIface, &introspectableIface}
 	}
@@ -316,7 +317,7 @@ func interfacesAt(path dbus.ObjectPath) []*dbusInterface {
 
 // childOf names the next element towards the door's object from path, an
 // ancestor of it, or returns "" when path is not one.
-func childOf(path dbus.ObjectPath) string {
+func childOf(path busclient.ObjectPath) string {
 	prefix := string(path)
 	if prefix != "/" {
 		prefix += "/"
@@ -329,14 +330,39 @@ func childOf(path dbus.ObjectPath) string {
 	return child
 }
 
-// peerInterface is what the connection answers on every path; only its
-// introspection data is the door's.
+// peerInterface is what the connection answers on every path, as every
+// D-Bus peer does.
 var peerInterface = dbusInterface{
 	name: "org.freedesktop.DBus.Peer",
 	methods: []dbusMethod{
-		{name: "Ping"},
-		{name: "GetMachineId", out: []dbusArg{{"machine_uuid", "s"}}},
+		{
+			name: "Ping",
+			run: func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+				return nil, nil
+			},
+		},
+		{
+			name: "GetMachineId", out: []dbusArg{{"machine_uuid", "s"}},
+			run: func(s *Server, ctx context.Context, c dbusCall, args []any) ([]any, error) {
+				id, err := machineID()
+				return []any{id}, err
+			},
+		},
 	},
+}
+
+// machineIDFiles hold the machine's D-Bus ID, systemd's file first.
+var machineIDFiles = []string{"/etc/machine-id", "/var/lib/dbus/machine-id"}
+
+func machineID() (string, error) {
+	var err error
+	for _, name := range machineIDFiles {
+		var b []byte
+		if b, err = os.ReadFile(name); err == nil {
+			return strings.TrimSpace(string(b)), nil
+		}
+	}
+	return "", fmt.Errorf("read the machine ID: %w", err)
 }
 
 // introspectDeclaration opens every introspection document.
@@ -347,7 +373,7 @@ const introspectDeclaration = `<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS 
 // introspectXML is the introspection data of the object at path. The
 // names in the tables are D-Bus names and signatures, which hold nothing
 // XML would need escaped.
-func introspectXML(path dbus.ObjectPath) string {
+func introspectXML(path busclient.ObjectPath) string {
 	var b strings.Builder
 	b.WriteString(introspectDeclaration + "<node>\n")
 	for _, i := range append(interfacesAt(path), &peerInterface) {
@@ -388,80 +414,107 @@ func (i *dbusInterface) writeXML(b *strings.Builder) {
 	b.WriteString("  </interface>\n")
 }
 
-// dbusHandler routes the connection's method calls to the tables.
-type dbusHandler struct{ s *Server }
-
-func (h dbusHandler) LookupObject(path dbus.ObjectPath) (dbus.ServerObject, bool) {
-	ifaces := interfacesAt(path)
-	return dbusObject{s: h.s, ifaces: ifaces}, ifaces != nil
+// busError is a D-Bus error reply of the given name.
+func busError(name, text string) error {
+	return &busclient.Error{Name: name, Body: []any{text}}
 }
 
-type dbusObject struct {
-	s      *Server
-	ifaces []*dbusInterface
-}
-
-// LookupInterface finds an interface by name; "" (a call that names no
-// interface) looks for the method in each interface in turn.
-func (o dbusObject) LookupInterface(name string) (dbus.Interface, bool) {
-	if name == "" {
-		return dbusLookup{s: o.s, ifaces: o.ifaces}, true
-	}
-	for _, i := range o.ifaces {
-		if i.name == name {
-			return dbusLookup{s: o.s, ifaces: []*dbusInterface{i}}, true
+// dispatch takes the connection's method calls until it closes, and
+// serves each in its own goroutine: a call may wait on the backend.
+func (s *Server) dispatch() {
+	for {
+		call, err := s.conn.NextCall(s.ctx)
+		if err != nil {
+			return // the door is closing, or the bus went
 		}
+		if !s.enterCall() {
+			s.conn.ReplyError(call, ipc.DBusErrorUnavailable, "the agent is stopping")
+			continue
+		}
+		go func() {
+			defer s.calls.Done()
+			s.serveCall(call)
+		}()
 	}
-	return nil, false
 }
 
-type dbusLookup struct {
-	s      *Server
-	ifaces []*dbusInterface
+// serveCall answers one method call from the tables.
+func (s *Server) serveCall(call *busclient.MethodCall) {
+	out, err := s.runCall(call)
+	if err == nil {
+		err = s.conn.Reply(call, out...)
+	} else {
+		var be *busclient.Error
+		if !errors.As(err, &be) {
+			be = &busclient.Error{Name: dbusErrorFailed, Body: []any{err.Error()}}
+		}
+		text, _ := be.Body[0].(string)
+		err = s.conn.ReplyError(call, be.Name, text)
+	}
+	if err != nil {
+		s.log.Debug("answer a call", "method", call.Member, "connection", call.Sender, "err", err)
+	}
 }
 
-func (l dbusLookup) LookupMethod(name string) (dbus.Method, bool) {
-	for _, i := range l.ifaces {
+// lookup finds the method a call names: a call that names no interface
+// looks for it in each of the object's interfaces in turn.
+func lookup(call *busclient.MethodCall) (*dbusInterface, *dbusMethod, error) {
+	ifaces := interfacesAt(call.Path)
+	if ifaces == nil && call.Iface != peerInterface.name {
+		return nil, nil, busError("org.freedesktop.DBus.Error.UnknownObject", fmt.Sprintf("no object at %s", call.Path))
+	}
+	ifaces = append(ifaces, &peerInterface)
+	found := false
+	for _, i := range ifaces {
+		if call.Iface != "" && i.name != call.Iface {
+			continue
+		}
+		found = true
 		for j := range i.methods {
-			if i.methods[j].name == name {
-				return boundMethod{s: l.s, iface: i, m: &i.methods[j]}, true
+			if i.methods[j].name == call.Member {
+				return i, &i.methods[j], nil
 			}
 		}
 	}
-	return nil, false
-}
-
-// boundMethod is one method of the door as the connection calls it:
-// DecodeArguments checks the arguments' types, Call runs it.
-type boundMethod struct {
-	s     *Server
-	iface *dbusInterface
-	m     *dbusMethod
-}
-
-// decodedCall is the one argument DecodeArguments hands Call.
-type decodedCall struct {
-	call dbusCall
-	args []any
-}
-
-func (b boundMethod) DecodeArguments(conn *dbus.Conn, sender string, msg *dbus.Message, body []any) ([]any, error) {
-	var got string
-	if v, ok := msg.Headers[dbus.FieldSignature]; ok {
-		if sig, ok := v.Value().(dbus.Signature); ok {
-			got = sig.String()
-		}
+	if !found {
+		return nil, nil, busError("org.freedesktop.DBus.Error.UnknownInterface", fmt.Sprintf("%s has no interface %s", call.Path, call.Iface))
 	}
-	if want := signature(b.m.in); got != want {
-		name := "org.freedesktop.DBus.Error.InvalidArgs"
-		if b.iface.name == ipc.DBusInterface {
+	return nil, nil, busError(busclient.ErrorUnknownMethod, fmt.Sprintf("%s has no method %q", call.Path, call.Member))
+}
+
+// runCall checks a call's arguments against its method's table entry,
+// asks the bus who calls when the method needs it, and runs it.
+func (s *Server) runCall(call *busclient.MethodCall) ([]any, error) {
+	iface, m, err := lookup(call)
+	if err != nil {
+		return nil, err
+	}
+	if want := signature(m.in); call.Sig != want {
+		name := busclient.ErrorInvalidArgs
+		if iface.name == ipc.DBusInterface {
 			name = ipc.DBusErrorInvalidArgument
 		}
-		return nil, dbus.NewError(name, []any{fmt.Sprintf("%s takes %s, signature %q; the call has signature %q",
-			b.m.name, describeArgs(b.m.in), want, got)})
+		return nil, busError(name, fmt.Sprintf("%s takes %s, signature %q; the call has signature %q",
+			m.name, describeArgs(m.in), want, call.Sig))
 	}
-	path, _ := msg.Headers[dbus.FieldPath].Value().(dbus.ObjectPath)
-	return []any{decodedCall{call: dbusCall{sender: sender, path: path}, args: body}}, nil
+	c := dbusCall{sender: call.Sender, path: call.Path}
+	ctx := s.ctx
+	if m.needsCaller {
+		c.caller, err = s.callerOf(ctx, call.Sender)
+		if err != nil {
+			level := slog.LevelWarn
+			if e := (*busclient.Error)(nil); errors.As(err, &e) && e.Name == "org.freedesktop.DBus.Error.NameHasNoOwner" {
+				level = slog.LevelDebug // the caller left before its answer
+			}
+			s.log.Log(ctx, level, "cannot tell who calls", "method", m.name, "connection", call.Sender, "err", err)
+			return nil, busError(dbusErrorFailed, err.Error())
+		}
+	}
+	out, err := m.run(s, ctx, c, call.Body)
+	if err != nil {
+		return nil, s.callError(iface, m, call.Body, err)
+	}
+	return out, nil
 }
 
 func describeArgs(args []dbusArg) string {
@@ -474,38 +527,6 @@ func describeArgs(args []dbusArg) string {
 	}
 	return "(" + strings.Join(parts, ", ") + ")"
 }
-
-func (b boundMethod) Call(args ...any) ([]any, error) {
-	d := args[0].(decodedCall)
-	s := b.s
-	if !s.enterCall() {
-		return nil, dbus.NewError(ipc.DBusErrorUnavailable, []any{"the agent is stopping"})
-	}
-	defer s.calls.Done()
-	ctx := s.ctx
-	if b.m.needsCaller {
-		c, err := s.callerOf(ctx, d.call.sender)
-		if err != nil {
-			level := slog.LevelWarn
-			if e := (dbus.Error{}); errors.As(err, &e) && e.Name == "org.freedesktop.DBus.Error.NameHasNoOwner" {
-				level = slog.LevelDebug // the caller left before its answer
-			}
-			s.log.Log(ctx, level, "cannot tell who calls", "method", b.m.name, "connection", d.call.sender, "err", err)
-			return nil, dbus.NewError(dbusErrorFailed, []any{err.Error()})
-		}
-		d.call.caller = c
-	}
-	out, err := b.m.run(s, ctx, d.call, d.args)
-	if err != nil {
-		return nil, s.callError(b, d, err)
-	}
-	return out, nil
-}
-
-func (b boundMethod) NumArguments() int     { return 1 } // a decodedCall
-func (b boundMethod) NumReturns() int       { return len(b.m.out) }
-func (b boundMethod) ArgumentValue(int) any { return nil }
-func (b boundMethod) ReturnValue(int) any   { return nil }
 
 // enterCall counts a method call in progress, unless the server is closed.
 func (s *Server) enterCall() bool {
@@ -524,18 +545,25 @@ func (s *Server) callerOf(ctx context.Context, sender string) (ipc.Caller, error
 	if sender == "" {
 		return ipc.Caller{}, errors.New("the call has no sender")
 	}
-	bus := s.conn.BusObject()
-	uidCall := bus.GoWithContext(ctx, "org.freedesktop.DBus.GetConnectionUnixUser", 0, make(chan *dbus.Call, 1), sender)
-	pidCall := bus.GoWithContext(ctx, "org.freedesktop.DBus.GetConnectionUnixProcessID", 0, make(chan *dbus.Call, 1), sender)
-	<-uidCall.Done
-	<-pidCall.Done
-	var uid, pid uint32
-	if err := uidCall.Store(&uid); err != nil {
+	// Both questions are asked at once: the answer is on the path of
+	// every call.
+	pidc := make(chan uint32, 1)
+	go func() {
+		var pid uint32
+		// Not every platform tells; the user is what decides.
+		if body, err := s.busCall(ctx, "GetConnectionUnixProcessID", sender); err == nil {
+			pid, _ = body[0].(uint32)
+		}
+		pidc <- pid
+	}()
+	body, err := s.busCall(ctx, "GetConnectionUnixUser", sender)
+	pid := <-pidc
+	if err != nil {
 		return ipc.Caller{}, fmt.Errorf("ask the bus for the Unix user of %s: %w", sender, err)
 	}
-	if err := pidCall.Store(&pid); err != nil {
-		// Not every platform tells; the user is what decides.
-		pid = 0
+	uid, ok := body[0].(uint32)
+	if !ok {
+		return ipc.Caller{}, fmt.Errorf("ask the bus for the Unix user of %s: the answer %v is no uint32", sender, body)
 	}
 	return ipc.Caller{UID: uid, PID: int32(min(pid, math.MaxInt32))}, nil
 }
@@ -557,47 +585,56 @@ var dbusErrorNames = []struct {
 	{ipc.ErrUnsupported, ipc.DBusErrorNotSupported},
 }
 
+// busCall calls a method of the bus daemon and returns its one value.
+func (s *Server) busCall(ctx context.Context, method string, args ...any) ([]any, error) {
+	body, err := s.conn.Call(ctx, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", method, args...)
+	if err == nil && len(body) != 1 {
+		err = fmt.Errorf("the bus answered %s with %d values", method, len(body))
+	}
+	return body, err
+}
+
 // callError turns a method's error into the D-Bus error the caller gets.
-func (s *Server) callError(b boundMethod, d decodedCall, err error) error {
-	var dbusErr *dbus.Error
-	if errors.As(err, &dbusErr) {
-		return dbusErr
+func (s *Server) callError(iface *dbusInterface, m *dbusMethod, args []any, err error) error {
+	var busErr *busclient.Error
+	if errors.As(err, &busErr) {
+		return busErr
 	}
 	var app string
-	if b.iface.name == ipc.DBusInterface && len(d.args) > 0 {
-		app, _ = d.args[0].(string)
+	if iface.name == ipc.DBusInterface && len(args) > 0 {
+		app, _ = args[0].(string)
 	}
 	for _, e := range dbusErrorNames {
 		if errors.Is(err, e.err) {
-			s.log.Debug("call refused", "method", b.m.name, "app", app, "error", e.name, "err", err)
-			return dbus.NewError(e.name, []any{err.Error()})
+			s.log.Debug("call refused", "method", m.name, "app", app, "error", e.name, "err", err)
+			return busError(e.name, err.Error())
 		}
 	}
-	s.log.Warn("call failed", "method", b.m.name, "app", app, "err", err)
-	return dbus.NewError(dbusErrorFailed, []any{err.Error()})
+	s.log.Warn("call failed", "method", m.name, "app", app, "err", err)
+	return busError(dbusErrorFailed, err.Error())
 }
 
 // sendOptions reads Send's options: "ttl", an integer number of seconds
 // (u, though any integer type is taken), and "priority", a string.
-func sendOptions(opts map[string]dbus.Variant) (ttl *int64, priority string, err error) {
+func sendOptions(opts map[string]busclient.Variant) (ttl *int64, priority string, err error) {
 	// Sorted, so that of several bad options the same one is named every
 	// time.
 	for _, key := range slices.Sorted(maps.Keys(opts)) {
 		v := opts[key]
 		switch key {
 		case "ttl":
-			n, ok := integer(v.Value())
+			n, ok := integer(v.Value)
 			if !ok {
-				return nil, "", fmt.Errorf("option \"ttl\" must be an unsigned integer of seconds (type u), not type %s: %w", v.Signature(), ipc.ErrInvalidArgument)
+				return nil, "", fmt.Errorf("option \"ttl\" must be an unsigned integer of seconds (type u), not type %s: %w", v.Sig, ipc.ErrInvalidArgument)
 			}
 			if n < 0 {
 				return nil, "", fmt.Errorf("option \"ttl\" is %d; it must not be negative: %w", n, ipc.ErrInvalidArgument)
 			}
 			ttl = &n
 		case "priority":
-			p, ok := v.Value().(string)
+			p, ok := v.Value.(string)
 			if !ok {
-				return nil, "", fmt.Errorf("option \"priority\" must be a string (type s), not type %s: %w", v.Signature(), ipc.ErrInvalidArgument)
+				return nil, "", fmt.Errorf("option \"priority\" must be a string (type s), not type %s: %w", v.Sig, ipc.ErrInvalidArgument)
 			}
 			priority = p
 		default:
@@ -608,14 +645,14 @@ func sendOptions(opts map[string]dbus.Variant) (ttl *int64, priority string, err
 }
 
 // registerOptions reads the options of RegisterWithOptions.
-func registerOptions(opts map[string]dbus.Variant) (vapid string, err error) {
+func registerOptions(opts map[string]busclient.Variant) (vapid string, err error) {
 	for _, key := range slices.Sorted(maps.Keys(opts)) {
 		v := opts[key]
 		switch key {
 		case "vapid":
-			k, ok := v.Value().(string)
+			k, ok := v.Value.(string)
 			if !ok {
-				return "", fmt.Errorf("option \"vapid\" must be a string (type s), not type %s: %w", v.Signature(), ipc.ErrInvalidArgument)
+				return "", fmt.Errorf("option \"vapid\" must be a string (type s), not type %s: %w", v.Sig, ipc.ErrInvalidArgument)
 			}
 			vapid = k
 		default:
@@ -695,9 +732,8 @@ func (s *Server) subscribe(ctx context.Context, c dbusCall, app string) error {
 	// A connection that left before its subscription was recorded was
 	// missed by NameOwnerChanged; the bus answers in order, so asking now
 	// catches it.
-	var has bool
-	err = s.conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.NameHasOwner", 0, c.sender).Store(&has)
-	if err == nil && !has {
+	body, err := s.busCall(ctx, "NameHasOwner", c.sender)
+	if err == nil && body[0] == false {
 		s.dropConnection(c.sender)
 	}
 	return nil
@@ -724,4 +760,37 @@ func (s *Server) unsubscribe(sender, app string) error {
 		c()
 	}
 	return nil
+}
+
+// The converters below take arguments whose types the call's signature
+// has been checked against, decoded as busclient decodes containers.
+
+// stringList is an as.
+func stringList(v any) []string {
+	list := v.([]any)
+	out := make([]string, len(list))
+	for i, s := range list {
+		out[i] = s.(string)
+	}
+	return out
+}
+
+// stringMap is an a{ss}.
+func stringMap(v any) map[string]string {
+	m := v.(map[string]any)
+	out := make(map[string]string, len(m))
+	for k, s := range m {
+		out[k] = s.(string)
+	}
+	return out
+}
+
+// variantMap is an a{sv}.
+func variantMap(v any) map[string]busclient.Variant {
+	m := v.(map[string]any)
+	out := make(map[string]busclient.Variant, len(m))
+	for k, x := range m {
+		out[k] = x.(busclient.Variant)
+	}
+	return out
 }

@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/godbus/dbus/v5"
+	"tether/internal/busclient"
 
 	"tether/ipc"
 )
@@ -22,6 +22,10 @@ const dbusErrorFailed = "org.freedesktop.DBus.Error.Failed"
 
 // statusTimeout bounds the status read that seeds the properties.
 const statusTimeout = 10 * time.Second
+
+// connectTimeout bounds connecting to the bus and taking the name, on a
+// bus daemon that may be busy.
+const connectTimeout = 10 * time.Second
 
 // Config configures a Server.
 type Config struct {
@@ -45,10 +49,7 @@ type Config struct {
 type Server struct {
 	backend ipc.Backend
 	log     *slog.Logger
-	conn    *dbus.Conn
-	// signals gets the bus's signals to this connection, in order; the
-	// door needs NameOwnerChanged from it.
-	signals chan *dbus.Signal
+	conn    *busclient.Conn
 
 	// ctx is the parent of every call's context; Close cancels it.
 	ctx    context.Context
@@ -76,7 +77,7 @@ type Server struct {
 	announced ipc.Status
 
 	calls     sync.WaitGroup // method calls in progress
-	loops     sync.WaitGroup // Serve's goroutines
+	loops     sync.WaitGroup // the call dispatcher and Serve's goroutines
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -85,9 +86,16 @@ type Server struct {
 // count against its room; final is the last one it gets and is written
 // even when the subscription's other signals are discarded.
 type outSignal struct {
-	msg   *dbus.Message
+	msg   *signalMsg
 	sub   *dbusSub
 	final bool
+}
+
+// signalMsg is a signal from the door's object; dest, when set, is the one
+// connection it goes to.
+type signalMsg struct {
+	dest, iface, member string
+	body                []any
 }
 
 // New connects to the bus, serves the object and takes the
@@ -112,7 +120,6 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		backend:     cfg.Backend,
 		log:         log.With("door", "dbus"),
-		signals:     make(chan *dbus.Signal, 16),
 		ctx:         ctx,
 		cancel:      cancel,
 		writerWake:  make(chan struct{}, 1),
@@ -128,9 +135,8 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// connect opens a private connection whose handler serves the object from
-// its first message, watches for connections leaving the bus, and then
-// takes the name.
+// connect opens a connection, serves the object from its first message,
+// watches for connections leaving the bus, and then takes the name.
 func (s *Server) connect(addr string) error {
 	ctx, cancel := context.WithTimeout(s.ctx, statusTimeout)
 	st, err := s.backend.Status(ctx)
@@ -141,40 +147,35 @@ func (s *Server) connect(addr string) error {
 	}
 	s.announced = st
 
-	conn, err := dbus.Dial(addr,
-		dbus.WithHandler(dbusHandler{s}),
-		dbus.WithSignalHandler(dbus.NewSequentialSignalHandler()))
+	ctx, cancel = context.WithTimeout(s.ctx, connectTimeout)
+	defer cancel()
+	conn, err := busclient.Dial(ctx, addr)
 	if err != nil {
 		return fmt.Errorf("connect to the bus at %s: %w", addr, err)
 	}
-	// Set before Auth starts the goroutines that run method calls, which
-	// may come as soon as the connection has its unique name.
 	s.conn = conn
+	s.loops.Add(1)
+	go func() {
+		defer s.loops.Done()
+		s.dispatch()
+	}()
 	fail := func(what string, err error) error {
+		s.cancel()
 		conn.Close()
+		s.loops.Wait()
+		s.calls.Wait()
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	if err := conn.Auth(nil); err != nil {
-		return fail("authenticate to the bus at "+addr, err)
-	}
-	if err := conn.Hello(); err != nil {
-		return fail("join the bus at "+addr, err)
-	}
-	conn.Signal(s.signals)
-	err = conn.AddMatchSignal(
-		dbus.WithMatchSender("org.freedesktop.DBus"),
-		dbus.WithMatchInterface("org.freedesktop.DBus"),
-		dbus.WithMatchMember("NameOwnerChanged"))
+	err = conn.AddMatch(ctx, "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',member='NameOwnerChanged'")
 	if err != nil {
 		return fail("watch connections leaving the bus", err)
 	}
-	reply, err := conn.RequestName(ipc.DBusName, dbus.NameFlagDoNotQueue)
+	err = conn.RequestName(ctx, ipc.DBusName)
+	if errors.Is(err, busclient.ErrNameTaken) {
+		return fail("take the name", fmt.Errorf("the name %s is owned by another connection on the bus; is another tetherd running?", ipc.DBusName))
+	}
 	if err != nil {
 		return fail(fmt.Sprintf("take the name %s (is org.tether.Push.conf installed in the bus's policy directory?)", ipc.DBusName), err)
-	}
-	if reply != dbus.RequestNameReplyPrimaryOwner {
-		conn.Close()
-		return fmt.Errorf("the name %s is owned by another connection on the bus; is another tetherd running?", ipc.DBusName)
 	}
 	return nil
 }
@@ -194,7 +195,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		return errors.New("dbus door: already serving")
 	}
 	s.serving = true
-	s.loops.Add(2)
+	s.loops.Add(3)
 	s.mu.Unlock()
 
 	stop := context.AfterFunc(ctx, func() { s.Close() })
@@ -207,9 +208,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer s.loops.Done()
 		s.controlLoop()
 	}()
+	go func() {
+		defer s.loops.Done()
+		s.followBus()
+	}()
 	select {
 	case <-s.ctx.Done():
-	case <-s.conn.Context().Done():
+	case <-s.conn.Done():
 	}
 	lost := !s.isClosed()
 	s.Close()
@@ -268,7 +273,7 @@ func wake(ch chan struct{}) {
 
 // writeLoop is the one goroutine that writes the door's signals.
 func (s *Server) writeLoop() {
-	stopped := s.conn.Context().Done()
+	stopped := s.conn.Done()
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -284,14 +289,14 @@ func (s *Server) writeLoop() {
 			}
 			// A signal to a connection that has just left is dropped by
 			// the bus; a closed connection ends the loop above.
-			s.conn.Send(msg, nil)
+			s.conn.Emit(msg.dest, ipc.DBusPath, msg.iface, msg.member, msg.body...)
 		}
 	}
 }
 
 // nextSignal takes the next signal to write, skipping those of
 // subscriptions whose signals are discarded.
-func (s *Server) nextSignal() *dbus.Message {
+func (s *Server) nextSignal() *signalMsg {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for len(s.queue) > 0 {
@@ -310,24 +315,27 @@ func (s *Server) nextSignal() *dbus.Message {
 	return nil
 }
 
-// controlLoop follows the bus and the backend: it ends the subscriptions of
-// connections that left the bus, cancels subscriptions ended while the
+// followBus ends the subscriptions of connections that left the bus.
+func (s *Server) followBus() {
+	for {
+		sig, err := s.conn.NextSignal(s.ctx)
+		if err != nil {
+			return // the door is closing, or the bus went
+		}
+		s.handleBusSignal(sig)
+	}
+}
+
+// controlLoop follows the backend: it cancels subscriptions ended while the
 // backend was calling the door, and announces status changes.
 func (s *Server) controlLoop() {
-	stopped := s.conn.Context().Done()
-	signals := s.signals
+	stopped := s.conn.Done()
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
 		case <-stopped:
 			return
-		case sig, ok := <-signals:
-			if !ok {
-				signals = nil
-				continue
-			}
-			s.handleBusSignal(sig)
 		case <-s.controlWake:
 			s.runCancels()
 		case <-s.statusWake:
@@ -336,7 +344,7 @@ func (s *Server) controlLoop() {
 	}
 }
 
-func (s *Server) handleBusSignal(sig *dbus.Signal) {
+func (s *Server) handleBusSignal(sig *busclient.Signal) {
 	if sig.Sender != "org.freedesktop.DBus" || sig.Name != "org.freedesktop.DBus.NameOwnerChanged" || len(sig.Body) != 3 {
 		return
 	}
@@ -435,28 +443,11 @@ func (u *dbusSub) takeCancelLocked() func() {
 
 // signal builds a signal of the door's interface addressed to the
 // subscriber's connection alone.
-func (u *dbusSub) signal(member string, body ...any) *dbus.Message {
-	msg := newSignal(ipc.DBusInterface, member, body...)
-	msg.Headers[dbus.FieldDestination] = dbus.MakeVariant(u.dest)
-	return msg
+func (u *dbusSub) signal(member string, body ...any) *signalMsg {
+	return &signalMsg{dest: u.dest, iface: ipc.DBusInterface, member: member, body: body}
 }
 
-// newSignal builds a signal from the door's object. Without a destination
-// it goes to every connection with a matching rule.
-func newSignal(iface, member string, body ...any) *dbus.Message {
-	return &dbus.Message{
-		Type: dbus.TypeSignal,
-		Headers: map[dbus.HeaderField]dbus.Variant{
-			dbus.FieldPath:      dbus.MakeVariant(dbus.ObjectPath(ipc.DBusPath)),
-			dbus.FieldInterface: dbus.MakeVariant(iface),
-			dbus.FieldMember:    dbus.MakeVariant(member),
-			dbus.FieldSignature: dbus.MakeVariant(dbus.SignatureOf(body...)),
-		},
-		Body: body,
-	}
-}
-
-func (u *dbusSub) push(msg *dbus.Message) {
+func (u *dbusSub) push(msg *signalMsg) {
 	s := u.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -478,23 +469,23 @@ func (u *dbusSub) push(msg *dbus.Message) {
 
 // Deliver implements Listener.
 func (u *dbusSub) Deliver(m ipc.Message) {
-	extras := map[string]dbus.Variant{}
+	extras := map[string]busclient.Variant{}
 	if m.Priority != "" {
-		extras["priority"] = dbus.MakeVariant(validUTF8(m.Priority))
+		extras["priority"] = busclient.MakeVariant(validUTF8(m.Priority))
 	}
 	if !m.SentTime.IsZero() {
-		extras["sent_time"] = dbus.MakeVariant(m.SentTime.UnixMilli())
+		extras["sent_time"] = busclient.MakeVariant(m.SentTime.UnixMilli())
 	}
 	if len(m.Notification) > 0 {
-		extras["notification"] = dbus.MakeVariant(validUTF8Map(m.Notification))
+		extras["notification"] = busclient.MakeVariant(validUTF8Map(m.Notification))
 	}
 	if m.Topic != "" {
-		extras["topic"] = dbus.MakeVariant(validUTF8(m.Topic))
+		extras["topic"] = busclient.MakeVariant(validUTF8(m.Topic))
 	}
 	if len(m.Raw) > 0 {
-		extras["raw"] = dbus.MakeVariant(m.Raw)
+		extras["raw"] = busclient.MakeVariant(m.Raw)
 	}
-	extras["ttl"] = dbus.MakeVariant(clampUint32(m.TTL))
+	extras["ttl"] = busclient.MakeVariant(clampUint32(m.TTL))
 	u.push(u.signal("Message", u.app, validUTF8(m.ID), validUTF8(m.From), validUTF8(m.CollapseKey), validUTF8Map(m.Data), extras))
 }
 

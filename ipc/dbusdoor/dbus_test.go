@@ -1377,3 +1377,51 @@ func TestShellExample(t *testing.T) {
 		t.Errorf("the backend got %+v, want data %v", sends[0], wantData)
 	}
 }
+
+// TestDBusPaths calls the door on its object, on the nodes above it and on
+// a path with no object: org.freedesktop.DBus.Peer answers everywhere, the
+// rest only where an object is.
+func TestDBusPaths(t *testing.T) {
+	h := startDBus(t)
+	c := h.client()
+	tests := []struct {
+		name, path, method string
+		errName, text      string // "" for success
+	}{
+		{name: "ping the object", path: ipc.DBusPath, method: "org.freedesktop.DBus.Peer.Ping"},
+		{name: "ping a path with no object", path: "/nowhere", method: "org.freedesktop.DBus.Peer.Ping"},
+		{name: "introspect a node above", path: "/org/tether", method: "org.freedesktop.DBus.Introspectable.Introspect"},
+		{name: "properties of a node above", path: "/org/tether", method: "org.freedesktop.DBus.Properties.GetAll",
+			errName: "org.freedesktop.DBus.Error.UnknownInterface", text: "org.freedesktop.DBus.Properties"},
+		{name: "introspect a path with no object", path: "/nowhere", method: "org.freedesktop.DBus.Introspectable.Introspect",
+			errName: "org.freedesktop.DBus.Error.UnknownObject", text: "/nowhere"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			call := c.conn.Object(ipc.DBusName, dbus.ObjectPath(tt.path)).CallWithContext(ctx, tt.method, 0)
+			if tt.errName == "" {
+				if call.Err != nil {
+					t.Fatalf("%s on %s: %v", tt.method, tt.path, call.Err)
+				}
+				return
+			}
+			wantDBusError(t, call.Err, tt.errName, tt.text)
+		})
+	}
+}
+
+// TestDBusMachineID asks the door for the machine's ID, which a machine
+// without /etc/machine-id or /var/lib/dbus/machine-id does not have.
+func TestDBusMachineID(t *testing.T) {
+	c := startDBus(t).client()
+	call := c.call("org.freedesktop.DBus.Peer.GetMachineId")
+	if call.Err != nil {
+		wantDBusError(t, call.Err, "org.freedesktop.DBus.Error.Failed", "read the machine ID")
+		return
+	}
+	if id, _ := call.Body[0].(string); len(call.Body) != 1 || id == "" {
+		t.Errorf("GetMachineId answered %v, want one string", call.Body)
+	}
+}

@@ -5,6 +5,8 @@
 // whose signals carry the backend's events.
 //
 // The door asks the bus daemon who calls and knows nothing of the agent,
-// the store or the connection server. It is the only part of the agent
-// that links a D-Bus library.
+// the store or the connection server. It speaks D-Bus with
+// internal/busclient, and answers calls from its own tables: each call is
+// checked against its method's signature, run in a goroutine of its own,
+// and introspection is written from the same tables.
 package dbusdoor

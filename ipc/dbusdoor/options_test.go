@@ -9,8 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/godbus/dbus/v5"
-
+	"tether/internal/busclient"
 	"tether/ipc"
 )
 
@@ -42,7 +41,7 @@ func FuzzSendOptions(f *testing.F) {
 		case 5:
 			v = float64(n)
 		}
-		ttl, priority, err := sendOptions(map[string]dbus.Variant{key: dbus.MakeVariant(v)})
+		ttl, priority, err := sendOptions(map[string]busclient.Variant{key: busclient.MakeVariant(v)})
 		if err != nil {
 			if !errors.Is(err, ipc.ErrInvalidArgument) || !strings.Contains(err.Error(), strconv.Quote(key)) {
 				t.Fatalf("error %q does not name option %q as an invalid argument", err, key)
@@ -77,7 +76,7 @@ func FuzzRegisterOptions(f *testing.F) {
 		if isString {
 			v = s
 		}
-		vapid, err := registerOptions(map[string]dbus.Variant{key: dbus.MakeVariant(v)})
+		vapid, err := registerOptions(map[string]busclient.Variant{key: busclient.MakeVariant(v)})
 		switch {
 		case key == "vapid" && isString:
 			if err != nil || vapid != s {

@@ -9,7 +9,7 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/godbus/dbus/v5"
+	"tether/internal/busclient"
 )
 
 // Defaults for Config's zero values.
@@ -78,9 +78,10 @@ func (s State) LogValue() slog.Value {
 type Config struct {
 	// SysfsRoot is where sysfs is mounted; empty means DefaultSysfsRoot.
 	SysfsRoot string
-	// Bus is the system bus, where UPower is asked for first; nil reads
-	// sysfs only. The Watcher does not close it.
-	Bus *dbus.Conn
+	// Bus is a connection to the system bus of the Watcher's own, where
+	// UPower is asked for first: Run reads every signal it receives. Nil
+	// reads sysfs only. The Watcher does not close it.
+	Bus *busclient.Conn
 	// LowBattery is the capacity in percent at or below which a battery
 	// is low; zero means DefaultLowBattery and a negative value never
 	// reports ModeLow.

@@ -9,14 +9,14 @@ import (
 	"math"
 	"time"
 
-	"github.com/godbus/dbus/v5"
+	"tether/internal/busclient"
 )
 
 // UPower's names on the system bus.
 const (
 	upowerName          = "org.freedesktop.UPower"
-	upowerPath          = dbus.ObjectPath("/org/freedesktop/UPower")
-	upowerDisplayDevice = dbus.ObjectPath("/org/freedesktop/UPower/devices/DisplayDevice")
+	upowerPath          = busclient.ObjectPath("/org/freedesktop/UPower")
+	upowerDisplayDevice = busclient.ObjectPath("/org/freedesktop/UPower/devices/DisplayDevice")
 	upowerDeviceIface   = "org.freedesktop.UPower.Device"
 	propertiesIface     = "org.freedesktop.DBus.Properties"
 	busName             = "org.freedesktop.DBus"
@@ -35,29 +35,14 @@ var errNoUPower = errors.New("UPower is not on the system bus")
 // another error if the bus fails.
 func (w *Watcher) runUPower(ctx context.Context, r *reporter) error {
 	bus := w.cfg.Bus
-	signals := make(chan *dbus.Signal, 16)
-	bus.Signal(signals)
-	defer bus.RemoveSignal(signals)
-	matches := [][]dbus.MatchOption{
-		{
-			dbus.WithMatchSender(upowerName),
-			dbus.WithMatchInterface(propertiesIface),
-			dbus.WithMatchMember("PropertiesChanged"),
-			dbus.WithMatchPathNamespace(upowerPath),
-		},
-		{
-			dbus.WithMatchSender(busName),
-			dbus.WithMatchInterface(busName),
-			dbus.WithMatchMember("NameOwnerChanged"),
-			dbus.WithMatchArg(0, upowerName),
-		},
+	unsubscribe, err := bus.Subscribe(ctx,
+		"type='signal',sender='"+upowerName+"',interface='"+propertiesIface+"',member='PropertiesChanged',path_namespace='"+string(upowerPath)+"'",
+		"type='signal',sender='"+busName+"',interface='"+busName+"',member='NameOwnerChanged',arg0='"+upowerName+"'",
+	)
+	if err != nil {
+		return fmt.Errorf("power: follow UPower: %w", err)
 	}
-	for _, m := range matches {
-		if err := bus.AddMatchSignalContext(ctx, m...); err != nil {
-			return fmt.Errorf("power: subscribe to UPower: %w", err)
-		}
-		defer bus.RemoveMatchSignal(m...)
-	}
+	defer unsubscribe()
 
 	for {
 		s, err := w.readUPower(ctx)
@@ -70,24 +55,23 @@ func (w *Watcher) runUPower(ctx context.Context, r *reporter) error {
 		r.update(s)
 	wait:
 		for {
-			select {
-			case <-ctx.Done():
+			sig, err := bus.NextSignal(ctx)
+			if ctx.Err() != nil {
 				return nil
-			case sig, ok := <-signals:
-				if !ok {
-					return errors.New("power: system bus connection closed")
-				}
-				if isUPowerSignal(sig) {
-					break wait
-				}
+			}
+			if err != nil {
+				return fmt.Errorf("power: follow UPower: %w", err)
+			}
+			if isUPowerSignal(sig) {
+				break wait
 			}
 		}
 	}
 }
 
-// isUPowerSignal tells whether sig, one of every signal the shared bus
-// connection receives, is one runUPower subscribed to.
-func isUPowerSignal(sig *dbus.Signal) bool {
+// isUPowerSignal tells whether sig, one of every signal the connection
+// receives, is one runUPower subscribed to.
+func isUPowerSignal(sig *busclient.Signal) bool {
 	switch sig.Name {
 	case propertiesIface + ".PropertiesChanged":
 		return sig.Path == upowerPath || sig.Path == upowerDisplayDevice
@@ -103,10 +87,17 @@ func (w *Watcher) readUPower(ctx context.Context) (State, error) {
 	ctx, cancel := context.WithTimeout(ctx, busCallTimeout)
 	defer cancel()
 	bus := w.cfg.Bus
-	var onBattery bool
-	err := bus.Object(upowerName, upowerPath).CallWithContext(ctx, propertiesIface+".Get", 0, upowerName, "OnBattery").Store(&onBattery)
+	body, err := bus.Call(ctx, upowerName, upowerPath, propertiesIface, "Get", upowerName, "OnBattery")
+	var onBattery, isBool bool
+	if err == nil && len(body) == 1 {
+		v, _ := body[0].(busclient.Variant)
+		onBattery, isBool = v.Value.(bool)
+	}
+	if err == nil && !isBool {
+		err = fmt.Errorf("UPower answered with %v, not a boolean", body)
+	}
 	if err != nil {
-		var dbusErr dbus.Error
+		var dbusErr *busclient.Error
 		if errors.As(err, &dbusErr) && (dbusErr.Name == "org.freedesktop.DBus.Error.ServiceUnknown" || dbusErr.Name == "org.freedesktop.DBus.Error.NameHasNoOwner") {
 			return State{}, fmt.Errorf("%w (%s)", errNoUPower, dbusErr.Name)
 		}
@@ -114,18 +105,27 @@ func (w *Watcher) readUPower(ctx context.Context) (State, error) {
 	}
 	s := State{OnBattery: onBattery, Capacity: UnknownCapacity, Source: SourceUPower}
 
-	var display map[string]dbus.Variant
-	err = bus.Object(upowerName, upowerDisplayDevice).CallWithContext(ctx, propertiesIface+".GetAll", 0, upowerDeviceIface).Store(&display)
+	body, err = bus.Call(ctx, upowerName, upowerDisplayDevice, propertiesIface, "GetAll", upowerDeviceIface)
+	var display map[string]any
+	if err == nil && len(body) == 1 {
+		display, _ = body[0].(map[string]any)
+	}
 	if err != nil {
 		// Old UPower versions have no display device: the capacity is
 		// unknown, the rest stands.
 		w.log.Debug("read UPower's display device", "err", err)
 		return s, nil
 	}
-	present, _ := display["IsPresent"].Value().(bool)
-	pct, ok := display["Percentage"].Value().(float64)
+	present, _ := variantValue(display["IsPresent"]).(bool)
+	pct, ok := variantValue(display["Percentage"]).(float64)
 	if present && ok && !math.IsNaN(pct) {
 		s.Capacity = int(math.Round(min(max(pct, 0), 100)))
 	}
 	return s, nil
+}
+
+// variantValue is the value of v, a Variant from a reply, or nil.
+func variantValue(v any) any {
+	vv, _ := v.(busclient.Variant)
+	return vv.Value
 }

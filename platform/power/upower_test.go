@@ -8,6 +8,7 @@ import (
 	"github.com/godbus/dbus/v5"
 	"github.com/godbus/dbus/v5/prop"
 
+	"tether/internal/busclient/busclienttest"
 	"tether/internal/dbustest"
 )
 
@@ -22,13 +23,13 @@ type fakeUPower struct {
 func startUPower(t *testing.T, bus *dbustest.Bus, onBattery bool, percentage float64) *fakeUPower {
 	t.Helper()
 	conn := bus.Conn(t)
-	manager, err := prop.Export(conn, upowerPath, prop.Map{
+	manager, err := prop.Export(conn, dbus.ObjectPath(upowerPath), prop.Map{
 		upowerName: {"OnBattery": {Value: onBattery, Emit: prop.EmitTrue}},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	display, err := prop.Export(conn, upowerDisplayDevice, prop.Map{
+	display, err := prop.Export(conn, dbus.ObjectPath(upowerDisplayDevice), prop.Map{
 		upowerDeviceIface: {
 			"Type":       {Value: uint32(2), Emit: prop.EmitTrue}, // battery
 			"IsPresent":  {Value: true, Emit: prop.EmitTrue},
@@ -52,7 +53,7 @@ func TestWatcherUPower(t *testing.T) {
 
 	root := t.TempDir()
 	writeTree(t, root, map[string]string{batDir + "type": "Battery", batDir + "status": "Discharging", batDir + "capacity": "33"})
-	w, err := New(Config{SysfsRoot: root, Bus: bus.Conn(t), LowBattery: 10, Uevents: make(fakeUevents)})
+	w, err := New(Config{SysfsRoot: root, Bus: busclienttest.Dial(t, bus.Address), LowBattery: 10, Uevents: make(fakeUevents)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +88,7 @@ func TestWatcherBusWithoutUPower(t *testing.T) {
 	bus := dbustest.Start(t)
 	root := t.TempDir()
 	writeTree(t, root, map[string]string{acDir + "type": "Mains", acDir + "online": "0", batDir + "type": "Battery", batDir + "capacity": "7"})
-	w, err := New(Config{SysfsRoot: root, Bus: bus.Conn(t), Uevents: make(fakeUevents)})
+	w, err := New(Config{SysfsRoot: root, Bus: busclienttest.Dial(t, bus.Address), Uevents: make(fakeUevents)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,13 +100,13 @@ func TestWatcherBusWithoutUPower(t *testing.T) {
 func TestWatcherUPowerWithoutDisplayDevice(t *testing.T) {
 	bus := dbustest.Start(t)
 	conn := bus.Conn(t)
-	if _, err := prop.Export(conn, upowerPath, prop.Map{upowerName: {"OnBattery": {Value: true, Emit: prop.EmitTrue}}}); err != nil {
+	if _, err := prop.Export(conn, dbus.ObjectPath(upowerPath), prop.Map{upowerName: {"OnBattery": {Value: true, Emit: prop.EmitTrue}}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := conn.RequestName(upowerName, dbus.NameFlagDoNotQueue); err != nil {
 		t.Fatal(err)
 	}
-	w, err := New(Config{SysfsRoot: t.TempDir(), Bus: bus.Conn(t), Uevents: make(fakeUevents)})
+	w, err := New(Config{SysfsRoot: t.TempDir(), Bus: busclienttest.Dial(t, bus.Address), Uevents: make(fakeUevents)})
 	if err != nil {
 		t.Fatal(err)
 	}

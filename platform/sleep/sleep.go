@@ -10,7 +10,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/godbus/dbus/v5"
+	"tether/internal/busclient"
 )
 
 // ErrUnavailable is returned by Run when systemd-logind is not on the bus.
@@ -19,7 +19,7 @@ var ErrUnavailable = errors.New("sleep: systemd-logind is not on the system bus"
 // logind's names on the system bus.
 const (
 	logindName    = "org.freedesktop.login1"
-	logindPath    = dbus.ObjectPath("/org/freedesktop/login1")
+	logindPath    = busclient.ObjectPath("/org/freedesktop/login1")
 	managerIface  = "org.freedesktop.login1.Manager"
 	busName       = "org.freedesktop.DBus"
 	propertyIface = "org.freedesktop.DBus.Properties"
@@ -35,8 +35,9 @@ const (
 
 // Config configures a Watcher.
 type Config struct {
-	// Bus is the system bus. The Watcher does not close it.
-	Bus *dbus.Conn
+	// Bus is a connection to the system bus of the Watcher's own: Run
+	// reads every signal it receives. The Watcher does not close it.
+	Bus *busclient.Conn
 	// Who and Why describe the inhibitor lock, as `systemd-inhibit
 	// --list` shows it.
 	Who string
@@ -90,29 +91,14 @@ func (w *Watcher) Run(ctx context.Context, hooks Hooks) error {
 		hooks.Resume = func(context.Context) {}
 	}
 	bus := w.cfg.Bus
-	signals := make(chan *dbus.Signal, 16)
-	bus.Signal(signals)
-	defer bus.RemoveSignal(signals)
-	matches := [][]dbus.MatchOption{
-		{
-			dbus.WithMatchSender(logindName),
-			dbus.WithMatchObjectPath(logindPath),
-			dbus.WithMatchInterface(managerIface),
-			dbus.WithMatchMember("PrepareForSleep"),
-		},
-		{
-			dbus.WithMatchSender(busName),
-			dbus.WithMatchInterface(busName),
-			dbus.WithMatchMember("NameOwnerChanged"),
-			dbus.WithMatchArg(0, logindName),
-		},
+	unsubscribe, err := bus.Subscribe(ctx,
+		"type='signal',sender='"+logindName+"',path='"+string(logindPath)+"',interface='"+managerIface+"',member='PrepareForSleep'",
+		"type='signal',sender='"+busName+"',interface='"+busName+"',member='NameOwnerChanged',arg0='"+logindName+"'",
+	)
+	if err != nil {
+		return fmt.Errorf("sleep: follow logind: %w", err)
 	}
-	for _, m := range matches {
-		if err := bus.AddMatchSignalContext(ctx, m...); err != nil {
-			return fmt.Errorf("sleep: subscribe to logind: %w", err)
-		}
-		defer bus.RemoveMatchSignal(m...)
-	}
+	defer unsubscribe()
 
 	// Taking the lock starts logind if the bus can activate it; only
 	// then is its owner known.
@@ -132,7 +118,10 @@ func (w *Watcher) Run(ctx context.Context, hooks Hooks) error {
 	// send a signal. A logind that left since is announced by
 	// NameOwnerChanged, and so is its successor.
 	var owner string
-	err = bus.BusObject().CallWithContext(ctx, busName+".GetNameOwner", 0, logindName).Store(&owner)
+	body, err := bus.Call(ctx, busName, "/org/freedesktop/DBus", busName, "GetNameOwner", logindName)
+	if err == nil && len(body) == 1 {
+		owner, _ = body[0].(string)
+	}
 	if err != nil && !isNoService(err) {
 		if ctx.Err() != nil {
 			return nil
@@ -142,15 +131,12 @@ func (w *Watcher) Run(ctx context.Context, hooks Hooks) error {
 	delay := w.delay(ctx)
 
 	for {
-		var sig *dbus.Signal
-		select {
-		case <-ctx.Done():
+		sig, err := bus.NextSignal(ctx)
+		if ctx.Err() != nil {
 			return nil
-		case s, ok := <-signals:
-			if !ok {
-				return errors.New("sleep: system bus connection closed")
-			}
-			sig = s
+		}
+		if err != nil {
+			return fmt.Errorf("sleep: follow logind: %w", err)
 		}
 		switch {
 		case sig.Name == busName+".NameOwnerChanged" && sig.Sender == busName && len(sig.Body) == 3 && sig.Body[0] == logindName:
@@ -209,13 +195,16 @@ func (l *inhibitor) release() {
 func (w *Watcher) inhibit(ctx context.Context) (*inhibitor, error) {
 	ctx, cancel := context.WithTimeout(ctx, busCallTimeout)
 	defer cancel()
-	var fd dbus.UnixFD
-	err := w.cfg.Bus.Object(logindName, logindPath).CallWithContext(ctx, managerIface+".Inhibit", 0,
-		"sleep", w.cfg.Who, w.cfg.Why, "delay").Store(&fd)
+	body, err := w.cfg.Bus.Call(ctx, logindName, logindPath, managerIface, "Inhibit", "sleep", w.cfg.Who, w.cfg.Why, "delay")
 	if err != nil {
 		return nil, err
 	}
-	return &inhibitor{f: os.NewFile(uintptr(fd), "logind inhibitor")}, nil
+	if len(body) == 1 {
+		if f, ok := body[0].(*os.File); ok {
+			return &inhibitor{f: f}, nil
+		}
+	}
+	return nil, fmt.Errorf("logind answered Inhibit with %v, not a descriptor", body)
 }
 
 // relock takes a new lock, or logs why it cannot.
@@ -232,7 +221,11 @@ func (w *Watcher) delay(ctx context.Context) time.Duration {
 	ctx, cancel := context.WithTimeout(ctx, busCallTimeout)
 	defer cancel()
 	var usec uint64
-	err := w.cfg.Bus.Object(logindName, logindPath).CallWithContext(ctx, propertyIface+".Get", 0, managerIface, "InhibitDelayMaxUSec").Store(&usec)
+	body, err := w.cfg.Bus.Call(ctx, logindName, logindPath, propertyIface, "Get", managerIface, "InhibitDelayMaxUSec")
+	if err == nil && len(body) == 1 {
+		v, _ := body[0].(busclient.Variant)
+		usec, _ = v.Value.(uint64)
+	}
 	if err != nil || usec == 0 || usec > uint64(time.Hour/time.Microsecond) {
 		w.log.Debug("read logind's InhibitDelayMaxUSec; assuming the default", "err", err, "usec", usec, "default", defaultDelay)
 		return defaultDelay
@@ -242,7 +235,7 @@ func (w *Watcher) delay(ctx context.Context) time.Duration {
 
 // isNoService tells whether err says the bus knows no such name.
 func isNoService(err error) bool {
-	var e dbus.Error
+	var e *busclient.Error
 	return errors.As(err, &e) &&
 		(e.Name == "org.freedesktop.DBus.Error.ServiceUnknown" || e.Name == "org.freedesktop.DBus.Error.NameHasNoOwner")
 }

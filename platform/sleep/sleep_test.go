@@ -16,6 +16,7 @@ import (
 	"github.com/godbus/dbus/v5/prop"
 	"golang.org/x/sys/unix"
 
+	"tether/internal/busclient/busclienttest"
 	"tether/internal/dbustest"
 )
 
@@ -55,11 +56,11 @@ func startLogind(t *testing.T, bus *dbustest.Bus, delayUSec uint64) *fakeLogind 
 			l.locks <- lockRequest{args: []string{what, who, why, mode}, held: r, given: w}
 			return fd, nil
 		},
-	}, logindPath, managerIface)
+	}, dbus.ObjectPath(logindPath), managerIface)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := prop.Export(l.conn, logindPath, prop.Map{
+	if _, err := prop.Export(l.conn, dbus.ObjectPath(logindPath), prop.Map{
 		managerIface: {"InhibitDelayMaxUSec": {Value: delayUSec, Emit: prop.EmitConst}},
 	}); err != nil {
 		t.Fatal(err)
@@ -72,7 +73,7 @@ func startLogind(t *testing.T, bus *dbustest.Bus, delayUSec uint64) *fakeLogind 
 
 func (l *fakeLogind) prepareForSleep(t *testing.T, start bool) {
 	t.Helper()
-	if err := l.conn.Emit(logindPath, managerIface+".PrepareForSleep", start); err != nil {
+	if err := l.conn.Emit(dbus.ObjectPath(logindPath), managerIface+".PrepareForSleep", start); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -129,10 +130,10 @@ func (e *events) get() []string {
 func TestWatcher(t *testing.T) {
 	bus := dbustest.Start(t)
 	logind := startLogind(t, bus, 2_000_000)
-	conn := bus.Conn(t)
-	// Another user of the shared connection subscribes broadly, so a
-	// stranger's PrepareForSleep reaches the watcher's channel too.
-	if err := conn.AddMatchSignal(dbus.WithMatchInterface(managerIface)); err != nil {
+	conn := busclienttest.Dial(t, bus.Address)
+	// A broad rule on the watcher's connection brings a stranger's
+	// PrepareForSleep to the watcher too.
+	if err := conn.AddMatch(t.Context(), "type='signal',interface='"+managerIface+"'"); err != nil {
 		t.Fatal(err)
 	}
 	w, err := New(Config{Bus: conn, Who: "tether-test", Why: "testing"})
@@ -178,7 +179,7 @@ func TestWatcher(t *testing.T) {
 	// A stranger cannot make the agent drop its connection. Its signal is
 	// through the bus before the GetId call returns, ahead of logind's.
 	stranger := bus.Conn(t)
-	if err := stranger.Emit(logindPath, managerIface+".PrepareForSleep", true); err != nil {
+	if err := stranger.Emit(dbus.ObjectPath(logindPath), managerIface+".PrepareForSleep", true); err != nil {
 		t.Fatal(err)
 	}
 	if err := stranger.BusObject().Call("org.freedesktop.DBus.GetId", 0).Err; err != nil {
@@ -213,7 +214,7 @@ func TestWatcher(t *testing.T) {
 
 func TestWatcherWithoutLogind(t *testing.T) {
 	bus := dbustest.Start(t)
-	w, err := New(Config{Bus: bus.Conn(t)})
+	w, err := New(Config{Bus: busclienttest.Dial(t, bus.Address)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +234,7 @@ func TestNewWithoutBus(t *testing.T) {
 func TestWatcherLogindRestarts(t *testing.T) {
 	bus := dbustest.Start(t)
 	old := startLogind(t, bus, 1_000_000)
-	w, err := New(Config{Bus: bus.Conn(t)})
+	w, err := New(Config{Bus: busclienttest.Dial(t, bus.Address)})
 	if err != nil {
 		t.Fatal(err)
 	}
