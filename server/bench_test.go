@@ -76,6 +76,12 @@ func benchPostAuth(b *testing.B, client *http.Client, url, auth string, body []b
 	req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
 	req.Header.Set("Authorization", auth)
 	req.Header.Set("Content-Type", "application/json")
+	return benchDo(b, client, req, http.StatusOK)
+}
+
+// benchDo makes req and returns the answer's body, failing b on an error
+// or a status other than want.
+func benchDo(b *testing.B, client *http.Client, req *http.Request, want int) []byte {
 	resp, err := client.Do(req)
 	if err != nil {
 		b.Error(err)
@@ -83,10 +89,26 @@ func benchPostAuth(b *testing.B, client *http.Client, url, auth string, body []b
 	}
 	defer resp.Body.Close()
 	out, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		b.Errorf("send: %d %s", resp.StatusCode, out)
+	if resp.StatusCode != want {
+		b.Errorf("%s %s: %d %s, want %d", req.Method, req.URL.Path, resp.StatusCode, out, want)
 	}
 	return out
+}
+
+// benchParallel runs b.N requests from parallelism goroutines per CPU over
+// one client that keeps its connections, do(client, i) making the i-th,
+// and reports how many went a second, in unit.
+func benchParallel(b *testing.B, parallelism int, unit string, do func(client *http.Client, i int)) {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	var n atomic.Int64
+	b.SetParallelism(parallelism)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			do(client, int(n.Add(1)))
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), unit)
 }
 
 // BenchmarkSend: single-token sends from 16 concurrent app server
@@ -107,19 +129,12 @@ func BenchmarkSend(b *testing.B) {
 // with the Authorization header auth, each answer holding want, and
 // reports the sends per second.
 func benchSends(b *testing.B, url, auth string, bodies [][]byte, want string) {
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	var n atomic.Int64
-	b.SetParallelism(8)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			out := benchPostAuth(b, client, url, auth, bodies[int(n.Add(1))%len(bodies)])
-			if !bytes.Contains(out, []byte(want)) {
-				b.Errorf("send answered %s", out)
-			}
+	benchParallel(b, 8, "msgs/s", func(client *http.Client, i int) {
+		out := benchPostAuth(b, client, url, auth, bodies[i%len(bodies)])
+		if !bytes.Contains(out, []byte(want)) {
+			b.Errorf("send answered %s", out)
 		}
 	})
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
 
 // BenchmarkMulticast: multicasts of 1000 tokens (GCM's most) from one

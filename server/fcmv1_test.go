@@ -13,11 +13,9 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"tether/wire"
@@ -478,25 +476,9 @@ func BenchmarkTokenGrant(b *testing.B) {
 		c["jti"] = i
 		grants[i] = url.Values{"grant_type": {jwtBearerGrant}, "assertion": {signJWT(b, sa.key, sa.account.PrivateKeyID, c)}}.Encode()
 	}
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	var n atomic.Int64
-	b.SetParallelism(4)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			req, _ := http.NewRequest(http.MethodPost, ts.base+"/token", strings.NewReader(grants[int(n.Add(1))%len(grants)]))
-			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-			resp, err := client.Do(req)
-			if err != nil {
-				b.Error(err)
-				return
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				b.Errorf("grant answered %d", resp.StatusCode)
-			}
-		}
+	benchParallel(b, 4, "grants/s", func(client *http.Client, i int) {
+		req, _ := http.NewRequest(http.MethodPost, ts.base+"/token", strings.NewReader(grants[i%len(grants)]))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		benchDo(b, client, req, http.StatusOK)
 	})
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "grants/s")
 }

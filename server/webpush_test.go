@@ -7,11 +7,9 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -454,28 +452,12 @@ func BenchmarkWebPush(b *testing.B) {
 				}
 			}
 			auth := key.Authorization(b, testOrigin)
-			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-			var n atomic.Int64
-			b.SetParallelism(4)
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					req, _ := http.NewRequest(http.MethodPost, ts.base+"/up/"+tokens[int(n.Add(1))%len(tokens)], bytes.NewReader(body))
-					req.Header.Set("TTL", "3600")
-					req.Header.Set("Authorization", auth)
-					resp, err := client.Do(req)
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode != http.StatusCreated {
-						b.Errorf("push: %s", resp.Status)
-					}
-				}
+			benchParallel(b, 4, "msgs/s", func(client *http.Client, i int) {
+				req, _ := http.NewRequest(http.MethodPost, ts.base+"/up/"+tokens[i%len(tokens)], bytes.NewReader(body))
+				req.Header.Set("TTL", "3600")
+				req.Header.Set("Authorization", auth)
+				benchDo(b, client, req, http.StatusCreated)
 			})
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 		})
 	}
 }
