@@ -327,6 +327,9 @@ type Server struct {
 	// drain, once asked for, sends the device sessions elsewhere.
 	drain   drainer
 	metrics *metrics
+	// origin is PublicOrigin's answer, worked out once from
+	// Config.PublicURL, which a reload does not change.
+	origin string
 
 	mu      sync.Mutex
 	ln      net.Listener // the TCP listener, before TLS
@@ -404,7 +407,8 @@ func New(cfg Config) (*Server, error) {
 	if err := prepareDataDir(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("new server: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, cert: cert, tls: tlsConfig, xmppTLS: xmppTLS, upgrader: newUpgrader(), metrics: newMetrics()}
+	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, cert: cert, tls: tlsConfig, xmppTLS: xmppTLS, upgrader: newUpgrader(), metrics: newMetrics(),
+		origin: publicOrigin(cfg.PublicURL)}
 	s.metrics.reg.MustRegister(newStateCollector(s))
 	s.hub = newHub(s.metrics.drops.WithLabelValues(dropTTL0))
 	s.fan = newFanout(s)
@@ -784,7 +788,7 @@ func listenTCP(addr string) (net.Listener, error) {
 // PublicOrigin is the origin app servers reach this server at, from
 // Config.PublicURL with ws and wss read as http and https
 // ("https://push.example.com"), or "" when no public URL is configured.
-func (s *Server) PublicOrigin() string { return publicOrigin(s.cfg.PublicURL) }
+func (s *Server) PublicOrigin() string { return s.origin }
 
 // publicOrigin is the origin of a public URL as PublicOrigin gives it, or
 // "" for none or one that is not a server URL.

@@ -7,7 +7,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/sha256"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"math/big"
@@ -84,7 +83,7 @@ func parseVAPIDAuth(authorization, cryptoKey string) (vapidAuth, error) {
 // decodeVAPIDKey decodes a VAPID public key: base64url, padded or not, of
 // an uncompressed P-256 point.
 func decodeVAPIDKey(k string) ([]byte, error) {
-	b, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(k, "="))
+	b, err := decodeBase64URL(k)
 	if err != nil {
 		return nil, fmt.Errorf("the public key is not base64url: %w", err)
 	}
