@@ -270,10 +270,6 @@ func (n *node) lose(p int) {
 	}
 }
 
-// holds reports whether this node does the work of the partition that
-// holds an upstream message (its Seq) or a topic message (its Seq).
-func (n *node) holds(seq uint64) bool { return n.leases.Holds(int(seq & 0xff)) }
-
 // upstreamQueued hands a newly queued upstream message to its
 // partition's owner, this node or another.
 func (n *node) upstreamQueued(u store.Upstream) {

@@ -48,17 +48,3 @@ func Serve(t testing.TB, d Door) (closeAndWait func()) {
 	t.Cleanup(closeAndWait)
 	return closeAndWait
 }
-
-// WaitFor polls cond until it holds, and fails the test if it does not
-// within 10 seconds: the doors' effects on a backend come from their own
-// goroutines.
-func WaitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}

@@ -6,24 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
-
-// idGen makes unique message IDs for fan-out.
-func idGen() func() string {
-	var mu sync.Mutex
-	n := 0
-	return func() string {
-		mu.Lock()
-		defer mu.Unlock()
-		n++
-		return fmt.Sprintf("0:%d%%copy", n)
-	}
-}
 
 func TestSubscriptionLimit(t *testing.T) {
 	s, _ := openTemp(t)
