@@ -79,6 +79,8 @@ func parseWithConfig(fs *flag.FlagSet, args []string) (settingSource, error) {
 // checkSecretsPrivate refuses a config file that holds a secret where
 // others may read it, as readSecretFile refuses a file of one.
 func checkSecretsPrivate(src settingSource) error {
+	// The file's mode answers for every secret in it: the first one
+	// found names the problem.
 	for _, name := range secretFlags {
 		line := src.doc.Line(configKey(name))
 		if line == 0 {
@@ -92,6 +94,7 @@ func checkSecretsPrivate(src settingSource) error {
 			return usagef("%s:%d: %s: the file has mode %04o, which lets others read the secret: chmod 600 %s, or move the key to a file of its own (%s_file)",
 				src.file, line, configKey(name), mode, src.file, configKey(name))
 		}
+		return nil
 	}
 	return nil
 }
