@@ -25,6 +25,8 @@ type fleet struct {
 	key    string
 	agent  *agent
 	token  string
+	// served are the messages stillServed saw arrive.
+	served []string
 }
 
 func newFleet(t *testing.T) *fleet {
