@@ -186,6 +186,16 @@ bench: build
 	$(GO) build -o $(BIN)/bench ./scripts/bench
 	$(BIN)/bench -bin $(BIN) $(BENCH_FLAGS)
 
+# The same runs with tetherd and tether-server built with -tags cpuprobe,
+# writing CPU and allocation profiles of each throughput run to
+# $(BIN)/profiles (read them with go tool pprof BINARY PROFILE).
+.PHONY: bench-profile
+bench-profile:
+	mkdir -p $(BIN)/cpuprobe $(BIN)/profiles
+	$(GO) build -tags cpuprobe -o $(BIN)/cpuprobe/ ./cmd/tetherd ./cmd/tether-server ./scripts/idle-report
+	$(GO) build -o $(BIN)/bench ./scripts/bench
+	$(BIN)/bench -bin $(BIN)/cpuprobe -profile $(abspath $(BIN))/profiles -arm-build=false $(BENCH_FLAGS)
+
 # The connection server under load: 10,000 idle device sessions, then as
 # many as its open-file limit allows, a message to each; memory per
 # session, connect and delivery rates, over ws:// and then over wss://

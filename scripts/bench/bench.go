@@ -160,7 +160,15 @@ func run(ctx context.Context, c config, progress io.Writer) (*report, error) {
 	}
 	for _, n := range c.counts {
 		for _, ct := range contenders {
+			p, profiled := ct.sys.(profiler)
+			profiled = profiled && c.profile != ""
+			if profiled {
+				p.toggleProfiles()
+			}
 			res, err := do(ct, "throughput "+thousands(float64(n)), n, 0, ct.throughputWorkers)
+			if profiled {
+				p.toggleProfiles()
+			}
 			if err != nil {
 				return nil, err
 			}
@@ -173,6 +181,13 @@ func run(ctx context.Context, c config, progress io.Writer) (*report, error) {
 		return r, fmt.Errorf("%w:\n%w", errRunsFailed, errors.Join(failed...))
 	}
 	return r, nil
+}
+
+// profiler is a system whose processes profile themselves on a signal.
+type profiler interface {
+	// toggleProfiles starts the processes' profiles, or stops and writes
+	// them.
+	toggleProfiles()
 }
 
 // errRunsFailed is returned with a complete report in which some runs

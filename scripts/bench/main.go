@@ -98,6 +98,9 @@ type config struct {
 	json      bool
 	mdFile    string
 	keep      bool
+	// profile is where tetherd and tether-server write their profiles
+	// of each throughput run; "" for none.
+	profile string
 	// armBuild lets the tool build tetherd for ARMv7 when -bin has no
 	// cross/linux-armv7/tetherd.
 	armBuild bool
@@ -171,6 +174,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.mdFile, "md", "", "also write the markdown report to this `file`")
 	fs.BoolVar(&c.keep, "keep", false, "keep the temporary directory (logs, stores) and print where it is")
 	fs.StringVar(&c.render, "render", "", "print the JSON report in this `file` (from -json) as markdown, and measure nothing")
+	fs.StringVar(&c.profile, "profile", "", "write CPU and allocation profiles of tetherd and tether-server over each throughput run into this `directory` (DIR/tetherd.N.cpu, .allocs); -bin's binaries must be built with -tags cpuprobe (make bench-profile)")
 	fs.BoolVar(&c.armBuild, "arm-build", true, "build tetherd for ARMv7 when BIN/cross/linux-armv7/tetherd is missing (make cross builds it)")
 	if err := fs.Parse(args); err != nil {
 		return c, err

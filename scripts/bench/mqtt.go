@@ -236,10 +236,13 @@ func (m *mqttSide) name() string            { return "Mosquitto" }
 func (m *mqttSide) registry() *registry     { return &m.reg }
 func (m *mqttSide) needsAck() bool          { return false }
 func (m *mqttSide) wire() wireCounts        { return m.sub.proxy.snapshot() }
-func (m *mqttSide) agentCPU() time.Duration { return m.sub.proc.cpuTime() }
 func (m *mqttSide) agentPID() int           { return m.sub.proc.pid() }
 func (m *mqttSide) failed() <-chan struct{} { return m.fail.ch }
 func (m *mqttSide) err() error              { return m.fail.err }
+
+func (m *mqttSide) cpu() cpuTimes {
+	return measureCPU(m.sub.proc, m.broker.proc, m.pub)
+}
 
 // publish writes the payload as one line to mosquitto_pub's input.
 func (m *mqttSide) publish(_ context.Context, payload []byte) error {

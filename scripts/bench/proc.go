@@ -134,12 +134,36 @@ const maxTicks = 20 * 365 * 24 * 3600 * userHz
 
 // cpuTime is the CPU time the process has used so far, user and system,
 // all its threads; zero once it cannot be read.
-func (p *process) cpuTime() time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid()))
+func (p *process) cpuTime() time.Duration { return readCPU(fmt.Sprintf("/proc/%d/stat", p.pid())) }
+
+// readCPU reads the CPU time in a /proc/PID/stat file; zero when it
+// cannot.
+func readCPU(statPath string) time.Duration {
+	b, err := os.ReadFile(statPath)
 	if err != nil {
 		return 0
 	}
 	return statCPU(string(b))
+}
+
+// cpuTimes is CPU time used so far: by a system's agent, by its server,
+// and by all its processes with the tool's own.
+type cpuTimes struct{ agent, server, all time.Duration }
+
+// measureCPU reads the CPU times of a system whose agent and server are
+// the first two of procs; the tool's own time counts in all, as it is the
+// publisher, the app and the proxy.
+func measureCPU(procs ...*process) cpuTimes {
+	t := cpuTimes{agent: procs[0].cpuTime(), server: procs[1].cpuTime()}
+	t.all = t.agent + t.server + readCPU("/proc/self/stat")
+	for _, p := range procs[2:] {
+		t.all += p.cpuTime()
+	}
+	return t
+}
+
+func (t cpuTimes) since(before cpuTimes) cpuTimes {
+	return cpuTimes{agent: t.agent - before.agent, server: t.server - before.server, all: t.all - before.all}
 }
 
 // statCPU reads utime and stime from the text of /proc/PID/stat; zero

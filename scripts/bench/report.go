@@ -121,7 +121,6 @@ func (r *report) compare() {
 	maxMs := func(r runResult) float64 { return r.MaxMillis }
 	perSecond := func(r runResult) float64 { return r.PerSecond }
 	perMessage := func(r runResult) float64 { return r.BytesPerMessage }
-	cpu := func(r runResult) float64 { return r.AgentCPUMicros }
 	r.Figures = []figure{
 		runFigure("latency p50 ("+lat+")", "ms", "lower", t.Latency, m.Latency, p50),
 		runFigure("latency p99", "ms", "lower", t.Latency, m.Latency, p99),
@@ -160,13 +159,22 @@ func (r *report) compare() {
 		r.Figures = append(r.Figures, runFigure(
 			fmt.Sprintf("bytes per message on the device link, %s messages at full speed", thousands(float64(tl.Messages))),
 			"bytes", "lower", tl, ml, perMessage))
-		cpuName := fmt.Sprintf("agent CPU per message (tetherd, mosquitto_sub), %s messages at full speed", thousands(float64(tl.Messages)))
-		if cpu(tl) > 0 && cpu(ml) > 0 {
-			r.Figures = append(r.Figures, runFigure(cpuName, "µs", "lower", tl, ml, cpu))
-		} else {
-			// /proc counts CPU time in 10 ms ticks: a short run may
-			// not last one of a side's.
-			r.Warnings = append(r.Warnings, fmt.Sprintf("%s: not shown, as a side used less CPU than /proc counts (10 ms); run more messages", cpuName))
+		for _, c := range []struct {
+			who string
+			of  func(runResult) float64
+		}{
+			{"agent CPU per message (tetherd, mosquitto_sub)", func(r runResult) float64 { return r.AgentCPUMicros }},
+			{"server CPU per message (tether-server, mosquitto)", func(r runResult) float64 { return r.ServerCPUMicros }},
+			{"CPU per message of every process of the run (with the publisher, the app and the proxy)", func(r runResult) float64 { return r.AllCPUMicros }},
+		} {
+			name := fmt.Sprintf("%s, %s messages at full speed", c.who, thousands(float64(tl.Messages)))
+			if c.of(tl) > 0 && c.of(ml) > 0 {
+				r.Figures = append(r.Figures, runFigure(name, "µs", "lower", tl, ml, c.of))
+			} else {
+				// /proc counts CPU time in 10 ms ticks: a short run may
+				// not last one of a side's.
+				r.Warnings = append(r.Warnings, fmt.Sprintf("%s: not shown, as a side used less CPU than /proc counts (10 ms); run more messages", name))
+			}
 		}
 		r.Figures = append(r.Figures, runFigure("agent peak VmRSS (VmHWM) after the throughput runs", "MiB", "lower", tl, ml,
 			func(r runResult) float64 { return float64(r.PeakRSSKiB) / 1024 }))
@@ -243,7 +251,7 @@ func (r *report) markdown(w io.Writer) {
 		fmt.Sprintf("Throughput: messages sent as fast as a window of %d messages sent and not yet received allows, timed from the first send until the subscriber has every message (and, for Tether, the agent has answered every ack). Tether's app server sends from %d concurrent connections, mosquitto_pub from its one. The window keeps the publishers from outrunning the queue limits: Tether keeps 100 messages in flight at each hop (the connection server's to the device until the agent acks them, the agent's to the app until the app acks them), and at most 100 more waiting for an app behind them (GCM's rule on the server, the agent's quota), dropping them all beyond; mosquitto queues at most 1000 for a client. The agent's peak VmRSS is its VmHWM read after the last throughput run (mosquitto_sub's alike).", s.Window, s.TetherConns),
 		fmt.Sprintf("Idle: tetherd with `--heartbeat %ds`, measured by `scripts/idle-report` (its own server and proxy), and mosquitto_sub with `-k %d`, side by side for %g s after %g s to settle. Wake-ups are the context switches of all the process's threads (/proc/PID/task/*/status). VmRSS is read at the end: tetherd's counts the pages of its binary it has touched, mosquitto_sub's those of its shared libraries.", s.HeartbeatSeconds, s.HeartbeatSeconds, s.IdleSeconds, s.SettleSeconds),
 		"Bytes are TCP payload bytes on the device's link (tetherd to tether-server, mosquitto_sub to mosquitto), counted by a proxy that follows the WebSocket frames and MQTT packets: per heartbeat, every byte over the heartbeats; per message, the frames other than heartbeats over the messages.",
-		"Agent CPU per message: the user and system CPU time of tetherd's or mosquitto_sub's threads over the run (/proc/PID/stat, in 10 ms ticks), over the messages received.",
+		"CPU per message: the user and system CPU time of a process's threads over the run (/proc/PID/stat, in 10 ms ticks), over the messages received: the agent's (tetherd, mosquitto_sub), the server's (tether-server, mosquitto), and that of every process of the run, the tool's own (the publisher's HTTP client or the pipe to mosquitto_pub, the app, the proxy) and mosquitto_pub's among them. The cores' time over the last figure bounds the messages per second.",
 	} {
 		fmt.Fprintf(w, "- %s\n", line)
 	}

@@ -246,9 +246,8 @@ type system interface {
 	publish(ctx context.Context, payload []byte) error
 	// wire is what has crossed the device's link so far.
 	wire() wireCounts
-	// agentCPU is the CPU time the device's side (tetherd,
-	// mosquitto_sub) has used so far.
-	agentCPU() time.Duration
+	// cpu is the CPU time the system's processes have used so far.
+	cpu() cpuTimes
 	// agentPID is the process of the device's side: tetherd,
 	// mosquitto_sub.
 	agentPID() int
@@ -297,8 +296,13 @@ type runResult struct {
 	Wire            wireCounts `json:"wire"`
 	BytesPerMessage float64    `json:"bytes_per_message"`
 	// AgentCPUMicros is the CPU time of the device's side per message,
-	// in microseconds, counted in /proc's 10 ms ticks.
-	AgentCPUMicros float64 `json:"agent_cpu_us_per_message"`
+	// in microseconds, counted in /proc's 10 ms ticks; ServerCPUMicros
+	// the server's (tether-server, mosquitto), AllCPUMicros that of every
+	// process of the run: the system's, and the tool's own as publisher,
+	// app and proxy.
+	AgentCPUMicros  float64 `json:"agent_cpu_us_per_message"`
+	ServerCPUMicros float64 `json:"server_cpu_us_per_message"`
+	AllCPUMicros    float64 `json:"all_cpu_us_per_message"`
 	// PeakRSSKiB is the device side's VmHWM at the end of the run: the
 	// most resident memory it has had since it started.
 	PeakRSSKiB uint64 `json:"peak_rss_kib,omitempty"`
@@ -315,7 +319,7 @@ func drive(ctx context.Context, sys system, spec runSpec) (runResult, error) {
 	defer reg.finish(col)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	wireBefore, cpuBefore := sys.wire(), sys.agentCPU()
+	wireBefore, cpuBefore := sys.wire(), sys.cpu()
 
 	var sent atomic.Int64
 	seqs := make(chan int)
@@ -390,7 +394,9 @@ func drive(ctx context.Context, sys system, spec runSpec) (runResult, error) {
 	}
 	r.P50Millis, r.P99Millis, r.MaxMillis, r.MeanMillis = latencyStats(col.latencies)
 	r.BytesPerMessage = float64(r.Wire.DataBytes) / float64(max(r.Received, 1))
-	r.AgentCPUMicros = float64((sys.agentCPU()-cpuBefore)/time.Microsecond) / float64(max(r.Received, 1))
+	used := sys.cpu().since(cpuBefore)
+	perMessage := func(d time.Duration) float64 { return float64(d/time.Microsecond) / float64(max(r.Received, 1)) }
+	r.AgentCPUMicros, r.ServerCPUMicros, r.AllCPUMicros = perMessage(used.agent), perMessage(used.server), perMessage(used.all)
 	return r, nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"regexp"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"tether/ipc"
@@ -78,6 +79,15 @@ type tetherSide struct {
 	stopping chan struct{}
 }
 
+// profileEnv names where the process called name writes its profiles,
+// with -profile.
+func profileEnv(c config, name string) []string {
+	if c.profile == "" {
+		return nil
+	}
+	return []string{"TETHER_CPUPROFILE=" + filepath.Join(c.profile, name)}
+}
+
 // listenAddr finds the address in tether-server's "listening" log line.
 var listenAddr = regexp.MustCompile(`msg=listening addr=(\S+)`)
 
@@ -107,6 +117,7 @@ func startTether(ctx context.Context, c config, bins binaries, work string) (t *
 	t.server, err = start(procSpec{
 		name: "tether-server", path: bins.server, logPath: filepath.Join(work, "tether-server.log"),
 		args: []string{"serve", "--listen", "127.0.0.1:0", "--data", data, "--enroll-key", benchEnrollKey},
+		env:  profileEnv(c, "tether-server"),
 		onLine: func(line string) {
 			if m := listenAddr.FindStringSubmatch(line); m != nil {
 				select {
@@ -151,6 +162,7 @@ func startTether(ctx context.Context, c config, bins binaries, work string) (t *
 			"--data", filepath.Join(work, "agent"), "--socket", sock, "--dbus", "off",
 			"--heartbeat", c.heartbeat.String(), "--enroll-key", benchEnrollKey,
 		},
+		env: profileEnv(c, "tetherd"),
 	})
 	if err != nil {
 		return t, err
@@ -168,11 +180,20 @@ func startTether(ctx context.Context, c config, bins binaries, work string) (t *
 	return t, err
 }
 
-func (t *tetherSide) name() string            { return "Tether" }
-func (t *tetherSide) registry() *registry     { return &t.reg }
-func (t *tetherSide) needsAck() bool          { return true }
-func (t *tetherSide) wire() wireCounts        { return t.proxy.snapshot() }
-func (t *tetherSide) agentCPU() time.Duration { return t.agent.cpuTime() }
+func (t *tetherSide) name() string        { return "Tether" }
+func (t *tetherSide) registry() *registry { return &t.reg }
+func (t *tetherSide) needsAck() bool      { return true }
+func (t *tetherSide) wire() wireCounts    { return t.proxy.snapshot() }
+
+// toggleProfiles signals tetherd and tether-server, built with -tags
+// cpuprobe, to start or stop their profiles (internal/cpuprobe).
+func (t *tetherSide) toggleProfiles() {
+	for _, p := range []*process{t.agent, t.server} {
+		p.cmd.Process.Signal(syscall.SIGUSR2)
+	}
+}
+
+func (t *tetherSide) cpu() cpuTimes           { return measureCPU(t.agent, t.server) }
 func (t *tetherSide) agentPID() int           { return t.agent.pid() }
 func (t *tetherSide) failed() <-chan struct{} { return t.fail.ch }
 func (t *tetherSide) err() error              { return t.fail.err }
