@@ -232,7 +232,7 @@ func (in *inbox) deliver(s *subscription) {
 // holds commitMu until they are committed. The others take their turn
 // through the inbox once stored.
 func (in *inbox) handEarly(recs []store.Message, fresh []bool) []store.Message {
-	var early []store.Message
+	early := make([]store.Message, 0, len(recs))
 	for i, m := range recs {
 		s := in.subscription(m.App)
 		if s == nil {

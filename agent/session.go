@@ -207,7 +207,7 @@ type sessionRun struct {
 // transaction and acknowledged with one ack. It fails only when the
 // messages could not be stored.
 func (r *sessionRun) handleBurst(ctx context.Context, burst [][]byte) error {
-	var msgs []wire.Message
+	msgs := make([]wire.Message, 0, len(burst))
 	for _, data := range burst {
 		f, err := r.s.Codec().Decode(data)
 		if err != nil {
