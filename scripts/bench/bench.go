@@ -176,6 +176,11 @@ func run(ctx context.Context, c config, progress io.Writer) (*report, error) {
 		}
 	}
 	r.Machine.LoadAfter = loadAverage()
+	if c.profile != "" {
+		if r.Profiles, err = splitProfiles(c, bins, r.Tether.Throughput); err != nil {
+			return nil, err
+		}
+	}
 	r.compare()
 	if len(failed) > 0 {
 		return r, fmt.Errorf("%w:\n%w", errRunsFailed, errors.Join(failed...))

@@ -25,6 +25,9 @@ type report struct {
 	Sizes     sizes      `json:"sizes"`
 	// Figures are the comparisons, each with its ratio.
 	Figures []figure `json:"figures"`
+	// Profiles split the CPU profiles of tetherd and tether-server over
+	// each throughput run, with -profile.
+	Profiles []profileSplit `json:"profiles,omitempty"`
 	// Warnings are what makes some figures less than they seem.
 	Warnings []string `json:"warnings,omitempty"`
 }
@@ -204,6 +207,7 @@ func (r *report) markdown(w io.Writer) {
 		fmt.Fprintf(w, "**Warning:** %s\n\n", warn)
 	}
 
+	r.markdownProfiles(w)
 	fmt.Fprintf(w, "### Every message accounted for\n\n")
 	fmt.Fprintf(w, "| run | system | sent | received | duplicates | acked by the app | missing | seconds | messages/s | outcome |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, side := range []struct {
