@@ -40,7 +40,8 @@
 // had before it checked in anew, until it is registered again;
 // "refreshed": sender → the new token the app has not been told of), its
 // inbox and outbox (keyed by a per-app
-// sequence number, so iteration is arrival order), how many messages its
+// sequence number, so iteration is arrival order; a held message's record
+// is binary, or JSON as versions before it wrote them), how many messages its
 // inbox holds and their bytes ("usage", counted afresh at Open), and the
 // count of messages dropped before the app acknowledged them; bucket
 // "seen" maps each downstream message ID to its expiry, app and inbox

@@ -5,9 +5,7 @@ package store
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -237,15 +235,12 @@ func (r *quotaRun) dropOldest(app *bolt.Bucket, name string) (bool, error) {
 			flow[id] = true
 		}
 	}
-	var m struct {
-		ID      string    `json:"id"`
-		Expires time.Time `json:"expires"`
-	}
+	var m Message
 	var key, record []byte
 	c := inbox.Cursor()
 	for key, record = c.First(); key != nil; key, record = c.Next() {
-		if err := json.Unmarshal(record, &m); err != nil {
-			return false, fmt.Errorf("decode held message: %w", err)
+		if err := decodeMessage(record, &m); err != nil {
+			return false, err
 		}
 		if !flow[m.ID] {
 			break

@@ -3,7 +3,6 @@
 package store
 
 import (
-	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -14,26 +13,23 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// sized is a message for app whose record is size bytes, give or take the
-// length of its ID.
+// sized is a message for app whose record is size bytes, or the least
+// it can be when that is smaller.
 func sized(t *testing.T, id, app string, size int) Message {
 	t.Helper()
 	m := msg(id, app, "1", "tok-"+app, time.Hour)
-	v, err := json.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
+	// Padding n bytes adds n, its key and their lengths; the second pass
+	// corrects for the length of the padding's length.
+	m.Data["pad"] = ""
+	for range 2 {
+		pad := max(len(m.Data["pad"])+size-int(recordSize(m)), 0)
+		m.Data["pad"] = strings.Repeat("x", pad)
 	}
-	m.Data["pad"] = strings.Repeat("x", max(size-len(v)-len(`,"pad":""`), 0))
 	return m
 }
 
-func recordSize(t *testing.T, m Message) int64 {
-	t.Helper()
-	v, err := json.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return int64(len(v))
+func recordSize(m Message) int64 {
+	return int64(len(encodeMessage(nil, &m)))
 }
 
 // The quota drops an app's oldest held messages to make room for its new
@@ -239,15 +235,15 @@ func TestQuotaCountsWhatLeaves(t *testing.T) {
 			t.Fatalf("%s: usage %+v, %v; want %d messages, %d bytes", step, got, err, n, size)
 		}
 	}
-	want("held", 3, recordSize(t, sized(t, "acked", "a", 200))+recordSize(t, short)+recordSize(t, other))
+	want("held", 3, recordSize(sized(t, "acked", "a", 200))+recordSize(short)+recordSize(other))
 	if _, err := s.Ack("a", []string{"acked"}); err != nil {
 		t.Fatal(err)
 	}
-	want("acked", 2, recordSize(t, short)+recordSize(t, other))
+	want("acked", 2, recordSize(short)+recordSize(other))
 	if _, err := s.Sweep(t0.Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	want("swept", 1, recordSize(t, other))
+	want("swept", 1, recordSize(other))
 	if _, err := s.Unregister("a", "2"); err != nil {
 		t.Fatal(err)
 	}
@@ -266,5 +262,5 @@ func TestQuotaCountsWhatLeaves(t *testing.T) {
 		t.Fatal(err)
 	}
 	s = reopen(t, s, path)
-	want("reopened", 3, 3*recordSize(t, msg("x", "a", "1", "tok-a", time.Hour)))
+	want("reopened", 3, 3*recordSize(msg("x", "a", "1", "tok-a", time.Hour)))
 }

@@ -470,8 +470,8 @@ func (s *Store) Unregister(app, sender string) ([]string, error) {
 		var keys [][]byte
 		err := inbox.ForEach(func(k, v []byte) error {
 			var m Message
-			if err := json.Unmarshal(v, &m); err != nil {
-				return fmt.Errorf("decode held message: %w", err)
+			if err := decodeMessage(v, &m); err != nil {
+				return err
 			}
 			if m.From == sender {
 				keys = append(keys, k)
@@ -497,6 +497,8 @@ func (s *Store) Unregister(app, sender string) ([]string, error) {
 }
 
 // Message is one downstream message as the agent holds it for its app.
+// Its record is binary (record.go); the JSON tags are those of the records
+// of earlier versions, which the store still reads.
 type Message struct {
 	// Seq orders an app's messages by arrival; AddMessages sets it.
 	Seq uint64 `json:"-"`
@@ -644,11 +646,7 @@ func addMessages(tx *bolt.Tx, msgs []Message, q Quota, ordered bool, outcomes []
 			if seq, err = inbox.NextSequence(); err != nil {
 				return nil, err
 			}
-			v, err := json.Marshal(m)
-			if err != nil {
-				return nil, fmt.Errorf("encode message %q: %w", m.ID, err)
-			}
-			if err := quota.hold(app, m.App, encodeUint64(seq), v); err != nil {
+			if err := quota.hold(app, m.App, encodeUint64(seq), encodeMessage(nil, m)); err != nil {
 				return nil, err
 			}
 			if err := tx.Bucket(bucketHeld).Put(expiryKey(m.Expires, m.ID), nil); err != nil {
@@ -710,8 +708,8 @@ func (s *Store) Inbox(app string, after uint64, limit int, now time.Time) ([]Mes
 		c := b.Bucket(bucketInbox).Cursor()
 		for k, v := c.Seek(encodeUint64(after + 1)); k != nil && len(out) < limit; k, v = c.Next() {
 			var m Message
-			if err := json.Unmarshal(v, &m); err != nil {
-				return fmt.Errorf("decode held message: %w", err)
+			if err := decodeMessage(v, &m); err != nil {
+				return err
 			}
 			if expired(m.Expires, now) {
 				continue
