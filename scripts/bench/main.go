@@ -60,6 +60,7 @@
 //	go run ./scripts/bench -bin bin -quick          # tiny counts, under a minute
 //	go run ./scripts/bench -bin bin -json -md report.md >report.json
 //	go run ./scripts/bench -render report.json       # its markdown again
+//	go run ./scripts/bench -median a.json,b.json,c.json  # medians of runs
 //
 // mosquitto, mosquitto_pub and mosquitto_sub are looked up on PATH, then
 // in /usr/sbin and /usr/local/sbin. The temporary directory is under
@@ -107,6 +108,8 @@ type config struct {
 	// render names a JSON report to print again, as markdown, instead of
 	// measuring.
 	render string
+	// median names JSON reports to sum up, instead of measuring.
+	median string
 }
 
 func main() {
@@ -116,6 +119,13 @@ func main() {
 	}
 	if err != nil {
 		os.Exit(2)
+	}
+	if c.median != "" {
+		if err := medians(strings.Split(c.median, ","), os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if c.render != "" {
 		if err := render(c.render, os.Stdout); err != nil {
@@ -174,6 +184,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.mdFile, "md", "", "also write the markdown report to this `file`")
 	fs.BoolVar(&c.keep, "keep", false, "keep the temporary directory (logs, stores) and print where it is")
 	fs.StringVar(&c.render, "render", "", "print the JSON report in this `file` (from -json) as markdown, and measure nothing")
+	fs.StringVar(&c.median, "median", "", "print, for JSON reports in these comma-separated `files` (from -json), each figure's median with the lowest and highest, as markdown, and measure nothing")
 	fs.StringVar(&c.profile, "profile", "", "write CPU and allocation profiles of tetherd and tether-server over each throughput run into this `directory` (DIR/tetherd.N.cpu, .allocs); -bin's binaries must be built with -tags cpuprobe (make bench-profile)")
 	fs.BoolVar(&c.armBuild, "arm-build", true, "build tetherd for ARMv7 when BIN/cross/linux-armv7/tetherd is missing (make cross builds it)")
 	if err := fs.Parse(args); err != nil {
@@ -217,18 +228,28 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 // render prints an earlier JSON report as markdown, its figures worked
 // out again from its results.
 func render(path string, w io.Writer) error {
-	b, err := os.ReadFile(path)
+	r, err := loadReport(path)
 	if err != nil {
 		return err
 	}
+	r.markdown(w)
+	return nil
+}
+
+// loadReport reads a JSON report and works its figures out again from
+// its results.
+func loadReport(path string) (*report, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
 	var r report
 	if err := json.Unmarshal(b, &r); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	r.Warnings = nil
 	r.compare()
-	r.markdown(w)
-	return nil
+	return &r, nil
 }
 
 // write prints the report as the flags ask.
