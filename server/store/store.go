@@ -45,7 +45,7 @@ var (
 	bucketDevices    = []byte("devices")       // device ID → Device
 	bucketRegs       = []byte("regs")          // token → Registration, kept after unregister
 	bucketRegIndex   = []byte("reg_index")     // device sep app sep sender → token of the active registration
-	bucketMsgs       = []byte("msgs")          // message ID → Message
+	bucketMsgs       = []byte("msgs")          // message ID → Message, in a binary record (record.go)
 	bucketQueue      = []byte("queue")         // device sep seq → message ID
 	bucketCollapse   = []byte("collapse")      // token sep collapse key → message ID
 	bucketExpiry     = []byte("expiry")        // expiry kind id → nil, for the sweep
@@ -358,7 +358,22 @@ func lookup[T any](db *bolt.DB, bucket, key []byte) (T, error) {
 	return v, err
 }
 
+// decode reads a record: a queued message's is binary (record.go), every
+// other JSON.
 func decode[T any](raw []byte) (T, error) {
+	var v T
+	if m, ok := any(&v).(*Message); ok {
+		// Apart from the return: Go leaves unsaid whether v would be
+		// read before or after the call that fills it.
+		err := decodeMessage(raw, m)
+		return v, err
+	}
+	return decodeJSON[T](raw)
+}
+
+// decodeJSON is apart from decode so that the message decode[Message]
+// returns stays off the heap: given to json, it would not.
+func decodeJSON[T any](raw []byte) (T, error) {
 	var v T
 	if err := json.Unmarshal(raw, &v); err != nil {
 		return v, fmt.Errorf("decode record: %w: %v", ErrCorrupt, err)
@@ -366,10 +381,20 @@ func decode[T any](raw []byte) (T, error) {
 	return v, nil
 }
 
+// put writes v's record: a queued message's binary (record.go), any other
+// value's JSON.
 func put(b *bolt.Bucket, key []byte, v any) error {
-	raw, err := json.Marshal(v)
-	if err != nil {
-		return err
+	var raw []byte
+	switch m := v.(type) {
+	case Message:
+		raw = encodeMessage(nil, &m)
+	case *Message:
+		raw = encodeMessage(nil, m)
+	default:
+		var err error
+		if raw, err = json.Marshal(v); err != nil {
+			return err
+		}
 	}
 	return b.Put(key, raw)
 }
