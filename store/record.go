@@ -7,9 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/bits"
 	"slices"
-	"time"
+
+	"tether/internal/record"
 )
 
 // A held message's record in an app's inbox is binary, written by
@@ -27,14 +27,9 @@ import (
 //	time    Received, Expires
 //	bytes   Raw
 //
-// A string is its uvarint length and its bytes; a map is its uvarint count
-// and that many key and value strings, in no set order (sorting the keys
-// would cost allocations, and nothing compares records byte for byte); a
-// time is its varint Unix seconds and uvarint nanoseconds, so that every
-// instant comes back (Unix nanoseconds alone would not reach the zero
-// time, nor any instant outside 1678 to 2262, which JSON records can
-// hold). Seq and Token are not kept:
-// the key is the Seq, and the Token is checked before the message is held.
+// The strings, maps and times are package record's: a time keeps every
+// instant a JSON record can hold. Seq and Token are not kept: the key is
+// the Seq, and the Token is checked before the message is held.
 // An empty map and an empty Raw come back nil, as they did from the JSON
 // records of earlier versions (omitempty).
 //
@@ -53,63 +48,28 @@ func encodeMessage(dst []byte, m *Message) []byte {
 	}
 	dst = append(dst, recordVersion)
 	dst = binary.AppendUvarint(dst, uint64(len(m.Raw)))
-	dst = appendString(dst, m.ID)
-	dst = appendString(dst, m.App)
-	dst = appendString(dst, m.From)
-	dst = appendString(dst, m.CollapseKey)
-	dst = appendMap(dst, m.Data)
-	dst = appendString(dst, m.Priority)
+	dst = record.AppendString(dst, m.ID)
+	dst = record.AppendString(dst, m.App)
+	dst = record.AppendString(dst, m.From)
+	dst = record.AppendString(dst, m.CollapseKey)
+	dst = record.AppendMap(dst, m.Data)
+	dst = record.AppendString(dst, m.Priority)
 	dst = binary.AppendVarint(dst, m.SentTime)
-	dst = appendMap(dst, m.Notification)
-	dst = appendString(dst, m.Topic)
+	dst = record.AppendMap(dst, m.Notification)
+	dst = record.AppendString(dst, m.Topic)
 	dst = binary.AppendVarint(dst, m.TTL)
-	dst = appendTime(dst, m.Received)
-	dst = appendTime(dst, m.Expires)
+	dst = record.AppendTime(dst, m.Received)
+	dst = record.AppendTime(dst, m.Expires)
 	return append(dst, m.Raw...)
 }
 
 // encodedSize is the length of m's record.
 func encodedSize(m *Message) int {
-	return 1 + uvarintSize(uint64(len(m.Raw))) +
-		stringSize(m.ID) + stringSize(m.App) + stringSize(m.From) + stringSize(m.CollapseKey) +
-		mapSize(m.Data) + stringSize(m.Priority) + varintSize(m.SentTime) +
-		mapSize(m.Notification) + stringSize(m.Topic) + varintSize(m.TTL) +
-		timeSize(m.Received) + timeSize(m.Expires) + len(m.Raw)
-}
-
-func appendString(dst []byte, s string) []byte {
-	return append(binary.AppendUvarint(dst, uint64(len(s))), s...)
-}
-
-func appendMap(dst []byte, m map[string]string) []byte {
-	dst = binary.AppendUvarint(dst, uint64(len(m)))
-	for k, v := range m {
-		dst = appendString(appendString(dst, k), v)
-	}
-	return dst
-}
-
-func appendTime(dst []byte, t time.Time) []byte {
-	return binary.AppendUvarint(binary.AppendVarint(dst, t.Unix()), uint64(t.Nanosecond()))
-}
-
-func uvarintSize(x uint64) int { return (bits.Len64(x|1) + 6) / 7 }
-
-// varintSize is the length of binary.AppendVarint's zig-zag encoding.
-func varintSize(x int64) int { return uvarintSize(uint64(x<<1) ^ uint64(x>>63)) }
-
-func stringSize(s string) int { return uvarintSize(uint64(len(s))) + len(s) }
-
-func mapSize(m map[string]string) int {
-	n := uvarintSize(uint64(len(m)))
-	for k, v := range m {
-		n += stringSize(k) + stringSize(v)
-	}
-	return n
-}
-
-func timeSize(t time.Time) int {
-	return varintSize(t.Unix()) + uvarintSize(uint64(t.Nanosecond()))
+	return 1 + record.UvarintSize(uint64(len(m.Raw))) +
+		record.StringSize(m.ID) + record.StringSize(m.App) + record.StringSize(m.From) + record.StringSize(m.CollapseKey) +
+		record.MapSize(m.Data) + record.StringSize(m.Priority) + record.VarintSize(m.SentTime) +
+		record.MapSize(m.Notification) + record.StringSize(m.Topic) + record.VarintSize(m.TTL) +
+		record.TimeSize(m.Received) + record.TimeSize(m.Expires) + len(m.Raw)
 }
 
 // decodeMessage reads a record that encodeMessage or an earlier version's
@@ -143,124 +103,28 @@ func decodeMessage(v []byte, m *Message) error {
 	if rawLen > uint64(len(v)-head) {
 		return fmt.Errorf("decode held message: truncated raw: %d bytes of %d", len(v)-head, rawLen)
 	}
-	fields := v[head : len(v)-int(rawLen)]
-	r := recordReader{b: fields, s: string(fields)}
-	m.ID = r.string("id", "")
-	m.App = r.string("app", "")
-	m.From = r.string("from", "")
-	m.CollapseKey = r.string("collapse key", "")
-	m.Data = r.stringMap("data")
-	m.Priority = r.string("priority", "")
-	m.SentTime = r.varint("sent time", "", "")
-	m.Notification = r.stringMap("notification")
-	m.Topic = r.string("topic", "")
-	m.TTL = r.varint("ttl", "", "")
-	m.Received = r.time("received time")
-	m.Expires = r.time("expiry")
-	if r.err == nil && r.off != len(r.b) {
-		r.err = fmt.Errorf("%d stray bytes before raw", len(r.b)-r.off)
+	r := record.NewReader(v[head : len(v)-int(rawLen)])
+	m.ID = r.String("id")
+	m.App = r.String("app")
+	m.From = r.String("from")
+	m.CollapseKey = r.String("collapse key")
+	m.Data = r.Map("data")
+	m.Priority = r.String("priority")
+	m.SentTime = r.Varint("sent time")
+	m.Notification = r.Map("notification")
+	m.Topic = r.String("topic")
+	m.TTL = r.Varint("ttl")
+	m.Received = r.Time("received time")
+	m.Expires = r.Time("expiry")
+	if r.Len() != 0 {
+		r.Fail(fmt.Errorf("%d stray bytes before raw", r.Len()))
 	}
-	if r.err != nil {
+	if err := r.Err(); err != nil {
 		*m = Message{}
-		return fmt.Errorf("decode held message: %w", r.err)
+		return fmt.Errorf("decode held message: %w", err)
 	}
 	if rawLen > 0 {
 		m.Raw = slices.Clone(v[len(v)-int(rawLen):])
 	}
 	return nil
-}
-
-// recordReader reads the fields of a record in order. Its strings are cut
-// from s, one copy of b; its first error stops it, and reads after that
-// return zero values. A read names its field in two parts, what and part
-// ("data", " key"), put together only for an error: joining them on every
-// read would cost an allocation each.
-type recordReader struct {
-	b   []byte
-	s   string
-	off int
-	err error
-}
-
-// check records the error of binary.Uvarint's or Varint's n, if any, and
-// moves past the n bytes read.
-func (r *recordReader) check(n int, what, part, unit string) {
-	switch {
-	case n == 0:
-		r.err = fmt.Errorf("truncated %s%s%s", what, part, unit)
-	case n < 0:
-		r.err = fmt.Errorf("malformed %s%s%s: varint overflows 64 bits", what, part, unit)
-	}
-	r.off += max(n, 0)
-}
-
-func (r *recordReader) uvarint(what, part, unit string) uint64 {
-	if r.err != nil {
-		return 0
-	}
-	x, n := binary.Uvarint(r.b[r.off:])
-	r.check(n, what, part, unit)
-	return x
-}
-
-func (r *recordReader) varint(what, part, unit string) int64 {
-	if r.err != nil {
-		return 0
-	}
-	x, n := binary.Varint(r.b[r.off:])
-	r.check(n, what, part, unit)
-	return x
-}
-
-func (r *recordReader) string(what, part string) string {
-	n := r.uvarint(what, part, " length")
-	if r.err != nil {
-		return ""
-	}
-	if n > uint64(len(r.b)-r.off) {
-		r.err = fmt.Errorf("truncated %s%s: %d bytes of %d", what, part, len(r.b)-r.off, n)
-		return ""
-	}
-	s := r.s[r.off : r.off+int(n)]
-	r.off += int(n)
-	return s
-}
-
-func (r *recordReader) stringMap(what string) map[string]string {
-	n := r.uvarint(what, "", " count")
-	if r.err != nil || n == 0 {
-		return nil
-	}
-	// A pair takes two bytes at least: a count beyond that is no
-	// record's, and must not size the map.
-	if n > uint64(len(r.b)-r.off)/2 {
-		r.err = fmt.Errorf("truncated %s: %d entries in %d bytes", what, n, len(r.b)-r.off)
-		return nil
-	}
-	m := make(map[string]string, n)
-	for i := range int(n) {
-		k := r.string(what, " key")
-		v := r.string(what, " value")
-		if r.err != nil {
-			return nil
-		}
-		if m[k] = v; len(m) != i+1 {
-			r.err = fmt.Errorf("malformed %s: key %q twice", what, k)
-			return nil
-		}
-	}
-	return m
-}
-
-func (r *recordReader) time(what string) time.Time {
-	sec := r.varint(what, "", " seconds")
-	nsec := r.uvarint(what, "", " nanoseconds")
-	if r.err != nil {
-		return time.Time{}
-	}
-	if nsec >= uint64(time.Second) {
-		r.err = fmt.Errorf("malformed %s: %d nanoseconds", what, nsec)
-		return time.Time{}
-	}
-	return time.Unix(sec, int64(nsec)).UTC()
 }

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"tether/internal/record"
+
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -199,7 +201,7 @@ func TestDecodeMessageErrors(t *testing.T) {
 	str := func(ss ...string) []byte {
 		var b []byte
 		for _, s := range ss {
-			b = appendString(b, s)
+			b = record.AppendString(b, s)
 		}
 		return b
 	}
