@@ -43,9 +43,7 @@ const recordVersion = 0x01
 
 // encodeMessage appends m's record to dst, growing dst at most once.
 func encodeMessage(dst []byte, m *Message) []byte {
-	if size := encodedSize(m); cap(dst)-len(dst) < size {
-		dst = append(make([]byte, 0, len(dst)+size), dst...)
-	}
+	dst = record.Grow(dst, encodedSize(m))
 	dst = append(dst, recordVersion)
 	dst = binary.AppendUvarint(dst, uint64(len(m.Raw)))
 	dst = record.AppendString(dst, m.ID)
@@ -95,15 +93,11 @@ func decodeMessage(v []byte, m *Message) error {
 	default:
 		return fmt.Errorf("decode held message: unknown record version 0x%02x", v[0])
 	}
-	rawLen, n := binary.Uvarint(v[1:])
-	if n <= 0 {
-		return errors.New("decode held message: truncated raw length")
+	fields, raw, err := record.CutTail(v[1:], "raw")
+	if err != nil {
+		return fmt.Errorf("decode held message: %w", err)
 	}
-	head := 1 + n
-	if rawLen > uint64(len(v)-head) {
-		return fmt.Errorf("decode held message: truncated raw: %d bytes of %d", len(v)-head, rawLen)
-	}
-	r := record.NewReader(v[head : len(v)-int(rawLen)])
+	r := record.NewReader(fields)
 	m.ID = r.String("id")
 	m.App = r.String("app")
 	m.From = r.String("from")
@@ -116,15 +110,12 @@ func decodeMessage(v []byte, m *Message) error {
 	m.TTL = r.Varint("ttl")
 	m.Received = r.Time("received time")
 	m.Expires = r.Time("expiry")
-	if r.Len() != 0 {
-		r.Fail(fmt.Errorf("%d stray bytes before raw", r.Len()))
-	}
-	if err := r.Err(); err != nil {
+	if err := r.Finish(); err != nil {
 		*m = Message{}
 		return fmt.Errorf("decode held message: %w", err)
 	}
-	if rawLen > 0 {
-		m.Raw = slices.Clone(v[len(v)-int(rawLen):])
+	if len(raw) > 0 {
+		m.Raw = slices.Clone(raw)
 	}
 	return nil
 }

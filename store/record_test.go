@@ -127,7 +127,7 @@ func TestDecodeMessageErrors(t *testing.T) {
 		{"a data key twice", `malformed data: key "k" twice`, rec(ids + "\x02\x01k\x011\x01k\x012")},
 		{"no sent time", "truncated sent time", rec(ids + dataToPriority)},
 		{"no expiry", "truncated expiry seconds", rec(ids + dataToPriority + sentToTTL + "\x00\x00")},
-		{"bytes after the fields", "1 stray bytes before raw", rec(ids + dataToPriority + sentToTTL + "\x00\x00\x00\x00\x09")},
+		{"bytes after the fields", "1 stray bytes after the fields", rec(ids + dataToPriority + sentToTTL + "\x00\x00\x00\x00\x09")},
 		{"bad JSON", "decode held message: json: cannot unmarshal number", []byte(`{"id": 5}`)},
 	}
 	for _, tt := range tests {

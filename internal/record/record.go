@@ -54,6 +54,16 @@ func AppendTime(dst []byte, t time.Time) []byte {
 	return binary.AppendUvarint(binary.AppendVarint(dst, t.Unix()), uint64(t.Nanosecond()))
 }
 
+// Grow returns dst with room for n bytes more, grown at most once and to
+// no more than it needs: a record written into nil is one allocation of
+// its length.
+func Grow(dst []byte, n int) []byte {
+	if cap(dst)-len(dst) < n {
+		dst = append(make([]byte, 0, len(dst)+n), dst...)
+	}
+	return dst
+}
+
 // UvarintSize is the length of binary.AppendUvarint's encoding of x.
 func UvarintSize(x uint64) int { return (bits.Len64(x|1) + 6) / 7 }
 
@@ -75,6 +85,21 @@ func MapSize(m map[string]string) int {
 // TimeSize is the length of AppendTime's encoding of t.
 func TimeSize(t time.Time) int {
 	return VarintSize(t.Unix()) + UvarintSize(uint64(t.Nanosecond()))
+}
+
+// CutTail cuts b, a uvarint length n, fields, and n bytes that end it,
+// into the fields and those n bytes, the tail. A record whose last field
+// is bytes of any length (a message's raw payload) puts that length
+// first, so that a Reader of the fields copies them without it. what
+// names the tail, for an error.
+func CutTail(b []byte, what string) (fields, tail []byte, err error) {
+	r := Reader{b: b}
+	n := r.uvarint(what, "", " length")
+	if !r.has(n, what, "") {
+		return nil, nil, r.err
+	}
+	end := len(b) - int(n)
+	return b[r.off:end], b[end:], nil
 }
 
 // A Reader reads the fields of a record in order. It copies the record's
@@ -110,6 +135,15 @@ func (r *Reader) Fail(err error) {
 
 // Len is the number of bytes not read yet.
 func (r *Reader) Len() int { return len(r.b) - r.off }
+
+// Finish is the first error of a read, if any, or else an error for any
+// bytes left unread: a record's layout says where its fields end.
+func (r *Reader) Finish() error {
+	if r.err == nil && r.Len() != 0 {
+		r.err = fmt.Errorf("%d stray bytes after the fields", r.Len())
+	}
+	return r.err
+}
 
 // Uvarint reads a uvarint.
 func (r *Reader) Uvarint(what string) uint64 { return r.uvarint(what, "", "") }
@@ -189,14 +223,19 @@ func (r *Reader) varint(what, part, unit string) int64 {
 
 func (r *Reader) string(what, part string) string {
 	n := r.uvarint(what, part, " length")
-	if r.err != nil {
-		return ""
-	}
-	if n > uint64(r.Len()) {
-		r.err = fmt.Errorf("truncated %s%s: %d bytes of %d", what, part, r.Len(), n)
+	if !r.has(n, what, part) {
 		return ""
 	}
 	s := r.s[r.off : r.off+int(n)]
 	r.off += int(n)
 	return s
+}
+
+// has reports whether r has not stopped and has n bytes left to read; if
+// it has not, the field is truncated, and r stops.
+func (r *Reader) has(n uint64, what, part string) bool {
+	if r.err == nil && n > uint64(r.Len()) {
+		r.err = fmt.Errorf("truncated %s%s: %d bytes of %d", what, part, r.Len(), n)
+	}
+	return r.err == nil
 }

@@ -327,3 +327,64 @@ func FuzzReader(f *testing.F) {
 		}
 	})
 }
+
+func TestCutTail(t *testing.T) {
+	tests := []struct {
+		name         string
+		b            []byte
+		fields, tail string
+		want         string
+	}{
+		{name: "no tail", b: []byte{0, 'f'}, fields: "f"},
+		{name: "no fields", b: []byte{2, 'r', 'r'}, tail: "rr"},
+		{name: "fields and tail", b: []byte{1, 'f', 'f', 'r'}, fields: "ff", tail: "r"},
+		{name: "empty", b: nil, want: "truncated raw length"},
+		{name: "length overflowing", b: bytes.Repeat([]byte{0xff}, 11), want: "malformed raw length: varint overflows 64 bits"},
+		{name: "tail longer than the record", b: []byte{5, 'r'}, want: "truncated raw: 1 bytes of 5"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fields, tail, err := CutTail(tt.b, "raw")
+			if tt.want != "" {
+				if err == nil || err.Error() != tt.want || fields != nil || tail != nil {
+					t.Fatalf("%q, %q, %v; want the error %q", fields, tail, err, tt.want)
+				}
+				return
+			}
+			if err != nil || string(fields) != tt.fields || string(tail) != tt.tail {
+				t.Errorf("%q, %q, %v; want %q, %q", fields, tail, err, tt.fields, tt.tail)
+			}
+		})
+	}
+}
+
+func TestGrow(t *testing.T) {
+	if b := Grow(nil, 10); len(b) != 0 || cap(b) != 10 {
+		t.Errorf("Grow(nil, 10): len %d, cap %d; want 0, 10", len(b), cap(b))
+	}
+	room := make([]byte, 2, 16)
+	if b := Grow(room, 14); &b[:cap(b)][0] != &room[:1][0] {
+		t.Error("Grow grew a slice that had room enough")
+	}
+	if b := Grow([]byte("ab"), 3); string(b) != "ab" || cap(b) != 5 {
+		t.Errorf("Grow(\"ab\", 3) = %q, cap %d; want \"ab\", cap 5", b, cap(b))
+	}
+}
+
+func TestReaderFinish(t *testing.T) {
+	r := NewReader([]byte{1, 'a', 9})
+	if s := r.String("s"); s != "a" {
+		t.Fatalf("read %q", s)
+	}
+	if err := r.Finish(); err == nil || err.Error() != "1 stray bytes after the fields" {
+		t.Errorf("Finish with a byte left: %v", err)
+	}
+	r = NewReader([]byte{1, 'a'})
+	if r.String("s"); r.Finish() != nil {
+		t.Errorf("Finish after every byte: %v", r.Finish())
+	}
+	r = NewReader([]byte{5, 'a'})
+	if r.String("s"); r.Finish() == nil || r.Finish().Error() != "truncated s: 1 bytes of 5" {
+		t.Errorf("Finish after an error: %v, want the error", r.Finish())
+	}
+}

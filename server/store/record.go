@@ -49,9 +49,7 @@ const (
 
 // encodeMessage appends m's record to dst, growing dst at most once.
 func encodeMessage(dst []byte, m *Message) []byte {
-	if size := encodedSize(m); cap(dst)-len(dst) < size {
-		dst = append(make([]byte, 0, len(dst)+size), dst...)
-	}
+	dst = record.Grow(dst, encodedSize(m))
 	dst = append(dst, recordVersion)
 	dst = binary.AppendUvarint(dst, uint64(len(m.Raw)))
 	dst = record.AppendString(dst, m.ID)
@@ -118,15 +116,11 @@ func decodeMessage(v []byte, m *Message) error {
 	default:
 		return corrupt(fmt.Errorf("unknown version 0x%02x", v[0]))
 	}
-	rawLen, n := binary.Uvarint(v[1:])
-	if n <= 0 {
-		return corrupt(errors.New("truncated raw length"))
+	fields, raw, err := record.CutTail(v[1:], "raw")
+	if err != nil {
+		return corrupt(err)
 	}
-	head := 1 + n
-	if rawLen > uint64(len(v)-head) {
-		return corrupt(fmt.Errorf("truncated raw: %d bytes of %d", len(v)-head, rawLen))
-	}
-	r := record.NewReader(v[head : len(v)-int(rawLen)])
+	r := record.NewReader(fields)
 	m.ID = r.String("id")
 	m.Device = r.String("device")
 	m.Token = r.String("token")
@@ -148,15 +142,12 @@ func decodeMessage(v []byte, m *Message) error {
 	m.OriginID = r.String("origin id")
 	m.Sent = r.Time("sent time")
 	m.Expiry = r.Time("expiry")
-	if r.Len() != 0 {
-		r.Fail(fmt.Errorf("%d stray bytes before raw", r.Len()))
-	}
-	if err := r.Err(); err != nil {
+	if err := r.Finish(); err != nil {
 		*m = Message{}
 		return corrupt(err)
 	}
-	if rawLen > 0 {
-		m.Raw = slices.Clone(v[len(v)-int(rawLen):])
+	if len(raw) > 0 {
+		m.Raw = slices.Clone(raw)
 	}
 	return nil
 }

@@ -203,7 +203,7 @@ func TestDecodeMessageErrors(t *testing.T) {
 		{"no origin id", "truncated origin id length", rec(ids + seqToFlags + "\x00\x00\x00\x00")},
 		{"no sent time", "truncated sent time seconds", rec(ids + seqToFlags + mapsToOrigin)},
 		{"no expiry nanoseconds", "truncated expiry nanoseconds", rec(ids + seqToFlags + mapsToOrigin + "\x00\x00\x00")},
-		{"bytes after the fields", "1 stray bytes before raw", rec(ids + seqToFlags + mapsToOrigin + "\x00\x00\x00\x00\x09")},
+		{"bytes after the fields", "1 stray bytes after the fields", rec(ids + seqToFlags + mapsToOrigin + "\x00\x00\x00\x00\x09")},
 		{"bad JSON", "json: cannot unmarshal number", []byte(`{"id": 5}`)},
 		{"JSON cut short", "unexpected end of JSON input", []byte(`{"id": "m"`)},
 	}
