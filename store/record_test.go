@@ -3,15 +3,15 @@
 package store
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"maps"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"tether/internal/record/recordtest"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -34,26 +34,18 @@ func fullMessage() Message {
 // does not keep, empty maps and Raw nil, times in UTC.
 func held(m Message) Message {
 	m.Seq, m.Token = 0, ""
-	if len(m.Data) == 0 {
-		m.Data = nil
-	}
-	if len(m.Notification) == 0 {
-		m.Notification = nil
-	}
-	if len(m.Raw) == 0 {
-		m.Raw = nil
-	}
-	m.Received, m.Expires = m.Received.UTC(), m.Expires.UTC()
-	return m
+	return recordtest.Normal(m)
 }
 
-// sameMessage reports whether a and b are the same message: the same
-// instants, whatever their location, and nil and empty alike.
-func sameMessage(a, b Message) bool {
-	return a.Seq == b.Seq && a.ID == b.ID && a.App == b.App && a.From == b.From && a.Token == b.Token &&
-		a.CollapseKey == b.CollapseKey && maps.Equal(a.Data, b.Data) && a.Priority == b.Priority &&
-		a.SentTime == b.SentTime && maps.Equal(a.Notification, b.Notification) && a.Topic == b.Topic &&
-		bytes.Equal(a.Raw, b.Raw) && a.TTL == b.TTL && a.Received.Equal(b.Received) && a.Expires.Equal(b.Expires)
+// codec is the held message record, for the tests all records share.
+var codec = recordtest.Codec[Message]{
+	Version: recordVersion, Encode: encodeMessage, Size: encodedSize,
+	Decode: func(v []byte) (Message, error) {
+		var m Message
+		err := decodeMessage(v, &m)
+		return m, err
+	},
+	Read: held,
 }
 
 func TestMessageRecordRoundTrip(t *testing.T) {
@@ -72,40 +64,12 @@ func TestMessageRecordRoundTrip(t *testing.T) {
 		{"negative numbers", Message{ID: "m", App: "a", SentTime: -1, TTL: -1 << 62}},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			v := encodeMessage(nil, &tt.m)
-			if len(v) != encodedSize(&tt.m) || cap(v) != len(v) {
-				t.Errorf("record of %d bytes, cap %d; encodedSize says %d", len(v), cap(v), encodedSize(&tt.m))
-			}
-			var got Message
-			if err := decodeMessage(v, &got); err != nil {
-				t.Fatal(err)
-			}
-			if want := held(tt.m); !reflect.DeepEqual(got, want) {
-				t.Errorf("decoded\n%+v\nwant\n%+v", got, want)
-			}
-			if got.Received.IsZero() != tt.m.Received.IsZero() || got.Expires.IsZero() != tt.m.Expires.IsZero() {
-				t.Errorf("zero times: received %v, expires %v", got.Received, got.Expires)
-			}
-			// The decoded message is the caller's: the record's memory,
-			// bbolt's in the store, may change under it.
-			clear(v)
-			if want := held(tt.m); !reflect.DeepEqual(got, want) {
-				t.Errorf("decoded message changed with the record: %+v", got)
-			}
-		})
+		t.Run(tt.name, func(t *testing.T) { codec.RoundTrip(t, tt.m) })
 	}
 }
 
 func TestEncodeMessageAllocations(t *testing.T) {
-	m := fullMessage()
-	if n := testing.AllocsPerRun(100, func() { encodeMessage(nil, &m) }); n != 1 {
-		t.Errorf("encode into nil: %v allocations, want 1", n)
-	}
-	buf := make([]byte, 0, 1024)
-	if n := testing.AllocsPerRun(100, func() { encodeMessage(buf[:0], &m) }); n != 0 {
-		t.Errorf("encode into room enough: %v allocations, want 0", n)
-	}
+	codec.EncodeAllocations(t, fullMessage())
 }
 
 func TestDecodeMessageErrors(t *testing.T) {
@@ -114,10 +78,7 @@ func TestDecodeMessageErrors(t *testing.T) {
 	// empty or zero.
 	rec := func(fields string) []byte { return append([]byte{recordVersion, 0}, fields...) }
 	const ids, dataToPriority, sentToTTL = "\x01m\x01a\x00\x00", "\x00\x00", "\x00\x00\x00\x00"
-	tests := []struct {
-		name, want string
-		v          []byte
-	}{
+	codec.DecodeErrors(t, "decode held message: ", []recordtest.Bad{
 		{"empty", "empty record", nil},
 		{"unknown version", "unknown record version 0x02", []byte{2, 0}},
 		{"version alone", "truncated raw length", []byte{recordVersion}},
@@ -129,28 +90,8 @@ func TestDecodeMessageErrors(t *testing.T) {
 		{"no expiry", "truncated expiry seconds", rec(ids + dataToPriority + sentToTTL + "\x00\x00")},
 		{"bytes after the fields", "1 stray bytes after the fields", rec(ids + dataToPriority + sentToTTL + "\x00\x00\x00\x00\x09")},
 		{"bad JSON", "decode held message: json: cannot unmarshal number", []byte(`{"id": 5}`)},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var m Message
-			err := decodeMessage(tt.v, &m)
-			if err == nil || !strings.HasPrefix(err.Error(), "decode held message: ") || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("error %v, want one with %q", err, tt.want)
-			}
-			if !reflect.DeepEqual(m, Message{}) {
-				t.Errorf("a bad record left %+v", m)
-			}
-		})
-	}
-	// The fields are self-delimiting: every record cut short is bad.
-	full := fullMessage()
-	v := encodeMessage(nil, &full)
-	for n := range len(v) {
-		var m Message
-		if err := decodeMessage(v[:n], &m); err == nil {
-			t.Errorf("record cut to %d of %d bytes decoded: %+v", n, len(v), m)
-		}
-	}
+	})
+	codec.CutShort(t, fullMessage())
 }
 
 // A store written by an earlier version, whose records are JSON, opens
@@ -235,42 +176,15 @@ func TestReadsRecordsOfEarlierVersions(t *testing.T) {
 }
 
 func FuzzDecodeMessage(f *testing.F) {
-	full := fullMessage()
-	for _, m := range []Message{full, {ID: "m", App: "a"}, {ID: "m", App: "a", Data: map[string]string{"k": "v"}, Raw: []byte("x"), Received: t0}} {
-		v := encodeMessage(nil, &m)
-		f.Add(v)
-		f.Add(v[:len(v)/2])
-		j, err := json.Marshal(m)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(j)
-	}
+	codec.Seed(f, fullMessage(), Message{ID: "m", App: "a"}, Message{ID: "m", App: "a", Data: map[string]string{"k": "v"}, Raw: []byte("x"), Received: t0})
 	for _, s := range []string{
 		``, `{}`, `{"id": 5}`, `{"data": {}, "raw": ""}`, `{"received": "0000-01-01T00:00:00+23:59"}`, "\x01", "\x01\x00", "\x02",
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, v []byte) {
-		var m Message
-		if err := decodeMessage(v, &m); err != nil {
-			if !strings.HasPrefix(err.Error(), "decode held message: ") {
-				t.Fatalf("error %q does not say what failed", err)
-			}
-			return
-		}
-		again := encodeMessage(nil, &m)
-		var back Message
-		if err := decodeMessage(again, &back); err != nil {
-			t.Fatalf("the record of %+v does not decode: %v", m, err)
-		}
-		if !sameMessage(back, m) {
-			t.Fatalf("round trip of\n%+v\ngave\n%+v", m, back)
-		}
-		// From a record of this version, exactly the same, nil maps and
-		// UTC times included.
-		if v[0] == recordVersion && !reflect.DeepEqual(back, m) {
-			t.Fatalf("round trip of\n%+v\ngave\n%+v", m, back)
+		if err := codec.Redecode(t, v); err != nil && !strings.HasPrefix(err.Error(), "decode held message: ") {
+			t.Fatalf("error %q does not say what failed", err)
 		}
 	})
 }
@@ -282,29 +196,8 @@ var benchMessage = Message{
 	Priority: "high", SentTime: 1772366399123, TTL: 3600, Received: t0, Expires: t0.Add(time.Hour),
 }
 
-func BenchmarkMessageRecord(b *testing.B) {
-	b.ReportAllocs()
-	for b.Loop() {
-		v := encodeMessage(nil, &benchMessage)
-		var m Message
-		if err := decodeMessage(v, &m); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-// BenchmarkMessageRecordJSON is the JSON record of earlier versions, for
+// BenchmarkMessageRecord writes and reads a record as put and decode do;
+// BenchmarkMessageRecordJSON the JSON record of earlier versions, for
 // comparison.
-func BenchmarkMessageRecordJSON(b *testing.B) {
-	b.ReportAllocs()
-	for b.Loop() {
-		v, err := json.Marshal(&benchMessage)
-		if err != nil {
-			b.Fatal(err)
-		}
-		var m Message
-		if err := decodeMessage(v, &m); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
+func BenchmarkMessageRecord(b *testing.B)     { codec.Benchmark(b, benchMessage) }
+func BenchmarkMessageRecordJSON(b *testing.B) { codec.BenchmarkJSON(b, benchMessage) }

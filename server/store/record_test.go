@@ -3,15 +3,15 @@
 package store
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
-	"maps"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"tether/internal/record/recordtest"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -29,30 +29,10 @@ func fullMessage() Message {
 	}
 }
 
-// queued is m as a read gives it back: empty maps and Raw nil, times in
-// UTC.
-func queued(m Message) Message {
-	if len(m.Data) == 0 {
-		m.Data = nil
-	}
-	if len(m.Notification) == 0 {
-		m.Notification = nil
-	}
-	if len(m.Raw) == 0 {
-		m.Raw = nil
-	}
-	m.Sent, m.Expiry = m.Sent.UTC(), m.Expiry.UTC()
-	return m
-}
-
-// sameMessage reports whether a and b are the same message: the same
-// instants, whatever their location, and nil and empty alike.
-func sameMessage(a, b Message) bool {
-	return a.ID == b.ID && a.Seq == b.Seq && a.Device == b.Device && a.Token == b.Token && a.App == b.App &&
-		a.Sender == b.Sender && a.CollapseKey == b.CollapseKey && a.Priority == b.Priority &&
-		a.DelayWhileIdle == b.DelayWhileIdle && maps.Equal(a.Data, b.Data) && maps.Equal(a.Notification, b.Notification) &&
-		a.Topic == b.Topic && bytes.Equal(a.Raw, b.Raw) && a.Urgency == b.Urgency && a.Receipt == b.Receipt &&
-		a.OriginID == b.OriginID && a.Sent.Equal(b.Sent) && a.Expiry.Equal(b.Expiry)
+// codec is the queued message record, for the tests all records share.
+var codec = recordtest.Codec[Message]{
+	Version: recordVersion, Encode: encodeMessage, Size: encodedSize,
+	Decode: decode[Message], Wraps: ErrCorrupt,
 }
 
 // TestMessageRecordKeepsEveryField fills every field of Message, whatever
@@ -117,28 +97,7 @@ func TestMessageRecordRoundTrip(t *testing.T) {
 		{"the largest seq", Message{ID: "m", Seq: 1<<64 - 1}},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			v := encodeMessage(nil, &tt.m)
-			if len(v) != encodedSize(&tt.m) || cap(v) != len(v) {
-				t.Errorf("record of %d bytes, cap %d; encodedSize says %d", len(v), cap(v), encodedSize(&tt.m))
-			}
-			got, err := decode[Message](v)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if want := queued(tt.m); !reflect.DeepEqual(got, want) {
-				t.Errorf("decoded\n%+v\nwant\n%+v", got, want)
-			}
-			if got.Sent.IsZero() != tt.m.Sent.IsZero() || got.Expiry.IsZero() != tt.m.Expiry.IsZero() {
-				t.Errorf("zero times: sent %v, expiry %v", got.Sent, got.Expiry)
-			}
-			// The decoded message is the caller's: the record's memory,
-			// bbolt's in the store, may change under it.
-			clear(v)
-			if want := queued(tt.m); !reflect.DeepEqual(got, want) {
-				t.Errorf("decoded message changed with the record: %+v", got)
-			}
-		})
+		t.Run(tt.name, func(t *testing.T) { codec.RoundTrip(t, tt.m) })
 	}
 }
 
@@ -155,21 +114,14 @@ func TestMessageRecordReadsJSON(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := queued(m); !reflect.DeepEqual(got, want) {
+		if want := recordtest.Normal(m); !reflect.DeepEqual(got, want) {
 			t.Errorf("decoded from JSON\n%+v\nwant\n%+v", got, want)
 		}
 	}
 }
 
 func TestMessageRecordAllocations(t *testing.T) {
-	m := fullMessage()
-	if n := testing.AllocsPerRun(100, func() { encodeMessage(nil, &m) }); n != 1 {
-		t.Errorf("encode into nil: %v allocations, want 1", n)
-	}
-	buf := make([]byte, 0, 1024)
-	if n := testing.AllocsPerRun(100, func() { encodeMessage(buf[:0], &m) }); n != 0 {
-		t.Errorf("encode into room enough: %v allocations, want 0", n)
-	}
+	codec.EncodeAllocations(t, fullMessage())
 	// One allocation for all the strings: neither the message nor its
 	// fields each take one.
 	plain := Message{ID: "0:1%ab", Seq: 9, Device: "d", Token: "t", App: "a", Sender: "s", Sent: t0, Expiry: t0.Add(time.Hour)}
@@ -185,10 +137,7 @@ func TestDecodeMessageErrors(t *testing.T) {
 	// the others empty or zero.
 	rec := func(fields string) []byte { return append([]byte{recordVersion, 0}, fields...) }
 	const ids, seqToFlags, mapsToOrigin = "\x01m\x01d\x01t\x01a\x01s", "\x07\x00\x00\x00", "\x00\x00\x00\x00\x00"
-	tests := []struct {
-		name, want string
-		v          []byte
-	}{
+	codec.DecodeErrors(t, "decode queued message: corrupt record: ", []recordtest.Bad{
 		{"empty", "empty", nil},
 		{"unknown version", "unknown version 0x02", []byte{2, 0}},
 		{"version alone", "truncated raw length", []byte{recordVersion}},
@@ -206,27 +155,8 @@ func TestDecodeMessageErrors(t *testing.T) {
 		{"bytes after the fields", "1 stray bytes after the fields", rec(ids + seqToFlags + mapsToOrigin + "\x00\x00\x00\x00\x09")},
 		{"bad JSON", "json: cannot unmarshal number", []byte(`{"id": 5}`)},
 		{"JSON cut short", "unexpected end of JSON input", []byte(`{"id": "m"`)},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			m, err := decode[Message](tt.v)
-			if !errors.Is(err, ErrCorrupt) || !strings.HasPrefix(err.Error(), "decode queued message: corrupt record: ") ||
-				!strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("error %v, want one wrapping ErrCorrupt with %q", err, tt.want)
-			}
-			if !reflect.DeepEqual(m, Message{}) {
-				t.Errorf("a bad record left %+v", m)
-			}
-		})
-	}
-	// The fields are self-delimiting: every record cut short is bad.
-	full := fullMessage()
-	v := encodeMessage(nil, &full)
-	for n := range len(v) {
-		if m, err := decode[Message](v[:n]); err == nil {
-			t.Errorf("record cut to %d of %d bytes decoded: %+v", n, len(v), m)
-		}
-	}
+	})
+	codec.CutShort(t, fullMessage())
 }
 
 // A store written by an earlier version, whose message records are JSON,
@@ -315,16 +245,7 @@ func TestReadsRecordsOfEarlierVersions(t *testing.T) {
 }
 
 func FuzzDecodeMessage(f *testing.F) {
-	for _, m := range []Message{fullMessage(), {ID: "m"}, {ID: "m", Data: map[string]string{"k": "v"}, Raw: []byte("x"), Receipt: true, Sent: t0}} {
-		v := encodeMessage(nil, &m)
-		f.Add(v)
-		f.Add(v[:len(v)/2])
-		j, err := json.Marshal(m)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(j)
-	}
+	codec.Seed(f, fullMessage(), Message{ID: "m"}, Message{ID: "m", Data: map[string]string{"k": "v"}, Raw: []byte("x"), Receipt: true, Sent: t0})
 	for _, s := range []string{
 		``, `{}`, `{"id": 5}`, `{"data": {}, "raw": ""}`, `{"sent": "0000-01-01T00:00:00+23:59"}`, `{"seq": 18446744073709551615}`,
 		"\x01", "\x01\x00", "\x02",
@@ -332,24 +253,8 @@ func FuzzDecodeMessage(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, v []byte) {
-		m, err := decode[Message](v)
-		if err != nil {
-			if !errors.Is(err, ErrCorrupt) || !strings.HasPrefix(err.Error(), "decode queued message: ") {
-				t.Fatalf("error %q does not say what failed", err)
-			}
-			return
-		}
-		back, err := decode[Message](encodeMessage(nil, &m))
-		if err != nil {
-			t.Fatalf("the record of %+v does not decode: %v", m, err)
-		}
-		if !sameMessage(back, m) {
-			t.Fatalf("round trip of\n%+v\ngave\n%+v", m, back)
-		}
-		// From a record of this version, exactly the same, nil maps and
-		// UTC times included.
-		if v[0] == recordVersion && !reflect.DeepEqual(back, m) {
-			t.Fatalf("round trip of\n%+v\ngave\n%+v", m, back)
+		if err := codec.Redecode(t, v); err != nil && (!errors.Is(err, ErrCorrupt) || !strings.HasPrefix(err.Error(), "decode queued message: ")) {
+			t.Fatalf("error %q does not say what failed", err)
 		}
 	})
 }
@@ -363,28 +268,8 @@ var benchMessage = Message{
 	Sent: t0, Expiry: t0.Add(time.Hour),
 }
 
-// BenchmarkMessageRecord writes and reads a record as put and decode do.
-func BenchmarkMessageRecord(b *testing.B) {
-	b.ReportAllocs()
-	for b.Loop() {
-		v := encodeMessage(nil, &benchMessage)
-		if _, err := decode[Message](v); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-// BenchmarkMessageRecordJSON is the JSON record of earlier versions, for
+// BenchmarkMessageRecord writes and reads a record as put and decode do;
+// BenchmarkMessageRecordJSON the JSON record of earlier versions, for
 // comparison.
-func BenchmarkMessageRecordJSON(b *testing.B) {
-	b.ReportAllocs()
-	for b.Loop() {
-		v, err := json.Marshal(&benchMessage)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := decode[Message](v); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
+func BenchmarkMessageRecord(b *testing.B)     { codec.Benchmark(b, benchMessage) }
+func BenchmarkMessageRecordJSON(b *testing.B) { codec.BenchmarkJSON(b, benchMessage) }
