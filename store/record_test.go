@@ -73,22 +73,18 @@ func TestEncodeMessageAllocations(t *testing.T) {
 }
 
 func TestDecodeMessageErrors(t *testing.T) {
-	// rec is a record of version 1 without raw, with these fields: ids
-	// are ID "m", App "a" and no From or CollapseKey; the others are
-	// empty or zero.
-	rec := func(fields string) []byte { return append([]byte{recordVersion, 0}, fields...) }
+	// In the records below, without raw bytes, ids are ID "m", App "a"
+	// and no From or CollapseKey; the other fields are empty or zero.
 	const ids, dataToPriority, sentToTTL = "\x01m\x01a\x00\x00", "\x00\x00", "\x00\x00\x00\x00"
 	codec.DecodeErrors(t, "decode held message: ", []recordtest.Bad{
 		{"empty", "empty record", nil},
 		{"unknown version", "unknown record version 0x02", []byte{2, 0}},
-		{"version alone", "truncated raw length", []byte{recordVersion}},
-		{"raw longer than the record", "truncated raw: 1 bytes of 5", []byte{recordVersion, 5, 0}},
-		{"short id", "truncated id: 2 bytes of 5", rec("\x05ab")},
-		{"no app", "truncated app length", rec("\x01m")},
-		{"a data key twice", `malformed data: key "k" twice`, rec(ids + "\x02\x01k\x011\x01k\x012")},
-		{"no sent time", "truncated sent time", rec(ids + dataToPriority)},
-		{"no expiry", "truncated expiry seconds", rec(ids + dataToPriority + sentToTTL + "\x00\x00")},
-		{"bytes after the fields", "1 stray bytes after the fields", rec(ids + dataToPriority + sentToTTL + "\x00\x00\x00\x00\x09")},
+		{"short id", "truncated id: 2 bytes of 5", codec.Fields("\x05ab")},
+		{"no app", "truncated app length", codec.Fields("\x01m")},
+		{"a data key twice", `malformed data: key "k" twice`, codec.Fields(ids + "\x02\x01k\x011\x01k\x012")},
+		{"no sent time", "truncated sent time", codec.Fields(ids + dataToPriority)},
+		{"no expiry", "truncated expiry seconds", codec.Fields(ids + dataToPriority + sentToTTL + "\x00\x00")},
+		{"bytes after the fields", "1 stray bytes after the fields", codec.Fields(ids + dataToPriority + sentToTTL + "\x00\x00\x00\x00\x09")},
 		{"bad JSON", "decode held message: json: cannot unmarshal number", []byte(`{"id": 5}`)},
 	})
 	codec.CutShort(t, fullMessage())

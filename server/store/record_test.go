@@ -132,27 +132,24 @@ func TestMessageRecordAllocations(t *testing.T) {
 }
 
 func TestDecodeMessageErrors(t *testing.T) {
-	// rec is a record of version 1 without raw, with these fields: ids
-	// are ID "m", Device "d", Token "t", App "a" and Sender "s"; seq 7,
-	// the others empty or zero.
-	rec := func(fields string) []byte { return append([]byte{recordVersion, 0}, fields...) }
+	// In the records below, without raw bytes, ids are ID "m", Device
+	// "d", Token "t", App "a" and Sender "s"; seq is 7, and the other
+	// fields are empty or zero.
 	const ids, seqToFlags, mapsToOrigin = "\x01m\x01d\x01t\x01a\x01s", "\x07\x00\x00\x00", "\x00\x00\x00\x00\x00"
 	codec.DecodeErrors(t, "decode queued message: corrupt record: ", []recordtest.Bad{
 		{"empty", "empty", nil},
 		{"unknown version", "unknown version 0x02", []byte{2, 0}},
-		{"version alone", "truncated raw length", []byte{recordVersion}},
-		{"raw longer than the record", "truncated raw: 1 bytes of 5", []byte{recordVersion, 5, 0}},
-		{"short id", "truncated id: 2 bytes of 5", rec("\x05ab")},
-		{"no device", "truncated device length", rec("\x01m")},
-		{"short sender", "truncated sender: 0 bytes of 3", rec("\x01m\x01d\x01t\x01a\x03")},
-		{"no seq", "truncated seq", rec(ids)},
-		{"no flags", "truncated flags", rec(ids + "\x07\x00\x00")},
-		{"unknown flags", "unknown flags 0x4", rec(ids + "\x07\x00\x00\x05")},
-		{"no notification", "truncated notification count", rec(ids + seqToFlags + "\x00")},
-		{"no origin id", "truncated origin id length", rec(ids + seqToFlags + "\x00\x00\x00\x00")},
-		{"no sent time", "truncated sent time seconds", rec(ids + seqToFlags + mapsToOrigin)},
-		{"no expiry nanoseconds", "truncated expiry nanoseconds", rec(ids + seqToFlags + mapsToOrigin + "\x00\x00\x00")},
-		{"bytes after the fields", "1 stray bytes after the fields", rec(ids + seqToFlags + mapsToOrigin + "\x00\x00\x00\x00\x09")},
+		{"short id", "truncated id: 2 bytes of 5", codec.Fields("\x05ab")},
+		{"no device", "truncated device length", codec.Fields("\x01m")},
+		{"short sender", "truncated sender: 0 bytes of 3", codec.Fields("\x01m\x01d\x01t\x01a\x03")},
+		{"no seq", "truncated seq", codec.Fields(ids)},
+		{"no flags", "truncated flags", codec.Fields(ids + "\x07\x00\x00")},
+		{"unknown flags", "unknown flags 0x4", codec.Fields(ids + "\x07\x00\x00\x05")},
+		{"no notification", "truncated notification count", codec.Fields(ids + seqToFlags + "\x00")},
+		{"no origin id", "truncated origin id length", codec.Fields(ids + seqToFlags + "\x00\x00\x00\x00")},
+		{"no sent time", "truncated sent time seconds", codec.Fields(ids + seqToFlags + mapsToOrigin)},
+		{"no expiry nanoseconds", "truncated expiry nanoseconds", codec.Fields(ids + seqToFlags + mapsToOrigin + "\x00\x00\x00")},
+		{"bytes after the fields", "1 stray bytes after the fields", codec.Fields(ids + seqToFlags + mapsToOrigin + "\x00\x00\x00\x00\x09")},
 		{"bad JSON", "json: cannot unmarshal number", []byte(`{"id": 5}`)},
 		{"JSON cut short", "unexpected end of JSON input", []byte(`{"id": "m"`)},
 	})

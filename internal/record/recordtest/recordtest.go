@@ -151,10 +151,22 @@ type Bad = struct {
 	V          []byte
 }
 
+// Fields is a record of this version without raw bytes, with these
+// fields.
+func (c Codec[M]) Fields(fields string) []byte {
+	return append([]byte{c.Version, 0}, fields...)
+}
+
 // DecodeErrors checks that each bad record fails to decode, leaving a zero
-// message, with an error that starts with prefix and says what Want does.
+// message, with an error that starts with prefix and says what Want does;
+// so do a record cut short in its raw bytes' length, and one whose raw
+// bytes are longer than the record.
 func (c Codec[M]) DecodeErrors(t *testing.T, prefix string, bad []Bad) {
 	t.Helper()
+	bad = append(bad,
+		Bad{"version alone", "truncated raw length", []byte{c.Version}},
+		Bad{"raw longer than the record", "truncated raw: 1 bytes of 5", []byte{c.Version, 5, 0}},
+	)
 	for _, tt := range bad {
 		t.Run(tt.Name, func(t *testing.T) {
 			m, err := c.Decode(tt.V)
