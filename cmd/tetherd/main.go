@@ -35,6 +35,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -59,9 +60,21 @@ var version = "dev"
 // at Go's default, 2.1 MiB at 25).
 const defaultGCPercent = 25
 
+// defaultMaxProcs is how many threads run the agent's Go code at once
+// unless GOMAXPROCS says otherwise. Its work is short hand-offs between
+// goroutines around I/O: with one, a wake-up stays on its thread instead
+// of waking another, and no idle thread spins looking for work. At full
+// speed on two cores (make bench) one takes about a fifth less CPU per
+// message, with the same throughput and latency; blocking system calls,
+// the fsyncs among them, still run beside it.
+const defaultMaxProcs = 1
+
 func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(defaultGCPercent)
+	}
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(defaultMaxProcs)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	code := run(ctx, os.Args[1:], environ{
