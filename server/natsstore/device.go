@@ -632,22 +632,33 @@ func (s *Store) Pending(ctx context.Context, dev string, after uint64, limit int
 	return out, nil
 }
 
-// bodies reads the bodies of entries. It reads them all at once from the
-// nearest replica, then whatever that replica lacked from the leader.
+// maxMultiGet is the most subjects one direct get asks for: the server
+// answers at most 1024 messages to one.
+const maxMultiGet = 1024
+
+// bodies reads the bodies of entries, and only theirs: from the nearest
+// replica in as few requests as it takes, then whatever that replica
+// lacked from the leader.
 func (s *Store) bodies(ctx context.Context, dev string, entries []entry) (map[uint64]store.Message, error) {
 	shard := s.ShardOf(dev)
 	stream := s.shardStream(shard)
 	out := make(map[uint64]store.Message, len(entries))
-	msgs, err := s.lastMsgs(ctx, stream, s.shardSubject(shard, bodiesOf(dev)))
-	if err != nil {
-		return nil, err
-	}
-	for _, raw := range msgs {
-		m, err := decode[store.Message](raw.Data, "message body")
+	for chunk := range slices.Chunk(entries, maxMultiGet) {
+		subjects := make([]string, len(chunk))
+		for i, e := range chunk {
+			subjects[i] = s.shardSubject(shard, bodyKey(dev, e.Seq))
+		}
+		msgs, err := s.lastMsgs(ctx, stream, subjects)
 		if err != nil {
 			return nil, err
 		}
-		out[m.Seq] = m
+		for _, raw := range msgs {
+			m, err := decode[store.Message](raw.Data, "message body")
+			if err != nil {
+				return nil, err
+			}
+			out[m.Seq] = m
+		}
 	}
 	for _, e := range entries {
 		if _, ok := out[e.Seq]; ok {

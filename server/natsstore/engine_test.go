@@ -292,3 +292,31 @@ func TestTokensNotInSubjects(t *testing.T) {
 		}
 	}
 }
+
+// TestLongQueueRead: a device may have more messages queued than the
+// server answers to one read of several subjects (1024); its queue is read
+// whole all the same.
+func TestLongQueueRead(t *testing.T) {
+	s, _ := open(t, 1)
+	ctx := context.Background()
+	now := time.Now()
+	snd, dev := senderAndDevice(t, s, now)
+	const apps = 11 // of store.MaxPendingPerApp messages each
+	for a := range apps {
+		reg, err := s.Register(ctx, dev.ID, fmt.Sprintf("com.example.app%d", a), snd.ID, "", now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs := make([]store.Message, store.MaxPendingPerApp)
+		for i := range msgs {
+			msgs[i] = store.Message{ID: fmt.Sprintf("m%d-%d", a, i), Device: dev.ID, Token: reg.Token, App: reg.App, Sender: snd.ID, Sent: now, Expiry: now.Add(time.Hour)}
+		}
+		if _, err := s.Enqueue(ctx, msgs, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msgs, err := s.Pending(ctx, dev.ID, 0, 0)
+	if want := apps * store.MaxPendingPerApp; err != nil || len(msgs) != want {
+		t.Fatalf("Pending = %d messages, %v; want %d", len(msgs), err, want)
+	}
+}
