@@ -236,7 +236,7 @@ func TestTwoProcessesOneDevice(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	msgs, err := a.Pending(ctx, dev.ID, 0, 0)
+	msgs, _, err := a.Pending(ctx, dev.ID, 0, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,8 +315,8 @@ func TestLongQueueRead(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	msgs, err := s.Pending(ctx, dev.ID, 0, 0)
-	if want := apps * store.MaxPendingPerApp; err != nil || len(msgs) != want {
-		t.Fatalf("Pending = %d messages, %v; want %d", len(msgs), err, want)
+	msgs, last, err := s.Pending(ctx, dev.ID, 0, 0, nil)
+	if want := apps * store.MaxPendingPerApp; err != nil || len(msgs) != want || last != msgs[len(msgs)-1].Seq {
+		t.Fatalf("Pending = %d messages, last %d, %v; want %d, last the Seq of the last", len(msgs), last, err, want)
 	}
 }
