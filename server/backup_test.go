@@ -265,7 +265,7 @@ func TestBackupAndCompactStopped(t *testing.T) {
 // pendingCount is the number of messages queued for device.
 func pendingCount(t *testing.T, ts *testServer, device string) int {
 	t.Helper()
-	msgs, err := ts.store.Pending(context.Background(), device, 0, 1000)
+	msgs, _, err := ts.store.Pending(context.Background(), device, 0, 1000, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

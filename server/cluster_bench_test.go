@@ -87,18 +87,25 @@ func BenchmarkClusterSend(b *testing.B) {
 // gets at once, with at most 64 messages sent and not yet delivered;
 // reports the delivery rate and the latency from the send to the device,
 // which the window makes mostly a wait in line.
-func BenchmarkClusterDelivery(b *testing.B) { benchDelivery(b, 64) }
+func BenchmarkClusterDelivery(b *testing.B) { benchDelivery(b, benchShapes, 30, 64) }
 
 // BenchmarkClusterLatency: BenchmarkClusterDelivery one message at a
 // time: the latency of one message on an idle server.
-func BenchmarkClusterLatency(b *testing.B) { benchDelivery(b, 1) }
+func BenchmarkClusterLatency(b *testing.B) { benchDelivery(b, benchShapes, 30, 1) }
 
-func benchDelivery(b *testing.B, window int) {
-	for _, shape := range benchShapes {
+// BenchmarkClusterOneDevice: BenchmarkClusterDelivery to a single device
+// with up to 100 messages (the server's window) sent and not yet
+// delivered: one session's throughput, which reads its queue after each
+// ack, its messages mostly offered to it while their commit runs (bbolt)
+// or sent already. Not on three nodes: there the device stops getting
+// messages before the end, which is yet to be looked into.
+func BenchmarkClusterOneDevice(b *testing.B) { benchDelivery(b, benchShapes[:2], 1, 100) }
+
+func benchDelivery(b *testing.B, shapes []string, devices, window int) {
+	for _, shape := range shapes {
 		b.Run(shape, func(b *testing.B) {
 			nodes := benchNodes(b, shape)
 			snd := nodes[0].addSender("")
-			const devices = 30
 			type dev struct {
 				d     *device
 				token string
@@ -144,6 +151,7 @@ func benchDelivery(b *testing.B, window int) {
 			}
 			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 			var sends sync.WaitGroup
+			b.ReportAllocs()
 			b.ResetTimer()
 			for i := range b.N {
 				slots <- struct{}{}

@@ -159,7 +159,7 @@ func TestBatteryMaxDelay(t *testing.T) {
 	if timer.d <= 9*time.Minute || timer.d > 10*time.Minute {
 		t.Fatalf("timer armed for %v, want the 10 min maximum delay", timer.d)
 	}
-	if left, _ := ts.store.Pending(context.Background(), d.id, 0, 0); len(left) != 1 || left[0].ID != n1 {
+	if left, _, _ := ts.store.Pending(context.Background(), d.id, 0, 0, nil); len(left) != 1 || left[0].ID != n1 {
 		t.Fatalf("held message not stored: %v", left)
 	}
 	timer.fire()

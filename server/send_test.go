@@ -391,7 +391,7 @@ func TestConcurrentSendsAllStored(t *testing.T) {
 	for id := range ids {
 		want[id] = true
 	}
-	queued, err := f.ts.store.Pending(context.Background(), f.dev.id, 0, 0)
+	queued, _, err := f.ts.store.Pending(context.Background(), f.dev.id, 0, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

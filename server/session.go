@@ -1201,7 +1201,7 @@ func (ss *session) fill() error {
 			return nil
 		}
 		ss.readingStore()
-		msgs, err := ss.srv.store.Pending(ss.ctx, ss.device, ss.cursor, batch)
+		msgs, last, err := ss.srv.store.Pending(ss.ctx, ss.device, ss.cursor, batch, ss.sentEarlier)
 		if err != nil {
 			// The next ack or new message tries again.
 			ss.log.Error("read queue", "err", err)
@@ -1218,12 +1218,6 @@ func (ss *session) fill() error {
 			}
 			ss.cursor = m.Seq
 			if !m.Expiry.After(now) {
-				continue
-			}
-			ss.mu.Lock()
-			sent := ss.alreadySent(m.ID) // offered early, or looked at again after a rewind
-			ss.mu.Unlock()
-			if sent {
 				continue
 			}
 			if !ss.hold.releasing && holds(mode, wifi, m) {
@@ -1257,6 +1251,8 @@ func (ss *session) fill() error {
 		if rewound {
 			continue
 		}
+		// Past what the store left out after the last message too.
+		ss.cursor = last
 		if len(msgs) < batch {
 			ss.hold.releasing = false // the flush reached the end of the queue
 			ss.mu.Lock()
@@ -1267,6 +1263,18 @@ func (ss *session) fill() error {
 			return nil
 		}
 	}
+}
+
+// sentEarlier is fill's skip for the store's Pending: the messages that
+// went to the device earlier in this session, offered early or looked at
+// again after a rewind (alreadySent). None is offered once a read can see
+// it (store.Live), so what the read returns is still unsent when fill
+// comes to it. The store calls it inside its read, so it takes mu for
+// each message rather than across the read.
+func (ss *session) sentEarlier(id string) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.alreadySent(id)
 }
 
 // sendNotices sends the notices that are not in flight in this session.

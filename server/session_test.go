@@ -185,7 +185,7 @@ func TestTTLExpiry(t *testing.T) {
 			t.Errorf("sweep removed %d, %v; want 1", n, err)
 		}
 	}
-	left, err := ts.store.Pending(context.Background(), d.id, 0, 0)
+	left, _, err := ts.store.Pending(context.Background(), d.id, 0, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +216,7 @@ func TestTTLZeroIsNowOrNever(t *testing.T) {
 
 	// Offline: accepted as on GCM, but dropped rather than stored.
 	ts.sendOne(snd.ServerKey, token, map[string]any{"time_to_live": 0, "data": map[string]string{"x": "2"}})
-	if left, err := ts.store.Pending(context.Background(), d.id, 0, 0); err != nil || len(left) != 0 {
+	if left, _, err := ts.store.Pending(context.Background(), d.id, 0, 0, nil); err != nil || len(left) != 0 {
 		t.Fatalf("stored %d ttl-0 messages, %v", len(left), err)
 	}
 	d = ts.reconnect(d)
@@ -230,7 +230,7 @@ func TestDryRunNotDelivered(t *testing.T) {
 	token := d.register(app, snd.ID)
 	ts.sendOne(snd.ServerKey, token, map[string]any{"dry_run": true})
 	marker(t, ts, d, snd.ServerKey, token)
-	if left, _ := ts.store.Pending(context.Background(), d.id, 0, 0); len(left) != 0 {
+	if left, _, _ := ts.store.Pending(context.Background(), d.id, 0, 0, nil); len(left) != 0 {
 		t.Errorf("dry run stored %d messages", len(left))
 	}
 }
@@ -473,7 +473,7 @@ func TestStoreFullAnswers503(t *testing.T) {
 		break
 	}
 	// Nothing acknowledged was lost: every accepted message is in the queue.
-	pending, err := ts.store.Pending(context.Background(), d.id, 0, 0)
+	pending, _, err := ts.store.Pending(context.Background(), d.id, 0, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -498,7 +498,7 @@ func waitPending(t *testing.T, ts *testServer, device string, n int) {
 	var left []store.Message
 	testwait.Until(t, "acks", 10*time.Second, func() bool {
 		var err error
-		left, err = ts.store.Pending(context.Background(), device, 0, 0)
+		left, _, err = ts.store.Pending(context.Background(), device, 0, 0, nil)
 		return err == nil && len(left) == n
 	})
 }

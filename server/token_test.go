@@ -67,7 +67,7 @@ func TestTokenRotation(t *testing.T) {
 	ans := ts.post("/gcm/send", snd.ServerKey, "application/json",
 		`{"registration_ids": ["`+old+`", "nope"], "collapse_key": "state", "data": {"v": "2"}}`)
 	checkResponse(t, ans, []string{canonical(fresh), errInvalidRegistration})
-	if left, _ := ts.store.Pending(context.Background(), d.id, 0, 0); len(left) != 1 || left[0].ID == queued || left[0].Data["v"] != "2" {
+	if left, _, _ := ts.store.Pending(context.Background(), d.id, 0, 0, nil); len(left) != 1 || left[0].ID == queued || left[0].Data["v"] != "2" {
 		t.Errorf("queue after a send under the same collapse key: %+v", left)
 	}
 	plain := ts.post("/gcm/send", snd.ServerKey, "application/x-www-form-urlencoded", "registration_id="+old)

@@ -216,7 +216,7 @@ func TestTopicTimeToLiveZero(t *testing.T) {
 	}
 	f.d2 = f.ts.reconnect(f.d2)
 	f.expect(t, "", false, false, false)
-	if left, _ := f.ts.store.Pending(context.Background(), f.d2.id, 0, 0); len(left) != 0 {
+	if left, _, _ := f.ts.store.Pending(context.Background(), f.d2.id, 0, 0, nil); len(left) != 0 {
 		t.Errorf("a time-to-live-0 topic message was stored for an offline device")
 	}
 }
@@ -295,7 +295,7 @@ func TestTopicFanOutResumesAfterCrash(t *testing.T) {
 	if copies := fanned.wait(t, "42"); copies != subscribers {
 		t.Errorf("fan-out counted %d copies in all, want %d", copies, subscribers)
 	}
-	queued, err := ts.store.Pending(context.Background(), dev.ID, 0, 0)
+	queued, _, err := ts.store.Pending(context.Background(), dev.ID, 0, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -164,7 +164,7 @@ func TestServerStoreFullDisk(t *testing.T) {
 		return err
 	}))
 	pending := func() []string {
-		msgs, err := s.Pending(ctx, failed[0].Device, 0, 0)
+		msgs, _, err := s.Pending(ctx, failed[0].Device, 0, 0, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -177,7 +177,7 @@ func TestServerStoreFullDisk(t *testing.T) {
 	if slices.Contains(pending(), failed[0].ID) {
 		t.Error("a message of the failed batch is queued")
 	}
-	if msgs, err := s.Pending(ctx, regs[0].Device, 0, 0); err != nil || len(msgs) == 0 || msgs[0].ID != "m0-0" {
+	if msgs, _, err := s.Pending(ctx, regs[0].Device, 0, 0, nil); err != nil || len(msgs) == 0 || msgs[0].ID != "m0-0" {
 		t.Errorf("the store lost m0-0: %v, %v", msgs, err)
 	}
 

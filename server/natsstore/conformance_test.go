@@ -81,6 +81,14 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// BenchmarkPending: a session's read of a full window's queue, with and
+// without the messages in flight left out (storetest.BenchPending).
+func BenchmarkPending(b *testing.B) {
+	s, _ := open(b, 3)
+	defer s.Close()
+	storetest.BenchPending(b, s)
+}
+
 func prefixOf(t *testing.T, b store.Backend) string {
 	t.Helper()
 	return b.(*natsstore.Store).Prefix()

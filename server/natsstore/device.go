@@ -592,33 +592,42 @@ func maxTime(a, b time.Time) time.Time {
 }
 
 // Pending returns up to limit messages (all when limit is 0) queued for a
-// device with Seq above after, in order. Expired messages not yet dropped
-// may be included; the caller checks Expiry.
-func (s *Store) Pending(ctx context.Context, dev string, after uint64, limit int) ([]store.Message, error) {
+// device with Seq above after, in order, leaving out without fetching them
+// those whose ID skip reports (none when skip is nil); last is the Seq of
+// the last queue entry looked at, returned or left out, or after when none
+// was. Expired messages not yet dropped may be included; the caller checks
+// Expiry.
+func (s *Store) Pending(ctx context.Context, dev string, after uint64, limit int, skip func(id string) bool) (msgs []store.Message, last uint64, err error) {
 	if !validToken(dev) {
-		return nil, nil
+		return nil, after, nil
 	}
 	d, err := s.readDevice(ctx, dev)
 	if err != nil {
-		return nil, fmt.Errorf("pending messages of device %s: %w", dev, err)
+		return nil, 0, fmt.Errorf("pending messages of device %s: %w", dev, err)
 	}
+	last = after
 	var want []entry
 	for _, e := range d.Queue {
-		if e.Seq > after {
-			want = append(want, e)
-			if len(want) == limit {
-				break
-			}
+		if e.Seq <= after {
+			continue
+		}
+		last = e.Seq
+		if skip != nil && skip(e.ID) {
+			continue
+		}
+		want = append(want, e)
+		if len(want) == limit {
+			break
 		}
 	}
 	if len(want) == 0 {
-		return nil, nil
+		return nil, last, nil
 	}
 	bodies, err := s.bodies(ctx, dev, want)
 	if err != nil {
-		return nil, fmt.Errorf("pending messages of device %s: %w", dev, err)
+		return nil, 0, fmt.Errorf("pending messages of device %s: %w", dev, err)
 	}
-	out := make([]store.Message, 0, len(want))
+	msgs = make([]store.Message, 0, len(want))
 	for _, e := range want {
 		m, ok := bodies[e.Seq]
 		if !ok {
@@ -627,27 +636,38 @@ func (s *Store) Pending(ctx context.Context, dev string, after uint64, limit int
 		// The record has the truth of what changed since: a rotation
 		// gives queued messages a new token.
 		m.Token = e.Token
-		out = append(out, m)
+		msgs = append(msgs, m)
 	}
-	return out, nil
+	return msgs, last, nil
 }
 
-// bodies reads the bodies of entries. It reads them all at once from the
-// nearest replica, then whatever that replica lacked from the leader.
+// maxMultiGet is the most subjects one direct get asks for: the server
+// answers at most 1024 messages to one.
+const maxMultiGet = 1024
+
+// bodies reads the bodies of entries, and only theirs: from the nearest
+// replica in as few requests as it takes, then whatever that replica
+// lacked from the leader.
 func (s *Store) bodies(ctx context.Context, dev string, entries []entry) (map[uint64]store.Message, error) {
 	shard := s.ShardOf(dev)
 	stream := s.shardStream(shard)
 	out := make(map[uint64]store.Message, len(entries))
-	msgs, err := s.lastMsgs(ctx, stream, s.shardSubject(shard, bodiesOf(dev)))
-	if err != nil {
-		return nil, err
-	}
-	for _, raw := range msgs {
-		m, err := decode[store.Message](raw.Data, "message body")
+	for chunk := range slices.Chunk(entries, maxMultiGet) {
+		subjects := make([]string, len(chunk))
+		for i, e := range chunk {
+			subjects[i] = s.shardSubject(shard, bodyKey(dev, e.Seq))
+		}
+		msgs, err := s.lastMsgs(ctx, stream, subjects)
 		if err != nil {
 			return nil, err
 		}
-		out[m.Seq] = m
+		for _, raw := range msgs {
+			m, err := decode[store.Message](raw.Data, "message body")
+			if err != nil {
+				return nil, err
+			}
+			out[m.Seq] = m
+		}
 	}
 	for _, e := range entries {
 		if _, ok := out[e.Seq]; ok {

@@ -236,7 +236,7 @@ func TestTwoProcessesOneDevice(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	msgs, err := a.Pending(ctx, dev.ID, 0, 0)
+	msgs, _, err := a.Pending(ctx, dev.ID, 0, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,5 +290,33 @@ func TestTokensNotInSubjects(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestLongQueueRead: a device may have more messages queued than the
+// server answers to one read of several subjects (1024); its queue is read
+// whole all the same.
+func TestLongQueueRead(t *testing.T) {
+	s, _ := open(t, 1)
+	ctx := context.Background()
+	now := time.Now()
+	snd, dev := senderAndDevice(t, s, now)
+	const apps = 11 // of store.MaxPendingPerApp messages each
+	for a := range apps {
+		reg, err := s.Register(ctx, dev.ID, fmt.Sprintf("com.example.app%d", a), snd.ID, "", now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs := make([]store.Message, store.MaxPendingPerApp)
+		for i := range msgs {
+			msgs[i] = store.Message{ID: fmt.Sprintf("m%d-%d", a, i), Device: dev.ID, Token: reg.Token, App: reg.App, Sender: snd.ID, Sent: now, Expiry: now.Add(time.Hour)}
+		}
+		if _, err := s.Enqueue(ctx, msgs, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msgs, last, err := s.Pending(ctx, dev.ID, 0, 0, nil)
+	if want := apps * store.MaxPendingPerApp; err != nil || len(msgs) != want || last != msgs[len(msgs)-1].Seq {
+		t.Fatalf("Pending = %d messages, last %d, %v; want %d, last the Seq of the last", len(msgs), last, err, want)
 	}
 }

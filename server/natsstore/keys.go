@@ -44,7 +44,6 @@ func sessionKey(device string) string { return "sess." + device }
 func bodyKey(device string, seq uint64) string {
 	return "m." + device + "." + strconv.FormatUint(seq, 10)
 }
-func bodiesOf(device string) string { return "m." + device + ".>" }
 func tokKey(token string) string    { return "tok." + secretHash(token) }
 func topicsKey(token string) string { return "tt." + secretHash(token) }
 func subKey(sender, topic, token string) string {

@@ -523,15 +523,21 @@ func decodeHeader(raw []byte) (nats.Header, error) {
 	return m.Header, nil
 }
 
-// lastMsgs reads the last message of every subject matching filter from
+// lastMsgs reads the last message of every subject matching filters from
 // the stream's nearest replica; a replica may lag, so callers check what
 // they read against a record read from the leader.
-func (s *Store) lastMsgs(ctx context.Context, stream, filter string) ([]*jetstream.RawStreamMsg, error) {
+func (s *Store) lastMsgs(ctx context.Context, stream string, filters []string) ([]*jetstream.RawStreamMsg, error) {
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
-	msgs, err := jetstreamext.GetLastMsgsFor(ctx, s.js, stream, []string{filter})
+	failed := func(err error) error {
+		if len(filters) > 1 {
+			return fmt.Errorf("read %s and %d more subjects: %w", filters[0], len(filters)-1, classify(err))
+		}
+		return fmt.Errorf("read %s: %w", filters[0], classify(err))
+	}
+	msgs, err := jetstreamext.GetLastMsgsFor(ctx, s.js, stream, filters)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", filter, classify(err))
+		return nil, failed(err)
 	}
 	var out []*jetstream.RawStreamMsg
 	for m, err := range msgs {
@@ -539,7 +545,7 @@ func (s *Store) lastMsgs(ctx context.Context, stream, filter string) ([]*jetstre
 			if errors.Is(err, jetstreamext.ErrNoMessages) {
 				break
 			}
-			return nil, fmt.Errorf("read %s: %w", filter, classify(err))
+			return nil, failed(err)
 		}
 		if m.Header.Get(kvOperation) == "" {
 			out = append(out, m)

@@ -50,7 +50,9 @@ type Backend interface {
 	RotateToken(ctx context.Context, token string, grace time.Duration, now time.Time) (Registration, error)
 
 	Enqueue(ctx context.Context, msgs []Message, live Live) (queued []bool, err error)
-	Pending(ctx context.Context, device string, after uint64, limit int) ([]Message, error)
+	// Pending passes over the messages skip names before it reads their
+	// bodies, and its last lets the caller's cursor move past them.
+	Pending(ctx context.Context, device string, after uint64, limit int, skip func(id string) bool) (msgs []Message, last uint64, err error)
 	Ack(ctx context.Context, device string, ids []string, now time.Time) (acked int, receipts []Upstream, err error)
 	AddReceipts(ctx context.Context, msgs []Message, now time.Time) ([]Upstream, error)
 	Notices(ctx context.Context, device string) ([]Notice, error)

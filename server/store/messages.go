@@ -350,18 +350,25 @@ func deleteMessage(tx *bolt.Tx, m Message) error {
 
 // queuedMessages returns a device's whole queue in order.
 func queuedMessages(tx *bolt.Tx, device string) ([]Message, error) {
-	return pending(tx, device, 0, 0)
+	msgs, _, err := pending(tx, device, 0, 0, nil)
+	return msgs, err
 }
 
-func pending(tx *bolt.Tx, device string, after uint64, limit int) ([]Message, error) {
-	var out []Message
+func pending(tx *bolt.Tx, device string, after uint64, limit int, skip func(id string) bool) (out []Message, last uint64, err error) {
+	last = after
 	prefix := join(device, "")
 	bmsgs := tx.Bucket(bucketMsgs)
 	c := tx.Bucket(bucketQueue).Cursor()
 	for k, id := c.Seek(queueKey(device, after+1)); bytes.HasPrefix(k, prefix); k, id = c.Next() {
+		last = binary.BigEndian.Uint64(k[len(prefix):])
+		// The queue holds the ID: a skipped message's record is not
+		// read, which is most of the cost.
+		if skip != nil && skip(string(id)) {
+			continue
+		}
 		m, ok, err := get[Message](bmsgs, id)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		if !ok {
 			continue
@@ -371,23 +378,25 @@ func pending(tx *bolt.Tx, device string, after uint64, limit int) ([]Message, er
 			break
 		}
 	}
-	return out, nil
+	return out, last, nil
 }
 
 // Pending returns up to limit messages (all when limit is 0) queued for a
-// device with Seq above after, in order. Expired messages not yet swept are
-// included; the caller checks Expiry.
-func (s *Store) Pending(ctx context.Context, device string, after uint64, limit int) ([]Message, error) {
-	var out []Message
-	err := s.db.View(func(tx *bolt.Tx) error {
+// device with Seq above after, in order, leaving out without reading them
+// those whose ID skip reports (none when skip is nil); last is the Seq of
+// the last queue entry looked at, returned or left out, or after when none
+// was. Expired messages not yet swept are included; the caller checks
+// Expiry. skip runs inside the read transaction.
+func (s *Store) Pending(ctx context.Context, device string, after uint64, limit int, skip func(id string) bool) (msgs []Message, last uint64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
 		var err error
-		out, err = pending(tx, device, after, limit)
+		msgs, last, err = pending(tx, device, after, limit, skip)
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("pending messages of device %s: %w", device, err)
+		return nil, 0, fmt.Errorf("pending messages of device %s: %w", device, err)
 	}
-	return out, nil
+	return msgs, last, nil
 }
 
 // Ack deletes the device's messages and notices with these IDs and returns

@@ -75,7 +75,7 @@ func enqueue(t *testing.T, s *Store, msgs ...Message) []bool {
 
 func pendingIDs(t *testing.T, s *Store, device string) []string {
 	t.Helper()
-	msgs, err := s.Pending(ctx, device, 0, 0)
+	msgs, _, err := s.Pending(ctx, device, 0, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +186,7 @@ func TestMaxSize(t *testing.T) {
 	if !strings.Contains(full.Error(), "enqueue") {
 		t.Errorf("error %q does not say what was being done", full)
 	}
-	if _, err := s.Pending(ctx, f.device.ID, 0, 1); err != nil {
+	if _, _, err := s.Pending(ctx, f.device.ID, 0, 1, nil); err != nil {
 		t.Errorf("read after full: %v", err)
 	}
 }
@@ -285,7 +285,7 @@ type recordingLive struct {
 func (r *recordingLive) Flowing(device, app string) []string { return nil }
 
 func (r *recordingLive) Offer(m Message) {
-	msgs, err := r.s.Pending(ctx, m.Device, 0, 0)
+	msgs, _, err := r.s.Pending(ctx, m.Device, 0, 0, nil)
 	if err != nil {
 		r.t.Error(err)
 	}
@@ -313,5 +313,24 @@ func TestEnqueueOffersBeforeCommit(t *testing.T) {
 	}
 	if got := pendingIDs(t, s, f.device.ID); !slices.Equal(got, []string{"a", "b"}) {
 		t.Errorf("pending after the commit %v", got)
+	}
+}
+
+// Pending does not read the record of a message skip leaves out: a record
+// it cannot decode fails the read, unless skipped.
+func TestPendingSkipsUnread(t *testing.T) {
+	s, _ := openTemp(t)
+	f := newFixture(t, s)
+	enqueue(t, s, f.msg("a", "", time.Hour), f.msg("b", "", time.Hour))
+	err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMsgs).Put([]byte("a"), []byte("not json")) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Pending(ctx, f.device.ID, 0, 0, nil); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Pending of a broken record = %v, want ErrCorrupt", err)
+	}
+	msgs, last, err := s.Pending(ctx, f.device.ID, 0, 0, func(id string) bool { return id == "a" })
+	if err != nil || len(msgs) != 1 || msgs[0].ID != "b" || last != msgs[0].Seq {
+		t.Fatalf("Pending skipping the broken record = %+v, last %d, %v; want b, last its Seq", msgs, last, err)
 	}
 }

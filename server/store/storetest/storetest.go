@@ -61,6 +61,7 @@ var tests = []struct {
 	{"WebPush", testWebPush},
 	{"QueueSurvivesReopen", testQueueSurvivesReopen},
 	{"PendingAfterAndLimit", testPendingAfterAndLimit},
+	{"PendingSkips", testPendingSkips},
 	{"EnqueueChecksTheRegistration", testEnqueueChecksTheRegistration},
 	{"Collapse", testCollapse},
 	{"CollapseKeysPerAppCapped", testCollapseKeysPerAppCapped},
@@ -167,7 +168,7 @@ func enqueue(t *testing.T, s store.Backend, msgs ...store.Message) []bool {
 
 func pendingIDs(t *testing.T, s store.Backend, device string) []string {
 	t.Helper()
-	msgs, err := s.Pending(ctx(t), device, 0, 0)
+	msgs, _, err := s.Pending(ctx(t), device, 0, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -561,7 +562,7 @@ func testQueueSurvivesReopen(t *testing.T, h Harness) {
 	f := newFixture(t, s)
 	enqueue(t, s, f.msg("m1", "", time.Hour), f.msg("m2", "", time.Hour))
 	s = h.Reopen(t, s)
-	msgs, err := s.Pending(ctx(t), f.device.ID, 0, 0)
+	msgs, _, err := s.Pending(ctx(t), f.device.ID, 0, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -600,7 +601,7 @@ func testWebPush(t *testing.T, h Harness) {
 	m := f.msgFor(reg, "w1", "topic", time.Hour)
 	m.Data, m.Raw, m.Urgency = nil, []byte{0, 1, 0xff}, "very-low"
 	enqueue(t, s, m)
-	got, err := s.Pending(ctx(t), f.device.ID, 0, 0)
+	got, _, err := s.Pending(ctx(t), f.device.ID, 0, 0, nil)
 	if err != nil || len(got) != 1 || !bytes.Equal(got[0].Raw, m.Raw) || got[0].Urgency != "very-low" {
 		t.Fatalf("Pending = %+v, %v; want raw %q, urgency very-low", got, err, m.Raw)
 	}
@@ -617,20 +618,20 @@ func testPendingAfterAndLimit(t *testing.T, h Harness) {
 	s := h.Open(t)
 	f := newFixture(t, s)
 	enqueue(t, s, f.msg("a", "", time.Hour), f.msg("b", "", time.Hour), f.msg("c", "", time.Hour))
-	first, err := s.Pending(ctx(t), f.device.ID, 0, 2)
+	first, _, err := s.Pending(ctx(t), f.device.ID, 0, 2, nil)
 	if err != nil || len(first) != 2 {
 		t.Fatalf("Pending limit 2 = %d, %v", len(first), err)
 	}
 	if first[0].Seq >= first[1].Seq {
 		t.Errorf("seqs %d, %d not increasing", first[0].Seq, first[1].Seq)
 	}
-	rest, err := s.Pending(ctx(t), f.device.ID, first[1].Seq, 10)
+	rest, _, err := s.Pending(ctx(t), f.device.ID, first[1].Seq, 10, nil)
 	if err != nil || len(rest) != 1 || rest[0].ID != "c" {
 		t.Fatalf("Pending after %d = %+v, %v", first[1].Seq, rest, err)
 	}
 	// A later message comes after the cursor.
 	enqueue(t, s, f.msg("d", "", time.Hour))
-	if later, err := s.Pending(ctx(t), f.device.ID, rest[0].Seq, 10); err != nil || len(later) != 1 || later[0].ID != "d" {
+	if later, _, err := s.Pending(ctx(t), f.device.ID, rest[0].Seq, 10, nil); err != nil || len(later) != 1 || later[0].ID != "d" {
 		t.Errorf("Pending after %d = %+v, %v", rest[0].Seq, later, err)
 	}
 	// Another device's queue is separate.
@@ -645,6 +646,69 @@ func testPendingAfterAndLimit(t *testing.T, h Harness) {
 
 // testEnqueueChecksTheRegistration: a message is queued only for the
 // active registration of its token on its own device.
+// testPendingSkips checks that Pending leaves out the messages skip names,
+// counting only those it returns against the limit, and that its last
+// moves a cursor past the entries it looked at, left out or not.
+func testPendingSkips(t *testing.T, h Harness) {
+	s := h.Open(t)
+	f := newFixture(t, s)
+	enqueue(t, s, f.msg("a", "", time.Hour), f.msg("b", "", time.Hour), f.msg("c", "", time.Hour),
+		f.msg("d", "", time.Hour), f.msg("e", "", time.Hour))
+	all, _, err := s.Pending(ctx(t), f.device.ID, 0, 0, nil)
+	if err != nil || len(all) != 5 {
+		t.Fatalf("Pending = %d messages, %v; want 5", len(all), err)
+	}
+	seq := map[string]uint64{}
+	for _, m := range all {
+		seq[m.ID] = m.Seq
+	}
+	var looked []string
+	skipping := func(ids ...string) func(string) bool {
+		looked = nil
+		return func(id string) bool {
+			looked = append(looked, id)
+			return slices.Contains(ids, id)
+		}
+	}
+	ids := func(msgs []store.Message) []string {
+		var out []string
+		for _, m := range msgs {
+			out = append(out, m.ID)
+		}
+		return out
+	}
+
+	msgs, last, err := s.Pending(ctx(t), f.device.ID, 0, 2, skipping("a", "b"))
+	if err != nil || !slices.Equal(ids(msgs), []string{"c", "d"}) || last != seq["d"] {
+		t.Fatalf("Pending limit 2 skipping a, b = %v, last %d, %v; want [c d], last %d", ids(msgs), last, err, seq["d"])
+	}
+	if !slices.Equal(looked, []string{"a", "b", "c", "d"}) {
+		t.Errorf("skip asked about %v; want a to d, in order, and not e past the limit", looked)
+	}
+	// Left out up to the end of the queue: the cursor moves past them all.
+	msgs, last, err = s.Pending(ctx(t), f.device.ID, seq["c"], 10, skipping("d", "e"))
+	if err != nil || len(msgs) != 0 || last != seq["e"] {
+		t.Fatalf("Pending after c skipping d, e = %v, last %d, %v; want none, last %d", ids(msgs), last, err, seq["e"])
+	}
+	msgs, last, err = s.Pending(ctx(t), f.device.ID, seq["b"], 10, skipping("d"))
+	if err != nil || !slices.Equal(ids(msgs), []string{"c", "e"}) || last != seq["e"] {
+		t.Fatalf("Pending after b skipping d = %v, last %d, %v; want [c e], last %d", ids(msgs), last, err, seq["e"])
+	}
+	// Nothing after the cursor: last is where it was.
+	msgs, last, err = s.Pending(ctx(t), f.device.ID, seq["e"], 10, skipping())
+	if err != nil || len(msgs) != 0 || last != seq["e"] || len(looked) != 0 {
+		t.Fatalf("Pending after e = %v, last %d, %v, skip asked about %v; want none, last %d", ids(msgs), last, err, looked, seq["e"])
+	}
+	// An acked message is gone from the queue, whatever skip says.
+	if _, _, err := s.Ack(ctx(t), f.device.ID, []string{"c"}, T0); err != nil {
+		t.Fatal(err)
+	}
+	msgs, last, err = s.Pending(ctx(t), f.device.ID, 0, 0, skipping("a"))
+	if err != nil || !slices.Equal(ids(msgs), []string{"b", "d", "e"}) || last != seq["e"] {
+		t.Fatalf("Pending after an ack, skipping a = %v, last %d, %v; want [b d e], last %d", ids(msgs), last, err, seq["e"])
+	}
+}
+
 func testEnqueueChecksTheRegistration(t *testing.T, h Harness) {
 	s := h.Open(t)
 	f := newFixture(t, s)
@@ -904,7 +968,7 @@ func testExpiredMessagesLeaveTheCaps(t *testing.T, h Harness) {
 	if n := deletedCount(t, s, f.device.ID, f.reg.App); n != 0 {
 		t.Errorf("%d deleted: expired messages counted against the caps", n)
 	}
-	msgs, err := s.Pending(ctx(t), f.device.ID, 0, 0)
+	msgs, _, err := s.Pending(ctx(t), f.device.ID, 0, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1274,7 +1338,7 @@ func testFanOutStepsAndResume(t *testing.T, h Harness) {
 			t.Fatal("fan-out does not end")
 		}
 	}
-	queued, err := s.Pending(ctx(t), f.device.ID, 0, 0)
+	queued, _, err := s.Pending(ctx(t), f.device.ID, 0, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1403,7 +1467,7 @@ func testRotateToken(t *testing.T, h Harness) {
 	if fresh.Token == f.reg.Token || fresh.App != f.reg.App || fresh.Device != f.device.ID || fresh.Sender != f.sender.ID || !fresh.Active() {
 		t.Fatalf("rotated %+v", fresh)
 	}
-	msgs, err := s.Pending(ctx(t), f.device.ID, 0, 0)
+	msgs, _, err := s.Pending(ctx(t), f.device.ID, 0, 0, nil)
 	if err != nil || len(msgs) != 2 || msgs[0].Token != fresh.Token || msgs[1].Token != fresh.Token {
 		t.Errorf("queued messages after rotation: %+v, %v", msgs, err)
 	}
@@ -1522,7 +1586,7 @@ func testConcurrentWritesToOneDevice(t *testing.T, h Harness) {
 	for err := range errs {
 		t.Error(err)
 	}
-	msgs, err := s.Pending(ctx(t), f.device.ID, 0, 0)
+	msgs, _, err := s.Pending(ctx(t), f.device.ID, 0, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
