@@ -170,7 +170,7 @@ func TestReadsRecordsOfEarlierVersions(t *testing.T) {
 	push := f.msg("0:3%new-push", "", 3*time.Hour)
 	push.Data, push.Raw, push.Urgency = nil, []byte{0, 0xff}, "low"
 	enqueue(t, s, plain, collapsed, push)
-	want, err := s.Pending(ctx, f.device.ID, 0, 0)
+	want, _, err := s.Pending(ctx, f.device.ID, 0, 0, nil)
 	if err != nil || len(want) != 3 {
 		t.Fatalf("pending %+v, %v", want, err)
 	}
@@ -198,7 +198,7 @@ func TestReadsRecordsOfEarlierVersions(t *testing.T) {
 	}
 	defer s.Close()
 
-	got, err := s.Pending(ctx, f.device.ID, 0, 0)
+	got, _, err := s.Pending(ctx, f.device.ID, 0, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
