@@ -219,6 +219,9 @@ type Config struct {
 	// afterFunc arms the timers of held messages; default time.AfterFunc
 	// (tests fire them by hand).
 	afterFunc func(time.Duration, func()) stopper
+	// wrapStore, when set, stands between the server and its store
+	// (tests fail some of its calls).
+	wrapStore func(store.Backend) store.Backend
 }
 
 // stopper is a timer that can be stopped, as *time.Timer is.
@@ -414,6 +417,9 @@ func New(cfg Config) (*Server, error) {
 	s.fan = newFanout(s)
 	if err := s.openState(); err != nil {
 		return nil, fmt.Errorf("new server: %w", err)
+	}
+	if s.cfg.wrapStore != nil {
+		s.store = s.cfg.wrapStore(s.store)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	err := s.checkEnrollment(ctx)

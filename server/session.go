@@ -34,6 +34,12 @@ const minUpstreamDedupe = time.Hour
 // within milliseconds on a LAN.
 const clusterRecheck = 2 * time.Second
 
+// readRetry is how long a session waits to read its device's queue or
+// notices again after the store failed to read them: a device that has
+// nothing in flight sends nothing that would wake the writer, and the
+// messages waiting for it would wait for the next send to it.
+const readRetry = time.Second
+
 // directQueue bounds time-to-live-0 messages waiting for a session's
 // writer; beyond it they are dropped, as their sender asked.
 const directQueue = 64
@@ -418,6 +424,9 @@ type session struct {
 	mu sync.Mutex
 	// writing says the writer runs; wake starts it when it does not.
 	writing bool
+	// rereading says a read of the store failed and a look again is
+	// due (retryRead).
+	rereading bool
 	// acks are the acked IDs read and not yet committed, and acking says
 	// an acker runs: the reader goes on reading while one commits, and
 	// what it reads meanwhile shares the next commit.
@@ -551,6 +560,23 @@ func (ss *session) finish(b wire.Body, code int, text string) {
 		ss.wake()
 	default: // one is on its way already
 	}
+}
+
+// retryRead has the writer look at the device's queue again after
+// readRetry, unless a look is due already.
+func (ss *session) retryRead() {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.rereading {
+		return
+	}
+	ss.rereading = true
+	ss.srv.cfg.afterFunc(readRetry, func() {
+		ss.mu.Lock()
+		ss.rereading = false
+		ss.mu.Unlock()
+		ss.notify()
+	})
 }
 
 func (ss *session) notify() {
@@ -1203,8 +1229,8 @@ func (ss *session) fill() error {
 		ss.readingStore()
 		msgs, last, err := ss.srv.store.Pending(ss.ctx, ss.device, ss.cursor, batch, ss.sentEarlier)
 		if err != nil {
-			// The next ack or new message tries again.
 			ss.log.Error("read queue", "err", err)
+			ss.retryRead()
 			return nil
 		}
 		now := ss.srv.now()
@@ -1284,6 +1310,7 @@ func (ss *session) sendNotices() error {
 	notices, err := ss.srv.store.Notices(ss.ctx, ss.device)
 	if err != nil {
 		ss.log.Error("read notices", "err", err)
+		ss.retryRead()
 		return nil
 	}
 	for _, n := range notices {

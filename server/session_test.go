@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -539,5 +540,57 @@ func TestSlowClientsAreCut(t *testing.T) {
 	}
 	if a := ts.post("/gcm/send", "x", "application/json", `{}`); a.status != http.StatusUnauthorized {
 		t.Errorf("after the slow clients: status %d", a.status)
+	}
+}
+
+// failingReads fails the store's reads of queues and notices while fail
+// is above zero, counting down.
+type failingReads struct {
+	store.Backend
+	fail atomic.Int32
+}
+
+var errReadFailed = errors.New("read failed on purpose")
+
+func (f *failingReads) Pending(ctx context.Context, device string, after uint64, limit int, skip func(string) bool) ([]store.Message, uint64, error) {
+	if f.fail.Add(-1) >= 0 {
+		return nil, after, errReadFailed
+	}
+	return f.Backend.Pending(ctx, device, after, limit, skip)
+}
+
+func (f *failingReads) Notices(ctx context.Context, device string) ([]store.Notice, error) {
+	if f.fail.Add(-1) >= 0 {
+		return nil, errReadFailed
+	}
+	return f.Backend.Notices(ctx, device)
+}
+
+// A session whose reads of the store fail looks again by itself: the
+// messages waiting for a device that sends nothing still come.
+func TestSessionRetriesFailedRead(t *testing.T) {
+	var reads *failingReads
+	ts := startServer(t, func(c *Config) {
+		c.wrapStore = func(b store.Backend) store.Backend {
+			reads = &failingReads{Backend: b}
+			return reads
+		}
+	})
+	snd := ts.addSender("")
+	d := ts.checkIn()
+	token := d.register(app, snd.ID)
+	d.conn.Close()
+	id := ts.sendOne(snd.ServerKey, token, map[string]any{"data": map[string]string{"k": "v"}})
+
+	reads.fail.Store(3) // the notices, the queue, and the notices once more
+	d = ts.reconnect(d)
+	if m := d.expectMessage(); m.ID != id {
+		t.Fatalf("got message %s, want %s", m.ID, id)
+	}
+	if n := reads.fail.Load(); n > 0 {
+		t.Errorf("%d reads still to fail: the message came without the failed reads", n)
+	}
+	if !strings.Contains(ts.logs.String(), errReadFailed.Error()) {
+		t.Errorf("the failed read is not logged")
 	}
 }
