@@ -150,13 +150,13 @@ func readCPU(statPath string) time.Duration {
 // and by all its processes with the tool's own.
 type cpuTimes struct{ agent, server, all time.Duration }
 
-// measureCPU reads the CPU times of a system whose agent and server are
-// the first two of procs; the tool's own time counts in all, as it is the
+// measureCPU reads the CPU times of a system's agent, its server and
+// its other processes; the tool's own time counts in all, as it is the
 // publisher, the app and the proxy.
-func measureCPU(procs ...*process) cpuTimes {
-	t := cpuTimes{agent: procs[0].cpuTime(), server: procs[1].cpuTime()}
+func measureCPU(agent, server *process, others ...*process) cpuTimes {
+	t := cpuTimes{agent: agent.cpuTime(), server: server.cpuTime()}
 	t.all = t.agent + t.server + readCPU("/proc/self/stat")
-	for _, p := range procs[2:] {
+	for _, p := range others {
 		t.all += p.cpuTime()
 	}
 	return t
